@@ -1,0 +1,140 @@
+"""The ``stagewarden`` command line: a thin shell over the library that renders results and maps
+them to exit codes (0 ok / holds, 1 violated or findings, 2 bad input, 3 unknown).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+
+from stagewarden._version import __version__
+from stagewarden.spec import LoadedSpec, SpecError, example_names, example_text, json_schema, load_example, load_spec
+
+EXIT_OK = 0
+EXIT_VIOLATED = 1
+EXIT_BAD_INPUT = 2
+EXIT_UNKNOWN = 3
+
+
+def _console(err: bool = False) -> Console:
+    return Console(stderr=err, highlight=False, soft_wrap=True)
+
+
+class BadInput(click.ClickException):
+    """Bad input named by the user: printed without a traceback, exit code 2."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def show(self, file: Any = None) -> None:
+        _console(err=True).print(f"[bold red]error:[/] {self.message}", markup=True)
+
+
+class BadSpec(BadInput):
+    """A spec that does not load: one ``file:line:column: message`` line per problem, exit code 2."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(self.message, err=True)
+
+
+def _load(spec: str | None, example: str | None) -> LoadedSpec:
+    if (spec is None) == (example is None):
+        raise click.UsageError("give exactly one of SPEC or --example NAME")
+    try:
+        return load_spec(spec) if spec is not None else load_example(str(example))
+    except SpecError as exc:
+        raise BadSpec(str(exc)) from None
+
+
+def _print_warnings(loaded: LoadedSpec) -> None:
+    console = _console(err=True)
+    for warning in loaded.warnings:
+        console.print(f"[yellow]{warning.location}: warning:[/] {warning.message}", markup=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="stagewarden")
+def cli() -> None:
+    """Prove what a pipeline-parallel training protocol guarantees against malicious workers.
+
+    Exit codes: 0 ok (every guarantee holds), 1 a guarantee is violated, 2 bad input
+    (spec, file or flag), 3 unknown (the solver gave up).
+    """
+
+
+@cli.command()
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), help="Write the schema to this file instead of standard output.")
+def schema(out: str | None) -> None:
+    """Print the JSON Schema of the spec format (for editors and validators)."""
+    text = json.dumps(json_schema(), indent=2, sort_keys=False) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        from stagewarden.fileio import atomic_write_text
+
+        atomic_write_text(out, text)
+
+
+@cli.group()
+def examples() -> None:
+    """List and show the packaged example specs."""
+
+
+@examples.command("list")
+def examples_list() -> None:
+    """List the packaged example specs with their descriptions."""
+    table = Table("name", "description", box=None)
+    for name in example_names():
+        description = " ".join(load_example(name).spec.description.split())
+        table.add_row(name, description)
+    _console().print(table)
+
+
+@examples.command("show")
+@click.argument("name")
+def examples_show(name: str) -> None:
+    """Print the source of the packaged example NAME, with line numbers."""
+    try:
+        text = example_text(name)
+    except SpecError as exc:
+        raise BadSpec(str(exc)) from None
+    if sys.stdout.isatty():
+        _console().print(Syntax(text, "yaml", line_numbers=True))
+    else:
+        for number, line in enumerate(text.splitlines(), start=1):
+            click.echo(f"{number:4d}  {line}")
+
+
+@cli.command()
+@click.argument("spec", required=False, type=click.Path(dir_okay=True))
+@click.option("--example", metavar="NAME", help="Verify a packaged example spec instead of a file (see `stagewarden examples list`).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format.")
+def verify(spec: str | None, example: str | None, fmt: str) -> None:
+    """Load and validate SPEC (a YAML or JSON threat-model spec)."""
+    loaded = _load(spec, example)
+    if fmt == "json":
+        payload = {
+            "version": 1,
+            "spec": loaded.file,
+            "valid": True,
+            "warnings": [{"location": str(w.location), "message": w.message} for w in loaded.warnings],
+        }
+        click.echo(json.dumps(payload, indent=2))
+        return
+    _print_warnings(loaded)
+    s = loaded.spec
+    _console().print(
+        f"[green]valid[/] {loaded.file}: '{s.name}', {s.topology.stages} stages x {s.topology.replicas} replicas, "
+        f"{len(s.guarantees)} guarantee(s)",
+        markup=True,
+    )
+
+
+def main() -> None:
+    """Entry point of the ``stagewarden`` console script."""
+    cli(prog_name="stagewarden")
