@@ -302,9 +302,16 @@ class Spec(_Model):
     guarantees: list[Guarantee] = Field(min_length=1, description="At least one guarantee; ids unique.")
 
     @property
+    def replication_factor(self) -> int:
+        """Workers computing each unit: the ``replicate`` check's factor, or 1 without it."""
+        factors = [c.factor for c in self.defense.checks if isinstance(c, ReplicateCheck)]
+        return max(factors, default=1)
+
+    @property
     def total_workers(self) -> int:
-        """Every worker the adversary could occupy: S * R active workers plus standby."""
-        return self.topology.workers + self.topology.standby
+        """Every worker the adversary could occupy: S * R * k computing workers (k the
+        replication factor) plus standby."""
+        return self.topology.workers * self.replication_factor + self.topology.standby
 
     @property
     def malicious_budget(self) -> int:

@@ -84,7 +84,9 @@ def check_semantics(spec: m.Spec, source: SourceMap) -> tuple[list[SpecDiagnosti
         c.error(
             ("adversary", "max_malicious"),
             f"adversary.max_malicious is {adv.max_malicious} but the topology has only "
-            f"{spec.total_workers} workers ({topo.stages} stages x {topo.replicas} replicas + {topo.standby} standby)",
+            f"{spec.total_workers} workers ({topo.stages} stages x {topo.replicas} replicas"
+            + (f" x {spec.replication_factor} copies" if spec.replication_factor > 1 else "")
+            + f" + {topo.standby} standby)",
         )
     if adv.faults.crash > spec.total_workers:
         c.error(("adversary", "faults", "crash"), f"adversary.faults.crash is {adv.faults.crash} but there are only {spec.total_workers} workers")
@@ -100,6 +102,15 @@ def check_semantics(spec: m.Spec, source: SourceMap) -> tuple[list[SpecDiagnosti
     if spec.trust.tee and not defense.attestation:
         c.warn(("trust", "tee"), "trust.tee lists workers but defense.attestation is false: TEE claims count only with attestation")
 
+    single_use = ("redundant_neighbour", "replicate", "robust_aggregation")
+    first_scheme: dict[str, int] = {}
+    for index, check in enumerate(defense.checks):
+        if check.scheme in single_use and check.scheme in first_scheme:
+            c.error(
+                ("defense", "checks", index, "scheme"),
+                f"defense.checks[{index}]: only one '{check.scheme}' check is allowed (first at index {first_scheme[check.scheme]})",
+            )
+        first_scheme.setdefault(check.scheme, index)
     for index, check in enumerate(defense.checks):
         path: Path = ("defense", "checks", index)
         if isinstance(check, m.SpotCheck) and not defense.receipts:
