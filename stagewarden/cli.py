@@ -14,6 +14,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from stagewarden._version import __version__
+from stagewarden.prover import Report
 from stagewarden.spec import LoadedSpec, SpecError, example_names, example_text, json_schema, load_example, load_spec
 
 EXIT_OK = 0
@@ -110,29 +111,69 @@ def examples_show(name: str) -> None:
             click.echo(f"{number:4d}  {line}")
 
 
+def _progress_console() -> Console | None:
+    console = _console(err=True)
+    return console if console.is_terminal else None
+
+
+def _run_verify(loaded: LoadedSpec, ids: list[str] | None, timeout: float | None, rlimit: int | None) -> Report:
+    from stagewarden.prover import Limits, verify as prove
+
+    known = [g.id for g in loaded.spec.guarantees]
+    for gid in ids or []:
+        if gid not in known:
+            import difflib
+
+            close = difflib.get_close_matches(gid, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise BadInput(f"{loaded.file} has no guarantee '{gid}'{hint}; its guarantees are: {', '.join(known)}")
+    console = _progress_console()
+    status = console.status("") if console else None
+
+    def progress(gid: str, result: Any) -> None:
+        if status is not None and result is None:
+            status.update(f"checking guarantee {gid} ...")
+
+    if status is not None:
+        with status:
+            return prove(loaded, ids, Limits(timeout=timeout, rlimit=rlimit), progress)
+    return prove(loaded, ids, Limits(timeout=timeout, rlimit=rlimit), progress)
+
+
+_SPEC_ARGUMENT = click.argument("spec", required=False, type=click.Path(dir_okay=True))
+_EXAMPLE_OPTION = click.option("--example", metavar="NAME", help="Use a packaged example spec instead of a file (see `stagewarden examples list`).")
+_FORMAT_OPTION = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format.")
+_TIMEOUT_OPTION = click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS", help="Wall-clock limit per guarantee; a guarantee that runs out is reported unknown.")
+_RLIMIT_OPTION = click.option("--rlimit", type=click.IntRange(min=1), default=None, metavar="N", help="Deterministic Z3 resource limit per solver call (reproducible across machines, unlike --timeout).")
+
+
 @cli.command()
-@click.argument("spec", required=False, type=click.Path(dir_okay=True))
-@click.option("--example", metavar="NAME", help="Verify a packaged example spec instead of a file (see `stagewarden examples list`).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format.")
-def verify(spec: str | None, example: str | None, fmt: str) -> None:
-    """Load and validate SPEC (a YAML or JSON threat-model spec)."""
+@_SPEC_ARGUMENT
+@_EXAMPLE_OPTION
+@click.option("--guarantee", "guarantee_ids", multiple=True, metavar="ID", help="Check only this guarantee (repeatable).")
+@_FORMAT_OPTION
+@_TIMEOUT_OPTION
+@_RLIMIT_OPTION
+def verify(spec: str | None, example: str | None, guarantee_ids: tuple[str, ...], fmt: str, timeout: float | None, rlimit: int | None) -> None:
+    """Prove or refute every guarantee of SPEC (a YAML or JSON threat-model spec).
+
+    For each guarantee: holds (with the spec assumptions the proof rests on, each with its
+    file:line), violated (with an attack trace), unknown (the solver gave up) or vacuous (the
+    assumptions contradict each other). Exit code 0 when all hold, 1 when one is violated,
+    2 for a bad or contradictory spec, 3 when one is unknown and none violated.
+    """
     loaded = _load(spec, example)
+    report = _run_verify(loaded, list(guarantee_ids) or None, timeout, rlimit)
     if fmt == "json":
-        payload = {
-            "version": 1,
-            "spec": loaded.file,
-            "valid": True,
-            "warnings": [{"location": str(w.location), "message": w.message} for w in loaded.warnings],
-        }
+        payload = report.to_json()
+        payload["warnings"] = [{"location": str(w.location), "message": w.message} for w in loaded.warnings]
         click.echo(json.dumps(payload, indent=2))
-        return
-    _print_warnings(loaded)
-    s = loaded.spec
-    _console().print(
-        f"[green]valid[/] {loaded.file}: '{s.name}', {s.topology.stages} stages x {s.topology.replicas} replicas, "
-        f"{len(s.guarantees)} guarantee(s)",
-        markup=True,
-    )
+    else:
+        _print_warnings(loaded)
+        from stagewarden.render import print_report
+
+        print_report(_console(), report)
+    sys.exit(report.exit_code)
 
 
 def main() -> None:

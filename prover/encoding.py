@@ -1,0 +1,421 @@
+"""Compilation of a spec into Z3: one Boolean per worker (is it malicious), one variable per spec
+fact, and an assumption literal guarding every fact, so that an unsat core names the spec lines a
+proof rests on.
+
+The rules implemented here are those of the documentation page "The prover's model"
+(docs/semantics.rst). Units are never unrolled: a worker's units of one kind are alike to the
+adversary, so the encoding reasons per worker and per unit kind, and the horizon enters only
+through the closed-form probabilities.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from fractions import Fraction
+
+import z3
+
+from stagewarden.spec import (
+    CAPABILITIES,
+    LoadedSpec,
+    RedundantNeighbourCheck,
+    ReplicateCheck,
+    RobustAggregationCheck,
+    SpotCheck,
+    StatisticalCheck,
+    probability_fraction,
+)
+from stagewarden.spec.source import Path
+from stagewarden.prover.probability import detection_probability
+from stagewarden.prover.world import World
+
+#: Unit kinds: forward, backward, update.
+KINDS = ("F", "B", "U")
+#: Which unit kinds each tampering capability acts on.
+CAPABILITY_KINDS: dict[str, tuple[str, ...]] = {
+    "tamper_activations": ("F",),
+    "tamper_gradients": ("B",),
+    "tamper_weights": ("U",),
+    "poison_data": ("F",),
+    "equivocate": ("F", "B"),
+}
+#: Pseudo-capability for silent data corruption of an honest worker's unit.
+SDC = "silent_corruption"
+
+
+@dataclass(frozen=True)
+class Assumption:
+    """One spec fact the encoding may rely on, with the literal that switches it on."""
+
+    key: str
+    text: str
+    path: Path
+    literal: z3.BoolRef
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A check that may catch a tampered unit: its name, detection value and when it is in force.
+
+    ``value`` is None for a peer spot check, whose value depends on the placement
+    (``rate`` and ``peer`` give what is needed to compute it).
+    """
+
+    label: str
+    check: int | None
+    value: Fraction | None
+    expr: z3.BoolRef
+    rate: Fraction = Fraction(0)
+
+    @property
+    def peer(self) -> bool:
+        """Whether the value depends on how many workers are malicious."""
+        return self.value is None
+
+
+def _frac(value: float) -> Fraction:
+    return Fraction(str(value))
+
+
+class Encoding:
+    """The Z3 compilation of one spec."""
+
+    def __init__(self, loaded: LoadedSpec) -> None:
+        self.loaded = loaded
+        self.spec = spec = loaded.spec
+        self.world = world = World.build(spec)
+        self.n_computing = len(world.computing)
+        self.mal = [z3.Bool(f"mal[{w.name}]") for w in world.workers]
+        self.facts: list[z3.BoolRef] = []  # constraints that hold whatever is assumed
+        self.guarded: list[z3.BoolRef] = []  # Implies(literal, fact)
+        self.assumptions: list[Assumption] = []
+        d = spec.defense
+        self.receipts = self._feature_bool("receipts", d.receipts, ("defense", "receipts"), "signed receipts for every unit and signed inter-stage messages", "no signed receipts")
+        self.attestation = self._feature_bool("attestation", d.attestation, ("defense", "attestation"), "receipt keys bound to attested identities", "no attestation")
+        self.data_commitment = self._feature_bool("data_commitment", d.data_commitment, ("defense", "data_commitment"), "training data committed, stage 0 proves every batch", "no data commitment")
+        self.coord_trusted = self._feature_bool("coordinator_trusted", spec.trust.coordinator == "trusted", ("trust", "coordinator"), "the coordinator is trusted", "the coordinator is untrusted")
+        adv = spec.adversary
+        self.collusion = self._feature_bool("collusion", adv.collusion, ("adversary", "collusion"), "malicious workers collude", "malicious workers do not collude (a malicious checker checks honestly)")
+        self.tee_compromise = self._feature_bool("tee_compromise", adv.tee_compromise, ("adversary", "tee_compromise"), "TEE workers may be malicious", "TEEs are not compromised")
+        self.sdc = self._feature_bool("silent_corruption", probability_fraction(adv.faults.silent_corruption) > 0, ("adversary", "faults", "silent_corruption"), "honest units may be silently corrupted", "no silent data corruption")
+        self.cap = {
+            c: self._feature_bool(f"capability:{c}", c in adv.capabilities, ("adversary", "capabilities"), f"the adversary can {c.replace('_', ' ')}", f"the adversary cannot {c.replace('_', ' ')}")
+            for c in CAPABILITIES
+        }
+        self.response = {
+            r: self._feature_bool(f"response:{r}", r in d.response, ("defense", "response"), f"the response includes {r}", f"the response does not include {r}")
+            for r in ("eject", "rollback", "skip_stage", "restart")
+        }
+        self.facts.append(z3.Or(list(self.response.values())))
+        self._good_cache: dict[object, list[tuple[tuple[int, ...], int | None, z3.BoolRef | None]]] = {}
+        self._encode_checks()
+        self._encode_workers()
+
+    # -- facts and assumptions ----------------------------------------------------------
+
+    def _assume(self, key: str, text: str, path: Path, fact: z3.BoolRef) -> z3.BoolRef:
+        literal = z3.Bool(f"A[{key}]")
+        self.assumptions.append(Assumption(key, text, path, literal))
+        self.guarded.append(z3.Implies(literal, fact))
+        return literal
+
+    def _feature_bool(self, key: str, value: bool, path: Path, yes: str, no: str) -> z3.BoolRef:
+        var = z3.Bool(f"f[{key}]")
+        self._assume(key, yes if value else no, path, var if value else z3.Not(var))
+        return var
+
+    def _encode_checks(self) -> None:
+        spec = self.spec
+        self.check_present: dict[int, z3.BoolRef] = {}
+        self.via_coord: dict[int, z3.BoolRef] = {}
+        self.via_up: dict[int, z3.BoolRef] = {}
+        self.vf: dict[int, dict[str, z3.BoolRef]] = {}
+        self.referee: dict[int, z3.BoolRef] = {}
+        for i, check in enumerate(spec.defense.checks):
+            path: Path = ("defense", "checks", i)
+            present = z3.Bool(f"f[check{i}]")
+            self.check_present[i] = present
+            self._assume(f"check:{i}", _describe_check(check), path, present)
+            if isinstance(check, RedundantNeighbourCheck):
+                via_c, via_u = z3.Bool(f"f[check{i}.via_coordinator]"), z3.Bool(f"f[check{i}.via_upstream]")
+                self.via_coord[i], self.via_up[i] = via_c, via_u
+                self.facts.append(z3.Not(z3.And(via_c, via_u)))
+                fact = z3.And(via_c == (check.input_via == "coordinator"), via_u == (check.input_via == "upstream"))
+                self._assume(f"check:{i}.input_via", f"the checker's input comes from the {check.input_via.replace('_', ' ')}", (*path, "input_via"), fact)
+            elif isinstance(check, SpotCheck):
+                vf = {name: z3.Bool(f"f[check{i}.verifier_{name}]") for name in ("coordinator", "tee", "peer")}
+                self.vf[i] = vf
+                self.facts.append(z3.PbEq([(v, 1) for v in vf.values()], 1))
+                self._assume(f"check:{i}.verifier", f"sampled units are re-executed by the {check.verifier}", (*path, "verifier"), vf[check.verifier])
+            elif isinstance(check, ReplicateCheck):
+                ref = z3.Bool(f"f[check{i}.referee]")
+                self.referee[i] = ref
+                self._assume(f"check:{i}.resolve", f"disagreements are resolved by {check.resolve}", (*path, "resolve"), ref if check.resolve == "referee" else z3.Not(ref))
+
+    def _encode_workers(self) -> None:
+        spec, world = self.spec, self.world
+        budget = spec.malicious_budget
+        self.budget_literal = self._assume(
+            "budget", f"at most {budget} malicious worker{'s' if budget != 1 else ''}", ("adversary", "max_malicious"),
+            z3.AtMost(*self.mal, budget) if self.mal else z3.BoolVal(True),
+        )
+        for i, ref in enumerate(spec.trust.honest):
+            covered = world.covered(ref)
+            self._assume(f"honest:{i}", f"{_slot_text(ref)} honest", ("trust", "honest", i), z3.And([z3.Not(self.mal[w]) for w in covered]))
+        for i, ref in enumerate(spec.trust.tee):
+            covered = world.covered(ref)
+            protected = z3.And(self.attestation, z3.Not(self.tee_compromise))
+            self._assume(f"tee:{i}", f"{_slot_text(ref)} in a TEE", ("trust", "tee", i), z3.Implies(protected, z3.And([z3.Not(self.mal[w]) for w in covered])))
+        # Crashes and standby pool, for liveness.
+        self.crashes = z3.Int("crashes")
+        self.facts.append(self.crashes >= 0)
+        self._assume("crash", f"at most {spec.adversary.faults.crash} crashed workers", ("adversary", "faults", "crash"), self.crashes <= spec.adversary.faults.crash)
+        self.standby_n = z3.Int("standby")
+        self.facts.append(z3.And(self.standby_n >= 0, self.standby_n <= spec.topology.standby))
+        self._assume("standby", f"{spec.topology.standby} standby workers", ("topology", "standby"), self.standby_n == spec.topology.standby)
+        for w in world.standby_workers:
+            worker = world.workers[w]
+            assert worker.standby is not None
+            self.facts.append(z3.Implies(self.mal[w], self.standby_n > worker.standby))
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def all_constraints(self) -> list[z3.BoolRef]:
+        """Every constraint (facts and guarded assumptions)."""
+        return self.facts + self.guarded
+
+    def literals(self) -> list[z3.BoolRef]:
+        """Every assumption literal."""
+        return [a.literal for a in self.assumptions]
+
+    def covers(self, checker: int, target: int) -> z3.BoolRef:
+        """``checker`` is malicious and colludes with ``target``."""
+        if checker == target:
+            return z3.BoolVal(False)
+        return z3.And(self.mal[checker], self.collusion)
+
+    def malicious_computing(self) -> list[z3.BoolRef]:
+        """The malicious flags of computing workers."""
+        return [self.mal[i] for i in self.world.computing]
+
+    def checks_of(self, cls: type) -> list[tuple[int, object]]:
+        """Indices and objects of the checks of one scheme."""
+        return [(i, c) for i, c in enumerate(self.spec.defense.checks) if isinstance(c, cls)]
+
+    # -- when a check catches a unit -------------------------------------------------------
+
+    def genuine_input(self, i: int, w: int) -> z3.BoolRef:
+        """Whether the redundant_neighbour check ``i`` recomputes worker ``w``'s unit from the real input."""
+        s, r = self.world.slot_of(w)
+        parts = [self.receipts, z3.And(self.via_coord[i], self.coord_trusted)]
+        if s >= 1:
+            parts.append(z3.And(self.via_up[i], z3.Not(self.covers(self.world.primary(s - 1, r), w))))
+        else:
+            parts.append(z3.And(self.via_up[i], self.coord_trusted))
+            parts.append(self.data_commitment)
+        return z3.Or(parts)
+
+    def others_cover(self, w: int) -> z3.BoolRef:
+        """Every other worker of ``w``'s slot covers for it (replicate)."""
+        others = [o for o in self.world.slots[self.world.slot_of(w)] if o != w]
+        return z3.And([self.covers(o, w) for o in others]) if others else z3.BoolVal(True)
+
+    def effects(self, w: int, capability: str, kind: str, cooperative: bool = False) -> list[Effect]:
+        """The checks that may catch worker ``w``'s ``kind`` unit tampered with ``capability``.
+
+        With ``cooperative`` the checkers do not cover and inputs are genuine (the adversary
+        wants to be caught, as when it forces a response).
+        """
+        spec, world = self.spec, self.world
+        s, r = world.slot_of(w)
+        out: list[Effect] = []
+        covers: Callable[[int, int], z3.BoolRef] = (lambda a, b: z3.BoolVal(False)) if cooperative else self.covers
+        if capability == "equivocate":
+            out.append(Effect("receipt linkage", None, Fraction(1), z3.And(self.receipts, self.coord_trusted)))
+            return out
+        if capability == "poison_data":
+            parts = [self.coord_trusted]
+            for i, _ in self.checks_of(RedundantNeighbourCheck):
+                parts.append(z3.And(self.check_present[i], z3.Not(covers(world.primary(1, r), w))))
+            for i, _ in self.checks_of(ReplicateCheck):
+                parts.append(z3.And(self.check_present[i], self._not_all_cover(w, covers)))
+            out.append(Effect("batch proof", None, Fraction(1), z3.And(self.data_commitment, z3.Or(parts))))
+        for i, check in enumerate(spec.defense.checks):
+            present = self.check_present[i]
+            if isinstance(check, RedundantNeighbourCheck) and capability != "poison_data":
+                if s <= world.stages - 2:
+                    checker = world.primary(s + 1, r)
+                    genuine = z3.BoolVal(True) if cooperative else self.genuine_input(i, w)
+                    out.append(Effect("redundant_neighbour", i, Fraction(1), z3.And(present, z3.Not(covers(checker, w)), genuine)))
+            elif isinstance(check, SpotCheck) and capability != "poison_data":
+                rate = _frac(check.rate)
+                vf = self.vf[i]
+                trusted = z3.Or(z3.And(vf["coordinator"], self.coord_trusted), z3.And(vf["tee"], self.attestation, z3.Not(self.tee_compromise)))
+                out.append(Effect("spot_check", i, rate, z3.And(present, self.receipts, trusted)))
+                if cooperative:
+                    out.append(Effect("spot_check (peer)", i, rate, z3.And(present, self.receipts, vf["peer"])))
+                else:
+                    out.append(Effect("spot_check (peer)", i, None, z3.And(present, self.receipts, vf["peer"]), rate=rate))
+            elif isinstance(check, ReplicateCheck):
+                out.append(Effect("replicate", i, Fraction(1), z3.And(present, self._not_all_cover(w, covers))))
+            elif isinstance(check, StatisticalCheck) and kind in ("F", "B") and capability != "poison_data":
+                if check.min_deviation == 0 or cooperative:
+                    out.append(Effect("statistical", i, _frac(check.power), z3.And(present, self.coord_trusted)))
+        return out
+
+    def _not_all_cover(self, w: int, covers: Callable[[int, int], z3.BoolRef]) -> z3.BoolRef:
+        others = [o for o in self.world.slots[self.world.slot_of(w)] if o != w]
+        if not others:
+            return z3.BoolVal(False)
+        return z3.Not(z3.And([covers(o, w) for o in others]))
+
+    def peer_value(self, rate: Fraction, malicious: int, colluding: bool) -> Fraction:
+        """Detection value of a peer spot check with ``malicious`` malicious computing workers."""
+        if not colluding or self.n_computing <= 1:
+            return rate
+        return rate * Fraction(self.n_computing - malicious, self.n_computing - 1)
+
+    def level(self, effects: list[Effect], op: str, threshold: Fraction) -> z3.BoolRef:
+        """Formula: the unit's detection probability is ``< threshold`` (op "lt") or
+        ``<= threshold`` (op "le"), given which effects are in force."""
+        signature = tuple((e.value, e.rate) for e in effects)
+        templates = self._good_sets(signature, op, threshold)
+        clauses = []
+        for chosen, peer_index, peer_condition in templates:
+            parts = [effects[j].expr for j in chosen]
+            if peer_index is not None:
+                parts += [effects[peer_index].expr, peer_condition]
+            clauses.append(z3.Not(z3.And(parts)) if parts else z3.BoolVal(False))
+        return z3.And(clauses) if clauses else z3.BoolVal(True)
+
+    def _good_sets(
+        self, signature: tuple[tuple[Fraction | None, Fraction], ...], op: str, threshold: Fraction
+    ) -> list[tuple[tuple[int, ...], int | None, z3.BoolRef | None]]:
+        """The minimal sets of effects that make a unit good (detection not below the threshold),
+        for effects with the given values; cached, since many workers share a signature."""
+        key = (signature, op, threshold)
+        cached = self._good_cache.get(key)
+        if cached is not None:
+            return cached
+        bad = (lambda d: d < threshold) if op == "lt" else (lambda d: d <= threshold)
+        fixed = [j for j, (value, _) in enumerate(signature) if value is not None]
+        peers = [j for j, (value, _) in enumerate(signature) if value is None]
+        out: list[tuple[tuple[int, ...], int | None, z3.BoolRef | None]] = []
+        minimal_good: list[frozenset[int]] = []
+        for size in range(len(fixed) + 1):
+            for combo in itertools.combinations(fixed, size):
+                chosen = frozenset(combo)
+                if any(g <= chosen for g in minimal_good):
+                    continue
+                d = detection_probability(signature[j][0] for j in combo)  # type: ignore[misc]
+                if not bad(d):
+                    minimal_good.append(chosen)
+                    out.append((combo, None, None))
+                    continue
+                for j in peers:
+                    condition = self._peer_good(signature[j][1], d, bad)
+                    if condition is not None:
+                        out.append((combo, j, condition))
+        self._good_cache[key] = out
+        return out
+
+    def _peer_good(self, rate: Fraction, d_others: Fraction, bad: Callable[[Fraction], bool]) -> z3.BoolRef | None:
+        """Condition (on collusion and the number of malicious workers) under which adding the peer
+        check to checks of combined value ``d_others`` makes the unit good; None if never."""
+        def good_at(m: int, colluding: bool) -> bool:
+            v = self.peer_value(rate, m, colluding)
+            return not bad(1 - (1 - d_others) * (1 - v))
+
+        conditions = []
+        if good_at(1, False):
+            conditions.append(z3.Not(self.collusion))
+        # With collusion the value falls as m grows: good iff m <= m_max (binary search).
+        m_max = 0
+        low, high = 1, self.n_computing
+        while low <= high:
+            mid = (low + high) // 2
+            if good_at(mid, True):
+                m_max, low = mid, mid + 1
+            else:
+                high = mid - 1
+        if m_max:
+            if m_max >= self.n_computing:
+                conditions.append(self.collusion)
+            else:
+                conditions.append(z3.And(self.collusion, z3.AtMost(*self.malicious_computing(), m_max)))
+        if not conditions:
+            return None
+        return z3.Or(conditions)
+
+    def tamperable(self, w: int, capability: str) -> z3.BoolRef:
+        """Worker ``w`` is malicious and may use ``capability`` on its units."""
+        worker = self.world.workers[w]
+        if not worker.computing:
+            return z3.BoolVal(False)
+        if capability == "poison_data" and worker.stage != 0:
+            return z3.BoolVal(False)
+        return z3.And(self.mal[w], self.cap[capability])
+
+    def effect_values(self, model: z3.ModelRef, effects: Iterable[Effect], malicious: int) -> tuple[Fraction, list[tuple[Effect, bool, Fraction]]]:
+        """Evaluate the effects in a model: the unit's detection probability and each effect's
+        state and value."""
+        colluding = z3.is_true(model.eval(self.collusion, model_completion=True))
+        rows = []
+        values = []
+        for e in effects:
+            on = z3.is_true(model.eval(e.expr, model_completion=True))
+            value = e.value if e.value is not None else self.peer_value(e.rate, malicious, colluding)
+            rows.append((e, on, value))
+            if on:
+                values.append(value)
+        return detection_probability(values), rows
+
+    def all_levels(self, effects_list: Iterable[list[Effect]], max_malicious: int) -> list[Fraction]:
+        """Every detection probability a unit can have, sorted (for the worst-case search)."""
+        levels: set[Fraction] = set()
+        for effects in effects_list:
+            fixed = [e.value for e in effects if not e.peer]
+            peers = [e for e in effects if e.peer]
+            for size in range(len(fixed) + 1):
+                for combo in itertools.combinations(fixed, size):
+                    base = detection_probability(combo)  # type: ignore[arg-type]
+                    levels.add(base)
+                    for peer in peers:
+                        for m in _sample_counts(max_malicious):
+                            for colluding in (False, True):
+                                v = self.peer_value(peer.rate, m, colluding)
+                                levels.add(1 - (1 - base) * (1 - v))
+        return sorted(levels)
+
+
+def _sample_counts(limit: int) -> list[int]:
+    if limit <= 64:
+        return list(range(1, max(limit, 1) + 1))
+    step = max(1, limit // 64)
+    return sorted(set(list(range(1, 65)) + list(range(1, limit + 1, step)) + [limit]))
+
+
+def _slot_text(ref: int | str) -> str:
+    return f"stage {ref} is" if isinstance(ref, int) else f"worker {ref} is"
+
+
+def _describe_check(check: object) -> str:
+    if isinstance(check, RedundantNeighbourCheck):
+        return "redundant_neighbour check: stage s+1 recomputes stage s"
+    if isinstance(check, SpotCheck):
+        return f"spot_check at rate {check.rate} by the {check.verifier}"
+    if isinstance(check, ReplicateCheck):
+        return f"replicate check with factor {check.factor}"
+    if isinstance(check, StatisticalCheck):
+        return f"statistical check (power {check.power}, min deviation {check.min_deviation})"
+    if isinstance(check, RobustAggregationCheck):
+        return f"robust aggregation ({check.rule})"
+    return "check"
+
+
+def ceil_half(k: int) -> int:
+    """Smallest m with 2m >= k."""
+    return math.ceil(k / 2)

@@ -1,0 +1,219 @@
+"""Counterexample traces as data, in the style of ITF traces: metadata, parameters, the malicious
+workers and their roles, and a list of states, each the action one worker takes at one step and
+micro-batch and what the checks make of it. The runtime replays these as attacks.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
+
+import z3
+
+from stagewarden.prover.encoding import Effect
+from stagewarden.prover.explain import effect_reason
+from stagewarden.prover.probability import Prob, format_probability
+from stagewarden.spec import Spec
+
+if TYPE_CHECKING:
+    from stagewarden.prover.prover import Prover
+
+#: Version of the trace JSON format.
+TRACE_VERSION = 1
+KIND_NAMES = {"F": "forward", "B": "backward", "U": "update"}
+
+
+def params(spec: Spec) -> dict[str, Any]:
+    """The topology the trace lives in."""
+    t = spec.topology
+    return {"stages": t.stages, "replicas": t.replicas, "microbatches": t.microbatches, "steps": t.steps,
+            "standby": t.standby, "replication_factor": spec.replication_factor}
+
+
+def _meta(prover: Prover, guarantee: Any, description: str) -> dict[str, Any]:
+    return {"format": "stagewarden-trace", "version": TRACE_VERSION, "spec": prover.loaded.file,
+            "guarantee": guarantee.id, "kind": guarantee.kind, "description": description}
+
+
+def _true(model: z3.ModelRef, expr: z3.BoolRef) -> bool:
+    return z3.is_true(model.eval(expr, model_completion=True))
+
+
+def _held(prover: Prover, model: z3.ModelRef) -> list[str]:
+    return [c for c, var in prover.enc.cap.items() if _true(model, var)]
+
+
+def _malicious_roles(prover: Prover, model: z3.ModelRef, roles: dict[int, str]) -> list[dict[str, Any]]:
+    world = prover.enc.world
+    held = _held(prover, model)
+    out = []
+    for w in prover._malicious(model):
+        out.append({"worker": world.workers[w].name, "role": roles.get(w, "idle"), "capabilities": held})
+    return out
+
+
+def _checker_of(prover: Prover, w: int, effect: Effect) -> str:
+    world = prover.enc.world
+    s, r = world.slot_of(w)
+    spec = prover.spec
+    if effect.label == "redundant_neighbour":
+        return world.workers[world.primary(s + 1, r)].name
+    if effect.label.startswith("spot_check") and effect.check is not None:
+        check = spec.defense.checks[effect.check]
+        return str(getattr(check, "verifier", "coordinator"))
+    if effect.label == "replicate":
+        return "the other copies of slot " + f"{s}:{r}"
+    return "coordinator"
+
+
+def detection_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, w: int, capability: str, kind: str,
+                    rows: list[tuple[Effect, bool, Fraction]], d: Fraction, bound: Fraction, sdc: bool) -> dict[str, Any]:
+    """Trace of one tampered (or silently corrupted) unit that escapes the required detection."""
+    enc, world = prover.enc, prover.enc.world
+    worker = world.workers[w].name
+    roles: dict[int, str] = {} if sdc else {w: "tamperer"}
+    checks = []
+    for effect, on, value in rows:
+        reason = effect_reason(enc, model, w, effect, on, value)
+        checks.append({"check": effect.label, "index": effect.check, "checker": _checker_of(prover, w, effect),
+                       "result": "catches" if on else "passes", "probability": format_probability(float(value if on else 0)),
+                       "why": reason})
+        if effect.label == "redundant_neighbour" and not on:
+            s, r = world.slot_of(w)
+            checker = world.primary(s + 1, r)
+            if _true(model, enc.covers(checker, w)):
+                roles[checker] = "covers"
+            elif s >= 1 and _true(model, enc.covers(world.primary(s - 1, r), w)):
+                roles[world.primary(s - 1, r)] = "forges the checker's input"
+        if effect.label == "replicate" and not on:
+            for o in world.slots[world.slot_of(w)]:
+                if o != w:
+                    roles[o] = "covers"
+    if not rows:
+        checks.append({"check": None, "index": None, "checker": None, "result": "passes", "probability": "0",
+                       "why": "no check of the protocol covers this unit"})
+    action = "silent_corruption" if sdc else capability
+    state = {"#index": 0, "step": 0, "microbatch": 0 if kind != "U" else None, "worker": worker, "unit": KIND_NAMES[kind],
+             "action": action, "checks": checks, "detection_probability": format_probability(float(d))}
+    description = (f"{'an honest worker' if sdc else 'malicious worker'} {worker} {'suffers silent corruption of' if sdc else 'uses ' + capability + ' on'} "
+                   f"its {KIND_NAMES[kind]} unit; it is detected with probability {format_probability(float(d))}, "
+                   f"below the required {format_probability(float(bound))}")
+    return {"#meta": _meta(prover, guarantee, description), "params": params(prover.spec),
+            "malicious": _malicious_roles(prover, model, roles), "vars": ["step", "microbatch", "worker", "unit", "action", "checks"],
+            "states": [state],
+            "outcome": {"detection_probability": float(d), "required": float(bound)}}
+
+
+def damage_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, rows: list[dict[str, Any]], prob: Prob,
+                 bound: Fraction) -> dict[str, Any]:
+    """Trace of the worst placement for bounded_damage: each malicious worker's strategy."""
+    spec = prover.spec
+    k = guarantee.max_undetected
+    response = spec.defense.response
+    if "rollback" in response:
+        plan, count = "tamper with K+1 consecutive units of its weakest kind, then stop (a detection rolls back its whole try)", k + 1
+    elif "eject" in response:
+        plan, count = "tamper with every unit of its weakest kind until it is caught and ejected", None
+    else:
+        plan, count = "tamper with every unit it can; nobody is removed", None
+    states = []
+    roles = {}
+    world = prover.enc.world
+    for index, row in enumerate(rows):
+        kinds = row["kinds"]
+        weakest = min(kinds, key=lambda x: kinds[x]["detection"])
+        states.append({"#index": index, "step": 0, "microbatch": 0 if weakest != "U" else None, "worker": row["worker"],
+                       "unit": KIND_NAMES[weakest], "action": kinds[weakest]["capability"], "count": count,
+                       "detection_probability": format_probability(row["detection"]), "units_available": row["units"]})
+        roles[world.by_name(str(row["worker"])).index] = "tamperer"
+    description = (f"{len(rows)} malicious worker(s) each {plan}: more than {k} tampered units stay undetected with "
+                   f"probability {prob} > {format_probability(float(bound))}")
+    return {"#meta": _meta(prover, guarantee, description), "params": params(spec),
+            "malicious": _malicious_roles(prover, model, roles),
+            "vars": ["step", "microbatch", "worker", "unit", "action", "count"], "states": states,
+            "outcome": {"probability": prob.value, "bound": float(bound), "max_undetected": k, "strategy": plan}}
+
+
+def framing_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, mechanism: str, victim: int,
+                  attackers: list[int]) -> dict[str, Any]:
+    """Trace of an honest worker being blamed."""
+    enc, world = prover.enc, prover.enc.world
+    name = world.workers[victim].name
+    active = [a for a in attackers if _true(model, enc.mal[a])]
+    roles = {a: mechanism for a in active}
+    states: list[dict[str, Any]] = []
+    s, r = world.slot_of(victim)
+    if mechanism == "equivocation":
+        up = world.workers[active[0]].name
+        checker = world.workers[world.primary(s + 1, r)].name
+        states.append({"#index": 0, "step": 0, "microbatch": 0, "worker": up, "unit": "forward", "action": "equivocate",
+                       "detail": f"sends activation X to {name} and a different X' to {checker}, {name}'s checker"})
+        states.append({"#index": 1, "step": 0, "microbatch": 0, "worker": checker, "unit": "forward", "action": "recompute",
+                       "detail": f"recomputes {name}'s forward from X', finds a mismatch and blames {name} (no receipts show that {up} sent two messages)"})
+    elif mechanism.startswith("false accusation"):
+        accuser = world.workers[active[0]].name if active else "a malicious worker"
+        states.append({"#index": 0, "step": 0, "microbatch": 0, "worker": accuser, "unit": "forward", "action": "false_accuse",
+                       "detail": f"claims that {name}'s forward unit failed its check; "
+                                 + ("without receipts nothing shows the unit was right" if not _true(model, enc.receipts) else "no trusted referee re-executes the unit")})
+    elif mechanism == "outvoting":
+        voters = ", ".join(world.workers[a].name for a in active)
+        states.append({"#index": 0, "step": 0, "microbatch": 0, "worker": voters, "unit": "forward", "action": "tamper_activations",
+                       "detail": f"{voters} return the same wrong output; the vote in slot {s}:{r} goes against honest {name}"})
+    else:
+        states.append({"#index": 0, "step": 0, "microbatch": 0, "worker": "coordinator", "unit": "forward", "action": "false_accuse",
+                       "detail": f"the untrusted coordinator reports that {name} failed a check; without receipts its word is the only evidence"})
+    description = f"honest worker {name} is blamed through {mechanism}"
+    return {"#meta": _meta(prover, guarantee, description), "params": params(prover.spec),
+            "malicious": _malicious_roles(prover, model, roles), "vars": ["step", "microbatch", "worker", "unit", "action", "detail"],
+            "states": states, "outcome": {"blamed": name, "mechanism": mechanism}}
+
+
+def liveness_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, parts: dict[str, Any]) -> dict[str, Any]:
+    """Trace of how the adversary and faults stop progress or empty a slot in every replica."""
+    enc, world = prover.enc, prover.enc.world
+    states: list[dict[str, Any]] = []
+    roles: dict[int, str] = {}
+    if _true(model, parts["stall"]):
+        if _true(model, parts["withholder"]):
+            w = next(w for w in prover._malicious(model) if world.workers[w].computing)
+            roles[w] = "withholds"
+            states.append({"#index": 0, "step": 0, "worker": world.workers[w].name, "action": "withhold",
+                           "detail": "stops answering; with neither eject nor skip_stage in the response nobody replaces it"})
+            description = f"worker {world.workers[w].name} withholds and the job waits for it forever"
+        else:
+            w = next(w for w in prover._malicious(model) if world.workers[w].computing and _true(model, prover._catchable(w, True)))
+            roles[w] = "tamperer"
+            response = [r for r in ("rollback", "restart") if _true(model, enc.response[r])]
+            states.append({"#index": 0, "step": 0, "worker": world.workers[w].name, "action": "tamper",
+                           "detail": f"tampers at every step; each tamper is detected with certainty and the step is {'/'.join(response) or 'redone'}, forever"})
+            description = f"worker {world.workers[w].name} forces a {'/'.join(response) or 'restart'} at every step: no progress"
+    else:
+        index = 0
+        crashes = model.eval(enc.crashes, model_completion=True).as_long()
+        framed = [r for r, cond in parts["framed"].items() if _true(model, cond)]
+        for w in prover._malicious(model):
+            removable = parts["removable"].get(w)
+            if removable is not None and _true(model, removable):
+                roles[w] = "gets itself ejected"
+                states.append({"#index": index, "worker": world.workers[w].name, "action": "tamper or withhold",
+                               "detail": "is detected (or goes silent) and is ejected"})
+                index += 1
+        for i, w in enumerate(world.standby_workers):
+            if _true(model, parts["standby_removable"][i]):
+                roles[w] = "gets itself ejected after taking over"
+                states.append({"#index": index, "worker": world.workers[w].name, "action": "tamper or withhold",
+                               "detail": "takes over an emptied slot, then is ejected in turn"})
+                index += 1
+        for r in framed:
+            states.append({"#index": index, "replica": r, "action": "frame",
+                           "detail": f"honest workers of replica {r} (and every standby that replaces them) are framed and ejected"})
+            index += 1
+        for c in range(crashes):
+            states.append({"#index": index, "action": "crash", "detail": "a worker crash-stops"})
+            index += 1
+        standby = model.eval(enc.standby_n, model_completion=True).as_long()
+        description = (f"{len(states)} removals ({crashes} crash(es)) against {world.replicas} replica(s) and {standby} standby "
+                       f"worker(s): every replica loses a stage")
+    return {"#meta": _meta(prover, guarantee, description), "params": params(prover.spec),
+            "malicious": _malicious_roles(prover, model, roles), "vars": ["worker", "action", "detail"], "states": states,
+            "outcome": {"progress": False}}
