@@ -29,6 +29,7 @@ from stagewarden.spec import (
     probability_fraction,
 )
 from stagewarden.spec.source import Path
+from stagewarden.prover.fastz3 import Term, conj, disj, holds_in, neg
 from stagewarden.prover.probability import detection_probability
 from stagewarden.prover.world import World
 
@@ -67,7 +68,7 @@ class Effect:
     label: str
     check: int | None
     value: Fraction | None
-    expr: z3.BoolRef
+    expr: Term
     rate: Fraction = Fraction(0)
 
     @property
@@ -111,8 +112,26 @@ class Encoding:
         }
         self.facts.append(z3.Or(list(self.response.values())))
         self._good_cache: dict[object, list[tuple[tuple[int, ...], int | None, z3.BoolRef | None]]] = {}
+        self._covers: dict[int, Term] = {}
+        self._signatures: dict[int, tuple[tuple[Fraction | None, Fraction], ...]] = {}
+        self._effects: dict[tuple[int, str, str, bool], list[Effect]] = {}
+        self._tamperable: dict[tuple[int, str], Term] = {}
         self._encode_checks()
         self._encode_workers()
+        self._linkage = conj([self.receipts, self.coord_trusted])
+        self._via_coord_trusted = {i: conj([v, self.coord_trusted]) for i, v in self.via_coord.items()}
+        self._spot_trusted: dict[int, Term] = {}
+        self._spot_peer: dict[int, Term] = {}
+        self._statistical: dict[int, Term] = {}
+        for i, check in enumerate(spec.defense.checks):
+            present = self.check_present[i]
+            if isinstance(check, SpotCheck):
+                vf = self.vf[i]
+                trusted = disj([conj([vf["coordinator"], self.coord_trusted]), conj([vf["tee"], self.attestation, neg(self.tee_compromise)])])
+                self._spot_trusted[i] = conj([present, self.receipts, trusted])
+                self._spot_peer[i] = conj([present, self.receipts, vf["peer"]])
+            elif isinstance(check, StatisticalCheck):
+                self._statistical[i] = conj([present, self.coord_trusted])
 
     # -- facts and assumptions ----------------------------------------------------------
 
@@ -169,17 +188,22 @@ class Encoding:
             covered = world.covered(ref)
             protected = z3.And(self.attestation, z3.Not(self.tee_compromise))
             self._assume(f"tee:{i}", f"{_slot_text(ref)} in a TEE", ("trust", "tee", i), z3.Implies(protected, z3.And([z3.Not(self.mal[w]) for w in covered])))
-        # Crashes and standby pool, for liveness.
-        self.crashes = z3.Int("crashes")
-        self.facts.append(self.crashes >= 0)
-        self._assume("crash", f"at most {spec.adversary.faults.crash} crashed workers", ("adversary", "faults", "crash"), self.crashes <= spec.adversary.faults.crash)
-        self.standby_n = z3.Int("standby")
-        self.facts.append(z3.And(self.standby_n >= 0, self.standby_n <= spec.topology.standby))
-        self._assume("standby", f"{spec.topology.standby} standby workers", ("topology", "standby"), self.standby_n == spec.topology.standby)
+        # Crashes and the standby pool, for liveness, in unary: crash[j] = "at least j+1 workers
+        # crash", standby[j] = "standby worker j exists". More than R + K crashes never help.
+        limit = min(len(world.workers), world.replicas + spec.topology.standby)
+        self.crash = [z3.Bool(f"crash[{j}]") for j in range(limit)]
+        self.facts += [z3.Implies(self.crash[j + 1], self.crash[j]) for j in range(limit - 1)]
+        allowed = spec.adversary.faults.crash
+        self._assume("crash", f"at most {allowed} crashed worker{'s' if allowed != 1 else ''}", ("adversary", "faults", "crash"),
+                     z3.Not(self.crash[allowed]) if allowed < limit else z3.BoolVal(True))
+        self.standby = [z3.Bool(f"standby[{j}]") for j in range(spec.topology.standby)]
+        self.facts += [z3.Implies(self.standby[j + 1], self.standby[j]) for j in range(len(self.standby) - 1)]
+        count = spec.topology.standby
+        self._assume("standby", f"{count} standby worker{'s' if count != 1 else ''}", ("topology", "standby"), z3.And(self.standby) if self.standby else z3.BoolVal(True))
         for w in world.standby_workers:
             worker = world.workers[w]
             assert worker.standby is not None
-            self.facts.append(z3.Implies(self.mal[w], self.standby_n > worker.standby))
+            self.facts.append(z3.Implies(self.mal[w], self.standby[worker.standby]))
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -191,11 +215,14 @@ class Encoding:
         """Every assumption literal."""
         return [a.literal for a in self.assumptions]
 
-    def covers(self, checker: int, target: int) -> z3.BoolRef:
+    def covers(self, checker: int, target: int) -> Term:
         """``checker`` is malicious and colludes with ``target``."""
         if checker == target:
-            return z3.BoolVal(False)
-        return z3.And(self.mal[checker], self.collusion)
+            return False
+        cached = self._covers.get(checker)
+        if cached is None:
+            cached = self._covers[checker] = conj([self.mal[checker], self.collusion])
+        return cached
 
     def malicious_computing(self) -> list[z3.BoolRef]:
         """The malicious flags of computing workers."""
@@ -207,70 +234,67 @@ class Encoding:
 
     # -- when a check catches a unit -------------------------------------------------------
 
-    def genuine_input(self, i: int, w: int) -> z3.BoolRef:
+    def genuine_input(self, i: int, w: int) -> Term:
         """Whether the redundant_neighbour check ``i`` recomputes worker ``w``'s unit from the real input."""
         s, r = self.world.slot_of(w)
-        parts = [self.receipts, z3.And(self.via_coord[i], self.coord_trusted)]
+        parts: list[Term] = [self.receipts, self._via_coord_trusted[i]]
         if s >= 1:
-            parts.append(z3.And(self.via_up[i], z3.Not(self.covers(self.world.primary(s - 1, r), w))))
+            parts.append(conj([self.via_up[i], neg(self.covers(self.world.primary(s - 1, r), w))]))
         else:
-            parts.append(z3.And(self.via_up[i], self.coord_trusted))
+            parts.append(conj([self.via_up[i], self.coord_trusted]))
             parts.append(self.data_commitment)
-        return z3.Or(parts)
-
-    def others_cover(self, w: int) -> z3.BoolRef:
-        """Every other worker of ``w``'s slot covers for it (replicate)."""
-        others = [o for o in self.world.slots[self.world.slot_of(w)] if o != w]
-        return z3.And([self.covers(o, w) for o in others]) if others else z3.BoolVal(True)
+        return disj(parts)
 
     def effects(self, w: int, capability: str, kind: str, cooperative: bool = False) -> list[Effect]:
         """The checks that may catch worker ``w``'s ``kind`` unit tampered with ``capability``.
 
         With ``cooperative`` the checkers do not cover and inputs are genuine (the adversary
-        wants to be caught, as when it forces a response).
+        wants to be caught, as when it forces a response). Cached per arguments.
         """
+        key = (w, capability, kind, cooperative)
+        cached = self._effects.get(key)
+        if cached is None:
+            cached = self._effects[key] = self._build_effects(w, capability, kind, cooperative)
+        return cached
+
+    def _build_effects(self, w: int, capability: str, kind: str, cooperative: bool) -> list[Effect]:
         spec, world = self.spec, self.world
         s, r = world.slot_of(w)
         out: list[Effect] = []
-        covers: Callable[[int, int], z3.BoolRef] = (lambda a, b: z3.BoolVal(False)) if cooperative else self.covers
+        covers: Callable[[int, int], Term] = (lambda a, b: False) if cooperative else self.covers
         if capability == "equivocate":
-            out.append(Effect("receipt linkage", None, Fraction(1), z3.And(self.receipts, self.coord_trusted)))
+            out.append(Effect("receipt linkage", None, Fraction(1), self._linkage))
             return out
         if capability == "poison_data":
-            parts = [self.coord_trusted]
+            parts: list[Term] = [self.coord_trusted]
             for i, _ in self.checks_of(RedundantNeighbourCheck):
-                parts.append(z3.And(self.check_present[i], z3.Not(covers(world.primary(1, r), w))))
+                parts.append(conj([self.check_present[i], neg(covers(world.primary(1, r), w))]))
             for i, _ in self.checks_of(ReplicateCheck):
-                parts.append(z3.And(self.check_present[i], self._not_all_cover(w, covers)))
-            out.append(Effect("batch proof", None, Fraction(1), z3.And(self.data_commitment, z3.Or(parts))))
+                parts.append(conj([self.check_present[i], self._not_all_cover(w, covers)]))
+            out.append(Effect("batch proof", None, Fraction(1), conj([self.data_commitment, disj(parts)])))
         for i, check in enumerate(spec.defense.checks):
             present = self.check_present[i]
             if isinstance(check, RedundantNeighbourCheck) and capability != "poison_data":
                 if s <= world.stages - 2:
                     checker = world.primary(s + 1, r)
-                    genuine = z3.BoolVal(True) if cooperative else self.genuine_input(i, w)
-                    out.append(Effect("redundant_neighbour", i, Fraction(1), z3.And(present, z3.Not(covers(checker, w)), genuine)))
+                    genuine = True if cooperative else self.genuine_input(i, w)
+                    out.append(Effect("redundant_neighbour", i, Fraction(1), conj([present, neg(covers(checker, w)), genuine])))
             elif isinstance(check, SpotCheck) and capability != "poison_data":
                 rate = _frac(check.rate)
-                vf = self.vf[i]
-                trusted = z3.Or(z3.And(vf["coordinator"], self.coord_trusted), z3.And(vf["tee"], self.attestation, z3.Not(self.tee_compromise)))
-                out.append(Effect("spot_check", i, rate, z3.And(present, self.receipts, trusted)))
-                if cooperative:
-                    out.append(Effect("spot_check (peer)", i, rate, z3.And(present, self.receipts, vf["peer"])))
-                else:
-                    out.append(Effect("spot_check (peer)", i, None, z3.And(present, self.receipts, vf["peer"]), rate=rate))
+                out.append(Effect("spot_check", i, rate, self._spot_trusted[i]))
+                out.append(Effect("spot_check (peer)", i, rate if cooperative else None, self._spot_peer[i], rate=rate))
             elif isinstance(check, ReplicateCheck):
-                out.append(Effect("replicate", i, Fraction(1), z3.And(present, self._not_all_cover(w, covers))))
+                out.append(Effect("replicate", i, Fraction(1), conj([present, self._not_all_cover(w, covers)])))
             elif isinstance(check, StatisticalCheck) and kind in ("F", "B") and capability != "poison_data":
                 if check.min_deviation == 0 or cooperative:
-                    out.append(Effect("statistical", i, _frac(check.power), z3.And(present, self.coord_trusted)))
+                    out.append(Effect("statistical", i, _frac(check.power), self._statistical[i]))
         return out
 
-    def _not_all_cover(self, w: int, covers: Callable[[int, int], z3.BoolRef]) -> z3.BoolRef:
+    def _not_all_cover(self, w: int, covers: Callable[[int, int], Term]) -> Term:
         others = [o for o in self.world.slots[self.world.slot_of(w)] if o != w]
         if not others:
-            return z3.BoolVal(False)
-        return z3.Not(z3.And([covers(o, w) for o in others]))
+            return False
+        return neg(conj([covers(o, w) for o in others]))
 
     def peer_value(self, rate: Fraction, malicious: int, colluding: bool) -> Fraction:
         """Detection value of a peer spot check with ``malicious`` malicious computing workers."""
@@ -278,18 +302,20 @@ class Encoding:
             return rate
         return rate * Fraction(self.n_computing - malicious, self.n_computing - 1)
 
-    def level(self, effects: list[Effect], op: str, threshold: Fraction) -> z3.BoolRef:
+    def level(self, effects: list[Effect], op: str, threshold: Fraction) -> Term:
         """Formula: the unit's detection probability is ``< threshold`` (op "lt") or
         ``<= threshold`` (op "le"), given which effects are in force."""
-        signature = tuple((e.value, e.rate) for e in effects)
+        signature = self._signatures.get(id(effects))
+        if signature is None:
+            signature = self._signatures[id(effects)] = tuple((e.value, e.rate) for e in effects)
         templates = self._good_sets(signature, op, threshold)
-        clauses = []
+        clauses: list[Term] = []
         for chosen, peer_index, peer_condition in templates:
-            parts = [effects[j].expr for j in chosen]
+            parts: list[Term] = [effects[j].expr for j in chosen]
             if peer_index is not None:
-                parts += [effects[peer_index].expr, peer_condition]
-            clauses.append(z3.Not(z3.And(parts)) if parts else z3.BoolVal(False))
-        return z3.And(clauses) if clauses else z3.BoolVal(True)
+                parts += [effects[peer_index].expr, peer_condition]  # type: ignore[list-item]
+            clauses.append(neg(conj(parts)))
+        return conj(clauses)
 
     def _good_sets(
         self, signature: tuple[tuple[Fraction | None, Fraction], ...], op: str, threshold: Fraction
@@ -350,14 +376,18 @@ class Encoding:
             return None
         return z3.Or(conditions)
 
-    def tamperable(self, w: int, capability: str) -> z3.BoolRef:
+    def tamperable(self, w: int, capability: str) -> Term:
         """Worker ``w`` is malicious and may use ``capability`` on its units."""
         worker = self.world.workers[w]
         if not worker.computing:
-            return z3.BoolVal(False)
+            return False
         if capability == "poison_data" and worker.stage != 0:
-            return z3.BoolVal(False)
-        return z3.And(self.mal[w], self.cap[capability])
+            return False
+        key = (w, capability)
+        cached = self._tamperable.get(key)
+        if cached is None:
+            cached = self._tamperable[key] = conj([self.mal[w], self.cap[capability]])
+        return cached
 
     def effect_values(self, model: z3.ModelRef, effects: Iterable[Effect], malicious: int) -> tuple[Fraction, list[tuple[Effect, bool, Fraction]]]:
         """Evaluate the effects in a model: the unit's detection probability and each effect's
@@ -366,17 +396,27 @@ class Encoding:
         rows = []
         values = []
         for e in effects:
-            on = z3.is_true(model.eval(e.expr, model_completion=True))
+            on = holds_in(model, e.expr)
             value = e.value if e.value is not None else self.peer_value(e.rate, malicious, colluding)
             rows.append((e, on, value))
             if on:
                 values.append(value)
         return detection_probability(values), rows
 
+    def _possible(self, effect: Effect) -> bool:
+        """Whether an effect can be in force under the spec as written (a spot check's effect
+        for a verifier other than the one the spec names cannot)."""
+        if effect.check is None or not effect.label.startswith("spot_check"):
+            return True
+        check = self.spec.defense.checks[effect.check]
+        is_peer = getattr(check, "verifier", None) == "peer"
+        return is_peer == effect.label.endswith("(peer)")
+
     def all_levels(self, effects_list: Iterable[list[Effect]], max_malicious: int) -> list[Fraction]:
         """Every detection probability a unit can have, sorted (for the worst-case search)."""
         levels: set[Fraction] = set()
         for effects in effects_list:
+            effects = [e for e in effects if self._possible(e)]
             fixed = [e.value for e in effects if not e.peer]
             peers = [e for e in effects if e.peer]
             for size in range(len(fixed) + 1):

@@ -8,12 +8,13 @@ from fractions import Fraction
 import z3
 
 from stagewarden.prover.encoding import Assumption, Effect, Encoding
+from stagewarden.prover.fastz3 import Term, holds_in
 from stagewarden.prover.verdict import AssumptionRef
 from stagewarden.spec import RedundantNeighbourCheck
 
 
-def _true(model: z3.ModelRef, expr: z3.BoolRef) -> bool:
-    return z3.is_true(model.eval(expr, model_completion=True))
+def _true(model: z3.ModelRef, expr: Term) -> bool:
+    return holds_in(model, expr)
 
 
 def assumption_ref(enc: Encoding, assumption: Assumption) -> AssumptionRef:

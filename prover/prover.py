@@ -9,12 +9,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import z3
 
 from stagewarden.prover import trace as tr
 from stagewarden.prover.encoding import CAPABILITY_KINDS, KINDS, SDC, Assumption, Effect, Encoding, ceil_half
 from stagewarden.prover.explain import assumption_ref
+from stagewarden.prover.fastz3 import Term, conj, disj, holds_in, neg, to_z3
 from stagewarden.prover.probability import Prob, eject_damage, format_probability, rollback_damage, skip_damage
 from stagewarden.prover.verdict import HOLDS, UNKNOWN, VACUOUS, VIOLATED, AssumptionRef, Figure, GuaranteeResult, Report
 from stagewarden.spec import (
@@ -63,7 +65,14 @@ class Prover:
         self.enc = Encoding(loaded)
         self._deadline: float | None = None
         self._vacuity: list[Assumption] | None | bool = None
-        self._term_cache: dict[tuple[str | None, Fraction], list[z3.BoolRef]] = {}
+        self._base: z3.Solver | None = None
+        self._guards: dict[object, z3.BoolRef] = {}
+        self._goal_guards: dict[object, tuple[z3.BoolRef, Term]] = {}
+        self._mal_index = {str(m): i for i, m in enumerate(self.enc.mal)}
+        self._term_cache: dict[tuple[str | None, Fraction], list[Term]] = {}
+        self._unmasked_cache: Term | None = None
+        self._framing: list[tuple[str, int, list[int], Term]] | None = None
+        self._catchable_cache: dict[tuple[int, bool], Term] = {}
 
     # -- solver plumbing --------------------------------------------------------------------
 
@@ -83,29 +92,52 @@ class Prover:
             solver.set("rlimit", self.limits.rlimit)
 
     def _solver(self) -> z3.Solver:
-        solver = z3.Solver()
-        self._configure(solver)
-        solver.add(self.enc.all_constraints())
-        return solver
+        """The shared solver holding every constraint of the encoding (built once; queries add
+        their goal inside push/pop, so the budget's cardinality constraint is encoded once)."""
+        if self._base is None:
+            z3.set_param("sat.cardinality.solver", True)
+            self._base = z3.SolverFor("QF_FD")
+            self._base.add(self.enc.all_constraints())
+        self._configure(self._base)
+        return self._base
 
-    def _check(self, goal: z3.BoolRef, literals: list[z3.BoolRef] | None = None) -> tuple[z3.CheckSatResult, z3.Solver]:
+    def _guard(self, goal: Term) -> z3.BoolRef:
+        """A literal that switches ``goal`` on in the shared solver (added once per goal; goals
+        stay in the solver, inert while their literal is not assumed, so nothing is popped)."""
+        key = goal if isinstance(goal, bool) else goal.get_id()
+        entry = self._goal_guards.get(key)
+        if entry is None:
+            guard = z3.Bool(f"goal!{len(self._goal_guards)}")
+            self._solver().add(z3.Implies(guard, to_z3(goal)))
+            # Keep the goal alive: Z3 reuses the ids of freed terms.
+            entry = self._goal_guards[key] = (guard, goal)
+        return entry[0]
+
+    def _check(self, goal: Term, literals: list[z3.BoolRef] | None = None, want: str = "") -> tuple[z3.CheckSatResult, Any]:
+        """Check ``goal`` under the assumption literals; return the result and, as asked, the
+        model (``want="model"``) or the unsat core (``want="core"``)."""
+        guard = self._guard(goal)
         solver = self._solver()
-        solver.add(goal)
-        result = solver.check(*(self.enc.literals() if literals is None else literals))
+        result = solver.check(guard, *(self.enc.literals() if literals is None else literals))
         if result == z3.unknown:
             raise SolverGaveUp(solver.reason_unknown())
-        return result, solver
+        extra: Any = None
+        if want == "model" and result == z3.sat:
+            extra = solver.model()
+        elif want == "core" and result == z3.unsat:
+            extra = [lit for lit in solver.unsat_core() if not str(lit).startswith("goal!")]
+        return result, extra
 
-    def _sat(self, goal: z3.BoolRef) -> z3.ModelRef | None:
-        result, solver = self._check(goal)
-        return solver.model() if result == z3.sat else None
+    def _sat(self, goal: Term) -> z3.ModelRef | None:
+        result, model = self._check(goal, want="model")
+        return model if result == z3.sat else None
 
-    def _minimal_core(self, goal: z3.BoolRef) -> list[Assumption]:
+    def _minimal_core(self, goal: Term) -> list[Assumption]:
         """A minimal set of assumptions under which ``goal`` is unsatisfiable."""
-        result, solver = self._check(goal)
+        result, raw = self._check(goal, want="core")
         assert result == z3.unsat
         by_name = {str(a.literal): a for a in self.enc.assumptions}
-        core = [by_name[str(lit)] for lit in solver.unsat_core()]
+        core = [by_name[str(lit)] for lit in raw]
         index = 0
         while index < len(core):
             trial = core[:index] + core[index + 1 :]
@@ -116,27 +148,65 @@ class Prover:
                 index += 1
         return core
 
-    def _minimal_model(self, goal: z3.BoolRef, extra_objective: list[z3.BoolRef] | None = None) -> z3.ModelRef:
-        """A model of ``goal`` with the fewest malicious workers (then the fewest extra terms)."""
-        opt = z3.Optimize()
-        self._configure(opt)
-        opt.add(self.enc.all_constraints())
-        opt.add(self.enc.literals())
-        opt.add(goal)
-        opt.minimize(z3.Sum([z3.If(m, 1, 0) for m in self.enc.mal]))
+    def _minimal_model(self, goal: Term, extra_objective: list[Term] | None = None) -> z3.ModelRef:
+        """A model of ``goal`` with the fewest malicious workers, then the fewest
+        ``extra_objective`` terms. Counterexamples are small, so the search goes up from one
+        malicious worker with cardinality bounds on the SAT-based finite-domain solver (Z3's
+        ``Optimize`` proved far slower on these cardinality problems)."""
+        guard = self._guard(goal)
+        model = self._least(guard, [], self.enc.mal, "malicious")
         if extra_objective:
-            opt.minimize(z3.Sum([z3.If(t, 1, 0) for t in extra_objective]))
-        result = opt.check()
-        if result != z3.sat:
-            # Optimize may give up where the plain solver succeeded; fall back to any model.
-            model = self._sat(goal)
-            if model is None:
-                raise SolverGaveUp(opt.reason_unknown())
-            return model
-        return opt.model()
+            fewest = len(self._malicious(model))
+            cap = self._cardinality_guard(self.enc.mal, fewest, "malicious")
+            model = self._least(guard, [cap], [to_z3(t) for t in extra_objective], f"extra{len(self._guards)}")
+        return model
+
+    def _cardinality_guard(self, terms: list[z3.BoolRef], k: int, name: str) -> z3.BoolRef:
+        key = (name, k)
+        guard = self._guards.get(key)
+        if guard is None:
+            guard = z3.Bool(f"goal!atmost-{name}-{k}")
+            self._solver().add(z3.Implies(guard, z3.AtMost(*terms, k)))
+            self._guards[key] = guard
+        return guard
+
+    def _least(self, guard: z3.BoolRef, extra: list[z3.BoolRef], terms: list[z3.BoolRef], name: str) -> z3.ModelRef:
+        """The model (goal ``guard`` on) with the fewest true ``terms``: k = 0, 1, 2, ... then
+        binary search once k passes 8."""
+        solver = self._solver()
+        literals = self.enc.literals()
+        k = 0
+        best: z3.ModelRef | None = None
+        while True:
+            if k > 8 and best is None:
+                result = solver.check(guard, *extra, *literals)
+                if result != z3.sat:
+                    raise SolverGaveUp(solver.reason_unknown() if result == z3.unknown else "goal became unsatisfiable")
+                best = solver.model()
+                high = sum(1 for t in terms if z3.is_true(best.eval(t, model_completion=True)))
+                low = k
+                while low < high:
+                    mid = (low + high) // 2
+                    result = solver.check(guard, *extra, self._cardinality_guard(terms, mid, name), *literals)
+                    if result == z3.unknown:
+                        raise SolverGaveUp(solver.reason_unknown())
+                    if result == z3.sat:
+                        best = solver.model()
+                        high = sum(1 for t in terms if z3.is_true(best.eval(t, model_completion=True)))
+                    else:
+                        low = mid + 1
+                return best
+            result = solver.check(guard, *extra, self._cardinality_guard(terms, k, name), *literals)
+            if result == z3.unknown:
+                raise SolverGaveUp(solver.reason_unknown())
+            if result == z3.sat:
+                return solver.model()
+            k += 1
 
     def _malicious(self, model: z3.ModelRef) -> list[int]:
-        return [i for i, m in enumerate(self.enc.mal) if z3.is_true(model.eval(m, model_completion=True))]
+        index = self._mal_index
+        found = [index[d.name()] for d in model.decls() if d.name() in index and z3.is_true(model[d])]
+        return sorted(found)
 
     def _malicious_computing(self, model: z3.ModelRef) -> int:
         return sum(1 for i in self._malicious(model) if self.enc.world.workers[i].computing)
@@ -147,7 +217,7 @@ class Prover:
         """None when an honest run is possible under the assumptions; otherwise the
         contradictory assumptions (a minimal core)."""
         if self._vacuity is None:
-            honest_run = z3.And([z3.Not(m) for m in self.enc.mal] + [self.enc.crashes == 0])
+            honest_run = conj([neg(m) for m in self.enc.mal] + [neg(c) for c in self.enc.crash])
             result, _ = self._check(honest_run)
             self._vacuity = False if result == z3.sat else self._minimal_core(honest_run)
         return None if self._vacuity is False else self._vacuity  # type: ignore[return-value]
@@ -199,12 +269,12 @@ class Prover:
             assumptions=[assumption_ref(self.enc, a) for a in core], **extra,  # type: ignore[arg-type]
         )
 
-    def _adversary_goal(self) -> z3.BoolRef:
-        return z3.Or(self.enc.malicious_computing()) if self.enc.malicious_computing() else z3.BoolVal(False)
+    def _adversary_goal(self) -> Term:
+        return disj(self.enc.malicious_computing())
 
-    def _trivial(self, guarantee: object, extra: z3.BoolRef | None = None) -> GuaranteeResult | None:
+    def _trivial(self, guarantee: object, extra: Term | None = None) -> GuaranteeResult | None:
         """Holds trivially when no placement gives the adversary a computing worker."""
-        goal = self._adversary_goal() if extra is None else z3.Or(self._adversary_goal(), extra)
+        goal = self._adversary_goal() if extra is None else disj([self._adversary_goal(), extra])
         if self._sat(goal) is not None:
             return None
         result = self._holds(guarantee, goal, "holds trivially: the adversary can control no computing worker")
@@ -221,16 +291,16 @@ class Prover:
                 out.extend((w, c, kind) for kind in kinds)
         return out
 
-    def _level_goal(self, targets: list[tuple[int, str, str]], op: str, threshold: Fraction, sdc: bool) -> z3.BoolRef:
+    def _level_goal(self, targets: list[tuple[int, str, str]], op: str, threshold: Fraction, sdc: bool) -> Term:
         enc = self.enc
-        parts = [z3.And(enc.tamperable(w, c), enc.level(enc.effects(w, c, kind), op, threshold)) for w, c, kind in targets]
+        parts = [conj([enc.tamperable(w, c), enc.level(enc.effects(w, c, kind), op, threshold)]) for w, c, kind in targets]
         if sdc:
             sdc_parts = [
-                z3.And(z3.Not(enc.mal[w]), enc.level(enc.effects(w, KIND_CAPABILITY[k], k), op, threshold))
+                conj([neg(enc.mal[w]), enc.level(enc.effects(w, KIND_CAPABILITY[k], k), op, threshold)])
                 for w in enc.world.computing for k in KINDS
             ]
-            parts.append(z3.And(enc.sdc, z3.Or(sdc_parts)))
-        return z3.Or(parts) if parts else z3.BoolVal(False)
+            parts.append(conj([enc.sdc, disj(sdc_parts)]))
+        return disj(parts)
 
     def _levels(self, targets: list[tuple[int, str, str]], sdc: bool) -> list[Fraction]:
         """Candidate detection levels, from the targets of replica 0 (replicas look alike)."""
@@ -241,7 +311,7 @@ class Prover:
             effects += [enc.effects(w, KIND_CAPABILITY[k], k) for w in enc.world.computing if enc.world.workers[w].replica == 0 for k in KINDS]
         return enc.all_levels(effects, max(1, self.spec.malicious_budget))
 
-    def _min_level(self, candidates: list[Fraction], goal_at: Callable[[Fraction], z3.BoolRef]) -> Fraction:
+    def _min_level(self, candidates: list[Fraction], goal_at: Callable[[Fraction], Term]) -> Fraction:
         """The smallest candidate level some placement reaches (binary search; the last
         candidate is known to be reachable)."""
         low, high = 0, len(candidates) - 1
@@ -257,13 +327,13 @@ class Prover:
         """The (worker, capability, kind) that reaches the level in ``model``."""
         enc = self.enc
         for w, c, kind in targets:
-            if z3.is_true(model.eval(z3.And(enc.tamperable(w, c), enc.level(enc.effects(w, c, kind), op, threshold)), model_completion=True)):
+            if holds_in(model, conj([enc.tamperable(w, c), enc.level(enc.effects(w, c, kind), op, threshold)])):
                 return w, c, kind, enc.effects(w, c, kind), False
         if sdc:
             for w in enc.world.computing:
                 for k in KINDS:
                     effects = enc.effects(w, KIND_CAPABILITY[k], k)
-                    if z3.is_true(model.eval(z3.And(z3.Not(enc.mal[w]), enc.level(effects, op, threshold)), model_completion=True)):
+                    if holds_in(model, conj([neg(enc.mal[w]), enc.level(effects, op, threshold)])):
                         return w, SDC, k, effects, True
         raise AssertionError("the model reaches the level through no unit")
 
@@ -307,14 +377,16 @@ class Prover:
 
     # -- bounded damage ---------------------------------------------------------------------
 
-    def _unmasked(self) -> z3.BoolRef:
+    def _unmasked(self) -> Term:
         enc, world = self.enc, self.enc.world
         masks = [i for i, c in enumerate(self.spec.defense.checks) if isinstance(c, RobustAggregationCheck)]
         if not masks:
-            return z3.BoolVal(True)
-        touched = [z3.Or([enc.mal[w] for s in range(world.stages) for w in world.slots[(s, r)]]) for r in range(world.replicas)]
-        need = ceil_half(world.replicas)
-        return z3.Or(z3.Not(enc.check_present[masks[0]]), z3.AtLeast(*touched, need))
+            return True
+        if self._unmasked_cache is None:
+            touched = [to_z3(disj([enc.mal[w] for s in range(world.stages) for w in world.slots[(s, r)]])) for r in range(world.replicas)]
+            need = ceil_half(world.replicas)
+            self._unmasked_cache = disj([neg(enc.check_present[masks[0]]), z3.AtLeast(*touched, need)])
+        return self._unmasked_cache
 
     def _worker_kinds(self, w: int) -> list[tuple[str, str]]:
         """(capability, kind) pairs a malicious worker could tamper with."""
@@ -326,13 +398,12 @@ class Prover:
                 out.append((c, kind))
         return out
 
-    def _kind_level(self, w: int, kind: str, op: str, lv: Fraction) -> z3.BoolRef:
+    def _kind_level(self, w: int, kind: str, op: str, lv: Fraction) -> Term:
         enc = self.enc
-        parts = [z3.And(enc.tamperable(w, c), enc.level(enc.effects(w, c, kind), op, lv)) for c, k in self._worker_kinds(w) if k == kind]
-        return z3.Or(parts) if parts else z3.BoolVal(False)
+        return disj([conj([enc.tamperable(w, c), enc.level(enc.effects(w, c, kind), op, lv)]) for c, k in self._worker_kinds(w) if k == kind])
 
-    def _worker_level(self, w: int, op: str, lv: Fraction) -> z3.BoolRef:
-        return z3.Or([self._kind_level(w, kind, op, lv) for kind in KINDS])
+    def _worker_level(self, w: int, op: str, lv: Fraction) -> Term:
+        return disj([self._kind_level(w, kind, op, lv) for kind in KINDS])
 
     def _damage_of(self, model: z3.ModelRef, k: int) -> tuple[Prob, list[dict[str, object]]]:
         """The exact damage probability of the placement in ``model`` (semantics page formulas)."""
@@ -341,7 +412,7 @@ class Prover:
         per_step = {"F": micro, "B": micro, "U": 1}
         malicious = self._malicious(model)
         m = self._malicious_computing(model)
-        unmasked = z3.is_true(model.eval(self._unmasked(), model_completion=True))
+        unmasked = holds_in(model, self._unmasked())
         rows: list[dict[str, object]] = []
         per_worker: list[tuple[Fraction, int, dict[str, Fraction]]] = []
         for w in malicious:
@@ -350,7 +421,7 @@ class Prover:
             kind_d: dict[str, Fraction] = {}
             kind_cap: dict[str, str] = {}
             for c, kind in self._worker_kinds(w):
-                if not z3.is_true(model.eval(enc.tamperable(w, c), model_completion=True)):
+                if not holds_in(model, enc.tamperable(w, c)):
                     continue
                 d, _ = enc.effect_values(model, enc.effects(w, c, kind), m)
                 if kind not in kind_d or d < kind_d[kind]:
@@ -393,7 +464,7 @@ class Prover:
             return trivial
         computing = enc.world.computing
         unmasked = self._unmasked()
-        any_damage = z3.And(unmasked, z3.Or([self._worker_level(w, "lt", Fraction(1)) for w in computing]))
+        any_damage = conj([unmasked, disj([self._worker_level(w, "lt", Fraction(1)) for w in computing])])
         if self._sat(any_damage) is None:
             return self._holds(g, any_damage, "holds: every tampered unit is detected or masked, so none stays undetected",
                                figure=Figure("Pr[more than K undetected]", 0.0, float(bound), "<=", exact="0"))
@@ -413,14 +484,14 @@ class Prover:
         verdict_cmp = bound_prob.compare(bound)
         if verdict_cmp is not None and verdict_cmp <= 0:
             # Holds: no placement exceeds the per-level maxima; explain why they are bounded.
-            exceed = z3.And(unmasked, z3.Or([z3.AtLeast(*self._level_terms(kind, lv), n + 1) for (kind, lv), n in counts.items()]))
+            exceed = conj([unmasked, disj([_at_least(self._level_terms(kind, lv), n + 1) for (kind, lv), n in counts.items()])])
             result = self._holds(g, exceed, f"holds: the best adversary leaves more than {k} undetected units with probability "
                                  f"at most {bound_prob} <= {format_probability(float(bound))}",
                                  figure=Figure("Pr[more than K undetected]", bound_prob.value, float(bound), "<=", exact=_exact(bound_prob.exact)))
             result.assumptions += [assumption_ref(enc, a) for a in enc.assumptions if a.key in self._response_keys() and a.key not in {x.key for x in result.assumptions}]
             return result
         # Find the worst concrete placement: the joint dominating one, else the best found.
-        joint = z3.And(unmasked, *[z3.AtLeast(*self._level_terms(kind, lv), n) for (kind, lv), n in counts.items() if n > 0])
+        joint = conj([unmasked] + [_at_least(self._level_terms(kind, lv), n) for (kind, lv), n in counts.items() if n > 0])
         candidates: list[z3.ModelRef] = []
         model = self._sat(joint)
         if model is not None:
@@ -444,7 +515,7 @@ class Prover:
                    f"{format_probability(float(bound))}")
         return GuaranteeResult(g.id, g.kind, VIOLATED, summary, figure=figure, trace=trace)
 
-    def _level_terms(self, kind: str | None, lv: Fraction) -> list[z3.BoolRef]:
+    def _level_terms(self, kind: str | None, lv: Fraction) -> list[Term]:
         """Per computing worker: it is malicious and reaches detection level ``lv`` (on ``kind``,
         or on its weakest kind when ``kind`` is None)."""
         cache_key = (kind, lv)
@@ -461,19 +532,34 @@ class Prover:
                 return {f"response:{r}"}
         return {f"response:{r}" for r in response}
 
-    def _maximise(self, terms: list[z3.BoolRef], base: z3.BoolRef) -> tuple[int, z3.ModelRef | None]:
-        """The largest number of ``terms`` that one placement makes true."""
-        if self._sat(z3.And(base, z3.Or(terms))) is None:
+    def _maximise(self, terms: list[Term], base: Term) -> tuple[int, z3.ModelRef | None]:
+        """The largest number of ``terms`` that one placement makes true (binary search over
+        cardinality bounds; each term needs a malicious worker, so the budget bounds it)."""
+        model = self._sat(conj([base, disj(terms)]))
+        if model is None:
             return 0, None
-        opt = z3.Optimize()
-        self._configure(opt)
-        opt.add(self.enc.all_constraints())
-        opt.add(self.enc.literals())
-        opt.add(base)
-        handle = opt.maximize(z3.Sum([z3.If(t, 1, 0) for t in terms]))
-        if opt.check() != z3.sat:
-            raise SolverGaveUp(opt.reason_unknown())
-        return int(handle.value().as_long()), opt.model()
+        live = [to_z3(t) for t in terms if t is not False]
+        base_guard = self._guard(base)
+        solver = self._solver()
+        low = sum(1 for t in terms if holds_in(model, t))
+        high = min(len(live), self.spec.malicious_budget)
+        name = f"max{len(self._guards)}"
+        while low < high:
+            mid = (low + high + 1) // 2
+            key = (name, "atleast", mid)
+            guard = self._guards.get(key)
+            if guard is None:
+                guard = self._guards[key] = z3.Bool(f"goal!{name}-{mid}")
+                solver.add(z3.Implies(guard, z3.AtLeast(*live, mid)))
+            result = solver.check(base_guard, guard, *self.enc.literals())
+            if result == z3.unknown:
+                raise SolverGaveUp(solver.reason_unknown())
+            if result == z3.sat:
+                model = solver.model()
+                low = sum(1 for t in terms if holds_in(model, t))
+            else:
+                high = mid - 1
+        return low, model
 
     def _dominating_damage(self, counts: dict[tuple[str | None, Fraction], int], k: int) -> Prob:
         """An upper bound on the damage: workers placed at the best levels the counts allow."""
@@ -503,77 +589,72 @@ class Prover:
 
     # -- no framing ---------------------------------------------------------------------------
 
-    def framing_mechanisms(self, replica: int | None = None) -> list[tuple[str, int, list[int], z3.BoolRef]]:
+    def framing_mechanisms(self, replica: int | None = None) -> list[tuple[str, int, list[int], Term]]:
         """Every way an honest worker can be blamed: (mechanism, victim, attackers, condition).
 
         With ``replica`` only victims in that replica are listed.
         """
+        if self._framing is None:
+            self._framing = self._build_framing()
+        if replica is None:
+            return self._framing
+        return [m for m in self._framing if self.enc.world.workers[m[1]].replica == replica]
+
+    def _build_framing(self) -> list[tuple[str, int, list[int], Term]]:
         enc, world, spec = self.enc, self.enc.world, self.spec
-        out: list[tuple[str, int, list[int], z3.BoolRef]] = []
-        no_referee = z3.Or(z3.Not(enc.receipts), z3.Not(enc.coord_trusted))
-        replicas = range(world.replicas) if replica is None else [replica]
+        out: list[tuple[str, int, list[int], Term]] = []
+        no_referee = disj([neg(enc.receipts), neg(enc.coord_trusted)])
         computing = world.computing
+        any_computing = disj([enc.mal[w] for w in computing])
         for i, check in enumerate(spec.defense.checks):
             present = enc.check_present[i]
             if isinstance(check, RedundantNeighbourCheck):
-                for r in replicas:
+                equivocation = conj([present, enc.via_up[i], enc.cap["equivocate"], neg(enc.receipts)])
+                accusation = conj([present, enc.cap["false_accuse"], no_referee])
+                for r in range(world.replicas):
                     for s in range(1, world.stages - 1):
-                        up, checker = world.primary(s - 1, r), world.primary(s + 1, r)
+                        up = world.primary(s - 1, r)
                         for victim in world.slots[(s, r)]:
-                            cond = z3.And(present, enc.via_up[i], enc.cap["equivocate"], z3.Not(enc.receipts), enc.mal[up], z3.Not(enc.mal[victim]))
-                            out.append(("equivocation", victim, [up], cond))
+                            out.append(("equivocation", victim, [up], conj([equivocation, enc.mal[up], neg(enc.mal[victim])])))
                     for s in range(0, world.stages - 1):
                         checker = world.primary(s + 1, r)
                         for victim in world.slots[(s, r)]:
-                            cond = z3.And(present, enc.cap["false_accuse"], no_referee, enc.mal[checker], z3.Not(enc.mal[victim]))
-                            out.append(("false accusation", victim, [checker], cond))
+                            out.append(("false accusation", victim, [checker], conj([accusation, enc.mal[checker], neg(enc.mal[victim])])))
             elif isinstance(check, SpotCheck):
-                for r in replicas:
-                    for s in range(world.stages):
-                        for victim in world.slots[(s, r)]:
-                            accusers = [a for a in computing if a != victim]
-                            if not accusers:
-                                continue
-                            cond = z3.And(present, enc.vf[i]["peer"], enc.cap["false_accuse"], no_referee, z3.Not(enc.mal[victim]), z3.Or([enc.mal[a] for a in accusers]))
-                            out.append(("false accusation by a peer verifier", victim, accusers, cond))
+                base = conj([present, enc.vf[i]["peer"], enc.cap["false_accuse"], no_referee, any_computing])
+                for victim in computing:
+                    # The victim is honest, so any malicious computing worker is another one.
+                    out.append(("false accusation by a peer verifier", victim, [a for a in computing if a != victim], conj([base, neg(enc.mal[victim])])))
             elif isinstance(check, ReplicateCheck):
-                k = check.factor
-                need = ceil_half(k)
-                tamper = z3.Or(enc.cap["tamper_activations"], enc.cap["tamper_gradients"], enc.cap["tamper_weights"])
-                resolve_weak = z3.Or(z3.Not(enc.referee[i]), z3.Not(enc.coord_trusted))
-                for r in replicas:
-                    for s in range(world.stages):
-                        members = world.slots[(s, r)]
-                        for victim in members:
-                            others = [o for o in members if o != victim]
-                            agree = z3.BoolVal(True) if need <= 1 else enc.collusion
-                            cond = z3.And(present, resolve_weak, tamper, z3.Not(enc.mal[victim]), z3.AtLeast(*[enc.mal[o] for o in others], need), agree)
-                            out.append(("outvoting", victim, others, cond))
-                            accuse = z3.And(present, enc.cap["false_accuse"], no_referee, z3.Not(enc.mal[victim]), z3.Or([enc.mal[o] for o in others]))
-                            out.append(("false accusation by a replica", victim, others, accuse))
-        roles = []
+                need = ceil_half(check.factor)
+                tamper = disj([enc.cap["tamper_activations"], enc.cap["tamper_gradients"], enc.cap["tamper_weights"]])
+                vote = conj([present, disj([neg(enc.referee[i]), neg(enc.coord_trusted)]), tamper] + ([] if need <= 1 else [enc.collusion]))
+                accusation = conj([present, enc.cap["false_accuse"], no_referee])
+                for members in world.slots.values():
+                    for victim in members:
+                        others = [o for o in members if o != victim]
+                        out.append(("outvoting", victim, others, conj([vote, neg(enc.mal[victim]), _at_least([enc.mal[o] for o in others], need)])))
+                        out.append(("false accusation by a replica", victim, others, conj([accusation, neg(enc.mal[victim]), disj([enc.mal[o] for o in others])])))
+        roles: list[Term] = []
         for i, check in enumerate(spec.defense.checks):
             present = enc.check_present[i]
             if isinstance(check, RedundantNeighbourCheck):
-                roles.append(z3.And(present, enc.via_coord[i]))
+                roles.append(conj([present, enc.via_coord[i]]))
             elif isinstance(check, SpotCheck):
-                roles.append(z3.And(present, enc.vf[i]["coordinator"]))
+                roles.append(conj([present, enc.vf[i]["coordinator"]]))
             elif isinstance(check, StatisticalCheck):
                 roles.append(present)
             elif isinstance(check, ReplicateCheck):
-                roles.append(z3.And(present, enc.referee[i]))
+                roles.append(conj([present, enc.referee[i]]))
         if roles:
-            anyone = z3.Or(enc.mal) if enc.mal else z3.BoolVal(False)
-            for r in replicas:
-                for s in range(world.stages):
-                    for victim in world.slots[(s, r)]:
-                        cond = z3.And(z3.Not(enc.coord_trusted), z3.Not(enc.receipts), anyone, z3.Not(enc.mal[victim]), z3.Or(roles))
-                        out.append(("untrusted coordinator", victim, [], cond))
-        return out
+            base = conj([neg(enc.coord_trusted), neg(enc.receipts), disj(enc.mal), disj(roles)])
+            for victim in computing:
+                out.append(("untrusted coordinator", victim, [], conj([base, neg(enc.mal[victim])])))
+        return [m for m in out if m[3] is not False]
 
     def _no_framing(self, g: NoFramingGuarantee) -> GuaranteeResult:
         mechanisms = self.framing_mechanisms()
-        goal = z3.Or([cond for *_, cond in mechanisms]) if mechanisms else z3.BoolVal(False)
+        goal = disj([cond for *_, cond in mechanisms])
         if self._sat(goal) is None:
             trivial = self._trivial(g)
             if trivial is not None:
@@ -581,7 +662,7 @@ class Prover:
             return self._holds(g, goal, "holds: no honest worker can be blamed")
         model = self._minimal_model(goal)
         mechanism, victim, attackers = next(
-            (name, v, a) for name, v, a, cond in mechanisms if z3.is_true(model.eval(cond, model_completion=True))
+            (name, v, a) for name, v, a, cond in mechanisms if holds_in(model, cond)
         )
         trace = tr.framing_trace(self, model, g, mechanism, victim, attackers)
         name = self.enc.world.workers[victim].name
@@ -589,49 +670,54 @@ class Prover:
 
     # -- liveness ---------------------------------------------------------------------------
 
-    def _catchable(self, w: int, certain: bool) -> z3.BoolRef:
+    def _catchable(self, w: int, certain: bool) -> Term:
         """Worker ``w`` (as an occupant of its slot) can get a tampered unit detected, with
         probability > 0, or with certainty when ``certain``."""
-        enc = self.enc
-        parts = []
-        for c, kind in self._worker_kinds(w):
-            effects = enc.effects(w, c, kind, cooperative=True)
-            reach = z3.Not(enc.level(effects, "lt", Fraction(1))) if certain else z3.Not(enc.level(effects, "le", Fraction(0)))
-            parts.append(z3.And(enc.cap[c], reach))
-        return z3.Or(parts) if parts else z3.BoolVal(False)
+        key = (w, certain)
+        if key not in self._catchable_cache:
+            enc = self.enc
+            parts = []
+            for c, kind in self._worker_kinds(w):
+                effects = enc.effects(w, c, kind, cooperative=True)
+                reach = neg(enc.level(effects, "lt", Fraction(1))) if certain else neg(enc.level(effects, "le", Fraction(0)))
+                parts.append(conj([enc.cap[c], reach]))
+            self._catchable_cache[key] = disj(parts)
+        return self._catchable_cache[key]
 
-    def liveness_goal(self) -> tuple[z3.BoolRef, dict[str, object]]:
+    def liveness_goal(self) -> tuple[Term, dict[str, Any]]:
         """The liveness violation formula and its named parts (for the trace)."""
         enc, world = self.enc, self.enc.world
         eject, skip = enc.response["eject"], enc.response["skip_stage"]
         withhold = enc.cap["withhold"]
         computing = world.computing
-        certain = z3.Or([z3.And(enc.mal[w], self._catchable(w, True)) for w in computing]) if computing else z3.BoolVal(False)
-        withholder = z3.Or([z3.And(enc.mal[w], withhold) for w in computing]) if computing else z3.BoolVal(False)
-        stall = z3.And(z3.Not(eject), z3.Not(skip), z3.Or(withholder, certain))
-        removable = {w: z3.And(enc.mal[w], eject, z3.Or(withhold, self._catchable(w, False))) for w in computing}
-        any_slot = z3.Or([self._catchable(world.primary(s, 0), False) for s in range(world.stages)])
-        standby_removable = [z3.And(enc.mal[w], eject, z3.Or(withhold, any_slot)) for w in world.standby_workers]
-        a = {r: z3.Sum([z3.If(removable[w], 1, 0) for s in range(world.stages) for w in world.slots[(s, r)]]) for r in range(world.replicas)}
-        flexible = enc.crashes + (z3.Sum([z3.If(x, 1, 0) for x in standby_removable]) if standby_removable else 0)
-        framed = {}
+        certain = disj([conj([enc.mal[w], self._catchable(w, True)]) for w in computing])
+        withholder = conj([withhold, disj([enc.mal[w] for w in computing])])
+        stall = conj([neg(eject), neg(skip), disj([withholder, certain])])
+        removable = {w: conj([enc.mal[w], eject, disj([withhold, self._catchable(w, False)])]) for w in computing}
+        any_slot = disj([self._catchable(world.primary(s, 0), False) for s in range(world.stages)])
+        standby_removable = [conj([enc.mal[w], eject, disj([withhold, any_slot])]) for w in world.standby_workers]
+        hit = {r: disj([removable[w] for s in range(world.stages) for w in world.slots[(s, r)]]) for r in range(world.replicas)}
+        flexible = [(to_z3(t), 1) for t in standby_removable if t is not False] + [(c, 1) for c in enc.crash]
+        framed: dict[int, Term] = {}
         for r in range(world.replicas):
-            mechanisms = self.framing_mechanisms(r)
-            framed[r] = z3.And(eject, z3.Or([cond for *_, cond in mechanisms])) if mechanisms else z3.BoolVal(False)
-        any_framed = z3.Or(list(framed.values()))
+            framed[r] = conj([eject, disj([cond for *_, cond in self.framing_mechanisms(r)])])
+        any_framed = disj(list(framed.values()))
         replicas = world.replicas
-        with_framing = z3.And(any_framed, flexible >= z3.Sum([z3.If(z3.And(z3.Not(framed[r]), a[r] == 0), 1, 0) for r in range(replicas)]))
-        without = z3.And(z3.Not(any_framed), z3.Sum(list(a.values())) + flexible >= replicas + enc.standby_n,
-                         flexible >= z3.Sum([z3.If(a[r] == 0, 1, 0) for r in range(replicas)]))
-        empty = z3.Or(with_framing, without)
-        return z3.Or(stall, empty), {"stall": stall, "withholder": withholder, "certain": certain, "framed": framed,
-                                     "removable": removable, "standby_removable": standby_removable, "empty": empty}
+        # Framing empties its replicas and eats the standby pool; every other replica needs a removal.
+        with_framing = conj([any_framed, _pb_ge(flexible + [(to_z3(disj([framed[r], hit[r]])), 1) for r in range(replicas)], replicas)])
+        # Otherwise: removals >= R + K (sum a_r + F - K >= R), and flexible ones cover replicas without a_r.
+        removals = [(to_z3(t), 1) for t in removable.values() if t is not False]
+        without = conj([neg(any_framed), _pb_ge(removals + flexible + [(b, -1) for b in enc.standby], replicas),
+                        _pb_ge(flexible + [(to_z3(hit[r]), 1) for r in range(replicas) if hit[r] is not False], replicas)])
+        empty = disj([with_framing, without])
+        return disj([stall, empty]), {"stall": stall, "withholder": withholder, "certain": certain, "framed": framed,
+                                      "removable": removable, "standby_removable": standby_removable, "empty": empty}
 
     def _liveness(self, g: LivenessGuarantee) -> GuaranteeResult:
         goal, parts = self.liveness_goal()
         if self._sat(goal) is None:
             return self._holds(g, goal, "holds: every stage of some replica keeps a worker and no step can be stalled forever")
-        model = self._minimal_model(goal, extra_objective=[self.enc.crashes > 0])
+        model = self._minimal_model(goal, extra_objective=list(self.enc.crash))
         trace = tr.liveness_trace(self, model, g, parts)
         return GuaranteeResult(g.id, g.kind, VIOLATED, "violated: " + trace["#meta"]["description"], trace=trace)
 
@@ -701,6 +787,23 @@ class Prover:
         if limit_m is not None:
             summary += f", extra memory {float(memory):.3g} <= {float(limit_m):.3g}"
         return GuaranteeResult(g.id, g.kind, HOLDS, summary, figure=figure, assumptions=refs)
+
+
+def _pb_ge(weighted: list[tuple[z3.BoolRef, int]], bound: int) -> Term:
+    """Pseudo-Boolean ``sum(weight * term) >= bound``."""
+    if not weighted:
+        return bound <= 0
+    return z3.PbGe(weighted, bound)
+
+
+def _at_least(terms: list[Term], n: int) -> Term:
+    """At least ``n`` of the terms hold."""
+    if n <= 0:
+        return True
+    live = [to_z3(t) for t in terms if t is not False]
+    if len(live) < n:
+        return False
+    return z3.AtLeast(*live, n)
 
 
 def _dominating_vector(counts: dict[Fraction, int]) -> list[Fraction]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import z3
 
 from stagewarden.prover.encoding import Effect
+from stagewarden.prover.fastz3 import Term, holds_in
 from stagewarden.prover.explain import effect_reason
 from stagewarden.prover.probability import Prob, format_probability
 from stagewarden.spec import Spec
@@ -35,8 +36,8 @@ def _meta(prover: Prover, guarantee: Any, description: str) -> dict[str, Any]:
             "guarantee": guarantee.id, "kind": guarantee.kind, "description": description}
 
 
-def _true(model: z3.ModelRef, expr: z3.BoolRef) -> bool:
-    return z3.is_true(model.eval(expr, model_completion=True))
+def _true(model: z3.ModelRef, expr: Term) -> bool:
+    return holds_in(model, expr)
 
 
 def _held(prover: Prover, model: z3.ModelRef) -> list[str]:
@@ -189,7 +190,7 @@ def liveness_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, parts: di
             description = f"worker {world.workers[w].name} forces a {'/'.join(response) or 'restart'} at every step: no progress"
     else:
         index = 0
-        crashes = model.eval(enc.crashes, model_completion=True).as_long()
+        crashes = sum(1 for c in enc.crash if _true(model, c))
         framed = [r for r, cond in parts["framed"].items() if _true(model, cond)]
         for w in prover._malicious(model):
             removable = parts["removable"].get(w)
@@ -211,7 +212,7 @@ def liveness_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, parts: di
         for c in range(crashes):
             states.append({"#index": index, "action": "crash", "detail": "a worker crash-stops"})
             index += 1
-        standby = model.eval(enc.standby_n, model_completion=True).as_long()
+        standby = sum(1 for b in enc.standby if _true(model, b))
         description = (f"{len(states)} removals ({crashes} crash(es)) against {world.replicas} replica(s) and {standby} standby "
                        f"worker(s): every replica loses a stage")
     return {"#meta": _meta(prover, guarantee, description), "params": params(prover.spec),

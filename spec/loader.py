@@ -8,6 +8,8 @@ import difflib
 import json
 import os
 import re
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path as FsPath
@@ -16,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import ConstructorError, RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from stagewarden.spec import model as m
@@ -29,6 +32,9 @@ MAX_SPEC_BYTES = 1 << 20
 MAX_DEPTH = 32
 #: Most mapping entries and sequence items accepted in one document.
 MAX_NODES = 100_000
+
+_TOO_DEEP = f"the document is nested more than {MAX_DEPTH} levels deep"
+_NO_ANCHORS = "YAML anchors and aliases (&name, *name) are not allowed in a spec: write each value out"
 
 
 @dataclass
@@ -59,6 +65,12 @@ def _did_you_mean(word: object, choices: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _quoted(word: object) -> str:
+    """``word`` in quotes for a one-line message; escaped where it holds a newline or a quote."""
+    text = str(word)
+    return f"'{text}'" if text.isprintable() and "'" not in text else repr(text)
+
+
 def _line_col_of_offset(text: str, offset: int) -> tuple[int, int]:
     line = text.count("\n", 0, offset) + 1
     column = offset - (text.rfind("\n", 0, offset) + 1) + 1
@@ -81,26 +93,47 @@ def _plain(node: Any, path: Path, source: SourceMap, depth: int, seen: set[int],
     """Copy the ruamel tree into plain Python values, recording positions and enforcing limits."""
     if depth > MAX_DEPTH:
         line, column = source.value(path).line, source.value(path).column
-        raise _fail(file, line, column, f"the document is nested more than {MAX_DEPTH} levels deep")
+        raise _fail(file, line, column, _TOO_DEEP)
+    if getattr(getattr(node, "anchor", None), "value", None) is not None:
+        loc = source.value(path)
+        raise _fail(file, loc.line, loc.column, _NO_ANCHORS)
+    tag = getattr(getattr(node, "tag", None), "value", None)
+    if tag is not None:
+        loc = source.value(path)
+        shown = str(tag).replace("tag:yaml.org,2002:", "!!")
+        raise _fail(file, loc.line, loc.column, f"YAML tags ({shown}) are not allowed in a spec: write the plain value")
     if isinstance(node, (CommentedMap, CommentedSeq)):
         if id(node) in seen:
             loc = source.value(path)
-            raise _fail(file, loc.line, loc.column, "YAML anchors and aliases (&name, *name) are not allowed in a spec: write each value out")
+            raise _fail(file, loc.line, loc.column, _NO_ANCHORS)
         seen.add(id(node))
         if len(seen) > MAX_NODES:
             raise _fail(file, 1, 1, f"the document has more than {MAX_NODES} nodes")
     if isinstance(node, CommentedMap):
+        merged = list(getattr(node, "merge", None) or [])
+        if merged:  # "<<: {...}"; point at the first merged mapping
+            first = merged[0][1] if isinstance(merged[0], tuple) else merged[0]
+            has_lc = hasattr(first, "lc")
+            loc = SourceLocation(file, first.lc.line + 1, first.lc.col + 1) if has_lc else source.value(path)
+            message = "YAML merge keys (<<) are not allowed in a spec: write each key out"
+            raise _fail(file, loc.line, loc.column, message)
         out: dict[str, Any] = {}
-        for key in node:
-            if not isinstance(key, str):
-                line, column = node.lc.key(key)
-                raise _fail(file, line + 1, column + 1, f"mapping keys must be strings, got {_describe(key)}")
+        for raw_key in node:
+            line, column = node.lc.key(raw_key)
+            if not isinstance(raw_key, str):
+                raise _fail(file, line + 1, column + 1, f"mapping keys must be strings, got {_describe(raw_key)}")
+            key = _unicode(str(raw_key), file, line + 1, column + 1)
+            if key in out:
+                raise _fail(file, line + 1, column + 1, f"YAML syntax error: duplicate key {_quoted(key)}")
             sub = (*path, key)
-            source.keys[sub] = node.lc.key(key)
-            source.values[sub] = node.lc.value(key)
+            source.keys[sub] = node.lc.key(raw_key)
+            source.values[sub] = node.lc.value(raw_key)
+            if node[raw_key] is None and source.values[sub][0] != source.keys[sub][0]:
+                # An empty value ("stages:") has no position of its own: ruamel gives the next token's.
+                source.values[sub] = source.keys[sub]
             if len(source.values) > MAX_NODES:
                 raise _fail(file, 1, 1, f"the document has more than {MAX_NODES} nodes")
-            out[key] = _plain(node[key], sub, source, depth + 1, seen, file)
+            out[key] = _plain(node[raw_key], sub, source, depth + 1, seen, file)
         return out
     if isinstance(node, CommentedSeq):
         items = []
@@ -118,8 +151,24 @@ def _plain(node: Any, path: Path, source: SourceMap, depth: int, seen: set[int],
     if isinstance(node, float):
         return float(node)
     if isinstance(node, str):
-        return str(node)
+        loc = source.value(path)
+        return _unicode(str(node), file, loc.line, loc.column)
     return node
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _unicode(text: str, file: str, line: int, column: int) -> str:
+    """Join the surrogate pairs of JSON escapes (\\ud83d\\ude00), which the YAML reader keeps
+    apart; a lone surrogate is not a character."""
+    if not _SURROGATES.search(text):
+        return text
+    try:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16")
+    except UnicodeDecodeError:
+        message = "the string holds a lone surrogate escape (\\ud800 to \\udfff), which is not a character"
+        raise _fail(file, line, column, message) from None
 
 
 def _describe(value: Any) -> str:
@@ -134,13 +183,68 @@ def _describe(value: Any) -> str:
     if isinstance(value, str):
         shown = value if len(value) <= 40 else value[:37] + "..."
         return f"the string {shown!r}"
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return "a mapping"
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return "a list"
+    if isinstance(value, AbstractSet):
+        return "a set"
     if isinstance(value, date):
         return "a date"
     return f"a {type(value).__name__}"
+
+
+class _Constructor(RoundTripConstructor):
+    """ruamel's round-trip constructor, but a scalar it cannot build (a date such as 2024-13-45,
+    an integer beyond Python's digit limit, ``!!int x``) becomes a located YAML error instead of a
+    bare ``ValueError``."""
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:
+            reason = "the number has too many digits" if "digits" in str(exc) else f"cannot read the value ({exc})"
+            raise ConstructorError(problem=reason, problem_mark=node.start_mark) from None
+
+
+def _yaml_error(exc: MarkedYAMLError, file: str) -> SpecError:
+    """A located diagnostic for a YAML syntax (or value) error."""
+    mark = exc.problem_mark or exc.context_mark
+    problem = (exc.problem or exc.context or "invalid YAML").strip()
+    if "maximum depth of data structure exceeded" in problem and mark is not None:
+        return _fail(file, mark.line + 1, mark.column + 1, _TOO_DEEP)
+    if "found duplicate key" in problem:
+        key = re.search(r'found duplicate key "([^"]*)"', problem)
+        problem = f"duplicate key '{key.group(1)}'" if key else "duplicate key"
+    elif problem.startswith("but ") and exc.context:
+        # "but found another document" reads only after its context ("expected a single document ...").
+        problem = f"{exc.context.strip()}, {problem}"
+    elif exc.context and exc.context_mark is not None and exc.problem and exc.context_mark is not mark:
+        # Where the construct that the problem breaks starts, e.g. an unclosed '['.
+        start = exc.context_mark
+        problem = f"{problem} ({exc.context.strip()} at line {start.line + 1}, column {start.column + 1})"
+    line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+    what = "invalid YAML value" if isinstance(exc, ConstructorError) else "YAML syntax error"
+    return _fail(file, line, column, f"{what}: {problem}")
+
+
+def _reader_failure(text: str, file: str, exc: Exception) -> SpecError:
+    """The diagnostic for a document that ruamel's round-trip reader fails on internally (it
+    raises NotImplementedError for some comment placements, e.g. ``key: >`` then ``: # note``)."""
+    safe = YAML(typ="safe", pure=True)
+    safe.max_depth = MAX_DEPTH + 1
+    try:
+        safe.load(text)
+    except MarkedYAMLError as syntax:
+        return _yaml_error(syntax, file)
+    except Exception:
+        pass  # fall through to the round-trip reader's own complaint
+    if "comment" not in str(exc):
+        return _fail(file, 1, 1, f"YAML error: the YAML reader failed ({type(exc).__name__}: {str(exc)[:200]!r})")
+    # The reader's message names the token it stumbled on: "CommentToken('# note', line: 1, col: 2)".
+    where = re.search(r"line: (\d+), col: (\d+)", str(exc))
+    line, column = (int(where.group(1)) + 1, int(where.group(2)) + 1) if where else (1, 1)
+    return _fail(file, line, column, "YAML error: the YAML reader cannot handle the comment here (remove or move it)")
 
 
 def _parse(text: str, file: str) -> tuple[Any, SourceMap]:
@@ -150,30 +254,31 @@ def _parse(text: str, file: str) -> tuple[Any, SourceMap]:
             json.loads(text)
         except json.JSONDecodeError as exc:
             raise _fail(file, exc.lineno, exc.colno, f"JSON syntax error: {exc.msg}") from None
-        except RecursionError:
-            raise _fail(file, 1, 1, f"the document is nested more than {MAX_DEPTH} levels deep") from None
+        except (RecursionError, ValueError):
+            pass  # too deep, or an integer beyond the digit limit: the YAML reader locates it
     yaml = YAML(typ="rt", pure=True)
+    yaml.Constructor = _Constructor
     yaml.allow_duplicate_keys = False
+    # Stop composing at the depth limit: ruamel's scanner slows down quadratically with nesting,
+    # and 1000 nested lists would take seconds to reach Python's recursion limit.
+    yaml.max_depth = MAX_DEPTH + 1
     try:
         tree = yaml.load(text)
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = (exc.problem or exc.context or "invalid YAML").strip()
-        if "found duplicate key" in problem:
-            key = re.search(r'found duplicate key "([^"]*)"', problem)
-            problem = f"duplicate key '{key.group(1)}'" if key else "duplicate key"
-        line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-        raise _fail(file, line, column, f"YAML syntax error: {problem}") from None
+        raise _yaml_error(exc, file) from None
     except YAMLError as exc:
         raise _fail(file, 1, 1, f"YAML error: {str(exc).strip().splitlines()[0]}") from None
     except RecursionError:
-        raise _fail(file, 1, 1, f"the document is nested more than {MAX_DEPTH} levels deep") from None
+        raise _fail(file, 1, 1, _TOO_DEEP) from None
+    except Exception as exc:  # a failure inside the round-trip reader is still bad input
+        raise _reader_failure(text, file, exc) from None
     if tree is None:
         raise _fail(file, 1, 1, "the spec is empty: expected a mapping with version, name, topology, adversary and guarantees")
+    if getattr(getattr(tree, "lc", None), "line", None) is not None:
+        source.values[()] = (tree.lc.line, tree.lc.col)
     if not isinstance(tree, CommentedMap):
-        line, column = (tree.lc.line + 1, tree.lc.col + 1) if hasattr(tree, "lc") else (1, 1)
-        raise _fail(file, line, column, f"the spec must be a mapping of keys to values, got {_describe(_plain(tree, (), source, 0, set(), file))}")
-    source.values[()] = (tree.lc.line, tree.lc.col)
+        loc, got = source.value(()), _describe(_plain(tree, (), source, 0, set(), file))
+        raise _fail(file, loc.line, loc.column, f"the spec must be a mapping of keys to values, got {got}")
     data = _plain(tree, (), source, 0, set(), file)
     return data, source
 
@@ -307,7 +412,7 @@ def _diagnostic_for(error: Any, data: Any, source: SourceMap) -> tuple[Path, Spe
         where = f" in {_dotted(parent)}" if parent else ""
         known = f"; allowed keys: {', '.join(allowed)}" if allowed and not hint else ""
         full = (*parent, key)
-        return full, SpecDiagnostic(source.key(full), f"unknown key '{key}'{where}{hint}{known}")
+        return full, SpecDiagnostic(source.key(full), f"unknown key {_quoted(key)}{where}{hint}{known}")
     if kind == "missing":
         key = loc[-1]
         parent = path
@@ -320,15 +425,27 @@ def _diagnostic_for(error: Any, data: Any, source: SourceMap) -> tuple[Path, Spe
         tag = ctx.get("tag")
         what = "check scheme" if tag_name == "scheme" else "guarantee kind"
         full = (*path, tag_name)
+        actual = value.get(tag_name) if isinstance(value, dict) else tag
+        if not isinstance(actual, str):
+            return full, SpecDiagnostic(
+                source.value(full), f"{_dotted(full)} must be a {what} ({', '.join(choices)}), got {_describe(actual)}"
+            )
         return full, SpecDiagnostic(
             source.value(full),
-            f"unknown {what} '{tag}'{_did_you_mean(tag, choices)}; expected one of: {', '.join(choices)}",
+            f"unknown {what} {_quoted(tag)}{_did_you_mean(tag, choices)}; expected one of: {', '.join(choices)}",
         )
     if kind == "union_tag_not_found":
         tag_name = error.get("ctx", {}).get("discriminator", "").strip("'")
         return path, SpecDiagnostic(source.value(path), f"missing required key '{tag_name}' in {name}")
     if kind == "literal_error" and path == ("version",):
-        return path, SpecDiagnostic(source.value(path), f"unsupported spec version {value!r}: this stagewarden reads version 1")
+        if isinstance(value, (dict, list)):
+            return path, SpecDiagnostic(source.value(path), f"version must be 1, got {_describe(value)}")
+        if value is None or isinstance(value, (bool, int, float)):
+            shown = json.dumps(value)  # as written in YAML: null, true, 1.0
+        else:
+            shown = _describe(value).removeprefix("the string ")
+        message = f"unsupported spec version {shown}: this stagewarden reads version 1"
+        return path, SpecDiagnostic(source.value(path), message)
     if kind == "literal_error":
         choices = re.findall(r"'([^']*)'|(\b\d+\b)", error.get("ctx", {}).get("expected", ""))
         options = [a or b for a, b in choices]
@@ -341,7 +458,7 @@ def _diagnostic_for(error: Any, data: Any, source: SourceMap) -> tuple[Path, Spe
     if kind in _BOUNDS:
         bound = next(iter(error.get("ctx", {}).values()), "?")
         return path, SpecDiagnostic(source.value(path), f"{name} must be {_BOUNDS[kind]} {bound}, got {value}")
-    if kind == "too_short":
+    if kind in ("too_short", "string_too_short"):
         return path, SpecDiagnostic(source.value(path), f"{name} must not be empty")
     if kind == "string_pattern_mismatch":
         return path, SpecDiagnostic(
@@ -350,7 +467,9 @@ def _diagnostic_for(error: Any, data: Any, source: SourceMap) -> tuple[Path, Spe
         )
     if kind == "value_error":
         message = str(error.get("msg", "")).removeprefix("Value error, ")
-        return path, SpecDiagnostic(source.value(path), f"{name}: {message}")
+        # "must be ..." reads as a sentence about the value: "x must be >= 0", not "x: must be >= 0".
+        message = f"{name} {message}" if message.startswith("must ") else f"{name}: {message}"
+        return path, SpecDiagnostic(source.value(path), message)
     return path, SpecDiagnostic(source.value(path), f"{name}: {error.get('msg', 'invalid value')}")
 
 

@@ -6,11 +6,13 @@ indices against the topology, unique guarantee ids, ...) live in :mod:`stageward
 
 from __future__ import annotations
 
+import math
 import re
 from fractions import Fraction
 from typing import Annotated, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic_core import PydanticCustomError
 
 #: Every adversary capability, in the order of the spec language reference.
 CAPABILITIES: tuple[str, ...] = (
@@ -47,8 +49,9 @@ Capability = Literal[
 Response = Literal["eject", "rollback", "skip_stage", "restart"]
 
 _WORKER_RE = re.compile(r"^(0|[1-9][0-9]*):(0|[1-9][0-9]*)$")
-_PERCENT_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*$")
-_COMPLEMENT_RE = re.compile(r"^\s*1\s*-\s*([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*$")
+# Digit and exponent counts are bounded: Fraction("1e-99999999") would take minutes to build.
+_PERCENT_RE = re.compile(r"^\s*([0-9]{1,20}(?:\.[0-9]{1,20})?)\s*%\s*$")
+_COMPLEMENT_RE = re.compile(r"^\s*1\s*-\s*([0-9]{1,50}(?:\.[0-9]{0,50})?(?:[eE][-+]?[0-9]{1,3})?)\s*$")
 
 
 def _check_worker_ref(value: int | str) -> int | str:
@@ -66,7 +69,7 @@ def _check_worker_ref(value: int | str) -> int | str:
 def _check_budget(value: int | str) -> int | str:
     if isinstance(value, int):
         if value < 0:
-            raise ValueError("max_malicious must be >= 0")
+            raise ValueError(f"must be >= 0, got {value}")
         return value
     match = _PERCENT_RE.match(value)
     if not match:
@@ -87,6 +90,8 @@ def probability_fraction(value: float | str) -> Fraction:
                 f"{value!r} is not a probability: write a number in [0, 1] or '1 - EPSILON'"
             )
         return 1 - Fraction(match.group(1))
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"probability {value!r} is not in [0, 1]")
     # str() keeps the decimal the user wrote (0.999999), not its binary approximation.
     return Fraction(str(value)) if isinstance(value, float) else Fraction(value)
 
@@ -222,7 +227,7 @@ class DetectionGuarantee(_Guarantee):
     """Every tampered unit is detected with probability at least ``probability``."""
 
     kind: Literal["detection"]
-    of: list[Capability] | None = Field(None, description="Capabilities covered (default: every tampering capability the adversary has).")
+    of: list[Capability] | None = Field(None, min_length=1, description="Capabilities covered, non-empty (default: every tampering capability the adversary has).")
     probability: Probability = Field(1.0, description="Minimum per-unit detection probability P.")
 
 
@@ -301,15 +306,23 @@ class Spec(_Model):
     defense: Defense = Field(default_factory=Defense)
     guarantees: list[Guarantee] = Field(min_length=1, description="At least one guarantee; ids unique.")
 
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_is_an_integer(cls, value: object) -> object:
+        # Literal[1] alone accepts true and 1.0, which equal 1 in Python.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise PydanticCustomError("literal_error", "Input should be 1", {"expected": "1"})
+        return value
+
     @property
     def replication_factor(self) -> int:
-        """Workers computing each unit: the ``replicate`` check's factor, or 1 without it."""
+        """Workers computing each unit (the ``replicate`` check's factor, or 1 without it)."""
         factors = [c.factor for c in self.defense.checks if isinstance(c, ReplicateCheck)]
         return max(factors, default=1)
 
     @property
     def total_workers(self) -> int:
-        """Every worker the adversary could occupy: S * R * k computing workers (k the
+        """Every worker the adversary could occupy, S * R * k computing workers (k the
         replication factor) plus standby."""
         return self.topology.workers * self.replication_factor + self.topology.standby
 

@@ -1,0 +1,81 @@
+"""Sphinx configuration of the stagewarden documentation.
+
+Build with ``scripts/docs`` (``python -m sphinx -n -W --keep-going -b html docs docs/_build/html``):
+nitpicky, every warning an error. The build needs no network: no intersphinx inventories.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from stagewarden import __version__
+
+sys.path.insert(0, str(Path(__file__).parent / "_ext"))
+
+# -- Project -----------------------------------------------------------------------------
+
+project = "stagewarden"
+author = "The stagewarden developers"
+copyright = "the stagewarden developers"
+release = __version__
+version = ".".join(release.split(".")[:2])
+
+# -- General -----------------------------------------------------------------------------
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.viewcode",
+    "sphinx_click",
+    "specmodel",  # docs/_ext/specmodel.py: key tables generated from the spec models
+]
+
+root_doc = "index"
+exclude_patterns = ["_build"]
+nitpicky = True
+# Standard-library types that cannot resolve without intersphinx inventories (the build must
+# not use the network). Our own types must resolve; add third-party types here only when an
+# annotation of ours names them.
+nitpick_ignore = [
+    ("py:class", "fractions.Fraction"),
+    ("py:class", "os.PathLike"),
+]
+
+# -- autodoc and napoleon ----------------------------------------------------------------
+
+autodoc_member_order = "bysource"
+autodoc_typehints = "signature"
+autodoc_preserve_defaults = True
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+
+# -- HTML --------------------------------------------------------------------------------
+
+html_theme = "alabaster"
+html_title = f"stagewarden {release}"
+html_theme_options = {
+    "description": "Threat models and proofs for pipeline-parallel decentralized training",
+    "fixed_sidebar": False,
+    "show_relbars": True,
+    "page_width": "1240px",
+    "sidebar_width": "250px",
+}
+html_sidebars = {"**": ["about.html", "navigation.html", "relations.html", "searchbox.html"]}
+
+# -- specmodel: spec snippets shown in the text, with the diagnostics the text shows -------
+# {path relative to docs/: (file name shown in the text, [diagnostics, in order])}
+
+spec_snippets = {
+    "snippets/my-spec.yaml": ("my-spec.yaml", []),
+    "snippets/my-spec-typos.yaml": (
+        "my-spec.yaml",
+        [
+            "my-spec.yaml:5:3: unknown key 'replica' in topology (did you mean 'replicas'?)",
+            "my-spec.yaml:10:38: adversary.capabilities[1]: the string 'tamper_gradient' is not allowed"
+            " (did you mean 'tamper_gradients'?); expected one of: tamper_activations, tamper_gradients,"
+            " tamper_weights, poison_data, equivocate, withhold, false_accuse",
+        ],
+    ),
+}

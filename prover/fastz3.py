@@ -1,0 +1,80 @@
+"""Fast builders for Z3 Boolean terms.
+
+``z3.And``/``z3.Or`` coerce and sort-check every argument in Python, which dominates the cost
+of building encodings with hundreds of thousands of terms. These builders call the C API
+directly on arguments that are Boolean terms of the main context, and fold Python ``True`` /
+``False`` (a :data:`Term`) before anything reaches Z3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Union
+
+import z3
+from z3 import z3core
+
+_CTX = z3.main_ctx()
+
+#: A Boolean term: a Z3 Boolean expression or a Python constant.
+Term = Union[z3.BoolRef, bool]
+
+
+def _mk(fn: object, items: list[z3.BoolRef]) -> z3.BoolRef:
+    arr = (z3core.Ast * len(items))()
+    for i, a in enumerate(items):
+        arr[i] = a.ast
+    return z3.BoolRef(fn(_CTX.ctx, len(items), arr), _CTX)  # type: ignore[operator]
+
+
+def conj(args: Iterable[Term]) -> Term:
+    """Conjunction; Python constants are folded (True when empty)."""
+    items: list[z3.BoolRef] = []
+    for a in args:
+        if a is False:
+            return False
+        if a is not True:
+            items.append(a)  # type: ignore[arg-type]
+    if not items:
+        return True
+    if len(items) == 1:
+        return items[0]
+    return _mk(z3core.Z3_mk_and, items)
+
+
+def disj(args: Iterable[Term]) -> Term:
+    """Disjunction; Python constants are folded (False when empty)."""
+    items: list[z3.BoolRef] = []
+    for a in args:
+        if a is True:
+            return True
+        if a is not False:
+            items.append(a)  # type: ignore[arg-type]
+    if not items:
+        return False
+    if len(items) == 1:
+        return items[0]
+    return _mk(z3core.Z3_mk_or, items)
+
+
+def neg(a: Term) -> Term:
+    """Negation, folding constants."""
+    if a is True:
+        return False
+    if a is False:
+        return True
+    return z3.BoolRef(z3core.Z3_mk_not(_CTX.ctx, a.ast), _CTX)  # type: ignore[union-attr]
+
+
+def to_z3(a: Term) -> z3.BoolRef:
+    """A Z3 expression for a term."""
+    if isinstance(a, bool):
+        return z3.BoolVal(a)
+    return a
+
+
+def holds_in(model: z3.ModelRef, a: Term) -> bool:
+    """Whether a term is true in a model (unassigned variables count as false)."""
+    if isinstance(a, bool):
+        return a
+    return z3.is_true(model.eval(a, model_completion=True))
