@@ -45,6 +45,8 @@ CAPABILITY_KINDS: dict[str, tuple[str, ...]] = {
 }
 #: Pseudo-capability for silent data corruption of an honest worker's unit.
 SDC = "silent_corruption"
+#: Capability whose rules silent corruption of each unit kind follows.
+KIND_CAPABILITY = {"F": "tamper_activations", "B": "tamper_gradients", "U": "tamper_weights"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,9 @@ class Effect:
     value: Fraction | None
     expr: Term
     rate: Fraction = Fraction(0)
+    #: 1 when the unit's worker is honest (silent corruption): a peer verifier is then drawn
+    #: from workers among which all ``m`` malicious ones are.
+    shift: int = 0
 
     @property
     def peer(self) -> bool:
@@ -113,7 +118,7 @@ class Encoding:
         self.facts.append(z3.Or(list(self.response.values())))
         self._good_cache: dict[object, list[tuple[tuple[int, ...], int | None, z3.BoolRef | None]]] = {}
         self._covers: dict[int, Term] = {}
-        self._signatures: dict[int, tuple[tuple[Fraction | None, Fraction], ...]] = {}
+        self._signatures: dict[int, tuple[tuple[Fraction | None, Fraction, int], ...]] = {}
         self._effects: dict[tuple[int, str, str, bool], list[Effect]] = {}
         self._tamperable: dict[tuple[int, str], Term] = {}
         self._encode_checks()
@@ -259,6 +264,9 @@ class Encoding:
 
     def _build_effects(self, w: int, capability: str, kind: str, cooperative: bool) -> list[Effect]:
         spec, world = self.spec, self.world
+        shift = 0
+        if capability == SDC:
+            capability, shift = KIND_CAPABILITY[kind], 1
         s, r = world.slot_of(w)
         out: list[Effect] = []
         covers: Callable[[int, int], Term] = (lambda a, b: False) if cooperative else self.covers
@@ -282,7 +290,7 @@ class Encoding:
             elif isinstance(check, SpotCheck) and capability != "poison_data":
                 rate = _frac(check.rate)
                 out.append(Effect("spot_check", i, rate, self._spot_trusted[i]))
-                out.append(Effect("spot_check (peer)", i, rate if cooperative else None, self._spot_peer[i], rate=rate))
+                out.append(Effect("spot_check (peer)", i, rate if cooperative else None, self._spot_peer[i], rate=rate, shift=shift))
             elif isinstance(check, ReplicateCheck):
                 out.append(Effect("replicate", i, Fraction(1), conj([present, self._not_all_cover(w, covers)])))
             elif isinstance(check, StatisticalCheck) and kind in ("F", "B") and capability != "poison_data":
@@ -307,7 +315,7 @@ class Encoding:
         ``<= threshold`` (op "le"), given which effects are in force."""
         signature = self._signatures.get(id(effects))
         if signature is None:
-            signature = self._signatures[id(effects)] = tuple((e.value, e.rate) for e in effects)
+            signature = self._signatures[id(effects)] = tuple((e.value, e.rate, e.shift) for e in effects)
         templates = self._good_sets(signature, op, threshold)
         clauses: list[Term] = []
         for chosen, peer_index, peer_condition in templates:
@@ -318,7 +326,7 @@ class Encoding:
         return conj(clauses)
 
     def _good_sets(
-        self, signature: tuple[tuple[Fraction | None, Fraction], ...], op: str, threshold: Fraction
+        self, signature: tuple[tuple[Fraction | None, Fraction, int], ...], op: str, threshold: Fraction
     ) -> list[tuple[tuple[int, ...], int | None, z3.BoolRef | None]]:
         """The minimal sets of effects that make a unit good (detection not below the threshold),
         for effects with the given values; cached, since many workers share a signature."""
@@ -327,8 +335,8 @@ class Encoding:
         if cached is not None:
             return cached
         bad = (lambda d: d < threshold) if op == "lt" else (lambda d: d <= threshold)
-        fixed = [j for j, (value, _) in enumerate(signature) if value is not None]
-        peers = [j for j, (value, _) in enumerate(signature) if value is None]
+        fixed = [j for j, (value, _, _) in enumerate(signature) if value is not None]
+        peers = [j for j, (value, _, _) in enumerate(signature) if value is None]
         out: list[tuple[tuple[int, ...], int | None, z3.BoolRef | None]] = []
         minimal_good: list[frozenset[int]] = []
         for size in range(len(fixed) + 1):
@@ -342,36 +350,36 @@ class Encoding:
                     out.append((combo, None, None))
                     continue
                 for j in peers:
-                    condition = self._peer_good(signature[j][1], d, bad)
+                    condition = self._peer_good(signature[j][1], signature[j][2], d, bad)
                     if condition is not None:
                         out.append((combo, j, condition))
         self._good_cache[key] = out
         return out
 
-    def _peer_good(self, rate: Fraction, d_others: Fraction, bad: Callable[[Fraction], bool]) -> z3.BoolRef | None:
+    def _peer_good(self, rate: Fraction, shift: int, d_others: Fraction, bad: Callable[[Fraction], bool]) -> z3.BoolRef | None:
         """Condition (on collusion and the number of malicious workers) under which adding the peer
         check to checks of combined value ``d_others`` makes the unit good; None if never."""
         def good_at(m: int, colluding: bool) -> bool:
-            v = self.peer_value(rate, m, colluding)
+            v = self.peer_value(rate, m + shift, colluding)
             return not bad(1 - (1 - d_others) * (1 - v))
 
         conditions = []
         if good_at(1, False):
             conditions.append(z3.Not(self.collusion))
-        # With collusion the value falls as m grows: good iff m <= m_max (binary search).
-        m_max = 0
-        low, high = 1, self.n_computing
+        # With collusion the value falls as m (malicious computing workers) grows: good iff
+        # m <= m_max (binary search; m counts the unit's own worker when it is malicious).
+        m_max = -1
+        low, high = 1 - shift, self.n_computing
         while low <= high:
             mid = (low + high) // 2
             if good_at(mid, True):
                 m_max, low = mid, mid + 1
             else:
                 high = mid - 1
-        if m_max:
-            if m_max >= self.n_computing:
-                conditions.append(self.collusion)
-            else:
-                conditions.append(z3.And(self.collusion, z3.AtMost(*self.malicious_computing(), m_max)))
+        if m_max >= self.n_computing:
+            conditions.append(self.collusion)
+        elif m_max >= 0:
+            conditions.append(z3.And(self.collusion, z3.AtMost(*self.malicious_computing(), m_max)))
         if not conditions:
             return None
         return z3.Or(conditions)
@@ -397,7 +405,7 @@ class Encoding:
         values = []
         for e in effects:
             on = holds_in(model, e.expr)
-            value = e.value if e.value is not None else self.peer_value(e.rate, malicious, colluding)
+            value = e.value if e.value is not None else self.peer_value(e.rate, malicious + e.shift, colluding)
             rows.append((e, on, value))
             if on:
                 values.append(value)
@@ -426,7 +434,7 @@ class Encoding:
                     for peer in peers:
                         for m in _sample_counts(max_malicious):
                             for colluding in (False, True):
-                                v = self.peer_value(peer.rate, m, colluding)
+                                v = self.peer_value(peer.rate, m + peer.shift, colluding)
                                 levels.add(1 - (1 - base) * (1 - v))
         return sorted(levels)
 

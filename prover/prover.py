@@ -36,8 +36,6 @@ from stagewarden.spec import (
     probability_fraction,
 )
 
-#: Capability standing in for each unit kind when silent corruption hits an honest unit.
-KIND_CAPABILITY = {"F": "tamper_activations", "B": "tamper_gradients", "U": "tamper_weights"}
 #: Overhead cost constants (fractions of unprotected training).
 RECEIPT_COMPUTE = Fraction(1, 100)
 STATISTICAL_COMPUTE = Fraction(1, 100)
@@ -296,7 +294,7 @@ class Prover:
         parts = [conj([enc.tamperable(w, c), enc.level(enc.effects(w, c, kind), op, threshold)]) for w, c, kind in targets]
         if sdc:
             sdc_parts = [
-                conj([neg(enc.mal[w]), enc.level(enc.effects(w, KIND_CAPABILITY[k], k), op, threshold)])
+                conj([neg(enc.mal[w]), enc.level(enc.effects(w, SDC, k), op, threshold)])
                 for w in enc.world.computing for k in KINDS
             ]
             parts.append(conj([enc.sdc, disj(sdc_parts)]))
@@ -308,7 +306,7 @@ class Prover:
         sample = [(w, c, k) for w, c, k in targets if enc.world.workers[w].replica == 0]
         effects = [enc.effects(w, c, k) for w, c, k in sample]
         if sdc:
-            effects += [enc.effects(w, KIND_CAPABILITY[k], k) for w in enc.world.computing if enc.world.workers[w].replica == 0 for k in KINDS]
+            effects += [enc.effects(w, SDC, k) for w in enc.world.computing if enc.world.workers[w].replica == 0 for k in KINDS]
         return enc.all_levels(effects, max(1, self.spec.malicious_budget))
 
     def _min_level(self, candidates: list[Fraction], goal_at: Callable[[Fraction], Term]) -> Fraction:
@@ -332,7 +330,7 @@ class Prover:
         if sdc:
             for w in enc.world.computing:
                 for k in KINDS:
-                    effects = enc.effects(w, KIND_CAPABILITY[k], k)
+                    effects = enc.effects(w, SDC, k)
                     if holds_in(model, conj([neg(enc.mal[w]), enc.level(effects, op, threshold)])):
                         return w, SDC, k, effects, True
         raise AssertionError("the model reaches the level through no unit")
@@ -566,7 +564,9 @@ class Prover:
         spec = self.spec
         horizon, micro = spec.topology.steps, spec.topology.microbatches
         per_step = {"F": micro, "B": micro, "U": 1}
-        max_units = horizon * (2 * micro + 1)
+        held = [c for c in TAMPERING_CAPABILITIES if c in spec.adversary.capabilities]
+        kinds = {kind for c in held for kind in CAPABILITY_KINDS[c]}
+        max_units = horizon * sum(per_step[kind] for kind in kinds)
         response = spec.defense.response
         if "rollback" in response or "eject" in response:
             vector = _dominating_vector({lv: n for (kind, lv), n in counts.items()})
