@@ -244,13 +244,23 @@ class Prover:
                 }[type(guarantee)]  # type: ignore[assignment]
                 result = handler(guarantee)
         except SolverGaveUp as exc:
-            reason = str(exc) or "unknown"
+            reason = self._explain_give_up(str(exc) or "unknown")
             result = GuaranteeResult(guarantee.id, guarantee.kind, UNKNOWN, f"the solver gave up: {reason}", reason=reason)
         finally:
             self._deadline = None
         result.seconds = time.monotonic() - started
         result.notes = self._notes(guarantee) + result.notes
         return result
+
+    def _explain_give_up(self, reason: str) -> str:
+        limits = []
+        if self.limits.timeout is not None:
+            limits.append(f"--timeout {self.limits.timeout:g} s")
+        if self.limits.rlimit is not None:
+            limits.append(f"--rlimit {self.limits.rlimit}")
+        if limits and ("cancel" in reason or "timeout" in reason or "resource" in reason):
+            return f"a solver limit was reached ({' / '.join(limits)}; z3: {reason})"
+        return f"z3 answered unknown: {reason}" if not reason.startswith("timeout") else reason
 
     def _notes(self, guarantee: object) -> list[str]:
         notes = []
