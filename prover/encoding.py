@@ -29,7 +29,7 @@ from stagewarden.spec import (
     probability_fraction,
 )
 from stagewarden.spec.source import Path
-from stagewarden.prover.fastz3 import Term, conj, disj, holds_in, neg
+from stagewarden.prover.fastz3 import Term, conj, disj, holds_in, neg, to_z3
 from stagewarden.prover.probability import detection_probability
 from stagewarden.prover.world import World
 
@@ -87,9 +87,16 @@ def _frac(value: float) -> Fraction:
 
 
 class Encoding:
-    """The Z3 compilation of one spec."""
+    """The Z3 compilation of one spec.
 
-    def __init__(self, loaded: LoadedSpec) -> None:
+    With ``concrete`` every spec fact is a Python constant rather than a guarded variable: the
+    formulas then fold down to constraints over the workers alone, which the solver decides and
+    optimises far faster. The symbolic form (the default) is what unsat cores over assumption
+    literals need; both forms describe the same world, worker for worker.
+    """
+
+    def __init__(self, loaded: LoadedSpec, concrete: bool = False) -> None:
+        self.concrete = concrete
         self.loaded = loaded
         self.spec = spec = loaded.spec
         self.world = world = World.build(spec)
@@ -115,7 +122,8 @@ class Encoding:
             r: self._feature_bool(f"response:{r}", r in d.response, ("defense", "response"), f"the response includes {r}", f"the response does not include {r}")
             for r in ("eject", "rollback", "skip_stage", "restart")
         }
-        self.facts.append(z3.Or(list(self.response.values())))
+        if not concrete:
+            self.facts.append(z3.Or(list(self.response.values())))
         self._good_cache: dict[object, list[tuple[tuple[int, ...], int | None, z3.BoolRef | None]]] = {}
         self._covers: dict[int, Term] = {}
         self._signatures: dict[int, tuple[tuple[Fraction | None, Fraction, int], ...]] = {}
@@ -140,44 +148,60 @@ class Encoding:
 
     # -- facts and assumptions ----------------------------------------------------------
 
-    def _assume(self, key: str, text: str, path: Path, fact: z3.BoolRef) -> z3.BoolRef:
+    def _assume(self, key: str, text: str, path: Path, fact: Term) -> z3.BoolRef:
         literal = z3.Bool(f"A[{key}]")
         self.assumptions.append(Assumption(key, text, path, literal))
-        self.guarded.append(z3.Implies(literal, fact))
+        if self.concrete:
+            if fact is not True:
+                self.facts.append(to_z3(fact))
+        else:
+            self.guarded.append(z3.Implies(literal, to_z3(fact)))
         return literal
 
-    def _feature_bool(self, key: str, value: bool, path: Path, yes: str, no: str) -> z3.BoolRef:
+    def _feature_bool(self, key: str, value: bool, path: Path, yes: str, no: str) -> Term:
+        if self.concrete:
+            self._assume(key, yes if value else no, path, True)
+            return value
         var = z3.Bool(f"f[{key}]")
         self._assume(key, yes if value else no, path, var if value else z3.Not(var))
         return var
 
+    def _feature(self, name: str, value: bool) -> Term:
+        """A spec fact: a constant in concrete mode, else a fresh variable."""
+        return value if self.concrete else z3.Bool(name)
+
     def _encode_checks(self) -> None:
         spec = self.spec
-        self.check_present: dict[int, z3.BoolRef] = {}
-        self.via_coord: dict[int, z3.BoolRef] = {}
-        self.via_up: dict[int, z3.BoolRef] = {}
-        self.vf: dict[int, dict[str, z3.BoolRef]] = {}
-        self.referee: dict[int, z3.BoolRef] = {}
+        self.check_present: dict[int, Term] = {}
+        self.via_coord: dict[int, Term] = {}
+        self.via_up: dict[int, Term] = {}
+        self.vf: dict[int, dict[str, Term]] = {}
+        self.referee: dict[int, Term] = {}
         for i, check in enumerate(spec.defense.checks):
             path: Path = ("defense", "checks", i)
-            present = z3.Bool(f"f[check{i}]")
+            present = self._feature(f"f[check{i}]", True)
             self.check_present[i] = present
             self._assume(f"check:{i}", _describe_check(check), path, present)
             if isinstance(check, RedundantNeighbourCheck):
-                via_c, via_u = z3.Bool(f"f[check{i}.via_coordinator]"), z3.Bool(f"f[check{i}.via_upstream]")
+                is_c, is_u = check.input_via == "coordinator", check.input_via == "upstream"
+                via_c, via_u = self._feature(f"f[check{i}.via_coordinator]", is_c), self._feature(f"f[check{i}.via_upstream]", is_u)
                 self.via_coord[i], self.via_up[i] = via_c, via_u
-                self.facts.append(z3.Not(z3.And(via_c, via_u)))
-                fact = z3.And(via_c == (check.input_via == "coordinator"), via_u == (check.input_via == "upstream"))
+                fact: Term = True
+                if not self.concrete:
+                    self.facts.append(z3.Not(z3.And(to_z3(via_c), to_z3(via_u))))
+                    fact = z3.And(to_z3(via_c) == is_c, to_z3(via_u) == is_u)
                 self._assume(f"check:{i}.input_via", f"the checker's input comes from the {check.input_via.replace('_', ' ')}", (*path, "input_via"), fact)
             elif isinstance(check, SpotCheck):
-                vf = {name: z3.Bool(f"f[check{i}.verifier_{name}]") for name in ("coordinator", "tee", "peer")}
+                vf = {name: self._feature(f"f[check{i}.verifier_{name}]", name == check.verifier) for name in ("coordinator", "tee", "peer")}
                 self.vf[i] = vf
-                self.facts.append(z3.PbEq([(v, 1) for v in vf.values()], 1))
+                if not self.concrete:
+                    self.facts.append(z3.PbEq([(to_z3(v), 1) for v in vf.values()], 1))
                 self._assume(f"check:{i}.verifier", f"sampled units are re-executed by the {check.verifier}", (*path, "verifier"), vf[check.verifier])
             elif isinstance(check, ReplicateCheck):
-                ref = z3.Bool(f"f[check{i}.referee]")
+                is_ref = check.resolve == "referee"
+                ref = self._feature(f"f[check{i}.referee]", is_ref)
                 self.referee[i] = ref
-                self._assume(f"check:{i}.resolve", f"disagreements are resolved by {check.resolve}", (*path, "resolve"), ref if check.resolve == "referee" else z3.Not(ref))
+                self._assume(f"check:{i}.resolve", f"disagreements are resolved by {check.resolve}", (*path, "resolve"), ref if is_ref else neg(ref))
 
     def _encode_workers(self) -> None:
         spec, world = self.spec, self.world
@@ -191,8 +215,8 @@ class Encoding:
             self._assume(f"honest:{i}", f"{_slot_text(ref)} honest", ("trust", "honest", i), z3.And([z3.Not(self.mal[w]) for w in covered]))
         for i, ref in enumerate(spec.trust.tee):
             covered = world.covered(ref)
-            protected = z3.And(self.attestation, z3.Not(self.tee_compromise))
-            self._assume(f"tee:{i}", f"{_slot_text(ref)} in a TEE", ("trust", "tee", i), z3.Implies(protected, z3.And([z3.Not(self.mal[w]) for w in covered])))
+            protected = conj([self.attestation, neg(self.tee_compromise)])
+            self._assume(f"tee:{i}", f"{_slot_text(ref)} in a TEE", ("trust", "tee", i), disj([neg(protected), conj([neg(self.mal[w]) for w in covered])]))
         # Crashes and the standby pool, for liveness, in unary: crash[j] = "at least j+1 workers
         # crash", standby[j] = "standby worker j exists". More than R + K crashes never help.
         limit = min(len(world.workers), world.replicas + spec.topology.standby)
@@ -217,8 +241,8 @@ class Encoding:
         return self.facts + self.guarded
 
     def literals(self) -> list[z3.BoolRef]:
-        """Every assumption literal."""
-        return [a.literal for a in self.assumptions]
+        """Every assumption literal (none matter in the concrete form, where facts are constants)."""
+        return [] if self.concrete else [a.literal for a in self.assumptions]
 
     def covers(self, checker: int, target: int) -> Term:
         """``checker`` is malicious and colludes with ``target``."""
@@ -363,9 +387,9 @@ class Encoding:
             v = self.peer_value(rate, m + shift, colluding)
             return not bad(1 - (1 - d_others) * (1 - v))
 
-        conditions = []
+        conditions: list[Term] = []
         if good_at(1, False):
-            conditions.append(z3.Not(self.collusion))
+            conditions.append(neg(self.collusion))
         # With collusion the value falls as m (malicious computing workers) grows: good iff
         # m <= m_max (binary search; m counts the unit's own worker when it is malicious).
         m_max = -1
@@ -379,10 +403,9 @@ class Encoding:
         if m_max >= self.n_computing:
             conditions.append(self.collusion)
         elif m_max >= 0:
-            conditions.append(z3.And(self.collusion, z3.AtMost(*self.malicious_computing(), m_max)))
-        if not conditions:
-            return None
-        return z3.Or(conditions)
+            conditions.append(conj([self.collusion, z3.AtMost(*self.malicious_computing(), m_max)]))
+        combined = disj(conditions)
+        return None if combined is False else combined  # type: ignore[return-value]
 
     def tamperable(self, w: int, capability: str) -> Term:
         """Worker ``w`` is malicious and may use ``capability`` on its units."""
@@ -400,7 +423,7 @@ class Encoding:
     def effect_values(self, model: z3.ModelRef, effects: Iterable[Effect], malicious: int) -> tuple[Fraction, list[tuple[Effect, bool, Fraction]]]:
         """Evaluate the effects in a model: the unit's detection probability and each effect's
         state and value."""
-        colluding = z3.is_true(model.eval(self.collusion, model_completion=True))
+        colluding = holds_in(model, self.collusion)
         rows = []
         values = []
         for e in effects:

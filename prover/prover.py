@@ -6,7 +6,8 @@ counterexamples (fewest malicious workers, found with ``Optimize``) and minimal 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -36,6 +37,9 @@ from stagewarden.spec import (
     probability_fraction,
 )
 
+#: Longest a single solver call may spend proving a counterexample minimal or a count maximal
+#: (milliseconds); past it the best result so far is kept and marked as not proven optimal.
+MINIMALITY_EFFORT_MS = 4000
 #: Overhead cost constants (fractions of unprotected training).
 RECEIPT_COMPUTE = Fraction(1, 100)
 STATISTICAL_COMPUTE = Fraction(1, 100)
@@ -60,9 +64,11 @@ class Prover:
         self.loaded = loaded
         self.spec = loaded.spec
         self.limits = limits or Limits()
-        self.enc = Encoding(loaded)
+        self.enc = Encoding(loaded, concrete=True)
+        self._other_state: dict[str, Any] | None = None
         self._deadline: float | None = None
         self._vacuity: list[Assumption] | None | bool = None
+        self.last_minimal = True
         self._base: z3.Solver | None = None
         self._guards: dict[object, z3.BoolRef] = {}
         self._goal_guards: dict[object, tuple[z3.BoolRef, Term]] = {}
@@ -71,6 +77,34 @@ class Prover:
         self._unmasked_cache: Term | None = None
         self._framing: list[tuple[str, int, list[int], Term]] | None = None
         self._catchable_cache: dict[tuple[int, bool], Term] = {}
+
+    # -- encodings --------------------------------------------------------------------------
+
+    _STATE = ("enc", "_term_cache", "_unmasked_cache", "_framing", "_catchable_cache", "_base", "_guards", "_goal_guards", "_mal_index")
+
+    @contextmanager
+    def _symbolic(self) -> Iterator[None]:
+        """Switch to the symbolic encoding (built on first use) and its caches and solver.
+
+        Verdicts, counterexamples and counts come from the concrete encoding; explanations
+        (unsat cores over assumption literals) and the vacuity check need the symbolic one."""
+        if self.enc.concrete is False:
+            yield
+            return
+        mine = {name: getattr(self, name) for name in self._STATE}
+        if self._other_state is None:
+            sym = Encoding(self.loaded)
+            self._other_state = {"enc": sym, "_term_cache": {}, "_unmasked_cache": None, "_framing": None,
+                                 "_catchable_cache": {}, "_base": None, "_guards": {}, "_goal_guards": {},
+                                 "_mal_index": {str(m): i for i, m in enumerate(sym.mal)}}
+        for name, value in self._other_state.items():
+            setattr(self, name, value)
+        try:
+            yield
+        finally:
+            self._other_state = {name: getattr(self, name) for name in self._STATE}
+            for name, value in mine.items():
+                setattr(self, name, value)
 
     # -- solver plumbing --------------------------------------------------------------------
 
@@ -130,28 +164,52 @@ class Prover:
         result, model = self._check(goal, want="model")
         return model if result == z3.sat else None
 
-    def _minimal_core(self, goal: Term) -> list[Assumption]:
-        """A minimal set of assumptions under which ``goal`` is unsatisfiable."""
-        result, raw = self._check(goal, want="core")
-        assert result == z3.unsat
+    def _minimal_core(self, goal: Term, effort: bool = False) -> list[Assumption] | None:
+        """A minimal set of assumptions under which ``goal`` is unsatisfiable (deletion-based).
+
+        With ``effort`` every solver call is capped at ``MINIMALITY_EFFORT_MS``: None when even
+        the first core cannot be had, and a literal whose removal cannot be decided in time is
+        kept (the core stays valid; ``self.core_minimal`` records that it may not be minimal).
+        """
+        self.core_minimal = True
         by_name = {str(a.literal): a for a in self.enc.assumptions}
-        core = [by_name[str(lit)] for lit in raw]
+        guard = self._guard(goal)
+        solver = self._solver()
+
+        def check(literals: list[z3.BoolRef]) -> z3.CheckSatResult:
+            if effort:
+                return self._bounded_check(solver, guard, *literals)
+            result = solver.check(guard, *literals)
+            if result == z3.unknown:
+                raise SolverGaveUp(solver.reason_unknown())
+            return result
+
+        result = check(self.enc.literals())
+        if result == z3.unknown:
+            return None
+        assert result == z3.unsat
+        core = [by_name[str(lit)] for lit in solver.unsat_core() if str(lit) in by_name]
         index = 0
         while index < len(core):
             trial = core[:index] + core[index + 1 :]
-            result, _ = self._check(goal, [a.literal for a in trial])
+            result = check([a.literal for a in trial])
             if result == z3.unsat:
                 core = trial
             else:
+                if result == z3.unknown:
+                    self.core_minimal = False
                 index += 1
         return core
 
     def _minimal_model(self, goal: Term, extra_objective: list[Term] | None = None) -> z3.ModelRef:
         """A model of ``goal`` with the fewest malicious workers, then the fewest
-        ``extra_objective`` terms. Counterexamples are small, so the search goes up from one
-        malicious worker with cardinality bounds on the SAT-based finite-domain solver (Z3's
-        ``Optimize`` proved far slower on these cardinality problems)."""
+        ``extra_objective`` terms. Counterexamples are small, so the search goes up from zero
+        malicious workers with cardinality bounds on the SAT-based finite-domain solver (Z3's
+        ``Optimize`` proved far slower on these cardinality problems). Each bound that would
+        prove minimality gets at most ``MINIMALITY_EFFORT_MS``; when one runs out the best model
+        so far is returned and ``self.last_minimal`` says that minimality is not proven."""
         guard = self._guard(goal)
+        self.last_minimal = True
         model = self._least(guard, [], self.enc.mal, "malicious")
         if extra_objective:
             fewest = len(self._malicious(model))
@@ -168,38 +226,46 @@ class Prover:
             self._guards[key] = guard
         return guard
 
+    def _bounded_check(self, solver: z3.Solver, *assumptions: z3.BoolRef) -> z3.CheckSatResult:
+        """A check that may take at most ``MINIMALITY_EFFORT_MS`` (and what the limits leave)."""
+        ms = self._remaining_ms()
+        solver.set("timeout", MINIMALITY_EFFORT_MS if ms is None else min(ms, MINIMALITY_EFFORT_MS))
+        try:
+            return solver.check(*assumptions)
+        finally:
+            self._configure(solver)
+            if self._remaining_ms() is None:
+                solver.set("timeout", 4294967295)
+
     def _least(self, guard: z3.BoolRef, extra: list[z3.BoolRef], terms: list[z3.BoolRef], name: str) -> z3.ModelRef:
-        """The model (goal ``guard`` on) with the fewest true ``terms``: k = 0, 1, 2, ... then
-        binary search once k passes 8."""
+        """The model (goal ``guard`` on) with the fewest true ``terms``: any model first, then
+        bounds k = 0, 1, 3, 7, ... below its count, then binary search. A bound that cannot be
+        refuted within the effort limit is skipped and minimality is marked unproven."""
         solver = self._solver()
         literals = self.enc.literals()
-        k = 0
-        best: z3.ModelRef | None = None
-        while True:
-            if k > 8 and best is None:
-                result = solver.check(guard, *extra, *literals)
-                if result != z3.sat:
-                    raise SolverGaveUp(solver.reason_unknown() if result == z3.unknown else "goal became unsatisfiable")
-                best = solver.model()
-                high = sum(1 for t in terms if z3.is_true(best.eval(t, model_completion=True)))
-                low = k
-                while low < high:
-                    mid = (low + high) // 2
-                    result = solver.check(guard, *extra, self._cardinality_guard(terms, mid, name), *literals)
-                    if result == z3.unknown:
-                        raise SolverGaveUp(solver.reason_unknown())
-                    if result == z3.sat:
-                        best = solver.model()
-                        high = sum(1 for t in terms if z3.is_true(best.eval(t, model_completion=True)))
-                    else:
-                        low = mid + 1
-                return best
-            result = solver.check(guard, *extra, self._cardinality_guard(terms, k, name), *literals)
-            if result == z3.unknown:
-                raise SolverGaveUp(solver.reason_unknown())
+
+        def count(m: z3.ModelRef) -> int:
+            return sum(1 for t in terms if z3.is_true(m.eval(t, model_completion=True)))
+
+        result = solver.check(guard, *extra, *literals)
+        if result != z3.sat:
+            raise SolverGaveUp(solver.reason_unknown() if result == z3.unknown else "the goal became unsatisfiable")
+        best = solver.model()
+        high = count(best)
+        low, step = 0, 1
+        while low < high:
+            probe = min(low + step - 1, high - 1) if step < high - low else (low + high) // 2
+            result = self._bounded_check(solver, guard, *extra, self._cardinality_guard(terms, probe, name), *literals)
             if result == z3.sat:
-                return solver.model()
-            k += 1
+                best = solver.model()
+                high = count(best)
+                step = max(1, (high - low) // 2)
+            else:
+                if result == z3.unknown:
+                    self.last_minimal = False
+                low = probe + 1
+                step *= 2
+        return best
 
     def _malicious(self, model: z3.ModelRef) -> list[int]:
         index = self._mal_index
@@ -215,9 +281,10 @@ class Prover:
         """None when an honest run is possible under the assumptions; otherwise the
         contradictory assumptions (a minimal core)."""
         if self._vacuity is None:
-            honest_run = conj([neg(m) for m in self.enc.mal] + [neg(c) for c in self.enc.crash])
-            result, _ = self._check(honest_run)
-            self._vacuity = False if result == z3.sat else self._minimal_core(honest_run)
+            with self._symbolic():
+                honest_run = conj([neg(m) for m in self.enc.mal] + [neg(c) for c in self.enc.crash])
+                result, _ = self._check(honest_run)
+                self._vacuity = False if result == z3.sat else (self._minimal_core(honest_run) or [])
         return None if self._vacuity is False else self._vacuity  # type: ignore[return-value]
 
     def check(self, guarantee_id: str) -> GuaranteeResult:
@@ -242,7 +309,12 @@ class Prover:
                     DataIntegrityGuarantee: self._data_integrity,
                     OverheadGuarantee: self._overhead,
                 }[type(guarantee)]  # type: ignore[assignment]
+                self.last_minimal = True
                 result = handler(guarantee)
+                if result.trace is not None and result.kind not in ("bounded_damage", "overhead"):
+                    result.trace["#meta"]["minimal"] = self.last_minimal
+                    if not self.last_minimal:
+                        result.notes.append("the counterexample is valid but was not proven to use the fewest malicious workers within the effort limit")
         except SolverGaveUp as exc:
             reason = self._explain_give_up(str(exc) or "unknown")
             result = GuaranteeResult(guarantee.id, guarantee.kind, UNKNOWN, f"the solver gave up: {reason}", reason=reason)
@@ -270,20 +342,32 @@ class Prover:
 
     # -- shared pieces ----------------------------------------------------------------------
 
-    def _holds(self, guarantee: object, goal: z3.BoolRef, summary: str, **extra: object) -> GuaranteeResult:
-        core = self._minimal_core(goal)
-        return GuaranteeResult(
+    def _holds(self, guarantee: object, build_goal: Callable[[], Term], summary: str, **extra: object) -> GuaranteeResult:
+        """A holds verdict, explained by a minimal core of the violation goal, rebuilt on the
+        symbolic encoding (where every spec fact is guarded by an assumption literal)."""
+        with self._symbolic():
+            core = self._minimal_core(build_goal(), effort=True)
+            refs = [assumption_ref(self.enc, a) for a in core or []]
+        result = GuaranteeResult(
             guarantee.id, guarantee.kind, HOLDS, summary,  # type: ignore[attr-defined]
-            assumptions=[assumption_ref(self.enc, a) for a in core], **extra,  # type: ignore[arg-type]
+            assumptions=refs, **extra,  # type: ignore[arg-type]
         )
+        if core is None:
+            result.notes.append("the verdict is proven, but the assumptions it rests on could not be isolated within the effort limit")
+        elif not self.core_minimal:
+            result.notes.append("the listed assumptions suffice for the proof but were not all shown to be necessary within the effort limit")
+        return result
 
     def _adversary_goal(self) -> Term:
         return disj(self.enc.malicious_computing())
 
-    def _trivial(self, guarantee: object, extra: Term | None = None) -> GuaranteeResult | None:
+    def _trivial(self, guarantee: object, extra: Callable[[], Term] | None = None) -> GuaranteeResult | None:
         """Holds trivially when no placement gives the adversary a computing worker."""
-        goal = self._adversary_goal() if extra is None else disj([self._adversary_goal(), extra])
-        if self._sat(goal) is not None:
+
+        def goal() -> Term:
+            return self._adversary_goal() if extra is None else disj([self._adversary_goal(), extra()])
+
+        if self._sat(goal()) is not None:
             return None
         result = self._holds(guarantee, goal, "holds trivially: the adversary can control no computing worker")
         result.trivially = True
@@ -354,14 +438,15 @@ class Prover:
         sdc_possible = self._sat(enc.sdc) is not None
         if bound == 0:
             return GuaranteeResult(g.id, g.kind, HOLDS, "holds: a detection probability of at least 0 needs no proof", trivially=True)
-        trivial = self._trivial(g, enc.sdc)
+        trivial = self._trivial(g, lambda: self.enc.sdc)
         if trivial is not None:
             return trivial
         targets = self._targets(of)
         goal = self._level_goal(targets, "lt", bound, sdc_possible)
         levels = self._levels(targets, sdc_possible)
         if self._sat(goal) is None:
-            result = self._holds(g, goal, f"holds: every tampered unit in scope is detected with probability >= {format_probability(float(bound))}")
+            result = self._holds(g, lambda: self._level_goal(targets, "lt", bound, sdc_possible),
+                                 f"holds: every tampered unit in scope is detected with probability >= {format_probability(float(bound))}")
             above = [lv for lv in levels if lv >= bound]
             if above and self._sat(self._level_goal(targets, "le", above[-1], sdc_possible)) is not None:
                 worst = self._min_level(above, lambda lv: self._level_goal(targets, "le", lv, sdc_possible))
@@ -474,7 +559,8 @@ class Prover:
         unmasked = self._unmasked()
         any_damage = conj([unmasked, disj([self._worker_level(w, "lt", Fraction(1)) for w in computing])])
         if self._sat(any_damage) is None:
-            return self._holds(g, any_damage, "holds: every tampered unit is detected or masked, so none stays undetected",
+            return self._holds(g, lambda: conj([self._unmasked(), disj([self._worker_level(w, "lt", Fraction(1)) for w in computing])]),
+                               "holds: every tampered unit is detected or masked, so none stays undetected",
                                figure=Figure("Pr[more than K undetected]", 0.0, float(bound), "<=", exact="0"))
         targets = [(w, c, kind) for w in computing for c, kind in self._worker_kinds(w)]
         levels = [lv for lv in self._levels(targets, False) if lv < 1]
@@ -484,7 +570,7 @@ class Prover:
         counts: dict[tuple[str | None, Fraction], int] = {}
         best_models: list[z3.ModelRef] = []
         for kind, lv in groups:
-            n, model = self._maximise(self._level_terms(kind, lv), unmasked)
+            n, model = self._maximise(self._level_terms(kind, lv), conj([unmasked, self._budget_bound(self._level_terms(kind, lv))]))
             counts[(kind, lv)] = n
             if model is not None:
                 best_models.append(model)
@@ -492,7 +578,10 @@ class Prover:
         verdict_cmp = bound_prob.compare(bound)
         if verdict_cmp is not None and verdict_cmp <= 0:
             # Holds: no placement exceeds the per-level maxima; explain why they are bounded.
-            exceed = conj([unmasked, disj([_at_least(self._level_terms(kind, lv), n + 1) for (kind, lv), n in counts.items()])])
+            def exceed() -> Term:
+                return conj([self._unmasked(), disj([conj([self._budget_bound(self._level_terms(kind, lv)), _at_least(self._level_terms(kind, lv), n + 1)])
+                                                     for (kind, lv), n in counts.items()])])
+
             result = self._holds(g, exceed, f"holds: the best adversary leaves more than {k} undetected units with probability "
                                  f"at most {bound_prob} <= {format_probability(float(bound))}",
                                  figure=Figure("Pr[more than K undetected]", bound_prob.value, float(bound), "<=", exact=_exact(bound_prob.exact)))
@@ -501,9 +590,9 @@ class Prover:
         # Find the worst concrete placement: the joint dominating one, else the best found.
         joint = conj([unmasked] + [_at_least(self._level_terms(kind, lv), n) for (kind, lv), n in counts.items() if n > 0])
         candidates: list[z3.ModelRef] = []
-        model = self._sat(joint)
-        if model is not None:
-            candidates.append(model)
+        solver = self._solver()
+        if self._bounded_check(solver, self._guard(joint), *self.enc.literals()) == z3.sat:
+            candidates.append(solver.model())
         candidates += best_models
         best: tuple[Prob, list[dict[str, object]], z3.ModelRef] | None = None
         for cand in candidates:
@@ -522,6 +611,18 @@ class Prover:
         summary = (f"violated: the adversary leaves more than {k} undetected units with probability {prob} > "
                    f"{format_probability(float(bound))}")
         return GuaranteeResult(g.id, g.kind, VIOLATED, summary, figure=figure, trace=trace)
+
+    def _budget_bound(self, terms: list[Term]) -> Term:
+        """``AtMost(terms, B)`` under the budget assumption, for terms that each need a distinct
+        malicious worker: implied by the encoding, and it spares the solver pigeonhole search."""
+        live = [to_z3(t) for t in terms if t is not False]
+        budget = self.spec.malicious_budget
+        if len(live) <= budget:
+            return True
+        bound = z3.AtMost(*live, budget)
+        if self.enc.concrete:
+            return bound
+        return disj([neg(self.enc.budget_literal), bound])
 
     def _level_terms(self, kind: str | None, lv: Fraction) -> list[Term]:
         """Per computing worker: it is malicious and reaches detection level ``lv`` (on ``kind``,
@@ -559,14 +660,15 @@ class Prover:
             if guard is None:
                 guard = self._guards[key] = z3.Bool(f"goal!{name}-{mid}")
                 solver.add(z3.Implies(guard, z3.AtLeast(*live, mid)))
-            result = solver.check(base_guard, guard, *self.enc.literals())
-            if result == z3.unknown:
-                raise SolverGaveUp(solver.reason_unknown())
+            result = self._bounded_check(solver, base_guard, guard, *self.enc.literals())
             if result == z3.sat:
                 model = solver.model()
                 low = sum(1 for t in terms if holds_in(model, t))
-            else:
+            elif result == z3.unsat:
                 high = mid - 1
+            else:
+                # Not refuted in time: keep the sound upper bound ``high``.
+                return high, model
         return low, model
 
     def _dominating_damage(self, counts: dict[tuple[str | None, Fraction], int], k: int) -> Prob:
@@ -669,7 +771,7 @@ class Prover:
             trivial = self._trivial(g)
             if trivial is not None:
                 return trivial
-            return self._holds(g, goal, "holds: no honest worker can be blamed")
+            return self._holds(g, lambda: disj([cond for *_, cond in self.framing_mechanisms()]), "holds: no honest worker can be blamed")
         model = self._minimal_model(goal)
         mechanism, victim, attackers = next(
             (name, v, a) for name, v, a, cond in mechanisms if holds_in(model, cond)
@@ -720,13 +822,16 @@ class Prover:
         without = conj([neg(any_framed), _pb_ge(removals + flexible + [(b, -1) for b in enc.standby], replicas),
                         _pb_ge(flexible + [(to_z3(hit[r]), 1) for r in range(replicas) if hit[r] is not False], replicas)])
         empty = disj([with_framing, without])
+        # Implied by the budget (each removal term needs its own malicious worker); stated so that
+        # the solver refutes too-large removal counts by cardinality instead of by search.
+        empty = conj([empty, self._budget_bound(list(removable.values()) + standby_removable)])
         return disj([stall, empty]), {"stall": stall, "withholder": withholder, "certain": certain, "framed": framed,
                                       "removable": removable, "standby_removable": standby_removable, "empty": empty}
 
     def _liveness(self, g: LivenessGuarantee) -> GuaranteeResult:
         goal, parts = self.liveness_goal()
         if self._sat(goal) is None:
-            return self._holds(g, goal, "holds: every stage of some replica keeps a worker and no step can be stalled forever")
+            return self._holds(g, lambda: self.liveness_goal()[0], "holds: every stage of some replica keeps a worker and no step can be stalled forever")
         model = self._minimal_model(goal, extra_objective=list(self.enc.crash))
         trace = tr.liveness_trace(self, model, g, parts)
         return GuaranteeResult(g.id, g.kind, VIOLATED, "violated: " + trace["#meta"]["description"], trace=trace)
@@ -741,7 +846,7 @@ class Prover:
             trivial = self._trivial(g)
             if trivial is not None:
                 return trivial
-            return self._holds(g, goal, "holds: every batch that reaches the model is proven against the committed data")
+            return self._holds(g, lambda: self._level_goal(targets, "lt", Fraction(1), False), "holds: every batch that reaches the model is proven against the committed data")
         model = self._minimal_model(goal)
         w, c, kind, effects, _ = self._describe_unit(model, targets, "lt", Fraction(1), False)
         d, rows = enc.effect_values(model, effects, self._malicious_computing(model))
