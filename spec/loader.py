@@ -256,6 +256,10 @@ def _parse(text: str, file: str) -> tuple[Any, SourceMap]:
             raise _fail(file, exc.lineno, exc.colno, f"JSON syntax error: {exc.msg}") from None
         except (RecursionError, ValueError):
             pass  # too deep, or an integer beyond the digit limit: the YAML reader locates it
+    directive = re.search(r"(?m)^%", text)
+    if directive is not None and not file.endswith(".json"):
+        line, column = _line_col_of_offset(text, directive.start())
+        raise _fail(file, line, column, "YAML directives (%YAML, %TAG) are not allowed in a spec: they change how values are read")
     yaml = YAML(typ="rt", pure=True)
     yaml.Constructor = _Constructor
     yaml.allow_duplicate_keys = False

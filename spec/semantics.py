@@ -9,6 +9,11 @@ from stagewarden.spec.errors import SpecDiagnostic
 from stagewarden.spec.source import Path, SourceMap
 
 
+def probability_free_percent(text: str) -> float:
+    """The number in a percentage budget such as ``"10%"``."""
+    return float(text.strip().rstrip("%").strip())
+
+
 def parse_worker(ref: int | str) -> tuple[int, int | None]:
     """Split a trust entry into (stage, replica); replica is None for a whole stage."""
     if isinstance(ref, int):
@@ -87,6 +92,11 @@ def check_semantics(spec: m.Spec, source: SourceMap) -> tuple[list[SpecDiagnosti
             f"{spec.total_workers} workers ({topo.stages} stages x {topo.replicas} replicas"
             + (f" x {spec.replication_factor} copies" if spec.replication_factor > 1 else "")
             + f" + {topo.standby} standby)",
+        )
+    if isinstance(adv.max_malicious, str) and spec.malicious_budget == 0 and probability_free_percent(adv.max_malicious) > 0:
+        c.warn(
+            ("adversary", "max_malicious"),
+            f"adversary.max_malicious {adv.max_malicious!r} of {spec.total_workers} workers rounds down to 0: the adversary controls no worker",
         )
     if adv.faults.crash > spec.total_workers:
         c.error(("adversary", "faults", "crash"), f"adversary.faults.crash is {adv.faults.crash} but there are only {spec.total_workers} workers")
