@@ -39,7 +39,7 @@ from stagewarden.spec import (
 
 #: Longest a single solver call may spend proving a counterexample minimal or a count maximal
 #: (milliseconds); past it the best result so far is kept and marked as not proven optimal.
-MINIMALITY_EFFORT_MS = 4000
+MINIMALITY_EFFORT_MS = 1500
 #: Overhead cost constants (fractions of unprotected training).
 RECEIPT_COMPUTE = Fraction(1, 100)
 STATISTICAL_COMPUTE = Fraction(1, 100)
@@ -373,11 +373,19 @@ class Prover:
         result.trivially = True
         return result
 
+    @property
+    def _replicas_alike(self) -> bool:
+        """Whether every replica looks the same to the adversary: trust entries name whole
+        stages only, so any attack in one replica maps onto replica 0 by renaming replicas
+        (also with any assumption dropped). Local goals then only need replica 0's units."""
+        return all(isinstance(ref, int) for ref in [*self.spec.trust.honest, *self.spec.trust.tee])
+
     def _targets(self, capabilities: list[str]) -> list[tuple[int, str, str]]:
         out = []
+        computing = [w for w in self.enc.world.computing if not self._replicas_alike or self.enc.world.workers[w].replica == 0]
         for c in capabilities:
             kinds = CAPABILITY_KINDS[c][:1] if c == "equivocate" else CAPABILITY_KINDS[c]
-            for w in self.enc.world.computing:
+            for w in computing:
                 if c == "poison_data" and self.enc.world.workers[w].stage != 0:
                     continue
                 out.extend((w, c, kind) for kind in kinds)
@@ -390,6 +398,7 @@ class Prover:
             sdc_parts = [
                 conj([neg(enc.mal[w]), enc.level(enc.effects(w, SDC, k), op, threshold)])
                 for w in enc.world.computing for k in KINDS
+                if not self._replicas_alike or enc.world.workers[w].replica == 0
             ]
             parts.append(conj([enc.sdc, disj(sdc_parts)]))
         return disj(parts)
@@ -765,13 +774,14 @@ class Prover:
         return [m for m in out if m[3] is not False]
 
     def _no_framing(self, g: NoFramingGuarantee) -> GuaranteeResult:
-        mechanisms = self.framing_mechanisms()
+        scope = 0 if self._replicas_alike else None
+        mechanisms = self.framing_mechanisms(scope)
         goal = disj([cond for *_, cond in mechanisms])
         if self._sat(goal) is None:
             trivial = self._trivial(g)
             if trivial is not None:
                 return trivial
-            return self._holds(g, lambda: disj([cond for *_, cond in self.framing_mechanisms()]), "holds: no honest worker can be blamed")
+            return self._holds(g, lambda: disj([cond for *_, cond in self.framing_mechanisms(scope)]), "holds: no honest worker can be blamed")
         model = self._minimal_model(goal)
         mechanism, victim, attackers = next(
             (name, v, a) for name, v, a, cond in mechanisms if holds_in(model, cond)
