@@ -40,6 +40,8 @@ from stagewarden.spec import (
 #: Longest a single solver call may spend proving a counterexample minimal or a count maximal
 #: (milliseconds); past it the best result so far is kept and marked as not proven optimal.
 MINIMALITY_EFFORT_MS = 1500
+#: Worlds up to this many workers get canonical (lexicographically first) counterexamples.
+CANONICAL_WORKERS = 128
 #: Overhead cost constants (fractions of unprotected training).
 RECEIPT_COMPUTE = Fraction(1, 100)
 STATISTICAL_COMPUTE = Fraction(1, 100)
@@ -211,10 +213,33 @@ class Prover:
         guard = self._guard(goal)
         self.last_minimal = True
         model = self._least(guard, [], self.enc.mal, "malicious")
+        model = self._canonical(guard, model)
         if extra_objective:
             fewest = len(self._malicious(model))
             cap = self._cardinality_guard(self.enc.mal, fewest, "malicious")
             model = self._least(guard, [cap], [to_z3(t) for t in extra_objective], f"extra{len(self._guards)}")
+        return model
+
+    def _canonical(self, guard: z3.BoolRef, model: z3.ModelRef) -> z3.ModelRef:
+        """For small worlds, the lexicographically first placement of the same size (workers in
+        index order), so that the counterexample does not depend on the solver's history."""
+        if len(self.enc.mal) > CANONICAL_WORKERS:
+            return model
+        size = len(self._malicious(model))
+        solver = self._solver()
+        fixed: list[z3.BoolRef] = [self._cardinality_guard(self.enc.mal, size, "malicious")]
+        chosen = 0
+        for var in self.enc.mal:
+            if chosen == size:
+                fixed.append(z3.Not(var))
+                continue
+            if self._bounded_check(solver, guard, *fixed, var, *self.enc.literals()) == z3.sat:
+                fixed.append(var)
+                chosen += 1
+            else:
+                fixed.append(z3.Not(var))
+        if self._bounded_check(solver, guard, *fixed, *self.enc.literals()) == z3.sat:
+            return solver.model()
         return model
 
     def _cardinality_guard(self, terms: list[z3.BoolRef], k: int, name: str) -> z3.BoolRef:

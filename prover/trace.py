@@ -75,6 +75,8 @@ def detection_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, w: int, 
     roles: dict[int, str] = {} if sdc else {w: "tamperer"}
     checks = []
     for effect, on, value in rows:
+        if not on and not enc._possible(effect):
+            continue  # a spot-check variant for a verifier the spec does not use
         reason = effect_reason(enc, model, w, effect, on, value)
         checks.append({"check": effect.label, "index": effect.check, "checker": _checker_of(prover, w, effect),
                        "result": "catches" if on else "passes", "probability": format_probability(float(value if on else 0)),
