@@ -203,7 +203,7 @@ class Prover:
                 index += 1
         return core
 
-    def _minimal_model(self, goal: Term, extra_objective: list[Term] | None = None) -> z3.ModelRef:
+    def _minimal_model(self, goal: Term, extra_objective: list[Term] | None = None, lower_bound: int = 0) -> z3.ModelRef:
         """A model of ``goal`` with the fewest malicious workers, then the fewest
         ``extra_objective`` terms. Counterexamples are small, so the search goes up from zero
         malicious workers with cardinality bounds on the SAT-based finite-domain solver (Z3's
@@ -212,7 +212,7 @@ class Prover:
         so far is returned and ``self.last_minimal`` says that minimality is not proven."""
         guard = self._guard(goal)
         self.last_minimal = True
-        model = self._least(guard, [], self.enc.mal, "malicious")
+        model = self._least(guard, [], self.enc.mal, "malicious", lower_bound)
         model = self._canonical(guard, model)
         if extra_objective:
             fewest = len(self._malicious(model))
@@ -262,7 +262,7 @@ class Prover:
             if self._remaining_ms() is None:
                 solver.set("timeout", 4294967295)
 
-    def _least(self, guard: z3.BoolRef, extra: list[z3.BoolRef], terms: list[z3.BoolRef], name: str) -> z3.ModelRef:
+    def _least(self, guard: z3.BoolRef, extra: list[z3.BoolRef], terms: list[z3.BoolRef], name: str, lower_bound: int = 0) -> z3.ModelRef:
         """The model (goal ``guard`` on) with the fewest true ``terms``: any model first, then
         bounds k = 0, 1, 3, 7, ... below its count, then binary search. A bound that cannot be
         refuted within the effort limit is skipped and minimality is marked unproven."""
@@ -277,7 +277,8 @@ class Prover:
             raise SolverGaveUp(solver.reason_unknown() if result == z3.unknown else "the goal became unsatisfiable")
         best = solver.model()
         high = count(best)
-        low, step = 0, 1
+        # ``lower_bound`` is proven by the caller (a counting argument), so no probe goes below it.
+        low, step = min(lower_bound, high), 1
         while low < high:
             probe = min(low + step - 1, high - 1) if step < high - low else (low + high) // 2
             result = self._bounded_check(solver, guard, *extra, self._cardinality_guard(terms, probe, name), *literals)
@@ -867,7 +868,12 @@ class Prover:
         goal, parts = self.liveness_goal()
         if self._sat(goal) is None:
             return self._holds(g, lambda: self.liveness_goal()[0], "holds: every stage of some replica keeps a worker and no step can be stalled forever")
-        model = self._minimal_model(goal, extra_objective=list(self.enc.crash))
+        # Without a stall or framing, every removal beyond the crashes needs its own malicious
+        # worker, and R + K removals are needed: a lower bound that spares a hard refutation.
+        lower = 0
+        if self._sat(parts["stall"]) is None and self._sat(disj(list(parts["framed"].values()))) is None:
+            lower = max(0, self.enc.world.replicas + self.spec.topology.standby - self.spec.adversary.faults.crash)
+        model = self._minimal_model(goal, extra_objective=list(self.enc.crash), lower_bound=lower)
         trace = tr.liveness_trace(self, model, g, parts)
         return GuaranteeResult(g.id, g.kind, VIOLATED, "violated: " + trace["#meta"]["description"], trace=trace)
 
