@@ -40,6 +40,7 @@ nitpicky = True
 nitpick_ignore = [
     ("py:class", "fractions.Fraction"),
     ("py:class", "os.PathLike"),
+    ("py:class", "collections.abc.Callable"),
 ]
 
 # -- autodoc and napoleon ----------------------------------------------------------------

@@ -162,7 +162,14 @@ def verify(spec: str | None, example: str | None, guarantee_ids: tuple[str, ...]
     assumptions contradict each other). Exit code 0 when all hold, 1 when one is violated,
     2 for a bad or contradictory spec, 3 when one is unknown and none violated.
     """
-    loaded = _load(spec, example)
+    try:
+        loaded = _load(spec, example)
+    except BadSpec as exc:
+        if fmt != "json":
+            raise
+        diagnostics = [line for line in exc.message.splitlines() if line]
+        click.echo(json.dumps({"version": 1, "error": "bad spec", "diagnostics": diagnostics}, indent=2))
+        sys.exit(EXIT_BAD_INPUT)
     report = _run_verify(loaded, list(guarantee_ids) or None, timeout, rlimit)
     if fmt == "json":
         payload = report.to_json()
@@ -202,6 +209,89 @@ def demo(fmt: str) -> None:
             "part of this release yet; the demo stops after the proof."
         )
     sys.exit(report.exit_code)
+
+
+@cli.command()
+@_SPEC_ARGUMENT
+@_EXAMPLE_OPTION
+@_FORMAT_OPTION
+@_TIMEOUT_OPTION
+def synthesize(spec: str | None, example: str | None, fmt: str, timeout: float | None) -> None:
+    """Find the cheapest defence under which every guarantee of SPEC holds.
+
+    Keeps the topology, trust, adversary and guarantees, and tries defences (receipts,
+    attestation, data commitment, up to two checks, response, standby count) cheapest first
+    by the overhead cost model. Prints the `defense:` block ready to paste, its cost and its
+    proof; or, when nothing in the space works, why, guarantee by guarantee. Exit code 0 when a
+    defence is found, 1 when none exists in the space, 2 for bad input (or a contradictory
+    spec), 3 when the search gave up (the solver could not decide some candidates).
+    """
+    from stagewarden.prover import Limits
+    from stagewarden.prover.synthesis import synthesize as find_defence
+
+    loaded = _load(spec, example)
+    console = _progress_console()
+    status = console.status("") if console else None
+
+    def progress(count: int, candidate: Any) -> None:
+        if status is not None and count % 25 == 1:
+            status.update(f"trying candidate {count}: {candidate.describe()}")
+
+    if status is not None:
+        with status:
+            result = find_defence(loaded, Limits(timeout=timeout), progress=progress)
+    else:
+        result = find_defence(loaded, Limits(timeout=timeout))
+    if fmt == "json":
+        payload = result.to_json()
+        payload["warnings"] = [{"location": str(w.location), "message": w.message} for w in loaded.warnings]
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        _print_warnings(loaded)
+        from stagewarden.render_synthesis import print_synthesis
+
+        print_synthesis(_console(), result)
+    sys.exit(result.exit_code)
+
+
+def _load_version(argument: str) -> LoadedSpec:
+    """A spec file, or a packaged example written ``example:NAME`` (when no such file exists)."""
+    import os
+
+    if argument.startswith("example:") and not os.path.exists(argument):
+        return _load(None, argument.removeprefix("example:"))
+    return _load(argument, None)
+
+
+@cli.command()
+@click.argument("old", type=click.Path(dir_okay=True))
+@click.argument("new", type=click.Path(dir_okay=True))
+@_FORMAT_OPTION
+@_TIMEOUT_OPTION
+def diff(old: str, new: str, fmt: str, timeout: float | None) -> None:
+    """Compare the verdicts of two versions of a protocol, OLD and NEW (spec files, or
+    packaged examples written example:NAME).
+
+    Guarantees are matched by id. Lists every guarantee whose verdict changed, those only one
+    version has, and the new attack for each guarantee that became violated. A regression (a
+    verdict that got worse: holds, then unknown, then violated; or a guarantee added without a
+    proof) gives exit code 1, so the command can gate a change in CI. Exit code 0 when no
+    guarantee got worse, 2 for bad input.
+    """
+    from stagewarden.prover import Limits
+    from stagewarden.prover.diff import diff_specs
+
+    old_spec, new_spec = _load_version(old), _load_version(new)
+    result = diff_specs(old_spec, new_spec, Limits(timeout=timeout))
+    if fmt == "json":
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        _print_warnings(old_spec)
+        _print_warnings(new_spec)
+        from stagewarden.render_diff import print_diff
+
+        print_diff(_console(), result)
+    sys.exit(result.exit_code)
 
 
 def main() -> None:

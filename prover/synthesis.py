@@ -1,0 +1,675 @@
+"""Defence synthesis: search the defence space, cheapest first by the ``overhead`` cost model,
+for a ``defense:`` block under which the prover shows every guarantee of a spec to hold; or
+explain why nothing in the space works.
+
+The threat model (topology, trust, adversary) and the guarantees stay as the spec states them;
+only ``defense`` and ``topology.standby`` change. The search order, the space and the pruning
+rules are described on the documentation page "Synthesis and diff" (docs/synthesis.rst).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, cast
+
+from stagewarden.prover.defense_text import defense_yaml, proof_file, spec_text_with
+from stagewarden.prover.prover import Limits, Prover, verify
+from stagewarden.prover.verdict import HOLDS, UNKNOWN, VACUOUS, VIOLATED, GuaranteeResult, Report
+from stagewarden.spec import (
+    RESPONSES,
+    Defense,
+    LoadedSpec,
+    OverheadGuarantee,
+    Spec,
+    load_text,
+)
+from stagewarden.spec.semantics import check_semantics
+
+#: Version of the JSON document that ``stagewarden synthesize --format json`` prints.
+SYNTHESIS_FORMAT_VERSION = 1
+
+#: Sampling rates a synthesized ``spot_check`` may use.
+SPOT_CHECK_RATES: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+#: Replication factors a synthesized ``replicate`` check may use.
+REPLICATION_FACTORS: tuple[int, ...] = (2, 3)
+#: Most checks a synthesized defence combines.
+MAX_CHECKS = 2
+
+#: Search outcomes.
+FOUND = "found"
+NO_DEFENCE = "none"
+GAVE_UP = "gave_up"
+CONTRADICTORY = "vacuous"
+
+# Guarantee kinds whose verdict does not read defense.response (docs/semantics.rst: only
+# bounded_damage and liveness mention the response); liveness alone reads the standby pool.
+_RESPONSE_BLIND = frozenset({"detection", "no_framing", "data_integrity", "overhead"})
+_STANDBY_BLIND = frozenset({"detection", "no_framing", "data_integrity", "overhead", "bounded_damage"})
+
+CheckKey = tuple[tuple[str, Any], ...]
+
+
+def _response_reading(kind: str, response: tuple[str, ...]) -> tuple[Any, ...] | None:
+    """What a guarantee of ``kind`` reads of the response (docs/semantics.rst): nothing, except
+    that bounded_damage follows the first of rollback, eject or neither, and liveness asks
+    whether eject and skip_stage are in it (rollback and restart both redo the step)."""
+    if kind in _RESPONSE_BLIND:
+        return None
+    if kind == "bounded_damage":
+        return ("rollback" if "rollback" in response else "eject" if "eject" in response else "neither",)
+    if kind == "liveness":
+        return ("eject" in response, "skip_stage" in response)
+    return response
+
+
+def _check_key(check: dict[str, Any]) -> CheckKey:
+    return tuple(check.items())
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the defence space and its cost by the ``overhead`` cost model."""
+
+    receipts: bool
+    attestation: bool
+    data_commitment: bool
+    checks: tuple[CheckKey, ...]
+    response: tuple[str, ...]
+    standby: int
+    checkpoint_every: int
+    compute: Fraction
+    memory: Fraction
+
+    @property
+    def features(self) -> int:
+        """Switches, checks, responses and standby workers the defence uses (fewer is preferred)."""
+        return int(self.receipts) + int(self.attestation) + int(self.data_commitment) + len(self.checks) + len(self.response) + self.standby
+
+    def defense(self) -> dict[str, Any]:
+        """The ``defense:`` mapping, every key written out."""
+        return {
+            "receipts": self.receipts,
+            "attestation": self.attestation,
+            "data_commitment": self.data_commitment,
+            "checks": [dict(c) for c in self.checks],
+            "response": list(self.response),
+            "checkpoint_every": self.checkpoint_every,
+        }
+
+    def describe(self) -> str:
+        """One line for people: switches, checks, response and standby pool."""
+        parts = [name for name, on in (("receipts", self.receipts), ("attestation", self.attestation),
+                                       ("data commitment", self.data_commitment)) if on]
+        parts += [_describe_check(dict(c)) for c in self.checks] or ["no checks"]
+        parts += [f"response {'+'.join(self.response)}", f"standby {self.standby}"]
+        return ", ".join(parts)
+
+
+def _describe_check(check: dict[str, Any]) -> str:
+    scheme = check["scheme"]
+    if scheme == "redundant_neighbour":
+        return f"redundant_neighbour via {check['input_via'].replace('_', ' ')}"
+    if scheme == "spot_check":
+        by = {"coordinator": "the coordinator", "tee": "a TEE", "peer": "a peer"}[check["verifier"]]
+        return f"spot_check at rate {check['rate']} by {by}"
+    if scheme == "replicate":
+        return f"replicate x{check['factor']} ({check['resolve']})"
+    if scheme == "statistical":
+        return f"statistical (power {check['power']}, min_deviation {check['min_deviation']})"
+    return f"{scheme} ({check.get('rule', '')})"
+
+
+@dataclass(frozen=True)
+class CostItem:
+    """One item of the cost model for a defence: what it is, where it stands, its cost."""
+
+    item: str
+    location: str
+    compute: Fraction
+    memory: Fraction
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"item": self.item, "location": self.location, "compute": float(self.compute), "memory": float(self.memory)}
+
+
+@dataclass
+class Obstacle:
+    """Why one guarantee stands in the way when no defence in the space works.
+
+    ``cheapest_alone`` is the cheapest candidate under which the guarantee holds on its own
+    (None: none in the space). ``witness`` is the defence the ``result`` was computed under:
+    the cheapest candidate under which every other guarantee holds, or, when the guarantee
+    holds under no candidate, the costliest candidate the search reached.
+    """
+
+    id: str
+    kind: str
+    message: str
+    cheapest_alone: Candidate | None = None
+    witness: Candidate | None = None
+    result: GuaranteeResult | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "message": self.message,
+            "cheapest_alone": _candidate_json(self.cheapest_alone),
+            "witness": _candidate_json(self.witness),
+            "result": self.result.to_json() if self.result is not None else None,
+        }
+
+
+def _candidate_json(candidate: Candidate | None) -> dict[str, Any] | None:
+    if candidate is None:
+        return None
+    return {"defense": candidate.defense(), "standby": candidate.standby, "description": candidate.describe(),
+            "compute": float(candidate.compute), "memory": float(candidate.memory)}
+
+
+@dataclass
+class SynthesisResult:
+    """The outcome of :func:`synthesize`: the cheapest defence with its proof, or why none works."""
+
+    status: str
+    spec_file: str
+    spec_name: str
+    candidates_tried: int
+    seconds: float
+    candidate: Candidate | None = None
+    yaml_block: str | None = None
+    spec_text: str | None = None
+    proof_file: str | None = None
+    defense_lines: tuple[int, int] | None = None
+    original_standby: int = 0
+    costs: list[CostItem] = field(default_factory=list)
+    report: Report | None = None
+    reason: str = ""
+    obstacles: list[Obstacle] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def defense(self) -> dict[str, Any] | None:
+        """The chosen ``defense:`` mapping (None when no defence was found)."""
+        return self.candidate.defense() if self.candidate else None
+
+    @property
+    def compute(self) -> Fraction | None:
+        """Extra compute of the chosen defence, a fraction of unprotected training."""
+        return self.candidate.compute if self.candidate else None
+
+    @property
+    def memory(self) -> Fraction | None:
+        """Extra memory of the chosen defence, a fraction of unprotected training."""
+        return self.candidate.memory if self.candidate else None
+
+    @property
+    def standby(self) -> int | None:
+        """The ``topology.standby`` the chosen defence needs."""
+        return self.candidate.standby if self.candidate else None
+
+    @property
+    def exit_code(self) -> int:
+        """0 a defence was found, 1 none exists in the space, 2 the spec's assumptions contradict
+        each other, 3 the search gave up."""
+        return {FOUND: 0, NO_DEFENCE: 1, CONTRADICTORY: 2}.get(self.status, 3)
+
+    def to_json(self) -> dict[str, Any]:
+        """The versioned JSON document printed by ``synthesize --format json``."""
+        cand = self.candidate
+        return {
+            "version": SYNTHESIS_FORMAT_VERSION,
+            "spec": self.spec_file,
+            "name": self.spec_name,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "defense": self.defense,
+            "yaml": self.yaml_block,
+            "topology": None if cand is None else {"standby": cand.standby, "was": self.original_standby},
+            "cost": None if cand is None else {
+                "compute": float(cand.compute), "memory": float(cand.memory),
+                "exact": {"compute": _exact(cand.compute), "memory": _exact(cand.memory)},
+                "items": [c.to_json() for c in self.costs],
+            },
+            "proof_file": self.proof_file,
+            "spec_text": self.spec_text,
+            "proof": self.report.to_json() if self.report is not None else None,
+            "candidates_tried": self.candidates_tried,
+            "seconds": round(self.seconds, 3),
+            "reason": self.reason,
+            "obstacles": [o.to_json() for o in self.obstacles],
+            "notes": self.notes,
+        }
+
+
+def _exact(value: Fraction) -> str:
+    return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+
+
+class _OutOfTime(Exception):
+    """The whole search ran past ``max_seconds``."""
+
+
+@dataclass
+class _Outcome:
+    """What one cost-ordered pass over the space found."""
+
+    best: Candidate | None = None
+    tried: int = 0
+    unknown: int = 0
+    last: Candidate | None = None  # the costliest candidate evaluated
+    disagreements: int = 0  # candidates the search passed but the full proof did not
+
+
+class _CostView:
+    """The part of a :class:`Prover` that ``Prover.overhead_costs`` reads: the spec. Building a
+    whole prover (its Z3 encoding) only to price a defence would dominate the search."""
+
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+
+
+def cost_items(loaded: LoadedSpec) -> list[tuple[str, tuple[str | int, ...], Fraction, Fraction]]:
+    """The ``overhead`` cost model's items for a spec (``Prover.overhead_costs``)."""
+    items: list[tuple[str, tuple[str | int, ...], Fraction, Fraction]]
+    try:
+        items = cast(Any, Prover).overhead_costs(_CostView(loaded.spec))
+    except AttributeError:  # the cost model came to need more of the prover
+        items = Prover(loaded).overhead_costs()
+    return items
+
+
+class _Space:
+    """The defence space of one spec, cost-ordered, and a cache of verdicts per candidate."""
+
+    def __init__(self, loaded: LoadedSpec, limits: Limits | None, deadline: float | None,
+                 progress: Callable[[int, Candidate], None] | None) -> None:
+        self.base = loaded
+        self.spec = spec = loaded.spec
+        self.limits = limits or Limits()
+        self.deadline = deadline
+        self.progress = progress
+        self.guarantees = {g.id: g for g in spec.guarantees}
+        self.order = [g.id for g in spec.guarantees]  # fail-first: the last failing guarantee leads
+        adv, trust = spec.adversary, spec.trust
+        # A percentage budget grows with the standby pool; a malicious standby worker matters to
+        # no_framing only through an untrusted coordinator.
+        self.standby_in_budget = isinstance(adv.max_malicious, str) or trust.coordinator == "untrusted"
+        self.vary_response = any(g.kind not in _RESPONSE_BLIND for g in spec.guarantees)
+        self.vary_standby = any(g.kind not in _STANDBY_BLIND for g in spec.guarantees)
+        self.user = spec.defense
+        self.user_checks = {_check_key(c.model_dump()) for c in spec.defense.checks}
+        self.pool = self._pool()
+        self.pool_index = {c: i for i, c in enumerate(self.pool)}
+        self.classes = self._classes()
+        self.cache: dict[tuple[Any, ...], str] = {}
+        self.valid: dict[tuple[Any, ...], bool] = {}
+        self.evaluated: set[Candidate] = set()
+        self.reports: dict[Candidate, tuple[LoadedSpec, Report]] = {}
+        self.vacuous = False
+
+    # -- the space ------------------------------------------------------------------------
+
+    def _pool(self) -> list[CheckKey]:
+        """Every check a candidate may use, the spec's own checks included."""
+        spec = self.spec
+        pool: list[dict[str, Any]] = [{"scheme": "redundant_neighbour", "input_via": v} for v in ("coordinator", "upstream", "checked_worker")]
+        pool += [{"scheme": "spot_check", "rate": r, "verifier": v} for r in SPOT_CHECK_RATES for v in ("coordinator", "tee", "peer")]
+        pool += [{"scheme": "replicate", "factor": k, "resolve": res} for k in REPLICATION_FACTORS for res in ("majority", "referee")]
+        pool += [{"scheme": "robust_aggregation", "rule": "median"}]
+        # statistical's power and min_deviation describe a detector, not a setting the defender
+        # picks: only the spec's own statistical checks are candidates.
+        pool += [c.model_dump() for c in spec.defense.checks]
+        out: list[CheckKey] = []
+        for check in pool:
+            key = _check_key(check)
+            if key not in out:
+                out.append(key)
+        return out
+
+    def _check_useful(self, check: dict[str, Any], receipts: bool) -> bool:
+        """Structural pre-checks (docs/semantics.rst): a check that can detect and mask nothing
+        in this spec is skipped, since the same candidate without it is cheaper or smaller."""
+        spec = self.spec
+        coordinator_trusted = spec.trust.coordinator == "trusted"
+        scheme = check["scheme"]
+        if scheme == "spot_check":
+            if not receipts:
+                return False  # an uncommitted worker recomputes honestly when challenged
+            if check["verifier"] == "coordinator" and not coordinator_trusted:
+                return False
+            if check["verifier"] == "tee" and spec.adversary.tee_compromise:
+                return False
+        if scheme == "robust_aggregation":
+            # Masks damage only, and only with at least three replicas.
+            if spec.topology.replicas < 3 or not any(g.kind == "bounded_damage" for g in spec.guarantees):
+                return False
+        if scheme == "replicate" and check["resolve"] == "referee" and not coordinator_trusted:
+            return False  # the same as majority
+        return True
+
+    def _classes(self) -> list[tuple[Fraction, Fraction, bool, tuple[CheckKey, ...]]]:
+        """(compute, memory, receipts, checks) for every priced part of the space, cheapest first."""
+        out = []
+        for receipts in (False, True):
+            for size in range(MAX_CHECKS + 1):
+                for combo in itertools.combinations(self.pool, size):
+                    schemes = [dict(c)["scheme"] for c in combo]
+                    if len(set(schemes)) < len(schemes):
+                        continue  # one check per scheme
+                    if not all(self._check_useful(dict(c), receipts) for c in combo):
+                        continue
+                    defense = self.user.model_copy(update={"receipts": receipts, "checks": Defense.model_validate({"checks": [dict(c) for c in combo]}).checks})
+                    items = cost_items(LoadedSpec(self.spec.model_copy(update={"defense": defense}), self.base.source, self.base.text))
+                    compute = sum((c for _, _, c, _ in items), Fraction(0))
+                    memory = sum((m for _, _, _, m in items), Fraction(0))
+                    out.append((compute, memory, receipts, combo))
+        out.sort(key=lambda c: (c[0], c[1]))
+        return out
+
+    def _variants(self, receipts: bool, checks: tuple[CheckKey, ...], compute: Fraction, memory: Fraction) -> Iterator[Candidate]:
+        """Every zero-cost completion of a priced class: attestation, data commitment, response
+        and standby pool (each varied only where some guarantee can read it)."""
+        spec = self.spec
+        dicts = [dict(c) for c in checks]
+        tee_verifier = any(c["scheme"] == "spot_check" and c["verifier"] == "tee" for c in dicts)
+        attestations = [True] if tee_verifier else ([False, True] if spec.trust.tee else [False])
+        poison = "poison_data" in spec.adversary.capabilities
+        neighbour = any(c["scheme"] == "redundant_neighbour" for c in dicts)
+        commitments = [False, True] if poison or neighbour else [False]
+        if self.vary_response:
+            responses = [tuple(r) for n in range(1, len(RESPONSES) + 1) for r in itertools.combinations(RESPONSES, n)]
+        else:
+            responses = [tuple(self.user.response)]
+        if self.vary_standby:
+            top = spec.topology.replicas + spec.malicious_budget + spec.adversary.faults.crash
+            standbys = list(range(0, max(top, spec.topology.standby) + 1))
+        else:
+            standbys = [spec.topology.standby]
+        for att, dc, response, standby in itertools.product(attestations, commitments, responses, standbys):
+            yield Candidate(receipts, att, dc, checks, response, standby, self.user.checkpoint_every, compute, memory)
+
+    def _order_key(self, cand: Candidate) -> tuple[Any, ...]:
+        """Within one cost: fewer features, then closest to the spec's own defence, then a fixed order."""
+        user = self.user
+        distance = (int(cand.receipts != user.receipts) + int(cand.attestation != user.attestation)
+                    + int(cand.data_commitment != user.data_commitment) + len(set(cand.checks) ^ self.user_checks)
+                    + len(set(cand.response) ^ set(user.response)) + int(cand.standby != self.spec.topology.standby))
+        canonical = (cand.receipts, cand.attestation, cand.data_commitment, [self.pool_index[c] for c in cand.checks],
+                     [RESPONSES.index(r) for r in cand.response], cand.standby)
+        return (cand.features, distance, canonical)
+
+    def candidates(self, max_compute: Fraction | None, max_memory: Fraction | None) -> Iterator[Candidate]:
+        """Candidates in increasing cost order, stopping where the compute cost passes
+        ``max_compute`` (every later one does too) and skipping those over ``max_memory``."""
+        for (compute, memory), group in itertools.groupby(self.classes, key=lambda c: (c[0], c[1])):
+            if max_compute is not None and compute > max_compute:
+                return
+            if max_memory is not None and memory > max_memory:
+                continue
+            variants = [v for _, _, receipts, checks in group for v in self._variants(receipts, checks, compute, memory)]
+            variants.sort(key=self._order_key)
+            for cand in variants:
+                if self._is_valid(cand):
+                    yield cand
+
+    def spec_of(self, cand: Candidate) -> Spec:
+        """The spec with the candidate's defence and standby pool (no source positions)."""
+        defense = Defense.model_validate(cand.defense())
+        topology = self.spec.topology.model_copy(update={"standby": cand.standby})
+        return self.spec.model_copy(update={"defense": defense, "topology": topology})
+
+    def _is_valid(self, cand: Candidate) -> bool:
+        """Whether the loader would accept the candidate (e.g. a budget larger than the workers
+        left once a replicate check or standby workers are gone is an error)."""
+        # Only the workers (replication factor, standby pool) can make a candidate invalid: the
+        # switches and the response are generated valid.
+        key = (cand.checks, cand.standby)
+        ok = self.valid.get(key)
+        if ok is None:
+            errors, _ = check_semantics(self.spec_of(cand), self.base.source)
+            ok = self.valid[key] = not errors
+        return ok
+
+    # -- verdicts -------------------------------------------------------------------------
+
+    def _key(self, cand: Candidate, gid: str) -> tuple[Any, ...]:
+        """The parts of a candidate the guarantee's verdict reads (docs/semantics.rst)."""
+        kind = self.guarantees[gid].kind
+        standby = cand.standby if kind not in _STANDBY_BLIND or self.standby_in_budget else None
+        checks = cand.checks
+        if kind != "bounded_damage":  # robust_aggregation detects nothing; it only masks damage
+            checks = tuple(c for c in checks if c[0] != ("scheme", "robust_aggregation"))
+        return (gid, cand.receipts, cand.attestation, cand.data_commitment, checks, _response_reading(kind, cand.response), standby)
+
+    def _implied(self, key: tuple[Any, ...], kind: str) -> str:
+        """VIOLATED when a smaller standby pool already violates a guarantee that no response
+        reads: a larger pool only adds workers (and, for a percentage, budget) to the adversary."""
+        if kind not in _RESPONSE_BLIND or key[-1] is None:
+            return ""
+        smaller_violated = any(self.cache.get((*key[:-1], smaller)) == VIOLATED for smaller in range(key[-1]))
+        return "violated" if smaller_violated else ""
+
+    def _within_bounds(self, cand: Candidate, g: OverheadGuarantee) -> bool:
+        if cand.compute > Fraction(str(g.max_compute)):
+            return False
+        return g.max_memory is None or cand.memory <= Fraction(str(g.max_memory))
+
+    def evaluate(self, cand: Candidate, goal: list[str]) -> tuple[str, str | None]:
+        """(HOLDS, None) when every guarantee of ``goal`` holds under the candidate, else the
+        verdict (VIOLATED or UNKNOWN) and the guarantee that failed (fail-first order)."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise _OutOfTime()
+        self.evaluated.add(cand)
+        prover: Prover | None = None
+        unknown: str | None = None
+        # Bounds first (no solver), then verdicts shared by every response, then the rest.
+        tier = {gid: 0 if isinstance(g, OverheadGuarantee) else 1 if g.kind in _RESPONSE_BLIND else 2 for gid, g in self.guarantees.items()}
+        for gid in sorted((g for g in self.order if g in goal), key=lambda g: tier[g]):
+            guarantee = self.guarantees[gid]
+            if isinstance(guarantee, OverheadGuarantee):
+                verdict = HOLDS if self._within_bounds(cand, guarantee) else VIOLATED
+            else:
+                key = self._key(cand, gid)
+                verdict = self.cache.get(key, "") or self._implied(key, guarantee.kind)
+                if not verdict:
+                    if prover is None:
+                        prover = Prover(LoadedSpec(self.spec_of(cand), self.base.source, self.base.text), self.limits)
+                    verdict = self.cache[key] = prover.check(gid).verdict
+            if verdict == HOLDS:
+                continue
+            if verdict == VACUOUS:
+                self.vacuous = True
+            if verdict == UNKNOWN:
+                unknown = unknown or gid
+                continue
+            self.order.remove(gid)
+            self.order.insert(0, gid)
+            return verdict, gid
+        return (UNKNOWN, unknown) if unknown else (HOLDS, None)
+
+    def search(self, goal: list[str], confirm: bool = False) -> _Outcome:
+        """The cheapest candidate under which every guarantee of ``goal`` holds. With
+        ``confirm`` the winner must also pass a full ``verify`` of its YAML text."""
+        bounds = [g for gid in goal if isinstance(g := self.guarantees[gid], OverheadGuarantee)]
+        max_compute = min((Fraction(str(g.max_compute)) for g in bounds), default=None)
+        max_memory = min((Fraction(str(g.max_memory)) for g in bounds if g.max_memory is not None), default=None)
+        outcome = _Outcome()
+        for cand in self.candidates(max_compute, max_memory):
+            outcome.tried += 1
+            outcome.last = cand
+            if self.progress is not None:
+                self.progress(outcome.tried, cand)
+            verdict, _ = self.evaluate(cand, goal)
+            if verdict == UNKNOWN:
+                outcome.unknown += 1
+            if verdict != HOLDS:
+                continue
+            if confirm and self.proof(cand)[1].exit_code != 0:
+                # The full proof did not confirm it (a solver limit, or a shortcut of the search
+                # that the prover no longer agrees with): keep looking.
+                outcome.disagreements += 1
+                continue
+            outcome.best = cand
+            return outcome
+        return outcome
+
+    # -- the candidate as a spec file -------------------------------------------------------
+
+    def proof(self, cand: Candidate) -> tuple[LoadedSpec, Report]:
+        """The candidate written into the spec's text, loaded (so proofs cite its lines) and verified."""
+        cached = self.reports.get(cand)
+        if cached is None:
+            text = spec_text_with(self.base, cand.defense(), cand.standby)
+            loaded = load_text(text, proof_file(self.base.file))
+            cached = self.reports[cand] = (loaded, verify(loaded, limits=self.limits))
+        return cached
+
+
+# -- the search -----------------------------------------------------------------------------
+
+
+def synthesize(loaded: LoadedSpec, limits: Limits | None = None, *, max_seconds: float | None = None,
+               progress: Callable[[int, Candidate], None] | None = None) -> SynthesisResult:
+    """Search the defence space of a spec for the cheapest defence under which every guarantee holds.
+
+    The topology, trust, adversary and guarantees stay as written; candidates for ``defense``
+    (and ``topology.standby``) are tried in increasing cost by the ``overhead`` cost model
+    (compute, then memory, then fewer features), and the first under which the prover shows
+    every guarantee to hold wins. Its proof is a full ``verify`` of the spec text with the
+    defence in place, so the assumptions cite real lines.
+
+    Args:
+        loaded: the spec.
+        limits: solver limits for each guarantee of each candidate.
+        max_seconds: wall-clock limit for the whole search; past it the search gives up.
+        progress: called with the count and the candidate before each candidate is checked.
+
+    Returns:
+        The defence with its YAML block, cost and proof; or, when none works, the reason and
+        an :class:`Obstacle` per guarantee.
+    """
+    started = time.monotonic()
+    deadline = started + max_seconds if max_seconds is not None else None
+    space = _Space(loaded, limits, deadline, progress)
+    ids = [g.id for g in loaded.spec.guarantees]
+    result = SynthesisResult(GAVE_UP, loaded.file, loaded.spec.name, 0, 0.0, original_standby=loaded.spec.topology.standby)
+    try:
+        outcome = space.search(ids, confirm=True)
+    except _OutOfTime:
+        result.reason = f"the search ran past its limit of {max_seconds} s before finding a defence"
+        result.candidates_tried = len(space.evaluated)
+        result.seconds = time.monotonic() - started
+        return result
+    result.candidates_tried = outcome.tried
+    if outcome.disagreements:
+        result.notes.append(f"{outcome.disagreements} candidate(s) passed the search but not the full proof")
+    if outcome.best is None and space.vacuous:
+        result.status = CONTRADICTORY
+        result.reason = "the spec's assumptions contradict each other (the prover finds them vacuous): no defence can be proven"
+    elif outcome.best is not None:
+        cand = outcome.best
+        proof_spec, report = space.proof(cand)
+        result.status = FOUND
+        result.candidate = cand
+        result.yaml_block = defense_yaml(cand.defense())
+        result.spec_text = proof_spec.text
+        result.proof_file = proof_spec.file
+        result.defense_lines = _block_lines(proof_spec)
+        result.report = report
+        result.costs = [CostItem(what, _line_of(proof_spec, path), c, m) for what, path, c, m in cost_items(proof_spec)]
+        if outcome.unknown:
+            result.notes.append(f"the solver gave up on {outcome.unknown} cheaper candidate(s): one of them might also work")
+        if cand.standby != loaded.spec.topology.standby:
+            result.notes.append(f"set topology.standby to {cand.standby} (the spec has {loaded.spec.topology.standby})")
+    else:
+        result.status = GAVE_UP if outcome.unknown or outcome.disagreements else NO_DEFENCE
+        try:
+            _explain(space, result)
+        except _OutOfTime:
+            result.notes.append(f"the explanation was cut short by the limit of {max_seconds} s")
+        if outcome.unknown:
+            result.reason = (f"the solver gave up on {outcome.unknown} candidate(s) and none of the others works, so a "
+                             f"defence may be among the undecided ones; {result.reason}")
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _block_lines(loaded: LoadedSpec) -> tuple[int, int] | None:
+    """First and last line of the ``defense`` block in a loaded spec."""
+    source = loaded.source
+    lines = [pos[0] + 1 for table in (source.keys, source.values) for path, pos in table.items() if path[:1] == ("defense",)]
+    return (min(lines), max(lines)) if lines else None
+
+
+def _line_of(loaded: LoadedSpec, path: tuple[str | int, ...]) -> str:
+    location = loaded.source.value(path)
+    return f"{location.file}:{location.line}"
+
+
+def _cost_text(cand: Candidate) -> str:
+    return f"+{float(cand.compute):.3g} compute, +{float(cand.memory):.3g} memory"
+
+
+def _explain(space: _Space, result: SynthesisResult) -> None:
+    """Fill in the reason and one obstacle per guarantee (see :class:`Obstacle`)."""
+    ids = list(space.guarantees)
+    bounded = [gid for gid in ids if isinstance(space.guarantees[gid], OverheadGuarantee)]
+    others = [gid for gid in ids if gid not in bounded]
+    relaxed = space.search(others).best if bounded and others else None
+    impossible: list[str] = []
+    undecided: list[str] = []
+    for gid in ids:
+        guarantee = space.guarantees[gid]
+        alone = space.search([gid])
+        rest = [x for x in ids if x != gid]
+        with_rest = space.search(rest).best if rest else None
+        obstacle = Obstacle(gid, guarantee.kind, "", cheapest_alone=alone.best)
+        if alone.best is None:
+            (undecided if alone.unknown else impossible).append(gid)
+        if alone.best is None and alone.unknown:
+            obstacle.witness = alone.last
+            obstacle.message = (f"no candidate was shown to make it hold: the solver gave up on {alone.unknown} of the "
+                                f"{alone.tried} tried")
+        elif alone.best is None and alone.last is not None:
+            obstacle.witness = alone.last
+            obstacle.message = f"no defence in the space makes it hold, not even the costliest the search reached ([{alone.last.describe()}])"
+        elif gid in bounded and relaxed is not None:
+            obstacle.witness = relaxed
+            obstacle.message = (f"every defence that makes the other guarantees hold costs more than this bound allows: "
+                                f"the cheapest, [{relaxed.describe()}], costs {_cost_text(relaxed)}")
+        elif with_rest is not None:
+            obstacle.witness = with_rest
+            obstacle.message = f"under [{with_rest.describe()}], the cheapest defence that makes every other guarantee hold, it fails"
+            if alone.best is not None:
+                obstacle.message += f"; on its own it needs at least {_cost_text(alone.best)} ([{alone.best.describe()}])"
+        elif alone.best is None:
+            obstacle.message = "no defence in the space makes it hold"
+        else:
+            obstacle.message = (f"holds on its own (the cheapest: [{alone.best.describe()}], {_cost_text(alone.best)}); "
+                                "the conflict lies among the other guarantees")
+        if obstacle.witness is not None:
+            got = space.proof(obstacle.witness)[1].by_id(gid)
+            if got.verdict != HOLDS:
+                obstacle.result = got
+        result.obstacles.append(obstacle)
+    if impossible:
+        result.reason = (f"no defence in the search space makes {_ids(impossible)} hold: the adversary defeats every "
+                         "scheme and setting the space offers")
+    elif undecided:
+        result.reason = f"the solver could not decide {_ids(undecided)} under any candidate"
+    elif relaxed is not None:
+        result.reason = (f"every defence that makes {_ids(others)} hold costs more than {_ids(bounded)} allows; the cheapest, "
+                         f"[{relaxed.describe()}], costs {_cost_text(relaxed)}")
+    else:
+        result.reason = "each guarantee can hold on its own, but no single defence in the space makes them all hold"
+
+
+def _ids(ids: list[str]) -> str:
+    return ", ".join(f"'{i}'" for i in ids)
