@@ -771,7 +771,8 @@ class Prover:
                 base = conj([present, enc.vf[i]["peer"], enc.cap["false_accuse"], no_referee, any_computing])
                 for victim in computing:
                     # The victim is honest, so any malicious computing worker is another one.
-                    out.append(("false accusation by a peer verifier", victim, [a for a in computing if a != victim], conj([base, neg(enc.mal[victim])])))
+                    # Attackers: any malicious computing worker (listed from the model in the trace).
+                    out.append(("false accusation by a peer verifier", victim, [], conj([base, neg(enc.mal[victim])])))
             elif isinstance(check, ReplicateCheck):
                 need = ceil_half(check.factor)
                 tamper = disj([enc.cap["tamper_activations"], enc.cap["tamper_gradients"], enc.cap["tamper_weights"]])

@@ -142,6 +142,8 @@ def framing_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, mechanism:
     """Trace of an honest worker being blamed."""
     enc, world = prover.enc, prover.enc.world
     name = world.workers[victim].name
+    if not attackers and mechanism.endswith("peer verifier"):
+        attackers = [a for a in world.computing if a != victim]
     active = [a for a in attackers if _true(model, enc.mal[a])]
     roles = {a: mechanism for a in active}
     states: list[dict[str, Any]] = []
