@@ -43,6 +43,16 @@ CAPABILITY_KINDS: dict[str, tuple[str, ...]] = {
     "poison_data": ("F",),
     "equivocate": ("F", "B"),
 }
+#: Capabilities as verb phrases, for explanations.
+_VERB = {
+    "tamper_activations": "tamper with activations",
+    "tamper_gradients": "tamper with gradients",
+    "tamper_weights": "tamper with weights",
+    "poison_data": "poison data",
+    "equivocate": "equivocate",
+    "withhold": "withhold its work",
+    "false_accuse": "falsely accuse others",
+}
 #: Pseudo-capability for silent data corruption of an honest worker's unit.
 SDC = "silent_corruption"
 #: Capability whose rules silent corruption of each unit kind follows.
@@ -115,7 +125,7 @@ class Encoding:
         self.tee_compromise = self._feature_bool("tee_compromise", adv.tee_compromise, ("adversary", "tee_compromise"), "TEE workers may be malicious", "TEEs are not compromised")
         self.sdc = self._feature_bool("silent_corruption", probability_fraction(adv.faults.silent_corruption) > 0, ("adversary", "faults", "silent_corruption"), "honest units may be silently corrupted", "no silent data corruption")
         self.cap = {
-            c: self._feature_bool(f"capability:{c}", c in adv.capabilities, ("adversary", "capabilities"), f"the adversary can {c.replace('_', ' ')}", f"the adversary cannot {c.replace('_', ' ')}")
+            c: self._feature_bool(f"capability:{c}", c in adv.capabilities, ("adversary", "capabilities"), f"the adversary can {_VERB[c]}", f"the adversary cannot {_VERB[c]}")
             for c in CAPABILITIES
         }
         self.response = {

@@ -1,5 +1,5 @@
 """The prover: one Z3 check per guarantee, a vacuity check before any "holds", minimal
-counterexamples (fewest malicious workers, found with ``Optimize``) and minimal explanations
+counterexamples (fewest malicious workers, found by increasing cardinality bounds) and minimal explanations
 (deletion-minimised unsat cores over assumption literals).
 """
 
@@ -264,7 +264,7 @@ class Prover:
 
     def _least(self, guard: z3.BoolRef, extra: list[z3.BoolRef], terms: list[z3.BoolRef], name: str, lower_bound: int = 0) -> z3.ModelRef:
         """The model (goal ``guard`` on) with the fewest true ``terms``: any model first, then
-        bounds k = 0, 1, 3, 7, ... below its count, then binary search. A bound that cannot be
+        bounds growing from ``lower_bound`` by doubling steps below its count, then binary search. A bound that cannot be
         refuted within the effort limit is skipped and minimality is marked unproven."""
         solver = self._solver()
         literals = self.enc.literals()
@@ -934,9 +934,8 @@ class Prover:
                 which.append(f"extra compute {float(compute):.3g} > {float(limit_c):.3g}")
             if over_m:
                 which.append(f"extra memory {float(memory):.3g} > {float(limit_m):.3g}")  # type: ignore[arg-type]
-            trace = {"#meta": {"format": "stagewarden-trace", "version": tr.TRACE_VERSION, "guarantee": g.id, "kind": g.kind,
-                               "description": "; ".join(which)},
-                     "params": tr.params(self.spec), "malicious": [], "states": [], "costs": breakdown,
+            trace = {"#meta": tr.meta(self, g, "; ".join(which)),
+                     "params": tr.params(self.spec), "malicious": [], "vars": [], "states": [], "costs": breakdown,
                      "outcome": {"compute": float(compute), "memory": float(memory), "max_compute": float(limit_c),
                                  "max_memory": None if limit_m is None else float(limit_m)}}
             return GuaranteeResult(g.id, g.kind, VIOLATED, "violated: " + "; ".join(which), figure=figure, trace=trace, assumptions=refs)

@@ -24,6 +24,10 @@ TRACE_VERSION = 1
 KIND_NAMES = {"F": "forward", "B": "backward", "U": "update"}
 
 
+def _n(count: int, word: str, plural: str | None = None) -> str:
+    return f"{count} {word if count == 1 else (plural or word + 's')}"
+
+
 def params(spec: Spec) -> dict[str, Any]:
     """The topology the trace lives in."""
     t = spec.topology
@@ -31,7 +35,8 @@ def params(spec: Spec) -> dict[str, Any]:
             "standby": t.standby, "replication_factor": spec.replication_factor}
 
 
-def _meta(prover: Prover, guarantee: Any, description: str) -> dict[str, Any]:
+def meta(prover: Prover, guarantee: Any, description: str) -> dict[str, Any]:
+    """The ``#meta`` object of a trace."""
     return {"format": "stagewarden-trace", "version": TRACE_VERSION, "spec": prover.loaded.file,
             "guarantee": guarantee.id, "kind": guarantee.kind, "description": description}
 
@@ -101,7 +106,7 @@ def detection_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, w: int, 
     description = (f"{'an honest worker' if sdc else 'malicious worker'} {worker} {'suffers silent corruption of' if sdc else 'uses ' + capability + ' on'} "
                    f"its {KIND_NAMES[kind]} unit; it is detected with probability {format_probability(float(d))}, "
                    f"below the required {format_probability(float(bound))}")
-    return {"#meta": _meta(prover, guarantee, description), "params": params(prover.spec),
+    return {"#meta": meta(prover, guarantee, description), "params": params(prover.spec),
             "malicious": _malicious_roles(prover, model, roles), "vars": ["step", "microbatch", "worker", "unit", "action", "checks"],
             "states": [state],
             "outcome": {"detection_probability": float(d), "required": float(bound)}}
@@ -116,7 +121,7 @@ def damage_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, rows: list[
     if "rollback" in response:
         plan, count = "tamper with K+1 consecutive units of its weakest kind, then stop (a detection rolls back its whole try)", k + 1
     elif "eject" in response:
-        plan, count = "tamper with every unit of its weakest kind until it is caught and ejected", None
+        plan, count = "tamper with every unit of its weakest kind until it is caught and ejected (never, where nothing detects it)", None
     else:
         plan, count = "tamper with every unit it can; nobody is removed", None
     states = []
@@ -131,7 +136,7 @@ def damage_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, rows: list[
         roles[world.by_name(str(row["worker"])).index] = "tamperer"
     description = (f"{len(rows)} malicious worker(s) each {plan}: more than {k} tampered units stay undetected with "
                    f"probability {prob} > {format_probability(float(bound))}")
-    return {"#meta": _meta(prover, guarantee, description), "params": params(spec),
+    return {"#meta": meta(prover, guarantee, description), "params": params(spec),
             "malicious": _malicious_roles(prover, model, roles),
             "vars": ["step", "microbatch", "worker", "unit", "action", "count"], "states": states,
             "outcome": {"probability": prob.value, "bound": float(bound), "max_undetected": k, "strategy": plan}}
@@ -168,7 +173,7 @@ def framing_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, mechanism:
         states.append({"#index": 0, "step": 0, "microbatch": 0, "worker": "coordinator", "unit": "forward", "action": "false_accuse",
                        "detail": f"the untrusted coordinator reports that {name} failed a check; without receipts its word is the only evidence"})
     description = f"honest worker {name} is blamed through {mechanism}"
-    return {"#meta": _meta(prover, guarantee, description), "params": params(prover.spec),
+    return {"#meta": meta(prover, guarantee, description), "params": params(prover.spec),
             "malicious": _malicious_roles(prover, model, roles), "vars": ["step", "microbatch", "worker", "unit", "action", "detail"],
             "states": states, "outcome": {"blamed": name, "mechanism": mechanism}}
 
@@ -217,8 +222,8 @@ def liveness_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, parts: di
             states.append({"#index": index, "action": "crash", "detail": "a worker crash-stops"})
             index += 1
         standby = sum(1 for b in enc.standby if _true(model, b))
-        description = (f"{len(states)} removals ({crashes} crash(es)) against {world.replicas} replica(s) and {standby} standby "
-                       f"worker(s): every replica loses a stage")
-    return {"#meta": _meta(prover, guarantee, description), "params": params(prover.spec),
+        description = (f"{_n(len(states), 'removal')} ({_n(crashes, 'crash', 'crashes')}) against {_n(world.replicas, 'replica')} "
+                       f"and {_n(standby, 'standby worker')}: every replica loses a stage")
+    return {"#meta": meta(prover, guarantee, description), "params": params(prover.spec),
             "malicious": _malicious_roles(prover, model, roles), "vars": ["worker", "action", "detail"], "states": states,
             "outcome": {"progress": False}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
@@ -14,13 +14,53 @@ from stagewarden.prover.probability import format_probability
 
 _STYLE = {"holds": "green", "violated": "bold red", "unknown": "yellow", "vacuous": "bold magenta"}
 _MARK = {"holds": "✔", "violated": "✘", "unknown": "?", "vacuous": "!"}
+#: Order of the verdict counts at the end of a report: the ones that need attention first.
+_COUNT_ORDER = ("vacuous", "violated", "unknown", "holds")
+#: Figures that are fractions of unprotected training rather than probabilities.
+_COST_FIGURES = {"extra compute", "extra memory"}
+
+
+class _Hanging:
+    """Text whose wrapped lines keep an indent (``rest``), the first line indented by ``first``.
+
+    A console in soft-wrap mode (the CLI's: the terminal wraps) gets the text on one line.
+    """
+
+    def __init__(self, text: Text, first: int, rest: int) -> None:
+        self.text, self.first, self.rest = text, first, rest
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        if options.no_wrap or options.overflow == "ignore":
+            yield Text(" " * self.first) + self.text
+            return
+        text, width = self.text, options.max_width
+        rest = min(self.rest, max(self.first, width // 2))  # a deep hanging indent only where it fits
+        head = text.wrap(console, max(1, width - self.first))[0]
+        offset = len(head.plain)
+        while offset < len(text.plain) and text.plain[offset] == " ":
+            offset += 1
+        lines = [Text(" " * self.first) + head]
+        if offset < len(text.plain):
+            lines += [Text(" " * rest) + line for line in text[offset:].wrap(console, max(1, width - rest))]
+        yield Text("\n").join(lines)
+
+
+def _line(text: str | Text, indent: int, extra: int = 2) -> _Hanging:
+    """An indented line of a guarantee's details; wrapped lines go ``extra`` further in."""
+    body = text if isinstance(text, Text) else Text(text)
+    return _Hanging(body, indent, indent + extra)
+
+
+def _number(name: str, value: float) -> str:
+    """A figure's value as text: a probability compactly, a cost to three significant digits."""
+    return f"{value:.3g}" if name in _COST_FIGURES else format_probability(value)
 
 
 def _figure_text(result: GuaranteeResult) -> str:
     fig = result.figure
     if fig is None:
         return ""
-    return f"{format_probability(fig.value) if fig.bound <= 1 else fig.value} (needs {fig.relation} {format_probability(fig.bound)})"
+    return f"{_number(fig.name, fig.value)} (needs {fig.relation} {_number(fig.name, fig.bound)})"
 
 
 def summary_table(report: Report) -> Table:
@@ -38,6 +78,49 @@ def summary_table(report: Report) -> Table:
     return table
 
 
+def _where(state: dict[str, Any]) -> str:
+    """``step 3, micro-batch 1: `` for a state that names them, else empty."""
+    parts = []
+    if state.get("step") is not None:
+        parts.append(f"step {state['step']}")
+    if state.get("microbatch") is not None:
+        parts.append(f"micro-batch {state['microbatch']}")
+    return ", ".join(parts) + ": " if parts else ""
+
+
+def _check_line(check: dict[str, Any]) -> str:
+    """What one check makes of a tampered unit: its probability when it catches it, else why not."""
+    label = check.get("check") or "no check"
+    by = f" by {check['checker']}" if check.get("checker") else ""
+    if check.get("result") == "catches":
+        probability = check.get("probability", "?")
+        outcome = "catches it with certainty" if probability == "1" else f"catches it with probability {probability}"
+    else:
+        outcome = f"{check.get('result', '?')} - {check.get('why', '')}"
+    return f"    {label}{by}: {outcome}"
+
+
+def _state_lines(state: dict[str, Any]) -> list[str]:
+    """One state of a trace: an action, then (for a tampered unit) what each check makes of it."""
+    where = _where(state)
+    worker = state.get("worker") or (f"replica {state['replica']}" if state.get("replica") is not None else "")
+    action = state.get("action", "?")
+    if "detail" in state:
+        return [f"{where}{worker} {action}: {state['detail']}".strip()]
+    unit = state.get("unit", "")
+    probability = state.get("detection_probability", "?")
+    if "units_available" in state:
+        # A bounded_damage strategy: which units the worker tampers with from the given point on.
+        count, available = state.get("count"), state["units_available"]
+        amount = f"{count} consecutive {unit} units" if count else f"every {unit} unit"
+        start = f"from {where[:-2]}: " if where else ""
+        return [f"{start}{worker} uses {action} on {amount}, each detected with probability {probability} "
+                f"({available} of its units over the horizon are checked that weakly)"]
+    lines = [f"{where}{worker} uses {action} on its {unit} unit (detected with probability {probability})"]
+    lines += [_check_line(c) for c in state.get("checks", [])]
+    return lines
+
+
 def trace_lines(trace: dict[str, Any]) -> list[str]:
     """A counterexample trace as indented lines."""
     lines = []
@@ -45,27 +128,10 @@ def trace_lines(trace: dict[str, Any]) -> list[str]:
     if malicious:
         lines.append("malicious: " + ", ".join(f"{m['worker']} ({m['role']})" for m in malicious))
     for state in trace.get("states", []):
-        where = []
-        if state.get("step") is not None:
-            where.append(f"step {state['step']}")
-        if state.get("microbatch") is not None:
-            where.append(f"micro-batch {state['microbatch']}")
-        prefix = ", ".join(where)
-        head = f"{prefix}: " if prefix else ""
-        if "detail" in state:
-            lines.append(f"{head}{state.get('worker', '')} {state['action']}: {state['detail']}".replace("  ", " "))
-            continue
-        unit = state.get("unit", "")
-        count = state.get("count")
-        amount = f" x{count}" if count else ""
-        lines.append(f"{head}{state['worker']} {state['action']} on its {unit} unit{amount} "
-                     f"(detected with probability {state.get('detection_probability', '?')})")
-        for check in state.get("checks", []):
-            label = check["check"] or "no check"
-            by = f" by {check['checker']}" if check.get("checker") else ""
-            lines.append(f"    {label}{by}: {check['result']} - {check['why']}")
+        lines += _state_lines(state)
     for cost in trace.get("costs", []):
-        lines.append(f"{cost['location']}: {cost['item']}: +{cost['compute']:.3g} compute, +{cost['memory']:.3g} memory")
+        extra = f"+{cost['compute']:.3g} compute, +{cost['memory']:.3g} memory"
+        lines.append(f"{cost['location']}: {cost['item']}: {extra}")
     meta = trace.get("#meta", {})
     if meta.get("description"):
         lines.append(f"=> {meta['description']}")
@@ -77,36 +143,47 @@ def guarantee_block(result: GuaranteeResult) -> Group:
     parts: list[Any] = []
     head = Text(f"{_MARK[result.verdict]} {result.id} ", style=_STYLE[result.verdict])
     head.append(f"({result.kind}) ", style="dim")
-    head.append(result.summary)
-    parts.append(head)
+    summary = result.summary
+    if not summary.startswith(result.verdict):
+        summary = f"{result.verdict}: {summary}"
+    head.append(summary)
+    parts.append(_Hanging(head, 0, 4))
     for note in result.notes:
-        parts.append(Text(f"    note: {note}", style="yellow"))
+        parts.append(_line(Text(f"note: {note}", style="yellow"), 4))
     if result.verdict in ("holds", "vacuous") and result.assumptions:
         label = "rests on" if result.verdict == "holds" else "contradictory assumptions"
         if result.kind == "overhead":
             label = "cost items"
-        parts.append(Text(f"    {label}:"))
+        parts.append(_line(f"{label}:", 4))
         width = max(len(a.location) for a in result.assumptions)
         for a in result.assumptions:
-            parts.append(Text(f"      {a.location.ljust(width)}  {a.text}"))
+            parts.append(_line(f"{a.location.ljust(width)}  {a.text}", 6, width + 2))
     if result.trace is not None:
-        parts.append(Text("    attack trace:" if result.kind != "overhead" else "    cost breakdown:"))
+        parts.append(_line("attack trace:" if result.kind != "overhead" else "cost breakdown:", 4))
         for line in trace_lines(result.trace):
-            parts.append(Text(f"      {line}"))
-    if result.verdict == "unknown" and result.reason:
-        parts.append(Text(f"    reason: {result.reason}"))
+            stripped = line.lstrip(" ")
+            parts.append(_line(stripped, 6 + len(line) - len(stripped), 4))
+    if result.verdict == "unknown" and result.reason and result.reason not in result.summary:
+        parts.append(_line(f"reason: {result.reason}", 4))
     return Group(*parts)
+
+
+def verdict_counts(report: Report) -> str:
+    """``2 violated, 1 holds``: how many guarantees got each verdict, the ones to act on first."""
+    counts: dict[str, int] = {}
+    for result in report.guarantees:
+        counts[result.verdict] = counts.get(result.verdict, 0) + 1
+    return ", ".join(f"{counts[v]} {v}" for v in _COUNT_ORDER if v in counts)
 
 
 def print_report(console: Console, report: Report) -> None:
     """The whole report: header, summary table and every guarantee's details."""
     console.print(Text(f"{report.spec_file}: '{report.spec_name}'", style="bold"))
+    for note in report.notes:
+        console.print(Text(f"note: {note}", style="yellow"))
     console.print(summary_table(report))
     for result in report.guarantees:
         console.print()
         console.print(guarantee_block(result))
-    counts: dict[str, int] = {}
-    for result in report.guarantees:
-        counts[result.verdict] = counts.get(result.verdict, 0) + 1
     console.print()
-    console.print(", ".join(f"{n} {v}" for v, n in counts.items()))
+    console.print(verdict_counts(report))
