@@ -29,7 +29,7 @@ from stagewarden.spec import (
     probability_fraction,
 )
 from stagewarden.spec.source import Path
-from stagewarden.prover.fastz3 import Term, conj, disj, holds_in, neg, to_z3
+from stagewarden.prover.fastz3 import Term, at_most, conj, disj, holds_in, neg, to_z3
 from stagewarden.prover.probability import detection_probability
 from stagewarden.prover.world import World
 
@@ -136,7 +136,9 @@ class Encoding:
             self.facts.append(z3.Or(list(self.response.values())))
         self._good_cache: dict[object, list[tuple[tuple[int, ...], int | None, z3.BoolRef | None]]] = {}
         self._covers: dict[int, Term] = {}
-        self._signatures: dict[int, tuple[tuple[Fraction | None, Fraction, int], ...]] = {}
+        self._signatures: dict[int, tuple[int, tuple[tuple[Fraction | None, Fraction, int], ...]]] = {}
+        self._signature_numbers: dict[tuple[tuple[Fraction | None, Fraction, int], ...], int] = {}
+        self._templates: dict[tuple[int, str, int, int], list[tuple[tuple[int, ...], int | None, z3.BoolRef | None]]] = {}
         self._effects: dict[tuple[int, str, str, bool], list[Effect]] = {}
         self._tamperable: dict[tuple[int, str], Term] = {}
         self._encode_checks()
@@ -218,7 +220,7 @@ class Encoding:
         budget = spec.malicious_budget
         self.budget_literal = self._assume(
             "budget", f"at most {budget} malicious worker{'s' if budget != 1 else ''}", ("adversary", "max_malicious"),
-            z3.AtMost(*self.mal, budget) if self.mal else z3.BoolVal(True),
+            at_most(self.mal, budget) if self.mal else z3.BoolVal(True),
         )
         for i, ref in enumerate(spec.trust.honest):
             covered = world.covered(ref)
@@ -347,10 +349,15 @@ class Encoding:
     def level(self, effects: list[Effect], op: str, threshold: Fraction) -> Term:
         """Formula: the unit's detection probability is ``< threshold`` (op "lt") or
         ``<= threshold`` (op "le"), given which effects are in force."""
-        signature = self._signatures.get(id(effects))
-        if signature is None:
-            signature = self._signatures[id(effects)] = tuple((e.value, e.rate, e.shift) for e in effects)
-        templates = self._good_sets(signature, op, threshold)
+        entry = self._signatures.get(id(effects))
+        if entry is None:
+            signature = tuple((e.value, e.rate, e.shift) for e in effects)
+            number = self._signature_numbers.setdefault(signature, len(self._signature_numbers))
+            entry = self._signatures[id(effects)] = (number, signature)
+        key = (entry[0], op, threshold.numerator, threshold.denominator)
+        templates = self._templates.get(key)
+        if templates is None:
+            templates = self._templates[key] = self._good_sets(entry[1], op, threshold)
         clauses: list[Term] = []
         for chosen, peer_index, peer_condition in templates:
             parts: list[Term] = [effects[j].expr for j in chosen]
@@ -413,7 +420,7 @@ class Encoding:
         if m_max >= self.n_computing:
             conditions.append(self.collusion)
         elif m_max >= 0:
-            conditions.append(conj([self.collusion, z3.AtMost(*self.malicious_computing(), m_max)]))
+            conditions.append(conj([self.collusion, at_most(self.malicious_computing(), m_max)]))
         combined = disj(conditions)
         return None if combined is False else combined  # type: ignore[return-value]
 

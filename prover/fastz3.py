@@ -8,7 +8,7 @@ directly on arguments that are Boolean terms of the main context, and fold Pytho
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Union
 
 import z3
@@ -78,3 +78,19 @@ def holds_in(model: z3.ModelRef, a: Term) -> bool:
     if isinstance(a, bool):
         return a
     return z3.is_true(model.eval(a, model_completion=True))
+
+
+def at_most(args: Sequence[z3.BoolRef], k: int) -> z3.BoolRef:
+    """Cardinality constraint: at most ``k`` of the Boolean terms hold (built through the C API)."""
+    arr = (z3core.Ast * len(args))()
+    for i, a in enumerate(args):
+        arr[i] = a.ast
+    return z3.BoolRef(z3core.Z3_mk_atmost(_CTX.ctx, len(args), arr, k), _CTX)
+
+
+def at_least(args: Sequence[z3.BoolRef], k: int) -> z3.BoolRef:
+    """Cardinality constraint: at least ``k`` of the Boolean terms hold (built through the C API)."""
+    arr = (z3core.Ast * len(args))()
+    for i, a in enumerate(args):
+        arr[i] = a.ast
+    return z3.BoolRef(z3core.Z3_mk_atleast(_CTX.ctx, len(args), arr, k), _CTX)

@@ -13,11 +13,12 @@ from fractions import Fraction
 from typing import Any
 
 import z3
+from z3 import z3core
 
 from stagewarden.prover import trace as tr
 from stagewarden.prover.encoding import CAPABILITY_KINDS, KINDS, SDC, Assumption, Effect, Encoding, ceil_half
 from stagewarden.prover.explain import assumption_ref
-from stagewarden.prover.fastz3 import Term, conj, disj, holds_in, neg, to_z3
+from stagewarden.prover.fastz3 import Term, at_least, at_most, conj, disj, holds_in, neg, to_z3
 from stagewarden.prover.probability import Prob, eject_damage, format_probability, rollback_damage, skip_damage
 from stagewarden.prover.verdict import HOLDS, UNKNOWN, VACUOUS, VIOLATED, AssumptionRef, Figure, GuaranteeResult, Report
 from stagewarden.spec import (
@@ -75,6 +76,7 @@ class Prover:
         self._guards: dict[object, z3.BoolRef] = {}
         self._goal_guards: dict[object, tuple[z3.BoolRef, Term]] = {}
         self._mal_index = {str(m): i for i, m in enumerate(self.enc.mal)}
+        self._decl_cache: dict[int, list[object]] = {}
         self._term_cache: dict[tuple[str | None, Fraction], list[Term]] = {}
         self._unmasked_cache: Term | None = None
         self._framing: list[tuple[str, int, list[int], Term]] | None = None
@@ -247,7 +249,7 @@ class Prover:
         guard = self._guards.get(key)
         if guard is None:
             guard = z3.Bool(f"goal!atmost-{name}-{k}")
-            self._solver().add(z3.Implies(guard, z3.AtMost(*terms, k)))
+            self._solver().add(z3.Implies(guard, at_most(terms, k)))
             self._guards[key] = guard
         return guard
 
@@ -281,7 +283,15 @@ class Prover:
         low, step = min(lower_bound, high), 1
         while low < high:
             probe = min(low + step - 1, high - 1) if step < high - low else (low + high) // 2
-            result = self._bounded_check(solver, guard, *extra, self._cardinality_guard(terms, probe, name), *literals)
+            bound = self._cardinality_guard(terms, probe, name)
+            result = self._bounded_check(solver, guard, *extra, bound, *literals)
+            if result == z3.unknown and terms is self.enc.mal:
+                # Too hard in general: look for a smaller placement inside the best one found.
+                inside = set(self._malicious(best))
+                outside = [z3.Not(m) for i, m in enumerate(self.enc.mal) if i not in inside]
+                result = self._bounded_check(solver, guard, *extra, bound, *outside, *literals)
+                if result == z3.unsat:
+                    result = z3.unknown  # refuted only within the subset: not a proof
             if result == z3.sat:
                 best = solver.model()
                 high = count(best)
@@ -294,9 +304,20 @@ class Prover:
         return best
 
     def _malicious(self, model: z3.ModelRef) -> list[int]:
-        index = self._mal_index
-        found = [index[d.name()] for d in model.decls() if d.name() in index and z3.is_true(model[d])]
-        return sorted(found)
+        """Indices of the workers malicious in ``model`` (unassigned counts as honest)."""
+        ctx, ref = model.ctx.ref(), model.model
+        out = []
+        for i, decl in enumerate(self._mal_decls()):
+            value = z3core.Z3_model_get_const_interp(ctx, ref, decl)
+            if value and z3core.Z3_get_bool_value(ctx, value) == 1:
+                out.append(i)
+        return out
+
+    def _mal_decls(self) -> list[object]:
+        decls = self._decl_cache.get(id(self.enc))
+        if decls is None:
+            decls = self._decl_cache[id(self.enc)] = [m.decl().ast for m in self.enc.mal]
+        return decls
 
     def _malicious_computing(self, model: z3.ModelRef) -> int:
         return sum(1 for i in self._malicious(model) if self.enc.world.workers[i].computing)
@@ -513,7 +534,7 @@ class Prover:
         if self._unmasked_cache is None:
             touched = [to_z3(disj([enc.mal[w] for s in range(world.stages) for w in world.slots[(s, r)]])) for r in range(world.replicas)]
             need = ceil_half(world.replicas)
-            self._unmasked_cache = disj([neg(enc.check_present[masks[0]]), z3.AtLeast(*touched, need)])
+            self._unmasked_cache = disj([neg(enc.check_present[masks[0]]), at_least(touched, need)])
         return self._unmasked_cache
 
     def _worker_kinds(self, w: int) -> list[tuple[str, str]]:
@@ -654,7 +675,7 @@ class Prover:
         budget = self.spec.malicious_budget
         if len(live) <= budget:
             return True
-        bound = z3.AtMost(*live, budget)
+        bound = at_most(live, budget)
         if self.enc.concrete:
             return bound
         return disj([neg(self.enc.budget_literal), bound])
@@ -694,7 +715,7 @@ class Prover:
             guard = self._guards.get(key)
             if guard is None:
                 guard = self._guards[key] = z3.Bool(f"goal!{name}-{mid}")
-                solver.add(z3.Implies(guard, z3.AtLeast(*live, mid)))
+                solver.add(z3.Implies(guard, at_least(live, mid)))
             result = self._bounded_check(solver, base_guard, guard, *self.enc.literals())
             if result == z3.sat:
                 model = solver.model()
@@ -959,7 +980,7 @@ def _at_least(terms: list[Term], n: int) -> Term:
     live = [to_z3(t) for t in terms if t is not False]
     if len(live) < n:
         return False
-    return z3.AtLeast(*live, n)
+    return at_least(live, n)
 
 
 def _dominating_vector(counts: dict[Fraction, int]) -> list[Fraction]:
