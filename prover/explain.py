@@ -73,12 +73,3 @@ def effect_reason(enc: Encoding, model: z3.ModelRef, w: int, effect: Effect, on:
             return "without receipts the two messages are never compared"
         return "the coordinator that compares signed digests is untrusted"
     return "not in force"
-
-
-def missing_checks(enc: Encoding, capability: str, kind: str) -> str | None:
-    """Why no check at all applies to a unit kind (the effects list is empty)."""
-    if capability == "poison_data":
-        return None
-    if not enc.spec.defense.checks:
-        return "the protocol has no checks"
-    return f"no check of the protocol covers {kind} units of this stage"

@@ -20,11 +20,15 @@ _CTX = z3.main_ctx()
 Term = Union[z3.BoolRef, bool]
 
 
-def _mk(fn: object, items: list[z3.BoolRef]) -> z3.BoolRef:
+def _array(items: Sequence[z3.BoolRef]) -> object:
     arr = (z3core.Ast * len(items))()
     for i, a in enumerate(items):
         arr[i] = a.ast
-    return z3.BoolRef(fn(_CTX.ctx, len(items), arr), _CTX)  # type: ignore[operator]
+    return arr
+
+
+def _mk(fn: object, items: list[z3.BoolRef]) -> z3.BoolRef:
+    return z3.BoolRef(fn(_CTX.ctx, len(items), _array(items)), _CTX)  # type: ignore[operator]
 
 
 def conj(args: Iterable[Term]) -> Term:
@@ -82,15 +86,9 @@ def holds_in(model: z3.ModelRef, a: Term) -> bool:
 
 def at_most(args: Sequence[z3.BoolRef], k: int) -> z3.BoolRef:
     """Cardinality constraint: at most ``k`` of the Boolean terms hold (built through the C API)."""
-    arr = (z3core.Ast * len(args))()
-    for i, a in enumerate(args):
-        arr[i] = a.ast
-    return z3.BoolRef(z3core.Z3_mk_atmost(_CTX.ctx, len(args), arr, k), _CTX)
+    return z3.BoolRef(z3core.Z3_mk_atmost(_CTX.ctx, len(args), _array(args), k), _CTX)
 
 
 def at_least(args: Sequence[z3.BoolRef], k: int) -> z3.BoolRef:
     """Cardinality constraint: at least ``k`` of the Boolean terms hold (built through the C API)."""
-    arr = (z3core.Ast * len(args))()
-    for i, a in enumerate(args):
-        arr[i] = a.ast
-    return z3.BoolRef(z3core.Z3_mk_atleast(_CTX.ctx, len(args), arr, k), _CTX)
+    return z3.BoolRef(z3core.Z3_mk_atleast(_CTX.ctx, len(args), _array(args), k), _CTX)

@@ -75,7 +75,6 @@ class Prover:
         self._base: z3.Solver | None = None
         self._guards: dict[object, z3.BoolRef] = {}
         self._goal_guards: dict[object, tuple[z3.BoolRef, Term]] = {}
-        self._mal_index = {str(m): i for i, m in enumerate(self.enc.mal)}
         self._decl_cache: dict[int, list[object]] = {}
         self._term_cache: dict[tuple[str | None, Fraction], list[Term]] = {}
         self._unmasked_cache: Term | None = None
@@ -84,7 +83,7 @@ class Prover:
 
     # -- encodings --------------------------------------------------------------------------
 
-    _STATE = ("enc", "_term_cache", "_unmasked_cache", "_framing", "_catchable_cache", "_base", "_guards", "_goal_guards", "_mal_index")
+    _STATE = ("enc", "_term_cache", "_unmasked_cache", "_framing", "_catchable_cache", "_base", "_guards", "_goal_guards")
 
     @contextmanager
     def _symbolic(self) -> Iterator[None]:
@@ -99,8 +98,7 @@ class Prover:
         if self._other_state is None:
             sym = Encoding(self.loaded)
             self._other_state = {"enc": sym, "_term_cache": {}, "_unmasked_cache": None, "_framing": None,
-                                 "_catchable_cache": {}, "_base": None, "_guards": {}, "_goal_guards": {},
-                                 "_mal_index": {str(m): i for i, m in enumerate(sym.mal)}}
+                                 "_catchable_cache": {}, "_base": None, "_guards": {}, "_goal_guards": {}}
         for name, value in self._other_state.items():
             setattr(self, name, value)
         try:

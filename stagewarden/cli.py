@@ -52,6 +52,10 @@ def _load(spec: str | None, example: str | None) -> LoadedSpec:
         raise BadSpec(str(exc)) from None
 
 
+def _warnings_json(loaded: LoadedSpec) -> list[dict[str, str]]:
+    return [{"location": str(w.location), "message": w.message} for w in loaded.warnings]
+
+
 def _print_warnings(loaded: LoadedSpec) -> None:
     console = _console(err=True)
     for warning in loaded.warnings:
@@ -173,7 +177,7 @@ def verify(spec: str | None, example: str | None, guarantee_ids: tuple[str, ...]
     report = _run_verify(loaded, list(guarantee_ids) or None, timeout, rlimit)
     if fmt == "json":
         payload = report.to_json()
-        payload["warnings"] = [{"location": str(w.location), "message": w.message} for w in loaded.warnings]
+        payload["warnings"] = _warnings_json(loaded)
         click.echo(json.dumps(payload, indent=2))
     else:
         _print_warnings(loaded)
@@ -244,7 +248,7 @@ def synthesize(spec: str | None, example: str | None, fmt: str, timeout: float |
         result = find_defence(loaded, Limits(timeout=timeout))
     if fmt == "json":
         payload = result.to_json()
-        payload["warnings"] = [{"location": str(w.location), "message": w.message} for w in loaded.warnings]
+        payload["warnings"] = _warnings_json(loaded)
         click.echo(json.dumps(payload, indent=2))
     else:
         _print_warnings(loaded)
