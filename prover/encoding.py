@@ -10,6 +10,7 @@ through the closed-form probabilities.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Iterable
@@ -57,6 +58,9 @@ _VERB = {
 SDC = "silent_corruption"
 #: Capability whose rules silent corruption of each unit kind follows.
 KIND_CAPABILITY = {"F": "tamper_activations", "B": "tamper_gradients", "U": "tamper_weights"}
+#: Shared constants, so that the effect signatures of many workers hold the same objects.
+_ONE = Fraction(1)
+_ZERO = Fraction(0)
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,7 @@ class Effect:
     check: int | None
     value: Fraction | None
     expr: Term
-    rate: Fraction = Fraction(0)
+    rate: Fraction = _ZERO
     #: 1 when the unit's worker is honest (silent corruption): a peer verifier is then drawn
     #: from workers among which all ``m`` malicious ones are.
     shift: int = 0
@@ -92,8 +96,10 @@ class Effect:
         return self.value is None
 
 
+@functools.lru_cache(maxsize=1024)
 def _frac(value: float) -> Fraction:
     return Fraction(str(value))
+
 
 
 class Encoding:
@@ -136,10 +142,13 @@ class Encoding:
             self.facts.append(z3.Or(list(self.response.values())))
         self._good_cache: dict[object, list[tuple[tuple[int, ...], int | None, z3.BoolRef | None]]] = {}
         self._covers: dict[int, Term] = {}
+        self._not_covers: dict[int, Term] = {}
         self._signatures: dict[int, tuple[int, tuple[tuple[Fraction | None, Fraction, int], ...]]] = {}
+        self._signature_ids: dict[tuple[tuple[int, int, int], ...], tuple[int, tuple[tuple[Fraction | None, Fraction, int], ...]]] = {}
         self._signature_numbers: dict[tuple[tuple[Fraction | None, Fraction, int], ...], int] = {}
         self._templates: dict[tuple[int, str, int, int], list[tuple[tuple[int, ...], int | None, z3.BoolRef | None]]] = {}
-        self._effects: dict[tuple[int, str, str, bool], list[Effect]] = {}
+        self._effects: dict[tuple[object, ...], list[Effect]] = {}
+        self._levels: dict[tuple[int, str, int, int], Term] = {}
         self._tamperable: dict[tuple[int, str], Term] = {}
         self._encode_checks()
         self._encode_workers()
@@ -265,6 +274,15 @@ class Encoding:
             cached = self._covers[checker] = conj([self.mal[checker], self.collusion])
         return cached
 
+    def not_covers(self, checker: int, target: int) -> Term:
+        """The negation of :meth:`covers` (cached per checker)."""
+        if checker == target:
+            return True
+        cached = self._not_covers.get(checker)
+        if cached is None:
+            cached = self._not_covers[checker] = neg(self.covers(checker, target))
+        return cached
+
     def malicious_computing(self) -> list[z3.BoolRef]:
         """The malicious flags of computing workers."""
         return [self.mal[i] for i in self.world.computing]
@@ -277,10 +295,12 @@ class Encoding:
 
     def genuine_input(self, i: int, w: int) -> Term:
         """Whether the redundant_neighbour check ``i`` recomputes worker ``w``'s unit from the real input."""
+        if self.receipts is True:
+            return True  # the disjunction below folds to True
         s, r = self.world.slot_of(w)
         parts: list[Term] = [self.receipts, self._via_coord_trusted[i]]
         if s >= 1:
-            parts.append(conj([self.via_up[i], neg(self.covers(self.world.primary(s - 1, r), w))]))
+            parts.append(conj([self.via_up[i], self.not_covers(self.world.primary(s - 1, r), w)]))
         else:
             parts.append(conj([self.via_up[i], self.coord_trusted]))
             parts.append(self.data_commitment)
@@ -292,7 +312,13 @@ class Encoding:
         With ``cooperative`` the checkers do not cover and inputs are genuine (the adversary
         wants to be caught, as when it forces a response). Cached per arguments.
         """
-        key = (w, capability, kind, cooperative)
+        key: tuple[object, ...] = (w, capability, kind, cooperative)
+        if cooperative:
+            # Without covering and with genuine inputs a unit's effects depend only on whether
+            # its stage has a downstream checker: workers of the same role share one list (and
+            # so one level formula).
+            s, _ = self.world.slot_of(w)
+            key = ("cooperative", s <= self.world.stages - 2, capability, kind)
         cached = self._effects.get(key)
         if cached is None:
             cached = self._effects[key] = self._build_effects(w, capability, kind, cooperative)
@@ -306,29 +332,30 @@ class Encoding:
         s, r = world.slot_of(w)
         out: list[Effect] = []
         covers: Callable[[int, int], Term] = (lambda a, b: False) if cooperative else self.covers
+        not_covers: Callable[[int, int], Term] = (lambda a, b: True) if cooperative else self.not_covers
         if capability == "equivocate":
-            out.append(Effect("receipt linkage", None, Fraction(1), self._linkage))
+            out.append(Effect("receipt linkage", None, _ONE, self._linkage))
             return out
         if capability == "poison_data":
             parts: list[Term] = [self.coord_trusted]
             for i, _ in self.checks_of(RedundantNeighbourCheck):
-                parts.append(conj([self.check_present[i], neg(covers(world.primary(1, r), w))]))
+                parts.append(conj([self.check_present[i], not_covers(world.primary(1, r), w)]))
             for i, _ in self.checks_of(ReplicateCheck):
                 parts.append(conj([self.check_present[i], self._not_all_cover(w, covers)]))
-            out.append(Effect("batch proof", None, Fraction(1), conj([self.data_commitment, disj(parts)])))
+            out.append(Effect("batch proof", None, _ONE, conj([self.data_commitment, disj(parts)])))
         for i, check in enumerate(spec.defense.checks):
             present = self.check_present[i]
             if isinstance(check, RedundantNeighbourCheck) and capability != "poison_data":
                 if s <= world.stages - 2:
                     checker = world.primary(s + 1, r)
                     genuine = True if cooperative else self.genuine_input(i, w)
-                    out.append(Effect("redundant_neighbour", i, Fraction(1), conj([present, neg(covers(checker, w)), genuine])))
+                    out.append(Effect("redundant_neighbour", i, _ONE, conj([present, not_covers(checker, w), genuine])))
             elif isinstance(check, SpotCheck) and capability != "poison_data":
                 rate = _frac(check.rate)
                 out.append(Effect("spot_check", i, rate, self._spot_trusted[i]))
                 out.append(Effect("spot_check (peer)", i, rate if cooperative else None, self._spot_peer[i], rate=rate, shift=shift))
             elif isinstance(check, ReplicateCheck):
-                out.append(Effect("replicate", i, Fraction(1), conj([present, self._not_all_cover(w, covers)])))
+                out.append(Effect("replicate", i, _ONE, conj([present, self._not_all_cover(w, covers)])))
             elif isinstance(check, StatisticalCheck) and kind in ("F", "B") and capability != "poison_data":
                 if check.min_deviation == 0 or cooperative:
                     out.append(Effect("statistical", i, _frac(check.power), self._statistical[i]))
@@ -349,11 +376,21 @@ class Encoding:
     def level(self, effects: list[Effect], op: str, threshold: Fraction) -> Term:
         """Formula: the unit's detection probability is ``< threshold`` (op "lt") or
         ``<= threshold`` (op "le"), given which effects are in force."""
+        level_key = (id(effects), op, threshold.numerator, threshold.denominator)
+        known = self._levels.get(level_key)
+        if known is not None:
+            return known
         entry = self._signatures.get(id(effects))
         if entry is None:
-            signature = tuple((e.value, e.rate, e.shift) for e in effects)
-            number = self._signature_numbers.setdefault(signature, len(self._signature_numbers))
-            entry = self._signatures[id(effects)] = (number, signature)
+            # Hashing fractions is slow; most workers share the very same value objects, so
+            # look the signature up by object identity first (the entry keeps them alive).
+            by_identity = tuple((id(e.value), id(e.rate), e.shift) for e in effects)
+            entry = self._signature_ids.get(by_identity)
+            if entry is None:
+                signature = tuple((e.value, e.rate, e.shift) for e in effects)
+                number = self._signature_numbers.setdefault(signature, len(self._signature_numbers))
+                entry = self._signature_ids[by_identity] = (number, signature)
+            self._signatures[id(effects)] = entry
         key = (entry[0], op, threshold.numerator, threshold.denominator)
         templates = self._templates.get(key)
         if templates is None:
@@ -364,7 +401,9 @@ class Encoding:
             if peer_index is not None:
                 parts += [effects[peer_index].expr, peer_condition]  # type: ignore[list-item]
             clauses.append(neg(conj(parts)))
-        return conj(clauses)
+        # Effect lists live as long as the encoding (cached in ``_effects``), so ids are stable.
+        result = self._levels[level_key] = conj(clauses)
+        return result
 
     def _good_sets(
         self, signature: tuple[tuple[Fraction | None, Fraction, int], ...], op: str, threshold: Fraction

@@ -135,6 +135,15 @@ class Prover:
         self._configure(self._base)
         return self._base
 
+    def _reset_solver(self) -> None:
+        """Start the guarantee on a fresh solver of the concrete encoding: the constraints
+        themselves are small (the goals are what is large), and a solver that carries the
+        learnt clauses, phases and abandoned searches of earlier guarantees can take
+        seconds on a query that a fresh one answers at once."""
+        self._base = None
+        self._guards = {}
+        self._goal_guards = {}
+
     def _guard(self, goal: Term) -> z3.BoolRef:
         """A literal that switches ``goal`` on in the shared solver (added once per goal; goals
         stay in the solver, inert while their literal is not assumed, so nothing is popped)."""
@@ -270,6 +279,8 @@ class Prover:
         literals = self.enc.literals()
 
         def count(m: z3.ModelRef) -> int:
+            if terms is self.enc.mal:
+                return len(self._malicious(m))
             return sum(1 for t in terms if z3.is_true(m.eval(t, model_completion=True)))
 
         result = solver.check(guard, *extra, *literals)
@@ -355,6 +366,7 @@ class Prover:
                     OverheadGuarantee: self._overhead,
                 }[type(guarantee)]  # type: ignore[assignment]
                 self.last_minimal = True
+                self._reset_solver()
                 result = handler(guarantee)
                 if result.trace is not None and result.kind not in ("bounded_damage", "overhead"):
                     result.trace["#meta"]["minimal"] = self.last_minimal
@@ -425,9 +437,15 @@ class Prover:
         (also with any assumption dropped). Local goals then only need replica 0's units."""
         return all(isinstance(ref, int) for ref in [*self.spec.trust.honest, *self.spec.trust.tee])
 
+    def _local_workers(self) -> list[int]:
+        """The computing workers a goal about a single unit or victim must look at: replica 0's
+        when replicas are alike, else all."""
+        world = self.enc.world
+        return [w for w in world.computing if not self._replicas_alike or world.workers[w].replica == 0]
+
     def _targets(self, capabilities: list[str]) -> list[tuple[int, str, str]]:
         out = []
-        computing = [w for w in self.enc.world.computing if not self._replicas_alike or self.enc.world.workers[w].replica == 0]
+        computing = self._local_workers()
         for c in capabilities:
             kinds = CAPABILITY_KINDS[c][:1] if c == "equivocate" else CAPABILITY_KINDS[c]
             for w in computing:
@@ -611,9 +629,12 @@ class Prover:
             return trivial
         computing = enc.world.computing
         unmasked = self._unmasked()
-        any_damage = conj([unmasked, disj([self._worker_level(w, "lt", Fraction(1)) for w in computing])])
+        # "Some unit stays below certain detection" is a goal about one unit: with replicas
+        # alike, replica 0's workers stand for all (the masking condition is symmetric too).
+        local = self._local_workers()
+        any_damage = conj([unmasked, disj([self._worker_level(w, "lt", Fraction(1)) for w in local])])
         if self._sat(any_damage) is None:
-            return self._holds(g, lambda: conj([self._unmasked(), disj([self._worker_level(w, "lt", Fraction(1)) for w in computing])]),
+            return self._holds(g, lambda: conj([self._unmasked(), disj([self._worker_level(w, "lt", Fraction(1)) for w in self._local_workers()])]),
                                "holds: every tampered unit is detected or masked, so none stays undetected",
                                figure=Figure("Pr[more than K undetected]", 0.0, float(bound), "<=", exact="0"))
         targets = [(w, c, kind) for w in computing for c, kind in self._worker_kinds(w)]
@@ -623,9 +644,11 @@ class Prover:
         groups: list[tuple[str | None, Fraction]] = [(kind, lv) for lv in levels for kind in (KINDS if skip_mode else (None,))]
         counts: dict[tuple[str | None, Fraction], int] = {}
         best_models: list[z3.ModelRef] = []
+        unproven = False
         for kind, lv in groups:
-            n, model = self._maximise(self._level_terms(kind, lv), conj([unmasked, self._budget_bound(self._level_terms(kind, lv))]))
+            n, model, exact = self._maximise(self._level_terms(kind, lv), conj([unmasked, self._budget_bound(self._level_terms(kind, lv))]))
             counts[(kind, lv)] = n
+            unproven = unproven or not exact
             if model is not None:
                 best_models.append(model)
         bound_prob = self._dominating_damage(counts, k)
@@ -642,12 +665,18 @@ class Prover:
             result.assumptions += [assumption_ref(enc, a) for a in enc.assumptions if a.key in self._response_keys() and a.key not in {x.key for x in result.assumptions}]
             return result
         # Find the worst concrete placement: the joint dominating one, else the best found.
-        joint = conj([unmasked] + [_at_least(self._level_terms(kind, lv), n) for (kind, lv), n in counts.items() if n > 0])
-        candidates: list[z3.ModelRef] = []
-        solver = self._solver()
-        if self._bounded_check(solver, self._guard(joint), *self.enc.literals()) == z3.sat:
-            candidates.append(solver.model())
-        candidates += best_models
+        # A placement found while counting that already attains every count is a joint one;
+        # and when a count is only an unrefuted upper bound (its search ran out of effort), the
+        # joint query asks for at least that many workers, which the count's own search could
+        # not find within the same effort: it is skipped, and the placements found decide.
+        candidates = list(best_models)
+        attained = any(all(holds_in(cand, _at_least(self._level_terms(kind, lv), n)) for (kind, lv), n in counts.items())
+                       for cand in best_models)
+        if not attained and not unproven:
+            joint = conj([unmasked] + [_at_least(self._level_terms(kind, lv), n) for (kind, lv), n in counts.items() if n > 0])
+            solver = self._solver()
+            if self._bounded_check(solver, self._guard(joint), *self.enc.literals()) == z3.sat:
+                candidates.insert(0, solver.model())
         best: tuple[Prob, list[dict[str, object]], z3.ModelRef] | None = None
         for cand in candidates:
             prob, rows = self._damage_of(cand, k)
@@ -695,12 +724,14 @@ class Prover:
                 return {f"response:{r}"}
         return {f"response:{r}" for r in response}
 
-    def _maximise(self, terms: list[Term], base: Term) -> tuple[int, z3.ModelRef | None]:
+    def _maximise(self, terms: list[Term], base: Term) -> tuple[int, z3.ModelRef | None, bool]:
         """The largest number of ``terms`` that one placement makes true (binary search over
-        cardinality bounds; each term needs a malicious worker, so the budget bounds it)."""
+        cardinality bounds; each term needs a malicious worker, so the budget bounds it), a
+        placement with the most found, and whether the count is exact (else it is an upper
+        bound that could not be refuted within the effort limit)."""
         model = self._sat(conj([base, disj(terms)]))
         if model is None:
-            return 0, None
+            return 0, None, True
         live = [to_z3(t) for t in terms if t is not False]
         base_guard = self._guard(base)
         solver = self._solver()
@@ -722,8 +753,8 @@ class Prover:
                 high = mid - 1
             else:
                 # Not refuted in time: keep the sound upper bound ``high``.
-                return high, model
-        return low, model
+                return high, model, False
+        return low, model, True
 
     def _dominating_damage(self, counts: dict[tuple[str | None, Fraction], int], k: int) -> Prob:
         """An upper bound on the damage: workers placed at the best levels the counts allow."""
