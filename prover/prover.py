@@ -184,6 +184,18 @@ class Prover:
         result, model = self._check(goal, want="model")
         return model if result == z3.sat else None
 
+    def _sat_aside(self, goal: Term) -> bool:
+        """Whether ``goal`` is satisfiable, asked of a throwaway solver so that the shared
+        solver's history (and with it the placements later searches find) stays as it was."""
+        solver = z3.SolverFor("QF_FD")
+        solver.add(self.enc.all_constraints())
+        solver.add(to_z3(goal))
+        self._configure(solver)
+        result = solver.check(*self.enc.literals())
+        if result == z3.unknown:
+            raise SolverGaveUp(solver.reason_unknown())
+        return result == z3.sat
+
     def _minimal_core(self, goal: Term, effort: bool = False) -> list[Assumption] | None:
         """A minimal set of assumptions under which ``goal`` is unsatisfiable (deletion-based).
 
@@ -574,7 +586,14 @@ class Prover:
 
     def _kind_level(self, w: int, kind: str, op: str, lv: Fraction) -> Term:
         enc = self.enc
-        return disj([conj([enc.tamperable(w, c), enc.level(enc.effects(w, c, kind), op, lv)]) for c, k in self._worker_kinds(w) if k == kind])
+        parts: list[Term] = []
+        for c, k in self._worker_kinds(w):
+            if k != kind:
+                continue
+            tamperable = enc.tamperable(w, c)
+            if tamperable is not False:  # skip building the level of a capability not held
+                parts.append(conj([tamperable, enc.level(enc.effects(w, c, kind), op, lv)]))
+        return disj(parts)
 
     def _worker_level(self, w: int, op: str, lv: Fraction) -> Term:
         return disj([self._kind_level(w, kind, op, lv) for kind in KINDS])
@@ -655,6 +674,14 @@ class Prover:
         best_models: list[z3.ModelRef] = []
         unproven = False
         for kind, lv in groups:
+            # Whether any worker reaches the level at all is a question about one unit: with
+            # replicas alike replica 0's workers answer it, and the terms of every worker are
+            # built only for levels that some worker reaches.
+            local = self._local_workers()
+            reach = [self._kind_level(w, kind, "le", lv) if kind else self._worker_level(w, "le", lv) for w in local]
+            if len(local) < len(computing) and not self._sat_aside(conj([unmasked, disj(reach)])):
+                counts[(kind, lv)] = 0
+                continue
             n, model, exact = self._maximise(self._level_terms(kind, lv), conj([unmasked, self._budget_bound(self._level_terms(kind, lv))]))
             counts[(kind, lv)] = n
             unproven = unproven or not exact
@@ -679,7 +706,7 @@ class Prover:
         # joint query asks for at least that many workers, which the count's own search could
         # not find within the same effort: it is skipped, and the placements found decide.
         candidates = list(best_models)
-        attained = any(all(holds_in(cand, _at_least(self._level_terms(kind, lv), n)) for (kind, lv), n in counts.items())
+        attained = any(all(holds_in(cand, _at_least(self._level_terms(kind, lv), n)) for (kind, lv), n in counts.items() if n > 0)
                        for cand in best_models)
         if not attained and not unproven:
             joint = conj([unmasked] + [_at_least(self._level_terms(kind, lv), n) for (kind, lv), n in counts.items() if n > 0])
