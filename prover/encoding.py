@@ -314,9 +314,10 @@ class Encoding:
         """
         key: tuple[object, ...] = (w, capability, kind, cooperative)
         if cooperative:
-            # Without covering and with genuine inputs a unit's effects depend only on whether
-            # its stage has a downstream checker: workers of the same role share one list (and
-            # so one level formula).
+            # Without covering and with genuine inputs a unit's effects depend only on its
+            # capability, its kind and whether its stage has a downstream checker (every slot
+            # has the same number of copies, and no term names a worker): workers of the same
+            # role share one list, and so one level formula (``level`` caches by list).
             s, _ = self.world.slot_of(w)
             key = ("cooperative", s <= self.world.stages - 2, capability, kind)
         cached = self._effects.get(key)
