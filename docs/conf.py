@@ -41,6 +41,19 @@ nitpick_ignore = [
     ("py:class", "fractions.Fraction"),
     ("py:class", "os.PathLike"),
     ("py:class", "collections.abc.Callable"),
+    ("py:class", "datetime.datetime"),
+    ("py:class", "datetime.timedelta"),
+    ("py:class", "pathlib.Path"),
+    ("py:class", "torch.Tensor"),
+    ("py:class", "torch.device"),
+    ("py:class", "torch.dtype"),
+    ("py:class", "nacl.signing.SigningKey"),
+    ("py:class", "nacl.signing.VerifyKey"),
+    ("py:class", "collections.abc.Sequence"),
+    ("py:class", "cryptography.hazmat.bindings._rust.x509.Certificate"),
+    ("py:class", "cryptography.hazmat.bindings._rust.x509.CertificateRevocationList"),
+    ("py:class", "cryptography.hazmat.primitives.asymmetric.ec.EllipticCurvePrivateKey"),
+    ("py:class", "cryptography.hazmat.primitives.asymmetric.ed25519.Ed25519PrivateKey"),
 ]
 
 # -- autodoc and napoleon ----------------------------------------------------------------

@@ -14,26 +14,9 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from stagewarden._version import __version__
+from stagewarden.cli_common import EXIT_BAD_INPUT, BadInput, make_console
 from stagewarden.prover import Report
 from stagewarden.spec import LoadedSpec, SpecError, example_names, example_text, json_schema, load_example, load_spec
-
-EXIT_OK = 0
-EXIT_VIOLATED = 1
-EXIT_BAD_INPUT = 2
-EXIT_UNKNOWN = 3
-
-
-def _console(err: bool = False) -> Console:
-    return Console(stderr=err, highlight=False, soft_wrap=True)
-
-
-class BadInput(click.ClickException):
-    """Bad input named by the user: printed without a traceback, exit code 2."""
-
-    exit_code = EXIT_BAD_INPUT
-
-    def show(self, file: Any = None) -> None:
-        _console(err=True).print(f"[bold red]error:[/] {self.message}", markup=True)
 
 
 class BadSpec(BadInput):
@@ -57,7 +40,7 @@ def _warnings_json(loaded: LoadedSpec) -> list[dict[str, str]]:
 
 
 def _print_warnings(loaded: LoadedSpec) -> None:
-    console = _console(err=True)
+    console = make_console(err=True)
     for warning in loaded.warnings:
         console.print(f"[yellow]{warning.location}: warning:[/] {warning.message}", markup=True)
 
@@ -80,7 +63,7 @@ def schema(out: str | None) -> None:
     if out is None:
         click.echo(text, nl=False)
     else:
-        from stagewarden.fileio import atomic_write_text
+        from stagewarden.attest.files import atomic_write_text
 
         atomic_write_text(out, text)
 
@@ -97,7 +80,7 @@ def examples_list() -> None:
     for name in example_names():
         description = " ".join(load_example(name).spec.description.split())
         table.add_row(name, description)
-    _console().print(table)
+    make_console().print(table)
 
 
 @examples.command("show")
@@ -109,19 +92,20 @@ def examples_show(name: str) -> None:
     except SpecError as exc:
         raise BadSpec(str(exc)) from None
     if sys.stdout.isatty():
-        _console().print(Syntax(text, "yaml", line_numbers=True))
+        make_console().print(Syntax(text, "yaml", line_numbers=True))
     else:
         for number, line in enumerate(text.splitlines(), start=1):
             click.echo(f"{number:4d}  {line}")
 
 
 def _progress_console() -> Console | None:
-    console = _console(err=True)
+    console = make_console(err=True)
     return console if console.is_terminal else None
 
 
 def _run_verify(loaded: LoadedSpec, ids: list[str] | None, timeout: float | None, rlimit: int | None) -> Report:
-    from stagewarden.prover import Limits, verify as prove
+    from stagewarden.prover import Limits
+    from stagewarden.prover import verify as prove
 
     known = [g.id for g in loaded.spec.guarantees]
     for gid in ids or []:
@@ -183,7 +167,7 @@ def verify(spec: str | None, example: str | None, guarantee_ids: tuple[str, ...]
         _print_warnings(loaded)
         from stagewarden.render import print_report
 
-        print_report(_console(), report)
+        print_report(make_console(), report)
     sys.exit(report.exit_code)
 
 
@@ -205,7 +189,7 @@ def demo(fmt: str) -> None:
     else:
         from stagewarden.render import print_report
 
-        console = _console()
+        console = make_console()
         console.print("stagewarden demo: proving the packaged demo protocol (`stagewarden examples show demo`).")
         print_report(console, report)
         console.print(
@@ -254,7 +238,7 @@ def synthesize(spec: str | None, example: str | None, fmt: str, timeout: float |
         _print_warnings(loaded)
         from stagewarden.render_synthesis import print_synthesis
 
-        print_synthesis(_console(), result)
+        print_synthesis(make_console(), result)
     sys.exit(result.exit_code)
 
 
@@ -294,8 +278,13 @@ def diff(old: str, new: str, fmt: str, timeout: float | None) -> None:
         _print_warnings(new_spec)
         from stagewarden.render_diff import print_diff
 
-        print_diff(_console(), result)
+        print_diff(make_console(), result)
     sys.exit(result.exit_code)
+
+
+from stagewarden.cli_attest import attest  # noqa: E402  (subcommand groups register after cli exists)
+
+cli.add_command(attest)
 
 
 def main() -> None:

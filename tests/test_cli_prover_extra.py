@@ -12,7 +12,8 @@ from click.testing import CliRunner, Result
 from stagewarden.prover import verify
 from stagewarden.spec import example_text, load_text
 
-from stagewarden.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNKNOWN, EXIT_VIOLATED, cli
+from stagewarden.cli import cli
+from stagewarden.cli_common import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNKNOWN, EXIT_VIOLATED
 
 
 def run(*args: str) -> Result:

@@ -11,7 +11,8 @@ from click.testing import CliRunner, Result
 from stagewarden.spec import example_names, example_text, json_schema
 
 from stagewarden._version import __version__
-from stagewarden.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNKNOWN, EXIT_VIOLATED, cli
+from stagewarden.cli import cli
+from stagewarden.cli_common import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNKNOWN, EXIT_VIOLATED
 
 
 def run(*args: str) -> Result:
