@@ -1,0 +1,146 @@
+"""BLAKE3 digests of tensors and of whole weight sets, over the tensor's memory without copying it.
+
+A tensor digest commits to the tensor's dtype, its shape and its bytes::
+
+    digest = BLAKE3( "stagewarden/tensor/v1" 0x00
+                     || u16 len(dtype) || dtype (ASCII, torch name without "torch.")
+                     || u8 ndim || ndim x u64 dim
+                     || u64 nbytes
+                     || the elements in row-major (C) order, native little-endian bytes )
+
+(all integers big-endian), so two tensors with equal bytes but a different dtype or shape have
+different digests. For a contiguous CPU tensor the element bytes are hashed straight from the
+tensor's storage through a ``memoryview`` (no copy). A non-contiguous tensor is first made
+contiguous, and a tensor on another device (GPU) is first copied to the CPU: both cost one copy
+of the tensor, and the digest is the same as that of the contiguous CPU copy. Inputs of at
+least ``THREADED_MIN_BYTES`` bytes are hashed with BLAKE3's multithreading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import sys
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import blake3
+
+if TYPE_CHECKING:  # torch is imported only where a tensor is digested, so readers of receipts need not load it
+    import torch
+
+#: Domain tag of a single tensor digest.
+TENSOR_DOMAIN = b"stagewarden/tensor/v1\x00"
+#: Domain tag of a digest of an ordered list of tensors.
+TENSOR_LIST_DOMAIN = b"stagewarden/tensor-list/v1\x00"
+#: Domain tag of a weights digest (a state dict, keys sorted).
+WEIGHTS_DOMAIN = b"stagewarden/weights/v1\x00"
+#: From this many bytes on, BLAKE3 hashes with several threads.
+THREADED_MIN_BYTES = 128 * 1024
+#: Most dimensions a digested tensor may have.
+MAX_DIMS = 16
+#: Length of every digest, in bytes.
+DIGEST_SIZE = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorDigest:
+    """The digest of one tensor, with the dtype and shape it commits to.
+
+    Attributes:
+        dtype: the torch dtype name without the ``torch.`` prefix (``"float32"``).
+        shape: the tensor's shape.
+        digest: the 32-byte BLAKE3 digest defined in the module docstring.
+    """
+
+    dtype: str
+    shape: tuple[int, ...]
+    digest: bytes
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The name of ``dtype`` as digests and headers carry it (``torch.float32`` gives ``"float32"``)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def tensor_header(dtype: str, shape: tuple[int, ...], nbytes: int) -> bytes:
+    """The hashed header of a tensor digest (domain tag, dtype, shape, byte count)."""
+    if len(shape) > MAX_DIMS:
+        raise ValueError(f"a digested tensor has at most {MAX_DIMS} dimensions, not {len(shape)}")
+    name = dtype.encode("ascii")
+    return b"".join(
+        (
+            TENSOR_DOMAIN,
+            struct.pack(">H", len(name)),
+            name,
+            struct.pack(f">B{len(shape)}Q", len(shape), *shape),
+            struct.pack(">Q", nbytes),
+        )
+    )
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """A read-only byte view of ``tensor``'s elements in row-major order.
+
+    Zero-copy for a contiguous CPU tensor; a non-contiguous or non-CPU tensor is copied once
+    (see the module docstring). Conjugate and negative views are resolved first (a copy).
+
+    Raises:
+        TypeError: for sparse, quantized or nested tensors, whose bytes are not a plain array.
+    """
+    import torch
+
+    if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
+        raise NotImplementedError("tensor digests are defined over little-endian element bytes")
+    if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_nested:
+        raise TypeError(f"cannot digest a {tensor.layout} / quantized / nested tensor; digest its dense form")
+    flat = tensor.detach()
+    if flat.is_conj() or flat.is_neg():
+        flat = flat.resolve_conj().resolve_neg()
+    if flat.device.type != "cpu":
+        flat = flat.cpu()
+    if not flat.is_contiguous():
+        flat = flat.contiguous()
+    raw = flat.reshape(-1).view(torch.uint8)
+    array: Any = raw.numpy()  # numpy arrays support the buffer protocol: a view of the same memory
+    return memoryview(array).toreadonly()
+
+
+def _hash(parts: Iterable[bytes | memoryview], size: int) -> bytes:
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if size >= THREADED_MIN_BYTES else 1)
+    for part in parts:
+        hasher.update(part)
+    return hasher.digest()
+
+
+def tensor_digest(tensor: torch.Tensor) -> TensorDigest:
+    """The :class:`TensorDigest` of ``tensor`` (see the module docstring for the definition)."""
+    data = tensor_bytes(tensor)
+    dtype = dtype_name(tensor.dtype)
+    shape = tuple(int(d) for d in tensor.shape)
+    header = tensor_header(dtype, shape, data.nbytes)
+    return TensorDigest(dtype=dtype, shape=shape, digest=_hash((header, data), data.nbytes))
+
+
+def digest_tensor(tensor: torch.Tensor) -> bytes:
+    """Just the 32 digest bytes of :func:`tensor_digest`."""
+    return tensor_digest(tensor).digest
+
+
+def digest_tensors(tensors: Iterable[torch.Tensor]) -> bytes:
+    """The digest of an ordered list of tensors: BLAKE3(domain || u32 count || each tensor digest)."""
+    digests = [digest_tensor(t) for t in tensors]
+    return blake3.blake3(TENSOR_LIST_DOMAIN + struct.pack(">I", len(digests)) + b"".join(digests)).digest()
+
+
+def digest_state_dict(state: Mapping[str, torch.Tensor]) -> bytes:
+    """The weights digest of a state dict, independent of its key order.
+
+    ``BLAKE3(domain || u32 count || for each name in sorted order: u16 len(name) || name (UTF-8)
+    || tensor digest)``.
+    """
+    parts = [WEIGHTS_DOMAIN, struct.pack(">I", len(state))]
+    for name in sorted(state):
+        encoded = name.encode("utf-8")
+        parts += [struct.pack(">H", len(encoded)), encoded, digest_tensor(state[name])]
+    return blake3.blake3(b"".join(parts)).digest()
