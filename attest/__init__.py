@@ -1,4 +1,217 @@
-"""TEE-style remote attestation (a software model), signed computation receipts and the receipt log.
+"""TEE-style remote attestation (a software model of a SIMULATED TEE), signed computation receipts,
+the crash-safe receipt log and the offline auditor.
 
-This subpackage is not implemented yet; the documentation's roadmap says what it will hold.
+The attestation side follows the roles of IETF RATS (RFC 9334): a simulated hardware vendor
+(endorser) issues device certificates and TCB information, a reference value provider signs the
+accepted measurements, workers (attesters) produce evidence that binds their Ed25519 receipt key,
+the :class:`Verifier` appraises it and signs an attestation result, and the
+:class:`RelyingParty` admits workers on that result. Nothing here talks to real TEE hardware
+except :class:`ConfigfsTsmProvider`, which only fetches quotes; their verification is future work.
 """
+
+from __future__ import annotations
+
+from stagewarden.attest.audit import AuditReport, Finding, Severity, audit_run_dir
+from stagewarden.attest.clock import Clock, FixedClock, SystemClock
+from stagewarden.attest.collateral import (
+    Endorsements,
+    ReferenceValues,
+    TcbInfo,
+    TcbLevel,
+    TcbStatus,
+    open_reference_values,
+    open_tcb_info,
+    parse_reference_values,
+    parse_tcb_info,
+    sign_reference_values,
+    sign_tcb_info,
+)
+from stagewarden.attest.errors import AttestError, ErrorCode, FormatError
+from stagewarden.attest.evidence import (
+    FORMAT_NAME,
+    SVN_COMPONENTS,
+    Evidence,
+    build_evidence,
+    measure_stage,
+    parse_evidence,
+    report_data,
+)
+from stagewarden.attest.files import atomic_write_bytes, atomic_write_text
+from stagewarden.attest.headers import (
+    SignedHeader,
+    TransferKind,
+    encode_header,
+    header_digest,
+    parse_header,
+    sign_header,
+    verify_header,
+)
+from stagewarden.attest.pki import Issued, make_crl, make_device, make_intermediate, make_root, make_tcb_signer
+from stagewarden.attest.policy import WARNABLE, Policy, load_policy, parse_policy
+from stagewarden.attest.providers import (
+    ConfigfsTsmProvider,
+    DeviceIdentity,
+    EvidenceProvider,
+    SimulatedProvider,
+    TsmFilesystem,
+)
+from stagewarden.attest.receipt_log import (
+    LogProblem,
+    LogRecord,
+    LogScan,
+    ReceiptLog,
+    RecordType,
+    read_log,
+    recover_torn_tail,
+    scan_log,
+)
+from stagewarden.attest.receipts import (
+    EnvFlag,
+    ExecutionEnv,
+    Receipt,
+    UnitKind,
+    chain_genesis,
+    encode_receipt,
+    parse_receipt,
+    receipt_digest,
+    sign_receipt,
+    verify_receipt,
+)
+from stagewarden.attest.relying_party import Admission, RelyingParty
+from stagewarden.attest.result import (
+    EAR_PROFILE,
+    AttestationResult,
+    Status,
+    parse_result_unverified,
+    sign_result,
+    verify_result,
+)
+from stagewarden.attest.rundir import RunDir, RunDirError, RunDirWriter, RunSummary, WorkerInfo
+from stagewarden.attest.synthetic import SyntheticRun, synthetic_run
+from stagewarden.attest.tensor_digest import (
+    TensorDigest,
+    digest_state_dict,
+    digest_tensor,
+    digest_tensors,
+    tensor_digest,
+)
+from stagewarden.attest.token import canonical_json, key_id, open_token, sign_token
+from stagewarden.attest.vendor import (
+    Vendor,
+    device_identity,
+    init_vendor,
+    load_vendor,
+    local_verifier,
+    make_evidence,
+    refresh_crls,
+    revoke_device,
+)
+from stagewarden.attest.verifier import CHECKS, Appraisal, Verifier
+
+__all__ = [
+    "Admission",
+    "Appraisal",
+    "AttestError",
+    "AttestationResult",
+    "AuditReport",
+    "CHECKS",
+    "Clock",
+    "ConfigfsTsmProvider",
+    "DeviceIdentity",
+    "EAR_PROFILE",
+    "Endorsements",
+    "EnvFlag",
+    "ErrorCode",
+    "Evidence",
+    "EvidenceProvider",
+    "ExecutionEnv",
+    "FORMAT_NAME",
+    "Finding",
+    "FixedClock",
+    "FormatError",
+    "Issued",
+    "LogProblem",
+    "LogRecord",
+    "LogScan",
+    "Policy",
+    "Receipt",
+    "ReceiptLog",
+    "RecordType",
+    "ReferenceValues",
+    "RelyingParty",
+    "RunDir",
+    "RunDirError",
+    "RunDirWriter",
+    "RunSummary",
+    "SVN_COMPONENTS",
+    "Severity",
+    "SignedHeader",
+    "SimulatedProvider",
+    "Status",
+    "SyntheticRun",
+    "SystemClock",
+    "TcbInfo",
+    "TcbLevel",
+    "TcbStatus",
+    "TensorDigest",
+    "TransferKind",
+    "TsmFilesystem",
+    "UnitKind",
+    "Vendor",
+    "Verifier",
+    "WARNABLE",
+    "WorkerInfo",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "audit_run_dir",
+    "build_evidence",
+    "canonical_json",
+    "chain_genesis",
+    "device_identity",
+    "digest_state_dict",
+    "digest_tensor",
+    "digest_tensors",
+    "encode_header",
+    "encode_receipt",
+    "header_digest",
+    "init_vendor",
+    "key_id",
+    "load_policy",
+    "load_vendor",
+    "local_verifier",
+    "make_crl",
+    "make_device",
+    "make_evidence",
+    "make_intermediate",
+    "make_root",
+    "make_tcb_signer",
+    "measure_stage",
+    "open_reference_values",
+    "open_tcb_info",
+    "open_token",
+    "parse_evidence",
+    "parse_header",
+    "parse_policy",
+    "parse_receipt",
+    "parse_reference_values",
+    "parse_result_unverified",
+    "parse_tcb_info",
+    "read_log",
+    "receipt_digest",
+    "recover_torn_tail",
+    "refresh_crls",
+    "report_data",
+    "revoke_device",
+    "scan_log",
+    "sign_header",
+    "sign_receipt",
+    "sign_reference_values",
+    "sign_result",
+    "sign_tcb_info",
+    "sign_token",
+    "synthetic_run",
+    "tensor_digest",
+    "verify_header",
+    "verify_receipt",
+    "verify_result",
+]
