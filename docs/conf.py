@@ -51,6 +51,8 @@ nitpick_ignore = [
     ("py:class", "nacl.signing.VerifyKey"),
     ("py:class", "collections.abc.Sequence"),
     ("py:class", "collections.abc.Iterator"),
+    ("py:class", "collections.abc.Mapping"),
+    ("py:class", "collections.abc.Iterable"),
     ("py:class", "torch.nn.modules.module.Module"),
     ("py:class", "torch.nn.modules.container.ModuleDict"),
     ("py:class", "torch.optim.adamw.AdamW"),
