@@ -284,9 +284,11 @@ def diff(old: str, new: str, fmt: str, timeout: float | None) -> None:
 
 from stagewarden.cli_attest import attest  # noqa: E402  (subcommand groups register after cli exists)
 from stagewarden.cli_audit import audit  # noqa: E402
+from stagewarden.cli_train import train  # noqa: E402
 
 cli.add_command(attest)
 cli.add_command(audit)
+cli.add_command(train)
 
 
 def main() -> None:

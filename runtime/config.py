@@ -1,0 +1,175 @@
+"""The configuration of a distributed training run: one frozen dataclass, serialisable to JSON.
+
+The same :class:`RunConfig` is written to ``summary.json`` and read by every process of the run
+(the coordinator and the stage workers); a worker's view of it is part of its attested
+measurement, so a worker started with another configuration is refused at admission.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stagewarden.runtime.errors import RuntimeSetupError
+from stagewarden.runtime.model import GPTConfig
+from stagewarden.runtime.units import TrainConfig
+
+#: The ``format`` value of a serialised run configuration.
+CONFIG_FORMAT = "stagewarden.run-config"
+#: The configuration version this module writes and reads.
+CONFIG_VERSION = 1
+
+SCHEDULES = ("gpipe", "1f1b")
+BACKENDS = ("gloo", "nccl")
+DEVICES = ("cpu", "cuda")
+VERIFICATION_MODES = ("none",)
+
+
+class ConfigError(RuntimeSetupError):
+    """A run configuration that is inconsistent or cannot be read."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a distributed training run.
+
+    Replicas: this version runs one pipeline (``R = 1``); data-parallel replicas are future work.
+    """
+
+    stages: int = 2
+    """Pipeline stages ``S``; one worker process per stage."""
+    microbatches: int = 4
+    """Micro-batches ``M`` per optimizer step."""
+    steps: int = 10
+    """Optimizer steps to train."""
+    schedule: str = "1f1b"
+    """Pipeline schedule, ``gpipe`` or ``1f1b``."""
+    model: GPTConfig = dataclasses.field(default_factory=GPTConfig)
+    """The model shape."""
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    """Optimizer and numerics (AdamW, CPU threads per worker)."""
+    batch_size: int = 8
+    """Sequences per micro-batch ``B``."""
+    seed: int = 0
+    """The run seed (initial weights and data order)."""
+    data: Sequence[str] = ()
+    """Corpus files or folders; empty means the default corpus (the Python standard library)."""
+    max_bytes: int | None = None
+    """Read at most this many corpus bytes (``None``: all of ``data``, or 2 MiB of the default corpus)."""
+    backend: str = "gloo"
+    """The torch.distributed backend, ``gloo`` (CPU) or ``nccl`` (one GPU per stage)."""
+    device: str = "cpu"
+    """Where the stages compute, ``cpu`` or ``cuda``."""
+    receipts: bool = True
+    """Sign a receipt for every unit of work and log it."""
+    attestation: bool = True
+    """Admit workers only with a valid attestation result."""
+    standby: int = 0
+    """Standby workers ``K`` that attest at start and wait for an assignment."""
+    verification: str = "none"
+    """Verification mode of
+    :meth:`Coordinator.verify_step <stagewarden.runtime.coordinator.Coordinator.verify_step>`."""
+    response: str = "eject"
+    """What the coordinator does on a detection (``eject``, ``rollback``, ``skip_stage``, ``restart``)."""
+    timeout: float = 300.0
+    """Seconds to wait for every process to join, and for any message from a live peer (a peer
+    that dies is noticed at once, as its connections close)."""
+    attack: Any = None
+    """An attack plan as JSON data (opaque to the engine; see
+    :func:`stagewarden.runtime.worker.make_attack`); ``None`` runs honestly; not measured."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", tuple(self.data))
+        checks = [
+            (self.stages >= 1, f"stages must be at least 1, got {self.stages}"),
+            (
+                self.stages <= self.model.n_layer,
+                f"stages ({self.stages}) cannot exceed model.n_layer ({self.model.n_layer})",
+            ),
+            (self.microbatches >= 1, f"microbatches must be at least 1, got {self.microbatches}"),
+            (self.steps >= 1, f"steps must be at least 1, got {self.steps}"),
+            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+            (self.standby >= 0, f"standby must be at least 0, got {self.standby}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}"),
+            (self.backend in BACKENDS, f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}"),
+            (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, not {self.device!r}"),
+            (self.backend != "nccl" or self.device == "cuda", "the nccl backend needs device cuda"),
+            (
+                self.verification in VERIFICATION_MODES,
+                f"verification must be one of {', '.join(VERIFICATION_MODES)}, not {self.verification!r}",
+            ),
+            (self.timeout > 0, f"timeout must be positive, got {self.timeout}"),
+            (self.seed >= 0, f"seed must be at least 0, got {self.seed}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @property
+    def world_size(self) -> int:
+        """Processes of the run (the coordinator, ``S`` stage workers and ``K`` standby workers)."""
+        return 1 + self.stages + self.standby
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens trained on per optimizer step, ``M * B * T``."""
+        return self.microbatches * self.batch_size * self.model.block_size
+
+    def to_json(self) -> dict[str, Any]:
+        """The configuration as a JSON object."""
+        data = dataclasses.asdict(self)
+        data["data"] = list(self.data)
+        return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, **data}
+
+    @classmethod
+    def from_json(cls, data: Any) -> RunConfig:
+        """Check and convert a JSON object made by :meth:`to_json`; raise :class:`ConfigError`."""
+        if not isinstance(data, dict):
+            raise ConfigError("a run configuration must be a JSON object")
+        if data.get("format") != CONFIG_FORMAT or data.get("version") != CONFIG_VERSION:
+            raise ConfigError(f"not a {CONFIG_FORMAT} version {CONFIG_VERSION} object")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        body = {k: v for k, v in data.items() if k not in ("format", "version")}
+        unknown = set(body) - fields
+        if unknown:
+            raise ConfigError(f"unknown run configuration keys: {', '.join(sorted(unknown))}")
+        try:
+            model = GPTConfig(**body.pop("model", {}))
+            train = TrainConfig(**body.pop("train", {}))
+            body["data"] = tuple(body.get("data", ()))
+            return cls(model=model, train=train, **body)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad run configuration: {exc}") from None
+
+    def measured_json(self) -> dict[str, Any]:
+        """What a worker's measurement covers of the configuration: floats as exact strings.
+
+        Canonical JSON carries no floating-point numbers, so every float is written as
+        ``float.hex()``.
+        """
+
+        def exact(value: Any) -> Any:
+            if isinstance(value, float):
+                return value.hex()
+            if isinstance(value, dict):
+                return {k: exact(v) for k, v in value.items()}
+            if isinstance(value, list | tuple):
+                return [exact(v) for v in value]
+            return value
+
+        data = self.to_json()
+        for volatile in ("timeout", "steps", "attack"):
+            data.pop(volatile)
+        return exact(data)  # type: ignore[no-any-return]
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read a run configuration written by :meth:`RunConfig.to_json` (raises :class:`ConfigError`)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"cannot read the run configuration {path}: {exc}") from None
+    return RunConfig.from_json(data)

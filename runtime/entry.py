@@ -1,0 +1,142 @@
+"""The entry point of every process of a run: ``python -m stagewarden.runtime.entry``.
+
+The rank decides the role: rank 0 is the coordinator, ranks ``1..S`` the stage workers, ranks
+``S+1..S+K`` the standby workers. The rank, world size and rendezvous address come from the
+environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), as
+:func:`stagewarden.runtime.launch.launch_local` and ``torchrun`` set them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+#: Set by the local launcher: the pid of the launching process; a worker exits when it is gone.
+PARENT_PID_ENV = "STAGEWARDEN_PARENT_PID"
+
+
+class EntryError(Exception):
+    """A process of the run could not start or stopped."""
+
+
+def _env_int(name: str) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        raise EntryError(f"environment variable {name} is not set (start the run with torchrun or stagewarden train)")
+    try:
+        return int(value)
+    except ValueError:
+        raise EntryError(f"environment variable {name} must be an integer, not {value!r}") from None
+
+
+def _watch_parent() -> None:
+    parent = os.environ.get(PARENT_PID_ENV)
+    if not parent:
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != int(parent):
+                os._exit(70)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def run_process(config_path: str, out: str, vendor: str | None) -> None:
+    """Join the process group and play this rank's role (raises on failure)."""
+    import torch.distributed as dist
+    from stagewarden.runtime.config import load_run_config
+    from stagewarden.runtime.transport import Transport
+
+    config = load_run_config(config_path)
+    rank, world = _env_int("RANK"), _env_int("WORLD_SIZE")
+    _env_int("MASTER_PORT")
+    if world != config.world_size:
+        raise EntryError(
+            f"WORLD_SIZE is {world} but the configuration needs {config.world_size} processes "
+            f"(1 coordinator + {config.stages} stages + {config.standby} standby)"
+        )
+    if config.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise EntryError("device cuda was asked for but CUDA is not available on this machine")
+        if rank > 0:
+            local = int(os.environ.get("LOCAL_RANK", rank))
+            torch.cuda.set_device((local - 1 if local > 0 else 0) % torch.cuda.device_count())
+    try:
+        dist.init_process_group(
+            config.backend,
+            rank=rank,
+            world_size=world,
+            timeout=dt.timedelta(seconds=config.timeout),
+            init_method="env://",
+        )
+    except Exception as exc:  # noqa: BLE001 - torch raises backend-specific errors
+        raise EntryError(
+            f"rank {rank} could not join the process group: {str(exc).splitlines()[0] if str(exc) else exc}"
+        ) from None
+    device = "cuda" if config.backend == "nccl" else "cpu"
+    transport = Transport(device)
+    try:
+        if rank == 0:
+            from stagewarden.runtime.coordinator import Coordinator
+
+            Coordinator(config, out, transport, vendor).run()
+        else:
+            from stagewarden.runtime.worker import StageWorker
+
+            StageWorker(config, rank, transport, vendor).run()
+    finally:
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001, S110 - best effort on the way out
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments, run this rank's role, and return the exit code (0 ok, 1 failed, 2 bad input)."""
+    parser = argparse.ArgumentParser(prog="python -m stagewarden.runtime.entry", description=__doc__)
+    parser.add_argument("--config", required=True, help="the run configuration (JSON, see RunConfig.to_json)")
+    parser.add_argument("--out", required=True, help="the run directory (written by rank 0 only)")
+    parser.add_argument("--vendor", help="the simulated vendor folder (required when attestation is on)")
+    parser.add_argument("--error-file", help="write a one-line JSON error here on failure")
+    args = parser.parse_args(argv)
+    _watch_parent()
+    rank = os.environ.get("RANK", "?")
+    try:
+        run_process(args.config, args.out, args.vendor)
+    except KeyboardInterrupt:
+        _report(args.error_file, rank, "interrupted", 130)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the edge of the process: one clear line, no traceback
+        from stagewarden.runtime.errors import RuntimeSetupError
+
+        message = str(exc) if isinstance(exc, RuntimeSetupError | EntryError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, RuntimeSetupError | EntryError):
+            import traceback
+
+            traceback.print_exc()
+        _report(args.error_file, rank, message, 1)
+        return 1
+    return 0
+
+
+def _report(path: str | None, rank: str, message: str, code: int) -> None:
+    print(f"stagewarden rank {rank}: error: {message}", file=sys.stderr)
+    if path:
+        try:
+            Path(path).write_text(json.dumps({"rank": rank, "message": message, "exit": code}) + "\n", encoding="utf-8")
+        except OSError:
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

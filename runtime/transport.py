@@ -1,0 +1,247 @@
+"""Framed messages over torch.distributed point-to-point: control messages and signed tensors.
+
+Nothing is pickled. A frame is an int64 length followed by that many bytes (two ``uint8``-typed
+sends); a control message is one frame of canonical JSON, parsed strictly on receipt. A tensor
+from one stage to the next travels as the sender's encoded signed header (a frame) and then the
+tensor itself; the receiver parses the header, checks its signature under the sender's attested
+key, its run, step, micro-batch, direction, dtype and shape, and only then receives the tensor
+into a buffer of that shape and checks its digest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from nacl.signing import SigningKey
+from stagewarden.attest.errors import AttestError, ErrorCode, FormatError
+from stagewarden.attest.headers import (
+    SignedHeader,
+    TransferKind,
+    encode_header,
+    parse_header,
+    sign_header,
+    verify_header,
+)
+from stagewarden.attest.tensor_digest import dtype_name, tensor_digest
+from stagewarden.attest.token import canonical_json, parse_canonical_json
+from stagewarden.runtime.errors import RuntimeSetupError
+
+#: Largest frame accepted, in bytes (a control message, a header or a fetched tensor's bytes).
+MAX_FRAME_BYTES = 1 << 30
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
+
+
+class TransportError(RuntimeSetupError):
+    """A peer died, timed out, or sent a message that is malformed or fails its checks."""
+
+
+class HeaderRejected(TransportError):
+    """A received signed header (or its tensor) failed a check; ``code`` says which."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclasses.dataclass(frozen=True)
+class Expected:
+    """What a receiver expects of an incoming tensor transfer."""
+
+    run_id: str
+    sender: str
+    sender_key: bytes
+    sender_stage: int
+    receiver_stage: int
+    step: int
+    micro_batch: int
+    kind: TransferKind
+    dtype: str
+    shape: tuple[int, ...]
+
+
+class Transport:
+    """Point-to-point messages of one process of the run (blocking receives, optional non-blocking sends).
+
+    Args:
+        device: Where the communication buffers live: ``cpu`` for gloo, ``cuda`` for nccl.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self._pending: list[tuple[Any, list[torch.Tensor]]] = []
+
+    # -- frames -------------------------------------------------------------------------------
+
+    def _frame_tensors(self, data: bytes) -> list[torch.Tensor]:
+        length = torch.tensor([len(data)], dtype=torch.int64, device=self.device)
+        body = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self.device) if data else None
+        return [length] if body is None else [length, body]
+
+    def send_bytes(self, dst: int, data: bytes, *, blocking: bool = True) -> None:
+        """Send one frame to rank ``dst`` (with ``blocking=False`` the send is posted and completed
+        by :meth:`flush`)."""
+        tensors = self._frame_tensors(data)
+        self._send(dst, tensors, blocking)
+
+    def recv_bytes(self, src: int, limit: int = MAX_FRAME_BYTES) -> bytes:
+        """Receive one frame from rank ``src``; refuse a length outside ``[0, limit]``."""
+        length = torch.empty(1, dtype=torch.int64, device=self.device)
+        self._recv(src, length)
+        size = int(length.item())
+        if not 0 <= size <= limit:
+            raise TransportError(f"rank {src} announced a frame of {size} bytes (the limit is {limit})")
+        if size == 0:
+            return b""
+        body = torch.empty(size, dtype=torch.uint8, device=self.device)
+        self._recv(src, body)
+        return body.cpu().numpy().tobytes()
+
+    def send_json(self, dst: int, message: dict[str, Any]) -> None:
+        """Send a control message (canonical JSON) to ``dst``."""
+        self.send_bytes(dst, canonical_json(message))
+
+    def recv_json(self, src: int, expect: str | Sequence[str] | None = None) -> dict[str, Any]:
+        """Receive a control message from ``src``, parsed strictly; check its ``type`` against ``expect``."""
+        raw = self.recv_bytes(src, limit=64 * 1024 * 1024)
+        try:
+            message = parse_canonical_json(raw, ErrorCode.LOG_MALFORMED, f"message from rank {src}")
+        except FormatError as exc:
+            raise TransportError(exc.message) from None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise TransportError(f"message from rank {src} is not an object with a string 'type'")
+        if message["type"] == "error":
+            raise TransportError(f"rank {src} reported an error: {message.get('message', '')}")
+        wanted = (expect,) if isinstance(expect, str) else tuple(expect) if expect is not None else None
+        if wanted is not None and message["type"] not in wanted:
+            raise TransportError(
+                f"rank {src} sent a {message['type']!r} message where {' or '.join(wanted)} was expected"
+            )
+        return message
+
+    def send_tensor(self, dst: int, tensor: torch.Tensor, *, blocking: bool = True) -> None:
+        """Send a raw tensor (the receiver must know its dtype and shape)."""
+        self._send(dst, [tensor.detach().contiguous().to(self.device)], blocking)
+
+    def recv_tensor(self, src: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        """Receive a raw tensor of ``dtype`` and ``shape`` from ``src`` (returned on the CPU if the transport is)."""
+        buffer = torch.empty(shape, dtype=dtype, device=self.device)
+        self._recv(src, buffer)
+        return buffer
+
+    # -- signed transfers ---------------------------------------------------------------------
+
+    def send_signed(
+        self, dst: int, tensor: torch.Tensor, header: SignedHeader, key: SigningKey, *, blocking: bool = True
+    ) -> SignedHeader:
+        """Sign ``header`` (its tensor digest is computed here from ``tensor``) and send it, then the tensor."""
+        data = tensor.detach().contiguous()
+        signed = sign_header(
+            dataclasses.replace(header, tensor=tensor_digest(data.cpu()), signed_at=dt.datetime.now(dt.UTC)), key
+        )
+        self.send_bytes(dst, encode_header(signed), blocking=blocking)
+        self.send_tensor(dst, data, blocking=blocking)
+        return signed
+
+    def recv_signed(self, src: int, expected: Expected) -> tuple[torch.Tensor, SignedHeader, bytes]:
+        """Receive a signed transfer from ``src`` and check it against ``expected``.
+
+        Returns:
+            The tensor, the parsed header and its encoded bytes (kept for the coordinator).
+
+        Raises:
+            HeaderRejected: The header is malformed, forged, for another transfer, or the tensor's
+                digest, dtype or shape differ from what the header or the receiver expects.
+        """
+        raw = self.recv_bytes(src, limit=64 * 1024)
+        header = check_header(raw, expected)
+        tensor = self.recv_tensor(src, _DTYPES[expected.dtype], expected.shape)
+        digest = tensor_digest(tensor.cpu())
+        if digest != header.tensor:
+            raise HeaderRejected(
+                "HEADER_MISMATCH",
+                f"the {expected.kind} for step {expected.step} micro-batch {expected.micro_batch} from "
+                f"{expected.sender} does not match the digest its signed header commits to",
+            )
+        return tensor, header, raw
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _send(self, dst: int, tensors: list[torch.Tensor], blocking: bool) -> None:
+        try:
+            if blocking:
+                for t in tensors:
+                    dist.send(t, dst)
+            else:
+                for t in tensors:
+                    self._pending.append((dist.isend(t, dst), [t]))
+        except Exception as exc:  # noqa: BLE001 - torch raises several backend-specific types
+            raise TransportError(f"sending to rank {dst} failed (did the process die?): {_short(exc)}") from None
+
+    def _recv(self, src: int, tensor: torch.Tensor) -> None:
+        try:
+            dist.recv(tensor, src)
+        except Exception as exc:  # noqa: BLE001
+            raise TransportError(
+                f"receiving from rank {src} failed (did the process die or time out?): {_short(exc)}"
+            ) from None
+
+    def flush(self) -> None:
+        """Wait until every non-blocking send has completed."""
+        pending, self._pending = self._pending, []
+        try:
+            for work, _keep in pending:
+                work.wait()
+        except Exception as exc:  # noqa: BLE001
+            raise TransportError(f"a send did not complete (did the receiver die?): {_short(exc)}") from None
+
+
+def check_header(raw: bytes, expected: Expected) -> SignedHeader:
+    """Parse an encoded signed header and check it against ``expected`` (see :meth:`Transport.recv_signed`)."""
+    try:
+        header = parse_header(raw)
+        verify_header(header, expected.sender_key)
+    except AttestError as exc:
+        raise HeaderRejected(str(exc.code), f"signed header from {expected.sender} rejected: {exc.message}") from None
+    got = (
+        header.run_id,
+        header.sender,
+        header.sender_stage,
+        header.receiver_stage,
+        header.step,
+        header.micro_batch,
+        header.kind,
+    )
+    want = (
+        expected.run_id,
+        expected.sender,
+        expected.sender_stage,
+        expected.receiver_stage,
+        expected.step,
+        expected.micro_batch,
+        expected.kind,
+    )
+    if got != want:
+        raise HeaderRejected(
+            "HEADER_MISMATCH", f"signed header from {expected.sender} is for transfer {got}, expected {want}"
+        )
+    if header.tensor.dtype != expected.dtype or tuple(header.tensor.shape) != expected.shape:
+        raise HeaderRejected(
+            "HEADER_MISMATCH",
+            f"signed header from {expected.sender} announces a {header.tensor.dtype} tensor of shape "
+            f"{tuple(header.tensor.shape)}, expected {expected.dtype} {expected.shape}",
+        )
+    return header
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+__all__ = ["Expected", "HeaderRejected", "Transport", "TransportError", "check_header", "dtype_name", "MAX_FRAME_BYTES"]

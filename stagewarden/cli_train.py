@@ -1,0 +1,212 @@
+"""``stagewarden train``: run attested pipeline-parallel training on this machine and write a run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from stagewarden.cli_common import EXIT_OK, EXIT_VIOLATED, BadInput, make_console
+
+
+def _spec_settings(path: str) -> dict[str, Any]:
+    """The run settings a spec determines: topology and defence, where they map onto the runtime."""
+    from stagewarden.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(path).spec
+    except SpecError as exc:
+        raise BadInput(str(exc)) from None
+    if spec.topology.replicas != 1:
+        raise BadInput(
+            f"{path}: topology.replicas is {spec.topology.replicas}; the runtime runs one replica (R = 1) only"
+        )
+    return {
+        "stages": spec.topology.stages,
+        "microbatches": spec.topology.microbatches,
+        "standby": spec.topology.standby,
+        "receipts": spec.defense.receipts,
+        "attestation": spec.defense.attestation,
+        "response": spec.defense.response[0],
+    }
+
+
+@click.command()
+@click.option(
+    "--spec",
+    "spec_path",
+    type=click.Path(),
+    help="Take stages, micro-batches, standby, receipts, attestation and the response from this spec; flags override.",
+)
+@click.option("--stages", type=int, help="Pipeline stages S (one worker process each).  [default: 2]")
+@click.option("--microbatches", type=int, help="Micro-batches per step M.  [default: 4]")
+@click.option("--steps", type=int, default=10, show_default=True, help="Optimizer steps.")
+@click.option(
+    "--schedule", type=click.Choice(["gpipe", "1f1b"]), default="1f1b", show_default=True, help="Pipeline schedule."
+)
+@click.option("--no-receipts", is_flag=True, help="Do not sign or log receipts (the run cannot be audited).")
+@click.option("--no-attestation", is_flag=True, help="Admit workers without attestation (the run cannot be audited).")
+@click.option("--standby", type=int, help="Standby workers K that attest and wait idle.  [default: 0]")
+@click.option(
+    "--backend",
+    type=click.Choice(["gloo", "nccl"]),
+    default="gloo",
+    show_default=True,
+    help="torch.distributed backend.",
+)
+@click.option(
+    "--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Where the stages compute."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Run seed (initial weights and data order).")
+@click.option(
+    "--data",
+    "data",
+    multiple=True,
+    type=click.Path(),
+    help="Corpus file or folder (repeatable); default: the Python standard library.",
+)
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Sequences per micro-batch B.")
+@click.option("--block-size", type=int, default=64, show_default=True, help="Context length T.")
+@click.option("--n-layer", type=int, default=4, show_default=True, help="Transformer blocks.")
+@click.option("--n-embd", type=int, default=64, show_default=True, help="Model width C.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate.")
+@click.option(
+    "--vendor", "vendor", type=click.Path(), help="Reuse this simulated vendor folder instead of a throw-away one."
+)
+@click.option("--out", required=True, type=click.Path(), help="The run directory to write.")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+def train(
+    spec_path: str | None,
+    stages: int | None,
+    microbatches: int | None,
+    steps: int,
+    schedule: str,
+    no_receipts: bool,
+    no_attestation: bool,
+    standby: int | None,
+    backend: str,
+    device: str,
+    seed: int,
+    data: tuple[str, ...],
+    batch_size: int,
+    block_size: int,
+    n_layer: int,
+    n_embd: int,
+    lr: float,
+    vendor: str | None,
+    out: str,
+    force: bool,
+) -> None:
+    """Train a small GPT split into pipeline stages, one process per stage, with attested workers
+    and signed receipts; write summary.json, metrics.csv, events.jsonl, receipts.log and attestation/
+    to --out. Check the result later with 'stagewarden audit OUT'.
+
+    Exit codes: 0 the run completed with no detection, 1 the run failed or detected tampering,
+    2 bad input.
+    """
+    from stagewarden.runtime.config import ConfigError, RunConfig
+    from stagewarden.runtime.launch import LaunchError, launch_local
+    from stagewarden.runtime.model import GPTConfig
+    from stagewarden.runtime.units import TrainConfig
+
+    settings: dict[str, Any] = _spec_settings(spec_path) if spec_path else {}
+    for name, value in (("stages", stages), ("microbatches", microbatches), ("standby", standby)):
+        if value is not None:
+            settings[name] = value
+    if no_receipts:
+        settings["receipts"] = False
+    if no_attestation:
+        settings["attestation"] = False
+    for path in data:
+        if not Path(path).exists():
+            raise BadInput(f"--data {path} does not exist")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BadInput("--device cuda: CUDA is not available on this machine")
+    try:
+        n_head = 4 if n_embd % 4 == 0 else 1
+        model = GPTConfig(block_size=block_size, n_layer=n_layer, n_embd=n_embd, n_head=n_head)
+        config = RunConfig(
+            steps=steps,
+            schedule=schedule,
+            model=model,
+            train=dataclasses.replace(TrainConfig(), lr=lr),
+            batch_size=batch_size,
+            seed=seed,
+            data=tuple(str(Path(p).resolve()) for p in data),
+            backend=backend,
+            device=device,
+            **settings,
+        )
+    except (ConfigError, ValueError) as exc:
+        raise BadInput(str(exc)) from None
+    target = Path(out)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        if not force:
+            raise BadInput(f"--out {out} exists and is not empty; pass --force to replace it")
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+    console = make_console()
+    progress = Progress(
+        TextColumn("[bold]training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    task = progress.add_task("train", total=config.steps, status="starting the workers")
+
+    def on_event(event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "admitted":
+            progress.update(task, status=f"admitted {event.get('worker')}")
+        elif kind == "refused":
+            progress.update(task, status=f"[red]refused {event.get('worker')}[/]")
+        elif kind == "step":
+            progress.update(
+                task,
+                completed=int(event["step"]) + 1,
+                status=f"step {event['step']}  loss {event['loss']:.4f}  {event['tokens_per_second']:.0f} tok/s",
+            )
+
+    try:
+        with progress:
+            result = launch_local(config, target, vendor_dir=vendor, on_event=on_event)
+    except LaunchError as exc:
+        make_console(err=True).print(f"[bold red]run failed:[/] {escape(str(exc))}", markup=True)
+        sys.exit(EXIT_VIOLATED)
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from None
+    summary = result.summary
+    table = Table(title=f"run {escape(summary['run_id'])}", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    losses = summary.get("losses", [])
+    rows = [
+        ("status", summary.get("status", "?")),
+        ("stages x micro-batches", f"{summary['stages']} x {summary['micro_batches']} ({config.schedule})"),
+        ("steps", str(summary.get("steps_completed", 0))),
+        ("loss", f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "-"),
+        ("throughput", f"{summary.get('tokens_per_second', 0.0):.0f} tokens/s"),
+        ("receipts / headers", f"{summary.get('receipts', 0)} / {summary.get('headers', 0)}"),
+        ("attestation", "on" if config.attestation else "off"),
+        ("detections", str(len(summary.get("detections", [])))),
+        ("run directory", escape(str(target))),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+    sys.exit(EXIT_VIOLATED if summary.get("detections") or summary.get("status") != "completed" else EXIT_OK)

@@ -1,0 +1,39 @@
+"""Shared settings and the single-process expectation for the multi-process runtime tests."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from stagewarden.attest.tensor_digest import digest_state_dict
+from stagewarden.runtime.config import RunConfig
+from stagewarden.runtime.data import Batches, load_corpus
+from stagewarden.runtime.model import GPTConfig, build_stages
+from stagewarden.runtime.reference import reference_step
+from stagewarden.runtime.units import deterministic, make_optimizer
+
+DATA = str(Path(__file__).resolve().parents[2] / "runtime" / "model.py")
+TINY = GPTConfig(n_layer=4, n_embd=32, block_size=16, n_head=4)
+
+
+def tiny_config(**overrides: object) -> RunConfig:
+    """A tiny run (4 layers, width 32, block 16, batch 4, 2 micro-batches, 2 steps) on a small corpus."""
+    base = dict(stages=2, microbatches=2, steps=2, schedule="gpipe", model=TINY, batch_size=4, data=(DATA,))
+    base.update(overrides)
+    return RunConfig(**base)  # type: ignore[arg-type]
+
+
+def reference(config: RunConfig) -> tuple[list[float], list[str]]:
+    """The reference losses and each stage's final weights digest (hex) for ``config``."""
+    batches = Batches(
+        load_corpus([Path(p) for p in config.data]),
+        config.model.block_size,
+        config.batch_size,
+        config.microbatches,
+        config.seed,
+    )
+    with deterministic(config.train.threads):
+        stages = build_stages(config.model, config.stages, config.seed)
+        optimizers = [make_optimizer(s, dataclasses.replace(config.train)) for s in stages]
+        losses = [reference_step(stages, optimizers, batches.batch(t)) for t in range(config.steps)]
+    return losses, [digest_state_dict(s.state_dict()).hex() for s in stages]

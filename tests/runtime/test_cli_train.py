@@ -1,0 +1,52 @@
+"""``stagewarden train`` driven in-process with click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+from distributed_helpers import DATA, reference, tiny_config
+
+from stagewarden.cli import cli
+
+TINY_FLAGS = ["--n-layer", "4", "--n-embd", "32", "--block-size", "16", "--batch-size", "4", "--data", DATA]
+
+
+def test_train_one_f_one_b_two_stages(tmp_path: Path) -> None:
+    """A CLI run (S=2, 1F1B) exits 0, prints the summary and reproduces the reference losses; audit passes."""
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--stages",
+        "2",
+        "--microbatches",
+        "2",
+        "--steps",
+        "2",
+        "--schedule",
+        "1f1b",
+        *TINY_FLAGS,
+        "--out",
+        str(out),
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "completed" in result.output and "tokens/s" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["losses"] == reference(tiny_config(schedule="1f1b"))[0]
+    audit = CliRunner().invoke(cli, ["audit", str(out)])
+    assert audit.exit_code == 0, audit.output
+
+
+def test_train_refuses_non_empty_out(tmp_path: Path) -> None:
+    """An existing non-empty --out is refused with exit code 2 unless --force is given."""
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(cli, ["train", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--force" in result.output
+
+
+def test_train_bad_setting_exits_2(tmp_path: Path) -> None:
+    """An impossible topology is bad input (exit code 2), not a traceback."""
+    result = CliRunner().invoke(cli, ["train", "--stages", "9", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "n_layer" in result.output

@@ -1,0 +1,35 @@
+"""The run configuration: validation and JSON round trip."""
+
+from __future__ import annotations
+
+import pytest
+from stagewarden.runtime.config import ConfigError, RunConfig
+from stagewarden.runtime.model import GPTConfig
+
+
+def test_json_round_trip() -> None:
+    """A configuration survives to_json and from_json unchanged."""
+    config = RunConfig(stages=3, schedule="gpipe", model=GPTConfig(n_layer=6), data=("a", "b"), standby=2)
+    assert RunConfig.from_json(config.to_json()) == config
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"stages": 0}, {"stages": 5}, {"schedule": "zigzag"}, {"backend": "nccl"}, {"verification": "magic"}]
+)
+def test_bad_settings_are_refused(kwargs: dict[str, object]) -> None:
+    """Inconsistent settings raise ConfigError with a message."""
+    with pytest.raises(ConfigError):
+        RunConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_measured_json_ignores_volatile_fields() -> None:
+    """The measured configuration leaves out the step count, timeout and attack plan and has no floats."""
+    a, b = RunConfig(), RunConfig(steps=99, timeout=5.0, attack={"x": 1})
+    assert a.measured_json() == b.measured_json()
+    assert "train" in a.measured_json() and isinstance(a.measured_json()["train"]["lr"], str)
+
+
+def test_unknown_keys_are_refused() -> None:
+    """from_json refuses keys it does not know."""
+    with pytest.raises(ConfigError, match="unknown"):
+        RunConfig.from_json({**RunConfig().to_json(), "colour": "red"})
