@@ -229,18 +229,21 @@ class AttackPlan:
             seed=_number(seed, "attack seed", int),
         )
 
-    def active(self, stage: int, step: int, microbatch: int) -> bool:
+    def active(self, stage: int, step: int, microbatch: int, attempt: int = 0) -> bool:
         """Whether the attack fires on ``stage``'s unit of ``(step, microbatch)``.
 
         False for an honest stage and before :attr:`start`; otherwise a deterministic draw that
         is true with probability :attr:`rate` (always true at rate 1). Update units (``weights``)
-        use ``microbatch = 0``.
+        use ``microbatch = 0``. ``attempt`` counts how often the step has been recomputed after
+        a detection: each recomputation is a fresh draw (the first, ``attempt = 0``, is the
+        draw of the unit alone).
         """
         if stage not in self.stages or step < self.start:
             return False
         if self.rate >= 1.0:
             return True
-        draw: float = derive_seed(self.seed, "attack", "fire", self.kind.value, stage, step, microbatch) / _TWO_63
+        parts: tuple[int, ...] = (stage, step, microbatch) if attempt == 0 else (stage, step, microbatch, attempt)
+        draw: float = derive_seed(self.seed, "attack", "fire", self.kind.value, *parts) / _TWO_63
         return draw < self.rate
 
     def to_json(self) -> dict[str, Any]:
@@ -250,6 +253,37 @@ class AttackPlan:
         data["direction"] = self.direction.value
         data["stages"] = sorted(self.stages)
         return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> AttackPlan:
+        """The inverse of :meth:`to_json`.
+
+        Raises:
+            ValueError: ``data`` is not such an object, or a value is out of range (the message
+                names it).
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError("an attack plan must be a JSON object")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ValueError(f"unknown attack plan keys: {', '.join(unknown)}")
+        if "kind" not in data or "stages" not in data:
+            raise ValueError("an attack plan needs 'kind' and 'stages'")
+        names = [k.value for k in AttackKind]
+        if data["kind"] not in names:
+            raise ValueError(f"unknown attack kind {data['kind']!r}; choose one of: {', '.join(names)}")
+        if data.get("direction", "forward") not in ("forward", "backward"):
+            raise ValueError(f"the attack direction must be 'forward' or 'backward', got {data['direction']!r}")
+        stages = data["stages"]
+        if not isinstance(stages, list | tuple) or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in stages
+        ):
+            raise ValueError("the attack plan's 'stages' must be a list of stage indices")
+        try:
+            return cls(**{**data, "stages": frozenset(stages)})
+        except TypeError as exc:
+            raise ValueError(f"bad attack plan: {exc}") from None
 
 
 def _number(value: float | int | str, what: str, kind: type[float] | type[int]) -> Any:

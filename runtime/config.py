@@ -25,7 +25,8 @@ CONFIG_VERSION = 1
 SCHEDULES = ("gpipe", "1f1b")
 BACKENDS = ("gloo", "nccl")
 DEVICES = ("cpu", "cuda")
-VERIFICATION_MODES = ("none",)
+VERIFICATION_MODES = ("none", "spot_check")
+RESPONSES = ("eject", "rollback", "skip_stage", "restart")
 
 
 class ConfigError(RuntimeSetupError):
@@ -71,7 +72,10 @@ class RunConfig:
     """Standby workers ``K`` that attest at start and wait for an assignment."""
     verification: str = "none"
     """Verification mode of
-    :meth:`Coordinator.verify_step <stagewarden.runtime.coordinator.Coordinator.verify_step>`."""
+    :meth:`Coordinator.verify_step <stagewarden.runtime.coordinator.Coordinator.verify_step>`:
+    ``none`` or ``spot_check`` (commit-then-sample re-execution by the coordinator)."""
+    spot_check_rate: float = 0.1
+    """With ``spot_check``: the probability ``p`` in (0, 1] that each committed unit is sampled."""
     response: str = "eject"
     """What the coordinator does on a detection (``eject``, ``rollback``, ``skip_stage``, ``restart``)."""
     timeout: float = 300.0
@@ -101,12 +105,23 @@ class RunConfig:
                 self.verification in VERIFICATION_MODES,
                 f"verification must be one of {', '.join(VERIFICATION_MODES)}, not {self.verification!r}",
             ),
+            (
+                0.0 < self.spot_check_rate <= 1.0,
+                f"spot_check_rate must be in (0, 1], got {self.spot_check_rate}",
+            ),
+            (
+                self.verification == "none" or self.receipts,
+                f"verification {self.verification} checks units against their receipts: it needs receipts on",
+            ),
+            (self.response in RESPONSES, f"response must be one of {', '.join(RESPONSES)}, not {self.response!r}"),
             (self.timeout > 0, f"timeout must be positive, got {self.timeout}"),
             (self.seed >= 0, f"seed must be at least 0, got {self.seed}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if self.attack is not None:
+            check_attack(self.attack, self.stages)
 
     @property
     def world_size(self) -> int:
@@ -164,6 +179,33 @@ class RunConfig:
         for volatile in ("timeout", "steps", "attack"):
             data.pop(volatile)
         return exact(data)  # type: ignore[no-any-return]
+
+
+def check_attack(data: Any, stages: int) -> None:
+    """Check that an attack plan (JSON data) can be mounted in a pipeline of ``stages`` stages.
+
+    Raises:
+        ConfigError: The plan is malformed, names a stage that does not exist, or asks for an
+            attack the engine cannot mount there (the message says why).
+    """
+    from stagewarden.runtime.attacks import TENSOR_KINDS, AttackKind, AttackPlan, Direction
+
+    try:
+        plan = AttackPlan.from_json(data)
+    except ValueError as exc:
+        raise ConfigError(f"attack: {exc}") from None
+    bad = sorted(s for s in plan.stages if s >= stages)
+    if bad:
+        raise ConfigError(f"attack: stages {bad} do not exist in a pipeline of {stages} stages (0..{stages - 1})")
+    if plan.kind is AttackKind.FALSE_ACCUSE:
+        raise ConfigError("attack: false_accuse needs checking workers; the runtime's verifier is the coordinator")
+    if plan.kind in TENSOR_KINDS or plan.kind is AttackKind.EQUIVOCATE:
+        if plan.direction is Direction.FORWARD and stages - 1 in plan.stages:
+            raise ConfigError(
+                f"attack: the last stage ({stages - 1}) sends no activation; use direction backward for it"
+            )
+        if plan.direction is Direction.BACKWARD and 0 in plan.stages:
+            raise ConfigError("attack: stage 0 sends no gradient; use direction forward for it")
 
 
 def load_run_config(path: str | Path) -> RunConfig:

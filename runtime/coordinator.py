@@ -21,6 +21,7 @@ from typing import Any
 
 import blake3
 import torch
+from nacl.signing import SigningKey
 from stagewarden.attest.clock import SystemClock
 from stagewarden.attest.errors import AttestError, FormatError
 from stagewarden.attest.files import atomic_write_text
@@ -30,13 +31,24 @@ from stagewarden.attest.receipt_log import ReceiptLog
 from stagewarden.attest.receipts import Receipt, UnitKind, chain_genesis, parse_receipt, receipt_digest, verify_receipt
 from stagewarden.attest.relying_party import RelyingParty
 from stagewarden.attest.rundir import RunDirWriter, RunSummary, WorkerInfo
-from stagewarden.attest.tensor_digest import digest_state_dict, digest_tensor
+from stagewarden.attest.tensor_digest import digest_state_dict, digest_tensor, digest_tensors
 from stagewarden.attest.vendor import load_vendor, local_verifier
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.errors import RuntimeSetupError
 from stagewarden.runtime.measure import code_digest, stage_measurement
 from stagewarden.runtime.model import build_stage
+from stagewarden.runtime.responses import Detection, Response, ResponseError, RunState, plan_response
+from stagewarden.runtime.spotcheck import (
+    SampleSeed,
+    SpotCheckError,
+    receipts_digest,
+    reexecute_backward,
+    reexecute_forward,
+    reexecute_update,
+    sample_units,
+)
 from stagewarden.runtime.transport import Transport, TransportError
+from stagewarden.runtime.units import deterministic
 from stagewarden.runtime.worker import standby_id_for, worker_id_for
 
 #: The ``runtime_version`` of the keys this module adds to ``summary.json``.
@@ -49,6 +61,12 @@ FETCH_CHECK_ENV = "STAGEWARDEN_TEST_FETCH_CHECK"
 
 _FETCH_DTYPES = {"float32": torch.float32, "int64": torch.int64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _MAX_FETCH_ELEMENTS = 1 << 28
+#: How often one step is recomputed after detections before the run stops.
+MAX_RECOMPUTATIONS = 3
+#: Domain of the coordinator's signature over a detection.
+DETECTION_DOMAIN = b"stagewarden/runtime/detection/v1\x00"
+#: The responses the engine carries out (``eject`` without a standby falls back to them).
+CARRIED_OUT = (Response.RESTART, Response.SKIP_STAGE)
 
 
 class AdmissionRefused(RuntimeSetupError):
@@ -57,6 +75,10 @@ class AdmissionRefused(RuntimeSetupError):
 
 class RunFailed(RuntimeSetupError):
     """The run stopped: a peer died, timed out or broke the protocol."""
+
+
+class _Stop(Exception):
+    """Training stops cleanly: the workers are released and the run directory says why."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +186,14 @@ class Coordinator:
         self.responses: list[dict[str, Any]] = []
         self.counts = {"forward": 0, "backward": 0, "update": 0, "receipts": 0, "headers": 0}
         self.final_weights: dict[int, str] = {}
+        self.signing_key = SigningKey.generate()
+        self.busy = [0.0] * config.stages
+        self.spot = {"rate": config.spot_check_rate, "units_sampled": 0, "units_checked": 0, "recomputations": 0}
+        self._seed: SampleSeed | None = None
+        self._bypass: int | None = None
+        self._update_sample: list[tuple[int, int, str]] = []
+        self._update_receipts: dict[int, Receipt] = {}
+        self._batches: Any = None
         self.status = "starting"
         self.wall_seconds = 0.0
         self.train_seconds = 0.0
@@ -199,13 +229,20 @@ class Coordinator:
             self.status = "running"
             self._write_summary()
             train_start = time.perf_counter()
-            for step in range(self.config.steps):
-                self.train_step(step)
+            stopped = None
+            try:
+                for step in range(self.config.steps):
+                    self.train_step(step)
+            except _Stop as stop:
+                stopped = str(stop)
             self.train_seconds = time.perf_counter() - train_start
-            self.status = "completed"
+            self.status = "completed" if stopped is None else "stopped"
             for rank in range(1, self.config.world_size):
                 self.transport.send_json(rank, {"type": "release"})
-            self.events.write("run_completed", steps=len(self.losses), detections=len(self.detections))
+            if stopped is None:
+                self.events.write("run_completed", steps=len(self.losses), detections=len(self.detections))
+            else:
+                self.events.write("run_stopped", reason=stopped, steps=len(self.losses))
         except AdmissionRefused as exc:
             self.status = "refused"
             self.events.write("run_stopped", reason=str(exc))
@@ -319,33 +356,33 @@ class Coordinator:
     # -- steps ------------------------------------------------------------------------------------
 
     def train_step(self, step: int) -> None:
-        """One step: ``step`` to every stage, collect and check the commitments, verify, ``update``."""
+        """One step: ``step`` to every stage, collect and check the commitments, verify, ``update``,
+        check the sampled updates; on a detection, respond (:meth:`respond`) and recompute the step."""
         c = self.config
         started = time.perf_counter()
-        for s in range(c.stages):
-            self.transport.send_json(self.rank_of(s), {"type": "step", "step": step})
-        for k in range(c.standby):
-            self.transport.send_json(self.standby_rank(k), {"type": "idle", "step": step})
-        commit = self.collect(step)
-        detections = self.check_links(commit)
-        if os.environ.get(FETCH_CHECK_ENV) == "1":
-            self._fetch_check(commit)
-        detections += self.verify_step(step, commit)
-        for d in detections:
-            self.events.write("detection", **d)
-        self.detections += detections
-        for s in range(c.stages):
-            self.transport.send_json(self.rank_of(s), {"type": "update", "step": step})
-        for s, wid in enumerate(self.stage_ids):
-            msg = self.transport.recv_json(self.rank_of(s), "updated")
-            if msg.get("step") != step:
-                raise TransportError(f"worker {wid} reported the update of step {msg.get('step')}, not {step}")
-            self.final_weights[s] = _hex(msg.get("weights"), 32, "weights").hex()
-            if c.receipts:
-                receipt = self._accept_receipt(wid, s, step, _hex(msg.get("receipt"), None, "receipt"))
-                if receipt.kind is not UnitKind.UPDATE:
-                    raise TransportError(f"worker {wid} sent a {receipt.kind} receipt as its update receipt")
-                self.counts["update"] += 1
+        attempt, bypass = 0, None
+        while True:
+            commit = self._attempt(step, attempt, bypass)
+            detections = self.check_links(commit)
+            if os.environ.get(FETCH_CHECK_ENV) == "1":
+                self._fetch_check(commit)
+            detections += self.verify_step(step, commit)
+            if not detections:
+                self._update_all(step, frozen=bypass)
+                detections += self.verify_updates(step)
+            for d in detections:
+                self.events.write("detection", attempt=attempt, **d)
+            self.detections += detections
+            if not detections:
+                break
+            if attempt >= MAX_RECOMPUTATIONS:
+                d = detections[0]
+                raise _Stop(
+                    f"step {step} was tampered with in each of its {attempt + 1} computations (last: stage "
+                    f"{d['stage']}, {d['check']}); the {c.response} response does not remove this attacker"
+                )
+            bypass = self.respond(step, attempt, detections[0])
+            attempt += 1
         if self.log is not None:
             self.log.sync()
         seconds = time.perf_counter() - started
@@ -356,6 +393,101 @@ class Coordinator:
         self._write_summary()
         self._write_metrics()
 
+    def _active_stages(self, bypass: int | None) -> list[int]:
+        return [s for s in range(self.config.stages) if s != bypass]
+
+    def _attempt(self, step: int, attempt: int, bypass: int | None) -> StepCommit:
+        """Commit to the sample's secret, start one computation of ``step`` and collect the commitments."""
+        c = self.config
+        if c.verification == "spot_check":
+            self._seed = SampleSeed.draw(step)
+            self.events.write(
+                "spot_check_commitment", step=step, attempt=attempt, commitment=self._seed.commitment.hex()
+            )
+        message: dict[str, Any] = {"type": "step", "step": step, "attempt": attempt}
+        if bypass is not None:
+            message["bypass"] = bypass
+        self._bypass = bypass
+        for s in range(c.stages):
+            self.transport.send_json(self.rank_of(s), message)
+        for k in range(c.standby):
+            self.transport.send_json(self.standby_rank(k), {"type": "idle", "step": step})
+        return self.collect(step)
+
+    def _update_all(self, step: int, frozen: int | None) -> None:
+        """Send ``update`` to every stage but ``frozen`` and collect the update receipts."""
+        c = self.config
+        stages = self._active_stages(frozen)
+        for s in stages:
+            self.transport.send_json(self.rank_of(s), {"type": "update", "step": step})
+        self._update_receipts = {}
+        for s in stages:
+            wid = self.stage_ids[s]
+            msg = self.transport.recv_json(self.rank_of(s), "updated")
+            if msg.get("step") != step:
+                raise TransportError(f"worker {wid} reported the update of step {msg.get('step')}, not {step}")
+            self.final_weights[s] = _hex(msg.get("weights"), 32, "weights").hex()
+            self.busy[s] += _busy(msg)
+            if c.receipts:
+                receipt = self._accept_receipt(wid, s, step, _hex(msg.get("receipt"), None, "receipt"))
+                if receipt.kind is not UnitKind.UPDATE:
+                    raise TransportError(f"worker {wid} sent a {receipt.kind} receipt as its update receipt")
+                self._update_receipts[s] = receipt
+                self.counts["update"] += 1
+
+    def respond(self, step: int, attempt: int, detection: dict[str, Any]) -> int | None:
+        """Answer a detection: plan the response, restore every stage to the state before ``step``
+        and return the stage to bypass in the recomputation (``None``: every stage runs).
+
+        Raises:
+            RunFailed: The response cannot be carried out.
+        """
+        c = self.config
+        state = RunState(
+            num_stages=c.stages,
+            step=step,
+            workers=dict(enumerate(self.stage_ids)),
+            standbys=(),  # handing a stage to a standby is not carried out: eject falls back
+        )
+        try:
+            plan = plan_response(c.response, Detection.from_json(detection), state)
+        except ResponseError as exc:
+            raise RunFailed(f"cannot respond to the detection at step {step}: {exc}") from None
+        if plan.response not in CARRIED_OUT:
+            raise _Stop(f"the {plan.response} response is not carried out by this runtime; training stops")
+        record = {"step": step, "attempt": attempt, "plan": plan.to_json(), "detection": detection}
+        self.responses.append(record)
+        self.events.write("response", **record)
+        for s in range(c.stages):
+            self.transport.send_json(self.rank_of(s), {"type": "restore", "step": step})
+        for s in range(c.stages):
+            msg = self.transport.recv_json(self.rank_of(s), "restored")
+            if msg.get("step") != step:
+                raise TransportError(f"worker {self.stage_ids[s]} restored step {msg.get('step')}, not {step}")
+            self.final_weights[s] = _hex(msg.get("weights"), 32, "weights").hex()
+        self.spot["recomputations"] += 1
+        return plan.bypass_stage
+
+    def detection(
+        self, step: int, micro_batch: int, unit: str, stage: int, check: str, message: str, evidence: bytes
+    ) -> dict[str, Any]:
+        """A detection as recorded: the unit, the worker blamed, the check, the evidence digest (the
+        offending signed receipt's digest) and the coordinator's Ed25519 signature over all of it
+        (``signature``; the public key is ``coordinator_key`` in ``summary.json``)."""
+        body = Detection(
+            step=step,
+            microbatch=micro_batch,
+            unit_kind=unit,
+            worker=self.stage_ids[stage],
+            stage=stage,
+            check=check,
+            evidence_digest=evidence.hex(),
+        ).to_json()
+        body["message"] = message
+        signed = DETECTION_DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        body["signature"] = self.signing_key.sign(signed).signature.hex()
+        return body
+
     def collect(self, step: int) -> StepCommit:
         """Receive every stage's commitment for ``step``; verify and log its receipts and headers."""
         c = self.config
@@ -364,6 +496,7 @@ class Coordinator:
         loss, mb_losses = float("nan"), []
         for s, wid in enumerate(self.stage_ids):
             msg = self.transport.recv_json(self.rank_of(s), "commit")
+            self.busy[s] += _busy(msg)
             if msg.get("step") != step:
                 raise TransportError(f"worker {wid} committed step {msg.get('step')}, not {step}")
             raw_receipts, raw_headers = msg.get("receipts"), msg.get("headers")
@@ -399,65 +532,255 @@ class Coordinator:
 
     def check_links(self, commit: StepCommit) -> list[dict[str, Any]]:
         """Check that adjacent stages agree on the tensors they exchanged and that the received
-        signed headers match the senders' receipts; return one detection per disagreement."""
+        signed headers match the senders' receipts; return one detection per disagreement.
+
+        The sender is blamed: its signed header proves what it sent, so a sender whose receipt
+        commits to another tensor than the one it signed and sent (an equivocation) is caught
+        here, and a receiver whose receipt commits to another input than the signed header it
+        holds is blamed for that."""
         c = self.config
         if not c.receipts:
             return []
         found: list[dict[str, Any]] = []
-        for s in range(c.stages - 1):
+        stages = sorted(commit.receipts)
+        for s, r in zip(stages, stages[1:], strict=False):
             for m in range(c.microbatches):
                 for kind, sender, receiver, transfer in (
-                    (UnitKind.FORWARD, s, s + 1, TransferKind.ACTIVATION),
-                    (UnitKind.BACKWARD, s + 1, s, TransferKind.GRADIENT),
+                    (UnitKind.FORWARD, s, r, TransferKind.ACTIVATION),
+                    (UnitKind.BACKWARD, r, s, TransferKind.GRADIENT),
                 ):
                     out = commit.receipt(sender, m, kind)
                     inp = commit.receipt(receiver, m, kind)
                     header = next(
                         (h for h in commit.headers.get(receiver, []) if h.micro_batch == m and h.kind is transfer), None
                     )
-                    where = {"step": commit.step, "micro_batch": m, "unit": str(kind)}
+                    unit = str(kind)
                     if out is None or inp is None:
+                        culprit = sender if out is None else receiver
                         found.append(
-                            {
-                                **where,
-                                "check": "missing_receipt",
-                                "stage": sender if out is None else receiver,
-                                "message": "a committed receipt is missing",
-                            }
+                            self.detection(
+                                commit.step, m, unit, culprit, "missing_receipt", "a committed receipt is missing", b""
+                            )
                         )
                         continue
-                    if out.output_digest != inp.input_digest:
-                        found.append(
-                            {
-                                **where,
-                                "check": "link",
-                                "stage": sender,
-                                "message": f"the {kind} output of stage {sender} differs from the input "
-                                f"of stage {receiver}",
-                            }
-                        )
                     if header is None or header.tensor.digest != out.output_digest:
                         found.append(
-                            {
-                                **where,
-                                "check": "header",
-                                "stage": sender,
-                                "message": f"the signed {transfer} header stage {receiver} received does "
-                                f"not match stage {sender}'s receipt",
-                            }
+                            self.detection(
+                                commit.step,
+                                m,
+                                unit,
+                                sender,
+                                "header",
+                                f"stage {sender} signed and sent a {transfer} to stage {receiver} that differs "
+                                f"from the one its receipt commits to (equivocation)",
+                                receipt_digest(out),
+                            )
+                        )
+                    elif out.output_digest != inp.input_digest:
+                        found.append(
+                            self.detection(
+                                commit.step,
+                                m,
+                                unit,
+                                receiver,
+                                "link",
+                                f"stage {receiver}'s receipt commits to another {kind} input than the signed "
+                                f"{transfer} stage {sender} sent",
+                                receipt_digest(inp),
+                            )
                         )
         return found
 
     def verify_step(self, step: int, commit: StepCommit) -> list[dict[str, Any]]:
         """The verification hook, called after every commitment and before the update.
 
-        With ``verification = "none"`` it checks nothing and returns no detections. A verifier
-        (spot checks by re-execution, redundant neighbours) challenges units here with
-        :meth:`fetch`; each detection it returns is a JSON object with at least ``step``,
-        ``stage``, ``check`` and ``message``, logged as a ``detection`` event and in
-        ``summary.json``.
+        With ``verification = "none"`` it checks nothing. With ``spot_check`` it reveals the
+        secret committed before the step, derives the sampling randomness from it and the step's
+        receipts, samples the units (forward, backward and update of every running stage and
+        micro-batch, each with probability ``spot_check_rate``), and checks the sampled forward
+        and backward units now (:meth:`check_unit`); the sampled update units are checked after
+        the update (:meth:`verify_updates`). Returns the detections.
         """
+        c = self.config
+        self._update_sample = []
+        found: list[dict[str, Any]] = []
+        bypass = self._bypass
+        if bypass is not None:  # the bypassed stage must pass every tensor on unchanged
+            for r in commit.receipts.get(bypass, []):
+                if r.input_digest != r.output_digest:
+                    found.append(
+                        self.detection(
+                            step,
+                            r.micro_batch,
+                            str(r.kind),
+                            bypass,
+                            "identity",
+                            "the bypassed stage changed the tensor it should pass on unchanged",
+                            receipt_digest(r),
+                        )
+                    )
+        if c.verification != "spot_check" or self._seed is None:
+            return found
+        seed = self._seed
+        digests = [receipt_digest(r) for s in sorted(commit.receipts) for r in commit.receipts[s]]
+        committed = receipts_digest(digests)
+        units = [
+            (s, m, kind)
+            for s in sorted(commit.receipts)
+            if s != bypass
+            for m in range(c.microbatches)
+            for kind in ("forward", "backward", "update")
+            if kind != "update" or m == 0
+        ]
+        sampled = sample_units(units, c.spot_check_rate, seed.randomness(committed))
+        self.events.write(
+            "spot_check_reveal",
+            step=step,
+            secret=seed.secret.hex(),
+            receipts_digest=committed.hex(),
+            sampled=[{"stage": s, "micro_batch": m, "kind": k} for s, m, k in sampled],
+        )
+        self.spot["units_sampled"] += len(sampled)
+        self._update_sample = [u for u in sampled if u[2] == "update"]
+        for s, m, kind in sampled:
+            if kind != "update":
+                found += self.check_unit(commit, s, m, kind)
+        return found
+
+    def _data(self, step: int, micro_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._batches is None:
+            from stagewarden.runtime.worker import _batches
+
+            self._batches = _batches(self.config)
+        x, y = self._batches.microbatch(step, micro_batch)
+        return x, y
+
+    def check_unit(self, commit: StepCommit, stage: int, micro_batch: int, kind: str) -> list[dict[str, Any]]:
+        """Spot-check one forward or backward unit: FETCH its inputs and weights, check them
+        against the receipt (and stage 0's token ids and the last stage's targets against the
+        step's data), re-execute it here and compare the output bitwise with the receipt's."""
+        c, step = self.config, commit.step
+        receipt = commit.receipt(stage, micro_batch, UnitKind(kind))
+        if receipt is None:
+            return [self.detection(step, micro_batch, kind, stage, "missing_receipt", "no receipt committed", b"")]
+        evidence = receipt_digest(receipt)
+
+        def found(check: str, message: str) -> list[dict[str, Any]]:
+            return [self.detection(step, micro_batch, kind, stage, check, message, evidence)]
+
+        try:
+            unit = self.fetch(stage, step, micro_batch, kind)
+        except TransportError as exc:
+            return found("fetch", f"the worker did not return the committed unit: {exc}")
+        inputs = unit.inputs
+        is_last = stage == c.stages - 1
+        received = inputs.get("input") if kind == "forward" else inputs.get("targets" if is_last else "grad_output")
+        if (
+            received is None
+            or digest_tensor(received) != receipt.input_digest
+            or unit.weights_digest != receipt.weights_digest
+        ):
+            return found(
+                "fetch_mismatch",
+                "the inputs or weights the worker returned differ from those its receipt commits to",
+            )
+        x, y = self._data(step, micro_batch)
+        if stage == 0 and not torch.equal(inputs.get("input", torch.empty(0)), x):
+            return found("data", "stage 0 computed on token ids that are not the step's data")
+        if is_last and not torch.equal(inputs.get("targets", torch.empty(0)), y):
+            return found("data", "the last stage computed on targets that are not the step's data")
+        self.spot["units_checked"] += 1
+        try:
+            with deterministic(c.train.threads):
+                if kind == "forward":
+                    out = reexecute_forward(
+                        c.model,
+                        c.stages,
+                        stage,
+                        unit.weights,
+                        inputs["input"],
+                        inputs.get("targets"),
+                        microbatches=c.microbatches,
+                    )
+                    produced = digest_tensor(out)
+                else:
+                    result = reexecute_backward(
+                        c.model,
+                        c.stages,
+                        stage,
+                        unit.weights,
+                        inputs["input"],
+                        inputs.get("grad_output"),
+                        inputs.get("targets"),
+                        microbatches=c.microbatches,
+                    )
+                    if result.grad_input is not None:
+                        produced = digest_tensor(result.grad_input)
+                    else:  # stage 0 commits to the gradients accumulated up to this micro-batch
+                        produced = digest_tensors(
+                            inputs[f"grad_before.{n}"] + g if f"grad_before.{n}" in inputs else g
+                            for n, g in result.param_grads.items()
+                        )
+        except (SpotCheckError, KeyError, RuntimeError) as exc:
+            return found("spot_check", f"the committed unit cannot be re-executed: {exc}")
+        if produced != receipt.output_digest:
+            return found("spot_check", f"re-executing the {kind} unit gives another output than the receipt's")
         return []
+
+    def verify_updates(self, step: int) -> list[dict[str, Any]]:
+        """Re-execute the update units sampled for ``step`` (after the workers applied them): FETCH
+        the weights before, the accumulated gradients and the optimizer state, check the first two
+        against the update receipt, re-execute the AdamW step and compare the new weights' digest
+        with the receipt's output."""
+        c, found = self.config, []
+        for s, _, _ in self._update_sample:
+            receipt = self._update_receipts.get(s)
+            if receipt is None:
+                continue
+            evidence = receipt_digest(receipt)
+            try:
+                unit = self.fetch(s, step, 0, "update")
+            except TransportError as exc:
+                found.append(self.detection(step, 0, "update", s, "fetch", f"no update unit returned: {exc}", evidence))
+                continue
+            grads = {k[5:]: v for k, v in unit.inputs.items() if k.startswith("grad.")}
+            state = {k[10:]: v for k, v in unit.inputs.items() if k.startswith("optimizer.")}
+            if unit.weights_digest != receipt.weights_digest or digest_tensors(grads.values()) != receipt.input_digest:
+                found.append(
+                    self.detection(
+                        step,
+                        0,
+                        "update",
+                        s,
+                        "fetch_mismatch",
+                        "the weights or gradients the worker returned differ from those its update receipt commits to",
+                        evidence,
+                    )
+                )
+                continue
+            self.spot["units_checked"] += 1
+            counts = {int(v) for k, v in state.items() if k.endswith("/step")}
+            try:
+                with deterministic(c.train.threads):
+                    result = reexecute_update(
+                        c.model, c.stages, s, unit.weights, grads, state, c.train, max(counts, default=0)
+                    )
+            except SpotCheckError as exc:
+                found.append(self.detection(step, 0, "update", s, "spot_check", f"cannot re-execute: {exc}", evidence))
+                continue
+            if result.weights_digest != receipt.output_digest:
+                found.append(
+                    self.detection(
+                        step,
+                        0,
+                        "update",
+                        s,
+                        "spot_check",
+                        "re-executing the update gives other weights than the update receipt's",
+                        evidence,
+                    )
+                )
+        return found
 
     # -- FETCH ------------------------------------------------------------------------------------
 
@@ -539,6 +862,9 @@ class Coordinator:
             "responses": list(self.responses),
             "final_weights": {"stages": final, "digest": model_digest},
             "standby": list(self.standby_ids),
+            "stage_busy_seconds": list(self.busy),
+            "spot_check": dict(self.spot) if c.verification == "spot_check" else None,
+            "coordinator_key": bytes(self.signing_key.verify_key).hex(),
             "attestation": c.attestation,
         }
         workers = tuple(WorkerInfo(wid, s, 0) for s, wid in enumerate(self.stage_ids))
@@ -574,6 +900,11 @@ def _hex(value: Any, size: int | None, what: str) -> bytes:
     if size is not None and len(data) != size:
         raise ValueError(f"{what} must be {size} bytes, not {len(data)}")
     return data
+
+
+def _busy(msg: dict[str, Any]) -> float:
+    value = msg.get("busy_ns", 0)
+    return value / 1e9 if isinstance(value, int) and value >= 0 else 0.0
 
 
 def _float(value: Any) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,11 +29,22 @@ from stagewarden.attest.receipts import (
 )
 from stagewarden.attest.tensor_digest import TensorDigest, digest_state_dict, digest_tensor, digest_tensors, dtype_name
 from stagewarden.attest.vendor import device_identity, load_vendor
+from stagewarden.runtime.attacks import (
+    TENSOR_KINDS,
+    AttackKind,
+    AttackPlan,
+    Direction,
+    equivocate,
+    poison_data,
+    tamper_tensor,
+    tamper_weights,
+)
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.data import Batches
 from stagewarden.runtime.measure import code_digest, stage_measurement
 from stagewarden.runtime.model import StageModule, build_stage
 from stagewarden.runtime.schedule import ActionKind, gpipe, one_f_one_b
+from stagewarden.runtime.spotcheck import export_optimizer_state, import_optimizer_state
 from stagewarden.runtime.transport import Expected, Transport, TransportError
 from stagewarden.runtime.units import (
     ForwardState,
@@ -68,42 +80,157 @@ def device_id_for(rank: int) -> str:
 
 
 class NoAttack:
-    """The honest behaviour: every hook returns its argument unchanged."""
+    """The honest behaviour: every hook returns its argument unchanged.
+
+    ``received`` is the message the unit received (the input activation of a forward unit, the
+    gradient of the output of a backward unit), ``None`` where there is none.
+    """
+
+    attempt = 0
+    """How often the current step has been recomputed after a detection (set by the worker)."""
 
     def apply_input(self, stage: int, step: int, micro_batch: int, inputs: torch.Tensor) -> torch.Tensor:
         """Transform the input of a forward unit (token ids on stage 0, the received activation otherwise)."""
         return inputs
 
-    def apply_forward(self, stage: int, step: int, micro_batch: int, output: torch.Tensor) -> torch.Tensor:
-        """Transform the output activation a forward unit sends on (or the last stage's logits)."""
+    def apply_forward(
+        self, stage: int, step: int, micro_batch: int, output: torch.Tensor, received: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Transform the output activation a forward unit commits to in its receipt (or the last stage's logits)."""
         return output
 
-    def apply_backward(self, stage: int, step: int, micro_batch: int, grad: torch.Tensor) -> torch.Tensor:
-        """Transform the input gradient a backward unit sends back."""
+    def apply_backward(
+        self, stage: int, step: int, micro_batch: int, grad: torch.Tensor, received: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Transform the input gradient a backward unit commits to in its receipt."""
         return grad
+
+    def outgoing(
+        self, stage: int, step: int, micro_batch: int, direction: str, committed: torch.Tensor
+    ) -> torch.Tensor:
+        """What is actually sent to the neighbour, given what the receipt commits to (``direction``:
+        ``forward`` or ``backward``). Honest: the committed tensor."""
+        return committed
 
     def apply_update(self, stage: int, step: int, module: torch.nn.Module) -> None:
         """Change the stage's weights in place after the optimizer step."""
 
 
-def make_attack(plan: Any, stage: int) -> NoAttack | None:
+class PlanAttack(NoAttack):
+    """A malicious stage's behaviour for an :class:`~stagewarden.runtime.attacks.AttackPlan`.
+
+    Where each kind acts:
+
+    * tensor kinds (``reverse``, ``random``, ``scale``, ``noise``, ``bitflip``, ``lazy``,
+      ``replay``): on the output activation (direction ``forward``) or the input gradient
+      (``backward``) before it is committed and sent; the receipt commits to what is sent.
+      ``lazy`` resends this stage's message of the same micro-batch at the previous step, else
+      what it received, else zeros; ``replay`` sends the last message this stage sent before this
+      one (the previous micro-batch, or the last of the previous step), and cannot fire on the
+      stage's very first message;
+    * ``poison_data``: on stage 0's token ids before the forward (the receipt commits to the
+      poisoned ids);
+    * ``weights``: on the parameters after the real optimizer step (the update receipt commits to
+      the tampered weights);
+    * ``equivocate``: the receipt (and so FETCH, which returns the unit's inputs and weights)
+      commits to the honest message, while the negated message is sent to the neighbour under a
+      header signed by this stage.
+    """
+
+    def __init__(self, plan: AttackPlan, vocab_size: int) -> None:
+        self.plan = plan
+        self.vocab_size = vocab_size
+        self.attempt = 0
+        self._last_sent: dict[tuple[str, int], torch.Tensor] = {}
+        self._previous: dict[str, torch.Tensor] = {}
+
+    def _fires(self, stage: int, step: int, micro_batch: int) -> bool:
+        return self.plan.active(stage, step, micro_batch, self.attempt)
+
+    def apply_input(self, stage: int, step: int, micro_batch: int, inputs: torch.Tensor) -> torch.Tensor:
+        if self.plan.kind is AttackKind.POISON_DATA and stage == 0 and self._fires(stage, step, micro_batch):
+            return poison_data(inputs, self.plan, step, micro_batch, self.vocab_size)
+        return inputs
+
+    def _message(
+        self, direction: Direction, stage: int, step: int, mb: int, tensor: torch.Tensor, received: torch.Tensor | None
+    ) -> torch.Tensor:
+        plan = self.plan
+        out = tensor
+        if plan.kind in TENSOR_KINDS and plan.direction is direction and self._fires(stage, step, mb):
+            out = tamper_tensor(
+                plan,
+                tensor,
+                stage=stage,
+                step=step,
+                microbatch=mb,
+                stale=self._last_sent.get((direction.value, mb)),
+                stage_input=received,
+                earlier=self._previous.get(direction.value),
+            )
+        return out
+
+    def apply_forward(
+        self, stage: int, step: int, micro_batch: int, output: torch.Tensor, received: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self._message(Direction.FORWARD, stage, step, micro_batch, output, received)
+
+    def apply_backward(
+        self, stage: int, step: int, micro_batch: int, grad: torch.Tensor, received: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self._message(Direction.BACKWARD, stage, step, micro_batch, grad, received)
+
+    def outgoing(
+        self, stage: int, step: int, micro_batch: int, direction: str, committed: torch.Tensor
+    ) -> torch.Tensor:
+        sent = committed
+        if (
+            self.plan.kind is AttackKind.EQUIVOCATE
+            and self.plan.direction.value == direction
+            and self._fires(stage, step, micro_batch)
+        ):
+            sent = equivocate(committed).sent
+        self._last_sent[(direction, micro_batch)] = sent.detach()
+        self._previous[direction] = sent.detach()
+        return sent
+
+    def apply_update(self, stage: int, step: int, module: torch.nn.Module) -> None:
+        if self.plan.kind is AttackKind.WEIGHTS and self._fires(stage, step, 0):
+            params = dict(module.named_parameters())
+            tampered = tamper_weights(self.plan, stage, {k: v.detach() for k, v in params.items()})
+            with torch.no_grad():
+                for name, value in tampered.items():
+                    params[name].copy_(value)
+
+
+def make_attack(plan: Any, stage: int, vocab_size: int = 256) -> NoAttack | None:
     """The attack object a worker of ``stage`` applies for the run's attack plan; ``None`` for no plan.
 
-    The plan is JSON data from
-    :attr:`RunConfig.attack <stagewarden.runtime.config.RunConfig.attack>`. This version knows no attacks and applies
-    :class:`NoAttack` whenever a plan is given.
+    The plan is JSON data from :attr:`RunConfig.attack <stagewarden.runtime.config.RunConfig.attack>`
+    (:meth:`AttackPlan.to_json <stagewarden.runtime.attacks.AttackPlan.to_json>`). A stage the
+    plan does not name gets :class:`NoAttack`; a malicious stage gets :class:`PlanAttack`.
+
+    Raises:
+        ValueError: The plan is malformed.
     """
-    return None if plan is None else NoAttack()
+    if plan is None:
+        return None
+    parsed = AttackPlan.from_json(plan)
+    return PlanAttack(parsed, vocab_size) if stage in parsed.stages else NoAttack()
 
 
 @dataclass
 class StepRecord:
     """What a worker keeps of the current step until the next one starts: the committed unit
-    inputs and the weights the step ran with (so the coordinator can fetch them)."""
+    inputs, the weights the step ran with and, when the run verifies or responds, the optimizer
+    state before the step and the accumulated gradients of its update (so the coordinator can
+    fetch them, and a recomputation can start from the state before the step)."""
 
     step: int
     weights: dict[str, torch.Tensor]
     units: dict[tuple[int, str], dict[str, torch.Tensor]] = field(default_factory=dict)
+    optimizer: dict[str, torch.Tensor] | None = None
+    grads: dict[str, torch.Tensor] | None = None
 
 
 class StageWorker:
@@ -134,6 +261,8 @@ class StageWorker:
         self.prev = b""
         self.record: StepRecord | None = None
         self.attack: NoAttack | None = None
+        self.bypass: int | None = None
+        self.busy = 0.0
 
     # -- start --------------------------------------------------------------------------------
 
@@ -172,7 +301,7 @@ class StageWorker:
         self.optimizer = make_optimizer(module, c.train)
         self.batches = _batches(c) if (s == 0 or s == c.stages - 1) else None
         self.schedule = (gpipe if c.schedule == "gpipe" else one_f_one_b)(c.stages, c.microbatches)[s]
-        self.attack = make_attack(c.attack, s)
+        self.attack = make_attack(c.attack, s, c.model.vocab_size)
 
     def _attest(self, nonce_hex: str | None) -> None:
         pubkey = bytes(self.key.verify_key)
@@ -191,7 +320,7 @@ class StageWorker:
 
     def _serve(self) -> None:
         while True:
-            msg = self.transport.recv_json(COORDINATOR, ("step", "fetch", "update", "idle", "release"))
+            msg = self.transport.recv_json(COORDINATOR, ("step", "fetch", "update", "restore", "idle", "release"))
             kind = msg["type"]
             if kind == "release":
                 return
@@ -201,9 +330,12 @@ class StageWorker:
                 raise TransportError(f"standby worker {self.worker_id} got a {kind!r} request but holds no stage")
             with deterministic(self.config.train.threads):
                 if kind == "step":
-                    self._step(int(msg["step"]))
+                    bypass = msg.get("bypass")
+                    self._step(int(msg["step"]), int(msg.get("attempt", 0)), None if bypass is None else int(bypass))
                 elif kind == "fetch":
                     self._fetch(msg)
+                elif kind == "restore":
+                    self._restore(int(msg["step"]))
                 else:
                     self._update(int(msg["step"]))
 
@@ -232,10 +364,16 @@ class StageWorker:
         self.prev = receipt_digest(receipt)
         return encode_receipt(receipt)
 
+    def _neighbour(self, kind: TransferKind, incoming: bool) -> int:
+        """The stage this stage receives from (``incoming``) or sends to, for a transfer ``kind``."""
+        assert self.stage_index is not None
+        forward_flow = (kind is TransferKind.ACTIVATION) != incoming
+        return self.stage_index + (1 if forward_flow else -1)
+
     def _expected(self, step: int, mb: int, kind: TransferKind) -> Expected:
         assert self.stage_index is not None
         c, s = self.config, self.stage_index
-        sender = s - 1 if kind is TransferKind.ACTIVATION else s + 1
+        sender = self._neighbour(kind, incoming=True)
         return Expected(
             run_id=self.run_id,
             sender=self.ids[sender],
@@ -257,7 +395,7 @@ class StageWorker:
             sender=self.worker_id,
             sender_stage=s,
             sender_replica=0,
-            receiver_stage=s + 1 if kind is TransferKind.ACTIVATION else s - 1,
+            receiver_stage=self._neighbour(kind, incoming=False),
             step=step,
             micro_batch=mb,
             kind=kind,
@@ -265,18 +403,35 @@ class StageWorker:
             signed_at=dt.datetime.now(dt.UTC),
         )
 
-    def _step(self, step: int) -> None:
-        """Run this stage's forwards and backwards of ``step`` and commit the receipts and received headers."""
+    def _keeps_state(self) -> bool:
+        """Whether to keep the optimizer state and gradients of each step (for FETCH and recomputation)."""
+        return self.config.verification != "none"
+
+    def _step(self, step: int, attempt: int = 0, bypass: int | None = None) -> None:
+        """Run this stage's forwards and backwards of ``step`` and commit the receipts and received headers.
+
+        ``attempt`` counts recomputations of the step after a detection; ``bypass`` is a stage
+        whose blocks act as the identity for this attempt (its neighbours talk directly).
+        """
         crash = os.environ.get(CRASH_ENV)
-        if crash is not None and crash == f"{self.stage_index}:{step}":
+        if crash is not None and crash == f"{self.stage_index}:{step}" and attempt == 0:
             os._exit(17)
         assert self.module is not None and self.stage_index is not None
         c, s, module = self.config, self.stage_index, self.module
         M = c.microbatches  # noqa: N806
+        self.bypass = bypass
+        if self.attack is not None:
+            self.attack.attempt = attempt
         receipts_on = c.receipts
-        weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        self.record = StepRecord(step, weights)
-        weights_digest = digest_state_dict(weights) if receipts_on else b""
+        busy = 0.0
+        if attempt > 0 and self.record is not None and self.record.step == step:
+            record = StepRecord(step, self.record.weights, optimizer=self.record.optimizer)
+        else:
+            weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            optimizer = export_optimizer_state(module, self.optimizer) if self._keeps_state() else None
+            record = StepRecord(step, weights, optimizer=optimizer)
+        self.record = record
+        weights_digest = digest_state_dict(record.weights) if receipts_on else b""
         env = ExecutionEnv.capture(self.device)
         inputs: dict[int, torch.Tensor] = {}
         grads_out: dict[int, torch.Tensor] = {}
@@ -287,21 +442,29 @@ class StageWorker:
         losses: dict[int, torch.Tensor] = {}
         receipts: list[str] = []
         headers: list[str] = []
+        keep_grads = self._keeps_state() and module.is_first
+        bypassed = bypass == s and not (module.is_first or module.is_last)
         for action in self.schedule:
             m = action.microbatch
             kind = action.kind
             if kind is ActionKind.RECV_F:
                 assert m is not None
-                tensor, _, raw = self.transport.recv_signed(s, self._expected(step, m, TransferKind.ACTIVATION))
+                sender = self._neighbour(TransferKind.ACTIVATION, incoming=True)
+                tensor, _, raw = self.transport.recv_signed(
+                    sender + 1, self._expected(step, m, TransferKind.ACTIVATION)
+                )
                 inputs[m] = tensor
                 headers.append(raw.hex())
             elif kind is ActionKind.RECV_B:
                 assert m is not None
-                tensor, _, raw = self.transport.recv_signed(s + 2, self._expected(step, m, TransferKind.GRADIENT))
+                sender = self._neighbour(TransferKind.GRADIENT, incoming=True)
+                tensor, _, raw = self.transport.recv_signed(sender + 1, self._expected(step, m, TransferKind.GRADIENT))
                 grads_out[m] = tensor
                 headers.append(raw.hex())
             elif kind is ActionKind.F:
                 assert m is not None
+                began = time.perf_counter()
+                received = inputs.get(m)
                 if module.is_first or module.is_last:
                     assert self.batches is not None
                     x, y = self.batches.microbatch(step, m)
@@ -310,15 +473,20 @@ class StageWorker:
                     targets[m] = y.to(self.device)
                 if self.attack is not None:
                     inputs[m] = self.attack.apply_input(s, step, m, inputs[m])
-                state = stage_forward(module, inputs[m], M, targets=targets[m] if module.is_last else None)
+                if bypassed:  # the blocks act as the identity: the input goes on unchanged
+                    output = inputs[m].detach().clone()
+                    state = ForwardState(inputs[m], output)
+                else:
+                    state = stage_forward(module, inputs[m], M, targets=targets[m] if module.is_last else None)
+                    output = state.output.detach()
                 states[m] = state
-                output = state.output.detach()
                 if self.attack is not None:
-                    output = self.attack.apply_forward(s, step, m, output)
+                    output = self.attack.apply_forward(s, step, m, output, received)
                 outputs[m] = output
                 if state.loss is not None:
                     losses[m] = state.loss
-                self.record.units[(m, "forward")] = _unit_tensors(inputs[m], targets.get(m) if module.is_last else None)
+                busy += time.perf_counter() - began
+                record.units[(m, "forward")] = _unit_tensors(inputs[m], targets.get(m) if module.is_last else None)
                 if receipts_on:
                     receipts.append(
                         self._receipt(
@@ -327,21 +495,32 @@ class StageWorker:
                     )
             elif kind is ActionKind.SEND_F:
                 assert m is not None
+                committed = outputs.pop(m)
+                sent = committed if self.attack is None else self.attack.outgoing(s, step, m, "forward", committed)
+                receiver = self._neighbour(TransferKind.ACTIVATION, incoming=False)
                 self.transport.send_signed(
-                    s + 2, outputs.pop(m), self._header(step, m, TransferKind.ACTIVATION), self.key, blocking=False
+                    receiver + 1, sent, self._header(step, m, TransferKind.ACTIVATION), self.key, blocking=False
                 )
             elif kind is ActionKind.B:
                 assert m is not None
-                grad = stage_backward(states.pop(m), grads_out.get(m))
                 unit = _unit_tensors(inputs[m], targets.get(m) if module.is_last else None)
                 if m in grads_out:
                     unit["grad_output"] = grads_out[m]
-                self.record.units[(m, "backward")] = unit
+                if keep_grads:  # stage 0 commits to the accumulated gradients: keep those before this unit
+                    for name, p in module.named_parameters():
+                        if p.grad is not None:
+                            unit[f"grad_before.{name}"] = p.grad.detach().clone()
+                began = time.perf_counter()
+                state = states.pop(m)
+                grad = grads_out[m].detach().clone() if bypassed else stage_backward(state, grads_out.get(m))
                 if grad is not None:
                     grad = grad.detach()
                     if self.attack is not None:
-                        grad = self.attack.apply_backward(s, step, m, grad)
+                        grad = self.attack.apply_backward(s, step, m, grad, grads_out.get(m))
                     grads_in[m] = grad
+                busy += time.perf_counter() - began
+                record.units[(m, "backward")] = unit
+                if grad is not None:
                     out_digest = _digest(grad) if receipts_on else b""
                 else:  # stage 0: commit to the accumulated parameter gradients
                     out_digest = _grads_digest(module) if receipts_on else b""
@@ -353,16 +532,40 @@ class StageWorker:
                 grads_out.pop(m, None)
             elif kind is ActionKind.SEND_B:
                 assert m is not None
+                committed = grads_in.pop(m)
+                sent = committed if self.attack is None else self.attack.outgoing(s, step, m, "backward", committed)
+                receiver = self._neighbour(TransferKind.GRADIENT, incoming=False)
                 self.transport.send_signed(
-                    s, grads_in.pop(m), self._header(step, m, TransferKind.GRADIENT), self.key, blocking=False
+                    receiver + 1, sent, self._header(step, m, TransferKind.GRADIENT), self.key, blocking=False
                 )
             # UPDATE waits for the coordinator's decision
         self.transport.flush()
-        message: dict[str, Any] = {"type": "commit", "step": step, "receipts": receipts, "headers": headers}
+        message: dict[str, Any] = {
+            "type": "commit",
+            "step": step,
+            "receipts": receipts,
+            "headers": headers,
+            "busy_ns": int(busy * 1e9),
+        }
         if module.is_last:
             message["loss"] = step_loss([losses[m] for m in range(M)]).hex()
             message["microbatch_losses"] = [float(losses[m]).hex() for m in range(M)]
         self.transport.send_json(COORDINATOR, message)
+
+    def _restore(self, step: int) -> None:
+        """Return to the state before ``step`` (weights and optimizer state) and drop its gradients."""
+        assert self.module is not None
+        record = self.record
+        if record is None or record.step != step or record.optimizer is None:
+            raise TransportError(f"worker {self.worker_id} cannot restore step {step}: it does not keep its state")
+        module = self.module
+        module.load_state_dict(record.weights)
+        self.optimizer = make_optimizer(module, self.config.train)
+        import_optimizer_state(module, self.optimizer, record.optimizer)
+        module.zero_grad(set_to_none=True)
+        record.grads = None
+        weights = digest_state_dict(module.state_dict()).hex()
+        self.transport.send_json(COORDINATOR, {"type": "restored", "step": step, "weights": weights})
 
     def _update(self, step: int) -> None:
         """Apply the optimizer step of ``step`` and report the update receipt."""
@@ -371,11 +574,15 @@ class StageWorker:
         receipts_on = self.config.receipts
         grads = _grads_digest(module) if receipts_on else b""
         before = digest_state_dict(self.record.weights) if receipts_on else b""
+        if self._keeps_state():
+            self.record.grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+        began = time.perf_counter()
         optimizer_step(self.optimizer)
         if self.attack is not None:
             self.attack.apply_update(self.stage_index, step, module)
+        busy = time.perf_counter() - began
         after = digest_state_dict(module.state_dict())
-        message: dict[str, Any] = {"type": "updated", "step": step, "weights": after.hex()}
+        message: dict[str, Any] = {"type": "updated", "step": step, "weights": after.hex(), "busy_ns": int(busy * 1e9)}
         if receipts_on:
             env = ExecutionEnv.capture(self.device)
             message["receipt"] = self._receipt(step, 0, UnitKind.UPDATE, grads, after, before, env).hex()
@@ -386,6 +593,10 @@ class StageWorker:
         step, mb, kind = msg["step"], msg["micro_batch"], msg["kind"]
         record = self.record
         unit = record.units.get((mb, kind)) if record is not None and record.step == step else None
+        if kind == "update" and record is not None and record.step == step and record.grads is not None:
+            assert record.optimizer is not None
+            unit = {f"grad.{k}": v for k, v in record.grads.items()}
+            unit.update({f"optimizer.{k}": v for k, v in record.optimizer.items()})
         if unit is None or record is None:
             self.transport.send_json(
                 COORDINATOR,

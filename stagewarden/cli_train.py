@@ -28,7 +28,10 @@ def _spec_settings(path: str) -> dict[str, Any]:
         raise BadInput(
             f"{path}: topology.replicas is {spec.topology.replicas}; the runtime runs one replica (R = 1) only"
         )
+    spot = [c for c in spec.defense.checks if c.scheme == "spot_check"]
+    extra: dict[str, Any] = {"verification": "spot_check", "spot_check_rate": spot[0].rate} if spot else {}
     return {
+        **extra,
         "stages": spec.topology.stages,
         "microbatches": spec.topology.microbatches,
         "standby": spec.topology.standby,
@@ -80,6 +83,38 @@ def _spec_settings(path: str) -> dict[str, Any]:
 @click.option(
     "--vendor", "vendor", type=click.Path(), help="Reuse this simulated vendor folder instead of a throw-away one."
 )
+@click.option(
+    "--attack",
+    "attack_kind",
+    help="Mount this attack (reverse, random, scale, noise, bitflip, lazy, replay, "
+    "weights, equivocate, poison_data) from the --malicious stages.",
+)
+@click.option("--malicious", help="Comma-separated malicious stages for --attack, such as 1 or 1,2.")
+@click.option(
+    "--attack-rate", default="1.0", show_default=True, help="Probability in (0, 1] that the attack fires on a unit."
+)
+@click.option("--attack-start", default="0", show_default=True, help="First step at which the attack may fire.")
+@click.option(
+    "--attack-direction",
+    type=click.Choice(["forward", "backward"]),
+    default="forward",
+    show_default=True,
+    help="Tensor attacks and equivocate: tamper with activations (forward) or gradients (backward).",
+)
+@click.option(
+    "--verification",
+    type=click.Choice(["none", "spot_check"]),
+    help="Verify units: spot_check re-executes a committed random sample on the coordinator.  [default: none]",
+)
+@click.option(
+    "--spot-check-rate", type=float, help="Probability p in (0, 1] that each unit is spot-checked.  [default: 0.1]"
+)
+@click.option(
+    "--response",
+    type=click.Choice(["restart", "skip_stage"]),
+    help="On a detection: recompute the step (restart) or recompute it with the convict's stage passing "
+    "tensors on unchanged and not updated (skip_stage; restart on the first and last stage).",
+)
 @click.option("--out", required=True, type=click.Path(), help="The run directory to write.")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
 def train(
@@ -101,6 +136,14 @@ def train(
     n_embd: int,
     lr: float,
     vendor: str | None,
+    attack_kind: str | None,
+    malicious: str | None,
+    attack_rate: str,
+    attack_start: str,
+    attack_direction: str,
+    verification: str | None,
+    spot_check_rate: float | None,
+    response: str | None,
     out: str,
     force: bool,
 ) -> None:
@@ -120,6 +163,19 @@ def train(
     for name, value in (("stages", stages), ("microbatches", microbatches), ("standby", standby)):
         if value is not None:
             settings[name] = value
+    chosen: dict[str, Any] = {"verification": verification, "spot_check_rate": spot_check_rate, "response": response}
+    settings.update({k: v for k, v in chosen.items() if v is not None})
+    if (attack_kind is None) != (malicious is None):
+        raise BadInput("--attack and --malicious go together: name the attack and the stages that mount it")
+    if attack_kind is not None:
+        from stagewarden.runtime.attacks import AttackPlan
+
+        try:
+            settings["attack"] = AttackPlan.from_cli(
+                attack_kind, malicious or "", attack_rate, attack_start, direction=attack_direction
+            ).to_json()
+        except ValueError as exc:
+            raise BadInput(f"--attack: {exc}") from None
     if no_receipts:
         settings["receipts"] = False
     if no_attestation:
@@ -204,6 +260,10 @@ def train(
         ("receipts / headers", f"{summary.get('receipts', 0)} / {summary.get('headers', 0)}"),
         ("attestation", "on" if config.attestation else "off"),
         ("detections", str(len(summary.get("detections", [])))),
+        (
+            "responses",
+            ", ".join(f"{r['plan']['response']} at step {r['step']}" for r in summary.get("responses", [])) or "-",
+        ),
         ("run directory", escape(str(target))),
     ]
     for key, value in rows:

@@ -50,3 +50,31 @@ def test_train_bad_setting_exits_2(tmp_path: Path) -> None:
     """An impossible topology is bad input (exit code 2), not a traceback."""
     result = CliRunner().invoke(cli, ["train", "--stages", "9", "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "n_layer" in result.output
+
+
+def test_train_attacked_with_spot_check_and_restart(tmp_path: Path) -> None:
+    """--attack reverse --malicious 1 with spot checks at p=1 and restart: detected, recomputed, then
+    stopped (the attacker fires on every recomputation); exit code 1 and the detection in the table."""
+    out = tmp_path / "run"
+    args = ["train", "--stages", "3", "--microbatches", "1", "--steps", "2", "--schedule", "gpipe", *TINY_FLAGS]
+    args += ["--attack", "reverse", "--malicious", "1", "--attack-start", "1", "--verification", "spot_check"]
+    args += ["--spot-check-rate", "1", "--response", "restart", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert "stopped" in result.output and "restart at step 1" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["detections"][0]["worker"] == "s1r0"
+
+
+def test_train_bad_attack_values_exit_2(tmp_path: Path) -> None:
+    """Unknown kinds, rates out of range and missing stages are bad input (exit code 2)."""
+    base = ["train", "--out", str(tmp_path / "run")]
+    for extra, needle in (
+        (["--attack", "melt", "--malicious", "1"], "unknown attack kind"),
+        (["--attack", "reverse", "--malicious", "0", "--attack-rate", "2"], "rate"),
+        (["--attack", "reverse"], "--malicious"),
+        (["--attack", "reverse", "--malicious", "1"], "sends no activation"),
+        (["--spot-check-rate", "0", "--verification", "spot_check"], "spot_check_rate"),
+    ):
+        result = CliRunner().invoke(cli, base + extra)
+        assert result.exit_code == 2 and needle in result.output, result.output

@@ -24,7 +24,7 @@ def test_bad_settings_are_refused(kwargs: dict[str, object]) -> None:
 
 def test_measured_json_ignores_volatile_fields() -> None:
     """The measured configuration leaves out the step count, timeout and attack plan and has no floats."""
-    a, b = RunConfig(), RunConfig(steps=99, timeout=5.0, attack={"x": 1})
+    a, b = RunConfig(), RunConfig(steps=99, timeout=5.0, attack={"kind": "reverse", "stages": [0]})
     assert a.measured_json() == b.measured_json()
     assert "train" in a.measured_json() and isinstance(a.measured_json()["train"]["lr"], str)
 

@@ -1,0 +1,189 @@
+"""Multi-process runs with attacks, spot checking and responses (gloo, tiny model, 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from distributed_helpers import reference, tiny_config
+from nacl.signing import VerifyKey
+from stagewarden.attest.audit import audit_run_dir
+from stagewarden.runtime.attacks import AttackPlan
+from stagewarden.runtime.config import ConfigError
+from stagewarden.runtime.coordinator import DETECTION_DOMAIN
+from stagewarden.runtime.launch import launch_local
+
+
+def _summary(run: Path) -> dict[str, Any]:
+    return json.loads((run / "summary.json").read_text())
+
+
+def _events(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+
+
+def _attacked(tmp_path: Path, kind: str, stage: int, direction: str = "forward", **overrides: Any) -> dict[str, Any]:
+    """Run S=3, M=1 with the attack from step 1 and spot checks at p=1; return the summary."""
+    plan = AttackPlan.from_cli(kind, str(stage), 1.0, 1, direction=direction).to_json()
+    settings: dict[str, Any] = dict(
+        stages=3, microbatches=1, steps=2, attack=plan, verification="spot_check", spot_check_rate=1.0
+    )
+    settings.update(overrides)
+    run = tmp_path / "run"
+    result = launch_local(tiny_config(**settings), run)
+    assert result.summary["status"] == "stopped"
+    assert "tampered with in each of its" in _events(run)[-1]["reason"]
+    return result.summary
+
+
+def _first(summary: dict[str, Any]) -> dict[str, Any]:
+    assert summary["detections"], "no detection"
+    return summary["detections"][0]
+
+
+def _check_signature(summary: dict[str, Any], detection: dict[str, Any]) -> None:
+    body = {k: v for k, v in detection.items() if k != "signature"}
+    signed = DETECTION_DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    VerifyKey(bytes.fromhex(summary["coordinator_key"])).verify(signed, bytes.fromhex(detection["signature"]))
+
+
+SLOW_KINDS = ["random", "scale", "noise", "lazy", "replay"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "direction"),
+    [("reverse", "forward"), ("bitflip", "backward")]
+    + [pytest.param(k, "forward", marks=pytest.mark.slow) for k in SLOW_KINDS],
+)
+def test_tensor_attack_is_caught_at_its_first_step(tmp_path: Path, kind: str, direction: str) -> None:
+    """A tensor attack by stage 1 is caught by the spot check at p=1 at step 1 (its start), blaming s1r0."""
+    summary = _attacked(tmp_path, kind, 1, direction)
+    first = _first(summary)
+    unit = "forward" if direction == "forward" else "backward"
+    assert (first["step"], first["worker"], first["stage"], first["unit_kind"], first["check"]) == (
+        1,
+        "s1r0",
+        1,
+        unit,
+        "spot_check",
+    )
+    assert all(d["worker"] == "s1r0" for d in summary["detections"])
+    assert summary["losses"] == reference(tiny_config(stages=3, microbatches=1, steps=1))[0]  # step 0 was honest
+    _check_signature(summary, first)
+
+
+def test_weights_attack_is_caught_on_the_update(tmp_path: Path) -> None:
+    """A weights attack is caught by re-executing the sampled update unit, blaming the tampering stage."""
+    first = _first(_attacked(tmp_path, "weights", 2))
+    assert (first["step"], first["worker"], first["unit_kind"], first["check"]) == (1, "s2r0", "update", "spot_check")
+
+
+def test_poisoned_data_is_caught(tmp_path: Path) -> None:
+    """Stage 0 computing on other token ids than the step's data is caught against the regenerated data."""
+    first = _first(_attacked(tmp_path, "poison_data", 0))
+    assert (first["step"], first["worker"], first["check"]) == (1, "s0r0", "data")
+
+
+def test_equivocation_blames_the_equivocator(tmp_path: Path) -> None:
+    """An equivocating stage (honest receipt, negated tensor sent) is blamed by its own signed header,
+    not its neighbour; re-executing its units passes."""
+    summary = _attacked(tmp_path, "equivocate", 1, "backward")
+    assert {(d["worker"], d["check"]) for d in summary["detections"]} == {("s1r0", "header")}
+    assert _first(summary)["step"] == 1 and _first(summary)["unit_kind"] == "backward"
+
+
+@pytest.mark.slow
+def test_no_false_alarm_over_fifty_clean_steps(tmp_path: Path) -> None:
+    """Spot checks at p=1 over 50 honest steps find nothing and every unit is checked."""
+    config = tiny_config(microbatches=1, steps=50, verification="spot_check", spot_check_rate=1.0)
+    result = launch_local(config, tmp_path / "run")
+    s = result.summary
+    assert s["detections"] == [] and s["status"] == "completed"
+    assert s["spot_check"]["units_checked"] == s["spot_check"]["units_sampled"] == 50 * (2 * 2 + 2)
+    assert audit_run_dir(result.run_dir).clean
+
+
+def test_clean_spot_checked_run_matches_reference_and_records_timing(tmp_path: Path) -> None:
+    """A spot-checked honest run (p=1) has no detection, trains bitwise like the reference, audits
+    clean, commits to each step's secret before the step, and records per-stage busy time."""
+    config = tiny_config(verification="spot_check", spot_check_rate=1.0)
+    result = launch_local(config, tmp_path / "run")
+    s = result.summary
+    assert s["detections"] == [] and s["losses"] == reference(config)[0]
+    assert s["spot_check"]["units_checked"] == 2 * (2 * 2 * 2 + 2)
+    assert len(s["stage_busy_seconds"]) == 2 and all(0 < b < s["wall_seconds"] for b in s["stage_busy_seconds"])
+    assert audit_run_dir(result.run_dir).clean
+    kinds = [(e["event"], e.get("step")) for e in _events(result.run_dir)]
+    for step in (0, 1):
+        assert kinds.index(("spot_check_commitment", step)) < kinds.index(("spot_check_reveal", step))
+        assert kinds.index(("spot_check_reveal", step)) < kinds.index(("step", step))
+
+
+def test_restart_recomputes_the_step_and_training_continues(tmp_path: Path) -> None:
+    """With restart, a detected step is recomputed from the state before it; an attack that does
+    not fire again on the recomputation leaves the run completing with the reference's losses."""
+    seed = next(
+        x
+        for x in range(1000)
+        if AttackPlan.from_cli("reverse", "1", 0.5, 1, seed=x).active(1, 1, 0)
+        and not AttackPlan.from_cli("reverse", "1", 0.5, 1, seed=x).active(1, 1, 0, attempt=1)
+        and not AttackPlan.from_cli("reverse", "1", 0.5, 1, seed=x).active(1, 2, 0)
+    )
+    plan = AttackPlan.from_cli("reverse", "1", 0.5, 1, seed=seed).to_json()
+    config = tiny_config(
+        stages=3,
+        microbatches=1,
+        steps=3,
+        attack=plan,
+        verification="spot_check",
+        spot_check_rate=1.0,
+        response="restart",
+    )
+    result = launch_local(config, tmp_path / "run")
+    s = result.summary
+    assert s["status"] == "completed" and len(s["detections"]) == 1
+    assert [r["plan"]["response"] for r in s["responses"]] == ["restart"]
+    assert s["responses"][0]["detection"] == s["detections"][0]
+    honest = tiny_config(stages=3, microbatches=1, steps=3)
+    assert s["losses"] == reference(honest)[0]
+    assert s["final_weights"]["stages"] == reference(honest)[1]
+
+
+def test_bad_attack_plans_are_config_errors() -> None:
+    """Attacks the engine cannot mount are refused with a message saying why."""
+    with pytest.raises(ConfigError, match="sends no activation"):
+        tiny_config(attack=AttackPlan.from_cli("reverse", "1").to_json())
+    with pytest.raises(ConfigError, match="do not exist"):
+        tiny_config(attack=AttackPlan.from_cli("reverse", "5").to_json())
+    with pytest.raises(ConfigError, match="receipts"):
+        tiny_config(verification="spot_check", receipts=False)
+
+
+def test_skip_stage_recomputes_with_the_stage_as_identity_and_freezes_it(tmp_path: Path) -> None:
+    """With skip_stage, the detected step is recomputed with stage 1 passing tensors on unchanged
+    (checked for every unit) and not updated: its weights stay those before the step; loss stays finite."""
+    seed = next(
+        x
+        for x in range(1000)
+        if AttackPlan.from_cli("reverse", "1", 0.5, 1, seed=x).active(1, 1, 0)
+        and not AttackPlan.from_cli("reverse", "1", 0.5, 1, seed=x).active(1, 1, 0, attempt=1)
+    )
+    plan = AttackPlan.from_cli("reverse", "1", 0.5, 1, seed=seed).to_json()
+    config = tiny_config(
+        stages=3,
+        microbatches=1,
+        steps=2,
+        attack=plan,
+        verification="spot_check",
+        spot_check_rate=1.0,
+        response="skip_stage",
+    )
+    s = launch_local(config, tmp_path / "run").summary
+    assert s["status"] == "completed" and len(s["detections"]) == 1
+    assert [(r["plan"]["response"], r["plan"]["bypass_stage"]) for r in s["responses"]] == [("skip_stage", 1)]
+    after_step0 = reference(tiny_config(stages=3, microbatches=1, steps=1))[1]
+    assert s["final_weights"]["stages"][1] == after_step0[1]
+    assert s["final_weights"]["stages"][0] != after_step0[0]
+    assert all(loss == loss and abs(loss) < 100 for loss in s["losses"])
