@@ -172,34 +172,6 @@ def verify(spec: str | None, example: str | None, guarantee_ids: tuple[str, ...]
 
 
 @cli.command()
-@_FORMAT_OPTION
-def demo(fmt: str) -> None:
-    """Verify the packaged demo protocol and show the proof.
-
-    The attested training runtime is not part of this release yet: the demo proves what the
-    demo protocol (attestation, receipts, 5% spot checks, ejection and rollback) guarantees,
-    and says that the measured run is still to come.
-    """
-    loaded = load_example("demo")
-    report = _run_verify(loaded, None, None, None)
-    if fmt == "json":
-        payload = report.to_json()
-        payload["runtime"] = "not available in this release"
-        click.echo(json.dumps(payload, indent=2))
-    else:
-        from stagewarden.render import print_report
-
-        console = make_console()
-        console.print("stagewarden demo: proving the packaged demo protocol (`stagewarden examples show demo`).")
-        print_report(console, report)
-        console.print(
-            "\nThe attested pipeline-parallel training run that would put this proof to the test is not "
-            "part of this release yet; the demo stops after the proof."
-        )
-    sys.exit(report.exit_code)
-
-
-@cli.command()
 @_SPEC_ARGUMENT
 @_EXAMPLE_OPTION
 @_FORMAT_OPTION
@@ -284,10 +256,12 @@ def diff(old: str, new: str, fmt: str, timeout: float | None) -> None:
 
 from stagewarden.cli_attest import attest  # noqa: E402  (subcommand groups register after cli exists)
 from stagewarden.cli_audit import audit  # noqa: E402
+from stagewarden.cli_demo import demo  # noqa: E402
 from stagewarden.cli_train import train  # noqa: E402
 
 cli.add_command(attest)
 cli.add_command(audit)
+cli.add_command(demo)
 cli.add_command(train)
 
 

@@ -67,11 +67,12 @@ def test_broken_spec_exits_two(tmp_path: Path) -> None:
     assert code == 2
 
 
-def test_demo_proves_and_says_runtime_is_pending() -> None:
-    """`stagewarden demo` proves the demo protocol and says the training run is not part of this release."""
-    code, out = run("demo")
-    assert code == 0
-    assert "not part of this release" in out
+def test_demo_proves_the_demo_protocol() -> None:
+    """The protocol `stagewarden demo` proves and then trains with holds (the runs: tests/runtime/test_demo.py)."""
+    code, out = run("verify", "--example", "demo")
+    assert code == 0 and "5 holds" in out
+    code, out = run("demo", "--help")
+    assert code == 0 and "clean run and an attacked one" in " ".join(out.split())
 
 
 def test_contradictory_assumptions_are_vacuous_never_holds() -> None:

@@ -1,0 +1,63 @@
+"""``stagewarden demo`` end to end (a few steps, hidden ``--quick``) and a smoke test of the
+runtime overhead benchmark."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from stagewarden.cli import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_end_to_end(tmp_path: Path) -> None:
+    """The demo proves the spec, trains, audits the clean run and prints the side-by-side table."""
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(cli, ["demo", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "5 holds" in result.output
+    assert "predicted (prover) vs observed (runs)" in result.output
+    for row in ("detections", "blamed worker", "response", "final loss", "audit"):
+        assert row in result.output
+    payload = json.loads((out / "demo.json").read_text())
+    clean = payload["runs"]["clean"]
+    assert clean["status"] == "completed" and clean["detections"] == 0
+    assert clean["audit"]["clean"] is True
+    assert payload["predicted"]["unit_detection_probability"] == pytest.approx(0.05)
+    if "attacked" in payload["runs"]:
+        assert set(payload["runs"]["attacked"]["blamed"]) <= {"s1r0"}
+    else:
+        assert "not available" in result.output
+
+
+def test_demo_refuses_non_empty_out(tmp_path: Path) -> None:
+    """A non-empty --out is bad input (exit code 2), before anything runs."""
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "not empty" in result.output
+
+
+@pytest.mark.slow
+def test_overhead_benchmark_quick(tmp_path: Path) -> None:
+    """One round of two configurations on a toy job: ratios printed, JSON written."""
+    out = tmp_path / "overhead.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "runtime_overhead.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "receipts only" in proc.stdout and "ratio" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["quick"] is True
+    keys = [c["key"] for c in data["configurations"]]
+    assert keys == ["none", "receipts"]
+    assert data["configurations"][0]["median_ratio"] == 1.0
