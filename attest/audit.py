@@ -209,6 +209,74 @@ class _Item:
         return self.obj
 
 
+#: (stage, replica, step, attempt, micro-batch, unit kind)
+UnitKey = tuple[int, int, int, int, int, UnitKind]
+#: (sender stage, sender replica, step, attempt, micro-batch, transfer kind)
+TransferKey = tuple[int, int, int, int, int, TransferKind]
+
+
+def declared_attempts(responses: Any) -> dict[int, int]:
+    """How many times each step was computed, from the summary's ``responses`` list.
+
+    Each response entry whose ``plan`` redoes training from ``redo_from_step`` after a detection
+    at ``step`` adds one computation to every step from the first to the second. Entries of any
+    other shape are ignored, so a summary without responses allows one computation per step.
+    """
+    attempts: dict[int, int] = {}
+    if not isinstance(responses, list):
+        return attempts
+    for entry in responses:
+        if not isinstance(entry, dict) or not isinstance(entry.get("plan"), dict):
+            continue
+        step, redo = entry.get("step"), entry["plan"].get("redo_from_step")
+        if type(step) is not int or type(redo) is not int or not 0 <= redo <= step or step - redo > 1_000_000:
+            continue
+        for t in range(redo, step + 1):
+            attempts[t] = attempts.get(t, 1) + 1
+    return attempts
+
+
+def served_steps(replacements: Any, steps: int) -> dict[str, tuple[int, int]]:
+    """The steps each replaced or replacing worker is expected to have receipts for, from the
+    summary's ``replacements`` list (``{"worker", "by", "stage", "from_step"}`` per eject): the
+    ejected worker ``[0, from_step)``, its replacement ``[from_step, steps)``. Entries of any other
+    shape are ignored, so a summary without replacements expects every worker at every step.
+    """
+    spans: dict[str, tuple[int, int]] = {}
+    if not isinstance(replacements, list):
+        return spans
+    for entry in replacements:
+        if not isinstance(entry, dict):
+            continue
+        worker, by, start = entry.get("worker"), entry.get("by"), entry.get("from_step")
+        if not isinstance(worker, str) or not isinstance(by, str) or type(start) is not int or start < 0:
+            continue
+        spans[worker] = (spans.get(worker, (0, steps))[0], min(start, steps))
+        spans[by] = (min(start, steps), steps)
+    return spans
+
+
+def declared_frozen(responses: Any) -> dict[int, int]:
+    """The stages whose updates a response froze, each with the first step it froze, from ``responses``.
+
+    A frozen stage (``skip_stage``) signs no update receipts from that step on, so the audit does
+    not report them missing.
+    """
+    frozen: dict[int, int] = {}
+    if not isinstance(responses, list):
+        return frozen
+    for entry in responses:
+        if not isinstance(entry, dict) or not isinstance(entry.get("plan"), dict):
+            continue
+        step, stages = entry.get("step"), entry["plan"].get("frozen_stages")
+        if type(step) is not int or step < 0 or not isinstance(stages, list):
+            continue
+        for stage in stages:
+            if type(stage) is int and stage >= 0:
+                frozen[stage] = min(step, frozen.get(stage, step))
+    return frozen
+
+
 Job = tuple[bytes, bytes, bytes]  # (public key, signed message, signature)
 
 
@@ -288,6 +356,12 @@ class _Auditor:
         self.clock = clock
         self.findings: list[Finding] = []
         self.log_name = LOG_FILE
+        self.attempts = declared_attempts(run.summary.extra.get("responses"))
+        self.frozen = declared_frozen(run.summary.extra.get("responses"))
+
+    def allowed(self, step: int) -> int:
+        """How many computations of ``step`` the summary's responses declare (1 when none)."""
+        return self.attempts.get(step, 1)
 
     def add(
         self,
@@ -539,34 +613,51 @@ class _Auditor:
                     )
         return unique
 
-    def check_units(self, receipts: list[_Item]) -> dict[tuple[int, int, int, int, UnitKind], Receipt]:
-        """Conflicts and completeness; return the one receipt per (stage, replica, step, mb, kind) to link."""
+    def check_units(self, receipts: list[_Item]) -> dict[UnitKey, Receipt]:
+        """Conflicts and completeness; return the receipts to link, one per unit and attempt.
+
+        A unit may be computed once per attempt at its step: a step that a response recomputed
+        (declared in the summary's ``responses``) has several attempts, and the k-th receipt of a
+        stage's unit in log order belongs to attempt k. More receipts than attempts for one worker
+        and unit is a conflict.
+        """
         units: dict[tuple[str, int, int, UnitKind], list[_Item]] = defaultdict(list)
         for item in receipts:
             r = item.receipt
             units[(r.worker_id, r.step, r.micro_batch, r.kind)].append(item)
-        linkable: dict[tuple[int, int, int, int, UnitKind], Receipt] = {}
-        for (worker, _, _, _), group in units.items():
-            if len(group) > 1:
+        conflicted: set[tuple[str, int, int, UnitKind]] = set()
+        for key, group in units.items():
+            if len(group) > self.allowed(key[1]):
+                worker = key[0]
                 records = ", ".join(str(g.record.index) for g in group)
                 self.add(
                     ErrorCode.RECEIPT_CONFLICT,
-                    f"worker {worker} signed {len(group)} different receipts for the same unit (records {records})",
+                    f"worker {worker} signed {len(group)} different receipts for the same unit (records {records})"
+                    + (f", more than the {self.allowed(key[1])} computations of its step" if self.allowed(key[1]) > 1 else ""),
                     workers=[worker],
                     item=group[1],
                 )
+                conflicted.add(key)
+        linkable: dict[UnitKey, Receipt] = {}
+        attempt: dict[tuple[int, int, int, int, UnitKind], int] = defaultdict(int)
+        for item in receipts:
+            r = item.receipt
+            if (r.worker_id, r.step, r.micro_batch, r.kind) in conflicted:
                 continue
-            r = group[0].receipt
-            linkable[(r.stage, r.replica, r.step, r.micro_batch, r.kind)] = r
+            position = (r.stage, r.replica, r.step, r.micro_batch, r.kind)
+            linkable[(r.stage, r.replica, r.step, attempt[position], r.micro_batch, r.kind)] = r
+            attempt[position] += 1
         s = self.summary
+        spans = served_steps(s.extra.get("replacements"), s.steps)
         for w in s.workers:
             missing = []
-            for step in range(s.steps):
+            for step in range(*spans.get(w.id, (0, s.steps))):
                 for mb in range(s.micro_batches):
                     for kind in (UnitKind.FORWARD, UnitKind.BACKWARD):
                         if (w.id, step, mb, kind) not in units:
                             missing.append((step, mb, kind))
-                if (w.id, step, 0, UnitKind.UPDATE) not in units:
+                frozen_from = self.frozen.get(w.stage)
+                if (w.id, step, 0, UnitKind.UPDATE) not in units and (frozen_from is None or step < frozen_from):
                     missing.append((step, 0, UnitKind.UPDATE))
             if missing:
                 step, mb, kind = missing[0]
@@ -583,10 +674,13 @@ class _Auditor:
                 )
         return linkable
 
-    def check_headers(
-        self, headers: list[_Item], linkable: dict[tuple[int, int, int, int, UnitKind], Receipt]
-    ) -> dict[tuple[int, int, int, int, TransferKind], SignedHeader]:
-        """Duplicates, equivocation and agreement with the sender's receipt; return one header per transfer."""
+    def check_headers(self, headers: list[_Item], linkable: dict[UnitKey, Receipt]) -> dict[TransferKey, SignedHeader]:
+        """Duplicates, equivocation and agreement with the sender's receipt; return one header per transfer.
+
+        Headers are grouped by transfer and attempt like receipts (see :meth:`check_units`):
+        different headers for one transfer beyond the attempts declared for its step are
+        equivocation.
+        """
         transfers: dict[tuple[int, int, int, int, TransferKind], list[_Item]] = defaultdict(list)
         seen: dict[bytes, _Item] = {}
         for item in headers:
@@ -602,53 +696,54 @@ class _Auditor:
                 continue
             seen[item.body_digest] = item
             transfers[(h.sender_stage, h.sender_replica, h.step, h.micro_batch, h.kind)].append(item)
-        agreed: dict[tuple[int, int, int, int, TransferKind], SignedHeader] = {}
+        agreed: dict[TransferKey, SignedHeader] = {}
         for key, group in transfers.items():
-            digests = {g.header.tensor for g in group}
             sender = group[0].header.sender
-            if len(digests) > 1:
+            if len(group) > self.allowed(key[2]):
+                digests = {g.header.tensor for g in group}
                 records = ", ".join(str(g.record.index) for g in group)
                 self.add(
                     ErrorCode.HEADER_EQUIVOCATION,
                     f"worker {sender} signed {len(digests)} different headers for "
                     f"the same {key[4]} transfer (records {records}): it sent different tensors for one transfer",
-                    workers=[g.header.sender for g in group],
+                    workers=sorted({g.header.sender for g in group}),
                     item=group[1],
                 )
                 continue
-            h = group[0].header
-            agreed[key] = h
             unit = UnitKind.FORWARD if key[4] is TransferKind.ACTIVATION else UnitKind.BACKWARD
-            receipt = linkable.get((key[0], key[1], key[2], key[3], unit))
-            if receipt is not None and receipt.output_digest != h.tensor.digest:
-                self.add(
-                    ErrorCode.HEADER_MISMATCH,
-                    f"worker {sender} signed a {key[4]} header whose tensor digest "
-                    f"differs from the output digest of its own {unit} receipt",
-                    workers=[sender],
-                    item=group[0],
-                )
+            for attempt, item in enumerate(group):
+                h = item.header
+                agreed[(key[0], key[1], key[2], attempt, key[3], key[4])] = h
+                receipt = linkable.get((key[0], key[1], key[2], attempt, key[3], unit))
+                if receipt is not None and receipt.output_digest != h.tensor.digest:
+                    self.add(
+                        ErrorCode.HEADER_MISMATCH,
+                        f"worker {h.sender} signed a {key[4]} header whose tensor digest "
+                        f"differs from the output digest of its own {unit} receipt",
+                        workers=[h.sender],
+                        item=item,
+                    )
         return agreed
 
     def check_links(
         self,
-        linkable: dict[tuple[int, int, int, int, UnitKind], Receipt],
-        headers: dict[tuple[int, int, int, int, TransferKind], SignedHeader],
+        linkable: dict[UnitKey, Receipt],
+        headers: dict[TransferKey, SignedHeader],
     ) -> None:
-        """Adjacent stages must agree on the tensors they exchanged."""
+        """Adjacent stages must agree on the tensors they exchanged, attempt by attempt."""
         s = self.summary
-        for (stage, replica, step, mb, kind), receipt in linkable.items():
+        for (stage, replica, step, attempt, mb, kind), receipt in linkable.items():
             if kind is UnitKind.FORWARD and stage + 1 < s.stages:
-                sender, receiver = receipt, linkable.get((stage + 1, replica, step, mb, UnitKind.FORWARD))
+                sender, receiver = receipt, linkable.get((stage + 1, replica, step, attempt, mb, UnitKind.FORWARD))
                 transfer = TransferKind.ACTIVATION
             elif kind is UnitKind.BACKWARD and stage >= 1:
-                sender, receiver = receipt, linkable.get((stage - 1, replica, step, mb, UnitKind.BACKWARD))
+                sender, receiver = receipt, linkable.get((stage - 1, replica, step, attempt, mb, UnitKind.BACKWARD))
                 transfer = TransferKind.GRADIENT
             else:
                 continue
             if receiver is None or sender.output_digest == receiver.input_digest:
                 continue
-            header = headers.get((stage, replica, step, mb, transfer))
+            header = headers.get((stage, replica, step, attempt, mb, transfer))
             where: dict[str, Any] = dict(file=self.log_name, step=step, micro_batch=mb, unit=str(kind), stage=stage)
             if header is not None and header.tensor.digest == sender.output_digest:
                 self.add(

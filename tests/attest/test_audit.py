@@ -425,3 +425,35 @@ def test_summary_keeps_unknown_keys(tmp_path: Path) -> None:
     (path / "summary.json").write_text(json.dumps(data))
     assert RunDir(path).summary.extra == {"loss": [3, 2]}
     assert audit_run_dir(path, run.verifier_key).clean
+
+
+def test_declared_attempts_from_responses() -> None:
+    """Each response that redoes steps adds one computation to every step it redoes; malformed entries count nothing."""
+    from stagewarden.attest.audit import declared_attempts
+
+    responses = [
+        {"step": 4, "plan": {"redo_from_step": 4}},
+        {"step": 4, "plan": {"redo_from_step": 4}},
+        {"step": 7, "plan": {"redo_from_step": 5}},
+        {"step": 9, "plan": {"redo_from_step": None}},
+        {"step": "9", "plan": {"redo_from_step": 9}},
+        {"step": 3, "plan": {"redo_from_step": 8}},
+        "restart",
+    ]
+    assert declared_attempts(responses) == {4: 3, 5: 2, 6: 2, 7: 2}
+    assert declared_attempts(None) == {} and declared_attempts({"step": 1}) == {}
+
+
+def test_declared_frozen_from_responses() -> None:
+    """Stages frozen by a response are known from the first step that froze them; malformed entries are ignored."""
+    from stagewarden.attest.audit import declared_frozen
+
+    responses = [
+        {"step": 6, "plan": {"frozen_stages": [1]}},
+        {"step": 3, "plan": {"frozen_stages": [1, 2]}},
+        {"step": 2, "plan": {"frozen_stages": ["1"]}},
+        {"step": -1, "plan": {"frozen_stages": [0]}},
+        {"step": 5, "plan": {"frozen_stages": None}},
+    ]
+    assert declared_frozen(responses) == {1: 3, 2: 3}
+    assert declared_frozen("x") == {}
