@@ -627,13 +627,15 @@ class _Auditor:
             units[(r.worker_id, r.step, r.micro_batch, r.kind)].append(item)
         conflicted: set[tuple[str, int, int, UnitKind]] = set()
         for key, group in units.items():
-            if len(group) > self.allowed(key[1]):
+            allowed = self.allowed(key[1])
+            if len(group) > allowed:
                 worker = key[0]
                 records = ", ".join(str(g.record.index) for g in group)
+                beyond = f", more than the {allowed} computations of its step" if allowed > 1 else ""
                 self.add(
                     ErrorCode.RECEIPT_CONFLICT,
                     f"worker {worker} signed {len(group)} different receipts for the same unit (records {records})"
-                    + (f", more than the {self.allowed(key[1])} computations of its step" if self.allowed(key[1]) > 1 else ""),
+                    + beyond,
                     workers=[worker],
                     item=group[1],
                 )

@@ -78,6 +78,11 @@ class RunConfig:
     """With ``spot_check``: the probability ``p`` in (0, 1] that each committed unit is sampled."""
     response: str = "eject"
     """What the coordinator does on a detection (``eject``, ``rollback``, ``skip_stage``, ``restart``)."""
+    checkpoint_every: int = 1
+    """With the ``eject`` response and a standby: write a verified checkpoint of every stage's
+    weights and optimizer state at step 0 and then after every ``checkpoint_every`` steps whose
+    checks all passed. Each checkpoint moves every stage's state to the coordinator: raise it for
+    large models (a response then goes back further)."""
     timeout: float = 300.0
     """Seconds to wait for every process to join, and for any message from a live peer (a peer
     that dies is noticed at once, as its connections close)."""
@@ -114,6 +119,7 @@ class RunConfig:
                 f"verification {self.verification} checks units against their receipts: it needs receipts on",
             ),
             (self.response in RESPONSES, f"response must be one of {', '.join(RESPONSES)}, not {self.response!r}"),
+            (self.checkpoint_every >= 1, f"checkpoint_every must be at least 1, got {self.checkpoint_every}"),
             (self.timeout > 0, f"timeout must be positive, got {self.timeout}"),
             (self.seed >= 0, f"seed must be at least 0, got {self.seed}"),
         ]

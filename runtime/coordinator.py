@@ -33,11 +33,19 @@ from stagewarden.attest.relying_party import RelyingParty
 from stagewarden.attest.rundir import RunDirWriter, RunSummary, WorkerInfo
 from stagewarden.attest.tensor_digest import digest_state_dict, digest_tensor, digest_tensors
 from stagewarden.attest.vendor import load_vendor, local_verifier
+from stagewarden.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.errors import RuntimeSetupError
 from stagewarden.runtime.measure import code_digest, stage_measurement
 from stagewarden.runtime.model import build_stage
-from stagewarden.runtime.responses import Detection, Response, ResponseError, RunState, plan_response
+from stagewarden.runtime.responses import (
+    Detection,
+    Response,
+    ResponseError,
+    ResponsePlan,
+    RunState,
+    plan_response,
+)
 from stagewarden.runtime.spotcheck import (
     SampleSeed,
     SpotCheckError,
@@ -65,8 +73,10 @@ _MAX_FETCH_ELEMENTS = 1 << 28
 MAX_RECOMPUTATIONS = 3
 #: Domain of the coordinator's signature over a detection.
 DETECTION_DOMAIN = b"stagewarden/runtime/detection/v1\x00"
-#: The responses the engine carries out (``eject`` without a standby falls back to them).
-CARRIED_OUT = (Response.RESTART, Response.SKIP_STAGE)
+#: The responses the engine carries out.
+CARRIED_OUT = (Response.EJECT, Response.RESTART, Response.SKIP_STAGE)
+#: The folder of the run directory that holds the verified checkpoints.
+CHECKPOINTS_DIR = "checkpoints"
 
 
 class AdmissionRefused(RuntimeSetupError):
@@ -178,6 +188,12 @@ class Coordinator:
         self.run_id = run_id or f"run-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{os.urandom(4).hex()}"
         self.stage_ids = [worker_id_for(s) for s in range(config.stages)]
         self.standby_ids = [standby_id_for(k) for k in range(config.standby)]
+        self.stage_ranks = [s + 1 for s in range(config.stages)]
+        self.free_standbys = list(range(config.standby))
+        self.released: set[int] = set()
+        self.replacements: list[dict[str, Any]] = []
+        self.checkpoints: list[int] = []
+        self.checkpoint_root = Path(run_dir) / CHECKPOINTS_DIR
         self.keys: dict[str, bytes] = {}
         self.prev: dict[str, bytes] = {}
         self.losses: list[float] = []
@@ -204,10 +220,9 @@ class Coordinator:
 
     # -- ranks ----------------------------------------------------------------------------------
 
-    @staticmethod
-    def rank_of(stage: int) -> int:
-        """The rank of the worker of ``stage``."""
-        return stage + 1
+    def rank_of(self, stage: int) -> int:
+        """The rank of the worker now serving ``stage`` (``stage + 1`` until a standby takes it)."""
+        return self.stage_ranks[stage]
 
     def standby_rank(self, index: int) -> int:
         """The rank of standby worker ``index``."""
@@ -231,14 +246,18 @@ class Coordinator:
             train_start = time.perf_counter()
             stopped = None
             try:
-                for step in range(self.config.steps):
-                    self.train_step(step)
+                if self.checkpointing:
+                    self.write_checkpoint(0)
+                step = 0
+                while step < self.config.steps:
+                    step = self.train_step(step)
             except _Stop as stop:
                 stopped = str(stop)
             self.train_seconds = time.perf_counter() - train_start
             self.status = "completed" if stopped is None else "stopped"
             for rank in range(1, self.config.world_size):
-                self.transport.send_json(rank, {"type": "release"})
+                if rank not in self.released:
+                    self.transport.send_json(rank, {"type": "release"})
             if stopped is None:
                 self.events.write("run_completed", steps=len(self.losses), detections=len(self.detections))
             else:
@@ -355,9 +374,11 @@ class Coordinator:
 
     # -- steps ------------------------------------------------------------------------------------
 
-    def train_step(self, step: int) -> None:
+    def train_step(self, step: int) -> int:
         """One step: ``step`` to every stage, collect and check the commitments, verify, ``update``,
-        check the sampled updates; on a detection, respond (:meth:`respond`) and recompute the step."""
+        check the sampled updates; on a detection, respond (:meth:`respond`) and recompute the step.
+
+        Returns the next step to train: ``step + 1``, or the checkpoint's step after an eject."""
         c = self.config
         started = time.perf_counter()
         attempt, bypass = 0, None
@@ -381,7 +402,10 @@ class Coordinator:
                     f"step {step} was tampered with in each of its {attempt + 1} computations (last: stage "
                     f"{d['stage']}, {d['check']}); the {c.response} response does not remove this attacker"
                 )
-            bypass = self.respond(step, attempt, detections[0])
+            plan = self.respond(step, attempt, detections[0])
+            if plan.checkpoint_step is not None:
+                return plan.checkpoint_step
+            bypass = plan.bypass_stage
             attempt += 1
         if self.log is not None:
             self.log.sync()
@@ -390,8 +414,11 @@ class Coordinator:
         self.losses.append(commit.loss)
         self.metrics.append((step, commit.loss, tps, seconds))
         self.events.write("step", step=step, loss=commit.loss, tokens_per_second=tps, seconds=seconds)
+        if self.checkpointing and (step + 1) % c.checkpoint_every == 0 and step + 1 < c.steps:
+            self.write_checkpoint(step + 1)
         self._write_summary()
         self._write_metrics()
+        return step + 1
 
     def _active_stages(self, bypass: int | None) -> list[int]:
         return [s for s in range(self.config.stages) if s != bypass]
@@ -410,7 +437,7 @@ class Coordinator:
         self._bypass = bypass
         for s in range(c.stages):
             self.transport.send_json(self.rank_of(s), message)
-        for k in range(c.standby):
+        for k in self.free_standbys:
             self.transport.send_json(self.standby_rank(k), {"type": "idle", "step": step})
         return self.collect(step)
 
@@ -435,9 +462,11 @@ class Coordinator:
                 self._update_receipts[s] = receipt
                 self.counts["update"] += 1
 
-    def respond(self, step: int, attempt: int, detection: dict[str, Any]) -> int | None:
-        """Answer a detection: plan the response, restore every stage to the state before ``step``
-        and return the stage to bypass in the recomputation (``None``: every stage runs).
+    def respond(self, step: int, attempt: int, detection: dict[str, Any]) -> ResponsePlan:
+        """Answer a detection: plan the response and carry it out. ``restart`` and ``skip_stage``
+        restore every stage to the state before ``step`` (the plan's ``bypass_stage`` runs as the
+        identity in the recomputation); ``eject`` hands the convict's stage to a standby and
+        restores every stage to the plan's checkpoint (:meth:`eject`).
 
         Raises:
             RunFailed: The response cannot be carried out.
@@ -447,7 +476,8 @@ class Coordinator:
             num_stages=c.stages,
             step=step,
             workers=dict(enumerate(self.stage_ids)),
-            standbys=(),  # handing a stage to a standby is not carried out: eject falls back
+            standbys=tuple(self.standby_ids[k] for k in self.free_standbys),
+            checkpoints=tuple(self.checkpoints),
         )
         try:
             plan = plan_response(c.response, Detection.from_json(detection), state)
@@ -458,6 +488,9 @@ class Coordinator:
         record = {"step": step, "attempt": attempt, "plan": plan.to_json(), "detection": detection}
         self.responses.append(record)
         self.events.write("response", **record)
+        if plan.response is Response.EJECT:
+            self.eject(plan, step)
+            return plan
         for s in range(c.stages):
             self.transport.send_json(self.rank_of(s), {"type": "restore", "step": step})
         for s in range(c.stages):
@@ -466,7 +499,120 @@ class Coordinator:
                 raise TransportError(f"worker {self.stage_ids[s]} restored step {msg.get('step')}, not {step}")
             self.final_weights[s] = _hex(msg.get("weights"), 32, "weights").hex()
         self.spot["recomputations"] += 1
-        return plan.bypass_stage
+        return plan
+
+    # -- checkpoints and eject --------------------------------------------------------------------
+
+    @property
+    def checkpointing(self) -> bool:
+        """Whether this run writes verified checkpoints (when its response is ``eject`` and it has a
+        standby, the only case here that restores one)."""
+        return self.config.response == Response.EJECT and self.config.standby > 0
+
+    def write_checkpoint(self, step: int) -> None:
+        """Get every stage's weights and optimizer state (after ``step`` steps) from its worker,
+        digest-checked, and write them as the verified checkpoint of ``step``."""
+        c = self.config
+        for s in range(c.stages):
+            self.transport.send_json(self.rank_of(s), {"type": "snapshot", "step": step})
+        weights: dict[int, dict[str, torch.Tensor]] = {}
+        optimizer: dict[int, dict[str, torch.Tensor]] = {}
+        for s in range(c.stages):
+            msg = self.transport.recv_json(self.rank_of(s), "snapshot")
+            if msg.get("step") != step:
+                raise TransportError(f"worker {self.stage_ids[s]} sent the state of step {msg.get('step')}, not {step}")
+            weights[s], optimizer[s] = self._recv_tensors(s, msg, ("weights", "optimizer"))
+            if step > 0 and digest_state_dict(weights[s]).hex() != self.final_weights.get(s):
+                raise TransportError(f"worker {self.stage_ids[s]} sent other weights than its last update reported")
+        try:
+            info = save_checkpoint(
+                self.checkpoint_root,
+                step,
+                weights,
+                optimizer,
+                meta={"run_id": self.run_id, "workers": list(self.stage_ids)},
+            )
+        except CheckpointError as exc:
+            raise RunFailed(f"cannot write the checkpoint of step {step}: {exc}") from None
+        self.checkpoints.append(step)
+        self.events.write(
+            "checkpoint",
+            step=step,
+            weights={str(k): v for k, v in info.weights_digests.items()},
+            manifest=info.manifest_digest,
+        )
+
+    def restore_checkpoint(self, step: int) -> None:
+        """Load the verified checkpoint of ``step`` and send every stage its weights and optimizer
+        state (digest-checked by the worker); check the weights each worker reports."""
+        c = self.config
+        try:
+            checkpoint = load_checkpoint(self.checkpoint_root, step)
+        except CheckpointError as exc:
+            raise RunFailed(f"cannot restore the checkpoint of step {step}: {exc}") from None
+        for s in range(c.stages):
+            tensors = [(f"weights.{k}", v) for k, v in checkpoint.stage_states[s].items()]
+            tensors += [(f"optimizer.{k}", v) for k, v in checkpoint.optimizer_states.get(s, {}).items()]
+            meta = [
+                {"name": n, "dtype": _dtype_name(t), "shape": list(t.shape), "digest": digest_tensor(t).hex()}
+                for n, t in tensors
+            ]
+            rank = self.rank_of(s)
+            self.transport.send_json(rank, {"type": "load", "step": step, "tensors": meta})
+            for _, t in tensors:
+                self.transport.send_tensor(rank, t)
+        for s in range(c.stages):
+            msg = self.transport.recv_json(self.rank_of(s), "loaded")
+            reported = _hex(msg.get("weights"), 32, "weights").hex()
+            if msg.get("step") != step or reported != checkpoint.info.weights_digests[s]:
+                raise TransportError(f"worker {self.stage_ids[s]} did not load the checkpoint of step {step}")
+            self.final_weights[s] = reported
+        del self.losses[step:]
+        del self.metrics[step:]
+        self.events.write(
+            "restored_checkpoint",
+            step=step,
+            weights={str(k): v for k, v in checkpoint.info.weights_digests.items()},
+        )
+
+    def eject(self, plan: ResponsePlan, step: int) -> None:
+        """Carry out an eject: release the convict, hand its stage to the standby (which builds it),
+        tell every stage the new rank map and the standby's attested key, restore every stage to
+        the plan's checkpoint and record the replacement (the standby's receipts chain under its
+        own worker id from the checkpoint's step on)."""
+        assert plan.standby is not None and plan.checkpoint_step is not None
+        c, s = self.config, plan.stage
+        index = self.standby_ids.index(plan.standby)
+        self.free_standbys.remove(index)
+        convict_rank = self.rank_of(s)
+        self.transport.send_json(convict_rank, {"type": "release"})
+        self.released.add(convict_rank)
+        rank = self.standby_rank(index)
+        self.transport.send_json(rank, {"type": "assign", "stage": s})
+        self.stage_ranks[s] = rank
+        self.stage_ids[s] = plan.standby
+        ranks = {
+            "type": "ranks",
+            "ranks": {str(t): r for t, r in enumerate(self.stage_ranks)},
+            "workers": {str(t): w for t, w in enumerate(self.stage_ids)},
+            "keys": {str(t): self.keys[w].hex() for t, w in enumerate(self.stage_ids)},
+        }
+        for t in range(c.stages):
+            self.transport.send_json(self.rank_of(t), ranks)
+        self.restore_checkpoint(plan.checkpoint_step)
+        self.replacements.append(
+            {"worker": plan.convict, "by": plan.standby, "stage": s, "from_step": plan.checkpoint_step}
+        )
+        self.events.write(
+            "ejected",
+            worker=plan.convict,
+            stage=s,
+            standby=plan.standby,
+            rank=rank,
+            detected_step=step,
+            from_step=plan.checkpoint_step,
+        )
+        self.spot["recomputations"] += 1
 
     def detection(
         self, step: int, micro_batch: int, unit: str, stage: int, check: str, message: str, evidence: bytes
@@ -798,10 +944,24 @@ class Coordinator:
         msg = self.transport.recv_json(rank, "fetched")
         if "error" in msg:
             raise TransportError(str(msg["error"]))
-        inputs: dict[str, torch.Tensor] = {}
-        weights: dict[str, torch.Tensor] = {}
-        for item in msg.get("tensors", []):
-            name, dtype, shape = item["name"], _FETCH_DTYPES.get(item["dtype"]), tuple(item["shape"])
+        inputs, weights = self._recv_tensors(stage, msg, ("input", "weights"))
+        return FetchedUnit(stage, step, micro_batch, kind, inputs, weights)
+
+    def _recv_tensors(
+        self, stage: int, msg: dict[str, Any], groups: tuple[str, str]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Receive the tensors a worker announced in ``msg`` (name ``<group>.<key>``, dtype, shape,
+        digest), checking each against its announced digest; split them into the two groups."""
+        rank = self.rank_of(stage)
+        first: dict[str, torch.Tensor] = {}
+        second: dict[str, torch.Tensor] = {}
+        items = msg.get("tensors", [])
+        if not isinstance(items, list):
+            raise TransportError(f"worker of stage {stage} sent a malformed tensor list")
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("shape"), list):
+                raise TransportError(f"worker of stage {stage} sent a malformed tensor entry")
+            name, dtype, shape = item.get("name"), _FETCH_DTYPES.get(str(item.get("dtype"))), tuple(item["shape"])
             if (
                 dtype is None
                 or not all(isinstance(d, int) and d >= 0 for d in shape)
@@ -809,11 +969,13 @@ class Coordinator:
             ):
                 raise TransportError(f"worker of stage {stage} announced an unacceptable tensor {name!r}")
             tensor = self.transport.recv_tensor(rank, dtype, shape).cpu()
-            if digest_tensor(tensor).hex() != item["digest"]:
+            if digest_tensor(tensor).hex() != item.get("digest"):
                 raise TransportError(f"fetched tensor {name!r} of stage {stage} does not match its announced digest")
-            group, _, key = name.partition(".")
-            (inputs if group == "input" else weights)[key] = tensor
-        return FetchedUnit(stage, step, micro_batch, kind, inputs, weights)
+            group, _, key = str(name).partition(".")
+            if group not in groups:
+                raise TransportError(f"worker of stage {stage} sent an unexpected tensor {name!r}")
+            (first if group == groups[0] else second)[key] = tensor
+        return first, second
 
     def _fetch_check(self, commit: StepCommit) -> None:
         c = self.config
@@ -862,12 +1024,16 @@ class Coordinator:
             "responses": list(self.responses),
             "final_weights": {"stages": final, "digest": model_digest},
             "standby": list(self.standby_ids),
+            "replacements": list(self.replacements),
+            "checkpoints": list(self.checkpoints),
             "stage_busy_seconds": list(self.busy),
             "spot_check": dict(self.spot) if c.verification == "spot_check" else None,
             "coordinator_key": bytes(self.signing_key.verify_key).hex(),
             "attestation": c.attestation,
         }
-        workers = tuple(WorkerInfo(wid, s, 0) for s, wid in enumerate(self.stage_ids))
+        workers = tuple(WorkerInfo(worker_id_for(s), s, 0) for s in range(c.stages)) + tuple(
+            WorkerInfo(r["by"], r["stage"], 0) for r in self.replacements
+        )
         return RunSummary(
             run_id=self.run_id,
             stages=c.stages,
@@ -900,6 +1066,10 @@ def _hex(value: Any, size: int | None, what: str) -> bytes:
     if size is not None and len(data) != size:
         raise ValueError(f"{what} must be {size} bytes, not {len(data)}")
     return data
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return next(name for name, dtype in _FETCH_DTYPES.items() if dtype == tensor.dtype)
 
 
 def _busy(msg: dict[str, Any]) -> float:

@@ -263,6 +263,7 @@ class StageWorker:
         self.attack: NoAttack | None = None
         self.bypass: int | None = None
         self.busy = 0.0
+        self.ranks: dict[int, int] = {}
 
     # -- start --------------------------------------------------------------------------------
 
@@ -283,6 +284,7 @@ class StageWorker:
             return
         self.keys = {int(s): bytes.fromhex(k) for s, k in reply["keys"].items()}
         self.ids = {int(s): w for s, w in reply["workers"].items()}
+        self.ranks = {s: s + 1 for s in self.ids}
         self._serve()
 
     def _setup_stage(self) -> None:
@@ -320,11 +322,20 @@ class StageWorker:
 
     def _serve(self) -> None:
         while True:
-            msg = self.transport.recv_json(COORDINATOR, ("step", "fetch", "update", "restore", "idle", "release"))
+            msg = self.transport.recv_json(
+                COORDINATOR,
+                ("step", "fetch", "update", "restore", "idle", "release", "snapshot", "load", "assign", "ranks"),
+            )
             kind = msg["type"]
             if kind == "release":
                 return
             if kind == "idle":
+                continue
+            if kind == "ranks":
+                self._ranks(msg)
+                continue
+            if kind == "assign":
+                self._assign(msg)
                 continue
             if self.module is None:
                 raise TransportError(f"standby worker {self.worker_id} got a {kind!r} request but holds no stage")
@@ -336,6 +347,10 @@ class StageWorker:
                     self._fetch(msg)
                 elif kind == "restore":
                     self._restore(int(msg["step"]))
+                elif kind == "snapshot":
+                    self._snapshot(int(msg["step"]))
+                elif kind == "load":
+                    self._load(msg)
                 else:
                     self._update(int(msg["step"]))
 
@@ -451,14 +466,16 @@ class StageWorker:
                 assert m is not None
                 sender = self._neighbour(TransferKind.ACTIVATION, incoming=True)
                 tensor, _, raw = self.transport.recv_signed(
-                    sender + 1, self._expected(step, m, TransferKind.ACTIVATION)
+                    self.ranks[sender], self._expected(step, m, TransferKind.ACTIVATION)
                 )
                 inputs[m] = tensor
                 headers.append(raw.hex())
             elif kind is ActionKind.RECV_B:
                 assert m is not None
                 sender = self._neighbour(TransferKind.GRADIENT, incoming=True)
-                tensor, _, raw = self.transport.recv_signed(sender + 1, self._expected(step, m, TransferKind.GRADIENT))
+                tensor, _, raw = self.transport.recv_signed(
+                    self.ranks[sender], self._expected(step, m, TransferKind.GRADIENT)
+                )
                 grads_out[m] = tensor
                 headers.append(raw.hex())
             elif kind is ActionKind.F:
@@ -499,7 +516,7 @@ class StageWorker:
                 sent = committed if self.attack is None else self.attack.outgoing(s, step, m, "forward", committed)
                 receiver = self._neighbour(TransferKind.ACTIVATION, incoming=False)
                 self.transport.send_signed(
-                    receiver + 1, sent, self._header(step, m, TransferKind.ACTIVATION), self.key, blocking=False
+                    self.ranks[receiver], sent, self._header(step, m, TransferKind.ACTIVATION), self.key, blocking=False
                 )
             elif kind is ActionKind.B:
                 assert m is not None
@@ -536,7 +553,7 @@ class StageWorker:
                 sent = committed if self.attack is None else self.attack.outgoing(s, step, m, "backward", committed)
                 receiver = self._neighbour(TransferKind.GRADIENT, incoming=False)
                 self.transport.send_signed(
-                    receiver + 1, sent, self._header(step, m, TransferKind.GRADIENT), self.key, blocking=False
+                    self.ranks[receiver], sent, self._header(step, m, TransferKind.GRADIENT), self.key, blocking=False
                 )
             # UPDATE waits for the coordinator's decision
         self.transport.flush()
@@ -566,6 +583,90 @@ class StageWorker:
         record.grads = None
         weights = digest_state_dict(module.state_dict()).hex()
         self.transport.send_json(COORDINATOR, {"type": "restored", "step": step, "weights": weights})
+
+    def _ranks(self, msg: dict[str, Any]) -> None:
+        """Take the coordinator's new map of stages to ranks, worker ids and receipt keys (after an eject)."""
+        try:
+            self.ranks = {int(s): int(r) for s, r in msg["ranks"].items()}
+            self.ids = {int(s): str(w) for s, w in msg["workers"].items()}
+            self.keys = {int(s): bytes.fromhex(k) for s, k in msg["keys"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise TransportError(f"worker {self.worker_id} got a malformed rank map") from None
+
+    def _assign(self, msg: dict[str, Any]) -> None:
+        """A standby takes a stage: build it (its weights come next, with ``load``). The standby is
+        a different worker from the one it replaces: it runs no attack plan."""
+        stage = msg.get("stage")
+        if self.module is not None or not isinstance(stage, int) or not 0 <= stage < self.config.stages:
+            raise TransportError(f"worker {self.worker_id} cannot take stage {stage!r}")
+        self.stage_index = stage
+        with deterministic(self.config.train.threads):
+            self._setup_stage()
+        self.attack = None
+        self.record = None
+
+    def _snapshot(self, step: int) -> None:
+        """Send the stage's weights and optimizer state (after ``step`` steps) for a checkpoint."""
+        assert self.module is not None
+        tensors = [(f"weights.{k}", v.detach().cpu()) for k, v in self.module.state_dict().items()]
+        tensors += [(f"optimizer.{k}", v) for k, v in export_optimizer_state(self.module, self.optimizer).items()]
+        self._send_tensors({"type": "snapshot", "step": step}, tensors)
+
+    def _load(self, msg: dict[str, Any]) -> None:
+        """Load a verified checkpoint's weights and optimizer state sent by the coordinator; every
+        tensor is checked against the digest announced with it."""
+        assert self.module is not None
+        step, items = msg.get("step"), msg.get("tensors")
+        if not isinstance(step, int) or not isinstance(items, list):
+            raise TransportError(f"worker {self.worker_id} got a malformed load request")
+        current = self.module.state_dict()
+        params = dict(self.module.named_parameters())
+        weights: dict[str, torch.Tensor] = {}
+        optimizer: dict[str, torch.Tensor] = {}
+        for item in items:
+            try:
+                name, dtype, shape, digest = item["name"], item["dtype"], tuple(item["shape"]), item["digest"]
+            except (KeyError, TypeError):
+                raise TransportError(f"worker {self.worker_id} got a malformed tensor entry") from None
+            group, _, key = str(name).partition(".")
+            if group == "weights":
+                ref = current.get(key)
+                if ref is None or tuple(ref.shape) != shape or dtype_name(ref.dtype) != dtype:
+                    raise TransportError(f"checkpoint tensor {name!r} does not fit stage {self.stage_index}")
+                torch_dtype = ref.dtype
+            elif group == "optimizer" and dtype == "float32" and key.rpartition("/")[0] in params:
+                param, field = params[key.rpartition("/")[0]], key.rpartition("/")[2]
+                if shape != (() if field == "step" else tuple(param.shape)):
+                    raise TransportError(f"checkpoint tensor {name!r} has the wrong shape")
+                torch_dtype = torch.float32
+            else:
+                raise TransportError(f"checkpoint tensor {name!r} is not acceptable")
+            tensor = self.transport.recv_tensor(COORDINATOR, torch_dtype, shape).cpu()
+            if _digest(tensor).hex() != digest:
+                raise TransportError(f"checkpoint tensor {name!r} does not match its announced digest")
+            (weights if group == "weights" else optimizer)[key] = tensor
+        if set(weights) != set(current):
+            raise TransportError(f"the checkpoint does not hold every weight of stage {self.stage_index}")
+        module = self.module
+        module.load_state_dict(weights)
+        self.optimizer = make_optimizer(module, self.config.train)
+        try:
+            import_optimizer_state(module, self.optimizer, optimizer)
+        except ValueError as exc:
+            raise TransportError(f"checkpoint optimizer state of stage {self.stage_index}: {exc}") from None
+        module.zero_grad(set_to_none=True)
+        self.record = None
+        weights_digest = digest_state_dict(module.state_dict()).hex()
+        self.transport.send_json(COORDINATOR, {"type": "loaded", "step": step, "weights": weights_digest})
+
+    def _send_tensors(self, message: dict[str, Any], tensors: list[tuple[str, torch.Tensor]]) -> None:
+        meta = [
+            {"name": name, "dtype": dtype_name(t.dtype), "shape": list(t.shape), "digest": _digest(t).hex()}
+            for name, t in tensors
+        ]
+        self.transport.send_json(COORDINATOR, {**message, "tensors": meta})
+        for _, t in tensors:
+            self.transport.send_tensor(COORDINATOR, t)
 
     def _update(self, step: int) -> None:
         """Apply the optimizer step of ``step`` and report the update receipt."""

@@ -111,9 +111,11 @@ def _spec_settings(path: str) -> dict[str, Any]:
 )
 @click.option(
     "--response",
-    type=click.Choice(["restart", "skip_stage"]),
-    help="On a detection: recompute the step (restart) or recompute it with the convict's stage passing "
-    "tensors on unchanged and not updated (skip_stage; restart on the first and last stage).",
+    type=click.Choice(["eject", "restart", "skip_stage"]),
+    help="On a detection: hand the convict's stage to a standby and resume from the last verified "
+    "checkpoint (eject; skip_stage without a free standby), recompute the step (restart) or recompute it "
+    "with the convict's stage passing tensors on unchanged and not updated (skip_stage; restart on the "
+    "first and last stage).",
 )
 @click.option("--out", required=True, type=click.Path(), help="The run directory to write.")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")

@@ -10,6 +10,9 @@ import pytest
 from distributed_helpers import reference, tiny_config
 from nacl.signing import VerifyKey
 from stagewarden.attest.audit import audit_run_dir
+from stagewarden.attest.receipt_log import RecordType, scan_log
+from stagewarden.attest.receipts import UnitKind, parse_receipt
+from stagewarden.attest.rundir import LOG_FILE
 from stagewarden.runtime.attacks import AttackPlan
 from stagewarden.runtime.config import ConfigError
 from stagewarden.runtime.coordinator import DETECTION_DOMAIN
@@ -149,6 +152,8 @@ def test_restart_recomputes_the_step_and_training_continues(tmp_path: Path) -> N
     honest = tiny_config(stages=3, microbatches=1, steps=3)
     assert s["losses"] == reference(honest)[0]
     assert s["final_weights"]["stages"] == reference(honest)[1]
+    # the recomputed step's two attempts are told apart: no honest worker is accused by the audit
+    assert audit_run_dir(result.run_dir).errors == ()
 
 
 def test_bad_attack_plans_are_config_errors() -> None:
@@ -180,10 +185,53 @@ def test_skip_stage_recomputes_with_the_stage_as_identity_and_freezes_it(tmp_pat
         spot_check_rate=1.0,
         response="skip_stage",
     )
-    s = launch_local(config, tmp_path / "run").summary
+    result = launch_local(config, tmp_path / "run")
+    s = result.summary
     assert s["status"] == "completed" and len(s["detections"]) == 1
     assert [(r["plan"]["response"], r["plan"]["bypass_stage"]) for r in s["responses"]] == [("skip_stage", 1)]
+    assert audit_run_dir(result.run_dir).errors == ()
     after_step0 = reference(tiny_config(stages=3, microbatches=1, steps=1))[1]
     assert s["final_weights"]["stages"][1] == after_step0[1]
     assert s["final_weights"]["stages"][0] != after_step0[0]
     assert all(loss == loss and abs(loss) < 100 for loss in s["losses"])
+
+
+def test_eject_hands_the_stage_to_the_standby_and_resumes_from_the_checkpoint(tmp_path: Path) -> None:
+    """With eject and a standby, the convict is released, the standby takes its stage from the last
+    verified checkpoint (of the detected step) and the run completes; the audit is clean."""
+    plan = AttackPlan.from_cli("reverse", "1", 1.0, 1).to_json()
+    config = tiny_config(
+        stages=3,
+        microbatches=1,
+        steps=2,
+        standby=1,
+        attack=plan,
+        verification="spot_check",
+        spot_check_rate=1.0,
+        response="eject",
+    )
+    result = launch_local(config, tmp_path / "run")
+    s = result.summary
+    assert s["status"] == "completed" and s["steps_completed"] == 2
+    assert [(d["worker"], d["step"]) for d in s["detections"]] == [("s1r0", 1)]
+    assert [(r["plan"]["response"], r["plan"]["standby"], r["plan"]["checkpoint_step"]) for r in s["responses"]] == [
+        ("eject", "standby0", 1)
+    ]
+    assert s["replacements"] == [{"worker": "s1r0", "by": "standby0", "stage": 1, "from_step": 1}]
+    assert s["checkpoints"] == [0, 1]
+    events = _events(result.run_dir)
+    restored = next(e for e in events if e["event"] == "restored_checkpoint")
+    checkpoint_1 = next(e for e in events if e["event"] == "checkpoint" and e["step"] == 1)
+    assert restored["weights"] == checkpoint_1["weights"]
+    # The honest pipeline from the checkpoint: the standby's stage trains exactly as the reference.
+    honest = reference(tiny_config(stages=3, microbatches=1, steps=2))
+    assert s["losses"] == honest[0] and s["final_weights"]["stages"] == honest[1]
+    assert all(loss == loss and abs(loss) < 100 for loss in s["losses"])
+    # Stage 1's final weights are the output of the last update receipt in the standby's chain.
+    records = scan_log((result.run_dir / LOG_FILE).read_bytes()).records
+    receipts = [parse_receipt(r.payload) for r in records if r.type is RecordType.RECEIPT]
+    updates = [r for r in receipts if r.stage == 1 and r.kind is UnitKind.UPDATE]
+    assert [(r.worker_id, r.step) for r in updates] == [("s1r0", 0), ("standby0", 1)]
+    assert updates[-1].output_digest.hex() == s["final_weights"]["stages"][1]
+    report = audit_run_dir(result.run_dir)
+    assert report.clean, [f.message for f in report.findings]
