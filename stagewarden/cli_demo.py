@@ -50,39 +50,6 @@ FULL = DemoSize(steps=80)
 QUICK = DemoSize(steps=5, block_size=16, batch_size=2, max_bytes=64 * 1024)
 
 
-@dataclasses.dataclass
-class Support:
-    """What the installed runtime can do for the demo."""
-
-    spot_check: bool
-    attacks: bool
-    missing: list[str]
-
-
-def runtime_support() -> Support:
-    """Whether this runtime verifies by spot checks and injects attacks."""
-    from stagewarden.runtime import config as config_module
-
-    fields = {f.name for f in dataclasses.fields(config_module.RunConfig)}
-    spot = "spot_check" in getattr(config_module, "VERIFICATION_MODES", ()) and "spot_check_rate" in fields
-    attacks = False
-    try:
-        from stagewarden.runtime import worker
-        from stagewarden.runtime.attacks import AttackPlan
-
-        plan = AttackPlan.from_cli(ATTACK_KIND, str(ATTACK_STAGE), start=ATTACK_START)
-        made = worker.make_attack(plan.to_json(), ATTACK_STAGE)
-        attacks = made is not None and type(made) is not getattr(worker, "NoAttack", None)
-    except Exception:  # an engine without attack injection in any form
-        attacks = False
-    missing = []
-    if not spot:
-        missing.append("spot-check verification")
-    if not attacks:
-        missing.append("attack injection")
-    return Support(spot, attacks, missing)
-
-
 def _default_out() -> Path:
     return Path.cwd() / f"stagewarden-demo-{dt.datetime.now():%Y%m%d-%H%M%S}"
 
@@ -111,7 +78,7 @@ def _predictions(report: dict[str, Any], loaded: Any, tampered: int) -> dict[str
     }
 
 
-def _run_config(loaded: Any, size: DemoSize, support: Support, attack: Any = None) -> Any:
+def _run_config(loaded: Any, size: DemoSize, attack: Any = None) -> Any:
     from stagewarden.runtime.config import RunConfig
     from stagewarden.runtime.model import GPTConfig
 
@@ -125,7 +92,7 @@ def _run_config(loaded: Any, size: DemoSize, support: Support, attack: Any = Non
         "response": spec.defense.response[0],
     }
     spot = [c for c in spec.defense.checks if c.scheme == "spot_check"]
-    if support.spot_check and spot:
+    if spot:
         settings["verification"] = "spot_check"
         settings["spot_check_rate"] = float(spot[0].rate)
     if attack is not None:
@@ -219,26 +186,13 @@ def demo(out: str | None, fmt: str, quick: bool) -> None:
 
     from stagewarden.runtime.attacks import AttackPlan
 
-    support = runtime_support()
     plan = AttackPlan.from_cli(ATTACK_KIND, str(ATTACK_STAGE), start=ATTACK_START)
     microbatches = loaded.spec.topology.microbatches
     tampered = sum(plan.active(ATTACK_STAGE, t, m) for t in range(size.steps) for m in range(microbatches))
     predicted = _predictions(report_json, loaded, tampered)
-    attacked_possible = support.spot_check and support.attacks
-    if support.missing:
-        console.print(
-            f"\n[yellow]not available in this runtime:[/] {', '.join(support.missing)}; "
-            + (
-                "the clean run trains without spot checks and the attacked run is skipped."
-                if not attacked_possible
-                else ""
-            ),
-            markup=True,
-        )
-
     try:
-        clean_config = _run_config(loaded, size, support)
-        attacked_config = _run_config(loaded, size, support, plan.to_json()) if attacked_possible else None
+        clean_config = _run_config(loaded, size)
+        attacked_config = _run_config(loaded, size, plan.to_json())
     except Exception as exc:  # a RunConfig the runtime refuses: say why, no traceback
         raise BadInput(f"the demo spec does not map onto this runtime: {exc}") from None
     target.mkdir(parents=True, exist_ok=True)
@@ -249,21 +203,20 @@ def demo(out: str | None, fmt: str, quick: bool) -> None:
         f"{escape(str(target))}"
     )
     runs: dict[str, dict[str, Any]] = {}
-    jobs = [("clean", clean_config)] + ([("attacked", attacked_config)] if attacked_config is not None else [])
+    jobs = [("clean", clean_config), ("attacked", attacked_config)]
     with _progress(console) as progress:
         for name, config in jobs:
             runs[name] = _train(progress, name, config, target / name)
 
     clean = runs["clean"]
     audits = {name: _audit(run) for name, run in runs.items() if run["error"] is None}
-    failures = _judge(runs, audits, predicted, attacked_possible)
+    failures = _judge(runs, audits, predicted)
     payload = {
         "version": 1,
         "out": str(target),
         "proof": report_json,
         "predicted": predicted,
-        "not_available": support.missing,
-        "attack": plan.to_json() if attacked_possible else None,
+        "attack": plan.to_json(),
         "runs": {name: _observed(run, audits.get(name)) for name, run in runs.items()},
         "failures": failures,
     }
@@ -273,7 +226,7 @@ def demo(out: str | None, fmt: str, quick: bool) -> None:
     if fmt == "json":
         click.echo(json.dumps(payload, indent=2))
     else:
-        _print_table(console, predicted, runs, audits, support, clean_config)
+        _print_table(console, predicted, runs, audits, clean_config)
         for failure in failures:
             if "run failed" not in failure:
                 console.print(f"[bold red]problem:[/] {escape(failure)}", markup=True)
@@ -353,14 +306,15 @@ def _audit(run: dict[str, Any]) -> dict[str, Any]:
     except (AttestError, OSError, ValueError) as exc:
         return {"clean": False, "text": f"cannot audit: {exc}", "errors": [str(exc)]}
     errors = [f"{f.code}: {f.message}" for f in report.errors]
+    accused = sorted({w for f in report.errors for w in f.workers})
     text = f"clean ({report.receipts} receipts)" if report.clean else f"{len(errors)} error finding(s)"
-    return {"clean": report.clean, "text": text, "errors": errors}
+    return {"clean": report.clean, "text": text, "errors": errors, "accused": accused}
 
 
-def _judge(
-    runs: dict[str, dict[str, Any]], audits: dict[str, dict[str, Any]], predicted: dict[str, Any], attacked: bool
-) -> list[str]:
+def _judge(runs: dict[str, dict[str, Any]], audits: dict[str, dict[str, Any]], predicted: dict[str, Any]) -> list[str]:
     """What contradicts the proof or the demo's premise (each a reason for exit code 1)."""
+    from stagewarden.runtime.worker import worker_id_for
+
     failures = []
     clean = runs["clean"]
     if clean["error"] is not None:
@@ -372,24 +326,24 @@ def _judge(
             failures.append("the audit of the clean run found problems: " + "; ".join(audits["clean"]["errors"][:3]))
         if _detections(clean["summary"]):
             failures.append("the clean run blamed an honest worker: " + _worker_of(_detections(clean["summary"])[0]))
-    if attacked:
-        run = runs["attacked"]
-        caught = run["summary"] is not None and bool(_detections(run["summary"]))
-        if run["error"] is not None and not caught:
-            failures.append(f"the attacked run failed before any detection: {run['error']}")
-        if run["summary"] is not None:
-            from stagewarden.runtime.worker import worker_id_for
-
-            attacker = worker_id_for(ATTACK_STAGE)
-            found = _detections(run["summary"])
-            framed = [w for w in (_worker_of(d) for d in found) if w != attacker]
-            if framed:
-                failures.append(f"the attacked run blamed {framed[0]}, not the attacker {attacker}")
-            if not found and predicted["must_detect"] and run["error"] is None:
-                failures.append(
-                    f"the attack went undetected through {predicted['tampered_units_if_never_stopped']} tampered "
-                    f"units; the proof allows at most {predicted['max_undetected']}"
-                )
+    run = runs["attacked"]
+    attacker = worker_id_for(ATTACK_STAGE)
+    caught = run["summary"] is not None and bool(_detections(run["summary"]))
+    if run["error"] is not None and not caught:
+        failures.append(f"the attacked run failed before any detection: {run['error']}")
+    if run["summary"] is not None:
+        found = _detections(run["summary"])
+        framed = [w for w in (_worker_of(d) for d in found) if w != attacker]
+        if framed:
+            failures.append(f"the attacked run blamed {framed[0]}, not the attacker {attacker}")
+        if not found and predicted["must_detect"] and run["error"] is None:
+            failures.append(
+                f"the attack went undetected through {predicted['tampered_units_if_never_stopped']} tampered "
+                f"units; the proof allows at most {predicted['max_undetected']}"
+            )
+    accused = [w for w in audits.get("attacked", {}).get("accused", []) if w != attacker]
+    if accused:
+        failures.append(f"the audit of the attacked run accuses {', '.join(accused)}, not only the attacker")
     return failures
 
 
@@ -419,7 +373,6 @@ def _print_table(
     predicted: dict[str, Any],
     runs: dict[str, dict[str, Any]],
     audits: dict[str, dict[str, Any]],
-    support: Support,
     config: Any,
 ) -> None:
     from stagewarden.runtime.worker import standby_id_for, worker_id_for
@@ -508,15 +461,8 @@ def _print_table(
             continue
         if name == "attacked" and run["summary"] is not None and _detections(run["summary"]):
             console.print(
-                f"[yellow]the attacked run stopped after the detection:[/] {escape(str(run['error']))} "
-                "(liveness is not observed: this runtime does not carry out the spec's response in full)",
+                f"[yellow]the attacked run stopped after the detection:[/] {escape(str(run['error']))}",
                 markup=True,
             )
         else:
             console.print(f"[red]the {name} run failed:[/] {escape(str(run['error']))}", markup=True)
-    if "attacked" not in runs:
-        console.print(
-            "The attacked run needs "
-            + " and ".join(support.missing)
-            + ", which this runtime does not have yet; only the clean run was trained and audited."
-        )
