@@ -79,7 +79,7 @@ class RunConfig:
     response: str = "eject"
     """What the coordinator does on a detection (``eject``, ``rollback``, ``skip_stage``, ``restart``)."""
     checkpoint_every: int = 1
-    """With the ``eject`` response and a standby: write a verified checkpoint of every stage's
+    """With the ``rollback`` response, or ``eject`` and a standby: write a verified checkpoint of every stage's
     weights and optimizer state at step 0 and then after every ``checkpoint_every`` steps whose
     checks all passed. Each checkpoint moves every stage's state to the coordinator: raise it for
     large models (a response then goes back further)."""

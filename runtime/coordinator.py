@@ -15,6 +15,7 @@ import datetime as dt
 import io
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -27,23 +28,25 @@ from stagewarden.attest.errors import AttestError, FormatError
 from stagewarden.attest.files import atomic_write_text
 from stagewarden.attest.headers import SignedHeader, TransferKind, parse_header
 from stagewarden.attest.policy import Policy
-from stagewarden.attest.receipt_log import ReceiptLog
+from stagewarden.attest.receipt_log import ReceiptLog, RecordType, read_log
 from stagewarden.attest.receipts import Receipt, UnitKind, chain_genesis, parse_receipt, receipt_digest, verify_receipt
 from stagewarden.attest.relying_party import RelyingParty
-from stagewarden.attest.rundir import RunDirWriter, RunSummary, WorkerInfo
+from stagewarden.attest.rundir import LOG_FILE, RunDirWriter, RunSummary, WorkerInfo
 from stagewarden.attest.tensor_digest import digest_state_dict, digest_tensor, digest_tensors
 from stagewarden.attest.vendor import load_vendor, local_verifier
-from stagewarden.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from stagewarden.runtime.checkpoint import MANIFEST, CheckpointError, load_checkpoint, save_checkpoint, step_dir
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.errors import RuntimeSetupError
 from stagewarden.runtime.measure import code_digest, stage_measurement
 from stagewarden.runtime.model import build_stage
 from stagewarden.runtime.responses import (
     Detection,
+    ReceiptRef,
     Response,
     ResponseError,
     ResponsePlan,
     RunState,
+    can_skip,
     plan_response,
 )
 from stagewarden.runtime.spotcheck import (
@@ -74,7 +77,7 @@ MAX_RECOMPUTATIONS = 3
 #: Domain of the coordinator's signature over a detection.
 DETECTION_DOMAIN = b"stagewarden/runtime/detection/v1\x00"
 #: The responses the engine carries out.
-CARRIED_OUT = (Response.EJECT, Response.RESTART, Response.SKIP_STAGE)
+CARRIED_OUT = (Response.EJECT, Response.ROLLBACK, Response.RESTART, Response.SKIP_STAGE)
 #: The folder of the run directory that holds the verified checkpoints.
 CHECKPOINTS_DIR = "checkpoints"
 
@@ -207,6 +210,8 @@ class Coordinator:
         self.spot = {"rate": config.spot_check_rate, "units_sampled": 0, "units_checked": 0, "recomputations": 0}
         self._seed: SampleSeed | None = None
         self._bypass: int | None = None
+        self._pending_bypass: int | None = None
+        self._rollbacks: dict[int, int] = {}
         self._update_sample: list[tuple[int, int, str]] = []
         self._update_receipts: dict[int, Receipt] = {}
         self._batches: Any = None
@@ -378,10 +383,12 @@ class Coordinator:
         """One step: ``step`` to every stage, collect and check the commitments, verify, ``update``,
         check the sampled updates; on a detection, respond (:meth:`respond`) and recompute the step.
 
-        Returns the next step to train: ``step + 1``, or the checkpoint's step after an eject."""
+        Returns the next step to train: ``step + 1``, or the checkpoint's step after an eject or a
+        rollback."""
         c = self.config
         started = time.perf_counter()
-        attempt, bypass = 0, None
+        attempt, bypass = 0, self._pending_bypass
+        self._pending_bypass = None
         while True:
             commit = self._attempt(step, attempt, bypass)
             detections = self.check_links(commit)
@@ -466,12 +473,16 @@ class Coordinator:
         """Answer a detection: plan the response and carry it out. ``restart`` and ``skip_stage``
         restore every stage to the state before ``step`` (the plan's ``bypass_stage`` runs as the
         identity in the recomputation); ``eject`` hands the convict's stage to a standby and
-        restores every stage to the plan's checkpoint (:meth:`eject`).
+        restores every stage to the plan's checkpoint (:meth:`eject`); ``rollback`` audits the
+        convict's receipts and returns every stage to the checkpoint before its first tampered step
+        (:meth:`rollback`).
 
         Raises:
             RunFailed: The response cannot be carried out.
         """
         c = self.config
+        if c.response == Response.ROLLBACK:
+            return self.rollback(step, attempt, detection)
         state = RunState(
             num_stages=c.stages,
             step=step,
@@ -505,9 +516,10 @@ class Coordinator:
 
     @property
     def checkpointing(self) -> bool:
-        """Whether this run writes verified checkpoints (when its response is ``eject`` and it has a
-        standby, the only case here that restores one)."""
-        return self.config.response == Response.EJECT and self.config.standby > 0
+        """Whether this run writes verified checkpoints (when its response is ``rollback``, or
+        ``eject`` with a standby, the cases that restore one)."""
+        c = self.config
+        return c.response == Response.ROLLBACK or (c.response == Response.EJECT and c.standby > 0)
 
     def write_checkpoint(self, step: int) -> None:
         """Get every stage's weights and optimizer state (after ``step`` steps) from its worker,
@@ -581,8 +593,15 @@ class Coordinator:
         the plan's checkpoint and record the replacement (the standby's receipts chain under its
         own worker id from the checkpoint's step on)."""
         assert plan.standby is not None and plan.checkpoint_step is not None
-        c, s = self.config, plan.stage
-        index = self.standby_ids.index(plan.standby)
+        rank = self._hand_over(plan.stage, plan.standby)
+        self.restore_checkpoint(plan.checkpoint_step)
+        self._record_replacement(plan, step, rank)
+        self.spot["recomputations"] += 1
+
+    def _hand_over(self, s: int, standby: str) -> int:
+        """Release the worker of stage ``s``, tell ``standby`` to take the stage and send every stage
+        the new map of stages to ranks, worker ids and attested keys; return the standby's rank."""
+        index = self.standby_ids.index(standby)
         self.free_standbys.remove(index)
         convict_rank = self.rank_of(s)
         self.transport.send_json(convict_rank, {"type": "release"})
@@ -590,16 +609,20 @@ class Coordinator:
         rank = self.standby_rank(index)
         self.transport.send_json(rank, {"type": "assign", "stage": s})
         self.stage_ranks[s] = rank
-        self.stage_ids[s] = plan.standby
+        self.stage_ids[s] = standby
         ranks = {
             "type": "ranks",
             "ranks": {str(t): r for t, r in enumerate(self.stage_ranks)},
             "workers": {str(t): w for t, w in enumerate(self.stage_ids)},
             "keys": {str(t): self.keys[w].hex() for t, w in enumerate(self.stage_ids)},
         }
-        for t in range(c.stages):
+        for t in range(self.config.stages):
             self.transport.send_json(self.rank_of(t), ranks)
-        self.restore_checkpoint(plan.checkpoint_step)
+        return rank
+
+    def _record_replacement(self, plan: ResponsePlan, step: int, rank: int) -> None:
+        assert plan.standby is not None and plan.checkpoint_step is not None
+        s = plan.stage
         self.replacements.append(
             {"worker": plan.convict, "by": plan.standby, "stage": s, "from_step": plan.checkpoint_step}
         )
@@ -612,7 +635,150 @@ class Coordinator:
             detected_step=step,
             from_step=plan.checkpoint_step,
         )
+
+    def rollback(self, step: int, attempt: int, detection: dict[str, Any]) -> ResponsePlan:
+        """Carry out a rollback: audit the convict's logged receipts (:meth:`audit_receipts`), plan
+        the return to the latest verified checkpoint at or before its first tampered step (the
+        detected step, or an earlier one the audit found), drop the checkpoints after it, then
+        hand the convict's stage to a free standby as :meth:`eject` does, or else bypass the stage
+        for the first recomputed step as ``skip_stage`` does (a middle stage only), and restore
+        every stage to the checkpoint.
+
+        Raises:
+            RunFailed: The rollback cannot be planned or carried out.
+        """
+        c = self.config
+        count = self._rollbacks.get(step, 0) + 1
+        if count > MAX_RECOMPUTATIONS:
+            raise _Stop(
+                f"step {step} was tampered with after each of its {MAX_RECOMPUTATIONS} rollbacks (last: stage "
+                f"{detection['stage']}, {detection['check']}); the rollback response does not remove this attacker"
+            )
+        self._rollbacks[step] = count
+        try:
+            found = Detection.from_json(detection)
+            receipts, findings = self.audit_receipts(found.worker)
+            state = RunState(
+                num_stages=c.stages,
+                step=step,
+                workers=dict(enumerate(self.stage_ids)),
+                standbys=tuple(self.standby_ids[k] for k in self.free_standbys),
+                checkpoints=tuple(self.checkpoints),
+                receipts=tuple(ReceiptRef(r.worker_id, r.stage, r.step, r.micro_batch, str(r.kind)) for r in receipts),
+            )
+            plan = plan_response(Response.ROLLBACK, found, state)
+            first = min((f["step"] for f in findings), default=step)
+            replanned_from = None
+            if first < step:  # the audit found an earlier tampered step: go back before it
+                replanned_from = plan.checkpoint_step
+                plan = plan_response(Response.ROLLBACK, found, state, first_tampered_step=first)
+        except ResponseError as exc:
+            raise RunFailed(f"cannot respond to the detection at step {step}: {exc}") from None
+        assert plan.checkpoint_step is not None
+        back = plan.checkpoint_step
+        standby = state.standbys[0] if state.standbys else None
+        if standby is not None:
+            plan = dataclasses.replace(
+                plan,
+                standby=standby,
+                ejected=plan.convict,
+                reason=f"{plan.reason}; standby {standby} takes stage {plan.stage}",
+            )
+        elif can_skip(plan.stage, c.stages):
+            plan = dataclasses.replace(
+                plan,
+                bypass_stage=plan.stage,
+                frozen_stages=(plan.stage,),
+                reason=f"{plan.reason}; no standby: step {back} is recomputed with stage {plan.stage} bypassed",
+            )
+        audit = {
+            "window": [
+                {
+                    "step": r.step,
+                    "micro_batch": r.micro_batch,
+                    "unit_kind": str(r.kind),
+                    "digest": receipt_digest(r).hex(),
+                }
+                for r in receipts
+                if back <= r.step <= step
+            ],
+            "receipts_checked": len(receipts),
+            "findings": findings,
+            "first_tampered_step": min(first, step),
+            "replanned_from": replanned_from,
+        }
+        record = {"step": step, "attempt": attempt, "plan": plan.to_json(), "detection": detection, "audit": audit}
+        self.responses.append(record)
+        self.events.write("response", **record)
+        self._discard_checkpoints_after(back)
+        if standby is not None:
+            rank = self._hand_over(plan.stage, standby)
+            self.restore_checkpoint(back)
+            self._record_replacement(plan, step, rank)
+        else:
+            self.restore_checkpoint(back)
+            self._pending_bypass = plan.bypass_stage
         self.spot["recomputations"] += 1
+        return plan
+
+    def _discard_checkpoints_after(self, step: int) -> None:
+        """Forget and delete the checkpoints after ``step``: they hold weights a rollback discards
+        (the manifest goes first, so an interrupted delete never leaves a complete-looking folder)."""
+        for stale in [t for t in self.checkpoints if t > step]:
+            folder = step_dir(self.checkpoint_root, stale)
+            (folder / MANIFEST).unlink(missing_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
+            self.checkpoints.remove(stale)
+            self.events.write("checkpoint_discarded", step=stale)
+
+    def audit_receipts(self, worker: str) -> tuple[list[Receipt], list[dict[str, Any]]]:
+        """Audit ``worker``'s receipts in the receipt log as the offline auditor would: the signature
+        of each under the worker's attested key, its hash chain from its genesis, and the links
+        of the receipts that count (the last computation of each unit) with the adjacent stages'.
+
+        Returns:
+            The worker's receipts in log order, and one finding (``step``, ``micro_batch``,
+            ``unit``, ``check``, ``message``) per problem.
+        """
+        if self.log is None:
+            return [], []
+        self.log.sync()
+        scan = read_log(self.run_dir / LOG_FILE)
+        findings: list[dict[str, Any]] = []
+
+        def finding(r: Receipt, check: str, message: str) -> None:
+            findings.append(
+                {"step": r.step, "micro_batch": r.micro_batch, "unit": str(r.kind), "check": check, "message": message}
+            )
+
+        mine: list[Receipt] = []
+        latest: dict[tuple[int, int, int, UnitKind], Receipt] = {}
+        prev = chain_genesis(self.run_id, worker)
+        for record in scan.records:
+            if record.type is not RecordType.RECEIPT:
+                continue
+            r = parse_receipt(record.payload)
+            latest[(r.stage, r.step, r.micro_batch, r.kind)] = r
+            if r.worker_id != worker:
+                continue
+            mine.append(r)
+            try:
+                verify_receipt(r, self.keys[worker])
+            except AttestError as exc:
+                finding(r, "signature", exc.message)
+            if r.prev_digest != prev:
+                finding(r, "chain", f"worker {worker}'s receipt does not continue its hash chain")
+            prev = receipt_digest(r)
+        for (stage, t, m, kind), r in latest.items():
+            if r.worker_id != worker or kind is UnitKind.UPDATE:
+                continue
+            before, after = (stage - 1, stage + 1) if kind is UnitKind.FORWARD else (stage + 1, stage - 1)
+            source, sink = latest.get((before, t, m, kind)), latest.get((after, t, m, kind))
+            if source is not None and source.output_digest != r.input_digest:
+                finding(r, "link", f"its {kind} input differs from the output of stage {before}")
+            if sink is not None and sink.input_digest != r.output_digest:
+                finding(r, "link", f"its {kind} output differs from the input of stage {after}")
+        return mine, findings
 
     def detection(
         self, step: int, micro_batch: int, unit: str, stage: int, check: str, message: str, evidence: bytes

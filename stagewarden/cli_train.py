@@ -111,9 +111,11 @@ def _spec_settings(path: str) -> dict[str, Any]:
 )
 @click.option(
     "--response",
-    type=click.Choice(["eject", "restart", "skip_stage"]),
+    type=click.Choice(["eject", "rollback", "restart", "skip_stage"]),
     help="On a detection: hand the convict's stage to a standby and resume from the last verified "
-    "checkpoint (eject; skip_stage without a free standby), recompute the step (restart) or recompute it "
+    "checkpoint (eject; skip_stage without a free standby), return every stage to the last verified "
+    "checkpoint before the convict's first tampered step, audit its receipts and replace it by a standby "
+    "or bypass it (rollback), recompute the step (restart) or recompute it "
     "with the convict's stage passing tensors on unchanged and not updated (skip_stage; restart on the "
     "first and last stage).",
 )

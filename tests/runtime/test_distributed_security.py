@@ -235,3 +235,46 @@ def test_eject_hands_the_stage_to_the_standby_and_resumes_from_the_checkpoint(tm
     assert updates[-1].output_digest.hex() == s["final_weights"]["stages"][1]
     report = audit_run_dir(result.run_dir)
     assert report.clean, [f.message for f in report.findings]
+
+
+def test_rollback_audits_the_convict_and_resumes_from_the_checkpoint_with_the_standby(tmp_path: Path) -> None:
+    """With rollback and a standby, the convict's receipts are audited, every stage returns to the
+    verified checkpoint of the detected step, the standby takes the convict's stage and the run
+    completes; the audit is clean."""
+    plan = AttackPlan.from_cli("reverse", "1", 1.0, 1).to_json()
+    config = tiny_config(
+        stages=3,
+        microbatches=1,
+        steps=3,
+        standby=1,
+        attack=plan,
+        verification="spot_check",
+        spot_check_rate=1.0,
+        response="rollback",
+    )
+    result = launch_local(config, tmp_path / "run")
+    s = result.summary
+    assert s["status"] == "completed" and s["steps_completed"] == 3
+    assert [(d["worker"], d["step"]) for d in s["detections"]] == [("s1r0", 1)]
+    [response] = s["responses"]
+    assert response["plan"]["response"] == "rollback" and response["plan"]["checkpoint_step"] == 1
+    assert response["plan"]["standby"] == "standby0" and response["plan"]["fallback_from"] is None
+    # The convict's receipts since the checkpoint are listed and audited; none shows an earlier tamper.
+    audit = response["audit"]
+    assert audit["findings"] == [] and audit["first_tampered_step"] == 1 and audit["replanned_from"] is None
+    assert {(r["step"], r["unit_kind"]) for r in audit["window"]} == {(1, "forward"), (1, "backward")}
+    assert audit["receipts_checked"] == 5  # step 0: forward, backward, update; step 1: forward, backward
+    assert [a["step"] for a in response["plan"]["audit"]] == [0, 0, 0]
+    assert s["replacements"] == [{"worker": "s1r0", "by": "standby0", "stage": 1, "from_step": 1}]
+    assert s["checkpoints"] == [0, 1, 2]
+    events = _events(result.run_dir)
+    names = [e["event"] for e in events]
+    at = names.index("restored_checkpoint")
+    assert names.index("response") < at and "detection" in names[:at]
+    checkpoint_1 = next(e for e in events if e["event"] == "checkpoint" and e["step"] == 1)
+    # Right after the rollback every stage holds the checkpoint's weights.
+    assert events[at]["step"] == 1 and events[at]["weights"] == checkpoint_1["weights"]
+    honest = reference(tiny_config(stages=3, microbatches=1, steps=3))
+    assert s["losses"] == honest[0] and s["final_weights"]["stages"] == honest[1]
+    report = audit_run_dir(result.run_dir)
+    assert not report.errors, [f.message for f in report.errors]
