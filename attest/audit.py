@@ -29,7 +29,7 @@ import enum
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -215,6 +215,17 @@ UnitKey = tuple[int, int, int, int, int, UnitKind]
 TransferKey = tuple[int, int, int, int, int, TransferKind]
 
 
+def _response_plans(responses: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(step, plan)`` of every well-formed entry of the summary's ``responses`` list."""
+    if not isinstance(responses, list):
+        return
+    for entry in responses:
+        if isinstance(entry, dict) and isinstance(entry.get("plan"), dict):
+            step = entry.get("step")
+            if type(step) is int and step >= 0:
+                yield step, entry["plan"]
+
+
 def declared_attempts(responses: Any) -> dict[int, int]:
     """How many times each step was computed, from the summary's ``responses`` list.
 
@@ -223,8 +234,13 @@ def declared_attempts(responses: Any) -> dict[int, int]:
     other shape are ignored, so a summary without responses allows one computation per step.
     """
     attempts: dict[int, int] = {}
-    if not isinstance(responses, list):
-        return attempts
+    for step, plan in _response_plans(responses):
+        redo = plan.get("redo_from_step")
+        if type(redo) is not int or not 0 <= redo <= step or step - redo > 1_000_000:
+            continue
+        for t in range(redo, step + 1):
+            attempts[t] = attempts.get(t, 1) + 1
+    return attempts
     for entry in responses:
         if not isinstance(entry, dict) or not isinstance(entry.get("plan"), dict):
             continue
@@ -263,13 +279,9 @@ def declared_frozen(responses: Any) -> dict[int, int]:
     not report them missing.
     """
     frozen: dict[int, int] = {}
-    if not isinstance(responses, list):
-        return frozen
-    for entry in responses:
-        if not isinstance(entry, dict) or not isinstance(entry.get("plan"), dict):
-            continue
-        step, stages = entry.get("step"), entry["plan"].get("frozen_stages")
-        if type(step) is not int or step < 0 or not isinstance(stages, list):
+    for step, plan in _response_plans(responses):
+        stages = plan.get("frozen_stages")
+        if not isinstance(stages, list):
             continue
         for stage in stages:
             if type(stage) is int and stage >= 0:
