@@ -462,21 +462,12 @@ class StageWorker:
         for action in self.schedule:
             m = action.microbatch
             kind = action.kind
-            if kind is ActionKind.RECV_F:
+            if kind is ActionKind.RECV_F or kind is ActionKind.RECV_B:
                 assert m is not None
-                sender = self._neighbour(TransferKind.ACTIVATION, incoming=True)
-                tensor, _, raw = self.transport.recv_signed(
-                    self.ranks[sender], self._expected(step, m, TransferKind.ACTIVATION)
-                )
-                inputs[m] = tensor
-                headers.append(raw.hex())
-            elif kind is ActionKind.RECV_B:
-                assert m is not None
-                sender = self._neighbour(TransferKind.GRADIENT, incoming=True)
-                tensor, _, raw = self.transport.recv_signed(
-                    self.ranks[sender], self._expected(step, m, TransferKind.GRADIENT)
-                )
-                grads_out[m] = tensor
+                transfer = TransferKind.ACTIVATION if kind is ActionKind.RECV_F else TransferKind.GRADIENT
+                sender = self._neighbour(transfer, incoming=True)
+                tensor, _, raw = self.transport.recv_signed(self.ranks[sender], self._expected(step, m, transfer))
+                (inputs if kind is ActionKind.RECV_F else grads_out)[m] = tensor
                 headers.append(raw.hex())
             elif kind is ActionKind.F:
                 assert m is not None
