@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING, Any
 
 import click
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from stagewarden.cli_common import EXIT_OK, EXIT_VIOLATED, BadInput, make_console
+
+if TYPE_CHECKING:
+    from stagewarden.attest.audit import AuditReport
+    from stagewarden.conformance import ConformanceReport
+    from stagewarden.spec import LoadedSpec
 
 
 def _parse_key(text: str) -> bytes:
@@ -39,7 +46,14 @@ def _parse_key(text: str) -> bytes:
     show_default=True,
     help="Print findings as a table or as a versioned JSON object.",
 )
-def audit(run_dir: str, verifier_key: str | None, fmt: str) -> None:
+@click.option(
+    "--spec",
+    "spec_path",
+    type=click.Path(),
+    help="Also check the run against this threat-model spec: its configuration, attestation, spot-check "
+    "rate, responses, and every guarantee the prover says holds.",
+)
+def audit(run_dir: str, verifier_key: str | None, fmt: str, spec_path: str | None) -> None:
     """Audit RUN_DIR offline: signatures, hash chains, cross-stage digest links and attestation.
 
     Every receipt and signed header must carry a valid signature by a key that a result token
@@ -48,20 +62,32 @@ def audit(run_dir: str, verifier_key: str | None, fmt: str) -> None:
     on the activations and gradients they exchanged. Each finding says what is wrong, where, and
     which worker it implicates.
 
-    Exit codes: 0 clean (warnings allowed), 1 findings, 2 unreadable run directory or bad flag.
+    With --spec the run is also checked against the spec (see "Checking a run against its spec"
+    in the docs): settings that depart from it, workers without attestation when it requires
+    attestation, a spot-check rate outside a 99.9% Clopper-Pearson interval of the spec's rate,
+    detections not answered by a response it lists, and guarantees the prover says hold that the
+    run breaks.
+
+    Exit codes: 0 clean (warnings allowed), 1 findings, 2 unreadable run directory, bad spec or bad flag.
     """
     from stagewarden.attest.audit import audit_run_dir
     from stagewarden.attest.errors import AttestError
 
     key = _parse_key(verifier_key) if verifier_key is not None else None
+    loaded = _load_spec(spec_path) if spec_path is not None else None
     try:
         report = audit_run_dir(run_dir, key)
+        conformance = _conformance(run_dir, loaded, report) if loaded is not None else None
     except AttestError as exc:
         raise BadInput(exc.message) from None
     except OSError as exc:
         raise BadInput(f"cannot read {run_dir}: {exc.strerror or exc}") from None
+    clean = report.clean and (conformance is None or conformance.clean)
     if fmt == "json":
-        click.echo(json.dumps(report.to_json(), indent=2))
+        data = report.to_json()
+        if conformance is not None:
+            data = _merge_json(data, conformance)
+        click.echo(json.dumps(data, indent=2))
     else:
         console = make_console()
         if report.findings:
@@ -90,4 +116,78 @@ def audit(run_dir: str, verifier_key: str | None, fmt: str) -> None:
             f"verifier key {report.verifier_key[:16]} ({pinned}): {verdict}"
             + (f", {warnings} warning(s)" if warnings else "")
         )
-    sys.exit(EXIT_OK if report.clean else EXIT_VIOLATED)
+        if conformance is not None:
+            _print_conformance(console, conformance)
+    sys.exit(EXIT_OK if clean else EXIT_VIOLATED)
+
+
+def _load_spec(path: str) -> LoadedSpec:
+    """Load the spec as ``stagewarden verify`` does: a bad spec prints ``file:line:column`` errors, exit 2."""
+    from stagewarden.cli import BadSpec
+    from stagewarden.spec import SpecError, load_spec
+
+    try:
+        return load_spec(path)
+    except SpecError as exc:
+        raise BadSpec(str(exc)) from None
+
+
+def _conformance(run_dir: str, loaded: LoadedSpec, report: AuditReport) -> ConformanceReport:
+    from stagewarden.conformance import ConformanceError, check_conformance
+
+    try:
+        return check_conformance(run_dir, loaded, report)
+    except ConformanceError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def _merge_json(data: dict[str, Any], conformance: ConformanceReport) -> dict[str, Any]:
+    """The audit's JSON report with the conformance findings added to ``findings`` and ``counts``,
+    ``clean`` covering both, and a ``conformance`` object."""
+    found = [f.to_json() for f in conformance.findings]
+    errors = len(conformance.errors)
+    counts = dict(data["counts"])
+    counts["errors"] += errors
+    counts["warnings"] += len(found) - errors
+    return {
+        **data,
+        "clean": data["clean"] and conformance.clean,
+        "counts": counts,
+        "findings": data["findings"] + found,
+        "conformance": conformance.to_json(),
+    }
+
+
+def _print_conformance(console: Console, conformance: ConformanceReport) -> None:
+    """The conformance findings, the guarantee table and a verdict line."""
+    if conformance.findings:
+        table = Table(title=f"conformance to {escape(conformance.spec_file)}", show_lines=True)
+        table.add_column("severity", no_wrap=True)
+        table.add_column("code", no_wrap=True)
+        table.add_column("where", overflow="fold")
+        table.add_column("finding", ratio=1)
+        for f in conformance.findings:
+            colour = "red" if str(f.severity) == "error" else "yellow"
+            table.add_row(f"[{colour}]{f.severity}[/]", str(f.code), escape(f.where or "-"), escape(f.message))
+        console.print(table)
+    guarantees = Table(title="guarantees against the run", show_lines=False)
+    guarantees.add_column("guarantee", no_wrap=True)
+    guarantees.add_column("prover", no_wrap=True)
+    guarantees.add_column("run", no_wrap=True)
+    guarantees.add_column("why", ratio=1)
+    colours = {"consistent": "green", "broken": "red", "not checkable": "yellow", "not promised": "dim"}
+    for g in conformance.guarantees:
+        guarantees.add_row(
+            f"{escape(g.id)} ({g.kind})", g.verdict, f"[{colours[g.outcome]}]{g.outcome}[/]", escape(g.detail)
+        )
+    console.print(guarantees)
+    rate = conformance.rate
+    if rate is not None:
+        low, high = rate.interval
+        console.print(
+            f"spot checks: {rate.sampled} of {rate.eligible} eligible units (rate {rate.rate:.4g}, "
+            f"{rate.confidence:.1%} interval [{low:.4g}, {high:.4g}], spec {rate.expected})"
+        )
+    errors = len(conformance.errors)
+    verdict = "[green]conforms[/]" if conformance.clean else f"[red]{errors} error finding(s)[/]"
+    console.print(f"conformance to spec {escape(conformance.spec_name)}: {verdict}")

@@ -1,0 +1,257 @@
+"""What happened in a training run, rebuilt from its ``events.jsonl``: every computation of every
+step (which were kept in the model, which were discarded after a detection or undone by a
+restored checkpoint), every spot-check sample, and, for a run that records the attack it
+mounted, every unit that attack tampered with.
+
+The reconstruction follows the coordinator's loop: a step is computed (attempt 0), each detection
+is answered by a response that either recomputes the step (attempt + 1, possibly with a stage
+bypassed) or returns to a checkpoint (attempt 0 of the checkpoint's step), and a ``step`` event
+marks the computation that was kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+#: The event log a run directory holds.
+EVENTS_FILE = "events.jsonl"
+#: Unit kinds in the order the coordinator lists them for sampling.
+UNIT_KINDS = ("forward", "backward", "update")
+
+#: A unit: (stage, step, micro-batch, kind); update units have micro-batch 0.
+Unit = tuple[int, int, int, str]
+
+
+@dataclasses.dataclass
+class Computation:
+    """One computation (attempt) of a step.
+
+    Attributes:
+        step: The step.
+        attempt: How many times the step had been recomputed before (0 for the first computation
+            after the step was reached, also after a return to a checkpoint).
+        bypass: The stage that ran as the identity, if any.
+        detections: The detections recorded for it.
+        kept: Whether its result stayed in the model (no detection, and no later checkpoint
+            restore went back before it).
+    """
+
+    step: int
+    attempt: int
+    bypass: int | None = None
+    detections: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    kept: bool = False
+
+    @property
+    def updated(self) -> bool:
+        """Whether the stages applied their updates (the coordinator updates only when no forward,
+        backward, link or identity check failed)."""
+        return all(d.get("unit_kind") == "update" for d in self.detections)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One spot-check reveal: what the coordinator committed to, revealed and sampled.
+
+    Attributes:
+        step: The step.
+        attempt: The attempt (from the commitment that precedes the reveal), if known.
+        bypass: The stage left out of the sample (bypassed), if any.
+        commitment: The commitment published before the step, if logged.
+        secret: The revealed secret.
+        receipts_digest: The digest of the step's receipts the randomness was derived from.
+        sampled: The sampled units as (stage, micro-batch, kind).
+    """
+
+    step: int
+    attempt: int | None
+    bypass: int | None
+    commitment: bytes | None
+    secret: bytes
+    receipts_digest: bytes
+    sampled: tuple[tuple[int, int, str], ...]
+
+
+@dataclasses.dataclass
+class RunHistory:
+    """A run's computations, samples, responses and end, in event order.
+
+    Attributes:
+        computations: Every computation of a step that the events show.
+        samples: Every spot-check reveal.
+        responses: Every ``response`` event.
+        stopped: The reason of a ``run_stopped`` event, if the run stopped.
+        problems: Lines of the event log that could not be read.
+    """
+
+    computations: list[Computation] = dataclasses.field(default_factory=list)
+    samples: list[Sample] = dataclasses.field(default_factory=list)
+    responses: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    stopped: str | None = None
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def detections(self) -> list[tuple[Computation, dict[str, Any]]]:
+        """Every detection with the computation it was made in."""
+        return [(c, d) for c in self.computations for d in c.detections]
+
+
+def read_events(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The events of an ``events.jsonl`` file and a note for each line that is not a JSON object.
+
+    Raises:
+        OSError: The file cannot be read.
+    """
+    events, problems = [], []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                problems.append(f"{EVENTS_FILE} line {number} is not JSON")
+                continue
+            if isinstance(event, dict) and isinstance(event.get("event"), str):
+                events.append(event)
+            else:
+                problems.append(f"{EVENTS_FILE} line {number} is not an event object")
+    return events, problems
+
+
+def _int(value: Any) -> int | None:
+    return value if type(value) is int and value >= 0 else None
+
+
+def _hex(value: Any) -> bytes | None:
+    try:
+        return bytes.fromhex(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def reconstruct(events: Iterable[dict[str, Any]]) -> RunHistory:
+    """Rebuild a run's history from its events (see the module docstring)."""
+    history = RunHistory()
+    by_key: dict[tuple[int, int], Computation] = {}
+    attempt, bypass = 0, None
+    commitment: dict[str, Any] | None = None
+
+    def computation(step: int, at: int) -> Computation:
+        key = (step, at)
+        found = by_key.get(key)
+        if found is None:
+            found = Computation(step, at, bypass)
+            by_key[key] = found
+            history.computations.append(found)
+        return found
+
+    for event in events:
+        kind = event["event"]
+        step = _int(event.get("step"))
+        if kind == "spot_check_commitment":
+            commitment = event
+        elif kind == "spot_check_reveal" and step is not None:
+            secret, digest = _hex(event.get("secret")), _hex(event.get("receipts_digest"))
+            raw = event.get("sampled")
+            if secret is None or digest is None or not isinstance(raw, list):
+                history.problems.append(f"a spot_check_reveal event of step {step} is malformed")
+                continue
+            sampled = tuple(
+                (u["stage"], u["micro_batch"], u["kind"])
+                for u in raw
+                if isinstance(u, dict) and _int(u.get("stage")) is not None and _int(u.get("micro_batch")) is not None
+            )
+            same = commitment is not None and commitment.get("step") == step
+            history.samples.append(
+                Sample(
+                    step,
+                    _int(commitment.get("attempt")) if same and commitment else None,
+                    bypass,
+                    _hex(commitment.get("commitment")) if same and commitment else None,
+                    secret,
+                    digest,
+                    sampled,
+                )
+            )
+            commitment = None
+        elif kind == "detection" and step is not None:
+            computation(step, _int(event.get("attempt")) or 0).detections.append(event)
+        elif kind == "response":
+            history.responses.append(event)
+            plan = event.get("plan") if isinstance(event.get("plan"), dict) else {}
+            assert isinstance(plan, dict)
+            back = _int(plan.get("checkpoint_step"))
+            attempt = 0 if back is not None else (_int(event.get("attempt")) or 0) + 1
+            bypass = _int(plan.get("bypass_stage"))
+        elif kind == "restored_checkpoint" and step is not None:
+            for c in history.computations:
+                if c.step >= step:
+                    c.kept = False
+                    by_key.pop((c.step, c.attempt), None)
+        elif kind == "step" and step is not None:
+            done = computation(step, attempt)
+            done.kept = not done.detections
+            attempt, bypass = 0, None
+        elif kind == "run_stopped":
+            history.stopped = str(event.get("reason", ""))
+    return history
+
+
+def eligible_units(stages: int, microbatches: int, bypass: int | None) -> list[tuple[int, int, str]]:
+    """The units the coordinator samples from in one computation, in its canonical order: the
+    forward and backward unit of every micro-batch and the update unit of every stage that is not
+    bypassed."""
+    return [
+        (s, m, kind)
+        for s in range(stages)
+        if s != bypass
+        for m in range(microbatches)
+        for kind in UNIT_KINDS
+        if kind != "update" or m == 0
+    ]
+
+
+def tampered_units(attack: Any, computation: Computation, stages: int, microbatches: int) -> list[Unit]:
+    """The units an attack plan (JSON, as ``RunConfig.attack`` records it) tampered with in one
+    computation, by the plan's own deterministic firing rule.
+
+    Tensor attacks and ``equivocate`` tamper with the forward (or backward) message of their
+    stages, ``poison_data`` with stage 0's forward input, ``weights`` with the update (only when
+    the update ran and the stage was not bypassed). ``replay`` cannot fire on the run's very first
+    message (step 0, attempt 0, micro-batch 0); a standby that takes over a malicious stage starts
+    without earlier messages too, which this count does not model (it may count one unit more).
+    """
+    from stagewarden.runtime.attacks import TENSOR_KINDS, AttackKind, AttackPlan, Direction
+
+    plan = AttackPlan.from_json(attack)
+    t, a = computation.step, computation.attempt
+    out: list[Unit] = []
+    for s in sorted(x for x in plan.stages if x < stages):
+        if plan.kind in TENSOR_KINDS or plan.kind is AttackKind.EQUIVOCATE:
+            kind = "forward" if plan.direction is Direction.FORWARD else "backward"
+            for m in range(microbatches):
+                first = plan.kind is AttackKind.REPLAY and (t, a, m) == (0, 0, 0)
+                if plan.active(s, t, m, a) and not first:
+                    out.append((s, t, m, kind))
+        elif plan.kind is AttackKind.POISON_DATA:
+            out += [(s, t, m, "forward") for m in range(microbatches) if plan.active(s, t, m, a)]
+        elif plan.kind is AttackKind.WEIGHTS:
+            if computation.updated and s != computation.bypass and plan.active(s, t, 0, a):
+                out.append((s, t, 0, "update"))
+    return out
+
+
+def detected(unit: Unit, computation: Computation, poison: bool) -> bool:
+    """Whether a detection of ``computation`` names ``unit`` (for ``poison_data``, any unit of
+    stage 0 of the same micro-batch: the data check runs on its forward and backward units)."""
+    s, t, m, kind = unit
+    for d in computation.detections:
+        if d.get("stage") == s and d.get("step") == t and d.get("microbatch") == m:
+            if poison or d.get("unit_kind") == kind:
+                return True
+    return False
