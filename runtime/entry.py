@@ -2,8 +2,8 @@
 
 The rank decides the role: rank 0 is the coordinator, ranks ``1..S`` the stage workers, ranks
 ``S+1..S+K`` the standby workers. The rank, world size and rendezvous address come from the
-environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), as
-:func:`stagewarden.runtime.launch.launch_local` and ``torchrun`` set them.
+environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``; ``LOCAL_RANK`` picks the
+GPU with device cuda), as :func:`stagewarden.runtime.launch.launch_local` and ``torchrun`` set them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from pathlib import Path
 
 #: Set by the local launcher: the pid of the launching process; a worker exits when it is gone.
 PARENT_PID_ENV = "STAGEWARDEN_PARENT_PID"
+#: cuBLAS needs this workspace setting to run matrix products deterministically (the workers
+#: compute under ``torch.use_deterministic_algorithms``); set when the environment has none.
+CUBLAS_WORKSPACE = ":4096:8"
 
 
 class EntryError(Exception):
@@ -58,19 +61,17 @@ def run_process(config_path: str, out: str, vendor: str | None) -> None:
     config = load_run_config(config_path)
     rank, world = _env_int("RANK"), _env_int("WORLD_SIZE")
     _env_int("MASTER_PORT")
+    if not os.environ.get("MASTER_ADDR"):
+        raise EntryError(
+            "environment variable MASTER_ADDR is not set (start the run with torchrun or stagewarden train)"
+        )
     if world != config.world_size:
         raise EntryError(
             f"WORLD_SIZE is {world} but the configuration needs {config.world_size} processes "
             f"(1 coordinator + {config.stages} stages + {config.standby} standby)"
         )
-    if config.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise EntryError("device cuda was asked for but CUDA is not available on this machine")
-        if rank > 0:
-            local = int(os.environ.get("LOCAL_RANK", rank))
-            torch.cuda.set_device((local - 1 if local > 0 else 0) % torch.cuda.device_count())
+    if config.device == "cuda" and (rank > 0 or config.backend == "nccl"):
+        _use_gpu(rank)  # a gloo coordinator computes nothing on a GPU and needs none
     try:
         dist.init_process_group(
             config.backend,
@@ -83,12 +84,17 @@ def run_process(config_path: str, out: str, vendor: str | None) -> None:
         raise EntryError(
             f"rank {rank} could not join the process group: {str(exc).splitlines()[0] if str(exc) else exc}"
         ) from None
-    device = "cuda" if config.backend == "nccl" else "cpu"
-    transport = Transport(device)
+    # nccl moves GPU tensors; gloo moves CPU tensors, so a stage on a GPU sends and receives
+    # through host copies and gets what it receives back on its GPU.
+    wire = "cuda" if config.backend == "nccl" else "cpu"
+    compute = "cuda" if config.device == "cuda" and rank > 0 else "cpu"
+    transport = Transport(wire, deliver_to=compute)
     try:
         if rank == 0:
             from stagewarden.runtime.coordinator import Coordinator
 
+            if (Path(out) / "summary.json").exists():
+                raise EntryError(f"{out} already holds a run (summary.json exists); the coordinator writes a new one")
             Coordinator(config, out, transport, vendor).run()
         else:
             from stagewarden.runtime.worker import StageWorker
@@ -99,6 +105,18 @@ def run_process(config_path: str, out: str, vendor: str | None) -> None:
             dist.destroy_process_group()
         except Exception:  # noqa: BLE001, S110 - best effort on the way out
             pass
+
+
+def _use_gpu(rank: int) -> None:
+    """Pick this process's GPU: ``LOCAL_RANK`` modulo the GPUs of this machine (processes share
+    GPUs when there are more of them than GPUs, which gloo allows and nccl does not)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    import torch
+
+    if not torch.cuda.is_available():
+        raise EntryError("device cuda was asked for but CUDA is not available on this machine")
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    torch.cuda.set_device(local % torch.cuda.device_count())
 
 
 def main(argv: list[str] | None = None) -> int:

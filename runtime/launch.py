@@ -1,10 +1,12 @@
-"""Launch a whole run on this machine: the coordinator and every worker as child processes.
+"""Launch a whole run on this machine, or prepare one that ``torchrun`` starts across machines.
 
 :func:`launch_local` creates (or reuses) a simulated vendor outside the run directory, provisions
 a simulated device identity per worker, writes the configuration, picks a free port on
 127.0.0.1, starts ``1 + S + K`` processes of ``python -m stagewarden.runtime.entry``, follows
 ``events.jsonl`` for progress, and always cleans up: on a failure, a timeout or Ctrl-C the
 children are terminated, then killed, and the temporary folder (with the device keys) is removed.
+:func:`prepare_run` writes the same configuration and vendor into a folder to copy to every
+machine, and :func:`torchrun_args` the arguments that start one machine's share of the processes.
 """
 
 from __future__ import annotations
@@ -68,6 +70,87 @@ def provision_vendor(config: RunConfig, folder: Path, vendor_dir: str | Path | N
     for rank in range(1, config.world_size):
         device_identity(vendor, device_id_for(rank))
     return vendor.path
+
+
+#: The configuration file :func:`prepare_run` writes.
+PREPARED_CONFIG = "run.json"
+#: The simulated vendor folder :func:`prepare_run` creates when it is given none.
+PREPARED_VENDOR = "vendor"
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedRun:
+    """A run prepared for ``torchrun``: its configuration file and (attestation on) its vendor folder."""
+
+    config: RunConfig
+    config_path: Path
+    vendor_path: Path | None
+
+    def entry_args(self, run_dir: str | Path) -> list[str]:
+        """The arguments of ``python -m stagewarden.runtime.entry`` for this run, writing ``run_dir`` on rank 0."""
+        args = ["--config", str(self.config_path), "--out", str(run_dir)]
+        return args if self.vendor_path is None else [*args, "--vendor", str(self.vendor_path)]
+
+
+def prepare_run(config: RunConfig, folder: str | Path, *, vendor_dir: str | Path | None = None) -> PreparedRun:
+    """Write what every machine of a ``torchrun`` launch needs into ``folder`` and return it.
+
+    ``folder`` gets the configuration (:data:`PREPARED_CONFIG`) and, with attestation on, a new
+    simulated vendor (:data:`PREPARED_VENDOR`) or, given ``vendor_dir``, that vendor is used; the
+    vendor issues the simulated device identity of every worker rank. Copy ``folder`` to the same
+    path on every machine (the vendor holds private keys: it is a simulation, keep it off shared
+    storage you do not control).
+
+    Raises:
+        LaunchError: ``folder`` exists and is not an empty folder.
+    """
+    target = Path(folder)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise LaunchError(f"{target} exists and is not an empty folder")
+    target.mkdir(parents=True, exist_ok=True)
+    vendor = provision_vendor(config, target / PREPARED_VENDOR, vendor_dir) if config.attestation else None
+    config_path = target / PREPARED_CONFIG
+    config_path.write_text(json.dumps(config.to_json(), indent=2) + "\n", encoding="utf-8")
+    return PreparedRun(config, config_path.resolve(), None if vendor is None else vendor.resolve())
+
+
+def torchrun_args(
+    prepared: PreparedRun,
+    run_dir: str | Path,
+    *,
+    nnodes: int,
+    nproc_per_node: int,
+    rdzv_endpoint: str,
+    rdzv_id: str,
+    local_addr: str | None = None,
+) -> list[str]:
+    """The ``torchrun`` arguments that start ``nproc_per_node`` processes of ``prepared`` on one machine.
+
+    Every machine runs the same arguments (``local_addr`` aside); ``nnodes * nproc_per_node`` must
+    be the run's :attr:`~stagewarden.runtime.config.RunConfig.world_size`. The c10d rendezvous
+    runs on ``rdzv_endpoint`` (``HOST:PORT`` of one of the machines), and the run's process group
+    uses the same store, so that port is the only one to open besides gloo's own connections.
+
+    Raises:
+        LaunchError: The process counts do not add up to the run's world size.
+    """
+    world = prepared.config.world_size
+    if nnodes < 1 or nproc_per_node < 1 or nnodes * nproc_per_node != world:
+        raise LaunchError(
+            f"{nnodes} machines x {nproc_per_node} processes is not the {world} processes the run needs "
+            f"(1 coordinator + {prepared.config.stages} stages + {prepared.config.standby} standby)"
+        )
+    args = [
+        f"--nnodes={nnodes}",
+        f"--nproc-per-node={nproc_per_node}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={rdzv_endpoint}",
+        f"--rdzv-id={rdzv_id}",
+        "--max-restarts=0",
+    ]
+    if local_addr is not None:
+        args.append(f"--local-addr={local_addr}")
+    return [*args, "-m", "stagewarden.runtime.entry", *prepared.entry_args(run_dir)]
 
 
 def launch_local(

@@ -70,10 +70,15 @@ class Transport:
 
     Args:
         device: Where the communication buffers live: ``cpu`` for gloo, ``cuda`` for nccl.
+        deliver_to: Where :meth:`recv_signed` returns the tensors it receives (the device the
+            stage computes on); defaults to ``device``. With gloo and a stage on a GPU the buffers
+            stay on the CPU: a tensor sent is copied to the CPU first, one received is copied to
+            ``deliver_to`` after its digest has been checked.
     """
 
-    def __init__(self, device: torch.device | str = "cpu") -> None:
+    def __init__(self, device: torch.device | str = "cpu", deliver_to: torch.device | str | None = None) -> None:
         self.device = torch.device(device)
+        self.deliver_to = self.device if deliver_to is None else torch.device(deliver_to)
         self._pending: list[tuple[Any, list[torch.Tensor]]] = []
 
     # -- frames -------------------------------------------------------------------------------
@@ -140,19 +145,21 @@ class Transport:
         self, dst: int, tensor: torch.Tensor, header: SignedHeader, key: SigningKey, *, blocking: bool = True
     ) -> SignedHeader:
         """Sign ``header`` (its tensor digest is computed here from ``tensor``) and send it, then the tensor."""
-        data = tensor.detach().contiguous()
+        wire = tensor.detach().to(self.device).contiguous()  # one copy when the stage computes elsewhere
+        host = wire if wire.device.type == "cpu" else wire.cpu()
         signed = sign_header(
-            dataclasses.replace(header, tensor=tensor_digest(data.cpu()), signed_at=dt.datetime.now(dt.UTC)), key
+            dataclasses.replace(header, tensor=tensor_digest(host), signed_at=dt.datetime.now(dt.UTC)), key
         )
         self.send_bytes(dst, encode_header(signed), blocking=blocking)
-        self.send_tensor(dst, data, blocking=blocking)
+        self._send(dst, [wire], blocking)
         return signed
 
     def recv_signed(self, src: int, expected: Expected) -> tuple[torch.Tensor, SignedHeader, bytes]:
         """Receive a signed transfer from ``src`` and check it against ``expected``.
 
         Returns:
-            The tensor, the parsed header and its encoded bytes (kept for the coordinator).
+            The tensor (on ``deliver_to``), the parsed header and its encoded bytes (kept for the
+            coordinator).
 
         Raises:
             HeaderRejected: The header is malformed, forged, for another transfer, or the tensor's
@@ -168,7 +175,7 @@ class Transport:
                 f"the {expected.kind} for step {expected.step} micro-batch {expected.micro_batch} from "
                 f"{expected.sender} does not match the digest its signed header commits to",
             )
-        return tensor, header, raw
+        return tensor.to(self.deliver_to), header, raw
 
     # -- plumbing -----------------------------------------------------------------------------
 
