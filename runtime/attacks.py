@@ -56,6 +56,9 @@ class Direction(enum.StrEnum):
     """The output activation a stage sends to the next stage."""
     BACKWARD = "backward"
     """The gradient of the stage input a stage sends back to the previous stage."""
+    INPUT = "input"
+    """The activation a stage received, forged before the stage computes on it, so that the
+    output it sends is consistent with the forged input (``y' = f(x')``)."""
 
 
 #: One-line description of every attack kind, in :class:`AttackKind` order (for ``--help`` and the docs).
@@ -109,7 +112,8 @@ class AttackPlan:
         rate: Probability in (0, 1] that the attack fires on an eligible unit.
         start: First step at which the attack may fire (never before).
         direction: For the tensor kinds and ``equivocate``: tamper with the forward activation
-            or the backward gradient.
+            or the backward gradient; for the tensor kinds also ``input``: forge the received
+            activation and compute honestly on it.
         scale: The factor of ``scale``; must not be 1.
         noise: The relative magnitude of ``noise``: the added noise has standard deviation
             ``noise`` times the tensor's RMS.
@@ -119,6 +123,8 @@ class AttackPlan:
         bit: The bit ``bitflip`` flips in the element's integer view (0 is the least
             significant mantissa bit; 30 is the top exponent bit of a float32).
         seed: Seed of every random choice of the attack (when it fires, noise, positions).
+        covers: Stages that mount nothing but collude with :attr:`stages`: as checkers they hide
+            the tampering of those stages (a prover trace's ``covers`` role).
     """
 
     kind: AttackKind
@@ -132,11 +138,17 @@ class AttackPlan:
     drift_seed: int = 0
     bit: int = 30
     seed: int = 0
+    covers: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", AttackKind(self.kind))
         object.__setattr__(self, "direction", Direction(self.direction))
         object.__setattr__(self, "stages", frozenset(int(s) for s in self.stages))
+        object.__setattr__(self, "covers", frozenset(int(s) for s in self.covers))
+        if self.covers & self.stages:
+            raise ValueError(f"stages {sorted(self.covers & self.stages)} both attack and only cover")
+        if self.covers and min(self.covers) < 0:
+            raise ValueError(f"stage indices must be >= 0, got {sorted(self.covers)}")
         if not self.stages:
             raise ValueError("an attack needs at least one malicious stage")
         if min(self.stages) < 0:
@@ -174,6 +186,7 @@ class AttackPlan:
         drift_seed: int | str = 0,
         bit: int | str = 30,
         seed: int | str = 0,
+        covers: str | Iterable[int] = (),
     ) -> AttackPlan:
         """Build a plan from command-line values (strings or numbers).
 
@@ -183,13 +196,14 @@ class AttackPlan:
             rate: Firing probability in (0, 1].
             start: First step at which the attack may fire.
             num_stages: The pipeline's stage count; when given, every stage must be below it.
-            direction: ``forward`` or ``backward``.
+            direction: ``forward``, ``backward`` or ``input``.
             scale: See :class:`AttackPlan`.
             noise: See :class:`AttackPlan`.
             drift: See :class:`AttackPlan`.
             drift_seed: See :class:`AttackPlan`.
             bit: See :class:`AttackPlan`.
             seed: See :class:`AttackPlan`.
+            covers: Comma-separated stages (or an iterable) that only collude, as checkers.
 
         Raises:
             ValueError: With a message naming the bad value and what is allowed.
@@ -197,20 +211,13 @@ class AttackPlan:
         names = [k.value for k in AttackKind]
         if kind not in names:
             raise ValueError(f"unknown attack kind {kind!r}; choose one of: {', '.join(names)}")
-        if direction not in ("forward", "backward"):
-            raise ValueError(f"the attack direction must be 'forward' or 'backward', got {direction!r}")
-        if isinstance(stages, str):
-            parts = [p.strip() for p in stages.split(",") if p.strip()]
-            if not parts:
-                raise ValueError("give the malicious stages as comma-separated indices, such as '1' or '1,2'")
-            try:
-                stage_set = frozenset(int(p) for p in parts)
-            except ValueError:
-                raise ValueError(f"stage indices must be integers, got {stages!r}") from None
-        else:
-            stage_set = frozenset(int(s) for s in stages)
+        directions = [d.value for d in Direction]
+        if direction not in directions:
+            raise ValueError(f"the attack direction must be one of {', '.join(directions)}, got {direction!r}")
+        stage_set = _stage_set(stages, required=True)
+        cover_set = _stage_set(covers, required=False)
         if num_stages is not None:
-            bad = sorted(s for s in stage_set if not 0 <= s < num_stages)
+            bad = sorted(s for s in stage_set | cover_set if not 0 <= s < num_stages)
             if bad:
                 raise ValueError(
                     f"stages {bad} do not exist in a pipeline of {num_stages} stages (0..{num_stages - 1})"
@@ -227,6 +234,7 @@ class AttackPlan:
             drift_seed=_number(drift_seed, "drift seed", int),
             bit=_number(bit, "bit index", int),
             seed=_number(seed, "attack seed", int),
+            covers=cover_set,
         )
 
     def active(self, stage: int, step: int, microbatch: int, attempt: int = 0) -> bool:
@@ -252,6 +260,7 @@ class AttackPlan:
         data["kind"] = self.kind.value
         data["direction"] = self.direction.value
         data["stages"] = sorted(self.stages)
+        data["covers"] = sorted(self.covers)
         return data
 
     @classmethod
@@ -273,17 +282,32 @@ class AttackPlan:
         names = [k.value for k in AttackKind]
         if data["kind"] not in names:
             raise ValueError(f"unknown attack kind {data['kind']!r}; choose one of: {', '.join(names)}")
-        if data.get("direction", "forward") not in ("forward", "backward"):
-            raise ValueError(f"the attack direction must be 'forward' or 'backward', got {data['direction']!r}")
-        stages = data["stages"]
-        if not isinstance(stages, list | tuple) or not all(
-            isinstance(s, int) and not isinstance(s, bool) for s in stages
-        ):
-            raise ValueError("the attack plan's 'stages' must be a list of stage indices")
+        directions = [d.value for d in Direction]
+        if data.get("direction", "forward") not in directions:
+            raise ValueError(f"the attack direction must be one of {', '.join(directions)}, got {data['direction']!r}")
+        stages, covers = data["stages"], data.get("covers", [])
+        for name, value in (("stages", stages), ("covers", covers)):
+            if not isinstance(value, list | tuple) or not all(
+                isinstance(s, int) and not isinstance(s, bool) for s in value
+            ):
+                raise ValueError(f"the attack plan's '{name}' must be a list of stage indices")
         try:
-            return cls(**{**data, "stages": frozenset(stages)})
+            return cls(**{**data, "stages": frozenset(stages), "covers": frozenset(covers)})
         except TypeError as exc:
             raise ValueError(f"bad attack plan: {exc}") from None
+
+
+def _stage_set(stages: str | Iterable[int], required: bool) -> frozenset[int]:
+    """Stage indices from ``"1,2"`` or an iterable of ints."""
+    if not isinstance(stages, str):
+        return frozenset(int(s) for s in stages)
+    parts = [p.strip() for p in stages.split(",") if p.strip()]
+    if not parts and required:
+        raise ValueError("give the malicious stages as comma-separated indices, such as '1' or '1,2'")
+    try:
+        return frozenset(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"stage indices must be integers, got {stages!r}") from None
 
 
 def _number(value: float | int | str, what: str, kind: type[float] | type[int]) -> Any:

@@ -25,7 +25,8 @@ CONFIG_VERSION = 1
 SCHEDULES = ("gpipe", "1f1b")
 BACKENDS = ("gloo", "nccl")
 DEVICES = ("cpu", "cuda")
-VERIFICATION_MODES = ("none", "spot_check")
+VERIFICATION_MODES = ("none", "spot_check", "redundant_neighbour")
+INPUT_CHANNELS = ("coordinator", "upstream", "checked_worker")
 RESPONSES = ("eject", "rollback", "skip_stage", "restart")
 
 
@@ -73,7 +74,13 @@ class RunConfig:
     verification: str = "none"
     """Verification mode of
     :meth:`Coordinator.verify_step <stagewarden.runtime.coordinator.Coordinator.verify_step>`:
-    ``none`` or ``spot_check`` (commit-then-sample re-execution by the coordinator)."""
+    ``none``, ``spot_check`` (commit-then-sample re-execution by the coordinator) or
+    ``redundant_neighbour`` (the paper's defence: stage ``s + 1`` keeps a replica of stage ``s``
+    and recomputes its forward and backward units)."""
+    input_via: str = "coordinator"
+    """With ``redundant_neighbour``: how the checker gets the checked stage's input, relayed by the
+    coordinator (``coordinator``), sent by stage ``s - 1`` (``upstream``) or by the checked stage
+    itself (``checked_worker``, which lets a stage forge a consistent input and output)."""
     spot_check_rate: float = 0.1
     """With ``spot_check``: the probability ``p`` in (0, 1] that each committed unit is sampled."""
     response: str = "eject"
@@ -115,8 +122,16 @@ class RunConfig:
                 f"spot_check_rate must be in (0, 1], got {self.spot_check_rate}",
             ),
             (
-                self.verification == "none" or self.receipts,
-                f"verification {self.verification} checks units against their receipts: it needs receipts on",
+                self.verification != "spot_check" or self.receipts,
+                "verification spot_check checks units against their receipts: it needs receipts on",
+            ),
+            (
+                self.input_via in INPUT_CHANNELS,
+                f"input_via must be one of {', '.join(INPUT_CHANNELS)}, not {self.input_via!r}",
+            ),
+            (
+                self.verification != "redundant_neighbour" or self.stages >= 2,
+                "verification redundant_neighbour needs at least 2 stages (stage s + 1 checks stage s)",
             ),
             (self.response in RESPONSES, f"response must be one of {', '.join(RESPONSES)}, not {self.response!r}"),
             (self.checkpoint_every >= 1, f"checkpoint_every must be at least 1, got {self.checkpoint_every}"),
@@ -127,7 +142,7 @@ class RunConfig:
             if not ok:
                 raise ConfigError(message)
         if self.attack is not None:
-            check_attack(self.attack, self.stages)
+            check_attack(self.attack, self.stages, self.verification)
 
     @property
     def world_size(self) -> int:
@@ -187,8 +202,9 @@ class RunConfig:
         return exact(data)  # type: ignore[no-any-return]
 
 
-def check_attack(data: Any, stages: int) -> None:
-    """Check that an attack plan (JSON data) can be mounted in a pipeline of ``stages`` stages.
+def check_attack(data: Any, stages: int, verification: str = "none") -> None:
+    """Check that an attack plan (JSON data) can be mounted in a pipeline of ``stages`` stages
+    verified by ``verification``.
 
     Raises:
         ConfigError: The plan is malformed, names a stage that does not exist, or asks for an
@@ -200,18 +216,29 @@ def check_attack(data: Any, stages: int) -> None:
         plan = AttackPlan.from_json(data)
     except ValueError as exc:
         raise ConfigError(f"attack: {exc}") from None
-    bad = sorted(s for s in plan.stages if s >= stages)
+    bad = sorted(s for s in plan.stages | plan.covers if s >= stages)
     if bad:
         raise ConfigError(f"attack: stages {bad} do not exist in a pipeline of {stages} stages (0..{stages - 1})")
     if plan.kind is AttackKind.FALSE_ACCUSE:
-        raise ConfigError("attack: false_accuse needs checking workers; the runtime's verifier is the coordinator")
+        if verification != "redundant_neighbour":
+            raise ConfigError(
+                "attack: false_accuse needs checking workers (verification redundant_neighbour); "
+                f"under {verification} the only verifier is the coordinator"
+            )
+        if 0 in plan.stages:
+            raise ConfigError("attack: stage 0 checks no stage; a false accusation comes from a stage s >= 1")
     if plan.kind in TENSOR_KINDS or plan.kind is AttackKind.EQUIVOCATE:
-        if plan.direction is Direction.FORWARD and stages - 1 in plan.stages:
+        # A stage that sends no such message may still be named: it colludes (as a checker) only.
+        if plan.direction is Direction.FORWARD and plan.stages <= {stages - 1}:
             raise ConfigError(
                 f"attack: the last stage ({stages - 1}) sends no activation; use direction backward for it"
             )
-        if plan.direction is Direction.BACKWARD and 0 in plan.stages:
+        if plan.direction is Direction.BACKWARD and plan.stages <= {0}:
             raise ConfigError("attack: stage 0 sends no gradient; use direction forward for it")
+        if plan.direction is Direction.INPUT and 0 in plan.stages:
+            raise ConfigError("attack: stage 0's input is token ids, not an activation; use poison_data for it")
+    if plan.kind is AttackKind.EQUIVOCATE and plan.direction is Direction.INPUT:
+        raise ConfigError("attack: equivocate acts on a message a stage sends: use direction forward or backward")
 
 
 def load_run_config(path: str | Path) -> RunConfig:

@@ -26,7 +26,7 @@ from nacl.signing import SigningKey
 from stagewarden.attest.clock import SystemClock
 from stagewarden.attest.errors import AttestError, FormatError
 from stagewarden.attest.files import atomic_write_text
-from stagewarden.attest.headers import SignedHeader, TransferKind, parse_header
+from stagewarden.attest.headers import SignedHeader, TransferKind, parse_header, verify_header
 from stagewarden.attest.policy import Policy
 from stagewarden.attest.receipt_log import ReceiptLog, RecordType, read_log
 from stagewarden.attest.receipts import Receipt, UnitKind, chain_genesis, parse_receipt, receipt_digest, verify_receipt
@@ -58,7 +58,7 @@ from stagewarden.runtime.spotcheck import (
     reexecute_update,
     sample_units,
 )
-from stagewarden.runtime.transport import Transport, TransportError
+from stagewarden.runtime.transport import Expected, Transport, TransportError
 from stagewarden.runtime.units import deterministic
 from stagewarden.runtime.worker import standby_id_for, worker_id_for
 
@@ -131,6 +131,8 @@ class StepCommit:
         headers: Per receiving stage, the signed headers it received.
         loss: The step's loss, from the last stage.
         microbatch_losses: The micro-batch losses, from the last stage.
+        checks: With ``redundant_neighbour``: per checking stage, the failed checks it reports.
+        checks_run: With ``redundant_neighbour``: per checking stage, how many units it checked.
     """
 
     step: int
@@ -138,6 +140,8 @@ class StepCommit:
     headers: dict[int, list[SignedHeader]]
     loss: float
     microbatch_losses: list[float]
+    checks: dict[int, list[Any]] = dataclasses.field(default_factory=dict)
+    checks_run: dict[int, int] = dataclasses.field(default_factory=dict)
 
     def receipt(self, stage: int, micro_batch: int, kind: UnitKind) -> Receipt | None:
         """The receipt of ``stage`` for one unit of this step, if committed."""
@@ -208,12 +212,21 @@ class Coordinator:
         self.signing_key = SigningKey.generate()
         self.busy = [0.0] * config.stages
         self.spot = {"rate": config.spot_check_rate, "units_sampled": 0, "units_checked": 0, "recomputations": 0}
+        self.neighbour = {
+            "input_via": config.input_via,
+            "units_checked": 0,
+            "mismatches_reported": 0,
+            "confirmed": 0,
+            "false_accusations": 0,
+            "unadjudicated": 0,
+        }
         self._seed: SampleSeed | None = None
         self._bypass: int | None = None
         self._pending_bypass: int | None = None
         self._rollbacks: dict[int, int] = {}
         self._update_sample: list[tuple[int, int, str]] = []
         self._update_receipts: dict[int, Receipt] = {}
+        self._last_updates: dict[int, Receipt] = {}
         self._batches: Any = None
         self.status = "starting"
         self.wall_seconds = 0.0
@@ -394,7 +407,7 @@ class Coordinator:
             detections = self.check_links(commit)
             if os.environ.get(FETCH_CHECK_ENV) == "1":
                 self._fetch_check(commit)
-            detections += self.verify_step(step, commit)
+            detections += self.verify_step(step, commit, already=detections)
             if not detections:
                 self._update_all(step, frozen=bypass)
                 detections += self.verify_updates(step)
@@ -446,7 +459,39 @@ class Coordinator:
             self.transport.send_json(self.rank_of(s), message)
         for k in self.free_standbys:
             self.transport.send_json(self.standby_rank(k), {"type": "idle", "step": step})
-        return self.collect(step)
+        if c.verification == "redundant_neighbour" and c.input_via == "coordinator":
+            self.relay_copies(step)
+        commit = self.collect(step)
+        self.transport.flush()
+        return commit
+
+    def relay_copies(self, step: int) -> None:
+        """The trusted relay of ``input_via: coordinator``: for each checked stage ``s`` receive
+        from ``s`` the activations it received (under ``s - 1``'s signed headers) and from
+        ``s - 1`` the gradients ``s`` sent back (under ``s``'s), check them, and forward them to
+        the checker ``s + 1``: what ``s`` really computed on, which no worker can substitute."""
+        c = self.config
+        for s in range(1, c.stages - 1):
+            for kind, sender, receiver, source in (
+                (TransferKind.ACTIVATION, s - 1, s, s),
+                (TransferKind.GRADIENT, s, s - 1, s - 1),
+            ):
+                for m in range(c.microbatches):
+                    expected = Expected(
+                        run_id=self.run_id,
+                        sender=self.stage_ids[sender],
+                        sender_key=self.keys[self.stage_ids[sender]],
+                        sender_stage=sender,
+                        receiver_stage=receiver,
+                        step=step,
+                        micro_batch=m,
+                        kind=kind,
+                        dtype="float32",
+                        shape=(c.batch_size, c.model.block_size, c.model.n_embd),
+                    )
+                    tensor, _, raw = self.transport.recv_signed(self.rank_of(source), expected)
+                    self.transport.send_bytes(self.rank_of(s + 1), raw, blocking=False)
+                    self.transport.send_tensor(self.rank_of(s + 1), tensor, blocking=False)
 
     def _update_all(self, step: int, frozen: int | None) -> None:
         """Send ``update`` to every stage but ``frozen`` and collect the update receipts."""
@@ -454,6 +499,9 @@ class Coordinator:
         stages = self._active_stages(frozen)
         for s in stages:
             self.transport.send_json(self.rank_of(s), {"type": "update", "step": step})
+        if frozen is not None and frozen >= 1 and c.verification == "redundant_neighbour":
+            # the frozen stage still checks stage frozen - 1, which is updated: so is its replica
+            self.transport.send_json(self.rank_of(frozen), {"type": "replica_update", "step": step})
         self._update_receipts = {}
         for s in stages:
             wid = self.stage_ids[s]
@@ -467,6 +515,7 @@ class Coordinator:
                 if receipt.kind is not UnitKind.UPDATE:
                     raise TransportError(f"worker {wid} sent a {receipt.kind} receipt as its update receipt")
                 self._update_receipts[s] = receipt
+                self._last_updates[s] = receipt
                 self.counts["update"] += 1
 
     def respond(self, step: int, attempt: int, detection: dict[str, Any]) -> ResponsePlan:
@@ -565,6 +614,11 @@ class Coordinator:
         for s in range(c.stages):
             tensors = [(f"weights.{k}", v) for k, v in checkpoint.stage_states[s].items()]
             tensors += [(f"optimizer.{k}", v) for k, v in checkpoint.optimizer_states.get(s, {}).items()]
+            if c.verification == "redundant_neighbour" and s >= 1:  # the checker's replica of s - 1
+                tensors += [(f"replica_weights.{k}", v) for k, v in checkpoint.stage_states[s - 1].items()]
+                tensors += [
+                    (f"replica_optimizer.{k}", v) for k, v in checkpoint.optimizer_states.get(s - 1, {}).items()
+                ]
             meta = [
                 {"name": n, "dtype": _dtype_name(t), "shape": list(t.shape), "digest": digest_tensor(t).hex()}
                 for n, t in tensors
@@ -579,6 +633,7 @@ class Coordinator:
             if msg.get("step") != step or reported != checkpoint.info.weights_digests[s]:
                 raise TransportError(f"worker {self.stage_ids[s]} did not load the checkpoint of step {step}")
             self.final_weights[s] = reported
+        self._last_updates = {}  # every stage's weights are now the verified checkpoint's
         del self.losses[step:]
         del self.metrics[step:]
         self.events.write(
@@ -806,6 +861,8 @@ class Coordinator:
         receipts: dict[int, list[Receipt]] = {}
         headers: dict[int, list[SignedHeader]] = {}
         loss, mb_losses = float("nan"), []
+        checks: dict[int, list[Any]] = {}
+        checks_run: dict[int, int] = {}
         for s, wid in enumerate(self.stage_ids):
             msg = self.transport.recv_json(self.rank_of(s), "commit")
             self.busy[s] += _busy(msg)
@@ -827,7 +884,12 @@ class Coordinator:
             if s == c.stages - 1:
                 loss = _float(msg.get("loss"))
                 mb_losses = [_float(v) for v in msg.get("microbatch_losses", [])]
-        return StepCommit(step, receipts, headers, loss, mb_losses)
+            if c.verification == "redundant_neighbour" and s >= 1:
+                reported, run = msg.get("checks"), msg.get("checks_run")
+                if not isinstance(reported, list) or not isinstance(run, int) or isinstance(run, bool) or run < 0:
+                    raise TransportError(f"worker {wid}'s commitment has no check report")
+                checks[s], checks_run[s] = reported, run
+        return StepCommit(step, receipts, headers, loss, mb_losses, checks, checks_run)
 
     def _accept_receipt(self, wid: str, stage: int, step: int, raw: bytes) -> Receipt:
         receipt = parse_receipt(raw)
@@ -903,10 +965,14 @@ class Coordinator:
                         )
         return found
 
-    def verify_step(self, step: int, commit: StepCommit) -> list[dict[str, Any]]:
+    def verify_step(
+        self, step: int, commit: StepCommit, already: list[dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
         """The verification hook, called after every commitment and before the update.
 
-        With ``verification = "none"`` it checks nothing. With ``spot_check`` it reveals the
+        ``already`` are the detections the link checks made for this commitment. With
+        ``verification = "none"`` it checks nothing. With ``redundant_neighbour`` it adjudicates
+        the failed checks the checking stages report (:meth:`adjudicate`). With ``spot_check`` it reveals the
         secret committed before the step, derives the sampling randomness from it and the step's
         receipts, samples the units (forward, backward and update of every running stage and
         micro-batch, each with probability ``spot_check_rate``), and checks the sampled forward
@@ -931,6 +997,8 @@ class Coordinator:
                             receipt_digest(r),
                         )
                     )
+        if c.verification == "redundant_neighbour":
+            return found + self.adjudicate(commit, already or [])
         if c.verification != "spot_check" or self._seed is None:
             return found
         seed = self._seed
@@ -958,6 +1026,139 @@ class Coordinator:
             if kind != "update":
                 found += self.check_unit(commit, s, m, kind)
         return found
+
+    def adjudicate(self, commit: StepCommit, already: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Turn the failed redundant-neighbour checks of a step into detections.
+
+        A report is about the unit of stage ``s`` that its checker ``s + 1`` recomputed. With
+        receipts on, the coordinator is the referee: it re-executes the accused unit from its
+        committed inputs and weights (:meth:`check_unit`); a unit whose re-execution gives its
+        receipt's output was computed honestly (and the link checks tie the receipt to what was
+        sent) with the weights it committed to; if those weights are the output of the stage's
+        previous update, the coordinator re-executes that update too, and
+        only when both agree is the accuser blamed (``false_accusation``). Without receipts nothing can be
+        re-executed and the checker is believed, as in the paper's defence. A report on a unit the
+        link checks already blamed is not adjudicated again.
+        """
+        c, step, found = self.config, commit.step, []
+        blamed = {(d["stage"], d["microbatch"], d["unit_kind"]) for d in already}
+        for checker, reports in sorted(commit.checks.items()):
+            self.neighbour["units_checked"] += commit.checks_run.get(checker, 0)
+            for report in reports:
+                try:
+                    s, m, kind = int(report["checked"]), int(report["microbatch"]), str(report["unit_kind"])
+                    diff = float.fromhex(str(report["max_abs_diff"]))
+                except (KeyError, TypeError, ValueError):
+                    raise TransportError(f"stage {checker} sent a malformed check report") from None
+                if (
+                    s != checker - 1
+                    or int(report.get("step", -1)) != step
+                    or not 0 <= m < c.microbatches
+                    or kind not in ("forward", "backward")
+                ):
+                    raise TransportError(f"stage {checker} reported a check of a unit it does not check: {report}")
+                self.neighbour["mismatches_reported"] += 1
+                if (s, m, kind) in blamed or (s - 1, m, "forward") in blamed:
+                    # already convicted, or explained by the upstream stage's conviction (the
+                    # replica's backward of a micro-batch follows from its forward)
+                    continue
+                claim = (
+                    f"stage {checker} recomputed stage {s}'s {kind} unit and got another result (max |diff| {diff:g})"
+                )
+                receipt = commit.receipt(s, m, UnitKind(kind))
+                if not c.receipts or receipt is None:
+                    self.neighbour["unadjudicated"] += 1
+                    evidence = bytes.fromhex(str(report.get("evidence_digest", "")))
+                    found.append(self.detection(step, m, kind, s, "redundant_neighbour", claim, evidence))
+                    continue
+                equivocation = self._relayed_equivocation(report, s, m, step, receipt)
+                if equivocation is not None:
+                    found.append(equivocation)
+                    blamed.add((s - 1, m, "forward"))
+                    continue
+                confirmed = self.check_unit(commit, s, m, kind)
+                settled = True
+                if not confirmed:  # the unit follows from its weights: were those weights honest?
+                    confirmed, settled = self._check_weights(s, step, receipt)
+                if not settled:
+                    self.neighbour["unadjudicated"] += 1
+                    found.append(
+                        self.detection(step, m, kind, s, "redundant_neighbour", claim, receipt_digest(receipt))
+                    )
+                elif confirmed:
+                    self.neighbour["confirmed"] += 1
+                    found.append(
+                        self.detection(
+                            step,
+                            m,
+                            kind,
+                            s,
+                            "redundant_neighbour",
+                            f"{claim}; the coordinator's re-execution confirms it: {confirmed[0]['message']}",
+                            receipt_digest(receipt),
+                        )
+                    )
+                else:
+                    self.neighbour["false_accusations"] += 1
+                    found.append(
+                        self.detection(
+                            step,
+                            m,
+                            kind,
+                            checker,
+                            "false_accusation",
+                            f"{claim}, but the coordinator's re-execution of the unit from its committed inputs "
+                            f"and weights gives the output stage {s}'s receipt commits to: the accusation is false",
+                            receipt_digest(receipt),
+                        )
+                    )
+                blamed.add((s, m, kind))
+        return found
+
+    def _relayed_equivocation(
+        self, report: dict[str, Any], s: int, m: int, step: int, receipt: Receipt
+    ) -> dict[str, Any] | None:
+        """A detection of stage ``s - 1`` when the input copy its checker recomputed from (the
+        ``input_header`` of the report, signed by ``s - 1``) commits to another activation than
+        the one ``s``'s receipt says it received: ``s - 1`` signed two activations for one transfer."""
+        raw = report.get("input_header")
+        if not isinstance(raw, str) or s < 1:
+            return None
+        upstream = self.stage_ids[s - 1]
+        try:
+            header = parse_header(bytes.fromhex(raw))
+            verify_header(header, self.keys[upstream])
+        except (ValueError, AttestError):
+            return None  # not evidence against s - 1: the report is judged on its own
+        if (header.sender, header.receiver_stage, header.step, header.micro_batch, header.kind) != (
+            upstream,
+            s,
+            step,
+            m,
+            TransferKind.ACTIVATION,
+        ) or header.tensor.digest == receipt.input_digest:
+            return None
+        message = (
+            f"stage {s - 1} signed two activations for micro-batch {m}: the one stage {s} computed on and "
+            f"another relayed to stage {s + 1}, stage {s}'s checker (equivocation)"
+        )
+        return self.detection(step, m, "forward", s - 1, "equivocation", message, receipt_digest(receipt))
+
+    def _check_weights(self, s: int, step: int, receipt: Receipt) -> tuple[list[dict[str, Any]], bool]:
+        """Whether the weights stage ``s`` committed to at ``step`` are honest: the detections, and
+        whether the question could be settled. Weights never updated since the measured initial
+        weights or the last verified checkpoint are honest; otherwise they must be the output of
+        the update receipt of ``step - 1``, whose re-execution (:meth:`check_update`) must agree.
+        After a recomputation that went back past an update, the question cannot be settled."""
+        last = self._last_updates.get(s)
+        if last is None:
+            return [], True
+        if last.step != step - 1:
+            return [], False
+        if last.output_digest != receipt.weights_digest:
+            message = f"stage {s} computed step {step} with other weights than its update of step {step - 1} produced"
+            return [self.detection(step, 0, "update", s, "weights", message, receipt_digest(last))], True
+        return self.check_update(s, step - 1, last), True
 
     def _data(self, step: int, micro_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._batches is None:
@@ -1044,55 +1245,44 @@ class Coordinator:
         the weights before, the accumulated gradients and the optimizer state, check the first two
         against the update receipt, re-execute the AdamW step and compare the new weights' digest
         with the receipt's output."""
-        c, found = self.config, []
+        found = []
         for s, _, _ in self._update_sample:
             receipt = self._update_receipts.get(s)
-            if receipt is None:
-                continue
-            evidence = receipt_digest(receipt)
-            try:
-                unit = self.fetch(s, step, 0, "update")
-            except TransportError as exc:
-                found.append(self.detection(step, 0, "update", s, "fetch", f"no update unit returned: {exc}", evidence))
-                continue
-            grads = {k[5:]: v for k, v in unit.inputs.items() if k.startswith("grad.")}
-            state = {k[10:]: v for k, v in unit.inputs.items() if k.startswith("optimizer.")}
-            if unit.weights_digest != receipt.weights_digest or digest_tensors(grads.values()) != receipt.input_digest:
-                found.append(
-                    self.detection(
-                        step,
-                        0,
-                        "update",
-                        s,
-                        "fetch_mismatch",
-                        "the weights or gradients the worker returned differ from those its update receipt commits to",
-                        evidence,
-                    )
-                )
-                continue
-            self.spot["units_checked"] += 1
-            counts = {int(v) for k, v in state.items() if k.endswith("/step")}
-            try:
-                with deterministic(c.train.threads):
-                    result = reexecute_update(
-                        c.model, c.stages, s, unit.weights, grads, state, c.train, max(counts, default=0)
-                    )
-            except SpotCheckError as exc:
-                found.append(self.detection(step, 0, "update", s, "spot_check", f"cannot re-execute: {exc}", evidence))
-                continue
-            if result.weights_digest != receipt.output_digest:
-                found.append(
-                    self.detection(
-                        step,
-                        0,
-                        "update",
-                        s,
-                        "spot_check",
-                        "re-executing the update gives other weights than the update receipt's",
-                        evidence,
-                    )
-                )
+            if receipt is not None:
+                found += self.check_update(s, step, receipt)
         return found
+
+    def check_update(self, s: int, step: int, receipt: Receipt) -> list[dict[str, Any]]:
+        """Re-execute stage ``s``'s update unit of ``step`` (see :meth:`verify_updates`); return the
+        detections (none when the re-executed weights are the receipt's)."""
+        c, evidence = self.config, receipt_digest(receipt)
+
+        def found(check: str, message: str) -> list[dict[str, Any]]:
+            return [self.detection(step, 0, "update", s, check, message, evidence)]
+
+        try:
+            unit = self.fetch(s, step, 0, "update")
+        except TransportError as exc:
+            return found("fetch", f"no update unit returned: {exc}")
+        grads = {k[5:]: v for k, v in unit.inputs.items() if k.startswith("grad.")}
+        state = {k[10:]: v for k, v in unit.inputs.items() if k.startswith("optimizer.")}
+        if unit.weights_digest != receipt.weights_digest or digest_tensors(grads.values()) != receipt.input_digest:
+            return found(
+                "fetch_mismatch",
+                "the weights or gradients the worker returned differ from those its update receipt commits to",
+            )
+        self.spot["units_checked"] += 1
+        counts = {int(v) for k, v in state.items() if k.endswith("/step")}
+        try:
+            with deterministic(c.train.threads):
+                result = reexecute_update(
+                    c.model, c.stages, s, unit.weights, grads, state, c.train, max(counts, default=0)
+                )
+        except SpotCheckError as exc:
+            return found("spot_check", f"cannot re-execute: {exc}")
+        if result.weights_digest != receipt.output_digest:
+            return found("spot_check", "re-executing the update gives other weights than the update receipt's")
+        return []
 
     # -- FETCH ------------------------------------------------------------------------------------
 
@@ -1186,7 +1376,7 @@ class Coordinator:
             "receipts": self.counts["receipts"],
             "headers": self.counts["headers"],
             "detections": list(self.detections),
-            "false_alarms": 0,
+            "false_alarms": self._false_alarms(),
             "responses": list(self.responses),
             "final_weights": {"stages": final, "digest": model_digest},
             "standby": list(self.standby_ids),
@@ -1194,6 +1384,7 @@ class Coordinator:
             "checkpoints": list(self.checkpoints),
             "stage_busy_seconds": list(self.busy),
             "spot_check": dict(self.spot) if c.verification == "spot_check" else None,
+            "redundant_neighbour": dict(self.neighbour) if c.verification == "redundant_neighbour" else None,
             "coordinator_key": bytes(self.signing_key.verify_key).hex(),
             "attestation": c.attestation,
         }
@@ -1209,6 +1400,15 @@ class Coordinator:
             workers=workers,
             extra=extra,
         )
+
+    def _false_alarms(self) -> int:
+        """Detections that blame a worker the run's attack plan does not make malicious (the plan
+        is the ground truth of a run with injected attacks; a standby never attacks)."""
+        plan = self.config.attack
+        malicious = set()
+        if plan is not None:
+            malicious = {worker_id_for(int(s)) for s in plan.get("stages", [])}
+        return sum(1 for d in self.detections if d["worker"] not in malicious)
 
     def _write_summary(self) -> None:
         self.writer.write_summary(self._summary())

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from stagewarden.attest.tensor_digest import digest_tensor
 from stagewarden.runtime.model import GPTConfig, StageModule, build_stage
-from stagewarden.runtime.spotcheck import import_optimizer_state
+from stagewarden.runtime.spotcheck import export_optimizer_state, import_optimizer_state
 from stagewarden.runtime.units import (
     ForwardState,
     TrainConfig,
@@ -118,9 +118,19 @@ class NeighbourReplica:
         checked: The checked stage ``s``; its checker is ``s + 1`` (``s`` must not be the last stage).
         seed: The run seed (the replica starts from ``s``'s initial weights).
         train: The optimizer settings; the replica steps its own AdamW with them.
+        device: Where the replica computes (the checker's device, so that its recomputation is
+            bitwise comparable with the checked stage's).
     """
 
-    def __init__(self, config: GPTConfig, stages: int, checked: int, seed: int, train: TrainConfig) -> None:
+    def __init__(
+        self,
+        config: GPTConfig,
+        stages: int,
+        checked: int,
+        seed: int,
+        train: TrainConfig,
+        device: torch.device | str = "cpu",
+    ) -> None:
         if not 0 <= checked < stages - 1:
             raise ValueError(f"stage {checked} has no next stage to check it in a pipeline of {stages}")
         self.config = config
@@ -128,7 +138,7 @@ class NeighbourReplica:
         self.checked = checked
         self.checker = checked + 1
         self.train = train
-        self.module: StageModule = build_stage(config, stages, checked, seed)
+        self.module: StageModule = build_stage(config, stages, checked, seed).to(device)
         self.optimizer = make_optimizer(self.module, train)
         self._states: dict[int, ForwardState] = {}
 
@@ -208,6 +218,16 @@ class NeighbourReplica:
         optimizer_step(self.optimizer)
         self._states.clear()
 
+    def reset_step(self) -> None:
+        """Drop the forward states and gradients of a step that is being recomputed."""
+        self.module.zero_grad(set_to_none=True)
+        self._states.clear()
+
+    def snapshot(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Copies of the replica's weights and optimizer state (to :meth:`resync` to later)."""
+        weights = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        return weights, export_optimizer_state(self.module, self.optimizer)
+
     def resync(self, weights: Mapping[str, torch.Tensor], optimizer_state: Mapping[str, torch.Tensor]) -> None:
         """Replace the replica's weights and optimizer state (after a rollback or an eject).
 
@@ -218,4 +238,4 @@ class NeighbourReplica:
         self.module.load_state_dict(dict(weights), strict=True)
         self.optimizer = make_optimizer(self.module, self.train)
         import_optimizer_state(self.module, self.optimizer, optimizer_state)
-        self._states.clear()
+        self.reset_step()

@@ -8,6 +8,7 @@ and to its neighbours with signed tensor transfers (:mod:`stagewarden.runtime.tr
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 from nacl.signing import SigningKey
-from stagewarden.attest.headers import SignedHeader, TransferKind
+from stagewarden.attest.headers import SignedHeader, TransferKind, encode_header, sign_header
 from stagewarden.attest.providers import SimulatedProvider
 from stagewarden.attest.receipts import (
     ExecutionEnv,
@@ -27,7 +28,14 @@ from stagewarden.attest.receipts import (
     receipt_digest,
     sign_receipt,
 )
-from stagewarden.attest.tensor_digest import TensorDigest, digest_state_dict, digest_tensor, digest_tensors, dtype_name
+from stagewarden.attest.tensor_digest import (
+    TensorDigest,
+    digest_state_dict,
+    digest_tensor,
+    digest_tensors,
+    dtype_name,
+    tensor_digest,
+)
 from stagewarden.attest.vendor import device_identity, load_vendor
 from stagewarden.runtime.attacks import (
     TENSOR_KINDS,
@@ -43,6 +51,7 @@ from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.data import Batches
 from stagewarden.runtime.measure import code_digest, stage_measurement
 from stagewarden.runtime.model import StageModule, build_stage
+from stagewarden.runtime.redundant import CheckOutcome, InputVia, NeighbourReplica
 from stagewarden.runtime.schedule import ActionKind, gpipe, one_f_one_b
 from stagewarden.runtime.spotcheck import export_optimizer_state, import_optimizer_state
 from stagewarden.runtime.transport import Expected, Transport, TransportError
@@ -115,6 +124,17 @@ class NoAttack:
     def apply_update(self, stage: int, step: int, module: torch.nn.Module) -> None:
         """Change the stage's weights in place after the optimizer step."""
 
+    def report_checks(self, stage: int, step: int, outcomes: list[CheckOutcome]) -> list[CheckOutcome]:
+        """What a checking stage (redundant neighbour) reports of its checks. Honest: the outcomes."""
+        return outcomes
+
+    def relay_copy(
+        self, stage: int, step: int, micro_batch: int, sent: torch.Tensor, committed: torch.Tensor
+    ) -> torch.Tensor:
+        """The activation this stage relays to its next stage's checker (``input_via: upstream``),
+        given what it sent and what its receipt commits to. Honest: what it sent."""
+        return sent
+
 
 class PlanAttack(NoAttack):
     """A malicious stage's behaviour for an :class:`~stagewarden.runtime.attacks.AttackPlan`.
@@ -134,13 +154,25 @@ class PlanAttack(NoAttack):
       the tampered weights);
     * ``equivocate``: the receipt (and so FETCH, which returns the unit's inputs and weights)
       commits to the honest message, while the negated message is sent to the neighbour under a
-      header signed by this stage.
+      header signed by this stage;
+    * tensor kinds with direction ``input``: on the received activation before the forward, so
+      the stage sends an output consistent with the forged input (and relays the forged input
+      to its checker under ``input_via: checked_worker``);
+    * as a checking stage (``redundant_neighbour``): a malicious checker never reports a failed
+      check of a stage it colludes with (one named in the same plan), and ``false_accuse``
+      reports a mismatch in every checked forward unit the attack fires on; a stage named only
+      in the plan's ``covers`` does nothing else;
+    * as a relay (``input_via: upstream``): a forward ``equivocate`` stage sends its next stage
+      the honest activation its receipt commits to and that stage's checker the negated one
+      under a second signed header (the prover's framing strategy).
     """
 
     def __init__(self, plan: AttackPlan, vocab_size: int) -> None:
         self.plan = plan
         self.vocab_size = vocab_size
         self.attempt = 0
+        self.relay_equivocation = False
+        """Set by the worker when it relays its activations to a checker (``input_via: upstream``)."""
         self._last_sent: dict[tuple[str, int], torch.Tensor] = {}
         self._previous: dict[str, torch.Tensor] = {}
 
@@ -148,9 +180,24 @@ class PlanAttack(NoAttack):
         return self.plan.active(stage, step, micro_batch, self.attempt)
 
     def apply_input(self, stage: int, step: int, micro_batch: int, inputs: torch.Tensor) -> torch.Tensor:
-        if self.plan.kind is AttackKind.POISON_DATA and stage == 0 and self._fires(stage, step, micro_batch):
-            return poison_data(inputs, self.plan, step, micro_batch, self.vocab_size)
+        plan = self.plan
+        if plan.kind is AttackKind.POISON_DATA and stage == 0 and self._fires(stage, step, micro_batch):
+            return poison_data(inputs, plan, step, micro_batch, self.vocab_size)
+        if plan.direction is Direction.INPUT and stage > 0 and plan.kind in TENSOR_KINDS:
+            return self._message(Direction.INPUT, stage, step, micro_batch, inputs, None)
         return inputs
+
+    def relay_copy(
+        self, stage: int, step: int, micro_batch: int, sent: torch.Tensor, committed: torch.Tensor
+    ) -> torch.Tensor:
+        if (
+            self.relay_equivocation
+            and self.plan.kind is AttackKind.EQUIVOCATE
+            and self.plan.direction is Direction.FORWARD
+            and self._fires(stage, step, micro_batch)
+        ):
+            return equivocate(committed).sent  # the next stage got the honest activation
+        return sent
 
     def _message(
         self, direction: Direction, stage: int, step: int, mb: int, tensor: torch.Tensor, received: torch.Tensor | None
@@ -187,12 +234,29 @@ class PlanAttack(NoAttack):
         if (
             self.plan.kind is AttackKind.EQUIVOCATE
             and self.plan.direction.value == direction
+            and not (self.relay_equivocation and direction == "forward")
             and self._fires(stage, step, micro_batch)
         ):
             sent = equivocate(committed).sent
         self._last_sent[(direction, micro_batch)] = sent.detach()
         self._previous[direction] = sent.detach()
         return sent
+
+    def report_checks(self, stage: int, step: int, outcomes: list[CheckOutcome]) -> list[CheckOutcome]:
+        plan, reported = self.plan, []
+        for o in outcomes:
+            if not o.passed and o.checked in plan.stages:  # hide a colluder's tampering
+                o = dataclasses.replace(o, passed=True, blamed=None, max_abs_diff=0.0)
+            if (
+                plan.kind is AttackKind.FALSE_ACCUSE
+                and o.passed
+                and o.unit_kind == "forward"
+                and o.checked not in plan.stages
+                and self._fires(stage, step, o.microbatch)
+            ):
+                o = dataclasses.replace(o, passed=False, blamed=o.checked, max_abs_diff=float("inf"))
+            reported.append(o)
+        return reported
 
     def apply_update(self, stage: int, step: int, module: torch.nn.Module) -> None:
         if self.plan.kind is AttackKind.WEIGHTS and self._fires(stage, step, 0):
@@ -216,7 +280,7 @@ def make_attack(plan: Any, stage: int, vocab_size: int = 256) -> NoAttack | None
     if plan is None:
         return None
     parsed = AttackPlan.from_json(plan)
-    return PlanAttack(parsed, vocab_size) if stage in parsed.stages else NoAttack()
+    return PlanAttack(parsed, vocab_size) if stage in parsed.stages | parsed.covers else NoAttack()
 
 
 @dataclass
@@ -260,10 +324,15 @@ class StageWorker:
         self.ids: dict[int, str] = {}
         self.prev = b""
         self.record: StepRecord | None = None
+        self.previous: StepRecord | None = None
         self.attack: NoAttack | None = None
         self.bypass: int | None = None
         self.busy = 0.0
         self.ranks: dict[int, int] = {}
+        self.replica: NeighbourReplica | None = None
+        self.replica_record: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+        self.replica_checked = False
+        self.copy_headers: dict[int, bytes] = {}
 
     # -- start --------------------------------------------------------------------------------
 
@@ -301,9 +370,15 @@ class StageWorker:
                 next(iter(module.parameters())).add_(1e-3)
         self.module = module
         self.optimizer = make_optimizer(module, c.train)
-        self.batches = _batches(c) if (s == 0 or s == c.stages - 1) else None
+        self.replica = None
+        if c.verification == "redundant_neighbour" and s >= 1:  # this stage checks stage s - 1
+            self.replica = NeighbourReplica(c.model, c.stages, s - 1, c.seed, c.train, self.device)
+        reads_data = s in (0, c.stages - 1) or (self.replica is not None and s == 1)
+        self.batches = _batches(c) if reads_data else None
         self.schedule = (gpipe if c.schedule == "gpipe" else one_f_one_b)(c.stages, c.microbatches)[s]
         self.attack = make_attack(c.attack, s, c.model.vocab_size)
+        if isinstance(self.attack, PlanAttack):
+            self.attack.relay_equivocation = c.verification == "redundant_neighbour" and c.input_via == "upstream"
 
     def _attest(self, nonce_hex: str | None) -> None:
         pubkey = bytes(self.key.verify_key)
@@ -324,7 +399,19 @@ class StageWorker:
         while True:
             msg = self.transport.recv_json(
                 COORDINATOR,
-                ("step", "fetch", "update", "restore", "idle", "release", "snapshot", "load", "assign", "ranks"),
+                (
+                    "step",
+                    "fetch",
+                    "update",
+                    "restore",
+                    "idle",
+                    "release",
+                    "snapshot",
+                    "load",
+                    "assign",
+                    "ranks",
+                    "replica_update",
+                ),
             )
             kind = msg["type"]
             if kind == "release":
@@ -333,6 +420,9 @@ class StageWorker:
                 continue
             if kind == "ranks":
                 self._ranks(msg)
+                continue
+            if kind == "replica_update":
+                self._replica_update()
                 continue
             if kind == "assign":
                 self._assign(msg)
@@ -435,6 +525,7 @@ class StageWorker:
         c, s, module = self.config, self.stage_index, self.module
         M = c.microbatches  # noqa: N806
         self.bypass = bypass
+        self.replica_checked = False
         if self.attack is not None:
             self.attack.attempt = attempt
         receipts_on = c.receipts
@@ -445,6 +536,11 @@ class StageWorker:
             weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
             optimizer = export_optimizer_state(module, self.optimizer) if self._keeps_state() else None
             record = StepRecord(step, weights, optimizer=optimizer)
+            if self.replica is not None:
+                self.replica_record = self.replica.snapshot()
+            # a checker's accusation is refereed by re-executing the update that made these weights
+            keep = c.verification == "redundant_neighbour" and self.record is not None
+            self.previous = self.record if keep and self.record.step == step - 1 else None
         self.record = record
         weights_digest = digest_state_dict(record.weights) if receipts_on else b""
         env = ExecutionEnv.capture(self.device)
@@ -455,6 +551,7 @@ class StageWorker:
         grads_in: dict[int, torch.Tensor] = {}
         targets: dict[int, torch.Tensor] = {}
         losses: dict[int, torch.Tensor] = {}
+        relay = _Relay()
         receipts: list[str] = []
         headers: list[str] = []
         keep_grads = self._keeps_state() and module.is_first
@@ -468,6 +565,7 @@ class StageWorker:
                 sender = self._neighbour(transfer, incoming=True)
                 tensor, _, raw = self.transport.recv_signed(self.ranks[sender], self._expected(step, m, transfer))
                 (inputs if kind is ActionKind.RECV_F else grads_out)[m] = tensor
+                (relay.received_f if kind is ActionKind.RECV_F else relay.received_b)[m] = (raw, tensor)
                 headers.append(raw.hex())
             elif kind is ActionKind.F:
                 assert m is not None
@@ -488,7 +586,7 @@ class StageWorker:
                     state = stage_forward(module, inputs[m], M, targets=targets[m] if module.is_last else None)
                     output = state.output.detach()
                 states[m] = state
-                if self.attack is not None:
+                if self.attack is not None and not module.is_last:  # the last stage sends no activation
                     output = self.attack.apply_forward(s, step, m, output, received)
                 outputs[m] = output
                 if state.loss is not None:
@@ -506,9 +604,11 @@ class StageWorker:
                 committed = outputs.pop(m)
                 sent = committed if self.attack is None else self.attack.outgoing(s, step, m, "forward", committed)
                 receiver = self._neighbour(TransferKind.ACTIVATION, incoming=False)
-                self.transport.send_signed(
+                signed = self.transport.send_signed(
                     self.ranks[receiver], sent, self._header(step, m, TransferKind.ACTIVATION), self.key, blocking=False
                 )
+                relay.sent_f[m] = (encode_header(signed), sent)
+                relay.committed_f[m] = committed
             elif kind is ActionKind.B:
                 assert m is not None
                 unit = _unit_tensors(inputs[m], targets.get(m) if module.is_last else None)
@@ -543,10 +643,23 @@ class StageWorker:
                 committed = grads_in.pop(m)
                 sent = committed if self.attack is None else self.attack.outgoing(s, step, m, "backward", committed)
                 receiver = self._neighbour(TransferKind.GRADIENT, incoming=False)
-                self.transport.send_signed(
+                signed = self.transport.send_signed(
                     self.ranks[receiver], sent, self._header(step, m, TransferKind.GRADIENT), self.key, blocking=False
                 )
+                relay.sent_b[m] = (encode_header(signed), sent)
             # UPDATE waits for the coordinator's decision
+        relay.inputs = inputs
+        checks: list[dict[str, Any]] = []
+        checks_run = 0
+        if c.verification == "redundant_neighbour":
+            self._send_relay(step, relay)
+            began = time.perf_counter()
+            outcomes = self._check_neighbour(step, relay, bypass)
+            busy += time.perf_counter() - began
+            checks_run = len(outcomes)
+            if self.attack is not None:
+                outcomes = self.attack.report_checks(s, step, outcomes)
+            checks = [_report(o, self.copy_headers) for o in outcomes if not o.passed]
         self.transport.flush()
         message: dict[str, Any] = {
             "type": "commit",
@@ -555,10 +668,136 @@ class StageWorker:
             "headers": headers,
             "busy_ns": int(busy * 1e9),
         }
+        if c.verification == "redundant_neighbour":
+            message["checks"] = checks
+            message["checks_run"] = checks_run
         if module.is_last:
             message["loss"] = step_loss([losses[m] for m in range(M)]).hex()
             message["microbatch_losses"] = [float(losses[m]).hex() for m in range(M)]
         self.transport.send_json(COORDINATOR, message)
+
+    def _transfer(
+        self, step: int, mb: int, kind: TransferKind, sender: int, receiver: int, token_ids: bool = False
+    ) -> Expected:
+        """What a relayed copy of the transfer ``sender -> receiver`` must be (token ids: stage 0's input)."""
+        c = self.config
+        shape = (c.batch_size, c.model.block_size)
+        return Expected(
+            run_id=self.run_id,
+            sender=self.ids[sender],
+            sender_key=self.keys[sender],
+            sender_stage=sender,
+            receiver_stage=receiver,
+            step=step,
+            micro_batch=mb,
+            kind=kind,
+            dtype="int64" if token_ids else "float32",
+            shape=shape if token_ids else (*shape, c.model.n_embd),
+        )
+
+    def _send_relay(self, step: int, relay: _Relay) -> None:
+        """Send the copies a redundant-neighbour checker needs, as the run's ``input_via`` says.
+
+        With ``checked_worker`` stage ``s`` sends its checker ``s + 1`` the inputs it claims to
+        have computed on (under a header it signs itself: nothing binds them to what ``s - 1``
+        sent) and the gradients it sent back. With ``upstream`` stage ``s - 1`` sends the checker
+        ``s + 1`` the activations it sent ``s`` and the gradients ``s`` sent back, each under its
+        original signed header (a relayed activation that differs from the one sent goes under a
+        new header: ``s - 1`` equivocates). With ``coordinator`` the trusted relay gets each
+        stage's received activations (signed by ``s - 1``) and the gradients ``s`` sent back
+        (signed by ``s``) and forwards them: nobody can substitute them. Forward copies go
+        first, then gradient copies, in micro-batch order.
+        """
+        c, s = self.config, self.stage_index
+        assert s is not None
+        M = c.microbatches  # noqa: N806
+        copies: list[tuple[bytes, torch.Tensor]] = []
+        if c.input_via == InputVia.CHECKED_WORKER:
+            if s > c.stages - 2:
+                return
+            dst = self.ranks[s + 1]
+            for m in range(M):
+                header = self._header(step, m, TransferKind.ACTIVATION)
+                self.transport.send_signed(dst, relay.inputs[m], header, self.key, blocking=False)
+            copies = [relay.sent_b[m] for m in range(M)] if s >= 1 else []
+        elif c.input_via == InputVia.UPSTREAM:
+            if s > c.stages - 3:
+                return
+            dst = self.ranks[s + 2]
+            for m in range(M):
+                raw, sent = relay.sent_f[m]
+                copy = sent if self.attack is None else self.attack.relay_copy(s, step, m, sent, relay.committed_f[m])
+                if copy is not sent:
+                    header = self._header(step, m, TransferKind.ACTIVATION)
+                    raw = encode_header(
+                        sign_header(dataclasses.replace(header, tensor=tensor_digest(copy.cpu())), self.key)
+                    )
+                copies.append((raw, copy))
+            copies += [relay.received_b[m] for m in range(M)]
+        else:
+            dst = COORDINATOR
+            if 1 <= s <= c.stages - 2:
+                copies += [relay.received_f[m] for m in range(M)]
+            if s <= c.stages - 3:
+                copies += [relay.received_b[m] for m in range(M)]
+        for raw, tensor in copies:
+            self.transport.send_bytes(dst, raw, blocking=False)
+            self.transport.send_tensor(dst, tensor, blocking=False)
+
+    def _check_neighbour(self, step: int, relay: _Relay, bypass: int | None) -> list[CheckOutcome]:
+        """As the checker of stage ``s = this stage - 1``: receive the relayed copies, recompute
+        ``s``'s forward and backward units on the replica and compare them bit for bit with what
+        ``s`` sent. The checks of a bypassed stage are skipped (it must pass tensors on unchanged,
+        which the coordinator checks)."""
+        replica = self.replica
+        if replica is None:
+            return []
+        c, me = self.config, self.stage_index
+        assert me is not None
+        s, M = me - 1, c.microbatches  # noqa: N806
+        via = InputVia(c.input_via)
+        inputs: dict[int, torch.Tensor] = {}
+        headers: dict[int, bytes] = {}
+        grads: dict[int, torch.Tensor] = {}
+        if via is InputVia.CHECKED_WORKER:
+            src = self.ranks[s]
+            for m in range(M):
+                expected = self._transfer(step, m, TransferKind.ACTIVATION, s, me, token_ids=s == 0)
+                inputs[m] = self.transport.recv_signed(src, expected)[0]
+        elif s >= 1:
+            src = self.ranks[s - 1] if via is InputVia.UPSTREAM else COORDINATOR
+            for m in range(M):
+                expected = self._transfer(step, m, TransferKind.ACTIVATION, s - 1, s)
+                inputs[m], _, headers[m] = self.transport.recv_signed(src, expected)
+        if s >= 1:
+            for m in range(M):
+                grads[m] = self.transport.recv_signed(src, self._transfer(step, m, TransferKind.GRADIENT, s, s - 1))[0]
+        if bypass == s:
+            return []
+        replica.reset_step()
+        self.copy_headers = headers  # the signed headers of the input copies: evidence if s - 1 equivocated
+        outcomes = []
+        for m in range(M):
+            if m in inputs:
+                recompute = inputs[m].to(self.device)
+            else:  # stage 0 under a trusted channel: the step's data itself
+                assert self.batches is not None
+                recompute = self.batches.microbatch(step, m)[0].to(self.device)
+            sent = relay.received_f[m][1].to(self.device)
+            outcomes.append(replica.check_forward(step, m, M, recompute, sent, via))
+        for m in range(M):
+            grad_output = relay.sent_b[m][1].to(self.device)
+            sent_grad = grads[m].to(self.device) if m in grads else None
+            outcomes.append(replica.check_backward(step, m, grad_output, sent_grad))
+        self.replica_checked = True
+        return outcomes
+
+    def _replica_update(self) -> None:
+        """Step the replica's optimizer on the gradients it recomputed (after ``s``'s update)."""
+        if self.replica is not None and self.replica_checked:
+            with deterministic(self.config.train.threads):
+                self.replica.apply_update()
+        self.replica_checked = False
 
     def _restore(self, step: int) -> None:
         """Return to the state before ``step`` (weights and optimizer state) and drop its gradients."""
@@ -572,6 +811,9 @@ class StageWorker:
         import_optimizer_state(module, self.optimizer, record.optimizer)
         module.zero_grad(set_to_none=True)
         record.grads = None
+        if self.replica is not None and self.replica_record is not None:
+            self.replica.resync(*self.replica_record)
+        self.replica_checked = False
         weights = digest_state_dict(module.state_dict()).hex()
         self.transport.send_json(COORDINATOR, {"type": "restored", "step": step, "weights": weights})
 
@@ -594,7 +836,7 @@ class StageWorker:
         with deterministic(self.config.train.threads):
             self._setup_stage()
         self.attack = None
-        self.record = None
+        self.record = self.previous = None
 
     def _snapshot(self, step: int) -> None:
         """Send the stage's weights and optimizer state (after ``step`` steps) for a checkpoint."""
@@ -610,22 +852,27 @@ class StageWorker:
         step, items = msg.get("step"), msg.get("tensors")
         if not isinstance(step, int) or not isinstance(items, list):
             raise TransportError(f"worker {self.worker_id} got a malformed load request")
-        current = self.module.state_dict()
-        params = dict(self.module.named_parameters())
-        weights: dict[str, torch.Tensor] = {}
-        optimizer: dict[str, torch.Tensor] = {}
+        # A checker's load also carries the checked stage's state for its replica.
+        modules = {"": self.module} if self.replica is None else {"": self.module, "replica_": self.replica.module}
+        received: dict[str, dict[str, torch.Tensor]] = {}
         for item in items:
             try:
                 name, dtype, shape, digest = item["name"], item["dtype"], tuple(item["shape"]), item["digest"]
             except (KeyError, TypeError):
                 raise TransportError(f"worker {self.worker_id} got a malformed tensor entry") from None
             group, _, key = str(name).partition(".")
-            if group == "weights":
-                ref = current.get(key)
+            prefix = "replica_" if group.startswith("replica_") else ""
+            target = modules.get(prefix)
+            section = group[len(prefix) :]
+            if target is None:
+                raise TransportError(f"checkpoint tensor {name!r} is not acceptable")
+            params = dict(target.named_parameters())
+            if section == "weights":
+                ref = target.state_dict().get(key)
                 if ref is None or tuple(ref.shape) != shape or dtype_name(ref.dtype) != dtype:
                     raise TransportError(f"checkpoint tensor {name!r} does not fit stage {self.stage_index}")
                 torch_dtype = ref.dtype
-            elif group == "optimizer" and dtype == "float32" and key.rpartition("/")[0] in params:
+            elif section == "optimizer" and dtype == "float32" and key.rpartition("/")[0] in params:
                 param, field = params[key.rpartition("/")[0]], key.rpartition("/")[2]
                 if shape != (() if field == "step" else tuple(param.shape)):
                     raise TransportError(f"checkpoint tensor {name!r} has the wrong shape")
@@ -635,9 +882,22 @@ class StageWorker:
             tensor = self.transport.recv_tensor(COORDINATOR, torch_dtype, shape).cpu()
             if _digest(tensor).hex() != digest:
                 raise TransportError(f"checkpoint tensor {name!r} does not match its announced digest")
-            (weights if group == "weights" else optimizer)[key] = tensor
-        if set(weights) != set(current):
-            raise TransportError(f"the checkpoint does not hold every weight of stage {self.stage_index}")
+            received.setdefault(group, {})[key] = tensor
+        weights, optimizer = received.get("weights", {}), received.get("optimizer", {})
+        for prefix, target in modules.items():
+            if set(received.get(f"{prefix}weights", {})) != set(target.state_dict()):
+                raise TransportError(f"the checkpoint does not hold every weight of stage {self.stage_index}")
+        if self.replica is not None:
+            try:
+                self.replica.resync(
+                    {k: v.to(self.device) for k, v in received["replica_weights"].items()},
+                    received.get("replica_optimizer", {}),
+                )
+            except ValueError as exc:
+                raise TransportError(
+                    f"checkpoint state of the replica of stage {self.replica.checked}: {exc}"
+                ) from None
+            self.replica_record = None
         module = self.module
         module.load_state_dict(weights)
         self.optimizer = make_optimizer(module, self.config.train)
@@ -646,7 +906,7 @@ class StageWorker:
         except ValueError as exc:
             raise TransportError(f"checkpoint optimizer state of stage {self.stage_index}: {exc}") from None
         module.zero_grad(set_to_none=True)
-        self.record = None
+        self.record = self.previous = None
         weights_digest = digest_state_dict(module.state_dict()).hex()
         self.transport.send_json(COORDINATOR, {"type": "loaded", "step": step, "weights": weights_digest})
 
@@ -672,6 +932,8 @@ class StageWorker:
         optimizer_step(self.optimizer)
         if self.attack is not None:
             self.attack.apply_update(self.stage_index, step, module)
+        if self.replica is not None:
+            self._replica_update()
         busy = time.perf_counter() - began
         after = digest_state_dict(module.state_dict())
         message: dict[str, Any] = {"type": "updated", "step": step, "weights": after.hex(), "busy_ns": int(busy * 1e9)}
@@ -683,8 +945,8 @@ class StageWorker:
     def _fetch(self, msg: dict[str, Any]) -> None:
         """Answer a FETCH: the committed input tensors of one unit and the weights it ran with."""
         step, mb, kind = msg["step"], msg["micro_batch"], msg["kind"]
-        record = self.record
-        unit = record.units.get((mb, kind)) if record is not None and record.step == step else None
+        record = next((r for r in (self.record, self.previous) if r is not None and r.step == step), None)
+        unit = record.units.get((mb, kind)) if record is not None else None
         if kind == "update" and record is not None and record.step == step and record.grads is not None:
             assert record.optimizer is not None
             unit = {f"grad.{k}": v for k, v in record.grads.items()}
@@ -710,6 +972,30 @@ class StageWorker:
         )
         for _, t in tensors:
             self.transport.send_tensor(COORDINATOR, t)
+
+
+def _report(outcome: CheckOutcome, copy_headers: dict[int, bytes]) -> dict[str, Any]:
+    """A failed check as sent to the coordinator (canonical JSON has no floats: the difference is
+    written with ``float.hex``), with the signed header of the relayed input of a forward unit."""
+    data = outcome.to_json()
+    data["max_abs_diff"] = float(outcome.max_abs_diff).hex()
+    if outcome.unit_kind == "forward" and outcome.microbatch in copy_headers:
+        data["input_header"] = copy_headers[outcome.microbatch].hex()
+    return data
+
+
+@dataclass
+class _Relay:
+    """What one step's schedule exchanged, kept for the redundant-neighbour copies: per
+    micro-batch the encoded signed header and tensor received or sent in each direction, and the
+    stage's forward inputs."""
+
+    received_f: dict[int, tuple[bytes, torch.Tensor]] = field(default_factory=dict)
+    received_b: dict[int, tuple[bytes, torch.Tensor]] = field(default_factory=dict)
+    sent_f: dict[int, tuple[bytes, torch.Tensor]] = field(default_factory=dict)
+    sent_b: dict[int, tuple[bytes, torch.Tensor]] = field(default_factory=dict)
+    committed_f: dict[int, torch.Tensor] = field(default_factory=dict)
+    inputs: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 def _unit_tensors(inputs: torch.Tensor, targets: torch.Tensor | None) -> dict[str, torch.Tensor]:

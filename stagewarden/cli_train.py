@@ -29,7 +29,12 @@ def _spec_settings(path: str) -> dict[str, Any]:
             f"{path}: topology.replicas is {spec.topology.replicas}; the runtime runs one replica (R = 1) only"
         )
     spot = [c for c in spec.defense.checks if c.scheme == "spot_check"]
-    extra: dict[str, Any] = {"verification": "spot_check", "spot_check_rate": spot[0].rate} if spot else {}
+    neighbour = [c for c in spec.defense.checks if c.scheme == "redundant_neighbour"]
+    extra: dict[str, Any] = {}
+    if spot:
+        extra = {"verification": "spot_check", "spot_check_rate": spot[0].rate}
+    elif neighbour:
+        extra = {"verification": "redundant_neighbour", "input_via": neighbour[0].input_via}
     return {
         **extra,
         "stages": spec.topology.stages,
@@ -39,6 +44,48 @@ def _spec_settings(path: str) -> dict[str, Any]:
         "attestation": spec.defense.attestation,
         "response": spec.defense.response[0],
     }
+
+
+def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
+    """Write a run for torchrun (``--prepare``) and print how to start it."""
+    import shlex
+
+    from stagewarden.attest.errors import AttestError
+    from stagewarden.runtime.launch import LaunchError, prepare_run
+
+    try:
+        prepared = prepare_run(config, folder, vendor_dir=vendor)
+    except (LaunchError, AttestError) as exc:
+        raise BadInput(f"--prepare: {exc}") from None
+    except OSError as exc:
+        raise BadInput(f"--prepare: cannot write {folder}: {exc.strerror or exc}") from None
+    console = make_console()
+    c = config
+    console.print(
+        f"prepared a run of {c.world_size} processes (1 coordinator + {c.stages} stages + {c.standby} standby)",
+        markup=False,
+    )
+    console.print(f"  configuration  {prepared.config_path}", markup=False)
+    if prepared.vendor_path is not None:
+        console.print(f"  vendor         {prepared.vendor_path} (SIMULATED; holds private keys)", markup=False)
+    command = [
+        "torchrun",
+        "--nnodes=N",
+        "--nproc-per-node=K",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=HOST:PORT",
+        "--rdzv-id=ID",
+        "--max-restarts=0",
+        "-m",
+        "stagewarden.runtime.entry",
+        *prepared.entry_args(out),
+    ]
+    console.print(
+        f"Copy {folder} to the same path on every machine, then start N x K = {c.world_size} processes, "
+        "K on each of N machines:",
+        markup=False,
+    )
+    console.print(f"  {shlex.join(command)}", markup=False)
 
 
 @click.command()
@@ -87,7 +134,7 @@ def _spec_settings(path: str) -> dict[str, Any]:
     "--attack",
     "attack_kind",
     help="Mount this attack (reverse, random, scale, noise, bitflip, lazy, replay, "
-    "weights, equivocate, poison_data) from the --malicious stages.",
+    "weights, equivocate, poison_data, false_accuse) from the --malicious stages.",
 )
 @click.option("--malicious", help="Comma-separated malicious stages for --attack, such as 1 or 1,2.")
 @click.option(
@@ -103,8 +150,14 @@ def _spec_settings(path: str) -> dict[str, Any]:
 )
 @click.option(
     "--verification",
-    type=click.Choice(["none", "spot_check"]),
-    help="Verify units: spot_check re-executes a committed random sample on the coordinator.  [default: none]",
+    type=click.Choice(["none", "spot_check", "redundant_neighbour"]),
+    help="Verify units: spot_check re-executes a committed random sample on the coordinator; "
+    "redundant_neighbour has stage s+1 recompute every unit of stage s (the paper's defence).  [default: none]",
+)
+@click.option(
+    "--input-via",
+    type=click.Choice(["coordinator", "upstream", "checked_worker"]),
+    help="With redundant_neighbour: who sends the checker the checked stage's input.  [default: coordinator]",
 )
 @click.option(
     "--spot-check-rate", type=float, help="Probability p in (0, 1] that each unit is spot-checked.  [default: 0.1]"
@@ -121,6 +174,13 @@ def _spec_settings(path: str) -> dict[str, Any]:
 )
 @click.option("--out", required=True, type=click.Path(), help="The run directory to write.")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+@click.option(
+    "--prepare",
+    "prepare_dir",
+    type=click.Path(),
+    help="Do not train: write the configuration and a simulated vendor holding every rank's device identity "
+    "to this folder, to copy to every machine of a torchrun launch; print the command to run there.",
+)
 def train(
     spec_path: str | None,
     stages: int | None,
@@ -146,10 +206,12 @@ def train(
     attack_start: str,
     attack_direction: str,
     verification: str | None,
+    input_via: str | None,
     spot_check_rate: float | None,
     response: str | None,
     out: str,
     force: bool,
+    prepare_dir: str | None,
 ) -> None:
     """Train a small GPT split into pipeline stages, one process per stage, with attested workers
     and signed receipts; write summary.json, metrics.csv, events.jsonl, receipts.log and attestation/
@@ -167,7 +229,12 @@ def train(
     for name, value in (("stages", stages), ("microbatches", microbatches), ("standby", standby)):
         if value is not None:
             settings[name] = value
-    chosen: dict[str, Any] = {"verification": verification, "spot_check_rate": spot_check_rate, "response": response}
+    chosen: dict[str, Any] = {
+        "verification": verification,
+        "input_via": input_via,
+        "spot_check_rate": spot_check_rate,
+        "response": response,
+    }
     settings.update({k: v for k, v in chosen.items() if v is not None})
     if (attack_kind is None) != (malicious is None):
         raise BadInput("--attack and --malicious go together: name the attack and the stages that mount it")
@@ -209,6 +276,9 @@ def train(
         )
     except (ConfigError, ValueError) as exc:
         raise BadInput(str(exc)) from None
+    if prepare_dir is not None:
+        _prepare(config, prepare_dir, vendor, out)
+        return
     target = Path(out)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         if not force:
@@ -263,6 +333,7 @@ def train(
         ("throughput", f"{summary.get('tokens_per_second', 0.0):.0f} tokens/s"),
         ("receipts / headers", f"{summary.get('receipts', 0)} / {summary.get('headers', 0)}"),
         ("attestation", "on" if config.attestation else "off"),
+        ("verification", _verification_row(config, summary)),
         ("detections", str(len(summary.get("detections", [])))),
         (
             "responses",
@@ -274,3 +345,17 @@ def train(
         table.add_row(key, value)
     console.print(table)
     sys.exit(EXIT_VIOLATED if summary.get("detections") or summary.get("status") != "completed" else EXIT_OK)
+
+
+def _verification_row(config: Any, summary: dict[str, Any]) -> str:
+    """The verification mode and what it checked, for the summary table."""
+    if config.verification == "spot_check":
+        spot = summary.get("spot_check") or {}
+        return f"spot_check p={config.spot_check_rate:g}: {spot.get('units_checked', 0)} units re-executed"
+    if config.verification == "redundant_neighbour":
+        n = summary.get("redundant_neighbour") or {}
+        return (
+            f"redundant_neighbour via {config.input_via}: {n.get('units_checked', 0)} units recomputed, "
+            f"{n.get('mismatches_reported', 0)} reported, {n.get('false_accusations', 0)} false accusations"
+        )
+    return "none"

@@ -78,3 +78,18 @@ def test_train_bad_attack_values_exit_2(tmp_path: Path) -> None:
     ):
         result = CliRunner().invoke(cli, base + extra)
         assert result.exit_code == 2 and needle in result.output, result.output
+
+
+def test_train_redundant_neighbour_from_the_command_line(tmp_path: Path) -> None:
+    """--verification redundant_neighbour --input-via upstream: a stage tampering from step 1 is
+    caught by its neighbour; the table names the mode and what it recomputed."""
+    out = tmp_path / "run"
+    args = ["train", "--stages", "3", "--microbatches", "1", "--steps", "2", *TINY_FLAGS]
+    args += ["--attack", "reverse", "--malicious", "1", "--attack-start", "1"]
+    args += ["--verification", "redundant_neighbour", "--input-via", "upstream", "--response", "restart"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "redundant_neighbour via upstream" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["detections"][0]["worker"] == "s1r0"
+    assert summary["detections"][0]["check"] == "redundant_neighbour"
