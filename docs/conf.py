@@ -29,10 +29,11 @@ extensions = [
     "sphinx.ext.viewcode",
     "sphinx_click",
     "specmodel",  # docs/_ext/specmodel.py: key tables generated from the spec models
+    "examplereport",  # docs/_ext/examplereport.py: the example security report, built into example-report/
 ]
 
 root_doc = "index"
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "report-example"]
 nitpicky = True
 # Standard-library types that cannot resolve without intersphinx inventories (the build must
 # not use the network). Our own types must resolve; add third-party types here only when an

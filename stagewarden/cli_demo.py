@@ -2,8 +2,9 @@
 
 The demo verifies the packaged ``demo`` spec, trains a small model twice under the spec's
 defence (a clean run and one in which stage 1 tampers with every activation it sends from step
-2 on), audits the clean run, and sets what the prover predicted beside what the runs observed.
-Whatever the runtime cannot do yet is left out and said so; no figure is made up.
+2 on), audits the clean run, sets what the prover predicted beside what the runs observed, and
+builds the security report of the spec and both runs. Whatever the runtime cannot do yet is left
+out and said so; no figure is made up.
 """
 
 from __future__ import annotations
@@ -156,7 +157,9 @@ def demo(out: str | None, fmt: str, quick: bool) -> None:
     Verifies the demo spec (`stagewarden examples show demo`), trains a small GPT in four
     attested stages with the spec's defence twice (once honestly, once with stage 1 negating
     every activation it sends from step 2 on), audits the clean run, and prints what the prover
-    predicted beside what the runs observed. The run directories go to --out.
+    predicted beside what the runs observed. Ends by building the security report of the spec
+    and both runs (`stagewarden report`) and printing the path of its index page. The run
+    directories and the report go to --out.
 
     Exit codes: 0 ok; 1 the clean run failed or its audit found problems, an honest worker was
     blamed, the attacked run failed before any detection, or the attack went undetected where
@@ -220,6 +223,8 @@ def demo(out: str | None, fmt: str, quick: bool) -> None:
         "runs": {name: _observed(run, audits.get(name)) for name, run in runs.items()},
         "failures": failures,
     }
+    report_path = _build_report(console, loaded, report, runs, target / "report", fmt)
+    payload["report"] = str(report_path) if report_path is not None else None
     from stagewarden.attest.files import atomic_write_text
 
     atomic_write_text(target / "demo.json", json.dumps(payload, indent=2) + "\n")
@@ -241,7 +246,24 @@ def demo(out: str | None, fmt: str, quick: bool) -> None:
                 )
         if clean["error"] is None and not failures and all(r["error"] is None for r in runs.values()):
             console.print("[green]the clean run audits clean and every observation agrees with the proof.[/]")
+        if report_path is not None:
+            console.print(f"security report: {escape(str(report_path))}")
     sys.exit(EXIT_VIOLATED if failures else EXIT_OK)
+
+
+def _build_report(console: Console, loaded: Any, verdicts: Any, runs: dict[str, dict[str, Any]], out: Path,
+                  fmt: str) -> Path | None:
+    """The security report of the demo spec with the runs that left a summary; ``None`` if it failed."""
+    from stagewarden.report import ReportError, build_report
+
+    dirs = [run["dir"] for run in runs.values() if (Path(run["dir"]) / "summary.json").exists()]
+    if fmt == "text":
+        console.print(f"\nbuilding the security report of the demo spec and {len(dirs)} run(s) ...")
+    try:
+        return build_report(loaded, dirs, out, report=verdicts)
+    except ReportError as exc:
+        console.print(f"[bold red]problem:[/] the security report could not be built: {escape(exc.message)}", markup=True)
+        return None
 
 
 def _progress(console: Console) -> Progress:

@@ -35,6 +35,10 @@ def test_demo_quick_runs_end_to_end(tmp_path: Path) -> None:
         assert set(payload["runs"]["attacked"]["blamed"]) <= {"s1r0"}
     else:
         assert "not available" in result.output
+    report = Path(payload["report"])
+    assert report == out.absolute() / "report" / "index.html" and report.is_file()
+    assert f"security report: {report}" in " ".join(result.output.split())
+    assert (report.parent / "run-1.html").is_file() and (report.parent / "run-2.html").is_file()
 
 
 def test_demo_refuses_non_empty_out(tmp_path: Path) -> None:

@@ -1,0 +1,158 @@
+"""Building a report: write the Sphinx project into a temporary folder next to the target, build
+it with Sphinx (every warning is a failure), then move the result into place. A failed build
+leaves the target as it was."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+
+from stagewarden.prover import Report, verify
+from stagewarden.report import pages, run_pages
+from stagewarden.report.errors import ReportError
+from stagewarden.report.modelling import TEE_NOTICE
+from stagewarden.report.runs import RunData, read_run
+from stagewarden.spec import LoadedSpec
+
+FORMATS = ("html", "singlehtml")
+#: A file every report folder holds, so that a rebuild may replace it (and nothing else).
+MARKER = ".stagewarden-report"
+
+_CONF = '''"""Sphinx configuration of a stagewarden security report (generated)."""
+project = {project!r}
+author = "stagewarden"
+extensions = []
+root_doc = "index"
+nitpicky = True
+templates_path = ["_templates"]
+html_theme = "alabaster"
+html_title = {project!r}
+html_show_sourcelink = False
+html_copy_source = False
+html_context = {{"stagewarden_notice": {notice!r}}}
+html_theme_options = {{"page_width": "1240px", "sidebar_width": "230px", "fixed_sidebar": False}}
+'''
+
+
+def write_project(folder: Path, loaded: LoadedSpec, report: Report, runs: Sequence[RunData]) -> None:
+    """Write the report's Sphinx project (conf.py, pages, pictures) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "_templates").mkdir(exist_ok=True)
+    template = resources.files("stagewarden.report").joinpath("templates", "layout.html").read_text(encoding="utf-8")
+    (folder / "_templates" / "layout.html").write_text(template, encoding="utf-8")
+    project = f"Security report: {loaded.spec.name}"
+    (folder / "conf.py").write_text(_CONF.format(project=project, notice=TEE_NOTICE), encoding="utf-8")
+    ctx = pages.Context(loaded, report, folder)
+    writers = {
+        "guarantees": pages.guarantees_page,
+        "spec": pages.spec_page,
+        "topology": pages.topology_page,
+        "sensitivity": pages.sensitivity_page,
+        "taxonomy": pages.taxonomy_page,
+    }
+    for name, write in writers.items():
+        (folder / f"{name}.rst").write_text(write(ctx), encoding="utf-8")
+    contents = list(writers)
+    if runs:
+        contents += run_pages.write_runs(ctx, list(runs))
+    (folder / "modelling.rst").write_text(pages.modelling_page(), encoding="utf-8")
+    contents.append("modelling")
+    (folder / "index.rst").write_text(pages.index_page(ctx, [str(r.path) for r in runs], contents), encoding="utf-8")
+
+
+def sphinx_build(source: Path, target: Path, builder: str) -> None:
+    """Build ``source`` into ``target`` in this process; any Sphinx warning raises :class:`ReportError`."""
+    from sphinx.application import Sphinx
+    from sphinx.util.docutils import docutils_namespace, patch_docutils
+
+    status, warnings = io.StringIO(), io.StringIO()
+    try:
+        # As sphinx-build does: docutils' registries are restored afterwards, so that several
+        # reports (or a report inside another Sphinx build) can be built in one process.
+        with patch_docutils(str(source)), docutils_namespace():
+            app = Sphinx(
+                str(source),
+                str(source),
+                str(target),
+                str(source / "_doctrees"),
+                builder,
+                status=status,
+                warning=warnings,
+                freshenv=True,
+                warningiserror=False,
+            )
+            app.build(force_all=True)
+    except Exception as exc:  # Sphinx raises many types; all mean the same to the caller
+        raise ReportError(f"Sphinx could not build the report: {exc}") from exc
+    if warnings.getvalue().strip() or app.statuscode:
+        raise ReportError(
+            "Sphinx warned while building the report (a bug in the report generator):\n" + warnings.getvalue().strip()
+        )
+
+
+def _check_target(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise ReportError(f"--out {out} exists, is not empty and holds no earlier report; choose another directory")
+
+
+def build_report(
+    loaded: LoadedSpec,
+    runs: Sequence[str | Path] = (),
+    out: str | Path = "stagewarden-report",
+    builder: str = "html",
+    report: Report | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Build the security report of ``loaded`` (and of the given run directories) into ``out``.
+
+    Args:
+        loaded: the spec.
+        runs: run directories of ``stagewarden train`` or ``stagewarden demo``.
+        out: the report folder; replaced when it holds an earlier report, refused when it holds anything else.
+        builder: ``html`` (a page per section) or ``singlehtml`` (one page).
+        report: the prover's verdicts, when already computed (else the prover runs).
+        progress: called with a short message before each phase.
+
+    Returns:
+        The path of the report's index page.
+
+    Raises:
+        ReportError: a run directory cannot be read, ``out`` is not usable, or the build failed.
+    """
+    if builder not in FORMATS:
+        raise ReportError(f"format must be one of {', '.join(FORMATS)}, not {builder!r}")
+    say = progress or (lambda message: None)
+    target = Path(out).absolute()
+    _check_target(target)
+    say("reading the run directories and auditing them")
+    data = [read_run(r) for r in runs]
+    names = [d.name for d in data]
+    for d in data:
+        if names.count(d.name) > 1:  # two runs called clean/: name them by their parent folder too
+            d.name = f"{d.path.parent.name}/{d.path.name}"
+    if report is None:
+        say("proving the spec")
+        report = verify(loaded)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        say("writing the report and its pictures")
+        write_project(work / "source", loaded, report, data)
+        say("building it with Sphinx")
+        sphinx_build(work / "source", work / "html", builder)
+        (work / "html" / MARKER).write_text(
+            "a stagewarden security report; rebuilding replaces this folder\n", encoding="utf-8"
+        )
+        old = work / "previous"
+        if target.exists():
+            target.rename(old)
+        (work / "html").rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target / "index.html"

@@ -1,0 +1,172 @@
+"""Pictures of the run side of a report: loss curves of every run on one plot, each run's
+detection timeline, and the observed detection latency against the predicted geometric law."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from stagewarden.report.figures import CATCHES, TAMPER, save
+from stagewarden.report.latency import Latency, geometric_pmf
+from stagewarden.report.runs import RunData
+
+
+def _losses(run: RunData) -> tuple[list[float], list[float]]:
+    rows = [r for r in run.metrics if "step" in r and "loss" in r]
+    if rows:
+        return [r["step"] for r in rows], [r["loss"] for r in rows]
+    losses = [float(x) for x in run.summary.get("losses", []) if isinstance(x, int | float)]
+    return [float(i) for i in range(len(losses))], losses
+
+
+def loss_curves(runs: list[RunData], path: Path) -> Path:
+    """Every run's training loss per step on one plot, labelled from its configuration; a cross
+    marks each run's detections."""
+    fig = Figure(figsize=(9, 4.2))
+    ax = fig.add_subplot()
+    styles = ["-", "--", ":", "-."]
+    for i, run in enumerate(runs):
+        steps, losses = _losses(run)
+        if not losses:
+            ax.plot([], [], label=f"{run.label} (no steps)")
+            continue
+        (line,) = ax.plot(
+            steps, losses, label=run.label, lw=1.8, ls=styles[i % len(styles)], marker="os^dv"[i % 5], ms=3
+        )
+        by_step = dict(zip(steps, losses, strict=True))
+        hits = sorted({float(d["step"]) for d in run.detections if isinstance(d.get("step"), int)})
+        ax.plot(
+            hits,
+            [by_step.get(s, losses[-1]) for s in hits],
+            ls="none",
+            marker="X",
+            ms=9,
+            color=line.get_color(),
+            mec="black",
+        )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
+    return save(fig, path)
+
+
+def timeline(run: RunData, path: Path) -> Path:
+    """One run over its steps: units sampled by the spot checks (dots, by stage), the attack's
+    window (red band), detections (crosses), ejections and restored checkpoints (vertical lines)."""
+    stages = int(run.summary.get("stages", 1))
+    steps = max(1, int(run.summary.get("steps_completed", run.summary.get("steps", 0)) or 0))
+    fig = Figure(figsize=(9, 1.2 + 0.45 * stages))
+    ax = fig.add_subplot()
+    attack = run.attack
+    ejected = {
+        int(e["stage"]): int(e["from_step"])
+        for e in run.events
+        if e.get("event") == "ejected" and isinstance(e.get("stage"), int) and isinstance(e.get("from_step"), int)
+    }
+    if attack is not None:
+        for stage in attack.get("stages", []):
+            end = ejected[stage] + 0.5 if stage in ejected else steps - 0.5
+            ax.plot(
+                [attack.get("start", 0) - 0.5, end],
+                [stage, stage],
+                color=TAMPER,
+                lw=6,
+                alpha=0.25,
+                solid_capstyle="butt",
+                label=f"attacker active ({attack.get('kind')}) until ejected or the end",
+            )
+    xs, ys = [], []
+    for event in run.events:
+        if event.get("event") == "spot_check_reveal":
+            for unit in event.get("sampled", []):
+                if isinstance(unit, dict) and isinstance(unit.get("stage"), int):
+                    xs.append(float(event.get("step", 0)))
+                    ys.append(unit["stage"] + {"forward": -0.15, "backward": 0.0}.get(str(unit.get("kind")), 0.15))
+    if xs:
+        ax.plot(xs, ys, ls="none", marker=".", ms=4, color="#555555", label="unit sampled by a spot check")
+    hits = [d for d in run.detections if isinstance(d.get("step"), int)]
+    if hits:
+        ax.plot(
+            [d["step"] for d in hits],
+            [d.get("stage", 0) for d in hits],
+            ls="none",
+            marker="X",
+            ms=11,
+            color=CATCHES,
+            mec="black",
+            label="detection",
+        )
+    for event in run.events:
+        kind = event.get("event")
+        if kind == "ejected" and isinstance(event.get("from_step"), int):
+            ax.axvline(event["from_step"], color="#9467bd", ls="--", lw=1)
+            ax.annotate(
+                f"{event.get('worker')} ejected, {event.get('standby')} takes over",
+                (event["from_step"], -0.6),
+                fontsize=7,
+                color="#9467bd",
+            )
+        elif kind == "restored_checkpoint" and isinstance(event.get("step"), int):
+            ax.axvline(event["step"], color="#8c564b", ls=":", lw=1)
+    ax.set_yticks(range(stages), [f"stage {s}" for s in range(stages)], fontsize=8)
+    ax.set_ylim(stages - 0.4, -0.9)
+    ax.set_xlim(-0.5, steps - 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("step")
+    ax.grid(axis="x", alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    if unique:
+        ax.legend(
+            unique.values(),
+            unique.keys(),
+            fontsize=7,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.25),
+            ncol=3,
+            frameon=False,
+        )
+    return save(fig, path)
+
+
+def latency_plot(latencies: list[Latency], path: Path) -> Path:
+    """The predicted distribution of the detection latency (probability mass and cumulative), and
+    each run's observation as a vertical line (dotted and marked censored when it was never caught)."""
+    fig = Figure(figsize=(9, 3.8))
+    ax = fig.add_subplot()
+    twin = ax.twinx()
+    for p in sorted({lat.p for lat in latencies}):
+        upto = max([int(4 / p)] + [lat.observed or lat.tampered for lat in latencies if lat.p == p]) + 1
+        pmf = geometric_pmf(p, upto)
+        ks = list(range(1, upto + 1))
+        ax.bar(ks, pmf, width=1.0, alpha=0.35, label=f"predicted Pr[L = k], p = {p:g}")
+        cdf, total = [], 0.0
+        for value in pmf:
+            total += value
+            cdf.append(total)
+        twin.plot(ks, cdf, lw=1.2, label=f"predicted Pr[L <= k], p = {p:g}")
+        ax.axvline(1 / p, color="#555555", ls=":", lw=1)
+    for lat in latencies:
+        if lat.observed is not None:
+            ax.axvline(lat.observed, color=TAMPER, lw=2, label=f"{lat.run}: caught after {lat.observed}")
+        else:
+            ax.axvline(lat.tampered, color=TAMPER, lw=2, ls="--", label=f"{lat.run}: not caught in {lat.tampered}")
+    ax.set_xlabel("tampered units up to and including the first caught one (L)")
+    ax.set_ylabel("probability")
+    twin.set_ylabel("cumulative probability")
+    twin.set_ylim(0, 1.02)
+    handles = ax.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    ax.legend(
+        handles[0] + more[0],
+        handles[1] + more[1],
+        fontsize=7,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.18),
+        ncol=2,
+        frameon=False,
+    )
+    return save(fig, path)

@@ -1,0 +1,319 @@
+"""The run pages of a report: every run on one loss plot, throughput and overhead, predicted
+against observed detection, and one page per run with its attestation table, receipt audit,
+spot-check counts and detection timeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from stagewarden.report import rst, run_figures
+from stagewarden.report.latency import Latency, observed_latency
+from stagewarden.report.pages import Context
+from stagewarden.report.runs import RunData
+from stagewarden.report.sweeps import detection_at_rate
+
+
+def _status(run: RunData) -> str:
+    s = run.summary
+    return f"{s.get('status', '?')}, {s.get('steps_completed', s.get('steps', 0))} steps"
+
+
+def overview_page(ctx: Context, runs: list[RunData], pages: list[str]) -> str:
+    """Every run side by side: loss curves, throughput and overhead, predicted vs observed detection."""
+    run_figures.loss_curves(runs, ctx.folder / "loss.png")
+    out = (
+        [
+            rst.heading("Runs", "="),
+            "The run directories given to the report, each labelled from its configuration "
+            "(attack, defence, response, directory).",
+            "",
+            rst.table(
+                ["run", "status", "detections", "directory"],
+                [
+                    [
+                        f":doc:`{rst.text(r.label)} <{p}>`",
+                        rst.text(_status(r)),
+                        str(len(r.detections)),
+                        rst.literal(r.path),
+                    ]
+                    for r, p in zip(runs, pages, strict=True)
+                ],
+            ),
+            "",
+            ".. toctree::",
+            "   :maxdepth: 1",
+            "",
+        ]
+        + [f"   {p}" for p in pages]
+        + [""]
+    )
+    out += [
+        rst.heading("Loss curves", "-"),
+        rst.image("loss.png", "training loss of every run"),
+        "",
+        "The training loss per step of every run on one plot; a cross marks a step with a detection.",
+        "",
+    ]
+    out += _throughput(runs) + _detection(ctx, runs)
+    return "\n".join(out)
+
+
+def _throughput(runs: list[RunData]) -> list[str]:
+    baseline = next((r for r in runs if not r.secured and r.summary.get("status") == "completed"), None)
+    rows = []
+    for run in runs:
+        tps = run.summary.get("tokens_per_second")
+        tps = float(tps) if isinstance(tps, int | float) else None
+        overhead = "\\-"
+        if baseline is not None and tps and run is not baseline:
+            base = float(baseline.summary.get("tokens_per_second") or 0)
+            overhead = f"{base / tps - 1:+.1%}" if base else "\\-"
+        elif run is baseline:
+            overhead = "baseline"
+        busy = run.summary.get("stage_busy_seconds", [])
+        rows.append(
+            [
+                rst.text(run.label),
+                rst.number(tps),
+                rst.number(run.summary.get("wall_seconds")),
+                rst.text(", ".join(f"{b:.3g}" for b in busy if isinstance(b, int | float)) or "-"),
+                overhead,
+            ]
+        )
+    out = [
+        rst.heading("Throughput and overhead", "-"),
+        rst.table(["run", "tokens per second", "wall seconds", "busy seconds per stage", "overhead"], rows),
+        "",
+    ]
+    if baseline is None:
+        out += [
+            "No completed run without security (receipts, attestation and verification off) was given, so the "
+            "overhead is not measured; give one with another ``--run`` to see it.",
+            "",
+        ]
+    else:
+        out += [
+            f"Overhead is the extra time per token relative to {rst.literal(baseline.name)}, the run without "
+            "security: baseline tokens per second over the run's, minus one. Short runs on a shared machine "
+            "are noisy; the benchmarks give repeatable figures.",
+            "",
+        ]
+    return out
+
+
+def _detection(ctx: Context, runs: list[RunData]) -> list[str]:
+    out = [rst.heading("Predicted vs observed detection", "-")]
+    latencies: list[Latency] = []
+    reasons = []
+    for run in runs:
+        rate = run.config.get("spot_check_rate")
+        if run.config.get("verification") != "spot_check" or not isinstance(rate, int | float):
+            reasons.append(f"{run.name}: the run does not spot-check")
+            continue
+        p = detection_at_rate(ctx.loaded, float(rate))
+        if p is None:
+            reasons.append(f"{run.name}: the prover gives no detection figure (no worker can be malicious)")
+            continue
+        result = observed_latency(run, p)
+        if isinstance(result, str):
+            reasons.append(f"{run.name}: {result}")
+        else:
+            latencies.append(result)
+    if latencies:
+        run_figures.latency_plot(latencies, ctx.folder / "latency.png")
+        rows = [
+            [
+                rst.text(lat.run),
+                rst.number(lat.p),
+                rst.number(lat.mean),
+                str(lat.observed) if lat.observed is not None else f"not caught in {lat.tampered}",
+                rst.number(lat.cdf),
+            ]
+            for lat in latencies
+        ]
+        out += [
+            "For each spot-checked run under attack: the per-unit detection probability ``p`` the prover gives for "
+            "the spec at the run's spot-check rate, the predicted mean latency ``1/p`` in tampered units, the "
+            "observed latency (tampered units up to and including the first caught one), and where it falls in "
+            "the predicted geometric law: ``Pr[L <= observed]`` (for a run never caught, ``Pr[L > tampered]``, "
+            "the chance of that).",
+            "",
+            rst.table(["run", "p (prover)", "predicted mean", "observed latency", "predicted probability"], rows),
+            "",
+            rst.image("latency.png", "predicted geometric distribution and observed latencies"),
+            "",
+            "One run is one sample: it can sit anywhere in the distribution without contradicting the proof; "
+            "many runs are needed to test the law itself.",
+            "",
+        ]
+    else:
+        out += ["No spot-checked run under attack was given, so there is no observed latency to compare.", ""]
+    out += [f"* {rst.text(r)}" for r in reasons] + [""]
+    return out
+
+
+def run_page(ctx: Context, run: RunData, index: int) -> str:
+    """One run: configuration, attestation table, receipt audit, spot-check counts, detection timeline."""
+    s = run.summary
+    out = [
+        rst.heading(f"Run {index}: {run.name}", "="),
+        rst.text(run.label),
+        "",
+        rst.table(
+            ["run id", "status", "workers", "micro-batches", "directory"],
+            [
+                [
+                    rst.literal(s.get("run_id", "")),
+                    rst.text(_status(run)),
+                    rst.text(len(s.get("workers", []))),
+                    rst.text(s.get("micro_batches", "")),
+                    rst.literal(run.path),
+                ]
+            ],
+        ),
+        "",
+    ]
+    out += [
+        rst.heading("Attestation", "-"),
+        "Each worker's latest attestation result, read from ``attestation/`` (the results' signatures are "
+        "checked against ``attestation/verifier.pub``, the key the run ships; the audit below judges each "
+        "result at the time it was used). The evidence and the verifier are the simulated TEE.",
+        "",
+    ]
+    rows = [
+        [
+            rst.text(a.worker),
+            rst.literal(a.device_id),
+            rst.literal(a.measurement[:16] + "..." if a.measurement else ""),
+            rst.text(a.tcb_status or "-"),
+            rst.text(f"{a.status}; signature {a.signature}"),
+            rst.text(a.expires_at.isoformat() if a.expires_at else "-"),
+        ]
+        for a in run.attestations
+    ]
+    out += [
+        rst.table(["worker", "device id", "measurement", "TCB status", "result", "expires"], rows)
+        if rows
+        else "The run directory holds no attestation evidence or results.",
+        "",
+    ]
+    out += _audit(run) + _spot_checks(run)
+    name = f"timeline-{rst.label(run.name)}-{index}.png"
+    run_figures.timeline(run, ctx.folder / name)
+    out += [rst.heading("Detection timeline", "-"), rst.image(name, f"detection timeline of {run.name}"), ""]
+    rows = [
+        [
+            rst.text(d.get("step")),
+            rst.text(d.get("microbatch")),
+            rst.text(d.get("worker")),
+            rst.text(d.get("check")),
+            rst.text(d.get("unit_kind")),
+            rst.text(d.get("message")),
+        ]
+        for d in run.detections
+    ]
+    out += [
+        rst.table(["step", "micro-batch", "worker", "check", "unit", "message"], rows, caption="Detections")
+        if rows
+        else "No detection.",
+        "",
+    ]
+    responses = [r for r in s.get("responses", []) if isinstance(r, dict)]
+    for r in responses:
+        plan: dict[str, Any] = r["plan"] if isinstance(r.get("plan"), dict) else r
+        keys = ("response", "convict", "ejected", "standby", "stage", "checkpoint_step", "fallback_from")
+        out += ["* response: " + rst.text(", ".join(f"{k} {plan[k]}" for k in keys if plan.get(k) is not None))]
+    out += [""]
+    return "\n".join(out)
+
+
+def _audit(run: RunData) -> list[str]:
+    out = [rst.heading("Receipt audit", "-")]
+    report = run.audit.report
+    if report is None:
+        return out + [f"The audit could not run: {rst.text(run.audit.error)}", ""]
+    verdict = "clean" if report.clean else "**failed**"
+    out += [
+        f"The offline audit of the receipt log (``stagewarden audit``) is {verdict}: {report.records} records, "
+        f"{report.receipts} receipts, {report.headers} signed headers, {len(report.errors)} error(s), "
+        f"{len(report.findings) - len(report.errors)} warning(s).",
+        "",
+    ]
+    rows = [
+        [
+            rst.text(f.severity),
+            rst.literal(f.code),
+            rst.text(f.where),
+            rst.text(", ".join(f.workers) or "-"),
+            rst.text(f.message),
+        ]
+        for f in report.findings[:50]
+    ]
+    if rows:
+        out += [
+            rst.table(
+                ["severity", "code", "where", "workers", "message"],
+                rows,
+                [8, 15, 17, 10, 50],
+                caption="Findings" + (" (the first 50)" if len(report.findings) > 50 else ""),
+            ),
+            "",
+        ]
+    return out
+
+
+def _spot_checks(run: RunData) -> list[str]:
+    out = [rst.heading("Spot checks", "-")]
+    spot = run.summary.get("spot_check")
+    if run.config.get("verification") != "spot_check" or not isinstance(spot, dict):
+        return out + ["The run does not spot-check.", ""]
+    reveals = [e for e in run.events if e.get("event") == "spot_check_reveal"]
+    sampled = sum(len(e.get("sampled", [])) for e in reveals)
+    units = run.summary.get("units", {})
+    total = sum(v for v in units.values() if isinstance(v, int)) if isinstance(units, dict) else 0
+    rows = [
+        [
+            rst.number(spot.get("rate")),
+            rst.text(spot.get("units_sampled")),
+            rst.text(spot.get("units_checked")),
+            rst.text(spot.get("recomputations")),
+            str(len(reveals)),
+            str(sampled),
+            str(total),
+            str(len(run.detections)),
+            rst.text(run.summary.get("false_alarms", "-")),
+        ]
+    ]
+    out += [
+        rst.table(
+            [
+                "rate",
+                "sampled",
+                "checked",
+                "recomputations",
+                "reveals (events)",
+                "sampled (events)",
+                "units computed",
+                "detections",
+                "false alarms",
+            ],
+            rows,
+        ),
+        "",
+        "Commit-then-sample: each step's receipts are committed before the sample is revealed "
+        "(``spot_check_commitment`` and ``spot_check_reveal`` in ``events.jsonl``).",
+        "",
+    ]
+    return out
+
+
+def write_runs(ctx: Context, runs: list[RunData]) -> list[str]:
+    """Write the run pages; return the top-level document name(s) to list in the contents."""
+    pages = []
+    for i, run in enumerate(runs, start=1):
+        name = f"run-{i}"
+        Path(ctx.folder / f"{name}.rst").write_text(run_page(ctx, run, i), encoding="utf-8")
+        pages.append(name)
+    (ctx.folder / "runs.rst").write_text(overview_page(ctx, runs, pages), encoding="utf-8")
+    return ["runs"]

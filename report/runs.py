@@ -1,0 +1,242 @@
+"""Reading a run directory for the report: its summary and configuration, metrics, events,
+attestation results and the offline receipt audit, as plain data.
+
+Attestation results are parsed for display and checked against the verifier key the run ships
+(``attestation/verifier.pub``); the audit (:func:`stagewarden.attest.audit_run_dir`) is what
+judges them at each receipt's signing time.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from nacl.signing import VerifyKey
+from stagewarden.attest import AttestError, AuditReport, FixedClock, audit_run_dir, parse_evidence
+from stagewarden.attest.result import AttestationResult, parse_result_unverified, verify_result
+from stagewarden.attest.rundir import ATTESTATION_DIR, RunDir, RunDirError
+from stagewarden.report.errors import ReportError
+
+METRICS_FILE = "metrics.csv"
+EVENTS_FILE = "events.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class AttestationRow:
+    """One worker's attestation as the run directory records it.
+
+    Attributes:
+        worker: the worker id.
+        device_id: the device identifier (from the result, else from the evidence).
+        measurement: the launch measurement (hex).
+        tcb_status: the TCB level status of the result (empty without a result).
+        status: the EAR status of the latest result, or why there is none.
+        signature: whether the result's signature verifies against the run's verifier key.
+        issued_at: when the latest result was issued.
+        expires_at: when it expires.
+        results: how many result tokens the worker holds.
+    """
+
+    worker: str
+    device_id: str
+    measurement: str
+    tcb_status: str
+    status: str
+    signature: str
+    issued_at: dt.datetime | None
+    expires_at: dt.datetime | None
+    results: int
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditOutcome:
+    """The receipt audit of a run, or why it could not run."""
+
+    report: AuditReport | None
+    error: str | None = None
+
+
+@dataclasses.dataclass
+class RunData:
+    """Everything the report shows about one run directory.
+
+    Attributes:
+        path: the run directory.
+        name: a short name (the directory's name).
+        summary: ``summary.json`` as JSON.
+        config: the run configuration (``summary["config"]``), empty when absent.
+        metrics: the rows of ``metrics.csv`` (``step``, ``loss``, ``tokens_per_second``, ...).
+        events: the records of ``events.jsonl`` in order.
+        attestations: one row per worker.
+        audit: the receipt audit.
+    """
+
+    path: Path
+    name: str
+    summary: dict[str, Any]
+    config: dict[str, Any]
+    metrics: list[dict[str, float]]
+    events: list[dict[str, Any]]
+    attestations: list[AttestationRow]
+    audit: AuditOutcome
+
+    @property
+    def attack(self) -> dict[str, Any] | None:
+        """The attack plan the run was configured with, if any."""
+        attack = self.config.get("attack")
+        return attack if isinstance(attack, dict) else None
+
+    @property
+    def secured(self) -> bool:
+        """Whether any security mechanism was on (receipts, attestation or verification)."""
+        return bool(self.config.get("receipts") or self.config.get("attestation")) or (
+            self.config.get("verification", "none") != "none"
+        )
+
+    @property
+    def detections(self) -> list[dict[str, Any]]:
+        """The run's detections (from the summary)."""
+        return [d for d in self.summary.get("detections", []) if isinstance(d, dict)]
+
+    @property
+    def label(self) -> str:
+        """The legend label of the run, built from its configuration (attack, defence, response) and directory."""
+        attack = self.attack
+        if attack is not None:
+            stages = ",".join(str(s) for s in attack.get("stages", []))
+            what = f"attacked ({attack.get('kind', '?')} on stage {stages} from step {attack.get('start', 0)})"
+        else:
+            what = "clean"
+        if not self.secured:
+            defence = "no security"
+        else:
+            parts = [p for p in ("receipts", "attestation") if self.config.get(p)]
+            if self.config.get("verification") == "spot_check":
+                parts.append(f"spot check {self.config.get('spot_check_rate')}")
+            parts.append(f"response {self.config.get('response', '?')}")
+            defence = ", ".join(parts)
+        return f"{what}; {defence} [{self.name}]"
+
+
+def _metrics(path: Path) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = []
+            for row in csv.DictReader(handle):
+                rows.append({k: float(v) for k, v in row.items() if k and v not in (None, "")})
+            return rows
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{path} is not a readable metrics table: {exc}") from None
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    events = []
+    try:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):  # noqa: B007 (named in the error)
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if isinstance(record, dict):
+                events.append(record)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReportError(f"cannot read {path}: {exc}") from None
+    except ValueError as exc:
+        raise ReportError(f"{path}:{number}: not a JSON record: {exc}") from None
+    return events
+
+
+def _attestations(run: RunDir, summary: dict[str, Any]) -> list[AttestationRow]:
+    names = [w.id for w in run.summary.workers]
+    standby = summary.get("standby", [])
+    names += [s for s in standby if isinstance(s, str) and s not in names] if isinstance(standby, list) else []
+    folder = run.path / ATTESTATION_DIR
+    names += sorted(p.stem for p in folder.glob("*.evidence") if p.stem not in names) if folder.is_dir() else []
+    try:
+        key: VerifyKey | None = VerifyKey(run.verifier_key())
+    except RunDirError:
+        key = None
+    rows = []
+    for name in names:
+        try:
+            tokens = run.results(name)
+        except RunDirError:
+            tokens = []
+        evidence_path = folder / f"{name}.evidence"
+        device, measurement = "", ""
+        if evidence_path.exists():
+            try:
+                evidence = parse_evidence(evidence_path.read_bytes())
+                device, measurement = evidence.device_id, evidence.measurement.hex()
+            except (AttestError, OSError):
+                device = "(evidence unreadable)"
+        if not tokens:
+            rows.append(AttestationRow(name, device, measurement, "", "no attestation result", "-", None, None, 0))
+            continue
+        try:
+            result: AttestationResult = parse_result_unverified(tokens[-1])
+        except AttestError as exc:
+            rows.append(
+                AttestationRow(name, device, measurement, "", f"malformed result: {exc}", "-", None, None, len(tokens))
+            )
+            continue
+        signature = "no verifier key"
+        if key is not None:
+            try:
+                verify_result(tokens[-1], key, FixedClock(result.issued_at), at=result.issued_at)
+                signature = "valid"
+            except AttestError as exc:
+                signature = f"invalid: {exc}"
+        rows.append(
+            AttestationRow(
+                name,
+                result.device_id,
+                result.measurement,
+                result.tcb_status,
+                str(result.status),
+                signature,
+                result.issued_at,
+                result.expires_at,
+                len(tokens),
+            )
+        )
+    return rows
+
+
+def _audit(path: Path) -> AuditOutcome:
+    try:
+        return AuditOutcome(audit_run_dir(path))
+    except (AttestError, OSError, ValueError) as exc:
+        return AuditOutcome(None, str(exc))
+
+
+def read_run(path: str | Path) -> RunData:
+    """Read and audit one run directory.
+
+    Raises:
+        ReportError: the directory does not exist, or its summary, metrics or events cannot be read.
+    """
+    folder = Path(path)
+    try:
+        run = RunDir(folder)
+    except RunDirError as exc:
+        raise ReportError(f"--run {folder}: {exc}") from None
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    config = summary.get("config") if isinstance(summary.get("config"), dict) else {}
+    return RunData(
+        path=folder.resolve(),
+        name=folder.resolve().name,
+        summary=summary,
+        config=config,
+        metrics=_metrics(folder / METRICS_FILE),
+        events=_events(folder / EVENTS_FILE),
+        attestations=_attestations(run, summary),
+        audit=_audit(folder),
+    )
