@@ -998,7 +998,7 @@ class Coordinator:
                         )
                     )
         if c.verification == "redundant_neighbour":
-            return found + self.adjudicate(commit, already or [])
+            return found + self.adjudicate(commit, (already or []) + found)
         if c.verification != "spot_check" or self._seed is None:
             return found
         seed = self._seed
@@ -1066,6 +1066,15 @@ class Coordinator:
                     f"stage {checker} recomputed stage {s}'s {kind} unit and got another result (max |diff| {diff:g})"
                 )
                 receipt = commit.receipt(s, m, UnitKind(kind))
+                if s == self._bypass and c.receipts and receipt is not None:
+                    # the identity check on the bypassed stage's receipts passed for this unit
+                    self.neighbour["false_accusations"] += 1
+                    message = f"{claim}, but stage {s}'s receipt shows the tensor passed on unchanged"
+                    found.append(
+                        self.detection(step, m, kind, checker, "false_accusation", message, receipt_digest(receipt))
+                    )
+                    blamed.add((s, m, kind))
+                    continue
                 if not c.receipts or receipt is None:
                     self.neighbour["unadjudicated"] += 1
                     evidence = bytes.fromhex(str(report.get("evidence_digest", "")))

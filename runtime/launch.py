@@ -278,6 +278,11 @@ def _failure_message(codes: list[int | None], tmp: Path) -> str:
         path = tmp / f"rank{rank}.error"
         with contextlib.suppress(OSError, ValueError):
             errors[rank] = str(json.loads(path.read_text(encoding="utf-8"))["message"])
+    workers = [rank for rank in errors if rank != 0]
+    if workers:  # a worker's own error is the cause; the coordinator saw only its connection close
+        first = workers[0]
+        context = f" (the coordinator: {errors[0]})" if 0 in errors else ""
+        return f"rank {first}: {errors[first]}{context}"
     if 0 in errors:
         return errors[0]
     for rank, code in enumerate(codes):

@@ -27,7 +27,7 @@ from stagewarden.attest.headers import (
     sign_header,
     verify_header,
 )
-from stagewarden.attest.tensor_digest import dtype_name, tensor_digest
+from stagewarden.attest.tensor_digest import TensorDigest, dtype_name, tensor_digest
 from stagewarden.attest.token import canonical_json, parse_canonical_json
 from stagewarden.runtime.errors import RuntimeSetupError
 
@@ -142,14 +142,22 @@ class Transport:
     # -- signed transfers ---------------------------------------------------------------------
 
     def send_signed(
-        self, dst: int, tensor: torch.Tensor, header: SignedHeader, key: SigningKey, *, blocking: bool = True
+        self,
+        dst: int,
+        tensor: torch.Tensor,
+        header: SignedHeader,
+        key: SigningKey,
+        *,
+        blocking: bool = True,
+        digest: TensorDigest | None = None,
     ) -> SignedHeader:
-        """Sign ``header`` (its tensor digest is computed here from ``tensor``) and send it, then the tensor."""
+        """Sign ``header`` and send it, then the tensor. Its tensor digest is computed here from
+        ``tensor``, unless the caller passes ``digest``, which must be ``tensor_digest(tensor)``
+        (a sender that has just digested the tensor for its receipt need not hash it twice)."""
         wire = tensor.detach().to(self.device).contiguous()  # one copy when the stage computes elsewhere
-        host = wire if wire.device.type == "cpu" else wire.cpu()
-        signed = sign_header(
-            dataclasses.replace(header, tensor=tensor_digest(host), signed_at=dt.datetime.now(dt.UTC)), key
-        )
+        if digest is None:
+            digest = tensor_digest(wire if wire.device.type == "cpu" else wire.cpu())
+        signed = sign_header(dataclasses.replace(header, tensor=digest, signed_at=dt.datetime.now(dt.UTC)), key)
         self.send_bytes(dst, encode_header(signed), blocking=blocking)
         self._send(dst, [wire], blocking)
         return signed

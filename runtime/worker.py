@@ -295,6 +295,8 @@ class StepRecord:
     units: dict[tuple[int, str], dict[str, torch.Tensor]] = field(default_factory=dict)
     optimizer: dict[str, torch.Tensor] | None = None
     grads: dict[str, torch.Tensor] | None = None
+    weights_digest: bytes = b""
+    """:func:`~stagewarden.attest.tensor_digest.digest_state_dict` of ``weights`` (with receipts on)."""
 
 
 class StageWorker:
@@ -333,6 +335,9 @@ class StageWorker:
         self.replica_record: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
         self.replica_checked = False
         self.copy_headers: dict[int, bytes] = {}
+        self.current_digest: bytes | None = None
+        """The digest of the stage's current weights when known (after an update, a restore or a
+        load), so the next step need not hash them again."""
 
     # -- start --------------------------------------------------------------------------------
 
@@ -370,6 +375,7 @@ class StageWorker:
                 next(iter(module.parameters())).add_(1e-3)
         self.module = module
         self.optimizer = make_optimizer(module, c.train)
+        self.current_digest = None
         self.replica = None
         if c.verification == "redundant_neighbour" and s >= 1:  # this stage checks stage s - 1
             self.replica = NeighbourReplica(c.model, c.stages, s - 1, c.seed, c.train, self.device)
@@ -531,7 +537,9 @@ class StageWorker:
         receipts_on = c.receipts
         busy = 0.0
         if attempt > 0 and self.record is not None and self.record.step == step:
-            record = StepRecord(step, self.record.weights, optimizer=self.record.optimizer)
+            record = StepRecord(
+                step, self.record.weights, optimizer=self.record.optimizer, weights_digest=self.record.weights_digest
+            )
         else:
             weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
             optimizer = export_optimizer_state(module, self.optimizer) if self._keeps_state() else None
@@ -542,7 +550,9 @@ class StageWorker:
             keep = c.verification == "redundant_neighbour" and self.record is not None
             self.previous = self.record if keep and self.record.step == step - 1 else None
         self.record = record
-        weights_digest = digest_state_dict(record.weights) if receipts_on else b""
+        if receipts_on and not record.weights_digest:
+            record.weights_digest = self.current_digest or digest_state_dict(record.weights)
+        weights_digest = record.weights_digest
         env = ExecutionEnv.capture(self.device)
         inputs: dict[int, torch.Tensor] = {}
         grads_out: dict[int, torch.Tensor] = {}
@@ -552,6 +562,20 @@ class StageWorker:
         targets: dict[int, torch.Tensor] = {}
         losses: dict[int, torch.Tensor] = {}
         relay = _Relay()
+        arrivals: dict[tuple[int, TransferKind], tuple[torch.Tensor, bytes]] = {}
+        committed_digests: dict[tuple[int, TransferKind], TensorDigest] = {}
+
+        def known(m: int, transfer: TransferKind, tensor: torch.Tensor) -> bytes:
+            """The digest of a received tensor, from its checked header when it is unchanged."""
+            got = arrivals.get((m, transfer))
+            return got[1] if got is not None and got[0] is tensor else _digest(tensor)
+
+        def commit_digest(m: int, transfer: TransferKind, tensor: torch.Tensor) -> bytes:
+            """Digest a tensor this unit commits to and sends, keeping the digest for the send."""
+            digest = tensor_digest(tensor.detach().cpu())
+            committed_digests[(m, transfer)] = digest
+            return digest.digest
+
         receipts: list[str] = []
         headers: list[str] = []
         keep_grads = self._keeps_state() and module.is_first
@@ -563,8 +587,9 @@ class StageWorker:
                 assert m is not None
                 transfer = TransferKind.ACTIVATION if kind is ActionKind.RECV_F else TransferKind.GRADIENT
                 sender = self._neighbour(transfer, incoming=True)
-                tensor, _, raw = self.transport.recv_signed(self.ranks[sender], self._expected(step, m, transfer))
+                tensor, header, raw = self.transport.recv_signed(self.ranks[sender], self._expected(step, m, transfer))
                 (inputs if kind is ActionKind.RECV_F else grads_out)[m] = tensor
+                arrivals[(m, transfer)] = (tensor, header.tensor.digest)  # checked against the tensor
                 (relay.received_f if kind is ActionKind.RECV_F else relay.received_b)[m] = (raw, tensor)
                 headers.append(raw.hex())
             elif kind is ActionKind.F:
@@ -594,10 +619,10 @@ class StageWorker:
                 busy += time.perf_counter() - began
                 record.units[(m, "forward")] = _unit_tensors(inputs[m], targets.get(m) if module.is_last else None)
                 if receipts_on:
+                    in_digest = known(m, TransferKind.ACTIVATION, inputs[m])
+                    out_digest = commit_digest(m, TransferKind.ACTIVATION, output)
                     receipts.append(
-                        self._receipt(
-                            step, m, UnitKind.FORWARD, _digest(inputs[m]), _digest(output), weights_digest, env
-                        ).hex()
+                        self._receipt(step, m, UnitKind.FORWARD, in_digest, out_digest, weights_digest, env).hex()
                     )
             elif kind is ActionKind.SEND_F:
                 assert m is not None
@@ -605,7 +630,12 @@ class StageWorker:
                 sent = committed if self.attack is None else self.attack.outgoing(s, step, m, "forward", committed)
                 receiver = self._neighbour(TransferKind.ACTIVATION, incoming=False)
                 signed = self.transport.send_signed(
-                    self.ranks[receiver], sent, self._header(step, m, TransferKind.ACTIVATION), self.key, blocking=False
+                    self.ranks[receiver],
+                    sent,
+                    self._header(step, m, TransferKind.ACTIVATION),
+                    self.key,
+                    blocking=False,
+                    digest=committed_digests.get((m, TransferKind.ACTIVATION)) if sent is committed else None,
                 )
                 relay.sent_f[m] = (encode_header(signed), sent)
                 relay.committed_f[m] = committed
@@ -629,11 +659,11 @@ class StageWorker:
                 busy += time.perf_counter() - began
                 record.units[(m, "backward")] = unit
                 if grad is not None:
-                    out_digest = _digest(grad) if receipts_on else b""
+                    out_digest = commit_digest(m, TransferKind.GRADIENT, grad) if receipts_on else b""
                 else:  # stage 0: commit to the accumulated parameter gradients
                     out_digest = _grads_digest(module) if receipts_on else b""
                 if receipts_on:
-                    in_digest = _digest(grads_out[m]) if m in grads_out else _digest(targets[m])
+                    in_digest = known(m, TransferKind.GRADIENT, grads_out[m]) if m in grads_out else _digest(targets[m])
                     receipts.append(
                         self._receipt(step, m, UnitKind.BACKWARD, in_digest, out_digest, weights_digest, env).hex()
                     )
@@ -644,7 +674,12 @@ class StageWorker:
                 sent = committed if self.attack is None else self.attack.outgoing(s, step, m, "backward", committed)
                 receiver = self._neighbour(TransferKind.GRADIENT, incoming=False)
                 signed = self.transport.send_signed(
-                    self.ranks[receiver], sent, self._header(step, m, TransferKind.GRADIENT), self.key, blocking=False
+                    self.ranks[receiver],
+                    sent,
+                    self._header(step, m, TransferKind.GRADIENT),
+                    self.key,
+                    blocking=False,
+                    digest=committed_digests.get((m, TransferKind.GRADIENT)) if sent is committed else None,
                 )
                 relay.sent_b[m] = (encode_header(signed), sent)
             # UPDATE waits for the coordinator's decision
@@ -747,8 +782,8 @@ class StageWorker:
     def _check_neighbour(self, step: int, relay: _Relay, bypass: int | None) -> list[CheckOutcome]:
         """As the checker of stage ``s = this stage - 1``: receive the relayed copies, recompute
         ``s``'s forward and backward units on the replica and compare them bit for bit with what
-        ``s`` sent. The checks of a bypassed stage are skipped (it must pass tensors on unchanged,
-        which the coordinator checks)."""
+        ``s`` sent. A bypassed stage must pass tensors on unchanged: its output is compared with
+        its input instead (where the checker has the input: not under ``checked_worker``)."""
         replica = self.replica
         if replica is None:
             return []
@@ -772,8 +807,14 @@ class StageWorker:
         if s >= 1:
             for m in range(M):
                 grads[m] = self.transport.recv_signed(src, self._transfer(step, m, TransferKind.GRADIENT, s, s - 1))[0]
-        if bypass == s:
-            return []
+        if bypass == s:  # s must pass every tensor on unchanged: compare its output with its input
+            outcomes = [
+                replica.check_identity(step, m, "forward", inputs[m], relay.received_f[m][1])
+                for m in range(M)
+                if m in inputs
+            ]
+            outcomes += [replica.check_identity(step, m, "backward", relay.sent_b[m][1], grads[m]) for m in grads]
+            return outcomes
         replica.reset_step()
         self.copy_headers = headers  # the signed headers of the input copies: evidence if s - 1 equivocated
         outcomes = []
@@ -814,7 +855,8 @@ class StageWorker:
         if self.replica is not None and self.replica_record is not None:
             self.replica.resync(*self.replica_record)
         self.replica_checked = False
-        weights = digest_state_dict(module.state_dict()).hex()
+        self.current_digest = digest_state_dict(module.state_dict())
+        weights = self.current_digest.hex()
         self.transport.send_json(COORDINATOR, {"type": "restored", "step": step, "weights": weights})
 
     def _ranks(self, msg: dict[str, Any]) -> None:
@@ -907,8 +949,8 @@ class StageWorker:
             raise TransportError(f"checkpoint optimizer state of stage {self.stage_index}: {exc}") from None
         module.zero_grad(set_to_none=True)
         self.record = self.previous = None
-        weights_digest = digest_state_dict(module.state_dict()).hex()
-        self.transport.send_json(COORDINATOR, {"type": "loaded", "step": step, "weights": weights_digest})
+        self.current_digest = digest_state_dict(module.state_dict())
+        self.transport.send_json(COORDINATOR, {"type": "loaded", "step": step, "weights": self.current_digest.hex()})
 
     def _send_tensors(self, message: dict[str, Any], tensors: list[tuple[str, torch.Tensor]]) -> None:
         meta = [
@@ -925,7 +967,7 @@ class StageWorker:
         module = self.module
         receipts_on = self.config.receipts
         grads = _grads_digest(module) if receipts_on else b""
-        before = digest_state_dict(self.record.weights) if receipts_on else b""
+        before = (self.record.weights_digest or digest_state_dict(self.record.weights)) if receipts_on else b""
         if self._keeps_state():
             self.record.grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
         began = time.perf_counter()
@@ -936,6 +978,7 @@ class StageWorker:
             self._replica_update()
         busy = time.perf_counter() - began
         after = digest_state_dict(module.state_dict())
+        self.current_digest = after
         message: dict[str, Any] = {"type": "updated", "step": step, "weights": after.hex(), "busy_ns": int(busy * 1e9)}
         if receipts_on:
             env = ExecutionEnv.capture(self.device)
