@@ -257,12 +257,14 @@ def diff(old: str, new: str, fmt: str, timeout: float | None) -> None:
 from stagewarden.cli_attest import attest  # noqa: E402  (subcommand groups register after cli exists)
 from stagewarden.cli_audit import audit  # noqa: E402
 from stagewarden.cli_demo import demo  # noqa: E402
+from stagewarden.cli_replay import replay  # noqa: E402
 from stagewarden.cli_report import report  # noqa: E402
 from stagewarden.cli_train import train  # noqa: E402
 
 cli.add_command(attest)
 cli.add_command(audit)
 cli.add_command(demo)
+cli.add_command(replay)
 cli.add_command(report)
 cli.add_command(train)
 

@@ -76,7 +76,7 @@ def attack_capability(attack: dict[str, Any]) -> str:
     }
     if kind in named:
         return named[str(kind)]
-    return "tamper_activations" if direction == "forward" else "tamper_gradients"
+    return "tamper_gradients" if direction == "backward" else "tamper_activations"
 
 
 @dataclasses.dataclass

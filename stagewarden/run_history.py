@@ -233,7 +233,7 @@ def tampered_units(attack: Any, computation: Computation, stages: int, microbatc
     out: list[Unit] = []
     for s in sorted(x for x in plan.stages if x < stages):
         if plan.kind in TENSOR_KINDS or plan.kind is AttackKind.EQUIVOCATE:
-            kind = "forward" if plan.direction is Direction.FORWARD else "backward"
+            kind = "backward" if plan.direction is Direction.BACKWARD else "forward"  # input: the forward
             for m in range(microbatches):
                 first = plan.kind is AttackKind.REPLAY and (t, a, m) == (0, 0, 0)
                 if plan.active(s, t, m, a) and not first:

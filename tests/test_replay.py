@@ -1,0 +1,88 @@
+"""``stagewarden replay``: prover counterexamples mounted as live attacks, then against a proposed defence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from stagewarden.runtime.attacks import AttackPlan
+from stagewarden.spec import load_example
+
+from stagewarden.cli import cli
+from stagewarden.replay import ReplayError, plan_replay, single_guarantee_spec
+
+
+def test_adjacent_collusion_maps_to_a_tamperer_and_a_covering_checker() -> None:
+    plan = plan_replay(load_example("paper-adjacent-collusion"), "integrity", steps=3)
+    attack = AttackPlan.from_json(plan.config.attack)
+    assert attack.kind.value == "reverse" and attack.direction.value == "forward"
+    assert len(attack.stages) == 1 and attack.covers == {min(attack.stages) + 1}
+    assert plan.config.verification == "redundant_neighbour" and not plan.config.receipts
+    assert plan.config.stages == 6 and plan.config.steps == 3
+
+
+def test_checked_worker_relay_maps_to_a_forged_input() -> None:
+    plan = plan_replay(load_example("paper-checked-worker-relay"), "integrity", steps=3)
+    attack = AttackPlan.from_json(plan.config.attack)
+    assert attack.direction.value == "input" and plan.config.input_via == "checked_worker"
+
+
+def test_equivocation_trace_maps_to_the_equivocate_attack() -> None:
+    plan = plan_replay(load_example("paper-equivocation-upstream"), "no-framing", steps=3)
+    attack = AttackPlan.from_json(plan.config.attack)
+    assert attack.kind.value == "equivocate" and plan.config.input_via == "upstream"
+    assert "honest worker" in plan.prediction
+
+
+def test_guarantees_without_an_attack_are_refused() -> None:
+    loaded = load_example("paper-adjacent-collusion")
+    with pytest.raises(ReplayError, match="no guarantee 'nope'"):
+        plan_replay(loaded, "nope", steps=3)
+    with pytest.raises(ReplayError, match="holds: there is no attack trace"):
+        plan_replay(loaded, "no-framing", steps=3)
+    with pytest.raises(ReplayError, match="overhead"):
+        plan_replay(loaded, "cheap", steps=3)
+
+
+def test_single_guarantee_spec_keeps_only_that_guarantee() -> None:
+    alone = single_guarantee_spec(load_example("paper-adjacent-collusion"), "integrity")
+    assert [g.id for g in alone.spec.guarantees] == ["integrity"]
+    assert alone.spec.defense == load_example("paper-adjacent-collusion").spec.defense
+
+
+def test_cli_bad_input_exits_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["replay", "--example", "paper-adjacent-collusion", "--guarantee", "no-framing", "--out", str(tmp_path / "r")],
+    )
+    assert result.exit_code == 2 and "holds" in result.output
+    result = CliRunner().invoke(cli, ["replay", "--example", "no-such-example", "--guarantee", "x", "--out", "r"])
+    assert result.exit_code == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("example", "guarantee"),
+    [
+        ("paper-adjacent-collusion", "integrity"),
+        ("paper-checked-worker-relay", "integrity"),
+        ("paper-equivocation-upstream", "no-framing"),
+        ("spot-check-eject", "damage"),
+    ],
+)
+def test_replay_shows_the_attack_and_the_proposed_defence_catches_it(
+    tmp_path: Path, example: str, guarantee: str
+) -> None:
+    out = tmp_path / "replay"
+    args = ["replay", "--example", example, "--guarantee", guarantee, "--steps", "3", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    payload = json.loads((out / "replay.json").read_text())
+    assert result.exit_code == 0, result.output
+    assert payload["attack"]["shows_prediction"] is True
+    assert payload["defended"]["caught"] is True
+    if example == "paper-equivocation-upstream":
+        assert payload["attack"]["framed"] >= 1 and payload["defended"]["framed"] == 0
+    else:
+        assert payload["attack"]["undetected"] >= 1 or payload["attack"]["in_model"] >= 1
