@@ -12,9 +12,11 @@ from importlib import resources
 from pathlib import Path
 
 from stagewarden.prover import Report, verify
-from stagewarden.report import pages, run_pages
+from stagewarden.report import calibration_pages, pages, replay_pages, run_pages
+from stagewarden.report.calibration import Calibration, read_calibration
 from stagewarden.report.errors import ReportError
 from stagewarden.report.modelling import TEE_NOTICE
+from stagewarden.report.replays import ReplayData, read_replay
 from stagewarden.report.runs import RunData, read_run
 from stagewarden.spec import LoadedSpec
 
@@ -38,8 +40,16 @@ html_theme_options = {{"page_width": "1240px", "sidebar_width": "230px", "fixed_
 '''
 
 
-def write_project(folder: Path, loaded: LoadedSpec, report: Report, runs: Sequence[RunData]) -> None:
-    """Write the report's Sphinx project (conf.py, pages, pictures) into ``folder``."""
+def write_project(
+    folder: Path,
+    loaded: LoadedSpec,
+    report: Report,
+    runs: Sequence[RunData],
+    replays: Sequence[ReplayData] = (),
+    calibration: Calibration | None = None,
+) -> None:
+    """Write the report's Sphinx project (conf.py, pages, pictures) into ``folder``; the runs of
+    ``replays`` join ``runs`` on the run pages."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "_templates").mkdir(exist_ok=True)
     template = resources.files("stagewarden.report").joinpath("templates", "layout.html").read_text(encoding="utf-8")
@@ -57,11 +67,26 @@ def write_project(folder: Path, loaded: LoadedSpec, report: Report, runs: Sequen
     for name, write in writers.items():
         (folder / f"{name}.rst").write_text(write(ctx), encoding="utf-8")
     contents = list(writers)
-    if runs:
-        contents += run_pages.write_runs(ctx, list(runs))
+    every_run = list(runs) + [run for replay in replays for run in replay.runs]
+    if every_run:
+        contents += run_pages.write_runs(ctx, every_run)
+    if replays:
+        docs = {id(run): name for run, name in zip(every_run, run_pages.page_names(every_run), strict=True)}
+        (folder / "replays.rst").write_text(replay_pages.replays_page(ctx, list(replays), docs), encoding="utf-8")
+        contents.append("replays")
+    if calibration is not None:
+        (folder / "calibration.rst").write_text(calibration_pages.calibration_page(ctx, calibration), encoding="utf-8")
+        contents.append("calibration")
     (folder / "modelling.rst").write_text(pages.modelling_page(), encoding="utf-8")
     contents.append("modelling")
-    (folder / "index.rst").write_text(pages.index_page(ctx, [str(r.path) for r in runs], contents), encoding="utf-8")
+    index = pages.index_page(
+        ctx,
+        [str(r.path) for r in runs],
+        contents,
+        replays=[str(r.path) for r in replays],
+        calibration=str(calibration.path) if calibration is not None else None,
+    )
+    (folder / "index.rst").write_text(index, encoding="utf-8")
 
 
 def sphinx_build(source: Path, target: Path, builder: str) -> None:
@@ -108,6 +133,8 @@ def build_report(
     builder: str = "html",
     report: Report | None = None,
     progress: Callable[[str], None] | None = None,
+    replays: Sequence[str | Path] = (),
+    calibration: str | Path | None = None,
 ) -> Path:
     """Build the security report of ``loaded`` (and of the given run directories) into ``out``.
 
@@ -118,12 +145,17 @@ def build_report(
         builder: ``html`` (a page per section) or ``singlehtml`` (one page).
         report: the prover's verdicts, when already computed (else the prover runs).
         progress: called with a short message before each phase.
+        replays: output folders of ``stagewarden replay`` (or their ``replay.json``); each gets a
+            section on the replays page, and its two runs join the run pages.
+        calibration: a result file of ``benchmarks/detection_calibration.py --json``, for the
+            calibration page.
 
     Returns:
         The path of the report's index page.
 
     Raises:
-        ReportError: a run directory cannot be read, ``out`` is not usable, or the build failed.
+        ReportError: a run directory, replay or calibration file cannot be read or is malformed,
+            ``out`` is not usable, or the build failed.
     """
     if builder not in FORMATS:
         raise ReportError(f"format must be one of {', '.join(FORMATS)}, not {builder!r}")
@@ -132,8 +164,11 @@ def build_report(
     _check_target(target)
     say("reading the run directories and auditing them")
     data = [read_run(r) for r in runs]
-    names = [d.name for d in data]
-    for d in data:
+    replayed = [read_replay(r) for r in replays]
+    calibrated = read_calibration(calibration) if calibration is not None else None
+    every_run = data + [run for replay in replayed for run in replay.runs]
+    names = [d.name for d in every_run]
+    for d in every_run:
         if names.count(d.name) > 1:  # two runs called clean/: name them by their parent folder too
             d.name = f"{d.path.parent.name}/{d.path.name}"
     if report is None:
@@ -143,7 +178,7 @@ def build_report(
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         say("writing the report and its pictures")
-        write_project(work / "source", loaded, report, data)
+        write_project(work / "source", loaded, report, data, replayed, calibrated)
         say("building it with Sphinx")
         sphinx_build(work / "source", work / "html", builder)
         (work / "html" / MARKER).write_text(

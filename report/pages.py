@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,11 @@ def _rests_on(ctx: Context, g: GuaranteeResult) -> str:
     return "; ".join(parts) or "\\-"
 
 
-def index_page(ctx: Context, runs: list[str], pages: list[str]) -> str:
-    """The report's front page: notice, spec description, the summary table and the contents."""
+def index_page(
+    ctx: Context, runs: list[str], pages: list[str], replays: Sequence[str] = (), calibration: str | None = None
+) -> str:
+    """The report's front page: notice, spec description, what the report was built from, the
+    summary table and the contents."""
     spec = ctx.loaded.spec
     title = f"Security report: {spec.name}"
     out = [
@@ -99,13 +103,23 @@ def index_page(ctx: Context, runs: list[str], pages: list[str]) -> str:
         + (
             f"{len(runs)} run director{'y' if len(runs) == 1 else 'ies'}: " + ", ".join(rst.literal(r) for r in runs)
             if runs
+            else "no run directory was given apart from the replays' runs"
+            if replays
             else "no run directory was given, so this report shows the proof only"
         )
         + ".",
         "",
-        "The verdicts as JSON: :download:`verdicts.json <verdicts.json>`.",
-        "",
     ]
+    if replays:
+        out += [
+            f"{len(replays)} :doc:`replay{'' if len(replays) == 1 else 's'} <replays>` of a counterexample: "
+            + ", ".join(rst.literal(r) for r in replays)
+            + ".",
+            "",
+        ]
+    if calibration is not None:
+        out += [f"The detection :doc:`calibration <calibration>` benchmark's result: {rst.literal(calibration)}.", ""]
+    out += ["The verdicts as JSON: :download:`verdicts.json <verdicts.json>`.", ""]
     rows = []
     for g in ctx.report.guarantees:
         rows.append(

@@ -1,12 +1,16 @@
 """Pictures of the run side of a report: loss curves of every run on one plot, each run's
-detection timeline, and the observed detection latency against the predicted geometric law."""
+detection timeline, the observed detection latency against the predicted geometric law, and the
+calibration benchmark's observed figures against the predicted ones."""
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from stagewarden.report.calibration import Calibration, CalibrationRow
 from stagewarden.report.figures import CATCHES, TAMPER, save
 from stagewarden.report.latency import Latency, geometric_pmf
 from stagewarden.report.runs import RunData
@@ -169,4 +173,42 @@ def latency_plot(latencies: list[Latency], path: Path) -> Path:
         ncol=2,
         frameon=False,
     )
+    return save(fig, path)
+
+
+def figure_kind(row: CalibrationRow) -> str:
+    """The figure a row compares, with the scenario's own ``K`` left out (``Pr[G >= K + 1]``)."""
+    return re.sub(r">= \d+", ">= K + 1", row.figure)
+
+
+def calibration_plot(calibration: Calibration, path: Path) -> Path:
+    """Every compared figure relative to its prediction: per figure (mean latency, its quantiles,
+    undetected units, the damage tail) and scenario, the observed value over the predicted one with
+    its confidence interval as an error bar; a bar that crosses 1 is a prediction the trials agree
+    with. Rows predicted as 0 (a quantile of 0 steps) have no ratio and are left out."""
+    kinds: list[str] = []
+    for scenario in calibration.scenarios:
+        kinds += [k for k in map(figure_kind, scenario.rows) if k not in kinds]
+    count = len(calibration.scenarios)
+    fig = Figure(figsize=(max(9.0, 1.5 * len(kinds)), 4.2))
+    ax = fig.add_subplot()
+    ax.axhline(1.0, color="black", lw=1)
+    width = 0.7 / max(1, count)
+    for j, scenario in enumerate(calibration.scenarios):
+        xs, ys, below, above = [], [], [], []
+        for i, kind in enumerate(kinds):
+            row = next((r for r in scenario.rows if figure_kind(r) == kind), None)
+            if row is None or row.predicted <= 0:
+                continue
+            ratio = row.observed / row.predicted
+            xs.append(i + (j - (count - 1) / 2) * width)
+            ys.append(ratio)
+            below.append(max(0.0, ratio - row.low / row.predicted) if math.isfinite(row.low) else 0.0)
+            above.append(max(0.0, row.high / row.predicted - ratio) if math.isfinite(row.high) else 0.0)
+        ax.errorbar(xs, ys, yerr=[below, above], fmt="o", ms=4, capsize=3, label=scenario.label)
+    ax.set_xticks(range(len(kinds)), kinds, fontsize=8, rotation=15, ha="right")
+    ax.set_xlim(-0.5, len(kinds) - 0.5)
+    ax.set_ylabel(f"observed / predicted ({calibration.confidence:.0%} interval)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=min(4, count), frameon=False)
     return save(fig, path)

@@ -308,11 +308,15 @@ def _spot_checks(run: RunData) -> list[str]:
     return out
 
 
+def page_names(runs: list[RunData]) -> list[str]:
+    """The document name of each run's page, in order."""
+    return [f"run-{i}" for i in range(1, len(runs) + 1)]
+
+
 def write_runs(ctx: Context, runs: list[RunData]) -> list[str]:
     """Write the run pages; return the top-level document name(s) to list in the contents."""
     pages = []
-    for i, run in enumerate(runs, start=1):
-        name = f"run-{i}"
+    for i, (run, name) in enumerate(zip(runs, page_names(runs), strict=True), start=1):
         Path(ctx.folder / f"{name}.rst").write_text(run_page(ctx, run, i), encoding="utf-8")
         pages.append(name)
     (ctx.folder / "runs.rst").write_text(overview_page(ctx, runs, pages), encoding="utf-8")

@@ -73,6 +73,8 @@ class RunData:
         events: the records of ``events.jsonl`` in order.
         attestations: one row per worker.
         audit: the receipt audit.
+        title: what the run is for, when another input gives it a role (a replay's attack run,
+            for instance); it leads the label.
     """
 
     path: Path
@@ -83,6 +85,7 @@ class RunData:
     events: list[dict[str, Any]]
     attestations: list[AttestationRow]
     audit: AuditOutcome
+    title: str | None = None
 
     @property
     def attack(self) -> dict[str, Any] | None:
@@ -104,7 +107,7 @@ class RunData:
 
     @property
     def label(self) -> str:
-        """The legend label of the run, built from its configuration (attack, defence, response) and directory."""
+        """The legend label of the run, made of its title, configuration (attack, defence, response) and directory."""
         attack = self.attack
         if attack is not None:
             stages = ",".join(str(s) for s in attack.get("stages", []))
@@ -119,7 +122,8 @@ class RunData:
                 parts.append(f"spot check {self.config.get('spot_check_rate')}")
             parts.append(f"response {self.config.get('response', '?')}")
             defence = ", ".join(parts)
-        return f"{what}; {defence} [{self.name}]"
+        label = f"{what}; {defence} [{self.name}]"
+        return f"{self.title}: {label}" if self.title else label
 
 
 def _metrics(path: Path) -> list[dict[str, float]]:

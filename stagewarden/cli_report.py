@@ -24,6 +24,21 @@ from stagewarden.cli_common import EXIT_OK, BadInput, make_console
     help="A run directory of `stagewarden train` or `stagewarden demo` to report on (repeatable).",
 )
 @click.option(
+    "--replay",
+    "replays",
+    multiple=True,
+    type=click.Path(),
+    metavar="OUT",
+    help="The --out folder of `stagewarden replay` (its replay.json and two runs) to report on (repeatable).",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(),
+    metavar="FILE",
+    default=None,
+    help="A result file of `benchmarks/detection_calibration.py --json` for the calibration page.",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False),
     default=None,
@@ -37,7 +52,15 @@ from stagewarden.cli_common import EXIT_OK, BadInput, make_console
     show_default=True,
     help="One page per section (html) or everything on one page (singlehtml).",
 )
-def report(spec: str | None, example: str | None, runs: tuple[str, ...], out: str | None, fmt: str) -> None:
+def report(
+    spec: str | None,
+    example: str | None,
+    runs: tuple[str, ...],
+    replays: tuple[str, ...],
+    calibration: str | None,
+    out: str | None,
+    fmt: str,
+) -> None:
     """Build the security report of SPEC (and of the run directories given with --run).
 
     Proves every guarantee, then writes and builds a Sphinx site: the summary of verdicts, the
@@ -46,10 +69,12 @@ def report(spec: str | None, example: str | None, runs: tuple[str, ...], out: st
     against the spot-check rate and the adversary's budget, and the threat taxonomy. With runs:
     attestation table, receipt audit, spot checks, detection timeline, loss curves, throughput
     and overhead, and the observed detection latency beside the predicted one. Prints the path
-    of the index page.
+    of the index page. With --replay: the replayed counterexample, its prediction, the attack
+    under the spec's defence and under the proposed one (both runs also join the run pages).
+    With --calibration: the benchmark's predicted against observed detection figures.
 
     Exit codes: 0 the report was built (whatever the verdicts), 2 bad input (spec, run
-    directory, --out) or a build that failed.
+    directory, replay, calibration file, --out) or a build that failed.
     """
     from stagewarden.cli import _load, _print_warnings, _run_verify
     from stagewarden.report import ReportError, build_report
@@ -71,9 +96,11 @@ def report(spec: str | None, example: str | None, runs: tuple[str, ...], out: st
     try:
         if status is not None:
             with status:
-                index = build_report(loaded, runs, target, fmt, report=verdicts, progress=progress)
+                index = build_report(
+                    loaded, runs, target, fmt, verdicts, progress, replays=replays, calibration=calibration
+                )
         else:
-            index = build_report(loaded, runs, target, fmt, report=verdicts)
+            index = build_report(loaded, runs, target, fmt, verdicts, replays=replays, calibration=calibration)
     except ReportError as exc:
         raise BadInput(exc.message) from None
     click.echo(str(index))
