@@ -76,7 +76,7 @@ def test_replay_shows_the_attack_and_the_proposed_defence_catches_it(
     tmp_path: Path, example: str, guarantee: str
 ) -> None:
     out = tmp_path / "replay"
-    args = ["replay", "--example", example, "--guarantee", guarantee, "--steps", "3", "--out", str(out)]
+    args = ["replay", "--example", example, "--guarantee", guarantee, "--steps", "2", "--out", str(out)]
     result = CliRunner().invoke(cli, args)
     payload = json.loads((out / "replay.json").read_text())
     assert result.exit_code == 0, result.output

@@ -67,7 +67,7 @@ def test_from_cli_parses_strings() -> None:
         (("scale", "1"), {"scale": "1"}, "not 1"),
         (("noise", "1"), {"noise": "0"}, "positive"),
         (("bitflip", "1"), {"bit": "64"}, "between 0 and 63"),
-        (("reverse", "1"), {"direction": "sideways"}, "'forward' or 'backward'"),
+        (("reverse", "1"), {"direction": "sideways"}, "forward, backward, input"),
         (("poison_data", "1"), {}, "stage 0"),
     ],
 )
