@@ -129,7 +129,7 @@ def replay(
     if not no_defence:
         try:
             with console.status("asking synthesize for a defence under which the guarantee holds"):
-                proposed, block = propose_defence(loaded, guarantee_id, timeout)
+                proposed, block, scope = propose_defence(loaded, guarantee_id, timeout)
             why = _runnable(proposed)
             if why is not None:
                 raise ReplayError(f"the proposed defence cannot be run: {why}")
@@ -139,7 +139,7 @@ def replay(
         except (ReplayError, ConfigError) as exc:
             atomic_write_text(target / "replay.json", json.dumps(payload, indent=2) + "\n")
             raise BadInput(str(exc)) from None
-        console.print("[bold]proposed defence[/] (synthesize, this guarantee alone):", markup=True)
+        console.print(f"[bold]proposed defence[/] (synthesize, for {escape(scope)}):", markup=True)
         console.print(escape(block.rstrip()), markup=True)
         _run(config, target / "defended", "the same attack under the proposed defence", console)
         guarantee = next(g for g in loaded.spec.guarantees if g.id == guarantee_id)
@@ -148,7 +148,13 @@ def replay(
         caught = defended.shows
         mark = "[green]stops it[/]" if caught else "[red]does not stop it[/]"
         console.print(f"  the proposed defence {mark}: {escape(defended.detail)}", markup=True)
-        payload["defended"] = {"run": "defended", "defence": block, "caught": caught, **dataclasses.asdict(defended)}
+        payload["defended"] = {
+            "run": "defended",
+            "defence": block,
+            "searched_for": scope,
+            "caught": caught,
+            **dataclasses.asdict(defended),
+        }
     atomic_write_text(target / "replay.json", json.dumps(payload, indent=2) + "\n")
     console.print(f"runs and replay.json in {escape(str(target))}", markup=True)
     sys.exit(EXIT_OK if seen.shows and caught else EXIT_VIOLATED)

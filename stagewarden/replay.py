@@ -250,36 +250,50 @@ def observe(kind: str, run_dir: str | Path, expect_attack: bool, max_undetected:
     return Observation(caught, said, **counts)
 
 
-def single_guarantee_spec(loaded: LoadedSpec, guarantee_id: str) -> LoadedSpec:
-    """The spec with only guarantee ``guarantee_id`` (what a proposed defence must make hold)."""
+def without_budgets(loaded: LoadedSpec, guarantee_id: str, keep_others: bool = True) -> LoadedSpec:
+    """The spec without its ``overhead`` guarantees (``keep_others``), or with only guarantee
+    ``guarantee_id``: what a proposed defence must make hold."""
     from ruamel.yaml import YAML
 
     from stagewarden.spec import load_text
 
     yaml = YAML()
     data = yaml.load(loaded.text)
-    data["guarantees"] = [g for g in data["guarantees"] if g.get("id") == guarantee_id]
+    if keep_others:
+        data["guarantees"] = [
+            g for g in data["guarantees"] if g.get("kind") != "overhead" or g.get("id") == guarantee_id
+        ]
+        what = "overhead budgets left out"
+    else:
+        data["guarantees"] = [g for g in data["guarantees"] if g.get("id") == guarantee_id]
+        what = f"guarantee {guarantee_id} only"
     out = io.StringIO()
     yaml.dump(data, out)
-    return load_text(out.getvalue(), f"{loaded.file} (guarantee {guarantee_id} only)")
+    return load_text(out.getvalue(), f"{loaded.file} ({what})")
 
 
-def propose_defence(loaded: LoadedSpec, guarantee_id: str, timeout: float | None = None) -> tuple[LoadedSpec, str]:
-    """The spec with the defence :func:`~stagewarden.prover.synthesis.synthesize` proposes for
-    guarantee ``guarantee_id`` alone, and that defence's YAML block.
+def propose_defence(loaded: LoadedSpec, guarantee_id: str, timeout: float | None = None) -> tuple[LoadedSpec, str, str]:
+    """The spec with the defence :func:`~stagewarden.prover.synthesis.synthesize` proposes, that
+    defence's YAML block, and what the search was asked for.
 
-    The other guarantees are left out of the search: an overhead budget, for instance, may rule
-    out every defence that makes the replayed guarantee hold.
+    The search keeps every guarantee but the ``overhead`` budgets, which may rule out every
+    defence that stops the attack; when it finds nothing, it is asked for the replayed guarantee
+    alone. Keeping the other guarantees matters: alone, ``no_framing`` holds when nothing checks
+    anybody, which frames no one but stops no attack either.
 
     Raises:
-        ReplayError: The search finds no defence.
+        ReplayError: Neither search finds a defence.
     """
     from stagewarden.prover import Limits
     from stagewarden.prover.synthesis import FOUND, synthesize
     from stagewarden.spec import load_text
 
-    alone = single_guarantee_spec(loaded, guarantee_id)
-    result = synthesize(alone, Limits(timeout=timeout))
-    if result.status != FOUND or result.spec_text is None or result.yaml_block is None:
-        raise ReplayError(f"synthesize finds no defence for guarantee {guarantee_id}: {result.reason or result.status}")
-    return load_text(result.spec_text, f"{loaded.file} (proposed defence)"), result.yaml_block
+    reasons = []
+    for keep_others in (True, False):
+        asked = without_budgets(loaded, guarantee_id, keep_others)
+        result = synthesize(asked, Limits(timeout=timeout))
+        if result.status == FOUND and result.spec_text is not None and result.yaml_block is not None:
+            scope = "every guarantee but the overhead budgets" if keep_others else f"guarantee {guarantee_id} alone"
+            return load_text(result.spec_text, f"{loaded.file} (proposed defence)"), result.yaml_block, scope
+        reasons.append(result.reason or result.status)
+    raise ReplayError(f"synthesize finds no defence for guarantee {guarantee_id}: {'; '.join(reasons)}")

@@ -11,7 +11,7 @@ from stagewarden.runtime.attacks import AttackPlan
 from stagewarden.spec import load_example
 
 from stagewarden.cli import cli
-from stagewarden.replay import ReplayError, plan_replay, single_guarantee_spec
+from stagewarden.replay import ReplayError, plan_replay, without_budgets
 
 
 def test_adjacent_collusion_maps_to_a_tamperer_and_a_covering_checker() -> None:
@@ -46,10 +46,14 @@ def test_guarantees_without_an_attack_are_refused() -> None:
         plan_replay(loaded, "cheap", steps=3)
 
 
-def test_single_guarantee_spec_keeps_only_that_guarantee() -> None:
-    alone = single_guarantee_spec(load_example("paper-adjacent-collusion"), "integrity")
+def test_the_defence_search_drops_overhead_budgets_or_keeps_one_guarantee() -> None:
+    loaded = load_example("paper-adjacent-collusion")
+    kinds = {g.id: g.kind for g in loaded.spec.guarantees}
+    relaxed = without_budgets(loaded, "integrity")
+    assert [g.id for g in relaxed.spec.guarantees] == [i for i, k in kinds.items() if k != "overhead"]
+    alone = without_budgets(loaded, "integrity", keep_others=False)
     assert [g.id for g in alone.spec.guarantees] == ["integrity"]
-    assert alone.spec.defense == load_example("paper-adjacent-collusion").spec.defense
+    assert alone.spec.defense == loaded.spec.defense
 
 
 def test_cli_bad_input_exits_2(tmp_path: Path) -> None:
