@@ -624,21 +624,24 @@ class StageWorker:
                     receipts.append(
                         self._receipt(step, m, UnitKind.FORWARD, in_digest, out_digest, weights_digest, env).hex()
                     )
-            elif kind is ActionKind.SEND_F:
+            elif kind is ActionKind.SEND_F or kind is ActionKind.SEND_B:
                 assert m is not None
-                committed = outputs.pop(m)
-                sent = committed if self.attack is None else self.attack.outgoing(s, step, m, "forward", committed)
-                receiver = self._neighbour(TransferKind.ACTIVATION, incoming=False)
+                forward = kind is ActionKind.SEND_F
+                transfer = TransferKind.ACTIVATION if forward else TransferKind.GRADIENT
+                committed = (outputs if forward else grads_in).pop(m)
+                direction = "forward" if forward else "backward"
+                sent = committed if self.attack is None else self.attack.outgoing(s, step, m, direction, committed)
                 signed = self.transport.send_signed(
-                    self.ranks[receiver],
+                    self.ranks[self._neighbour(transfer, incoming=False)],
                     sent,
-                    self._header(step, m, TransferKind.ACTIVATION),
+                    self._header(step, m, transfer),
                     self.key,
                     blocking=False,
-                    digest=committed_digests.get((m, TransferKind.ACTIVATION)) if sent is committed else None,
+                    digest=committed_digests.get((m, transfer)) if sent is committed else None,
                 )
-                relay.sent_f[m] = (encode_header(signed), sent)
-                relay.committed_f[m] = committed
+                (relay.sent_f if forward else relay.sent_b)[m] = (encode_header(signed), sent)
+                if forward:
+                    relay.committed_f[m] = committed
             elif kind is ActionKind.B:
                 assert m is not None
                 unit = _unit_tensors(inputs[m], targets.get(m) if module.is_last else None)
@@ -668,20 +671,6 @@ class StageWorker:
                         self._receipt(step, m, UnitKind.BACKWARD, in_digest, out_digest, weights_digest, env).hex()
                     )
                 grads_out.pop(m, None)
-            elif kind is ActionKind.SEND_B:
-                assert m is not None
-                committed = grads_in.pop(m)
-                sent = committed if self.attack is None else self.attack.outgoing(s, step, m, "backward", committed)
-                receiver = self._neighbour(TransferKind.GRADIENT, incoming=False)
-                signed = self.transport.send_signed(
-                    self.ranks[receiver],
-                    sent,
-                    self._header(step, m, TransferKind.GRADIENT),
-                    self.key,
-                    blocking=False,
-                    digest=committed_digests.get((m, TransferKind.GRADIENT)) if sent is committed else None,
-                )
-                relay.sent_b[m] = (encode_header(signed), sent)
             # UPDATE waits for the coordinator's decision
         relay.inputs = inputs
         checks: list[dict[str, Any]] = []

@@ -17,33 +17,20 @@ from stagewarden.cli_common import EXIT_OK, EXIT_VIOLATED, BadInput, make_consol
 
 
 def _spec_settings(path: str) -> dict[str, Any]:
-    """The run settings a spec determines: topology and defence, where they map onto the runtime."""
+    """The run settings a spec determines: topology and defence, where they map onto the runtime
+    (:func:`stagewarden.conformance.spec_settings`, which the conformance check expects too)."""
+    from stagewarden.conformance import spec_settings
     from stagewarden.spec import SpecError, load_spec
 
     try:
-        spec = load_spec(path).spec
+        loaded = load_spec(path)
     except SpecError as exc:
         raise BadInput(str(exc)) from None
-    if spec.topology.replicas != 1:
+    if loaded.spec.topology.replicas != 1:
         raise BadInput(
-            f"{path}: topology.replicas is {spec.topology.replicas}; the runtime runs one replica (R = 1) only"
+            f"{path}: topology.replicas is {loaded.spec.topology.replicas}; the runtime runs one replica (R = 1) only"
         )
-    spot = [c for c in spec.defense.checks if c.scheme == "spot_check"]
-    neighbour = [c for c in spec.defense.checks if c.scheme == "redundant_neighbour"]
-    extra: dict[str, Any] = {}
-    if spot:
-        extra = {"verification": "spot_check", "spot_check_rate": spot[0].rate}
-    elif neighbour:
-        extra = {"verification": "redundant_neighbour", "input_via": neighbour[0].input_via}
-    return {
-        **extra,
-        "stages": spec.topology.stages,
-        "microbatches": spec.topology.microbatches,
-        "standby": spec.topology.standby,
-        "receipts": spec.defense.receipts,
-        "attestation": spec.defense.attestation,
-        "response": spec.defense.response[0],
-    }
+    return spec_settings(loaded)
 
 
 def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:

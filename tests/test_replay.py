@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from stagewarden.report import build_report
 from stagewarden.runtime.attacks import AttackPlan
 from stagewarden.spec import load_example
 
@@ -90,3 +91,8 @@ def test_replay_shows_the_attack_and_the_proposed_defence_catches_it(
         assert payload["attack"]["framed"] >= 1 and payload["defended"]["framed"] == 0
     else:
         assert payload["attack"]["undetected"] >= 1 or payload["attack"]["in_model"] >= 1
+    if example == "paper-adjacent-collusion":  # the report of a real replay
+        index = build_report(load_example(example), [], tmp_path / "report", replays=[out])
+        text = (index.parent / "replays.html").read_text(encoding="utf-8")
+        assert "integrity" in text and "replayed" in text
+        assert (index.parent / "run-1.html").is_file() and (index.parent / "run-2.html").is_file()

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -281,29 +279,6 @@ def test_cli_bad_replay_and_calibration_exit_2(tmp_path: Path) -> None:
         assert named in result.output and why in result.output, result.output
         assert "Traceback" not in result.output
         assert not out.exists()
-
-
-@pytest.mark.slow
-def test_real_replay_reports(tmp_path: Path) -> None:
-    """A real ``stagewarden replay`` of adjacent collusion, then its report: the page shows the run's own
-    observation and the proposed defence, and both runs have pages."""
-    replay = tmp_path / "replay"
-    args = ["--example", "paper-adjacent-collusion", "--guarantee", "integrity", "--out", str(replay)]
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("stagewarden")), "replay", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert (replay / "replay.json").is_file(), done.stdout + done.stderr
-    data = json.loads((replay / "replay.json").read_text(encoding="utf-8"))
-    index = build_report(load_example("paper-adjacent-collusion"), [], tmp_path / "report", replays=[replay])
-    text = _plain((index.parent / "replays.html").read_text(encoding="utf-8"))
-    assert "integrity (detection), replayed" in text
-    assert data["attack"]["detail"] in text
-    assert (index.parent / "run-1.html").is_file()
-    if data["defended"] is not None:
-        assert data["defended"]["detail"] in text and (index.parent / "run-2.html").is_file()
 
 
 def test_public_api_names_the_new_readers() -> None:
