@@ -43,6 +43,7 @@ from typing import Any
 
 import blake3
 from stagewarden.prover.probability import negbin_tail, rollback_damage
+from stagewarden.report.calibration import CalibrationRow
 from stagewarden.runtime.spotcheck import SampleSeed, receipts_digest, sample_units, sampling_randomness
 
 from stagewarden.confidence import binomial_cdf, normal_quantile, wilson
@@ -186,47 +187,31 @@ def quantile_interval(values: list[int], level: float, confidence: float = CONFI
     return point, ordered[max(0, low - 1)], ordered[high]
 
 
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One compared figure."""
-
-    figure: str
-    predicted: float
-    observed: float
-    low: float
-    high: float
-
-    @property
-    def within(self) -> bool:
-        """Whether the prediction lies in the observed interval."""
-        return self.low <= self.predicted <= self.high
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON form."""
-        return {**dataclasses.asdict(self), "within": self.within}
-
-
-def compare(scenario: Scenario, trials: list[Trial]) -> list[Row]:
+def compare(scenario: Scenario, trials: list[Trial]) -> list[CalibrationRow]:
     """The observed figures of ``trials`` beside the prediction."""
     pred = predict(scenario)
     done = [t for t in trials if t.latency is not None]
     latencies = [t.latency for t in done if t.latency is not None]
     rows = []
     mean, low, high = mean_interval(latencies)
-    rows.append(Row("mean latency L (steps)", pred.mean_latency, mean, low, high))
+    rows.append(CalibrationRow("mean latency L (steps)", pred.mean_latency, mean, low, high))
     miss = (1 - scenario.rate) ** scenario.per_step
     for level in (0.5, 0.9):
         point, qlow, qhigh = quantile_interval(latencies, level)
-        rows.append(Row(f"{level:.0%} quantile of L", pred.latency_quantile(level, miss), point, qlow, qhigh))
+        rows.append(
+            CalibrationRow(f"{level:.0%} quantile of L", pred.latency_quantile(level, miss), point, qlow, qhigh)
+        )
     before = [t.before_first for t in trials]
     mean, low, high = mean_interval(before)
-    rows.append(Row("mean undetected units G", pred.mean_before_first, mean, low, high))
+    rows.append(CalibrationRow("mean undetected units G", pred.mean_before_first, mean, low, high))
     kept = [t.kept for t in trials]
     mean, low, high = mean_interval(kept)
-    rows.append(Row("mean units of undetected steps", pred.mean_kept, mean, low, high))
+    rows.append(CalibrationRow("mean units of undetected steps", pred.mean_kept, mean, low, high))
     hits = sum(1 for g in before if g >= scenario.k_damage + 1)
     low, high = wilson(hits, len(before), CONFIDENCE)
-    rows.append(Row(f"Pr[G >= {scenario.k_damage + 1}]", pred.tail_before_first, hits / len(before), low, high))
+    rows.append(
+        CalibrationRow(f"Pr[G >= {scenario.k_damage + 1}]", pred.tail_before_first, hits / len(before), low, high)
+    )
     return rows
 
 

@@ -32,6 +32,10 @@ class CalibrationRow:
         """Whether the prediction lies in the observed interval."""
         return self.low <= self.predicted <= self.high
 
+    def to_json(self) -> dict[str, Any]:
+        """JSON form, as ``benchmarks/detection_calibration.py`` writes it."""
+        return {**dataclasses.asdict(self), "within": self.within}
+
 
 @dataclasses.dataclass(frozen=True)
 class CalibrationScenario:
