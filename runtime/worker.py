@@ -482,21 +482,9 @@ class StageWorker:
         return self.stage_index + (1 if forward_flow else -1)
 
     def _expected(self, step: int, mb: int, kind: TransferKind) -> Expected:
+        """What a transfer from this stage's neighbour must be."""
         assert self.stage_index is not None
-        c, s = self.config, self.stage_index
-        sender = self._neighbour(kind, incoming=True)
-        return Expected(
-            run_id=self.run_id,
-            sender=self.ids[sender],
-            sender_key=self.keys[sender],
-            sender_stage=sender,
-            receiver_stage=s,
-            step=step,
-            micro_batch=mb,
-            kind=kind,
-            dtype="float32",
-            shape=(c.batch_size, c.model.block_size, c.model.n_embd),
-        )
+        return self._transfer(step, mb, kind, self._neighbour(kind, incoming=True), self.stage_index)
 
     def _header(self, step: int, mb: int, kind: TransferKind) -> SignedHeader:
         assert self.stage_index is not None
@@ -703,7 +691,8 @@ class StageWorker:
     def _transfer(
         self, step: int, mb: int, kind: TransferKind, sender: int, receiver: int, token_ids: bool = False
     ) -> Expected:
-        """What a relayed copy of the transfer ``sender -> receiver`` must be (token ids: stage 0's input)."""
+        """What the transfer ``sender -> receiver`` (or a relayed copy of it) must be (token ids:
+        stage 0's input)."""
         c = self.config
         shape = (c.batch_size, c.model.block_size)
         return Expected(
