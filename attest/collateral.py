@@ -36,7 +36,8 @@ REFERENCE_TYPE = "stagewarden-reference-values"
 MAX_TCB_LEVELS = 64
 MAX_REFERENCE_VALUES = 1024
 MAX_NAME = 64
-_TIME_RE = re.compile(r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z\Z")
+# ASCII digits only: "\d" alone also matches the digits of other scripts, which strptime accepts too.
+_TIME_RE = re.compile(r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z\Z", re.ASCII)
 _BAD = ErrorCode.COLLATERAL_MALFORMED
 
 
@@ -50,7 +51,8 @@ class TcbStatus(enum.StrEnum):
 
 def format_time(instant: dt.datetime) -> str:
     """``YYYY-MM-DDTHH:MM:SSZ`` in UTC (whole seconds)."""
-    return instant.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat always writes four year digits; strftime's %Y writes year 26 as "26" on glibc.
+    return instant.astimezone(dt.UTC).replace(microsecond=0, tzinfo=None).isoformat() + "Z"
 
 
 def parse_time(value: Any, what: str) -> dt.datetime:

@@ -8,8 +8,9 @@ then records, each framed as::
     | 32-byte record digest = BLAKE3 of everything before it in the frame
 
 Reading (:func:`read_log`) never trusts a frame it has not checked: a file that ends inside a
-frame, a final frame whose digest does not match (a write that did not reach the disk whole) or
-a tail of zero bytes is a *torn tail* (``LOG_TORN``, with its offset), reported and never
+frame, a final frame whose digest does not match (a write that did not reach the disk whole;
+zero bytes after it, where the file grew but the data never reached the disk, are part of the
+tear) or a tail of zero bytes is a *torn tail* (``LOG_TORN``, with its offset), reported and never
 accepted; a bad frame anywhere else is ``LOG_MALFORMED``; a frame whose previous-digest field
 does not match is ``LOG_CHAIN``. :func:`recover_torn_tail` truncates a torn tail, only when asked.
 
@@ -190,6 +191,10 @@ def scan_log(data: bytes) -> LogScan:
                         f"the last {left} bytes of the file are zeros (space allocated, record never written)",
                     )
                 )
+            elif not data[offset + 4 :].strip(b"\x00"):  # a tear inside the length field: type and rest are zeros
+                problems.append(
+                    _torn(offset, index, "the file ends with part of a frame's length field followed by zeros")
+                )
             else:
                 what = f"payload length {length}" if not 0 < length <= MAX_PAYLOAD else f"record type {rtype}"
                 problems.append(LogProblem(ErrorCode.LOG_MALFORMED, offset, index, f"invalid frame: {what}"))
@@ -218,13 +223,14 @@ def scan_log(data: bytes) -> LogScan:
             break
         digest = hasher(view[offset : end - _DIGEST]).digest()
         if digest != data[end - _DIGEST : end]:
-            if end == size:
+            # The final frame, even when zero bytes follow it (the file grew, its data never reached the disk).
+            if end == size or not data[end:].strip(b"\x00"):
                 problems.append(
                     _torn(
                         offset,
                         index,
                         "the final record's digest does not match its bytes (a write "
-                        "that did not reach the disk whole)",
+                        "that did not reach the disk whole)" + ("" if end == size else "; only zero bytes follow it"),
                     )
                 )
             else:

@@ -54,7 +54,8 @@ def _no_float(text: str) -> Any:
 
 
 def parse_canonical_json(data: bytes, code: ErrorCode, what: str) -> Any:
-    """Parse ``data`` as canonical JSON; anything else raises :class:`~stagewarden.attest.errors.FormatError` with ``code``."""
+    """Parse ``data`` as canonical JSON; anything else raises
+    :class:`~stagewarden.attest.errors.FormatError` with ``code``."""
     try:
         value = json.loads(
             data.decode("utf-8"),
@@ -66,6 +67,10 @@ def parse_canonical_json(data: bytes, code: ErrorCode, what: str) -> Any:
         raise FormatError(code, f"{what} is not valid JSON: {exc}") from None
     try:
         again = canonical_json(value)
+    except UnicodeEncodeError:  # an escaped lone surrogate ("\ud800") decodes, but has no UTF-8 encoding
+        raise FormatError(code, f"{what} holds a lone surrogate escape, which is not canonical") from None
+    except RecursionError:  # nested just too deep to re-encode, though not too deep to decode
+        raise FormatError(code, f"{what} is nested too deeply") from None
     except TypeError as exc:  # pragma: no cover - json.loads yields only canonical-able values
         raise FormatError(code, f"{what}: {exc}") from None
     if again != data:

@@ -17,6 +17,7 @@ from typing import Any
 
 from nacl.signing import VerifyKey
 from stagewarden.attest import AttestError, AuditReport, FixedClock, audit_run_dir, parse_evidence
+from stagewarden.attest.binary import check_id
 from stagewarden.attest.result import AttestationResult, parse_result_unverified, verify_result
 from stagewarden.attest.rundir import ATTESTATION_DIR, RunDir, RunDirError
 from stagewarden.report.errors import ReportError
@@ -103,14 +104,16 @@ class RunData:
     @property
     def detections(self) -> list[dict[str, Any]]:
         """The run's detections (from the summary)."""
-        return [d for d in self.summary.get("detections", []) if isinstance(d, dict)]
+        detections = self.summary.get("detections", [])
+        return [d for d in detections if isinstance(d, dict)] if isinstance(detections, list) else []
 
     @property
     def label(self) -> str:
         """The legend label of the run, made of its title, configuration (attack, defence, response) and directory."""
         attack = self.attack
         if attack is not None:
-            stages = ",".join(str(s) for s in attack.get("stages", []))
+            stages = attack.get("stages", [])
+            stages = ",".join(str(s) for s in stages) if isinstance(stages, list) else str(stages)
             what = f"attacked ({attack.get('kind', '?')} on stage {stages} from step {attack.get('start', 0)})"
         else:
             what = "clean"
@@ -135,7 +138,7 @@ def _metrics(path: Path) -> list[dict[str, float]]:
             for row in csv.DictReader(handle):
                 rows.append({k: float(v) for k, v in row.items() if k and v not in (None, "")})
             return rows
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, UnicodeDecodeError, csv.Error) as exc:
         raise ReportError(f"{path} is not a readable metrics table: {exc}") from None
 
 
@@ -152,7 +155,7 @@ def _events(path: Path) -> list[dict[str, Any]]:
                 events.append(record)
     except (OSError, UnicodeDecodeError) as exc:
         raise ReportError(f"cannot read {path}: {exc}") from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the JSON decoder goes
         raise ReportError(f"{path}:{number}: not a JSON record: {exc}") from None
     return events
 
@@ -160,7 +163,8 @@ def _events(path: Path) -> list[dict[str, Any]]:
 def _attestations(run: RunDir, summary: dict[str, Any]) -> list[AttestationRow]:
     names = [w.id for w in run.summary.workers]
     standby = summary.get("standby", [])
-    names += [s for s in standby if isinstance(s, str) and s not in names] if isinstance(standby, list) else []
+    # Worker ids are identifiers (safe file names); anything else in the list names no attestation file.
+    names += [s for s in standby if _is_id(s) and s not in names] if isinstance(standby, list) else []
     folder = run.path / ATTESTATION_DIR
     names += sorted(p.stem for p in folder.glob("*.evidence") if p.stem not in names) if folder.is_dir() else []
     try:
@@ -212,6 +216,14 @@ def _attestations(run: RunDir, summary: dict[str, Any]) -> list[AttestationRow]:
             )
         )
     return rows
+
+
+def _is_id(value: Any) -> bool:
+    try:
+        check_id(value, "worker id")
+    except ValueError:
+        return False
+    return True
 
 
 def _audit(path: Path) -> AuditOutcome:

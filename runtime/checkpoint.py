@@ -32,8 +32,8 @@ from stagewarden.attest.tensor_digest import digest_state_dict, digest_tensor
 FORMAT = "stagewarden-checkpoint"
 VERSION = 1
 MANIFEST = "manifest.json"
-_STEP_RE = re.compile(r"^step-(\d{9,})$")
-_FILE_RE = re.compile(r"^(weights|optimizer)-(\d+)\.pt$")
+_STEP_RE = re.compile(r"^step-(\d{9,18})$", re.ASCII)
+_FILE_RE = re.compile(r"^(weights|optimizer)-(\d{1,9})\.pt$", re.ASCII)
 
 StateDict = dict[str, torch.Tensor]
 
@@ -169,10 +169,12 @@ def read_manifest(root: str | os.PathLike[str], step: int) -> tuple[dict[str, An
         raw = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no checkpoint of step {step} (the manifest is missing)") from None
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot be read ({error.strerror or error})") from None
     try:
         manifest = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: not valid JSON ({error})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise CheckpointError(f"{path}: not valid JSON ({str(error)[:200]})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} manifest")
     if manifest.get("version") != VERSION:
@@ -202,6 +204,8 @@ def _load_file(path: Path, entry: Mapping[str, Any]) -> StateDict:
         data = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing (the manifest lists it)") from None
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot be read ({error.strerror or error})") from None
     if len(data) != entry.get("bytes"):
         raise CheckpointError(f"{path}: {len(data)} bytes, the manifest says {entry.get('bytes')} (truncated?)")
     if blake3.blake3(data).hexdigest() != entry["blake3"]:

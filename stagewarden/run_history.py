@@ -113,7 +113,7 @@ def read_events(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
                 continue
             try:
                 event = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than the JSON decoder goes
                 problems.append(f"{EVENTS_FILE} line {number} is not JSON")
                 continue
             if isinstance(event, dict) and isinstance(event.get("event"), str):
@@ -164,7 +164,10 @@ def reconstruct(events: Iterable[dict[str, Any]]) -> RunHistory:
             sampled = tuple(
                 (u["stage"], u["micro_batch"], u["kind"])
                 for u in raw
-                if isinstance(u, dict) and _int(u.get("stage")) is not None and _int(u.get("micro_batch")) is not None
+                if isinstance(u, dict)
+                and _int(u.get("stage")) is not None
+                and _int(u.get("micro_batch")) is not None
+                and isinstance(u.get("kind"), str)
             )
             same = commitment is not None and commitment.get("step") == step
             history.samples.append(

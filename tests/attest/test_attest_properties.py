@@ -8,13 +8,14 @@ from collections.abc import Callable
 
 import pytest
 from attest_fixtures import AttestWorld
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from stagewarden.attest.collateral import parse_reference_values, parse_tcb_info
 from stagewarden.attest.errors import AttestError, FormatError
 from stagewarden.attest.evidence import parse_evidence
 from stagewarden.attest.policy import parse_policy
 from stagewarden.attest.result import parse_result_unverified
+from strategies import fuzz_settings, mutated_bytes
 
 WORLD = AttestWorld.create()
 _V = WORLD.verifier()
@@ -32,31 +33,12 @@ SAMPLES: dict[str, tuple[Callable[[bytes], object], bytes]] = {
     ),
     "result": (parse_result_unverified, RESULT),
 }
-SETTINGS = settings(
-    max_examples=int(os.environ.get("ATTEST_EXAMPLES", "150")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
+# ATTEST_EXAMPLES, when set, fixes the examples per test; otherwise the active profile decides.
+SETTINGS = (
+    fuzz_settings(max_examples=int(os.environ["ATTEST_EXAMPLES"]))
+    if os.environ.get("ATTEST_EXAMPLES")
+    else fuzz_settings(1.5)
 )
-
-
-@st.composite
-def mutations(draw: st.DrawFn, data: bytes) -> bytes:
-    """Valid bytes with a few random flips, insertions, deletions or a truncation."""
-    out = bytearray(data)
-    for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "set"]))
-        at = draw(st.integers(0, max(len(out) - 1, 0)))
-        if kind == "flip" and out:
-            out[at] ^= 1 << draw(st.integers(0, 7))
-        elif kind == "set" and out:
-            out[at] = draw(st.integers(0, 255))
-        elif kind == "insert":
-            out[at:at] = draw(st.binary(min_size=1, max_size=8))
-        elif kind == "delete" and out:
-            del out[at : at + draw(st.integers(1, 8))]
-        elif kind == "truncate":
-            del out[at:]
-    return bytes(out)
 
 
 def _only_domain_errors(parse: Callable[[bytes], object], data: bytes) -> None:
@@ -87,7 +69,7 @@ def test_valid_samples_parse(name: str) -> None:
 def test_mutated_bytes_raise_only_format_errors(name: str, data: st.DataObject) -> None:
     """Random mutations of valid bytes never escape a parser as anything but FormatError."""
     parse, sample = SAMPLES[name]
-    _only_domain_errors(parse, data.draw(mutations(sample)))
+    _only_domain_errors(parse, data.draw(mutated_bytes(sample)))
 
 
 @SETTINGS
@@ -96,7 +78,7 @@ def test_mutated_evidence_is_rejected_by_the_verifier_with_a_code(data: st.DataO
     """The whole appraisal of mutated evidence either accepts it unchanged or raises AttestError, nothing else."""
     v = WORLD.verifier()
     v.register_nonce(_N)
-    mutated = data.draw(mutations(EVIDENCE))
+    mutated = data.draw(mutated_bytes(EVIDENCE))
     try:
         v.appraise_evidence(mutated, WORLD.worker_pub, _N)
     except AttestError:

@@ -5,37 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from receipt_fixtures import headers, make_header, make_receipt, receipts
 from stagewarden.attest.errors import AttestError, FormatError
 from stagewarden.attest.headers import SignedHeader, encode_header, parse_header
 from stagewarden.attest.receipt_log import FILE_HEADER, LOG_GENESIS, ReceiptLog, RecordType, frame_record, scan_log
 from stagewarden.attest.receipts import Receipt, encode_receipt, parse_receipt
+from strategies import fuzz_settings, mutated_bytes
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = fuzz_settings(3.0)
 
 VALID_RECEIPT = encode_receipt(make_receipt())
 VALID_HEADER = encode_header(make_header())
 VALID_LOG = FILE_HEADER + frame_record(RecordType.RECEIPT, VALID_RECEIPT, LOG_GENESIS)
-
-
-@st.composite
-def mutated(draw: st.DrawFn, base: bytes) -> bytes:
-    """``base`` with a few random byte flips, insertions, deletions or a truncation."""
-    data = bytearray(base)
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["flip", "insert", "delete", "truncate"]))
-        at = draw(st.integers(0, max(len(data) - 1, 0)))
-        if op == "flip" and data:
-            data[at] ^= draw(st.integers(1, 255))
-        elif op == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=8))
-        elif op == "delete" and data:
-            del data[at : at + draw(st.integers(1, 8))]
-        else:
-            del data[at:]
-    return bytes(data)
 
 
 def _parse_receipt_or_domain_error(data: bytes) -> Receipt | None:
@@ -64,7 +47,7 @@ def test_random_bytes_receipt(data: bytes) -> None:
 
 
 @FUZZ
-@given(mutated(VALID_RECEIPT))
+@given(mutated_bytes(VALID_RECEIPT))
 def test_mutated_receipt(data: bytes) -> None:
     """Mutations of a valid receipt raise FormatError or parse to a receipt that re-encodes identically."""
     _parse_receipt_or_domain_error(data)
@@ -78,14 +61,16 @@ def test_random_bytes_header(data: bytes) -> None:
 
 
 @FUZZ
-@given(mutated(VALID_HEADER))
+@given(mutated_bytes(VALID_HEADER))
 def test_mutated_header(data: bytes) -> None:
     """Mutations of a valid header raise FormatError or parse canonically."""
     _parse_header_or_domain_error(data)
 
 
 @FUZZ
-@given(st.one_of(st.binary(max_size=600), mutated(VALID_LOG), st.binary(max_size=200).map(lambda b: FILE_HEADER + b)))
+@given(
+    st.one_of(st.binary(max_size=600), mutated_bytes(VALID_LOG), st.binary(max_size=200).map(lambda b: FILE_HEADER + b))
+)
 def test_scan_log_never_raises(data: bytes) -> None:
     """scan_log reports problems as data for any bytes; records it returns are intact frames."""
     scan = scan_log(data)
@@ -94,8 +79,8 @@ def test_scan_log_never_raises(data: bytes) -> None:
         assert problem.code.startswith("LOG_") and 0 <= problem.offset <= len(data)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.one_of(st.binary(max_size=300), mutated(VALID_LOG)))
+@fuzz_settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=300), mutated_bytes(VALID_LOG)))
 def test_open_log_raises_domain_errors_only(tmp_path: Path, data: bytes) -> None:
     """ReceiptLog.open on arbitrary bytes either opens or raises AttestError."""
     path = tmp_path / "fuzz.log"
@@ -106,7 +91,7 @@ def test_open_log_raises_domain_errors_only(tmp_path: Path, data: bytes) -> None
         pass
 
 
-@settings(max_examples=150, deadline=None)
+@fuzz_settings(1.5)
 @given(receipts())
 def test_receipt_round_trip_property(r: Receipt) -> None:
     """Every valid receipt encodes, parses back equal, and re-encodes to the same bytes."""
@@ -114,7 +99,7 @@ def test_receipt_round_trip_property(r: Receipt) -> None:
     assert parse_receipt(data) == r and encode_receipt(parse_receipt(data)) == data
 
 
-@settings(max_examples=150, deadline=None)
+@fuzz_settings(1.5)
 @given(headers())
 def test_header_round_trip_property(h: SignedHeader) -> None:
     """Every valid signed header encodes and parses back equal."""

@@ -4,49 +4,22 @@ well-formed diagnostics; it never raises anything else and never hangs."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from stagewarden.spec import LoadedSpec, SpecDiagnostic, SpecError, load_bytes, load_text
-from strategies import dump_yaml, mutated_example_data, mutated_example_texts, random_documents
-
-FUZZ = settings(
-    max_examples=200,
-    deadline=timedelta(seconds=2),
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+from stagewarden.spec import LoadedSpec, SpecError, load_bytes, load_text
+from strategies import (
+    dump_yaml,
+    fuzz_settings,
+    mutated_example_data,
+    mutated_example_texts,
+    random_documents,
 )
+from strategies import spec_outcome as _outcome
 
-
-def _check_diagnostic(diagnostic: SpecDiagnostic, file: str, text: str | None) -> None:
-    location = diagnostic.location
-    assert location.file == file
-    assert location.line >= 1
-    assert location.column >= 1
-    assert diagnostic.message.strip()
-    assert diagnostic.message.isprintable()  # one line, control characters escaped
-    if text is not None:
-        # A location lies inside the document, or just past its end ("unexpected end of stream").
-        # YAML also breaks lines at \r, NEL, U+2028 and U+2029; str.splitlines() knows them all.
-        assert location.line <= len(text.splitlines()) + 1
-
-
-def _outcome(load: Callable[[], LoadedSpec], file: str, text: str | None) -> LoadedSpec | SpecError:
-    """Run ``load``; the only exception allowed is SpecError. Checks every diagnostic."""
-    try:
-        loaded = load()
-    except SpecError as exc:
-        assert exc.diagnostics
-        for diagnostic in exc.diagnostics:
-            _check_diagnostic(diagnostic, file, text)
-        assert str(exc) == "\n".join(str(d) for d in exc.diagnostics)
-        return exc
-    assert isinstance(loaded, LoadedSpec)
-    for warning in loaded.warnings:
-        _check_diagnostic(warning, file, text)
-    return loaded
+FUZZ = fuzz_settings(2.0, deadline=timedelta(seconds=2))
 
 
 @FUZZ
