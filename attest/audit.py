@@ -226,28 +226,23 @@ def _response_plans(responses: Any) -> Iterator[tuple[int, dict[str, Any]]]:
                 yield step, entry["plan"]
 
 
-def declared_attempts(responses: Any) -> dict[int, int]:
-    """How many times each step was computed, from the summary's ``responses`` list.
+def declared_attempts(responses: Any, resumes: Any = None) -> dict[int, int]:
+    """How many times each step was computed, from the summary's ``responses`` and ``resumes`` lists.
 
     Each response entry whose ``plan`` redoes training from ``redo_from_step`` after a detection
-    at ``step`` adds one computation to every step from the first to the second. Entries of any
-    other shape are ignored, so a summary without responses allows one computation per step.
+    at ``step`` adds one computation to every step from the first to the second; so does each
+    resume entry (a run resumed after a crash or a worker fault) for every step from its
+    ``from_step`` to its ``redo_to_step``. Entries of any other shape are ignored, so a summary
+    without either allows one computation per step.
     """
+    spans: list[tuple[Any, Any]] = [(plan.get("redo_from_step"), step) for step, plan in _response_plans(responses)]
+    if isinstance(resumes, list):
+        spans += [(r.get("from_step"), r.get("redo_to_step")) for r in resumes if isinstance(r, dict)]
     attempts: dict[int, int] = {}
-    for step, plan in _response_plans(responses):
-        redo = plan.get("redo_from_step")
-        if type(redo) is not int or not 0 <= redo <= step or step - redo > 1_000_000:
+    for first, last in spans:
+        if type(first) is not int or type(last) is not int or not 0 <= first <= last or last - first > 1_000_000:
             continue
-        for t in range(redo, step + 1):
-            attempts[t] = attempts.get(t, 1) + 1
-    return attempts
-    for entry in responses:
-        if not isinstance(entry, dict) or not isinstance(entry.get("plan"), dict):
-            continue
-        step, redo = entry.get("step"), entry["plan"].get("redo_from_step")
-        if type(step) is not int or type(redo) is not int or not 0 <= redo <= step or step - redo > 1_000_000:
-            continue
-        for t in range(redo, step + 1):
+        for t in range(first, last + 1):
             attempts[t] = attempts.get(t, 1) + 1
     return attempts
 
@@ -368,7 +363,7 @@ class _Auditor:
         self.clock = clock
         self.findings: list[Finding] = []
         self.log_name = LOG_FILE
-        self.attempts = declared_attempts(run.summary.extra.get("responses"))
+        self.attempts = declared_attempts(run.summary.extra.get("responses"), run.summary.extra.get("resumes"))
         self.frozen = declared_frozen(run.summary.extra.get("responses"))
 
     def allowed(self, step: int) -> int:

@@ -157,7 +157,8 @@ class RunDir:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
-            raise RunDirError(f"run directory {self.path} does not exist or is not a directory")
+            what = "is a file, not a directory" if self.path.exists() else "does not exist"
+            raise RunDirError(f"run directory {self.path} {what}")
         raw = _read(self.path / SUMMARY_FILE, "run summary")
         try:
             data = json.loads(raw.decode("utf-8"))
@@ -219,6 +220,15 @@ class RunDirWriter:
         if (self.path / SUMMARY_FILE).exists():
             raise FileExistsError(f"{self.path / SUMMARY_FILE} exists; a run directory is written once")
         self.write_summary(summary)
+
+    @classmethod
+    def reopen(cls, path: str | os.PathLike[str], summary: RunSummary) -> RunDirWriter:
+        """A writer for the existing run directory ``path`` (a resumed run), keeping ``summary``."""
+        writer = cls.__new__(cls)
+        writer.path = Path(path)
+        writer.summary = summary
+        (writer.path / ATTESTATION_DIR).mkdir(parents=True, exist_ok=True)
+        return writer
 
     def write_summary(self, summary: RunSummary) -> None:
         """(Re)write ``summary.json`` atomically (the runtime updates ``steps`` as training goes)."""

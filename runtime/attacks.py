@@ -47,6 +47,7 @@ class AttackKind(enum.StrEnum):
     EQUIVOCATE = "equivocate"
     POISON_DATA = "poison_data"
     FALSE_ACCUSE = "false_accuse"
+    WITHHOLD = "withhold"
 
 
 class Direction(enum.StrEnum):
@@ -74,6 +75,7 @@ ATTACK_KINDS: dict[AttackKind, str] = {
     AttackKind.EQUIVOCATE: "send the next stage a tampered tensor while the receipt commits to the honest one",
     AttackKind.POISON_DATA: "stage 0 replaces the token ids of its micro-batch with other ids",
     AttackKind.FALSE_ACCUSE: "a checking worker claims a mismatch that is not there, to frame an honest stage",
+    AttackKind.WITHHOLD: "stay alive but stop sending: keep the neighbour waiting forever (a liveness attack)",
 }
 
 #: Kinds applied by :func:`tamper_tensor` to an inter-stage message (activation or gradient).
@@ -141,6 +143,10 @@ class AttackPlan:
     covers: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
+        for name in ("rate", "scale", "noise", "drift"):
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+                raise ValueError(f"the attack's {name} is out of range: {value}")
         object.__setattr__(self, "kind", AttackKind(self.kind))
         object.__setattr__(self, "direction", Direction(self.direction))
         object.__setattr__(self, "stages", frozenset(int(s) for s in self.stages))

@@ -86,13 +86,21 @@ class RunConfig:
     response: str = "eject"
     """What the coordinator does on a detection (``eject``, ``rollback``, ``skip_stage``, ``restart``)."""
     checkpoint_every: int = 1
-    """With the ``rollback`` response, or ``eject`` and a standby: write a verified checkpoint of every stage's
-    weights and optimizer state at step 0 and then after every ``checkpoint_every`` steps whose
-    checks all passed. Each checkpoint moves every stage's state to the coordinator: raise it for
-    large models (a response then goes back further)."""
+    """Write a verified checkpoint of every stage's weights and optimizer state at step 0 and then
+    after every ``checkpoint_every`` steps whose checks all passed; ``0`` writes none. A rollback
+    or an eject goes back to one, and a run resumes from the newest one after a crash, so
+    ``checkpoint_every`` bounds the steps a crash costs. Each checkpoint moves every stage's state
+    to the coordinator: raise it for large models."""
     timeout: float = 300.0
-    """Seconds to wait for every process to join, and for any message from a live peer (a peer
+    """Seconds to wait for every process to join, and the limit on any single receive (a peer
     that dies is noticed at once, as its connections close)."""
+    heartbeat_timeout: float = 10.0
+    """Seconds without a heartbeat after which the coordinator declares a worker unresponsive
+    (died, stopped or hung); workers beat every quarter of it."""
+    silence_timeout: float = 60.0
+    """Seconds a worker may keep a peer waiting while it waits on nobody before the coordinator
+    declares it withholding (longer than any honest unit of work takes); at most half of
+    ``timeout`` is used, so that the verdict comes before any receive times out."""
     attack: Any = None
     """An attack plan as JSON data (opaque to the engine; see
     :func:`stagewarden.runtime.worker.make_attack`); ``None`` runs honestly; not measured."""
@@ -134,8 +142,10 @@ class RunConfig:
                 "verification redundant_neighbour needs at least 2 stages (stage s + 1 checks stage s)",
             ),
             (self.response in RESPONSES, f"response must be one of {', '.join(RESPONSES)}, not {self.response!r}"),
-            (self.checkpoint_every >= 1, f"checkpoint_every must be at least 1, got {self.checkpoint_every}"),
+            (self.checkpoint_every >= 0, f"checkpoint_every must be at least 0, got {self.checkpoint_every}"),
             (self.timeout > 0, f"timeout must be positive, got {self.timeout}"),
+            (self.heartbeat_timeout > 0, f"heartbeat_timeout must be positive, got {self.heartbeat_timeout}"),
+            (self.silence_timeout > 0, f"silence_timeout must be positive, got {self.silence_timeout}"),
             (self.seed >= 0, f"seed must be at least 0, got {self.seed}"),
         ]
         for ok, message in checks:
@@ -177,8 +187,8 @@ class RunConfig:
             train = TrainConfig(**body.pop("train", {}))
             body["data"] = tuple(body.get("data", ()))
             return cls(model=model, train=train, **body)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"bad run configuration: {exc}") from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ConfigError(f"bad run configuration: {str(exc)[:500]}") from None
 
     def measured_json(self) -> dict[str, Any]:
         """What a worker's measurement covers of the configuration: floats as exact strings.
@@ -197,7 +207,7 @@ class RunConfig:
             return value
 
         data = self.to_json()
-        for volatile in ("timeout", "steps", "attack"):
+        for volatile in ("timeout", "heartbeat_timeout", "silence_timeout", "steps", "attack"):
             data.pop(volatile)
         return exact(data)  # type: ignore[no-any-return]
 
@@ -245,6 +255,6 @@ def load_run_config(path: str | Path) -> RunConfig:
     """Read a run configuration written by :meth:`RunConfig.to_json` (raises :class:`ConfigError`)."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ConfigError(f"cannot read the run configuration {path}: {exc}") from None
     return RunConfig.from_json(data)

@@ -16,6 +16,9 @@ import io
 import json
 import os
 import shutil
+import socket
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,15 +31,24 @@ from stagewarden.attest.errors import AttestError, FormatError
 from stagewarden.attest.files import atomic_write_text
 from stagewarden.attest.headers import SignedHeader, TransferKind, parse_header, verify_header
 from stagewarden.attest.policy import Policy
-from stagewarden.attest.receipt_log import ReceiptLog, RecordType, read_log
+from stagewarden.attest.receipt_log import ReceiptLog, RecordType, read_log, recover_torn_tail
 from stagewarden.attest.receipts import Receipt, UnitKind, chain_genesis, parse_receipt, receipt_digest, verify_receipt
 from stagewarden.attest.relying_party import RelyingParty
-from stagewarden.attest.rundir import LOG_FILE, RunDirWriter, RunSummary, WorkerInfo
+from stagewarden.attest.rundir import LOG_FILE, RunDir, RunDirWriter, RunSummary, WorkerInfo
 from stagewarden.attest.tensor_digest import digest_state_dict, digest_tensor, digest_tensors
 from stagewarden.attest.vendor import load_vendor, local_verifier
-from stagewarden.runtime.checkpoint import MANIFEST, CheckpointError, load_checkpoint, save_checkpoint, step_dir
+from stagewarden.runtime.checkpoint import (
+    MANIFEST,
+    CheckpointError,
+    latest_verified,
+    list_steps,
+    load_checkpoint,
+    save_checkpoint,
+    step_dir,
+)
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.errors import RuntimeSetupError
+from stagewarden.runtime.liveness import Fault, Watchdog, WatchdogThread, connect_store
 from stagewarden.runtime.measure import code_digest, stage_measurement
 from stagewarden.runtime.model import build_stage
 from stagewarden.runtime.responses import (
@@ -80,6 +92,17 @@ DETECTION_DOMAIN = b"stagewarden/runtime/detection/v1\x00"
 CARRIED_OUT = (Response.EJECT, Response.ROLLBACK, Response.RESTART, Response.SKIP_STAGE)
 #: The folder of the run directory that holds the verified checkpoints.
 CHECKPOINTS_DIR = "checkpoints"
+#: ``workers.json``: every process of the run now (for operators).
+WORKERS_FILE = "workers.json"
+#: The suffix of the folder beside the run directory (``RUN_DIR.keys``, mode 0700) that keeps the
+#: coordinator's private signing seeds while the run can be resumed, so that a resumed coordinator
+#: signs detections and attestation results under the same keys; removed when the run completes.
+#: It is not in the run directory, which is meant to be shared.
+KEYS_SUFFIX = ".keys"
+#: Exit code of a coordinator that stopped on a worker fault, leaving a resumable run directory.
+EXIT_RESUMABLE = 75
+#: The exceptions that processing a worker's message can raise on malformed content.
+_CONTENT_ERRORS = (AttestError, FormatError, ValueError, KeyError, TypeError, IndexError, OverflowError)
 
 
 class AdmissionRefused(RuntimeSetupError):
@@ -88,6 +111,22 @@ class AdmissionRefused(RuntimeSetupError):
 
 class RunFailed(RuntimeSetupError):
     """The run stopped: a peer died, timed out or broke the protocol."""
+
+
+class RunInterrupted(RuntimeSetupError):
+    """The run stopped on a worker fault; its directory is resumable (``stagewarden train --resume``).
+
+    ``replaced`` says whether a standby is to take the failed worker's stage on resume (then a
+    launcher resumes at once); otherwise an operator must resume the run.
+    """
+
+    def __init__(self, message: str, replaced: bool) -> None:
+        super().__init__(message)
+        self.replaced = replaced
+
+
+class ResumeError(RuntimeSetupError):
+    """A run directory cannot be resumed (the message says why)."""
 
 
 class _Stop(Exception):
@@ -178,6 +217,8 @@ class Coordinator:
         transport: The point-to-point transport (this process is rank 0).
         vendor_dir: The simulated vendor folder whose root the verifier pins (needed when attestation is on).
         run_id: The run id (default: a random one).
+        resume: Continue the interrupted run in ``run_dir`` from its newest verified checkpoint
+            instead of starting a new one.
     """
 
     def __init__(
@@ -187,6 +228,7 @@ class Coordinator:
         transport: Transport,
         vendor_dir: str | None,
         run_id: str | None = None,
+        resume: bool = False,
     ) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
@@ -209,7 +251,6 @@ class Coordinator:
         self.responses: list[dict[str, Any]] = []
         self.counts = {"forward": 0, "backward": 0, "update": 0, "receipts": 0, "headers": 0}
         self.final_weights: dict[int, str] = {}
-        self.signing_key = SigningKey.generate()
         self.busy = [0.0] * config.stages
         self.spot = {"rate": config.spot_check_rate, "units_sampled": 0, "units_checked": 0, "recomputations": 0}
         self.neighbour = {
@@ -231,10 +272,199 @@ class Coordinator:
         self.status = "starting"
         self.wall_seconds = 0.0
         self.train_seconds = 0.0
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.writer = RunDirWriter(self.run_dir, self._summary())
-        self.events = EventLog(self.run_dir / EVENTS_FILE)
-        self.log: ReceiptLog | None = self.writer.create_log(sync="batch") if config.receipts else None
+        self.session = 0
+        self.start_step = 0
+        self.faults: list[dict[str, Any]] = []
+        self.resumes: list[dict[str, Any]] = []
+        self.benched: list[str] = []
+        self.pending_fault: dict[str, Any] | None = None
+        self.chain_heads: dict[str, bytes] = {}
+        self.processes: dict[str, dict[str, Any]] = {}
+        self._watchdog: WatchdogThread | None = None
+        self._fault_lock = threading.Lock()
+        self._main_handles_fault = False
+        self._watchdog_exits = False
+        self.resume_notes: list[str] = []
+        self.keys_dir = self.run_dir.parent / f"{self.run_dir.name}{KEYS_SUFFIX}"
+        if resume:
+            self._load_resume()
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.signing_key = self._private_key("coordinator", create=True)
+            self.writer = RunDirWriter(self.run_dir, self._summary())
+            self.events = EventLog(self.run_dir / EVENTS_FILE)
+            self.log = self.writer.create_log(sync="batch") if config.receipts else None
+
+    # -- resume -----------------------------------------------------------------------------------
+
+    def _load_resume(self) -> None:
+        """Take up the interrupted run in ``run_dir``: its run id, keys and history from
+        ``summary.json`` and ``events.jsonl``, its receipt log (a torn final record, from a crash in
+        mid-write, is cut off), and the newest checkpoint that verifies (a half-written or corrupt
+        one is skipped and removed). The run goes on from that checkpoint's step; a pending fault
+        with a standby named hands the failed worker's stage to the standby from that step.
+
+        Raises:
+            ResumeError: The directory holds no resumable run of this configuration.
+        """
+        c = self.config
+        where = self.run_dir
+        try:
+            summary = RunDir(where).summary
+        except AttestError as exc:
+            raise ResumeError(f"cannot resume {where}: {exc.message}") from None
+        extra = summary.extra
+        status = extra.get("status")
+        if status == "completed":
+            raise ResumeError(f"cannot resume {where}: the run completed all its steps")
+        if status == "refused":
+            raise ResumeError(f"cannot resume {where}: its workers were refused admission; start a new run")
+        try:
+            own = RunConfig.from_json(extra.get("config"))
+        except ValueError as exc:
+            raise ResumeError(f"cannot resume {where}: its summary.json holds no valid configuration ({exc})") from None
+        if own.measured_json() != c.measured_json() or own.attack != c.attack:
+            raise ResumeError(
+                f"cannot resume {where} with another configuration: only steps and the timeouts may change"
+            )
+        if c.checkpoint_every == 0:
+            raise ResumeError(f"cannot resume {where}: the run writes no checkpoints (checkpoint_every 0)")
+        self.run_id = summary.run_id
+        self.signing_key = self._private_key("coordinator", create=False)
+        self.writer = RunDirWriter.reopen(where, summary)
+        notes = self.resume_notes
+        events = _repair_events(where / EVENTS_FILE, notes)
+        self.events = EventLog(where / EVENTS_FILE)
+        self.log = None
+        last_logged = -1
+        if c.receipts:
+            path = where / LOG_FILE
+            try:
+                removed = recover_torn_tail(path)
+                if removed:
+                    notes.append(f"cut a torn final record ({removed} bytes) off the receipt log")
+                self.log = ReceiptLog.open(path, sync="batch")
+            except (AttestError, OSError) as exc:
+                text = exc.message if isinstance(exc, AttestError) else str(exc)
+                raise ResumeError(f"cannot resume {where}: the receipt log cannot be used ({text})") from None
+            for record in read_log(path).records:
+                if record.type is RecordType.RECEIPT:
+                    receipt = parse_receipt(record.payload)
+                    self.chain_heads[receipt.worker_id] = receipt_digest(receipt)
+                    last_logged = max(last_logged, receipt.step)
+        checkpoint = self._resume_checkpoint(events)
+        step = checkpoint.info.step
+        self.start_step = step
+        self.final_weights = {int(k): v for k, v in checkpoint.info.weights_digests.items()}
+        done: dict[int, dict[str, Any]] = {}
+        for event in events:
+            if event.get("event") == "step" and type(event.get("step")) is int and event["step"] < step:
+                done[event["step"]] = event
+        if sorted(done) != list(range(step)):
+            raise ResumeError(
+                f"cannot resume {where}: events.jsonl does not record the {step} steps before the checkpoint"
+            )
+        for t in range(step):
+            e = done[t]
+            loss = float(e.get("loss", float("nan")))
+            self.losses.append(loss)
+            self.metrics.append((t, loss, float(e.get("tokens_per_second", 0.0)), float(e.get("seconds", 0.0))))
+        self._restore_history(extra)
+        pending = extra.get("pending_fault") if isinstance(extra.get("pending_fault"), dict) else None
+        fault_note = None
+        if pending is not None:
+            standby, stage, failed = pending.get("standby"), pending.get("stage"), pending.get("worker")
+            index = self.standby_ids.index(standby) if standby in self.standby_ids else None
+            if (
+                type(stage) is int
+                and 0 <= stage < c.stages
+                and index in self.free_standbys
+                and failed == self.stage_ids[stage]
+            ):
+                self.free_standbys.remove(index)
+                self.stage_ids[stage] = str(standby)
+                self.stage_ranks[stage] = self.standby_rank(index)
+                self.benched.append(str(failed))
+                self.replacements.append({"worker": failed, "by": standby, "stage": stage, "from_step": step})
+                fault_note = f"standby {standby} takes stage {stage} from failed worker {failed}"
+            elif failed is not None:
+                fault_note = f"worker {failed} failed before the interruption and is admitted again"
+        self.pending_fault = None
+        self.session = len(self.resumes) + 1
+        self.resumes.append(
+            {
+                "session": self.session,
+                "from_step": step,
+                "redo_to_step": max(last_logged, step - 1),
+                "after": status,
+                "fault": pending,
+                "replacement": fault_note,
+                "repairs": list(notes),
+            }
+        )
+
+    def _resume_checkpoint(self, events: list[dict[str, Any]]) -> Any:
+        """The newest checkpoint that verifies and whose manifest is the one ``events.jsonl``
+        recorded; newer ones (half-written or corrupt) are removed."""
+        recorded = {
+            e["step"]: e.get("manifest")
+            for e in events
+            if e.get("event") == "checkpoint" and type(e.get("step")) is int
+        }
+        limit = None
+        while True:
+            checkpoint = latest_verified(self.checkpoint_root, before_step=limit)
+            if checkpoint is None:
+                raise ResumeError(f"cannot resume {self.run_dir}: it holds no checkpoint that verifies")
+            t = checkpoint.info.step
+            if recorded.get(t) == checkpoint.info.manifest_digest:
+                break
+            self.resume_notes.append(f"checkpoint of step {t} is not the one events.jsonl recorded; skipped")
+            limit = t
+        for stale in [u for u in _checkpoint_folders(self.checkpoint_root) if u > t]:
+            shutil.rmtree(step_dir(self.checkpoint_root, stale), ignore_errors=True)
+            self.resume_notes.append(f"removed the checkpoint of step {stale} (incomplete, corrupt or unrecorded)")
+        self.checkpoints = [u for u in list_steps(self.checkpoint_root) if u <= t]
+        return checkpoint
+
+    def _restore_history(self, extra: dict[str, Any]) -> None:
+        """The counters, detections, responses, replacements and faults recorded in ``summary.json``."""
+        c = self.config
+
+        def listed(name: str) -> list[Any]:
+            value = extra.get(name)
+            return list(value) if isinstance(value, list) else []
+
+        units = extra.get("units") if isinstance(extra.get("units"), dict) else {}
+        for kind in ("forward", "backward", "update"):
+            if type(units.get(kind)) is int:
+                self.counts[kind] = units[kind]
+        for kind in ("receipts", "headers"):
+            if type(extra.get(kind)) is int:
+                self.counts[kind] = extra[kind]
+        self.detections = [d for d in listed("detections") if isinstance(d, dict)]
+        self.responses = [r for r in listed("responses") if isinstance(r, dict)]
+        self.replacements = [r for r in listed("replacements") if isinstance(r, dict)]
+        self.faults = [f for f in listed("faults") if isinstance(f, dict)]
+        self.resumes = [r for r in listed("resumes") if isinstance(r, dict)]
+        self.benched = [w for w in listed("benched") if isinstance(w, str)]
+        for name, target in (("spot_check", self.spot), ("redundant_neighbour", self.neighbour)):
+            value = extra.get(name)
+            if isinstance(value, dict):
+                target.update({k: v for k, v in value.items() if k in target})
+        busy = listed("stage_busy_seconds")
+        if len(busy) == c.stages and all(isinstance(b, int | float) for b in busy):
+            self.busy = [float(b) for b in busy]
+        for key in ("wall_seconds",):
+            if isinstance(extra.get(key), int | float):
+                self.wall_seconds = float(extra[key])
+        for r in self.replacements:
+            stage, by = r.get("stage"), r.get("by")
+            if type(stage) is int and 0 <= stage < c.stages and by in self.standby_ids:
+                self.stage_ids[stage] = by
+                self.stage_ranks[stage] = self.standby_rank(self.standby_ids.index(by))
+        taken = set(self.stage_ids) | set(self.benched) | {r.get("worker") for r in self.replacements}
+        self.free_standbys = [k for k, wid in enumerate(self.standby_ids) if wid not in taken]
 
     # -- ranks ----------------------------------------------------------------------------------
 
@@ -251,52 +481,199 @@ class Coordinator:
     def run(self) -> None:
         """Admit the workers, train every step, release the workers and finish the run directory.
 
+        A resumed coordinator (``resume=True``) admits a fresh set of workers, restores every stage
+        to the newest verified checkpoint and trains from its step.
+
         Raises:
             AdmissionRefused: A worker's attestation failed (the others are sent home).
-            RunFailed: A peer died, timed out or broke the protocol.
+            RunInterrupted: A worker failed (died, went silent, withheld, or sent a malformed
+                message); the run directory is resumable.
+            RunFailed: The run cannot go on for another reason.
         """
         started = time.perf_counter()
         try:
-            self.events.write("run_started", run_id=self.run_id, config=self.config.to_json())
+            if self.session == 0:
+                self.events.write("run_started", run_id=self.run_id, config=self.config.to_json())
+            else:
+                self.events.write("run_resumed", **self.resumes[-1])
             self.admit()
             self.status = "running"
+            self._start_watchdog()
             self._write_summary()
             train_start = time.perf_counter()
             stopped = None
             try:
-                if self.checkpointing:
+                step = self.start_step
+                if self.session > 0:
+                    self.restore_checkpoint(step)
+                elif self.checkpointing:
                     self.write_checkpoint(0)
-                step = 0
                 while step < self.config.steps:
                     step = self.train_step(step)
             except _Stop as stop:
                 stopped = str(stop)
-            self.train_seconds = time.perf_counter() - train_start
+            self.train_seconds += time.perf_counter() - train_start
             self.status = "completed" if stopped is None else "stopped"
+            self._stop_watchdog()
             for rank in range(1, self.config.world_size):
                 if rank not in self.released:
                     self.transport.send_json(rank, {"type": "release"})
             if stopped is None:
                 self.events.write("run_completed", steps=len(self.losses), detections=len(self.detections))
+                shutil.rmtree(self.keys_dir, ignore_errors=True)  # nothing left to resume
             else:
                 self.events.write("run_stopped", reason=stopped, steps=len(self.losses))
         except AdmissionRefused as exc:
             self.status = "refused"
             self.events.write("run_stopped", reason=str(exc))
             raise
-        except (TransportError, AttestError, FormatError, ValueError) as exc:
-            self.status = "failed"
-            message = exc.message if isinstance(exc, AttestError) else str(exc)
-            self.events.write("run_failed", reason=message)
-            raise RunFailed(f"the run failed: {message}") from None
+        except RunInterrupted:
+            raise
+        except (TransportError, *_CONTENT_ERRORS) as exc:
+            if self.status != "running":
+                self.status = "failed"
+                message = exc.message if isinstance(exc, AttestError) else str(exc)
+                self.events.write("run_failed", reason=message)
+                raise RunFailed(f"the run failed: {message}") from None
+            self._on_error(exc)
         finally:
-            self.wall_seconds = time.perf_counter() - started
+            self._stop_watchdog()
+            (self.run_dir / WORKERS_FILE).unlink(missing_ok=True)
+            self.wall_seconds += time.perf_counter() - started
             if self.status == "running":
                 self.status = "failed"
             if self.log is not None:
                 self.log.close()
             self._write_summary()
             self.events.close()
+
+    # -- faults -----------------------------------------------------------------------------------
+
+    def _members(self) -> dict[int, bytes]:
+        """The ranks the watchdog watches: every stage's worker and every free standby."""
+        members = {self.rank_of(s): self.keys[w] for s, w in enumerate(self.stage_ids) if w in self.keys}
+        for k in self.free_standbys:
+            wid = self.standby_ids[k]
+            if wid in self.keys:
+                members[self.standby_rank(k)] = self.keys[wid]
+        return {r: k for r, k in members.items() if r not in self.released}
+
+    def _start_watchdog(self) -> None:
+        c = self.config
+        silence = min(c.silence_timeout, c.timeout / 2)
+        watchdog = Watchdog(
+            connect_store(c.timeout), self.run_id, self.session, self._members, c.heartbeat_timeout, silence
+        )
+        self._watchdog = WatchdogThread(watchdog, c.heartbeat_timeout / 4, self._watchdog_fault)
+        self._watchdog.start()
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
+
+    def _watchdog_fault(self, fault: Fault) -> bool:
+        """The watchdog found a fault. A free standby's is survived (:meth:`_bench_standby`; keep
+        watching). Otherwise the main thread may be blocked in a receive that only the fault would
+        end: record it and end this process (the run directory is resumable)."""
+        with self._fault_lock:
+            if self._main_handles_fault:
+                return False  # the main thread is waiting for this verdict
+            index = fault.rank - self.config.stages - 1
+            if index in self.free_standbys:
+                self._bench_standby(index, fault)
+                return True
+            self._watchdog_exits = True
+        try:
+            message = self._record_fault(fault)
+            print(f"stagewarden rank 0: error: {message}", file=sys.stderr, flush=True)
+        finally:
+            os._exit(EXIT_RESUMABLE)
+
+    def _bench_standby(self, index: int, fault: Fault) -> None:
+        """Stop counting on free standby ``index``, which failed; the run goes on without it."""
+        wid, rank = self.standby_ids[index], self.standby_rank(index)
+        self.free_standbys.remove(index)
+        self.released.add(rank)
+        self.benched.append(wid)
+        record = {"worker": wid, "stage": None, "rank": rank, "cause": fault.cause, "reason": fault.reason}
+        record.update(step=len(self.losses), session=self.session, standby=None)
+        self.faults.append(record)
+        self.events.write("worker_fault", **record)
+
+    def _on_error(self, exc: BaseException) -> None:
+        """A receive or a worker's message failed during training: find the faulty worker and stop
+        with a resumable run directory (:class:`RunInterrupted`)."""
+        with self._fault_lock:
+            if self._watchdog_exits:  # the watchdog is recording a fault and ends the process
+                threading.Event().wait()
+            self._main_handles_fault = True
+        fault = self._attribute(exc)
+        raise RunInterrupted(
+            self._record_fault(fault, str(exc)),
+            self.pending_fault is not None and bool(self.pending_fault.get("standby")),
+        )
+
+    def _attribute(self, exc: BaseException) -> Fault | None:
+        """The faulty worker behind ``exc``: a malformed message is its sender's fault; a closed
+        connection to the coordinator is that worker's (its process is gone); otherwise (a peer's
+        failure reported by a worker, a timeout) the watchdog's verdict, waited for up to a
+        heartbeat timeout. ``None``: nobody can be blamed (a dispute)."""
+        workers = {self.rank_of(s) for s in range(self.config.stages)} | {
+            self.standby_rank(k) for k in range(self.config.standby)
+        }
+        if isinstance(exc, TransportError):
+            rank, cause = exc.peer, exc.cause
+            if rank is None and cause == "malformed":  # raised on the content of the last message
+                rank = self.transport.last_src
+        else:
+            rank, cause = self.transport.last_src, "malformed"
+        text = exc.message if isinstance(exc, AttestError) else str(exc)
+        if rank in workers and cause == "malformed":
+            return Fault(rank, "malformed", f"rank {rank} sent a malformed message: {text}")
+        if rank in workers and cause == "closed":
+            return Fault(rank, "crashed", f"rank {rank}'s connection closed (its process is gone): {text}")
+        assert self._watchdog is not None
+        return self._watchdog.wait(self.config.heartbeat_timeout * 1.5 + 1.0)
+
+    def _worker_at(self, rank: int) -> tuple[str, int | None]:
+        """The worker id and stage (``None``: a standby) of ``rank``."""
+        for s in range(self.config.stages):
+            if self.rank_of(s) == rank:
+                return self.stage_ids[s], s
+        index = rank - self.config.stages - 1
+        return self.standby_ids[index], None
+
+    def _record_fault(self, fault: Fault | None, detail: str = "") -> str:
+        """Record ``fault`` (or an unattributed failure) in the events, the summary's ``faults``
+        and ``pending_fault``, and return the operator's message."""
+        step = len(self.losses)
+        standby = None
+        if fault is None:
+            record: dict[str, Any] = {"worker": None, "stage": None, "rank": None, "cause": "unattributed"}
+            record["reason"] = f"a failure no worker can be blamed for: {detail}"
+        else:
+            wid, stage = self._worker_at(fault.rank)
+            free = [self.standby_ids[k] for k in self.free_standbys if self.standby_ids[k] != wid]
+            if stage is not None and free:
+                standby = free[0]
+            record = {"worker": wid, "stage": stage, "rank": fault.rank, "cause": fault.cause, "reason": fault.reason}
+        record.update(step=step, session=self.session, standby=standby)
+        self.faults.append(record)
+        self.pending_fault = record
+        self.status = "interrupted"
+        self.events.write("worker_fault", **record)
+        self._write_summary()
+        self.events.close()
+        if standby is not None:
+            return (
+                f"worker {record['worker']} (stage {record['stage']}) failed at step {step} ({record['cause']}): "
+                f"{record['reason']}; standby {standby} takes its stage when the run resumes"
+            )
+        who = "" if fault is None else f"worker {record['worker']} failed at step {step} ({record['cause']}): "
+        return (
+            f"{who}{record['reason']}; no standby can take over: the run stopped and can be resumed with "
+            f"'stagewarden train --resume {self.run_dir}'"
+        )
 
     # -- admission ------------------------------------------------------------------------------
 
@@ -309,23 +686,38 @@ class Coordinator:
         for s, wid in enumerate(self.stage_ids):
             weights = build_stage(c.model, c.stages, s, c.seed).state_dict()
             out[wid] = stage_measurement(c, s, weights, code)
-        for wid in self.standby_ids:
-            out[wid] = stage_measurement(c, None, None, code)
+        for k in self.free_standbys:
+            out[self.standby_ids[k]] = stage_measurement(c, None, None, code)
         return out
 
     def admit(self) -> None:
-        """Send every worker its assignment and a nonce, appraise the evidence, admit or refuse."""
+        """Send every worker its assignment and a nonce, appraise the evidence, admit or refuse.
+
+        A resumed run sends each worker the head of its identity's receipt chain (the last receipt
+        the log holds for it) and tells a worker whose identity was benched to go home.
+        """
         c = self.config
         workers = [(self.rank_of(s), wid, s) for s, wid in enumerate(self.stage_ids)] + [
-            (self.standby_rank(k), wid, None) for k, wid in enumerate(self.standby_ids)
+            (self.standby_rank(k), self.standby_ids[k], None) for k in self.free_standbys
         ]
+        serving = {rank for rank, _, _ in workers}
+        for rank in range(1, c.world_size):
+            if rank not in serving:
+                self.transport.send_json(rank, {"type": "shutdown"})
+                self.released.add(rank)
         verifier = rp = None
         if c.attestation:
             if self.vendor_dir is None:
                 raise AdmissionRefused("attestation is on but no vendor folder was given")
             references = self.reference_measurements()
             clock = SystemClock()
-            verifier = local_verifier(load_vendor(self.vendor_dir), list(references.values()), Policy(), clock)
+            verifier = local_verifier(
+                load_vendor(self.vendor_dir),
+                list(references.values()),
+                Policy(),
+                clock,
+                signing_key=self._private_key("verifier", create=self.session == 0),
+            )
             rp = RelyingParty(verifier.verify_key, clock)
             self.writer.write_verifier_key(bytes(verifier.verify_key))
         nonces: dict[str, bytes] = {}
@@ -334,17 +726,18 @@ class Coordinator:
             if nonce is not None:
                 nonces[wid] = nonce
             role = "stage" if stage is not None else "standby"
-            self.transport.send_json(
-                rank,
-                {
-                    "type": "hello",
-                    "run_id": self.run_id,
-                    "worker_id": wid,
-                    "role": role,
-                    "stage": stage,
-                    "nonce": nonce.hex() if nonce is not None else None,
-                },
-            )
+            hello: dict[str, Any] = {
+                "type": "hello",
+                "run_id": self.run_id,
+                "worker_id": wid,
+                "role": role,
+                "stage": stage,
+                "nonce": nonce.hex() if nonce is not None else None,
+                "session": self.session,
+            }
+            if wid in self.chain_heads:
+                hello["chain_head"] = self.chain_heads[wid].hex()
+            self.transport.send_json(rank, hello)
         refusals: list[str] = []
         for rank, wid, stage in workers:
             msg = self.transport.recv_json(rank, "evidence")
@@ -357,7 +750,8 @@ class Coordinator:
                     self.writer.write_evidence(wid, evidence)
                     appraisal = verifier.appraise_evidence(evidence, key, nonces[wid])
                     rp.admit(wid, appraisal.token, key, expected_nonce=nonces[wid])
-                    self.writer.write_results(wid, [appraisal.token])
+                    earlier = RunDir(self.run_dir).results(wid) if self.session > 0 else []
+                    self.writer.write_results(wid, [*earlier, appraisal.token])
                     self.events.write(
                         "admitted",
                         worker=wid,
@@ -370,7 +764,16 @@ class Coordinator:
                 else:
                     self.events.write("admitted", worker=wid, stage=stage, rank=rank, status="unattested")
                 self.keys[wid] = key
-                self.prev[wid] = chain_genesis(self.run_id, wid)
+                self.prev[wid] = self.chain_heads.get(wid, chain_genesis(self.run_id, wid))
+                pid, host = msg.get("pid"), msg.get("host")
+                self.processes[wid] = {
+                    "worker": wid,
+                    "stage": stage,
+                    "role": "stage" if stage is not None else "standby",
+                    "rank": rank,
+                    "pid": pid if type(pid) is int else None,
+                    "host": host[:255] if isinstance(host, str) else None,
+                }
             except AttestError as exc:
                 reason = f"{exc.code}: {exc.message}"
                 self.events.write("refused", worker=wid, stage=stage, rank=rank, code=str(exc.code), reason=exc.message)
@@ -387,8 +790,48 @@ class Coordinator:
             raise AdmissionRefused("; ".join(refusals))
         keys = {str(s): self.keys[wid].hex() for s, wid in enumerate(self.stage_ids)}
         ids = {str(s): wid for s, wid in enumerate(self.stage_ids)}
+        ranks = {str(s): self.rank_of(s) for s in range(c.stages)}
         for rank, _, _ in workers:
-            self.transport.send_json(rank, {"type": "admitted", "keys": keys, "workers": ids})
+            self.transport.send_json(rank, {"type": "admitted", "keys": keys, "workers": ids, "ranks": ranks})
+        self._write_workers()
+
+    def _write_workers(self) -> None:
+        """Write ``workers.json``: the coordinator's and each serving worker's id, stage, role, rank,
+        process id and host (for operators; removed when the run ends)."""
+        serving = [self.stage_ids[s] for s in range(self.config.stages)]
+        serving += [self.standby_ids[k] for k in self.free_standbys]
+        rows = []
+        for wid in serving:
+            row = dict(self.processes.get(wid, {"worker": wid}))
+            stage = self.stage_ids.index(wid) if wid in self.stage_ids else None
+            row.update(stage=stage, role="stage" if stage is not None else "standby")
+            rows.append(row)
+        coordinator = {
+            "worker": "coordinator",
+            "stage": None,
+            "role": "coordinator",
+            "rank": 0,
+            "pid": os.getpid(),
+            "host": socket.gethostname()[:255],
+        }
+        body = {"run_id": self.run_id, "session": self.session, "workers": [coordinator, *rows]}
+        atomic_write_text(self.run_dir / WORKERS_FILE, json.dumps(body, indent=2, sort_keys=True) + "\n")
+
+    def _private_key(self, name: str, create: bool) -> SigningKey:
+        """The coordinator's signing key ``name``, kept (as its seed) in ``RUN_DIR.keys`` (see
+        :data:`KEYS_SUFFIX`) so that a resumed coordinator signs under the same key."""
+        folder = self.keys_dir
+        path = folder / f"{name}.key"
+        if create:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(folder, 0o700)
+            key = SigningKey.generate()
+            atomic_write_text(path, bytes(key).hex() + "\n")
+            return key
+        try:
+            return SigningKey(bytes.fromhex(path.read_text(encoding="utf-8").strip()))
+        except (OSError, ValueError) as exc:
+            raise ResumeError(f"{path}: the coordinator's {name} key cannot be read ({exc})") from None
 
     # -- steps ------------------------------------------------------------------------------------
 
@@ -457,8 +900,13 @@ class Coordinator:
         self._bypass = bypass
         for s in range(c.stages):
             self.transport.send_json(self.rank_of(s), message)
-        for k in self.free_standbys:
-            self.transport.send_json(self.standby_rank(k), {"type": "idle", "step": step})
+        for k in list(self.free_standbys):
+            try:
+                self.transport.send_json(self.standby_rank(k), {"type": "idle", "step": step})
+            except TransportError as exc:
+                with self._fault_lock:
+                    if k in self.free_standbys:
+                        self._bench_standby(k, Fault(self.standby_rank(k), "crashed", str(exc)))
         if c.verification == "redundant_neighbour" and c.input_via == "coordinator":
             self.relay_copies(step)
         commit = self.collect(step)
@@ -565,10 +1013,8 @@ class Coordinator:
 
     @property
     def checkpointing(self) -> bool:
-        """Whether this run writes verified checkpoints (when its response is ``rollback``, or
-        ``eject`` with a standby, the cases that restore one)."""
-        c = self.config
-        return c.response == Response.ROLLBACK or (c.response == Response.EJECT and c.standby > 0)
+        """Whether this run writes verified checkpoints (``checkpoint_every`` above 0)."""
+        return self.config.checkpoint_every > 0
 
     def write_checkpoint(self, step: int) -> None:
         """Get every stage's weights and optimizer state (after ``step`` steps) from its worker,
@@ -673,6 +1119,7 @@ class Coordinator:
         }
         for t in range(self.config.stages):
             self.transport.send_json(self.rank_of(t), ranks)
+        self._write_workers()
         return rank
 
     def _record_replacement(self, plan: ResponsePlan, step: int, rank: int) -> None:
@@ -871,16 +1318,10 @@ class Coordinator:
             raw_receipts, raw_headers = msg.get("receipts"), msg.get("headers")
             if not isinstance(raw_receipts, list) or not isinstance(raw_headers, list):
                 raise TransportError(f"worker {wid}'s commitment has no receipt or header list")
-            receipts[s] = [self._accept_receipt(wid, s, step, _hex(r, None, "receipt")) for r in raw_receipts]
-            for r in receipts[s]:
-                self.counts[str(r.kind)] += 1
-            headers[s] = []
-            for raw in raw_headers:
-                header = parse_header(_hex(raw, None, "header"))
-                headers[s].append(header)
-                if self.log is not None:
-                    self.log.append_header(header)
-                    self.counts["headers"] += 1
+            receipts[s] = [
+                self._accept_receipt(wid, s, step, _hex(r, None, "receipt"), log=False) for r in raw_receipts
+            ]
+            headers[s] = [parse_header(_hex(raw, None, "header")) for raw in raw_headers]
             if s == c.stages - 1:
                 loss = _float(msg.get("loss"))
                 mb_losses = [_float(v) for v in msg.get("microbatch_losses", [])]
@@ -889,9 +1330,20 @@ class Coordinator:
                 if not isinstance(reported, list) or not isinstance(run, int) or isinstance(run, bool) or run < 0:
                     raise TransportError(f"worker {wid}'s commitment has no check report")
                 checks[s], checks_run[s] = reported, run
+        # a step's commitments enter the log together, so a crash mid-collection leaves none of them
+        for s in range(c.stages):
+            for r in receipts[s]:
+                self.counts[str(r.kind)] += 1
+                if self.log is not None:
+                    self.log.append_receipt(r)
+                    self.counts["receipts"] += 1
+            for header in headers[s]:
+                if self.log is not None:
+                    self.log.append_header(header)
+                    self.counts["headers"] += 1
         return StepCommit(step, receipts, headers, loss, mb_losses, checks, checks_run)
 
-    def _accept_receipt(self, wid: str, stage: int, step: int, raw: bytes) -> Receipt:
+    def _accept_receipt(self, wid: str, stage: int, step: int, raw: bytes, log: bool = True) -> Receipt:
         receipt = parse_receipt(raw)
         verify_receipt(receipt, self.keys[wid])
         if (receipt.run_id, receipt.worker_id, receipt.stage, receipt.step) != (self.run_id, wid, stage, step):
@@ -899,7 +1351,7 @@ class Coordinator:
         if receipt.prev_digest != self.prev[wid]:
             raise TransportError(f"worker {wid}'s receipt does not continue its hash chain")
         self.prev[wid] = receipt_digest(receipt)
-        if self.log is not None:
+        if log and self.log is not None:
             self.log.append_receipt(receipt)
             self.counts["receipts"] += 1
         return receipt
@@ -1396,6 +1848,10 @@ class Coordinator:
             "redundant_neighbour": dict(self.neighbour) if c.verification == "redundant_neighbour" else None,
             "coordinator_key": bytes(self.signing_key.verify_key).hex(),
             "attestation": c.attestation,
+            "faults": list(self.faults),
+            "pending_fault": self.pending_fault,
+            "resumes": list(self.resumes),
+            "benched": list(self.benched),
         }
         workers = tuple(WorkerInfo(worker_id_for(s), s, 0) for s in range(c.stages)) + tuple(
             WorkerInfo(r["by"], r["stage"], 0) for r in self.replacements
@@ -1463,3 +1919,39 @@ def _numel(shape: tuple[int, ...]) -> int:
     for d in shape:
         n *= d
     return n
+
+
+def _repair_events(path: Path, notes: list[str]) -> list[dict[str, Any]]:
+    """Cut a partial final line (a crash in mid-write) off ``events.jsonl`` and return its events."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
+        notes.append(f"cut a partial final line ({len(data) - end} bytes) off events.jsonl")
+    events = []
+    for line in data[:end].splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
+
+
+def _checkpoint_folders(root: Path) -> list[int]:
+    """Steps of every checkpoint folder, complete or not."""
+    if not root.is_dir():
+        return []
+    steps = []
+    for child in root.iterdir():
+        name = child.name
+        if name.startswith("step-") and name[5:].isdigit():
+            steps.append(int(name[5:]))
+    return sorted(steps)

@@ -52,8 +52,13 @@ def _watch_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
-def run_process(config_path: str, out: str, vendor: str | None) -> None:
-    """Join the process group and play this rank's role (raises on failure)."""
+def run_process(config_path: str, out: str, vendor: str | None, resume: str = "never") -> None:
+    """Join the process group and play this rank's role (raises on failure).
+
+    ``resume`` (rank 0): ``never`` starts a new run in ``out``; ``always`` resumes the interrupted
+    run there; ``auto`` resumes it if there is one that has not completed, else starts a new run
+    (for ``torchrun --max-restarts``, which restarts every process after a failure).
+    """
     import torch.distributed as dist
     from stagewarden.runtime.config import load_run_config
     from stagewarden.runtime.transport import Transport
@@ -93,9 +98,10 @@ def run_process(config_path: str, out: str, vendor: str | None) -> None:
         if rank == 0:
             from stagewarden.runtime.coordinator import Coordinator
 
-            if (Path(out) / "summary.json").exists():
+            again = resume == "always" or (resume == "auto" and _resumable(Path(out)))
+            if not again and (Path(out) / "summary.json").exists():
                 raise EntryError(f"{out} already holds a run (summary.json exists); the coordinator writes a new one")
-            Coordinator(config, out, transport, vendor).run()
+            Coordinator(config, out, transport, vendor, resume=again).run()
         else:
             from stagewarden.runtime.worker import StageWorker
 
@@ -105,6 +111,15 @@ def run_process(config_path: str, out: str, vendor: str | None) -> None:
             dist.destroy_process_group()
         except Exception:  # noqa: BLE001, S110 - best effort on the way out
             pass
+
+
+def _resumable(out: Path) -> bool:
+    """Whether ``out`` holds a run that has not completed."""
+    try:
+        status = json.loads((out / "summary.json").read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return status not in ("completed", "refused", None)
 
 
 def _use_gpu(rank: int) -> None:
@@ -126,16 +141,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="the run directory (written by rank 0 only)")
     parser.add_argument("--vendor", help="the simulated vendor folder (required when attestation is on)")
     parser.add_argument("--error-file", help="write a one-line JSON error here on failure")
+    parser.add_argument(
+        "--resume",
+        choices=("never", "always", "auto"),
+        default="never",
+        help="rank 0: resume the interrupted run in --out (always), only if there is one (auto), or never",
+    )
     args = parser.parse_args(argv)
     _watch_parent()
     rank = os.environ.get("RANK", "?")
     try:
-        run_process(args.config, args.out, args.vendor)
+        run_process(args.config, args.out, args.vendor, args.resume)
     except KeyboardInterrupt:
         _report(args.error_file, rank, "interrupted", 130)
         return 130
     except Exception as exc:  # noqa: BLE001 - the edge of the process: one clear line, no traceback
+        from stagewarden.runtime.coordinator import EXIT_RESUMABLE, RunInterrupted
         from stagewarden.runtime.errors import RuntimeSetupError
+
+        if isinstance(exc, RunInterrupted):
+            _report(args.error_file, rank, str(exc), EXIT_RESUMABLE)
+            return EXIT_RESUMABLE
 
         message = str(exc) if isinstance(exc, RuntimeSetupError | EntryError) else f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, RuntimeSetupError | EntryError):

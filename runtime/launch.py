@@ -26,8 +26,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from stagewarden.attest.files import atomic_write_text
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.errors import RuntimeSetupError
+
+#: The coordinator's exit code when it stopped on a worker fault (see
+#: :data:`stagewarden.runtime.coordinator.EXIT_RESUMABLE`; not imported, to keep torch out of here).
+EXIT_RESUMABLE = 75
 
 #: Seconds the other processes get to exit on their own after one fails.
 FAILURE_GRACE = 5.0
@@ -36,11 +41,17 @@ KILL_GRACE = 3.0
 
 
 class LaunchError(RuntimeSetupError):
-    """The run failed; the message says why. ``pids`` are the children started (all gone)."""
+    """The run failed; the message says why. ``pids`` are the children started (all gone);
+    ``resumable`` says whether the run directory can be resumed (``train --resume``)."""
 
-    def __init__(self, message: str, pids: tuple[int, ...] = ()) -> None:
+    def __init__(self, message: str, pids: tuple[int, ...] = (), resumable: bool = False) -> None:
         super().__init__(message)
         self.pids = pids
+        self.resumable = resumable
+
+
+class LaunchInterrupted(LaunchError):
+    """The run was interrupted (Ctrl-C); every process was stopped."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +99,7 @@ class PreparedRun:
 
     def entry_args(self, run_dir: str | Path) -> list[str]:
         """The arguments of ``python -m stagewarden.runtime.entry`` for this run, writing ``run_dir`` on rank 0."""
-        args = ["--config", str(self.config_path), "--out", str(run_dir)]
+        args = ["--config", str(self.config_path), "--out", str(run_dir), "--resume", "auto"]
         return args if self.vendor_path is None else [*args, "--vendor", str(self.vendor_path)]
 
 
@@ -107,11 +118,21 @@ def prepare_run(config: RunConfig, folder: str | Path, *, vendor_dir: str | Path
     target = Path(folder)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise LaunchError(f"{target} exists and is not an empty folder")
-    target.mkdir(parents=True, exist_ok=True)
-    vendor = provision_vendor(config, target / PREPARED_VENDOR, vendor_dir) if config.attestation else None
-    config_path = target / PREPARED_CONFIG
-    config_path.write_text(json.dumps(config.to_json(), indent=2) + "\n", encoding="utf-8")
-    return PreparedRun(config, config_path.resolve(), None if vendor is None else vendor.resolve())
+    # built in a hidden sibling and renamed into place, so a failure leaves nothing behind
+    target.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        if config.attestation:
+            provision_vendor(config, building / PREPARED_VENDOR, vendor_dir)
+        atomic_write_text(building / PREPARED_CONFIG, json.dumps(config.to_json(), indent=2) + "\n")
+        if target.exists():
+            target.rmdir()
+        building.rename(target)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    vendor = (target / PREPARED_VENDOR).resolve() if config.attestation else None
+    return PreparedRun(config, (target / PREPARED_CONFIG).resolve(), vendor)
 
 
 def torchrun_args(
@@ -146,7 +167,7 @@ def torchrun_args(
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint={rdzv_endpoint}",
         f"--rdzv-id={rdzv_id}",
-        "--max-restarts=0",
+        f"--max-restarts={prepared.config.standby}",
     ]
     if local_addr is not None:
         args.append(f"--local-addr={local_addr}")
@@ -161,33 +182,90 @@ def launch_local(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     env: dict[str, str] | None = None,
     timeout: float | None = None,
+    resume: bool = False,
+    max_restarts: int | None = None,
 ) -> LaunchResult:
     """Run ``config`` with every process on this machine and return when it is done.
 
+    When a worker fails (its process dies, it stops answering, it withholds a transfer or sends a
+    malformed message) the coordinator records the fault and exits; if a standby is left to take
+    the failed worker's stage, every process is stopped and the run is resumed at once from its
+    newest verified checkpoint by a new set of processes (the failed worker's rank is sent home).
+
     Args:
         config: The run configuration.
-        run_dir: The run directory; it must not hold a run yet.
+        run_dir: The run directory; it must not hold a run yet (unless ``resume``).
         vendor_dir: Reuse this simulated vendor instead of creating a throw-away one.
         on_event: Called in this process with every event the coordinator writes to
             ``events.jsonl`` (for progress display).
         env: Extra environment variables for the children.
         timeout: Seconds after which the run is stopped (``None``: no limit).
+        resume: Resume the interrupted run in ``run_dir``.
+        max_restarts: Automatic resumes after worker faults (default: one per standby).
 
     Raises:
         LaunchError: A process failed (the message is the coordinator's, or the first failing
             process's), the run timed out, or it was interrupted; no child survives.
     """
     run_path = Path(run_dir)
-    if (run_path / "summary.json").exists():
+    if not resume and (run_path / "summary.json").exists():
         raise LaunchError(f"{run_path} already holds a run (summary.json exists)")
+    if resume and not (run_path / "summary.json").is_file():
+        raise LaunchError(f"{run_path} holds no run to resume (no summary.json)")
+    restarts = config.standby if max_restarts is None else max_restarts
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="stagewarden-launch-"))
-    procs: list[subprocess.Popen[bytes]] = []
-    logs: list[Any] = []
+    pids: list[int] = []
+    events = _EventTail(run_path / "events.jsonl", skip_existing=resume)
     try:
         vendor = str(provision_vendor(config, tmp / "vendor", vendor_dir)) if config.attestation else None
         config_path = tmp / "config.json"
         config_path.write_text(json.dumps(config.to_json(), indent=2), encoding="utf-8")
+        while True:
+            codes, session_pids = _run_world(
+                config, run_path, config_path, vendor, tmp, env, resume, events, on_event, timeout, started
+            )
+            pids += session_pids
+            if all(c == 0 for c in codes):
+                summary = json.loads((run_path / "summary.json").read_text(encoding="utf-8"))
+                return LaunchResult(run_path, summary, tuple(pids), time.monotonic() - started)
+            message = _failure_message(codes, tmp)
+            if codes[0] != EXIT_RESUMABLE:
+                raise LaunchError(message, tuple(pids), resumable=_resumable(run_path))
+            pending = _pending_fault(run_path)
+            if pending is None or not pending.get("standby") or restarts <= 0:
+                raise LaunchError(message, tuple(pids), resumable=True)
+            restarts -= 1
+            resume = True
+    except KeyboardInterrupt:
+        raise LaunchInterrupted(
+            "interrupted; every process of the run was stopped", tuple(pids), resumable=_resumable(run_path)
+        ) from None
+    finally:
+        (run_path / "workers.json").unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_world(
+    config: RunConfig,
+    run_path: Path,
+    config_path: Path,
+    vendor: str | None,
+    tmp: Path,
+    env: dict[str, str] | None,
+    resume: bool,
+    events: _EventTail,
+    on_event: Callable[[dict[str, Any]], None] | None,
+    timeout: float | None,
+    started: float,
+) -> tuple[list[int | None], list[int]]:
+    """Start one set of ``1 + S + K`` processes, wait for them, stop them; return the exit codes
+    and the process ids."""
+    procs: list[subprocess.Popen[bytes]] = []
+    logs: list[Any] = []
+    for leftover in tmp.glob("rank*.error"):
+        leftover.unlink()
+    try:
         port = free_port()
         base = {**os.environ, **(env or {})}
         base.update(
@@ -208,6 +286,8 @@ def launch_local(
                 str(run_path),
                 "--error-file",
                 str(tmp / f"rank{rank}.error"),
+                "--resume",
+                "always" if resume else "never",
             ]
             if vendor is not None:
                 args += ["--vendor", vendor]
@@ -224,30 +304,30 @@ def launch_local(
                     start_new_session=True,
                 )
             )
-        pids = tuple(p.pid for p in procs)
-        _wait(procs, run_path, on_event, timeout, started, tmp, pids)
-        summary = json.loads((run_path / "summary.json").read_text(encoding="utf-8"))
-        return LaunchResult(run_path, summary, pids, time.monotonic() - started)
-    except KeyboardInterrupt:
-        raise LaunchError("interrupted; every process of the run was stopped", tuple(p.pid for p in procs)) from None
+        pids = [p.pid for p in procs]
+        grace = max(FAILURE_GRACE, 2 * config.heartbeat_timeout + 5.0)
+        codes = _wait(procs, events, on_event, timeout, started, grace, tuple(pids))
+        return codes, pids
     finally:
         _stop(procs)
         for log in logs:
             log.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _wait(
     procs: list[subprocess.Popen[bytes]],
-    run_path: Path,
+    events: _EventTail,
     on_event: Callable[[dict[str, Any]], None] | None,
     timeout: float | None,
     started: float,
-    tmp: Path,
+    grace: float,
     pids: tuple[int, ...],
-) -> None:
-    events = _EventTail(run_path / "events.jsonl")
+) -> list[int | None]:
+    """Wait until every process exits, or the coordinator has exited (the workers get
+    :data:`FAILURE_GRACE` seconds to follow), or a worker failed and the coordinator has not
+    followed within ``grace`` seconds (it normally records the fault and exits well before)."""
     failed_at: float | None = None
+    coordinator_done: float | None = None
     while True:
         codes = [p.poll() for p in procs]
         if on_event is not None:
@@ -255,21 +335,38 @@ def _wait(
                 on_event(event)
         if all(c is not None for c in codes):
             break
-        if failed_at is None and any(c not in (None, 0) for c in codes):
-            failed_at = time.monotonic()
-        if failed_at is not None and time.monotonic() - failed_at > FAILURE_GRACE:
+        now = time.monotonic()
+        if codes[0] is not None and coordinator_done is None:
+            coordinator_done = now
+        if coordinator_done is not None and now - coordinator_done > FAILURE_GRACE:
             break
-        if timeout is not None and time.monotonic() - started > timeout:
+        if failed_at is None and any(c not in (None, 0) for c in codes):
+            failed_at = now
+        if failed_at is not None and now - failed_at > grace:
+            break
+        if timeout is not None and now - started > timeout:
             _stop(procs)
             raise LaunchError(f"the run did not finish within {timeout:.0f} s; every process was stopped", pids)
         time.sleep(0.05)
     if on_event is not None:
         for event in events.read():
             on_event(event)
-    codes = [p.poll() for p in procs]
-    if all(c == 0 for c in codes):
-        return
-    raise LaunchError(_failure_message(codes, tmp), pids)
+    return [p.poll() for p in procs]
+
+
+def _pending_fault(run_path: Path) -> dict[str, Any] | None:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        pending = json.loads((run_path / "summary.json").read_text(encoding="utf-8")).get("pending_fault")
+        return pending if isinstance(pending, dict) else None
+    return None
+
+
+def _resumable(run_path: Path) -> bool:
+    """Whether ``run_path`` holds a run that stopped before completing and has a checkpoint."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        summary = json.loads((run_path / "summary.json").read_text(encoding="utf-8"))
+        return summary.get("status") not in ("completed", "refused") and bool(summary.get("checkpoints"))
+    return False
 
 
 def _failure_message(codes: list[int | None], tmp: Path) -> str:
@@ -278,8 +375,10 @@ def _failure_message(codes: list[int | None], tmp: Path) -> str:
         path = tmp / f"rank{rank}.error"
         with contextlib.suppress(OSError, ValueError):
             errors[rank] = str(json.loads(path.read_text(encoding="utf-8"))["message"])
-    workers = [rank for rank in errors if rank != 0]
-    if workers:  # a worker's own error is the cause; the coordinator saw only its connection close
+    # a worker's own error is the cause, and the coordinator saw only its connection close; but a
+    # worker that lost the coordinator only repeats the coordinator's failure
+    workers = [rank for rank in errors if rank != 0 and "rank 0 " not in errors[rank]]
+    if workers:
         first = workers[0]
         context = f" (the coordinator: {errors[0]})" if 0 in errors else ""
         return f"rank {first}: {errors[first]}{context}"
@@ -314,11 +413,12 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 class _EventTail:
-    """Reads the complete lines appended to ``events.jsonl`` since the last call."""
+    """Reads the complete lines appended to ``events.jsonl`` since the last call (with
+    ``skip_existing``, since it was created)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, skip_existing: bool = False) -> None:
         self.path = path
-        self.offset = 0
+        self.offset = path.stat().st_size if skip_existing and path.exists() else 0
         self.partial = b""
 
     def read(self) -> list[dict[str, Any]]:
@@ -327,6 +427,9 @@ class _EventTail:
                 f.seek(self.offset)
                 data = f.read()
         except FileNotFoundError:
+            return []
+        if not data and self.path.stat().st_size < self.offset:  # cut by a resumed coordinator's repair
+            self.offset, self.partial = self.path.stat().st_size, b""
             return []
         self.offset += len(data)
         data = self.partial + data

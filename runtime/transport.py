@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,14 +39,25 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 class TransportError(RuntimeSetupError):
-    """A peer died, timed out, or sent a message that is malformed or fails its checks."""
+    """A peer died, timed out, or sent a message that is malformed or fails its checks.
+
+    ``peer`` is the rank concerned (when known) and ``cause`` what happened: ``closed`` (its
+    connection closed: the process died or quit), ``timeout`` (nothing arrived within the
+    process group's timeout), ``reported`` (the peer said it failed), ``malformed`` (what arrived
+    fails parsing or the protocol's checks) or ``local`` (this process could not send).
+    """
+
+    def __init__(self, message: str, *, peer: int | None = None, cause: str = "malformed") -> None:
+        super().__init__(message)
+        self.peer = peer
+        self.cause = cause
 
 
 class HeaderRejected(TransportError):
     """A received signed header (or its tensor) failed a check; ``code`` says which."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, code: str, message: str, *, peer: int | None = None) -> None:
+        super().__init__(message, peer=peer, cause="malformed")
         self.code = code
 
 
@@ -80,6 +92,11 @@ class Transport:
         self.device = torch.device(device)
         self.deliver_to = self.device if deliver_to is None else torch.device(deliver_to)
         self._pending: list[tuple[Any, list[torch.Tensor]]] = []
+        self.waiting_on: int | None = None
+        """The rank a blocking receive is waiting on now (``None`` between receives)."""
+        self.waiting_since = 0.0
+        self.last_src: int | None = None
+        """The rank the last receive was from (what the caller parses next came from it)."""
 
     # -- frames -------------------------------------------------------------------------------
 
@@ -100,7 +117,7 @@ class Transport:
         self._recv(src, length)
         size = int(length.item())
         if not 0 <= size <= limit:
-            raise TransportError(f"rank {src} announced a frame of {size} bytes (the limit is {limit})")
+            raise TransportError(f"rank {src} announced a frame of {size} bytes (the limit is {limit})", peer=src)
         if size == 0:
             return b""
         body = torch.empty(size, dtype=torch.uint8, device=self.device)
@@ -117,15 +134,18 @@ class Transport:
         try:
             message = parse_canonical_json(raw, ErrorCode.LOG_MALFORMED, f"message from rank {src}")
         except FormatError as exc:
-            raise TransportError(exc.message) from None
+            raise TransportError(exc.message, peer=src) from None
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            raise TransportError(f"message from rank {src} is not an object with a string 'type'")
+            raise TransportError(f"message from rank {src} is not an object with a string 'type'", peer=src)
         if message["type"] == "error":
-            raise TransportError(f"rank {src} reported an error: {message.get('message', '')}")
+            raise TransportError(
+                f"rank {src} reported an error: {str(message.get('message', ''))[:500]}", peer=src, cause="reported"
+            )
         wanted = (expect,) if isinstance(expect, str) else tuple(expect) if expect is not None else None
         if wanted is not None and message["type"] not in wanted:
             raise TransportError(
-                f"rank {src} sent a {message['type']!r} message where {' or '.join(wanted)} was expected"
+                f"rank {src} sent a {message['type'][:64]!r} message where {' or '.join(wanted)} was expected",
+                peer=src,
             )
         return message
 
@@ -174,7 +194,11 @@ class Transport:
                 digest, dtype or shape differ from what the header or the receiver expects.
         """
         raw = self.recv_bytes(src, limit=64 * 1024)
-        header = check_header(raw, expected)
+        try:
+            header = check_header(raw, expected)
+        except HeaderRejected as exc:
+            exc.peer = src
+            raise
         tensor = self.recv_tensor(src, _DTYPES[expected.dtype], expected.shape)
         digest = tensor_digest(tensor.cpu())
         if digest != header.tensor:
@@ -182,6 +206,7 @@ class Transport:
                 "HEADER_MISMATCH",
                 f"the {expected.kind} for step {expected.step} micro-batch {expected.micro_batch} from "
                 f"{expected.sender} does not match the digest its signed header commits to",
+                peer=src,
             )
         return tensor.to(self.deliver_to), header, raw
 
@@ -196,15 +221,22 @@ class Transport:
                 for t in tensors:
                     self._pending.append((dist.isend(t, dst), [t]))
         except Exception as exc:  # noqa: BLE001 - torch raises several backend-specific types
-            raise TransportError(f"sending to rank {dst} failed (did the process die?): {_short(exc)}") from None
+            raise TransportError(
+                f"sending to rank {dst} failed (did the process die?): {_short(exc)}", peer=dst, cause=_cause(exc)
+            ) from None
 
     def _recv(self, src: int, tensor: torch.Tensor) -> None:
+        self.waiting_on, self.waiting_since, self.last_src = src, time.monotonic(), src
         try:
             dist.recv(tensor, src)
         except Exception as exc:  # noqa: BLE001
             raise TransportError(
-                f"receiving from rank {src} failed (did the process die or time out?): {_short(exc)}"
+                f"receiving from rank {src} failed (did the process die or time out?): {_short(exc)}",
+                peer=src,
+                cause=_cause(exc),
             ) from None
+        finally:
+            self.waiting_on = None
 
     def flush(self) -> None:
         """Wait until every non-blocking send has completed."""
@@ -213,7 +245,9 @@ class Transport:
             for work, _keep in pending:
                 work.wait()
         except Exception as exc:  # noqa: BLE001
-            raise TransportError(f"a send did not complete (did the receiver die?): {_short(exc)}") from None
+            raise TransportError(
+                f"a send did not complete (did the receiver die?): {_short(exc)}", cause=_cause(exc)
+            ) from None
 
 
 def check_header(raw: bytes, expected: Expected) -> SignedHeader:
@@ -252,6 +286,16 @@ def check_header(raw: bytes, expected: Expected) -> SignedHeader:
             f"{tuple(header.tensor.shape)}, expected {expected.dtype} {expected.shape}",
         )
     return header
+
+
+def _cause(exc: BaseException) -> str:
+    """``closed`` or ``timeout`` from a backend's error text, else ``local``."""
+    text = str(exc).lower()
+    if "timed out" in text or "timeout" in text:
+        return "timeout"
+    if "closed" in text or "reset" in text or "broken pipe" in text or "connection" in text:
+        return "closed"
+    return "local"
 
 
 def _short(exc: BaseException) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +51,7 @@ from stagewarden.runtime.attacks import (
 )
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.data import Batches
+from stagewarden.runtime.liveness import Heartbeat, connect_store
 from stagewarden.runtime.measure import code_digest, stage_measurement
 from stagewarden.runtime.model import StageModule, build_stage
 from stagewarden.runtime.redundant import CheckOutcome, InputVia, NeighbourReplica
@@ -69,6 +72,12 @@ from stagewarden.runtime.units import (
 TAMPER_MEASUREMENT_ENV = "STAGEWARDEN_TEST_TAMPER_MEASUREMENT"
 #: Test-only hook: ``STAGE:STEP``; that worker exits abruptly when step STEP starts.
 CRASH_ENV = "STAGEWARDEN_TEST_CRASH"
+#: Test hook: ``<stage>:<step>:<kind>`` makes the first worker of ``stage`` compute ``step`` and then
+#: send the coordinator a crafted message of ``kind`` (see :data:`HOSTILE_MESSAGES`) instead of its
+#: commitment, and then stay alive and silent.
+HOSTILE_ENV = "STAGEWARDEN_TEST_HOSTILE"
+#: The crafted messages :data:`HOSTILE_ENV` can send.
+HOSTILE_MESSAGES = ("garbage", "oversize", "negative", "wrong_type", "bad_receipt", "forged_receipt", "deep_json")
 
 COORDINATOR = 0
 
@@ -123,6 +132,11 @@ class NoAttack:
 
     def apply_update(self, stage: int, step: int, module: torch.nn.Module) -> None:
         """Change the stage's weights in place after the optimizer step."""
+
+    def withholds(self, stage: int, step: int, micro_batch: int) -> bool:
+        """Whether the stage keeps back its message of ``micro_batch`` and everything after it
+        (``withhold``: it stays alive and silent). Honest: never."""
+        return False
 
     def report_checks(self, stage: int, step: int, outcomes: list[CheckOutcome]) -> list[CheckOutcome]:
         """What a checking stage (redundant neighbour) reports of its checks. Honest: the outcomes."""
@@ -258,6 +272,9 @@ class PlanAttack(NoAttack):
             reported.append(o)
         return reported
 
+    def withholds(self, stage: int, step: int, micro_batch: int) -> bool:
+        return self.plan.kind is AttackKind.WITHHOLD and self._fires(stage, step, micro_batch)
+
     def apply_update(self, stage: int, step: int, module: torch.nn.Module) -> None:
         if self.plan.kind is AttackKind.WEIGHTS and self._fires(stage, step, 0):
             params = dict(module.named_parameters())
@@ -342,14 +359,22 @@ class StageWorker:
     # -- start --------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Attest, then serve the coordinator until it releases this worker."""
+        """Attest, then serve the coordinator until it releases this worker.
+
+        A failure of a peer (its connection closed, a receive timed out, it sent something
+        malformed) does not end this process: the worker reports it to the coordinator and keeps
+        its heartbeat going until the coordinator releases it or goes away, so that the
+        coordinator can tell the failed worker from the ones the failure blocked.
+        """
         hello = self.transport.recv_json(COORDINATOR, ("hello", "shutdown"))
         if hello["type"] == "shutdown":
             return
         self.run_id = hello["run_id"]
         self.worker_id = hello["worker_id"]
         self.stage_index = hello["stage"]
-        self.prev = chain_genesis(self.run_id, self.worker_id)
+        head = hello.get("chain_head")
+        self.prev = bytes.fromhex(head) if isinstance(head, str) else chain_genesis(self.run_id, self.worker_id)
+        session = hello.get("session", 0)
         with deterministic(self.config.train.threads):
             self._setup_stage()
             self._attest(hello.get("nonce"))
@@ -358,8 +383,62 @@ class StageWorker:
             return
         self.keys = {int(s): bytes.fromhex(k) for s, k in reply["keys"].items()}
         self.ids = {int(s): w for s, w in reply["workers"].items()}
-        self.ranks = {s: s + 1 for s in self.ids}
-        self._serve()
+        self.ranks = {int(s): int(r) for s, r in reply.get("ranks", {str(s): s + 1 for s in self.ids}).items()}
+        heartbeat = Heartbeat(
+            connect_store(self.config.timeout),
+            self.run_id,
+            int(session),
+            self.rank,
+            self.key,
+            self.config.heartbeat_timeout / 4,
+            lambda: (self.transport.waiting_on, self.transport.waiting_since),
+        )
+        heartbeat.start()
+        try:
+            self._serve()
+        except TransportError as exc:
+            if exc.peer in (None, COORDINATOR):
+                raise
+            self._report_failure(exc)
+        finally:
+            heartbeat.stop()
+
+    def _send_hostile(self, step: int, kind: str) -> None:
+        """The :data:`HOSTILE_ENV` test hook: send a crafted message, then stay silent."""
+        if kind == "garbage":
+            self.transport.send_bytes(COORDINATOR, b"\xff\xfe{not json at all")
+        elif kind in ("oversize", "negative"):
+            length = torch.tensor([1 << 40 if kind == "oversize" else -5], dtype=torch.int64)
+            self.transport._send(COORDINATOR, [length], True)  # noqa: SLF001 - a frame no honest sender makes
+        elif kind == "wrong_type":
+            self.transport.send_json(COORDINATOR, {"type": "snapshot", "step": step})
+        elif kind == "bad_receipt":
+            self.transport.send_json(
+                COORDINATOR, {"type": "commit", "step": step, "receipts": ["zz"], "headers": [], "busy_ns": 0}
+            )
+        elif kind == "forged_receipt":
+            self.key = SigningKey.generate()  # sign with a key the coordinator never attested
+            zero = b"\0" * 32
+            receipt = self._receipt(step, 0, UnitKind.FORWARD, zero, zero, zero, ExecutionEnv.capture(self.device))
+            self.transport.send_json(
+                COORDINATOR,
+                {"type": "commit", "step": step, "receipts": [receipt.hex()], "headers": [], "busy_ns": 0},
+            )
+        elif kind == "deep_json":
+            self.transport.send_bytes(COORDINATOR, b"[" * 100_000 + b"]" * 100_000)
+        else:
+            raise ValueError(f"unknown hostile message kind {kind!r} (one of {', '.join(HOSTILE_MESSAGES)})")
+        threading.Event().wait()
+
+    def _report_failure(self, exc: TransportError) -> None:
+        """Tell the coordinator that peer ``exc.peer`` failed, then wait for it to release us."""
+        self.transport.send_json(
+            COORDINATOR,
+            {"type": "error", "peer": exc.peer, "cause": exc.cause, "message": str(exc)[:2000]},
+        )
+        while True:
+            if self.transport.recv_json(COORDINATOR)["type"] == "release":
+                raise exc
 
     def _setup_stage(self) -> None:
         c = self.config
@@ -382,13 +461,21 @@ class StageWorker:
         reads_data = s in (0, c.stages - 1) or (self.replica is not None and s == 1)
         self.batches = _batches(c) if reads_data else None
         self.schedule = (gpipe if c.schedule == "gpipe" else one_f_one_b)(c.stages, c.microbatches)[s]
-        self.attack = make_attack(c.attack, s, c.model.vocab_size)
+        # the plan names stages, and so the workers first given them: a standby never attacks
+        original = self.worker_id == worker_id_for(s)
+        self.attack = make_attack(c.attack, s, c.model.vocab_size) if original else None
         if isinstance(self.attack, PlanAttack):
             self.attack.relay_equivocation = c.verification == "redundant_neighbour" and c.input_via == "upstream"
 
     def _attest(self, nonce_hex: str | None) -> None:
         pubkey = bytes(self.key.verify_key)
-        message: dict[str, Any] = {"type": "evidence", "worker_id": self.worker_id, "receipt_key": pubkey.hex()}
+        message: dict[str, Any] = {
+            "type": "evidence",
+            "worker_id": self.worker_id,
+            "receipt_key": pubkey.hex(),
+            "pid": os.getpid(),
+            "host": socket.gethostname()[:255],
+        }
         if nonce_hex is not None:
             if self.vendor_dir is None:
                 raise TransportError("attestation is on but this worker has no vendor folder (--vendor)")
@@ -515,6 +602,11 @@ class StageWorker:
         crash = os.environ.get(CRASH_ENV)
         if crash is not None and crash == f"{self.stage_index}:{step}" and attempt == 0:
             os._exit(17)
+        hostile = os.environ.get(HOSTILE_ENV, "").split(":")
+        if len(hostile) != 3 or hostile[:2] != [str(self.stage_index), str(step)]:
+            hostile = []
+        elif self.worker_id != worker_id_for(int(hostile[0])):  # a standby of that stage is not hostile
+            hostile = []
         assert self.module is not None and self.stage_index is not None
         c, s, module = self.config, self.stage_index, self.module
         M = c.microbatches  # noqa: N806
@@ -618,6 +710,8 @@ class StageWorker:
                 transfer = TransferKind.ACTIVATION if forward else TransferKind.GRADIENT
                 committed = (outputs if forward else grads_in).pop(m)
                 direction = "forward" if forward else "backward"
+                if self.attack is not None and self.attack.withholds(s, step, m):
+                    threading.Event().wait()  # alive (the heartbeat goes on) and silent from here on
                 sent = committed if self.attack is None else self.attack.outgoing(s, step, m, direction, committed)
                 signed = self.transport.send_signed(
                     self.ranks[self._neighbour(transfer, incoming=False)],
@@ -686,6 +780,8 @@ class StageWorker:
         if module.is_last:
             message["loss"] = step_loss([losses[m] for m in range(M)]).hex()
             message["microbatch_losses"] = [float(losses[m]).hex() for m in range(M)]
+        if hostile:
+            self._send_hostile(step, hostile[2])
         self.transport.send_json(COORDINATOR, message)
 
     def _transfer(

@@ -251,8 +251,9 @@ def demo(out: str | None, fmt: str, quick: bool) -> None:
     sys.exit(EXIT_VIOLATED if failures else EXIT_OK)
 
 
-def _build_report(console: Console, loaded: Any, verdicts: Any, runs: dict[str, dict[str, Any]], out: Path,
-                  fmt: str) -> Path | None:
+def _build_report(
+    console: Console, loaded: Any, verdicts: Any, runs: dict[str, dict[str, Any]], out: Path, fmt: str
+) -> Path | None:
     """The security report of the demo spec with the runs that left a summary; ``None`` if it failed."""
     from stagewarden.report import ReportError, build_report
 
@@ -262,7 +263,9 @@ def _build_report(console: Console, loaded: Any, verdicts: Any, runs: dict[str, 
     try:
         return build_report(loaded, dirs, out, report=verdicts)
     except ReportError as exc:
-        console.print(f"[bold red]problem:[/] the security report could not be built: {escape(exc.message)}", markup=True)
+        console.print(
+            f"[bold red]problem:[/] the security report could not be built: {escape(exc.message)}", markup=True
+        )
         return None
 
 
@@ -281,7 +284,7 @@ def _progress(console: Console) -> Progress:
 def _train(progress: Progress, name: str, config: Any, run_dir: Path) -> dict[str, Any]:
     """One training run with its progress line; the summary, or the failure message."""
     from stagewarden.runtime.config import ConfigError
-    from stagewarden.runtime.launch import LaunchError, launch_local
+    from stagewarden.runtime.launch import LaunchError, LaunchInterrupted, launch_local
 
     task = progress.add_task(name, total=config.steps, status="starting the workers")
     detections = 0
@@ -307,6 +310,8 @@ def _train(progress: Progress, name: str, config: Any, run_dir: Path) -> dict[st
 
     try:
         result = launch_local(config, run_dir, on_event=on_event, timeout=900.0)
+    except LaunchInterrupted:
+        raise KeyboardInterrupt from None  # stop the demo: no further run, exit 130
     except (LaunchError, ConfigError) as exc:
         progress.update(task, status=f"[red]failed: {escape(str(exc))}[/]")
         summary = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -14,6 +15,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from stagewarden.cli_common import EXIT_OK, EXIT_VIOLATED, BadInput, make_console
+
+#: Exit code of a run that stopped on a worker fault and can be resumed (``--resume``).
+EXIT_RESUMABLE = 75
 
 
 def _spec_settings(path: str) -> dict[str, Any]:
@@ -159,8 +163,35 @@ def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
     "with the convict's stage passing tensors on unchanged and not updated (skip_stage; restart on the "
     "first and last stage).",
 )
-@click.option("--out", required=True, type=click.Path(), help="The run directory to write.")
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=0),
+    help="Write a verified checkpoint every N steps (0: none; a crash then loses the run).  [default: 1]",
+)
+@click.option(
+    "--heartbeat-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds without a worker's heartbeat before it is declared unresponsive.  [default: 10]",
+)
+@click.option(
+    "--silence-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a worker may keep a peer waiting while it waits on nobody (withholding).  [default: 60]",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds any single receive may take, and to start every process.  [default: 300]",
+)
+@click.option("--out", type=click.Path(), help="The run directory to write (required unless --resume).")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(),
+    help="Continue the interrupted run in this directory from its newest verified checkpoint, with its own "
+    "configuration (only --steps and the timeouts may be given).",
+)
 @click.option(
     "--prepare",
     "prepare_dir",
@@ -196,21 +227,38 @@ def train(
     input_via: str | None,
     spot_check_rate: float | None,
     response: str | None,
-    out: str,
+    checkpoint_every: int | None,
+    heartbeat_timeout: float | None,
+    silence_timeout: float | None,
+    timeout: float | None,
+    out: str | None,
     force: bool,
+    resume_dir: str | None,
     prepare_dir: str | None,
 ) -> None:
     """Train a small GPT split into pipeline stages, one process per stage, with attested workers
     and signed receipts; write summary.json, metrics.csv, events.jsonl, receipts.log and attestation/
     to --out. Check the result later with 'stagewarden audit OUT'.
 
+    A worker that dies, stops answering, withholds a transfer or sends a malformed message is
+    replaced by a standby from the newest verified checkpoint; without a standby the run stops
+    and 'stagewarden train --resume OUT' continues it.
+
     Exit codes: 0 the run completed with no detection, 1 the run failed or detected tampering,
-    2 bad input.
+    2 bad input, 75 the run stopped on a worker fault and can be resumed.
     """
     from stagewarden.runtime.config import ConfigError, RunConfig
-    from stagewarden.runtime.launch import LaunchError, launch_local
     from stagewarden.runtime.model import GPTConfig
     from stagewarden.runtime.units import TrainConfig
+
+    timeouts = {"heartbeat_timeout": heartbeat_timeout, "silence_timeout": silence_timeout, "timeout": timeout}
+    timeouts = {k: v for k, v in timeouts.items() if v is not None}
+    if resume_dir is not None:
+        config = _resume_config(resume_dir, out, timeouts)
+        _launch(config, Path(resume_dir), vendor, resume=True)
+        return
+    if out is None:
+        raise BadInput("give --out RUN_DIR (the run directory to write), or --resume RUN_DIR")
 
     settings: dict[str, Any] = _spec_settings(spec_path) if spec_path else {}
     for name, value in (("stages", stages), ("microbatches", microbatches), ("standby", standby)):
@@ -221,6 +269,8 @@ def train(
         "input_via": input_via,
         "spot_check_rate": spot_check_rate,
         "response": response,
+        "checkpoint_every": checkpoint_every,
+        **timeouts,
     }
     settings.update({k: v for k, v in chosen.items() if v is not None})
     if (attack_kind is None) != (malicious is None):
@@ -267,6 +317,8 @@ def train(
         _prepare(config, prepare_dir, vendor, out)
         return
     target = Path(out)
+    if target.exists() and not target.is_dir() and not force:
+        raise BadInput(f"--out {out} is a file, not a run directory; pass --force to replace it")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         if not force:
             raise BadInput(f"--out {out} exists and is not empty; pass --force to replace it")
@@ -274,6 +326,57 @@ def train(
             shutil.rmtree(target)
         else:
             target.unlink()
+    _launch(config, target, vendor, resume=False)
+
+
+def _resume_config(resume_dir: str, out: str | None, timeouts: dict[str, float]) -> Any:
+    """The configuration of the run to resume, from its own summary.json; only ``--steps`` and the
+    timeouts given on the command line change it."""
+    from click.core import ParameterSource
+
+    from stagewarden.runtime.config import ConfigError, RunConfig
+
+    ctx = click.get_current_context()
+    allowed = {"resume_dir", "steps", "heartbeat_timeout", "silence_timeout", "timeout", "vendor", "out"}
+    given = [
+        name
+        for name in ctx.params
+        if name not in allowed and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    ]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise BadInput(f"--resume continues the run with its own configuration; {flags} cannot be given with it")
+    if out is not None and Path(out).resolve() != Path(resume_dir).resolve():
+        raise BadInput(f"--out {out} differs from --resume {resume_dir}: a resumed run stays in its own directory")
+    folder = Path(resume_dir)
+    if not folder.is_dir():
+        raise BadInput(f"--resume {resume_dir}: no such run directory")
+    summary_path = folder / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        data = summary["config"]
+    except FileNotFoundError:
+        raise BadInput(f"--resume {resume_dir}: no summary.json (not a run directory)") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BadInput(f"--resume {resume_dir}: summary.json holds no run configuration ({exc})") from None
+    status = summary.get("status")
+    if status == "completed":
+        raise BadInput(f"--resume {resume_dir}: the run completed all its steps; there is nothing to resume")
+    try:
+        config = RunConfig.from_json(data)
+        changes: dict[str, Any] = dict(timeouts)
+        if ctx.get_parameter_source("steps") is ParameterSource.COMMANDLINE:
+            changes["steps"] = ctx.params["steps"]
+        return dataclasses.replace(config, **changes)
+    except (ConfigError, ValueError) as exc:
+        raise BadInput(f"--resume {resume_dir}: {exc}") from None
+
+
+def _launch(config: Any, target: Path, vendor: str | None, resume: bool) -> None:
+    """Run (or resume) ``config`` in ``target`` with a progress bar; print the summary table and exit."""
+    from stagewarden.runtime.config import ConfigError
+    from stagewarden.runtime.launch import LaunchError, LaunchInterrupted, launch_local
+
     console = make_console()
     progress = Progress(
         TextColumn("[bold]training"),
@@ -292,6 +395,12 @@ def train(
             progress.update(task, status=f"admitted {event.get('worker')}")
         elif kind == "refused":
             progress.update(task, status=f"[red]refused {event.get('worker')}[/]")
+        elif kind == "worker_fault":
+            progress.update(task, status=f"[red]worker {event.get('worker')} failed ({event.get('cause')})[/]")
+        elif kind == "run_resumed":
+            progress.update(
+                task, completed=int(event.get("from_step", 0)), status=f"resumed at step {event.get('from_step')}"
+            )
         elif kind == "step":
             progress.update(
                 task,
@@ -301,9 +410,19 @@ def train(
 
     try:
         with progress:
-            result = launch_local(config, target, vendor_dir=vendor, on_event=on_event)
+            result = launch_local(config, target, vendor_dir=vendor, on_event=on_event, resume=resume)
+    except LaunchInterrupted as exc:
+        if exc.resumable:
+            make_console(err=True).print(
+                f"the run directory is resumable: stagewarden train --resume {target}", markup=False
+            )
+        raise KeyboardInterrupt from None  # exit 130
     except LaunchError as exc:
-        make_console(err=True).print(f"[bold red]run failed:[/] {escape(str(exc))}", markup=True)
+        err = make_console(err=True)
+        err.print(f"[bold red]run failed:[/] {escape(str(exc))}", markup=True)
+        if exc.resumable:
+            err.print(f"the run directory is resumable: stagewarden train --resume {target}", markup=False)
+            sys.exit(EXIT_RESUMABLE)
         sys.exit(EXIT_VIOLATED)
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
@@ -312,6 +431,7 @@ def train(
     table.add_column("key", style="bold")
     table.add_column("value")
     losses = summary.get("losses", [])
+    faults = summary.get("faults", [])
     rows = [
         ("status", summary.get("status", "?")),
         ("stages x micro-batches", f"{summary['stages']} x {summary['micro_batches']} ({config.schedule})"),
@@ -326,6 +446,11 @@ def train(
             "responses",
             ", ".join(f"{r['plan']['response']} at step {r['step']}" for r in summary.get("responses", [])) or "-",
         ),
+        (
+            "worker faults",
+            ", ".join(f"{f.get('worker')} ({f.get('cause')}) at step {f.get('step')}" for f in faults) or "-",
+        ),
+        ("resumes", str(len(summary.get("resumes", [])))),
         ("run directory", escape(str(target))),
     ]
     for key, value in rows:

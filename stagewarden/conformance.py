@@ -453,8 +453,7 @@ class _Checker:
                 spec=self.at("defense", "response"),
                 file=file,
             )
-        checkpointing = c.response == "rollback" or (c.response == "eject" and c.standby > 0)
-        if checkpointing and c.checkpoint_every > d.checkpoint_every:
+        if c.checkpoint_every > 0 and c.checkpoint_every > d.checkpoint_every:
             self.add(
                 ConformanceCode.SPEC_CHECKPOINTS,
                 f"the run writes a verified checkpoint every {c.checkpoint_every} steps, the spec every "

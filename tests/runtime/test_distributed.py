@@ -101,5 +101,6 @@ def test_crashed_worker_fails_the_run_and_leaves_no_process(tmp_path: Path) -> N
         launch_local(config, run, env={CRASH_ENV: "2:1"})
     assert _gone(info.value.pids)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "failed" and summary["steps_completed"] == 1
+    assert summary["status"] == "interrupted" and summary["steps_completed"] == 1  # resumable
+    assert info.value.resumable and summary["pending_fault"]["worker"] == "s2r0"
     assert summary["losses"] == reference(tiny_config(stages=3, steps=1))[0]  # S=3 GPipe, step 0

@@ -175,6 +175,8 @@ def test_prepare_run_writes_config_and_identities(tmp_path: Path) -> None:
         str(prepared.config_path),
         "--out",
         "out",
+        "--resume",
+        "auto",
         "--vendor",
         str(prepared.vendor_path),
     ]
