@@ -141,7 +141,8 @@ def init_vendor(
         )
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
-        raise AttestError(ErrorCode.VENDOR_MISSING, f"folder {parent} does not exist")
+        what = f"{parent} is not a folder" if parent.exists() else f"folder {parent} does not exist"
+        raise AttestError(ErrorCode.VENDOR_MISSING, f"cannot create {target}: {what}")
     root = make_root(now)
     intermediate = make_intermediate(root, now)
     tcb_signer = make_tcb_signer(root, now)
@@ -222,7 +223,8 @@ def load_vendor(directory: str | Path) -> Vendor:
     """
     folder = Path(directory)
     if not folder.is_dir():
-        raise AttestError(ErrorCode.VENDOR_MISSING, f"vendor folder {folder} does not exist")
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise AttestError(ErrorCode.VENDOR_MISSING, f"vendor folder {folder} {what}")
     try:
         meta = json.loads(_read(folder / "vendor.json").decode("utf-8"))
     except (UnicodeDecodeError, ValueError):

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
+from stagewarden.attest.files import publish_dir
 from stagewarden.prover import Report, verify
 from stagewarden.report import calibration_pages, pages, replay_pages, run_pages
 from stagewarden.report.calibration import Calibration, read_calibration
@@ -120,6 +121,11 @@ def sphinx_build(source: Path, target: Path, builder: str) -> None:
 
 
 def _check_target(out: Path) -> None:
+    for folder in out.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise ReportError(f"--out {out}: {folder} is a file, not a directory")
+            break
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
@@ -174,8 +180,13 @@ def build_report(
     if report is None:
         say("proving the spec")
         report = verify(loaded)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    made = next((f for f in reversed(target.parents) if not f.exists()), None)  # the first folder to create
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    except OSError as exc:
+        _remove_created(made)
+        raise ReportError(f"--out {target}: cannot create it: {exc.strerror or exc}") from None
     try:
         say("writing the report and its pictures")
         write_project(work / "source", loaded, report, data, replayed, calibrated)
@@ -184,10 +195,16 @@ def build_report(
         (work / "html" / MARKER).write_text(
             "a stagewarden security report; rebuilding replaces this folder\n", encoding="utf-8"
         )
-        old = work / "previous"
-        if target.exists():
-            target.rename(old)
-        (work / "html").rename(target)
-    finally:
+        publish_dir(work / "html", target)
+    except BaseException:  # a failure or Ctrl-C: leave no half-built folder, not even an empty parent
         shutil.rmtree(work, ignore_errors=True)
+        _remove_created(made)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
     return target / "index.html"
+
+
+def _remove_created(folder: Path | None) -> None:
+    """Remove ``folder``, made by this build for ``--out`` (so it holds nothing of anyone else's)."""
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -180,7 +180,8 @@ def read_calibration(path: str | Path) -> Calibration:
     except FileNotFoundError:
         raise ReportError(f"--calibration {file}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ReportError(f"--calibration {file}: cannot read it: {exc}") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ReportError(f"--calibration {file}: cannot read it: {reason}") from None
     except ValueError as exc:
         raise ReportError(f"--calibration {file}: not JSON: {exc}") from None
     try:

@@ -142,7 +142,8 @@ def read_replay(path: str | Path) -> ReplayData:
     except FileNotFoundError:
         raise ReportError(f"--replay {file}: no such file (give the --out folder of `stagewarden replay`)") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ReportError(f"--replay {file}: cannot read it: {exc}") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ReportError(f"--replay {file}: cannot read it: {reason}") from None
     try:
         data = json.loads(text)
     except ValueError as exc:

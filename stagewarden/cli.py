@@ -14,7 +14,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from stagewarden._version import __version__
-from stagewarden.cli_common import EXIT_BAD_INPUT, BadInput, make_console
+from stagewarden.cli_common import EXIT_BAD_INPUT, BadInput, CommandGroup, make_console
 from stagewarden.prover import Report
 from stagewarden.spec import LoadedSpec, SpecError, example_names, example_text, json_schema, load_example, load_spec
 
@@ -45,18 +45,22 @@ def _print_warnings(loaded: LoadedSpec) -> None:
         console.print(f"[yellow]{warning.location}: warning:[/] {warning.message}", markup=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="stagewarden")
 def cli() -> None:
     """Prove what a pipeline-parallel training protocol guarantees against malicious workers.
 
     Exit codes: 0 ok (every guarantee holds), 1 a guarantee is violated, 2 bad input
-    (spec, file or flag), 3 unknown (the solver gave up).
+    (spec, file or flag), 3 unknown (the solver gave up), 130 interrupted (Ctrl-C).
     """
 
 
 @cli.command()
-@click.option("--out", type=click.Path(dir_okay=False, writable=True), help="Write the schema to this file instead of standard output.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the schema to this file instead of standard output.",
+)
 def schema(out: str | None) -> None:
     """Print the JSON Schema of the spec format (for editors and validators)."""
     text = json.dumps(json_schema(), indent=2, sort_keys=False) + "\n"
@@ -65,7 +69,10 @@ def schema(out: str | None) -> None:
     else:
         from stagewarden.attest.files import atomic_write_text
 
-        atomic_write_text(out, text)
+        try:
+            atomic_write_text(out, text)
+        except OSError as exc:
+            raise BadInput(f"cannot write {out}: {exc.strerror or exc}") from None
 
 
 @cli.group()
@@ -129,20 +136,45 @@ def _run_verify(loaded: LoadedSpec, ids: list[str] | None, timeout: float | None
 
 
 _SPEC_ARGUMENT = click.argument("spec", required=False, type=click.Path(dir_okay=True))
-_EXAMPLE_OPTION = click.option("--example", metavar="NAME", help="Use a packaged example spec instead of a file (see `stagewarden examples list`).")
-_FORMAT_OPTION = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format.")
-_TIMEOUT_OPTION = click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS", help="Wall-clock limit per guarantee; a guarantee that runs out is reported unknown.")
-_RLIMIT_OPTION = click.option("--rlimit", type=click.IntRange(min=1), default=None, metavar="N", help="Deterministic Z3 resource limit per solver call (reproducible across machines, unlike --timeout).")
+_EXAMPLE_OPTION = click.option(
+    "--example", metavar="NAME", help="Use a packaged example spec instead of a file (see `stagewarden examples list`)."
+)
+_FORMAT_OPTION = click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format."
+)
+_TIMEOUT_OPTION = click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Wall-clock limit per guarantee; a guarantee that runs out is reported unknown.",
+)
+_RLIMIT_OPTION = click.option(
+    "--rlimit",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Deterministic Z3 resource limit per solver call (reproducible across machines, unlike --timeout).",
+)
 
 
 @cli.command()
 @_SPEC_ARGUMENT
 @_EXAMPLE_OPTION
-@click.option("--guarantee", "guarantee_ids", multiple=True, metavar="ID", help="Check only this guarantee (repeatable).")
+@click.option(
+    "--guarantee", "guarantee_ids", multiple=True, metavar="ID", help="Check only this guarantee (repeatable)."
+)
 @_FORMAT_OPTION
 @_TIMEOUT_OPTION
 @_RLIMIT_OPTION
-def verify(spec: str | None, example: str | None, guarantee_ids: tuple[str, ...], fmt: str, timeout: float | None, rlimit: int | None) -> None:
+def verify(
+    spec: str | None,
+    example: str | None,
+    guarantee_ids: tuple[str, ...],
+    fmt: str,
+    timeout: float | None,
+    rlimit: int | None,
+) -> None:
     """Prove or refute every guarantee of SPEC (a YAML or JSON threat-model spec).
 
     For each guarantee: holds (with the spec assumptions the proof rests on, each with its
@@ -270,5 +302,9 @@ cli.add_command(train)
 
 
 def main() -> None:
-    """Entry point of the ``stagewarden`` console script."""
-    cli(prog_name="stagewarden")
+    """Entry point of the ``stagewarden`` console script.
+
+    Ctrl-C and file-system errors are handled by the group itself (``CommandGroup``: exit codes
+    130 and 2, one line, no traceback), so that they behave the same when tests invoke ``cli``.
+    """
+    cli.main(prog_name="stagewarden")

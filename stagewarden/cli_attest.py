@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import click
 
-from stagewarden.cli_common import EXIT_OK, EXIT_VIOLATED, BadInput, make_console
+from stagewarden.cli_common import EXIT_OK, EXIT_VIOLATED, BadInput, make_console, os_error_message
 
 SIMULATED_NOTE = "SIMULATED TEE (a software model, not real hardware)"
 _FORMAT = click.option(
@@ -221,6 +221,8 @@ def make_evidence(
         raise BadInput(str(exc)) from None
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    except OSError as exc:  # issuing the device's certificate writes to the vendor folder
+        raise BadInput(f"cannot update the vendor folder {vendor_dir}: {os_error_message(exc)}") from None
     try:
         atomic_write_bytes(out, data)
     except OSError as exc:
@@ -438,6 +440,8 @@ def revoke(vendor_dir: str, device_id: str, now: str | None) -> None:
         raise BadInput(str(exc)) from None
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    except OSError as exc:
+        raise BadInput(f"cannot update the vendor folder {vendor_dir}: {os_error_message(exc)}") from None
     make_console().print(
         f"Revoked {SIMULATED_NOTE} device {device_id} in {vendor.path / 'intermediate.crl'}", markup=False
     )

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def _runnable(loaded: Any) -> str | None:
 
 
 def _run(config: Any, folder: Path, label: str, console: Any) -> None:
-    from stagewarden.runtime.launch import LaunchError, launch_local
+    from stagewarden.runtime.launch import LaunchError, LaunchInterrupted, launch_local
 
     with console.status(f"{label}: training {config.stages} stages for {config.steps} steps") as status:
 
@@ -44,6 +45,8 @@ def _run(config: Any, folder: Path, label: str, console: Any) -> None:
         try:
             launch_local(config, folder, on_event=on_event)
         except LaunchError as exc:
+            if isinstance(exc, LaunchInterrupted):  # launch_local stops the run on Ctrl-C
+                raise KeyboardInterrupt from None
             make_console(err=True).print(f"[bold red]{label} run failed:[/] {escape(str(exc))}", markup=True)
             sys.exit(EXIT_VIOLATED)
 
@@ -84,19 +87,42 @@ def replay(
     does not (or a run failed), 2 bad input (spec, guarantee, --out) or a trace or defence the
     runtime cannot mount.
     """
-    from stagewarden.attest.files import atomic_write_text
     from stagewarden.cli import _load, _print_warnings
-    from stagewarden.conformance import spec_settings
-    from stagewarden.replay import ReplayError, observe, plan_replay, propose_defence
-    from stagewarden.runtime.config import ConfigError
 
     loaded = _load(spec, example)
     _print_warnings(loaded)
     target = Path(out)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        if not force:
-            raise BadInput(f"--out {out} exists and is not empty; pass --force to replace it")
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not force:
+        raise BadInput(f"--out {out} exists and is not empty; pass --force to replace it")
+    # The runs and replay.json are written into a hidden sibling of --out that replaces it at the
+    # end: a failed or interrupted replay leaves --out as it was (an earlier replay too).
+    parent = target.absolute().parent
+    made = next((f for f in reversed(target.absolute().parents) if not f.exists()), None)  # first folder to make
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=parent))
+        (work / "out").mkdir()  # (mkdtemp's own mode is 0700)
+    except OSError as exc:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise BadInput(f"--out {out}: cannot create it: {exc.strerror or exc}") from None
+    try:
+        _replay(loaded, guarantee_id, steps, no_defence, timeout, work / "out", target)
+    finally:  # on success work/out is --out by now; otherwise remove it, and any folder made for it
+        shutil.rmtree(work, ignore_errors=True)
+        if made is not None and not target.exists():
+            shutil.rmtree(made, ignore_errors=True)
+
+
+def _replay(
+    loaded: Any, guarantee_id: str, steps: int, no_defence: bool, timeout: float | None, staging: Path, target: Path
+) -> None:
+    """The replay into ``staging``, moved to ``target`` when it is complete; exits with its exit code."""
+    from stagewarden.attest.files import atomic_write_text, publish_dir
+    from stagewarden.conformance import spec_settings
+    from stagewarden.replay import ReplayError, observe, plan_replay, propose_defence
+    from stagewarden.runtime.config import ConfigError
+
     console = make_console()
     try:
         with console.status(f"proving {loaded.file}"):
@@ -108,9 +134,8 @@ def replay(
     for note in plan.mapping:
         console.print(f"  mapped: {escape(note)}", markup=True)
     console.print(f"  the trace predicts: {escape(plan.prediction)}", markup=True)
-    target.mkdir(parents=True, exist_ok=True)
-    _run(plan.config, target / "attack", "attack under the spec's defence", console)
-    seen = observe(plan.kind, target / "attack", expect_attack=True)
+    _run(plan.config, staging / "attack", "attack under the spec's defence", console)
+    seen = observe(plan.kind, staging / "attack", expect_attack=True)
     mark = "[green]shows it[/]" if seen.shows else "[red]does not show it[/]"
     console.print(f"  the run {mark}: {escape(seen.detail)}", markup=True)
     payload: dict[str, Any] = {
@@ -137,14 +162,16 @@ def replay(
             settings["microbatches"] = plan.config.microbatches
             config = dataclasses.replace(plan.config, **settings)
         except (ReplayError, ConfigError) as exc:
-            atomic_write_text(target / "replay.json", json.dumps(payload, indent=2) + "\n")
+            # The attack run is complete: keep it, with a replay.json that has no defended run.
+            atomic_write_text(staging / "replay.json", json.dumps(payload, indent=2) + "\n")
+            publish_dir(staging, target)
             raise BadInput(str(exc)) from None
         console.print(f"[bold]proposed defence[/] (synthesize, for {escape(scope)}):", markup=True)
         console.print(escape(block.rstrip()), markup=True)
-        _run(config, target / "defended", "the same attack under the proposed defence", console)
+        _run(config, staging / "defended", "the same attack under the proposed defence", console)
         guarantee = next(g for g in loaded.spec.guarantees if g.id == guarantee_id)
         bound = getattr(guarantee, "max_undetected", None)
-        defended = observe(plan.kind, target / "defended", expect_attack=False, max_undetected=bound)
+        defended = observe(plan.kind, staging / "defended", expect_attack=False, max_undetected=bound)
         caught = defended.shows
         mark = "[green]stops it[/]" if caught else "[red]does not stop it[/]"
         console.print(f"  the proposed defence {mark}: {escape(defended.detail)}", markup=True)
@@ -155,6 +182,7 @@ def replay(
             "caught": caught,
             **dataclasses.asdict(defended),
         }
-    atomic_write_text(target / "replay.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(staging / "replay.json", json.dumps(payload, indent=2) + "\n")
+    publish_dir(staging, target)
     console.print(f"runs and replay.json in {escape(str(target))}", markup=True)
     sys.exit(EXIT_OK if seen.shows and caught else EXIT_VIOLATED)

@@ -83,7 +83,8 @@ def report(
     _print_warnings(loaded)
     for run in runs:
         if not Path(run).is_dir():
-            raise BadInput(f"--run {run}: no such run directory")
+            what = "is a file, not a run directory" if Path(run).exists() else "no such run directory"
+            raise BadInput(f"--run {run}: {what}")
     target = Path(out) if out is not None else Path.cwd() / f"stagewarden-report-{loaded.spec.name}"
     console = make_console(err=True)
     verdicts = _run_verify(loaded, None, None, None)
