@@ -27,7 +27,7 @@ from stagewarden.runtime.worker import HOSTILE_ENV
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 #: Liveness settings short enough for tests and long enough for a loaded 2-core machine.
-FAST = dict(heartbeat_timeout=4.0, silence_timeout=10.0, timeout=40.0)
+FAST = dict(heartbeat_timeout=6.0, silence_timeout=12.0, timeout=60.0)
 
 
 def _config(**overrides: Any) -> Any:
