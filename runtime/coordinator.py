@@ -337,6 +337,7 @@ class Coordinator:
         self.events = EventLog(where / EVENTS_FILE)
         self.log = None
         last_logged = -1
+        logged = {RecordType.RECEIPT: 0, RecordType.HEADER: 0}
         if c.receipts:
             path = where / LOG_FILE
             try:
@@ -348,6 +349,7 @@ class Coordinator:
                 text = exc.message if isinstance(exc, AttestError) else str(exc)
                 raise ResumeError(f"cannot resume {where}: the receipt log cannot be used ({text})") from None
             for record in read_log(path).records:
+                logged[record.type] = logged.get(record.type, 0) + 1
                 if record.type is RecordType.RECEIPT:
                     receipt = parse_receipt(record.payload)
                     self.chain_heads[receipt.worker_id] = receipt_digest(receipt)
@@ -370,6 +372,8 @@ class Coordinator:
             self.losses.append(loss)
             self.metrics.append((t, loss, float(e.get("tokens_per_second", 0.0)), float(e.get("seconds", 0.0))))
         self._restore_history(extra)
+        if c.receipts:  # what the log holds, the interrupted session's last records included
+            self.counts["receipts"], self.counts["headers"] = logged[RecordType.RECEIPT], logged[RecordType.HEADER]
         pending = extra.get("pending_fault") if isinstance(extra.get("pending_fault"), dict) else None
         fault_note = None
         if pending is not None:
