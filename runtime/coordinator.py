@@ -439,7 +439,8 @@ class Coordinator:
             value = extra.get(name)
             return list(value) if isinstance(value, list) else []
 
-        units = extra.get("units") if isinstance(extra.get("units"), dict) else {}
+        raw_units = extra.get("units")
+        units: dict[str, Any] = raw_units if isinstance(raw_units, dict) else {}
         for kind in ("forward", "backward", "update"):
             if type(units.get(kind)) is int:
                 self.counts[kind] = units[kind]

@@ -65,7 +65,7 @@ def connect_store(timeout: float) -> Any:
     """A new client connection to the run's c10d store (``MASTER_ADDR:MASTER_PORT``)."""
     import torch.distributed as dist
 
-    return dist.TCPStore(
+    return dist.TCPStore(  # type: ignore[attr-defined]
         os.environ["MASTER_ADDR"],
         int(os.environ["MASTER_PORT"]),
         is_master=False,

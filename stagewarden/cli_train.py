@@ -251,8 +251,8 @@ def train(
     from stagewarden.runtime.model import GPTConfig
     from stagewarden.runtime.units import TrainConfig
 
-    timeouts = {"heartbeat_timeout": heartbeat_timeout, "silence_timeout": silence_timeout, "timeout": timeout}
-    timeouts = {k: v for k, v in timeouts.items() if v is not None}
+    given = {"heartbeat_timeout": heartbeat_timeout, "silence_timeout": silence_timeout, "timeout": timeout}
+    timeouts: dict[str, float] = {k: v for k, v in given.items() if v is not None}
     if resume_dir is not None:
         config = _resume_config(resume_dir, out, timeouts)
         _launch(config, Path(resume_dir), vendor, resume=True)
