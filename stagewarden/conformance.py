@@ -230,7 +230,7 @@ class ConformanceReport:
 def spec_settings(loaded: LoadedSpec) -> dict[str, Any]:
     """The run configuration a spec determines, as ``stagewarden train --spec`` maps it (without
     its flags): topology, receipts, attestation, the verification mode (a spot check first, else a
-    redundant-neighbour check) and the first response."""
+    redundant-neighbour check), the first response and the checkpoint interval."""
     spec = loaded.spec
     spot = [c for c in spec.defense.checks if isinstance(c, SpotCheck)]
     neighbour = [c for c in spec.defense.checks if isinstance(c, RedundantNeighbourCheck)]
@@ -247,6 +247,7 @@ def spec_settings(loaded: LoadedSpec) -> dict[str, Any]:
         "receipts": spec.defense.receipts,
         "attestation": spec.defense.attestation,
         "response": spec.defense.response[0],
+        "checkpoint_every": spec.defense.checkpoint_every,
     }
 
 
