@@ -84,7 +84,8 @@ def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
     "--spec",
     "spec_path",
     type=click.Path(),
-    help="Take stages, micro-batches, standby, receipts, attestation and the response from this spec; flags override.",
+    help="Take stages, micro-batches, standby, receipts, attestation, the verification, the response and the "
+    "checkpoint interval from this spec; flags override.",
 )
 @click.option("--stages", type=int, help="Pipeline stages S (one worker process each).  [default: 2]")
 @click.option("--microbatches", type=int, help="Micro-batches per step M.  [default: 4]")
