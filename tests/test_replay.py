@@ -84,9 +84,18 @@ def test_replay_shows_the_attack_and_the_proposed_defence_catches_it(
     args = ["replay", "--example", example, "--guarantee", guarantee, "--steps", "2", "--out", str(out)]
     result = CliRunner().invoke(cli, args)
     payload = json.loads((out / "replay.json").read_text())
-    assert result.exit_code == 0, result.output
-    assert payload["attack"]["shows_prediction"] is True
     assert payload["defended"]["caught"] is True
+    attack = payload["attack"]
+    if example == "spot-check-eject" and attack["detections"] > 0:
+        # The damage trace is a rare event under a 5% spot check; in a 2-step run the check catches
+        # the attack's first step in many runs (commit-then-sample draws fresh
+        # randomness). Then the step is recomputed and no tampered unit may stay in the model; the
+        # prediction is shown only by the runs the check misses.
+        assert attack["shows_prediction"] is False and attack["in_model"] == 0
+        assert result.exit_code == 1, result.output
+        return
+    assert result.exit_code == 0, result.output
+    assert attack["shows_prediction"] is True
     if example == "paper-equivocation-upstream":
         assert payload["attack"]["framed"] >= 1 and payload["defended"]["framed"] == 0
     else:
