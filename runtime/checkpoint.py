@@ -244,15 +244,16 @@ def load_checkpoint(root: str | os.PathLike[str], step: int) -> Checkpoint:
     return Checkpoint(_info(folder, manifest, raw), weights, optimizer)
 
 
-def list_steps(root: str | os.PathLike[str]) -> list[int]:
-    """Steps with a checkpoint folder that has a manifest (complete writes), ascending; not verified."""
+def list_steps(root: str | os.PathLike[str], complete: bool = True) -> list[int]:
+    """Steps with a checkpoint folder that has a manifest (complete writes), ascending; not verified.
+    With ``complete=False``, the steps of every checkpoint folder, interrupted writes included."""
     base = Path(root)
     if not base.is_dir():
         return []
     steps = []
     for child in base.iterdir():
         match = _STEP_RE.match(child.name)
-        if match and (child / MANIFEST).is_file():
+        if match and (not complete or (child / MANIFEST).is_file()):
             steps.append(int(match.group(1)))
     return sorted(steps)
 

@@ -425,7 +425,7 @@ class Coordinator:
                 break
             self.resume_notes.append(f"checkpoint of step {t} is not the one events.jsonl recorded; skipped")
             limit = t
-        for stale in [u for u in _checkpoint_folders(self.checkpoint_root) if u > t]:
+        for stale in [u for u in list_steps(self.checkpoint_root, complete=False) if u > t]:
             shutil.rmtree(step_dir(self.checkpoint_root, stale), ignore_errors=True)
             self.resume_notes.append(f"removed the checkpoint of step {stale} (incomplete, corrupt or unrecorded)")
         self.checkpoints = [u for u in list_steps(self.checkpoint_root) if u <= t]
@@ -1948,15 +1948,3 @@ def _repair_events(path: Path, notes: list[str]) -> list[dict[str, Any]]:
         if isinstance(event, dict):
             events.append(event)
     return events
-
-
-def _checkpoint_folders(root: Path) -> list[int]:
-    """Steps of every checkpoint folder, complete or not."""
-    if not root.is_dir():
-        return []
-    steps = []
-    for child in root.iterdir():
-        name = child.name
-        if name.startswith("step-") and name[5:].isdigit():
-            steps.append(int(name[5:]))
-    return sorted(steps)
