@@ -88,6 +88,9 @@ class SignedHeader:
     signed_at: dt.datetime
     signer_key: bytes = bytes(KEY_SIZE)
     signature: bytes = bytes(SIGNATURE_SIZE)
+    _body: bytes | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    """The encoded body, kept by :func:`sign_header` and :func:`parse_header` so that a header is
+    encoded once. Not an init field: a header made with :func:`dataclasses.replace` starts without it."""
 
     @property
     def transfer(self) -> tuple[str, int, int, TransferKind, int]:
@@ -104,6 +107,8 @@ def _check_direction(kind: TransferKind, sender_stage: int, receiver_stage: int)
 
 def encode_header_body(header: SignedHeader) -> bytes:
     """The signed part of the encoding; raises ``ValueError`` for invalid fields."""
+    if header._body is not None:
+        return header._body
     h = header
     kind = TransferKind(h.kind)
     w = Writer()
@@ -153,8 +158,10 @@ def header_digest(header: SignedHeader) -> bytes:
 def sign_header(header: SignedHeader, signing_key: SigningKey) -> SignedHeader:
     """Return ``header`` with ``signer_key`` set to the key's public half and signed by it."""
     unsigned = dataclasses.replace(header, signer_key=bytes(signing_key.verify_key), signature=bytes(SIGNATURE_SIZE))
-    signature = signing_key.sign(encode_header_body(unsigned)).signature
-    return dataclasses.replace(unsigned, signature=signature)
+    body = encode_header_body(unsigned)
+    signed = dataclasses.replace(unsigned, signature=signing_key.sign(body).signature)
+    object.__setattr__(signed, "_body", body)  # the signature is not part of the body
+    return signed
 
 
 def verify_header(header: SignedHeader, expected_key: bytes | None = None) -> None:
@@ -226,7 +233,7 @@ def parse_header(data: bytes) -> SignedHeader:
     digest, signed_us, signer_key = _TAIL.unpack_from(data, pos)
     if signed_us > MAX_TIME_US:
         raise FormatError(bad, f"{what}: signing time is out of range (at byte {pos + 32})")
-    return SignedHeader(
+    header = SignedHeader(
         run_id=run_id,
         sender=sender,
         sender_stage=sender_stage,
@@ -240,3 +247,5 @@ def parse_header(data: bytes) -> SignedHeader:
         signer_key=signer_key,
         signature=data[size - SIGNATURE_SIZE :],
     )
+    object.__setattr__(header, "_body", data[: size - SIGNATURE_SIZE])  # the exact bytes that were signed
+    return header

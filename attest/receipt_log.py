@@ -17,7 +17,9 @@ does not match is ``LOG_CHAIN``. :func:`recover_torn_tail` truncates a torn tail
 Durability (``sync``): ``"always"`` (default) fsyncs after every append, so an acknowledged
 record survives power loss; ``"batch"`` fsyncs once per ``batch_size`` appends or
 ``batch_seconds`` (group commit) and on :meth:`ReceiptLog.sync` and close, so up to one batch of
-acknowledged records can be lost, torn tails still being detected; ``"none"`` leaves it to the OS.
+acknowledged records can be lost, torn tails still being detected; ``"explicit"`` fsyncs only on
+:meth:`ReceiptLog.sync` and close (the writer decides what a durable group is: the coordinator
+syncs once per training step, before the step counts as done); ``"none"`` leaves it to the OS.
 A new log is created atomically (written to a temporary file, fsynced, linked into place without
 overwriting, and the directory fsynced).
 
@@ -62,7 +64,7 @@ _FRAME_HEAD = struct.Struct(">IB32s")
 _DIGEST = 32
 FRAME_OVERHEAD = _FRAME_HEAD.size + _DIGEST
 
-SyncPolicy = Literal["always", "batch", "none"]
+SyncPolicy = Literal["always", "batch", "explicit", "none"]
 
 
 class RecordType(enum.IntEnum):
@@ -351,8 +353,8 @@ class ReceiptLog:
     def __init__(
         self, path: Path, fd: int, scan: LogScan, sync: SyncPolicy, batch_size: int, batch_seconds: float
     ) -> None:
-        if sync not in ("always", "batch", "none"):
-            raise ValueError(f"sync must be 'always', 'batch' or 'none', not {sync!r}")
+        if sync not in ("always", "batch", "explicit", "none"):
+            raise ValueError(f"sync must be 'always', 'batch', 'explicit' or 'none', not {sync!r}")
         self.path = path
         self._fd = fd
         self._sync = sync

@@ -167,6 +167,10 @@ class Receipt:
     prev_digest: bytes
     signer_key: bytes = bytes(KEY_SIZE)
     signature: bytes = bytes(SIGNATURE_SIZE)
+    _body: bytes | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    """The encoded body, kept by :func:`sign_receipt` and :func:`parse_receipt` so that signing,
+    digesting, verifying and logging encode a receipt once. Not an init field: a receipt made with
+    :func:`dataclasses.replace` starts without it and is encoded again."""
 
     @property
     def unit(self) -> tuple[str, int, int, UnitKind]:
@@ -200,6 +204,8 @@ def us_to_time(us: int) -> dt.datetime:
 
 def encode_receipt_body(receipt: Receipt) -> bytes:
     """The signed part of the encoding (everything but the signature); raises ``ValueError`` for invalid fields."""
+    if receipt._body is not None:
+        return receipt._body
     r = receipt
     env = r.env
     w = Writer()
@@ -249,8 +255,10 @@ def receipt_digest(receipt: Receipt) -> bytes:
 def sign_receipt(receipt: Receipt, signing_key: SigningKey) -> Receipt:
     """Return ``receipt`` with ``signer_key`` set to the key's public half and signed by it."""
     unsigned = dataclasses.replace(receipt, signer_key=bytes(signing_key.verify_key), signature=bytes(SIGNATURE_SIZE))
-    signature = signing_key.sign(encode_receipt_body(unsigned)).signature
-    return dataclasses.replace(unsigned, signature=signature)
+    body = encode_receipt_body(unsigned)
+    signed = dataclasses.replace(unsigned, signature=signing_key.sign(body).signature)
+    object.__setattr__(signed, "_body", body)  # the signature is not part of the body
+    return signed
 
 
 def verify_receipt(receipt: Receipt, expected_key: bytes | None = None) -> None:
@@ -333,7 +341,7 @@ def parse_receipt(data: bytes) -> Receipt:
         if len(_ENV_CACHE) >= 256:
             _ENV_CACHE.clear()
         _ENV_CACHE[env_key] = env
-    return Receipt(
+    receipt = Receipt(
         run_id=run_id,
         worker_id=worker_id,
         stage=stage,
@@ -350,6 +358,8 @@ def parse_receipt(data: bytes) -> Receipt:
         signer_key=signer_key,
         signature=data[size - SIGNATURE_SIZE :],
     )
+    object.__setattr__(receipt, "_body", data[: size - SIGNATURE_SIZE])  # the exact bytes that were signed
+    return receipt
 
 
 _ENV_CACHE: dict[bytes, ExecutionEnv] = {}

@@ -150,13 +150,25 @@ def main() -> int:
     parser.add_argument(
         "--quick", action="store_true", help="smoke test: one round of two configurations on a toy 2-stage job"
     )
+    parser.add_argument(
+        "--only",
+        help="comma-separated configurations to measure besides the baseline "
+        f"({', '.join(s.key for s in SETTINGS[1:])}, gpipe); default: all",
+    )
     args = parser.parse_args()
+    keys = {s.key for s in SETTINGS[1:]} | {"gpipe"}
+    only = None if args.only is None else {k.strip() for k in args.only.split(",") if k.strip()}
+    if only is not None and not only <= keys:
+        print(f"error: --only takes {', '.join(sorted(keys))}, not {', '.join(sorted(only - keys))}", file=sys.stderr)
+        return 2
     if args.repeat < 1 or args.steps < 2:
         print("error: --repeat must be at least 1 and --steps at least 2", file=sys.stderr)
         return 2
     rounds = 1 if args.quick else args.repeat
     steps = 3 if args.quick else args.steps
     settings = SETTINGS[:2] if args.quick else SETTINGS
+    if only is not None:
+        settings = tuple(s for s in settings if s.key == "none" or s.key in only)
     usable = [s for s in settings if s.available() is None]
     missing = {s.key: str(s.available()) for s in settings if s.available() is not None}
 
@@ -193,7 +205,7 @@ def main() -> int:
                         measure_bubble = result["bubble"] is not None
                     if measure_bubble:
                         bubble_runs["1f1b"].append(result)
-            if measure_bubble and not args.quick:
+            if measure_bubble and not args.quick and (only is None or "gpipe" in only):
                 print(f"  round {r + 1}/{rounds}: no security, gpipe ...", end="", flush=True)
                 result = measure(
                     job(args.quick, steps, schedule="gpipe", **SETTINGS[0].overrides), workdir, f"r{r}-gpipe"
@@ -245,6 +257,8 @@ def main() -> int:
         bubbles["measured"] = {}
         for schedule, items in bubble_runs.items():
             values = [i["bubble"] for i in items]
+            if not values:
+                continue
             median = statistics.median(values)
             bubbles["measured"][schedule] = {"median": median, "rounds": values}
             print(

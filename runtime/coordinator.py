@@ -293,7 +293,7 @@ class Coordinator:
             self.signing_key = self._private_key("coordinator", create=True)
             self.writer = RunDirWriter(self.run_dir, self._summary())
             self.events = EventLog(self.run_dir / EVENTS_FILE)
-            self.log = self.writer.create_log(sync="batch") if config.receipts else None
+            self.log = self.writer.create_log(sync="explicit") if config.receipts else None
 
     # -- resume -----------------------------------------------------------------------------------
 
@@ -344,7 +344,7 @@ class Coordinator:
                 removed = recover_torn_tail(path)
                 if removed:
                     notes.append(f"cut a torn final record ({removed} bytes) off the receipt log")
-                self.log = ReceiptLog.open(path, sync="batch")
+                self.log = ReceiptLog.open(path, sync="explicit")
             except (AttestError, OSError) as exc:
                 text = exc.message if isinstance(exc, AttestError) else str(exc)
                 raise ResumeError(f"cannot resume {where}: the receipt log cannot be used ({text})") from None
@@ -1315,7 +1315,10 @@ class Coordinator:
         loss, mb_losses = float("nan"), []
         checks: dict[int, list[Any]] = {}
         checks_run: dict[int, int] = {}
-        for s, wid in enumerate(self.stage_ids):
+        # last stage first: in both schedules stage 0 finishes a step last, so the receipts of the
+        # later stages are checked while it still computes
+        for s in reversed(range(c.stages)):
+            wid = self.stage_ids[s]
             msg = self.transport.recv_json(self.rank_of(s), "commit")
             self.busy[s] += _busy(msg)
             if msg.get("step") != step:

@@ -352,6 +352,8 @@ class StageWorker:
         self.replica_record: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
         self.replica_checked = False
         self.copy_headers: dict[int, bytes] = {}
+        self.grads_digest: tuple[int, bytes] | None = None
+        """Stage 0: the step and digest of the gradients its last backward unit committed to."""
         self.current_digest: bytes | None = None
         """The digest of the stage's current weights when known (after an update, a restore or a
         load), so the next step need not hash them again."""
@@ -747,6 +749,7 @@ class StageWorker:
                     out_digest = commit_digest(m, TransferKind.GRADIENT, grad) if receipts_on else b""
                 else:  # stage 0: commit to the accumulated parameter gradients
                     out_digest = _grads_digest(module) if receipts_on else b""
+                    self.grads_digest = (step, out_digest)  # the update's input, unless a later unit changes them
                 if receipts_on:
                     in_digest = known(m, TransferKind.GRADIENT, grads_out[m]) if m in grads_out else _digest(targets[m])
                     receipts.append(
@@ -925,6 +928,7 @@ class StageWorker:
         self.optimizer = make_optimizer(module, self.config.train)
         import_optimizer_state(module, self.optimizer, record.optimizer)
         module.zero_grad(set_to_none=True)
+        self.grads_digest = None
         record.grads = None
         if self.replica is not None and self.replica_record is not None:
             self.replica.resync(*self.replica_record)
@@ -1022,6 +1026,7 @@ class StageWorker:
         except ValueError as exc:
             raise TransportError(f"checkpoint optimizer state of stage {self.stage_index}: {exc}") from None
         module.zero_grad(set_to_none=True)
+        self.grads_digest = None
         self.record = self.previous = None
         self.current_digest = digest_state_dict(module.state_dict())
         self.transport.send_json(COORDINATOR, {"type": "loaded", "step": step, "weights": self.current_digest.hex()})
@@ -1040,7 +1045,10 @@ class StageWorker:
         assert self.module is not None and self.record is not None and self.stage_index is not None
         module = self.module
         receipts_on = self.config.receipts
-        grads = _grads_digest(module) if receipts_on else b""
+        # stage 0's last backward unit committed to the accumulated gradients the update starts from
+        cached = self.grads_digest
+        grads = (cached[1] if cached and cached[0] == step else _grads_digest(module)) if receipts_on else b""
+        self.grads_digest = None
         before = (self.record.weights_digest or digest_state_dict(self.record.weights)) if receipts_on else b""
         if self._keeps_state():
             self.record.grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}

@@ -160,6 +160,26 @@ def test_batch_sync_policy(tmp_path: Path) -> None:
     assert len(read_log(path).records) == 11
 
 
+def test_explicit_sync_policy_syncs_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under the explicit policy appends never fsync; sync() fsyncs once for all of them, and
+    close syncs what is left."""
+    calls: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(fd), real(fd))[1])
+    path = tmp_path / "receipts.log"
+    with ReceiptLog.create(path, sync="explicit") as log:
+        for i in range(5):
+            log.append_receipt(make_receipt(step=i))
+        assert calls == []
+        log.sync()
+        assert len(calls) == 1
+        log.sync()  # nothing new to make durable
+        assert len(calls) == 1
+        log.append_header(make_header())
+    assert len(calls) == 2
+    assert len(read_log(path).records) == 6
+
+
 def test_frame_size_bounds() -> None:
     """Empty and oversized payloads cannot be framed."""
     with pytest.raises(ValueError):

@@ -154,6 +154,22 @@ def test_altered_receipt_field_rejected() -> None:
     assert info.value.code is ErrorCode.RECEIPT_SIGNATURE
 
 
+def test_parsed_receipt_and_header_altered_after_parsing_rejected() -> None:
+    """A receipt or header parsed from the wire and then altered is encoded anew, so its old
+    signature no longer verifies (the kept body of the parsed bytes does not carry over)."""
+    parsed = parse_receipt(encode_receipt(make_receipt()))
+    verify_receipt(parsed)
+    assert receipt_digest(parsed) == blake3.blake3(encode_receipt(parsed)[:-64]).digest()
+    with pytest.raises(AttestError) as info:
+        verify_receipt(dataclasses.replace(parsed, step=parsed.step + 1))
+    assert info.value.code is ErrorCode.RECEIPT_SIGNATURE
+    header = parse_header(encode_header(make_header()))
+    verify_header(header)
+    with pytest.raises(AttestError) as info:
+        verify_header(dataclasses.replace(header, micro_batch=header.micro_batch + 1))
+    assert info.value.code is ErrorCode.HEADER_SIGNATURE
+
+
 def test_receipt_wrong_key_rejected() -> None:
     """A receipt signed by another key than the expected one is RECEIPT_SIGNATURE."""
     r = make_receipt(SigningKey.generate())
