@@ -139,8 +139,14 @@ def digest_state_dict(state: Mapping[str, torch.Tensor]) -> bytes:
     ``BLAKE3(domain || u32 count || for each name in sorted order: u16 len(name) || name (UTF-8)
     || tensor digest)``.
     """
-    parts = [WEIGHTS_DOMAIN, struct.pack(">I", len(state))]
-    for name in sorted(state):
+    return weights_digest({name: digest_tensor(tensor) for name, tensor in state.items()})
+
+
+def weights_digest(digests: Mapping[str, bytes]) -> bytes:
+    """:func:`digest_state_dict` from the tensor digests of a state dict (name to
+    :func:`digest_tensor`), for a holder that has digested each tensor already."""
+    parts = [WEIGHTS_DOMAIN, struct.pack(">I", len(digests))]
+    for name in sorted(digests):
         encoded = name.encode("utf-8")
-        parts += [struct.pack(">H", len(encoded)), encoded, digest_tensor(state[name])]
+        parts += [struct.pack(">H", len(encoded)), encoded, digests[name]]
     return blake3.blake3(b"".join(parts)).digest()

@@ -91,6 +91,12 @@ class RunConfig:
     or an eject goes back to one, and a run resumes from the newest one after a crash, so
     ``checkpoint_every`` bounds the steps a crash costs. Each checkpoint moves every stage's state
     to the coordinator: raise it for large models."""
+    overlap_checks: bool = True
+    """Check a step's sampled units and write the checkpoint after it while the next step
+    computes (the workers push the sampled units and their new state with the update); ``False``
+    settles both before the next step starts. Either way no checkpoint holds a step whose checks
+    have not passed, and the last step, a recomputation and a step with a bypassed stage settle
+    before the next starts. A check that fails while the next step computes discards that step."""
     timeout: float = 300.0
     """Seconds to wait for every process to join, and the limit on any single receive (a peer
     that dies is noticed at once, as its connections close)."""
@@ -143,6 +149,7 @@ class RunConfig:
             ),
             (self.response in RESPONSES, f"response must be one of {', '.join(RESPONSES)}, not {self.response!r}"),
             (self.checkpoint_every >= 0, f"checkpoint_every must be at least 0, got {self.checkpoint_every}"),
+            (isinstance(self.overlap_checks, bool), f"overlap_checks must be true or false, got {self.overlap_checks!r}"),
             (self.timeout > 0, f"timeout must be positive, got {self.timeout}"),
             (self.heartbeat_timeout > 0, f"heartbeat_timeout must be positive, got {self.heartbeat_timeout}"),
             (self.silence_timeout > 0, f"silence_timeout must be positive, got {self.silence_timeout}"),

@@ -35,7 +35,7 @@ from stagewarden.attest.receipt_log import ReceiptLog, RecordType, read_log, rec
 from stagewarden.attest.receipts import Receipt, UnitKind, chain_genesis, parse_receipt, receipt_digest, verify_receipt
 from stagewarden.attest.relying_party import RelyingParty
 from stagewarden.attest.rundir import LOG_FILE, RunDir, RunDirWriter, RunSummary, WorkerInfo
-from stagewarden.attest.tensor_digest import digest_state_dict, digest_tensor, digest_tensors
+from stagewarden.attest.tensor_digest import digest_state_dict, digest_tensor, digest_tensors, weights_digest
 from stagewarden.attest.vendor import load_vendor, local_verifier
 from stagewarden.runtime.checkpoint import (
     MANIFEST,
@@ -64,13 +64,21 @@ from stagewarden.runtime.responses import (
 from stagewarden.runtime.spotcheck import (
     SampleSeed,
     SpotCheckError,
+    StagePool,
     receipts_digest,
     reexecute_backward,
     reexecute_forward,
     reexecute_update,
     sample_units,
 )
-from stagewarden.runtime.transport import Expected, Transport, TransportError
+from stagewarden.runtime.transport import (
+    MAX_FRAME_BYTES,
+    Expected,
+    Transport,
+    TransportError,
+    packed_size,
+    unpack_tensors,
+)
 from stagewarden.runtime.units import deterministic
 from stagewarden.runtime.worker import standby_id_for, worker_id_for
 
@@ -153,11 +161,14 @@ class FetchedUnit:
     kind: str
     inputs: dict[str, torch.Tensor]
     weights: dict[str, torch.Tensor]
+    digests: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    """Tensor digests already computed, by ``weights.<name>`` (the rest are computed when needed)."""
 
     @property
     def weights_digest(self) -> bytes:
         """:func:`~stagewarden.attest.tensor_digest.digest_state_dict` of the weights."""
-        return digest_state_dict(self.weights)
+        known = self.digests
+        return weights_digest({k: known.get(f"weights.{k}") or digest_tensor(v) for k, v in self.weights.items()})
 
 
 @dataclasses.dataclass
@@ -185,6 +196,34 @@ class StepCommit:
     def receipt(self, stage: int, micro_batch: int, kind: UnitKind) -> Receipt | None:
         """The receipt of ``stage`` for one unit of this step, if committed."""
         return next((r for r in self.receipts.get(stage, []) if r.micro_batch == micro_batch and r.kind is kind), None)
+
+
+@dataclasses.dataclass
+class AfterUpdate:
+    """What is left of a step once its update is applied: checking its sampled units and, when
+    one is due, writing the checkpoint after it.
+
+    Attributes:
+        step: The step.
+        commit: Its commitments.
+        sample: The sampled units ``(stage, micro_batch, kind)``.
+        pushes: Per stage asked to push: its sampled units ``(micro_batch, kind)``.
+        snapshot: Whether the stages push their state for the checkpoint after the step.
+        update_receipts: The update receipts of the step, per stage.
+        weights: The weights digest (hex) each stage reported after its update.
+        state: The pushed state per stage (weights, optimizer state), once received.
+    """
+
+    step: int
+    commit: StepCommit
+    sample: list[tuple[int, int, str]]
+    pushes: dict[int, list[tuple[int, str]]]
+    snapshot: bool
+    update_receipts: dict[int, Receipt]
+    weights: dict[int, str]
+    state: dict[int, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = dataclasses.field(
+        default_factory=dict
+    )
 
 
 class EventLog:
@@ -264,9 +303,12 @@ class Coordinator:
         self._seed: SampleSeed | None = None
         self._bypass: int | None = None
         self._pending_bypass: int | None = None
+        self._pending_attempt = 0
         self._rollbacks: dict[int, int] = {}
-        self._update_sample: list[tuple[int, int, str]] = []
+        self._sample: list[tuple[int, int, str]] = []
         self._update_receipts: dict[int, Receipt] = {}
+        self._deferred: AfterUpdate | None = None
+        self._pool: StagePool | None = None
         self._last_updates: dict[int, Receipt] = {}
         self._batches: Any = None
         self.status = "starting"
@@ -841,24 +883,43 @@ class Coordinator:
     # -- steps ------------------------------------------------------------------------------------
 
     def train_step(self, step: int) -> int:
-        """One step: ``step`` to every stage, collect and check the commitments, verify, ``update``,
-        check the sampled updates; on a detection, respond (:meth:`respond`) and recompute the step.
+        """One step: ``step`` to every stage, collect and check the commitments, reveal the
+        spot-check sample, ``update`` (the workers push the sampled units and, when a checkpoint is
+        due, their new state), check the sampled units and write the checkpoint; on a detection,
+        respond (:meth:`respond`) and recompute the step.
 
-        Returns the next step to train: ``step + 1``, or the checkpoint's step after an eject or a
-        rollback."""
+        The checks and the checkpoint of a step run while the next step computes
+        (:attr:`~stagewarden.runtime.config.RunConfig.overlap_checks`), except for a
+        recomputation, a step with a bypassed stage and the last step, which settle before the
+        step ends. No checkpoint is written before the checks of its step have passed; a check
+        that fails while the next step computes discards that step and answers the detection as
+        if it had been found at once (:meth:`_late_detection`).
+
+        Returns the next step to train: ``step + 1``, the step to recompute after a late detection,
+        or the checkpoint's step after an eject or a rollback."""
         c = self.config
         started = time.perf_counter()
-        attempt, bypass = 0, self._pending_bypass
-        self._pending_bypass = None
+        attempt, bypass = self._pending_attempt, self._pending_bypass
+        self._pending_attempt, self._pending_bypass = 0, None
+        after: AfterUpdate | None = None
         while True:
-            commit = self._attempt(step, attempt, bypass)
+            self._start_attempt(step, attempt, bypass)
+            if self._deferred is not None:  # the previous step's checks, while this one computes
+                deferred, self._deferred = self._deferred, None
+                late = self._settle(deferred, write_checkpoint=True)
+                if late:
+                    return self._late_detection(step, late)
+            commit = self._finish_attempt(step)
             detections = self.check_links(commit)
             if os.environ.get(FETCH_CHECK_ENV) == "1":
                 self._fetch_check(commit)
             detections += self.verify_step(step, commit, already=detections)
             if not detections:
-                self._update_all(step, frozen=bypass)
-                detections += self.verify_updates(step)
+                after = self._update_all(step, frozen=bypass, commit=commit)
+                if c.overlap_checks and attempt == 0 and bypass is None and step + 1 < c.steps:
+                    self._deferred = after
+                else:
+                    detections += self._settle(after, write_checkpoint=False)
             for d in detections:
                 self.events.write("detection", attempt=attempt, **d)
             self.detections += detections
@@ -882,17 +943,25 @@ class Coordinator:
         self.losses.append(commit.loss)
         self.metrics.append((step, commit.loss, tps, seconds))
         self.events.write("step", step=step, loss=commit.loss, tokens_per_second=tps, seconds=seconds)
-        if self.checkpointing and (step + 1) % c.checkpoint_every == 0 and step + 1 < c.steps:
-            self.write_checkpoint(step + 1)
+        if self._checkpoint_due(step) and self._deferred is None:
+            if after is not None and after.snapshot:
+                self._checkpoint_from(after)
+            else:
+                self.write_checkpoint(step + 1)
         self._write_summary()
         self._write_metrics()
         return step + 1
 
+    def _checkpoint_due(self, step: int) -> bool:
+        """Whether a checkpoint is written after ``step`` (of step ``step + 1``)."""
+        c = self.config
+        return self.checkpointing and (step + 1) % c.checkpoint_every == 0 and step + 1 < c.steps
+
     def _active_stages(self, bypass: int | None) -> list[int]:
         return [s for s in range(self.config.stages) if s != bypass]
 
-    def _attempt(self, step: int, attempt: int, bypass: int | None) -> StepCommit:
-        """Commit to the sample's secret, start one computation of ``step`` and collect the commitments."""
+    def _start_attempt(self, step: int, attempt: int, bypass: int | None) -> None:
+        """Commit to the sample's secret and start one computation of ``step`` on every stage."""
         c = self.config
         if c.verification == "spot_check":
             self._seed = SampleSeed.draw(step)
@@ -912,11 +981,88 @@ class Coordinator:
                 with self._fault_lock:
                     if k in self.free_standbys:
                         self._bench_standby(k, Fault(self.standby_rank(k), "crashed", str(exc)))
+
+    def _finish_attempt(self, step: int) -> StepCommit:
+        """Relay the checkers' copies (``input_via: coordinator``) and collect the commitments."""
+        c = self.config
         if c.verification == "redundant_neighbour" and c.input_via == "coordinator":
             self.relay_copies(step)
         commit = self.collect(step)
         self.transport.flush()
         return commit
+
+    def _settle(self, after: AfterUpdate, write_checkpoint: bool) -> list[dict[str, Any]]:
+        """Take what the workers pushed after ``after.step``'s update, check its sampled units and,
+        with ``write_checkpoint`` and no detection, write the checkpoint after it; return the
+        detections."""
+        units = self._receive_pushed(after)
+        found: list[dict[str, Any]] = []
+        for s, m, kind in after.sample:
+            if kind == "update":
+                receipt = after.update_receipts.get(s)
+                if receipt is not None:
+                    found += self.check_update(s, after.step, receipt, units.get((s, m, kind)))
+            else:
+                found += self.check_unit(after.commit, s, m, kind, units.get((s, m, kind)))
+        if write_checkpoint and not found and after.snapshot:
+            self._checkpoint_from(after)
+        return found
+
+    def _receive_pushed(self, after: AfterUpdate) -> dict[tuple[int, int, str], FetchedUnit]:
+        """Receive each stage's push for ``after.step`` (:meth:`StageWorker._push
+        <stagewarden.runtime.worker.StageWorker._push>`): the sampled units with the weights the
+        step ran with, and the state after the update when a checkpoint is due (kept in ``after``)."""
+        step, units = after.step, {}
+        for s, asked in sorted(after.pushes.items()):
+            wid = self.stage_ids[s]
+            msg = self.transport.recv_json(self.rank_of(s), "pushed")
+            if msg.get("step") != step or msg.get("units") != [[m, k] for m, k in asked]:
+                raise TransportError(f"worker {wid} pushed other units than those of step {step} it was asked for")
+            groups = ("weights", "snapshot_weights", "snapshot_optimizer", *(f"unit{i}" for i in range(len(asked))))
+            received, digests = self._recv_tensors(s, msg, groups)
+            for i, (m, kind) in enumerate(asked):
+                units[(s, m, kind)] = FetchedUnit(s, step, m, kind, received[f"unit{i}"], received["weights"], digests)
+            if after.snapshot:
+                weights = received["snapshot_weights"]
+                digest = weights_digest({k: digests[f"snapshot_weights.{k}"] for k in weights})
+                if digest.hex() != after.weights.get(s):
+                    raise TransportError(f"worker {wid} pushed other weights than its update of step {step} reported")
+                after.state[s] = (weights, received["snapshot_optimizer"])
+        return units
+
+    def _checkpoint_from(self, after: AfterUpdate) -> None:
+        """Write the checkpoint after ``after.step`` from the state the workers pushed."""
+        self._save_checkpoint(
+            after.step + 1,
+            {s: w for s, (w, _) in after.state.items()},
+            {s: o for s, (_, o) in after.state.items()},
+        )
+
+    def _late_detection(self, step: int, detections: list[dict[str, Any]]) -> int:
+        """The checks of ``step - 1``, run while ``step`` computed, found tampering: receive and
+        drop ``step``'s commitments (nothing of them is logged), tell every worker to discard the
+        step and continue its receipt chain from the last logged receipt, take step ``step - 1``
+        back and answer the detection as at attempt 0 of that step. Returns the step to train next."""
+        c, done = self.config, step - 1
+        for s in reversed(range(c.stages)):
+            self.transport.recv_json(self.rank_of(s), "commit")
+        self.transport.flush()
+        for s in range(c.stages):
+            wid = self.stage_ids[s]
+            head = self.prev.get(wid) or chain_genesis(self.run_id, wid)
+            self.transport.send_json(self.rank_of(s), {"type": "discard", "step": step, "chain_head": head.hex()})
+        self.events.write("step_discarded", step=step, reason=f"a spot check of step {done} failed while it ran")
+        del self.losses[done:]
+        del self.metrics[done:]
+        for d in detections:
+            self.events.write("detection", attempt=0, found_during_step=step, **d)
+        self.detections += detections
+        plan = self.respond(done, 0, detections[0])
+        if plan.checkpoint_step is not None:
+            return plan.checkpoint_step
+        self._pending_bypass = plan.bypass_stage
+        self._pending_attempt = 1
+        return done
 
     def relay_copies(self, step: int) -> None:
         """The trusted relay of ``input_via: coordinator``: for each checked stage ``s`` receive
@@ -946,12 +1092,22 @@ class Coordinator:
                     self.transport.send_bytes(self.rank_of(s + 1), raw, blocking=False)
                     self.transport.send_tensor(self.rank_of(s + 1), tensor, blocking=False)
 
-    def _update_all(self, step: int, frozen: int | None) -> None:
-        """Send ``update`` to every stage but ``frozen`` and collect the update receipts."""
+    def _update_all(self, step: int, frozen: int | None, commit: StepCommit) -> AfterUpdate:
+        """Send ``update`` to every stage but ``frozen`` (asking each to push its sampled units and,
+        when a checkpoint is due and every stage updates, its new state) and collect the update
+        receipts; return what is left of the step (:class:`AfterUpdate`)."""
         c = self.config
         stages = self._active_stages(frozen)
+        sample, self._sample = self._sample, []
+        snapshot = frozen is None and self._checkpoint_due(step)
+        pushes: dict[int, list[tuple[int, str]]] = {}
         for s in stages:
-            self.transport.send_json(self.rank_of(s), {"type": "update", "step": step})
+            message: dict[str, Any] = {"type": "update", "step": step}
+            asked = [(m, k) for t, m, k in sample if t == s]
+            if asked or snapshot:
+                pushes[s] = asked
+                message.update(push=[[m, k] for m, k in asked], snapshot=snapshot)
+            self.transport.send_json(self.rank_of(s), message)
         if frozen is not None and frozen >= 1 and c.verification == "redundant_neighbour":
             # the frozen stage still checks stage frozen - 1, which is updated: so is its replica
             self.transport.send_json(self.rank_of(frozen), {"type": "replica_update", "step": step})
@@ -970,6 +1126,8 @@ class Coordinator:
                 self._update_receipts[s] = receipt
                 self._last_updates[s] = receipt
                 self.counts["update"] += 1
+        receipts, weights = dict(self._update_receipts), dict(self.final_weights)
+        return AfterUpdate(step, commit, sample, pushes, snapshot, receipts, weights)
 
     def respond(self, step: int, attempt: int, detection: dict[str, Any]) -> ResponsePlan:
         """Answer a detection: plan the response and carry it out. ``restart`` and ``skip_stage``
@@ -1033,9 +1191,16 @@ class Coordinator:
             msg = self.transport.recv_json(self.rank_of(s), "snapshot")
             if msg.get("step") != step:
                 raise TransportError(f"worker {self.stage_ids[s]} sent the state of step {msg.get('step')}, not {step}")
-            weights[s], optimizer[s] = self._recv_tensors(s, msg, ("weights", "optimizer"))
+            received, _ = self._recv_tensors(s, msg, ("weights", "optimizer"))
+            weights[s], optimizer[s] = received["weights"], received["optimizer"]
             if step > 0 and digest_state_dict(weights[s]).hex() != self.final_weights.get(s):
                 raise TransportError(f"worker {self.stage_ids[s]} sent other weights than its last update reported")
+        self._save_checkpoint(step, weights, optimizer)
+
+    def _save_checkpoint(
+        self, step: int, weights: dict[int, dict[str, torch.Tensor]], optimizer: dict[int, dict[str, torch.Tensor]]
+    ) -> None:
+        """Write every stage's received state as the verified checkpoint of ``step``."""
         try:
             info = save_checkpoint(
                 self.checkpoint_root,
@@ -1435,12 +1600,12 @@ class Coordinator:
         the failed checks the checking stages report (:meth:`adjudicate`). With ``spot_check`` it reveals the
         secret committed before the step, derives the sampling randomness from it and the step's
         receipts, samples the units (forward, backward and update of every running stage and
-        micro-batch, each with probability ``spot_check_rate``), and checks the sampled forward
-        and backward units now (:meth:`check_unit`); the sampled update units are checked after
-        the update (:meth:`verify_updates`). Returns the detections.
+        micro-batch, each with probability ``spot_check_rate``) and keeps the sample: the workers
+        push the sampled units with the update, and :meth:`check_unit` and :meth:`check_update`
+        check them (:meth:`_settle`). Returns the detections.
         """
         c = self.config
-        self._update_sample = []
+        self._sample = []
         found: list[dict[str, Any]] = []
         bypass = self._bypass
         if bypass is not None:  # the bypassed stage must pass every tensor on unchanged
@@ -1481,10 +1646,7 @@ class Coordinator:
             sampled=[{"stage": s, "micro_batch": m, "kind": k} for s, m, k in sampled],
         )
         self.spot["units_sampled"] += len(sampled)
-        self._update_sample = [u for u in sampled if u[2] == "update"]
-        for s, m, kind in sampled:
-            if kind != "update":
-                found += self.check_unit(commit, s, m, kind)
+        self._sample = sampled  # checked after the update, from what the workers push (:meth:`_settle`)
         return found
 
     def adjudicate(self, commit: StepCommit, already: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -1629,6 +1791,13 @@ class Coordinator:
             return [self.detection(step, 0, "update", s, "weights", message, receipt_digest(last))], True
         return self.check_update(s, step - 1, last), True
 
+    @property
+    def stage_pool(self) -> StagePool:
+        """The stage modules the coordinator re-executes units on (built on first use)."""
+        if self._pool is None:
+            self._pool = StagePool(self.config.model, self.config.stages, self.config.seed)
+        return self._pool
+
     def _data(self, step: int, micro_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._batches is None:
             from stagewarden.runtime.worker import _batches
@@ -1637,8 +1806,11 @@ class Coordinator:
         x, y = self._batches.microbatch(step, micro_batch)
         return x, y
 
-    def check_unit(self, commit: StepCommit, stage: int, micro_batch: int, kind: str) -> list[dict[str, Any]]:
-        """Spot-check one forward or backward unit: FETCH its inputs and weights, check them
+    def check_unit(
+        self, commit: StepCommit, stage: int, micro_batch: int, kind: str, unit: FetchedUnit | None = None
+    ) -> list[dict[str, Any]]:
+        """Spot-check one forward or backward unit: take its inputs and weights (``unit``, as
+        pushed; fetched with FETCH when ``None``), check them
         against the receipt (and stage 0's token ids and the last stage's targets against the
         step's data), re-execute it here and compare the output bitwise with the receipt's."""
         c, step = self.config, commit.step
@@ -1650,10 +1822,11 @@ class Coordinator:
         def found(check: str, message: str) -> list[dict[str, Any]]:
             return [self.detection(step, micro_batch, kind, stage, check, message, evidence)]
 
-        try:
-            unit = self.fetch(stage, step, micro_batch, kind)
-        except TransportError as exc:
-            return found("fetch", f"the worker did not return the committed unit: {exc}")
+        if unit is None:
+            try:
+                unit = self.fetch(stage, step, micro_batch, kind)
+            except TransportError as exc:
+                return found("fetch", f"the worker did not return the committed unit: {exc}")
         inputs = unit.inputs
         is_last = stage == c.stages - 1
         received = inputs.get("input") if kind == "forward" else inputs.get("targets" if is_last else "grad_output")
@@ -1683,6 +1856,7 @@ class Coordinator:
                         inputs["input"],
                         inputs.get("targets"),
                         microbatches=c.microbatches,
+                        pool=self.stage_pool,
                     )
                     produced = digest_tensor(out)
                 else:
@@ -1695,6 +1869,7 @@ class Coordinator:
                         inputs.get("grad_output"),
                         inputs.get("targets"),
                         microbatches=c.microbatches,
+                        pool=self.stage_pool,
                     )
                     if result.grad_input is not None:
                         produced = digest_tensor(result.grad_input)
@@ -1709,30 +1884,23 @@ class Coordinator:
             return found("spot_check", f"re-executing the {kind} unit gives another output than the receipt's")
         return []
 
-    def verify_updates(self, step: int) -> list[dict[str, Any]]:
-        """Re-execute the update units sampled for ``step`` (after the workers applied them): FETCH
-        the weights before, the accumulated gradients and the optimizer state, check the first two
-        against the update receipt, re-execute the AdamW step and compare the new weights' digest
-        with the receipt's output."""
-        found = []
-        for s, _, _ in self._update_sample:
-            receipt = self._update_receipts.get(s)
-            if receipt is not None:
-                found += self.check_update(s, step, receipt)
-        return found
-
-    def check_update(self, s: int, step: int, receipt: Receipt) -> list[dict[str, Any]]:
-        """Re-execute stage ``s``'s update unit of ``step`` (see :meth:`verify_updates`); return the
-        detections (none when the re-executed weights are the receipt's)."""
+    def check_update(
+        self, s: int, step: int, receipt: Receipt, unit: FetchedUnit | None = None
+    ) -> list[dict[str, Any]]:
+        """Re-execute stage ``s``'s update unit of ``step``: with the weights before it, the
+        accumulated gradients and the optimizer state (``unit``, as pushed; fetched when ``None``),
+        checked against the update receipt, re-execute the AdamW step and compare the new weights'
+        digest with the receipt's output. Returns the detections (none when they agree)."""
         c, evidence = self.config, receipt_digest(receipt)
 
         def found(check: str, message: str) -> list[dict[str, Any]]:
             return [self.detection(step, 0, "update", s, check, message, evidence)]
 
-        try:
-            unit = self.fetch(s, step, 0, "update")
-        except TransportError as exc:
-            return found("fetch", f"no update unit returned: {exc}")
+        if unit is None:
+            try:
+                unit = self.fetch(s, step, 0, "update")
+            except TransportError as exc:
+                return found("fetch", f"no update unit returned: {exc}")
         grads = {k[5:]: v for k, v in unit.inputs.items() if k.startswith("grad.")}
         state = {k[10:]: v for k, v in unit.inputs.items() if k.startswith("optimizer.")}
         if unit.weights_digest != receipt.weights_digest or digest_tensors(grads.values()) != receipt.input_digest:
@@ -1745,7 +1913,15 @@ class Coordinator:
         try:
             with deterministic(c.train.threads):
                 result = reexecute_update(
-                    c.model, c.stages, s, unit.weights, grads, state, c.train, max(counts, default=0)
+                    c.model,
+                    c.stages,
+                    s,
+                    unit.weights,
+                    grads,
+                    state,
+                    c.train,
+                    max(counts, default=0),
+                    pool=self.stage_pool,
                 )
         except SpotCheckError as exc:
             return found("spot_check", f"cannot re-execute: {exc}")
@@ -1769,38 +1945,59 @@ class Coordinator:
         msg = self.transport.recv_json(rank, "fetched")
         if "error" in msg:
             raise TransportError(str(msg["error"]))
-        inputs, weights = self._recv_tensors(stage, msg, ("input", "weights"))
-        return FetchedUnit(stage, step, micro_batch, kind, inputs, weights)
+        received, digests = self._recv_tensors(stage, msg, ("input", "weights"))
+        return FetchedUnit(stage, step, micro_batch, kind, received["input"], received["weights"], digests)
 
     def _recv_tensors(
-        self, stage: int, msg: dict[str, Any], groups: tuple[str, str]
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        self, stage: int, msg: dict[str, Any], groups: tuple[str, ...]
+    ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, bytes]]:
         """Receive the tensors a worker announced in ``msg`` (name ``<group>.<key>``, dtype, shape,
-        digest), checking each against its announced digest; split them into the two groups."""
+        digest), packed in one buffer, checking each against its announced digest.
+
+        Returns:
+            The tensors by group and key (every group of ``groups`` present, possibly empty), and
+            each tensor's digest by its full name.
+        """
         rank = self.rank_of(stage)
-        first: dict[str, torch.Tensor] = {}
-        second: dict[str, torch.Tensor] = {}
         items = msg.get("tensors", [])
         if not isinstance(items, list):
             raise TransportError(f"worker of stage {stage} sent a malformed tensor list")
+        layout: list[tuple[torch.dtype, tuple[int, ...]]] = []
+        names: list[tuple[str, str, str]] = []
         for item in items:
             if not isinstance(item, dict) or not isinstance(item.get("shape"), list):
                 raise TransportError(f"worker of stage {stage} sent a malformed tensor entry")
             name, dtype, shape = item.get("name"), _FETCH_DTYPES.get(str(item.get("dtype"))), tuple(item["shape"])
+            group, _, key = str(name).partition(".")
             if (
                 dtype is None
-                or not all(isinstance(d, int) and d >= 0 for d in shape)
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
                 or _numel(shape) > _MAX_FETCH_ELEMENTS
             ):
                 raise TransportError(f"worker of stage {stage} announced an unacceptable tensor {name!r}")
-            tensor = self.transport.recv_tensor(rank, dtype, shape).cpu()
-            if digest_tensor(tensor).hex() != item.get("digest"):
-                raise TransportError(f"fetched tensor {name!r} of stage {stage} does not match its announced digest")
-            group, _, key = str(name).partition(".")
-            if group not in groups:
+            if group not in groups or not key:
                 raise TransportError(f"worker of stage {stage} sent an unexpected tensor {name!r}")
-            (first if group == groups[0] else second)[key] = tensor
-        return first, second
+            layout.append((dtype, shape))
+            names.append((str(name), group, key))
+        received: dict[str, dict[str, torch.Tensor]] = {g: {} for g in groups}
+        digests: dict[str, bytes] = {}
+        if not layout:
+            return received, digests
+        size = packed_size(layout)
+        if size > MAX_FRAME_BYTES:
+            raise TransportError(
+                f"worker of stage {stage} announced {size} bytes of tensors (the limit is {MAX_FRAME_BYTES})"
+            )
+        tensors = unpack_tensors(self.transport.recv_tensor(rank, torch.uint8, (size,)).cpu(), layout)
+        for (name, group, key), item, tensor in zip(names, items, tensors, strict=True):
+            digest = digest_tensor(tensor)
+            if digest.hex() != item.get("digest"):
+                raise TransportError(f"fetched tensor {name!r} of stage {stage} does not match its announced digest")
+            if key in received[group]:
+                raise TransportError(f"worker of stage {stage} sent tensor {name!r} twice")
+            received[group][key] = tensor
+            digests[name] = digest
+        return received, digests
 
     def _fetch_check(self, commit: StepCommit) -> None:
         c = self.config

@@ -175,12 +175,56 @@ def load_stage(
         SpotCheckError: The names or shapes of ``weights`` do not fit the stage.
     """
     stage = build_stage(config, stages, index, seed)
+    _load_weights(stage, weights, index, stages)
+    return stage
+
+
+class StagePool:
+    """Stage modules built once per stage index and reloaded with each unit's weights.
+
+    Building a stage allocates and initialises every parameter, which costs more than
+    re-executing a small unit; a verifier that checks many units keeps one module per stage and
+    loads the unit's weights into it. A loaded module computes bit for bit what a freshly built
+    one with the same weights computes: every parameter and persistent buffer is overwritten
+    (``strict=True``) and the gradients are dropped.
+    """
+
+    def __init__(self, config: GPTConfig, stages: int, seed: int = 0) -> None:
+        self.config = config
+        self.stages = stages
+        self.seed = seed
+        self._modules: dict[int, StageModule] = {}
+
+    def load(self, index: int, weights: Mapping[str, torch.Tensor]) -> StageModule:
+        """Stage ``index`` holding ``weights``, with no gradients.
+
+        Raises:
+            SpotCheckError: The names or shapes of ``weights`` do not fit the stage.
+        """
+        module = self._modules.get(index)
+        if module is None:
+            module = self._modules[index] = build_stage(self.config, self.stages, index, self.seed)
+        _load_weights(module, weights, index, self.stages)
+        module.zero_grad(set_to_none=True)
+        return module
+
+
+def _load_weights(stage: StageModule, weights: Mapping[str, torch.Tensor], index: int, stages: int) -> None:
     try:
         stage.load_state_dict(dict(weights), strict=True)
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
         raise SpotCheckError(f"the weights do not fit stage {index} of {stages}: {first}") from None
-    return stage
+
+
+def _stage(
+    pool: StagePool | None, config: GPTConfig, stages: int, index: int, weights: Mapping[str, torch.Tensor]
+) -> StageModule:
+    if pool is None:
+        return load_stage(config, stages, index, weights)
+    if (pool.config, pool.stages) != (config, stages):
+        raise SpotCheckError("the stage pool was built for another model or number of stages")
+    return pool.load(index, weights)
 
 
 def reexecute_forward(
@@ -192,6 +236,7 @@ def reexecute_forward(
     targets: torch.Tensor | None = None,
     *,
     microbatches: int = 1,
+    pool: StagePool | None = None,
 ) -> torch.Tensor:
     """Re-execute a forward unit from its committed input and weights.
 
@@ -203,11 +248,12 @@ def reexecute_forward(
         inputs: Token ids ``(B, T)`` (stage 0) or the input activation ``(B, T, C)``.
         targets: Target ids ``(B, T)`` on the last stage (optional: the output is the logits either way).
         microbatches: ``M`` of the step (only scales the loss, not the output).
+        pool: Stage modules to reuse (:class:`StagePool`); a new stage is built without one.
 
     Returns:
         The output ``(B, T, C)``, or logits ``(B, T, V)`` on the last stage, detached.
     """
-    stage = load_stage(config, stages, index, weights)
+    stage = _stage(pool, config, stages, index, weights)
     output: torch.Tensor
     with torch.enable_grad():  # the worker's forward unit runs with autograd on; so does its re-execution
         if targets is not None or index != stages - 1:
@@ -242,6 +288,7 @@ def reexecute_backward(
     targets: torch.Tensor | None = None,
     *,
     microbatches: int = 1,
+    pool: StagePool | None = None,
 ) -> BackwardResult:
     """Re-execute a backward unit (its forward again, then the backward) from committed tensors.
 
@@ -254,11 +301,12 @@ def reexecute_backward(
         grad_output: The received gradient of the output ``(B, T, C)``; for every stage but the last.
         targets: Target ids ``(B, T)``; for the last stage.
         microbatches: ``M`` of the step: the last stage differentiates ``loss / M``.
+        pool: Stage modules to reuse (:class:`StagePool`); a new stage is built without one.
 
     Returns:
         The input gradient and this micro-batch's parameter gradients (from zero, not accumulated).
     """
-    stage = load_stage(config, stages, index, weights)
+    stage = _stage(pool, config, stages, index, weights)
     is_last = index == stages - 1
     if is_last and targets is None:
         raise SpotCheckError(f"re-executing the backward of the last stage ({index}) needs the targets")
@@ -344,6 +392,8 @@ def reexecute_update(
     optimizer_state: Mapping[str, torch.Tensor],
     train: TrainConfig,
     step: int,
+    *,
+    pool: StagePool | None = None,
 ) -> UpdateResult:
     """Re-execute an update unit: the worker's AdamW step from committed weights, gradients and state.
 
@@ -357,6 +407,7 @@ def reexecute_update(
             empty before the first update.
         train: The optimizer settings the worker used.
         step: The 0-based step; the optimizer state must have taken exactly ``step`` updates.
+        pool: Stage modules to reuse (:class:`StagePool`); a new stage is built without one.
 
     Returns:
         The weights and optimizer state after the update.
@@ -364,7 +415,7 @@ def reexecute_update(
     Raises:
         SpotCheckError: The state does not fit the step or the stage, or a gradient is missing.
     """
-    stage = load_stage(config, stages, index, weights_before)
+    stage = _stage(pool, config, stages, index, weights_before)
     optimizer = make_optimizer(stage, train)
     import_optimizer_state(stage, optimizer, optimizer_state)
     counts = {float(v) for k, v in optimizer_state.items() if k.endswith("/step")}

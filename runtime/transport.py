@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -250,6 +251,39 @@ class Transport:
             ) from None
 
 
+def pack_tensors(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The bytes of ``tensors`` (each moved to the CPU, row-major) one after the other, as one
+    ``uint8`` tensor: many tensors travel as one transfer. :func:`unpack_tensors` splits it."""
+    parts = [t.detach().cpu().contiguous().reshape(-1).view(torch.uint8) for t in tensors]
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8)
+
+
+def unpack_tensors(packed: torch.Tensor, layout: Sequence[tuple[torch.dtype, tuple[int, ...]]]) -> list[torch.Tensor]:
+    """Split a :func:`pack_tensors` buffer into tensors of the announced dtypes and shapes (each
+    a copy that owns its memory).
+
+    Raises:
+        ValueError: The buffer's size is not the sum of the announced tensors' sizes.
+    """
+    sizes = [_nbytes(dtype, shape) for dtype, shape in layout]
+    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != sum(sizes):
+        raise ValueError(f"a packed buffer of {packed.numel()} bytes does not hold the {sum(sizes)} bytes announced")
+    out, offset = [], 0
+    for (dtype, shape), size in zip(layout, sizes, strict=True):
+        out.append(packed[offset : offset + size].clone().view(dtype).reshape(shape))
+        offset += size
+    return out
+
+
+def packed_size(layout: Sequence[tuple[torch.dtype, tuple[int, ...]]]) -> int:
+    """The bytes :func:`pack_tensors` makes of tensors of these dtypes and shapes."""
+    return sum(_nbytes(dtype, shape) for dtype, shape in layout)
+
+
+def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
+    return math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+
+
 def check_header(raw: bytes, expected: Expected) -> SignedHeader:
     """Parse an encoded signed header and check it against ``expected`` (see :meth:`Transport.recv_signed`)."""
     try:
@@ -303,4 +337,15 @@ def _short(exc: BaseException) -> str:
     return text[0][:300] if text else type(exc).__name__
 
 
-__all__ = ["Expected", "HeaderRejected", "Transport", "TransportError", "check_header", "dtype_name", "MAX_FRAME_BYTES"]
+__all__ = [
+    "Expected",
+    "HeaderRejected",
+    "Transport",
+    "TransportError",
+    "check_header",
+    "dtype_name",
+    "pack_tensors",
+    "packed_size",
+    "unpack_tensors",
+    "MAX_FRAME_BYTES",
+]

@@ -38,6 +38,7 @@ from stagewarden.attest.tensor_digest import (
     dtype_name,
     tensor_digest,
 )
+from stagewarden.attest.token import canonical_json
 from stagewarden.attest.vendor import device_identity, load_vendor
 from stagewarden.runtime.attacks import (
     TENSOR_KINDS,
@@ -57,7 +58,7 @@ from stagewarden.runtime.model import StageModule, build_stage
 from stagewarden.runtime.redundant import CheckOutcome, InputVia, NeighbourReplica
 from stagewarden.runtime.schedule import ActionKind, gpipe, one_f_one_b
 from stagewarden.runtime.spotcheck import export_optimizer_state, import_optimizer_state
-from stagewarden.runtime.transport import Expected, Transport, TransportError
+from stagewarden.runtime.transport import Expected, Transport, TransportError, pack_tensors
 from stagewarden.runtime.units import (
     ForwardState,
     deterministic,
@@ -506,6 +507,7 @@ class StageWorker:
                     "assign",
                     "ranks",
                     "replica_update",
+                    "discard",
                 ),
             )
             kind = msg["type"]
@@ -536,8 +538,10 @@ class StageWorker:
                     self._snapshot(int(msg["step"]))
                 elif kind == "load":
                     self._load(msg)
+                elif kind == "discard":
+                    self._discard(msg)
                 else:
-                    self._update(int(msg["step"]))
+                    self._update(int(msg["step"]), msg)
 
     def _receipt(
         self, step: int, mb: int, kind: UnitKind, inp: bytes, out: bytes, weights: bytes, env: ExecutionEnv
@@ -628,8 +632,9 @@ class StageWorker:
             record = StepRecord(step, weights, optimizer=optimizer)
             if self.replica is not None:
                 self.replica_record = self.replica.snapshot()
-            # a checker's accusation is refereed by re-executing the update that made these weights
-            keep = c.verification == "redundant_neighbour" and self.record is not None
+            # a checker's accusation is refereed by re-executing the update that made these weights;
+            # a spot check of the previous step may still be running while this step computes
+            keep = c.verification in ("redundant_neighbour", "spot_check") and self.record is not None
             self.previous = self.record if keep and self.record.step == step - 1 else None
         self.record = record
         if receipts_on and not record.weights_digest:
@@ -960,10 +965,15 @@ class StageWorker:
 
     def _snapshot(self, step: int) -> None:
         """Send the stage's weights and optimizer state (after ``step`` steps) for a checkpoint."""
+        self._send_tensors({"type": "snapshot", "step": step}, self._state_tensors("weights", "optimizer"))
+
+    def _state_tensors(self, weights: str, optimizer: str) -> list[tuple[str, torch.Tensor]]:
+        """The stage's current weights and optimizer state, named ``<weights>.<name>`` and
+        ``<optimizer>.<param>/<field>``."""
         assert self.module is not None
-        tensors = [(f"weights.{k}", v.detach().cpu()) for k, v in self.module.state_dict().items()]
-        tensors += [(f"optimizer.{k}", v) for k, v in export_optimizer_state(self.module, self.optimizer).items()]
-        self._send_tensors({"type": "snapshot", "step": step}, tensors)
+        tensors = [(f"{weights}.{k}", v.detach().cpu()) for k, v in self.module.state_dict().items()]
+        tensors += [(f"{optimizer}.{k}", v) for k, v in export_optimizer_state(self.module, self.optimizer).items()]
+        return tensors
 
     def _load(self, msg: dict[str, Any]) -> None:
         """Load a verified checkpoint's weights and optimizer state sent by the coordinator; every
@@ -1031,17 +1041,23 @@ class StageWorker:
         self.current_digest = digest_state_dict(module.state_dict())
         self.transport.send_json(COORDINATOR, {"type": "loaded", "step": step, "weights": self.current_digest.hex()})
 
-    def _send_tensors(self, message: dict[str, Any], tensors: list[tuple[str, torch.Tensor]]) -> None:
+    def _send_tensors(
+        self, message: dict[str, Any], tensors: list[tuple[str, torch.Tensor]], *, blocking: bool = True
+    ) -> None:
+        """Send ``message`` announcing the tensors (name, dtype, shape, digest), then all their
+        bytes packed in one buffer (see :func:`stagewarden.runtime.transport.pack_tensors`)."""
         meta = [
             {"name": name, "dtype": dtype_name(t.dtype), "shape": list(t.shape), "digest": _digest(t).hex()}
             for name, t in tensors
         ]
-        self.transport.send_json(COORDINATOR, {**message, "tensors": meta})
-        for _, t in tensors:
-            self.transport.send_tensor(COORDINATOR, t)
+        self.transport.send_bytes(COORDINATOR, canonical_json({**message, "tensors": meta}), blocking=blocking)
+        if tensors:
+            self.transport.send_tensor(COORDINATOR, pack_tensors([t for _, t in tensors]), blocking=blocking)
 
-    def _update(self, step: int) -> None:
-        """Apply the optimizer step of ``step`` and report the update receipt."""
+    def _update(self, step: int, msg: dict[str, Any] | None = None) -> None:
+        """Apply the optimizer step of ``step``, report the update receipt and, when the
+        coordinator asks for them, push the step's sampled units and the state after the update
+        (:meth:`_push`)."""
         assert self.module is not None and self.record is not None and self.stage_index is not None
         module = self.module
         receipts_on = self.config.receipts
@@ -1066,16 +1082,67 @@ class StageWorker:
             env = ExecutionEnv.capture(self.device)
             message["receipt"] = self._receipt(step, 0, UnitKind.UPDATE, grads, after, before, env).hex()
         self.transport.send_json(COORDINATOR, message)
+        if msg is not None and ("push" in msg or "snapshot" in msg):
+            self._push(step, msg.get("push", []), msg.get("snapshot"))
+
+    def _push(self, step: int, units: Any, snapshot: Any) -> None:
+        """Send the coordinator, without waiting for it to receive them, the committed inputs of the
+        sampled ``units`` of ``step`` (each ``[micro_batch, kind]``) with the weights the step ran
+        with, and with ``snapshot`` the weights and optimizer state after the update (for the
+        checkpoint after the step). The coordinator takes them while this worker computes the
+        next step; they are what a FETCH of each unit and a snapshot would return."""
+        record = self.record
+        if (
+            not isinstance(units, list)
+            or not isinstance(snapshot, bool)
+            or record is None
+            or record.step != step
+            or not all(
+                isinstance(u, list)
+                and len(u) == 2
+                and type(u[0]) is int
+                and u[1] in ("forward", "backward", "update")
+                for u in units
+            )
+        ):
+            raise TransportError(f"worker {self.worker_id} got a malformed push request for step {step}")
+        tensors: list[tuple[str, torch.Tensor]] = []
+        for i, (mb, kind) in enumerate(units):
+            unit = self._unit_inputs(record, mb, kind)
+            if unit is None:
+                raise TransportError(f"worker {self.worker_id} does not keep unit step {step} {mb} {kind}")
+            tensors += [(f"unit{i}.{name}", t) for name, t in unit.items()]
+        if units:
+            tensors += [(f"weights.{name}", t) for name, t in record.weights.items()]
+        if snapshot:
+            tensors += self._state_tensors("snapshot_weights", "snapshot_optimizer")
+        self._send_tensors({"type": "pushed", "step": step, "units": units}, tensors, blocking=False)
+
+    def _discard(self, msg: dict[str, Any]) -> None:
+        """Drop the computation of a step the coordinator will not accept (a spot check of the
+        step before it failed while it ran): forget its record and gradients, and continue the
+        receipt chain from ``chain_head``, the last receipt the coordinator logged."""
+        step, head = msg.get("step"), msg.get("chain_head")
+        record = self.record
+        if type(step) is not int or record is None or record.step != step or not isinstance(head, str):
+            raise TransportError(f"worker {self.worker_id} got a malformed discard request")
+        try:
+            chain_head = bytes.fromhex(head)
+        except ValueError:
+            chain_head = b""
+        if len(chain_head) != 32:
+            raise TransportError(f"worker {self.worker_id} got a malformed chain head")
+        assert self.module is not None
+        self.record, self.previous = self.previous, None
+        self.module.zero_grad(set_to_none=True)
+        self.grads_digest = None
+        self.prev = chain_head
 
     def _fetch(self, msg: dict[str, Any]) -> None:
         """Answer a FETCH: the committed input tensors of one unit and the weights it ran with."""
         step, mb, kind = msg["step"], msg["micro_batch"], msg["kind"]
         record = next((r for r in (self.record, self.previous) if r is not None and r.step == step), None)
-        unit = record.units.get((mb, kind)) if record is not None else None
-        if kind == "update" and record is not None and record.step == step and record.grads is not None:
-            assert record.optimizer is not None
-            unit = {f"grad.{k}": v for k, v in record.grads.items()}
-            unit.update({f"optimizer.{k}": v for k, v in record.optimizer.items()})
+        unit = self._unit_inputs(record, mb, kind) if record is not None else None
         if unit is None or record is None:
             self.transport.send_json(
                 COORDINATOR,
@@ -1088,15 +1155,19 @@ class StageWorker:
         tensors = [(f"input.{name}", t) for name, t in unit.items()] + [
             (f"weights.{name}", t) for name, t in record.weights.items()
         ]
-        meta = [
-            {"name": name, "dtype": dtype_name(t.dtype), "shape": list(t.shape), "digest": _digest(t).hex()}
-            for name, t in tensors
-        ]
-        self.transport.send_json(
-            COORDINATOR, {"type": "fetched", "step": step, "micro_batch": mb, "kind": kind, "tensors": meta}
-        )
-        for _, t in tensors:
-            self.transport.send_tensor(COORDINATOR, t)
+        self._send_tensors({"type": "fetched", "step": step, "micro_batch": mb, "kind": kind}, tensors)
+
+    @staticmethod
+    def _unit_inputs(record: StepRecord, mb: Any, kind: Any) -> dict[str, torch.Tensor] | None:
+        """The committed inputs of one unit of ``record``'s step (an update unit's are the
+        accumulated gradients and the optimizer state before it); ``None`` when not kept."""
+        if kind == "update":
+            if record.grads is None or record.optimizer is None:
+                return None
+            unit = {f"grad.{k}": v for k, v in record.grads.items()}
+            unit.update({f"optimizer.{k}": v for k, v in record.optimizer.items()})
+            return unit
+        return record.units.get((mb, kind))
 
 
 def _report(outcome: CheckOutcome, copy_headers: dict[int, bytes]) -> dict[str, Any]:
