@@ -2,7 +2,7 @@
 
 :func:`launch_local` creates (or reuses) a simulated vendor outside the run directory, provisions
 a simulated device identity per worker, writes the configuration, picks a free port on
-127.0.0.1, starts ``1 + S + K`` processes of the run's entry (:mod:`stagewarden.runtime.entry`;
+127.0.0.1, starts ``1 + S + K`` processes of the run's entry (``stagewarden.runtime.entry``;
 forked from a fork server, or ``python -m`` subprocesses, see :mod:`stagewarden.runtime.processes`),
 follows ``events.jsonl`` for progress, and always cleans up: on a failure, a timeout or Ctrl-C the
 children are terminated, then killed, and the temporary folder (with the device keys) is removed.
