@@ -20,12 +20,13 @@ import threading
 from pathlib import Path
 from typing import Literal, Protocol
 
-#: Environment variable that picks how runs start their processes: ``auto`` (the default: the
-#: fork server where it is available), ``forkserver`` (required) or ``subprocess`` (always a new
-#: interpreter per process).
+#: The environment variable that picks how runs start their processes, one of
+#: :data:`START_METHODS`; ``auto`` when it is not set.
 START_METHOD_ENV = "STAGEWARDEN_START_METHOD"
 
 StartMethod = Literal["auto", "forkserver", "subprocess"]
+#: ``auto`` (the fork server where it is available, else subprocesses), ``forkserver`` (the fork
+#: server, an error where it is unavailable) and ``subprocess`` (a new interpreter per process).
 START_METHODS: tuple[str, ...] = ("auto", "forkserver", "subprocess")
 
 #: The modules the fork server imports once, before it forks any process.
@@ -188,7 +189,7 @@ class ForkServer:
 
     @classmethod
     def start(cls, argv: list[str], env: dict[str, str], log_path: Path) -> ForkedProcess:
-        """Fork a process that runs :func:`stagewarden.runtime.entry.run_forked` with these arguments.
+        """Fork a process that runs ``stagewarden.runtime.entry.run_forked`` with these arguments.
 
         ``log_path`` is created (emptied) here, so it exists even if the process dies before it
         opens it.
