@@ -27,7 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stagewarden.runtime.processes import StartMethod
+
 ROOT = Path(__file__).resolve().parents[1]
+#: The start methods compared, in the order they run.
+METHODS: tuple[StartMethod, ...] = ("subprocess", "forkserver")
 
 
 def _config(stages: int) -> Any:
@@ -39,7 +43,7 @@ def _config(stages: int) -> Any:
     return RunConfig(stages=stages, microbatches=2, steps=2, schedule="gpipe", model=model, batch_size=4, data=data)
 
 
-def _one_run(config: Any, method: str, folder: Path) -> dict[str, Any]:
+def _one_run(config: Any, method: StartMethod, folder: Path) -> dict[str, Any]:
     from stagewarden.runtime.launch import launch_local
 
     marks: dict[str, float] = {}
@@ -53,7 +57,7 @@ def _one_run(config: Any, method: str, folder: Path) -> dict[str, Any]:
             marks["admitted"] = time.monotonic() - started
 
     load = os.getloadavg()[0]
-    result = launch_local(config, folder / "run", on_event=on_event, start_method=method)  # type: ignore[arg-type]
+    result = launch_local(config, folder / "run", on_event=on_event, start_method=method)
     return {
         "method": result.start_method,
         "seconds": round(time.monotonic() - started, 2),
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, list[dict[str, Any]]] = {}
     print(f"{args.runs} runs per start method, {config.world_size} processes per run, {os.cpu_count()} CPUs")
     print(f"{'method':<11} {'run':>3} {'wall s':>7} {'started s':>9} {'admitted s':>10} {'load':>5}")
-    for method in ("subprocess", "forkserver"):
+    for method in METHODS:
         rows[method] = []
         for i in range(args.runs):
             with tempfile.TemporaryDirectory(prefix="stagewarden-launch-bench-") as tmp:
