@@ -25,8 +25,9 @@ from typing import Literal, Protocol
 START_METHOD_ENV = "STAGEWARDEN_START_METHOD"
 
 StartMethod = Literal["auto", "forkserver", "subprocess"]
-#: ``auto`` (the fork server where it is available, else subprocesses), ``forkserver`` (the fork
-#: server, an error where it is unavailable) and ``subprocess`` (a new interpreter per process).
+#: ``auto`` (the fork server where it is available and ``__main__`` is a file, else
+#: subprocesses), ``forkserver`` (the fork server, also when ``__main__`` is no file; an error where
+#: the platform has none) and ``subprocess`` (a new interpreter per process).
 START_METHODS: tuple[str, ...] = ("auto", "forkserver", "subprocess")
 
 #: The modules the fork server imports once, before it forks any process.
@@ -64,10 +65,18 @@ class RunProcess(Protocol):
     def kill(self) -> None: ...
 
 
-def fork_server_unavailable() -> str | None:
-    """Why the fork server cannot start processes from this program, or ``None`` when it can."""
+def fork_server_unavailable(*, main_file: bool = True) -> str | None:
+    """Why the fork server cannot start processes from this program, or ``None`` when it can.
+
+    With ``main_file`` (as ``auto`` asks), a program whose ``__main__`` is not a file is refused
+    too: nothing of such a ``__main__`` can be imported again in a forked process. The run's
+    processes need nothing from it, which is why ``forkserver``, asked for, accepts it (for
+    example under pytest-xdist, whose workers run ``python -c``).
+    """
     if os.name != "posix" or "forkserver" not in multiprocessing.get_all_start_methods():
         return "this platform has no multiprocessing fork server"
+    if not main_file:
+        return None
     main = sys.modules.get("__main__")
     if getattr(getattr(main, "__spec__", None), "name", None) is None:
         path = getattr(main, "__file__", None)
@@ -89,7 +98,7 @@ def choose_start_method(requested: StartMethod | str | None = None) -> Literal["
         raise StartMethodError(f"{source} must be one of {', '.join(START_METHODS)}, not {value!r}")
     if value == "subprocess":
         return "subprocess"
-    reason = fork_server_unavailable()
+    reason = fork_server_unavailable(main_file=value == "auto")
     if reason is None:
         return "forkserver"
     if value == "forkserver":

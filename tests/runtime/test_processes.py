@@ -64,15 +64,15 @@ def _python_c(code: str, **env: str) -> str:
 
 
 def test_python_c_falls_back_to_subprocesses() -> None:
-    """Under ``python -c`` (no ``__main__`` file) ``auto`` picks subprocesses and ``forkserver`` is refused."""
+    """Under ``python -c`` (no ``__main__`` file) ``auto`` picks subprocesses; ``forkserver`` asked for is kept."""
     code = (
-        "from stagewarden.runtime.processes import StartMethodError, choose_start_method\n"
-        "print(choose_start_method())\n"
-        "try:\n    choose_start_method('forkserver')\nexcept StartMethodError as e:\n    print(e)\n"
+        "from stagewarden.runtime.processes import choose_start_method, fork_server_unavailable\n"
+        "print(choose_start_method())\nprint(choose_start_method('forkserver'))\nprint(fork_server_unavailable())\n"
     )
-    auto, refused = _python_c(code).splitlines()
-    assert auto == "subprocess"
-    assert "__main__ is not a file" in refused
+    auto, forced, reason = _python_c(code).splitlines()
+    assert (auto, forced) == ("subprocess", "forkserver")
+    assert "__main__ is not a file" in reason
+    assert _python_c(code, **{START_METHOD_ENV: "forkserver"}).splitlines()[0] == "forkserver"
 
 
 def test_the_environment_variable_forces_subprocesses(monkeypatch: pytest.MonkeyPatch) -> None:
