@@ -63,6 +63,8 @@ nitpick_ignore = [
     ("py:class", "cryptography.hazmat.bindings._rust.x509.CertificateRevocationList"),
     ("py:class", "cryptography.hazmat.primitives.asymmetric.ec.EllipticCurvePrivateKey"),
     ("py:class", "cryptography.hazmat.primitives.asymmetric.ed25519.Ed25519PrivateKey"),
+    ("py:class", "subprocess.Popen"),
+    ("py:class", "multiprocessing.process.BaseProcess"),
 ]
 
 # -- autodoc and napoleon ----------------------------------------------------------------

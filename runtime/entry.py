@@ -4,21 +4,27 @@ The rank decides the role: rank 0 is the coordinator, ranks ``1..S`` the stage w
 ``S+1..S+K`` the standby workers. The rank, world size and rendezvous address come from the
 environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``; ``LOCAL_RANK`` picks the
 GPU with device cuda), as :func:`stagewarden.runtime.launch.launch_local` and ``torchrun`` set them.
+:func:`run_forked` is the same entry for a process forked from the launcher's fork server.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import json
+import multiprocessing
 import os
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 #: Set by the local launcher: the pid of the launching process; a worker exits when it is gone.
 PARENT_PID_ENV = "STAGEWARDEN_PARENT_PID"
+#: The exit code of a process whose launcher is gone.
+EXIT_LAUNCHER_GONE = 70
 #: cuBLAS needs this workspace setting to run matrix products deterministically (the workers
 #: compute under ``torch.use_deterministic_algorithms``); set when the environment has none.
 CUBLAS_WORKSPACE = ":4096:8"
@@ -39,6 +45,7 @@ def _env_int(name: str) -> int:
 
 
 def _watch_parent() -> None:
+    """Exit when the launcher named by :data:`PARENT_PID_ENV`, this process's parent, is gone."""
     parent = os.environ.get(PARENT_PID_ENV)
     if not parent:
         return
@@ -46,10 +53,28 @@ def _watch_parent() -> None:
     def watch() -> None:
         while True:
             time.sleep(0.5)
-            if os.getppid() != int(parent):
-                os._exit(70)
+            if os.getppid() != int(parent):  # reparented: the launcher died
+                os._exit(EXIT_LAUNCHER_GONE)
 
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def _watch_launcher() -> None:
+    """Exit when the launcher that had this process forked is gone.
+
+    The fork server, not the launcher, is the parent of a forked process, so reparenting says
+    nothing; multiprocessing gives the process a sentinel of the process that started it (the
+    launcher), which becomes ready when that process ends, however it ends.
+    """
+    launcher = multiprocessing.parent_process()
+    if launcher is None:
+        raise EntryError("run_forked must run in a process started by multiprocessing")
+
+    def watch() -> None:
+        launcher.join()
+        os._exit(EXIT_LAUNCHER_GONE)
+
+    threading.Thread(target=watch, daemon=True, name="launcher-watch").start()
 
 
 def run_process(config_path: str, out: str, vendor: str | None, resume: str = "never") -> None:
@@ -136,6 +161,61 @@ def _use_gpu(rank: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, run this rank's role, and return the exit code (0 ok, 1 failed, 2 bad input)."""
+    args = _parse_args(argv)
+    _watch_parent()
+    return _run(args)
+
+
+def run_forked(argv: list[str], env: dict[str, str], log_path: str) -> None:
+    """:func:`main` in a process forked from the launcher's fork server (it exits with main's code).
+
+    The process becomes what ``python -m stagewarden.runtime.entry ARGV`` started by the launcher
+    would be: a session of its own, exactly the environment ``env``, standard input from
+    ``/dev/null``, standard output and error (unbuffered) appended to ``log_path``, and an exit
+    when the launcher is gone.
+    """
+    os.setsid()
+    os.environ.clear()
+    os.environ.update(env)
+    _redirect_std_streams(log_path)
+    sys.argv = [str(Path(__file__).resolve()), *argv]
+    args = _parse_args(argv)
+    _watch_launcher()
+    sys.exit(_run(args))
+
+
+def _redirect_std_streams(log_path: str) -> None:
+    """Point file descriptors 0, 1 and 2 and ``sys.stdin/stdout/stderr`` where a launched process has them."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+    null = os.open(os.devnull, os.O_RDONLY)
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(null)
+    os.close(log)
+    sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115 - the process's stdin
+    sys.stdout = _unbuffered(1, sys.stdout)
+    sys.stderr = _unbuffered(2, sys.stderr)
+
+
+def _unbuffered(fd: int, like: io.TextIOBase | Any) -> io.TextIOWrapper:
+    """A text stream on ``fd`` as ``PYTHONUNBUFFERED=1`` makes one: nothing waits in a buffer."""
+    return io.TextIOWrapper(
+        io.FileIO(fd, "w", closefd=False),
+        encoding=getattr(like, "encoding", None) or "utf-8",
+        errors=getattr(like, "errors", None) or "backslashreplace",
+        line_buffering=True,
+        write_through=True,
+    )
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m stagewarden.runtime.entry", description=__doc__)
     parser.add_argument("--config", required=True, help="the run configuration (JSON, see RunConfig.to_json)")
     parser.add_argument("--out", required=True, help="the run directory (written by rank 0 only)")
@@ -147,8 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         default="never",
         help="rank 0: resume the interrupted run in --out (always), only if there is one (auto), or never",
     )
-    args = parser.parse_args(argv)
-    _watch_parent()
+    return parser.parse_args(argv)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run this rank's role; the exit code, with any failure reported on stderr and in ``--error-file``."""
     rank = os.environ.get("RANK", "?")
     try:
         run_process(args.config, args.out, args.vendor, args.resume)

@@ -2,8 +2,9 @@
 
 :func:`launch_local` creates (or reuses) a simulated vendor outside the run directory, provisions
 a simulated device identity per worker, writes the configuration, picks a free port on
-127.0.0.1, starts ``1 + S + K`` processes of ``python -m stagewarden.runtime.entry``, follows
-``events.jsonl`` for progress, and always cleans up: on a failure, a timeout or Ctrl-C the
+127.0.0.1, starts ``1 + S + K`` processes of the run's entry (``stagewarden.runtime.entry``;
+forked from a fork server, or ``python -m`` subprocesses, see :mod:`stagewarden.runtime.processes`),
+follows ``events.jsonl`` for progress, and always cleans up: on a failure, a timeout or Ctrl-C the
 children are terminated, then killed, and the temporary folder (with the device keys) is removed.
 :func:`prepare_run` writes the same configuration and vendor into a folder to copy to every
 machine, and :func:`torchrun_args` the arguments that start one machine's share of the processes.
@@ -14,12 +15,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import multiprocessing
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,6 +30,15 @@ from typing import Any
 from stagewarden.attest.files import atomic_write_text
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.errors import RuntimeSetupError
+from stagewarden.runtime.processes import (
+    ForkedProcess,
+    ForkServer,
+    RunProcess,
+    StartMethod,
+    StartMethodError,
+    choose_start_method,
+    start_subprocess,
+)
 
 #: The coordinator's exit code when it stopped on a worker fault (see
 #: :data:`stagewarden.runtime.coordinator.EXIT_RESUMABLE`; not imported, to keep torch out of here).
@@ -56,12 +66,16 @@ class LaunchInterrupted(LaunchError):
 
 @dataclasses.dataclass(frozen=True)
 class LaunchResult:
-    """A finished run: its directory, its summary and the children that ran it (all gone)."""
+    """A finished run: its directory, its summary and the children that ran it (all gone).
+
+    ``start_method`` says how the last set of processes was started: ``forkserver`` or ``subprocess``.
+    """
 
     run_dir: Path
     summary: dict[str, Any]
     pids: tuple[int, ...]
     seconds: float
+    start_method: str = "subprocess"
 
 
 def free_port() -> int:
@@ -184,8 +198,17 @@ def launch_local(
     timeout: float | None = None,
     resume: bool = False,
     max_restarts: int | None = None,
+    start_method: StartMethod | None = None,
 ) -> LaunchResult:
     """Run ``config`` with every process on this machine and return when it is done.
+
+    The processes are forked from a ``multiprocessing`` fork server that has imported torch and
+    the runtime once (seconds saved per process), or, where that is unavailable (not POSIX, or
+    ``__main__`` is not a file, as under ``python -c``) or asked for, started as
+    ``python -m stagewarden.runtime.entry`` subprocesses; both run the same code with the same
+    environment, logs and exit codes. Each forked process imports the launching program's
+    ``__main__`` file again (as ``__mp_main__``), so a script that calls ``launch_local`` must do
+    so under ``if __name__ == "__main__":``; unguarded, every process of the run fails at start.
 
     When a worker fails (its process dies, it stops answering, it withholds a transfer or sends a
     malformed message) the coordinator records the fault and exits; if a standby is left to take
@@ -202,11 +225,24 @@ def launch_local(
         timeout: Seconds after which the run is stopped (``None``: no limit).
         resume: Resume the interrupted run in ``run_dir``.
         max_restarts: Automatic resumes after worker faults (default: one per standby).
+        start_method: ``forkserver``, ``subprocess`` or ``auto`` (the fork server where it is
+            available); default: the environment variable ``STAGEWARDEN_START_METHOD``, else ``auto``.
 
     Raises:
         LaunchError: A process failed (the message is the coordinator's, or the first failing
-            process's), the run timed out, or it was interrupted; no child survives.
+            process's), the run timed out, or it was interrupted; no child survives. Also: the
+            start method is unknown or unavailable, or ``launch_local`` was called while a forked
+            process imported the launching script (the call is not under ``if __name__ == "__main__":``).
     """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise LaunchError(
+            "launch_local was called while a process of a run was importing the launching script; "
+            'call it under if __name__ == "__main__": (see the launch_local documentation)'
+        )
+    try:
+        method = choose_start_method(start_method)
+    except StartMethodError as exc:
+        raise LaunchError(str(exc)) from None
     run_path = Path(run_dir)
     if not resume and (run_path / "summary.json").exists():
         raise LaunchError(f"{run_path} already holds a run (summary.json exists)")
@@ -222,14 +258,14 @@ def launch_local(
         config_path = tmp / "config.json"
         config_path.write_text(json.dumps(config.to_json(), indent=2), encoding="utf-8")
         while True:
-            codes, session_pids = _run_world(
-                config, run_path, config_path, vendor, tmp, env, resume, events, on_event, timeout, started
+            codes, session_pids, used = _run_world(
+                config, run_path, config_path, vendor, tmp, env, resume, events, on_event, timeout, started, method
             )
             pids += session_pids
             if all(c == 0 for c in codes):
                 summary = json.loads((run_path / "summary.json").read_text(encoding="utf-8"))
-                return LaunchResult(run_path, summary, tuple(pids), time.monotonic() - started)
-            message = _failure_message(codes, tmp)
+                return LaunchResult(run_path, summary, tuple(pids), time.monotonic() - started, used)
+            message = _failure_message(codes, tmp, forked=used == "forkserver")
             if codes[0] != EXIT_RESUMABLE:
                 raise LaunchError(message, tuple(pids), resumable=_resumable(run_path))
             pending = _pending_fault(run_path)
@@ -258,11 +294,12 @@ def _run_world(
     on_event: Callable[[dict[str, Any]], None] | None,
     timeout: float | None,
     started: float,
-) -> tuple[list[int | None], list[int]]:
-    """Start one set of ``1 + S + K`` processes, wait for them, stop them; return the exit codes
-    and the process ids."""
-    procs: list[subprocess.Popen[bytes]] = []
-    logs: list[Any] = []
+    method: str,
+) -> tuple[list[int | None], list[int], str]:
+    """Start one set of ``1 + S + K`` processes, wait for them, stop them; return the exit codes,
+    the process ids and the start method used (``method``, or ``subprocess`` where the fork
+    server's import-time settings differ from those the processes are to get)."""
+    procs: list[RunProcess] = []
     for leftover in tmp.glob("rank*.error"):
         leftover.unlink()
     try:
@@ -275,11 +312,10 @@ def _run_world(
             STAGEWARDEN_PARENT_PID=str(os.getpid()),
             PYTHONUNBUFFERED="1",
         )
+        if method == "forkserver" and not ForkServer.serves(base):
+            method = "subprocess"  # e.g. OMP_NUM_THREADS set for the run: torch must load with it
         for rank in range(config.world_size):
             args = [
-                sys.executable,
-                "-m",
-                "stagewarden.runtime.entry",
                 "--config",
                 str(config_path),
                 "--out",
@@ -291,31 +327,25 @@ def _run_world(
             ]
             if vendor is not None:
                 args += ["--vendor", vendor]
-            log = open(tmp / f"rank{rank}.log", "wb")  # noqa: SIM115 - closed below
-            logs.append(log)
             child_env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}
-            procs.append(
-                subprocess.Popen(
-                    args,
-                    env=child_env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
+            log = tmp / f"rank{rank}.log"
+            if method == "forkserver":
+                procs.append(ForkServer.start(args, child_env, log))
+            else:
+                procs.append(start_subprocess(args, child_env, log))
         pids = [p.pid for p in procs]
         grace = max(FAILURE_GRACE, 2 * config.heartbeat_timeout + 5.0)
         codes = _wait(procs, events, on_event, timeout, started, grace, tuple(pids))
-        return codes, pids
+        return codes, pids, method
     finally:
         _stop(procs)
-        for log in logs:
-            log.close()
+        for p in procs:
+            if isinstance(p, ForkedProcess):
+                p.close()
 
 
 def _wait(
-    procs: list[subprocess.Popen[bytes]],
+    procs: list[RunProcess],
     events: _EventTail,
     on_event: Callable[[dict[str, Any]], None] | None,
     timeout: float | None,
@@ -369,7 +399,7 @@ def _resumable(run_path: Path) -> bool:
     return False
 
 
-def _failure_message(codes: list[int | None], tmp: Path) -> str:
+def _failure_message(codes: list[int | None], tmp: Path, forked: bool = False) -> str:
     errors: dict[int, str] = {}
     for rank in range(len(codes)):
         path = tmp / f"rank{rank}.error"
@@ -392,12 +422,18 @@ def _failure_message(codes: list[int | None], tmp: Path) -> str:
             with contextlib.suppress(OSError):
                 lines = (tmp / f"rank{rank}.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()
                 tail = (": " + lines[-1]) if lines else ""
+            if forked and not tail and code == 1:
+                # it failed before its entry ran: most likely while importing the launching script
+                tail = (
+                    " before it started (see the launcher's standard error; a script that calls "
+                    'launch_local must do so under if __name__ == "__main__":)'
+                )
             how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
             return f"rank {rank} ({'coordinator' if rank == 0 else 'worker'}) {how}{tail}"
     return "the run stopped"
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+def _stop(procs: list[RunProcess]) -> None:
     alive = [p for p in procs if p.poll() is None]
     for p in alive:
         with contextlib.suppress(ProcessLookupError):
