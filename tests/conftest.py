@@ -21,6 +21,11 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
+# Runs launched by the tests start their processes from the fork server, as `stagewarden train`
+# does: pytest-xdist's workers run under `python -c`, where the automatic choice would fall back
+# to one `python -m` subprocess per process (tests of that choice set the variable themselves).
+os.environ.setdefault("STAGEWARDEN_START_METHOD", "forkserver")
+
 #: Environment variable that asks for a long fuzz session with this many examples per fuzz test.
 FUZZ_EXAMPLES_ENV = "STAGEWARDEN_FUZZ_EXAMPLES"
 

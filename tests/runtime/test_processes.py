@@ -52,9 +52,10 @@ def _marked(marker: str) -> list[int]:
 
 def _python_c(code: str, **env: str) -> str:
     """The output of ``python -c code`` (``__main__`` is no file there)."""
+    inherited = {k: v for k, v in os.environ.items() if k != START_METHOD_ENV}
     out = subprocess.run(
         [sys.executable, "-c", code],
-        env={**os.environ, **env},
+        env={**inherited, **env},
         capture_output=True,
         text=True,
         timeout=120,
