@@ -368,7 +368,7 @@ class StageWorker:
         self.keep_outputs = config.spot_check_compare == "tolerance"
         """Whether to keep each unit's committed output for FETCH (tolerance-mode spot checks)."""
         self.skew: float | None = None
-        """The :data:`NUMERICS_ENV` test hook's relative ``e`` for this worker's stage, if any."""
+        """The relative ``e`` of the ``STAGEWARDEN_TEST_NUMERICS`` test hook for this worker's stage, if any."""
 
     # -- start --------------------------------------------------------------------------------
 
