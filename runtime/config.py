@@ -28,6 +28,7 @@ DEVICES = ("cpu", "cuda")
 VERIFICATION_MODES = ("none", "spot_check", "redundant_neighbour")
 INPUT_CHANNELS = ("coordinator", "upstream", "checked_worker")
 RESPONSES = ("eject", "rollback", "skip_stage", "restart")
+SPOT_CHECK_COMPARES = ("bitwise", "tolerance")
 
 
 class ConfigError(RuntimeSetupError):
@@ -83,6 +84,11 @@ class RunConfig:
     itself (``checked_worker``, which lets a stage forge a consistent input and output)."""
     spot_check_rate: float = 0.1
     """With ``spot_check``: the probability ``p`` in (0, 1] that each committed unit is sampled."""
+    spot_check_compare: str = "bitwise"
+    """With ``spot_check``: how a re-executed unit is compared with the committed one, ``bitwise``
+    (digest equality: identical hardware with deterministic algorithms) or ``tolerance`` (within a
+    per-stage tolerance calibrated at admission from the worker's honest executions on seed-derived
+    inputs; see :mod:`stagewarden.runtime.calibration`)."""
     response: str = "eject"
     """What the coordinator does on a detection (``eject``, ``rollback``, ``skip_stage``, ``restart``)."""
     checkpoint_every: int = 1
@@ -134,6 +140,15 @@ class RunConfig:
             (
                 0.0 < self.spot_check_rate <= 1.0,
                 f"spot_check_rate must be in (0, 1], got {self.spot_check_rate}",
+            ),
+            (
+                self.spot_check_compare in SPOT_CHECK_COMPARES,
+                f"spot_check_compare must be one of {', '.join(SPOT_CHECK_COMPARES)}, not {self.spot_check_compare!r}",
+            ),
+            (
+                self.spot_check_compare != "tolerance" or self.verification == "spot_check",
+                "spot_check_compare tolerance compares spot-check re-executions: it needs verification spot_check, "
+                f"not {self.verification!r}",
             ),
             (
                 self.verification != "spot_check" or self.receipts,

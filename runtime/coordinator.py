@@ -20,6 +20,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from stagewarden.attest.relying_party import RelyingParty
 from stagewarden.attest.rundir import LOG_FILE, RunDir, RunDirWriter, RunSummary, WorkerInfo
 from stagewarden.attest.tensor_digest import digest_state_dict, digest_tensor, digest_tensors, weights_digest
 from stagewarden.attest.vendor import load_vendor, local_verifier
+from stagewarden.runtime.calibration import CALIBRATION_UNITS, MAX_TOLERANCE, calibrate_stage, tolerance_record
 from stagewarden.runtime.checkpoint import (
     MANIFEST,
     CheckpointError,
@@ -65,6 +67,8 @@ from stagewarden.runtime.spotcheck import (
     SampleSeed,
     SpotCheckError,
     StagePool,
+    Tolerance,
+    compare_within,
     receipts_digest,
     reexecute_backward,
     reexecute_forward,
@@ -153,6 +157,8 @@ class FetchedUnit:
         inputs: ``input`` (token ids or the received activation), ``targets`` on the last stage,
             ``grad_output`` for a backward unit of a stage other than the last.
         weights: The stage's state dict at the start of the step.
+        outputs: With ``spot_check_compare = "tolerance"``: the unit's committed output
+            (``output``; ``grad_input`` or ``grad.<parameter>``; ``weights.<name>`` of an update).
     """
 
     stage: int
@@ -163,6 +169,7 @@ class FetchedUnit:
     weights: dict[str, torch.Tensor]
     digests: dict[str, bytes] = dataclasses.field(default_factory=dict)
     """Tensor digests already computed, by ``weights.<name>`` (the rest are computed when needed)."""
+    outputs: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     @property
     def weights_digest(self) -> bytes:
@@ -300,6 +307,9 @@ class Coordinator:
             "false_accusations": 0,
             "unadjudicated": 0,
         }
+        self.tolerances: list[dict[str, Any] | None] = [None] * config.stages
+        """With ``spot_check_compare = "tolerance"``: each stage's calibration record (see :meth:`calibrate`)."""
+        self._tolerance: dict[int, Tolerance] = {}
         self._seed: SampleSeed | None = None
         self._bypass: int | None = None
         self._pending_bypass: int | None = None
@@ -553,7 +563,8 @@ class Coordinator:
                 step = self.start_step
                 if self.session > 0:
                     self.restore_checkpoint(step)
-                elif self.checkpointing:
+                self.calibrate(range(self.config.stages))
+                if self.session == 0 and self.checkpointing:
                     self.write_checkpoint(0)
                 while step < self.config.steps:
                     step = self.train_step(step)
@@ -880,6 +891,78 @@ class Coordinator:
         except (OSError, ValueError) as exc:
             raise ResumeError(f"{path}: the coordinator's {name} key cannot be read ({exc})") from None
 
+    # -- tolerance calibration ----------------------------------------------------------------------
+
+    def calibrate(self, stages: Iterable[int]) -> None:
+        """With ``spot_check_compare = "tolerance"``, calibrate the tolerance of each of ``stages``
+        from its current worker (:mod:`stagewarden.runtime.calibration`); nothing in bitwise mode.
+
+        Each worker computes the calibration units on seed-derived inputs on its own device and
+        returns their outputs and the weights it used, which must be the weights the stage holds
+        (else its message is malformed). The coordinator re-executes the units and sets the
+        stage's tolerance; event ``calibration`` and ``spot_check_tolerance`` in ``summary.json``
+        record it. Called at admission, on resume and when a standby takes a stage.
+
+        Raises:
+            AdmissionRefused: A worker's tolerance exceeds
+                :data:`~stagewarden.runtime.calibration.MAX_TOLERANCE`; every worker is released.
+            TransportError: A worker's answer is malformed (blamed on that worker).
+        """
+        c = self.config
+        if c.spot_check_compare != "tolerance":
+            return
+        chosen = list(stages)
+        for s in chosen:
+            self.transport.send_json(self.rank_of(s), {"type": "calibrate", "units": CALIBRATION_UNITS})
+        groups = ("weights", *(f"unit{i}" for i in range(CALIBRATION_UNITS)))
+        refusals: list[str] = []
+        for s in chosen:
+            wid, rank = self.stage_ids[s], self.rank_of(s)
+            msg = self.transport.recv_json(rank, "calibrated")
+            received, _ = self._recv_tensors(s, msg, groups)
+            weights, units = received["weights"], [received[f"unit{i}"] for i in range(CALIBRATION_UNITS)]
+            if digest_state_dict(weights) != self._stage_weights_digest(s):
+                raise TransportError(
+                    f"worker {wid} computed its calibration with other weights than stage {s} holds", peer=rank
+                )
+            try:
+                with deterministic(c.train.threads):
+                    tolerance = calibrate_stage(c, s, weights, units)
+            except SpotCheckError as exc:
+                raise TransportError(f"worker {wid} sent a malformed calibration: {exc}", peer=rank) from None
+            accepted = tolerance.value <= MAX_TOLERANCE
+            record = {"stage": s, "worker": wid, "rank": rank, "session": self.session, "at_step": len(self.losses)}
+            record.update(tolerance_record(tolerance), accepted=accepted)
+            self.events.write("calibration", **record)
+            self.tolerances[s] = record
+            if accepted:
+                self._tolerance[s] = tolerance
+                continue
+            reason = (
+                f"its calibration differs from the coordinator's re-execution by a relative error of "
+                f"{tolerance.max_observed:.3g}, which needs a tolerance of {tolerance.value:.3g}, above the cap "
+                f"of {MAX_TOLERANCE:g}: its numerics are too far from the verifier's for a spot check to tell "
+                "them from tampering"
+            )
+            self.events.write("refused", worker=wid, stage=s, rank=rank, code="TOLERANCE_ABOVE_CAP", reason=reason)
+            refusals.append(f"worker {wid} (stage {s}) was refused: {reason}")
+        if refusals:
+            self._stop_watchdog()
+            for rank in range(1, c.world_size):
+                if rank not in self.released:
+                    self.transport.send_json(rank, {"type": "release"})
+                    self.released.add(rank)
+            raise AdmissionRefused("; ".join(refusals))
+
+    def _stage_weights_digest(self, s: int) -> bytes:
+        """The digest of the weights stage ``s`` holds now: those its last update, restore or load
+        reported, else the initial weights derived from the seed."""
+        known = self.final_weights.get(s)
+        if known:
+            return bytes.fromhex(known)
+        c = self.config
+        return digest_state_dict(build_stage(c.model, c.stages, s, c.seed).state_dict())
+
     # -- steps ------------------------------------------------------------------------------------
 
     def train_step(self, step: int) -> int:
@@ -1018,10 +1101,20 @@ class Coordinator:
             msg = self.transport.recv_json(self.rank_of(s), "pushed")
             if msg.get("step") != step or msg.get("units") != [[m, k] for m, k in asked]:
                 raise TransportError(f"worker {wid} pushed other units than those of step {step} it was asked for")
-            groups = ("weights", "snapshot_weights", "snapshot_optimizer", *(f"unit{i}" for i in range(len(asked))))
+            groups = ("weights", "snapshot_weights", "snapshot_optimizer")
+            groups += tuple(f"{part}{i}" for i in range(len(asked)) for part in ("unit", "output"))
             received, digests = self._recv_tensors(s, msg, groups)
             for i, (m, kind) in enumerate(asked):
-                units[(s, m, kind)] = FetchedUnit(s, step, m, kind, received[f"unit{i}"], received["weights"], digests)
+                units[(s, m, kind)] = FetchedUnit(
+                    s,
+                    step,
+                    m,
+                    kind,
+                    received[f"unit{i}"],
+                    received["weights"],
+                    digests=digests,
+                    outputs=received[f"output{i}"],
+                )
             if after.snapshot:
                 weights = received["snapshot_weights"]
                 digest = weights_digest({k: digests[f"snapshot_weights.{k}"] for k in weights})
@@ -1267,6 +1360,7 @@ class Coordinator:
         rank = self._hand_over(plan.stage, plan.standby)
         self.restore_checkpoint(plan.checkpoint_step)
         self._record_replacement(plan, step, rank)
+        self.calibrate([plan.stage])
         self.spot["recomputations"] += 1
 
     def _hand_over(self, s: int, standby: str) -> int:
@@ -1387,6 +1481,7 @@ class Coordinator:
             rank = self._hand_over(plan.stage, standby)
             self.restore_checkpoint(back)
             self._record_replacement(plan, step, rank)
+            self.calibrate([plan.stage])
         else:
             self.restore_checkpoint(back)
             self._pending_bypass = plan.bypass_stage
@@ -1839,12 +1934,17 @@ class Coordinator:
                 "fetch_mismatch",
                 "the inputs or weights the worker returned differ from those its receipt commits to",
             )
+        within = c.spot_check_compare == "tolerance"
+        if within and not _output_committed(unit, receipt):
+            return found("fetch_mismatch", "the output the worker returned differs from the one its receipt commits to")
         x, y = self._data(step, micro_batch)
         if stage == 0 and not torch.equal(inputs.get("input", torch.empty(0)), x):
             return found("data", "stage 0 computed on token ids that are not the step's data")
         if is_last and not torch.equal(inputs.get("targets", torch.empty(0)), y):
             return found("data", "the last stage computed on targets that are not the step's data")
         self.spot["units_checked"] += 1
+        if within:
+            return self._check_unit_within(unit, found)
         try:
             with deterministic(c.train.threads):
                 if kind == "forward":
@@ -1884,6 +1984,72 @@ class Coordinator:
             return found("spot_check", f"re-executing the {kind} unit gives another output than the receipt's")
         return []
 
+    def _check_unit_within(
+        self, unit: FetchedUnit, found: Callable[[str, str], list[dict[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """Tolerance mode: re-execute a fetched forward or backward unit (its committed inputs and
+        weights already checked) and compare its outputs with the committed ones under the stage's
+        calibrated tolerance (:meth:`_beyond_tolerance`); ``found(check, message)`` makes a detection."""
+        c, stage, inputs = self.config, unit.stage, unit.inputs
+        expected: dict[str, torch.Tensor]
+        try:
+            with deterministic(c.train.threads):
+                if unit.kind == "forward":
+                    output = reexecute_forward(
+                        c.model,
+                        c.stages,
+                        stage,
+                        unit.weights,
+                        inputs["input"],
+                        inputs.get("targets"),
+                        microbatches=c.microbatches,
+                        pool=self.stage_pool,
+                    )
+                    expected = {"output": output}
+                else:
+                    result = reexecute_backward(
+                        c.model,
+                        c.stages,
+                        stage,
+                        unit.weights,
+                        inputs["input"],
+                        inputs.get("grad_output"),
+                        inputs.get("targets"),
+                        microbatches=c.microbatches,
+                        pool=self.stage_pool,
+                    )
+                    if result.grad_input is not None:
+                        expected = {"grad_input": result.grad_input}
+                    else:  # stage 0 commits to the gradients accumulated up to this micro-batch
+                        expected = {
+                            f"grad.{n}": inputs[f"grad_before.{n}"] + g if f"grad_before.{n}" in inputs else g
+                            for n, g in result.param_grads.items()
+                        }
+        except (SpotCheckError, KeyError, RuntimeError) as exc:
+            return found("spot_check", f"the committed unit cannot be re-executed: {exc}")
+        message = self._beyond_tolerance(stage, expected, unit.outputs, f"the {unit.kind} unit")
+        return [] if message is None else found("spot_check", message)
+
+    def _beyond_tolerance(
+        self, stage: int, expected: dict[str, torch.Tensor], committed: dict[str, torch.Tensor], what: str
+    ) -> str | None:
+        """Compare re-executed outputs with committed ones, tensor by tensor by name, under the
+        stage's calibrated tolerance (:func:`~stagewarden.runtime.spotcheck.compare_within`);
+        return why they differ, or ``None`` when they agree."""
+        tolerance = self._tolerance.get(stage)
+        if tolerance is None:
+            raise RunFailed(f"stage {stage} has no calibrated spot-check tolerance")
+        if set(committed) != set(expected):
+            return f"the worker committed other output tensors for {what} than its re-execution gives"
+        names = list(expected)
+        comparison = compare_within([expected[n] for n in names], [committed[n] for n in names], tolerance.value)
+        if comparison.equal:
+            return None
+        return (
+            f"re-executing {what} gives another output than the receipt's: relative error "
+            f"{comparison.relative_error:.3g} is above stage {stage}'s calibrated tolerance {tolerance.value:.3g}"
+        )
+
     def check_update(
         self, s: int, step: int, receipt: Receipt, unit: FetchedUnit | None = None
     ) -> list[dict[str, Any]]:
@@ -1908,6 +2074,11 @@ class Coordinator:
                 "fetch_mismatch",
                 "the weights or gradients the worker returned differ from those its update receipt commits to",
             )
+        within = c.spot_check_compare == "tolerance"
+        if within and not _output_committed(unit, receipt):
+            return found(
+                "fetch_mismatch", "the weights after the update the worker returned differ from its update receipt's"
+            )
         self.spot["units_checked"] += 1
         counts = {int(v) for k, v in state.items() if k.endswith("/step")}
         try:
@@ -1925,6 +2096,10 @@ class Coordinator:
                 )
         except SpotCheckError as exc:
             return found("spot_check", f"cannot re-execute: {exc}")
+        if within:
+            committed = {k.removeprefix("weights."): v for k, v in unit.outputs.items()}
+            message = self._beyond_tolerance(s, result.weights, committed, "the update")
+            return [] if message is None else found("spot_check", message)
         if result.weights_digest != receipt.output_digest:
             return found("spot_check", "re-executing the update gives other weights than the update receipt's")
         return []
@@ -1945,8 +2120,18 @@ class Coordinator:
         msg = self.transport.recv_json(rank, "fetched")
         if "error" in msg:
             raise TransportError(str(msg["error"]))
-        received, digests = self._recv_tensors(stage, msg, ("input", "weights"))
-        return FetchedUnit(stage, step, micro_batch, kind, received["input"], received["weights"], digests)
+        groups = ("input", "weights", "output")
+        received, digests = self._recv_tensors(stage, msg, groups)
+        return FetchedUnit(
+            stage,
+            step,
+            micro_batch,
+            kind,
+            received["input"],
+            received["weights"],
+            digests=digests,
+            outputs=received.get("output", {}),
+        )
 
     def _recv_tensors(
         self, stage: int, msg: dict[str, Any], groups: tuple[str, ...]
@@ -2050,6 +2235,7 @@ class Coordinator:
             "checkpoints": list(self.checkpoints),
             "stage_busy_seconds": list(self.busy),
             "spot_check": dict(self.spot) if c.verification == "spot_check" else None,
+            "spot_check_tolerance": list(self.tolerances) if c.spot_check_compare == "tolerance" else None,
             "redundant_neighbour": dict(self.neighbour) if c.verification == "redundant_neighbour" else None,
             "coordinator_key": bytes(self.signing_key.verify_key).hex(),
             "attestation": c.attestation,
@@ -2102,6 +2288,25 @@ def _hex(value: Any, size: int | None, what: str) -> bytes:
     if size is not None and len(data) != size:
         raise ValueError(f"{what} must be {size} bytes, not {len(data)}")
     return data
+
+
+def _output_committed(unit: FetchedUnit, receipt: Receipt) -> bool:
+    """Tolerance mode: whether the output a worker returned for a unit (:attr:`FetchedUnit.outputs`)
+    is the one its receipt commits to: the activation or logits of a forward unit, the input
+    gradient of a backward unit (stage 0: its accumulated parameter gradients, in order), the
+    weights after an update."""
+    out = unit.outputs
+    if unit.kind == "update":
+        weights = {k.removeprefix("weights."): v for k, v in out.items() if k.startswith("weights.")}
+        return bool(out) and len(weights) == len(out) and digest_state_dict(weights) == receipt.output_digest
+    if unit.kind == "backward" and unit.stage == 0:
+        return (
+            bool(out)
+            and all(k.startswith("grad.") for k in out)
+            and digest_tensors(out.values()) == receipt.output_digest
+        )
+    name = "output" if unit.kind == "forward" else "grad_input"
+    return set(out) == {name} and digest_tensor(out[name]) == receipt.output_digest
 
 
 def _dtype_name(tensor: torch.Tensor) -> str:

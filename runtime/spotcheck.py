@@ -507,6 +507,31 @@ def compare(
     return Comparison(equal, mode, diff, rel, tolerance)
 
 
+def compare_within(expected: Sequence[torch.Tensor], observed: Sequence[torch.Tensor], tolerance: float) -> Comparison:
+    """Compare a unit's re-executed outputs with its committed ones, pair by pair, in tolerance mode.
+
+    The check passes when both lists are equally long and every pair passes :func:`compare` in
+    :attr:`CompareMode.TOLERANCE` (same dtype and shape, non-finite values in the same places,
+    relative error at most ``tolerance``). The result carries the worst pair's differences
+    (``inf`` when the lengths differ or a dtype or shape does not match).
+
+    Raises:
+        SpotCheckError: ``tolerance`` is negative or NaN.
+    """
+    if tolerance < 0 or math.isnan(tolerance):
+        raise SpotCheckError(f"the tolerance must be >= 0, got {tolerance}")
+    if len(expected) != len(observed):
+        return Comparison(False, CompareMode.TOLERANCE, math.inf, math.inf, tolerance)
+    equal, worst_diff, worst_rel = True, 0.0, 0.0
+    for e, o in zip(expected, observed, strict=True):
+        pair = compare(e, o, CompareMode.TOLERANCE, tolerance)
+        if e.dtype != o.dtype:  # compare() measures across dtypes; a mismatch is a failure whatever the values
+            pair = dataclasses.replace(pair, max_abs_diff=math.inf, relative_error=math.inf)
+        equal = equal and pair.equal
+        worst_diff, worst_rel = max(worst_diff, pair.max_abs_diff), max(worst_rel, pair.relative_error)
+    return Comparison(equal, CompareMode.TOLERANCE, worst_diff, worst_rel, tolerance)
+
+
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
     """A tolerance calibrated from honest re-executions; record it with the run.

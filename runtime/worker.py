@@ -50,6 +50,7 @@ from stagewarden.runtime.attacks import (
     tamper_tensor,
     tamper_weights,
 )
+from stagewarden.runtime.calibration import CALIBRATION_UNITS, calibration_inputs, calibration_outputs
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.data import Batches
 from stagewarden.runtime.liveness import Heartbeat, connect_store
@@ -79,6 +80,11 @@ CRASH_ENV = "STAGEWARDEN_TEST_CRASH"
 HOSTILE_ENV = "STAGEWARDEN_TEST_HOSTILE"
 #: The crafted messages :data:`HOSTILE_ENV` can send.
 HOSTILE_MESSAGES = ("garbage", "oversize", "negative", "wrong_type", "bad_receipt", "forged_receipt", "deep_json")
+#: Test hook: ``<stage>:<e>`` makes the first worker of ``stage`` multiply every output it commits
+#: (activations or logits, input gradients, stage 0's accumulated gradients, its weights after an
+#: update, its calibration outputs) by ``1 + e`` before committing: an honest worker whose
+#: hardware or kernels differ from the verifier's by a relative ``e``.
+NUMERICS_ENV = "STAGEWARDEN_TEST_NUMERICS"
 
 COORDINATOR = 0
 
@@ -315,6 +321,10 @@ class StepRecord:
     grads: dict[str, torch.Tensor] | None = None
     weights_digest: bytes = b""
     """:func:`~stagewarden.attest.tensor_digest.digest_state_dict` of ``weights`` (with receipts on)."""
+    outputs: dict[tuple[int, str], dict[str, torch.Tensor]] = field(default_factory=dict)
+    """With ``spot_check_compare = "tolerance"``: each unit's committed output, by micro-batch and
+    kind (``output``; ``grad_input``, or ``grad.<parameter>`` on stage 0; ``weights.<name>`` after
+    the update, under micro-batch 0), for FETCH."""
 
 
 class StageWorker:
@@ -358,6 +368,10 @@ class StageWorker:
         self.current_digest: bytes | None = None
         """The digest of the stage's current weights when known (after an update, a restore or a
         load), so the next step need not hash them again."""
+        self.keep_outputs = config.spot_check_compare == "tolerance"
+        """Whether to keep each unit's committed output for FETCH (tolerance-mode spot checks)."""
+        self.skew: float | None = None
+        """The relative ``e`` of the ``STAGEWARDEN_TEST_NUMERICS`` test hook for this worker's stage, if any."""
 
     # -- start --------------------------------------------------------------------------------
 
@@ -467,6 +481,7 @@ class StageWorker:
         # the plan names stages, and so the workers first given them: a standby never attacks
         original = self.worker_id == worker_id_for(s)
         self.attack = make_attack(c.attack, s, c.model.vocab_size) if original else None
+        self.skew = _numerics_skew(s) if original else None
         if isinstance(self.attack, PlanAttack):
             self.attack.relay_equivocation = c.verification == "redundant_neighbour" and c.input_via == "upstream"
 
@@ -508,6 +523,7 @@ class StageWorker:
                     "ranks",
                     "replica_update",
                     "discard",
+                    "calibrate",
                 ),
             )
             kind = msg["type"]
@@ -540,6 +556,8 @@ class StageWorker:
                     self._load(msg)
                 elif kind == "discard":
                     self._discard(msg)
+                elif kind == "calibrate":
+                    self._calibrate(msg)
                 else:
                     self._update(int(msg["step"]), msg)
 
@@ -697,10 +715,14 @@ class StageWorker:
                 else:
                     state = stage_forward(module, inputs[m], M, targets=targets[m] if module.is_last else None)
                     output = state.output.detach()
+                    if self.skew is not None:
+                        output = output * (1.0 + self.skew)
                 states[m] = state
                 if self.attack is not None and not module.is_last:  # the last stage sends no activation
                     output = self.attack.apply_forward(s, step, m, output, received)
                 outputs[m] = output
+                if self.keep_outputs:
+                    record.outputs[(m, "forward")] = {"output": output}
                 if state.loss is not None:
                     losses[m] = state.loss
                 busy += time.perf_counter() - began
@@ -743,6 +765,8 @@ class StageWorker:
                 began = time.perf_counter()
                 state = states.pop(m)
                 grad = grads_out[m].detach().clone() if bypassed else stage_backward(state, grads_out.get(m))
+                if self.skew is not None and not bypassed:
+                    grad = _skew_backward(module, grad, self.skew)
                 if grad is not None:
                     grad = grad.detach()
                     if self.attack is not None:
@@ -750,6 +774,8 @@ class StageWorker:
                     grads_in[m] = grad
                 busy += time.perf_counter() - began
                 record.units[(m, "backward")] = unit
+                if self.keep_outputs:
+                    record.outputs[(m, "backward")] = _backward_output(module, grad)
                 if grad is not None:
                     out_digest = commit_digest(m, TransferKind.GRADIENT, grad) if receipts_on else b""
                 else:  # stage 0: commit to the accumulated parameter gradients
@@ -1041,6 +1067,24 @@ class StageWorker:
         self.current_digest = digest_state_dict(module.state_dict())
         self.transport.send_json(COORDINATOR, {"type": "loaded", "step": step, "weights": self.current_digest.hex()})
 
+    def _calibrate(self, msg: dict[str, Any]) -> None:
+        """Compute the calibration units the coordinator asks for on this stage's device and kernels
+        (:func:`~stagewarden.runtime.calibration.calibration_outputs`, on seed-derived inputs) and
+        send their outputs (``unit<i>.<name>``) and the weights they ran with (``weights.<name>``)."""
+        assert self.module is not None and self.stage_index is not None
+        units = msg.get("units")
+        if type(units) is not int or not 1 <= units <= CALIBRATION_UNITS:
+            raise TransportError(f"worker {self.worker_id} got a malformed calibration request")
+        tensors = [(f"weights.{k}", v.detach().cpu()) for k, v in self.module.state_dict().items()]
+        for i in range(units):
+            inputs = calibration_inputs(self.config, self.stage_index, i)
+            outputs = calibration_outputs(self.module, inputs, self.config.microbatches)
+            for name, t in outputs.items():
+                if self.skew is not None:
+                    t = t * (1.0 + self.skew)
+                tensors.append((f"unit{i}.{name}", t.cpu()))
+        self._send_tensors({"type": "calibrated", "units": units}, tensors)
+
     def _send_tensors(
         self, message: dict[str, Any], tensors: list[tuple[str, torch.Tensor]], *, blocking: bool = True
     ) -> None:
@@ -1072,11 +1116,19 @@ class StageWorker:
         optimizer_step(self.optimizer)
         if self.attack is not None:
             self.attack.apply_update(self.stage_index, step, module)
+        if self.skew is not None:
+            with torch.no_grad():
+                for p in module.parameters():
+                    p.mul_(1.0 + self.skew)
         if self.replica is not None:
             self._replica_update()
         busy = time.perf_counter() - began
         after = digest_state_dict(module.state_dict())
         self.current_digest = after
+        if self.keep_outputs:
+            self.record.outputs[(0, "update")] = {
+                f"weights.{k}": v.detach().clone() for k, v in module.state_dict().items()
+            }
         message: dict[str, Any] = {"type": "updated", "step": step, "weights": after.hex(), "busy_ns": int(busy * 1e9)}
         if receipts_on:
             env = ExecutionEnv.capture(self.device)
@@ -1112,6 +1164,8 @@ class StageWorker:
             if unit is None:
                 raise TransportError(f"worker {self.worker_id} does not keep unit step {step} {mb} {kind}")
             tensors += [(f"unit{i}.{name}", t) for name, t in unit.items()]
+            if self.keep_outputs:  # tolerance mode: the unit's committed output comes too
+                tensors += [(f"output{i}.{name}", t) for name, t in record.outputs.get((mb, kind), {}).items()]
         if units:
             tensors += [(f"weights.{name}", t) for name, t in record.weights.items()]
         if snapshot:
@@ -1155,6 +1209,8 @@ class StageWorker:
         tensors = [(f"input.{name}", t) for name, t in unit.items()] + [
             (f"weights.{name}", t) for name, t in record.weights.items()
         ]
+        if self.keep_outputs:
+            tensors += [(f"output.{name}", t) for name, t in record.outputs.get((mb, kind), {}).items()]
         self._send_tensors({"type": "fetched", "step": step, "micro_batch": mb, "kind": kind}, tensors)
 
     @staticmethod
@@ -1192,6 +1248,38 @@ class _Relay:
     sent_b: dict[int, tuple[bytes, torch.Tensor]] = field(default_factory=dict)
     committed_f: dict[int, torch.Tensor] = field(default_factory=dict)
     inputs: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def _numerics_skew(stage: int) -> float | None:
+    """The relative skew the :data:`NUMERICS_ENV` test hook gives the worker of ``stage``, if any."""
+    value = os.environ.get(NUMERICS_ENV)
+    if not value:
+        return None
+    target, _, e = value.partition(":")
+    try:
+        return float(e) if int(target) == stage else None
+    except ValueError:
+        raise ValueError(f"{NUMERICS_ENV} must be <stage>:<relative error>, got {value!r}") from None
+
+
+def _skew_backward(module: torch.nn.Module, grad: torch.Tensor | None, e: float) -> torch.Tensor | None:
+    """The :data:`NUMERICS_ENV` skew of a backward unit: its input gradient, or on stage 0 (no
+    input gradient) the accumulated parameter gradients, in place."""
+    if grad is not None:
+        return grad * (1.0 + e)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.grad is not None:
+                p.grad.mul_(1.0 + e)
+    return None
+
+
+def _backward_output(module: torch.nn.Module, grad: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """What a backward unit's receipt commits to, kept for FETCH: the input gradient, or on stage 0
+    (no input gradient) a copy of the accumulated parameter gradients, in parameter order."""
+    if grad is not None:
+        return {"grad_input": grad}
+    return {f"grad.{n}": p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
 def _unit_tensors(inputs: torch.Tensor, targets: torch.Tensor | None) -> dict[str, torch.Tensor]:

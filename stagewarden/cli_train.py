@@ -155,6 +155,13 @@ def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
     "--spot-check-rate", type=float, help="Probability p in (0, 1] that each unit is spot-checked.  [default: 0.1]"
 )
 @click.option(
+    "--spot-check-compare",
+    type=click.Choice(["bitwise", "tolerance"]),
+    help="With spot_check: compare a re-executed unit bitwise (identical hardware and deterministic "
+    "algorithms) or within a tolerance calibrated per stage at admission from each worker's honest "
+    "executions (other hardware or kernels; a worker needing more than 1e-3 is refused).  [default: bitwise]",
+)
+@click.option(
     "--response",
     type=click.Choice(["eject", "rollback", "restart", "skip_stage"]),
     help="On a detection: hand the convict's stage to a standby and resume from the last verified "
@@ -227,6 +234,7 @@ def train(
     verification: str | None,
     input_via: str | None,
     spot_check_rate: float | None,
+    spot_check_compare: str | None,
     response: str | None,
     checkpoint_every: int | None,
     heartbeat_timeout: float | None,
@@ -269,6 +277,7 @@ def train(
         "verification": verification,
         "input_via": input_via,
         "spot_check_rate": spot_check_rate,
+        "spot_check_compare": spot_check_compare,
         "response": response,
         "checkpoint_every": checkpoint_every,
         **timeouts,
@@ -464,7 +473,8 @@ def _verification_row(config: Any, summary: dict[str, Any]) -> str:
     """The verification mode and what it checked, for the summary table."""
     if config.verification == "spot_check":
         spot = summary.get("spot_check") or {}
-        return f"spot_check p={config.spot_check_rate:g}: {spot.get('units_checked', 0)} units re-executed"
+        compared = "" if config.spot_check_compare == "bitwise" else f", {config.spot_check_compare}"
+        return f"spot_check p={config.spot_check_rate:g}{compared}: {spot.get('units_checked', 0)} units re-executed"
     if config.verification == "redundant_neighbour":
         n = summary.get("redundant_neighbour") or {}
         return (
