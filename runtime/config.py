@@ -164,7 +164,10 @@ class RunConfig:
             ),
             (self.response in RESPONSES, f"response must be one of {', '.join(RESPONSES)}, not {self.response!r}"),
             (self.checkpoint_every >= 0, f"checkpoint_every must be at least 0, got {self.checkpoint_every}"),
-            (isinstance(self.overlap_checks, bool), f"overlap_checks must be true or false, got {self.overlap_checks!r}"),
+            (
+                isinstance(self.overlap_checks, bool),
+                f"overlap_checks must be true or false, got {self.overlap_checks!r}",
+            ),
             (self.timeout > 0, f"timeout must be positive, got {self.timeout}"),
             (self.heartbeat_timeout > 0, f"heartbeat_timeout must be positive, got {self.heartbeat_timeout}"),
             (self.silence_timeout > 0, f"silence_timeout must be positive, got {self.silence_timeout}"),

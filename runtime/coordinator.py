@@ -228,9 +228,7 @@ class AfterUpdate:
     snapshot: bool
     update_receipts: dict[int, Receipt]
     weights: dict[int, str]
-    state: dict[int, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = dataclasses.field(
-        default_factory=dict
-    )
+    state: dict[int, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = dataclasses.field(default_factory=dict)
 
 
 class EventLog:

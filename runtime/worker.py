@@ -1150,10 +1150,7 @@ class StageWorker:
             or record is None
             or record.step != step
             or not all(
-                isinstance(u, list)
-                and len(u) == 2
-                and type(u[0]) is int
-                and u[1] in ("forward", "backward", "update")
+                isinstance(u, list) and len(u) == 2 and type(u[0]) is int and u[1] in ("forward", "backward", "update")
                 for u in units
             )
         ):
