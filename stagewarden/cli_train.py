@@ -177,6 +177,12 @@ def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
     help="Write a verified checkpoint every N steps (0: none; a crash then loses the run).  [default: 1]",
 )
 @click.option(
+    "--no-overlap-checks",
+    is_flag=True,
+    help="Settle each step's spot checks and checkpoint before the next step starts, instead of while it "
+    "computes (a failed check then discards the step computed meanwhile).",
+)
+@click.option(
     "--heartbeat-timeout",
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds without a worker's heartbeat before it is declared unresponsive.  [default: 10]",
@@ -237,6 +243,7 @@ def train(
     spot_check_compare: str | None,
     response: str | None,
     checkpoint_every: int | None,
+    no_overlap_checks: bool,
     heartbeat_timeout: float | None,
     silence_timeout: float | None,
     timeout: float | None,
@@ -298,6 +305,8 @@ def train(
         settings["receipts"] = False
     if no_attestation:
         settings["attestation"] = False
+    if no_overlap_checks:
+        settings["overlap_checks"] = False
     for path in data:
         if not Path(path).exists():
             raise BadInput(f"--data {path} does not exist")

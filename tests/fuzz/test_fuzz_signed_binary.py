@@ -67,7 +67,7 @@ def field_edits(draw: st.DrawFn, original: Any, others: st.SearchStrategy[Any], 
             changes[a], changes[b] = getattr(original, b), getattr(original, a)
         else:
             donor = draw(others)
-            name = draw(st.sampled_from([f.name for f in dataclasses.fields(donor)]))
+            name = draw(st.sampled_from([f.name for f in dataclasses.fields(donor) if f.init]))
             changes[name] = getattr(donor, name)
     return dataclasses.replace(original, **changes)
 

@@ -192,3 +192,19 @@ def test_skip_stage_after_a_late_detection_restores_the_tampered_step(tmp_path: 
     assert [e["step"] for e in _events(result.run_dir) if e["event"] == "step_discarded"] == [2]
     assert audit_run_dir(result.run_dir).errors == ()
     assert all(loss == loss and abs(loss) < 100 for loss in s["losses"])
+
+
+def test_the_cli_flag_turns_overlapping_off(tmp_path: Path) -> None:
+    """train --no-overlap-checks writes a configuration that settles every step; without it, steps overlap."""
+    from click.testing import CliRunner
+    from stagewarden.cli import cli
+    from stagewarden.runtime.config import load_run_config
+    from stagewarden.runtime.launch import PREPARED_CONFIG
+
+    for flags, expected in (([], True), (["--no-overlap-checks"], False)):
+        folder = tmp_path / f"prepared-{expected}"
+        args = ["train", "--verification", "spot_check", "--no-attestation", "--out", str(tmp_path / "run")]
+        args += ["--prepare", str(folder), *flags]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        assert load_run_config(folder / PREPARED_CONFIG).overlap_checks is expected
