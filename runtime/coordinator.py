@@ -974,7 +974,7 @@ class Coordinator:
         recomputation, a step with a bypassed stage and the last step, which settle before the
         step ends. No checkpoint is written before the checks of its step have passed; a check
         that fails while the next step computes discards that step and answers the detection as
-        if it had been found at once (:meth:`_late_detection`).
+        if it had been found at once.
 
         Returns the next step to train: ``step + 1``, the step to recompute after a late detection,
         or the checkpoint's step after an eject or a rollback."""
@@ -1695,7 +1695,7 @@ class Coordinator:
         receipts, samples the units (forward, backward and update of every running stage and
         micro-batch, each with probability ``spot_check_rate``) and keeps the sample: the workers
         push the sampled units with the update, and :meth:`check_unit` and :meth:`check_update`
-        check them (:meth:`_settle`). Returns the detections.
+        check them. Returns the detections.
         """
         c = self.config
         self._sample = []

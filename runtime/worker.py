@@ -364,7 +364,7 @@ class StageWorker:
         self.replica_checked = False
         self.copy_headers: dict[int, bytes] = {}
         self.grads_digest: tuple[int, bytes] | None = None
-        """Stage 0: the step and digest of the gradients its last backward unit committed to."""
+        """The step and digest of the gradients stage 0's last backward unit committed to (stage 0 only)."""
         self.current_digest: bytes | None = None
         """The digest of the stage's current weights when known (after an update, a restore or a
         load), so the next step need not hash them again."""
