@@ -546,12 +546,17 @@ class Coordinator:
             RunFailed: The run cannot go on for another reason.
         """
         started = time.perf_counter()
+        # the coordinator's own tensor work (unpacking, digests, checkpoints) runs on the workers'
+        # thread count: on a machine the workers share, more threads only wait for cores
+        torch.set_num_threads(self.config.train.threads)
         try:
             if self.session == 0:
                 self.events.write("run_started", run_id=self.run_id, config=self.config.to_json())
             else:
                 self.events.write("run_resumed", **self.resumes[-1])
             self.admit()
+            if self.config.verification == "spot_check":
+                self._data(self.start_step, 0)  # read the corpus the checks regenerate data from before training
             self.status = "running"
             self._start_watchdog()
             self._write_summary()
