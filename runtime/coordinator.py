@@ -20,7 +20,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -1946,92 +1946,59 @@ class Coordinator:
         if is_last and not torch.equal(inputs.get("targets", torch.empty(0)), y):
             return found("data", "the last stage computed on targets that are not the step's data")
         self.spot["units_checked"] += 1
-        if within:
-            return self._check_unit_within(unit, found)
         try:
-            with deterministic(c.train.threads):
-                if kind == "forward":
-                    out = reexecute_forward(
-                        c.model,
-                        c.stages,
-                        stage,
-                        unit.weights,
-                        inputs["input"],
-                        inputs.get("targets"),
-                        microbatches=c.microbatches,
-                        pool=self.stage_pool,
-                    )
-                    produced = digest_tensor(out)
-                else:
-                    result = reexecute_backward(
-                        c.model,
-                        c.stages,
-                        stage,
-                        unit.weights,
-                        inputs["input"],
-                        inputs.get("grad_output"),
-                        inputs.get("targets"),
-                        microbatches=c.microbatches,
-                        pool=self.stage_pool,
-                    )
-                    if result.grad_input is not None:
-                        produced = digest_tensor(result.grad_input)
-                    else:  # stage 0 commits to the gradients accumulated up to this micro-batch
-                        produced = digest_tensors(
-                            inputs[f"grad_before.{n}"] + g if f"grad_before.{n}" in inputs else g
-                            for n, g in result.param_grads.items()
-                        )
+            expected = self._reexecute_unit(unit)
         except (SpotCheckError, KeyError, RuntimeError) as exc:
             return found("spot_check", f"the committed unit cannot be re-executed: {exc}")
+        if within:  # compare with the committed outputs under the stage's calibrated tolerance
+            message = self._beyond_tolerance(stage, expected, unit.outputs, f"the {kind} unit")
+            return [] if message is None else found("spot_check", message)
+        single = expected.get("output", expected.get("grad_input"))
+        # bitwise: stage 0's backward unit commits to its accumulated gradients as a list
+        produced = digest_tensor(single) if single is not None else digest_tensors(expected.values())
         if produced != receipt.output_digest:
             return found("spot_check", f"re-executing the {kind} unit gives another output than the receipt's")
         return []
 
-    def _check_unit_within(
-        self, unit: FetchedUnit, found: Callable[[str, str], list[dict[str, Any]]]
-    ) -> list[dict[str, Any]]:
-        """Tolerance mode: re-execute a fetched forward or backward unit (its committed inputs and
-        weights already checked) and compare its outputs with the committed ones under the stage's
-        calibrated tolerance (:meth:`_beyond_tolerance`); ``found(check, message)`` makes a detection."""
+    def _reexecute_unit(self, unit: FetchedUnit) -> dict[str, torch.Tensor]:
+        """Re-execute a forward or backward unit from its committed inputs and weights; its outputs
+        by name: ``output`` (a forward unit), ``grad_input`` (a backward unit of a stage after the
+        first) or ``grad.<parameter>`` (stage 0's backward: the gradients accumulated up to the unit).
+
+        Raises:
+            SpotCheckError, KeyError, RuntimeError: The unit cannot be re-executed.
+        """
         c, stage, inputs = self.config, unit.stage, unit.inputs
-        expected: dict[str, torch.Tensor]
-        try:
-            with deterministic(c.train.threads):
-                if unit.kind == "forward":
-                    output = reexecute_forward(
-                        c.model,
-                        c.stages,
-                        stage,
-                        unit.weights,
-                        inputs["input"],
-                        inputs.get("targets"),
-                        microbatches=c.microbatches,
-                        pool=self.stage_pool,
-                    )
-                    expected = {"output": output}
-                else:
-                    result = reexecute_backward(
-                        c.model,
-                        c.stages,
-                        stage,
-                        unit.weights,
-                        inputs["input"],
-                        inputs.get("grad_output"),
-                        inputs.get("targets"),
-                        microbatches=c.microbatches,
-                        pool=self.stage_pool,
-                    )
-                    if result.grad_input is not None:
-                        expected = {"grad_input": result.grad_input}
-                    else:  # stage 0 commits to the gradients accumulated up to this micro-batch
-                        expected = {
-                            f"grad.{n}": inputs[f"grad_before.{n}"] + g if f"grad_before.{n}" in inputs else g
-                            for n, g in result.param_grads.items()
-                        }
-        except (SpotCheckError, KeyError, RuntimeError) as exc:
-            return found("spot_check", f"the committed unit cannot be re-executed: {exc}")
-        message = self._beyond_tolerance(stage, expected, unit.outputs, f"the {unit.kind} unit")
-        return [] if message is None else found("spot_check", message)
+        with deterministic(c.train.threads):
+            if unit.kind == "forward":
+                output = reexecute_forward(
+                    c.model,
+                    c.stages,
+                    stage,
+                    unit.weights,
+                    inputs["input"],
+                    inputs.get("targets"),
+                    microbatches=c.microbatches,
+                    pool=self.stage_pool,
+                )
+                return {"output": output}
+            result = reexecute_backward(
+                c.model,
+                c.stages,
+                stage,
+                unit.weights,
+                inputs["input"],
+                inputs.get("grad_output"),
+                inputs.get("targets"),
+                microbatches=c.microbatches,
+                pool=self.stage_pool,
+            )
+            if result.grad_input is not None:
+                return {"grad_input": result.grad_input}
+            return {
+                f"grad.{n}": inputs[f"grad_before.{n}"] + g if f"grad_before.{n}" in inputs else g
+                for n, g in result.param_grads.items()
+            }
 
     def _beyond_tolerance(
         self, stage: int, expected: dict[str, torch.Tensor], committed: dict[str, torch.Tensor], what: str

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from distributed_helpers import reference, tiny_config
 from stagewarden.runtime.launch import LaunchError, launch_local
-from stagewarden.runtime.processes import START_METHOD_ENV, ForkServer, choose_start_method
+from stagewarden.runtime.processes import START_METHOD_ENV, ForkServer, choose_start_method, fork_server_unavailable
 
 HERE = Path(__file__).resolve().parent
 #: Set in the launcher's environment (so the fork server's and every forked process's): finds
@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 MARKER_ENV = "STAGEWARDEN_TEST_LAUNCH_MARKER"
 
 needs_fork_server = pytest.mark.skipif(
-    choose_start_method("auto") != "forkserver", reason="this platform or program has no fork server"
+    fork_server_unavailable(main_file=False) is not None, reason="this platform has no fork server"
 )
 
 
