@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +317,8 @@ class Coordinator:
         self._sample: list[tuple[int, int, str]] = []
         self._update_receipts: dict[int, Receipt] = {}
         self._deferred: AfterUpdate | None = None
+        self._checkpoint_writer: ThreadPoolExecutor | None = None
+        self._checkpoint_job: tuple[int, Future[Any]] | None = None
         self._pool: StagePool | None = None
         self._last_updates: dict[int, Receipt] = {}
         self._batches: Any = None
@@ -571,6 +574,7 @@ class Coordinator:
                     self.write_checkpoint(0)
                 while step < self.config.steps:
                     step = self.train_step(step)
+                self._finish_checkpoint()
             except _Stop as stop:
                 stopped = str(stop)
             self.train_seconds += time.perf_counter() - train_start
@@ -599,6 +603,8 @@ class Coordinator:
             self._on_error(exc)
         finally:
             self._stop_watchdog()
+            if self._checkpoint_writer is not None:  # a checkpoint not recorded by now does not count
+                self._checkpoint_writer.shutdown(wait=True)
             (self.run_dir / WORKERS_FILE).unlink(missing_ok=True)
             self.wall_seconds += time.perf_counter() - started
             if self.status == "running":
@@ -1031,7 +1037,7 @@ class Coordinator:
         self.events.write("step", step=step, loss=commit.loss, tokens_per_second=tps, seconds=seconds)
         if self._checkpoint_due(step) and self._deferred is None:
             if after is not None and after.snapshot:
-                self._checkpoint_from(after)
+                self._checkpoint_from(after, background=True)
             else:
                 self.write_checkpoint(step + 1)
         self._write_summary()
@@ -1081,6 +1087,7 @@ class Coordinator:
         """Take what the workers pushed after ``after.step``'s update, check its sampled units and,
         with ``write_checkpoint`` and no detection, write the checkpoint after it; return the
         detections."""
+        self._finish_checkpoint()
         units = self._receive_pushed(after)
         found: list[dict[str, Any]] = []
         for s, m, kind in after.sample:
@@ -1091,7 +1098,7 @@ class Coordinator:
             else:
                 found += self.check_unit(after.commit, s, m, kind, units.get((s, m, kind)))
         if write_checkpoint and not found and after.snapshot:
-            self._checkpoint_from(after)
+            self._checkpoint_from(after, background=True)
         return found
 
     def _receive_pushed(self, after: AfterUpdate) -> dict[tuple[int, int, str], FetchedUnit]:
@@ -1126,12 +1133,13 @@ class Coordinator:
                 after.state[s] = (weights, received["snapshot_optimizer"])
         return units
 
-    def _checkpoint_from(self, after: AfterUpdate) -> None:
+    def _checkpoint_from(self, after: AfterUpdate, background: bool = False) -> None:
         """Write the checkpoint after ``after.step`` from the state the workers pushed."""
         self._save_checkpoint(
             after.step + 1,
             {s: w for s, (w, _) in after.state.items()},
             {s: o for s, (_, o) in after.state.items()},
+            background,
         )
 
     def _late_detection(self, step: int, detections: list[dict[str, Any]]) -> int:
@@ -1140,7 +1148,7 @@ class Coordinator:
         step and continue its receipt chain from the last logged receipt, take step ``step - 1``
         back and answer the detection as at attempt 0 of that step. Returns the step to train next."""
         c, done = self.config, step - 1
-        for s in reversed(range(c.stages)):
+        for s in range(c.stages):
             self.transport.recv_json(self.rank_of(s), "commit")
         self.transport.flush()
         for s in range(c.stages):
@@ -1237,6 +1245,7 @@ class Coordinator:
             RunFailed: The response cannot be carried out.
         """
         c = self.config
+        self._finish_checkpoint()  # a response plans with the checkpoints written so far
         if c.response == Response.ROLLBACK:
             return self.rollback(step, attempt, detection)
         state = RunState(
@@ -1294,19 +1303,49 @@ class Coordinator:
         self._save_checkpoint(step, weights, optimizer)
 
     def _save_checkpoint(
-        self, step: int, weights: dict[int, dict[str, torch.Tensor]], optimizer: dict[int, dict[str, torch.Tensor]]
+        self,
+        step: int,
+        weights: dict[int, dict[str, torch.Tensor]],
+        optimizer: dict[int, dict[str, torch.Tensor]],
+        background: bool = False,
     ) -> None:
-        """Write every stage's received state as the verified checkpoint of ``step``."""
-        try:
-            info = save_checkpoint(
-                self.checkpoint_root,
-                step,
-                weights,
-                optimizer,
-                meta={"run_id": self.run_id, "workers": list(self.stage_ids)},
+        """Write every stage's received state as the verified checkpoint of ``step``. With
+        ``background`` the files are written (and fsynced) on a thread while the run goes on, and
+        the checkpoint counts only once :meth:`_finish_checkpoint` has recorded it, which every
+        user of the checkpoints calls first."""
+        self._finish_checkpoint()
+        meta = {"run_id": self.run_id, "workers": list(self.stage_ids)}
+        if background:
+            if self._checkpoint_writer is None:
+                self._checkpoint_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+            future = self._checkpoint_writer.submit(
+                save_checkpoint, self.checkpoint_root, step, weights, optimizer, meta=meta
             )
+            self._checkpoint_job = (step, future)
+            return
+        try:
+            info = save_checkpoint(self.checkpoint_root, step, weights, optimizer, meta=meta)
         except CheckpointError as exc:
             raise RunFailed(f"cannot write the checkpoint of step {step}: {exc}") from None
+        self._record_checkpoint(step, info)
+
+    def _finish_checkpoint(self) -> None:
+        """Wait for a checkpoint being written in the background, and record it.
+
+        Raises:
+            RunFailed: It could not be written.
+        """
+        job, self._checkpoint_job = self._checkpoint_job, None
+        if job is None:
+            return
+        step, future = job
+        try:
+            info = future.result()
+        except CheckpointError as exc:
+            raise RunFailed(f"cannot write the checkpoint of step {step}: {exc}") from None
+        self._record_checkpoint(step, info)
+
+    def _record_checkpoint(self, step: int, info: Any) -> None:
         self.checkpoints.append(step)
         self.events.write(
             "checkpoint",
@@ -1319,6 +1358,7 @@ class Coordinator:
         """Load the verified checkpoint of ``step`` and send every stage its weights and optimizer
         state (digest-checked by the worker); check the weights each worker reports."""
         c = self.config
+        self._finish_checkpoint()
         try:
             checkpoint = load_checkpoint(self.checkpoint_root, step)
         except CheckpointError as exc:
@@ -1578,9 +1618,9 @@ class Coordinator:
         loss, mb_losses = float("nan"), []
         checks: dict[int, list[Any]] = {}
         checks_run: dict[int, int] = {}
-        # last stage first: in both schedules stage 0 finishes a step last, so the receipts of the
-        # later stages are checked while it still computes
-        for s in reversed(range(c.stages)):
+        # in stage order: a stage that died mid-step is then met as a closed connection; taking the
+        # last stage first left the verdict to the chain of waits, which blamed the next stage
+        for s in range(c.stages):
             wid = self.stage_ids[s]
             msg = self.transport.recv_json(self.rank_of(s), "commit")
             self.busy[s] += _busy(msg)
