@@ -574,9 +574,9 @@ class Coordinator:
                     self.write_checkpoint(0)
                 while step < self.config.steps:
                     step = self.train_step(step)
-                self._finish_checkpoint()
             except _Stop as stop:
                 stopped = str(stop)
+            self._finish_checkpoint()
             self.train_seconds += time.perf_counter() - train_start
             self.status = "completed" if stopped is None else "stopped"
             self._stop_watchdog()
