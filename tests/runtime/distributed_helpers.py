@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from stagewarden.attest.tensor_digest import digest_state_dict
+from stagewarden.runtime.attacks import AttackPlan
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.data import Batches, load_corpus
 from stagewarden.runtime.model import GPTConfig, build_stages
@@ -37,3 +39,20 @@ def reference(config: RunConfig) -> tuple[list[float], list[str]]:
         optimizers = [make_optimizer(s, dataclasses.replace(config.train)) for s in stages]
         losses = [reference_step(stages, optimizers, batches.batch(t)) for t in range(config.steps)]
     return losses, [digest_state_dict(s.state_dict()).hex() for s in stages]
+
+
+def fires_once(stage: int, step: int, quiet_steps: tuple[int, ...] = ()) -> dict[str, Any]:
+    """A ``reverse`` plan at rate 0.5 on ``stage`` from ``step`` whose draws fire on micro-batch 0
+    of ``step``, not on its first recomputation and not at ``quiet_steps`` (its JSON form)."""
+
+    def plan(seed: int) -> AttackPlan:
+        return AttackPlan.from_cli("reverse", str(stage), 0.5, step, seed=seed)
+
+    seed = next(
+        x
+        for x in range(1000)
+        if plan(x).active(stage, step, 0)
+        and not plan(x).active(stage, step, 0, attempt=1)
+        and not any(plan(x).active(stage, t, 0) for t in quiet_steps)
+    )
+    return plan(seed).to_json()

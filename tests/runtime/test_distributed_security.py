@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from distributed_helpers import reference, tiny_config
+from distributed_helpers import fires_once, reference, tiny_config
 from nacl.signing import VerifyKey
 from stagewarden.attest.audit import audit_run_dir
 from stagewarden.attest.receipt_log import RecordType, scan_log
@@ -127,14 +127,7 @@ def test_clean_spot_checked_run_matches_reference_and_records_timing(tmp_path: P
 def test_restart_recomputes_the_step_and_training_continues(tmp_path: Path) -> None:
     """With restart, a detected step is recomputed from the state before it; an attack that does
     not fire again on the recomputation leaves the run completing with the reference's losses."""
-    seed = next(
-        x
-        for x in range(1000)
-        if AttackPlan.from_cli("reverse", "1", 0.5, 1, seed=x).active(1, 1, 0)
-        and not AttackPlan.from_cli("reverse", "1", 0.5, 1, seed=x).active(1, 1, 0, attempt=1)
-        and not AttackPlan.from_cli("reverse", "1", 0.5, 1, seed=x).active(1, 2, 0)
-    )
-    plan = AttackPlan.from_cli("reverse", "1", 0.5, 1, seed=seed).to_json()
+    plan = fires_once(1, 1, quiet_steps=(2,))
     config = tiny_config(
         stages=3,
         microbatches=1,
@@ -169,13 +162,7 @@ def test_bad_attack_plans_are_config_errors() -> None:
 def test_skip_stage_recomputes_with_the_stage_as_identity_and_freezes_it(tmp_path: Path) -> None:
     """With skip_stage, the detected step is recomputed with stage 1 passing tensors on unchanged
     (checked for every unit) and not updated: its weights stay those before the step; loss stays finite."""
-    seed = next(
-        x
-        for x in range(1000)
-        if AttackPlan.from_cli("reverse", "1", 0.5, 1, seed=x).active(1, 1, 0)
-        and not AttackPlan.from_cli("reverse", "1", 0.5, 1, seed=x).active(1, 1, 0, attempt=1)
-    )
-    plan = AttackPlan.from_cli("reverse", "1", 0.5, 1, seed=seed).to_json()
+    plan = fires_once(1, 1)
     config = tiny_config(
         stages=3,
         microbatches=1,

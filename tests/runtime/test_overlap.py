@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from distributed_helpers import TINY, reference, tiny_config
+from distributed_helpers import TINY, fires_once, reference, tiny_config
 from stagewarden.attest.audit import audit_run_dir
 from stagewarden.attest.tensor_digest import digest_state_dict, digest_tensor, weights_digest
 from stagewarden.runtime.attacks import AttackPlan
@@ -167,14 +167,7 @@ def test_a_check_failing_while_the_next_step_computes_discards_that_step(tmp_pat
 def test_skip_stage_after_a_late_detection_restores_the_tampered_step(tmp_path: Path) -> None:
     """With skip_stage, a detection found while the next step computes takes both steps back: the
     tampered step is recomputed with the stage bypassed and frozen, and training goes on."""
-    seed = next(
-        x
-        for x in range(1000)
-        if AttackPlan.from_cli("reverse", "1", 0.5, 1, seed=x).active(1, 1, 0)
-        and not AttackPlan.from_cli("reverse", "1", 0.5, 1, seed=x).active(1, 1, 0, attempt=1)
-        and not AttackPlan.from_cli("reverse", "1", 0.5, 1, seed=x).active(1, 2, 0)
-    )
-    plan = AttackPlan.from_cli("reverse", "1", 0.5, 1, seed=seed).to_json()
+    plan = fires_once(1, 1, quiet_steps=(2,))
     config = tiny_config(
         stages=3,
         microbatches=1,
@@ -197,9 +190,10 @@ def test_skip_stage_after_a_late_detection_restores_the_tampered_step(tmp_path: 
 def test_the_cli_flag_turns_overlapping_off(tmp_path: Path) -> None:
     """train --no-overlap-checks writes a configuration that settles every step; without it, steps overlap."""
     from click.testing import CliRunner
-    from stagewarden.cli import cli
     from stagewarden.runtime.config import load_run_config
     from stagewarden.runtime.launch import PREPARED_CONFIG
+
+    from stagewarden.cli import cli
 
     for flags, expected in (([], True), (["--no-overlap-checks"], False)):
         folder = tmp_path / f"prepared-{expected}"
