@@ -175,8 +175,7 @@ class FetchedUnit:
     @property
     def weights_digest(self) -> bytes:
         """:func:`~stagewarden.attest.tensor_digest.digest_state_dict` of the weights."""
-        known = self.digests
-        return weights_digest({k: known.get(f"weights.{k}") or digest_tensor(v) for k, v in self.weights.items()})
+        return _weights_digest(self.weights, self.digests)
 
 
 @dataclasses.dataclass
@@ -315,7 +314,6 @@ class Coordinator:
         self._pending_attempt = 0
         self._rollbacks: dict[int, int] = {}
         self._sample: list[tuple[int, int, str]] = []
-        self._update_receipts: dict[int, Receipt] = {}
         self._deferred: AfterUpdate | None = None
         self._checkpoint_writer: ThreadPoolExecutor | None = None
         self._checkpoint_job: tuple[int, Future[Any]] | None = None
@@ -928,9 +926,9 @@ class Coordinator:
         for s in chosen:
             wid, rank = self.stage_ids[s], self.rank_of(s)
             msg = self.transport.recv_json(rank, "calibrated")
-            received, _ = self._recv_tensors(s, msg, groups)
+            received, digests = self._recv_tensors(s, msg, groups)
             weights, units = received["weights"], [received[f"unit{i}"] for i in range(CALIBRATION_UNITS)]
-            if digest_state_dict(weights) != self._stage_weights_digest(s):
+            if _weights_digest(weights, digests) != self._stage_weights_digest(s):
                 raise TransportError(
                     f"worker {wid} computed its calibration with other weights than stage {s} holds", peer=rank
                 )
@@ -1127,8 +1125,7 @@ class Coordinator:
                 )
             if after.snapshot:
                 weights = received["snapshot_weights"]
-                digest = weights_digest({k: digests[f"snapshot_weights.{k}"] for k in weights})
-                if digest.hex() != after.weights.get(s):
+                if _weights_digest(weights, digests, "snapshot_weights").hex() != after.weights.get(s):
                     raise TransportError(f"worker {wid} pushed other weights than its update of step {step} reported")
                 after.state[s] = (weights, received["snapshot_optimizer"])
         return units
@@ -1215,7 +1212,7 @@ class Coordinator:
         if frozen is not None and frozen >= 1 and c.verification == "redundant_neighbour":
             # the frozen stage still checks stage frozen - 1, which is updated: so is its replica
             self.transport.send_json(self.rank_of(frozen), {"type": "replica_update", "step": step})
-        self._update_receipts = {}
+        receipts: dict[int, Receipt] = {}
         for s in stages:
             wid = self.stage_ids[s]
             msg = self.transport.recv_json(self.rank_of(s), "updated")
@@ -1227,11 +1224,10 @@ class Coordinator:
                 receipt = self._accept_receipt(wid, s, step, _hex(msg.get("receipt"), None, "receipt"))
                 if receipt.kind is not UnitKind.UPDATE:
                     raise TransportError(f"worker {wid} sent a {receipt.kind} receipt as its update receipt")
-                self._update_receipts[s] = receipt
+                receipts[s] = receipt
                 self._last_updates[s] = receipt
                 self.counts["update"] += 1
-        receipts, weights = dict(self._update_receipts), dict(self.final_weights)
-        return AfterUpdate(step, commit, sample, pushes, snapshot, receipts, weights)
+        return AfterUpdate(step, commit, sample, pushes, snapshot, receipts, dict(self.final_weights))
 
     def respond(self, step: int, attempt: int, detection: dict[str, Any]) -> ResponsePlan:
         """Answer a detection: plan the response and carry it out. ``restart`` and ``skip_stage``
@@ -1296,9 +1292,9 @@ class Coordinator:
             msg = self.transport.recv_json(self.rank_of(s), "snapshot")
             if msg.get("step") != step:
                 raise TransportError(f"worker {self.stage_ids[s]} sent the state of step {msg.get('step')}, not {step}")
-            received, _ = self._recv_tensors(s, msg, ("weights", "optimizer"))
+            received, digests = self._recv_tensors(s, msg, ("weights", "optimizer"))
             weights[s], optimizer[s] = received["weights"], received["optimizer"]
-            if step > 0 and digest_state_dict(weights[s]).hex() != self.final_weights.get(s):
+            if step > 0 and _weights_digest(weights[s], digests).hex() != self.final_weights.get(s):
                 raise TransportError(f"worker {self.stage_ids[s]} sent other weights than its last update reported")
         self._save_checkpoint(step, weights, optimizer)
 
@@ -2317,6 +2313,12 @@ def _output_committed(unit: FetchedUnit, receipt: Receipt) -> bool:
         )
     name = "output" if unit.kind == "forward" else "grad_input"
     return set(out) == {name} and digest_tensor(out[name]) == receipt.output_digest
+
+
+def _weights_digest(weights: dict[str, torch.Tensor], digests: dict[str, bytes], group: str = "weights") -> bytes:
+    """:func:`~stagewarden.attest.tensor_digest.digest_state_dict` of ``weights``, from the tensor
+    digests :meth:`Coordinator._recv_tensors` computed (by ``<group>.<name>``) where it has them."""
+    return weights_digest({k: digests.get(f"{group}.{k}") or digest_tensor(v) for k, v in weights.items()})
 
 
 def _dtype_name(tensor: torch.Tensor) -> str:
