@@ -357,8 +357,11 @@ def _first_mismatch(shown: list[str], actual: list[str]) -> str | None:
 
 @pytest.mark.parametrize(("page", "command", "shown"), documented_sessions(),
                          ids=[f"{page}: {command}" for page, command, _ in documented_sessions()])
-def test_documented_output_is_real(page: str, command: str, shown: list[str]) -> None:
+def test_documented_output_is_real(
+    page: str, command: str, shown: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every output line a docs page shows for a command is printed by that command, in that order."""
+    monkeypatch.chdir(tmp_path)  # commands with a default output folder (``demo``) write it here
     code, output = run_cli(command.split()[1:])
     assert code in (0, 1), output
     missing = _first_mismatch(shown, output.splitlines())
