@@ -273,6 +273,21 @@ def test_tensor_digest_definition() -> None:
     assert digest_tensor(t) == blake3.blake3(header + t.numpy().tobytes()).digest()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.uint8, torch.bool])
+def test_short_path_hashes_what_tensor_bytes_gives(dtype: torch.dtype) -> None:
+    """A contiguous CPU tensor (the short path) and a transposed or negative view of the same
+    values (through tensor_bytes) hash the same bytes under the same header."""
+    from stagewarden.attest.tensor_digest import dtype_name, tensor_header
+
+    t = (torch.arange(24) % 3).to(dtype).reshape(4, 6)
+    expected = blake3.blake3(tensor_header(dtype_name(dtype), (4, 6), t.numel() * t.element_size()))
+    expected.update(bytes(tensor_bytes(t)))
+    assert digest_tensor(t) == expected.digest()
+    assert digest_tensor(t.t().contiguous().t()) == expected.digest()  # non-contiguous view, same values
+    if dtype.is_floating_point:
+        assert digest_tensor(torch._neg_view(-t)) == expected.digest()  # a negative view is resolved
+
+
 def test_tensor_digest_separates_dtype_and_shape() -> None:
     """Equal bytes under another dtype or shape give another digest."""
     t = torch.zeros(4, dtype=torch.float32)
