@@ -30,9 +30,12 @@ StartMethod = Literal["auto", "forkserver", "subprocess"]
 #: the platform has none) and ``subprocess`` (a new interpreter per process).
 START_METHODS: tuple[str, ...] = ("auto", "forkserver", "subprocess")
 
-#: The modules the fork server imports once, before it forks any process.
+#: The modules the fork server imports once, before it forks any process. ``torch._inductor.config``
+#: is what the first ``torch.use_deterministic_algorithms`` call imports (about 1.9 s of CPU on
+#: the development machine), which every stage process would otherwise pay again.
 FORKSERVER_PRELOAD = [
     "torch",
+    "torch._inductor.config",
     "stagewarden.runtime.entry",
     "stagewarden.runtime.coordinator",
     "stagewarden.runtime.worker",
