@@ -94,6 +94,8 @@ from stagewarden.attest.tensor_digest import (
     digest_tensor,
     digest_tensors,
     tensor_digest,
+    update_input_digest,
+    update_output_digest,
 )
 from stagewarden.attest.token import canonical_json, key_id, open_token, sign_token
 from stagewarden.attest.vendor import (
@@ -211,6 +213,8 @@ __all__ = [
     "sign_token",
     "synthetic_run",
     "tensor_digest",
+    "update_input_digest",
+    "update_output_digest",
     "verify_header",
     "verify_receipt",
     "verify_result",

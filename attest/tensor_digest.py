@@ -42,6 +42,10 @@ TENSOR_DOMAIN = b"stagewarden/tensor/v1\x00"
 TENSOR_LIST_DOMAIN = b"stagewarden/tensor-list/v1\x00"
 #: Domain tag of a weights digest (a state dict, keys sorted).
 WEIGHTS_DOMAIN = b"stagewarden/weights/v1\x00"
+#: Domain tag of an update unit's input digest (gradients and optimizer state before).
+UPDATE_INPUT_DOMAIN = b"stagewarden/update-input/v1\x00"
+#: Domain tag of an update unit's output digest (weights and optimizer state after).
+UPDATE_OUTPUT_DOMAIN = b"stagewarden/update-output/v1\x00"
 #: From this many bytes on, BLAKE3 hashes with several threads. Below about 8 MiB, hashing the
 #: header and then the elements with threads was measured slower than with one thread (on 2 idle
 #: cores: 60 against 27 microseconds for 128 KiB, 273 against 169 for 1 MiB, even at 4 MiB), and
@@ -198,3 +202,23 @@ def weights_digest(digests: Mapping[str, bytes]) -> bytes:
         encoded = name.encode("utf-8")
         parts += [struct.pack(">H", len(encoded)), encoded, digests[name]]
     return blake3.blake3(b"".join(parts)).digest()
+
+
+def update_input_digest(grads: bytes, optimizer: bytes) -> bytes:
+    """What an update receipt's input digest commits to: ``BLAKE3("stagewarden/update-input/v1"
+    0x00 || grads || optimizer)``, from the :func:`digest_tensors` of the accumulated gradients
+    and the :func:`digest_state_dict` of the optimizer state before the update."""
+    return _pair(UPDATE_INPUT_DOMAIN, grads, optimizer)
+
+
+def update_output_digest(weights: bytes, optimizer: bytes) -> bytes:
+    """What an update receipt's output digest commits to: ``BLAKE3("stagewarden/update-output/v1"
+    0x00 || weights || optimizer)``, from the :func:`digest_state_dict` of the weights and of the
+    optimizer state after the update."""
+    return _pair(UPDATE_OUTPUT_DOMAIN, weights, optimizer)
+
+
+def _pair(domain: bytes, first: bytes, second: bytes) -> bytes:
+    if len(first) != DIGEST_SIZE or len(second) != DIGEST_SIZE:
+        raise ValueError(f"an update digest combines two {DIGEST_SIZE}-byte digests")
+    return blake3.blake3(domain + first + second).digest()

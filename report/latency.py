@@ -73,6 +73,8 @@ def observed_latency(run: RunData, p: float) -> Latency | str:
         plan = AttackPlan.from_json(attack)
     except ValueError as exc:
         return f"the run's attack plan cannot be read: {exc}"
+    if plan.kind.value == "optimizer":
+        return "attack kind optimizer is caught by the update receipts' optimizer-state chain, not by sampling"
     unit = _unit_kind(plan)
     if unit is None:
         return f"attack kind {plan.kind.value} tampers with no unit a spot check re-executes"

@@ -10,6 +10,7 @@ pure functions of the tensor, the plan and the unit; the engine decides where to
   gradient of the stage's input before it is sent back (one set of functions; the plan's
   :attr:`AttackPlan.direction` says which message they are applied to);
 * ``weights`` acts on a stage's parameters after its real optimizer step;
+* ``optimizer`` acts on a stage's optimizer state at the start of a step (between updates);
 * ``equivocate`` returns two tensors: one sent on, one committed in the receipt;
 * ``poison_data`` acts on stage 0's token ids;
 * ``false_accuse`` produces a forged accusation for the referee.
@@ -44,6 +45,7 @@ class AttackKind(enum.StrEnum):
     LAZY = "lazy"
     REPLAY = "replay"
     WEIGHTS = "weights"
+    OPTIMIZER = "optimizer"
     EQUIVOCATE = "equivocate"
     POISON_DATA = "poison_data"
     FALSE_ACCUSE = "false_accuse"
@@ -72,6 +74,8 @@ ATTACK_KINDS: dict[AttackKind, str] = {
     AttackKind.LAZY: "skip the work: send the stale previous output, else the stage input unchanged",
     AttackKind.REPLAY: "send an earlier micro-batch's output instead of this one's",
     AttackKind.WEIGHTS: "after the real optimizer step, move the weights a small step along a fixed direction",
+    AttackKind.OPTIMIZER: "between updates, move the optimizer's first moment along a fixed direction (the next "
+    "update then drifts while its arithmetic is honest)",
     AttackKind.EQUIVOCATE: "send the next stage a tampered tensor while the receipt commits to the honest one",
     AttackKind.POISON_DATA: "stage 0 replaces the token ids of its micro-batch with other ids",
     AttackKind.FALSE_ACCUSE: "a checking worker claims a mismatch that is not there, to frame an honest stage",
@@ -120,8 +124,10 @@ class AttackPlan:
         noise: The relative magnitude of ``noise``: the added noise has standard deviation
             ``noise`` times the tensor's RMS.
         drift: The step size of ``weights``: each tampered update adds ``drift`` times a fixed
-            unit-variance direction to every parameter.
-        drift_seed: Seed of the fixed direction of ``weights`` (the backdoor direction).
+            unit-variance direction to every parameter; of ``optimizer``: each tampered step adds
+            ``drift`` times that direction to every parameter's first moment.
+        drift_seed: Seed of the fixed direction of ``weights`` and ``optimizer`` (the backdoor
+            direction).
         bit: The bit ``bitflip`` flips in the element's integer view (0 is the least
             significant mantissa bit; 30 is the top exponent bit of a float32).
         seed: Seed of every random choice of the attack (when it fires, noise, positions).
@@ -247,8 +253,8 @@ class AttackPlan:
         """Whether the attack fires on ``stage``'s unit of ``(step, microbatch)``.
 
         False for an honest stage and before :attr:`start`; otherwise a deterministic draw that
-        is true with probability :attr:`rate` (always true at rate 1). Update units (``weights``)
-        use ``microbatch = 0``. ``attempt`` counts how often the step has been recomputed after
+        is true with probability :attr:`rate` (always true at rate 1). Update units (``weights``,
+        ``optimizer``) use ``microbatch = 0``. ``attempt`` counts how often the step has been recomputed after
         a detection: each recomputation is a fresh draw (the first, ``attempt = 0``, is the
         draw of the unit alone).
         """
@@ -512,6 +518,30 @@ def tamper_weights(plan: AttackPlan, stage: int, weights: Mapping[str, torch.Ten
             out[name] = value.detach() + plan.drift * drift_direction(plan, stage, name, value)
         else:
             out[name] = value.detach().clone()
+    return out
+
+
+def tamper_optimizer(plan: AttackPlan, stage: int, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``optimizer`` attack: the optimizer state between two updates, with every parameter's
+    first moment (``<param>/exp_avg``) moved ``plan.drift`` along the fixed direction of
+    :func:`drift_direction`, so that the next update, computed honestly from this state, drifts
+    the weights that way.
+
+    Args:
+        plan: The attack plan.
+        stage: The tampering stage.
+        state: The stage's flat optimizer state
+            (:func:`~stagewarden.runtime.spotcheck.export_optimizer_state`); empty before the
+            stage's first update, when there is nothing to tamper with.
+
+    Returns:
+        The tampered entries only (new tensors under the same keys); ``state`` is not modified.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        name, _, field = key.rpartition("/")
+        if field == "exp_avg" and value.is_floating_point():
+            out[key] = value.detach() + plan.drift * drift_direction(plan, stage, name, value)
     return out
 
 

@@ -37,7 +37,14 @@ from stagewarden.attest.receipt_log import ReceiptLog, RecordType, read_log, rec
 from stagewarden.attest.receipts import Receipt, UnitKind, chain_genesis, parse_receipt, receipt_digest, verify_receipt
 from stagewarden.attest.relying_party import RelyingParty
 from stagewarden.attest.rundir import LOG_FILE, RunDir, RunDirWriter, RunSummary, WorkerInfo
-from stagewarden.attest.tensor_digest import digest_state_dict, digest_tensor, digest_tensors, weights_digest
+from stagewarden.attest.tensor_digest import (
+    digest_state_dict,
+    digest_tensor,
+    digest_tensors,
+    update_input_digest,
+    update_output_digest,
+    weights_digest,
+)
 from stagewarden.attest.vendor import load_vendor, local_verifier
 from stagewarden.runtime.calibration import CALIBRATION_UNITS, MAX_TOLERANCE, calibrate_stage, tolerance_record
 from stagewarden.runtime.checkpoint import (
@@ -116,6 +123,10 @@ KEYS_SUFFIX = ".keys"
 EXIT_RESUMABLE = 75
 #: The exceptions that processing a worker's message can raise on malformed content.
 _CONTENT_ERRORS = (AttestError, FormatError, ValueError, KeyError, TypeError, IndexError, OverflowError)
+
+
+#: The digest (hex) of an optimizer state before its first update (no state yet).
+EMPTY_OPTIMIZER = digest_state_dict({}).hex()
 
 
 class AdmissionRefused(RuntimeSetupError):
@@ -218,6 +229,10 @@ class AfterUpdate:
         snapshot: Whether the stages push their state for the checkpoint after the step.
         update_receipts: The update receipts of the step, per stage.
         weights: The weights digest (hex) each stage reported after its update.
+        optimizers: The optimizer-state digest (hex) each stage's update receipt commits to after
+            the update (with receipts on).
+        found: Detections made when the update receipts arrived (an update that starts from
+            another optimizer state than the stage's last update or checkpoint left).
         state: The pushed state per stage (weights, optimizer state), once received.
     """
 
@@ -228,6 +243,8 @@ class AfterUpdate:
     snapshot: bool
     update_receipts: dict[int, Receipt]
     weights: dict[int, str]
+    optimizers: dict[int, str] = dataclasses.field(default_factory=dict)
+    found: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     state: dict[int, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = dataclasses.field(default_factory=dict)
 
 
@@ -318,7 +335,13 @@ class Coordinator:
         self._checkpoint_writer: ThreadPoolExecutor | None = None
         self._checkpoint_job: tuple[int, Future[Any]] | None = None
         self._pool: StagePool | None = None
-        self._last_updates: dict[int, Receipt] = {}
+        self._last_updates: dict[int, tuple[Receipt, bytes]] = {}
+        """Per stage, its last accepted update receipt and the weights digest it commits to."""
+        self._optimizer: dict[int, str] = {s: EMPTY_OPTIMIZER for s in range(config.stages)}
+        """Per stage, the digest (hex) of the optimizer state its next update must start from: the
+        state its last update receipt committed to, or that of the checkpoint it loaded."""
+        self._optimizer_undo: dict[int, tuple[int, str]] = {}
+        """Per stage, the step of its last accepted update and the expected optimizer state before it."""
         self._batches: Any = None
         self.status = "starting"
         self.wall_seconds = 0.0
@@ -1087,7 +1110,7 @@ class Coordinator:
         detections."""
         self._finish_checkpoint()
         units = self._receive_pushed(after)
-        found: list[dict[str, Any]] = []
+        found: list[dict[str, Any]] = list(after.found)
         for s, m, kind in after.sample:
             if kind == "update":
                 receipt = after.update_receipts.get(s)
@@ -1127,7 +1150,14 @@ class Coordinator:
                 weights = received["snapshot_weights"]
                 if _weights_digest(weights, digests, "snapshot_weights").hex() != after.weights.get(s):
                     raise TransportError(f"worker {wid} pushed other weights than its update of step {step} reported")
-                after.state[s] = (weights, received["snapshot_optimizer"])
+                optimizer = received["snapshot_optimizer"]
+                committed = after.optimizers.get(s)
+                pushed = _weights_digest(optimizer, digests, "snapshot_optimizer").hex()
+                if committed is not None and pushed != committed:
+                    raise TransportError(
+                        f"worker {wid} pushed another optimizer state than its update receipt of step {step} commits to"
+                    )
+                after.state[s] = (weights, optimizer)
         return units
 
     def _checkpoint_from(self, after: AfterUpdate, background: bool = False) -> None:
@@ -1213,21 +1243,64 @@ class Coordinator:
             # the frozen stage still checks stage frozen - 1, which is updated: so is its replica
             self.transport.send_json(self.rank_of(frozen), {"type": "replica_update", "step": step})
         receipts: dict[int, Receipt] = {}
+        optimizers: dict[int, str] = {}
+        found: list[dict[str, Any]] = []
         for s in stages:
             wid = self.stage_ids[s]
             msg = self.transport.recv_json(self.rank_of(s), "updated")
             if msg.get("step") != step:
                 raise TransportError(f"worker {wid} reported the update of step {msg.get('step')}, not {step}")
-            self.final_weights[s] = _hex(msg.get("weights"), 32, "weights").hex()
+            weights = _hex(msg.get("weights"), 32, "weights")
+            self.final_weights[s] = weights.hex()
             self.busy[s] += _busy(msg)
             if c.receipts:
                 receipt = self._accept_receipt(wid, s, step, _hex(msg.get("receipt"), None, "receipt"))
                 if receipt.kind is not UnitKind.UPDATE:
                     raise TransportError(f"worker {wid} sent a {receipt.kind} receipt as its update receipt")
+                found += self._accept_update(s, step, receipt, weights, msg)
                 receipts[s] = receipt
-                self._last_updates[s] = receipt
+                optimizers[s] = self._optimizer[s]
                 self.counts["update"] += 1
-        return AfterUpdate(step, commit, sample, pushes, snapshot, receipts, dict(self.final_weights))
+        return AfterUpdate(
+            step, commit, sample, pushes, snapshot, receipts, dict(self.final_weights), optimizers, found
+        )
+
+    def _accept_update(
+        self, s: int, step: int, receipt: Receipt, weights: bytes, msg: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Take stage ``s``'s update receipt of ``step``: the digests its message reports (the
+        gradients, the optimizer state before and after, the weights after) must be the ones the
+        receipt commits to, and the optimizer state before must be the one the stage's previous
+        update receipt committed to after it (or that of the checkpoint it loaded); return a
+        detection when it is not: a state changed between updates is not the optimizer's work."""
+        wid = self.stage_ids[s]
+        grads = _hex(msg.get("grads"), 32, "grads")
+        before = _hex(msg.get("optimizer_before"), 32, "optimizer_before")
+        after = _hex(msg.get("optimizer"), 32, "optimizer")
+        if (
+            update_input_digest(grads, before) != receipt.input_digest
+            or update_output_digest(weights, after) != receipt.output_digest
+        ):
+            raise TransportError(f"worker {wid}'s update report does not match the digests of its update receipt")
+        expected = self._optimizer[s]
+        found = []
+        if before.hex() != expected:
+            found.append(
+                self.detection(
+                    step,
+                    0,
+                    "update",
+                    s,
+                    "optimizer_state",
+                    f"stage {s}'s update of step {step} starts from another optimizer state than its last update "
+                    "or checkpoint left",
+                    receipt_digest(receipt),
+                )
+            )
+        self._optimizer_undo[s] = (step, expected)
+        self._optimizer[s] = after.hex()
+        self._last_updates[s] = (receipt, weights)
+        return found
 
     def respond(self, step: int, attempt: int, detection: dict[str, Any]) -> ResponsePlan:
         """Answer a detection: plan the response and carry it out. ``restart`` and ``skip_stage``
@@ -1270,6 +1343,9 @@ class Coordinator:
             if msg.get("step") != step:
                 raise TransportError(f"worker {self.stage_ids[s]} restored step {msg.get('step')}, not {step}")
             self.final_weights[s] = _hex(msg.get("weights"), 32, "weights").hex()
+            undo = self._optimizer_undo.pop(s, None)
+            if undo is not None and undo[0] == step:  # the stage's update of the step is taken back
+                self._optimizer[s] = undo[1]
         self.spot["recomputations"] += 1
         return plan
 
@@ -1296,6 +1372,10 @@ class Coordinator:
             weights[s], optimizer[s] = received["weights"], received["optimizer"]
             if step > 0 and _weights_digest(weights[s], digests).hex() != self.final_weights.get(s):
                 raise TransportError(f"worker {self.stage_ids[s]} sent other weights than its last update reported")
+            if c.receipts and _weights_digest(optimizer[s], digests, "optimizer").hex() != self._optimizer[s]:
+                raise TransportError(
+                    f"worker {self.stage_ids[s]} sent another optimizer state than its last update receipt commits to"
+                )
         self._save_checkpoint(step, weights, optimizer)
 
     def _save_checkpoint(
@@ -1382,6 +1462,8 @@ class Coordinator:
                 raise TransportError(f"worker {self.stage_ids[s]} did not load the checkpoint of step {step}")
             self.final_weights[s] = reported
         self._last_updates = {}  # every stage's weights are now the verified checkpoint's
+        self._optimizer = {s: digest_state_dict(checkpoint.optimizer_states.get(s, {})).hex() for s in range(c.stages)}
+        self._optimizer_undo = {}
         del self.losses[step:]
         del self.metrics[step:]
         self.events.write(
@@ -1915,12 +1997,13 @@ class Coordinator:
         weights or the last verified checkpoint are honest; otherwise they must be the output of
         the update receipt of ``step - 1``, whose re-execution (:meth:`check_update`) must agree.
         After a recomputation that went back past an update, the question cannot be settled."""
-        last = self._last_updates.get(s)
-        if last is None:
+        found = self._last_updates.get(s)
+        if found is None:
             return [], True
+        last, weights = found
         if last.step != step - 1:
             return [], False
-        if last.output_digest != receipt.weights_digest:
+        if weights != receipt.weights_digest:
             message = f"stage {s} computed step {step} with other weights than its update of step {step - 1} produced"
             return [self.detection(step, 0, "update", s, "weights", message, receipt_digest(last))], True
         return self.check_update(s, step - 1, last), True
@@ -2075,10 +2158,12 @@ class Coordinator:
                 return found("fetch", f"no update unit returned: {exc}")
         grads = {k[5:]: v for k, v in unit.inputs.items() if k.startswith("grad.")}
         state = {k[10:]: v for k, v in unit.inputs.items() if k.startswith("optimizer.")}
-        if unit.weights_digest != receipt.weights_digest or digest_tensors(grads.values()) != receipt.input_digest:
+        committed_input = update_input_digest(digest_tensors(grads.values()), digest_state_dict(state))
+        if unit.weights_digest != receipt.weights_digest or committed_input != receipt.input_digest:
             return found(
                 "fetch_mismatch",
-                "the weights or gradients the worker returned differ from those its update receipt commits to",
+                "the weights, gradients or optimizer state the worker returned differ from those its update "
+                "receipt commits to",
             )
         within = c.spot_check_compare == "tolerance"
         if within and not _output_committed(unit, receipt):
@@ -2103,11 +2188,15 @@ class Coordinator:
         except SpotCheckError as exc:
             return found("spot_check", f"cannot re-execute: {exc}")
         if within:
-            committed = {k.removeprefix("weights."): v for k, v in unit.outputs.items()}
-            message = self._beyond_tolerance(s, result.weights, committed, "the update")
+            expected = {f"weights.{k}": v for k, v in result.weights.items()}
+            expected |= {f"optimizer.{k}": v for k, v in result.optimizer_state.items()}
+            message = self._beyond_tolerance(s, expected, unit.outputs, "the update")
             return [] if message is None else found("spot_check", message)
-        if result.weights_digest != receipt.output_digest:
-            return found("spot_check", "re-executing the update gives other weights than the update receipt's")
+        after = update_output_digest(result.weights_digest, digest_state_dict(result.optimizer_state))
+        if after != receipt.output_digest:
+            return found(
+                "spot_check", "re-executing the update gives other weights or optimizer state than the update receipt's"
+            )
         return []
 
     # -- FETCH ------------------------------------------------------------------------------------
@@ -2300,11 +2389,16 @@ def _output_committed(unit: FetchedUnit, receipt: Receipt) -> bool:
     """Tolerance mode: whether the output a worker returned for a unit (:attr:`FetchedUnit.outputs`)
     is the one its receipt commits to: the activation or logits of a forward unit, the input
     gradient of a backward unit (stage 0: its accumulated parameter gradients, in order), the
-    weights after an update."""
+    weights and optimizer state after an update."""
     out = unit.outputs
     if unit.kind == "update":
         weights = {k.removeprefix("weights."): v for k, v in out.items() if k.startswith("weights.")}
-        return bool(out) and len(weights) == len(out) and digest_state_dict(weights) == receipt.output_digest
+        state = {k.removeprefix("optimizer."): v for k, v in out.items() if k.startswith("optimizer.")}
+        return (
+            bool(weights)
+            and len(weights) + len(state) == len(out)
+            and update_output_digest(digest_state_dict(weights), digest_state_dict(state)) == receipt.output_digest
+        )
     if unit.kind == "backward" and unit.stage == 0:
         return (
             bool(out)

@@ -337,14 +337,25 @@ def export_optimizer_state(module: torch.nn.Module, optimizer: torch.optim.Optim
     dict is plain tensors, so it digests with :func:`stagewarden.attest.tensor_digest.digest_state_dict` and
     saves with ``torch.save`` / loads with ``torch.load(weights_only=True)``.
     """
+    return {key: value.detach().clone() for key, value in optimizer_state_view(module, optimizer).items()}
+
+
+def optimizer_state_view(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """:func:`export_optimizer_state` without the copies: the optimizer's own tensors, to digest."""
     out: dict[str, torch.Tensor] = {}
     for name, param in module.named_parameters():
         state = optimizer.state.get(param)
         if not state:
             continue
         for field in ADAM_FIELDS:
-            out[f"{name}/{field}"] = state[field].detach().clone()
+            out[f"{name}/{field}"] = state[field]
     return out
+
+
+def optimizer_state_digest(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bytes:
+    """The :func:`~stagewarden.attest.tensor_digest.digest_state_dict` of the optimizer state
+    (:func:`export_optimizer_state`), which update receipts commit to."""
+    return digest_state_dict(optimizer_state_view(module, optimizer))
 
 
 def import_optimizer_state(

@@ -37,6 +37,8 @@ from stagewarden.attest.tensor_digest import (
     digest_tensors,
     dtype_name,
     tensor_digest,
+    update_input_digest,
+    update_output_digest,
 )
 from stagewarden.attest.token import canonical_json
 from stagewarden.attest.vendor import device_identity, load_vendor
@@ -47,6 +49,7 @@ from stagewarden.runtime.attacks import (
     Direction,
     equivocate,
     poison_data,
+    tamper_optimizer,
     tamper_tensor,
     tamper_weights,
 )
@@ -58,7 +61,12 @@ from stagewarden.runtime.measure import code_digest, stage_measurement
 from stagewarden.runtime.model import StageModule, build_stage
 from stagewarden.runtime.redundant import CheckOutcome, InputVia, NeighbourReplica
 from stagewarden.runtime.schedule import ActionKind, gpipe, one_f_one_b
-from stagewarden.runtime.spotcheck import export_optimizer_state, import_optimizer_state
+from stagewarden.runtime.spotcheck import (
+    export_optimizer_state,
+    import_optimizer_state,
+    optimizer_state_digest,
+    optimizer_state_view,
+)
 from stagewarden.runtime.transport import Expected, Transport, TransportError, pack_tensors
 from stagewarden.runtime.units import (
     ForwardState,
@@ -139,6 +147,11 @@ class NoAttack:
 
     def apply_update(self, stage: int, step: int, module: torch.nn.Module) -> None:
         """Change the stage's weights in place after the optimizer step."""
+
+    def apply_optimizer(self, stage: int, step: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+        """Change the stage's optimizer state in place at the start of ``step`` (after the state
+        before the step is recorded); whether it changed."""
+        return False
 
     def withholds(self, stage: int, step: int, micro_batch: int) -> bool:
         """Whether the stage keeps back its message of ``micro_batch`` and everything after it
@@ -282,6 +295,16 @@ class PlanAttack(NoAttack):
     def withholds(self, stage: int, step: int, micro_batch: int) -> bool:
         return self.plan.kind is AttackKind.WITHHOLD and self._fires(stage, step, micro_batch)
 
+    def apply_optimizer(self, stage: int, step: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+        if self.plan.kind is not AttackKind.OPTIMIZER or not self._fires(stage, step, 0):
+            return False
+        state = optimizer_state_view(module, optimizer)
+        tampered = tamper_optimizer(self.plan, stage, state)
+        with torch.no_grad():
+            for key, value in tampered.items():
+                state[key].copy_(value)
+        return bool(tampered)
+
     def apply_update(self, stage: int, step: int, module: torch.nn.Module) -> None:
         if self.plan.kind is AttackKind.WEIGHTS and self._fires(stage, step, 0):
             params = dict(module.named_parameters())
@@ -368,6 +391,9 @@ class StageWorker:
         self.current_digest: bytes | None = None
         """The digest of the stage's current weights when known (after an update, a restore or a
         load), so the next step need not hash them again."""
+        self.optimizer_digest: bytes | None = None
+        """The digest of the stage's optimizer state when known (the state after the last update,
+        which the next update starts from), so the next update need not hash it again."""
         self.keep_outputs = config.spot_check_compare == "tolerance"
         """Whether to keep each unit's committed output for FETCH (tolerance-mode spot checks)."""
         self.skew: float | None = None
@@ -471,7 +497,7 @@ class StageWorker:
                 next(iter(module.parameters())).add_(1e-3)
         self.module = module
         self.optimizer = make_optimizer(module, c.train)
-        self.current_digest = None
+        self.current_digest = self.optimizer_digest = None
         self.replica = None
         if c.verification == "redundant_neighbour" and s >= 1:  # this stage checks stage s - 1
             self.replica = NeighbourReplica(c.model, c.stages, s - 1, c.seed, c.train, self.device)
@@ -655,6 +681,8 @@ class StageWorker:
             keep = c.verification in ("redundant_neighbour", "spot_check") and self.record is not None
             self.previous = self.record if keep and self.record.step == step - 1 else None
         self.record = record
+        if self.attack is not None and self.attack.apply_optimizer(s, step, module, self.optimizer):
+            self.optimizer_digest = None  # the state the next update starts from is no longer the one digested
         if receipts_on and not record.weights_digest:
             record.weights_digest = self.current_digest or digest_state_dict(record.weights)
         weights_digest = record.weights_digest
@@ -964,6 +992,7 @@ class StageWorker:
         if self.replica is not None and self.replica_record is not None:
             self.replica.resync(*self.replica_record)
         self.replica_checked = False
+        self.optimizer_digest = None
         self.current_digest = digest_state_dict(module.state_dict())
         weights = self.current_digest.hex()
         self.transport.send_json(COORDINATOR, {"type": "restored", "step": step, "weights": weights})
@@ -1064,6 +1093,7 @@ class StageWorker:
         module.zero_grad(set_to_none=True)
         self.grads_digest = None
         self.record = self.previous = None
+        self.optimizer_digest = None
         self.current_digest = digest_state_dict(module.state_dict())
         self.transport.send_json(COORDINATOR, {"type": "loaded", "step": step, "weights": self.current_digest.hex()})
 
@@ -1110,6 +1140,9 @@ class StageWorker:
         grads = (cached[1] if cached and cached[0] == step else _grads_digest(module)) if receipts_on else b""
         self.grads_digest = None
         before = (self.record.weights_digest or digest_state_dict(self.record.weights)) if receipts_on else b""
+        optimizer_before = b""
+        if receipts_on:
+            optimizer_before = self.optimizer_digest or optimizer_state_digest(module, self.optimizer)
         if self._keeps_state():
             self.record.grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
         began = time.perf_counter()
@@ -1128,11 +1161,19 @@ class StageWorker:
         if self.keep_outputs:
             self.record.outputs[(0, "update")] = {
                 f"weights.{k}": v.detach().clone() for k, v in module.state_dict().items()
-            }
+            } | {f"optimizer.{k}": v for k, v in export_optimizer_state(module, self.optimizer).items()}
         message: dict[str, Any] = {"type": "updated", "step": step, "weights": after.hex(), "busy_ns": int(busy * 1e9)}
         if receipts_on:
+            # the receipt commits to the optimizer state on both sides of the update, so a spot
+            # check re-executes it from a state the worker could not choose afterwards
+            optimizer_after = optimizer_state_digest(module, self.optimizer)
+            self.optimizer_digest = optimizer_after
             env = ExecutionEnv.capture(self.device)
-            message["receipt"] = self._receipt(step, 0, UnitKind.UPDATE, grads, after, before, env).hex()
+            inp, out = update_input_digest(grads, optimizer_before), update_output_digest(after, optimizer_after)
+            message["receipt"] = self._receipt(step, 0, UnitKind.UPDATE, inp, out, before, env).hex()
+            message["optimizer_before"] = optimizer_before.hex()
+            message["optimizer"] = optimizer_after.hex()
+            message["grads"] = grads.hex()
         self.transport.send_json(COORDINATOR, message)
         if msg is not None and ("push" in msg or "snapshot" in msg):
             self._push(step, msg.get("push", []), msg.get("snapshot"))
@@ -1186,7 +1227,7 @@ class StageWorker:
         assert self.module is not None
         self.record, self.previous = self.previous, None
         self.module.zero_grad(set_to_none=True)
-        self.grads_digest = None
+        self.grads_digest = self.optimizer_digest = None
         self.prev = chain_head
 
     def _fetch(self, msg: dict[str, Any]) -> None:

@@ -225,7 +225,8 @@ def tampered_units(attack: Any, computation: Computation, stages: int, microbatc
 
     Tensor attacks and ``equivocate`` tamper with the forward (or backward) message of their
     stages, ``poison_data`` with stage 0's forward input, ``weights`` with the update (only when
-    the update ran and the stage was not bypassed). ``replay`` cannot fire on the run's very first
+    the update ran and the stage was not bypassed), ``optimizer`` with the update's input (the
+    same, from step 1 on). ``replay`` cannot fire on the run's very first
     message (step 0, attempt 0, micro-batch 0); a standby that takes over a malicious stage starts
     without earlier messages too, which this count does not model (it may count one unit more).
     """
@@ -243,7 +244,8 @@ def tampered_units(attack: Any, computation: Computation, stages: int, microbatc
                     out.append((s, t, m, kind))
         elif plan.kind is AttackKind.POISON_DATA:
             out += [(s, t, m, "forward") for m in range(microbatches) if plan.active(s, t, m, a)]
-        elif plan.kind is AttackKind.WEIGHTS:
+        elif plan.kind is AttackKind.WEIGHTS or (plan.kind is AttackKind.OPTIMIZER and t > 0):
+            # optimizer: tampers with the update's input; at step 0 a stage has no state to tamper with
             if computation.updated and s != computation.bypass and plan.active(s, t, 0, a):
                 out.append((s, t, 0, "update"))
     return out

@@ -21,7 +21,7 @@ PUBLIC_NAMES = sorted(
     open_token parse_evidence parse_header parse_policy parse_receipt parse_reference_values parse_result_unverified
     parse_tcb_info read_log receipt_digest recover_torn_tail refresh_crls report_data revoke_device scan_log
     sign_header sign_receipt sign_reference_values sign_result sign_tcb_info sign_token synthetic_run tensor_digest
-    verify_header verify_receipt verify_result
+    update_input_digest update_output_digest verify_header verify_receipt verify_result
     """.split()
 )
 

@@ -288,6 +288,19 @@ def test_short_path_hashes_what_tensor_bytes_gives(dtype: torch.dtype) -> None:
         assert digest_tensor(torch._neg_view(-t)) == expected.digest()  # a negative view is resolved
 
 
+def test_update_digests_definition() -> None:
+    """An update receipt's input and output digests are BLAKE3 over their own domain tag and the
+    two component digests, so neither can stand for the other or for a weights digest."""
+    from stagewarden.attest.tensor_digest import update_input_digest, update_output_digest
+
+    a, b = bytes(range(32)), bytes(range(32, 64))
+    assert update_input_digest(a, b) == blake3.blake3(b"stagewarden/update-input/v1\x00" + a + b).digest()
+    assert update_output_digest(a, b) == blake3.blake3(b"stagewarden/update-output/v1\x00" + a + b).digest()
+    assert len({update_input_digest(a, b), update_output_digest(a, b), update_input_digest(b, a)}) == 3
+    with pytest.raises(ValueError, match="32-byte"):
+        update_output_digest(a, b[:31])
+
+
 def test_tensor_digest_separates_dtype_and_shape() -> None:
     """Equal bytes under another dtype or shape give another digest."""
     t = torch.zeros(4, dtype=torch.float32)

@@ -21,6 +21,7 @@ from stagewarden.runtime.attacks import (
     lazy,
     poison_data,
     replay,
+    tamper_optimizer,
     tamper_tensor,
     tamper_weights,
 )
@@ -203,6 +204,26 @@ def test_weights_attack_moves_every_parameter_along_a_fixed_direction() -> None:
         assert torch.allclose(w2[name] - w1[name], w1[name] - w0[name], atol=1e-6)
         assert torch.allclose(w1[name] - w0[name], 1e-3 * drift_direction(plan, 1, name, w0[name]), atol=1e-7)
     assert torch.equal(w1["n"], w0["n"])
+
+
+def test_optimizer_attack_moves_the_first_moments_only() -> None:
+    """tamper_optimizer returns every exp_avg moved drift x the weights attack's direction for that
+    parameter, leaves the second moments and step counts out, and modifies nothing in place."""
+    plan = _plan("optimizer", drift=1e-3, drift_seed=4)
+    state = {
+        "a/exp_avg": _tensor(0, (8, 8)),
+        "a/exp_avg_sq": _tensor(1, (8, 8)).abs(),
+        "a/step": torch.tensor(3.0),
+        "b.c/exp_avg": _tensor(2, (8,)),
+    }
+    before = {k: v.clone() for k, v in state.items()}
+    tampered = tamper_optimizer(plan, 2, state)
+    assert set(tampered) == {"a/exp_avg", "b.c/exp_avg"}
+    for key, name in (("a/exp_avg", "a"), ("b.c/exp_avg", "b.c")):
+        moved = tampered[key] - state[key]
+        assert torch.allclose(moved, 1e-3 * drift_direction(plan, 2, name, state[key]), atol=1e-7)
+    assert all(torch.equal(state[k], before[k]) for k in state)
+    assert tamper_optimizer(plan, 2, {}) == {}  # before the first update there is nothing to tamper with
 
 
 def test_equivocate_sends_one_tensor_and_shows_another() -> None:

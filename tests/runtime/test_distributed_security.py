@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from distributed_helpers import fires_once, reference, tiny_config
+from distributed_helpers import fires_once, reference, reference_update_outputs, tiny_config
 from nacl.signing import VerifyKey
 from stagewarden.attest.audit import audit_run_dir
 from stagewarden.attest.receipt_log import RecordType, scan_log
@@ -81,6 +81,24 @@ def test_weights_attack_is_caught_on_the_update(tmp_path: Path) -> None:
     """A weights attack is caught by re-executing the sampled update unit, blaming the tampering stage."""
     first = _first(_attacked(tmp_path, "weights", 2))
     assert (first["step"], first["worker"], first["unit_kind"], first["check"]) == (1, "s2r0", "update", "spot_check")
+
+
+@pytest.mark.parametrize("rate", [1.0, 1e-9])
+def test_optimizer_attack_is_caught_by_the_optimizer_state_chain(tmp_path: Path, rate: float) -> None:
+    """A stage that changes its optimizer state between updates (so the next update, honest
+    arithmetic on that state, drifts) is caught when its update receipt arrives: the state it
+    starts from is not the one its previous update receipt committed to. The chain needs no
+    sampling, so it catches the attack at a spot-check rate that samples nothing too."""
+    summary = _attacked(tmp_path, "optimizer", 2, spot_check_rate=rate)
+    first = _first(summary)
+    assert (first["step"], first["worker"], first["unit_kind"], first["check"]) == (
+        1,
+        "s2r0",
+        "update",
+        "optimizer_state",
+    )
+    assert all(d["worker"] == "s2r0" for d in summary["detections"])
+    _check_signature(summary, first)
 
 
 def test_poisoned_data_is_caught(tmp_path: Path) -> None:
@@ -214,14 +232,17 @@ def test_eject_hands_the_stage_to_the_standby_and_resumes_from_the_checkpoint(tm
     honest = reference(tiny_config(stages=3, microbatches=1, steps=2))
     assert s["losses"] == honest[0] and s["final_weights"]["stages"] == honest[1]
     assert all(loss == loss and abs(loss) < 100 for loss in s["losses"])
-    # Stage 1's final weights are the output of the last update receipt in the standby's chain.
+    # Stage 1's final weights and optimizer state are the output of the last update receipt in the
+    # standby's chain, and they are the honest ones.
     records = scan_log((result.run_dir / LOG_FILE).read_bytes()).records
     receipts = [parse_receipt(r.payload) for r in records if r.type is RecordType.RECEIPT]
     updates = [r for r in receipts if r.stage == 1 and r.kind is UnitKind.UPDATE]
     # the sampled units are checked after the update, so the convict's update of step 1 is
     # logged before the check that convicts it; the standby recomputes step 1 from the checkpoint
     assert [(r.worker_id, r.step) for r in updates] == [("s1r0", 0), ("s1r0", 1), ("standby0", 1)]
-    assert updates[-1].output_digest.hex() == s["final_weights"]["stages"][1]
+    assert (
+        updates[-1].output_digest.hex() == reference_update_outputs(tiny_config(stages=3, microbatches=1, steps=2))[1]
+    )
     report = audit_run_dir(result.run_dir)
     assert report.clean, [f.message for f in report.findings]
 
