@@ -70,6 +70,7 @@ def attack_capability(attack: dict[str, Any]) -> str:
     kind, direction = attack.get("kind"), attack.get("direction", "forward")
     named = {
         "weights": "tamper_weights",
+        "optimizer": "tamper_weights",
         "poison_data": "poison_data",
         "equivocate": "equivocate",
         "false_accuse": "false_accuse",

@@ -166,6 +166,23 @@ def test_intervals_reject_bad_input() -> None:
 # -- the spec-to-run mapping ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("attack", "capability"),
+    [
+        ({"kind": "weights"}, "tamper_weights"),
+        ({"kind": "optimizer"}, "tamper_weights"),  # the update drifts: the spec's weight tampering
+        ({"kind": "reverse", "direction": "backward"}, "tamper_gradients"),
+        ({"kind": "noise"}, "tamper_activations"),
+        ({"kind": "equivocate"}, "equivocate"),
+    ],
+)
+def test_attack_capability_names_the_spec_capability(attack: dict[str, Any], capability: str) -> None:
+    """A run's attack is checked against the spec capability it exercises."""
+    from stagewarden.guarantee_observation import attack_capability
+
+    assert attack_capability(attack) == capability
+
+
 def test_spec_settings_agree_with_train() -> None:
     """The settings conformance expects are those 'stagewarden train --spec' derives, for every one-replica example."""
     from stagewarden.cli_train import _spec_settings
