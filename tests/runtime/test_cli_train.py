@@ -93,3 +93,13 @@ def test_train_redundant_neighbour_from_the_command_line(tmp_path: Path) -> None
     summary = json.loads((out / "summary.json").read_text())
     assert summary["detections"][0]["worker"] == "s1r0"
     assert summary["detections"][0]["check"] == "redundant_neighbour"
+
+
+def test_train_help_names_every_attack_kind() -> None:
+    """``--attack``'s help lists every attack kind the runtime mounts (it is written out, so that
+    the command line does not load torch)."""
+    from stagewarden.runtime.attacks import AttackKind
+
+    text = " ".join(CliRunner().invoke(cli, ["train", "--help"]).output.split())
+    listed = text.split("Mount this attack (", 1)[1].split(")", 1)[0]
+    assert [k.strip() for k in listed.split(",")] == [k.value for k in AttackKind]
