@@ -1224,21 +1224,23 @@ class Coordinator:
                     self.transport.send_tensor(self.rank_of(s + 1), tensor, blocking=False)
 
     def _update_all(self, step: int, frozen: int | None, commit: StepCommit) -> AfterUpdate:
-        """Send ``update`` to every stage but ``frozen`` (asking each to push its sampled units and,
-        when a checkpoint is due and every stage updates, its new state) and collect the update
-        receipts; return what is left of the step (:class:`AfterUpdate`)."""
+        """Send ``update`` to every stage but ``frozen``, collect the update receipts, and then ask
+        each stage with sampled units to push them (``push``; with, when a checkpoint is due and
+        every stage updates, its new state); return what is left of the step (:class:`AfterUpdate`).
+
+        The sample is named only once every update receipt is in: the update units are sampled
+        with the rest, and a worker told before its update whether the update would be checked
+        could tamper with exactly the unchecked ones."""
         c = self.config
         stages = self._active_stages(frozen)
         sample, self._sample = self._sample, []
         snapshot = frozen is None and self._checkpoint_due(step)
         pushes: dict[int, list[tuple[int, str]]] = {}
         for s in stages:
-            message: dict[str, Any] = {"type": "update", "step": step}
             asked = [(m, k) for t, m, k in sample if t == s]
             if asked or snapshot:
                 pushes[s] = asked
-                message.update(push=[[m, k] for m, k in asked], snapshot=snapshot)
-            self.transport.send_json(self.rank_of(s), message)
+            self.transport.send_json(self.rank_of(s), {"type": "update", "step": step})
         if frozen is not None and frozen >= 1 and c.verification == "redundant_neighbour":
             # the frozen stage still checks stage frozen - 1, which is updated: so is its replica
             self.transport.send_json(self.rank_of(frozen), {"type": "replica_update", "step": step})
@@ -1261,6 +1263,9 @@ class Coordinator:
                 receipts[s] = receipt
                 optimizers[s] = self._optimizer[s]
                 self.counts["update"] += 1
+        for s, asked in pushes.items():
+            message = {"type": "push", "step": step, "push": [[m, k] for m, k in asked], "snapshot": snapshot}
+            self.transport.send_json(self.rank_of(s), message)
         return AfterUpdate(
             step, commit, sample, pushes, snapshot, receipts, dict(self.final_weights), optimizers, found
         )

@@ -550,6 +550,7 @@ class StageWorker:
                     "replica_update",
                     "discard",
                     "calibrate",
+                    "push",
                 ),
             )
             kind = msg["type"]
@@ -584,8 +585,10 @@ class StageWorker:
                     self._discard(msg)
                 elif kind == "calibrate":
                     self._calibrate(msg)
+                elif kind == "push":
+                    self._push(msg.get("step"), msg.get("push"), msg.get("snapshot"))
                 else:
-                    self._update(int(msg["step"]), msg)
+                    self._update(int(msg["step"]))
 
     def _receipt(
         self, step: int, mb: int, kind: UnitKind, inp: bytes, out: bytes, weights: bytes, env: ExecutionEnv
@@ -1128,10 +1131,10 @@ class StageWorker:
         if tensors:
             self.transport.send_tensor(COORDINATOR, pack_tensors([t for _, t in tensors]), blocking=blocking)
 
-    def _update(self, step: int, msg: dict[str, Any] | None = None) -> None:
-        """Apply the optimizer step of ``step``, report the update receipt and, when the
-        coordinator asks for them, push the step's sampled units and the state after the update
-        (:meth:`_push`)."""
+    def _update(self, step: int) -> None:
+        """Apply the optimizer step of ``step`` and report it with its update receipt. Which units
+        of the step are sampled (the update among them) the coordinator says only afterwards, in
+        a ``push`` message (:meth:`_push`)."""
         assert self.module is not None and self.record is not None and self.stage_index is not None
         module = self.module
         receipts_on = self.config.receipts
@@ -1175,8 +1178,6 @@ class StageWorker:
             message["optimizer"] = optimizer_after.hex()
             message["grads"] = grads.hex()
         self.transport.send_json(COORDINATOR, message)
-        if msg is not None and ("push" in msg or "snapshot" in msg):
-            self._push(step, msg.get("push", []), msg.get("snapshot"))
 
     def _push(self, step: int, units: Any, snapshot: Any) -> None:
         """Send the coordinator, without waiting for it to receive them, the committed inputs of the
