@@ -202,3 +202,46 @@ def test_the_cli_flag_turns_overlapping_off(tmp_path: Path) -> None:
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 0, result.output
         assert load_run_config(folder / PREPARED_CONFIG).overlap_checks is expected
+
+
+class _ScriptedTransport:
+    """Records what the coordinator sends and answers each ``updated`` receive from a script."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, int, dict[str, Any]]] = []
+
+    def send_json(self, dst: int, message: dict[str, Any]) -> None:
+        self.log.append(("sent", dst, message))
+
+    def recv_json(self, src: int, expect: Any = None) -> dict[str, Any]:
+        step = next(m["step"] for kind, dst, m in reversed(self.log) if kind == "sent" and dst == src)
+        message = {"type": "updated", "step": step, "weights": "ab" * 32, "busy_ns": 0}
+        self.log.append(("received", src, message))
+        return message
+
+
+def test_the_sample_is_named_only_after_every_update_receipt() -> None:
+    """The update round: ``update`` names nothing of the sample, and the ``push`` messages that do
+    (the stage's update unit among them) go out only once every stage has reported its update. A
+    worker told with ``update`` whether its update is sampled could tamper with the others."""
+    from stagewarden.runtime.coordinator import Coordinator, StepCommit
+
+    coordinator = Coordinator.__new__(Coordinator)  # the update round only: no run directory
+    coordinator.config = tiny_config(stages=3, receipts=False, checkpoint_every=1, response="eject", standby=1)
+    coordinator.transport = _ScriptedTransport()  # type: ignore[assignment]
+    coordinator.stage_ranks = [1, 2, 3]
+    coordinator.stage_ids = ["s0r0", "s1r0", "s2r0"]
+    coordinator.final_weights, coordinator.busy = {}, [0.0] * 3
+    coordinator._sample = [(1, 0, "update"), (2, 1, "forward")]
+    commit = StepCommit(0, {}, {}, 1.0, [])
+    after = coordinator._update_all(0, frozen=None, commit=commit)
+    log = coordinator.transport.log  # type: ignore[attr-defined]
+    updates = [m for kind, _, m in log if kind == "sent" and m["type"] == "update"]
+    assert len(updates) == 3 and all(set(m) == {"type", "step"} for m in updates)
+    last_report = max(i for i, (kind, _, _) in enumerate(log) if kind == "received")
+    pushes = [(i, dst, m) for i, (kind, dst, m) in enumerate(log) if kind == "sent" and m["type"] == "push"]
+    assert all(i > last_report for i, _, _ in pushes)
+    # every stage pushes (a checkpoint is due); each is told its own sampled units only
+    assert {dst: m["push"] for _, dst, m in pushes} == {1: [], 2: [[0, "update"]], 3: [[1, "forward"]]}
+    assert all(m["snapshot"] is True for _, _, m in pushes)
+    assert after.pushes == {0: [], 1: [(0, "update")], 2: [(1, "forward")]}
