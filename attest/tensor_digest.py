@@ -16,10 +16,9 @@ of the tensor, and the digest is the same as that of the contiguous CPU copy. In
 least ``THREADED_MIN_BYTES`` bytes are hashed with BLAKE3's multithreading.
 
 Digests sit on the pipeline's critical path (every sent tensor, and a stage's whole gradient set
-after each backward unit when receipts are on), so the common case, a contiguous CPU tensor, takes
-a short path: the hashed header is cached per dtype and shape and the element bytes go to BLAKE3
-as a NumPy view, without the checks and read-only wrapping that :func:`tensor_bytes` does for
-every other tensor. Both paths hash the same bytes.
+after each backward unit when receipts are on), so they cost little per tensor: the hashed header
+is cached per dtype and shape, and the element bytes go to BLAKE3 as a NumPy view, without the
+read-only wrapping of :func:`tensor_bytes` (which hashes the same bytes).
 """
 
 from __future__ import annotations
@@ -103,22 +102,25 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     Raises:
         TypeError: for sparse, quantized or nested tensors, whose bytes are not a plain array.
     """
+    return memoryview(_element_array(tensor.detach())).toreadonly()
+
+
+def _element_array(flat: torch.Tensor) -> Any:
+    """The elements of the detached tensor ``flat`` as a NumPy ``uint8`` array (a view of its
+    memory when it is a contiguous CPU tensor): what :func:`tensor_bytes` wraps and digests hash."""
     import torch
 
     if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
         raise NotImplementedError("tensor digests are defined over little-endian element bytes")
-    if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_nested:
-        raise TypeError(f"cannot digest a {tensor.layout} / quantized / nested tensor; digest its dense form")
-    flat = tensor.detach()
+    if flat.layout != torch.strided or flat.is_quantized or flat.is_nested:
+        raise TypeError(f"cannot digest a {flat.layout} / quantized / nested tensor; digest its dense form")
     if flat.is_conj() or flat.is_neg():
         flat = flat.resolve_conj().resolve_neg()
     if flat.device.type != "cpu":
         flat = flat.cpu()
     if not flat.is_contiguous():
         flat = flat.contiguous()
-    raw = flat.reshape(-1).view(torch.uint8)
-    array: Any = raw.numpy()  # numpy arrays support the buffer protocol: a view of the same memory
-    return memoryview(array).toreadonly()
+    return flat.view(-1).view(torch.uint8).numpy()  # numpy arrays support the buffer protocol
 
 
 #: dtype names by dtype (``str(dtype)`` is slow enough to matter per tensor).
@@ -126,42 +128,18 @@ _DTYPE_NAMES: dict[Any, str] = {}
 
 
 def _digest_parts(tensor: torch.Tensor) -> tuple[str, tuple[int, ...], bytes]:
-    """The dtype name, shape and digest of ``tensor``: the short path for a contiguous CPU tensor
-    (see the module docstring), :func:`tensor_bytes` for every other."""
+    """The dtype name, shape and digest of ``tensor`` (the header comes from a cache, the
+    elements straight from :func:`_element_array`, without :func:`tensor_bytes`' read-only view)."""
     flat = tensor.detach()
     dtype = _DTYPE_NAMES.get(flat.dtype)
     if dtype is None:
         dtype = _DTYPE_NAMES.setdefault(flat.dtype, dtype_name(flat.dtype))
     shape = tuple(flat.shape)
-    if (
-        flat.layout is _strided()
-        and not (flat.is_nested or flat.is_quantized)
-        and flat.device.type == "cpu"
-        and flat.is_contiguous()
-        and not (flat.is_conj() or flat.is_neg())
-        and sys.byteorder == "little"
-    ):
-        data: Any = flat.view(-1).view(_uint8()).numpy()
-    else:
-        data = tensor_bytes(flat)
+    data = _element_array(flat)
     nbytes = data.nbytes
     hasher = blake3.blake3(tensor_header(dtype, shape, nbytes), max_threads=_threads(nbytes))
     hasher.update(data)
     return dtype, shape, hasher.digest()
-
-
-@functools.cache
-def _strided() -> Any:
-    import torch
-
-    return torch.strided
-
-
-@functools.cache
-def _uint8() -> Any:
-    import torch
-
-    return torch.uint8
 
 
 def _threads(size: int) -> int:

@@ -67,13 +67,13 @@ def observed_latency(run: RunData, p: float) -> Latency | str:
         return "the run has no attack"
     if run.config.get("verification") != "spot_check":
         return "the run does not spot-check"
-    from stagewarden.runtime.attacks import AttackPlan  # imports torch: only for runs under attack
+    from stagewarden.runtime.attacks import AttackKind, AttackPlan  # imports torch: only for runs under attack
 
     try:
         plan = AttackPlan.from_json(attack)
     except ValueError as exc:
         return f"the run's attack plan cannot be read: {exc}"
-    if plan.kind.value == "optimizer":
+    if plan.kind is AttackKind.OPTIMIZER:
         return "attack kind optimizer is caught by the update receipts' optimizer-state chain, not by sampling"
     unit = _unit_kind(plan)
     if unit is None:

@@ -274,9 +274,9 @@ def test_tensor_digest_definition() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.uint8, torch.bool])
-def test_short_path_hashes_what_tensor_bytes_gives(dtype: torch.dtype) -> None:
-    """A contiguous CPU tensor (the short path) and a transposed or negative view of the same
-    values (through tensor_bytes) hash the same bytes under the same header."""
+def test_digest_hashes_what_tensor_bytes_gives(dtype: torch.dtype) -> None:
+    """A contiguous CPU tensor, and a transposed or negative view of the same values (each
+    copied first), hash the bytes tensor_bytes gives under the documented header."""
     from stagewarden.attest.tensor_digest import dtype_name, tensor_header
 
     t = (torch.arange(24) % 3).to(dtype).reshape(4, 6)
