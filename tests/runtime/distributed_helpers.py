@@ -6,12 +6,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import torch
 from stagewarden.attest.tensor_digest import digest_state_dict, update_output_digest
 from stagewarden.runtime.attacks import AttackPlan
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.data import Batches, load_corpus
-from stagewarden.runtime.model import GPTConfig, StageModule, build_stages
+from stagewarden.runtime.model import GPTConfig, build_stages
 from stagewarden.runtime.reference import reference_step
 from stagewarden.runtime.spotcheck import optimizer_state_digest
 from stagewarden.runtime.units import deterministic, make_optimizer
@@ -27,7 +26,10 @@ def tiny_config(**overrides: object) -> RunConfig:
     return RunConfig(**base)  # type: ignore[arg-type]
 
 
-def _trained(config: RunConfig) -> tuple[list[float], list[StageModule], list[torch.optim.Optimizer]]:
+def reference_with_updates(config: RunConfig) -> tuple[list[float], list[str], list[str]]:
+    """The reference losses, each stage's final weights digest (hex) and each stage's honest
+    output digest (hex) of its last update receipt, which also commits to the final optimizer
+    state (:func:`~stagewarden.attest.tensor_digest.update_output_digest`), for ``config``."""
     batches = Batches(
         load_corpus([Path(p) for p in config.data]),
         config.model.block_size,
@@ -39,23 +41,16 @@ def _trained(config: RunConfig) -> tuple[list[float], list[StageModule], list[to
         stages = build_stages(config.model, config.stages, config.seed)
         optimizers = [make_optimizer(s, dataclasses.replace(config.train)) for s in stages]
         losses = [reference_step(stages, optimizers, batches.batch(t)) for t in range(config.steps)]
-    return losses, stages, optimizers
+    weights = [digest_state_dict(s.state_dict()) for s in stages]
+    states = [optimizer_state_digest(s, o) for s, o in zip(stages, optimizers, strict=True)]
+    outputs = [update_output_digest(w, o).hex() for w, o in zip(weights, states, strict=True)]
+    return losses, [w.hex() for w in weights], outputs
 
 
 def reference(config: RunConfig) -> tuple[list[float], list[str]]:
     """The reference losses and each stage's final weights digest (hex) for ``config``."""
-    losses, stages, _ = _trained(config)
-    return losses, [digest_state_dict(s.state_dict()).hex() for s in stages]
-
-
-def reference_update_outputs(config: RunConfig) -> list[str]:
-    """Each stage's honest output digest (hex) of its last update receipt for ``config``: its final
-    weights and optimizer state (:func:`~stagewarden.attest.tensor_digest.update_output_digest`)."""
-    _, stages, optimizers = _trained(config)
-    return [
-        update_output_digest(digest_state_dict(s.state_dict()), optimizer_state_digest(s, o)).hex()
-        for s, o in zip(stages, optimizers, strict=True)
-    ]
+    losses, weights, _ = reference_with_updates(config)
+    return losses, weights
 
 
 def fires_once(stage: int, step: int, quiet_steps: tuple[int, ...] = ()) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from distributed_helpers import fires_once, reference, reference_update_outputs, tiny_config
+from distributed_helpers import fires_once, reference, reference_with_updates, tiny_config
 from nacl.signing import VerifyKey
 from stagewarden.attest.audit import audit_run_dir
 from stagewarden.attest.receipt_log import RecordType, scan_log
@@ -229,8 +229,8 @@ def test_eject_hands_the_stage_to_the_standby_and_resumes_from_the_checkpoint(tm
     checkpoint_1 = next(e for e in events if e["event"] == "checkpoint" and e["step"] == 1)
     assert restored["weights"] == checkpoint_1["weights"]
     # The honest pipeline from the checkpoint: the standby's stage trains exactly as the reference.
-    honest = reference(tiny_config(stages=3, microbatches=1, steps=2))
-    assert s["losses"] == honest[0] and s["final_weights"]["stages"] == honest[1]
+    losses, weights, update_outputs = reference_with_updates(tiny_config(stages=3, microbatches=1, steps=2))
+    assert s["losses"] == losses and s["final_weights"]["stages"] == weights
     assert all(loss == loss and abs(loss) < 100 for loss in s["losses"])
     # Stage 1's final weights and optimizer state are the output of the last update receipt in the
     # standby's chain, and they are the honest ones.
@@ -240,9 +240,7 @@ def test_eject_hands_the_stage_to_the_standby_and_resumes_from_the_checkpoint(tm
     # the sampled units are checked after the update, so the convict's update of step 1 is
     # logged before the check that convicts it; the standby recomputes step 1 from the checkpoint
     assert [(r.worker_id, r.step) for r in updates] == [("s1r0", 0), ("s1r0", 1), ("standby0", 1)]
-    assert (
-        updates[-1].output_digest.hex() == reference_update_outputs(tiny_config(stages=3, microbatches=1, steps=2))[1]
-    )
+    assert updates[-1].output_digest.hex() == update_outputs[1]
     report = audit_run_dir(result.run_dir)
     assert report.clean, [f.message for f in report.findings]
 
