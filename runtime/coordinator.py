@@ -2002,10 +2002,10 @@ class Coordinator:
         weights or the last verified checkpoint are honest; otherwise they must be the output of
         the update receipt of ``step - 1``, whose re-execution (:meth:`check_update`) must agree.
         After a recomputation that went back past an update, the question cannot be settled."""
-        found = self._last_updates.get(s)
-        if found is None:
+        latest = self._last_updates.get(s)
+        if latest is None:
             return [], True
-        last, weights = found
+        last, weights = latest
         if last.step != step - 1:
             return [], False
         if weights != receipt.weights_digest:
