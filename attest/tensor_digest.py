@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import struct
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import blake3
@@ -41,8 +41,10 @@ TENSOR_DOMAIN = b"stagewarden/tensor/v1\x00"
 TENSOR_LIST_DOMAIN = b"stagewarden/tensor-list/v1\x00"
 #: Domain tag of a weights digest (a state dict, keys sorted).
 WEIGHTS_DOMAIN = b"stagewarden/weights/v1\x00"
-#: Domain tag of an update unit's input digest (gradients and optimizer state before).
-UPDATE_INPUT_DOMAIN = b"stagewarden/update-input/v1\x00"
+#: Domain tag of an update unit's input digest (gradient trace and optimizer state before).
+UPDATE_INPUT_DOMAIN = b"stagewarden/update-input/v2\x00"
+#: Domain tag of a stage's gradient trace: its accumulated gradients after each backward unit of a step.
+GRADIENT_TRACE_DOMAIN = b"stagewarden/gradient-trace/v1\x00"
 #: Domain tag of an update unit's output digest (weights and optimizer state after).
 UPDATE_OUTPUT_DOMAIN = b"stagewarden/update-output/v1\x00"
 #: From this many bytes on, BLAKE3 hashes with several threads. Below about 8 MiB, hashing the
@@ -182,11 +184,23 @@ def weights_digest(digests: Mapping[str, bytes]) -> bytes:
     return blake3.blake3(b"".join(parts)).digest()
 
 
-def update_input_digest(grads: bytes, optimizer: bytes) -> bytes:
-    """What an update receipt's input digest commits to: ``BLAKE3("stagewarden/update-input/v1"
-    0x00 || grads || optimizer)``, from the :func:`digest_tensors` of the accumulated gradients
-    and the :func:`digest_state_dict` of the optimizer state before the update."""
-    return _pair(UPDATE_INPUT_DOMAIN, grads, optimizer)
+def update_input_digest(gradient_trace: bytes, optimizer: bytes) -> bytes:
+    """What an update receipt's input digest commits to: ``BLAKE3("stagewarden/update-input/v2"
+    0x00 || gradient_trace || optimizer)``, from the :func:`gradient_trace_digest` of the step's
+    accumulated gradients (whose last entry is what the update starts from) and the
+    :func:`digest_state_dict` of the optimizer state before the update."""
+    return _pair(UPDATE_INPUT_DOMAIN, gradient_trace, optimizer)
+
+
+def gradient_trace_digest(digests: Sequence[bytes]) -> bytes:
+    """The digest of a stage's gradient trace of one step: ``BLAKE3("stagewarden/gradient-trace/v1"
+    0x00 || u32 count || each digest)``, where entry ``m`` is the :func:`digest_tensors` of the
+    stage's accumulated parameter gradients right after its backward unit of micro-batch ``m``
+    (in parameter order). Committing to every entry, not just the last, lets a spot check of one
+    backward unit start from the gradients the previous unit committed to."""
+    if any(len(d) != DIGEST_SIZE for d in digests):
+        raise ValueError(f"a gradient trace is a list of {DIGEST_SIZE}-byte digests")
+    return blake3.blake3(GRADIENT_TRACE_DOMAIN + struct.pack(">I", len(digests)) + b"".join(digests)).digest()
 
 
 def update_output_digest(weights: bytes, optimizer: bytes) -> bytes:

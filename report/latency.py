@@ -49,6 +49,8 @@ def _unit_kind(plan: AttackPlan) -> str | None:
         return "forward" if plan.direction is Direction.FORWARD else "backward"
     if plan.kind is AttackKind.WEIGHTS:
         return "update"
+    if plan.kind is AttackKind.GRAD_DRIFT:
+        return "backward"
     if plan.kind is AttackKind.POISON_DATA:
         return "forward"
     return None

@@ -11,6 +11,7 @@ pure functions of the tensor, the plan and the unit; the engine decides where to
   :attr:`AttackPlan.direction` says which message they are applied to);
 * ``weights`` acts on a stage's parameters after its real optimizer step;
 * ``optimizer`` acts on a stage's optimizer state at the start of a step (between updates);
+* ``grad_drift`` acts on a stage's accumulated parameter gradients between its backward units;
 * ``equivocate`` returns two tensors: one sent on, one committed in the receipt;
 * ``poison_data`` acts on stage 0's token ids;
 * ``false_accuse`` produces a forged accusation for the referee.
@@ -46,6 +47,7 @@ class AttackKind(enum.StrEnum):
     REPLAY = "replay"
     WEIGHTS = "weights"
     OPTIMIZER = "optimizer"
+    GRAD_DRIFT = "grad_drift"
     EQUIVOCATE = "equivocate"
     POISON_DATA = "poison_data"
     FALSE_ACCUSE = "false_accuse"
@@ -76,6 +78,8 @@ ATTACK_KINDS: dict[AttackKind, str] = {
     AttackKind.WEIGHTS: "after the real optimizer step, move the weights a small step along a fixed direction",
     AttackKind.OPTIMIZER: "between updates, move the optimizer's first moment along a fixed direction (the next "
     "update then drifts while its arithmetic is honest)",
+    AttackKind.GRAD_DRIFT: "before a backward unit, move the stage's accumulated parameter gradients along a fixed "
+    "direction (its messages stay honest; the update then drifts)",
     AttackKind.EQUIVOCATE: "send the next stage a tampered tensor while the receipt commits to the honest one",
     AttackKind.POISON_DATA: "stage 0 replaces the token ids of its micro-batch with other ids",
     AttackKind.FALSE_ACCUSE: "a checking worker claims a mismatch that is not there, to frame an honest stage",
@@ -125,9 +129,10 @@ class AttackPlan:
             ``noise`` times the tensor's RMS.
         drift: The step size of ``weights``: each tampered update adds ``drift`` times a fixed
             unit-variance direction to every parameter; of ``optimizer``: each tampered step adds
-            ``drift`` times that direction to every parameter's first moment.
-        drift_seed: Seed of the fixed direction of ``weights`` and ``optimizer`` (the backdoor
-            direction).
+            ``drift`` times that direction to every parameter's first moment; of ``grad_drift``:
+            each tampered backward unit adds it to every parameter's accumulated gradient.
+        drift_seed: Seed of the fixed direction of ``weights``, ``optimizer`` and ``grad_drift``
+            (the backdoor direction).
         bit: The bit ``bitflip`` flips in the element's integer view (0 is the least
             significant mantissa bit; 30 is the top exponent bit of a float32).
         seed: Seed of every random choice of the attack (when it fires, noise, positions).
@@ -254,7 +259,8 @@ class AttackPlan:
 
         False for an honest stage and before :attr:`start`; otherwise a deterministic draw that
         is true with probability :attr:`rate` (always true at rate 1). Update units (``weights``,
-        ``optimizer``) use ``microbatch = 0``. ``attempt`` counts how often the step has been recomputed after
+        ``optimizer``) use ``microbatch = 0``; ``grad_drift`` uses the backward unit's micro-batch.
+        ``attempt`` counts how often the step has been recomputed after
         a detection: each recomputation is a fresh draw (the first, ``attempt = 0``, is the
         draw of the unit alone).
         """
@@ -543,6 +549,29 @@ def tamper_optimizer(plan: AttackPlan, stage: int, state: Mapping[str, torch.Ten
         if field == "exp_avg" and value.is_floating_point():
             out[key] = value.detach() + plan.drift * drift_direction(plan, stage, name, value)
     return out
+
+
+def tamper_gradients(plan: AttackPlan, stage: int, grads: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``grad_drift`` attack: a stage's accumulated parameter gradients, moved ``plan.drift``
+    along the fixed direction of :func:`drift_direction`, right before one of its backward units.
+    The unit then computes honestly on top of them, so its input gradient (the message it sends)
+    is honest while the gradients its update starts from drift.
+
+    Args:
+        plan: The attack plan.
+        stage: The tampering stage.
+        grads: Every parameter's accumulated gradient so far in the step (zeros before the
+            stage's first backward unit of the step).
+
+    Returns:
+        New tensors ``g + drift * d`` under the same names; ``grads`` is not modified.
+    """
+    return {
+        name: value.detach() + plan.drift * drift_direction(plan, stage, name, value)
+        if value.is_floating_point()
+        else value.detach().clone()
+        for name, value in grads.items()
+    }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,6 +41,7 @@ from stagewarden.attest.tensor_digest import (
     digest_state_dict,
     digest_tensor,
     digest_tensors,
+    gradient_trace_digest,
     update_input_digest,
     update_output_digest,
     weights_digest,
@@ -127,6 +128,11 @@ _CONTENT_ERRORS = (AttestError, FormatError, ValueError, KeyError, TypeError, In
 
 #: The digest (hex) of an optimizer state before its first update (no state yet).
 EMPTY_OPTIMIZER = digest_state_dict({}).hex()
+#: The digest of no accumulated gradients: what a step's first backward unit starts from.
+NO_GRADS = digest_tensors([])
+#: How many steps back the coordinator keeps each stage's gradient traces (for the checks of a
+#: step's units, which may run while the next step computes, and of the update before a step).
+TRACES_KEPT = 3
 
 
 class AdmissionRefused(RuntimeSetupError):
@@ -330,13 +336,18 @@ class Coordinator:
         self._pending_bypass: int | None = None
         self._pending_attempt = 0
         self._rollbacks: dict[int, int] = {}
-        self._sample: list[tuple[int, int, str]] = []
         self._deferred: AfterUpdate | None = None
         self._checkpoint_writer: ThreadPoolExecutor | None = None
         self._checkpoint_job: tuple[int, Future[Any]] | None = None
         self._pool: StagePool | None = None
         self._last_updates: dict[int, tuple[Receipt, bytes]] = {}
         """Per stage, its last accepted update receipt and the weights digest it commits to."""
+        self._traces: dict[tuple[int, int], list[bytes]] = {}
+        """Per (stage, step) of the last few accepted updates: the gradient trace the update
+        receipt commits to (the accumulated gradients after each backward unit of the step)."""
+        self._updated_commits: dict[int, StepCommit] = {}
+        """The commitments of the last few steps whose update ran, by step (the referee checks
+        the backward units behind an update with them)."""
         self._optimizer: dict[int, str] = {s: EMPTY_OPTIMIZER for s in range(config.stages)}
         """Per stage, the digest (hex) of the optimizer state its next update must start from: the
         state its last update receipt committed to, or that of the checkpoint it loaded."""
@@ -1228,18 +1239,13 @@ class Coordinator:
         each stage with sampled units to push them (``push``; with, when a checkpoint is due and
         every stage updates, its new state); return what is left of the step (:class:`AfterUpdate`).
 
-        The sample is named only once every update receipt is in: the update units are sampled
-        with the rest, and a worker told before its update whether the update would be checked
-        could tamper with exactly the unchecked ones."""
+        The sample is drawn (``_draw_sample``) only once every update receipt is in: the
+        update units and the gradient traces their receipts commit to are sampled with the rest,
+        so they too must be committed before the randomness is fixed."""
         c = self.config
         stages = self._active_stages(frozen)
-        sample, self._sample = self._sample, []
         snapshot = frozen is None and self._checkpoint_due(step)
-        pushes: dict[int, list[tuple[int, str]]] = {}
         for s in stages:
-            asked = [(m, k) for t, m, k in sample if t == s]
-            if asked or snapshot:
-                pushes[s] = asked
             self.transport.send_json(self.rank_of(s), {"type": "update", "step": step})
         if frozen is not None and frozen >= 1 and c.verification == "redundant_neighbour":
             # the frozen stage still checks stage frozen - 1, which is updated: so is its replica
@@ -1259,10 +1265,19 @@ class Coordinator:
                 receipt = self._accept_receipt(wid, s, step, _hex(msg.get("receipt"), None, "receipt"))
                 if receipt.kind is not UnitKind.UPDATE:
                     raise TransportError(f"worker {wid} sent a {receipt.kind} receipt as its update receipt")
-                found += self._accept_update(s, step, receipt, weights, msg)
+                found += self._accept_update(s, step, receipt, weights, msg, commit)
                 receipts[s] = receipt
                 optimizers[s] = self._optimizer[s]
                 self.counts["update"] += 1
+        sample = self._draw_sample(commit, receipts)
+        self._updated_commits[step] = commit
+        for old in [t for t in self._updated_commits if t < step - TRACES_KEPT]:
+            del self._updated_commits[old]
+        pushes: dict[int, list[tuple[int, str]]] = {}
+        for s in stages:
+            asked = [(m, k) for t, m, k in sample if t == s]
+            if asked or snapshot:
+                pushes[s] = asked
         for s, asked in pushes.items():
             message = {"type": "push", "step": step, "push": [[m, k] for m, k in asked], "snapshot": snapshot}
             self.transport.send_json(self.rank_of(s), message)
@@ -1271,40 +1286,50 @@ class Coordinator:
         )
 
     def _accept_update(
-        self, s: int, step: int, receipt: Receipt, weights: bytes, msg: dict[str, Any]
+        self, s: int, step: int, receipt: Receipt, weights: bytes, msg: dict[str, Any], commit: StepCommit
     ) -> list[dict[str, Any]]:
         """Take stage ``s``'s update receipt of ``step``: the digests its message reports (the
-        gradients, the optimizer state before and after, the weights after) must be the ones the
-        receipt commits to, and the optimizer state before must be the one the stage's previous
+        gradient trace, the optimizer state before and after, the weights after) must be the ones
+        the receipt commits to, and the optimizer state before must be the one the stage's previous
         update receipt committed to after it (or that of the checkpoint it loaded); return a
-        detection when it is not: a state changed between updates is not the optimizer's work."""
-        wid = self.stage_ids[s]
-        grads = _hex(msg.get("grads"), 32, "grads")
+        detection when it is not: a state changed between updates is not the optimizer's work.
+        Stage 0's backward receipts commit to its accumulated gradients themselves, so its
+        gradient trace must be theirs, in micro-batch order."""
+        c, wid = self.config, self.stage_ids[s]
+        trace = _hex_list(msg.get("grads_trace"), c.microbatches, "grads_trace")
         before = _hex(msg.get("optimizer_before"), 32, "optimizer_before")
         after = _hex(msg.get("optimizer"), 32, "optimizer")
         if (
-            update_input_digest(grads, before) != receipt.input_digest
+            update_input_digest(gradient_trace_digest(trace), before) != receipt.input_digest
             or update_output_digest(weights, after) != receipt.output_digest
         ):
             raise TransportError(f"worker {wid}'s update report does not match the digests of its update receipt")
         expected = self._optimizer[s]
         found = []
+
+        def detection(check: str, message: str) -> None:
+            found.append(self.detection(step, 0, "update", s, check, message, receipt_digest(receipt)))
+
         if before.hex() != expected:
-            found.append(
-                self.detection(
-                    step,
-                    0,
-                    "update",
-                    s,
-                    "optimizer_state",
-                    f"stage {s}'s update of step {step} starts from another optimizer state than its last update "
-                    "or checkpoint left",
-                    receipt_digest(receipt),
-                )
+            detection(
+                "optimizer_state",
+                f"stage {s}'s update of step {step} starts from another optimizer state than its last update "
+                "or checkpoint left",
             )
+        if s == 0:
+            committed = [commit.receipt(0, m, UnitKind.BACKWARD) for m in range(c.microbatches)]
+            if [r.output_digest if r is not None else None for r in committed] != trace:
+                detection(
+                    "gradient_trace",
+                    f"stage 0's update of step {step} commits to other accumulated gradients than its backward "
+                    "receipts",
+                )
         self._optimizer_undo[s] = (step, expected)
         self._optimizer[s] = after.hex()
         self._last_updates[s] = (receipt, weights)
+        self._traces[(s, step)] = trace
+        for key in [k for k in self._traces if k[0] == s and k[1] < step - TRACES_KEPT]:
+            del self._traces[key]
         return found
 
     def respond(self, step: int, attempt: int, detection: dict[str, Any]) -> ResponsePlan:
@@ -1818,15 +1843,11 @@ class Coordinator:
 
         ``already`` are the detections the link checks made for this commitment. With
         ``verification = "none"`` it checks nothing. With ``redundant_neighbour`` it adjudicates
-        the failed checks the checking stages report (:meth:`adjudicate`). With ``spot_check`` it reveals the
-        secret committed before the step, derives the sampling randomness from it and the step's
-        receipts, samples the units (forward, backward and update of every running stage and
-        micro-batch, each with probability ``spot_check_rate``) and keeps the sample: the workers
-        push the sampled units with the update, and :meth:`check_unit` and :meth:`check_update`
-        check them. Returns the detections.
+        the failed checks the checking stages report (:meth:`adjudicate`). With ``spot_check`` the
+        sample is drawn after the update receipts (``_draw_sample``). A bypassed stage must
+        pass every tensor on unchanged. Returns the detections.
         """
         c = self.config
-        self._sample = []
         found: list[dict[str, Any]] = []
         bypass = self._bypass
         if bypass is not None:  # the bypassed stage must pass every tensor on unchanged
@@ -1845,10 +1866,21 @@ class Coordinator:
                     )
         if c.verification == "redundant_neighbour":
             return found + self.adjudicate(commit, (already or []) + found)
+        return found
+
+    def _draw_sample(self, commit: StepCommit, updates: dict[int, Receipt]) -> list[tuple[int, int, str]]:
+        """With ``spot_check``: reveal the secret committed before the step, derive the sampling
+        randomness from it and every receipt of the step (forward and backward in ``commit``,
+        the update receipts in ``updates``), sample the units (forward, backward and update of
+        every running stage and micro-batch, each with probability ``spot_check_rate``) and
+        return the sample: the workers push the sampled units, and :meth:`check_unit` and
+        :meth:`check_update` check them. Otherwise nothing is sampled."""
+        c, step, bypass = self.config, commit.step, self._bypass
         if c.verification != "spot_check" or self._seed is None:
-            return found
+            return []
         seed = self._seed
         digests = [receipt_digest(r) for s in sorted(commit.receipts) for r in commit.receipts[s]]
+        digests += [receipt_digest(updates[s]) for s in sorted(updates)]
         committed = receipts_digest(digests)
         units = [
             (s, m, kind)
@@ -1867,8 +1899,7 @@ class Coordinator:
             sampled=[{"stage": s, "micro_batch": m, "kind": k} for s, m, k in sampled],
         )
         self.spot["units_sampled"] += len(sampled)
-        self._sample = sampled  # checked after the update, from what the workers push (:meth:`_settle`)
-        return found
+        return sampled
 
     def adjudicate(self, commit: StepCommit, already: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Turn the failed redundant-neighbour checks of a step into detections.
@@ -2000,8 +2031,10 @@ class Coordinator:
         """Whether the weights stage ``s`` committed to at ``step`` are honest: the detections, and
         whether the question could be settled. Weights never updated since the measured initial
         weights or the last verified checkpoint are honest; otherwise they must be the output of
-        the update receipt of ``step - 1``, whose re-execution (:meth:`check_update`) must agree.
-        After a recomputation that went back past an update, the question cannot be settled."""
+        the update receipt of ``step - 1``, whose re-execution (:meth:`check_update`) must agree,
+        and the gradients that update started from must be honest: every backward unit of
+        ``step - 1`` is re-executed along the stage's gradient trace (:meth:`check_unit`, with
+        FETCH). After a recomputation that went back past an update, the question cannot be settled."""
         latest = self._last_updates.get(s)
         if latest is None:
             return [], True
@@ -2011,7 +2044,17 @@ class Coordinator:
         if weights != receipt.weights_digest:
             message = f"stage {s} computed step {step} with other weights than its update of step {step - 1} produced"
             return [self.detection(step, 0, "update", s, "weights", message, receipt_digest(last))], True
-        return self.check_update(s, step - 1, last), True
+        found = self.check_update(s, step - 1, last)
+        if found:
+            return found, True
+        previous = self._updated_commits.get(step - 1)
+        if previous is None:
+            return [], False
+        for m in range(self.config.microbatches):
+            found = self.check_unit(previous, s, m, "backward")
+            if found:
+                return found, True
+        return [], True
 
     @property
     def stage_pool(self) -> StagePool:
@@ -2061,9 +2104,18 @@ class Coordinator:
                 "fetch_mismatch",
                 "the inputs or weights the worker returned differ from those its receipt commits to",
             )
+        trace = self._gradient_trace(commit, stage) if kind == "backward" else None
+        if trace is not None:  # the unit adds to the gradients the stage's previous backward unit committed to
+            before = [v for k, v in inputs.items() if k.startswith("grad_before.")]
+            if digest_tensors(before) != (trace[micro_batch - 1] if micro_batch > 0 else NO_GRADS):
+                return found(
+                    "fetch_mismatch",
+                    "the accumulated gradients the worker returned as the backward unit's start are not those its "
+                    "gradient trace commits to before the unit",
+                )
         within = c.spot_check_compare == "tolerance"
-        if within and not _output_committed(unit, receipt):
-            return found("fetch_mismatch", "the output the worker returned differs from the one its receipt commits to")
+        if within and not _output_committed(unit, receipt, None if trace is None else trace[micro_batch]):
+            return found("fetch_mismatch", "the output the worker returned differs from the one it committed to")
         x, y = self._data(step, micro_batch)
         if stage == 0 and not torch.equal(inputs.get("input", torch.empty(0)), x):
             return found("data", "stage 0 computed on token ids that are not the step's data")
@@ -2077,17 +2129,37 @@ class Coordinator:
         if within:  # compare with the committed outputs under the stage's calibrated tolerance
             message = self._beyond_tolerance(stage, expected, unit.outputs, f"the {kind} unit")
             return [] if message is None else found("spot_check", message)
+        # bitwise: the receipt commits to the output (a forward unit), the input gradient (a backward
+        # unit of a stage after the first) or the accumulated gradients (stage 0's backward unit)
         single = expected.get("output", expected.get("grad_input"))
-        # bitwise: stage 0's backward unit commits to its accumulated gradients as a list
-        produced = digest_tensor(single) if single is not None else digest_tensors(expected.values())
+        grads = [v for k, v in expected.items() if k.startswith("grad.")]
+        produced = digest_tensor(single) if single is not None else digest_tensors(grads)
         if produced != receipt.output_digest:
             return found("spot_check", f"re-executing the {kind} unit gives another output than the receipt's")
+        if trace is not None and digest_tensors(grads) != trace[micro_batch]:
+            return found(
+                "spot_check",
+                "re-executing the backward unit gives other accumulated parameter gradients than the stage's "
+                "gradient trace commits to",
+            )
         return []
+
+    def _gradient_trace(self, commit: StepCommit, stage: int) -> list[bytes] | None:
+        """The gradient trace stage ``stage``'s update receipt of ``commit``'s step commits to; for
+        stage 0 its backward receipts are the trace. ``None`` when the stage made no update that
+        step (a stage frozen by ``skip_stage``: its gradients of the step are never used)."""
+        trace = self._traces.get((stage, commit.step))
+        if trace is None and stage == 0:
+            receipts = [commit.receipt(0, m, UnitKind.BACKWARD) for m in range(self.config.microbatches)]
+            if all(r is not None for r in receipts):
+                trace = [r.output_digest for r in receipts if r is not None]
+        return trace
 
     def _reexecute_unit(self, unit: FetchedUnit) -> dict[str, torch.Tensor]:
         """Re-execute a forward or backward unit from its committed inputs and weights; its outputs
-        by name: ``output`` (a forward unit), ``grad_input`` (a backward unit of a stage after the
-        first) or ``grad.<parameter>`` (stage 0's backward: the gradients accumulated up to the unit).
+        by name: ``output`` (a forward unit); ``grad_input`` (a backward unit of a stage after the
+        first) and ``grad.<parameter>`` (a backward unit: the gradients accumulated up to and with
+        the unit, from the ``grad_before.<parameter>`` it started from).
 
         Raises:
             SpotCheckError, KeyError, RuntimeError: The unit cannot be re-executed.
@@ -2117,12 +2189,11 @@ class Coordinator:
                 microbatches=c.microbatches,
                 pool=self.stage_pool,
             )
-            if result.grad_input is not None:
-                return {"grad_input": result.grad_input}
-            return {
-                f"grad.{n}": inputs[f"grad_before.{n}"] + g if f"grad_before.{n}" in inputs else g
-                for n, g in result.param_grads.items()
-            }
+            out = {} if result.grad_input is None else {"grad_input": result.grad_input}
+            before = {k.removeprefix("grad_before."): v for k, v in inputs.items() if k.startswith("grad_before.")}
+            for n, g in result.param_grads.items():  # this unit's gradients, added to those before it
+                out[f"grad.{n}"] = before[n] + g if n in before else g
+            return out
 
     def _beyond_tolerance(
         self, stage: int, expected: dict[str, torch.Tensor], committed: dict[str, torch.Tensor], what: str
@@ -2149,8 +2220,9 @@ class Coordinator:
     ) -> list[dict[str, Any]]:
         """Re-execute stage ``s``'s update unit of ``step``: with the weights before it, the
         accumulated gradients and the optimizer state (``unit``, as pushed; fetched when ``None``),
-        checked against the update receipt, re-execute the AdamW step and compare the new weights'
-        digest with the receipt's output. Returns the detections (none when they agree)."""
+        checked against the update receipt (the gradients are the last entry of the gradient trace
+        it commits to), re-execute the AdamW step and compare the new weights' and optimizer
+        state's digests with the receipt's output. Returns the detections (none when they agree)."""
         c, evidence = self.config, receipt_digest(receipt)
 
         def found(check: str, message: str) -> list[dict[str, Any]]:
@@ -2163,8 +2235,15 @@ class Coordinator:
                 return found("fetch", f"no update unit returned: {exc}")
         grads = {k[5:]: v for k, v in unit.inputs.items() if k.startswith("grad.")}
         state = {k[10:]: v for k, v in unit.inputs.items() if k.startswith("optimizer.")}
-        committed_input = update_input_digest(digest_tensors(grads.values()), digest_state_dict(state))
-        if unit.weights_digest != receipt.weights_digest or committed_input != receipt.input_digest:
+        trace = self._traces.get((s, step))
+        if trace is None:
+            raise RunFailed(f"the gradient trace of stage {s}'s update of step {step} is no longer kept")
+        committed_input = update_input_digest(gradient_trace_digest(trace), digest_state_dict(state))
+        if (
+            unit.weights_digest != receipt.weights_digest
+            or committed_input != receipt.input_digest
+            or digest_tensors(grads.values()) != trace[-1]
+        ):
             return found(
                 "fetch_mismatch",
                 "the weights, gradients or optimizer state the worker returned differ from those its update "
@@ -2390,11 +2469,18 @@ def _hex(value: Any, size: int | None, what: str) -> bytes:
     return data
 
 
-def _output_committed(unit: FetchedUnit, receipt: Receipt) -> bool:
+def _hex_list(value: Any, length: int, what: str) -> list[bytes]:
+    if not isinstance(value, list) or len(value) != length:
+        raise ValueError(f"{what} must be a list of {length} hex digests")
+    return [_hex(v, 32, f"{what}[{i}]") for i, v in enumerate(value)]
+
+
+def _output_committed(unit: FetchedUnit, receipt: Receipt, accumulated: bytes | None = None) -> bool:
     """Tolerance mode: whether the output a worker returned for a unit (:attr:`FetchedUnit.outputs`)
-    is the one its receipt commits to: the activation or logits of a forward unit, the input
-    gradient of a backward unit (stage 0: its accumulated parameter gradients, in order), the
-    weights and optimizer state after an update."""
+    is the one it committed to: the activation or logits of a forward unit; the input gradient of
+    a backward unit (stage 0: none) and its accumulated parameter gradients, in order (the
+    ``accumulated`` entry of the stage's gradient trace, when known; stage 0's receipt commits to
+    them too); the weights and optimizer state after an update."""
     out = unit.outputs
     if unit.kind == "update":
         weights = {k.removeprefix("weights."): v for k, v in out.items() if k.startswith("weights.")}
@@ -2404,14 +2490,17 @@ def _output_committed(unit: FetchedUnit, receipt: Receipt) -> bool:
             and len(weights) + len(state) == len(out)
             and update_output_digest(digest_state_dict(weights), digest_state_dict(state)) == receipt.output_digest
         )
-    if unit.kind == "backward" and unit.stage == 0:
-        return (
-            bool(out)
-            and all(k.startswith("grad.") for k in out)
-            and digest_tensors(out.values()) == receipt.output_digest
-        )
-    name = "output" if unit.kind == "forward" else "grad_input"
-    return set(out) == {name} and digest_tensor(out[name]) == receipt.output_digest
+    if unit.kind == "forward":
+        return set(out) == {"output"} and digest_tensor(out["output"]) == receipt.output_digest
+    grads = [v for k, v in out.items() if k.startswith("grad.")]
+    first = unit.stage == 0
+    if len(grads) + (0 if first else 1) != len(out) or not grads:
+        return False
+    if first and digest_tensors(grads) != receipt.output_digest:
+        return False
+    if not first and ("grad_input" not in out or digest_tensor(out["grad_input"]) != receipt.output_digest):
+        return False
+    return accumulated is None or digest_tensors(grads) == accumulated
 
 
 def _weights_digest(weights: dict[str, torch.Tensor], digests: dict[str, bytes], group: str = "weights") -> bytes:

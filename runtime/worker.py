@@ -36,6 +36,7 @@ from stagewarden.attest.tensor_digest import (
     digest_tensor,
     digest_tensors,
     dtype_name,
+    gradient_trace_digest,
     tensor_digest,
     update_input_digest,
     update_output_digest,
@@ -49,6 +50,7 @@ from stagewarden.runtime.attacks import (
     Direction,
     equivocate,
     poison_data,
+    tamper_gradients,
     tamper_optimizer,
     tamper_tensor,
     tamper_weights,
@@ -153,6 +155,10 @@ class NoAttack:
         before the step is recorded); whether it changed."""
         return False
 
+    def apply_accumulated(self, stage: int, step: int, micro_batch: int, module: torch.nn.Module) -> None:
+        """Change the stage's accumulated parameter gradients in place right before its backward
+        unit of ``micro_batch`` (after the previous unit committed to them)."""
+
     def withholds(self, stage: int, step: int, micro_batch: int) -> bool:
         """Whether the stage keeps back its message of ``micro_batch`` and everything after it
         (``withhold``: it stays alive and silent). Honest: never."""
@@ -186,6 +192,10 @@ class PlanAttack(NoAttack):
       poisoned ids);
     * ``weights``: on the parameters after the real optimizer step (the update receipt commits to
       the tampered weights);
+    * ``optimizer``: on the optimizer state at the start of a step;
+    * ``grad_drift``: on the accumulated parameter gradients right before a backward unit (its
+      messages stay honest; the unit, and the gradient trace the update commits to, carry the
+      drift on);
     * ``equivocate``: the receipt (and so FETCH, which returns the unit's inputs and weights)
       commits to the honest message, while the negated message is sent to the neighbour under a
       header signed by this stage;
@@ -305,6 +315,16 @@ class PlanAttack(NoAttack):
                 state[key].copy_(value)
         return bool(tampered)
 
+    def apply_accumulated(self, stage: int, step: int, micro_batch: int, module: torch.nn.Module) -> None:
+        if self.plan.kind is not AttackKind.GRAD_DRIFT or not self._fires(stage, step, micro_batch):
+            return
+        params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        grads = {n: torch.zeros_like(p) if p.grad is None else p.grad.detach() for n, p in params}
+        tampered = tamper_gradients(self.plan, stage, grads)
+        with torch.no_grad():
+            for name, p in params:
+                p.grad = tampered[name]
+
     def apply_update(self, stage: int, step: int, module: torch.nn.Module) -> None:
         if self.plan.kind is AttackKind.WEIGHTS and self._fires(stage, step, 0):
             params = dict(module.named_parameters())
@@ -386,8 +406,9 @@ class StageWorker:
         self.replica_record: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
         self.replica_checked = False
         self.copy_headers: dict[int, bytes] = {}
-        self.grads_digest: tuple[int, bytes] | None = None
-        """The step and digest of the gradients stage 0's last backward unit committed to (stage 0 only)."""
+        self.grads_trace: tuple[int, list[bytes]] | None = None
+        """The step and gradient trace of the stage's last schedule (the digest of its accumulated
+        gradients after each backward unit, in micro-batch order), which its update commits to."""
         self.current_digest: bytes | None = None
         """The digest of the stage's current weights when known (after an update, a restore or a
         load), so the next step need not hash them again."""
@@ -714,7 +735,8 @@ class StageWorker:
 
         receipts: list[str] = []
         headers: list[str] = []
-        keep_grads = self._keeps_state() and module.is_first
+        keep_grads = self._keeps_state()  # a backward unit's check starts from the gradients before it
+        trace: list[bytes] = []
         bypassed = bypass == s and not (module.is_first or module.is_last)
         for action in self.schedule:
             m = action.microbatch
@@ -789,7 +811,9 @@ class StageWorker:
                 unit = _unit_tensors(inputs[m], targets.get(m) if module.is_last else None)
                 if m in grads_out:
                     unit["grad_output"] = grads_out[m]
-                if keep_grads:  # stage 0 commits to the accumulated gradients: keep those before this unit
+                if self.attack is not None:
+                    self.attack.apply_accumulated(s, step, m, module)
+                if keep_grads:  # the unit commits to the accumulated gradients: keep those before it
                     for name, p in module.named_parameters():
                         if p.grad is not None:
                             unit[f"grad_before.{name}"] = p.grad.detach().clone()
@@ -807,18 +831,18 @@ class StageWorker:
                 record.units[(m, "backward")] = unit
                 if self.keep_outputs:
                     record.outputs[(m, "backward")] = _backward_output(module, grad)
-                if grad is not None:
-                    out_digest = commit_digest(m, TransferKind.GRADIENT, grad) if receipts_on else b""
-                else:  # stage 0: commit to the accumulated parameter gradients
-                    out_digest = _grads_digest(module) if receipts_on else b""
-                    self.grads_digest = (step, out_digest)  # the update's input, unless a later unit changes them
                 if receipts_on:
+                    accumulated = _grads_digest(module)  # the gradient trace's entry; the update commits to all
+                    trace.append(accumulated)
+                    # the receipt's output: the input gradient, or on stage 0 the accumulated gradients
+                    out_digest = accumulated if grad is None else commit_digest(m, TransferKind.GRADIENT, grad)
                     in_digest = known(m, TransferKind.GRADIENT, grads_out[m]) if m in grads_out else _digest(targets[m])
                     receipts.append(
                         self._receipt(step, m, UnitKind.BACKWARD, in_digest, out_digest, weights_digest, env).hex()
                     )
                 grads_out.pop(m, None)
             # UPDATE waits for the coordinator's decision
+        self.grads_trace = (step, trace) if receipts_on else None
         relay.inputs = inputs
         checks: list[dict[str, Any]] = []
         checks_run = 0
@@ -990,7 +1014,7 @@ class StageWorker:
         self.optimizer = make_optimizer(module, self.config.train)
         import_optimizer_state(module, self.optimizer, record.optimizer)
         module.zero_grad(set_to_none=True)
-        self.grads_digest = None
+        self.grads_trace = None
         record.grads = None
         if self.replica is not None and self.replica_record is not None:
             self.replica.resync(*self.replica_record)
@@ -1094,7 +1118,7 @@ class StageWorker:
         except ValueError as exc:
             raise TransportError(f"checkpoint optimizer state of stage {self.stage_index}: {exc}") from None
         module.zero_grad(set_to_none=True)
-        self.grads_digest = None
+        self.grads_trace = None
         self.record = self.previous = None
         self.optimizer_digest = None
         self.current_digest = digest_state_dict(module.state_dict())
@@ -1138,10 +1162,11 @@ class StageWorker:
         assert self.module is not None and self.record is not None and self.stage_index is not None
         module = self.module
         receipts_on = self.config.receipts
-        # stage 0's last backward unit committed to the accumulated gradients the update starts from
-        cached = self.grads_digest
-        grads = (cached[1] if cached and cached[0] == step else _grads_digest(module)) if receipts_on else b""
-        self.grads_digest = None
+        # the gradient trace of this step's schedule: the update starts from its last entry
+        cached, self.grads_trace = self.grads_trace, None
+        if receipts_on and (cached is None or cached[0] != step):
+            raise TransportError(f"worker {self.worker_id} has no gradient trace of step {step} to update from")
+        trace = cached[1] if cached is not None else []
         before = (self.record.weights_digest or digest_state_dict(self.record.weights)) if receipts_on else b""
         optimizer_before = b""
         if receipts_on:
@@ -1172,11 +1197,12 @@ class StageWorker:
             optimizer_after = optimizer_state_digest(module, self.optimizer)
             self.optimizer_digest = optimizer_after
             env = ExecutionEnv.capture(self.device)
-            inp, out = update_input_digest(grads, optimizer_before), update_output_digest(after, optimizer_after)
+            inp = update_input_digest(gradient_trace_digest(trace), optimizer_before)
+            out = update_output_digest(after, optimizer_after)
             message["receipt"] = self._receipt(step, 0, UnitKind.UPDATE, inp, out, before, env).hex()
             message["optimizer_before"] = optimizer_before.hex()
             message["optimizer"] = optimizer_after.hex()
-            message["grads"] = grads.hex()
+            message["grads_trace"] = [d.hex() for d in trace]
         self.transport.send_json(COORDINATOR, message)
 
     def _push(self, step: int, units: Any, snapshot: Any) -> None:
@@ -1228,7 +1254,7 @@ class StageWorker:
         assert self.module is not None
         self.record, self.previous = self.previous, None
         self.module.zero_grad(set_to_none=True)
-        self.grads_digest = self.optimizer_digest = None
+        self.grads_trace = self.optimizer_digest = None
         self.prev = chain_head
 
     def _fetch(self, msg: dict[str, Any]) -> None:
@@ -1314,11 +1340,12 @@ def _skew_backward(module: torch.nn.Module, grad: torch.Tensor | None, e: float)
 
 
 def _backward_output(module: torch.nn.Module, grad: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """What a backward unit's receipt commits to, kept for FETCH: the input gradient, or on stage 0
-    (no input gradient) a copy of the accumulated parameter gradients, in parameter order."""
-    if grad is not None:
-        return {"grad_input": grad}
-    return {f"grad.{n}": p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+    """What a backward unit commits to, kept for FETCH: the input gradient (its receipt's output;
+    none on stage 0) and a copy of the accumulated parameter gradients, in parameter order (its
+    gradient trace entry; on stage 0 also the receipt's output)."""
+    out = {} if grad is None else {"grad_input": grad}
+    out.update({f"grad.{n}": p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None})
+    return out
 
 
 def _unit_tensors(inputs: torch.Tensor, targets: torch.Tensor | None) -> dict[str, torch.Tensor]:

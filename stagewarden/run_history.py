@@ -226,8 +226,9 @@ def tampered_units(attack: Any, computation: Computation, stages: int, microbatc
     Tensor attacks and ``equivocate`` tamper with the forward (or backward) message of their
     stages, ``poison_data`` with stage 0's forward input, ``weights`` with the update (only when
     the update ran and the stage was not bypassed), ``optimizer`` with the update's input (the
-    same, from step 1 on). ``replay`` cannot fire on the run's very first
-    message (step 0, attempt 0, micro-batch 0); a standby that takes over a malicious stage starts
+    same, from step 1 on), ``grad_drift`` with the backward units it fires on (the same).
+    ``replay`` cannot fire on the run's very first message (step 0, attempt 0, micro-batch 0); a
+    standby that takes over a malicious stage starts
     without earlier messages too, which this count does not model (it may count one unit more).
     """
     from stagewarden.runtime.attacks import TENSOR_KINDS, AttackKind, AttackPlan, Direction
@@ -244,6 +245,10 @@ def tampered_units(attack: Any, computation: Computation, stages: int, microbatc
                     out.append((s, t, m, kind))
         elif plan.kind is AttackKind.POISON_DATA:
             out += [(s, t, m, "forward") for m in range(microbatches) if plan.active(s, t, m, a)]
+        elif plan.kind is AttackKind.GRAD_DRIFT:
+            # the gradients a bypassed stage accumulates go nowhere: its update is frozen
+            if computation.updated and s != computation.bypass:
+                out += [(s, t, m, "backward") for m in range(microbatches) if plan.active(s, t, m, a)]
         elif plan.kind is AttackKind.WEIGHTS or (plan.kind is AttackKind.OPTIMIZER and t > 0):
             # optimizer: tampers with the update's input; at step 0 a stage has no state to tamper with
             if computation.updated and s != computation.bypass and plan.active(s, t, 0, a):

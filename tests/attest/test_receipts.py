@@ -294,11 +294,26 @@ def test_update_digests_definition() -> None:
     from stagewarden.attest.tensor_digest import update_input_digest, update_output_digest
 
     a, b = bytes(range(32)), bytes(range(32, 64))
-    assert update_input_digest(a, b) == blake3.blake3(b"stagewarden/update-input/v1\x00" + a + b).digest()
+    assert update_input_digest(a, b) == blake3.blake3(b"stagewarden/update-input/v2\x00" + a + b).digest()
     assert update_output_digest(a, b) == blake3.blake3(b"stagewarden/update-output/v1\x00" + a + b).digest()
     assert len({update_input_digest(a, b), update_output_digest(a, b), update_input_digest(b, a)}) == 3
     with pytest.raises(ValueError, match="32-byte"):
         update_output_digest(a, b[:31])
+
+
+def test_gradient_trace_digest_definition() -> None:
+    """A gradient trace digest is BLAKE3 over its domain tag, the entry count and the entries in
+    order: reordering, dropping or repeating an entry changes it."""
+    from stagewarden.attest.tensor_digest import gradient_trace_digest
+
+    a, b = bytes(range(32)), bytes(range(32, 64))
+    domain = b"stagewarden/gradient-trace/v1\x00"
+    assert gradient_trace_digest([a, b]) == blake3.blake3(domain + b"\x00\x00\x00\x02" + a + b).digest()
+    assert gradient_trace_digest([]) == blake3.blake3(domain + b"\x00\x00\x00\x00").digest()
+    variants = [[a, b], [b, a], [a], [a, b, b], []]
+    assert len({gradient_trace_digest(v) for v in variants}) == len(variants)
+    with pytest.raises(ValueError, match="32-byte"):
+        gradient_trace_digest([a, b[:31]])
 
 
 def test_tensor_digest_separates_dtype_and_shape() -> None:

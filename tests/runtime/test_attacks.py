@@ -21,6 +21,7 @@ from stagewarden.runtime.attacks import (
     lazy,
     poison_data,
     replay,
+    tamper_gradients,
     tamper_optimizer,
     tamper_tensor,
     tamper_weights,
@@ -224,6 +225,22 @@ def test_optimizer_attack_moves_the_first_moments_only() -> None:
         assert torch.allclose(moved, 1e-3 * drift_direction(plan, 2, name, state[key]), atol=1e-7)
     assert all(torch.equal(state[k], before[k]) for k in state)
     assert tamper_optimizer(plan, 2, {}) == {}  # before the first update there is nothing to tamper with
+
+
+def test_grad_drift_moves_every_float_gradient_along_the_weights_direction() -> None:
+    """tamper_gradients adds drift x the weights attack's direction to every float gradient
+    (zeros before the first backward unit included) and modifies nothing in place."""
+    plan = _plan("grad_drift", drift=1e-3, drift_seed=4)
+    grads = {"a": _tensor(0, (8, 8)), "b": torch.zeros(8), "n": torch.arange(3)}
+    before = {k: v.clone() for k, v in grads.items()}
+    tampered = tamper_gradients(plan, 1, grads)
+    assert set(tampered) == set(grads)
+    for name in ("a", "b"):
+        moved = tampered[name] - grads[name]
+        assert torch.allclose(moved, 1e-3 * drift_direction(plan, 1, name, grads[name]), atol=1e-7)
+        assert moved.abs().min() > 0
+    assert torch.equal(tampered["n"], grads["n"])
+    assert all(torch.equal(grads[k], before[k]) for k in grads)
 
 
 def test_equivocate_sends_one_tensor_and_shows_another() -> None:

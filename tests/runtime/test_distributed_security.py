@@ -11,12 +11,13 @@ from distributed_helpers import fires_once, reference, reference_with_updates, t
 from nacl.signing import VerifyKey
 from stagewarden.attest.audit import audit_run_dir
 from stagewarden.attest.receipt_log import RecordType, scan_log
-from stagewarden.attest.receipts import UnitKind, parse_receipt
+from stagewarden.attest.receipts import UnitKind, parse_receipt, receipt_digest
 from stagewarden.attest.rundir import LOG_FILE
 from stagewarden.runtime.attacks import AttackPlan
 from stagewarden.runtime.config import ConfigError
 from stagewarden.runtime.coordinator import DETECTION_DOMAIN
 from stagewarden.runtime.launch import launch_local
+from stagewarden.runtime.spotcheck import receipts_digest
 
 
 def _summary(run: Path) -> dict[str, Any]:
@@ -101,6 +102,30 @@ def test_optimizer_attack_is_caught_by_the_optimizer_state_chain(tmp_path: Path,
     _check_signature(summary, first)
 
 
+@pytest.mark.parametrize("stage", [0, 1])
+def test_gradient_drift_is_caught_by_the_gradient_trace(tmp_path: Path, stage: int) -> None:
+    """A stage that moves its accumulated parameter gradients before each backward unit, while
+    every message it sends and every unit's arithmetic stay honest, is caught at p=1 at the
+    attack's first step: each tampered unit starts from other gradients than the stage's gradient
+    trace committed to before it (nothing, before the step's first unit). The trace binds stage 0
+    through its backward receipts and every other stage through its update receipt. (``restart``:
+    the fallback ``skip_stage`` would freeze stage 1's update, whose gradients then go nowhere.)"""
+    summary = _attacked(tmp_path, "grad_drift", stage, microbatches=2, response="restart")
+    first = _first(summary)
+    assert (first["step"], first["worker"], first["stage"], first["unit_kind"], first["check"]) == (
+        1,
+        f"s{stage}r0",
+        stage,
+        "backward",
+        "fetch_mismatch",
+    )
+    assert "gradient trace" in first["message"]
+    step1 = {(d["microbatch"], d["unit_kind"], d["check"]) for d in summary["detections"] if d["step"] == 1}
+    assert {(0, "backward", "fetch_mismatch"), (1, "backward", "fetch_mismatch")} <= step1
+    assert all(d["worker"] == f"s{stage}r0" for d in summary["detections"])
+    _check_signature(summary, first)
+
+
 def test_poisoned_data_is_caught(tmp_path: Path) -> None:
     """Stage 0 computing on other token ids than the step's data is caught against the regenerated data."""
     first = _first(_attacked(tmp_path, "poison_data", 0))
@@ -140,6 +165,16 @@ def test_clean_spot_checked_run_matches_reference_and_records_timing(tmp_path: P
     for step in (0, 1):
         assert kinds.index(("spot_check_commitment", step)) < kinds.index(("spot_check_reveal", step))
         assert kinds.index(("spot_check_reveal", step)) < kinds.index(("step", step))
+    # the randomness is derived from every receipt of the step, the update receipts (and the
+    # gradient traces they commit to) included: all were committed before the reveal
+    records = scan_log((result.run_dir / LOG_FILE).read_bytes()).records
+    receipts = [parse_receipt(r.payload) for r in records if r.type is RecordType.RECEIPT]
+    reveals = {e["step"]: e for e in _events(result.run_dir) if e["event"] == "spot_check_reveal"}
+    for step in (0, 1):
+        of_step = [r for r in receipts if r.step == step]
+        assert sum(r.kind is UnitKind.UPDATE for r in of_step) == 2
+        digest = receipts_digest(receipt_digest(r) for r in of_step)
+        assert reveals[step]["receipts_digest"] == digest.hex()
 
 
 def test_restart_recomputes_the_step_and_training_continues(tmp_path: Path) -> None:

@@ -220,10 +220,11 @@ class _ScriptedTransport:
         return message
 
 
-def test_the_sample_is_named_only_after_every_update_receipt() -> None:
-    """The update round: ``update`` names nothing of the sample, and the ``push`` messages that do
-    (the stage's update unit among them) go out only once every stage has reported its update. A
-    worker told with ``update`` whether its update is sampled could tamper with the others."""
+def test_the_sample_is_drawn_and_named_only_after_every_update_receipt() -> None:
+    """The update round: ``update`` names nothing of the sample, the sample is drawn once every
+    stage has reported its update (its receipt commits to the update and to the gradient trace,
+    both sampled), and the ``push`` messages that name it go out after that. A worker told with
+    ``update`` whether its update is sampled could tamper with the others."""
     from stagewarden.runtime.coordinator import Coordinator, StepCommit
 
     coordinator = Coordinator.__new__(Coordinator)  # the update round only: no run directory
@@ -231,14 +232,21 @@ def test_the_sample_is_named_only_after_every_update_receipt() -> None:
     coordinator.transport = _ScriptedTransport()  # type: ignore[assignment]
     coordinator.stage_ranks = [1, 2, 3]
     coordinator.stage_ids = ["s0r0", "s1r0", "s2r0"]
-    coordinator.final_weights, coordinator.busy = {}, [0.0] * 3
-    coordinator._sample = [(1, 0, "update"), (2, 1, "forward")]
+    coordinator.final_weights, coordinator.busy, coordinator._updated_commits = {}, [0.0] * 3, {}
+    drawn_at: list[int] = []
+
+    def draw(commit: StepCommit, updates: dict[int, Any]) -> list[tuple[int, int, str]]:
+        drawn_at.append(len(coordinator.transport.log))  # type: ignore[attr-defined]
+        return [(1, 0, "update"), (2, 1, "forward")]
+
+    coordinator._draw_sample = draw  # type: ignore[method-assign]
     commit = StepCommit(0, {}, {}, 1.0, [])
     after = coordinator._update_all(0, frozen=None, commit=commit)
     log = coordinator.transport.log  # type: ignore[attr-defined]
     updates = [m for kind, _, m in log if kind == "sent" and m["type"] == "update"]
     assert len(updates) == 3 and all(set(m) == {"type", "step"} for m in updates)
     last_report = max(i for i, (kind, _, _) in enumerate(log) if kind == "received")
+    assert drawn_at == [last_report + 1]
     pushes = [(i, dst, m) for i, (kind, dst, m) in enumerate(log) if kind == "sent" and m["type"] == "push"]
     assert all(i > last_report for i, _, _ in pushes)
     # every stage pushes (a checkpoint is due); each is told its own sampled units only

@@ -75,6 +75,25 @@ def test_weights_attack_shows_as_a_forward_mismatch_at_the_next_step(tmp_path: P
     assert (first["step"], first["worker"], first["unit_kind"]) == (2, "s1r0", "forward")
 
 
+def test_gradient_drift_is_blamed_on_the_drifting_stage_not_its_checker(tmp_path: Path) -> None:
+    """Stage 1 drifts its accumulated gradients at step 1 while its messages and its update's
+    arithmetic stay honest: the replica's own update differs, so stage 2 reports stage 1's
+    forward of step 2. The referee finds that forward honest for its weights and the update that
+    made them honest for its gradients, so it re-executes the backward units behind that update
+    along the gradient trace, finds the drift, and confirms the report instead of blaming the
+    honest checker for a false accusation."""
+    summary = _run(tmp_path, stages=3, microbatches=2, steps=4, attack=_plan("grad_drift", "1"), response="restart")
+    first = summary["detections"][0]
+    assert (first["step"], first["worker"], first["unit_kind"], first["check"]) == (
+        2,
+        "s1r0",
+        "forward",
+        "redundant_neighbour",
+    )
+    assert {d["worker"] for d in summary["detections"]} == {"s1r0"}
+    assert summary["redundant_neighbour"]["false_accusations"] == 0
+
+
 def test_two_adjacent_colluding_stages_defeat_the_defence(tmp_path: Path) -> None:
     """Stage 1 tampers and its checker, stage 2, covers for it: nothing is reported, and the model
     trained is not the honest one."""
