@@ -737,6 +737,10 @@ class StageWorker:
         headers: list[str] = []
         keep_grads = self._keeps_state()  # a backward unit's check starts from the gradients before it
         trace: list[bytes] = []
+        # after a stage's backward unit (but stage 0's, whose receipt commits to its gradients), its
+        # trace entry is digested only when the gradients are about to change or the schedule ends,
+        # so that the input gradient goes upstream first
+        pending = False
         bypassed = bypass == s and not (module.is_first or module.is_last)
         for action in self.schedule:
             m = action.microbatch
@@ -811,15 +815,23 @@ class StageWorker:
                 unit = _unit_tensors(inputs[m], targets.get(m) if module.is_last else None)
                 if m in grads_out:
                     unit["grad_output"] = grads_out[m]
+                if pending:
+                    trace.append(_grads_digest(module))
+                    pending = False
                 if self.attack is not None:
                     self.attack.apply_accumulated(s, step, m, module)
+                before: dict[str, torch.Tensor] = {}
                 if keep_grads:  # the unit commits to the accumulated gradients: keep those before it
+                    # (no copy: the unit's gradients go into fresh tensors, added to these afterwards)
                     for name, p in module.named_parameters():
                         if p.grad is not None:
-                            unit[f"grad_before.{name}"] = p.grad.detach().clone()
+                            before[name] = unit[f"grad_before.{name}"] = p.grad.detach()
+                            p.grad = None
                 began = time.perf_counter()
                 state = states.pop(m)
                 grad = grads_out[m].detach().clone() if bypassed else stage_backward(state, grads_out.get(m))
+                if before:
+                    _accumulate(module, before)
                 if self.skew is not None and not bypassed:
                     grad = _skew_backward(module, grad, self.skew)
                 if grad is not None:
@@ -832,16 +844,22 @@ class StageWorker:
                 if self.keep_outputs:
                     record.outputs[(m, "backward")] = _backward_output(module, grad)
                 if receipts_on:
-                    accumulated = _grads_digest(module)  # the gradient trace's entry; the update commits to all
-                    trace.append(accumulated)
-                    # the receipt's output: the input gradient, or on stage 0 the accumulated gradients
-                    out_digest = accumulated if grad is None else commit_digest(m, TransferKind.GRADIENT, grad)
+                    # the receipt's output: the input gradient, or on stage 0 the accumulated
+                    # gradients, the unit's gradient trace entry (the update commits to all entries)
+                    if grad is None:
+                        out_digest = _grads_digest(module)
+                        trace.append(out_digest)
+                    else:
+                        out_digest = commit_digest(m, TransferKind.GRADIENT, grad)
+                        pending = True
                     in_digest = known(m, TransferKind.GRADIENT, grads_out[m]) if m in grads_out else _digest(targets[m])
                     receipts.append(
                         self._receipt(step, m, UnitKind.BACKWARD, in_digest, out_digest, weights_digest, env).hex()
                     )
                 grads_out.pop(m, None)
             # UPDATE waits for the coordinator's decision
+        if pending:
+            trace.append(_grads_digest(module))
         self.grads_trace = (step, trace) if receipts_on else None
         relay.inputs = inputs
         checks: list[dict[str, Any]] = []
@@ -1337,6 +1355,18 @@ def _skew_backward(module: torch.nn.Module, grad: torch.Tensor | None, e: float)
             if p.grad is not None:
                 p.grad.mul_(1.0 + e)
     return None
+
+
+def _accumulate(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> None:
+    """Add the gradients accumulated before a backward unit (``before``, by parameter name) to
+    the unit's own, which its backward left in ``.grad``: the values autograd's in-place
+    accumulation gives (floating-point addition is commutative), in new tensors, so that
+    ``before`` stays as it was."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            kept = before.get(name)
+            if kept is not None:
+                p.grad = kept.clone() if p.grad is None else kept + p.grad
 
 
 def _backward_output(module: torch.nn.Module, grad: torch.Tensor | None) -> dict[str, torch.Tensor]:
