@@ -40,8 +40,8 @@ from stagewarden.attest.rundir import LOG_FILE, RunDir, RunDirWriter, RunSummary
 from stagewarden.attest.tensor_digest import (
     digest_state_dict,
     digest_tensor,
-    digest_tensors,
     gradient_trace_digest,
+    gradients_digest,
     update_input_digest,
     update_output_digest,
     weights_digest,
@@ -129,7 +129,7 @@ _CONTENT_ERRORS = (AttestError, FormatError, ValueError, KeyError, TypeError, In
 #: The digest (hex) of an optimizer state before its first update (no state yet).
 EMPTY_OPTIMIZER = digest_state_dict({}).hex()
 #: The digest of no accumulated gradients: what a step's first backward unit starts from.
-NO_GRADS = digest_tensors([])
+NO_GRADS = gradients_digest([])
 #: How many steps back the coordinator keeps each stage's gradient traces (for the checks of a
 #: step's units, which may run while the next step computes, and of the update before a step).
 TRACES_KEPT = 3
@@ -2107,7 +2107,7 @@ class Coordinator:
         trace = self._gradient_trace(commit, stage) if kind == "backward" else None
         if trace is not None:  # the unit adds to the gradients the stage's previous backward unit committed to
             before = [v for k, v in inputs.items() if k.startswith("grad_before.")]
-            if digest_tensors(before) != (trace[micro_batch - 1] if micro_batch > 0 else NO_GRADS):
+            if gradients_digest(before) != (trace[micro_batch - 1] if micro_batch > 0 else NO_GRADS):
                 return found(
                     "fetch_mismatch",
                     "the accumulated gradients the worker returned as the backward unit's start are not those its "
@@ -2133,10 +2133,10 @@ class Coordinator:
         # unit of a stage after the first) or the accumulated gradients (stage 0's backward unit)
         single = expected.get("output", expected.get("grad_input"))
         grads = [v for k, v in expected.items() if k.startswith("grad.")]
-        produced = digest_tensor(single) if single is not None else digest_tensors(grads)
+        produced = digest_tensor(single) if single is not None else gradients_digest(grads)
         if produced != receipt.output_digest:
             return found("spot_check", f"re-executing the {kind} unit gives another output than the receipt's")
-        if trace is not None and digest_tensors(grads) != trace[micro_batch]:
+        if trace is not None and gradients_digest(grads) != trace[micro_batch]:
             return found(
                 "spot_check",
                 "re-executing the backward unit gives other accumulated parameter gradients than the stage's "
@@ -2242,7 +2242,7 @@ class Coordinator:
         if (
             unit.weights_digest != receipt.weights_digest
             or committed_input != receipt.input_digest
-            or digest_tensors(grads.values()) != trace[-1]
+            or gradients_digest(list(grads.values())) != trace[-1]
         ):
             return found(
                 "fetch_mismatch",
@@ -2496,11 +2496,11 @@ def _output_committed(unit: FetchedUnit, receipt: Receipt, accumulated: bytes | 
     first = unit.stage == 0
     if len(grads) + (0 if first else 1) != len(out) or not grads:
         return False
-    if first and digest_tensors(grads) != receipt.output_digest:
+    if first and gradients_digest(grads) != receipt.output_digest:
         return False
     if not first and ("grad_input" not in out or digest_tensor(out["grad_input"]) != receipt.output_digest):
         return False
-    return accumulated is None or digest_tensors(grads) == accumulated
+    return accumulated is None or gradients_digest(grads) == accumulated
 
 
 def _weights_digest(weights: dict[str, torch.Tensor], digests: dict[str, bytes], group: str = "weights") -> bytes:

@@ -34,9 +34,9 @@ from stagewarden.attest.tensor_digest import (
     TensorDigest,
     digest_state_dict,
     digest_tensor,
-    digest_tensors,
     dtype_name,
     gradient_trace_digest,
+    gradients_digest,
     tensor_digest,
     update_input_digest,
     update_output_digest,
@@ -741,6 +741,7 @@ class StageWorker:
         # trace entry is digested only when the gradients are about to change or the schedule ends,
         # so that the input gradient goes upstream first
         pending = False
+        flat: torch.Tensor | None = None  # the buffer the stage's gradients are views of, when they are
         bypassed = bypass == s and not (module.is_first or module.is_last)
         for action in self.schedule:
             m = action.microbatch
@@ -816,7 +817,7 @@ class StageWorker:
                 if m in grads_out:
                     unit["grad_output"] = grads_out[m]
                 if pending:
-                    trace.append(_grads_digest(module))
+                    trace.append(_grads_digest(module, flat))
                     pending = False
                 if self.attack is not None:
                     self.attack.apply_accumulated(s, step, m, module)
@@ -830,8 +831,8 @@ class StageWorker:
                 began = time.perf_counter()
                 state = states.pop(m)
                 grad = grads_out[m].detach().clone() if bypassed else stage_backward(state, grads_out.get(m))
-                if before:
-                    _accumulate(module, before)
+                if before or receipts_on:  # the gradients so far, in one buffer: hashed in one pass
+                    flat = _gather_grads(module, before, flat)
                 if self.skew is not None and not bypassed:
                     grad = _skew_backward(module, grad, self.skew)
                 if grad is not None:
@@ -847,7 +848,7 @@ class StageWorker:
                     # the receipt's output: the input gradient, or on stage 0 the accumulated
                     # gradients, the unit's gradient trace entry (the update commits to all entries)
                     if grad is None:
-                        out_digest = _grads_digest(module)
+                        out_digest = _grads_digest(module, flat)
                         trace.append(out_digest)
                     else:
                         out_digest = commit_digest(m, TransferKind.GRADIENT, grad)
@@ -859,7 +860,7 @@ class StageWorker:
                 grads_out.pop(m, None)
             # UPDATE waits for the coordinator's decision
         if pending:
-            trace.append(_grads_digest(module))
+            trace.append(_grads_digest(module, flat))
         self.grads_trace = (step, trace) if receipts_on else None
         relay.inputs = inputs
         checks: list[dict[str, Any]] = []
@@ -1189,8 +1190,8 @@ class StageWorker:
         optimizer_before = b""
         if receipts_on:
             optimizer_before = self.optimizer_digest or optimizer_state_digest(module, self.optimizer)
-        if self._keeps_state():
-            self.record.grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+        if self._keeps_state():  # the step clears them (set to None): the tensors stay as they are
+            self.record.grads = {n: p.grad.detach() for n, p in module.named_parameters() if p.grad is not None}
         began = time.perf_counter()
         optimizer_step(self.optimizer)
         if self.attack is not None:
@@ -1357,16 +1358,53 @@ def _skew_backward(module: torch.nn.Module, grad: torch.Tensor | None, e: float)
     return None
 
 
-def _accumulate(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> None:
-    """Add the gradients accumulated before a backward unit (``before``, by parameter name) to
-    the unit's own, which its backward left in ``.grad``: the values autograd's in-place
-    accumulation gives (floating-point addition is commutative), in new tensors, so that
-    ``before`` stays as it was."""
+def _gather_grads(
+    module: torch.nn.Module, before: dict[str, torch.Tensor], flat: torch.Tensor | None
+) -> torch.Tensor | None:
+    """After a backward unit, leave the stage's accumulated gradients as consecutive views of one
+    buffer, in parameter order, and return it (``None`` when they cannot share one: mixed dtypes
+    or devices; then they stay separate tensors).
+
+    ``before`` (by parameter name) are the gradients accumulated before the unit when the unit
+    ran from no gradients (so that ``before`` stays as it was): they are added to the unit's own
+    into a new buffer, the values autograd's in-place accumulation gives (floating-point
+    addition is commutative). Otherwise gradients that are views of ``flat`` already (autograd
+    accumulated into them in place) keep it; any others are copied into a new buffer."""
+    params = [(n, p) for n, p in module.named_parameters() if p.grad is not None or n in before]
+    grads = [p.grad for _, p in params]
+    if not before and flat is not None and _views_of(flat, grads):
+        return flat
+    first = params[0][1] if params else None
+    if first is None or any(p.dtype != first.dtype or p.device != first.device for _, p in params):
+        with torch.no_grad():
+            for name, p in params:
+                kept = before.get(name)
+                if kept is not None:
+                    p.grad = kept.clone() if p.grad is None else kept + p.grad
+        return None
+    out = torch.empty(sum(p.numel() for _, p in params), dtype=first.dtype, device=first.device)
+    offset = 0
     with torch.no_grad():
-        for name, p in module.named_parameters():
-            kept = before.get(name)
-            if kept is not None:
-                p.grad = kept.clone() if p.grad is None else kept + p.grad
+        for name, p in params:
+            view = out[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+            kept, grad = before.get(name), p.grad
+            if kept is not None and grad is not None:
+                torch.add(kept, grad, out=view)
+            else:
+                view.copy_(grad if grad is not None else kept)
+            p.grad = view
+    return out
+
+
+def _views_of(flat: torch.Tensor, tensors: list[torch.Tensor | None]) -> bool:
+    """Whether ``tensors`` are consecutive views of ``flat`` from its start, covering it."""
+    address = flat.data_ptr()
+    for t in tensors:
+        if t is None or t.data_ptr() != address or not t.is_contiguous():
+            return False
+        address += t.numel() * t.element_size()
+    return address == flat.data_ptr() + flat.numel() * flat.element_size()
 
 
 def _backward_output(module: torch.nn.Module, grad: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -1389,8 +1427,10 @@ def _digest(tensor: torch.Tensor) -> bytes:
     return digest_tensor(tensor.detach().cpu())
 
 
-def _grads_digest(module: torch.nn.Module) -> bytes:
-    return digest_tensors(p.grad.detach().cpu() for p in module.parameters() if p.grad is not None)
+def _grads_digest(module: torch.nn.Module, flat: torch.Tensor | None = None) -> bytes:
+    """The :func:`~stagewarden.attest.tensor_digest.gradients_digest` of the stage's accumulated
+    gradients (in one pass when they are views of ``flat``)."""
+    return gradients_digest([p.grad for p in module.parameters() if p.grad is not None], flat)
 
 
 def _batches(config: RunConfig) -> Batches:

@@ -316,6 +316,32 @@ def test_gradient_trace_digest_definition() -> None:
         gradient_trace_digest([a, b[:31]])
 
 
+def test_gradients_digest_definition_and_flat_buffer() -> None:
+    """A gradients digest hashes the domain, the count and each tensor's header, zero-padded to
+    1024 bytes, then every tensor's elements in order; views of one flat buffer hash the same
+    in one pass, and anything that is not such a buffer is ignored."""
+    from stagewarden.attest.tensor_digest import TENSOR_DOMAIN, gradients_digest
+
+    a = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    b = torch.tensor([1.5, -2.0], dtype=torch.float32)
+
+    def header(t: torch.Tensor) -> bytes:
+        dims = struct.pack(f">B{t.dim()}Q", t.dim(), *t.shape)
+        return TENSOR_DOMAIN + b"\x00\x07float32" + dims + struct.pack(">Q", t.numel() * 4)
+
+    prefix = b"stagewarden/gradients/v1\x00" + struct.pack(">I", 2) + header(a) + header(b)
+    stream = prefix + bytes(-len(prefix) % 1024) + a.numpy().tobytes() + b.numpy().tobytes()
+    expected = blake3.blake3(stream).digest()
+    assert gradients_digest([a, b]) == expected
+    flat = torch.cat([a.reshape(-1), b])
+    views = [flat[:6].view(2, 3), flat[6:]]
+    assert gradients_digest(views, flat) == expected
+    assert gradients_digest([a, b], flat) == expected  # not views of the buffer: hashed one by one
+    assert gradients_digest(views, flat[:7]) == expected  # a buffer they do not cover: ignored
+    assert gradients_digest([b, a]) != expected and gradients_digest([a.reshape(3, 2), b]) != expected
+    assert gradients_digest([]) == blake3.blake3(b"stagewarden/gradients/v1\x00" + bytes(4) + bytes(1024 - 29)).digest()
+
+
 def test_tensor_digest_separates_dtype_and_shape() -> None:
     """Equal bytes under another dtype or shape give another digest."""
     t = torch.zeros(4, dtype=torch.float32)
