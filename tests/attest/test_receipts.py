@@ -397,3 +397,14 @@ def test_gpu_tensor_digest_equals_cpu_copy() -> None:
     """A GPU tensor is copied to the CPU once and gets the digest of its CPU copy."""
     t = torch.randn(4096, device="cuda")
     assert digest_tensor(t) == digest_tensor(t.cpu())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_gradients_digest_equals_cpu_copy() -> None:
+    """Views of a flat GPU buffer (hashed from one CPU copy of the buffer) digest like the CPU
+    tensors they hold."""
+    from stagewarden.attest.tensor_digest import gradients_digest
+
+    flat = torch.randn(4096 + 96, device="cuda")
+    views = [flat[:4096].view(64, 64), flat[4096:]]
+    assert gradients_digest(views, flat) == gradients_digest([v.cpu() for v in views])
