@@ -77,6 +77,8 @@ def observed_latency(run: RunData, p: float) -> Latency | str:
         return f"the run's attack plan cannot be read: {exc}"
     if plan.kind is AttackKind.OPTIMIZER:
         return "attack kind optimizer is caught by the update receipts' optimizer-state chain, not by sampling"
+    if plan.kind is AttackKind.SWAP_WEIGHTS:
+        return "attack kind swap_weights is caught by the receipts' weights chain, not by sampling"
     unit = _unit_kind(plan)
     if unit is None:
         return f"attack kind {plan.kind.value} tampers with no unit a spot check re-executes"

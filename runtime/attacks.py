@@ -12,6 +12,7 @@ pure functions of the tensor, the plan and the unit; the engine decides where to
 * ``weights`` acts on a stage's parameters after its real optimizer step;
 * ``optimizer`` acts on a stage's optimizer state at the start of a step (between updates);
 * ``grad_drift`` acts on a stage's accumulated parameter gradients between its backward units;
+* ``swap_weights`` acts on a stage's weights at the start of a step (between updates);
 * ``equivocate`` returns two tensors: one sent on, one committed in the receipt;
 * ``poison_data`` acts on stage 0's token ids;
 * ``false_accuse`` produces a forged accusation for the referee.
@@ -48,6 +49,7 @@ class AttackKind(enum.StrEnum):
     WEIGHTS = "weights"
     OPTIMIZER = "optimizer"
     GRAD_DRIFT = "grad_drift"
+    SWAP_WEIGHTS = "swap_weights"
     EQUIVOCATE = "equivocate"
     POISON_DATA = "poison_data"
     FALSE_ACCUSE = "false_accuse"
@@ -80,6 +82,8 @@ ATTACK_KINDS: dict[AttackKind, str] = {
     "update then drifts while its arithmetic is honest)",
     AttackKind.GRAD_DRIFT: "before a backward unit, move the stage's accumulated parameter gradients along a fixed "
     "direction (its messages stay honest; the update then drifts)",
+    AttackKind.SWAP_WEIGHTS: "between steps, move the weights along a fixed direction (a backdoored model loaded into "
+    "the worker) and compute honestly with them",
     AttackKind.EQUIVOCATE: "send the next stage a tampered tensor while the receipt commits to the honest one",
     AttackKind.POISON_DATA: "stage 0 replaces the token ids of its micro-batch with other ids",
     AttackKind.FALSE_ACCUSE: "a checking worker claims a mismatch that is not there, to frame an honest stage",
@@ -130,9 +134,10 @@ class AttackPlan:
         drift: The step size of ``weights``: each tampered update adds ``drift`` times a fixed
             unit-variance direction to every parameter; of ``optimizer``: each tampered step adds
             ``drift`` times that direction to every parameter's first moment; of ``grad_drift``:
-            each tampered backward unit adds it to every parameter's accumulated gradient.
-        drift_seed: Seed of the fixed direction of ``weights``, ``optimizer`` and ``grad_drift``
-            (the backdoor direction).
+            each tampered backward unit adds it to every parameter's accumulated gradient; of
+            ``swap_weights``: each tampered step starts from weights moved that far.
+        drift_seed: Seed of the fixed direction of ``weights``, ``optimizer``, ``grad_drift`` and
+            ``swap_weights`` (the backdoor direction).
         bit: The bit ``bitflip`` flips in the element's integer view (0 is the least
             significant mantissa bit; 30 is the top exponent bit of a float32).
         seed: Seed of every random choice of the attack (when it fires, noise, positions).
@@ -259,7 +264,8 @@ class AttackPlan:
 
         False for an honest stage and before :attr:`start`; otherwise a deterministic draw that
         is true with probability :attr:`rate` (always true at rate 1). Update units (``weights``,
-        ``optimizer``) use ``microbatch = 0``; ``grad_drift`` uses the backward unit's micro-batch.
+        ``optimizer``, ``swap_weights``) use ``microbatch = 0``; ``grad_drift`` uses the backward
+        unit's micro-batch.
         ``attempt`` counts how often the step has been recomputed after
         a detection: each recomputation is a fresh draw (the first, ``attempt = 0``, is the
         draw of the unit alone).

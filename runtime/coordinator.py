@@ -352,6 +352,12 @@ class Coordinator:
         """Per stage, the digest (hex) of the optimizer state its next update must start from: the
         state its last update receipt committed to, or that of the checkpoint it loaded."""
         self._optimizer_undo: dict[int, tuple[int, str]] = {}
+        self._weights: dict[int, str] = {}
+        """Per stage, the digest (hex) of the weights its next step must compute with: the weights
+        its last update receipt committed to, those of the checkpoint it loaded, or (until then)
+        its initial weights, derived from the seed or resumed from a checkpoint."""
+        self._weights_undo: dict[int, tuple[int, str]] = {}
+        """Per stage, the step of its last accepted update and the weights expected before it."""
         """Per stage, the step of its last accepted update and the expected optimizer state before it."""
         self._batches: Any = None
         self.status = "starting"
@@ -1326,6 +1332,8 @@ class Coordinator:
                 )
         self._optimizer_undo[s] = (step, expected)
         self._optimizer[s] = after.hex()
+        self._weights_undo[s] = (step, self._expected_weights(s))
+        self._weights[s] = weights.hex()
         self._last_updates[s] = (receipt, weights)
         self._traces[(s, step)] = trace
         for key in [k for k in self._traces if k[0] == s and k[1] < step - TRACES_KEPT]:
@@ -1376,6 +1384,9 @@ class Coordinator:
             undo = self._optimizer_undo.pop(s, None)
             if undo is not None and undo[0] == step:  # the stage's update of the step is taken back
                 self._optimizer[s] = undo[1]
+            weights_undo = self._weights_undo.pop(s, None)
+            if weights_undo is not None and weights_undo[0] == step:
+                self._weights[s] = weights_undo[1]
         self.spot["recomputations"] += 1
         return plan
 
@@ -1494,6 +1505,8 @@ class Coordinator:
         self._last_updates = {}  # every stage's weights are now the verified checkpoint's
         self._optimizer = {s: digest_state_dict(checkpoint.optimizer_states.get(s, {})).hex() for s in range(c.stages)}
         self._optimizer_undo = {}
+        self._weights = {s: checkpoint.info.weights_digests[s] for s in range(c.stages)}
+        self._weights_undo = {}
         del self.losses[step:]
         del self.metrics[step:]
         self.events.write(
@@ -1777,7 +1790,8 @@ class Coordinator:
 
     def check_links(self, commit: StepCommit) -> list[dict[str, Any]]:
         """Check that adjacent stages agree on the tensors they exchanged and that the received
-        signed headers match the senders' receipts; return one detection per disagreement.
+        signed headers match the senders' receipts, and that every stage computed with the weights
+        it was left with (``_check_weights_chain``); return one detection per disagreement.
 
         The sender is blamed: its signed header proves what it sent, so a sender whose receipt
         commits to another tensor than the one it signed and sent (an equivocation) is caught
@@ -1834,6 +1848,36 @@ class Coordinator:
                                 receipt_digest(inp),
                             )
                         )
+        return found + self._check_weights_chain(commit)
+
+    def _expected_weights(self, s: int) -> str:
+        """The weights digest (hex) stage ``s``'s next step must compute with (see ``_weights``)."""
+        expected = self._weights.get(s)
+        if expected is None:  # no update or load yet: the initial weights
+            expected = self._weights[s] = self._stage_weights_digest(s).hex()
+        return expected
+
+    def _check_weights_chain(self, commit: StepCommit) -> list[dict[str, Any]]:
+        """Every receipt of a step must commit to the weights the stage's last update receipt
+        committed to (or its checkpoint's, or its initial weights): one detection (check
+        ``weights``) per stage whose receipts name others (a bypassed stage's weights are unused).
+        A worker that changed its weights between steps computes honestly with them, so
+        re-executing its units cannot see it."""
+        found: list[dict[str, Any]] = []
+        for s in sorted(commit.receipts):
+            if s == self._bypass:  # its blocks act as the identity: its weights are not used
+                continue
+            expected = self._expected_weights(s)
+            other = next((r for r in commit.receipts[s] if r.weights_digest.hex() != expected), None)
+            if other is not None:
+                message = (
+                    f"stage {s} computed step {commit.step} with other weights than its last update or checkpoint left"
+                )
+                found.append(
+                    self.detection(
+                        commit.step, other.micro_batch, str(other.kind), s, "weights", message, receipt_digest(other)
+                    )
+                )
         return found
 
     def verify_step(

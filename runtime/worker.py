@@ -159,6 +159,11 @@ class NoAttack:
         """Change the stage's accumulated parameter gradients in place right before its backward
         unit of ``micro_batch`` (after the previous unit committed to them)."""
 
+    def swap_weights(self, stage: int, step: int, module: torch.nn.Module) -> bool:
+        """Change the stage's weights in place at the start of ``step``, before the worker records
+        them as the weights the step runs with; whether it changed them."""
+        return False
+
     def withholds(self, stage: int, step: int, micro_batch: int) -> bool:
         """Whether the stage keeps back its message of ``micro_batch`` and everything after it
         (``withhold``: it stays alive and silent). Honest: never."""
@@ -196,6 +201,8 @@ class PlanAttack(NoAttack):
     * ``grad_drift``: on the accumulated parameter gradients right before a backward unit (its
       messages stay honest; the unit, and the gradient trace the update commits to, carry the
       drift on);
+    * ``swap_weights``: on the weights at the start of a step, before the worker records them
+      (its receipts commit to the swapped weights, and a restore of the step brings them back);
     * ``equivocate``: the receipt (and so FETCH, which returns the unit's inputs and weights)
       commits to the honest message, while the negated message is sent to the neighbour under a
       header signed by this stage;
@@ -324,6 +331,16 @@ class PlanAttack(NoAttack):
         with torch.no_grad():
             for name, p in params:
                 p.grad = tampered[name]
+
+    def swap_weights(self, stage: int, step: int, module: torch.nn.Module) -> bool:
+        if self.plan.kind is not AttackKind.SWAP_WEIGHTS or not self._fires(stage, step, 0):
+            return False
+        params = dict(module.named_parameters())
+        tampered = tamper_weights(self.plan, stage, {k: v.detach() for k, v in params.items()})
+        with torch.no_grad():
+            for name, value in tampered.items():
+                params[name].copy_(value)
+        return True
 
     def apply_update(self, stage: int, step: int, module: torch.nn.Module) -> None:
         if self.plan.kind is AttackKind.WEIGHTS and self._fires(stage, step, 0):
@@ -695,6 +712,8 @@ class StageWorker:
                 step, self.record.weights, optimizer=self.record.optimizer, weights_digest=self.record.weights_digest
             )
         else:
+            if self.attack is not None and self.attack.swap_weights(s, step, module):
+                self.current_digest = None  # the step runs with (and commits to) the swapped weights
             weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
             optimizer = export_optimizer_state(module, self.optimizer) if self._keeps_state() else None
             record = StepRecord(step, weights, optimizer=optimizer)

@@ -126,8 +126,8 @@ def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
     "--attack",
     "attack_kind",
     help="Mount this attack (reverse, random, scale, noise, bitflip, lazy, replay, "
-    "weights, optimizer, grad_drift, equivocate, poison_data, false_accuse, withhold) from the --malicious "
-    "stages.",
+    "weights, optimizer, grad_drift, swap_weights, equivocate, poison_data, false_accuse, withhold) from the "
+    "--malicious stages.",
 )
 @click.option("--malicious", help="Comma-separated malicious stages for --attack, such as 1 or 1,2.")
 @click.option(

@@ -72,6 +72,7 @@ def attack_capability(attack: dict[str, Any]) -> str:
         "weights": "tamper_weights",
         "optimizer": "tamper_weights",
         "grad_drift": "tamper_weights",  # the stage's own gradients: an update other than the honest one
+        "swap_weights": "tamper_weights",
         "poison_data": "poison_data",
         "equivocate": "equivocate",
         "false_accuse": "false_accuse",

@@ -226,7 +226,9 @@ def tampered_units(attack: Any, computation: Computation, stages: int, microbatc
     Tensor attacks and ``equivocate`` tamper with the forward (or backward) message of their
     stages, ``poison_data`` with stage 0's forward input, ``weights`` with the update (only when
     the update ran and the stage was not bypassed), ``optimizer`` with the update's input (the
-    same, from step 1 on), ``grad_drift`` with the backward units it fires on (the same).
+    same, from step 1 on), ``grad_drift`` with the backward units it fires on (the same),
+    ``swap_weights`` with the step it fires on (named by its first unit, stage by stage; every
+    computation of the step but one that bypasses the stage).
     ``replay`` cannot fire on the run's very first message (step 0, attempt 0, micro-batch 0); a
     standby that takes over a malicious stage starts
     without earlier messages too, which this count does not model (it may count one unit more).
@@ -245,6 +247,10 @@ def tampered_units(attack: Any, computation: Computation, stages: int, microbatc
                     out.append((s, t, m, kind))
         elif plan.kind is AttackKind.POISON_DATA:
             out += [(s, t, m, "forward") for m in range(microbatches) if plan.active(s, t, m, a)]
+        elif plan.kind is AttackKind.SWAP_WEIGHTS:
+            # fired at the step's first computation; a restore of the step brings the weights back
+            if s != computation.bypass and plan.active(s, t, 0):
+                out.append((s, t, 0, "forward"))
         elif plan.kind is AttackKind.GRAD_DRIFT:
             # the gradients a bypassed stage accumulates go nowhere: its update is frozen
             if computation.updated and s != computation.bypass:

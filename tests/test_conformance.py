@@ -172,6 +172,7 @@ def test_intervals_reject_bad_input() -> None:
         ({"kind": "weights"}, "tamper_weights"),
         ({"kind": "optimizer"}, "tamper_weights"),  # the update drifts: the spec's weight tampering
         ({"kind": "grad_drift"}, "tamper_weights"),  # the stage's own gradients: its update drifts
+        ({"kind": "swap_weights"}, "tamper_weights"),  # weights changed between steps
         ({"kind": "reverse", "direction": "backward"}, "tamper_gradients"),
         ({"kind": "noise"}, "tamper_activations"),
         ({"kind": "equivocate"}, "equivocate"),

@@ -126,6 +126,26 @@ def test_gradient_drift_is_caught_by_the_gradient_trace(tmp_path: Path, stage: i
     _check_signature(summary, first)
 
 
+@pytest.mark.parametrize("rate", [1.0, 1e-9])
+def test_weights_swapped_between_steps_are_caught_by_the_weights_chain(tmp_path: Path, rate: float) -> None:
+    """A stage that changes its weights between steps (a backdoored model loaded into the
+    worker) and computes honestly with them is caught when its commitment arrives: its receipts
+    name other weights than its last update receipt committed to. Re-executing its units with the
+    weights they name would pass, so this needs no sampling and holds at a rate that samples
+    nothing too."""
+    summary = _attacked(tmp_path, "swap_weights", 2, spot_check_rate=rate)
+    first = _first(summary)
+    assert (first["step"], first["worker"], first["microbatch"], first["unit_kind"], first["check"]) == (
+        1,
+        "s2r0",
+        0,
+        "forward",
+        "weights",
+    )
+    assert all(d["worker"] == "s2r0" for d in summary["detections"])
+    _check_signature(summary, first)
+
+
 def test_poisoned_data_is_caught(tmp_path: Path) -> None:
     """Stage 0 computing on other token ids than the step's data is caught against the regenerated data."""
     first = _first(_attacked(tmp_path, "poison_data", 0))
