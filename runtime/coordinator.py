@@ -2148,6 +2148,14 @@ class Coordinator:
                 "fetch_mismatch",
                 "the inputs or weights the worker returned differ from those its receipt commits to",
             )
+        if kind == "backward" and stage > 0:  # its forward again: on the input the forward unit committed to
+            forward = commit.receipt(stage, micro_batch, UnitKind.FORWARD)
+            if forward is None or digest_tensor(inputs.get("input", torch.empty(0))) != forward.input_digest:
+                return found(
+                    "fetch_mismatch",
+                    "the activation the worker returned for the backward unit is not the input its forward "
+                    "receipt commits to",
+                )
         trace = self._gradient_trace(commit, stage) if kind == "backward" else None
         if trace is not None:  # the unit adds to the gradients the stage's previous backward unit committed to
             before = [v for k, v in inputs.items() if k.startswith("grad_before.")]
