@@ -1297,8 +1297,9 @@ class Coordinator:
         """Take stage ``s``'s update receipt of ``step``: the digests its message reports (the
         gradient trace, the optimizer state before and after, the weights after) must be the ones
         the receipt commits to, and the optimizer state before must be the one the stage's previous
-        update receipt committed to after it (or that of the checkpoint it loaded); return a
-        detection when it is not: a state changed between updates is not the optimizer's work.
+        update receipt committed to after it (or that of the checkpoint it loaded), as must the
+        weights before (see ``_check_weights_chain``); return a detection when they are not: a
+        state changed between updates is not the optimizer's work.
         Stage 0's backward receipts commit to its accumulated gradients themselves, so its
         gradient trace must be theirs, in micro-batch order."""
         c, wid = self.config, self.stage_ids[s]
@@ -1321,6 +1322,11 @@ class Coordinator:
                 "optimizer_state",
                 f"stage {s}'s update of step {step} starts from another optimizer state than its last update "
                 "or checkpoint left",
+            )
+        if receipt.weights_digest.hex() != self._expected_weights(s):
+            detection(
+                "weights",
+                f"stage {s}'s update of step {step} starts from other weights than its last update or checkpoint left",
             )
         if s == 0:
             committed = [commit.receipt(0, m, UnitKind.BACKWARD) for m in range(c.microbatches)]

@@ -1,5 +1,5 @@
-"""The coordinator's check of one pushed backward unit against what the stage committed, before
-anything is re-executed (a coordinator without a run: receipts and tensors made here)."""
+"""Coordinator checks against what a stage committed before, without re-executing anything (a
+coordinator without a run: receipts and tensors made here)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,20 @@ import torch
 from distributed_helpers import tiny_config
 from nacl.signing import SigningKey
 from stagewarden.attest.receipts import ExecutionEnv, Receipt, UnitKind, chain_genesis, sign_receipt
-from stagewarden.attest.tensor_digest import digest_state_dict, digest_tensor, gradients_digest
+from stagewarden.attest.tensor_digest import (
+    digest_state_dict,
+    digest_tensor,
+    gradient_trace_digest,
+    gradients_digest,
+    update_input_digest,
+    update_output_digest,
+)
 from stagewarden.runtime.coordinator import Coordinator, FetchedUnit, StepCommit
 
 ENV = ExecutionEnv(torch_version=torch.__version__, device="cpu", dtype="float32")
 
 
-def _receipt(kind: UnitKind, inp: torch.Tensor, weights: bytes) -> Receipt:
+def _receipt(kind: UnitKind, inp: torch.Tensor | bytes, weights: bytes, **changes: Any) -> Receipt:
     fields: dict[str, Any] = dict(
         run_id="run",
         worker_id="s1r0",
@@ -25,13 +32,14 @@ def _receipt(kind: UnitKind, inp: torch.Tensor, weights: bytes) -> Receipt:
         step=0,
         micro_batch=1,
         kind=kind,
-        input_digest=digest_tensor(inp),
+        input_digest=inp if isinstance(inp, bytes) else digest_tensor(inp),
         output_digest=bytes(32),
         weights_digest=weights,
         env=ENV,
         signed_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
         prev_digest=chain_genesis("run", "s1r0"),
     )
+    fields.update(changes)
     return sign_receipt(Receipt(**fields), SigningKey(bytes(32)))
 
 
@@ -74,3 +82,40 @@ def test_a_backward_unit_must_rerun_its_forward_on_the_committed_input() -> None
     assert "forward receipt" in found["message"]
     [control] = check(x)  # the right activation; the gradients before the unit are missing
     assert control["check"] == "fetch_mismatch" and "gradient trace" in control["message"]
+
+
+def test_an_update_must_start_from_the_weights_the_stage_was_left_with() -> None:
+    """An update receipt that starts from other weights than the stage's last update left (weights
+    swapped after the step's units, right before the update, so that every unit and the update
+    itself re-execute honestly) is a detection on the update when it arrives."""
+    left, swapped = digest_state_dict({"w": torch.ones(3)}), digest_state_dict({"w": torch.zeros(3)})
+    trace = [gradients_digest([torch.full((3,), 1.0)]), gradients_digest([torch.full((3,), 2.0)])]
+    empty = digest_state_dict({})
+    after, optimizer_after = digest_state_dict({"w": torch.full((3,), 0.5)}), bytes(range(32))
+    message = {
+        "grads_trace": [t.hex() for t in trace],
+        "optimizer_before": empty.hex(),
+        "optimizer": optimizer_after.hex(),
+    }
+
+    def accept(weights_before: bytes) -> list[dict[str, Any]]:
+        coordinator = _coordinator()
+        coordinator.stage_ids = ["s0r0", "s1r0", "s2r0"]
+        coordinator._optimizer, coordinator._optimizer_undo = {1: empty.hex()}, {}
+        coordinator._weights, coordinator._weights_undo = {1: left.hex()}, {}
+        coordinator._last_updates = {}
+        receipt = _receipt(
+            UnitKind.UPDATE,
+            update_input_digest(gradient_trace_digest(trace), empty),
+            weights_before,
+            micro_batch=0,
+            output_digest=update_output_digest(after, optimizer_after),
+        )
+        commit = StepCommit(0, {1: []}, {}, 0.0, [])
+        found = coordinator._accept_update(1, 0, receipt, after, message, commit)
+        assert coordinator._weights[1] == after.hex()  # the next step must run with the update's output
+        return found
+
+    [found] = accept(swapped)
+    assert (found["check"], found["stage"], found["unit_kind"]) == ("weights", 1, "update")
+    assert accept(left) == []
