@@ -92,7 +92,7 @@ def describe(device: str) -> dict[str, Any]:
 
 def unit_digests(config: Any, device: str, batches: Any) -> dict[str, str]:
     """Digests of every forward and backward unit of micro-batch 0 of step 0, both stages, on ``device``."""
-    from stagewarden.attest.tensor_digest import digest_tensor, digest_tensors
+    from stagewarden.attest.tensor_digest import digest_tensor, gradients_digest
     from stagewarden.runtime.model import build_stages
     from stagewarden.runtime.units import deterministic, stage_backward, stage_forward
 
@@ -101,7 +101,7 @@ def unit_digests(config: Any, device: str, batches: Any) -> dict[str, str]:
         return value.hex()
 
     def grads(module: Any) -> str:
-        value: bytes = digest_tensors(p.grad.detach().cpu() for p in module.parameters() if p.grad is not None)
+        value: bytes = gradients_digest([p.grad for p in module.parameters() if p.grad is not None])
         return value.hex()
 
     x, y = batches.microbatch(0, 0)  # (B, T) each
