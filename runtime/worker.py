@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -426,6 +427,8 @@ class StageWorker:
         self.grads_trace: tuple[int, list[bytes]] | None = None
         """The step and gradient trace of the stage's last schedule (the digest of its accumulated
         gradients after each backward unit, in micro-batch order), which its update commits to."""
+        self.grad_buffers = _BufferPool()
+        """Flat gradient buffers, reused once no kept step record can hold views of them."""
         self.current_digest: bytes | None = None
         """The digest of the stage's current weights when known (after an update, a restore or a
         load), so the next step need not hash them again."""
@@ -723,6 +726,7 @@ class StageWorker:
             # a spot check of the previous step may still be running while this step computes
             keep = c.verification in ("redundant_neighbour", "spot_check") and self.record is not None
             self.previous = self.record if keep and self.record.step == step - 1 else None
+            self.grad_buffers.release_before(step - 1)  # only this step's record and the previous one stay
         self.record = record
         if self.attack is not None and self.attack.apply_optimizer(s, step, module, self.optimizer):
             self.optimizer_digest = None  # the state the next update starts from is no longer the one digested
@@ -851,7 +855,7 @@ class StageWorker:
                 state = states.pop(m)
                 grad = grads_out[m].detach().clone() if bypassed else stage_backward(state, grads_out.get(m))
                 if before or receipts_on:  # the gradients so far, in one buffer: hashed in one pass
-                    flat = _gather_grads(module, before, flat)
+                    flat = _gather_grads(module, before, flat, self.grad_buffers.taker(step))
                 if self.skew is not None and not bypassed:
                     grad = _skew_backward(module, grad, self.skew)
                 if grad is not None:
@@ -1082,6 +1086,7 @@ class StageWorker:
             self._setup_stage()
         self.attack = None
         self.record = self.previous = None
+        self.grad_buffers.release_before(None)
 
     def _snapshot(self, step: int) -> None:
         """Send the stage's weights and optimizer state (after ``step`` steps) for a checkpoint."""
@@ -1158,6 +1163,7 @@ class StageWorker:
         module.zero_grad(set_to_none=True)
         self.grads_trace = None
         self.record = self.previous = None
+        self.grad_buffers.release_before(None)  # no record is kept: every buffer is free
         self.optimizer_digest = None
         self.current_digest = digest_state_dict(module.state_dict())
         self.transport.send_json(COORDINATOR, {"type": "loaded", "step": step, "weights": self.current_digest.hex()})
@@ -1378,7 +1384,10 @@ def _skew_backward(module: torch.nn.Module, grad: torch.Tensor | None, e: float)
 
 
 def _gather_grads(
-    module: torch.nn.Module, before: dict[str, torch.Tensor], flat: torch.Tensor | None
+    module: torch.nn.Module,
+    before: dict[str, torch.Tensor],
+    flat: torch.Tensor | None,
+    alloc: Callable[[int, torch.dtype, torch.device], torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
     """After a backward unit, leave the stage's accumulated gradients as consecutive views of one
     buffer, in parameter order, and return it (``None`` when they cannot share one: mixed dtypes
@@ -1388,7 +1397,8 @@ def _gather_grads(
     ran from no gradients (so that ``before`` stays as it was): they are added to the unit's own
     into a new buffer, the values autograd's in-place accumulation gives (floating-point
     addition is commutative). Otherwise gradients that are views of ``flat`` already (autograd
-    accumulated into them in place) keep it; any others are copied into a new buffer."""
+    accumulated into them in place) keep it; any others are copied into a new buffer. A new
+    buffer comes from ``alloc(numel, dtype, device)`` when given (its contents are overwritten)."""
     params = [(n, p) for n, p in module.named_parameters() if p.grad is not None or n in before]
     grads = [p.grad for _, p in params]
     if not before and flat is not None and _views_of(flat, grads):
@@ -1401,7 +1411,8 @@ def _gather_grads(
                 if kept is not None:
                     p.grad = kept.clone() if p.grad is None else kept + p.grad
         return None
-    out = torch.empty(sum(p.numel() for _, p in params), dtype=first.dtype, device=first.device)
+    numel = sum(p.numel() for _, p in params)
+    out = (alloc or _empty)(numel, first.dtype, first.device)
     offset = 0
     with torch.no_grad():
         for name, p in params:
@@ -1414,6 +1425,44 @@ def _gather_grads(
                 view.copy_(grad if grad is not None else kept)
             p.grad = view
     return out
+
+
+def _empty(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.empty(numel, dtype=dtype, device=device)
+
+
+class _BufferPool:
+    """Flat gradient buffers by the step whose backward units filled them, for reuse.
+
+    A worker keeps the gradients before each backward unit of a step (views of the buffers) in
+    the step's record, and the records of the current and the previous step only; so the
+    buffers of older steps are free again. Reusing them spares each backward unit faulting in
+    1.75 MB of fresh memory (a stage of the benchmark job): measured 0.26 ms against 0.04 ms for
+    the addition alone."""
+
+    def __init__(self) -> None:
+        self.free: list[torch.Tensor] = []
+        self.used: dict[int, list[torch.Tensor]] = {}
+
+    def taker(self, step: int) -> Callable[[int, torch.dtype, torch.device], torch.Tensor]:
+        """An ``alloc`` for :func:`_gather_grads` that takes buffers for ``step``."""
+
+        def take(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+            for i, buffer in enumerate(self.free):
+                if buffer.numel() == numel and buffer.dtype == dtype and buffer.device == device:
+                    out = self.free.pop(i)
+                    break
+            else:
+                out = _empty(numel, dtype, device)
+            self.used.setdefault(step, []).append(out)
+            return out
+
+        return take
+
+    def release_before(self, step: int | None) -> None:
+        """Free the buffers of the steps before ``step`` (every buffer when ``None``)."""
+        for s in [s for s in self.used if step is None or s < step]:
+            self.free += self.used.pop(s)
 
 
 def _views_of(flat: torch.Tensor, tensors: list[torch.Tensor | None]) -> bool:

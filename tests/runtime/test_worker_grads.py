@@ -59,3 +59,22 @@ def test_flat_gradients_equal_autograd_accumulation_with_and_without_kept_starts
     assert flat_in_place is not None
     for before, copies in starts:
         assert all(torch.equal(t, c) for t, c in zip(before.values(), copies, strict=True))
+
+
+def test_the_buffer_pool_hands_out_only_buffers_of_released_steps() -> None:
+    """A buffer taken for a step is handed out again only after the steps before a later one
+    are released (and only for the same size, dtype and device); releasing everything frees all."""
+    from stagewarden.runtime.worker import _BufferPool
+
+    pool, cpu = _BufferPool(), torch.device("cpu")
+    first = [pool.taker(3)(10, torch.float32, cpu) for _ in range(2)]
+    taken = {t.data_ptr() for t in first}
+    pool.release_before(3)  # step 3 is not before 3: still in use
+    assert pool.taker(4)(10, torch.float32, cpu).data_ptr() not in taken
+    pool.release_before(4)
+    assert pool.taker(5)(12, torch.float32, cpu).data_ptr() not in taken  # another size
+    assert pool.taker(5)(10, torch.float64, cpu).data_ptr() not in taken  # another dtype
+    again = {pool.taker(5)(10, torch.float32, cpu).data_ptr() for _ in range(2)}
+    assert again == taken
+    pool.release_before(None)
+    assert not pool.used and len(pool.free) == 5  # 2 for step 3, 1 for step 4, 2 new for step 5
