@@ -155,6 +155,11 @@ class RunConfig:
                 "verification spot_check checks units against their receipts: it needs receipts on",
             ),
             (
+                self.model.dropout == 0.0 or self.verification == "none",
+                f"model.dropout {self.model.dropout} draws a random mask in every unit, so no re-execution or "
+                f"neighbour's recomputation can agree with it: verification {self.verification} needs dropout 0",
+            ),
+            (
                 self.input_via in INPUT_CHANNELS,
                 f"input_via must be one of {', '.join(INPUT_CHANNELS)}, not {self.input_via!r}",
             ),

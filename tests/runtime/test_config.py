@@ -33,3 +33,13 @@ def test_unknown_keys_are_refused() -> None:
     """from_json refuses keys it does not know."""
     with pytest.raises(ConfigError, match="unknown"):
         RunConfig.from_json({**RunConfig().to_json(), "colour": "red"})
+
+
+@pytest.mark.parametrize("verification", ["spot_check", "redundant_neighbour"])
+def test_dropout_is_refused_where_units_are_re_executed(verification: str) -> None:
+    """A dropout mask is drawn at random in every unit, so a verifier's re-execution (or a
+    neighbour's recomputation) could not agree with an honest worker: the configuration says so
+    rather than letting every honest stage be convicted. Without verification dropout trains."""
+    with pytest.raises(ConfigError, match="dropout 0.1 draws a random mask"):
+        RunConfig(model=GPTConfig(dropout=0.1), verification=verification)
+    assert RunConfig(model=GPTConfig(dropout=0.1), verification="none").model.dropout == 0.1
