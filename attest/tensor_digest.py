@@ -189,7 +189,7 @@ def gradients_digest(tensors: Sequence[torch.Tensor], flat: torch.Tensor | None 
             update. Anything else is ignored (the tensors are hashed one after the other, with
             the same result).
     """
-    whole = flat is not None and _covers(flat, tensors)
+    whole = flat is not None and views_cover(flat, tensors)
     parts = [GRADIENTS_DOMAIN, struct.pack(">I", len(tensors))]
     arrays = []
     total = 0
@@ -215,7 +215,7 @@ def gradients_digest(tensors: Sequence[torch.Tensor], flat: torch.Tensor | None 
     return hasher.digest()
 
 
-def _covers(flat: torch.Tensor, tensors: Sequence[torch.Tensor]) -> bool:
+def views_cover(flat: torch.Tensor, tensors: Sequence[torch.Tensor]) -> bool:
     """Whether ``tensors`` are consecutive contiguous views of the contiguous ``flat``, in order,
     covering all of it (so its memory is their elements, concatenated)."""
     if not flat.is_contiguous() or flat.is_conj() or flat.is_neg():

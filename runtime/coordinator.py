@@ -351,14 +351,13 @@ class Coordinator:
         self._optimizer: dict[int, str] = {s: EMPTY_OPTIMIZER for s in range(config.stages)}
         """Per stage, the digest (hex) of the optimizer state its next update must start from: the
         state its last update receipt committed to, or that of the checkpoint it loaded."""
-        self._optimizer_undo: dict[int, tuple[int, str]] = {}
         self._weights: dict[int, str] = {}
         """Per stage, the digest (hex) of the weights its next step must compute with: the weights
         its last update receipt committed to, those of the checkpoint it loaded, or (until then)
         its initial weights, derived from the seed or resumed from a checkpoint."""
-        self._weights_undo: dict[int, tuple[int, str]] = {}
-        """Per stage, the step of its last accepted update and the weights expected before it."""
-        """Per stage, the step of its last accepted update and the expected optimizer state before it."""
+        self._undo: dict[int, tuple[int, str, str]] = {}
+        """Per stage, the step of its last accepted update and the optimizer state and weights
+        expected before it (what a restore of that step goes back to)."""
         self._batches: Any = None
         self.status = "starting"
         self.wall_seconds = 0.0
@@ -1328,18 +1327,13 @@ class Coordinator:
                 "weights",
                 f"stage {s}'s update of step {step} starts from other weights than its last update or checkpoint left",
             )
-        if s == 0:
-            committed = [commit.receipt(0, m, UnitKind.BACKWARD) for m in range(c.microbatches)]
-            if [r.output_digest if r is not None else None for r in committed] != trace:
-                detection(
-                    "gradient_trace",
-                    f"stage 0's update of step {step} commits to other accumulated gradients than its backward "
-                    "receipts",
-                )
-        self._optimizer_undo[s] = (step, expected)
-        self._optimizer[s] = after.hex()
-        self._weights_undo[s] = (step, self._expected_weights(s))
-        self._weights[s] = weights.hex()
+        if s == 0 and self._backward_outputs(commit, 0) != trace:
+            detection(
+                "gradient_trace",
+                f"stage 0's update of step {step} commits to other accumulated gradients than its backward receipts",
+            )
+        self._undo[s] = (step, expected, self._expected_weights(s))
+        self._optimizer[s], self._weights[s] = after.hex(), weights.hex()
         self._last_updates[s] = (receipt, weights)
         self._traces[(s, step)] = trace
         for key in [k for k in self._traces if k[0] == s and k[1] < step - TRACES_KEPT]:
@@ -1387,12 +1381,9 @@ class Coordinator:
             if msg.get("step") != step:
                 raise TransportError(f"worker {self.stage_ids[s]} restored step {msg.get('step')}, not {step}")
             self.final_weights[s] = _hex(msg.get("weights"), 32, "weights").hex()
-            undo = self._optimizer_undo.pop(s, None)
+            undo = self._undo.pop(s, None)
             if undo is not None and undo[0] == step:  # the stage's update of the step is taken back
-                self._optimizer[s] = undo[1]
-            weights_undo = self._weights_undo.pop(s, None)
-            if weights_undo is not None and weights_undo[0] == step:
-                self._weights[s] = weights_undo[1]
+                _, self._optimizer[s], self._weights[s] = undo
         self.spot["recomputations"] += 1
         return plan
 
@@ -1510,9 +1501,8 @@ class Coordinator:
             self.final_weights[s] = reported
         self._last_updates = {}  # every stage's weights are now the verified checkpoint's
         self._optimizer = {s: digest_state_dict(checkpoint.optimizer_states.get(s, {})).hex() for s in range(c.stages)}
-        self._optimizer_undo = {}
         self._weights = {s: checkpoint.info.weights_digests[s] for s in range(c.stages)}
-        self._weights_undo = {}
+        self._undo = {}
         del self.losses[step:]
         del self.metrics[step:]
         self.events.write(
@@ -2191,10 +2181,11 @@ class Coordinator:
         # unit of a stage after the first) or the accumulated gradients (stage 0's backward unit)
         single = expected.get("output", expected.get("grad_input"))
         grads = [v for k, v in expected.items() if k.startswith("grad.")]
-        produced = digest_tensor(single) if single is not None else gradients_digest(grads)
+        accumulated = gradients_digest(grads) if kind == "backward" else None
+        produced = digest_tensor(single) if single is not None else accumulated
         if produced != receipt.output_digest:
             return found("spot_check", f"re-executing the {kind} unit gives another output than the receipt's")
-        if trace is not None and gradients_digest(grads) != trace[micro_batch]:
+        if trace is not None and accumulated != trace[micro_batch]:
             return found(
                 "spot_check",
                 "re-executing the backward unit gives other accumulated parameter gradients than the stage's "
@@ -2208,10 +2199,14 @@ class Coordinator:
         step (a stage frozen by ``skip_stage``: its gradients of the step are never used)."""
         trace = self._traces.get((stage, commit.step))
         if trace is None and stage == 0:
-            receipts = [commit.receipt(0, m, UnitKind.BACKWARD) for m in range(self.config.microbatches)]
-            if all(r is not None for r in receipts):
-                trace = [r.output_digest for r in receipts if r is not None]
+            trace = self._backward_outputs(commit, 0)
         return trace
+
+    def _backward_outputs(self, commit: StepCommit, stage: int) -> list[bytes] | None:
+        """The output digests of ``stage``'s backward receipts in ``commit``, in micro-batch order
+        (stage 0's gradient trace); ``None`` when one is missing."""
+        receipts = [commit.receipt(stage, m, UnitKind.BACKWARD) for m in range(self.config.microbatches)]
+        return None if any(r is None for r in receipts) else [r.output_digest for r in receipts if r is not None]
 
     def _reexecute_unit(self, unit: FetchedUnit) -> dict[str, torch.Tensor]:
         """Re-execute a forward or backward unit from its committed inputs and weights; its outputs
@@ -2554,11 +2549,12 @@ def _output_committed(unit: FetchedUnit, receipt: Receipt, accumulated: bytes | 
     first = unit.stage == 0
     if len(grads) + (0 if first else 1) != len(out) or not grads:
         return False
-    if first and gradients_digest(grads) != receipt.output_digest:
+    returned = gradients_digest(grads)
+    if first and returned != receipt.output_digest:
         return False
     if not first and ("grad_input" not in out or digest_tensor(out["grad_input"]) != receipt.output_digest):
         return False
-    return accumulated is None or gradients_digest(grads) == accumulated
+    return accumulated is None or returned == accumulated
 
 
 def _weights_digest(weights: dict[str, torch.Tensor], digests: dict[str, bytes], group: str = "weights") -> bytes:

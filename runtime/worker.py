@@ -41,6 +41,7 @@ from stagewarden.attest.tensor_digest import (
     tensor_digest,
     update_input_digest,
     update_output_digest,
+    views_cover,
 )
 from stagewarden.attest.token import canonical_json
 from stagewarden.attest.vendor import device_identity, load_vendor
@@ -336,20 +337,20 @@ class PlanAttack(NoAttack):
     def swap_weights(self, stage: int, step: int, module: torch.nn.Module) -> bool:
         if self.plan.kind is not AttackKind.SWAP_WEIGHTS or not self._fires(stage, step, 0):
             return False
+        self._drift_weights(stage, module)
+        return True
+
+    def apply_update(self, stage: int, step: int, module: torch.nn.Module) -> None:
+        if self.plan.kind is AttackKind.WEIGHTS and self._fires(stage, step, 0):
+            self._drift_weights(stage, module)
+
+    def _drift_weights(self, stage: int, module: torch.nn.Module) -> None:
+        """Move the stage's parameters in place along the plan's drift direction (:func:`tamper_weights`)."""
         params = dict(module.named_parameters())
         tampered = tamper_weights(self.plan, stage, {k: v.detach() for k, v in params.items()})
         with torch.no_grad():
             for name, value in tampered.items():
                 params[name].copy_(value)
-        return True
-
-    def apply_update(self, stage: int, step: int, module: torch.nn.Module) -> None:
-        if self.plan.kind is AttackKind.WEIGHTS and self._fires(stage, step, 0):
-            params = dict(module.named_parameters())
-            tampered = tamper_weights(self.plan, stage, {k: v.detach() for k, v in params.items()})
-            with torch.no_grad():
-                for name, value in tampered.items():
-                    params[name].copy_(value)
 
 
 def make_attack(plan: Any, stage: int, vocab_size: int = 256) -> NoAttack | None:
@@ -1400,9 +1401,8 @@ def _gather_grads(
     accumulated into them in place) keep it; any others are copied into a new buffer. A new
     buffer comes from ``alloc(numel, dtype, device)`` when given (its contents are overwritten)."""
     params = [(n, p) for n, p in module.named_parameters() if p.grad is not None or n in before]
-    grads = [p.grad for _, p in params]
-    if not before and flat is not None and _views_of(flat, grads):
-        return flat
+    if not before and flat is not None and views_cover(flat, [p.grad for _, p in params if p.grad is not None]):
+        return flat  # autograd accumulated into the buffer's views in place
     first = params[0][1] if params else None
     if first is None or any(p.dtype != first.dtype or p.device != first.device for _, p in params):
         with torch.no_grad():
@@ -1463,16 +1463,6 @@ class _BufferPool:
         """Free the buffers of the steps before ``step`` (every buffer when ``None``)."""
         for s in [s for s in self.used if step is None or s < step]:
             self.free += self.used.pop(s)
-
-
-def _views_of(flat: torch.Tensor, tensors: list[torch.Tensor | None]) -> bool:
-    """Whether ``tensors`` are consecutive views of ``flat`` from its start, covering it."""
-    address = flat.data_ptr()
-    for t in tensors:
-        if t is None or t.data_ptr() != address or not t.is_contiguous():
-            return False
-        address += t.numel() * t.element_size()
-    return address == flat.data_ptr() + flat.numel() * flat.element_size()
 
 
 def _backward_output(module: torch.nn.Module, grad: torch.Tensor | None) -> dict[str, torch.Tensor]:

@@ -101,8 +101,7 @@ def test_an_update_must_start_from_the_weights_the_stage_was_left_with() -> None
     def accept(weights_before: bytes) -> list[dict[str, Any]]:
         coordinator = _coordinator()
         coordinator.stage_ids = ["s0r0", "s1r0", "s2r0"]
-        coordinator._optimizer, coordinator._optimizer_undo = {1: empty.hex()}, {}
-        coordinator._weights, coordinator._weights_undo = {1: left.hex()}, {}
+        coordinator._optimizer, coordinator._weights, coordinator._undo = {1: empty.hex()}, {1: left.hex()}, {}
         coordinator._last_updates = {}
         receipt = _receipt(
             UnitKind.UPDATE,
