@@ -134,13 +134,16 @@ def _element_array(flat: torch.Tensor) -> Any:
 _DTYPE_NAMES: dict[Any, str] = {}
 
 
+def _cached_dtype_name(dtype: torch.dtype) -> str:
+    name = _DTYPE_NAMES.get(dtype)
+    return name if name is not None else _DTYPE_NAMES.setdefault(dtype, dtype_name(dtype))
+
+
 def _digest_parts(tensor: torch.Tensor) -> tuple[str, tuple[int, ...], bytes]:
     """The dtype name, shape and digest of ``tensor`` (the header comes from a cache, the
     elements straight from :func:`_element_array`, without :func:`tensor_bytes`' read-only view)."""
     flat = tensor.detach()
-    dtype = _DTYPE_NAMES.get(flat.dtype)
-    if dtype is None:
-        dtype = _DTYPE_NAMES.setdefault(flat.dtype, dtype_name(flat.dtype))
+    dtype = _cached_dtype_name(flat.dtype)
     shape = tuple(flat.shape)
     data = _element_array(flat)
     nbytes = data.nbytes
@@ -195,9 +198,7 @@ def gradients_digest(tensors: Sequence[torch.Tensor], flat: torch.Tensor | None 
     total = 0
     for tensor in tensors:
         t = tensor.detach()
-        dtype = _DTYPE_NAMES.get(t.dtype)
-        if dtype is None:
-            dtype = _DTYPE_NAMES.setdefault(t.dtype, dtype_name(t.dtype))
+        dtype = _cached_dtype_name(t.dtype)
         if whole:  # a contiguous view of the flat buffer: its bytes are hashed with the buffer's
             nbytes = t.numel() * t.element_size()
         else:

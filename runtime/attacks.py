@@ -570,14 +570,10 @@ def tamper_gradients(plan: AttackPlan, stage: int, grads: Mapping[str, torch.Ten
             stage's first backward unit of the step).
 
     Returns:
-        New tensors ``g + drift * d`` under the same names; ``grads`` is not modified.
+        New tensors ``g + drift * d`` under the same names (the move :func:`tamper_weights` makes);
+        ``grads`` is not modified.
     """
-    return {
-        name: value.detach() + plan.drift * drift_direction(plan, stage, name, value)
-        if value.is_floating_point()
-        else value.detach().clone()
-        for name, value in grads.items()
-    }
+    return tamper_weights(plan, stage, grads)
 
 
 @dataclasses.dataclass(frozen=True)

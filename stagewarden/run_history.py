@@ -230,8 +230,8 @@ def tampered_units(attack: Any, computation: Computation, stages: int, microbatc
     ``swap_weights`` with the step it fires on (named by its first unit, stage by stage; every
     computation of the step but one that bypasses the stage).
     ``replay`` cannot fire on the run's very first message (step 0, attempt 0, micro-batch 0); a
-    standby that takes over a malicious stage starts
-    without earlier messages too, which this count does not model (it may count one unit more).
+    standby that takes over a malicious stage starts without earlier messages too, which this
+    count does not model (it may count one unit more).
     """
     from stagewarden.runtime.attacks import TENSOR_KINDS, AttackKind, AttackPlan, Direction
 
