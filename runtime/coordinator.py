@@ -1236,8 +1236,7 @@ class Coordinator:
                         shape=(c.batch_size, c.model.block_size, c.model.n_embd),
                     )
                     tensor, _, raw = self.transport.recv_signed(self.rank_of(source), expected)
-                    self.transport.send_bytes(self.rank_of(s + 1), raw, blocking=False)
-                    self.transport.send_tensor(self.rank_of(s + 1), tensor, blocking=False)
+                    self.transport.send_relayed(self.rank_of(s + 1), raw, tensor)
 
     def _update_all(self, step: int, frozen: int | None, commit: StepCommit) -> AfterUpdate:
         """Send ``update`` to every stage but ``frozen``, collect the update receipts, and then ask

@@ -118,7 +118,7 @@ def run_process(config_path: str, out: str, vendor: str | None, resume: str = "n
     # through host copies and gets what it receives back on its GPU.
     wire = "cuda" if config.backend == "nccl" else "cpu"
     compute = "cuda" if config.device == "cuda" and rank > 0 else "cpu"
-    transport = Transport(wire, deliver_to=compute)
+    transport = Transport(wire, deliver_to=compute, signed=config.receipts)  # headers belong to receipts
     try:
         if rank == 0:
             from stagewarden.runtime.coordinator import Coordinator

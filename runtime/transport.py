@@ -87,11 +87,19 @@ class Transport:
             stage computes on); defaults to ``device``. With gloo and a stage on a GPU the buffers
             stay on the CPU: a tensor sent is copied to the CPU first, one received is copied to
             ``deliver_to`` after its digest has been checked.
+        signed: Whether activations and gradients travel behind signed headers. Without
+            (a run with receipts off: nothing would check a header) :meth:`send_signed` sends
+            the tensor alone, :meth:`recv_signed` takes it by its expected dtype and shape and
+            returns no header, and :meth:`send_relayed` forwards the tensor alone. Every process
+            of a run must agree.
     """
 
-    def __init__(self, device: torch.device | str = "cpu", deliver_to: torch.device | str | None = None) -> None:
+    def __init__(
+        self, device: torch.device | str = "cpu", deliver_to: torch.device | str | None = None, *, signed: bool = True
+    ) -> None:
         self.device = torch.device(device)
         self.deliver_to = self.device if deliver_to is None else torch.device(deliver_to)
+        self.signed = signed
         self._pending: list[tuple[Any, list[torch.Tensor]]] = []
         self.waiting_on: int | None = None
         """The rank a blocking receive is waiting on now (``None`` between receives)."""
@@ -171,11 +179,16 @@ class Transport:
         *,
         blocking: bool = True,
         digest: TensorDigest | None = None,
-    ) -> SignedHeader:
+    ) -> SignedHeader | None:
         """Sign ``header`` and send it, then the tensor. Its tensor digest is computed here from
         ``tensor``, unless the caller passes ``digest``, which must be ``tensor_digest(tensor)``
-        (a sender that has just digested the tensor for its receipt need not hash it twice)."""
+        (a sender that has just digested the tensor for its receipt need not hash it twice).
+        Returns the signed header; ``None`` when the transport is not ``signed`` (the tensor
+        went alone)."""
         wire = tensor.detach().to(self.device).contiguous()  # one copy when the stage computes elsewhere
+        if not self.signed:
+            self._send(dst, [wire], blocking)
+            return None
         if digest is None:
             digest = tensor_digest(wire if wire.device.type == "cpu" else wire.cpu())
         signed = sign_header(dataclasses.replace(header, tensor=digest, signed_at=dt.datetime.now(dt.UTC)), key)
@@ -183,17 +196,20 @@ class Transport:
         self._send(dst, [wire], blocking)
         return signed
 
-    def recv_signed(self, src: int, expected: Expected) -> tuple[torch.Tensor, SignedHeader, bytes]:
+    def recv_signed(self, src: int, expected: Expected) -> tuple[torch.Tensor, SignedHeader | None, bytes]:
         """Receive a signed transfer from ``src`` and check it against ``expected``.
 
         Returns:
             The tensor (on ``deliver_to``), the parsed header and its encoded bytes (kept for the
-            coordinator).
+            coordinator); ``None`` and ``b""`` when the transport is not ``signed``.
 
         Raises:
             HeaderRejected: The header is malformed, forged, for another transfer, or the tensor's
                 digest, dtype or shape differ from what the header or the receiver expects.
         """
+        if not self.signed:
+            tensor = self.recv_tensor(src, _DTYPES[expected.dtype], expected.shape)
+            return tensor.to(self.deliver_to), None, b""
         raw = self.recv_bytes(src, limit=64 * 1024)
         try:
             header = check_header(raw, expected)
@@ -210,6 +226,14 @@ class Transport:
                 peer=src,
             )
         return tensor.to(self.deliver_to), header, raw
+
+    def send_relayed(self, dst: int, raw: bytes, tensor: torch.Tensor, *, blocking: bool = False) -> None:
+        """Forward a transfer as it was received or sent: its encoded signed header ``raw`` and
+        then the tensor (the tensor alone when the transport is not ``signed``); the receiver
+        takes it with :meth:`recv_signed`."""
+        if self.signed:
+            self.send_bytes(dst, raw, blocking=blocking)
+        self.send_tensor(dst, tensor, blocking=blocking)
 
     # -- plumbing -----------------------------------------------------------------------------
 

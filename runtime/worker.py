@@ -776,9 +776,10 @@ class StageWorker:
                 sender = self._neighbour(transfer, incoming=True)
                 tensor, header, raw = self.transport.recv_signed(self.ranks[sender], self._expected(step, m, transfer))
                 (inputs if kind is ActionKind.RECV_F else grads_out)[m] = tensor
-                arrivals[(m, transfer)] = (tensor, header.tensor.digest)  # checked against the tensor
                 (relay.received_f if kind is ActionKind.RECV_F else relay.received_b)[m] = (raw, tensor)
-                headers.append(raw.hex())
+                if header is not None:  # none without receipts: the transfers are not signed
+                    arrivals[(m, transfer)] = (tensor, header.tensor.digest)  # checked against the tensor
+                    headers.append(raw.hex())
             elif kind is ActionKind.F:
                 assert m is not None
                 began = time.perf_counter()
@@ -832,7 +833,8 @@ class StageWorker:
                     blocking=False,
                     digest=committed_digests.get((m, transfer)) if sent is committed else None,
                 )
-                (relay.sent_f if forward else relay.sent_b)[m] = (encode_header(signed), sent)
+                raw = b"" if signed is None else encode_header(signed)
+                (relay.sent_f if forward else relay.sent_b)[m] = (raw, sent)
                 if forward:
                     relay.committed_f[m] = committed
             elif kind is ActionKind.B:
@@ -968,7 +970,7 @@ class StageWorker:
             for m in range(M):
                 raw, sent = relay.sent_f[m]
                 copy = sent if self.attack is None else self.attack.relay_copy(s, step, m, sent, relay.committed_f[m])
-                if copy is not sent:
+                if copy is not sent and self.transport.signed:
                     header = self._header(step, m, TransferKind.ACTIVATION)
                     raw = encode_header(
                         sign_header(dataclasses.replace(header, tensor=tensor_digest(copy.cpu())), self.key)
@@ -982,8 +984,7 @@ class StageWorker:
             if s <= c.stages - 3:
                 copies += [relay.received_b[m] for m in range(M)]
         for raw, tensor in copies:
-            self.transport.send_bytes(dst, raw, blocking=False)
-            self.transport.send_tensor(dst, tensor, blocking=False)
+            self.transport.send_relayed(dst, raw, tensor)
 
     def _check_neighbour(self, step: int, relay: _Relay, bypass: int | None) -> list[CheckOutcome]:
         """As the checker of stage ``s = this stage - 1``: receive the relayed copies, recompute
@@ -1009,7 +1010,9 @@ class StageWorker:
             src = self.ranks[s - 1] if via is InputVia.UPSTREAM else COORDINATOR
             for m in range(M):
                 expected = self._transfer(step, m, TransferKind.ACTIVATION, s - 1, s)
-                inputs[m], _, headers[m] = self.transport.recv_signed(src, expected)
+                inputs[m], _, raw = self.transport.recv_signed(src, expected)
+                if raw:
+                    headers[m] = raw
         if s >= 1:
             for m in range(M):
                 grads[m] = self.transport.recv_signed(src, self._transfer(step, m, TransferKind.GRADIENT, s, s - 1))[0]
@@ -1349,8 +1352,8 @@ def _report(outcome: CheckOutcome, copy_headers: dict[int, bytes]) -> dict[str, 
 @dataclass
 class _Relay:
     """What one step's schedule exchanged, kept for the redundant-neighbour copies: per
-    micro-batch the encoded signed header and tensor received or sent in each direction, and the
-    stage's forward inputs."""
+    micro-batch the encoded signed header (``b""`` when the transfers are not signed) and tensor
+    received or sent in each direction, and the stage's forward inputs."""
 
     received_f: dict[int, tuple[bytes, torch.Tensor]] = field(default_factory=dict)
     received_b: dict[int, tuple[bytes, torch.Tensor]] = field(default_factory=dict)

@@ -82,6 +82,17 @@ def test_one_f_one_b_three_stages_equals_reference_and_audits(tmp_path: Path) ->
     assert audit_run_dir(result.run_dir).clean
 
 
+def test_without_receipts_unsigned_transfers_equal_the_reference(tmp_path: Path) -> None:
+    """With receipts off the tensors travel without signed headers (the transport is not
+    ``signed``); the run still reproduces the reference bitwise."""
+    config = tiny_config(stages=3, schedule="1f1b", microbatches=3, receipts=False)
+    result = launch_local(config, tmp_path / "run")
+    losses, weights = reference(config)
+    assert result.summary["losses"] == losses
+    assert result.summary["final_weights"]["stages"] == weights
+    assert result.summary["receipts"] == 0 and result.summary["status"] == "completed"
+
+
 def test_tampered_worker_is_refused(tmp_path: Path) -> None:
     """A worker whose initial weights differ is refused with MEASUREMENT_MISMATCH and the run stops."""
     run = tmp_path / "run"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+from typing import Any
 
 import pytest
 import torch
@@ -38,18 +39,7 @@ def _expected(**overrides: object) -> Expected:
 
 
 def _header(value: torch.Tensor, key: SigningKey = SENDER, **overrides: object) -> bytes:
-    header = SignedHeader(
-        run_id="r",
-        sender="s0r0",
-        sender_stage=0,
-        sender_replica=0,
-        receiver_stage=1,
-        step=0,
-        micro_batch=1,
-        kind=TransferKind.ACTIVATION,
-        tensor=tensor_digest(value),
-        signed_at=dt.datetime.now(dt.UTC),
-    )
+    header = dataclasses.replace(_template(), tensor=tensor_digest(value))
     return encode_header(sign_header(dataclasses.replace(header, **overrides), key))
 
 
@@ -76,6 +66,36 @@ def test_check_header_rejects_another_transfer(overrides: dict[str, object]) -> 
     assert info.value.code == "HEADER_MISMATCH"
 
 
+def _template() -> SignedHeader:
+    """The header of stage 0's activation of micro-batch 1 (its digest is filled in when sent)."""
+    return SignedHeader(
+        run_id="r",
+        sender="s0r0",
+        sender_stage=0,
+        sender_replica=0,
+        receiver_stage=1,
+        step=0,
+        micro_batch=1,
+        kind=TransferKind.ACTIVATION,
+        tensor=TensorDigest("float32", (), bytes(32)),
+        signed_at=dt.datetime.now(dt.UTC),
+    )
+
+
+def _run_pair(target: Any) -> dict[str, Any]:
+    """Run ``target(rank, port, queue)`` as ranks 0 and 1 of a gloo group; return what they put."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=target, args=(rank, port, queue)) for rank in (0, 1)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(30)
+    return results
+
+
 def _peer(rank: int, port: int, queue: mp.Queue) -> None:  # type: ignore[type-arg]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=dt.timedelta(seconds=30))
@@ -86,18 +106,7 @@ def _peer(rank: int, port: int, queue: mp.Queue) -> None:  # type: ignore[type-a
             t.send_bytes(1, b"\x00frame\xff")
             t.send_bytes(1, b"")
             t.send_json(1, {"type": "hello", "n": 3})
-            template = SignedHeader(
-                run_id="r",
-                sender="s0r0",
-                sender_stage=0,
-                sender_replica=0,
-                receiver_stage=1,
-                step=0,
-                micro_batch=1,
-                kind=TransferKind.ACTIVATION,
-                tensor=TensorDigest("float32", (), bytes(32)),
-                signed_at=dt.datetime.now(dt.UTC),
-            )
+            template = _template()
             t.send_signed(1, tensor, template, SENDER, blocking=False)
             queue.put(("sent", True))
             t.send_signed(1, tensor, template, SigningKey.generate(), blocking=False)  # forged
@@ -120,15 +129,39 @@ def _peer(rank: int, port: int, queue: mp.Queue) -> None:  # type: ignore[type-a
 
 def test_round_trip_between_two_processes() -> None:
     """Frames, JSON and a signed tensor cross gloo intact; a forged header is refused on receipt."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_peer, args=(rank, port, queue)) for rank in (0, 1)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=60) for _ in procs)
-    for p in procs:
-        p.join(30)
+    results = _run_pair(_peer)
     got, equal, step, forged = results["received"]
     assert got == [b"\x00frame\xff", b"", {"type": "hello", "n": 3}]
     assert equal and step == 0 and forged == "HEADER_SIGNATURE"
+
+
+def _unsigned_peer(rank: int, port: int, queue: mp.Queue) -> None:  # type: ignore[type-arg]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=dt.timedelta(seconds=30))
+    t = Transport(signed=False)
+    tensor = torch.arange(24, dtype=torch.float32).reshape(SHAPE)
+    try:
+        if rank == 0:
+            template = _template()
+            returned = t.send_signed(1, tensor, template, SENDER, blocking=False)
+            t.send_relayed(1, b"not sent without signatures", tensor * 2)
+            t.send_json(1, {"type": "done"})
+            t.flush()
+            queue.put(("sent", returned))
+        else:
+            first, header, raw = t.recv_signed(0, _expected())
+            second, _, _ = t.recv_signed(0, _expected())
+            done = t.recv_json(0, "done")
+            ok = bool(torch.equal(first, tensor)) and bool(torch.equal(second, tensor * 2))
+            queue.put(("received", (ok, header, raw, done["type"])))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_an_unsigned_transport_sends_tensors_alone() -> None:
+    """Without signatures (a run with receipts off) a transfer is the tensor alone, relayed or
+    not: the receiver gets it by its expected shape, no header, and the frames after it stay
+    aligned."""
+    results = _run_pair(_unsigned_peer)
+    assert results["sent"] is None
+    assert results["received"] == (True, None, b"", "done")
