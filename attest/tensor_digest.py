@@ -52,6 +52,7 @@ GRADIENTS_DOMAIN = b"stagewarden/gradients/v1\x00"
 CHUNK_BYTES = 1024
 #: Domain tag of an update unit's output digest (weights and optimizer state after).
 UPDATE_OUTPUT_DOMAIN = b"stagewarden/update-output/v1\x00"
+LAST_FORWARD_DOMAIN = b"stagewarden/last-forward-output/v1\x00"
 #: From this many bytes on, BLAKE3 hashes with several threads. Below about 8 MiB, hashing the
 #: header and then the elements with threads was measured slower than with one thread (on 2 idle
 #: cores: 60 against 27 microseconds for 128 KiB, 273 against 169 for 1 MiB, even at 4 MiB), and
@@ -281,7 +282,16 @@ def update_output_digest(weights: bytes, optimizer: bytes) -> bytes:
     return _pair(UPDATE_OUTPUT_DOMAIN, weights, optimizer)
 
 
+def last_forward_output_digest(logits: bytes, loss: bytes) -> bytes:
+    """What a forward receipt of the last stage commits to as its output:
+    ``BLAKE3("stagewarden/last-forward-output/v1" 0x00 || logits || loss)``, from the
+    :func:`digest_tensor` of the micro-batch's logits and of its loss (a 0-dimensional float32
+    tensor, before the ``1 / M`` scaling). The loss the run reports is then signed, and a spot
+    check of the unit re-executes it with the logits."""
+    return _pair(LAST_FORWARD_DOMAIN, logits, loss)
+
+
 def _pair(domain: bytes, first: bytes, second: bytes) -> bytes:
     if len(first) != DIGEST_SIZE or len(second) != DIGEST_SIZE:
-        raise ValueError(f"an update digest combines two {DIGEST_SIZE}-byte digests")
+        raise ValueError(f"a combined digest combines two {DIGEST_SIZE}-byte digests")
     return blake3.blake3(domain + first + second).digest()

@@ -26,7 +26,7 @@ from stagewarden.runtime.spotcheck import (
     Tolerance,
     calibrate_tolerance,
     reexecute_backward,
-    reexecute_forward,
+    reexecute_forward_outputs,
 )
 from stagewarden.runtime.units import stage_backward, stage_forward
 
@@ -66,7 +66,7 @@ def calibration_outputs(
     from zero parameter gradients. The stage's own gradients are left as they were.
 
     Returns:
-        ``output`` (the activation or the logits), ``grad_input`` (except on stage 0) and
+        ``output`` (the activation or the logits), ``loss`` (the last stage), ``grad_input`` (except on stage 0) and
         ``grad.<parameter>`` for every parameter that gets a gradient.
     """
     device = next(stage.parameters()).device
@@ -81,6 +81,8 @@ def calibration_outputs(
             grad_output = None if stage.is_last else inputs["grad_output"].to(device)
             grad_input = stage_backward(state, grad_output)
         out = {"output": state.output.detach()}
+        if state.loss is not None:
+            out["loss"] = state.loss.detach()
         if grad_input is not None:
             out["grad_input"] = grad_input.detach()
         out.update({f"grad.{name}": p.grad.detach().clone() for name, p in params if p.grad is not None})
@@ -98,7 +100,9 @@ def reexecute_calibration_unit(
     and :func:`~stagewarden.runtime.spotcheck.reexecute_backward`."""
     c = config
     targets = inputs.get("targets")
-    output = reexecute_forward(c.model, c.stages, stage, weights, inputs["input"], targets, microbatches=c.microbatches)
+    out = reexecute_forward_outputs(
+        c.model, c.stages, stage, weights, inputs["input"], targets, microbatches=c.microbatches
+    )
     result = reexecute_backward(
         c.model,
         c.stages,
@@ -109,7 +113,6 @@ def reexecute_calibration_unit(
         targets,
         microbatches=c.microbatches,
     )
-    out = {"output": output}
     if result.grad_input is not None:
         out["grad_input"] = result.grad_input
     out.update({f"grad.{name}": g for name, g in result.param_grads.items()})

@@ -42,6 +42,7 @@ from stagewarden.attest.tensor_digest import (
     digest_tensor,
     gradient_trace_digest,
     gradients_digest,
+    last_forward_output_digest,
     update_input_digest,
     update_output_digest,
     weights_digest,
@@ -80,7 +81,7 @@ from stagewarden.runtime.spotcheck import (
     compare_within,
     receipts_digest,
     reexecute_backward,
-    reexecute_forward,
+    reexecute_forward_outputs,
     reexecute_update,
     sample_units,
 )
@@ -92,7 +93,7 @@ from stagewarden.runtime.transport import (
     packed_size,
     unpack_tensors,
 )
-from stagewarden.runtime.units import deterministic
+from stagewarden.runtime.units import deterministic, loss_digest, step_loss
 from stagewarden.runtime.worker import standby_id_for, worker_id_for
 
 #: The ``runtime_version`` of the keys this module adds to ``summary.json``.
@@ -1750,8 +1751,8 @@ class Coordinator:
             ]
             headers[s] = [parse_header(_hex(raw, None, "header")) for raw in raw_headers]
             if s == c.stages - 1:
-                loss = _float(msg.get("loss"))
-                mb_losses = [_float(v) for v in msg.get("microbatch_losses", [])]
+                mb_losses = self._reported_losses(wid, msg, receipts[s])
+                loss = step_loss([torch.tensor(v, dtype=torch.float32) for v in mb_losses])
             if c.verification == "redundant_neighbour" and s >= 1:
                 reported, run = msg.get("checks"), msg.get("checks_run")
                 if not isinstance(reported, list) or not isinstance(run, int) or isinstance(run, bool) or run < 0:
@@ -1769,6 +1770,34 @@ class Coordinator:
                     self.log.append_header(header)
                     self.counts["headers"] += 1
         return StepCommit(step, receipts, headers, loss, mb_losses, checks, checks_run)
+
+    def _reported_losses(self, wid: str, msg: dict[str, Any], receipts: list[Receipt]) -> list[float]:
+        """The micro-batch losses the last stage's commitment reports, in micro-batch order. With
+        receipts each must be the one its forward receipt commits to with the logits
+        (:func:`~stagewarden.attest.tensor_digest.last_forward_output_digest` of the reported
+        logits digest and :func:`~stagewarden.runtime.units.loss_digest`): the run reports only
+        signed losses, and a spot check of the unit re-executes the loss with the logits.
+
+        Raises:
+            TransportError: A loss is missing or malformed, or is not the one its receipt commits to.
+        """
+        c = self.config
+        raw = msg.get("microbatch_losses")
+        if not isinstance(raw, list) or len(raw) != c.microbatches:
+            raise TransportError(
+                f"worker {wid}'s commitment does not report the loss of each of the {c.microbatches} micro-batches"
+            )
+        losses = [_float(v) for v in raw]
+        if c.receipts:
+            logits = _hex_list(msg.get("logits"), c.microbatches, "logits")
+            for r in receipts:
+                m = r.micro_batch
+                if r.kind is UnitKind.FORWARD and 0 <= m < c.microbatches:
+                    if last_forward_output_digest(logits[m], loss_digest(losses[m])) != r.output_digest:
+                        raise TransportError(
+                            f"worker {wid} reported another loss of micro-batch {m} than its forward receipt commits to"
+                        )
+        return losses
 
     def _accept_receipt(self, wid: str, stage: int, step: int, raw: bytes, log: bool = True) -> Receipt:
         receipt = parse_receipt(raw)
@@ -2178,10 +2207,12 @@ class Coordinator:
             return [] if message is None else found("spot_check", message)
         # bitwise: the receipt commits to the output (a forward unit), the input gradient (a backward
         # unit of a stage after the first) or the accumulated gradients (stage 0's backward unit)
-        single = expected.get("output", expected.get("grad_input"))
         grads = [v for k, v in expected.items() if k.startswith("grad.")]
         accumulated = gradients_digest(grads) if kind == "backward" else None
-        produced = digest_tensor(single) if single is not None else accumulated
+        if kind == "forward":
+            produced: bytes | None = _forward_output_digest(expected)
+        else:
+            produced = digest_tensor(expected["grad_input"]) if "grad_input" in expected else accumulated
         if produced != receipt.output_digest:
             return found("spot_check", f"re-executing the {kind} unit gives another output than the receipt's")
         if trace is not None and accumulated != trace[micro_batch]:
@@ -2218,8 +2249,8 @@ class Coordinator:
         """
         c, stage, inputs = self.config, unit.stage, unit.inputs
         with deterministic(c.train.threads):
-            if unit.kind == "forward":
-                output = reexecute_forward(
+            if unit.kind == "forward":  # its output and, on the last stage, the loss
+                return reexecute_forward_outputs(
                     c.model,
                     c.stages,
                     stage,
@@ -2229,7 +2260,6 @@ class Coordinator:
                     microbatches=c.microbatches,
                     pool=self.stage_pool,
                 )
-                return {"output": output}
             result = reexecute_backward(
                 c.model,
                 c.stages,
@@ -2543,7 +2573,9 @@ def _output_committed(unit: FetchedUnit, receipt: Receipt, accumulated: bytes | 
             and update_output_digest(digest_state_dict(weights), digest_state_dict(state)) == receipt.output_digest
         )
     if unit.kind == "forward":
-        return set(out) == {"output"} and digest_tensor(out["output"]) == receipt.output_digest
+        return (
+            set(out) <= {"output", "loss"} and "output" in out and _forward_output_digest(out) == receipt.output_digest
+        )
     grads = [v for k, v in out.items() if k.startswith("grad.")]
     first = unit.stage == 0
     if len(grads) + (0 if first else 1) != len(out) or not grads:
@@ -2554,6 +2586,14 @@ def _output_committed(unit: FetchedUnit, receipt: Receipt, accumulated: bytes | 
     if not first and ("grad_input" not in out or digest_tensor(out["grad_input"]) != receipt.output_digest):
         return False
     return accumulated is None or returned == accumulated
+
+
+def _forward_output_digest(outputs: dict[str, torch.Tensor]) -> bytes:
+    """What a forward receipt commits to, from the unit's outputs: the ``output`` activation's
+    digest or, with a ``loss`` (the last stage), the digest of the logits and the loss."""
+    if "loss" in outputs:
+        return last_forward_output_digest(digest_tensor(outputs["output"]), loss_digest(outputs["loss"]))
+    return digest_tensor(outputs["output"])
 
 
 def _weights_digest(weights: dict[str, torch.Tensor], digests: dict[str, bytes], group: str = "weights") -> bytes:

@@ -253,14 +253,34 @@ def reexecute_forward(
     Returns:
         The output ``(B, T, C)``, or logits ``(B, T, V)`` on the last stage, detached.
     """
+    return reexecute_forward_outputs(
+        config, stages, index, weights, inputs, targets, microbatches=microbatches, pool=pool
+    )["output"]
+
+
+def reexecute_forward_outputs(
+    config: GPTConfig,
+    stages: int,
+    index: int,
+    weights: Mapping[str, torch.Tensor],
+    inputs: torch.Tensor,
+    targets: torch.Tensor | None = None,
+    *,
+    microbatches: int = 1,
+    pool: StagePool | None = None,
+) -> dict[str, torch.Tensor]:
+    """:func:`reexecute_forward`, with everything a forward unit commits to by name: ``output``
+    and, on the last stage with ``targets``, ``loss`` (the micro-batch's loss before the
+    ``1 / M`` scaling; see :func:`~stagewarden.attest.tensor_digest.last_forward_output_digest`)."""
     stage = _stage(pool, config, stages, index, weights)
-    output: torch.Tensor
     with torch.enable_grad():  # the worker's forward unit runs with autograd on; so does its re-execution
         if targets is not None or index != stages - 1:
-            output = stage_forward(stage, inputs, microbatches, targets=targets).output
-        else:
-            output = stage(inputs)  # (B, T, V)
-    return output.detach()
+            state = stage_forward(stage, inputs, microbatches, targets=targets)
+            out = {"output": state.output.detach()}
+            if state.loss is not None:
+                out["loss"] = state.loss.detach()
+            return out
+        return {"output": stage(inputs).detach()}  # (B, T, V)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,10 +10,12 @@ hardware and thread count.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from stagewarden.attest.tensor_digest import digest_tensor
 from stagewarden.runtime.model import StageModule
 
 
@@ -139,6 +141,16 @@ def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
     """The update unit: apply the accumulated gradients and clear them."""
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def loss_digest(loss: torch.Tensor | float) -> bytes:
+    """The :func:`~stagewarden.attest.tensor_digest.digest_tensor` of a micro-batch's loss as
+    the last stage reports it: a 0-dimensional float32 tensor of the value (a NaN in its
+    canonical form, which is what a reported ``float.hex`` of any NaN parses back to). A last
+    stage's forward receipt commits to it
+    (:func:`~stagewarden.attest.tensor_digest.last_forward_output_digest`)."""
+    value = float(loss)
+    return digest_tensor(torch.tensor(math.nan if math.isnan(value) else value, dtype=torch.float32))
 
 
 def step_loss(losses: list[torch.Tensor]) -> float:

@@ -38,6 +38,7 @@ from stagewarden.attest.tensor_digest import (
     dtype_name,
     gradient_trace_digest,
     gradients_digest,
+    last_forward_output_digest,
     tensor_digest,
     update_input_digest,
     update_output_digest,
@@ -75,11 +76,11 @@ from stagewarden.runtime.transport import Expected, Transport, TransportError, p
 from stagewarden.runtime.units import (
     ForwardState,
     deterministic,
+    loss_digest,
     make_optimizer,
     optimizer_step,
     stage_backward,
     stage_forward,
-    step_loss,
 )
 
 #: Test-only hook: a stage index whose worker perturbs its initial weights before measuring them.
@@ -742,6 +743,7 @@ class StageWorker:
         grads_in: dict[int, torch.Tensor] = {}
         targets: dict[int, torch.Tensor] = {}
         losses: dict[int, torch.Tensor] = {}
+        logits: dict[int, bytes] = {}  # the last stage's logits digests, by micro-batch
         relay = _Relay()
         arrivals: dict[tuple[int, TransferKind], tuple[torch.Tensor, bytes]] = {}
         committed_digests: dict[tuple[int, TransferKind], TensorDigest] = {}
@@ -806,13 +808,19 @@ class StageWorker:
                 outputs[m] = output
                 if self.keep_outputs:
                     record.outputs[(m, "forward")] = {"output": output}
+                    if state.loss is not None:
+                        record.outputs[(m, "forward")]["loss"] = state.loss.detach()
                 if state.loss is not None:
                     losses[m] = state.loss
                 busy += time.perf_counter() - began
                 record.units[(m, "forward")] = _unit_tensors(inputs[m], targets.get(m) if module.is_last else None)
                 if receipts_on:
                     in_digest = known(m, TransferKind.ACTIVATION, inputs[m])
-                    out_digest = commit_digest(m, TransferKind.ACTIVATION, output)
+                    if module.is_last:  # the logits and the loss the run reports
+                        logits[m] = _digest(output)
+                        out_digest = last_forward_output_digest(logits[m], loss_digest(losses[m]))
+                    else:
+                        out_digest = commit_digest(m, TransferKind.ACTIVATION, output)
                     receipts.append(
                         self._receipt(step, m, UnitKind.FORWARD, in_digest, out_digest, weights_digest, env).hex()
                     )
@@ -911,9 +919,10 @@ class StageWorker:
         if c.verification == "redundant_neighbour":
             message["checks"] = checks
             message["checks_run"] = checks_run
-        if module.is_last:
-            message["loss"] = step_loss([losses[m] for m in range(M)]).hex()
+        if module.is_last:  # the coordinator takes the step's loss as their mean
             message["microbatch_losses"] = [float(losses[m]).hex() for m in range(M)]
+            if receipts_on:
+                message["logits"] = [logits[m].hex() for m in range(M)]
         if hostile:
             self._send_hostile(step, hostile[2])
         self.transport.send_json(COORDINATOR, message)

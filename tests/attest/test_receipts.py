@@ -301,6 +301,19 @@ def test_update_digests_definition() -> None:
         update_output_digest(a, b[:31])
 
 
+def test_last_forward_output_digest_definition() -> None:
+    """A last stage's forward output commits to the logits and the loss under a domain of its
+    own, so it can stand for neither an update's digests nor the logits alone."""
+    from stagewarden.attest.tensor_digest import last_forward_output_digest, update_output_digest
+
+    a, b = bytes(range(32)), bytes(range(32, 64))
+    domain = b"stagewarden/last-forward-output/v1\x00"
+    assert last_forward_output_digest(a, b) == blake3.blake3(domain + a + b).digest()
+    assert len({last_forward_output_digest(a, b), last_forward_output_digest(b, a), update_output_digest(a, b)}) == 3
+    with pytest.raises(ValueError, match="32-byte"):
+        last_forward_output_digest(a[:31], b)
+
+
 def test_gradient_trace_digest_definition() -> None:
     """A gradient trace digest is BLAKE3 over its domain tag, the entry count and the entries in
     order: reordering, dropping or repeating an entry changes it."""

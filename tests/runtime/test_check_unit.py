@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import pytest
 import torch
 from distributed_helpers import tiny_config
 from nacl.signing import SigningKey
@@ -15,10 +16,15 @@ from stagewarden.attest.tensor_digest import (
     digest_tensor,
     gradient_trace_digest,
     gradients_digest,
+    last_forward_output_digest,
     update_input_digest,
     update_output_digest,
 )
 from stagewarden.runtime.coordinator import Coordinator, FetchedUnit, StepCommit
+from stagewarden.runtime.model import build_stage
+from stagewarden.runtime.spotcheck import reexecute_forward_outputs
+from stagewarden.runtime.transport import TransportError
+from stagewarden.runtime.units import loss_digest
 
 ENV = ExecutionEnv(torch_version=torch.__version__, device="cpu", dtype="float32")
 
@@ -118,3 +124,56 @@ def test_an_update_must_start_from_the_weights_the_stage_was_left_with() -> None
     [found] = accept(swapped)
     assert (found["check"], found["stage"], found["unit_kind"]) == ("weights", 1, "update")
     assert accept(left) == []
+
+
+def _last_stage_forward(coordinator: Coordinator, loss_scale: float) -> tuple[FetchedUnit, Receipt, bytes, float]:
+    """Stage 2 (the last of 3)'s honest forward unit of micro-batch 1: the unit, a receipt
+    committing to its logits and its loss times ``loss_scale``, the logits digest and that loss."""
+    c = coordinator.config
+    weights = build_stage(c.model, c.stages, 2, c.seed).state_dict()
+    x = torch.randn(c.batch_size, c.model.block_size, c.model.n_embd, generator=torch.Generator().manual_seed(1))
+    y = coordinator._data(0, 1)[1]
+    out = reexecute_forward_outputs(c.model, c.stages, 2, weights, x, y, microbatches=c.microbatches)
+    logits, loss = digest_tensor(out["output"]), float(out["loss"]) * loss_scale
+    receipt = _receipt(
+        UnitKind.FORWARD,
+        x,
+        digest_state_dict(weights),
+        worker_id="s2r0",
+        stage=2,
+        output_digest=last_forward_output_digest(logits, loss_digest(loss)),
+        prev_digest=chain_genesis("run", "s2r0"),
+    )
+    unit = FetchedUnit(2, 0, 1, "forward", {"input": x, "targets": y}, weights)
+    return unit, receipt, logits, loss
+
+
+def _spot_checking_coordinator() -> Coordinator:
+    coordinator = _coordinator()
+    coordinator._pool, coordinator._batches = None, None
+    coordinator.spot = {"units_checked": 0}
+    return coordinator
+
+
+def test_the_last_stage_forward_check_re_executes_the_loss() -> None:
+    """A last stage's forward receipt commits to the logits and the loss: a unit whose receipt
+    names the loss the stage computed passes; one that signed another loss with the right
+    logits (a stage hiding a diverging or poisoned run behind its reported loss) fails."""
+    coordinator = _spot_checking_coordinator()
+    for scale, outcome in ((1.0, []), (0.5, ["spot_check"])):
+        unit, receipt, _, _ = _last_stage_forward(coordinator, scale)
+        commit = StepCommit(0, {2: [receipt]}, {}, 0.0, [])
+        assert [d["check"] for d in coordinator.check_unit(commit, 2, 1, "forward", unit)] == outcome
+
+
+def test_a_reported_loss_must_be_the_one_the_receipt_commits_to() -> None:
+    """The coordinator takes a step's loss only from losses the last stage's forward receipts
+    sign: a commitment reporting another loss than its receipt is refused, naming the worker."""
+    coordinator = _spot_checking_coordinator()
+    coordinator.config = tiny_config(stages=3, microbatches=2)
+    _, receipt, logits, loss = _last_stage_forward(coordinator, 1.0)
+    message = {"microbatch_losses": [(0.0).hex(), loss.hex()], "logits": [bytes(32).hex(), logits.hex()]}
+    assert coordinator._reported_losses("s2r0", message, [receipt]) == [0.0, loss]
+    message["microbatch_losses"][1] = (loss + 1.0).hex()
+    with pytest.raises(TransportError, match="s2r0 reported another loss of micro-batch 1"):
+        coordinator._reported_losses("s2r0", message, [receipt])
