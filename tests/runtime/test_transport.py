@@ -15,7 +15,14 @@ from nacl.signing import SigningKey
 from stagewarden.attest.headers import SignedHeader, TransferKind, encode_header, sign_header
 from stagewarden.attest.tensor_digest import TensorDigest, tensor_digest
 from stagewarden.runtime.launch import free_port
-from stagewarden.runtime.transport import Expected, HeaderRejected, Transport, TransportError, check_header
+from stagewarden.runtime.transport import (
+    HEADER_SLOT,
+    Expected,
+    HeaderRejected,
+    Transport,
+    TransportError,
+    check_header,
+)
 
 SENDER = SigningKey(bytes(range(32)))
 SHAPE = (2, 3, 4)
@@ -111,7 +118,7 @@ def _peer(rank: int, port: int, queue: mp.Queue) -> None:  # type: ignore[type-a
             queue.put(("sent", True))
             t.send_signed(1, tensor, template, SigningKey.generate(), blocking=False)  # forged
             try:
-                t.flush()  # the receiver refuses the header and never takes the tensor
+                t.flush()  # the receiver refuses the transfer (the send may complete or fail)
             except TransportError:
                 pass
         else:
@@ -165,3 +172,43 @@ def test_an_unsigned_transport_sends_tensors_alone() -> None:
     results = _run_pair(_unsigned_peer)
     assert results["sent"] is None
     assert results["received"] == (True, None, b"", "done")
+
+
+def _frame_receiver(frame: torch.Tensor) -> Transport:
+    """A transport whose next receive gets ``frame`` (no process group needed)."""
+    t = Transport()
+    t._recv = lambda src, buffer: buffer.copy_(frame)  # type: ignore[method-assign]
+    return t
+
+
+def test_a_signed_transfer_is_one_message_with_a_zero_padded_header_slot() -> None:
+    """The message is the header's length, the header, zeros up to the slot's end (nothing of
+    the sender's memory) and the tensor's bytes; the receiver gets back the tensor and header."""
+    tensor = torch.arange(24, dtype=torch.float32).reshape(SHAPE)
+    raw = _header(tensor)
+    frame = Transport()._transfer_frame(raw, tensor)
+    assert frame.numel() == HEADER_SLOT + tensor.numel() * 4
+    assert int.from_bytes(frame[:4].numpy().tobytes(), "big") == len(raw)
+    assert frame[4 : 4 + len(raw)].numpy().tobytes() == raw
+    assert not frame[4 + len(raw) : HEADER_SLOT].any()
+    received, header, got = _frame_receiver(frame).recv_signed(0, _expected())
+    assert torch.equal(received, tensor) and got == raw and header is not None and header.micro_batch == 1
+
+
+@pytest.mark.parametrize("length", [0, HEADER_SLOT - 3, 1 << 31])
+def test_a_header_length_outside_the_slot_is_refused(length: int) -> None:
+    tensor = torch.zeros(SHAPE)
+    frame = Transport()._transfer_frame(_header(tensor), tensor)
+    frame[:4] = torch.frombuffer(bytearray(length.to_bytes(4, "big")), dtype=torch.uint8)
+    with pytest.raises(HeaderRejected) as info:
+        _frame_receiver(frame).recv_signed(0, _expected())
+    assert info.value.code == "HEADER_MALFORMED" and info.value.peer == 0
+
+
+def test_a_tensor_that_is_not_the_signed_one_is_refused() -> None:
+    """The header is genuine but the bytes after it are another tensor: HEADER_MISMATCH."""
+    tensor = torch.zeros(SHAPE)
+    frame = Transport()._transfer_frame(_header(tensor), tensor + 1)
+    with pytest.raises(HeaderRejected) as info:
+        _frame_receiver(frame).recv_signed(0, _expected())
+    assert info.value.code == "HEADER_MISMATCH"
