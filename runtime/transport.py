@@ -39,9 +39,9 @@ from stagewarden.runtime.errors import RuntimeSetupError
 
 #: Largest frame accepted, in bytes (a control message, a header or a fetched tensor's bytes).
 MAX_FRAME_BYTES = 1 << 30
-#: The bytes before the tensor in a signed transfer: a u32 length, the encoded signed header and
-#: zero padding. 1 KiB holds the longest header (590 bytes: 128-byte run and sender ids, a 32-byte
-#: dtype name, 16 dimensions) and keeps the tensor aligned for every dtype.
+#: The bytes before the tensor in a signed transfer, which hold a u32 length, the encoded signed
+#: header and zero padding. 1 KiB holds the longest header (590 bytes, with 128-byte run and
+#: sender ids, a 32-byte dtype name and 16 dimensions) and keeps the tensor aligned for every dtype.
 HEADER_SLOT = 1024
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
