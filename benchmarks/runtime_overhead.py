@@ -13,7 +13,8 @@ Every run is ``1 + S`` processes on this machine (5 for 4 stages). On a machine 
 cores than processes the absolute tokens/s measure CPU sharing as much as the pipeline; only
 the side-by-side ratios are meant to be read.
 
-Run: ``python benchmarks/runtime_overhead.py [--repeat N] [--steps N] [--json FILE] [--quick]``.
+Run: ``python benchmarks/runtime_overhead.py [--repeat N] [--steps N] [--json FILE] [--batch-size B]
+[--only KEYS] [--quick]``.
 """
 
 from __future__ import annotations
@@ -92,8 +93,9 @@ SETTINGS = (
 )
 
 
-def job(quick: bool, steps: int, schedule: str = "1f1b", **overrides: Any) -> Any:
-    """The benchmark job's run configuration (``quick``: a 2-stage toy for smoke tests)."""
+def job(quick: bool, steps: int, schedule: str = "1f1b", batch_size: int = 8, **overrides: Any) -> Any:
+    """The benchmark job's run configuration (``quick``: a 2-stage toy for smoke tests;
+    ``batch_size``: sequences per micro-batch of the full job)."""
     from stagewarden.runtime.config import RunConfig
     from stagewarden.runtime.model import GPTConfig
 
@@ -102,7 +104,7 @@ def job(quick: bool, steps: int, schedule: str = "1f1b", **overrides: Any) -> An
         base: dict[str, Any] = dict(stages=2, microbatches=2, batch_size=2, max_bytes=64 * 1024)
     else:
         model = GPTConfig(n_layer=8, n_embd=128, n_head=4, block_size=64)
-        base = dict(stages=4, microbatches=8, batch_size=8)
+        base = dict(stages=4, microbatches=8, batch_size=batch_size)
     return RunConfig(model=model, steps=steps, schedule=schedule, seed=0, **base, **overrides)
 
 
@@ -151,6 +153,12 @@ def main() -> int:
         "--quick", action="store_true", help="smoke test: one round of two configurations on a toy 2-stage job"
     )
     parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="sequences of 64 bytes per micro-batch (default 8): larger units spread the per-unit costs",
+    )
+    parser.add_argument(
         "--only",
         help="comma-separated configurations to measure besides the baseline "
         f"({', '.join(s.key for s in SETTINGS[1:])}, gpipe); default: all",
@@ -161,8 +169,8 @@ def main() -> int:
     if only is not None and not only <= keys:
         print(f"error: --only takes {', '.join(sorted(keys))}, not {', '.join(sorted(only - keys))}", file=sys.stderr)
         return 2
-    if args.repeat < 1 or args.steps < 2:
-        print("error: --repeat must be at least 1 and --steps at least 2", file=sys.stderr)
+    if args.repeat < 1 or args.steps < 2 or args.batch_size < 1:
+        print("error: --repeat and --batch-size must be at least 1 and --steps at least 2", file=sys.stderr)
         return 2
     rounds = 1 if args.quick else args.repeat
     steps = 3 if args.quick else args.steps
@@ -172,7 +180,7 @@ def main() -> int:
     usable = [s for s in settings if s.available() is None]
     missing = {s.key: str(s.available()) for s in settings if s.available() is not None}
 
-    probe = job(args.quick, steps)
+    probe = job(args.quick, steps, batch_size=args.batch_size)
     cpus = os.cpu_count() or 1
     print(f"machine: {platform.machine()}, {cpus} CPUs, Python {platform.python_version()}")
     print(
@@ -197,7 +205,7 @@ def main() -> int:
             for s in usable:
                 name = f"r{r}-{s.key}"
                 print(f"  round {r + 1}/{rounds}: {s.label} ...", end="", flush=True)
-                result = measure(job(args.quick, steps, **s.overrides), workdir, name)
+                result = measure(job(args.quick, steps, batch_size=args.batch_size, **s.overrides), workdir, name)
                 runs[s.key].append(result)
                 print(f" {result['tokens_per_second']:.0f} tokens/s")
                 if s.key == "none":
@@ -208,7 +216,9 @@ def main() -> int:
             if measure_bubble and not args.quick and (only is None or "gpipe" in only):
                 print(f"  round {r + 1}/{rounds}: no security, gpipe ...", end="", flush=True)
                 result = measure(
-                    job(args.quick, steps, schedule="gpipe", **SETTINGS[0].overrides), workdir, f"r{r}-gpipe"
+                    job(args.quick, steps, schedule="gpipe", batch_size=args.batch_size, **SETTINGS[0].overrides),
+                    workdir,
+                    f"r{r}-gpipe",
                 )
                 bubble_runs["gpipe"].append(result)
                 print(f" {result['tokens_per_second']:.0f} tokens/s")
@@ -262,7 +272,8 @@ def main() -> int:
             median = statistics.median(values)
             bubbles["measured"][schedule] = {"median": median, "rounds": values}
             print(
-                f"  {schedule:<6} measured {median:.3f} (1 - busy / step time per stage, averaged; median of {len(values)})"
+                f"  {schedule:<6} measured {median:.3f} "
+                f"(1 - busy / step time per stage, averaged; median of {len(values)})"
             )
     print(f"\n{len(usable) * rounds + len(bubble_runs['gpipe'])} runs in {elapsed:.0f} s")
 

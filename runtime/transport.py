@@ -188,9 +188,10 @@ class Transport:
         blocking: bool = True,
         digest: TensorDigest | None = None,
     ) -> SignedHeader | None:
-        """Sign ``header`` and send it, then the tensor. Its tensor digest is computed here from
-        ``tensor``, unless the caller passes ``digest``, which must be ``tensor_digest(tensor)``
-        (a sender that has just digested the tensor for its receipt need not hash it twice).
+        """Sign ``header`` and send it with the tensor, as one message. Its tensor digest is
+        computed here from ``tensor``, unless the caller passes ``digest``, which must be
+        ``tensor_digest(tensor)`` (a sender that has just digested the tensor for its receipt
+        need not hash it twice).
         Returns the signed header; ``None`` when the transport is not ``signed`` (the tensor
         went alone)."""
         wire = tensor.detach().to(self.device).contiguous()  # one copy when the stage computes elsewhere
