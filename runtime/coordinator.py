@@ -319,6 +319,7 @@ class Coordinator:
         self.responses: list[dict[str, Any]] = []
         self.counts = {"forward": 0, "backward": 0, "update": 0, "receipts": 0, "headers": 0}
         self.final_weights: dict[int, str] = {}
+        self._initial_weights: dict[int, bytes] = {}  # each stage's seed-derived weights digest, once built
         self.busy = [0.0] * config.stages
         self.spot = {"rate": config.spot_check_rate, "units_sampled": 0, "units_checked": 0, "recomputations": 0}
         self.neighbour = {
@@ -791,6 +792,7 @@ class Coordinator:
         for s, wid in enumerate(self.stage_ids):
             weights = build_stage(c.model, c.stages, s, c.seed).state_dict()
             out[wid] = stage_measurement(c, s, weights, code)
+            self._initial_weights[s] = digest_state_dict(weights)  # the same digest the measurement holds
         for k in self.free_standbys:
             out[self.standby_ids[k]] = stage_measurement(c, None, None, code)
         return out
@@ -1007,8 +1009,10 @@ class Coordinator:
         known = self.final_weights.get(s)
         if known:
             return bytes.fromhex(known)
-        c = self.config
-        return digest_state_dict(build_stage(c.model, c.stages, s, c.seed).state_dict())
+        if s not in self._initial_weights:  # built once: admission has built it when it measured the stage
+            c = self.config
+            self._initial_weights[s] = digest_state_dict(build_stage(c.model, c.stages, s, c.seed).state_dict())
+        return self._initial_weights[s]
 
     # -- steps ------------------------------------------------------------------------------------
 
