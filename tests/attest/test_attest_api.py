@@ -16,7 +16,7 @@ PUBLIC_NAMES = sorted(
     Status SyntheticRun SystemClock TcbInfo TcbLevel TcbStatus TensorDigest TransferKind TsmFilesystem UnitKind
     Vendor Verifier WARNABLE WorkerInfo atomic_write_bytes atomic_write_text audit_run_dir build_evidence
     canonical_json chain_genesis device_identity digest_state_dict digest_tensor digest_tensors encode_header
-    gradient_trace_digest gradients_digest
+    gradient_trace_digest gradients_digest last_forward_output_digest
     encode_receipt header_digest init_vendor key_id load_policy load_vendor local_verifier make_crl make_device
     make_evidence make_intermediate make_root make_tcb_signer measure_stage open_reference_values open_tcb_info
     open_token parse_evidence parse_header parse_policy parse_receipt parse_reference_values parse_result_unverified

@@ -25,7 +25,7 @@ from stagewarden.attest.errors import AttestError, ErrorCode, FormatError
 from stagewarden.attest.headers import SignedHeader, TransferKind, encode_header, parse_header, sign_header
 from stagewarden.attest.receipts import Receipt, encode_receipt, parse_receipt, verify_receipt
 from stagewarden.attest.tensor_digest import tensor_digest
-from stagewarden.runtime.transport import Expected, HeaderRejected, Transport, TransportError, check_header
+from stagewarden.runtime.transport import HEADER_SLOT, Expected, HeaderRejected, Transport, TransportError, check_header
 from strategies import fuzz_settings, mutated_bytes
 
 KEY = SigningKey(bytes(range(32)))
@@ -133,20 +133,22 @@ def test_edited_headers(edited: SignedHeader, sign_again: bool) -> None:
 
 
 class _Wire(Transport):
-    """A transport whose next frame and tensor are given (the checks of recv_signed run as they are)."""
+    """A transport whose next signed transfer carries the given header bytes and tensor (the
+    checks of recv_signed run as they are). Header bytes too long for the slot are cut off
+    while the length field still announces them all."""
 
-    def __init__(self, frame: bytes, tensor: torch.Tensor) -> None:
+    def __init__(self, header: bytes, tensor: torch.Tensor) -> None:
         super().__init__("cpu")
-        self.frame, self.tensor = frame, tensor
+        slot = bytearray(HEADER_SLOT)
+        slot[:4] = len(header).to_bytes(4, "big")
+        kept = header[: HEADER_SLOT - 4]
+        slot[4 : 4 + len(kept)] = kept
+        self.message = bytes(slot) + tensor.contiguous().view(torch.uint8).numpy().tobytes()
 
-    def recv_bytes(self, src: int, limit: int = 1 << 30) -> bytes:
-        if len(self.frame) > limit:
-            raise TransportError(f"rank {src} announced a frame of {len(self.frame)} bytes")
-        return self.frame
-
-    def recv_tensor(self, src: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-        assert (dtype, tuple(shape)) == (torch.float32, (4, 8))  # the receiver allocates what it expects
-        return self.tensor.clone()
+    def _recv(self, src: int, tensor: torch.Tensor) -> None:
+        # the receiver allocates what it expects: the slot and a float32 (4, 8) tensor
+        assert tensor.dtype == torch.uint8 and tensor.numel() == HEADER_SLOT + 4 * 8 * 4 == len(self.message)
+        tensor.copy_(torch.frombuffer(bytearray(self.message), dtype=torch.uint8))
 
 
 @st.composite
