@@ -4,7 +4,8 @@ Every admitted worker runs a :class:`Heartbeat` thread that writes, every ``hear
 seconds, one signed record under its rank's key in the run's c10d store (the store every process
 already reaches at ``MASTER_ADDR:MASTER_PORT``; a separate client connection, so the heartbeat
 never waits on a tensor transfer). A record says which peer, if any, the worker is blocked on
-and for how long, and carries a sequence number that grows with every write.
+and for how long (the coordinator counts as a peer here), or else for how long it has not been
+blocked, and carries a sequence number that grows with every write.
 
 The coordinator's :class:`Watchdog` reads the records of every live worker and names a fault:
 
@@ -12,10 +13,14 @@ The coordinator's :class:`Watchdog` reads the records of every live worker and n
   coordinator's own clock) is **unresponsive**: its process died, was stopped, or hangs;
 * when every heartbeat is fresh but some worker has waited on a peer for ``silence_timeout``
   seconds, the watchdog follows the chain of waits from it (A waits on B, B waits on C, ...) to
-  the first worker that waits on nobody: that worker **withholds** (it is alive, it owes a
-  transfer, and it is not blocked by anyone). A chain that closes on itself is a *dispute* (two
-  workers each claim to wait on the other: one of them lies, and nothing outside them says
-  which); it names nobody.
+  the first worker that waits on no worker. That worker **withholds** (it is alive, it owes a
+  transfer, and it is not blocked by anyone) when its own record agrees: it has not been
+  blocked for ``silence_timeout`` seconds either. One that waits on the coordinator has sent
+  everything its step owes (a worker completes its sends before it reports to the coordinator),
+  so the claim against it and its record contradict each other: a *dispute*, as is a chain that
+  closes on itself (two workers each claim to wait on the other). One of them lies and nothing
+  outside them says which, so a dispute names nobody. A worker that is merely busy (blocked
+  less than ``silence_timeout`` ago) is not named yet.
 
 A record is signed with the worker's attested Ed25519 key and bound to the run, the session and
 the rank, so no worker can write another's heartbeat. A worker can delete another's record
@@ -40,6 +45,8 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 HEARTBEAT_DOMAIN = b"stagewarden/runtime/heartbeat/v1\x00"
+#: The coordinator's rank: a worker waiting on it is between steps, its sends done.
+COORDINATOR_RANK = 0
 #: Largest heartbeat record read from the store.
 MAX_RECORD_BYTES = 4096
 
@@ -94,8 +101,9 @@ class Heartbeat:
         rank: This worker's rank.
         key: The worker's attested signing key.
         interval: Seconds between writes.
-        waiting: Returns the peer rank this worker is blocked on (``None``: on nobody; the
-            coordinator is not a peer) and since when (``time.monotonic()``).
+        waiting: Returns the rank this worker is blocked on (``None``: on nobody; 0 is the
+            coordinator) and since when (``time.monotonic()``): the start of the wait, or when
+            not blocked the end of its last one.
     """
 
     def __init__(
@@ -126,7 +134,13 @@ class Heartbeat:
         """Write one record."""
         self.seq += 1
         peer, since = self.waiting()
-        body = {"seq": self.seq, "waiting_on": peer, "waited": round(time.monotonic() - since, 3) if peer else 0.0}
+        elapsed = round(max(0.0, time.monotonic() - since), 3)
+        body = {
+            "seq": self.seq,
+            "waiting_on": peer,
+            "waited": elapsed if peer is not None else 0.0,
+            "free": 0.0 if peer is not None else elapsed,
+        }
         message = _message(self.run_id, self.session, self.rank, body)
         signed = self.key.sign(message)
         self.store.set(record_key(self.run_id, self.session, self.rank), bytes(signed))
@@ -149,8 +163,10 @@ class Heartbeat:
 class _Seen:
     seq: int = 0
     changed: float = 0.0
-    waiting_on: int | None = None
+    waiting_on: int | None = None  # a watched worker it waits on
     waited: float = 0.0
+    on_coordinator: bool = False  # it waits on the coordinator
+    free: float = 0.0  # seconds it has not been blocked, by its own account
 
 
 class Watchdog:
@@ -222,12 +238,14 @@ class Watchdog:
             body = self._read(rank, key)
             if body is None:
                 continue
-            seq, peer, waited = body.get("seq"), body.get("waiting_on"), body.get("waited")
+            seq, peer, waited, free = body.get("seq"), body.get("waiting_on"), body.get("waited"), body.get("free")
             if type(seq) is not int or seq <= seen.seq:
                 continue
             seen.seq, seen.changed = seq, now
             seen.waiting_on = peer if type(peer) is int and peer in members and peer != rank else None
-            seen.waited = float(waited) if isinstance(waited, int | float) and waited >= 0 else 0.0
+            seen.waited = _seconds(waited)
+            seen.on_coordinator = type(peer) is int and peer == COORDINATOR_RANK
+            seen.free = _seconds(free) if peer is None else 0.0
 
     def assess(self) -> Fault | None:
         """The fault the records show now, if any (see the module docstring)."""
@@ -252,12 +270,20 @@ class Watchdog:
                 chain.append(current)
                 current = self.seen[current].waiting_on  # type: ignore[assignment]
             else:
+                accused = self.seen[current]
+                if accused.on_coordinator:  # it owes nothing: the claim or its record is a lie
+                    claim = (chain[-1], current)
+                    if claim not in self.disputes:
+                        self.disputes.append(claim)
+                    continue
+                if accused.free < self.silence_timeout:  # busy, by its own account: not yet
+                    continue
                 waits = " -> ".join(str(r) for r in chain)
                 return Fault(
                     current,
                     "withholding",
                     f"rank {rank} waited {seen.waited:.1f} s on a transfer (waits: {waits} -> {current}); "
-                    f"rank {current} is alive and waits on nobody",
+                    f"rank {current} is alive and has waited on nobody for {accused.free:.1f} s",
                 )
         return None
 
@@ -303,3 +329,8 @@ class WatchdogThread:
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=5.0)
+
+
+def _seconds(value: Any) -> float:
+    """A duration from a record: a non-negative number, else 0."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0 else 0.0

@@ -112,6 +112,8 @@ class Transport:
         self.waiting_on: int | None = None
         """The rank a blocking receive is waiting on now (``None`` between receives)."""
         self.waiting_since = 0.0
+        self.free_since = time.monotonic()
+        """When the last blocking receive ended (or the transport was made)."""
         self.last_src: int | None = None
         """The rank the last receive was from (what the caller parses next came from it)."""
 
@@ -282,7 +284,10 @@ class Transport:
             ) from None
 
     def _recv(self, src: int, tensor: torch.Tensor) -> None:
-        self.waiting_on, self.waiting_since, self.last_src = src, time.monotonic(), src
+        # each time is set before the state it dates, so the heartbeat thread never pairs a
+        # state with the time of the one before (:meth:`wait_state`)
+        self.waiting_since, self.last_src = time.monotonic(), src
+        self.waiting_on = src
         try:
             dist.recv(tensor, src)
         except Exception as exc:  # noqa: BLE001
@@ -292,7 +297,14 @@ class Transport:
                 cause=_cause(exc),
             ) from None
         finally:
+            self.free_since = time.monotonic()
             self.waiting_on = None
+
+    def wait_state(self) -> tuple[int | None, float]:
+        """The rank a blocking receive waits on now (``None``: none) and since when: the wait's
+        start, or the end of the last receive when none is waiting (``time.monotonic()``)."""
+        peer = self.waiting_on
+        return (peer, self.waiting_since) if peer is not None else (None, self.free_since)
 
     def flush(self) -> None:
         """Wait until every non-blocking send has completed."""

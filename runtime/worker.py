@@ -477,7 +477,7 @@ class StageWorker:
             self.rank,
             self.key,
             self.config.heartbeat_timeout / 4,
-            lambda: (self.transport.waiting_on, self.transport.waiting_since),
+            self.transport.wait_state,
         )
         heartbeat.start()
         try:

@@ -99,6 +99,31 @@ def test_two_workers_each_claiming_to_wait_on_the_other_is_a_dispute_that_blames
     assert {tuple(sorted(cycle)) for cycle in world.watchdog.disputes} == {(1, 2)}
 
 
+def test_a_claim_against_a_worker_that_waits_on_the_coordinator_is_a_dispute() -> None:
+    """1 claims to have waited 25 s on 2, but 2 waits on the coordinator, which a worker does
+    only once its step's sends are done: one of them lies, so nobody is named (before, the idle
+    worker 2 was named ``withholding``, and a malicious 1 could get it replaced)."""
+    world = World()
+    world.waits[1] = (2, time.monotonic() - 25)
+    world.waits[2] = (0, time.monotonic() - 30)
+    for _ in range(3):
+        assert world.tick(1.0) is None
+    assert world.watchdog.disputes == [(1, 2)]
+
+
+def test_a_busy_worker_is_named_only_once_it_has_been_unblocked_for_the_silence_timeout() -> None:
+    """The accused's own record must agree that it has not been blocked for ``silence_timeout``
+    seconds (20 s here): a worker that received 3 s ago is working, not withholding."""
+    world = World()
+    world.waits[1] = (2, time.monotonic() - 25)
+    world.waits[2] = (None, time.monotonic() - 3)
+    assert world.tick(1.0) is None and world.watchdog.disputes == []
+    world.waits[2] = (None, time.monotonic() - 21)
+    fault = world.tick(1.0)
+    assert (fault.rank, fault.cause) == (2, "withholding")
+    assert "waited on nobody for 21" in fault.reason
+
+
 def test_a_record_signed_by_another_worker_does_not_count_as_a_heartbeat() -> None:
     """Worker 3 keeps writing worker 2's record under its own key: worker 2 still goes quiet."""
     world = World()
