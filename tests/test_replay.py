@@ -87,12 +87,14 @@ def test_replay_shows_the_attack_and_the_proposed_defence_catches_it(
     assert payload["defended"]["caught"] is True
     attack = payload["attack"]
     if example == "spot-check-eject" and attack["detections"] > 0:
-        # The damage trace is a rare event under a 5% spot check; in a 2-step run the check catches
-        # the attack's first step in many runs (commit-then-sample draws fresh
-        # randomness). Then the step is recomputed and no tampered unit may stay in the model; the
-        # prediction is shown only by the runs the check misses.
-        assert attack["shows_prediction"] is False and attack["in_model"] == 0
-        assert result.exit_code == 1, result.output
+        # Under a 5% spot check the sample sometimes catches a tampered step (commit-then-sample
+        # draws fresh randomness). The detected step is recomputed without the convict, so its
+        # tampered units never reach the model; those of an earlier step the sample missed stay
+        # (the standby resumes from that step's checkpoint, which the sample passed), and then the
+        # run still shows the prediction.
+        assert attack["in_model"] < attack["tampered"]
+        assert attack["shows_prediction"] is (attack["in_model"] > 0)
+        assert result.exit_code == (0 if attack["shows_prediction"] else 1), result.output
         return
     assert result.exit_code == 0, result.output
     assert attack["shows_prediction"] is True
