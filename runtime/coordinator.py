@@ -1753,7 +1753,7 @@ class Coordinator:
             receipts[s] = [
                 self._accept_receipt(wid, s, step, _hex(r, None, "receipt"), log=False) for r in raw_receipts
             ]
-            headers[s] = [parse_header(_hex(raw, None, "header")) for raw in raw_headers]
+            headers[s] = [self._accept_header(wid, s, step, _hex(raw, None, "header")) for raw in raw_headers]
             if s == c.stages - 1:
                 mb_losses = self._reported_losses(wid, msg, receipts[s])
                 loss = step_loss([torch.tensor(v, dtype=torch.float32) for v in mb_losses])
@@ -1774,6 +1774,40 @@ class Coordinator:
                     self.log.append_header(header)
                     self.counts["headers"] += 1
         return StepCommit(step, receipts, headers, loss, mb_losses, checks, checks_run)
+
+    def _accept_header(self, wid: str, stage: int, step: int, raw: bytes) -> SignedHeader:
+        """Take a signed header that stage ``stage``'s worker ``wid`` received in ``step`` and
+        commits to. It must be genuine: signed by the attested key of the worker that runs its
+        sender stage, for a transfer of this run and step to ``stage``. The link checks take a
+        header as evidence against its sender (an equivocation), and the log keeps it, so one
+        that its receiver forged or took from another transfer must not get that far.
+
+        Raises:
+            TransportError: The header is malformed, not genuine or of another transfer (the
+                worker that committed it is at fault: it checked the header when it arrived).
+        """
+        c = self.config
+        try:
+            header = parse_header(raw)
+            sender = self.stage_ids[header.sender_stage] if header.sender_stage < c.stages else None
+            if sender is None or header.sender != sender or sender not in self.keys:
+                raise TransportError(
+                    f"worker {wid} committed a signed header from {header.sender!r}, which is not the worker of "
+                    f"stage {header.sender_stage}",
+                    peer=self.rank_of(stage),
+                )
+            verify_header(header, self.keys[sender])
+        except AttestError as exc:
+            raise TransportError(
+                f"worker {wid} committed a signed header that is not genuine: {exc.message}", peer=self.rank_of(stage)
+            ) from None
+        if (header.run_id, header.receiver_stage, header.step) != (self.run_id, stage, step):
+            raise TransportError(
+                f"worker {wid} committed a signed header of another transfer (run {header.run_id!r}, to stage "
+                f"{header.receiver_stage}, step {header.step})",
+                peer=self.rank_of(stage),
+            )
+        return header
 
     def _reported_losses(self, wid: str, msg: dict[str, Any], receipts: list[Receipt]) -> list[float]:
         """The micro-batch losses the last stage's commitment reports, in micro-batch order. With
@@ -1821,7 +1855,8 @@ class Coordinator:
         signed headers match the senders' receipts, and that every stage computed with the weights
         it was left with (``_check_weights_chain``); return one detection per disagreement.
 
-        The sender is blamed: its signed header proves what it sent, so a sender whose receipt
+        The sender is blamed: its signed header (checked by ``_accept_header`` when the
+        commitment arrived) proves what it sent, so a sender whose receipt
         commits to another tensor than the one it signed and sent (an equivocation) is caught
         here, and a receiver whose receipt commits to another input than the signed header it
         holds is blamed for that."""

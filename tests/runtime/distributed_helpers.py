@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from stagewarden.attest.tensor_digest import digest_state_dict, update_output_digest
+from stagewarden.attest.headers import SignedHeader, TransferKind
+from stagewarden.attest.tensor_digest import TensorDigest, digest_state_dict, update_output_digest
 from stagewarden.runtime.attacks import AttackPlan
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.data import Batches, load_corpus
@@ -68,3 +70,21 @@ def fires_once(stage: int, step: int, quiet_steps: tuple[int, ...] = ()) -> dict
         and not any(plan(x).active(stage, t, 0) for t in quiet_steps)
     )
     return plan(seed).to_json()
+
+
+def activation_header(run_id: str = "r", **changes: Any) -> SignedHeader:
+    """An unsigned header of stage 0's (worker ``s0r0``) activation of micro-batch 1 of step 0
+    to stage 1, with ``changes`` (its tensor digest is a placeholder until set)."""
+    header = SignedHeader(
+        run_id=run_id,
+        sender="s0r0",
+        sender_stage=0,
+        sender_replica=0,
+        receiver_stage=1,
+        step=0,
+        micro_batch=1,
+        kind=TransferKind.ACTIVATION,
+        tensor=TensorDigest("float32", (), bytes(32)),
+        signed_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    )
+    return dataclasses.replace(header, **changes)

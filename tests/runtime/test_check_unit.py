@@ -3,13 +3,15 @@ coordinator without a run: receipts and tensors made here)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
 import pytest
 import torch
-from distributed_helpers import tiny_config
+from distributed_helpers import activation_header, tiny_config
 from nacl.signing import SigningKey
+from stagewarden.attest.headers import SignedHeader, encode_header, sign_header
 from stagewarden.attest.receipts import ExecutionEnv, Receipt, UnitKind, chain_genesis, sign_receipt
 from stagewarden.attest.tensor_digest import (
     digest_state_dict,
@@ -17,6 +19,7 @@ from stagewarden.attest.tensor_digest import (
     gradient_trace_digest,
     gradients_digest,
     last_forward_output_digest,
+    tensor_digest,
     update_input_digest,
     update_output_digest,
 )
@@ -177,3 +180,31 @@ def test_a_reported_loss_must_be_the_one_the_receipt_commits_to() -> None:
     message["microbatch_losses"][1] = (loss + 1.0).hex()
     with pytest.raises(TransportError, match="s2r0 reported another loss of micro-batch 1"):
         coordinator._reported_losses("s2r0", message, [receipt])
+
+
+def test_a_committed_header_must_be_genuine_and_of_this_transfer() -> None:
+    """The link checks convict a header's sender of equivocation on the header's word, so the
+    coordinator takes a header a receiver commits to only if the sender's attested key signed
+    it, for this run and step and for that receiver; anything else is the receiver's fault
+    (it checked the header when it arrived). Without the check a receiver could forge a header
+    in an honest sender's name and have it convicted."""
+    keys = {wid: SigningKey(bytes([i + 1]) * 32) for i, wid in enumerate(("s0r0", "s1r0", "s2r0"))}
+    coordinator = _coordinator()
+    coordinator.run_id, coordinator.stage_ids, coordinator.stage_ranks = "run", list(keys), [1, 2, 3]
+    coordinator.keys = {wid: bytes(k.verify_key) for wid, k in keys.items()}
+    genuine = activation_header("run", tensor=tensor_digest(torch.ones(2, 3)))
+
+    def accept(key: SigningKey, **changes: Any) -> SignedHeader:
+        raw = encode_header(sign_header(dataclasses.replace(genuine, **changes), key))
+        return coordinator._accept_header("s1r0", 1, 0, raw)
+
+    assert accept(keys["s0r0"]).tensor == genuine.tensor
+    for key, changes, why in (
+        (keys["s1r0"], {}, "not genuine"),  # the receiver signs in the sender's name
+        (keys["s1r0"], {"sender": "s1r0"}, "not the worker of stage 0"),
+        (keys["s1r0"], {"receiver_stage": 2, "sender_stage": 1, "sender": "s1r0"}, "another transfer"),
+        (keys["s0r0"], {"step": 1}, "another transfer"),
+        (keys["s0r0"], {"run_id": "other"}, "another transfer"),
+    ):
+        with pytest.raises(TransportError, match=why):
+            accept(key, **changes)

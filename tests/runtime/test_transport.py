@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from distributed_helpers import activation_header
 from nacl.signing import SigningKey
 from stagewarden.attest.headers import SignedHeader, TransferKind, encode_header, sign_header
 from stagewarden.attest.tensor_digest import TensorDigest, tensor_digest
@@ -74,19 +75,8 @@ def test_check_header_rejects_another_transfer(overrides: dict[str, object]) -> 
 
 
 def _template() -> SignedHeader:
-    """The header of stage 0's activation of micro-batch 1 (its digest is filled in when sent)."""
-    return SignedHeader(
-        run_id="r",
-        sender="s0r0",
-        sender_stage=0,
-        sender_replica=0,
-        receiver_stage=1,
-        step=0,
-        micro_batch=1,
-        kind=TransferKind.ACTIVATION,
-        tensor=TensorDigest("float32", (), bytes(32)),
-        signed_at=dt.datetime.now(dt.UTC),
-    )
+    """The header of stage 0's activation of micro-batch 1, signed now (its digest is filled in when sent)."""
+    return activation_header(signed_at=dt.datetime.now(dt.UTC))
 
 
 def _run_pair(target: Any) -> dict[str, Any]:
