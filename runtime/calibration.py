@@ -100,7 +100,7 @@ def reexecute_calibration_unit(
     and :func:`~stagewarden.runtime.spotcheck.reexecute_backward`."""
     c = config
     targets = inputs.get("targets")
-    out = reexecute_forward_outputs(
+    out: dict[str, torch.Tensor] = reexecute_forward_outputs(
         c.model, c.stages, stage, weights, inputs["input"], targets, microbatches=c.microbatches
     )
     result = reexecute_backward(

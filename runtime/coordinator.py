@@ -2289,7 +2289,7 @@ class Coordinator:
         c, stage, inputs = self.config, unit.stage, unit.inputs
         with deterministic(c.train.threads):
             if unit.kind == "forward":  # its output and, on the last stage, the loss
-                return reexecute_forward_outputs(
+                outputs: dict[str, torch.Tensor] = reexecute_forward_outputs(
                     c.model,
                     c.stages,
                     stage,
@@ -2299,6 +2299,7 @@ class Coordinator:
                     microbatches=c.microbatches,
                     pool=self.stage_pool,
                 )
+                return outputs
             result = reexecute_backward(
                 c.model,
                 c.stages,
@@ -2630,9 +2631,12 @@ def _output_committed(unit: FetchedUnit, receipt: Receipt, accumulated: bytes | 
 def _forward_output_digest(outputs: dict[str, torch.Tensor]) -> bytes:
     """What a forward receipt commits to, from the unit's outputs: the ``output`` activation's
     digest or, with a ``loss`` (the last stage), the digest of the logits and the loss."""
+    digest: bytes
     if "loss" in outputs:
-        return last_forward_output_digest(digest_tensor(outputs["output"]), loss_digest(outputs["loss"]))
-    return digest_tensor(outputs["output"])
+        digest = last_forward_output_digest(digest_tensor(outputs["output"]), loss_digest(outputs["loss"]))
+    else:
+        digest = digest_tensor(outputs["output"])
+    return digest
 
 
 def _weights_digest(weights: dict[str, torch.Tensor], digests: dict[str, bytes], group: str = "weights") -> bytes:

@@ -150,7 +150,8 @@ def loss_digest(loss: torch.Tensor | float) -> bytes:
     stage's forward receipt commits to it
     (:func:`~stagewarden.attest.tensor_digest.last_forward_output_digest`)."""
     value = float(loss)
-    return digest_tensor(torch.tensor(math.nan if math.isnan(value) else value, dtype=torch.float32))
+    digest: bytes = digest_tensor(torch.tensor(math.nan if math.isnan(value) else value, dtype=torch.float32))
+    return digest
 
 
 def step_loss(losses: list[torch.Tensor]) -> float:
