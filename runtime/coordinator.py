@@ -790,9 +790,8 @@ class Coordinator:
         code = code_digest()
         out = {}
         for s, wid in enumerate(self.stage_ids):
-            weights = build_stage(c.model, c.stages, s, c.seed).state_dict()
-            out[wid] = stage_measurement(c, s, weights, code)
-            self._initial_weights[s] = digest_state_dict(weights)  # the same digest the measurement holds
+            self._initial_weights[s] = digest_state_dict(build_stage(c.model, c.stages, s, c.seed).state_dict())
+            out[wid] = stage_measurement(c, s, self._initial_weights[s], code)
         for k in self.free_standbys:
             out[self.standby_ids[k]] = stage_measurement(c, None, None, code)
         return out

@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import torch
 from stagewarden.attest.evidence import measure_stage
-from stagewarden.attest.tensor_digest import digest_state_dict
 from stagewarden.attest.token import canonical_json
 from stagewarden.runtime.config import RunConfig
 
@@ -39,9 +37,8 @@ def stage_config(config: RunConfig, stage: int | None) -> bytes:
     return canonical_json({"run": config.measured_json(), "stage": stage})
 
 
-def stage_measurement(
-    config: RunConfig, stage: int | None, weights: dict[str, torch.Tensor] | None, code: bytes
-) -> bytes:
-    """The measurement of a worker for ``stage`` with these initial weights (``None`` for a standby: no weights yet)."""
-    weights_digest = digest_state_dict(weights) if weights is not None else hashlib.sha256(b"standby").digest()
-    return measure_stage(code, stage_config(config, stage), weights_digest)
+def stage_measurement(config: RunConfig, stage: int | None, weights_digest: bytes | None, code: bytes) -> bytes:
+    """The measurement of a worker for ``stage`` whose initial weights have this
+    :func:`~stagewarden.attest.tensor_digest.digest_state_dict` (``None`` for a standby: no weights yet)."""
+    digest = weights_digest if weights_digest is not None else hashlib.sha256(b"standby").digest()
+    return measure_stage(code, stage_config(config, stage), digest)

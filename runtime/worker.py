@@ -567,7 +567,8 @@ class StageWorker:
             if self.vendor_dir is None:
                 raise TransportError("attestation is on but this worker has no vendor folder (--vendor)")
             weights = {k: v.detach().cpu() for k, v in self.module.state_dict().items()} if self.module else None
-            measurement = stage_measurement(self.config, self.stage_index, weights, code_digest())
+            digest = digest_state_dict(weights) if weights is not None else None
+            measurement = stage_measurement(self.config, self.stage_index, digest, code_digest())
             device = device_identity(load_vendor(self.vendor_dir), device_id_for(self.rank))
             evidence = SimulatedProvider(device, measurement).get_evidence(bytes.fromhex(nonce_hex), pubkey)
             message["evidence"] = evidence.hex()
