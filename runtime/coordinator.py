@@ -344,9 +344,10 @@ class Coordinator:
         self._pool: StagePool | None = None
         self._last_updates: dict[int, tuple[Receipt, bytes]] = {}
         """Per stage, its last accepted update receipt and the weights digest it commits to."""
-        self._traces: dict[tuple[int, int], list[bytes]] = {}
-        """Per (stage, step) of the last few accepted updates: the gradient trace the update
-        receipt commits to (the accumulated gradients after each backward unit of the step)."""
+        self._traces: dict[int, dict[int, list[bytes]]] = {}
+        """Per step of the last few whose update ran, and per stage that updated: the gradient
+        trace its update receipt commits to (the accumulated gradients after each backward unit
+        of the step)."""
         self._updated_commits: dict[int, StepCommit] = {}
         """The commitments of the last few steps whose update ran, by step (the referee checks
         the backward units behind an update with them)."""
@@ -1279,8 +1280,9 @@ class Coordinator:
                 self.counts["update"] += 1
         sample = self._draw_sample(commit, receipts)
         self._updated_commits[step] = commit
-        for old in [t for t in self._updated_commits if t < step - TRACES_KEPT]:
-            del self._updated_commits[old]
+        for kept in (self._updated_commits, self._traces):
+            for old in [t for t in kept if t < step - TRACES_KEPT]:
+                del kept[old]
         pushes: dict[int, list[tuple[int, str]]] = {}
         for s in stages:
             asked = [(m, k) for t, m, k in sample if t == s]
@@ -1338,9 +1340,7 @@ class Coordinator:
         self._undo[s] = (step, expected, self._expected_weights(s))
         self._optimizer[s], self._weights[s] = after.hex(), weights.hex()
         self._last_updates[s] = (receipt, weights)
-        self._traces[(s, step)] = trace
-        for key in [k for k in self._traces if k[0] == s and k[1] < step - TRACES_KEPT]:
-            del self._traces[key]
+        self._traces.setdefault(step, {})[s] = trace
         return found
 
     def respond(self, step: int, attempt: int, detection: dict[str, Any]) -> ResponsePlan:
@@ -2265,7 +2265,7 @@ class Coordinator:
         """The gradient trace stage ``stage``'s update receipt of ``commit``'s step commits to; for
         stage 0 its backward receipts are the trace. ``None`` when the stage made no update that
         step (a stage frozen by ``skip_stage``: its gradients of the step are never used)."""
-        trace = self._traces.get((stage, commit.step))
+        trace = self._traces.get(commit.step, {}).get(stage)
         if trace is None and stage == 0:
             trace = self._backward_outputs(commit, 0)
         return trace
@@ -2356,7 +2356,7 @@ class Coordinator:
                 return found("fetch", f"no update unit returned: {exc}")
         grads = {k[5:]: v for k, v in unit.inputs.items() if k.startswith("grad.")}
         state = {k[10:]: v for k, v in unit.inputs.items() if k.startswith("optimizer.")}
-        trace = self._traces.get((s, step))
+        trace = self._traces.get(step, {}).get(s)
         if trace is None:
             raise RunFailed(f"the gradient trace of stage {s}'s update of step {step} is no longer kept")
         committed_input = update_input_digest(gradient_trace_digest(trace), digest_state_dict(state))

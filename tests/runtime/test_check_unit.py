@@ -80,7 +80,7 @@ def test_a_backward_unit_must_rerun_its_forward_on_the_committed_input() -> None
     commit = StepCommit(0, {1: [forward, backward]}, {}, 0.0, [])
     coordinator = _coordinator()
     # the trace says the unit started from gradients the worker does not return
-    coordinator._traces[(1, 0)] = [gradients_digest([torch.zeros(3)]), gradients_digest([torch.ones(3)])]
+    coordinator._traces[0] = {1: [gradients_digest([torch.zeros(3)]), gradients_digest([torch.ones(3)])]}
 
     def check(activation: torch.Tensor) -> list[dict[str, Any]]:
         unit = FetchedUnit(1, 0, 1, "backward", {"input": activation, "grad_output": grad_output}, weights)

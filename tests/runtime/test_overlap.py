@@ -232,7 +232,8 @@ def test_the_sample_is_drawn_and_named_only_after_every_update_receipt() -> None
     coordinator.transport = _ScriptedTransport()  # type: ignore[assignment]
     coordinator.stage_ranks = [1, 2, 3]
     coordinator.stage_ids = ["s0r0", "s1r0", "s2r0"]
-    coordinator.final_weights, coordinator.busy, coordinator._updated_commits = {}, [0.0] * 3, {}
+    coordinator.final_weights, coordinator.busy = {}, [0.0] * 3
+    coordinator._updated_commits, coordinator._traces = {}, {}
     drawn_at: list[int] = []
 
     def draw(commit: StepCommit, updates: dict[int, Any]) -> list[tuple[int, int, str]]:
