@@ -197,6 +197,46 @@ class FetchedUnit:
 
 
 @dataclasses.dataclass
+class _Commitment:
+    """One stage's verified commitment for a step (:meth:`Coordinator._take_commitment`)."""
+
+    busy: float
+    receipts: list[Receipt] = dataclasses.field(default_factory=list)
+    headers: list[SignedHeader] = dataclasses.field(default_factory=list)
+    loss: float = float("nan")
+    microbatch_losses: list[float] = dataclasses.field(default_factory=list)
+    checks: list[Any] | None = None
+    checks_run: int = 0
+
+
+class _CommitmentThread(threading.Thread):
+    """Takes one stage's commitment (:meth:`Coordinator._take_commitment`) on its own thread.
+
+    A daemon: when another stage's failure ends the run first, this one may still wait on a
+    receive that never completes, and must not hold the process open."""
+
+    def __init__(self, coordinator: Coordinator, stage: int, step: int) -> None:
+        super().__init__(name=f"commitment-{stage}", daemon=True)
+        self._coordinator, self._stage, self._step = coordinator, stage, step
+        self._result: _Commitment | None = None
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._result = self._coordinator._take_commitment(self._stage, self._step)
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for the outcome
+            self._error = exc
+
+    def outcome(self) -> _Commitment:
+        """Wait for the commitment; raise what taking it raised."""
+        self.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
+@dataclasses.dataclass
 class StepCommit:
     """Everything the workers committed for one step, as the coordinator received it.
 
@@ -1731,38 +1771,37 @@ class Coordinator:
         return body
 
     def collect(self, step: int) -> StepCommit:
-        """Receive every stage's commitment for ``step``; verify and log its receipts and headers."""
+        """Receive every stage's commitment for ``step``; verify and log its receipts and headers.
+
+        The outcomes are taken in stage order: a stage that died mid-step is met as a closed
+        connection (taking the last stage first left the verdict to the chain of waits, which
+        blamed the next stage), and of two faulty commitments the lower stage's is the one
+        reported. With gloo the work is not: the pipeline's stages finish from the last to the
+        first, so while this thread waits for stage 0, one thread per other stage receives and
+        verifies that stage's commitment as it arrives (:meth:`_take_commitment`), and after
+        stage 0's only its own verification is left. (NCCL point-to-point calls from several
+        threads could interleave differently on each rank: with it the stages are taken one
+        after the other.)"""
         c = self.config
-        receipts: dict[int, list[Receipt]] = {}
-        headers: dict[int, list[SignedHeader]] = {}
-        loss, mb_losses = float("nan"), []
-        checks: dict[int, list[Any]] = {}
-        checks_run: dict[int, int] = {}
-        # in stage order: a stage that died mid-step is then met as a closed connection; taking the
-        # last stage first left the verdict to the chain of waits, which blamed the next stage
-        for s in range(c.stages):
-            wid = self.stage_ids[s]
-            msg = self.transport.recv_json(self.rank_of(s), "commit")
-            self.busy[s] += _busy(msg)
-            if msg.get("step") != step:
-                raise TransportError(f"worker {wid} committed step {msg.get('step')}, not {step}")
-            raw_receipts, raw_headers = msg.get("receipts"), msg.get("headers")
-            if not isinstance(raw_receipts, list) or not isinstance(raw_headers, list):
-                raise TransportError(f"worker {wid}'s commitment has no receipt or header list")
-            receipts[s] = [
-                self._accept_receipt(wid, s, step, _hex(r, None, "receipt"), log=False) for r in raw_receipts
-            ]
-            headers[s] = [self._accept_header(wid, s, step, _hex(raw, None, "header")) for raw in raw_headers]
-            if s == c.stages - 1:
-                mb_losses = self._reported_losses(wid, msg, receipts[s])
-                loss = step_loss([torch.tensor(v, dtype=torch.float32) for v in mb_losses])
-            if c.verification == "redundant_neighbour" and s >= 1:
-                reported, run = msg.get("checks"), msg.get("checks_run")
-                if not isinstance(reported, list) or not isinstance(run, int) or isinstance(run, bool) or run < 0:
-                    raise TransportError(f"worker {wid}'s commitment has no check report")
-                checks[s], checks_run[s] = reported, run
+        taken: dict[int, _Commitment] = {}
+        if c.backend == "gloo" and c.stages > 1:
+            threads = {s: _CommitmentThread(self, s, step) for s in range(1, c.stages)}
+            for thread in threads.values():
+                thread.start()
+            taken[0] = self._take_commitment(0, step)
+            for s, thread in threads.items():
+                taken[s] = thread.outcome()
+        else:
+            for s in range(c.stages):
+                taken[s] = self._take_commitment(s, step)
+        receipts = {s: t.receipts for s, t in taken.items()}
+        headers = {s: t.headers for s, t in taken.items()}
+        last = taken[c.stages - 1]
+        checks = {s: t.checks for s, t in taken.items() if t.checks is not None}
+        checks_run = {s: t.checks_run for s, t in taken.items() if t.checks is not None}
         # a step's commitments enter the log together, so a crash mid-collection leaves none of them
         for s in range(c.stages):
+            self.busy[s] += taken[s].busy
             for r in receipts[s]:
                 self.counts[str(r.kind)] += 1
                 if self.log is not None:
@@ -1772,7 +1811,49 @@ class Coordinator:
                 if self.log is not None:
                     self.log.append_header(header)
                     self.counts["headers"] += 1
-        return StepCommit(step, receipts, headers, loss, mb_losses, checks, checks_run)
+        return StepCommit(step, receipts, headers, last.loss, last.microbatch_losses, checks, checks_run)
+
+    def _take_commitment(self, s: int, step: int) -> _Commitment:
+        """Receive stage ``s``'s commitment for ``step`` and verify its receipts, headers, losses
+        and check report. Touches nothing another stage's commitment touches (its worker's hash
+        chain head is its own), so the stages can be taken on separate threads.
+
+        Raises:
+            TransportError: The receive failed or the commitment fails a check; its ``peer`` is
+                stage ``s``'s rank (a receive on another thread may have come in since).
+        """
+        c = self.config
+        wid, rank = self.stage_ids[s], self.rank_of(s)
+        try:
+            msg = self.transport.recv_json(rank, "commit")
+            if msg.get("step") != step:
+                raise TransportError(f"worker {wid} committed step {msg.get('step')}, not {step}")
+            raw_receipts, raw_headers = msg.get("receipts"), msg.get("headers")
+            if not isinstance(raw_receipts, list) or not isinstance(raw_headers, list):
+                raise TransportError(f"worker {wid}'s commitment has no receipt or header list")
+            out = _Commitment(_busy(msg))
+            out.receipts = [
+                self._accept_receipt(wid, s, step, _hex(r, None, "receipt"), log=False) for r in raw_receipts
+            ]
+            out.headers = [self._accept_header(wid, s, step, _hex(raw, None, "header")) for raw in raw_headers]
+            if s == c.stages - 1:
+                out.microbatch_losses = self._reported_losses(wid, msg, out.receipts)
+                out.loss = step_loss([torch.tensor(v, dtype=torch.float32) for v in out.microbatch_losses])
+            if c.verification == "redundant_neighbour" and s >= 1:
+                reported, run = msg.get("checks"), msg.get("checks_run")
+                if not isinstance(reported, list) or not isinstance(run, int) or isinstance(run, bool) or run < 0:
+                    raise TransportError(f"worker {wid}'s commitment has no check report")
+                out.checks, out.checks_run = reported, run
+            return out
+        except TransportError as exc:
+            if exc.peer is None:
+                exc.peer = rank
+            raise
+        except _CONTENT_ERRORS as exc:
+            message = exc.message if isinstance(exc, AttestError) else str(exc)
+            raise TransportError(
+                f"worker {wid}'s commitment for step {step} is malformed: {message}", peer=rank
+            ) from None
 
     def _accept_header(self, wid: str, stage: int, step: int, raw: bytes) -> SignedHeader:
         """Take a signed header that stage ``stage``'s worker ``wid`` received in ``step`` and
