@@ -1778,7 +1778,7 @@ class Coordinator:
         blamed the next stage), and of two faulty commitments the lower stage's is the one
         reported. With gloo the work is not: the pipeline's stages finish from the last to the
         first, so while this thread waits for stage 0, one thread per other stage receives and
-        verifies that stage's commitment as it arrives (:meth:`_take_commitment`), and after
+        verifies that stage's commitment as it arrives (``_take_commitment``), and after
         stage 0's only its own verification is left. (NCCL point-to-point calls from several
         threads could interleave differently on each rank: with it the stages are taken one
         after the other.)"""
