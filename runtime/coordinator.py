@@ -831,8 +831,7 @@ class Coordinator:
         code = code_digest()
         out = {}
         for s, wid in enumerate(self.stage_ids):
-            self._initial_weights[s] = digest_state_dict(build_stage(c.model, c.stages, s, c.seed).state_dict())
-            out[wid] = stage_measurement(c, s, self._initial_weights[s], code)
+            out[wid] = stage_measurement(c, s, self._initial_weights_digest(s), code)
         for k in self.free_standbys:
             out[self.standby_ids[k]] = stage_measurement(c, None, None, code)
         return out
@@ -1047,9 +1046,12 @@ class Coordinator:
         """The digest of the weights stage ``s`` holds now: those its last update, restore or load
         reported, else the initial weights derived from the seed."""
         known = self.final_weights.get(s)
-        if known:
-            return bytes.fromhex(known)
-        if s not in self._initial_weights:  # built once: admission has built it when it measured the stage
+        return bytes.fromhex(known) if known else self._initial_weights_digest(s)
+
+    def _initial_weights_digest(self, s: int) -> bytes:
+        """The digest of stage ``s``'s initial weights, derived from the seed (the stage is built
+        once: admission measures it, and the weights chain starts from it)."""
+        if s not in self._initial_weights:
             c = self.config
             self._initial_weights[s] = digest_state_dict(build_stage(c.model, c.stages, s, c.seed).state_dict())
         return self._initial_weights[s]

@@ -203,7 +203,7 @@ class Transport:
         if digest is None:
             digest = tensor_digest(wire if wire.device.type == "cpu" else wire.cpu())
         signed = sign_header(dataclasses.replace(header, tensor=digest, signed_at=dt.datetime.now(dt.UTC)), key)
-        self._send(dst, [self._transfer_frame(encode_header(signed), wire)], blocking)
+        self.send_relayed(dst, encode_header(signed), wire, blocking=blocking)
         return signed
 
     def recv_signed(self, src: int, expected: Expected) -> tuple[torch.Tensor, SignedHeader | None, bytes]:
