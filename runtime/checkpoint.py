@@ -27,7 +27,7 @@ from typing import Any
 import blake3
 import torch
 from stagewarden.attest.files import atomic_write_bytes, atomic_write_text
-from stagewarden.attest.tensor_digest import digest_state_dict, digest_tensor
+from stagewarden.attest.tensor_digest import digest_tensor, weights_digest
 
 FORMAT = "stagewarden-checkpoint"
 VERSION = 1
@@ -133,13 +133,14 @@ def save_checkpoint(
             _check_state(state, str(folder / name))
             data = _encode(state)
             atomic_write_bytes(folder / name, data)
+            tensors = {k: digest_tensor(v) for k, v in sorted(state.items())}  # each tensor hashed once
             files[name] = {
                 "kind": kind,
                 "stage": int(stage),
                 "bytes": len(data),
                 "blake3": blake3.blake3(data).hexdigest(),
-                "digest": digest_state_dict(state).hex(),
-                "tensors": {k: digest_tensor(v).hex() for k, v in sorted(state.items())},
+                "digest": weights_digest(tensors).hex(),
+                "tensors": {k: d.hex() for k, d in tensors.items()},
             }
     manifest = {"format": FORMAT, "version": VERSION, "step": step, "meta": meta_dict, "files": files}
     text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n"
@@ -220,10 +221,11 @@ def _load_file(path: Path, entry: Mapping[str, Any]) -> StateDict:
     expected: dict[str, str] = entry["tensors"]
     if set(state) != set(expected):
         raise CheckpointError(f"{path}: its tensor names differ from the manifest's")
-    for name, value in state.items():
-        if digest_tensor(value).hex() != expected[name]:
+    digests = {name: digest_tensor(value) for name, value in state.items()}
+    for name, digest in digests.items():
+        if digest.hex() != expected[name]:
             raise CheckpointError(f"{path}: tensor {name!r} does not match its digest in the manifest")
-    if digest_state_dict(state).hex() != entry["digest"]:
+    if weights_digest(digests).hex() != entry["digest"]:
         raise CheckpointError(f"{path}: the weights digest does not match the manifest")
     return state
 
