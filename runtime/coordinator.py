@@ -60,7 +60,7 @@ from stagewarden.runtime.checkpoint import (
 )
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.errors import RuntimeSetupError
-from stagewarden.runtime.liveness import Fault, Watchdog, WatchdogThread, connect_store
+from stagewarden.runtime.liveness import Fault, Watchdog, WatchdogThread
 from stagewarden.runtime.measure import code_digest, stage_measurement
 from stagewarden.runtime.model import build_stage
 from stagewarden.runtime.responses import (
@@ -327,6 +327,8 @@ class Coordinator:
         run_id: The run id (default: a random one).
         resume: Continue the interrupted run in ``run_dir`` from its newest verified checkpoint
             instead of starting a new one.
+        heartbeats: The workers' heartbeat records, which the watchdog reads: the coordinator's
+            end of the run's heartbeat channel (:class:`~stagewarden.runtime.liveness.HeartbeatInbox`).
     """
 
     def __init__(
@@ -337,8 +339,11 @@ class Coordinator:
         vendor_dir: str | None,
         run_id: str | None = None,
         resume: bool = False,
+        *,
+        heartbeats: Any,
     ) -> None:
         self.config = config
+        self.heartbeats = heartbeats
         self.run_dir = Path(run_dir)
         self.transport = transport
         self.vendor_dir = vendor_dir
@@ -708,9 +713,7 @@ class Coordinator:
     def _start_watchdog(self) -> None:
         c = self.config
         silence = min(c.silence_timeout, c.timeout / 2)
-        watchdog = Watchdog(
-            connect_store(c.timeout), self.run_id, self.session, self._members, c.heartbeat_timeout, silence
-        )
+        watchdog = Watchdog(self.heartbeats, self.run_id, self.session, self._members, c.heartbeat_timeout, silence)
         self._watchdog = WatchdogThread(watchdog, c.heartbeat_timeout / 4, self._watchdog_fault)
         self._watchdog.start()
 

@@ -25,6 +25,8 @@ from typing import Any
 PARENT_PID_ENV = "STAGEWARDEN_PARENT_PID"
 #: The exit code of a process whose launcher is gone.
 EXIT_LAUNCHER_GONE = 70
+#: Set once this process has joined the run's process groups: it then exits without teardown.
+_JOINED = threading.Event()
 #: cuBLAS needs this workspace setting to run matrix products deterministically (the workers
 #: compute under ``torch.use_deterministic_algorithms``); set when the environment has none.
 CUBLAS_WORKSPACE = ":4096:8"
@@ -78,7 +80,8 @@ def _watch_launcher() -> None:
 
 
 def run_process(config_path: str, out: str, vendor: str | None, resume: str = "never") -> None:
-    """Join the process group and play this rank's role (raises on failure).
+    """Join the process groups (the run's, and the heartbeat channel's) and play this rank's role
+    (raises on failure). The groups are not left: :func:`_run` ends the process instead.
 
     ``resume`` (rank 0): ``never`` starts a new run in ``out``; ``always`` resumes the interrupted
     run there; ``auto`` resumes it if there is one that has not completed, else starts a new run
@@ -86,6 +89,7 @@ def run_process(config_path: str, out: str, vendor: str | None, resume: str = "n
     """
     import torch.distributed as dist
     from stagewarden.runtime.config import load_run_config
+    from stagewarden.runtime.liveness import HeartbeatInbox, HeartbeatSender, heartbeat_group
     from stagewarden.runtime.transport import Transport
 
     config = load_run_config(config_path)
@@ -114,28 +118,34 @@ def run_process(config_path: str, out: str, vendor: str | None, resume: str = "n
         raise EntryError(
             f"rank {rank} could not join the process group: {str(exc).splitlines()[0] if str(exc) else exc}"
         ) from None
+    # From here the process ends without tearing the groups down (see _run): gloo cannot cancel a
+    # receive, the coordinator's heartbeat threads wait in one for as long as their workers live,
+    # and destroying a gloo group, explicitly or in the interpreter's exit, can abort the process.
+    _JOINED.set()
     # nccl moves GPU tensors; gloo moves CPU tensors, so a stage on a GPU sends and receives
     # through host copies and gets what it receives back on its GPU.
     wire = "cuda" if config.backend == "nccl" else "cpu"
     compute = "cuda" if config.device == "cuda" and rank > 0 else "cpu"
     transport = Transport(wire, deliver_to=compute, signed=config.receipts)  # headers belong to receipts
     try:
-        if rank == 0:
-            from stagewarden.runtime.coordinator import Coordinator
+        group = heartbeat_group()  # collective: every rank creates it, before anything else
+    except Exception as exc:  # noqa: BLE001 - torch raises backend-specific errors
+        raise EntryError(
+            f"rank {rank} could not open the heartbeat channel: {str(exc).splitlines()[0] if str(exc) else exc}"
+        ) from None
+    if rank == 0:
+        from stagewarden.runtime.coordinator import Coordinator
 
-            again = resume == "always" or (resume == "auto" and _resumable(Path(out)))
-            if not again and (Path(out) / "summary.json").exists():
-                raise EntryError(f"{out} already holds a run (summary.json exists); the coordinator writes a new one")
-            Coordinator(config, out, transport, vendor, resume=again).run()
-        else:
-            from stagewarden.runtime.worker import StageWorker
+        inbox = HeartbeatInbox(range(1, world), group)
+        inbox.start()  # at once: a worker's heartbeat waits until the coordinator takes it
+        again = resume == "always" or (resume == "auto" and _resumable(Path(out)))
+        if not again and (Path(out) / "summary.json").exists():
+            raise EntryError(f"{out} already holds a run (summary.json exists); the coordinator writes a new one")
+        Coordinator(config, out, transport, vendor, resume=again, heartbeats=inbox).run()
+    else:
+        from stagewarden.runtime.worker import StageWorker
 
-            StageWorker(config, rank, transport, vendor).run()
-    finally:
-        try:
-            dist.destroy_process_group()
-        except Exception:  # noqa: BLE001, S110 - best effort on the way out
-            pass
+        StageWorker(config, rank, transport, vendor, heartbeats=HeartbeatSender(group)).run()
 
 
 def _resumable(out: Path) -> bool:
@@ -231,7 +241,19 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Run this rank's role; the exit code, with any failure reported on stderr and in ``--error-file``."""
+    """Run this rank's role; the exit code, with any failure reported on stderr and in ``--error-file``.
+    A process that joined the run's process groups exits here with that code, after flushing its
+    output, without the interpreter's teardown (see :func:`run_process`)."""
+    code = _run_role(args)
+    if _JOINED.is_set():
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        os._exit(code)
+    return code
+
+
+def _run_role(args: argparse.Namespace) -> int:
     rank = os.environ.get("RANK", "?")
     try:
         run_process(args.config, args.out, args.vendor, args.resume)

@@ -61,7 +61,7 @@ from stagewarden.runtime.attacks import (
 from stagewarden.runtime.calibration import CALIBRATION_UNITS, calibration_inputs, calibration_outputs
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.data import Batches
-from stagewarden.runtime.liveness import Heartbeat, connect_store
+from stagewarden.runtime.liveness import Heartbeat
 from stagewarden.runtime.measure import code_digest, stage_measurement
 from stagewarden.runtime.model import StageModule, build_stage
 from stagewarden.runtime.redundant import CheckOutcome, InputVia, NeighbourReplica
@@ -399,11 +399,16 @@ class StageWorker:
         transport: The point-to-point transport.
         vendor_dir: The simulated vendor folder that provisioned this machine's device identity
             (required when attestation is on).
+        heartbeats: Where this worker's heartbeat records go once it is admitted: its end of the
+            run's heartbeat channel (:class:`~stagewarden.runtime.liveness.HeartbeatSender`).
     """
 
-    def __init__(self, config: RunConfig, rank: int, transport: Transport, vendor_dir: str | None) -> None:
+    def __init__(
+        self, config: RunConfig, rank: int, transport: Transport, vendor_dir: str | None, *, heartbeats: Any
+    ) -> None:
         self.config = config
         self.rank = rank
+        self.heartbeats = heartbeats
         self.transport = transport
         self.vendor_dir = vendor_dir
         self.device = (
@@ -471,7 +476,7 @@ class StageWorker:
         self.ids = {int(s): w for s, w in reply["workers"].items()}
         self.ranks = {int(s): int(r) for s, r in reply.get("ranks", {str(s): s + 1 for s in self.ids}).items()}
         heartbeat = Heartbeat(
-            connect_store(self.config.timeout),
+            self.heartbeats,
             self.run_id,
             int(session),
             self.rank,
