@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -299,18 +300,24 @@ def main() -> int:
             "configurations": rows,
             "bubble": bubbles,
         }
-        from stagewarden.attest.files import atomic_write_text
-
-        out = Path(args.json_path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
-        print(f"written to {out}")
+        write_results(args.json_path, payload)
     return 0
 
 
-if __name__ == "__main__":
+def write_results(path: str, payload: dict[str, Any]) -> None:
+    """Write a benchmark's results as JSON to ``path`` (atomically; its folder is created)."""
+    from stagewarden.attest.files import atomic_write_text
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
+    print(f"written to {out}")
+
+
+def run_cli(entry: Callable[[], int]) -> None:
+    """Exit with ``entry()``'s code; a run that fails is reported in one line, not a traceback."""
     try:
-        sys.exit(main())
+        sys.exit(entry())
     except KeyboardInterrupt:
         print("\ninterrupted; every process of the run was stopped", file=sys.stderr)
         sys.exit(130)
@@ -321,3 +328,7 @@ if __name__ == "__main__":
             raise
         print(f"\nerror: {exc}", file=sys.stderr)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    run_cli(main)
