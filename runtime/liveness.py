@@ -73,8 +73,8 @@ class Fault:
 
 #: Largest record name (:func:`record_key`) a heartbeat frame carries.
 MAX_NAME_BYTES = 256
-#: Bytes of one heartbeat frame: ``u16`` name length, the name, ``u32`` record length, the
-#: record, zero padding (a fixed size, so that the receiver knows what to receive).
+#: The size in bytes of every heartbeat frame (a ``u16`` name length, the name, a ``u32`` record
+#: length, the record, then zero padding), fixed so that the receiver knows what to receive.
 FRAME_BYTES = 2 + MAX_NAME_BYTES + 4 + MAX_RECORD_BYTES
 #: Timeout of the heartbeat group. A gloo receive that times out closes its connection for good,
 #: so the inbox's receives must never time out: the watchdog judges staleness by its own clock.
