@@ -101,6 +101,7 @@ def save_checkpoint(
     stage_states: Mapping[int, Mapping[str, torch.Tensor]],
     optimizer_states: Mapping[int, Mapping[str, torch.Tensor]],
     meta: Mapping[str, Any] | None = None,
+    digests: Mapping[str, Mapping[int, Mapping[str, bytes]]] | None = None,
 ) -> CheckpointInfo:
     """Write a checkpoint of ``step`` atomically: the tensor files, then the manifest.
 
@@ -110,6 +111,10 @@ def save_checkpoint(
         stage_states: Stage index to its weights (a state dict).
         optimizer_states: Stage index to its flat optimizer state (may be empty dicts).
         meta: JSON-serialisable metadata (run id, seed, config, ...).
+        digests: Tensor digests (:func:`~stagewarden.attest.tensor_digest.digest_tensor`) the
+            caller already has, by kind (``weights``, ``optimizer``), stage and name; a tensor
+            without one is digested here. The caller vouches for them (the coordinator computed
+            them as it received the tensors); :func:`load_checkpoint` digests every tensor again.
 
     Raises:
         CheckpointError: A state is not a dict of tensors, the metadata is not JSON, or a
@@ -133,7 +138,8 @@ def save_checkpoint(
             _check_state(state, str(folder / name))
             data = _encode(state)
             atomic_write_bytes(folder / name, data)
-            tensors = {k: digest_tensor(v) for k, v in sorted(state.items())}  # each tensor hashed once
+            given = (digests or {}).get(kind, {}).get(stage, {})
+            tensors = {k: given.get(k) or digest_tensor(v) for k, v in sorted(state.items())}
             files[name] = {
                 "kind": kind,
                 "stage": int(stage),

@@ -281,6 +281,8 @@ class AfterUpdate:
         found: Detections made when the update receipts arrived (an update that starts from
             another optimizer state than the stage's last update or checkpoint left).
         state: The pushed state per stage (weights, optimizer state), once received.
+        state_digests: Per stage, the tensor digests of its pushed state, by kind (``weights``,
+            ``optimizer``) and name, computed as it was received (for the checkpoint).
     """
 
     step: int
@@ -293,6 +295,7 @@ class AfterUpdate:
     optimizers: dict[int, str] = dataclasses.field(default_factory=dict)
     found: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     state: dict[int, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = dataclasses.field(default_factory=dict)
+    state_digests: dict[int, dict[str, dict[str, bytes]]] = dataclasses.field(default_factory=dict)
 
 
 class EventLog:
@@ -1224,6 +1227,10 @@ class Coordinator:
                         f"worker {wid} pushed another optimizer state than its update receipt of step {step} commits to"
                     )
                 after.state[s] = (weights, optimizer)
+                after.state_digests[s] = {
+                    "weights": _group_digests(weights, digests, "snapshot_weights"),
+                    "optimizer": _group_digests(optimizer, digests, "snapshot_optimizer"),
+                }
         return units
 
     def _checkpoint_from(self, after: AfterUpdate, background: bool = False) -> None:
@@ -1233,6 +1240,7 @@ class Coordinator:
             {s: w for s, (w, _) in after.state.items()},
             {s: o for s, (_, o) in after.state.items()},
             background,
+            _by_kind(after.state_digests),
         )
 
     def _late_detection(self, step: int, detections: list[dict[str, Any]]) -> int:
@@ -1450,19 +1458,21 @@ class Coordinator:
             self.transport.send_json(self.rank_of(s), {"type": "snapshot", "step": step})
         weights: dict[int, dict[str, torch.Tensor]] = {}
         optimizer: dict[int, dict[str, torch.Tensor]] = {}
+        known: dict[int, dict[str, dict[str, bytes]]] = {}
         for s in range(c.stages):
             msg = self.transport.recv_json(self.rank_of(s), "snapshot")
             if msg.get("step") != step:
                 raise TransportError(f"worker {self.stage_ids[s]} sent the state of step {msg.get('step')}, not {step}")
             received, digests = self._recv_tensors(s, msg, ("weights", "optimizer"))
             weights[s], optimizer[s] = received["weights"], received["optimizer"]
+            known[s] = {kind: _group_digests(received[kind], digests, kind) for kind in ("weights", "optimizer")}
             if step > 0 and _weights_digest(weights[s], digests).hex() != self.final_weights.get(s):
                 raise TransportError(f"worker {self.stage_ids[s]} sent other weights than its last update reported")
             if c.receipts and _weights_digest(optimizer[s], digests, "optimizer").hex() != self._optimizer[s]:
                 raise TransportError(
                     f"worker {self.stage_ids[s]} sent another optimizer state than its last update receipt commits to"
                 )
-        self._save_checkpoint(step, weights, optimizer)
+        self._save_checkpoint(step, weights, optimizer, digests=_by_kind(known))
 
     def _save_checkpoint(
         self,
@@ -1470,23 +1480,25 @@ class Coordinator:
         weights: dict[int, dict[str, torch.Tensor]],
         optimizer: dict[int, dict[str, torch.Tensor]],
         background: bool = False,
+        digests: dict[str, dict[int, dict[str, bytes]]] | None = None,
     ) -> None:
         """Write every stage's received state as the verified checkpoint of ``step``. With
         ``background`` the files are written (and fsynced) on a thread while the run goes on, and
         the checkpoint counts only once :meth:`_finish_checkpoint` has recorded it, which every
-        user of the checkpoints calls first."""
+        user of the checkpoints calls first. ``digests``: the tensor digests computed as the
+        state was received (see :func:`~stagewarden.runtime.checkpoint.save_checkpoint`)."""
         self._finish_checkpoint()
         meta = {"run_id": self.run_id, "workers": list(self.stage_ids)}
         if background:
             if self._checkpoint_writer is None:
                 self._checkpoint_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
             future = self._checkpoint_writer.submit(
-                save_checkpoint, self.checkpoint_root, step, weights, optimizer, meta=meta
+                save_checkpoint, self.checkpoint_root, step, weights, optimizer, meta=meta, digests=digests
             )
             self._checkpoint_job = (step, future)
             return
         try:
-            info = save_checkpoint(self.checkpoint_root, step, weights, optimizer, meta=meta)
+            info = save_checkpoint(self.checkpoint_root, step, weights, optimizer, meta=meta, digests=digests)
         except CheckpointError as exc:
             raise RunFailed(f"cannot write the checkpoint of step {step}: {exc}") from None
         self._record_checkpoint(step, info)
@@ -2728,6 +2740,20 @@ def _weights_digest(weights: dict[str, torch.Tensor], digests: dict[str, bytes],
     """:func:`~stagewarden.attest.tensor_digest.digest_state_dict` of ``weights``, from the tensor
     digests :meth:`Coordinator._recv_tensors` computed (by ``<group>.<name>``) where it has them."""
     return weights_digest({k: digests.get(f"{group}.{k}") or digest_tensor(v) for k, v in weights.items()})
+
+
+def _group_digests(tensors: dict[str, torch.Tensor], digests: dict[str, bytes], group: str) -> dict[str, bytes]:
+    """The digests :meth:`Coordinator._recv_tensors` computed for ``tensors`` of ``group``, by key."""
+    return {k: digests[f"{group}.{k}"] for k in tensors if f"{group}.{k}" in digests}
+
+
+def _by_kind(per_stage: dict[int, dict[str, dict[str, bytes]]]) -> dict[str, dict[int, dict[str, bytes]]]:
+    """Stage -> kind -> digests, turned into kind -> stage -> digests."""
+    out: dict[str, dict[int, dict[str, bytes]]] = {}
+    for stage, kinds in per_stage.items():
+        for kind, found in kinds.items():
+            out.setdefault(kind, {})[stage] = found
+    return out
 
 
 def _dtype_name(tensor: torch.Tensor) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from stagewarden.attest.tensor_digest import digest_state_dict
+from stagewarden.attest.tensor_digest import digest_state_dict, digest_tensor
 from stagewarden.runtime.checkpoint import (
     MANIFEST,
     CheckpointError,
@@ -56,6 +56,27 @@ def test_round_trip_is_bitwise(tmp_path: Path, states: tuple[dict, dict]) -> Non
         assert digest_state_dict(ckpt.optimizer_states[s]) == digest_state_dict(optim[s])
         assert info.weights_digests[s] == digest_state_dict(weights[s]).hex()
     assert not [p.name for p in step_dir(tmp_path, 5).iterdir() if p.name.endswith(".tmp")]
+
+
+def test_digests_the_caller_has_give_the_same_manifest(tmp_path: Path, states: tuple[dict, dict]) -> None:
+    """Tensor digests passed in (some of them) are used as they are, and the manifest is the one
+    written without them; a wrong one makes a checkpoint that fails verification on load."""
+    weights, optim = states
+    plain = save_checkpoint(tmp_path / "plain", 1, weights, optim)
+    known = {
+        "weights": {s: {k: digest_tensor(v) for k, v in w.items()} for s, w in weights.items()},
+        "optimizer": {0: {k: digest_tensor(v) for k, v in list(optim[0].items())[:3]}},
+    }
+    given = save_checkpoint(tmp_path / "given", 1, weights, optim, digests=known)
+    assert (step_dir(tmp_path / "plain", 1) / MANIFEST).read_bytes() == (
+        step_dir(tmp_path / "given", 1) / MANIFEST
+    ).read_bytes()
+    assert given.manifest_digest == plain.manifest_digest
+    name = next(iter(weights[0]))
+    wrong = {"weights": {0: {name: bytes(32)}}}
+    save_checkpoint(tmp_path / "wrong", 1, weights, optim, digests=wrong)
+    with pytest.raises(CheckpointError, match=f"tensor {name!r} does not match its digest"):
+        load_checkpoint(tmp_path / "wrong", 1)
 
 
 def test_a_tampered_file_is_detected_and_named(tmp_path: Path, states: tuple[dict, dict]) -> None:
