@@ -101,7 +101,7 @@ def save_checkpoint(
     stage_states: Mapping[int, Mapping[str, torch.Tensor]],
     optimizer_states: Mapping[int, Mapping[str, torch.Tensor]],
     meta: Mapping[str, Any] | None = None,
-    digests: Mapping[str, Mapping[int, Mapping[str, bytes]]] | None = None,
+    digests: Mapping[int, Mapping[str, Mapping[str, bytes]]] | None = None,
 ) -> CheckpointInfo:
     """Write a checkpoint of ``step`` atomically: the tensor files, then the manifest.
 
@@ -112,7 +112,7 @@ def save_checkpoint(
         optimizer_states: Stage index to its flat optimizer state (may be empty dicts).
         meta: JSON-serialisable metadata (run id, seed, config, ...).
         digests: Tensor digests (:func:`~stagewarden.attest.tensor_digest.digest_tensor`) the
-            caller already has, by kind (``weights``, ``optimizer``), stage and name; a tensor
+            caller already has, by stage, kind (``weights``, ``optimizer``) and name; a tensor
             without one is digested here. The caller vouches for them (the coordinator computed
             them as it received the tensors); :func:`load_checkpoint` digests every tensor again.
 
@@ -138,7 +138,7 @@ def save_checkpoint(
             _check_state(state, str(folder / name))
             data = _encode(state)
             atomic_write_bytes(folder / name, data)
-            given = (digests or {}).get(kind, {}).get(stage, {})
+            given = (digests or {}).get(stage, {}).get(kind, {})
             tensors = {k: given.get(k) or digest_tensor(v) for k, v in sorted(state.items())}
             files[name] = {
                 "kind": kind,

@@ -1216,21 +1216,20 @@ class Coordinator:
                     outputs=received[f"output{i}"],
                 )
             if after.snapshot:
-                weights = received["snapshot_weights"]
-                if _weights_digest(weights, digests, "snapshot_weights").hex() != after.weights.get(s):
+                weights, optimizer = received["snapshot_weights"], received["snapshot_optimizer"]
+                known = {
+                    "weights": _tensor_digests(weights, digests, "snapshot_weights"),
+                    "optimizer": _tensor_digests(optimizer, digests, "snapshot_optimizer"),
+                }
+                if weights_digest(known["weights"]).hex() != after.weights.get(s):
                     raise TransportError(f"worker {wid} pushed other weights than its update of step {step} reported")
-                optimizer = received["snapshot_optimizer"]
                 committed = after.optimizers.get(s)
-                pushed = _weights_digest(optimizer, digests, "snapshot_optimizer").hex()
-                if committed is not None and pushed != committed:
+                if committed is not None and weights_digest(known["optimizer"]).hex() != committed:
                     raise TransportError(
                         f"worker {wid} pushed another optimizer state than its update receipt of step {step} commits to"
                     )
                 after.state[s] = (weights, optimizer)
-                after.state_digests[s] = {
-                    "weights": _group_digests(weights, digests, "snapshot_weights"),
-                    "optimizer": _group_digests(optimizer, digests, "snapshot_optimizer"),
-                }
+                after.state_digests[s] = known
         return units
 
     def _checkpoint_from(self, after: AfterUpdate, background: bool = False) -> None:
@@ -1240,7 +1239,7 @@ class Coordinator:
             {s: w for s, (w, _) in after.state.items()},
             {s: o for s, (_, o) in after.state.items()},
             background,
-            _by_kind(after.state_digests),
+            after.state_digests,
         )
 
     def _late_detection(self, step: int, detections: list[dict[str, Any]]) -> int:
@@ -1465,14 +1464,14 @@ class Coordinator:
                 raise TransportError(f"worker {self.stage_ids[s]} sent the state of step {msg.get('step')}, not {step}")
             received, digests = self._recv_tensors(s, msg, ("weights", "optimizer"))
             weights[s], optimizer[s] = received["weights"], received["optimizer"]
-            known[s] = {kind: _group_digests(received[kind], digests, kind) for kind in ("weights", "optimizer")}
-            if step > 0 and _weights_digest(weights[s], digests).hex() != self.final_weights.get(s):
+            known[s] = {kind: _tensor_digests(received[kind], digests, kind) for kind in ("weights", "optimizer")}
+            if step > 0 and weights_digest(known[s]["weights"]).hex() != self.final_weights.get(s):
                 raise TransportError(f"worker {self.stage_ids[s]} sent other weights than its last update reported")
-            if c.receipts and _weights_digest(optimizer[s], digests, "optimizer").hex() != self._optimizer[s]:
+            if c.receipts and weights_digest(known[s]["optimizer"]).hex() != self._optimizer[s]:
                 raise TransportError(
                     f"worker {self.stage_ids[s]} sent another optimizer state than its last update receipt commits to"
                 )
-        self._save_checkpoint(step, weights, optimizer, digests=_by_kind(known))
+        self._save_checkpoint(step, weights, optimizer, digests=known)
 
     def _save_checkpoint(
         self,
@@ -1480,7 +1479,7 @@ class Coordinator:
         weights: dict[int, dict[str, torch.Tensor]],
         optimizer: dict[int, dict[str, torch.Tensor]],
         background: bool = False,
-        digests: dict[str, dict[int, dict[str, bytes]]] | None = None,
+        digests: dict[int, dict[str, dict[str, bytes]]] | None = None,
     ) -> None:
         """Write every stage's received state as the verified checkpoint of ``step``. With
         ``background`` the files are written (and fsynced) on a thread while the run goes on, and
@@ -2739,21 +2738,13 @@ def _forward_output_digest(outputs: dict[str, torch.Tensor]) -> bytes:
 def _weights_digest(weights: dict[str, torch.Tensor], digests: dict[str, bytes], group: str = "weights") -> bytes:
     """:func:`~stagewarden.attest.tensor_digest.digest_state_dict` of ``weights``, from the tensor
     digests :meth:`Coordinator._recv_tensors` computed (by ``<group>.<name>``) where it has them."""
-    return weights_digest({k: digests.get(f"{group}.{k}") or digest_tensor(v) for k, v in weights.items()})
+    return weights_digest(_tensor_digests(weights, digests, group))
 
 
-def _group_digests(tensors: dict[str, torch.Tensor], digests: dict[str, bytes], group: str) -> dict[str, bytes]:
-    """The digests :meth:`Coordinator._recv_tensors` computed for ``tensors`` of ``group``, by key."""
-    return {k: digests[f"{group}.{k}"] for k in tensors if f"{group}.{k}" in digests}
-
-
-def _by_kind(per_stage: dict[int, dict[str, dict[str, bytes]]]) -> dict[str, dict[int, dict[str, bytes]]]:
-    """Stage -> kind -> digests, turned into kind -> stage -> digests."""
-    out: dict[str, dict[int, dict[str, bytes]]] = {}
-    for stage, kinds in per_stage.items():
-        for kind, found in kinds.items():
-            out.setdefault(kind, {})[stage] = found
-    return out
+def _tensor_digests(tensors: dict[str, torch.Tensor], digests: dict[str, bytes], group: str) -> dict[str, bytes]:
+    """Each tensor's :func:`~stagewarden.attest.tensor_digest.digest_tensor` by key: the one
+    :meth:`Coordinator._recv_tensors` computed (by ``<group>.<name>``) where it has it."""
+    return {k: digests.get(f"{group}.{k}") or digest_tensor(v) for k, v in tensors.items()}
 
 
 def _dtype_name(tensor: torch.Tensor) -> str:
