@@ -14,7 +14,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from stagewarden._version import __version__
-from stagewarden.cli_common import EXIT_BAD_INPUT, BadInput, CommandGroup, make_console
+from stagewarden.cli_common import EXIT_BAD_INPUT, BadInput, Choice, CommandGroup, make_console
 from stagewarden.prover import Report
 from stagewarden.spec import LoadedSpec, SpecError, example_names, example_text, json_schema, load_example, load_spec
 
@@ -92,13 +92,27 @@ def examples_list() -> None:
 
 @examples.command("show")
 @click.argument("name")
-def examples_show(name: str) -> None:
-    """Print the source of the packaged example NAME, with line numbers."""
+@click.option(
+    "--numbered/--plain",
+    default=None,
+    help="Number the lines, or print the YAML exactly as it is. Default: numbered on a terminal, plain "
+    "when standard output is redirected.",
+)
+def examples_show(name: str, numbered: bool | None) -> None:
+    """Print the source of the packaged example NAME.
+
+    On a terminal the lines are numbered and highlighted, to read beside the line numbers that
+    verdicts cite. Redirected (``stagewarden examples show demo > spec.yaml``) or with --plain, the
+    output is the example's YAML exactly, ready to edit into a spec of your own.
+    """
     try:
         text = example_text(name)
     except SpecError as exc:
         raise BadSpec(str(exc)) from None
-    if sys.stdout.isatty():
+    terminal = sys.stdout.isatty()
+    if numbered is False or (numbered is None and not terminal):
+        click.echo(text, nl=not text.endswith("\n"))
+    elif terminal:
         make_console().print(Syntax(text, "yaml", line_numbers=True))
     else:
         for number, line in enumerate(text.splitlines(), start=1):
@@ -140,7 +154,7 @@ _EXAMPLE_OPTION = click.option(
     "--example", metavar="NAME", help="Use a packaged example spec instead of a file (see `stagewarden examples list`)."
 )
 _FORMAT_OPTION = click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format."
+    "--format", "fmt", type=Choice(["text", "json"]), default="text", show_default=True, help="Output format."
 )
 _TIMEOUT_OPTION = click.option(
     "--timeout",

@@ -15,11 +15,11 @@ from typing import Any, NoReturn
 
 import click
 
-from stagewarden.cli_common import EXIT_OK, EXIT_VIOLATED, BadInput, make_console, os_error_message
+from stagewarden.cli_common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console, os_error_message
 
 SIMULATED_NOTE = "SIMULATED TEE (a software model, not real hardware)"
 _FORMAT = click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format."
+    "--format", "fmt", type=Choice(["text", "json"]), default="text", show_default=True, help="Output format."
 )
 _NOW = click.option(
     "--now",

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from stagewarden.cli_common import EXIT_OK, EXIT_VIOLATED, BadInput, make_console
+from stagewarden.cli_common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console
 
 if TYPE_CHECKING:
     from stagewarden.attest.audit import AuditReport
@@ -41,7 +41,7 @@ def _parse_key(text: str) -> bytes:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json"]),
+    type=Choice(["text", "json"]),
     default="text",
     show_default=True,
     help="Print findings as a table or as a versioned JSON object.",

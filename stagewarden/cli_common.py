@@ -3,7 +3,11 @@ command group that turns Ctrl-C and file-system errors into one line and an exit
 
 from __future__ import annotations
 
+import difflib
 import errno
+import os
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -18,9 +22,52 @@ EXIT_UNKNOWN = 3
 EXIT_INTERRUPTED = 130
 
 
+#: Width given to output that is not a terminal: wide enough that no table of ours wraps, so a
+#: table in a log or CI output is as wide as its content (tables shrink to their content).
+UNWRAPPED_WIDTH = 4096
+
+
 def make_console(err: bool = False) -> Console:
-    """A console without syntax highlighting that wraps softly (so output can be piped)."""
-    return Console(stderr=err, highlight=False, soft_wrap=True)
+    """A console without syntax highlighting that wraps softly (so output can be piped).
+
+    On a terminal, tables fit the terminal's width. Elsewhere (a pipe, a file, CI) they are as
+    wide as their content, or ``COLUMNS`` wide where that variable is set.
+    """
+    stream = sys.stderr if err else sys.stdout
+    width = None
+    if not os.environ.get("COLUMNS") and not _is_terminal(stream):
+        width = UNWRAPPED_WIDTH
+    return Console(stderr=err, highlight=False, soft_wrap=True, width=width)
+
+
+def _is_terminal(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if isatty is not None else False
+    except ValueError:  # a closed stream
+        return False
+
+
+def nearest_choice(value: str, choices: Sequence[str]) -> str | None:
+    """The choice closest to ``value`` (a typo, or another case), or None when none is close."""
+    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    lowered = {c.lower(): c for c in choices}
+    return lowered.get(value.lower())
+
+
+class Choice(click.Choice):  # type: ignore[type-arg]
+    """A choice-valued option whose error names the nearest choice first, as spec keys do:
+    ``'revrese': did you mean 'reverse'? (choose from 'reverse', 'random', ...)``."""
+
+    def get_invalid_choice_message(self, value: Any, ctx: click.Context | None) -> str:
+        choices = [str(c) for c in self.choices]
+        nearest = nearest_choice(str(value), choices)
+        if nearest is None:
+            return super().get_invalid_choice_message(value, ctx)
+        listed = ", ".join(repr(c) for c in choices)
+        return f"{value!r}: did you mean {nearest!r}? (choose from {listed})"
 
 
 class BadInput(click.ClickException):

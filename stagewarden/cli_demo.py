@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
-from stagewarden.cli_common import EXIT_OK, EXIT_VIOLATED, BadInput, make_console
+from stagewarden.cli_common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console
 
 #: The attacker's stage, the attack and its first step in the attacked run.
 ATTACK_STAGE = 1
@@ -145,7 +145,7 @@ def _response_text(summary: dict[str, Any]) -> str:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json"]),
+    type=Choice(["text", "json"]),
     default="text",
     show_default=True,
     help="Output format (progress goes to standard error with json).",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from stagewarden.cli_common import EXIT_OK, BadInput, make_console
+from stagewarden.cli_common import EXIT_OK, BadInput, Choice, make_console
 
 
 @click.command()
@@ -47,7 +47,7 @@ from stagewarden.cli_common import EXIT_OK, BadInput, make_console
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["html", "singlehtml"]),
+    type=Choice(["html", "singlehtml"]),
     default="html",
     show_default=True,
     help="One page per section (html) or everything on one page (singlehtml).",

@@ -14,26 +14,34 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from stagewarden.cli_common import EXIT_OK, EXIT_VIOLATED, BadInput, make_console
+from stagewarden.cli_common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console
 
 #: Exit code of a run that stopped on a worker fault and can be resumed (``--resume``).
 EXIT_RESUMABLE = 75
+#: The attack kinds ``--attack`` accepts (written out, so that the command line does not load
+#: torch; a test keeps them equal to :class:`stagewarden.runtime.attacks.AttackKind`).
+ATTACK_NAMES = (
+    "reverse", "random", "scale", "noise", "bitflip", "lazy", "replay", "weights", "optimizer",
+    "grad_drift", "swap_weights", "equivocate", "poison_data", "false_accuse", "withhold",
+)  # fmt: skip
 
 
-def _spec_settings(path: str) -> dict[str, Any]:
-    """The run settings a spec determines: topology and defence, where they map onto the runtime
-    (:func:`stagewarden.conformance.spec_settings`, which the conformance check expects too)."""
+def _spec_settings(path: str | None, example: str | None) -> dict[str, Any]:
+    """The run settings a spec (a file, or a packaged example) determines: topology and defence,
+    where they map onto the runtime (:func:`stagewarden.conformance.spec_settings`, which the
+    conformance check expects too)."""
     from stagewarden.conformance import spec_settings
-    from stagewarden.spec import SpecError, load_spec
+    from stagewarden.spec import SpecError, load_example, load_spec
 
+    if path is not None and example is not None:
+        raise BadInput("give --spec FILE or --example NAME, not both")
     try:
-        loaded = load_spec(path)
+        loaded = load_spec(path) if path is not None else load_example(str(example))
     except SpecError as exc:
         raise BadInput(str(exc)) from None
     if loaded.spec.topology.replicas != 1:
-        raise BadInput(
-            f"{path}: topology.replicas is {loaded.spec.topology.replicas}; the runtime runs one replica (R = 1) only"
-        )
+        replicas = loaded.spec.topology.replicas
+        raise BadInput(f"{loaded.file}: topology.replicas is {replicas}; the runtime runs one replica (R = 1) only")
     return spec_settings(loaded)
 
 
@@ -87,24 +95,29 @@ def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
     help="Take stages, micro-batches, standby, receipts, attestation, the verification, the response and the "
     "checkpoint interval from this spec; flags override.",
 )
+@click.option(
+    "--example",
+    metavar="NAME",
+    help="Take the settings from this packaged example spec instead of --spec (see `stagewarden examples list`).",
+)
 @click.option("--stages", type=int, help="Pipeline stages S (one worker process each).  [default: 2]")
 @click.option("--microbatches", type=int, help="Micro-batches per step M.  [default: 4]")
 @click.option("--steps", type=int, default=10, show_default=True, help="Optimizer steps.")
 @click.option(
-    "--schedule", type=click.Choice(["gpipe", "1f1b"]), default="1f1b", show_default=True, help="Pipeline schedule."
+    "--schedule", type=Choice(["gpipe", "1f1b"]), default="1f1b", show_default=True, help="Pipeline schedule."
 )
 @click.option("--no-receipts", is_flag=True, help="Do not sign or log receipts (the run cannot be audited).")
 @click.option("--no-attestation", is_flag=True, help="Admit workers without attestation (the run cannot be audited).")
 @click.option("--standby", type=int, help="Standby workers K that attest and wait idle.  [default: 0]")
 @click.option(
     "--backend",
-    type=click.Choice(["gloo", "nccl"]),
+    type=Choice(["gloo", "nccl"]),
     default="gloo",
     show_default=True,
     help="torch.distributed backend.",
 )
 @click.option(
-    "--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Where the stages compute."
+    "--device", type=Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Where the stages compute."
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Run seed (initial weights and data order).")
 @click.option(
@@ -125,9 +138,9 @@ def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
 @click.option(
     "--attack",
     "attack_kind",
-    help="Mount this attack (reverse, random, scale, noise, bitflip, lazy, replay, "
-    "weights, optimizer, grad_drift, swap_weights, equivocate, poison_data, false_accuse, withhold) from the "
-    "--malicious stages.",
+    type=Choice(ATTACK_NAMES),
+    metavar="KIND",
+    help=f"Mount this attack ({', '.join(ATTACK_NAMES)}) from the --malicious stages.",
 )
 @click.option("--malicious", help="Comma-separated malicious stages for --attack, such as 1 or 1,2.")
 @click.option(
@@ -136,20 +149,20 @@ def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
 @click.option("--attack-start", default="0", show_default=True, help="First step at which the attack may fire.")
 @click.option(
     "--attack-direction",
-    type=click.Choice(["forward", "backward"]),
+    type=Choice(["forward", "backward"]),
     default="forward",
     show_default=True,
     help="Tensor attacks and equivocate: tamper with activations (forward) or gradients (backward).",
 )
 @click.option(
     "--verification",
-    type=click.Choice(["none", "spot_check", "redundant_neighbour"]),
+    type=Choice(["none", "spot_check", "redundant_neighbour"]),
     help="Verify units: spot_check re-executes a committed random sample on the coordinator; "
     "redundant_neighbour has stage s+1 recompute every unit of stage s (the paper's defence).  [default: none]",
 )
 @click.option(
     "--input-via",
-    type=click.Choice(["coordinator", "upstream", "checked_worker"]),
+    type=Choice(["coordinator", "upstream", "checked_worker"]),
     help="With redundant_neighbour: who sends the checker the checked stage's input.  [default: coordinator]",
 )
 @click.option(
@@ -157,14 +170,14 @@ def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
 )
 @click.option(
     "--spot-check-compare",
-    type=click.Choice(["bitwise", "tolerance"]),
+    type=Choice(["bitwise", "tolerance"]),
     help="With spot_check: compare a re-executed unit bitwise (identical hardware and deterministic "
     "algorithms) or within a tolerance calibrated per stage at admission from each worker's honest "
     "executions (other hardware or kernels; a worker needing more than 1e-3 is refused).  [default: bitwise]",
 )
 @click.option(
     "--response",
-    type=click.Choice(["eject", "rollback", "restart", "skip_stage"]),
+    type=Choice(["eject", "rollback", "restart", "skip_stage"]),
     help="On a detection: hand the convict's stage to a standby and resume from the last verified "
     "checkpoint (eject; skip_stage without a free standby), return every stage to the last verified "
     "checkpoint before the convict's first tampered step, audit its receipts and replace it by a standby "
@@ -216,6 +229,7 @@ def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
 )
 def train(
     spec_path: str | None,
+    example: str | None,
     stages: int | None,
     microbatches: int | None,
     steps: int,
@@ -277,7 +291,7 @@ def train(
     if out is None:
         raise BadInput("give --out RUN_DIR (the run directory to write), or --resume RUN_DIR")
 
-    settings: dict[str, Any] = _spec_settings(spec_path) if spec_path else {}
+    settings: dict[str, Any] = _spec_settings(spec_path, example) if spec_path or example else {}
     for name, value in (("stages", stages), ("microbatches", microbatches), ("standby", standby)):
         if value is not None:
             settings[name] = value

@@ -104,8 +104,8 @@ def test_examples_list_names_every_example() -> None:
 
 @pytest.mark.parametrize("name", ["demo", "paper-redundant-neighbour"])
 def test_examples_show_prints_numbered_lines(name: str) -> None:
-    """`examples show NAME` prints the example's source with right-aligned line numbers."""
-    result = run("examples", "show", name)
+    """`examples show --numbered NAME` prints the example's source with right-aligned line numbers."""
+    result = run("examples", "show", "--numbered", name)
     assert result.exit_code == 0
     expected = "".join(f"{number:4d}  {line}\n" for number, line in enumerate(example_text(name).splitlines(), start=1))
     assert result.stdout == expected
