@@ -19,6 +19,7 @@ from stagewarden.report.taxonomy import FAMILIES, classify
 from stagewarden.spec import BoundedDamageGuarantee, DetectionGuarantee, LoadedSpec, probability_fraction
 
 from stagewarden._version import __version__
+from stagewarden.render import acting_malicious, listed_assumptions
 
 SPEC_FILE = "spec.txt"
 VERDICT_MARK = {"holds": "holds", "violated": "**violated**", "unknown": "*unknown*", "vacuous": "**vacuous**"}
@@ -56,7 +57,7 @@ def referenced_lines(ctx: Context) -> dict[int, list[str]]:
     """Every spec line some holding guarantee rests on, with those guarantees' ids."""
     lines: dict[int, list[str]] = {}
     for g in ctx.report.guarantees:
-        for a in g.assumptions:
+        for a in listed_assumptions(g):
             line = line_of(a.location)
             if line is not None and 1 <= line <= len(ctx.spec_lines) and g.id not in lines.setdefault(line, []):
                 lines[line].append(g.id)
@@ -73,7 +74,7 @@ def _bound(g: GuaranteeResult) -> str:
 def _rests_on(ctx: Context, g: GuaranteeResult) -> str:
     if g.verdict != "holds":
         return "\\-"
-    parts = [f"{rst.text(a.text)} ({line_ref(ctx, a.location)})" for a in g.assumptions]
+    parts = [f"{rst.text(a.text)} ({line_ref(ctx, a.location)})" for a in listed_assumptions(g)]
     return "; ".join(parts) or "\\-"
 
 
@@ -168,13 +169,19 @@ def _violated(ctx: Context, g: GuaranteeResult, out: list[str]) -> None:
     meta = trace.get("#meta", {})
     if meta.get("description"):
         out += [f"**Attack.** {rst.text(meta['description'])}", ""]
-    malicious = trace.get("malicious", [])
-    if malicious:
+    acting, idle = acting_malicious(trace)
+    if acting:
         rows = [
             [rst.text(m.get("worker")), rst.text(m.get("role")), rst.text(", ".join(m.get("capabilities", [])))]
-            for m in malicious
+            for m in acting
         ]
         out += [rst.table(["malicious worker", "role", "capabilities"], rows, caption="Who the attack uses"), ""]
+    if idle:
+        out += [
+            f"{idle} further malicious worker{'s' if idle != 1 else ''} (within the adversary's budget) "
+            f"take{'s' if idle == 1 else ''} no action in this attack.",
+            "",
+        ]
     states = trace.get("states", [])
     if states:
         header, rows = _trace_rows(trace)
@@ -212,10 +219,10 @@ def _violated(ctx: Context, g: GuaranteeResult, out: list[str]) -> None:
 def _holds(ctx: Context, g: GuaranteeResult, out: list[str]) -> None:
     if g.trivially:
         out += ["It holds *trivially*: the assumptions below leave the adversary no worker to control.", ""]
-    if not g.assumptions:
+    if not listed_assumptions(g):
         return
     rows = []
-    for a in g.assumptions:
+    for a in listed_assumptions(g):
         line = line_of(a.location)
         source = ctx.spec_lines[line - 1].strip() if line and 1 <= line <= len(ctx.spec_lines) else ""
         rows.append([rst.text(a.text), line_ref(ctx, a.location), rst.literal(source) or "\\-", rst.literal(a.key)])

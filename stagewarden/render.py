@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from stagewarden.prover import GuaranteeResult, Report
-from stagewarden.prover.probability import format_probability
+from stagewarden.prover.figure_text import format_pair
 
 _STYLE = {"holds": "green", "violated": "bold red", "unknown": "yellow", "vacuous": "bold magenta"}
 _MARK = {"holds": "✔", "violated": "✘", "unknown": "?", "vacuous": "!"}
@@ -51,16 +51,17 @@ def _line(text: str | Text, indent: int, extra: int = 2) -> _Hanging:
     return _Hanging(body, indent, indent + extra)
 
 
-def _number(name: str, value: float) -> str:
-    """A figure's value as text: a probability compactly, a cost to three significant digits."""
-    return f"{value:.3g}" if name in _COST_FIGURES else format_probability(value)
-
-
 def _figure_text(result: GuaranteeResult) -> str:
+    """The figure beside its bound, with the digits it takes to tell them apart: a probability
+    compactly, a cost to three significant digits or more."""
     fig = result.figure
     if fig is None:
         return ""
-    return f"{_number(fig.name, fig.value)} (needs {fig.relation} {_number(fig.name, fig.bound)})"
+    style = "cost" if fig.name in _COST_FIGURES else "probability"
+    value = fig.exact if fig.exact is not None else fig.value
+    bound = fig.bound_exact if fig.bound_exact is not None else fig.bound
+    value_text, bound_text = format_pair(value, bound, style)
+    return f"{value_text} (needs {fig.relation} {bound_text})"
 
 
 def summary_table(report: Report) -> Table:
@@ -114,19 +115,55 @@ def _state_lines(state: dict[str, Any]) -> list[str]:
         count, available = state.get("count"), state["units_available"]
         amount = f"{count} consecutive {unit} units" if count else f"every {unit} unit"
         start = f"from {where[:-2]}: " if where else ""
-        return [f"{start}{worker} uses {action} on {amount}, each detected with probability {probability} "
-                f"({available} of its units over the horizon are checked that weakly)"]
+        return [
+            f"{start}{worker} uses {action} on {amount}, each detected with probability {probability} "
+            f"({available} of its units over the horizon are checked that weakly)"
+        ]
     lines = [f"{where}{worker} uses {action} on its {unit} unit (detected with probability {probability})"]
     lines += [_check_line(c) for c in state.get("checks", [])]
     return lines
 
 
+#: The role a trace gives a malicious worker that takes no action in it.
+IDLE_ROLE = "idle"
+#: How the prover's note begins when a proof holds but its minimal assumptions were not found.
+_NOT_ISOLATED = "could not be isolated"
+
+
+def acting_malicious(trace: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """The malicious workers of a trace that act (any role but idle), and how many others are
+    malicious but idle (the adversary controls them; the attack does not need them to act)."""
+    malicious = [m for m in trace.get("malicious") or [] if isinstance(m, dict)]
+    acting = [m for m in malicious if m.get("role") != IDLE_ROLE]
+    return acting, len(malicious) - len(acting)
+
+
+def malicious_line(trace: dict[str, Any]) -> str:
+    """``malicious: 1:0 (tamperer); 24 more malicious workers are idle`` (empty when none)."""
+    acting, idle = acting_malicious(trace)
+    parts = [", ".join(f"{m.get('worker')} ({m.get('role')})" for m in acting)] if acting else []
+    if idle:
+        others = "more " if acting else ""
+        parts.append(f"{idle} {others}malicious worker{'s' if idle != 1 else ''} {'are' if idle != 1 else 'is'} idle")
+    return "malicious: " + "; ".join(parts) if parts else ""
+
+
+def listed_assumptions(result: GuaranteeResult) -> list[Any]:
+    """The assumptions to show under a verdict: none for a verdict that holds but whose note says
+    its assumptions could not be isolated (a partial list after that note would read as the
+    complete one)."""
+    if result.verdict == "holds" and any(_NOT_ISOLATED in note for note in result.notes):
+        return []
+    return list(result.assumptions)
+
+
 def trace_lines(trace: dict[str, Any]) -> list[str]:
-    """A counterexample trace as indented lines."""
+    """A counterexample trace as indented lines; malicious workers that do not act are counted,
+    not listed."""
     lines = []
-    malicious = trace.get("malicious") or []
+    malicious = malicious_line(trace)
     if malicious:
-        lines.append("malicious: " + ", ".join(f"{m['worker']} ({m['role']})" for m in malicious))
+        lines.append(malicious)
     for state in trace.get("states", []):
         lines += _state_lines(state)
     for cost in trace.get("costs", []):
@@ -150,13 +187,14 @@ def guarantee_block(result: GuaranteeResult) -> Group:
     parts.append(_Hanging(head, 0, 4))
     for note in result.notes:
         parts.append(_line(Text(f"note: {note}", style="yellow"), 4))
-    if result.verdict in ("holds", "vacuous") and result.assumptions:
+    assumptions = listed_assumptions(result)
+    if result.verdict in ("holds", "vacuous") and assumptions:
         label = "rests on" if result.verdict == "holds" else "contradictory assumptions"
         if result.kind == "overhead":
             label = "cost items"
         parts.append(_line(f"{label}:", 4))
-        width = max(len(a.location) for a in result.assumptions)
-        for a in result.assumptions:
+        width = max(len(a.location) for a in assumptions)
+        for a in assumptions:
             parts.append(_line(f"{a.location.ljust(width)}  {a.text}", 6, width + 2))
     if result.trace is not None:
         parts.append(_line("attack trace:" if result.kind != "overhead" else "cost breakdown:", 4))
