@@ -274,8 +274,10 @@ def launch_local(
             restarts -= 1
             resume = True
     except KeyboardInterrupt:
+        step = mark_interrupted(run_path)
+        where = f" at step {step}" if step is not None else ""
         raise LaunchInterrupted(
-            "interrupted; every process of the run was stopped", tuple(pids), resumable=_resumable(run_path)
+            f"interrupted{where}; every process of the run was stopped", tuple(pids), resumable=_resumable(run_path)
         ) from None
     finally:
         (run_path / "workers.json").unlink(missing_ok=True)
@@ -397,6 +399,31 @@ def _resumable(run_path: Path) -> bool:
         summary = json.loads((run_path / "summary.json").read_text(encoding="utf-8"))
         return summary.get("status") not in ("completed", "refused") and bool(summary.get("checkpoints"))
     return False
+
+
+def mark_interrupted(run_path: Path) -> int | None:
+    """Record in ``summary.json`` that the run was interrupted (Ctrl-C) once its processes are
+    stopped: ``status`` becomes ``interrupted`` and ``interrupted_at_step`` the steps it completed.
+
+    The stopped coordinator cannot say so itself (it is terminated while it waits), so a summary
+    still saying ``running`` is rewritten, atomically; a run that had already ended keeps its status.
+    Returns the step reached, or None where there is no readable summary.
+    """
+    path = run_path / "summary.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict):
+        return None
+    reached = summary.get("steps_completed", summary.get("steps"))
+    step = reached if type(reached) is int else None
+    if summary.get("status") in ("running", "starting", None):
+        summary["status"] = "interrupted"
+        summary["interrupted_at_step"] = step
+        with contextlib.suppress(OSError):
+            atomic_write_text(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return step
 
 
 def _failure_message(codes: list[int | None], tmp: Path, forked: bool = False) -> str:

@@ -446,6 +446,7 @@ def _launch(config: Any, target: Path, vendor: str | None, resume: bool) -> None
         with progress:
             result = launch_local(config, target, vendor_dir=vendor, on_event=on_event, resume=resume)
     except LaunchInterrupted as exc:
+        make_console(err=True).print(f"the run was {exc}", markup=False)
         if exc.resumable:
             make_console(err=True).print(
                 f"the run directory is resumable: stagewarden train --resume {target}", markup=False
