@@ -5,8 +5,12 @@ The attestation side follows the roles of IETF RATS (RFC 9334): a simulated hard
 (endorser) issues device certificates and TCB information, a reference value provider signs the
 accepted measurements, workers (attesters) produce evidence that binds their Ed25519 receipt key,
 the :class:`Verifier` appraises it and signs an attestation result, and the
-:class:`RelyingParty` admits workers on that result. Nothing here talks to real TEE hardware
-except :class:`ConfigfsTsmProvider`, which only fetches quotes; their verification is future work.
+:class:`RelyingParty` admits workers on that result.
+
+Real evidence is the second kind: Intel TDX and SGX quotes (fetched on a TEE guest by
+:class:`ConfigfsTsmProvider`) are verified against Intel's PKI with ``dcap-qvl``
+(:func:`verify_quote`), appraised under a :class:`DcapPolicy` by :class:`DcapVerifier`, and their
+results are issued as EAR JWTs (:class:`EarResult`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,25 @@ from stagewarden.attest.collateral import (
     sign_reference_values,
     sign_tcb_info,
 )
+from stagewarden.attest.collateral_cache import CollateralCache, fetch_collateral
+from stagewarden.attest.dcap import (
+    Collateral,
+    QuoteReport,
+    VerifiedQuote,
+    dcap_report_data,
+    parse_collateral,
+    verify_quote,
+)
+from stagewarden.attest.dcap_policy import (
+    Binding,
+    DcapPolicy,
+    QuoteAppraisal,
+    appraise_quote,
+    load_dcap_policy,
+    parse_dcap_policy,
+)
+from stagewarden.attest.dcap_verifier import DcapVerifier, EarAppraisal
+from stagewarden.attest.ear import EarResult, open_ear, sign_ear, verify_ear
 from stagewarden.attest.errors import AttestError, ErrorCode, FormatError
 from stagewarden.attest.evidence import (
     FORMAT_NAME,
@@ -114,6 +137,26 @@ from stagewarden.attest.vendor import (
 from stagewarden.attest.verifier import CHECKS, Appraisal, Verifier
 
 __all__ = [
+    "Binding",
+    "Collateral",
+    "CollateralCache",
+    "DcapPolicy",
+    "DcapVerifier",
+    "EarAppraisal",
+    "EarResult",
+    "QuoteAppraisal",
+    "QuoteReport",
+    "VerifiedQuote",
+    "appraise_quote",
+    "dcap_report_data",
+    "fetch_collateral",
+    "load_dcap_policy",
+    "open_ear",
+    "parse_collateral",
+    "parse_dcap_policy",
+    "sign_ear",
+    "verify_ear",
+    "verify_quote",
     "Admission",
     "Appraisal",
     "AttestError",

@@ -2,8 +2,9 @@
 
 * :class:`SimulatedProvider` produces SIMULATED TEE evidence with a device key from the simulated vendor.
 * :class:`ConfigfsTsmProvider` asks the Linux configfs-tsm interface (``/sys/kernel/config/tsm/report``)
-  for a hardware quote (TDX, SEV-SNP, ...). It returns the raw quote; a verifier for real quotes
-  is future work, so such quotes cannot be appraised by :class:`~stagewarden.attest.verifier.Verifier` yet.
+  for a hardware quote (TDX, SEV-SNP, ...) whose REPORTDATA is
+  :func:`~stagewarden.attest.dcap.dcap_report_data`. It returns the raw quote; Intel TDX and SGX
+  quotes are appraised by :class:`~stagewarden.attest.dcap_verifier.DcapVerifier`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Protocol, runtime_checkable
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from .dcap import dcap_report_data
 from .errors import AttestError, ErrorCode
-from .evidence import MEASUREMENT_SIZE, REPORT_DATA_SIZE, SVN_COMPONENTS, build_evidence, report_data
+from .evidence import MEASUREMENT_SIZE, REPORT_DATA_SIZE, SVN_COMPONENTS, build_evidence
 
 
 @runtime_checkable
@@ -146,8 +148,8 @@ class ConfigfsTsmProvider:
         return self.root.is_dir()
 
     def get_evidence(self, nonce: bytes, pubkey: bytes) -> bytes:
-        """The raw hardware quote whose report data is ``report_data(nonce, pubkey)``."""
-        inblob = report_data(nonce, pubkey)
+        """The raw hardware quote whose report data is ``dcap_report_data(nonce, pubkey)``."""
+        inblob = dcap_report_data(nonce, pubkey)
         assert len(inblob) == REPORT_DATA_SIZE
         if not self.available():
             raise AttestError(

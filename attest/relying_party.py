@@ -13,17 +13,19 @@ import datetime as dt
 from nacl.signing import VerifyKey
 
 from .clock import Clock
+from .ear import EarResult, is_ear_token, verify_ear
 from .errors import AttestError, ErrorCode
 from .result import AttestationResult, Status, verify_result
 
 
 @dataclasses.dataclass(frozen=True)
 class Admission:
-    """A worker admitted on the strength of ``result`` (whose token is kept for audits)."""
+    """A worker admitted on the strength of ``result`` (whose token is kept for audits): a simulated
+    TEE result, or an EAR for a DCAP quote."""
 
     worker: str
     receipt_key: bytes
-    result: AttestationResult
+    result: AttestationResult | EarResult
     token: bytes
 
     @property
@@ -52,9 +54,8 @@ class RelyingParty:
 
         A rejected re-attestation leaves an earlier admission in place until that one expires.
         """
-        result = verify_result(
-            token, self.verifier_key, self.clock, expected_key=receipt_key, expected_nonce=expected_nonce
-        )
+        check = verify_ear if is_ear_token(token) else verify_result
+        result = check(token, self.verifier_key, self.clock, expected_key=receipt_key, expected_nonce=expected_nonce)
         if result.status is Status.WARNING and not self.accept_warning:
             raise AttestError(
                 ErrorCode.RESULT_STATUS,

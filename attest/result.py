@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
-from typing import Any
+from typing import Any, Protocol
 
 from nacl.signing import SigningKey, VerifyKey
 
@@ -235,7 +235,30 @@ def verify_result(
         what="attestation result",
     )
     result = AttestationResult.from_claims(payload)
-    instant = at if at is not None else clock.now()
+    check_result_use(result, at if at is not None else clock.now(), expected_key, expected_nonce)
+    return result
+
+
+class UsableResult(Protocol):
+    """What a relying party checks of any attestation result before it trusts it."""
+
+    @property
+    def status(self) -> Status: ...
+    @property
+    def issued_at(self) -> dt.datetime: ...
+    @property
+    def expires_at(self) -> dt.datetime: ...
+    @property
+    def nonce(self) -> bytes | None: ...
+    @property
+    def attested_key(self) -> bytes | None: ...
+
+
+def check_result_use(
+    result: UsableResult, instant: dt.datetime, expected_key: bytes | None, expected_nonce: bytes | None
+) -> None:
+    """Raise AttestError unless ``result`` is valid at ``instant``, affirming or warning, and (when
+    given) echoes ``expected_nonce`` and attests ``expected_key``."""
     if instant < result.issued_at:
         raise AttestError(
             ErrorCode.RESULT_NOT_YET_VALID,
@@ -251,8 +274,6 @@ def verify_result(
     if expected_nonce is not None and result.nonce != expected_nonce:
         raise AttestError(ErrorCode.RESULT_NONCE, "attestation result does not echo the expected nonce")
     if expected_key is not None and result.attested_key != expected_key:
-        raise AttestError(
-            ErrorCode.RESULT_KEY_MISMATCH,
-            f"attestation result attests key {result.attested_key.hex()[:16]}..., not {expected_key.hex()[:16]}...",
-        )
-    return result
+        attested = result.attested_key.hex()[:16] + "..." if result.attested_key is not None else "no key"
+        wanted = expected_key.hex()[:16]
+        raise AttestError(ErrorCode.RESULT_KEY_MISMATCH, f"attestation result attests {attested}, not {wanted}...")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hmac
-import secrets
 from collections.abc import Sequence
 
 from cryptography import x509
@@ -26,7 +25,8 @@ from nacl.signing import SigningKey, VerifyKey
 from .clock import Clock
 from .collateral import Endorsements, ReferenceValues, TcbInfo, TcbStatus, open_reference_values, open_tcb_info
 from .errors import AttestError, ErrorCode
-from .evidence import NONCE_SIZE, PUBKEY_SIZE, Evidence, parse_evidence, report_data
+from .evidence import PUBKEY_SIZE, Evidence, parse_evidence, report_data
+from .nonces import NonceRegistry
 from .pki import CA_CURVE, DEVICE_CURVE, name_attribute
 from .policy import Policy
 from .result import AttestationResult, Status, sign_result
@@ -117,8 +117,7 @@ class Verifier:
         self.policy = policy
         self.signing_key = signing_key
         self.clock = clock
-        self._issued: dict[bytes, dt.datetime] = {}
-        self._used: dict[bytes, dt.datetime] = {}
+        self._nonces = NonceRegistry(clock, policy.nonce_lifetime_seconds)
 
     @property
     def verify_key(self) -> VerifyKey:
@@ -129,36 +128,14 @@ class Verifier:
 
     def issue_nonce(self) -> bytes:
         """A fresh 32-byte nonce, valid for the policy's nonce lifetime and usable once."""
-        nonce = secrets.token_bytes(NONCE_SIZE)
-        self.register_nonce(nonce)
-        return nonce
+        return self._nonces.issue()
 
     def register_nonce(self, nonce: bytes) -> None:
         """Record ``nonce`` as issued by this verifier now (for a nonce handed out by another channel)."""
-        if len(nonce) != NONCE_SIZE:
-            raise ValueError(f"a nonce is {NONCE_SIZE} bytes, not {len(nonce)}")
-        self._prune()
-        if nonce in self._issued or nonce in self._used:
-            raise ValueError("this nonce was already issued")
-        self._issued[nonce] = self.clock.now() + dt.timedelta(seconds=self.policy.nonce_lifetime_seconds)
-
-    def _prune(self) -> None:
-        now = self.clock.now()
-        grace = dt.timedelta(days=1)
-        for table in (self._issued, self._used):
-            for nonce in [n for n, expiry in table.items() if expiry + grace < now]:
-                del table[nonce]
+        self._nonces.register(nonce)
 
     def _consume_nonce(self, nonce: bytes, now: dt.datetime) -> None:
-        if nonce in self._used:
-            raise _fail(_E.NONCE_REUSED, "the nonce was already used by an earlier appraisal")
-        expiry = self._issued.get(nonce)
-        if expiry is None:
-            raise _fail(_E.NONCE_UNKNOWN, "the nonce was not issued by this verifier")
-        del self._issued[nonce]
-        self._used[nonce] = expiry
-        if now >= expiry:
-            raise _fail(_E.NONCE_EXPIRED, f"the nonce expired at {expiry.isoformat()}")
+        self._nonces.consume(nonce, now)
 
     # -- appraisal ----------------------------------------------------------------------------
 

@@ -93,7 +93,7 @@ def _print_rows(console: Any, rows: list[tuple[str, str]]) -> None:
 
 @click.group()
 def attest() -> None:
-    """Work with simulated TEE attestation evidence (a software model, not real hardware)."""
+    """Work with attestation evidence: simulated TEE evidence (a software model) and real Intel TDX/SGX quotes."""
 
 
 @attest.command()
@@ -445,3 +445,9 @@ def revoke(vendor_dir: str, device_id: str, now: str | None) -> None:
     make_console().print(
         f"Revoked {SIMULATED_NOTE} device {device_id} in {vendor.path / 'intermediate.crl'}", markup=False
     )
+
+
+from stagewarden.cli_attest_dcap import fetch_collateral, verify_quote  # noqa: E402  (they join the attest group)
+
+attest.add_command(verify_quote)
+attest.add_command(fetch_collateral)

@@ -23,6 +23,9 @@ PUBLIC_NAMES = sorted(
     parse_tcb_info read_log receipt_digest recover_torn_tail refresh_crls report_data revoke_device scan_log
     sign_header sign_receipt sign_reference_values sign_result sign_tcb_info sign_token synthetic_run tensor_digest
     update_input_digest update_output_digest verify_header verify_receipt verify_result
+    Binding Collateral CollateralCache DcapPolicy DcapVerifier EarAppraisal EarResult QuoteAppraisal QuoteReport
+    VerifiedQuote appraise_quote dcap_report_data fetch_collateral load_dcap_policy open_ear parse_collateral
+    parse_dcap_policy sign_ear verify_ear verify_quote
     """.split()
 )
 

@@ -8,7 +8,7 @@ import pytest
 from attest_fixtures import DEVICE_ID, MEASUREMENT, MODEL, AttestWorld
 from cryptography.hazmat.primitives.asymmetric import ec
 from stagewarden.attest.errors import AttestError, ErrorCode
-from stagewarden.attest.evidence import report_data
+from stagewarden.attest.dcap import dcap_report_data
 from stagewarden.attest.providers import (
     ConfigfsTsmProvider,
     DeviceIdentity,
@@ -76,7 +76,7 @@ def test_configfs_tsm_round_trip(tmp_path: Path) -> None:
     provider = ConfigfsTsmProvider(tmp_path, expected_provider="fake_guest", fs=kernel)
     assert isinstance(provider, EvidenceProvider)
     quote = provider.get_evidence(b"\x01" * 32, b"\x02" * 32)
-    assert quote == b"FAKEQUOTE" + report_data(b"\x01" * 32, b"\x02" * 32)
+    assert quote == b"FAKEQUOTE" + dcap_report_data(b"\x01" * 32, b"\x02" * 32)
     assert len(kernel.entries) == 1 and not kernel.entries[0].exists() and list(tmp_path.iterdir()) == []
 
 
