@@ -40,7 +40,6 @@ from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
 from .clock import Clock, SystemClock
-from .ear import EarResult, is_ear_token, open_ear
 from .errors import AttestError, ErrorCode
 from .headers import SignedHeader, TransferKind, parse_header
 from .receipt_log import LogRecord, RecordType, scan_log
@@ -285,6 +284,35 @@ def declared_frozen(responses: Any) -> dict[int, int]:
     return frozen
 
 
+def declared_bypasses(responses: Any) -> dict[tuple[int, int], int]:
+    """The stage each recomputation bypassed, by ``(step, attempt)``, from the summary's ``responses``.
+
+    A plan with a ``bypass_stage`` recomputes its ``redo_from_step`` once more with that stage left
+    out: its neighbours exchange tensors directly (headers naming a receiver two stages away) and
+    the bypassed worker signs nothing for that computation. The attempt is the number of
+    computations of that step the responses before it declared, as :func:`declared_attempts` counts.
+    """
+    counts: dict[int, int] = {}
+    bypasses: dict[tuple[int, int], int] = {}
+    for step, plan in _response_plans(responses):
+        first = plan.get("redo_from_step")
+        if type(first) is not int or not 0 <= first <= step or step - first > 1_000_000:
+            continue
+        for t in range(first, step + 1):
+            counts[t] = counts.get(t, 1) + 1
+        stage = plan.get("bypass_stage")
+        if type(stage) is int and stage >= 1:
+            bypasses[(first, counts[first] - 1)] = stage
+    return bypasses
+
+
+def route_neighbour(stage: int, kind: TransferKind, bypassed: int | None) -> int:
+    """The stage a ``kind`` transfer from ``stage`` goes to, past a ``bypassed`` stage."""
+    step = 1 if kind is TransferKind.ACTIVATION else -1
+    receiver = stage + step
+    return receiver + step if receiver == bypassed else receiver
+
+
 Job = tuple[bytes, bytes, bytes]  # (public key, signed message, signature)
 
 
@@ -366,6 +394,7 @@ class _Auditor:
         self.log_name = LOG_FILE
         self.attempts = declared_attempts(run.summary.extra.get("responses"), run.summary.extra.get("resumes"))
         self.frozen = declared_frozen(run.summary.extra.get("responses"))
+        self.bypassed = declared_bypasses(run.summary.extra.get("responses"))
 
     def allowed(self, step: int) -> int:
         """How many computations of ``step`` the summary's responses declare (1 when none)."""
@@ -408,7 +437,15 @@ class _Auditor:
             windows[worker.id] = []
             for line, token in enumerate(self.run.results(worker.id), start=1):
                 try:
-                    result = _open_result(token, verifier)
+                    payload = open_token(
+                        token,
+                        verifier,
+                        RESULT_TYP,
+                        malformed=ErrorCode.RESULT_MALFORMED,
+                        bad_signature=ErrorCode.RESULT_SIGNATURE,
+                        what="attestation result",
+                    )
+                    result = AttestationResult.from_claims(payload)
                 except AttestError as exc:
                     self.add(
                         exc.code,
@@ -421,14 +458,6 @@ class _Auditor:
                     self.add(
                         ErrorCode.RESULT_STATUS,
                         f"attestation result on line {line} has status {result.status}",
-                        workers=[worker.id],
-                        file=name,
-                    )
-                    continue
-                if result.attested_key is None:
-                    self.add(
-                        ErrorCode.RESULT_KEY_MISMATCH,
-                        f"attestation result on line {line} attests no receipt key",
                         workers=[worker.id],
                         file=name,
                     )
@@ -655,6 +684,8 @@ class _Auditor:
             if (r.worker_id, r.step, r.micro_batch, r.kind) in conflicted:
                 continue
             position = (r.stage, r.replica, r.step, r.micro_batch, r.kind)
+            while self.bypassed.get((r.step, attempt[position])) == r.stage:  # it computed nothing then
+                attempt[position] += 1
             linkable[(r.stage, r.replica, r.step, attempt[position], r.micro_batch, r.kind)] = r
             attempt[position] += 1
         s = self.summary
@@ -723,6 +754,17 @@ class _Auditor:
             unit = UnitKind.FORWARD if key[4] is TransferKind.ACTIVATION else UnitKind.BACKWARD
             for attempt, item in enumerate(group):
                 h = item.header
+                bypassed = self.bypassed.get((h.step, attempt))
+                if h.receiver_stage != route_neighbour(h.sender_stage, h.kind, bypassed):
+                    past = f" past bypassed stage {bypassed}" if bypassed is not None else ""
+                    self.add(
+                        ErrorCode.LINK_MISMATCH,
+                        f"worker {h.sender} signed a {h.kind} header to stage {h.receiver_stage}, which stage "
+                        f"{h.sender_stage} does not send to in computation {attempt} of step {h.step}{past}: "
+                        "no response of the run bypasses the stage between them",
+                        workers=[h.sender],
+                        item=item,
+                    )
                 agreed[(key[0], key[1], key[2], attempt, key[3], key[4])] = h
                 receipt = linkable.get((key[0], key[1], key[2], attempt, key[3], unit))
                 if receipt is not None and receipt.output_digest != h.tensor.digest:
@@ -743,11 +785,15 @@ class _Auditor:
         """Adjacent stages must agree on the tensors they exchanged, attempt by attempt."""
         s = self.summary
         for (stage, replica, step, attempt, mb, kind), receipt in linkable.items():
-            if kind is UnitKind.FORWARD and stage + 1 < s.stages:
-                sender, receiver = receipt, linkable.get((stage + 1, replica, step, attempt, mb, UnitKind.FORWARD))
+            bypassed = self.bypassed.get((step, attempt))
+            if (
+                kind is UnitKind.FORWARD
+                and (to := route_neighbour(stage, TransferKind.ACTIVATION, bypassed)) < s.stages
+            ):
+                sender, receiver = receipt, linkable.get((to, replica, step, attempt, mb, UnitKind.FORWARD))
                 transfer = TransferKind.ACTIVATION
-            elif kind is UnitKind.BACKWARD and stage >= 1:
-                sender, receiver = receipt, linkable.get((stage - 1, replica, step, attempt, mb, UnitKind.BACKWARD))
+            elif kind is UnitKind.BACKWARD and (to := route_neighbour(stage, TransferKind.GRADIENT, bypassed)) >= 0:
+                sender, receiver = receipt, linkable.get((to, replica, step, attempt, mb, UnitKind.BACKWARD))
                 transfer = TransferKind.GRADIENT
             else:
                 continue
@@ -853,18 +899,3 @@ def audit_run_dir(
         findings=tuple(findings),
         seconds=time.perf_counter() - started,
     )
-
-
-def _open_result(token: bytes, verifier: VerifyKey) -> AttestationResult | EarResult:
-    """A result token's verified content: an EAR for DCAP evidence, the simulated TEE's result otherwise."""
-    if is_ear_token(token):
-        return open_ear(token, verifier)
-    payload = open_token(
-        token,
-        verifier,
-        RESULT_TYP,
-        malformed=ErrorCode.RESULT_MALFORMED,
-        bad_signature=ErrorCode.RESULT_SIGNATURE,
-        what="attestation result",
-    )
-    return AttestationResult.from_claims(payload)

@@ -66,7 +66,9 @@ class SignedHeader:
         sender_stage: the sending stage.
         sender_replica: the sending replica (the receiver is the same replica of the next or
             previous stage).
-        receiver_stage: ``sender_stage + 1`` for activations, ``sender_stage - 1`` for gradients.
+        receiver_stage: ``sender_stage + 1`` for activations, ``sender_stage - 1`` for gradients;
+            one stage further when the stage between them is bypassed (which the checker of the
+            header, not its encoding, must accept: the run must declare that bypass).
         step: the optimiser step.
         micro_batch: the micro-batch.
         kind: activation or gradient.
@@ -99,8 +101,9 @@ class SignedHeader:
 
 
 def _check_direction(kind: TransferKind, sender_stage: int, receiver_stage: int) -> str | None:
-    expected = sender_stage + 1 if kind is TransferKind.ACTIVATION else sender_stage - 1
-    if receiver_stage != expected:
+    step = 1 if kind is TransferKind.ACTIVATION else -1
+    if receiver_stage not in (sender_stage + step, sender_stage + 2 * step):
+        expected = sender_stage + step
         return f"an {kind} from stage {sender_stage} must go to stage {expected}, not {receiver_stage}"
     return None
 

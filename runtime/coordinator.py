@@ -73,6 +73,7 @@ from stagewarden.runtime.responses import (
     can_skip,
     plan_response,
 )
+from stagewarden.runtime.route import Route
 from stagewarden.runtime.spotcheck import (
     SampleSeed,
     SpotCheckError,
@@ -383,6 +384,9 @@ class Coordinator:
         self._tolerance: dict[int, Tolerance] = {}
         self._seed: SampleSeed | None = None
         self._bypass: int | None = None
+        self.stop_reason: str | None = None
+        """Why the run stopped, was refused or failed (``summary.json``'s ``stop_reason``)."""
+        self._route = Route(self.config.stages)
         self._pending_bypass: int | None = None
         self._pending_attempt = 0
         self._rollbacks: dict[int, int] = {}
@@ -675,9 +679,10 @@ class Coordinator:
                 self.events.write("run_completed", steps=len(self.losses), detections=len(self.detections))
                 shutil.rmtree(self.keys_dir, ignore_errors=True)  # nothing left to resume
             else:
+                self.stop_reason = stopped
                 self.events.write("run_stopped", reason=stopped, steps=len(self.losses))
         except AdmissionRefused as exc:
-            self.status = "refused"
+            self.status, self.stop_reason = "refused", str(exc)
             self.events.write("run_stopped", reason=str(exc))
             raise
         except RunInterrupted:
@@ -686,6 +691,7 @@ class Coordinator:
             if self.status != "running":
                 self.status = "failed"
                 message = exc.message if isinstance(exc, AttestError) else str(exc)
+                self.stop_reason = message
                 self.events.write("run_failed", reason=message)
                 raise RunFailed(f"the run failed: {message}") from None
             self._on_error(exc)
@@ -1110,14 +1116,17 @@ class Coordinator:
             if attempt >= MAX_RECOMPUTATIONS:
                 d = detections[0]
                 raise _Stop(
-                    f"step {step} was tampered with in each of its {attempt + 1} computations (last: stage "
-                    f"{d['stage']}, {d['check']}); the {c.response} response does not remove this attacker"
+                    f"no honest path through step {step}: it was tampered with in each of its {attempt + 1} "
+                    f"computations (last: stage {d['stage']}, {d['check']}), and the {c.response} response "
+                    "cannot route around the tampering stage"
                 )
             plan = self.respond(step, attempt, detections[0])
             if plan.checkpoint_step is not None:
                 return plan.checkpoint_step
             bypass = plan.bypass_stage
             attempt += 1
+        if bypass is not None and c.verification == "redundant_neighbour":
+            self._resync_bypassed_checker(step, bypass)
         if self.log is not None:
             self.log.sync()
         seconds = time.perf_counter() - started
@@ -1133,6 +1142,43 @@ class Coordinator:
         self._write_summary()
         self._write_metrics()
         return step + 1
+
+    def _resync_bypassed_checker(self, step: int, bypass: int) -> None:
+        """After a computation of ``step`` that bypassed ``bypass``: the stage before it updated
+        while its checker (the bypassed worker) computed nothing, so the checker's replica takes
+        that stage's new state, which must be the one its update receipt commits to."""
+        s, c = bypass - 1, self.config
+        wid = self.stage_ids[s]
+        self.transport.send_json(self.rank_of(s), {"type": "snapshot", "step": step + 1})
+        msg = self.transport.recv_json(self.rank_of(s), "snapshot")
+        received, digests = self._recv_tensors(s, msg, ("weights", "optimizer"))
+        weights = weights_digest(_tensor_digests(received["weights"], digests, "weights")).hex()
+        optimizer = weights_digest(_tensor_digests(received["optimizer"], digests, "optimizer")).hex()
+        if msg.get("step") != step + 1 or weights != self.final_weights.get(s):
+            raise TransportError(f"worker {wid} sent other weights than its update of step {step} reported")
+        if c.receipts and optimizer != self._optimizer[s]:
+            raise TransportError(f"worker {wid} sent another optimizer state than its update receipt of step {step}")
+        tensors = [(f"replica_weights.{k}", v) for k, v in received["weights"].items()]
+        tensors += [(f"replica_optimizer.{k}", v) for k, v in received["optimizer"].items()]
+        self._send_load(self.rank_of(bypass), step + 1, tensors, replica_only=True)
+        msg = self.transport.recv_json(self.rank_of(bypass), "loaded")
+        if msg.get("step") != step + 1 or msg.get("replica") is not True:
+            raise TransportError(f"worker {self.stage_ids[bypass]} did not load its replica of stage {s}")
+
+    def _send_load(
+        self, rank: int, step: int, tensors: list[tuple[str, torch.Tensor]], replica_only: bool = False
+    ) -> None:
+        """Send a worker state to load (``load``): the tensors' names, dtypes, shapes and digests, then each tensor."""
+        meta = [
+            {"name": n, "dtype": _dtype_name(t), "shape": list(t.shape), "digest": digest_tensor(t).hex()}
+            for n, t in tensors
+        ]
+        message: dict[str, Any] = {"type": "load", "step": step, "tensors": meta}
+        if replica_only:
+            message["replica_only"] = True
+        self.transport.send_json(rank, message)
+        for _, t in tensors:
+            self.transport.send_tensor(rank, t)
 
     def _checkpoint_due(self, step: int) -> bool:
         """Whether a checkpoint is written after ``step`` (of step ``step + 1``)."""
@@ -1153,9 +1199,9 @@ class Coordinator:
         message: dict[str, Any] = {"type": "step", "step": step, "attempt": attempt}
         if bypass is not None:
             message["bypass"] = bypass
-        self._bypass = bypass
-        for s in range(c.stages):
-            self.transport.send_json(self.rank_of(s), message)
+        self._bypass, self._route = bypass, Route(c.stages, bypass)
+        for s in range(c.stages):  # the bypassed worker computes nothing: it waits for the next step
+            self.transport.send_json(self.rank_of(s), message if s != bypass else {"type": "idle", "step": step})
         for k in list(self.free_standbys):
             try:
                 self.transport.send_json(self.standby_rank(k), {"type": "idle", "step": step})
@@ -1273,11 +1319,14 @@ class Coordinator:
         from ``s`` the activations it received (under ``s - 1``'s signed headers) and from
         ``s - 1`` the gradients ``s`` sent back (under ``s``'s), check them, and forward them to
         the checker ``s + 1``: what ``s`` really computed on, which no worker can substitute."""
-        c = self.config
+        c, route = self.config, self._route
         for s in range(1, c.stages - 1):
+            if not route.checked(s):  # bypassed, or its checker is
+                continue
+            upstream = route.before(s)
             for kind, sender, receiver, source in (
-                (TransferKind.ACTIVATION, s - 1, s, s),
-                (TransferKind.GRADIENT, s, s - 1, s - 1),
+                (TransferKind.ACTIVATION, upstream, s, s),
+                (TransferKind.GRADIENT, s, upstream, upstream),
             ):
                 for m in range(c.microbatches):
                     expected = Expected(
@@ -1308,9 +1357,6 @@ class Coordinator:
         snapshot = frozen is None and self._checkpoint_due(step)
         for s in stages:
             self.transport.send_json(self.rank_of(s), {"type": "update", "step": step})
-        if frozen is not None and frozen >= 1 and c.verification == "redundant_neighbour":
-            # the frozen stage still checks stage frozen - 1, which is updated: so is its replica
-            self.transport.send_json(self.rank_of(frozen), {"type": "replica_update", "step": step})
         receipts: dict[int, Receipt] = {}
         optimizers: dict[int, str] = {}
         found: list[dict[str, Any]] = []
@@ -1544,14 +1590,7 @@ class Coordinator:
                 tensors += [
                     (f"replica_optimizer.{k}", v) for k, v in checkpoint.optimizer_states.get(s - 1, {}).items()
                 ]
-            meta = [
-                {"name": n, "dtype": _dtype_name(t), "shape": list(t.shape), "digest": digest_tensor(t).hex()}
-                for n, t in tensors
-            ]
-            rank = self.rank_of(s)
-            self.transport.send_json(rank, {"type": "load", "step": step, "tensors": meta})
-            for _, t in tensors:
-                self.transport.send_tensor(rank, t)
+            self._send_load(self.rank_of(s), step, tensors)
         for s in range(c.stages):
             msg = self.transport.recv_json(self.rank_of(s), "loaded")
             reported = _hex(msg.get("weights"), 32, "weights").hex()
@@ -1798,17 +1837,17 @@ class Coordinator:
         stage 0's only its own verification is left. (NCCL point-to-point calls from several
         threads could interleave differently on each rank: with it the stages are taken one
         after the other.)"""
-        c = self.config
+        c, stages = self.config, self._route.active_stages
         taken: dict[int, _Commitment] = {}
         if c.backend == "gloo" and c.stages > 1:
-            threads = {s: _CommitmentThread(self, s, step) for s in range(1, c.stages)}
+            threads = {s: _CommitmentThread(self, s, step) for s in stages[1:]}
             for thread in threads.values():
                 thread.start()
             taken[0] = self._take_commitment(0, step)
             for s, thread in threads.items():
                 taken[s] = thread.outcome()
         else:
-            for s in range(c.stages):
+            for s in stages:
                 taken[s] = self._take_commitment(s, step)
         receipts = {s: t.receipts for s, t in taken.items()}
         headers = {s: t.headers for s, t in taken.items()}
@@ -1816,7 +1855,7 @@ class Coordinator:
         checks = {s: t.checks for s, t in taken.items() if t.checks is not None}
         checks_run = {s: t.checks_run for s, t in taken.items() if t.checks is not None}
         # a step's commitments enter the log together, so a crash mid-collection leaves none of them
-        for s in range(c.stages):
+        for s in stages:
             self.busy[s] += taken[s].busy
             for r in receipts[s]:
                 self.counts[str(r.kind)] += 1
@@ -1901,6 +1940,13 @@ class Coordinator:
             raise TransportError(
                 f"worker {wid} committed a signed header of another transfer (run {header.run_id!r}, to stage "
                 f"{header.receiver_stage}, step {header.step})",
+                peer=self.rank_of(stage),
+            )
+        if header.sender_stage != self._route.neighbour(stage, header.kind, incoming=True):
+            # a transfer that skips a stage is this computation's only when it bypasses that stage
+            raise TransportError(
+                f"worker {wid} committed a signed {header.kind} header from stage {header.sender_stage}, which "
+                f"does not send to stage {stage} in this computation of step {step}",
                 peer=self.rank_of(stage),
             )
         return header
@@ -2050,26 +2096,9 @@ class Coordinator:
         sample is drawn after the update receipts (``_draw_sample``). A bypassed stage must
         pass every tensor on unchanged. Returns the detections.
         """
-        c = self.config
-        found: list[dict[str, Any]] = []
-        bypass = self._bypass
-        if bypass is not None:  # the bypassed stage must pass every tensor on unchanged
-            for r in commit.receipts.get(bypass, []):
-                if r.input_digest != r.output_digest:
-                    found.append(
-                        self.detection(
-                            step,
-                            r.micro_batch,
-                            str(r.kind),
-                            bypass,
-                            "identity",
-                            "the bypassed stage changed the tensor it should pass on unchanged",
-                            receipt_digest(r),
-                        )
-                    )
-        if c.verification == "redundant_neighbour":
-            return found + self.adjudicate(commit, (already or []) + found)
-        return found
+        if self.config.verification == "redundant_neighbour":
+            return self.adjudicate(commit, already or [])
+        return []
 
     def _draw_sample(self, commit: StepCommit, updates: dict[int, Receipt]) -> list[tuple[int, int, str]]:
         """With ``spot_check``: reveal the secret committed before the step, derive the sampling
@@ -2129,13 +2158,14 @@ class Coordinator:
                     raise TransportError(f"stage {checker} sent a malformed check report") from None
                 if (
                     s != checker - 1
+                    or not self._route.checked(s)
                     or int(report.get("step", -1)) != step
                     or not 0 <= m < c.microbatches
                     or kind not in ("forward", "backward")
                 ):
                     raise TransportError(f"stage {checker} reported a check of a unit it does not check: {report}")
                 self.neighbour["mismatches_reported"] += 1
-                if (s, m, kind) in blamed or (s - 1, m, "forward") in blamed:
+                if (s, m, kind) in blamed or (self._route.before(s), m, "forward") in blamed:
                     # already convicted, or explained by the upstream stage's conviction (the
                     # replica's backward of a micro-batch follows from its forward)
                     continue
@@ -2143,15 +2173,6 @@ class Coordinator:
                     f"stage {checker} recomputed stage {s}'s {kind} unit and got another result (max |diff| {diff:g})"
                 )
                 receipt = commit.receipt(s, m, UnitKind(kind))
-                if s == self._bypass and c.receipts and receipt is not None:
-                    # the identity check on the bypassed stage's receipts passed for this unit
-                    self.neighbour["false_accusations"] += 1
-                    message = f"{claim}, but stage {s}'s receipt shows the tensor passed on unchanged"
-                    found.append(
-                        self.detection(step, m, kind, checker, "false_accusation", message, receipt_digest(receipt))
-                    )
-                    blamed.add((s, m, kind))
-                    continue
                 if not c.receipts or receipt is None:
                     self.neighbour["unadjudicated"] += 1
                     evidence = bytes.fromhex(str(report.get("evidence_digest", "")))
@@ -2160,7 +2181,7 @@ class Coordinator:
                 equivocation = self._relayed_equivocation(report, s, m, step, receipt)
                 if equivocation is not None:
                     found.append(equivocation)
-                    blamed.add((s - 1, m, "forward"))
+                    blamed.add((self._route.before(s), m, "forward"))
                     continue
                 confirmed = self.check_unit(commit, s, m, kind)
                 settled = True
@@ -2210,7 +2231,8 @@ class Coordinator:
         raw = report.get("input_header")
         if not isinstance(raw, str) or s < 1:
             return None
-        upstream = self.stage_ids[s - 1]
+        before = self._route.before(s)
+        upstream = self.stage_ids[before]
         try:
             header = parse_header(bytes.fromhex(raw))
             verify_header(header, self.keys[upstream])
@@ -2225,10 +2247,10 @@ class Coordinator:
         ) or header.tensor.digest == receipt.input_digest:
             return None
         message = (
-            f"stage {s - 1} signed two activations for micro-batch {m}: the one stage {s} computed on and "
+            f"stage {before} signed two activations for micro-batch {m}: the one stage {s} computed on and "
             f"another relayed to stage {s + 1}, stage {s}'s checker (equivocation)"
         )
-        return self.detection(step, m, "forward", s - 1, "equivocation", message, receipt_digest(receipt))
+        return self.detection(step, m, "forward", before, "equivocation", message, receipt_digest(receipt))
 
     def _check_weights(self, s: int, step: int, receipt: Receipt) -> tuple[list[dict[str, Any]], bool]:
         """Whether the weights stage ``s`` committed to at ``step`` are honest: the detections, and
@@ -2613,6 +2635,7 @@ class Coordinator:
         extra = {
             "runtime_version": RUNTIME_SUMMARY_VERSION,
             "status": self.status,
+            "stop_reason": self.stop_reason,
             "config": c.to_json(),
             "steps_completed": len(self.losses),
             "losses": list(self.losses),

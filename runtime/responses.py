@@ -13,9 +13,10 @@ that the engine carries out:
    undetected earlier tamper may already be inside the checkpoint. An audit that finds one
    plans again with ``first_tampered_step`` set to go back further.
 ``skip_stage``
-   As in the paper: the detected step is recomputed with the convict's stage bypassed (its
-   blocks act as the identity, the previous stage sends straight to the next) and its update
-   frozen for that step. Valid because every block is residual. The first stage (embeddings)
+   As in the paper: the detected step is recomputed with the convict's stage bypassed (the
+   previous stage sends straight to the next, :class:`~stagewarden.runtime.route.Route`; the
+   convict computes and relays nothing) and its update frozen for that step; the next step uses
+   it again. Valid because every block is residual. The first stage (embeddings)
    and the last (head and loss) cannot be bypassed: skipping them falls back to ``restart``.
 ``restart``
    The detected step is recomputed from the weights before it (the paper's baseline).
@@ -162,7 +163,7 @@ class ResponsePlan:
         standby: The worker that takes the convict's stage (eject).
         ejected: The worker removed from the run (eject).
         audit: The convict's receipts to re-execute (rollback), newest first.
-        bypass_stage: The stage whose blocks act as the identity for the redone step (skip_stage).
+        bypass_stage: The stage left out of the redone step, its neighbours talking directly (skip_stage).
         frozen_stages: Stages whose update is skipped for the redone step (skip_stage).
         fallback_from: The response asked for when it could not be carried out, else ``None``.
         reason: One sentence on why the plan is what it is.

@@ -65,6 +65,7 @@ from stagewarden.runtime.liveness import Heartbeat
 from stagewarden.runtime.measure import code_digest, stage_measurement
 from stagewarden.runtime.model import StageModule, build_stage
 from stagewarden.runtime.redundant import CheckOutcome, InputVia, NeighbourReplica
+from stagewarden.runtime.route import Route
 from stagewarden.runtime.schedule import ActionKind, gpipe, one_f_one_b
 from stagewarden.runtime.spotcheck import (
     export_optimizer_state,
@@ -424,7 +425,8 @@ class StageWorker:
         self.record: StepRecord | None = None
         self.previous: StepRecord | None = None
         self.attack: NoAttack | None = None
-        self.bypass: int | None = None
+        self.route = Route(config.stages)
+        """Who this stage talks to in the current computation (another route when a stage is bypassed)."""
         self.busy = 0.0
         self.ranks: dict[int, int] = {}
         self.replica: NeighbourReplica | None = None
@@ -665,10 +667,10 @@ class StageWorker:
         return encode_receipt(receipt)
 
     def _neighbour(self, kind: TransferKind, incoming: bool) -> int:
-        """The stage this stage receives from (``incoming``) or sends to, for a transfer ``kind``."""
+        """The stage this stage receives from (``incoming``) or sends to, for a transfer ``kind``,
+        on the current computation's route (past a bypassed stage)."""
         assert self.stage_index is not None
-        forward_flow = (kind is TransferKind.ACTIVATION) != incoming
-        return self.stage_index + (1 if forward_flow else -1)
+        return self.route.neighbour(self.stage_index, kind, incoming)
 
     def _expected(self, step: int, mb: int, kind: TransferKind) -> Expected:
         """What a transfer from this stage's neighbour must be."""
@@ -699,7 +701,7 @@ class StageWorker:
         """Run this stage's forwards and backwards of ``step`` and commit the receipts and received headers.
 
         ``attempt`` counts recomputations of the step after a detection; ``bypass`` is a stage
-        whose blocks act as the identity for this attempt (its neighbours talk directly).
+        left out of this attempt: its neighbours talk to each other directly (:class:`Route`).
         """
         crash = os.environ.get(CRASH_ENV)
         if crash is not None and crash == f"{self.stage_index}:{step}" and attempt == 0:
@@ -712,7 +714,7 @@ class StageWorker:
         assert self.module is not None and self.stage_index is not None
         c, s, module = self.config, self.stage_index, self.module
         M = c.microbatches  # noqa: N806
-        self.bypass = bypass
+        self.route = Route(c.stages, bypass)
         self.replica_checked = False
         if self.attack is not None:
             self.attack.attempt = attempt
@@ -774,7 +776,6 @@ class StageWorker:
         # so that the input gradient goes upstream first
         pending = False
         flat: torch.Tensor | None = None  # the buffer the stage's gradients are views of, when they are
-        bypassed = bypass == s and not (module.is_first or module.is_last)
         for action in self.schedule:
             m = action.microbatch
             kind = action.kind
@@ -800,14 +801,10 @@ class StageWorker:
                     targets[m] = y.to(self.device)
                 if self.attack is not None:
                     inputs[m] = self.attack.apply_input(s, step, m, inputs[m])
-                if bypassed:  # the blocks act as the identity: the input goes on unchanged
-                    output = inputs[m].detach().clone()
-                    state = ForwardState(inputs[m], output)
-                else:
-                    state = stage_forward(module, inputs[m], M, targets=targets[m] if module.is_last else None)
-                    output = state.output.detach()
-                    if self.skew is not None:
-                        output = output * (1.0 + self.skew)
+                state = stage_forward(module, inputs[m], M, targets=targets[m] if module.is_last else None)
+                output = state.output.detach()
+                if self.skew is not None:
+                    output = output * (1.0 + self.skew)
                 states[m] = state
                 if self.attack is not None and not module.is_last:  # the last stage sends no activation
                     output = self.attack.apply_forward(s, step, m, output, received)
@@ -870,10 +867,10 @@ class StageWorker:
                             p.grad = None
                 began = time.perf_counter()
                 state = states.pop(m)
-                grad = grads_out[m].detach().clone() if bypassed else stage_backward(state, grads_out.get(m))
+                grad = stage_backward(state, grads_out.get(m))
                 if before or receipts_on:  # the gradients so far, in one buffer: hashed in one pass
                     flat = _gather_grads(module, before, flat, self.grad_buffers.taker(step))
-                if self.skew is not None and not bypassed:
+                if self.skew is not None:
                     grad = _skew_backward(module, grad, self.skew)
                 if grad is not None:
                     grad = grad.detach()
@@ -908,7 +905,7 @@ class StageWorker:
         if c.verification == "redundant_neighbour":
             self._send_relay(step, relay)
             began = time.perf_counter()
-            outcomes = self._check_neighbour(step, relay, bypass)
+            outcomes = self._check_neighbour(step, relay)
             busy += time.perf_counter() - began
             checks_run = len(outcomes)
             if self.attack is not None:
@@ -966,12 +963,14 @@ class StageWorker:
         (signed by ``s``) and forwards them: nobody can substitute them. Forward copies go
         first, then gradient copies, in micro-batch order.
         """
-        c, s = self.config, self.stage_index
+        c, s, route = self.config, self.stage_index, self.route
         assert s is not None
         M = c.microbatches  # noqa: N806
         copies: list[tuple[bytes, torch.Tensor]] = []
+        # with a stage bypassed, a copy goes only to a checker that computes, of a stage that does
+        downstream = route.after(s)
         if c.input_via == InputVia.CHECKED_WORKER:
-            if s > c.stages - 2:
+            if not route.checked(s):
                 return
             dst = self.ranks[s + 1]
             for m in range(M):
@@ -979,9 +978,9 @@ class StageWorker:
                 self.transport.send_signed(dst, relay.inputs[m], header, self.key, blocking=False)
             copies = [relay.sent_b[m] for m in range(M)] if s >= 1 else []
         elif c.input_via == InputVia.UPSTREAM:
-            if s > c.stages - 3:
+            if not route.checked(downstream):
                 return
-            dst = self.ranks[s + 2]
+            dst = self.ranks[downstream + 1]
             for m in range(M):
                 raw, sent = relay.sent_f[m]
                 copy = sent if self.attack is None else self.attack.relay_copy(s, step, m, sent, relay.committed_f[m])
@@ -994,24 +993,25 @@ class StageWorker:
             copies += [relay.received_b[m] for m in range(M)]
         else:
             dst = COORDINATOR
-            if 1 <= s <= c.stages - 2:
+            if s >= 1 and route.checked(s):
                 copies += [relay.received_f[m] for m in range(M)]
-            if s <= c.stages - 3:
+            if route.checked(downstream):
                 copies += [relay.received_b[m] for m in range(M)]
         for raw, tensor in copies:
             self.transport.send_relayed(dst, raw, tensor)
 
-    def _check_neighbour(self, step: int, relay: _Relay, bypass: int | None) -> list[CheckOutcome]:
+    def _check_neighbour(self, step: int, relay: _Relay) -> list[CheckOutcome]:
         """As the checker of stage ``s = this stage - 1``: receive the relayed copies, recompute
         ``s``'s forward and backward units on the replica and compare them bit for bit with what
-        ``s`` sent. A bypassed stage must pass tensors on unchanged: its output is compared with
-        its input instead (where the checker has the input: not under ``checked_worker``)."""
+        ``s`` sent. A bypassed ``s`` computed nothing: there is nothing to check, and its replica,
+        like ``s``, is not updated."""
         replica = self.replica
-        if replica is None:
-            return []
         c, me = self.config, self.stage_index
         assert me is not None
         s, M = me - 1, c.microbatches  # noqa: N806
+        if replica is None or not self.route.checked(s):
+            return []
+        upstream = self.route.before(s)  # where s's input came from, and its gradient went
         via = InputVia(c.input_via)
         inputs: dict[int, torch.Tensor] = {}
         headers: dict[int, bytes] = {}
@@ -1022,23 +1022,16 @@ class StageWorker:
                 expected = self._transfer(step, m, TransferKind.ACTIVATION, s, me, token_ids=s == 0)
                 inputs[m] = self.transport.recv_signed(src, expected)[0]
         elif s >= 1:
-            src = self.ranks[s - 1] if via is InputVia.UPSTREAM else COORDINATOR
+            src = self.ranks[upstream] if via is InputVia.UPSTREAM else COORDINATOR
             for m in range(M):
-                expected = self._transfer(step, m, TransferKind.ACTIVATION, s - 1, s)
+                expected = self._transfer(step, m, TransferKind.ACTIVATION, upstream, s)
                 inputs[m], _, raw = self.transport.recv_signed(src, expected)
                 if raw:
                     headers[m] = raw
         if s >= 1:
             for m in range(M):
-                grads[m] = self.transport.recv_signed(src, self._transfer(step, m, TransferKind.GRADIENT, s, s - 1))[0]
-        if bypass == s:  # s must pass every tensor on unchanged: compare its output with its input
-            outcomes = [
-                replica.check_identity(step, m, "forward", inputs[m], relay.received_f[m][1])
-                for m in range(M)
-                if m in inputs
-            ]
-            outcomes += [replica.check_identity(step, m, "backward", relay.sent_b[m][1], grads[m]) for m in grads]
-            return outcomes
+                expected = self._transfer(step, m, TransferKind.GRADIENT, s, upstream)
+                grads[m] = self.transport.recv_signed(src, expected)[0]
         replica.reset_step()
         self.copy_headers = headers  # the signed headers of the input copies: evidence if s - 1 equivocated
         outcomes = []
@@ -1121,13 +1114,17 @@ class StageWorker:
 
     def _load(self, msg: dict[str, Any]) -> None:
         """Load a verified checkpoint's weights and optimizer state sent by the coordinator; every
-        tensor is checked against the digest announced with it."""
+        tensor is checked against the digest announced with it. With ``replica_only`` the message
+        carries only the checked stage's state for this checker's replica (after a computation
+        that bypassed this stage, in which the checked stage updated unseen by the replica)."""
         assert self.module is not None
-        step, items = msg.get("step"), msg.get("tensors")
-        if not isinstance(step, int) or not isinstance(items, list):
+        step, items, replica_only = msg.get("step"), msg.get("tensors"), msg.get("replica_only") is True
+        if not isinstance(step, int) or not isinstance(items, list) or (replica_only and self.replica is None):
             raise TransportError(f"worker {self.worker_id} got a malformed load request")
         # A checker's load also carries the checked stage's state for its replica.
         modules = {"": self.module} if self.replica is None else {"": self.module, "replica_": self.replica.module}
+        if replica_only:
+            del modules[""]
         received: dict[str, dict[str, torch.Tensor]] = {}
         for item in items:
             try:
@@ -1172,6 +1169,9 @@ class StageWorker:
                     f"checkpoint state of the replica of stage {self.replica.checked}: {exc}"
                 ) from None
             self.replica_record = None
+        if replica_only:
+            self.transport.send_json(COORDINATOR, {"type": "loaded", "step": step, "replica": True})
+            return
         module = self.module
         module.load_state_dict(weights)
         self.optimizer = make_optimizer(module, self.config.train)

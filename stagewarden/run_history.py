@@ -34,10 +34,12 @@ class Computation:
         step: The step.
         attempt: How many times the step had been recomputed before (0 for the first computation
             after the step was reached, also after a return to a checkpoint).
-        bypass: The stage that ran as the identity, if any.
+        bypass: The stage left out of it (its worker computed nothing), if any.
         detections: The detections recorded for it.
         kept: Whether its result stayed in the model (no detection, and no later checkpoint
             restore went back before it).
+        replaced: The stages whose first worker had been ejected before it (a standby computed
+            them).
     """
 
     step: int
@@ -45,6 +47,7 @@ class Computation:
     bypass: int | None = None
     detections: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     kept: bool = False
+    replaced: frozenset[int] = frozenset()
 
     @property
     def updated(self) -> bool:
@@ -140,12 +143,13 @@ def reconstruct(events: Iterable[dict[str, Any]]) -> RunHistory:
     by_key: dict[tuple[int, int], Computation] = {}
     attempt, bypass = 0, None
     commitment: dict[str, Any] | None = None
+    replaced: set[int] = set()
 
     def computation(step: int, at: int) -> Computation:
         key = (step, at)
         found = by_key.get(key)
         if found is None:
-            found = Computation(step, at, bypass)
+            found = Computation(step, at, bypass, replaced=frozenset(replaced))
             by_key[key] = found
             history.computations.append(found)
         return found
@@ -200,6 +204,8 @@ def reconstruct(events: Iterable[dict[str, Any]]) -> RunHistory:
             done = computation(step, attempt)
             done.kept = not done.detections
             attempt, bypass = 0, None
+        elif kind == "ejected" and _int(event.get("stage")) is not None:
+            replaced.add(event["stage"])
         elif kind == "run_stopped":
             history.stopped = str(event.get("reason", ""))
     return history
@@ -221,7 +227,10 @@ def eligible_units(stages: int, microbatches: int, bypass: int | None) -> list[t
 
 def tampered_units(attack: Any, computation: Computation, stages: int, microbatches: int) -> list[Unit]:
     """The units an attack plan (JSON, as ``RunConfig.attack`` records it) tampered with in one
-    computation, by the plan's own deterministic firing rule.
+    computation, by the plan's own deterministic firing rule, counting only what the malicious
+    workers computed: nothing of a stage bypassed in that computation (its worker computed
+    nothing), nothing of a stage whose worker had been ejected (a standby, which runs no attack,
+    computed it).
 
     Tensor attacks and ``equivocate`` tamper with the forward (or backward) message of their
     stages, ``poison_data`` with stage 0's forward input, ``weights`` with the update (only when
@@ -229,9 +238,8 @@ def tampered_units(attack: Any, computation: Computation, stages: int, microbatc
     same, from step 1 on), ``grad_drift`` with the backward units it fires on (the same),
     ``swap_weights`` with the step it fires on (named by its first unit, stage by stage; every
     computation of the step but one that bypasses the stage).
-    ``replay`` cannot fire on the run's very first message (step 0, attempt 0, micro-batch 0); a
-    standby that takes over a malicious stage starts without earlier messages too, which this
-    count does not model (it may count one unit more).
+    ``replay`` cannot fire on the run's very first message (step 0, attempt 0, micro-batch 0).
+    A worker replaced after a fault on resume is not modelled (only ejections are in the events).
     """
     from stagewarden.runtime.attacks import TENSOR_KINDS, AttackKind, AttackPlan, Direction
 
@@ -239,6 +247,8 @@ def tampered_units(attack: Any, computation: Computation, stages: int, microbatc
     t, a = computation.step, computation.attempt
     out: list[Unit] = []
     for s in sorted(x for x in plan.stages if x < stages):
+        if s == computation.bypass or s in computation.replaced:
+            continue
         if plan.kind in TENSOR_KINDS or plan.kind is AttackKind.EQUIVOCATE:
             kind = "backward" if plan.direction is Direction.BACKWARD else "forward"  # input: the forward
             for m in range(microbatches):
@@ -249,15 +259,15 @@ def tampered_units(attack: Any, computation: Computation, stages: int, microbatc
             out += [(s, t, m, "forward") for m in range(microbatches) if plan.active(s, t, m, a)]
         elif plan.kind is AttackKind.SWAP_WEIGHTS:
             # fired at the step's first computation; a restore of the step brings the weights back
-            if s != computation.bypass and plan.active(s, t, 0):
+            if plan.active(s, t, 0):
                 out.append((s, t, 0, "forward"))
         elif plan.kind is AttackKind.GRAD_DRIFT:
             # the gradients a bypassed stage accumulates go nowhere: its update is frozen
-            if computation.updated and s != computation.bypass:
+            if computation.updated:
                 out += [(s, t, m, "backward") for m in range(microbatches) if plan.active(s, t, m, a)]
         elif plan.kind is AttackKind.WEIGHTS or (plan.kind is AttackKind.OPTIMIZER and t > 0):
             # optimizer: tampers with the update's input; at step 0 a stage has no state to tamper with
-            if computation.updated and s != computation.bypass and plan.active(s, t, 0, a):
+            if computation.updated and plan.active(s, t, 0, a):
                 out.append((s, t, 0, "update"))
     return out
 

@@ -194,7 +194,7 @@ def test_spec_settings_agree_with_train() -> None:
     for path in examples:
         loaded = load_spec(path)
         if loaded.spec.topology.replicas == 1:
-            assert spec_settings(loaded) == _spec_settings(str(path)), path.name
+            assert spec_settings(loaded) == _spec_settings(str(path), None), path.name
             checked += 1
     assert checked >= 5
 

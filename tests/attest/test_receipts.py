@@ -252,9 +252,13 @@ def test_encode_rejects_invalid_fields() -> None:
 
 
 def test_header_direction_enforced() -> None:
-    """An activation must go to the next stage and a gradient to the previous one."""
+    """An activation must go to the next stage (or the one after, past a bypassed stage) and a
+    gradient to the previous one (or the one before it)."""
     with pytest.raises(ValueError):
-        make_header(receiver_stage=2)
+        make_header(receiver_stage=3)
+    with pytest.raises(ValueError):
+        make_header(receiver_stage=0)
+    assert make_header(receiver_stage=2).receiver_stage == 2
     data = bytearray(encode_header(make_header()))
     at = data.index(struct.pack(">III", 0, 0, 1))
     data[at : at + 12] = struct.pack(">III", 0, 0, 5)

@@ -22,6 +22,7 @@ from stagewarden.attest.receipts import (
     sign_receipt,
 )
 from stagewarden.runtime.coordinator import Coordinator
+from stagewarden.runtime.route import Route
 from stagewarden.runtime.transport import TransportError
 
 STAGES = 3
@@ -101,6 +102,7 @@ def _coordinator(messages: dict[int, dict[str, Any]], backend: str = "gloo") -> 
     coordinator.busy = [0.0] * STAGES
     coordinator.counts = {"forward": 0, "backward": 0}
     coordinator.log = None
+    coordinator._route = Route(STAGES)  # no stage bypassed
     transport = _Scripted(messages, stage0_waits=backend == "gloo")
     coordinator.transport = transport  # type: ignore[assignment]
     return coordinator, transport

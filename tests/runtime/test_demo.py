@@ -35,6 +35,13 @@ def test_demo_quick_runs_end_to_end(tmp_path: Path) -> None:
         assert set(payload["runs"]["attacked"]["blamed"]) <= {"s1r0"}
     else:
         assert "not available" in result.output
+    # audit --spec on each of the demo's runs agrees with the proof: a tampered unit counts only
+    # where the malicious worker computed it (not after the standby took its stage)
+    spec = ROOT / "spec" / "examples" / "demo.yaml"
+    for name in payload["runs"]:
+        audited = CliRunner().invoke(cli, ["audit", str(out / name), "--spec", str(spec)])
+        assert audited.exit_code == 0, audited.output
+        assert "GUARANTEE_BROKEN" not in audited.output
     report = Path(payload["report"])
     assert report == out.absolute() / "report" / "index.html" and report.is_file()
     assert f"security report: {report}" in " ".join(result.output.split())
