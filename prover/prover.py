@@ -19,6 +19,7 @@ from stagewarden.prover import trace as tr
 from stagewarden.prover.encoding import CAPABILITY_KINDS, KINDS, SDC, Assumption, Effect, Encoding, ceil_half
 from stagewarden.prover.explain import assumption_ref
 from stagewarden.prover.fastz3 import Term, at_least, at_most, conj, disj, holds_in, neg, to_z3
+from stagewarden.prover.figure_text import format_comparison, format_pair
 from stagewarden.prover.probability import Prob, eject_damage, format_probability, rollback_damage, skip_damage
 from stagewarden.prover.verdict import HOLDS, UNKNOWN, VACUOUS, VIOLATED, AssumptionRef, Figure, GuaranteeResult, Report
 from stagewarden.spec import (
@@ -543,8 +544,9 @@ class Prover:
             above = [lv for lv in levels if lv >= bound]
             if above and self._sat(self._level_goal(targets, "le", above[-1], sdc_possible)) is not None:
                 worst = self._min_level(above, lambda lv: self._level_goal(targets, "le", lv, sdc_possible))
-                result.figure = Figure("detection probability", float(worst), float(bound), ">=", exact=_exact(worst))
-                result.summary += f" (worst case {format_probability(float(worst))})"
+                result.figure = Figure("detection probability", float(worst), float(bound), ">=", exact=_exact(worst), bound_exact=_exact(bound))
+                shown_worst, shown_bound = format_pair(worst, bound)
+                result.summary = f"holds: every tampered unit in scope is detected with probability >= {shown_bound} (worst case {shown_worst})"
             return result
         candidates = [lv for lv in levels if lv < bound]
         worst = self._min_level(candidates, lambda lv: self._level_goal(targets, "le", lv, sdc_possible)) if candidates else bound
@@ -557,9 +559,9 @@ class Prover:
         who = enc.world.workers[w].name
         what = "silent data corruption of" if is_sdc else f"{c} on"
         summary = (f"violated: {what} a {tr.KIND_NAMES[kind]} unit of worker {who} is detected with probability "
-                   f"{format_probability(float(d))} < {format_probability(float(bound))}")
+                   f"{format_comparison(d, '<', bound)}")
         return GuaranteeResult(g.id, g.kind, VIOLATED, summary, trace=trace,
-                               figure=Figure("detection probability", float(d), float(bound), ">=", exact=_exact(d)))
+                               figure=Figure("detection probability", float(d), float(bound), ">=", exact=_exact(d), bound_exact=_exact(bound)))
 
     # -- bounded damage ---------------------------------------------------------------------
 
@@ -696,8 +698,8 @@ class Prover:
                                                      for (kind, lv), n in counts.items()])])
 
             result = self._holds(g, exceed, f"holds: the best adversary leaves more than {k} undetected units with probability "
-                                 f"at most {bound_prob} <= {format_probability(float(bound))}",
-                                 figure=Figure("Pr[more than K undetected]", bound_prob.value, float(bound), "<=", exact=_exact(bound_prob.exact)))
+                                 f"at most {format_comparison(bound_prob, '<=', bound)}",
+                                 figure=Figure("Pr[more than K undetected]", bound_prob.value, float(bound), "<=", exact=_exact(bound_prob.exact), bound_exact=_exact(bound)))
             result.assumptions += [assumption_ref(enc, a) for a in enc.assumptions if a.key in self._response_keys() and a.key not in {x.key for x in result.assumptions}]
             return result
         # Find the worst concrete placement: the joint dominating one, else the best found.
@@ -721,14 +723,14 @@ class Prover:
         assert best is not None
         prob, rows, model = best
         cmp = prob.compare(bound)
-        figure = Figure("Pr[more than K undetected]", prob.value, float(bound), "<=", exact=_exact(prob.exact))
+        figure = Figure("Pr[more than K undetected]", prob.value, float(bound), "<=", exact=_exact(prob.exact), bound_exact=_exact(bound))
         if cmp is None or cmp <= 0:
             return GuaranteeResult(g.id, g.kind, UNKNOWN,
-                                   f"unknown: the dominating bound {bound_prob} exceeds {format_probability(float(bound))} but the worst placement found reaches only {prob}",
+                                   f"unknown: the dominating bound {format_comparison(bound_prob, 'exceeds', bound)} but the worst placement found reaches only {prob}",
                                    figure=figure, reason="probability bound not tight")
         trace = tr.damage_trace(self, model, g, rows, prob, bound)
-        summary = (f"violated: the adversary leaves more than {k} undetected units with probability {prob} > "
-                   f"{format_probability(float(bound))}")
+        summary = (f"violated: the adversary leaves more than {k} undetected units with probability "
+                   f"{format_comparison(prob, '>', bound)}")
         return GuaranteeResult(g.id, g.kind, VIOLATED, summary, figure=figure, trace=trace)
 
     def _budget_bound(self, terms: list[Term]) -> Term:
@@ -1012,22 +1014,22 @@ class Prover:
         breakdown = [{"item": what, "location": _line_of(self.loaded, path), "compute": float(c), "memory": float(m)} for what, path, c, m in items]
         over_c = compute > limit_c
         over_m = limit_m is not None and memory > limit_m
-        figure = Figure("extra compute", float(compute), float(limit_c), "<=", exact=_exact(compute))
+        figure = Figure("extra compute", float(compute), float(limit_c), "<=", exact=_exact(compute), bound_exact=_exact(limit_c))
         refs = [AssumptionRef(f"cost:{n}", f"{what}: +{float(c):.3g} compute, +{float(m):.3g} memory", _line_of(self.loaded, path)) for n, (what, path, c, m) in enumerate(items)]
         if over_c or over_m:
             which = []
             if over_c:
-                which.append(f"extra compute {float(compute):.3g} > {float(limit_c):.3g}")
+                which.append(f"extra compute {format_comparison(compute, '>', limit_c, 'cost')}")
             if over_m:
-                which.append(f"extra memory {float(memory):.3g} > {float(limit_m):.3g}")  # type: ignore[arg-type]
+                which.append(f"extra memory {format_comparison(memory, '>', limit_m, 'cost')}")  # type: ignore[arg-type]
             trace = {"#meta": tr.meta(self, g, "; ".join(which)),
                      "params": tr.params(self.spec), "malicious": [], "vars": [], "states": [], "costs": breakdown,
                      "outcome": {"compute": float(compute), "memory": float(memory), "max_compute": float(limit_c),
                                  "max_memory": None if limit_m is None else float(limit_m)}}
             return GuaranteeResult(g.id, g.kind, VIOLATED, "violated: " + "; ".join(which), figure=figure, trace=trace, assumptions=refs)
-        summary = f"holds: extra compute {float(compute):.3g} <= {float(limit_c):.3g}"
+        summary = f"holds: extra compute {format_comparison(compute, '<=', limit_c, 'cost')}"
         if limit_m is not None:
-            summary += f", extra memory {float(memory):.3g} <= {float(limit_m):.3g}"
+            summary += f", extra memory {format_comparison(memory, '<=', limit_m, 'cost')}"
         return GuaranteeResult(g.id, g.kind, HOLDS, summary, figure=figure, assumptions=refs)
 
 

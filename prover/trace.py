@@ -13,6 +13,7 @@ import z3
 from stagewarden.prover.encoding import Effect
 from stagewarden.prover.fastz3 import Term, holds_in
 from stagewarden.prover.explain import effect_reason
+from stagewarden.prover.figure_text import format_comparison, format_pair
 from stagewarden.prover.probability import Prob, format_probability
 from stagewarden.spec import Spec
 
@@ -103,9 +104,10 @@ def detection_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, w: int, 
     action = "silent_corruption" if sdc else capability
     state = {"#index": 0, "step": 0, "microbatch": 0 if kind != "U" else None, "worker": worker, "unit": KIND_NAMES[kind],
              "action": action, "checks": checks, "detection_probability": format_probability(float(d))}
+    shown_d, shown_bound = format_pair(d, bound)
     description = (f"{'an honest worker' if sdc else 'malicious worker'} {worker} {'suffers silent corruption of' if sdc else 'uses ' + capability + ' on'} "
-                   f"its {KIND_NAMES[kind]} unit; it is detected with probability {format_probability(float(d))}, "
-                   f"below the required {format_probability(float(bound))}")
+                   f"its {KIND_NAMES[kind]} unit; it is detected with probability {shown_d}, "
+                   f"below the required {shown_bound}")
     return {"#meta": meta(prover, guarantee, description), "params": params(prover.spec),
             "malicious": _malicious_roles(prover, model, roles), "vars": ["step", "microbatch", "worker", "unit", "action", "checks"],
             "states": [state],
@@ -135,7 +137,7 @@ def damage_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, rows: list[
                        "detection_probability": format_probability(row["detection"]), "units_available": row["units"]})
         roles[world.by_name(str(row["worker"])).index] = "tamperer"
     description = (f"{len(rows)} malicious worker(s) each {plan}: more than {k} tampered units stay undetected with "
-                   f"probability {prob} > {format_probability(float(bound))}")
+                   f"probability {format_comparison(prob, '>', bound)}")
     return {"#meta": meta(prover, guarantee, description), "params": params(spec),
             "malicious": _malicious_roles(prover, model, roles),
             "vars": ["step", "microbatch", "worker", "unit", "action", "count"], "states": states,

@@ -37,14 +37,17 @@ class Figure:
     value: float
     bound: float
     relation: str  # what the guarantee needs: ">=" or "<="
-    exact: str | None = None  # an exact rational, "p/q", when known
+    exact: str | None = None  # the value as an exact rational, "p/q", when known
     display: str = ""
+    bound_exact: str | None = None  # the bound as an exact rational, "p/q", when known
 
     def to_json(self) -> dict[str, Any]:
         """JSON form."""
         out: dict[str, Any] = {"name": self.name, "value": self.value, "bound": self.bound, "relation": self.relation}
         if self.exact is not None:
             out["exact"] = self.exact
+        if self.bound_exact is not None:
+            out["bound_exact"] = self.bound_exact
         return out
 
 

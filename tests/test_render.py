@@ -196,7 +196,7 @@ def _is_number(value: object) -> bool:
 
 def _check_figure(figure: dict[str, Any]) -> None:
     """A ``figure`` object has the documented keys and types."""
-    assert set(figure) <= {"name", "value", "bound", "relation", "exact"}
+    assert set(figure) <= {"name", "value", "bound", "relation", "exact", "bound_exact"}
     assert isinstance(figure["name"], str)
     assert _is_number(figure["value"]) and _is_number(figure["bound"])
     assert figure["relation"] in (">=", "<=")
