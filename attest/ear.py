@@ -152,12 +152,12 @@ class EarResult:
 
     @property
     def measurement(self) -> str:
-        """The launch measurement: MRTD for TDX, MRENCLAVE for SGX."""
+        """The launch measurement (MRTD for TDX, MRENCLAVE for SGX)."""
         return self.measurements.get("mrtd") or self.measurements.get("mrenclave", "")
 
     @property
     def device_id(self) -> str:
-        """The platform, as far as a quote names it: its TEE type and FMSPC."""
+        """The platform as far as a quote names it (its TEE type and FMSPC)."""
         return f"{self.tee}:{self.fmspc}"
 
     def valid_at(self, instant: dt.datetime) -> bool:
