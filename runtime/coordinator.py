@@ -28,8 +28,10 @@ from typing import Any
 import blake3
 import torch
 from nacl.signing import SigningKey
-from stagewarden.attest.clock import SystemClock
-from stagewarden.attest.errors import AttestError, FormatError
+from stagewarden.attest.audit import declared_bypasses, route_neighbour
+from stagewarden.attest.clock import Clock, SystemClock
+from stagewarden.attest.dcap_verifier import DcapVerifier, EarAppraisal
+from stagewarden.attest.errors import AttestError, ErrorCode, FormatError
 from stagewarden.attest.files import atomic_write_text
 from stagewarden.attest.headers import SignedHeader, TransferKind, parse_header, verify_header
 from stagewarden.attest.policy import Policy
@@ -48,6 +50,7 @@ from stagewarden.attest.tensor_digest import (
     weights_digest,
 )
 from stagewarden.attest.vendor import load_vendor, local_verifier
+from stagewarden.attest.verifier import Appraisal, Verifier
 from stagewarden.runtime.calibration import CALIBRATION_UNITS, MAX_TOLERANCE, calibrate_stage, tolerance_record
 from stagewarden.runtime.checkpoint import (
     MANIFEST,
@@ -863,8 +866,14 @@ class Coordinator:
             if rank not in serving:
                 self.transport.send_json(rank, {"type": "shutdown"})
                 self.released.add(rank)
-        verifier = rp = None
-        if c.attestation:
+        verifier: Verifier | DcapVerifier | None = None
+        rp = None
+        if c.attestation and c.attestation_kind == "dcap":
+            clock = SystemClock()
+            verifier = _dcap_verifier(c, self._private_key("verifier", create=self.session == 0), clock)
+            rp = RelyingParty(verifier.verify_key, clock)
+            self.writer.write_verifier_key(bytes(verifier.verify_key))
+        elif c.attestation:
             if self.vendor_dir is None:
                 raise AdmissionRefused("attestation is on but no vendor folder was given")
             references = self.reference_measurements()
@@ -904,9 +913,16 @@ class Coordinator:
                 if msg.get("worker_id") != wid:
                     raise ValueError(f"rank {rank} answered as {msg.get('worker_id')!r}, not {wid!r}")
                 if verifier is not None and rp is not None:
+                    if isinstance(msg.get("evidence_error"), str):  # the worker's TEE gave it no quote
+                        raise AttestError(ErrorCode.PROVIDER_FAILED, msg["evidence_error"][:500])
                     evidence = _hex(msg.get("evidence"), None, "evidence")
                     self.writer.write_evidence(wid, evidence)
-                    appraisal = verifier.appraise_evidence(evidence, key, nonces[wid])
+                    appraisal: Appraisal | EarAppraisal
+                    if isinstance(verifier, DcapVerifier):
+                        at_stage = str(stage) if stage is not None else None
+                        appraisal = verifier.appraise_evidence(evidence, key, nonces[wid], stage=at_stage)
+                    else:
+                        appraisal = verifier.appraise_evidence(evidence, key, nonces[wid])
                     rp.admit(wid, appraisal.token, key, expected_nonce=nonces[wid])
                     earlier = RunDir(self.run_dir).results(wid) if self.session > 0 else []
                     self.writer.write_results(wid, [*earlier, appraisal.token])
@@ -1777,13 +1793,24 @@ class Coordinator:
             )
 
         mine: list[Receipt] = []
-        latest: dict[tuple[int, int, int, UnitKind], Receipt] = {}
+        # the k-th receipt of a stage's unit belongs to the k-th computation of its step that the
+        # stage took part in (a bypassed stage takes no part), as the offline audit counts them
+        bypassed = declared_bypasses(self.responses)
+        seen: dict[tuple[int, int, int, UnitKind], int] = {}
+        units: dict[tuple[int, int, int, UnitKind, int], Receipt] = {}
+        last: dict[int, int] = {}
         prev = chain_genesis(self.run_id, worker)
         for record in scan.records:
             if record.type is not RecordType.RECEIPT:
                 continue
             r = parse_receipt(record.payload)
-            latest[(r.stage, r.step, r.micro_batch, r.kind)] = r
+            key = (r.stage, r.step, r.micro_batch, r.kind)
+            attempt = seen.get(key, 0)
+            while bypassed.get((r.step, attempt)) == r.stage:
+                attempt += 1
+            seen[key] = attempt + 1
+            units[(*key, attempt)] = r
+            last[r.step] = max(last.get(r.step, 0), attempt)
             if r.worker_id != worker:
                 continue
             mine.append(r)
@@ -1794,11 +1821,15 @@ class Coordinator:
             if r.prev_digest != prev:
                 finding(r, "chain", f"worker {worker}'s receipt does not continue its hash chain")
             prev = receipt_digest(r)
-        for (stage, t, m, kind), r in latest.items():
-            if r.worker_id != worker or kind is UnitKind.UPDATE:
+        for (stage, t, m, kind, attempt), r in units.items():
+            # the receipts that count: the worker's of the last computation of each step
+            if r.worker_id != worker or kind is UnitKind.UPDATE or attempt != last[t]:
                 continue
-            before, after = (stage - 1, stage + 1) if kind is UnitKind.FORWARD else (stage + 1, stage - 1)
-            source, sink = latest.get((before, t, m, kind)), latest.get((after, t, m, kind))
+            route = bypassed.get((t, attempt))
+            downstream = route_neighbour(stage, TransferKind.ACTIVATION, route)
+            upstream = route_neighbour(stage, TransferKind.GRADIENT, route)
+            before, after = (upstream, downstream) if kind is UnitKind.FORWARD else (downstream, upstream)
+            source, sink = units.get((before, t, m, kind, attempt)), units.get((after, t, m, kind, attempt))
             if source is not None and source.output_digest != r.input_digest:
                 finding(r, "link", f"its {kind} input differs from the output of stage {before}")
             if sink is not None and sink.input_digest != r.output_digest:
@@ -2696,6 +2727,16 @@ class Coordinator:
         for step, loss, tps, seconds in self.metrics:
             w.writerow([step, repr(loss), f"{tps:.1f}", f"{seconds:.4f}"])
         atomic_write_text(self.run_dir / METRICS_FILE, out.getvalue())
+
+
+def _dcap_verifier(c: RunConfig, signing_key: SigningKey, clock: Clock) -> DcapVerifier:
+    """The verifier of Intel quotes the configuration names (its collateral and policy files)."""
+    if c.dcap_collateral is None:
+        raise AdmissionRefused("attestation_kind dcap needs dcap_collateral (a collateral file or cache folder)")
+    try:
+        return DcapVerifier.from_files(c.dcap_collateral, c.dcap_policy, signing_key, clock)
+    except (AttestError, OSError) as exc:
+        raise AdmissionRefused(f"cannot set up the DCAP verifier: {exc}") from None
 
 
 def _hex(value: Any, size: int | None, what: str) -> bytes:

@@ -114,6 +114,19 @@ def replay(
             shutil.rmtree(made, ignore_errors=True)
 
 
+def _capability_removed(attacked: Any, settings: dict[str, Any]) -> str | None:
+    """Why the replayed attack cannot be mounted under the defence ``settings`` at all (the
+    defence removes what it needs, such as checking workers to accuse with), or ``None``."""
+    from stagewarden.runtime.config import ConfigError
+
+    try:
+        dataclasses.replace(attacked, **settings)
+    except ConfigError as exc:
+        dataclasses.replace(attacked, attack=None, **settings)  # a defence that cannot run at all raises here
+        return str(exc)
+    return None
+
+
 def _replay(
     loaded: Any, guarantee_id: str, steps: int, no_defence: bool, timeout: float | None, staging: Path, target: Path
 ) -> None:
@@ -160,7 +173,8 @@ def _replay(
                 raise ReplayError(f"the proposed defence cannot be run: {why}")
             settings = {"verification": "none", **spec_settings(proposed)}
             settings["microbatches"] = plan.config.microbatches
-            config = dataclasses.replace(plan.config, **settings)
+            removed = _capability_removed(plan.config, settings)
+            config = dataclasses.replace(plan.config, **settings) if removed is None else None
         except (ReplayError, ConfigError) as exc:
             # The attack run is complete: keep it, with a replay.json that has no defended run.
             atomic_write_text(staging / "replay.json", json.dumps(payload, indent=2) + "\n")
@@ -168,12 +182,31 @@ def _replay(
             raise BadInput(str(exc)) from None
         console.print(f"[bold]proposed defence[/] (synthesize, for {escape(scope)}):", markup=True)
         console.print(escape(block.rstrip()), markup=True)
+        if config is None:  # the attack needs something the defence does away with
+            console.print(
+                f"  [green]the proposed defence removes the capability[/]: {escape(str(removed))}", markup=True
+            )
+            payload["defended"] = {
+                "run": None,
+                "defence": block,
+                "searched_for": scope,
+                "caught": True,
+                "removed": removed,
+            }
+            atomic_write_text(staging / "replay.json", json.dumps(payload, indent=2) + "\n")
+            publish_dir(staging, target)
+            console.print(f"runs and replay.json in {escape(str(target))}", markup=True)
+            sys.exit(EXIT_OK if seen.shows else EXIT_VIOLATED)
         _run(config, staging / "defended", "the same attack under the proposed defence", console)
         guarantee = next(g for g in loaded.spec.guarantees if g.id == guarantee_id)
         bound = getattr(guarantee, "max_undetected", None)
         defended = observe(plan.kind, staging / "defended", expect_attack=False, max_undetected=bound)
-        caught = defended.shows
-        mark = "[green]stops it[/]" if caught else "[red]does not stop it[/]"
+        status = json.loads((staging / "defended" / "summary.json").read_text()).get("status")
+        caught = defended.shows and status == "completed"
+        if status == "stopped":  # it gave up training: that is no defence that stops the attack
+            mark = "[red]stopped the run[/]"
+        else:
+            mark = "[green]stops the attack[/]" if caught else "[red]does not stop the attack[/]"
         console.print(f"  the proposed defence {mark}: {escape(defended.detail)}", markup=True)
         payload["defended"] = {
             "run": "defended",

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from stagewarden.cli_common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console
+from stagewarden.run_outcome import attack_outcome, responses_line, status_line
 
 #: Exit code of a run that stopped on a worker fault and can be resumed (``--resume``).
 EXIT_RESUMABLE = 75
@@ -467,8 +468,9 @@ def _launch(config: Any, target: Path, vendor: str | None, resume: bool) -> None
     table.add_column("value")
     losses = summary.get("losses", [])
     faults = summary.get("faults", [])
+    outcome = attack_outcome(target, summary)
     rows = [
-        ("status", summary.get("status", "?")),
+        ("status", escape(status_line(summary, outcome))),
         ("stages x micro-batches", f"{summary['stages']} x {summary['micro_batches']} ({config.schedule})"),
         ("steps", str(summary.get("steps_completed", 0))),
         ("loss", f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "-"),
@@ -476,11 +478,9 @@ def _launch(config: Any, target: Path, vendor: str | None, resume: bool) -> None
         ("receipts / headers", f"{summary.get('receipts', 0)} / {summary.get('headers', 0)}"),
         ("attestation", "on" if config.attestation else "off"),
         ("verification", _verification_row(config, summary)),
+        ("attack", escape(outcome.line()) if outcome is not None else "-"),
         ("detections", str(len(summary.get("detections", [])))),
-        (
-            "responses",
-            ", ".join(f"{r['plan']['response']} at step {r['step']}" for r in summary.get("responses", [])) or "-",
-        ),
+        ("responses", escape(responses_line(summary.get("responses")))),
         (
             "worker faults",
             ", ".join(f"{f.get('worker')} ({f.get('cause')}) at step {f.get('step')}" for f in faults) or "-",

@@ -107,3 +107,37 @@ def test_replay_shows_the_attack_and_the_proposed_defence_catches_it(
         text = (index.parent / "replays.html").read_text(encoding="utf-8")
         assert "integrity" in text and "replayed" in text
         assert (index.parent / "run-1.html").is_file() and (index.parent / "run-2.html").is_file()
+
+
+FALSE_ACCUSATION_SPEC = """\
+version: 1
+name: false-accusation
+topology: {stages: 3, replicas: 1, microbatches: 2, steps: 100}
+adversary: {max_malicious: 1, capabilities: [false_accuse, tamper_activations]}
+defense:
+  receipts: false
+  attestation: true
+  checks: [{scheme: redundant_neighbour, input_via: coordinator}]
+  response: [restart]
+guarantees:
+  - {id: no-framing, kind: no_framing}
+"""
+
+
+@pytest.mark.slow
+def test_a_defence_without_checking_workers_removes_false_accusation(tmp_path: Path) -> None:
+    """A no_framing counterexample by false accusation, against a proposed defence that leaves no
+    checking worker to accuse with: the replay says the defence removes the capability (exit 0)
+    instead of failing to mount the attack, and replay.json records why."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(FALSE_ACCUSATION_SPEC)
+    out = tmp_path / "replay"
+    result = CliRunner().invoke(
+        cli, ["replay", str(spec), "--guarantee", "no-framing", "--steps", "2", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "the proposed defence removes the capability" in " ".join(result.output.split())
+    payload = json.loads((out / "replay.json").read_text())
+    assert payload["attack"]["shows_prediction"] is True and payload["attack"]["framed"] >= 1
+    assert payload["defended"]["caught"] is True and payload["defended"]["run"] is None
+    assert "false_accuse needs checking workers" in payload["defended"]["removed"]

@@ -61,9 +61,11 @@ def test_train_attacked_with_spot_check_and_restart(tmp_path: Path) -> None:
     args += ["--spot-check-rate", "1", "--response", "restart", "--out", str(out)]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1, result.output
-    assert "stopped" in result.output and "restart at step 1" in result.output
+    assert "stopped: no honest path" in result.output and "restart x 3 (step 1)" in result.output
+    assert "reverse (forward) on stage 1" in result.output and "4 detected" in result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["detections"][0]["worker"] == "s1r0"
+    assert summary["stop_reason"].startswith("no honest path through step 1")
 
 
 def test_train_bad_attack_values_exit_2(tmp_path: Path) -> None:
