@@ -10,13 +10,14 @@ once ``dcap-qvl`` has verified the quote, so forged bytes cannot burn an honest 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from nacl.signing import SigningKey, VerifyKey
 
 from .clock import Clock
 from .collateral_cache import CollateralCache
-from .dcap import Collateral, verify_quote
-from .dcap_policy import Binding, DcapPolicy, QuoteAppraisal, appraise_verified
+from .dcap import Collateral, parse_collateral, verify_quote
+from .dcap_policy import Binding, DcapPolicy, QuoteAppraisal, appraise_verified, load_dcap_policy
 from .ear import EarResult, ear_from_appraisal, sign_ear
 from .errors import AttestError
 from .nonces import NonceRegistry
@@ -87,3 +88,18 @@ class DcapVerifier:
             raise AttestError(code, message)
         result = ear_from_appraisal(appraisal, self.policy, self.verify_key, now, nonce, bytes(expected_key))
         return EarAppraisal(appraisal, result, sign_ear(result, self.signing_key))
+
+    @classmethod
+    def from_files(
+        cls, collateral: str | Path, policy: str | Path | None, signing_key: SigningKey, clock: Clock
+    ) -> DcapVerifier:
+        """A verifier whose collateral is a bundle file or a cache folder, with the policy in a file
+        (default: :class:`~stagewarden.attest.dcap_policy.DcapPolicy`).
+
+        Raises:
+            AttestError: COLLATERAL_MALFORMED or POLICY_MALFORMED.
+            OSError: a file cannot be read.
+        """
+        path = Path(collateral)
+        source = CollateralCache(path) if path.is_dir() else parse_collateral(path.read_bytes())
+        return cls(source, load_dcap_policy(policy) if policy is not None else DcapPolicy(), signing_key, clock)

@@ -28,6 +28,7 @@ DEVICES = ("cpu", "cuda")
 VERIFICATION_MODES = ("none", "spot_check", "redundant_neighbour")
 INPUT_CHANNELS = ("coordinator", "upstream", "checked_worker")
 RESPONSES = ("eject", "rollback", "skip_stage", "restart")
+ATTESTATION_KINDS = ("simulated", "dcap")
 SPOT_CHECK_COMPARES = ("bitwise", "tolerance")
 
 
@@ -70,6 +71,16 @@ class RunConfig:
     """Sign a receipt for every unit of work and log it."""
     attestation: bool = True
     """Admit workers only with a valid attestation result."""
+    attestation_kind: str = "simulated"
+    """The evidence workers attest with: ``simulated`` (the software TEE of a vendor folder) or
+    ``dcap`` (Intel TDX/SGX quotes from configfs-tsm, verified against Intel's PKI)."""
+    dcap_collateral: str | None = None
+    """With ``dcap``: the coordinator's collateral bundle file or collateral cache folder; not measured."""
+    dcap_policy: str | None = None
+    """With ``dcap``: the coordinator's DCAP policy file (default: UpToDate only, no reference
+    values); not measured."""
+    tsm_report_root: str = "/sys/kernel/config/tsm/report"
+    """With ``dcap``: the workers' configfs-tsm report folder."""
     standby: int = 0
     """Standby workers ``K`` that attest at start and wait for an assignment."""
     verification: str = "none"
@@ -177,6 +188,14 @@ class RunConfig:
             (self.heartbeat_timeout > 0, f"heartbeat_timeout must be positive, got {self.heartbeat_timeout}"),
             (self.silence_timeout > 0, f"silence_timeout must be positive, got {self.silence_timeout}"),
             (self.seed >= 0, f"seed must be at least 0, got {self.seed}"),
+            (
+                self.attestation_kind in ATTESTATION_KINDS,
+                f"attestation_kind must be one of {', '.join(ATTESTATION_KINDS)}, not {self.attestation_kind!r}",
+            ),
+            (
+                self.attestation_kind != "dcap" or not self.attestation or self.dcap_collateral is not None,
+                "attestation_kind dcap needs dcap_collateral (a collateral file or cache folder)",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -237,7 +256,15 @@ class RunConfig:
             return value
 
         data = self.to_json()
-        for volatile in ("timeout", "heartbeat_timeout", "silence_timeout", "steps", "attack"):
+        for volatile in (
+            "timeout",
+            "heartbeat_timeout",
+            "silence_timeout",
+            "steps",
+            "attack",
+            "dcap_collateral",
+            "dcap_policy",
+        ):
             data.pop(volatile)
         return exact(data)  # type: ignore[no-any-return]
 

@@ -914,7 +914,9 @@ class Coordinator:
                     raise ValueError(f"rank {rank} answered as {msg.get('worker_id')!r}, not {wid!r}")
                 if verifier is not None and rp is not None:
                     if isinstance(msg.get("evidence_error"), str):  # the worker's TEE gave it no quote
-                        raise AttestError(ErrorCode.PROVIDER_FAILED, msg["evidence_error"][:500])
+                        unavailable = msg.get("evidence_error_code") == ErrorCode.PROVIDER_UNAVAILABLE
+                        code = ErrorCode.PROVIDER_UNAVAILABLE if unavailable else ErrorCode.PROVIDER_FAILED
+                        raise AttestError(code, msg["evidence_error"][:500])
                     evidence = _hex(msg.get("evidence"), None, "evidence")
                     self.writer.write_evidence(wid, evidence)
                     appraisal: Appraisal | EarAppraisal

@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 from nacl.signing import SigningKey
+from stagewarden.attest.errors import AttestError
 from stagewarden.attest.headers import SignedHeader, TransferKind, encode_header, sign_header
-from stagewarden.attest.providers import SimulatedProvider
+from stagewarden.attest.providers import ConfigfsTsmProvider, SimulatedProvider
 from stagewarden.attest.receipts import (
     ExecutionEnv,
     Receipt,
@@ -570,7 +571,9 @@ class StageWorker:
             "pid": os.getpid(),
             "host": socket.gethostname()[:255],
         }
-        if nonce_hex is not None:
+        if nonce_hex is not None and self.config.attestation_kind == "dcap":
+            message.update(_configfs_evidence(self.config.tsm_report_root, bytes.fromhex(nonce_hex), pubkey))
+        elif nonce_hex is not None:
             if self.vendor_dir is None:
                 raise TransportError("attestation is on but this worker has no vendor folder (--vendor)")
             weights = {k: v.detach().cpu() for k, v in self.module.state_dict().items()} if self.module else None
@@ -1519,3 +1522,12 @@ def _batches(config: RunConfig) -> Batches:
     else:
         corpus = default_corpus() if config.max_bytes is None else default_corpus(config.max_bytes)
     return Batches(corpus, config.model.block_size, config.batch_size, config.microbatches, config.seed)
+
+
+def _configfs_evidence(root: str, nonce: bytes, pubkey: bytes) -> dict[str, str]:
+    """The quote this TEE guest's configfs-tsm gives for ``nonce`` and ``pubkey``, as the evidence
+    message's field, or why there is none (the coordinator refuses the worker with it)."""
+    try:
+        return {"evidence": ConfigfsTsmProvider(root).get_evidence(nonce, pubkey).hex()}
+    except AttestError as exc:
+        return {"evidence_error": exc.message, "evidence_error_code": str(exc.code)}

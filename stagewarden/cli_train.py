@@ -109,6 +109,23 @@ def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
 )
 @click.option("--no-receipts", is_flag=True, help="Do not sign or log receipts (the run cannot be audited).")
 @click.option("--no-attestation", is_flag=True, help="Admit workers without attestation (the run cannot be audited).")
+@click.option(
+    "--attestation-kind",
+    type=click.Choice(["simulated", "dcap"]),
+    default="simulated",
+    show_default=True,
+    help="Evidence the workers attest with: the simulated TEE, or Intel TDX/SGX quotes from configfs-tsm (dcap).",
+)
+@click.option(
+    "--dcap-collateral",
+    type=click.Path(exists=True),
+    help="With --attestation-kind dcap: the collateral bundle file or cache folder (see attest fetch-collateral).",
+)
+@click.option(
+    "--dcap-policy",
+    type=click.Path(exists=True, dir_okay=False),
+    help="With --attestation-kind dcap: the DCAP policy file (TCB statuses, reference values per stage).",
+)
 @click.option("--standby", type=int, help="Standby workers K that attest and wait idle.  [default: 0]")
 @click.option(
     "--backend",
@@ -237,6 +254,9 @@ def train(
     schedule: str,
     no_receipts: bool,
     no_attestation: bool,
+    attestation_kind: str,
+    dcap_collateral: str | None,
+    dcap_policy: str | None,
     standby: int | None,
     backend: str,
     device: str,
@@ -344,6 +364,9 @@ def train(
             data=tuple(str(Path(p).resolve()) for p in data),
             backend=backend,
             device=device,
+            attestation_kind=attestation_kind,
+            dcap_collateral=str(Path(dcap_collateral).resolve()) if dcap_collateral else None,
+            dcap_policy=str(Path(dcap_policy).resolve()) if dcap_policy else None,
             **settings,
         )
     except (ConfigError, ValueError) as exc:
