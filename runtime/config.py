@@ -72,15 +72,15 @@ class RunConfig:
     attestation: bool = True
     """Admit workers only with a valid attestation result."""
     attestation_kind: str = "simulated"
-    """The evidence workers attest with: ``simulated`` (the software TEE of a vendor folder) or
-    ``dcap`` (Intel TDX/SGX quotes from configfs-tsm, verified against Intel's PKI)."""
+    """Which evidence the workers attest with, ``simulated`` (the software TEE of a vendor folder)
+    or ``dcap`` (Intel TDX/SGX quotes from configfs-tsm, verified against Intel's PKI)."""
     dcap_collateral: str | None = None
-    """With ``dcap``: the coordinator's collateral bundle file or collateral cache folder; not measured."""
+    """With ``dcap``, the coordinator's collateral bundle file or collateral cache folder (not measured)."""
     dcap_policy: str | None = None
-    """With ``dcap``: the coordinator's DCAP policy file (default: UpToDate only, no reference
-    values); not measured."""
+    """With ``dcap``, the coordinator's DCAP policy file (default UpToDate only, no reference
+    values; not measured)."""
     tsm_report_root: str = "/sys/kernel/config/tsm/report"
-    """With ``dcap``: the workers' configfs-tsm report folder."""
+    """With ``dcap``, the workers' configfs-tsm report folder."""
     standby: int = 0
     """Standby workers ``K`` that attest at start and wait for an assignment."""
     verification: str = "none"
