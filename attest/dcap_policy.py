@@ -23,14 +23,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hmac
-import io
-import json
 from pathlib import Path
 from typing import Any
 
 from .dcap import Collateral, QuoteReport, Tee, VerifiedQuote, dcap_report_data, parse_quote, verify_quote
 from .errors import AttestError, ErrorCode, FormatError
-from .policy import _bounded
+from .policy import _bounded, load_policy_mapping
 
 #: TCB statuses a policy may allow (Intel's names; ``Revoked`` is never allowed).
 KNOWN_STATUSES = frozenset(
@@ -187,22 +185,7 @@ def policy_from_mapping(data: Any) -> DcapPolicy:
 
 def parse_dcap_policy(data: bytes, yaml: bool = False) -> DcapPolicy:
     """Parse policy bytes (JSON, or YAML when ``yaml``); raise FormatError (POLICY_MALFORMED)."""
-    if len(data) > MAX_POLICY_BYTES:
-        raise FormatError(_BAD, f"policy is larger than {MAX_POLICY_BYTES} bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise FormatError(_BAD, "policy is not UTF-8 text") from None
-    try:
-        if yaml:
-            from ruamel.yaml import YAML
-
-            loaded = YAML(typ="safe", pure=True).load(io.StringIO(text))
-        else:
-            loaded = json.loads(text)
-    except Exception as exc:  # ruamel and json raise many error types for bad input
-        raise FormatError(_BAD, f"policy does not parse: {type(exc).__name__}") from None
-    return policy_from_mapping(loaded)
+    return policy_from_mapping(load_policy_mapping(data, yaml, MAX_POLICY_BYTES))
 
 
 def load_dcap_policy(path: str | Path) -> DcapPolicy:

@@ -109,8 +109,14 @@ def policy_from_mapping(data: Any) -> Policy:
 
 def parse_policy(data: bytes, yaml: bool = False) -> Policy:
     """Parse policy bytes (JSON, or YAML when ``yaml``); raise :class:`~stagewarden.attest.errors.FormatError` (POLICY_MALFORMED)."""
-    if len(data) > MAX_POLICY_BYTES:
-        raise FormatError(_BAD, f"policy is larger than {MAX_POLICY_BYTES} bytes")
+    return policy_from_mapping(load_policy_mapping(data, yaml, MAX_POLICY_BYTES))
+
+
+def load_policy_mapping(data: bytes, yaml: bool, limit: int) -> Any:
+    """The JSON (or, when ``yaml``, YAML) value in a policy file of at most ``limit`` bytes; raise
+    :class:`~stagewarden.attest.errors.FormatError` (POLICY_MALFORMED) when it does not parse."""
+    if len(data) > limit:
+        raise FormatError(_BAD, f"policy is larger than {limit} bytes")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -119,24 +125,22 @@ def parse_policy(data: bytes, yaml: bool = False) -> Policy:
         from ruamel.yaml import YAML
 
         try:
-            loaded = YAML(typ="safe", pure=True).load(io.StringIO(text))
+            return YAML(typ="safe", pure=True).load(io.StringIO(text))
         except Exception as exc:  # ruamel raises many error types for bad YAML
             raise FormatError(_BAD, f"policy is not valid YAML: {type(exc).__name__}") from None
-    else:
 
-        def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-            out: dict[str, Any] = {}
-            for key, value in pairs:
-                if key in out:
-                    raise ValueError(f"duplicate key {key!r}")
-                out[key] = value
-            return out
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise ValueError(f"duplicate key {key!r}")
+            out[key] = value
+        return out
 
-        try:
-            loaded = json.loads(text, object_pairs_hook=no_duplicates)
-        except (ValueError, RecursionError) as exc:
-            raise FormatError(_BAD, f"policy is not valid JSON: {exc}") from None
-    return policy_from_mapping(loaded)
+    try:
+        return json.loads(text, object_pairs_hook=no_duplicates)
+    except (ValueError, RecursionError) as exc:
+        raise FormatError(_BAD, f"policy is not valid JSON: {exc}") from None
 
 
 def load_policy(path: str | Path) -> Policy:

@@ -160,9 +160,10 @@ def test_bad_policies_are_refused(data: dict[str, object]) -> None:
 
 
 def test_policy_files_in_yaml_and_garbage() -> None:
-    """YAML policies parse like JSON ones; bytes that are neither are refused."""
+    """YAML policies parse like JSON ones; bytes that are neither, or JSON with a repeated key, are refused."""
     policy = parse_dcap_policy(b"version: 1\nallow_status: [UpToDate, SWHardeningNeeded]\n", yaml=True)
     assert policy.allow_status == {"UpToDate", "SWHardeningNeeded"}
-    for data, yaml in ((b"\xff\xfe", False), (b"{", False), (b"[: :", True), (b"x" * 300_000, False)):
+    garbage = [(b"\xff\xfe", False), (b"{", False), (b"[: :", True), (b"x" * 300_000, False)]
+    for data, yaml in [*garbage, (b'{"version": 1, "version": 1}', False)]:
         with pytest.raises(FormatError):
             parse_dcap_policy(data, yaml=yaml)
