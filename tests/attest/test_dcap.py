@@ -19,6 +19,8 @@ from dcap_samples import (
     quote,
     sgx_signed_parts,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from stagewarden.attest.dcap import (
     classify_dcap_error,
     dcap_report_data,
@@ -179,3 +181,28 @@ def test_dcap_report_data_has_its_own_tag() -> None:
 def test_dcap_errors_map_to_stable_codes(message: str, code: ErrorCode) -> None:
     """dcap-qvl's error texts map onto stable codes; an unknown text still rejects, with DCAP_VERIFY_FAILED."""
     assert classify_dcap_error(message) is code
+
+
+def test_every_truncation_is_refused_or_cuts_only_padding() -> None:
+    """The quote cut at every length is refused as malformed, except inside the 70 zero bytes of padding the
+    sample carries after its declared end, which dcap-qvl ignores (the report is then the same)."""
+    original, bundle, at = quote(), collateral(), instant(AT)
+    declared_end = 48 + 584 + 4 + int.from_bytes(original[632:636], "little")
+    assert set(original[declared_end:]) == {0} and len(original) - declared_end == 70
+    for length in range(len(original)):
+        try:
+            verified = verify_quote(original[:length], bundle, at)
+        except AttestError as exc:
+            assert exc.code is E.DCAP_QUOTE_MALFORMED, (length, exc.code)
+            continue
+        assert length >= declared_end and verified.report == parse_quote(original), length
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=6000), keep_header=st.booleans())
+def test_random_bytes_are_refused_with_a_code(data: bytes, keep_header: bool) -> None:
+    """Random bytes, alone or behind the sample's real header, are refused with a stable code, never an exception."""
+    candidate = quote()[:48] + data if keep_header else data
+    with pytest.raises(AttestError) as info:
+        verify_quote(candidate, collateral(), instant(AT))
+    assert info.value.code in {E.DCAP_QUOTE_MALFORMED, E.DCAP_CERT_CHAIN, E.DCAP_QE_REPORT, E.DCAP_QUOTE_SIGNATURE}
