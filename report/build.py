@@ -16,6 +16,7 @@ from stagewarden.prover import Report, verify
 from stagewarden.report import calibration_pages, pages, replay_pages, run_pages
 from stagewarden.report.calibration import Calibration, read_calibration
 from stagewarden.report.errors import ReportError
+from stagewarden.report.headline import headline_section
 from stagewarden.report.modelling import TEE_NOTICE
 from stagewarden.report.replays import ReplayData, read_replay
 from stagewarden.report.runs import RunData, read_run
@@ -32,12 +33,15 @@ extensions = []
 root_doc = "index"
 nitpicky = True
 templates_path = ["_templates"]
-html_theme = "alabaster"
+html_theme = "furo"
 html_title = {project!r}
 html_show_sourcelink = False
 html_copy_source = False
+html_show_copyright = False
+html_static_path = ["_static"]
+html_css_files = ["stagewarden.css"]
 html_context = {{"stagewarden_notice": {notice!r}}}
-html_theme_options = {{"page_width": "1240px", "sidebar_width": "230px", "fixed_sidebar": False}}
+html_theme_options = {{"announcement": "stagewarden-notice"}}  # the text comes from _templates/page.html
 '''
 
 
@@ -53,8 +57,10 @@ def write_project(
     ``replays`` join ``runs`` on the run pages."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "_templates").mkdir(exist_ok=True)
-    template = resources.files("stagewarden.report").joinpath("templates", "layout.html").read_text(encoding="utf-8")
-    (folder / "_templates" / "layout.html").write_text(template, encoding="utf-8")
+    (folder / "_static").mkdir(exist_ok=True)
+    templates = resources.files("stagewarden.report").joinpath("templates")
+    for name, where in (("page.html", "_templates"), ("stagewarden.css", "_static")):
+        (folder / where / name).write_text(templates.joinpath(name).read_text(encoding="utf-8"), encoding="utf-8")
     project = f"Security report: {loaded.spec.name}"
     (folder / "conf.py").write_text(_CONF.format(project=project, notice=TEE_NOTICE), encoding="utf-8")
     ctx = pages.Context(loaded, report, folder)
@@ -86,6 +92,7 @@ def write_project(
         contents,
         replays=[str(r.path) for r in replays],
         calibration=str(calibration.path) if calibration is not None else None,
+        headline=headline_section(every_run, run_pages.page_names(every_run)),
     )
     (folder / "index.rst").write_text(index, encoding="utf-8")
 

@@ -284,8 +284,10 @@ def topology(spec: Spec, path: Path) -> Path:
 def sensitivity(sweep: Sweep, detection_bound: float | None, damage_bound: float | None, path: Path) -> Path:
     """Two panels: the worst-case per-unit detection probability and Pr[more than K undetected]
     against the swept parameter, the spec's own value marked with a star."""
-    fig = Figure(figsize=(10, 3.6))
-    left, right = fig.subplots(1, 2)
+    # one panel per row, so that each is as wide as the page's column (side by side they were
+    # half as wide and their labels too small to read)
+    fig = Figure(figsize=(8, 7.2))
+    left, right = fig.subplots(2, 1)
     log_x = sweep.parameter.startswith("spot")
     det = [(p.x, p.detection) for p in sweep.points if p.detection is not None]
     dam = [(p.x, p.damage) for p in sweep.points if p.damage is not None]
@@ -316,6 +318,6 @@ def sensitivity(sweep: Sweep, detection_bound: float | None, damage_bound: float
             ax.set_xscale("log")
         ax.set_xlabel(sweep.parameter)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=9, loc="best")
     fig.tight_layout()
     return save(fig, path)

@@ -14,7 +14,7 @@ from typing import Any
 
 from stagewarden.prover import GuaranteeResult, Report, check_graph
 from stagewarden.report import figures, rst, sweeps
-from stagewarden.report.modelling import ASSUMPTIONS, TEE_NOTICE
+from stagewarden.report.modelling import ASSUMPTIONS
 from stagewarden.report.taxonomy import FAMILIES, classify
 from stagewarden.spec import BoundedDamageGuarantee, DetectionGuarantee, LoadedSpec, probability_fraction
 
@@ -79,20 +79,19 @@ def _rests_on(ctx: Context, g: GuaranteeResult) -> str:
 
 
 def index_page(
-    ctx: Context, runs: list[str], pages: list[str], replays: Sequence[str] = (), calibration: str | None = None
+    ctx: Context,
+    runs: list[str],
+    pages: list[str],
+    replays: Sequence[str] = (),
+    calibration: str | None = None,
+    headline: Sequence[str] = (),
 ) -> str:
-    """The report's front page: notice, spec description, what the report was built from, the
-    summary table and the contents."""
+    """The report's front page: spec description, what the report was built from, the summary
+    table, the headline of the runs (``headline``, reStructuredText lines) and the contents. The
+    TEE notice is above every page, this one included, so the page does not repeat it."""
     spec = ctx.loaded.spec
     title = f"Security report: {spec.name}"
-    out = [
-        rst.heading(title, "="),
-        ".. warning::",
-        "",
-        f"   {rst.text(TEE_NOTICE)} Every verdict also rests on the",
-        "   :doc:`modelling assumptions <modelling>`.",
-        "",
-    ]
+    out = [rst.heading(title, "=")]
     if spec.description.strip():
         out += [rst.text(spec.description), ""]
     counts = {
@@ -132,6 +131,7 @@ def index_page(
                 _rests_on(ctx, g),
             ]
         )
+    out += list(headline)
     out += [
         rst.heading("Summary", "-"),
         rst.table(
@@ -168,7 +168,8 @@ def _violated(ctx: Context, g: GuaranteeResult, out: list[str]) -> None:
     trace = g.trace or {}
     meta = trace.get("#meta", {})
     if meta.get("description"):
-        out += [f"**Attack.** {rst.text(meta['description'])}", ""]
+        what = "Cost" if g.kind == "overhead" else "Attack"
+        out += [f"**{what}.** {rst.text(meta['description'])}", ""]
     acting, idle = acting_malicious(trace)
     if acting:
         rows = [
@@ -210,10 +211,36 @@ def _violated(ctx: Context, g: GuaranteeResult, out: list[str]) -> None:
         out += [rst.table(["cost item", "spec line", "extra compute", "extra memory"], rows), ""]
     outcome = trace.get("outcome")
     if outcome:
-        out += ["**Outcome.** " + rst.text(", ".join(f"{k} = {v}" for k, v in outcome.items())), ""]
+        out += ["**Outcome.** " + rst.text(outcome_text(outcome)) + ".", ""]
     name = f"trace-{rst.label(g.id)}.json"
     (ctx.folder / name).write_text(json.dumps(trace, indent=2) + "\n", encoding="utf-8")
     out += [f"The trace as JSON (replayable by the runtime): :download:`{name} <{name}>`.", ""]
+
+
+#: Words for the keys of a trace's ``outcome``.
+_OUTCOME_WORDS = {
+    "compute": "extra compute",
+    "memory": "extra memory",
+    "max_compute": "allowed extra compute",
+    "max_memory": "allowed extra memory",
+    "detection_probability": "detection probability",
+    "required": "required",
+}
+
+
+def outcome_text(outcome: dict[str, Any]) -> str:
+    """A trace's ``outcome`` in words: ``extra compute 0.833, allowed extra compute 0.25, allowed
+    extra memory: no bound`` (numbers to 4 significant digits)."""
+    parts = []
+    for key, value in outcome.items():
+        name = _OUTCOME_WORDS.get(key, key.replace("_", " "))
+        if value is None:
+            parts.append(f"{name}: no bound" if key.startswith("max_") else f"{name}: none")
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            parts.append(f"{name} {value}")
+        else:
+            parts.append(f"{name} {value:.4g}")
+    return ", ".join(parts)
 
 
 def _holds(ctx: Context, g: GuaranteeResult, out: list[str]) -> None:

@@ -24,19 +24,40 @@ def _losses(run: RunData) -> tuple[list[float], list[float]]:
     return [float(i) for i in range(len(losses))], losses
 
 
+def coinciding_losses(first: RunData, second: RunData) -> int | None:
+    """The step from which two runs record the same loss at every step to the end of both (at
+    least the last two steps), or None: from there their loss curves lie on top of each other."""
+    steps_a, losses_a = _losses(first)
+    steps_b, losses_b = _losses(second)
+    if len(losses_a) < 2 or steps_a != steps_b or losses_a[-1] != losses_b[-1]:
+        return None
+    start = len(losses_a) - 1
+    while start > 0 and losses_a[start - 1] == losses_b[start - 1]:
+        start -= 1
+    return int(steps_a[start]) if start <= len(losses_a) - 2 else None
+
+
 def loss_curves(runs: list[RunData], path: Path) -> Path:
-    """Every run's training loss per step on one plot, labelled from its configuration; a cross
-    marks each run's detections."""
+    """Every run's training loss per step on one plot, labelled by run name and attack; a cross
+    marks each run's detections. Runs whose curves coincide are told apart by line style and
+    marker (the page says where they coincide)."""
     fig = Figure(figsize=(9, 4.2))
     ax = fig.add_subplot()
     styles = ["-", "--", ":", "-."]
     for i, run in enumerate(runs):
         steps, losses = _losses(run)
         if not losses:
-            ax.plot([], [], label=f"{run.label} (no steps)")
+            ax.plot([], [], label=f"{run.legend_label} (no steps)")
             continue
         (line,) = ax.plot(
-            steps, losses, label=run.label, lw=1.8, ls=styles[i % len(styles)], marker="os^dv"[i % 5], ms=3
+            steps,
+            losses,
+            label=run.legend_label,
+            lw=1.8 + 1.2 * (len(runs) - 1 - i),  # earlier runs drawn wider, so a coinciding later one shows on top
+            ls=styles[i % len(styles)],
+            marker="os^dv"[i % 5],
+            ms=3 + 1.5 * (len(runs) - 1 - i),
+            alpha=0.9,
         )
         by_step = dict(zip(steps, losses, strict=True))
         hits = sorted({float(d["step"]) for d in run.detections if isinstance(d.get("step"), int)})
@@ -53,8 +74,44 @@ def loss_curves(runs: list[RunData], path: Path) -> Path:
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
+    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
     return save(fig, path)
+
+
+def attack_windows(run: RunData, steps: int) -> list[tuple[int, float, float]]:
+    """``(stage, first, last)`` in plot coordinates for each attacking stage: from the attack's
+    first step until the step its stage was first caught (a rollback's ejection names the step it
+    restored, which can precede the attack, so detections decide), or the run's end. Every window
+    is at least one step wide; an attack whose first step lies past the run's end has none."""
+    attack = run.attack
+    if attack is None:
+        return []
+    start = attack.get("start", 0)
+    start = start if isinstance(start, int) and start >= 0 else 0
+    if start >= steps:
+        return []
+    ejected = {
+        e["stage"]: e["from_step"]
+        for e in run.events
+        if e.get("event") == "ejected" and isinstance(e.get("stage"), int) and isinstance(e.get("from_step"), int)
+    }
+    windows = []
+    for stage in attack.get("stages", []):
+        if not isinstance(stage, int):
+            continue
+        caught = [
+            d["step"]
+            for d in run.detections
+            if d.get("stage") == stage and isinstance(d.get("step"), int) and d["step"] >= start
+        ]
+        if caught:
+            last = min(caught)
+        elif stage in ejected and ejected[stage] >= start:
+            last = ejected[stage]
+        else:
+            last = steps - 1
+        windows.append((stage, start - 0.5, max(last, start) + 0.5))
+    return windows
 
 
 def timeline(run: RunData, path: Path) -> Path:
@@ -65,23 +122,16 @@ def timeline(run: RunData, path: Path) -> Path:
     fig = Figure(figsize=(9, 1.2 + 0.45 * stages))
     ax = fig.add_subplot()
     attack = run.attack
-    ejected = {
-        int(e["stage"]): int(e["from_step"])
-        for e in run.events
-        if e.get("event") == "ejected" and isinstance(e.get("stage"), int) and isinstance(e.get("from_step"), int)
-    }
-    if attack is not None:
-        for stage in attack.get("stages", []):
-            end = ejected[stage] + 0.5 if stage in ejected else steps - 0.5
-            ax.plot(
-                [attack.get("start", 0) - 0.5, end],
-                [stage, stage],
-                color=TAMPER,
-                lw=6,
-                alpha=0.25,
-                solid_capstyle="butt",
-                label=f"attacker active ({attack.get('kind')}) until ejected or the end",
-            )
+    for stage, begin, end in attack_windows(run, steps):
+        ax.plot(
+            [begin, end],
+            [stage, stage],
+            color=TAMPER,
+            lw=6,
+            alpha=0.25,
+            solid_capstyle="butt",
+            label=f"attacker active ({attack.get('kind') if attack else '?'}) until caught or the end",
+        )
     xs, ys = [], []
     for event in run.events:
         if event.get("event") == "spot_check_reveal":
@@ -127,7 +177,7 @@ def timeline(run: RunData, path: Path) -> Path:
         ax.legend(
             unique.values(),
             unique.keys(),
-            fontsize=7,
+            fontsize=9,
             loc="upper center",
             bbox_to_anchor=(0.5, -0.25),
             ncol=3,
@@ -167,7 +217,7 @@ def latency_plot(latencies: list[Latency], path: Path) -> Path:
     ax.legend(
         handles[0] + more[0],
         handles[1] + more[1],
-        fontsize=7,
+        fontsize=9,
         loc="upper center",
         bbox_to_anchor=(0.5, -0.18),
         ncol=2,
@@ -210,5 +260,5 @@ def calibration_plot(calibration: Calibration, path: Path) -> Path:
     ax.set_xlim(-0.5, len(kinds) - 0.5)
     ax.set_ylabel(f"observed / predicted ({calibration.confidence:.0%} interval)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=min(4, count), frameon=False)
+    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=min(4, count), frameon=False)
     return save(fig, path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from stagewarden.attest.errors import ErrorCode
 from stagewarden.report import rst, run_figures
 from stagewarden.report.latency import Latency, observed_latency
 from stagewarden.report.pages import Context
@@ -25,20 +26,22 @@ def overview_page(ctx: Context, runs: list[RunData], pages: list[str]) -> str:
     out = (
         [
             rst.heading("Runs", "="),
-            "The run directories given to the report, each labelled from its configuration "
-            "(attack, defence, response, directory).",
+            "The run directories given to the report: each run's name (its directory's), its attack and its defence.",
             "",
             rst.table(
-                ["run", "status", "detections", "directory"],
+                ["run", "attack", "defence", "status", "detections", "directory"],
                 [
                     [
-                        f":doc:`{rst.text(r.label)} <{p}>`",
+                        f":doc:`{rst.text(r.short_name)} <{p}>`",
+                        rst.text(r.attack_text),
+                        rst.text(r.defence_text),
                         rst.text(_status(r)),
                         str(len(r.detections)),
                         rst.literal(r.path),
                     ]
                     for r, p in zip(runs, pages, strict=True)
                 ],
+                [12, 18, 22, 12, 8, 28],
             ),
             "",
             ".. toctree::",
@@ -55,8 +58,63 @@ def overview_page(ctx: Context, runs: list[RunData], pages: list[str]) -> str:
         "The training loss per step of every run on one plot; a cross marks a step with a detection.",
         "",
     ]
-    out += _throughput(runs) + _detection(ctx, runs)
+    out += _coinciding(runs)
+    out += _pinning(runs) + _throughput(runs) + _detection(ctx, runs)
     return "\n".join(out)
+
+
+def _coinciding(runs: list[RunData]) -> list[str]:
+    """A note for each pair of runs whose loss curves lie on top of each other, saying why."""
+    out = []
+    for i, first in enumerate(runs):
+        for second in runs[i + 1 :]:
+            start = run_figures.coinciding_losses(first, second)
+            if start is None:
+                continue
+            if start == 0:
+                why = (
+                    "they record the same loss at every step: the same seed, data and model, and no tampered "
+                    "computation reached the weights of either run"
+                )
+            else:
+                why = (
+                    f"from step {start} on they record the same loss at every step: the later run went back to "
+                    "a state both share (a verified checkpoint) and trained on from there as the other did"
+                )
+            out += [
+                f"*Note:* the curves of {rst.literal(first.short_name)} and {rst.literal(second.short_name)} "
+                f"coincide ({rst.literal(second.short_name)} is drawn on top); {why}.",
+                "",
+            ]
+    return out
+
+
+def _pinning(runs: list[RunData]) -> list[str]:
+    """Once for the whole report: what an audit with the verifier key read from the run directory
+    shows, and how to pin the key (the run pages then leave that warning out)."""
+    unpinned = [r for r in runs if r.audit.report is not None and not r.audit.report.verifier_key_pinned]
+    if not unpinned:
+        return []
+    return [
+        ".. _pin-verifier-key:",
+        "",
+        rst.heading("The verifier key these audits trust", "-"),
+        "Each run's receipt audit checks the attestation results against the verifier's public key. "
+        "This report read that key from the run directory itself (``attestation/verifier.pub``), so the audits "
+        "show that each run is consistent with the key it ships, no more: whoever wrote a run directory could "
+        "have written a key of their own there and signed attestation results for any worker with it. "
+        "For a run you trained yourself that is no risk. For a run someone else gives you, get the verifier's "
+        "public key from the verifier's operator over a channel the run's author does not control, and audit "
+        "with it pinned:",
+        "",
+        ".. code-block:: console",
+        "",
+        "   $ stagewarden audit RUN_DIR --verifier-key VERIFIER_PUBLIC_KEY_HEX",
+        "",
+        "Every audit that ran without a pinned key reports this as the warning ``VERIFIER_KEY_UNPINNED``; "
+        "the run pages leave it out of their findings and count it here only.",
+        "",
+    ]
 
 
 def _throughput(runs: list[RunData]) -> list[str]:
@@ -74,7 +132,7 @@ def _throughput(runs: list[RunData]) -> list[str]:
         busy = run.summary.get("stage_busy_seconds", [])
         rows.append(
             [
-                rst.text(run.label),
+                rst.text(run.short_name),
                 rst.number(tps),
                 rst.number(run.summary.get("wall_seconds")),
                 rst.text(", ".join(f"{b:.3g}" for b in busy if isinstance(b, int | float)) or "-"),
@@ -158,7 +216,8 @@ def run_page(ctx: Context, run: RunData, index: int) -> str:
     s = run.summary
     out = [
         rst.heading(f"Run {index}: {run.name}", "="),
-        rst.text(run.label),
+        (f"**Role:** {rst.text(run.title)}. " if run.title else "")
+        + f"**Attack:** {rst.text(run.attack_text)}. **Defence:** {rst.text(run.defence_text)}.",
         "",
         rst.table(
             ["run id", "status", "workers", "micro-batches", "directory"],
@@ -234,10 +293,18 @@ def _audit(run: RunData) -> list[str]:
     if report is None:
         return out + [f"The audit could not run: {rst.text(run.audit.error)}", ""]
     verdict = "clean" if report.clean else "**failed**"
+    # the unpinned verifier key is explained once, on the runs page, not repeated on every run
+    findings = [f for f in report.findings if f.code != ErrorCode.VERIFIER_KEY_UNPINNED]
+    warnings = len(findings) - len(report.errors)
+    key = (
+        "against the pinned verifier key"
+        if report.verifier_key_pinned
+        else "against the verifier key in the run directory (see :ref:`pin-verifier-key`)"
+    )
     out += [
-        f"The offline audit of the receipt log (``stagewarden audit``) is {verdict}: {report.records} records, "
-        f"{report.receipts} receipts, {report.headers} signed headers, {len(report.errors)} error(s), "
-        f"{len(report.findings) - len(report.errors)} warning(s).",
+        f"The offline audit of the receipt log (``stagewarden audit``), {key}, is {verdict}: {report.records} "
+        f"records, {report.receipts} receipts, {report.headers} signed headers, {len(report.errors)} error(s), "
+        f"{warnings} warning(s).",
         "",
     ]
     rows = [
@@ -248,7 +315,7 @@ def _audit(run: RunData) -> list[str]:
             rst.text(", ".join(f.workers) or "-"),
             rst.text(f.message),
         ]
-        for f in report.findings[:50]
+        for f in findings[:50]
     ]
     if rows:
         out += [
@@ -256,7 +323,7 @@ def _audit(run: RunData) -> list[str]:
                 ["severity", "code", "where", "workers", "message"],
                 rows,
                 [8, 15, 17, 10, 50],
-                caption="Findings" + (" (the first 50)" if len(report.findings) > 50 else ""),
+                caption="Findings" + (" (the first 50)" if len(findings) > 50 else ""),
             ),
             "",
         ]

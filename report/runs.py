@@ -108,25 +108,42 @@ class RunData:
         return [d for d in detections if isinstance(d, dict)] if isinstance(detections, list) else []
 
     @property
-    def label(self) -> str:
-        """The legend label of the run, made of its title, configuration (attack, defence, response) and directory."""
+    def short_name(self) -> str:
+        """The run's name (its directory's), after its title where it has one."""
+        return f"{self.title}: {self.name}" if self.title else self.name
+
+    @property
+    def attack_text(self) -> str:
+        """``reverse on stage 1 from step 2``, or ``no attack``."""
         attack = self.attack
-        if attack is not None:
-            stages = attack.get("stages", [])
-            stages = ",".join(str(s) for s in stages) if isinstance(stages, list) else str(stages)
-            what = f"attacked ({attack.get('kind', '?')} on stage {stages} from step {attack.get('start', 0)})"
-        else:
-            what = "clean"
+        if attack is None:
+            return "no attack"
+        stages = attack.get("stages", [])
+        stages = ",".join(str(s) for s in stages) if isinstance(stages, list) else str(stages)
+        return f"{attack.get('kind', '?')} on stage {stages} from step {attack.get('start', 0)}"
+
+    @property
+    def defence_text(self) -> str:
+        """``receipts, attestation, spot check 0.05, response eject``, or ``no security``."""
         if not self.secured:
-            defence = "no security"
-        else:
-            parts = [p for p in ("receipts", "attestation") if self.config.get(p)]
-            if self.config.get("verification") == "spot_check":
-                parts.append(f"spot check {self.config.get('spot_check_rate')}")
-            parts.append(f"response {self.config.get('response', '?')}")
-            defence = ", ".join(parts)
-        label = f"{what}; {defence} [{self.name}]"
-        return f"{self.title}: {label}" if self.title else label
+            return "no security"
+        parts = [p for p in ("receipts", "attestation") if self.config.get(p)]
+        if self.config.get("verification") == "spot_check":
+            parts.append(f"spot check {self.config.get('spot_check_rate')}")
+        elif self.config.get("verification") == "redundant_neighbour":
+            parts.append(f"redundant neighbour via {self.config.get('input_via', 'coordinator')}")
+        parts.append(f"response {self.config.get('response', '?')}")
+        return ", ".join(parts)
+
+    @property
+    def legend_label(self) -> str:
+        """The run in a plot's legend: its name and its attack (the defence is in the tables)."""
+        return f"{self.short_name}: {self.attack_text}"
+
+    @property
+    def label(self) -> str:
+        """The run in one line: name, attack and defence."""
+        return f"{self.short_name}: {self.attack_text}; {self.defence_text}"
 
 
 def _metrics(path: Path) -> list[dict[str, float]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,23 +38,30 @@ def _browser() -> tuple[str, str]:
     pytest.skip(reason)
 
 
-@pytest.mark.slow
-def test_report_renders_in_chromium(demo_report: Path, tmp_path: Path) -> None:
-    """Each page loads without SEVERE console messages, its images decode, and the notice is shown."""
+def start_chromium(profile: Path, *extra_flags: str) -> Any:
+    """A headless Chromium driven by selenium that keeps the browser console's log (skips or
+    fails as :func:`_browser` says when Chromium is missing)."""
     chromium, driver_path = _browser()
     pytest.importorskip("selenium", reason="selenium is a test extra: pip install -e '.[test]'")
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
 
     options = Options()
     options.binary_location = chromium
-    for flag in FLAGS:
+    for flag in (*FLAGS, *extra_flags):
         options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
+    options.add_argument(f"--user-data-dir={profile}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    browser = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    return webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+
+
+@pytest.mark.slow
+def test_report_renders_in_chromium(demo_report: Path, tmp_path: Path) -> None:
+    """Each page loads without SEVERE console messages, its images decode, and the notice is shown."""
+    browser = start_chromium(tmp_path / "profile")
+    from selenium.webdriver.common.by import By
+
     try:
         pages = sorted(p.name for p in demo_report.parent.glob("*.html"))
         assert "runs.html" in pages and "guarantees.html" in pages

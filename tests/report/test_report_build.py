@@ -116,7 +116,7 @@ def test_run_sections(demo_report: Path) -> None:
     assert 'src="_images/loss.png"' in _html(demo_report, "runs.html")
     assert 'src="_images/latency.png"' in _html(demo_report, "runs.html")
     assert "No completed run without security" in runs
-    assert "attacked (reverse on stage 1 from step 2)" in runs
+    assert "reverse on stage 1 from step 2" in runs
 
 
 def test_pictures_are_valid_png(demo_report: Path) -> None:

@@ -1,0 +1,85 @@
+"""The headline of a report's runs, for its front page: for each run, what was caught, when, by
+which check, and what happened next; or that nothing was, over how many steps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from stagewarden.report import rst
+from stagewarden.report.runs import RunData
+
+
+def _steps(run: RunData) -> int:
+    value = run.summary.get("steps_completed", run.summary.get("steps", 0))
+    return value if isinstance(value, int) else 0
+
+
+def _check_name(check: Any) -> str:
+    names = {"spot_check": "the spot check", "redundant_neighbour": "the redundant-neighbour check"}
+    return names.get(str(check), f"the {rst.text(str(check).replace('_', ' '))} check" if check else "a check")
+
+
+def _response(run: RunData, step: Any) -> str:
+    """What the run did about the detection at ``step``: its response plan, in words."""
+    for response in run.summary.get("responses", []):
+        if not isinstance(response, dict) or response.get("step") != step:
+            continue
+        given = response.get("plan")
+        plan: dict[str, Any] = given if isinstance(given, dict) else response
+        kind = plan.get("response")
+        parts = [f"response {rst.text(kind)}" if kind else "a response"]
+        if plan.get("ejected"):
+            parts.append(f"{rst.text(plan['ejected'])} ejected")
+        if plan.get("standby") is not None and plan.get("stage") is not None:
+            parts.append(f"standby {rst.text(plan['standby'])} took stage {rst.text(plan['stage'])}")
+        if plan.get("checkpoint_step") is not None:
+            parts.append(f"training resumed from the verified checkpoint of step {rst.text(plan['checkpoint_step'])}")
+        return "; then " + ", ".join(parts)
+    return ""
+
+
+def _audit(run: RunData) -> str:
+    report = run.audit.report
+    if report is None:
+        return "the audit could not run"
+    if report.clean:
+        return f"the audit of its {report.receipts} receipts is clean"
+    return f"the audit **failed** ({len(report.errors)} error findings)"
+
+
+def run_headline(run: RunData) -> str:
+    """One run in a sentence or two of reStructuredText."""
+    steps, status = _steps(run), str(run.summary.get("status", "?"))
+    attack = run.attack
+    detections = sorted(run.detections, key=lambda d: d.get("step") if isinstance(d.get("step"), int) else 0)
+    end = f"The run {rst.text(status)} after {steps} steps; {_audit(run)}."
+    if not detections:
+        if attack is None:
+            return f"No attack and no detection in {steps} steps. {end}"
+        return f"The attack ({rst.text(run.attack_text)}) was **not detected** in {steps} steps. {end}"
+    first = detections[0]
+    step = first.get("step")
+    unit = f"{rst.text(first.get('unit_kind'))} unit" if first.get("unit_kind") else "unit"
+    batch = first.get("microbatch")
+    where = f"at step {rst.text(step)}" + (f", micro-batch {rst.text(batch)}" if batch is not None else "")
+    caught = f"{_check_name(first.get('check'))} caught worker {rst.text(first.get('worker', '?'))} {where} ({unit})"
+    if attack is not None and isinstance(step, int):
+        start = int(attack.get("start", 0) or 0)
+        lag = step - start
+        when = "in the step it began" if lag == 0 else f"{lag} step{'s' if lag != 1 else ''} after it began"
+        head = f"The attack ({rst.text(run.attack_text)}): {caught}, {when}"
+    else:
+        head = f"With no attack mounted, {caught}: a **false alarm**"
+    more = f" ({len(detections)} detections in all)" if len(detections) > 1 else ""
+    return f"{head}{more}{_response(run, step)}. {end}"
+
+
+def headline_section(runs: Sequence[RunData], docs: Sequence[str]) -> list[str]:
+    """The front page's section on the runs: one bullet per run, linked to its page."""
+    if not runs:
+        return []
+    out = [rst.heading("What the runs show", "-")]
+    for run, doc in zip(runs, docs, strict=True):
+        out += [f"* :doc:`{rst.text(run.short_name)} <{doc}>` ({rst.text(run.defence_text)}): {run_headline(run)}"]
+    return out + [""]
