@@ -565,6 +565,62 @@ CASES = [
     Case("demo-out-file", "demo", lambda w: ["demo", "--out", str(w.file)], lambda w: (_IS_A_FILE,)),
     Case("demo-out-not-empty", "demo", lambda w: ["demo", "--out", str(w.full)], lambda w: (f"--out {w.full} exists",)),
     Case("demo-bad-format", "demo", lambda w: ["demo", "--format", "xml"], lambda w: ("--format",)),
+    Case(
+        "verify-quote-missing",
+        "attest verify-quote",
+        lambda w: ["attest", "verify-quote", str(w.missing), "--collateral", str(w.file)],
+        lambda w: (f"cannot read quote {w.missing}",),
+    ),
+    Case(
+        "verify-quote-dir",
+        "attest verify-quote",
+        lambda w: ["attest", "verify-quote", str(w.dir), "--collateral", str(w.file)],
+        lambda w: (_IS_A_DIRECTORY,),
+    ),
+    Case(
+        "verify-quote-collateral-not-json",
+        "attest verify-quote",
+        lambda w: ["attest", "verify-quote", str(w.evidence), "--collateral", str(w.file)],
+        lambda w: ("COLLATERAL_MALFORMED",),
+    ),
+    Case(
+        "verify-quote-no-collateral",
+        "attest verify-quote",
+        lambda w: ["attest", "verify-quote", str(w.evidence)],
+        lambda w: ("--collateral",),
+    ),
+    Case(
+        "verify-quote-unknown-status",
+        "attest verify-quote",
+        lambda w: ["attest", "verify-quote", str(w.evidence), "--collateral", str(w.file), "--allow-status", "Sunny"],
+        lambda w: ("unknown TCB status Sunny",),
+    ),
+    Case(
+        "verify-quote-short-nonce",
+        "attest verify-quote",
+        lambda w: ["attest", "verify-quote", str(w.evidence), "--cache", str(w.dir), "--nonce", "11", "--key", w.key],
+        lambda w: ("--nonce",),
+    ),
+    Case(
+        "fetch-collateral-no-target",
+        "attest fetch-collateral",
+        lambda w: ["attest", "fetch-collateral", str(w.evidence)],
+        lambda w: ("--cache",),
+    ),
+    Case(
+        "fetch-collateral-not-a-quote",
+        "attest fetch-collateral",
+        lambda w: [
+            "attest",
+            "fetch-collateral",
+            str(w.file),
+            "--out",
+            str(w.root / "c.json"),
+            "--pccs-url",
+            "http://127.0.0.1:9",
+        ],
+        lambda w: ("DCAP_QUOTE_MALFORMED",),
+    ),
 ]
 
 
