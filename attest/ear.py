@@ -361,6 +361,18 @@ def is_ear_token(token: bytes) -> bool:
         return False
 
 
+def parse_ear_unverified(token: bytes) -> EarResult:
+    """Parse an EAR token without checking its signature (for display only, never for trust)."""
+    header = _peek_header(token)
+    claims = _unb64(token.split(b".")[1].decode("ascii", "replace"), "payload")
+    try:
+        payload = json.loads(claims)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise FormatError(_BAD, "EAR payload is not JSON") from None
+    kid = header.get("kid")
+    return EarResult.from_claims(payload, kid if isinstance(kid, str) else "")
+
+
 def open_ear(token: bytes, verifier_key: VerifyKey) -> EarResult:
     """Check the signature and the shape of an EAR token; return its result (times are not checked)."""
     from jwcrypto import jwt

@@ -237,7 +237,7 @@ def run_page(ctx: Context, run: RunData, index: int) -> str:
         rst.heading("Attestation", "-"),
         "Each worker's latest attestation result, read from ``attestation/`` (the results' signatures are "
         "checked against ``attestation/verifier.pub``, the key the run ships; the audit below judges each "
-        "result at the time it was used). The evidence and the verifier are the simulated TEE.",
+        f"result at the time it was used). {_evidence_source(run)}",
         "",
     ]
     rows = [
@@ -285,6 +285,16 @@ def run_page(ctx: Context, run: RunData, index: int) -> str:
         out += ["* response: " + rst.text(", ".join(f"{k} {plan[k]}" for k in keys if plan.get(k) is not None))]
     out += [""]
     return "\n".join(out)
+
+
+def _evidence_source(run: RunData) -> str:
+    """What the run's workers attested with: the simulated TEE, or Intel quotes (the dcap kind)."""
+    if run.config.get("attestation_kind") == "dcap":
+        return (
+            "The evidence is Intel TDX/SGX quotes, verified against Intel's PKI with dcap-qvl and appraised "
+            "under the run's DCAP policy; the results are EAR tokens."
+        )
+    return "The evidence and the verifier are the simulated TEE."
 
 
 def _audit(run: RunData) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any
 from nacl.signing import VerifyKey
 from stagewarden.attest import AttestError, AuditReport, FixedClock, audit_run_dir, parse_evidence
 from stagewarden.attest.binary import check_id
+from stagewarden.attest.ear import EarResult, is_ear_token, parse_ear_unverified, verify_ear
 from stagewarden.attest.result import AttestationResult, parse_result_unverified, verify_result
 from stagewarden.attest.rundir import ATTESTATION_DIR, RunDir, RunDirError
 from stagewarden.report.errors import ReportError
@@ -40,6 +41,7 @@ class AttestationRow:
         issued_at: when the latest result was issued.
         expires_at: when it expires.
         results: how many result tokens the worker holds.
+        kind: the evidence kind of the latest result: ``simulated`` or ``dcap`` (an Intel quote, EAR result).
     """
 
     worker: str
@@ -51,6 +53,7 @@ class AttestationRow:
     issued_at: dt.datetime | None
     expires_at: dt.datetime | None
     results: int
+    kind: str = "simulated"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,8 +208,11 @@ def _attestations(run: RunDir, summary: dict[str, Any]) -> list[AttestationRow]:
         if not tokens:
             rows.append(AttestationRow(name, device, measurement, "", "no attestation result", "-", None, None, 0))
             continue
+        dcap = is_ear_token(tokens[-1])
         try:
-            result: AttestationResult = parse_result_unverified(tokens[-1])
+            result: AttestationResult | EarResult = (
+                parse_ear_unverified(tokens[-1]) if dcap else parse_result_unverified(tokens[-1])
+            )
         except AttestError as exc:
             rows.append(
                 AttestationRow(name, device, measurement, "", f"malformed result: {exc}", "-", None, None, len(tokens))
@@ -215,7 +221,8 @@ def _attestations(run: RunDir, summary: dict[str, Any]) -> list[AttestationRow]:
         signature = "no verifier key"
         if key is not None:
             try:
-                verify_result(tokens[-1], key, FixedClock(result.issued_at), at=result.issued_at)
+                check = verify_ear if dcap else verify_result
+                check(tokens[-1], key, FixedClock(result.issued_at), at=result.issued_at)
                 signature = "valid"
             except AttestError as exc:
                 signature = f"invalid: {exc}"
@@ -230,6 +237,7 @@ def _attestations(run: RunDir, summary: dict[str, Any]) -> list[AttestationRow]:
                 result.issued_at,
                 result.expires_at,
                 len(tokens),
+                "dcap" if dcap else "simulated",
             )
         )
     return rows
