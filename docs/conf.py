@@ -78,16 +78,12 @@ napoleon_use_rtype = False
 
 # -- HTML --------------------------------------------------------------------------------
 
-html_theme = "alabaster"
+# Furo, a theme built for reading: the page reflows to any width, and the security reports
+# (stagewarden report) use the same theme, so the docs and a report look alike.
+html_theme = "furo"
 html_title = f"stagewarden {release}"
-html_theme_options = {
-    "description": "Threat models and proofs for pipeline-parallel decentralized training",
-    "fixed_sidebar": False,
-    "show_relbars": True,
-    "page_width": "1240px",
-    "sidebar_width": "250px",
-}
-html_sidebars = {"**": ["about.html", "navigation.html", "relations.html", "searchbox.html"]}
+html_static_path = ["_static"]
+html_css_files = ["stagewarden-docs.css"]
 
 # -- specmodel: spec snippets shown in the text, with the diagnostics the text shows -------
 # {path relative to docs/: (file name shown in the text, [diagnostics, in order])}

@@ -140,12 +140,12 @@ class RunData:
 
     @property
     def legend_label(self) -> str:
-        """The run in a plot's legend: its name and its attack (the defence is in the tables)."""
+        """The run's name and attack, for a plot's legend (the defence is in the tables)."""
         return f"{self.short_name}: {self.attack_text}"
 
     @property
     def label(self) -> str:
-        """The run in one line: name, attack and defence."""
+        """The run's name, attack and defence, in one line."""
         return f"{self.short_name}: {self.attack_text}; {self.defence_text}"
 
 
