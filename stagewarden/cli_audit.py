@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -71,7 +72,7 @@ def audit(run_dir: str, verifier_key: str | None, fmt: str, spec_path: str | Non
     Exit codes: 0 clean (warnings allowed), 1 findings, 2 unreadable run directory, bad spec or bad flag.
     """
     from stagewarden.attest.audit import audit_run_dir
-    from stagewarden.attest.errors import AttestError
+    from stagewarden.attest.errors import AttestError, ErrorCode
 
     key = _parse_key(verifier_key) if verifier_key is not None else None
     loaded = _load_spec(spec_path) if spec_path is not None else None
@@ -90,14 +91,16 @@ def audit(run_dir: str, verifier_key: str | None, fmt: str, spec_path: str | Non
         click.echo(json.dumps(data, indent=2))
     else:
         console = make_console()
-        if report.findings:
+        # the unpinned key is explained once, below the verdict, instead of as a row of the table
+        findings = [f for f in report.findings if f.code != ErrorCode.VERIFIER_KEY_UNPINNED]
+        if findings:
             table = Table(title=f"audit of {escape(report.run_dir)}", show_lines=True)
             table.add_column("severity", no_wrap=True)
             table.add_column("code", no_wrap=True)
             table.add_column("workers", overflow="fold")
             table.add_column("where", overflow="fold")
             table.add_column("finding", ratio=1)
-            for f in report.findings:
+            for f in findings:
                 colour = "red" if f.severity == "error" else "yellow"
                 table.add_row(
                     f"[{colour}]{f.severity}[/]",
@@ -108,17 +111,33 @@ def audit(run_dir: str, verifier_key: str | None, fmt: str, spec_path: str | Non
                 )
             console.print(table)
         errors = len(report.errors)
-        warnings = len(report.findings) - errors
+        warnings = len(findings) - errors
         verdict = "[green]clean[/]" if report.clean else f"[red]{errors} error finding(s)[/]"
-        pinned = "pinned" if report.verifier_key_pinned else "read from the run directory"
+        pinned = "pinned" if report.verifier_key_pinned else "read from the run directory, not pinned: see below"
         console.print(
             f"run {escape(report.run_id)}: {report.receipts} receipts, {report.headers} signed headers, "
             f"verifier key {report.verifier_key[:16]} ({pinned}): {verdict}"
             + (f", {warnings} warning(s)" if warnings else "")
         )
+        if not report.verifier_key_pinned:
+            _explain_unpinned(console, run_dir)
         if conformance is not None:
             _print_conformance(console, conformance)
     sys.exit(EXIT_OK if clean else EXIT_VIOLATED)
+
+
+def _explain_unpinned(console: Console, run_dir: str) -> None:
+    """What an audit against the run directory's own verifier key shows, and how to pin the key
+    (``VERIFIER_KEY_UNPINNED`` in the JSON report)."""
+    console.print(
+        "[yellow]note (VERIFIER_KEY_UNPINNED):[/] the verifier's public key was read from the run directory "
+        f"({escape(str(Path(run_dir) / 'attestation' / 'verifier.pub'))}), so this audit shows the run is "
+        "consistent with the key it ships, not that your verifier attested its workers: whoever wrote the "
+        "directory could have written that key too. For a run you trained yourself that is no risk; for a "
+        "run from someone else, pin the key you got from the verifier's operator:",
+        markup=True,
+    )
+    console.print(f"  stagewarden audit {escape(run_dir)} --verifier-key <64 hex digits>", markup=False)
 
 
 def _load_spec(path: str) -> LoadedSpec:
