@@ -39,6 +39,7 @@ from nacl.bindings import crypto_sign_open
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
+from .audit_scope import audit_scope
 from .clock import Clock, SystemClock
 from .errors import AttestError, ErrorCode
 from .headers import SignedHeader, TransferKind, parse_header
@@ -854,11 +855,17 @@ def audit_run_dir(
     started = time.perf_counter()
     run = RunDir(path)
     pinned = verifier_key is not None
-    key = bytes(verifier_key) if verifier_key is not None else run.verifier_key()
+    scope = audit_scope(run, pinned)
+    if scope.attestation:
+        key = bytes(verifier_key) if verifier_key is not None else run.verifier_key()
+    else:
+        key = bytes(32)  # no results to check against a key: the run has none
     if len(key) != 32:
         raise ValueError("the verifier key must be 32 bytes")
     auditor = _Auditor(run, key, pinned, clock or SystemClock())
-    if not pinned:
+    for code, message in scope.lacks():
+        auditor.add(code, message, severity=Severity.WARNING)
+    if not pinned and scope.attestation:
         auditor.add(
             ErrorCode.VERIFIER_KEY_UNPINNED,
             f"the verifier key {key.hex()[:16]} was read from the run directory, "
@@ -867,35 +874,39 @@ def audit_run_dir(
             severity=Severity.WARNING,
             file=f"{ATTESTATION_DIR}/verifier.pub",
         )
-    windows = auditor.load_attestations()
-    scan = scan_log(run.read_log_bytes())
-    for problem in scan.problems:
-        auditor.add(problem.code, problem.message, file=LOG_FILE, record=problem.index, offset=problem.offset)
-    items = _check_records(scan.records, threads or os.cpu_count() or 1)
-    good = auditor.check_records(items)
-    auditor.check_keys(good, windows)
-    receipts = [i for i in good if isinstance(i.obj, Receipt)]
-    headers = [i for i in good if isinstance(i.obj, SignedHeader)]
-    unique = auditor.check_chains(receipts)
-    linkable = auditor.check_units(unique)
-    agreed = auditor.check_headers(headers, linkable)
-    auditor.check_links(linkable, agreed)
+    windows = auditor.load_attestations() if scope.attestation else {}
+    records: list[LogRecord] = []
+    if scope.receipts:
+        scan = scan_log(run.read_log_bytes())
+        records = scan.records
+        for problem in scan.problems:
+            auditor.add(problem.code, problem.message, file=LOG_FILE, record=problem.index, offset=problem.offset)
+        items = _check_records(records, threads or os.cpu_count() or 1)
+        good = auditor.check_records(items)
+        if scope.attestation:
+            auditor.check_keys(good, windows)
+        receipts = [i for i in good if isinstance(i.obj, Receipt)]
+        headers = [i for i in good if isinstance(i.obj, SignedHeader)]
+        unique = auditor.check_chains(receipts)
+        linkable = auditor.check_units(unique)
+        agreed = auditor.check_headers(headers, linkable)
+        auditor.check_links(linkable, agreed)
 
     def order(f: Finding) -> tuple[int, int, int]:
         group = (
             0 if f.code is ErrorCode.VERIFIER_KEY_UNPINNED else 1 if (f.file or "").startswith(ATTESTATION_DIR) else 2
         )
-        return (group, f.record if f.record is not None else len(scan.records), f.step or 0)
+        return (group, f.record if f.record is not None else len(records), f.step or 0)
 
     findings = sorted(auditor.findings, key=order)
     return AuditReport(
         run_dir=str(Path(path)),
         run_id=run.summary.run_id,
-        verifier_key=key.hex(),
+        verifier_key=key.hex() if scope.attestation else "",
         verifier_key_pinned=pinned,
-        records=len(scan.records),
-        receipts=sum(1 for r in scan.records if r.type is RecordType.RECEIPT),
-        headers=sum(1 for r in scan.records if r.type is RecordType.HEADER),
+        records=len(records),
+        receipts=sum(1 for r in records if r.type is RecordType.RECEIPT),
+        headers=sum(1 for r in records if r.type is RecordType.HEADER),
         findings=tuple(findings),
         seconds=time.perf_counter() - started,
     )

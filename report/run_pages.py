@@ -92,7 +92,11 @@ def _coinciding(runs: list[RunData]) -> list[str]:
 def _pinning(runs: list[RunData]) -> list[str]:
     """Once for the whole report: what an audit with the verifier key read from the run directory
     shows, and how to pin the key (the run pages then leave that warning out)."""
-    unpinned = [r for r in runs if r.audit.report is not None and not r.audit.report.verifier_key_pinned]
+    unpinned = [
+        r
+        for r in runs
+        if r.audit.report is not None and r.audit.report.verifier_key and not r.audit.report.verifier_key_pinned
+    ]
     if not unpinned:
         return []
     return [
@@ -306,11 +310,12 @@ def _audit(run: RunData) -> list[str]:
     # the unpinned verifier key is explained once, on the runs page, not repeated on every run
     findings = [f for f in report.findings if f.code != ErrorCode.VERIFIER_KEY_UNPINNED]
     warnings = len(findings) - len(report.errors)
-    key = (
-        "against the pinned verifier key"
-        if report.verifier_key_pinned
-        else "against the verifier key in the run directory (see :ref:`pin-verifier-key`)"
-    )
+    if not report.verifier_key:
+        key = "of a run trained without attestation"
+    elif report.verifier_key_pinned:
+        key = "against the pinned verifier key"
+    else:
+        key = "against the verifier key in the run directory (see :ref:`pin-verifier-key`)"
     out += [
         f"The offline audit of the receipt log (``stagewarden audit``), {key}, is {verdict}: {report.records} "
         f"records, {report.receipts} receipts, {report.headers} signed headers, {len(report.errors)} error(s), "

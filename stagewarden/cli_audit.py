@@ -113,13 +113,19 @@ def audit(run_dir: str, verifier_key: str | None, fmt: str, spec_path: str | Non
         errors = len(report.errors)
         warnings = len(findings) - errors
         verdict = "[green]clean[/]" if report.clean else f"[red]{errors} error finding(s)[/]"
-        pinned = "pinned" if report.verifier_key_pinned else "read from the run directory, not pinned: see below"
+        if report.clean and any(f.code == ErrorCode.RECEIPTS_ABSENT for f in findings):
+            verdict = "[yellow]nothing to check (the run kept no receipts)[/]"
+        if not report.verifier_key:
+            key_text = "no attestation to check"
+        elif report.verifier_key_pinned:
+            key_text = f"verifier key {report.verifier_key[:16]} (pinned)"
+        else:
+            key_text = f"verifier key {report.verifier_key[:16]} (read from the run directory, not pinned: see below)"
         console.print(
             f"run {escape(report.run_id)}: {report.receipts} receipts, {report.headers} signed headers, "
-            f"verifier key {report.verifier_key[:16]} ({pinned}): {verdict}"
-            + (f", {warnings} warning(s)" if warnings else "")
+            f"{key_text}: {verdict}" + (f", {warnings} warning(s)" if warnings else "")
         )
-        if not report.verifier_key_pinned:
+        if report.verifier_key and not report.verifier_key_pinned:
             _explain_unpinned(console, run_dir)
         if conformance is not None:
             _print_conformance(console, conformance)

@@ -4,6 +4,7 @@ the command that pins it."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -29,3 +30,83 @@ def test_audit_explains_the_unpinned_key_once(tmp_path: Path) -> None:
     assert "(pinned)" in pinned.output
     data = json.loads(CliRunner().invoke(cli, ["audit", str(path), "--format", "json"]).output)
     assert [f["code"] for f in data["findings"]] == ["VERIFIER_KEY_UNPINNED"]
+
+
+RECORDED = Path(__file__).resolve().parents[2] / "docs" / "report-example" / "clean"
+
+
+def _recorded_copy(tmp_path: Path, attestation: bool, receipts: bool, keep_files: bool = False) -> Path:
+    """The recorded clean run, copied, with its summary saying whether it had attestation and
+    receipts, and (unless ``keep_files``) without the files it then would not have."""
+    run = tmp_path / "run"
+    shutil.copytree(RECORDED, run)
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    summary["config"]["attestation"] = attestation
+    summary["config"]["receipts"] = receipts
+    (run / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    if not keep_files:
+        if not attestation:
+            shutil.rmtree(run / "attestation")
+        if not receipts:
+            (run / "receipts.log").unlink()
+    return run
+
+
+def test_run_without_attestation_is_audited_for_what_it_has(tmp_path: Path) -> None:
+    """A run trained without attestation (no verifier.pub) is not refused: its receipts are
+    audited, one warning says attestation is absent, and exit 0."""
+    run = _recorded_copy(tmp_path, attestation=False, receipts=True)
+    result = CliRunner().invoke(cli, ["audit", str(run), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["clean"] and data["counts"]["receipts"] > 0 and data["verifier_key"] == ""
+    assert [(f["code"], f["severity"]) for f in data["findings"]] == [("ATTESTATION_ABSENT", "warning")]
+    text = CliRunner().invoke(cli, ["audit", str(run)]).output
+    assert "no attestation to check: clean" in text and "does not exist" not in text
+
+
+def test_tampered_receipts_still_fail_without_attestation(tmp_path: Path) -> None:
+    """Without attestation the receipt log is still checked: a flipped byte in it fails the audit."""
+    run = _recorded_copy(tmp_path, attestation=False, receipts=True)
+    log = bytearray((run / "receipts.log").read_bytes())
+    log[len(log) // 2] ^= 0x01
+    (run / "receipts.log").write_bytes(bytes(log))
+    result = CliRunner().invoke(cli, ["audit", str(run)])
+    assert result.exit_code == 1, result.output
+    assert "error finding(s)" in result.output
+
+
+def test_pinned_key_expects_attestation(tmp_path: Path) -> None:
+    """Pinning a verifier key says attestation is expected: the unattested run then fails, its
+    signing keys attested by no result."""
+    run = _recorded_copy(tmp_path, attestation=False, receipts=True)
+    result = CliRunner().invoke(cli, ["audit", str(run), "--verifier-key", "00" * 32, "--format", "json"])
+    assert result.exit_code == 1
+    codes = {f["code"] for f in json.loads(result.output)["findings"]}
+    assert "KEY_UNATTESTED" in codes and "ATTESTATION_ABSENT" not in codes
+
+
+def test_a_missing_key_of_an_attested_run_is_not_excused(tmp_path: Path) -> None:
+    """A run whose summary says it was attested but whose verifier key is gone is refused (exit
+    2), not audited as if it had never had attestation; the same for a missing receipt log."""
+    run = _recorded_copy(tmp_path, attestation=True, receipts=True)
+    (run / "attestation" / "verifier.pub").unlink()
+    result = CliRunner().invoke(cli, ["audit", str(run)])
+    assert result.exit_code == 2 and "verifier.pub" in result.output
+    (run / "receipts.log").unlink()
+    shutil.rmtree(run / "attestation")
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    summary["config"]["attestation"] = False
+    (run / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["audit", str(run)])
+    assert result.exit_code == 2 and "receipts.log" in result.output
+
+
+def test_run_without_receipts_says_there_is_nothing_to_check(tmp_path: Path) -> None:
+    """A run without receipts or attestation: two warnings say what it lacks, and the verdict does
+    not call it clean."""
+    run = _recorded_copy(tmp_path, attestation=False, receipts=False)
+    result = CliRunner().invoke(cli, ["audit", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "ATTESTATION_ABSENT" in result.output and "RECEIPTS_ABSENT" in result.output
+    assert "nothing to check (the run kept no receipts)" in result.output
