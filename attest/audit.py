@@ -41,6 +41,7 @@ from nacl.signing import VerifyKey
 
 from .audit_scope import audit_scope
 from .clock import Clock, SystemClock
+from .ear import EarResult, is_ear_token, open_ear
 from .errors import AttestError, ErrorCode
 from .headers import SignedHeader, TransferKind, parse_header
 from .receipt_log import LogRecord, RecordType, scan_log
@@ -438,15 +439,7 @@ class _Auditor:
             windows[worker.id] = []
             for line, token in enumerate(self.run.results(worker.id), start=1):
                 try:
-                    payload = open_token(
-                        token,
-                        verifier,
-                        RESULT_TYP,
-                        malformed=ErrorCode.RESULT_MALFORMED,
-                        bad_signature=ErrorCode.RESULT_SIGNATURE,
-                        what="attestation result",
-                    )
-                    result = AttestationResult.from_claims(payload)
+                    result = _open_result(token, verifier)
                 except AttestError as exc:
                     self.add(
                         exc.code,
@@ -459,6 +452,14 @@ class _Auditor:
                     self.add(
                         ErrorCode.RESULT_STATUS,
                         f"attestation result on line {line} has status {result.status}",
+                        workers=[worker.id],
+                        file=name,
+                    )
+                    continue
+                if result.attested_key is None:
+                    self.add(
+                        ErrorCode.RESULT_KEY_MISMATCH,
+                        f"attestation result on line {line} attests no receipt key",
                         workers=[worker.id],
                         file=name,
                     )
@@ -910,3 +911,18 @@ def audit_run_dir(
         findings=tuple(findings),
         seconds=time.perf_counter() - started,
     )
+
+
+def _open_result(token: bytes, verifier: VerifyKey) -> AttestationResult | EarResult:
+    """A result token's verified content: an EAR for DCAP evidence, the simulated TEE's result otherwise."""
+    if is_ear_token(token):
+        return open_ear(token, verifier)
+    payload = open_token(
+        token,
+        verifier,
+        RESULT_TYP,
+        malformed=ErrorCode.RESULT_MALFORMED,
+        bad_signature=ErrorCode.RESULT_SIGNATURE,
+        what="attestation result",
+    )
+    return AttestationResult.from_claims(payload)
