@@ -283,6 +283,24 @@ def latest_verified(root: str | os.PathLike[str], before_step: int | None = None
     return None
 
 
+def delete_checkpoint(root: str | os.PathLike[str], step: int) -> None:
+    """Delete the checkpoint of ``step``: its manifest first, so an interrupted delete leaves a
+    folder that reads as incomplete, never one that looks complete with files missing."""
+    folder = step_dir(root, step)
+    (folder / MANIFEST).unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def retired_checkpoints(steps: list[int], keep: int) -> list[int]:
+    """Of the recorded checkpoint ``steps`` (ascending), those a run keeping its ``keep`` newest
+    (``0``: all) deletes: every one but those and step 0's, the initial state a rollback can
+    always return to."""
+    if keep <= 0:
+        return []
+    kept = set(steps[-keep:]) | {0}
+    return [s for s in steps if s not in kept]
+
+
 def prune(root: str | os.PathLike[str], keep: int) -> list[int]:
     """Delete all but the ``keep`` newest complete checkpoints, and incomplete folders older than them.
 

@@ -108,6 +108,11 @@ class RunConfig:
     or an eject goes back to one, and a run resumes from the newest one after a crash, so
     ``checkpoint_every`` bounds the steps a crash costs. Each checkpoint moves every stage's state
     to the coordinator: raise it for large models."""
+    keep_checkpoints: int = 2
+    """How many of the newest verified checkpoints stay on disk (``0``: all). Older ones are
+    deleted once a newer one is recorded (manifest first, so an interrupted delete never leaves a
+    complete-looking folder); step 0's, the initial state, is always kept, so a rollback to before
+    the kept ones goes back to it."""
     overlap_checks: bool = True
     """Check a step's sampled units and write the checkpoint after it while the next step
     computes (the workers push the sampled units and their new state with the update); ``False``
@@ -180,6 +185,7 @@ class RunConfig:
             ),
             (self.response in RESPONSES, f"response must be one of {', '.join(RESPONSES)}, not {self.response!r}"),
             (self.checkpoint_every >= 0, f"checkpoint_every must be at least 0, got {self.checkpoint_every}"),
+            (self.keep_checkpoints >= 0, f"keep_checkpoints must be at least 0, got {self.keep_checkpoints}"),
             (
                 isinstance(self.overlap_checks, bool),
                 f"overlap_checks must be true or false, got {self.overlap_checks!r}",

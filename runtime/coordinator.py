@@ -53,11 +53,12 @@ from stagewarden.attest.vendor import load_vendor, local_verifier
 from stagewarden.attest.verifier import Appraisal, Verifier
 from stagewarden.runtime.calibration import CALIBRATION_UNITS, MAX_TOLERANCE, calibrate_stage, tolerance_record
 from stagewarden.runtime.checkpoint import (
-    MANIFEST,
     CheckpointError,
+    delete_checkpoint,
     latest_verified,
     list_steps,
     load_checkpoint,
+    retired_checkpoints,
     save_checkpoint,
     step_dir,
 )
@@ -1590,6 +1591,10 @@ class Coordinator:
             weights={str(k): v for k, v in info.weights_digests.items()},
             manifest=info.manifest_digest,
         )
+        for old in retired_checkpoints(self.checkpoints, self.config.keep_checkpoints):
+            delete_checkpoint(self.checkpoint_root, old)
+            self.checkpoints.remove(old)
+            self.events.write("checkpoint_pruned", step=old)
 
     def restore_checkpoint(self, step: int) -> None:
         """Load the verified checkpoint of ``step`` and send every stage its weights and optimizer
@@ -1768,9 +1773,7 @@ class Coordinator:
         """Forget and delete the checkpoints after ``step``: they hold weights a rollback discards
         (the manifest goes first, so an interrupted delete never leaves a complete-looking folder)."""
         for stale in [t for t in self.checkpoints if t > step]:
-            folder = step_dir(self.checkpoint_root, stale)
-            (folder / MANIFEST).unlink(missing_ok=True)
-            shutil.rmtree(folder, ignore_errors=True)
+            delete_checkpoint(self.checkpoint_root, stale)
             self.checkpoints.remove(stale)
             self.events.write("checkpoint_discarded", step=stale)
 

@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,7 @@ def demo(out: str | None, fmt: str, quick: bool) -> None:
     from stagewarden.cli import _run_verify
     from stagewarden.spec import load_example
 
+    started = time.perf_counter()
     target = Path(out) if out is not None else _default_out()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise BadInput(f"--out {target} exists and is not empty; choose a new directory")
@@ -225,6 +227,8 @@ def demo(out: str | None, fmt: str, quick: bool) -> None:
     }
     report_path = _build_report(console, loaded, report, runs, target / "report", fmt)
     payload["report"] = str(report_path) if report_path is not None else None
+    payload["seconds"] = round(time.perf_counter() - started, 1)  # proof, both runs, audits and report
+    payload["disk_bytes"] = _disk_bytes(target)
     from stagewarden.attest.files import atomic_write_text
 
     atomic_write_text(target / "demo.json", json.dumps(payload, indent=2) + "\n")
@@ -248,7 +252,16 @@ def demo(out: str | None, fmt: str, quick: bool) -> None:
             console.print("[green]the clean run audits clean and every observation agrees with the proof.[/]")
         if report_path is not None:
             console.print(f"security report: {escape(str(report_path))}")
+        console.print(
+            f"the demo took {payload['seconds']:.0f} s (proof, two runs, audits, report) and wrote "
+            f"{payload['disk_bytes'] / 1e6:.1f} MB to {escape(str(target))}"
+        )
     sys.exit(EXIT_VIOLATED if failures else EXIT_OK)
+
+
+def _disk_bytes(folder: Path) -> int:
+    """The bytes of every file under ``folder``."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def _build_report(

@@ -200,13 +200,18 @@ def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
     "checkpoint (eject; skip_stage without a free standby), return every stage to the last verified "
     "checkpoint before the convict's first tampered step, audit its receipts and replace it by a standby "
     "or bypass it (rollback), recompute the step (restart) or recompute it "
-    "with the convict's stage passing tensors on unchanged and not updated (skip_stage; restart on the "
-    "first and last stage).",
+    "with the convict's stage bypassed, the stage before it sending straight to the stage after it, "
+    "and its update frozen (skip_stage; restart on the first and last stage).",
 )
 @click.option(
     "--checkpoint-every",
     type=click.IntRange(min=0),
     help="Write a verified checkpoint every N steps (0: none; a crash then loses the run).  [default: 1]",
+)
+@click.option(
+    "--keep-checkpoints",
+    type=click.IntRange(min=0),
+    help="Keep the N newest verified checkpoints on disk, and step 0's (0: keep all).  [default: 2]",
 )
 @click.option(
     "--no-overlap-checks",
@@ -279,6 +284,7 @@ def train(
     spot_check_compare: str | None,
     response: str | None,
     checkpoint_every: int | None,
+    keep_checkpoints: int | None,
     no_overlap_checks: bool,
     heartbeat_timeout: float | None,
     silence_timeout: float | None,
@@ -323,6 +329,7 @@ def train(
         "spot_check_compare": spot_check_compare,
         "response": response,
         "checkpoint_every": checkpoint_every,
+        "keep_checkpoints": keep_checkpoints,
         **timeouts,
     }
     settings.update({k: v for k, v in chosen.items() if v is not None})

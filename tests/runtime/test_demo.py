@@ -27,6 +27,8 @@ def test_demo_quick_runs_end_to_end(tmp_path: Path) -> None:
     for row in ("detections", "blamed worker", "response", "final loss", "audit"):
         assert row in result.output
     payload = json.loads((out / "demo.json").read_text())
+    assert payload["seconds"] > 0 and f"the demo took {payload['seconds']:.0f} s" in " ".join(result.output.split())
+    assert 0 < payload["disk_bytes"] < 20_000_000
     clean = payload["runs"]["clean"]
     assert clean["status"] == "completed" and clean["detections"] == 0
     assert clean["audit"]["clean"] is True

@@ -29,7 +29,9 @@ def _events(run: Path) -> list[dict[str, Any]]:
 
 
 def _attacked(tmp_path: Path, kind: str, stage: int, direction: str = "forward", **overrides: Any) -> dict[str, Any]:
-    """Run S=3, M=1 with the attack from step 1 and spot checks at p=1; return the summary."""
+    """Run S=3, M=1 with the attack from step 1 and spot checks at p=1; return the summary. The
+    middle stage is routed around (eject without a standby falls back to skip_stage) and the run
+    completes; an edge stage cannot be, and the run stops (no honest path)."""
     plan = AttackPlan.from_cli(kind, str(stage), 1.0, 1, direction=direction).to_json()
     settings: dict[str, Any] = dict(
         stages=3, microbatches=1, steps=2, attack=plan, verification="spot_check", spot_check_rate=1.0
@@ -37,8 +39,13 @@ def _attacked(tmp_path: Path, kind: str, stage: int, direction: str = "forward",
     settings.update(overrides)
     run = tmp_path / "run"
     result = launch_local(tiny_config(**settings), run)
-    assert result.summary["status"] == "stopped"
-    assert "tampered with in each of its" in _events(run)[-1]["reason"]
+    if settings.get("response", "eject") != "restart" and stage == 1:
+        assert result.summary["status"] == "completed"
+        assert {r["plan"]["bypass_stage"] for r in result.summary["responses"]} == {1}
+    else:
+        assert result.summary["status"] == "stopped"
+        assert "no honest path" in result.summary["stop_reason"]
+        assert "tampered with in each of its" in _events(run)[-1]["reason"]
     return result.summary
 
 
@@ -74,7 +81,9 @@ def test_tensor_attack_is_caught_at_its_first_step(tmp_path: Path, kind: str, di
         "spot_check",
     )
     assert all(d["worker"] == "s1r0" for d in summary["detections"])
-    assert summary["losses"] == reference(tiny_config(stages=3, microbatches=1, steps=1))[0]  # step 0 was honest
+    # step 0 was honest; step 1 was recomputed around the attacker and kept
+    assert summary["losses"][:1] == reference(tiny_config(stages=3, microbatches=1, steps=1))[0]
+    assert len(summary["losses"]) == 2
     _check_signature(summary, first)
 
 
