@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -15,8 +15,10 @@ from rich.table import Table
 
 from stagewarden._version import __version__
 from stagewarden.cli_common import EXIT_BAD_INPUT, BadInput, Choice, CommandGroup, make_console
-from stagewarden.prover import Report
 from stagewarden.spec import LoadedSpec, SpecError, example_names, example_text, json_schema, load_example, load_spec
+
+if TYPE_CHECKING:
+    from stagewarden.prover import Report
 
 
 class BadSpec(BadInput):
@@ -35,14 +37,10 @@ def _load(spec: str | None, example: str | None) -> LoadedSpec:
         raise BadSpec(str(exc)) from None
 
 
-def _warnings_json(loaded: LoadedSpec) -> list[dict[str, str]]:
-    return [{"location": str(w.location), "message": w.message} for w in loaded.warnings]
-
-
 def _print_warnings(loaded: LoadedSpec) -> None:
-    console = make_console(err=True)
-    for warning in loaded.warnings:
-        console.print(f"[yellow]{warning.location}: warning:[/] {warning.message}", markup=True)
+    from stagewarden.cli_proving import print_warnings
+
+    print_warnings(make_console(err=True), loaded)
 
 
 @click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -125,17 +123,11 @@ def _progress_console() -> Console | None:
 
 
 def _run_verify(loaded: LoadedSpec, ids: list[str] | None, timeout: float | None, rlimit: int | None) -> Report:
+    from stagewarden.cli_proving import check_guarantee_ids
     from stagewarden.prover import Limits
     from stagewarden.prover import verify as prove
 
-    known = [g.id for g in loaded.spec.guarantees]
-    for gid in ids or []:
-        if gid not in known:
-            import difflib
-
-            close = difflib.get_close_matches(gid, known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise BadInput(f"{loaded.file} has no guarantee '{gid}'{hint}; its guarantees are: {', '.join(known)}")
+    check_guarantee_ids(loaded, ids)
     console = _progress_console()
     status = console.status("") if console else None
 
@@ -204,17 +196,12 @@ def verify(
         diagnostics = [line for line in exc.message.splitlines() if line]
         click.echo(json.dumps({"version": 1, "error": "bad spec", "diagnostics": diagnostics}, indent=2))
         sys.exit(EXIT_BAD_INPUT)
-    report = _run_verify(loaded, list(guarantee_ids) or None, timeout, rlimit)
-    if fmt == "json":
-        payload = report.to_json()
-        payload["warnings"] = _warnings_json(loaded)
-        click.echo(json.dumps(payload, indent=2))
-    else:
-        _print_warnings(loaded)
-        from stagewarden.render import print_report
+    from stagewarden.cli_proving import check_guarantee_ids, run_with_progress, verify_job
+    from stagewarden.prover import Limits
 
-        print_report(make_console(), report)
-    sys.exit(report.exit_code)
+    ids = list(guarantee_ids) or None
+    check_guarantee_ids(loaded, ids)
+    sys.exit(run_with_progress(verify_job(loaded, ids, Limits(timeout=timeout, rlimit=rlimit), fmt)))
 
 
 @cli.command()
@@ -232,32 +219,11 @@ def synthesize(spec: str | None, example: str | None, fmt: str, timeout: float |
     defence is found, 1 when none exists in the space, 2 for bad input (or a contradictory
     spec), 3 when the search gave up (the solver could not decide some candidates).
     """
-    from stagewarden.prover import Limits
-    from stagewarden.prover.synthesis import synthesize as find_defence
-
     loaded = _load(spec, example)
-    console = _progress_console()
-    status = console.status("") if console else None
+    from stagewarden.cli_proving import run_with_progress, synthesize_job
+    from stagewarden.prover import Limits
 
-    def progress(count: int, candidate: Any) -> None:
-        if status is not None and count % 25 == 1:
-            status.update(f"trying candidate {count}: {candidate.describe()}")
-
-    if status is not None:
-        with status:
-            result = find_defence(loaded, Limits(timeout=timeout), progress=progress)
-    else:
-        result = find_defence(loaded, Limits(timeout=timeout))
-    if fmt == "json":
-        payload = result.to_json()
-        payload["warnings"] = _warnings_json(loaded)
-        click.echo(json.dumps(payload, indent=2))
-    else:
-        _print_warnings(loaded)
-        from stagewarden.render_synthesis import print_synthesis
-
-        print_synthesis(make_console(), result)
-    sys.exit(result.exit_code)
+    sys.exit(run_with_progress(synthesize_job(loaded, Limits(timeout=timeout), fmt)))
 
 
 def _load_version(argument: str) -> LoadedSpec:

@@ -1,0 +1,122 @@
+"""The work of ``stagewarden verify`` and ``synthesize``: proving in a child process that Ctrl-C
+stops at once (:mod:`stagewarden.interruptible`), with progress on standard error while it runs
+and the result printed only once it is complete, so that an interrupted command prints none of it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.console import Console
+
+from stagewarden.cli_common import BadInput, make_console
+from stagewarden.interruptible import CommandOutput, Job, run_interruptibly
+from stagewarden.spec import LoadedSpec
+
+if TYPE_CHECKING:
+    from stagewarden.prover import Limits
+
+
+def warnings_json(loaded: LoadedSpec) -> list[dict[str, str]]:
+    """The spec's warnings as the JSON outputs list them."""
+    return [{"location": str(w.location), "message": w.message} for w in loaded.warnings]
+
+
+def print_warnings(console: Console, loaded: LoadedSpec) -> None:
+    """The spec's warnings, one ``file:line:column: warning: ...`` line each."""
+    for warning in loaded.warnings:
+        console.print(f"[yellow]{warning.location}: warning:[/] {warning.message}", markup=True)
+
+
+def check_guarantee_ids(loaded: LoadedSpec, ids: list[str] | None) -> None:
+    """Raise :class:`BadInput` (with a hint) for a guarantee id that the spec does not have."""
+    known = [g.id for g in loaded.spec.guarantees]
+    for gid in ids or []:
+        if gid not in known:
+            close = difflib.get_close_matches(gid, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise BadInput(f"{loaded.file} has no guarantee '{gid}'{hint}; its guarantees are: {', '.join(known)}")
+
+
+def _captured(err: bool, draw: Callable[[Console], None]) -> str:
+    """What ``draw`` prints on the command's console (standard output, or error), as text."""
+    console = make_console(err=err)
+    with console.capture() as capture:
+        draw(console)
+    return capture.get()
+
+
+def _rendered(loaded: LoadedSpec, fmt: str, result: Any, draw: Callable[[Console], None]) -> CommandOutput:
+    """The output of a verdict or synthesis ``result``: JSON with the warnings inside, or the
+    warnings on standard error and ``draw``'s text on standard output."""
+    if fmt == "json":
+        payload = result.to_json()
+        payload["warnings"] = warnings_json(loaded)
+        return CommandOutput(json.dumps(payload, indent=2) + "\n", "", result.exit_code)
+    warnings = _captured(True, lambda console: print_warnings(console, loaded))
+    return CommandOutput(_captured(False, draw), warnings, result.exit_code)
+
+
+def verify_job(loaded: LoadedSpec, ids: list[str] | None, limits: Limits, fmt: str) -> Job:
+    """The job of ``verify``: prove the guarantees ``ids`` (all when None) and render the report."""
+
+    def job(progress: Callable[[str], None]) -> CommandOutput:
+        from stagewarden.prover import verify as prove
+        from stagewarden.render import print_report
+
+        def guarantee_started(gid: str, result: Any) -> None:
+            if result is None:
+                progress(f"checking guarantee {gid} ...")
+
+        report = prove(loaded, ids, limits, guarantee_started)
+        return _rendered(loaded, fmt, report, lambda console: print_report(console, report))
+
+    return job
+
+
+def synthesize_job(loaded: LoadedSpec, limits: Limits, fmt: str) -> Job:
+    """The job of ``synthesize``: search the defence space and render the result."""
+
+    def job(progress: Callable[[str], None]) -> CommandOutput:
+        from stagewarden.prover.synthesis import synthesize as find_defence
+        from stagewarden.render_synthesis import print_synthesis
+
+        def candidate_tried(count: int, candidate: Any) -> None:
+            if count % 25 == 1:
+                progress(f"trying candidate {count}: {candidate.describe()}")
+
+        result = find_defence(loaded, limits, progress=candidate_tried)
+        return _rendered(loaded, fmt, result, lambda console: print_synthesis(console, result))
+
+    return job
+
+
+def run_with_progress(job: Job) -> int:
+    """Run ``job`` in a child process, show its progress on a terminal, print its output; returns
+    its exit code. Ctrl-C raises :class:`KeyboardInterrupt` before anything of the output is printed."""
+    console = make_console(err=True)
+    status = console.status("") if console.is_terminal else None
+    started = False
+
+    def show(line: str) -> None:
+        nonlocal started
+        if status is None:
+            return
+        if not started:  # started after the fork: the child inherits no spinner thread
+            status.start()
+            started = True
+        status.update(line)
+
+    try:
+        output = run_interruptibly(job, show)
+    finally:
+        if status is not None and started:
+            status.stop()
+    if output.stderr:
+        click.echo(output.stderr, err=True, nl=False)
+    click.echo(output.stdout, nl=False)
+    return output.exit_code
