@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,6 +20,7 @@ import z3
 
 from stagewarden.spec import (
     CAPABILITIES,
+    TAMPERING_CAPABILITIES,
     LoadedSpec,
     RedundantNeighbourCheck,
     ReplicateCheck,
@@ -30,17 +30,21 @@ from stagewarden.spec import (
     probability_fraction,
 )
 from stagewarden.spec.source import Path
+from stagewarden.prover.dynamics import Occupancy, build_occupancy, crash_limit, standby_limit, vacancy_constraints
 from stagewarden.prover.fastz3 import Term, at_most, conj, disj, holds_in, neg, to_z3
+from stagewarden.prover.framing import Framing, build_framings, ceil_half
 from stagewarden.prover.probability import detection_probability
 from stagewarden.prover.world import World
 
 #: Unit kinds: forward, backward, update.
-KINDS = ("F", "B", "U")
+#: ``U`` is every update but the horizon's last, ``L`` the last update (which no later forward
+#: pass shows to a ``redundant_neighbour`` checker).
+KINDS = ("F", "B", "U", "L")
 #: Which unit kinds each tampering capability acts on.
 CAPABILITY_KINDS: dict[str, tuple[str, ...]] = {
     "tamper_activations": ("F",),
     "tamper_gradients": ("B",),
-    "tamper_weights": ("U",),
+    "tamper_weights": ("U", "L"),
     "poison_data": ("F",),
     "equivocate": ("F", "B"),
 }
@@ -57,7 +61,7 @@ _VERB = {
 #: Pseudo-capability for silent data corruption of an honest worker's unit.
 SDC = "silent_corruption"
 #: Capability whose rules silent corruption of each unit kind follows.
-KIND_CAPABILITY = {"F": "tamper_activations", "B": "tamper_gradients", "U": "tamper_weights"}
+KIND_CAPABILITY = {"F": "tamper_activations", "B": "tamper_gradients", "U": "tamper_weights", "L": "tamper_weights"}
 #: Shared constants, so that the effect signatures of many workers hold the same objects.
 _ONE = Fraction(1)
 _ZERO = Fraction(0)
@@ -166,6 +170,45 @@ class Encoding:
                 self._spot_peer[i] = conj([present, self.receipts, vf["peer"]])
             elif isinstance(check, StatisticalCheck):
                 self._statistical[i] = conj([present, self.coord_trusted])
+        self._catchable: dict[tuple[int, bool], Term] = {}
+        self._framings: list[Framing] | None = None
+        if self.occupancy.active:
+            framed: dict[int, list[Term]] = {}
+            for f in self.framings:
+                framed.setdefault(f.victim, []).append(f.ejection)
+            self.facts += vacancy_constraints(self, lambda w: self.catchable(w, False), lambda w: disj(framed.get(w, [])))
+
+    @property
+    def framings(self) -> list[Framing]:
+        """Every way an honest worker can be blamed (built once)."""
+        if self._framings is None:
+            self._framings = build_framings(self)
+        return self._framings
+
+    def worker_kinds(self, w: int) -> list[tuple[str, str]]:
+        """(capability, kind) pairs a malicious occupant of position ``w`` could tamper with."""
+        out = []
+        for c in TAMPERING_CAPABILITIES:
+            if c == "poison_data" and self.world.workers[w].stage != 0:
+                continue
+            for kind in CAPABILITY_KINDS[c]:
+                out.append((c, kind))
+        return out
+
+    def catchable(self, w: int, certain: bool) -> Term:
+        """A malicious occupant of position ``w`` can get a tampered unit detected, with
+        probability > 0, or with certainty when ``certain`` (nobody covers for it and its inputs
+        are genuine: it wants to be caught)."""
+        key = (w, certain)
+        cached = self._catchable.get(key)
+        if cached is None:
+            parts = []
+            for c, kind in self.worker_kinds(w):
+                effects = self.effects(w, c, kind, cooperative=True)
+                reach = neg(self.level(effects, "lt", _ONE)) if certain else neg(self.level(effects, "le", _ZERO))
+                parts.append(conj([self.cap[c], reach]))
+            cached = self._catchable[key] = disj(parts)
+        return cached
 
     # -- facts and assumptions ----------------------------------------------------------
 
@@ -240,16 +283,18 @@ class Encoding:
             self._assume(f"tee:{i}", f"{_slot_text(ref)} in a TEE", ("trust", "tee", i), disj([neg(protected), conj([neg(self.mal[w]) for w in covered])]))
         # Crashes and the standby pool, for liveness, in unary: crash[j] = "at least j+1 workers
         # crash", standby[j] = "standby worker j exists". More than R + K crashes never help.
+        self.occupancy: Occupancy = build_occupancy(self)
         limit = min(len(world.workers), world.replicas + spec.topology.standby)
         self.crash = [z3.Bool(f"crash[{j}]") for j in range(limit)]
         self.facts += [z3.Implies(self.crash[j + 1], self.crash[j]) for j in range(limit - 1)]
         allowed = spec.adversary.faults.crash
         self._assume("crash", f"at most {allowed} crashed worker{'s' if allowed != 1 else ''}", ("adversary", "faults", "crash"),
-                     z3.Not(self.crash[allowed]) if allowed < limit else z3.BoolVal(True))
+                     to_z3(conj([z3.Not(self.crash[allowed]) if allowed < limit else True, crash_limit(self)])))
         self.standby = [z3.Bool(f"standby[{j}]") for j in range(spec.topology.standby)]
         self.facts += [z3.Implies(self.standby[j + 1], self.standby[j]) for j in range(len(self.standby) - 1)]
         count = spec.topology.standby
-        self._assume("standby", f"{count} standby worker{'s' if count != 1 else ''}", ("topology", "standby"), z3.And(self.standby) if self.standby else z3.BoolVal(True))
+        self._assume("standby", f"{count} standby worker{'s' if count != 1 else ''}", ("topology", "standby"),
+                     to_z3(conj([z3.And(self.standby) if self.standby else True, standby_limit(self)])))
         for w in world.standby_workers:
             worker = world.workers[w]
             assert worker.standby is not None
@@ -271,7 +316,7 @@ class Encoding:
             return False
         cached = self._covers.get(checker)
         if cached is None:
-            cached = self._covers[checker] = conj([self.mal[checker], self.collusion])
+            cached = self._covers[checker] = conj([self.occupancy.occupied_malicious[checker], self.collusion])
         return cached
 
     def not_covers(self, checker: int, target: int) -> Term:
@@ -284,8 +329,8 @@ class Encoding:
         return cached
 
     def malicious_computing(self) -> list[z3.BoolRef]:
-        """The malicious flags of computing workers."""
-        return [self.mal[i] for i in self.world.computing]
+        """Per computing position: it has a malicious occupant at some point of the run."""
+        return [to_z3(self.occupancy.occupied_malicious[i]) for i in self.world.computing]
 
     def checks_of(self, cls: type) -> list[tuple[int, object]]:
         """Indices and objects of the checks of one scheme."""
@@ -342,12 +387,13 @@ class Encoding:
             for i, _ in self.checks_of(RedundantNeighbourCheck):
                 parts.append(conj([self.check_present[i], not_covers(world.primary(1, r), w)]))
             for i, _ in self.checks_of(ReplicateCheck):
-                parts.append(conj([self.check_present[i], self._not_all_cover(w, covers)]))
+                parts.append(conj([self.check_present[i], self._not_all_cover(w, covers, cooperative)]))
             out.append(Effect("batch proof", None, _ONE, conj([self.data_commitment, disj(parts)])))
         for i, check in enumerate(spec.defense.checks):
             present = self.check_present[i]
             if isinstance(check, RedundantNeighbourCheck) and capability != "poison_data":
-                if s <= world.stages - 2:
+                # The last update has no later forward pass for the neighbour's copy to expose it.
+                if s <= world.stages - 2 and kind != "L":
                     checker = world.primary(s + 1, r)
                     genuine = True if cooperative else self.genuine_input(i, w)
                     out.append(Effect("redundant_neighbour", i, _ONE, conj([present, not_covers(checker, w), genuine])))
@@ -356,17 +402,17 @@ class Encoding:
                 out.append(Effect("spot_check", i, rate, self._spot_trusted[i]))
                 out.append(Effect("spot_check (peer)", i, rate if cooperative else None, self._spot_peer[i], rate=rate, shift=shift))
             elif isinstance(check, ReplicateCheck):
-                out.append(Effect("replicate", i, _ONE, conj([present, self._not_all_cover(w, covers)])))
+                out.append(Effect("replicate", i, _ONE, conj([present, self._not_all_cover(w, covers, cooperative)])))
             elif isinstance(check, StatisticalCheck) and kind in ("F", "B") and capability != "poison_data":
                 if check.min_deviation == 0 or cooperative:
                     out.append(Effect("statistical", i, _frac(check.power), self._statistical[i]))
         return out
 
-    def _not_all_cover(self, w: int, covers: Callable[[int, int], Term]) -> Term:
-        others = [o for o in self.world.slots[self.world.slot_of(w)] if o != w]
-        if not others:
-            return False
-        return neg(conj([covers(o, w) for o in others]))
+    def _not_all_cover(self, w: int, covers: Callable[[int, int], Term], cooperative: bool = False) -> Term:
+        """Some other copy of ``w``'s slot is occupied and does not cover for it (a cooperative
+        worker times its tamper for when the other copies are there)."""
+        present = self.occupancy.present
+        return disj([conj([True if cooperative else present[o], neg(covers(o, w))]) for o in self.world.slots[self.world.slot_of(w)] if o != w])
 
     def peer_value(self, rate: Fraction, malicious: int, colluding: bool) -> Fraction:
         """Detection value of a peer spot check with ``malicious`` malicious computing workers."""
@@ -474,7 +520,7 @@ class Encoding:
         key = (w, capability)
         cached = self._tamperable.get(key)
         if cached is None:
-            cached = self._tamperable[key] = conj([self.mal[w], self.cap[capability]])
+            cached = self._tamperable[key] = conj([self.occupancy.acting[w], self.cap[capability]])
         return cached
 
     def effect_values(self, model: z3.ModelRef, effects: Iterable[Effect], malicious: int) -> tuple[Fraction, list[tuple[Effect, bool, Fraction]]]:
@@ -542,8 +588,3 @@ def _describe_check(check: object) -> str:
     if isinstance(check, RobustAggregationCheck):
         return f"robust aggregation ({check.rule})"
     return "check"
-
-
-def ceil_half(k: int) -> int:
-    """Smallest m with 2m >= k."""
-    return math.ceil(k / 2)

@@ -16,11 +16,13 @@ import z3
 from z3 import z3core
 
 from stagewarden.prover import trace as tr
-from stagewarden.prover.encoding import CAPABILITY_KINDS, KINDS, SDC, Assumption, Effect, Encoding, ceil_half
+from stagewarden.prover.encoding import CAPABILITY_KINDS, KINDS, SDC, Assumption, Effect, Encoding
+from stagewarden.prover.framing import ceil_half
 from stagewarden.prover.explain import assumption_ref
 from stagewarden.prover.fastz3 import Term, at_least, at_most, conj, disj, holds_in, neg, to_z3
+from stagewarden.prover.damage import Damage, Try, damage, units_per_kind
 from stagewarden.prover.figure_text import format_comparison, format_pair
-from stagewarden.prover.probability import Prob, eject_damage, format_probability, rollback_damage, skip_damage
+from stagewarden.prover.probability import Prob, format_probability, skip_damage
 from stagewarden.prover.verdict import HOLDS, UNKNOWN, VACUOUS, VIOLATED, AssumptionRef, Figure, GuaranteeResult, Report
 from stagewarden.spec import (
     TAMPERING_CAPABILITIES,
@@ -79,12 +81,10 @@ class Prover:
         self._decl_cache: dict[int, list[object]] = {}
         self._term_cache: dict[tuple[str | None, Fraction], list[Term]] = {}
         self._unmasked_cache: Term | None = None
-        self._framing: list[tuple[str, int, list[int], Term]] | None = None
-        self._catchable_cache: dict[tuple[int, bool], Term] = {}
 
     # -- encodings --------------------------------------------------------------------------
 
-    _STATE = ("enc", "_term_cache", "_unmasked_cache", "_framing", "_catchable_cache", "_base", "_guards", "_goal_guards")
+    _STATE = ("enc", "_term_cache", "_unmasked_cache", "_base", "_guards", "_goal_guards")
 
     @contextmanager
     def _symbolic(self) -> Iterator[None]:
@@ -98,8 +98,8 @@ class Prover:
         mine = {name: getattr(self, name) for name in self._STATE}
         if self._other_state is None:
             sym = Encoding(self.loaded)
-            self._other_state = {"enc": sym, "_term_cache": {}, "_unmasked_cache": None, "_framing": None,
-                                 "_catchable_cache": {}, "_base": None, "_guards": {}, "_goal_guards": {}}
+            self._other_state = {"enc": sym, "_term_cache": {}, "_unmasked_cache": None,
+                                 "_base": None, "_guards": {}, "_goal_guards": {}}
         for name, value in self._other_state.items():
             setattr(self, name, value)
         try:
@@ -557,6 +557,8 @@ class Prover:
         d, rows = enc.effect_values(model, effects, m)
         trace = tr.detection_trace(self, model, g, w, c, kind, rows, d, bound, is_sdc)
         who = enc.world.workers[w].name
+        if not is_sdc and tr.holder_name(self, model, w) != who:
+            who = f"{tr.holder_name(self, model, w)} (a standby worker in position {who})"
         what = "silent data corruption of" if is_sdc else f"{c} on"
         summary = (f"violated: {what} a {tr.KIND_NAMES[kind]} unit of worker {who} is detected with probability "
                    f"{format_comparison(d, '<', bound)}")
@@ -571,20 +573,15 @@ class Prover:
         if not masks:
             return True
         if self._unmasked_cache is None:
-            touched = [to_z3(disj([enc.mal[w] for s in range(world.stages) for w in world.slots[(s, r)]])) for r in range(world.replicas)]
+            occ = enc.occupancy.occupied_malicious
+            touched = [to_z3(disj([occ[w] for s in range(world.stages) for w in world.slots[(s, r)]])) for r in range(world.replicas)]
             need = ceil_half(world.replicas)
             self._unmasked_cache = disj([neg(enc.check_present[masks[0]]), at_least(touched, need)])
         return self._unmasked_cache
 
     def _worker_kinds(self, w: int) -> list[tuple[str, str]]:
         """(capability, kind) pairs a malicious worker could tamper with."""
-        out = []
-        for c in TAMPERING_CAPABILITIES:
-            if c == "poison_data" and self.enc.world.workers[w].stage != 0:
-                continue
-            for kind in CAPABILITY_KINDS[c]:
-                out.append((c, kind))
-        return out
+        return self.enc.worker_kinds(w)
 
     def _kind_level(self, w: int, kind: str, op: str, lv: Fraction) -> Term:
         enc = self.enc
@@ -600,18 +597,24 @@ class Prover:
     def _worker_level(self, w: int, op: str, lv: Fraction) -> Term:
         return disj([self._kind_level(w, kind, op, lv) for kind in KINDS])
 
-    def _damage_of(self, model: z3.ModelRef, k: int) -> tuple[Prob, list[dict[str, object]]]:
-        """The exact damage probability of the placement in ``model`` (semantics page formulas)."""
-        enc, spec = self.enc, self.spec
-        horizon, micro = spec.topology.steps, spec.topology.microbatches
-        per_step = {"F": micro, "B": micro, "U": 1}
-        malicious = self._malicious(model)
+    def _tries(self, model: z3.ModelRef) -> list[tuple[Try, dict[str, object]]]:
+        """The tries of the run summarised by ``model``: every position's malicious original
+        occupant, and every malicious standby worker that entered a position, with its levels."""
+        enc = self.enc
+        units = units_per_kind(self.spec)
         m = self._malicious_computing(model)
-        unmasked = holds_in(model, self._unmasked())
-        rows: list[dict[str, object]] = []
-        per_worker: list[tuple[Fraction, int, dict[str, Fraction]]] = []
-        for w in malicious:
-            if not enc.world.workers[w].computing:
+        occ = enc.occupancy
+        standby_names = iter(self._entered_standby_names(model))
+        out: list[tuple[Try, dict[str, object]]] = []
+        for w in enc.world.computing:
+            holders: list[str] = []
+            name = enc.world.workers[w].name
+            if holds_in(model, enc.mal[w]):
+                holders.append(name)
+            entered = occ.entered_malicious.get(w)
+            if entered is not None and holds_in(model, entered):
+                holders.append(f"{next(standby_names, 'standby')} (entered {name})")
+            if not holders:
                 continue
             kind_d: dict[str, Fraction] = {}
             kind_cap: dict[str, str] = {}
@@ -623,30 +626,28 @@ class Prover:
                     kind_d[kind], kind_cap[kind] = d, c
             if not kind_d:
                 continue
-            d_w = min(kind_d.values())
-            units = horizon * sum(per_step[x] for x, d in kind_d.items() if d == d_w)
-            per_worker.append((d_w, units, kind_d))
-            rows.append({"worker": enc.world.workers[w].name, "detection": float(d_w), "units": units,
-                         "kinds": {x: {"capability": kind_cap[x], "detection": float(d)} for x, d in kind_d.items()}})
-        if not unmasked or not per_worker:
-            return Prob.of(Fraction(0)), rows
-        response = spec.defense.response
-        if "rollback" in response:
-            if sum(u for d, u, _ in per_worker if d < 1) < k + 1:
-                return Prob.of(Fraction(0)), rows
-            counts: dict[Fraction, int] = {}
-            for d, _, _ in per_worker:
-                counts[d] = counts.get(d, 0) + 1
-            return rollback_damage(counts.items(), k), rows
-        if "eject" in response:
-            certain = sum(u for d, u, _ in per_worker if d == 0)
-            counts = {}
-            for d, _, _ in per_worker:
-                if 0 < d < 1:
-                    counts[d] = counts.get(d, 0) + 1
-            return eject_damage(counts.items(), certain, k), rows
-        trials = [(d, horizon * per_step[x]) for _, _, kind_d in per_worker for x, d in kind_d.items()]
-        return skip_damage(trials, k), rows
+            for holder in holders:
+                attempt = Try(holder, kind_d, units)
+                row: dict[str, object] = {
+                    "worker": holder, "detection": float(attempt.weakest), "units": attempt.weakest_units(),
+                    "kinds": {x: {"capability": kind_cap[x], "detection": float(d), "units": units[x]} for x, d in kind_d.items()},
+                }
+                out.append((attempt, row))
+        return out
+
+    def _entered_standby_names(self, model: z3.ModelRef) -> list[str]:
+        """Names of the malicious standby workers in ``model``, in index order (they enter the
+        positions with a malicious entry, in position order)."""
+        world = self.enc.world
+        return [world.workers[w].name for w in world.standby_workers if holds_in(model, self.enc.mal[w])]
+
+    def _damage_of(self, model: z3.ModelRef, k: int) -> tuple[Damage, list[dict[str, object]]]:
+        """The damage probability of the run summarised by ``model`` (semantics page formulas)."""
+        tries = self._tries(model)
+        rows = [row for _, row in tries]
+        if not holds_in(model, self._unmasked()) or not tries:
+            return Damage(Prob.of(Fraction(0))), rows
+        return damage([t for t, _ in tries], self.spec.defense.response, k), rows
 
     def _bounded_damage(self, g: BoundedDamageGuarantee) -> GuaranteeResult:
         enc, spec = self.enc, self.spec
@@ -715,13 +716,19 @@ class Prover:
             solver = self._solver()
             if self._bounded_check(solver, self._guard(joint), *self.enc.literals()) == z3.sat:
                 candidates.insert(0, solver.model())
-        best: tuple[Prob, list[dict[str, object]], z3.ModelRef] | None = None
+        best: tuple[Damage, list[dict[str, object]], z3.ModelRef] | None = None
         for cand in candidates:
-            prob, rows = self._damage_of(cand, k)
-            if best is None or prob.value > best[0].value:
-                best = (prob, rows, cand)
+            found, rows = self._damage_of(cand, k)
+            if best is None or found.prob.value > best[0].prob.value:
+                best = (found, rows, cand)
         assert best is not None
-        prob, rows, model = best
+        found, rows, model = best
+        prob = found.prob
+        if not found.tight and found.lower is not None and found.prob.compare(bound) == 1 and found.lower.compare(bound) != 1:
+            return GuaranteeResult(g.id, g.kind, UNKNOWN,
+                                   f"unknown: the retry bound {format_comparison(prob, 'exceeds', bound)} but the strategy it "
+                                   f"assumes may not exist; the best attained strategy reaches {found.lower}",
+                                   figure=Figure("Pr[more than K undetected]", prob.value, float(bound), "<="), reason="probability bound not tight")
         cmp = prob.compare(bound)
         figure = Figure("Pr[more than K undetected]", prob.value, float(bound), "<=", exact=_exact(prob.exact), bound_exact=_exact(bound))
         if cmp is None or cmp <= 0:
@@ -750,17 +757,24 @@ class Prover:
         or on its weakest kind when ``kind`` is None)."""
         cache_key = (kind, lv)
         if cache_key not in self._term_cache:
-            self._term_cache[cache_key] = [
-                self._kind_level(w, kind, "le", lv) if kind else self._worker_level(w, "le", lv) for w in self.enc.world.computing
-            ]
+            terms: list[Term] = []
+            occ = self.enc.occupancy
+            for w in self.enc.world.computing:
+                level = self._kind_level(w, kind, "le", lv) if kind else self._worker_level(w, "le", lv)
+                terms.append(level)
+                # A malicious standby entering after a malicious original is a second try there.
+                second = occ.extra_try(w, self.enc.mal[w])
+                if second is not False and level is not False:
+                    terms.append(conj([second, level]))
+            self._term_cache[cache_key] = terms
         return self._term_cache[cache_key]
 
     def _response_keys(self) -> set[str]:
+        """The response assumptions a damage proof rests on: rollback and eject where present
+        (together they give one attempt per try), else every response listed."""
         response = self.spec.defense.response
-        for r in ("rollback", "eject"):
-            if r in response:
-                return {f"response:{r}"}
-        return {f"response:{r}" for r in response}
+        keys = {f"response:{r}" for r in ("rollback", "eject") if r in response}
+        return keys or {f"response:{r}" for r in response}
 
     def _maximise(self, terms: list[Term], base: Term) -> tuple[int, z3.ModelRef | None, bool]:
         """The largest number of ``terms`` that one placement makes true (binary search over
@@ -795,98 +809,34 @@ class Prover:
         return low, model, True
 
     def _dominating_damage(self, counts: dict[tuple[str | None, Fraction], int], k: int) -> Prob:
-        """An upper bound on the damage: workers placed at the best levels the counts allow."""
+        """An upper bound on the damage: tries placed at the best levels the counts allow, every
+        unit a try can tamper with at its level."""
         spec = self.spec
-        horizon, micro = spec.topology.steps, spec.topology.microbatches
-        per_step = {"F": micro, "B": micro, "U": 1}
+        units = units_per_kind(spec)
         held = [c for c in TAMPERING_CAPABILITIES if c in spec.adversary.capabilities]
         kinds = {kind for c in held for kind in CAPABILITY_KINDS[c]}
-        max_units = horizon * sum(per_step[kind] for kind in kinds)
+        max_units = sum(units[kind] for kind in kinds)
         response = spec.defense.response
         if "rollback" in response or "eject" in response:
             vector = _dominating_vector({lv: n for (kind, lv), n in counts.items()})
-            if not vector:
-                return Prob.of(Fraction(0))
-            grouped: dict[Fraction, int] = {}
-            for lv in vector:
-                grouped[lv] = grouped.get(lv, 0) + 1
-            if "rollback" in response:
-                if len(vector) * max_units < k + 1:
-                    return Prob.of(Fraction(0))
-                return rollback_damage(grouped.items(), k)
-            certain = grouped.pop(Fraction(0), 0) * max_units
-            return eject_damage(grouped.items(), certain, k)
+            tries = [Try(f"bound {i}", {"all": lv}, {"all": max_units}) for i, lv in enumerate(vector)]
+            return damage(tries, response, k).prob
         trials = []
         for kind in KINDS:
             vector = _dominating_vector({lv: n for (kd, lv), n in counts.items() if kd == kind})
-            trials += [(lv, horizon * per_step[kind]) for lv in vector]
+            trials += [(lv, units[kind]) for lv in vector]
         return skip_damage(trials, k)
 
     # -- no framing ---------------------------------------------------------------------------
 
     def framing_mechanisms(self, replica: int | None = None) -> list[tuple[str, int, list[int], Term]]:
-        """Every way an honest worker can be blamed: (mechanism, victim, attackers, condition).
+        """Every way an honest worker can be blamed: (mechanism, victim, framers, condition).
 
         With ``replica`` only victims in that replica are listed.
         """
-        if self._framing is None:
-            self._framing = self._build_framing()
-        if replica is None:
-            return self._framing
-        return [m for m in self._framing if self.enc.world.workers[m[1]].replica == replica]
-
-    def _build_framing(self) -> list[tuple[str, int, list[int], Term]]:
-        enc, world, spec = self.enc, self.enc.world, self.spec
-        out: list[tuple[str, int, list[int], Term]] = []
-        no_referee = disj([neg(enc.receipts), neg(enc.coord_trusted)])
-        computing = world.computing
-        any_computing = disj([enc.mal[w] for w in computing])
-        for i, check in enumerate(spec.defense.checks):
-            present = enc.check_present[i]
-            if isinstance(check, RedundantNeighbourCheck):
-                equivocation = conj([present, enc.via_up[i], enc.cap["equivocate"], neg(enc.receipts)])
-                accusation = conj([present, enc.cap["false_accuse"], no_referee])
-                for r in range(world.replicas):
-                    for s in range(1, world.stages - 1):
-                        up = world.primary(s - 1, r)
-                        for victim in world.slots[(s, r)]:
-                            out.append(("equivocation", victim, [up], conj([equivocation, enc.mal[up], neg(enc.mal[victim])])))
-                    for s in range(0, world.stages - 1):
-                        checker = world.primary(s + 1, r)
-                        for victim in world.slots[(s, r)]:
-                            out.append(("false accusation", victim, [checker], conj([accusation, enc.mal[checker], neg(enc.mal[victim])])))
-            elif isinstance(check, SpotCheck):
-                base = conj([present, enc.vf[i]["peer"], enc.cap["false_accuse"], no_referee, any_computing])
-                for victim in computing:
-                    # The victim is honest, so any malicious computing worker is another one.
-                    # Attackers: any malicious computing worker (listed from the model in the trace).
-                    out.append(("false accusation by a peer verifier", victim, [], conj([base, neg(enc.mal[victim])])))
-            elif isinstance(check, ReplicateCheck):
-                need = ceil_half(check.factor)
-                tamper = disj([enc.cap["tamper_activations"], enc.cap["tamper_gradients"], enc.cap["tamper_weights"]])
-                vote = conj([present, disj([neg(enc.referee[i]), neg(enc.coord_trusted)]), tamper] + ([] if need <= 1 else [enc.collusion]))
-                accusation = conj([present, enc.cap["false_accuse"], no_referee])
-                for members in world.slots.values():
-                    for victim in members:
-                        others = [o for o in members if o != victim]
-                        out.append(("outvoting", victim, others, conj([vote, neg(enc.mal[victim]), _at_least([enc.mal[o] for o in others], need)])))
-                        out.append(("false accusation by a replica", victim, others, conj([accusation, neg(enc.mal[victim]), disj([enc.mal[o] for o in others])])))
-        roles: list[Term] = []
-        for i, check in enumerate(spec.defense.checks):
-            present = enc.check_present[i]
-            if isinstance(check, RedundantNeighbourCheck):
-                roles.append(conj([present, enc.via_coord[i]]))
-            elif isinstance(check, SpotCheck):
-                roles.append(conj([present, enc.vf[i]["coordinator"]]))
-            elif isinstance(check, StatisticalCheck):
-                roles.append(present)
-            elif isinstance(check, ReplicateCheck):
-                roles.append(conj([present, enc.referee[i]]))
-        if roles:
-            base = conj([neg(enc.coord_trusted), neg(enc.receipts), disj(enc.mal), disj(roles)])
-            for victim in computing:
-                out.append(("untrusted coordinator", victim, [], conj([base, neg(enc.mal[victim])])))
-        return [m for m in out if m[3] is not False]
+        world = self.enc.world
+        return [(f.mechanism, f.victim, list(f.framers), f.condition) for f in self.enc.framings
+                if replica is None or world.workers[f.victim].replica == replica]
 
     def _no_framing(self, g: NoFramingGuarantee) -> GuaranteeResult:
         scope = 0 if self._replicas_alike else None
@@ -908,18 +858,7 @@ class Prover:
     # -- liveness ---------------------------------------------------------------------------
 
     def _catchable(self, w: int, certain: bool) -> Term:
-        """Worker ``w`` (as an occupant of its slot) can get a tampered unit detected, with
-        probability > 0, or with certainty when ``certain``."""
-        key = (w, certain)
-        if key not in self._catchable_cache:
-            enc = self.enc
-            parts = []
-            for c, kind in self._worker_kinds(w):
-                effects = enc.effects(w, c, kind, cooperative=True)
-                reach = neg(enc.level(effects, "lt", Fraction(1))) if certain else neg(enc.level(effects, "le", Fraction(0)))
-                parts.append(conj([enc.cap[c], reach]))
-            self._catchable_cache[key] = disj(parts)
-        return self._catchable_cache[key]
+        return self.enc.catchable(w, certain)
 
     def liveness_goal(self) -> tuple[Term, dict[str, Any]]:
         """The liveness violation formula and its named parts (for the trace)."""

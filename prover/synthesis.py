@@ -47,23 +47,25 @@ CONTRADICTORY = "vacuous"
 
 # Guarantee kinds whose verdict does not read defense.response (docs/semantics.rst: only
 # bounded_damage and liveness mention the response); liveness alone reads the standby pool.
-_RESPONSE_BLIND = frozenset({"detection", "no_framing", "data_integrity", "overhead"})
-_STANDBY_BLIND = frozenset({"detection", "no_framing", "data_integrity", "overhead", "bounded_damage"})
+_RESPONSE_BLIND = frozenset({"overhead"})
+_STANDBY_BLIND = frozenset({"overhead"})
 
 CheckKey = tuple[tuple[str, Any], ...]
 
 
 def _response_reading(kind: str, response: tuple[str, ...]) -> tuple[Any, ...] | None:
-    """What a guarantee of ``kind`` reads of the response (docs/semantics.rst): nothing, except
-    that bounded_damage follows the first of rollback, eject or neither, and liveness asks
-    whether eject and skip_stage are in it (rollback and restart both redo the step)."""
+    """What a guarantee of ``kind`` reads of the response (docs/semantics.rst): every guarantee
+    about the workers asks whether ``eject`` is in it (an ejection vacates a position a standby
+    may enter); bounded_damage also whether ``rollback`` is (one attempt, or retries when the
+    convict stays); liveness whether eject and skip_stage are (rollback and restart both redo
+    the step)."""
     if kind in _RESPONSE_BLIND:
         return None
     if kind == "bounded_damage":
-        return ("rollback" if "rollback" in response else "eject" if "eject" in response else "neither",)
+        return ("rollback" in response, "eject" in response)
     if kind == "liveness":
         return ("eject" in response, "skip_stage" in response)
-    return response
+    return ("eject" in response,)
 
 
 def _check_key(check: dict[str, Any]) -> CheckKey:
@@ -442,19 +444,46 @@ class _Space:
     def _key(self, cand: Candidate, gid: str) -> tuple[Any, ...]:
         """The parts of a candidate the guarantee's verdict reads (docs/semantics.rst)."""
         kind = self.guarantees[gid].kind
-        standby = cand.standby if kind not in _STANDBY_BLIND or self.standby_in_budget else None
+        standby: int | None = cand.standby if kind not in _STANDBY_BLIND or self.standby_in_budget else None
+        if standby is not None and kind != "liveness" and not self.standby_in_budget:
+            # A standby enters only a vacated position (a crash, or an ejection), and entries
+            # beyond the budget are honest workers, which the adversary never needs.
+            vacancies = self.spec.adversary.faults.crash > 0 or "eject" in cand.response
+            standby = min(standby, self.spec.malicious_budget) if vacancies else 0
         checks = cand.checks
         if kind != "bounded_damage":  # robust_aggregation detects nothing; it only masks damage
             checks = tuple(c for c in checks if c[0] != ("scheme", "robust_aggregation"))
         return (gid, cand.receipts, cand.attestation, cand.data_commitment, checks, _response_reading(kind, cand.response), standby)
 
     def _implied(self, key: tuple[Any, ...], kind: str) -> str:
-        """VIOLATED when a smaller standby pool already violates a guarantee that no response
-        reads: a larger pool only adds workers (and, for a percentage, budget) to the adversary."""
-        if kind not in _RESPONSE_BLIND or key[-1] is None:
+        """A verdict that follows from one already known under a weaker or stronger adversary.
+
+        For guarantees about single units and victims (``detection``, ``no_framing``,
+        ``data_integrity``) the adversary only gains from ``eject`` (it vacates positions) and
+        from a larger standby pool (more positions it can enter): a violation carries over to
+        a stronger setting, and a proof to a weaker one."""
+        standby = key[-1]
+        if standby is None:
             return ""
-        smaller_violated = any(self.cache.get((*key[:-1], smaller)) == VIOLATED for smaller in range(key[-1]))
-        return "violated" if smaller_violated else ""
+        if kind in _RESPONSE_BLIND:
+            smaller_violated = any(self.cache.get((*key[:-1], smaller)) == VIOLATED for smaller in range(standby))
+            return "violated" if smaller_violated else ""
+        if kind not in ("detection", "no_framing", "data_integrity"):
+            return ""
+        (eject,) = key[-2]
+        head = key[:-2]
+        for (other_eject,), other_standby in self._settings_seen(head):
+            verdict = self.cache.get((*head, (other_eject,), other_standby))
+            weaker = (not other_eject or eject) and other_standby <= standby
+            stronger = (other_eject or not eject) and other_standby >= standby
+            if verdict == VIOLATED and weaker:
+                return VIOLATED
+            if verdict == HOLDS and stronger:
+                return HOLDS
+        return ""
+
+    def _settings_seen(self, head: tuple[Any, ...]) -> list[tuple[tuple[bool], int]]:
+        return [(k[-2], k[-1]) for k in self.cache if k[:-2] == head and k[-1] is not None and isinstance(k[-2], tuple) and len(k[-2]) == 1]
 
     def _within_bounds(self, cand: Candidate, g: OverheadGuarantee) -> bool:
         if cand.compute > Fraction(str(g.max_compute)):

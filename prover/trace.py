@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 #: Version of the trace JSON format.
 TRACE_VERSION = 1
-KIND_NAMES = {"F": "forward", "B": "backward", "U": "update"}
+KIND_NAMES = {"F": "forward", "B": "backward", "U": "update", "L": "last update"}
 
 
 def _n(count: int, word: str, plural: str | None = None) -> str:
@@ -50,13 +50,74 @@ def _held(prover: Prover, model: z3.ModelRef) -> list[str]:
     return [c for c, var in prover.enc.cap.items() if _true(model, var)]
 
 
+def occupancy_events(prover: Prover, model: z3.ModelRef) -> tuple[dict[str, list[Any]], dict[int, int]]:
+    """The run's events as ``model`` summarises them (crashed, ejected as convicts, ejected after
+    being framed, standby entries, positions left vacant), and for every position a malicious
+    standby worker entered, that worker's index."""
+    enc = prover.enc
+    occ, world = enc.occupancy, enc.world
+    events: dict[str, list[Any]] = {"crashed": [], "ejected": [], "framed": [], "entered": [], "vacant": []}
+    holders: dict[int, int] = {}
+    if not occ.active:
+        return events, holders
+    malicious_standby = [w for w in world.standby_workers if _true(model, enc.mal[w])]
+    honest_standby = [w for w in world.standby_workers if not _true(model, enc.mal[w])]
+    for w, vacated in occ.vacated.items():
+        if not _true(model, vacated):
+            continue
+        name = world.workers[w].name
+        if _true(model, occ.crashed[w]):
+            events["crashed"].append(name)
+        elif _true(model, enc.mal[w]):
+            events["ejected"].append(name)
+        else:
+            events["framed"].append(name)
+        if _true(model, occ.entered_malicious[w]) and malicious_standby:
+            standby = malicious_standby.pop(0)
+            holders[w] = standby
+            events["entered"].append({"position": name, "standby": world.workers[standby].name, "malicious": True})
+        elif _true(model, occ.entered[w]) and honest_standby:
+            standby = honest_standby.pop(0)
+            events["entered"].append({"position": name, "standby": world.workers[standby].name, "malicious": False})
+        else:
+            events["vacant"].append(name)
+    return events, holders
+
+
+def holder_name(prover: Prover, model: z3.ModelRef, w: int) -> str:
+    """The malicious worker that acts in position ``w``: its original occupant, or the malicious
+    standby worker that entered it."""
+    world = prover.enc.world
+    if _true(model, prover.enc.mal[w]):
+        return world.workers[w].name
+    _, holders = occupancy_events(prover, model)
+    return world.workers[holders[w]].name if w in holders else world.workers[w].name
+
+
 def _malicious_roles(prover: Prover, model: z3.ModelRef, roles: dict[int, str]) -> list[dict[str, Any]]:
+    """Every malicious worker of the placement with its role; a role given to a position whose
+    malicious occupant is an entered standby worker goes to that standby worker."""
     world = prover.enc.world
     held = _held(prover, model)
+    _, holders = occupancy_events(prover, model)
+    by_worker: dict[int, str] = {}
+    for w, role in roles.items():
+        target = w if _true(model, prover.enc.mal[w]) or w not in holders else holders[w]
+        by_worker.setdefault(target, role)
     out = []
     for w in prover._malicious(model):
-        out.append({"worker": world.workers[w].name, "role": roles.get(w, "idle"), "capabilities": held})
+        entry: dict[str, Any] = {"worker": world.workers[w].name, "role": by_worker.get(w, "idle"), "capabilities": held}
+        position = next((p for p, s in holders.items() if s == w), None)
+        if position is not None:
+            entry["enters"] = world.workers[position].name
+        out.append(entry)
     return out
+
+
+def with_dynamics(prover: Prover, model: z3.ModelRef, trace: dict[str, Any]) -> dict[str, Any]:
+    """``trace`` with its ``dynamics`` entry: the events the counterexample needs."""
+    trace["dynamics"], _ = occupancy_events(prover, model)
+    return trace
 
 
 def _checker_of(prover: Prover, w: int, effect: Effect) -> str:
@@ -77,7 +138,7 @@ def detection_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, w: int, 
                     rows: list[tuple[Effect, bool, Fraction]], d: Fraction, bound: Fraction, sdc: bool) -> dict[str, Any]:
     """Trace of one tampered (or silently corrupted) unit that escapes the required detection."""
     enc, world = prover.enc, prover.enc.world
-    worker = world.workers[w].name
+    worker = world.workers[w].name if sdc else holder_name(prover, model, w)
     roles: dict[int, str] = {} if sdc else {w: "tamperer"}
     checks = []
     for effect, on, value in rows:
@@ -102,16 +163,16 @@ def detection_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, w: int, 
         checks.append({"check": None, "index": None, "checker": None, "result": "passes", "probability": "0",
                        "why": "no check of the protocol covers this unit"})
     action = "silent_corruption" if sdc else capability
-    state = {"#index": 0, "step": 0, "microbatch": 0 if kind != "U" else None, "worker": worker, "unit": KIND_NAMES[kind],
+    state = {"#index": 0, "step": 0 if kind != "L" else prover.spec.topology.steps - 1, "microbatch": 0 if kind in ("F", "B") else None, "worker": worker, "unit": KIND_NAMES[kind],
              "action": action, "checks": checks, "detection_probability": format_probability(float(d))}
     shown_d, shown_bound = format_pair(d, bound)
     description = (f"{'an honest worker' if sdc else 'malicious worker'} {worker} {'suffers silent corruption of' if sdc else 'uses ' + capability + ' on'} "
                    f"its {KIND_NAMES[kind]} unit; it is detected with probability {shown_d}, "
                    f"below the required {shown_bound}")
-    return {"#meta": meta(prover, guarantee, description), "params": params(prover.spec),
+    return with_dynamics(prover, model, {"#meta": meta(prover, guarantee, description), "params": params(prover.spec),
             "malicious": _malicious_roles(prover, model, roles), "vars": ["step", "microbatch", "worker", "unit", "action", "checks"],
             "states": [state],
-            "outcome": {"detection_probability": float(d), "required": float(bound)}}
+            "outcome": {"detection_probability": float(d), "required": float(bound)}})
 
 
 def damage_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, rows: list[dict[str, Any]], prob: Prob,
@@ -120,10 +181,13 @@ def damage_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, rows: list[
     spec = prover.spec
     k = guarantee.max_undetected
     response = spec.defense.response
-    if "rollback" in response:
-        plan, count = "tamper with K+1 consecutive units of its weakest kind, then stop (a detection rolls back its whole try)", k + 1
+    if "rollback" in response and "eject" in response:
+        plan, count = "tamper with K+1 consecutive units of its weakest kind, then stop (a detection rolls back its whole try and ejects it)", k + 1
+    elif "rollback" in response:
+        plan, count = ("tamper with its weakest units until K+1 in a row pass, then stop; each detection rolls its units back, "
+                       "it stays in place and starts again, until the horizon ends"), k + 1
     elif "eject" in response:
-        plan, count = "tamper with every unit of its weakest kind until it is caught and ejected (never, where nothing detects it)", None
+        plan, count = "tamper with its weakest units first, and on until it is caught and ejected (never, where nothing detects it)", None
     else:
         plan, count = "tamper with every unit it can; nobody is removed", None
     states = []
@@ -132,16 +196,17 @@ def damage_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, rows: list[
     for index, row in enumerate(rows):
         kinds = row["kinds"]
         weakest = min(kinds, key=lambda x: kinds[x]["detection"])
-        states.append({"#index": index, "step": 0, "microbatch": 0 if weakest != "U" else None, "worker": row["worker"],
+        states.append({"#index": index, "step": 0, "microbatch": 0 if weakest in ("F", "B") else None, "worker": row["worker"],
                        "unit": KIND_NAMES[weakest], "action": kinds[weakest]["capability"], "count": count,
                        "detection_probability": format_probability(row["detection"]), "units_available": row["units"]})
-        roles[world.by_name(str(row["worker"])).index] = "tamperer"
+        name = str(row["worker"]).split(" ", 1)[0]
+        roles[world.by_name(name).index] = "tamperer"
     description = (f"{len(rows)} malicious worker(s) each {plan}: more than {k} tampered units stay undetected with "
                    f"probability {format_comparison(prob, '>', bound)}")
-    return {"#meta": meta(prover, guarantee, description), "params": params(spec),
+    return with_dynamics(prover, model, {"#meta": meta(prover, guarantee, description), "params": params(spec),
             "malicious": _malicious_roles(prover, model, roles),
             "vars": ["step", "microbatch", "worker", "unit", "action", "count"], "states": states,
-            "outcome": {"probability": prob.value, "bound": float(bound), "max_undetected": k, "strategy": plan}}
+            "outcome": {"probability": prob.value, "bound": float(bound), "max_undetected": k, "strategy": plan}})
 
 
 def framing_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, mechanism: str, victim: int,
@@ -151,33 +216,33 @@ def framing_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, mechanism:
     name = world.workers[victim].name
     if not attackers and mechanism.endswith("peer verifier"):
         attackers = [a for a in world.computing if a != victim]
-    active = [a for a in attackers if _true(model, enc.mal[a])]
+    active = [a for a in attackers if _true(model, enc.occupancy.occupied_malicious[a])]
     roles = {a: mechanism for a in active}
     states: list[dict[str, Any]] = []
     s, r = world.slot_of(victim)
     if mechanism == "equivocation":
-        up = world.workers[active[0]].name
+        up = holder_name(prover, model, active[0])
         checker = world.workers[world.primary(s + 1, r)].name
         states.append({"#index": 0, "step": 0, "microbatch": 0, "worker": up, "unit": "forward", "action": "equivocate",
                        "detail": f"sends activation X to {name} and a different X' to {checker}, {name}'s checker"})
         states.append({"#index": 1, "step": 0, "microbatch": 0, "worker": checker, "unit": "forward", "action": "recompute",
                        "detail": f"recomputes {name}'s forward from X', finds a mismatch and blames {name} (no receipts show that {up} sent two messages)"})
     elif mechanism.startswith("false accusation"):
-        accuser = world.workers[active[0]].name if active else "a malicious worker"
+        accuser = holder_name(prover, model, active[0]) if active else "a malicious worker"
         states.append({"#index": 0, "step": 0, "microbatch": 0, "worker": accuser, "unit": "forward", "action": "false_accuse",
                        "detail": f"claims that {name}'s forward unit failed its check; "
                                  + ("without receipts nothing shows the unit was right" if not _true(model, enc.receipts) else "no trusted referee re-executes the unit")})
     elif mechanism == "outvoting":
-        voters = ", ".join(world.workers[a].name for a in active)
+        voters = ", ".join(holder_name(prover, model, a) for a in active)
         states.append({"#index": 0, "step": 0, "microbatch": 0, "worker": voters, "unit": "forward", "action": "tamper_activations",
                        "detail": f"{voters} return the same wrong output; the vote in slot {s}:{r} goes against honest {name}"})
     else:
         states.append({"#index": 0, "step": 0, "microbatch": 0, "worker": "coordinator", "unit": "forward", "action": "false_accuse",
                        "detail": f"the untrusted coordinator reports that {name} failed a check; without receipts its word is the only evidence"})
     description = f"honest worker {name} is blamed through {mechanism}"
-    return {"#meta": meta(prover, guarantee, description), "params": params(prover.spec),
+    return with_dynamics(prover, model, {"#meta": meta(prover, guarantee, description), "params": params(prover.spec),
             "malicious": _malicious_roles(prover, model, roles), "vars": ["step", "microbatch", "worker", "unit", "action", "detail"],
-            "states": states, "outcome": {"blamed": name, "mechanism": mechanism}}
+            "states": states, "outcome": {"blamed": name, "mechanism": mechanism}})
 
 
 def liveness_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, parts: dict[str, Any]) -> dict[str, Any]:
@@ -226,6 +291,6 @@ def liveness_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, parts: di
         standby = sum(1 for b in enc.standby if _true(model, b))
         description = (f"{_n(len(states), 'removal')} ({_n(crashes, 'crash', 'crashes')}) against {_n(world.replicas, 'replica')} "
                        f"and {_n(standby, 'standby worker')}: every replica loses a stage")
-    return {"#meta": meta(prover, guarantee, description), "params": params(prover.spec),
+    return with_dynamics(prover, model, {"#meta": meta(prover, guarantee, description), "params": params(prover.spec),
             "malicious": _malicious_roles(prover, model, roles), "vars": ["worker", "action", "detail"], "states": states,
-            "outcome": {"progress": False}}
+            "outcome": {"progress": False}})

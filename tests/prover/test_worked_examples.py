@@ -9,7 +9,7 @@ from fractions import Fraction
 import pytest
 
 from stagewarden.prover import Report, verify
-from stagewarden.spec import load_example
+from stagewarden.spec import load_example, load_text
 
 _CACHE: dict[str, Report] = {}
 
@@ -92,7 +92,7 @@ def test_example4_ejection_liveness() -> None:
 
 
 def test_example5_spot_check_numbers() -> None:
-    """Example 5: rollback holds (one worker's try is 0.95^301 ~ 1.97e-7; three workers 1-(1-q)^3), eject is violated (~2.6e-5)."""
+    """Example 5: rollback with ejection holds (one try each: 0.95^301 ~ 1.97e-7; three workers 1-(1-q)^3), eject alone is violated (~2.6e-5)."""
     q = Fraction(19, 20) ** 301
     assert math.isclose(float(q), 1.97e-7, rel_tol=5e-3)
     rollback = report("spot-check-rollback").by_id("damage")
@@ -142,3 +142,18 @@ def test_example8_checked_worker_relay() -> None:
 def test_demo_spec_holds(name: str) -> None:
     """The demo protocol's guarantees all hold."""
     assert set(verdicts(name).values()) == {"holds"}
+
+
+def test_example5_rollback_alone_lets_the_convict_retry() -> None:
+    """Rollback without ejection leaves the convict in place: it retries until K+1 units in a row
+    pass, within its 4 * 1000 forward and 4 * 1000 backward units, so the guarantee is violated with the run probability."""
+    from stagewarden.prover.damage import run_probability
+
+    loaded = load_text(load_example("spot-check-rollback").text.replace("response: [rollback, eject]", "response: [rollback]"), "x.yaml")
+    result = verify(loaded).by_id("damage")
+    assert result.verdict == "violated"
+    one = run_probability(8000, Fraction(1, 20), 301)
+    expected = 1 - (1 - one.value) ** 3
+    assert result.figure is not None and math.isclose(result.figure.value, expected, rel_tol=1e-9)
+    # Far above the single-try figure the reference result gives.
+    assert result.figure.value > 100 * float(1 - (1 - Fraction(19, 20) ** 301) ** 3)

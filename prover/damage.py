@@ -1,0 +1,233 @@
+"""The damage a set of tries leaves in the final model (docs/semantics.rst, ``bounded_damage``).
+
+A *try* is one malicious worker in one position over a stretch of the run: an original malicious
+occupant, or a malicious standby worker that entered the position. Each try has a detection
+level per unit kind it tampers with and, per kind, the units the horizon gives its position.
+The response decides how tries add up:
+
+* ``rollback`` and ``eject``: one attempt per try (a convict is undone and removed);
+* ``rollback`` alone: a convict is undone but stays, and retries until the horizon ends;
+* ``eject`` alone: a try tampers until it is caught, and what passed stays;
+* neither: every tamper is an independent trial.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+from stagewarden.prover.probability import Prob, eject_damage, rollback_damage, skip_damage
+from stagewarden.spec import Spec
+
+#: Largest ``K + 1`` for which the pass counts of tries are convolved unit by unit; above it the
+#: uncapped negative-binomial bound is used.
+CONVOLVE_LIMIT = 20_000
+#: Beyond this many summed units, a try's pass-count distribution is convolved in floating
+#: point (log-space inputs) instead of exact rationals.
+EXACT_TERMS = 400
+
+
+def units_per_kind(spec: Spec) -> dict[str, int]:
+    """Units of each kind one position computes over the horizon: ``H*M`` forward and backward,
+    ``H-1`` updates a later forward pass exposes, and the last update."""
+    steps, micro = spec.topology.steps, spec.topology.microbatches
+    return {"F": steps * micro, "B": steps * micro, "U": steps - 1, "L": 1}
+
+
+@dataclass(frozen=True)
+class Try:
+    """One malicious worker in one position: its detection level per unit kind it tampers with."""
+
+    worker: str
+    levels: dict[str, Fraction]
+    units: dict[str, int]
+
+    @property
+    def weakest(self) -> Fraction:
+        """The lowest detection level over its kinds."""
+        return min(self.levels.values())
+
+    def live_units(self) -> int:
+        """Units it can tamper with that a check does not catch with certainty."""
+        return sum(self.units[k] for k, d in self.levels.items() if d < 1)
+
+    def weakest_units(self) -> int:
+        """Units at its weakest level."""
+        low = self.weakest
+        return sum(self.units[k] for k, d in self.levels.items() if d == low)
+
+    def passes_in_order(self) -> list[tuple[Fraction, int]]:
+        """(pass probability, units) runs, weakest units first: the order that maximises the
+        units that pass before the first detection."""
+        runs = sorted(
+            ((1 - d, self.units[k]) for k, d in self.levels.items() if d < 1 and self.units[k] > 0), reverse=True
+        )
+        return runs
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Pr[more than K tampered units stay undetected] for a set of tries; ``tight`` is false when
+    the value is an upper bound that a strategy may not attain (the verdict is then ``unknown``
+    unless the bound itself is within the guarantee), with ``lower`` a value that is attained."""
+
+    prob: Prob
+    tight: bool = True
+    lower: Prob | None = None
+
+
+def damage(tries: list[Try], response: tuple[str, ...] | list[str], k: int) -> Damage:
+    """The best adversary's damage probability for the tries under the response."""
+    tries = [t for t in tries if t.levels]
+    if not tries:
+        return Damage(Prob.of(Fraction(0)))
+    if "rollback" in response and "eject" in response:
+        return Damage(_one_attempt(tries, k))
+    if "rollback" in response:
+        return _retries(tries, k)
+    if "eject" in response:
+        return _until_caught(tries, k)
+    trials = [(d, t.units[kind]) for t in tries for kind, d in t.levels.items()]
+    return Damage(skip_damage(trials, k))
+
+
+def _one_attempt(tries: list[Try], k: int) -> Prob:
+    """Each try gets ``k+1`` units past at its weakest level, or is undone and removed."""
+    if sum(t.live_units() for t in tries) < k + 1:
+        return Prob.of(Fraction(0))
+    counts: dict[Fraction, int] = {}
+    for t in tries:
+        counts[t.weakest] = counts.get(t.weakest, 0) + 1
+    return rollback_damage(counts.items(), k)
+
+
+def _retries(tries: list[Try], k: int) -> Damage:
+    """Each try retries after every rollback: it needs ``k+1`` passes in a row within its units."""
+    upper = _combine([run_probability(t.live_units(), t.weakest, k + 1) for t in tries])
+    if all(len({d for d in t.levels.values() if d < 1}) <= 1 for t in tries):
+        return Damage(upper)
+    lower = _combine([run_probability(t.weakest_units(), t.weakest, k + 1) for t in tries])
+    return Damage(upper, tight=False, lower=lower)
+
+
+def _combine(values: list[Prob]) -> Prob:
+    """``1 - prod(1 - p)`` over independent tries."""
+    if all(v.exact is not None for v in values):
+        keep = Fraction(1)
+        for v in values:
+            assert v.exact is not None
+            keep *= 1 - v.exact
+        return Prob.of(1 - keep)
+    log_keep = 0.0
+    for v in values:
+        if v.value >= 1:
+            return Prob(1.0)
+        log_keep += math.log1p(-v.value)
+    return Prob(-math.expm1(log_keep))
+
+
+def run_probability(trials: int, detection: Fraction, run: int) -> Prob:
+    """Pr[``run`` consecutive undetected units occur among ``trials`` independent ones, each
+    undetected with probability ``1 - detection``].
+
+    With ``g(n)`` that probability for ``n`` trials: ``g(n) = g(n-1) + d q^run (1 - g(n-run-1))``
+    (the first run completes exactly at trial ``n``: a detection at ``n-run``, ``run`` passes
+    after it, and no run before), with ``g(run) = q^run``."""
+    if trials < run or detection >= 1:
+        return Prob.of(Fraction(0))
+    if detection == 0:
+        return Prob.of(Fraction(1))
+    q = 1 - detection
+    if (trials - run) * (q.denominator.bit_length() * run) <= 200_000 and trials <= 5_000:
+        exact_g = [Fraction(0)] * (trials + 1)
+        first = q**run
+        exact_g[run] = first
+        step = detection * first
+        for n in range(run + 1, trials + 1):
+            exact_g[n] = exact_g[n - 1] + step * (1 - exact_g[n - run - 1])
+        return Prob.of(exact_g[trials])
+    qf, df = float(q), float(detection)
+    first_f = math.exp(run * math.log(qf))
+    g = [0.0] * (trials + 1)
+    g[run] = first_f
+    step_f = df * first_f
+    for n in range(run + 1, trials + 1):
+        g[n] = g[n - 1] + step_f * (1.0 - g[n - run - 1])
+    return Prob(min(1.0, g[trials]))
+
+
+def _until_caught(tries: list[Try], k: int) -> Damage:
+    """Each try tampers, weakest units first, until its first detection; passes add up."""
+    need = k + 1
+    if sum(sum(u for _, u in t.passes_in_order()) for t in tries) < need:
+        return Damage(Prob.of(Fraction(0)))
+    single = all(len({d for d in t.levels.values() if d < 1}) <= 1 for t in tries)
+    if single and all(t.weakest == 0 or t.live_units() >= need for t in tries):
+        # One level per try and units enough: the reference negative-binomial form.
+        return Damage(_uncapped(tries, need))
+    if need > CONVOLVE_LIMIT:
+        return Damage(_uncapped(tries, need), tight=False, lower=Prob.of(Fraction(0)))
+    return Damage(_convolved(tries, need))
+
+
+def _uncapped(tries: list[Try], need: int) -> Prob:
+    """Every try at its weakest level, tampering without a cap until caught (an upper bound,
+    exact when each try has one level and at least ``need`` units)."""
+    certain = sum(t.live_units() for t in tries if t.weakest == 0)
+    counts: dict[Fraction, int] = {}
+    for t in tries:
+        if 0 < t.weakest < 1:
+            counts[t.weakest] = counts.get(t.weakest, 0) + 1
+    return eject_damage(counts.items(), certain, need - 1)
+
+
+def _convolved(tries: list[Try], need: int) -> Prob:
+    """Exact: the tries' pass counts convolved, truncated at ``need``."""
+    total_terms = sum(min(need, sum(u for _, u in t.passes_in_order())) for t in tries)
+    exact = total_terms <= EXACT_TERMS and all(
+        q.denominator.bit_length() < 64 for t in tries for q, _ in t.passes_in_order()
+    )
+    one: Fraction | float = Fraction(1) if exact else 1.0
+    zero: Fraction | float = Fraction(0) if exact else 0.0
+    # pmf over the total passes, truncated: index ``need`` holds "need or more".
+    pmf: list[Fraction | float] = [one] + [zero] * need
+    for t in tries:
+        dist = _passes_distribution(t, need, exact)
+        out: list[Fraction | float] = [zero] * (need + 1)
+        for i, a in enumerate(pmf):
+            if a == 0:
+                continue
+            for j, b in enumerate(dist):
+                if b == 0:
+                    continue
+                out[min(need, i + j)] += a * b
+        pmf = out
+    tail = pmf[need]
+    if exact:
+        assert isinstance(tail, Fraction)
+        return Prob.of(tail)
+    return Prob(min(1.0, max(0.0, float(tail))))
+
+
+def _passes_distribution(t: Try, need: int, exact: bool) -> list[Fraction | float]:
+    """P[passes = j] for j < need, and P[passes >= need] at index ``need``: ``P[X >= j]`` is the
+    product of the first ``j`` pass probabilities in the try's order, 0 past its units."""
+    survive: list[Fraction | float] = []  # survive[j] = P[X >= j]
+    acc: Fraction | float = Fraction(1) if exact else 1.0
+    survive.append(acc)
+    for q, units in t.passes_in_order():
+        factor: Fraction | float = q if exact else float(q)
+        for _ in range(units):
+            if len(survive) > need:
+                break
+            acc = acc * factor
+            survive.append(acc)
+        if len(survive) > need:
+            break
+    zero: Fraction | float = Fraction(0) if exact else 0.0
+    while len(survive) <= need:
+        survive.append(zero)
+    dist = [survive[j] - survive[j + 1] for j in range(need)]
+    dist.append(survive[need])
+    return dist

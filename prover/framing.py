@@ -1,0 +1,131 @@
+"""The ways an honest worker can be blamed (docs/semantics.rst, ``no_framing``): equivocation,
+false accusation by a checker, outvoting in a ``replicate`` slot, and an untrusted coordinator.
+
+A mechanism names its victim (an original occupant, honest in the placement) and its framers,
+read through the occupancy summary: a framer counts when its position has a malicious occupant
+at some point of the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from stagewarden.prover.fastz3 import Term, at_least, conj, disj, neg, to_z3
+from stagewarden.spec import RedundantNeighbourCheck, ReplicateCheck, SpotCheck
+
+if TYPE_CHECKING:
+    from stagewarden.prover.encoding import Encoding
+
+
+@dataclass(frozen=True)
+class Framing:
+    """One way to blame ``victim``: the mechanism's name, the framers it names (empty when any
+    malicious computing worker, or the coordinator, frames) and its condition."""
+
+    mechanism: str
+    victim: int
+    framers: tuple[int, ...]
+    condition: Term
+    #: When the framing also gets the victim ejected (with ``eject``): a tied vote blames both
+    #: sides, so the framers are ejected with it.
+    ejects: Term | None = None
+
+    @property
+    def ejection(self) -> Term:
+        """The condition under which the framing ejects the victim."""
+        return self.condition if self.ejects is None else self.ejects
+
+
+def _at_least(terms: list[Term], n: int) -> Term:
+    if n <= 0:
+        return True
+    live = [t for t in terms if t is not False]
+    if any(t is True for t in live):
+        rest = [t for t in live if t is not True]
+        return _at_least(rest, n - (len(live) - len(rest)))
+    if len(live) < n:
+        return False
+    if n == 1:
+        return disj(live)
+    return at_least([to_z3(t) for t in live], n)
+
+
+def ceil_half(k: int) -> int:
+    """Copies needed to win or tie a vote of ``k``: ``ceil(k / 2)``."""
+    return (k + 1) // 2
+
+
+def build_framings(enc: Encoding) -> list[Framing]:
+    """Every framing mechanism of the spec whose condition is not constantly false."""
+    world, spec = enc.world, enc.spec
+    occ = enc.occupancy.occupied_malicious
+    out: list[Framing] = []
+    no_referee = disj([neg(enc.receipts), neg(enc.coord_trusted)])
+    computing = world.computing
+    any_computing = disj([occ[w] for w in computing])
+    for i, check in enumerate(spec.defense.checks):
+        present = enc.check_present[i]
+        if isinstance(check, RedundantNeighbourCheck):
+            equivocation = conj([present, enc.via_up[i], enc.cap["equivocate"], neg(enc.receipts)])
+            accusation = conj([present, enc.cap["false_accuse"], no_referee])
+            for r in range(world.replicas):
+                for s in range(1, world.stages - 1):
+                    up = world.primary(s - 1, r)
+                    for victim in world.slots[(s, r)]:
+                        out.append(
+                            Framing("equivocation", victim, (up,), conj([equivocation, occ[up], neg(enc.mal[victim])]))
+                        )
+                for s in range(0, world.stages - 1):
+                    checker = world.primary(s + 1, r)
+                    for victim in world.slots[(s, r)]:
+                        out.append(
+                            Framing(
+                                "false accusation",
+                                victim,
+                                (checker,),
+                                conj([accusation, occ[checker], neg(enc.mal[victim])]),
+                            )
+                        )
+        elif isinstance(check, SpotCheck):
+            base = conj([present, enc.vf[i]["peer"], enc.cap["false_accuse"], no_referee, any_computing])
+            for victim in computing:
+                # The victim is honest, so any malicious computing worker is another one.
+                out.append(
+                    Framing("false accusation by a peer verifier", victim, (), conj([base, neg(enc.mal[victim])]))
+                )
+        elif isinstance(check, ReplicateCheck):
+            need = ceil_half(check.factor)
+            tamper = disj([enc.cap["tamper_activations"], enc.cap["tamper_gradients"], enc.cap["tamper_weights"]])
+            vote = conj(
+                [present, disj([neg(enc.referee[i]), neg(enc.coord_trusted)]), tamper]
+                + ([] if need <= 1 else [enc.collusion])
+            )
+            accusation = conj([present, enc.cap["false_accuse"], no_referee])
+            for members in world.slots.values():
+                for victim in members:
+                    others = tuple(o for o in members if o != victim)
+                    voters = [occ[o] for o in others]
+                    outvoted = conj([vote, neg(enc.mal[victim]), _at_least(voters, need)])
+                    ejects = outvoted
+                    if 2 * need == check.factor:
+                        # A tie blames both sides: unless the malicious copies hold a strict
+                        # majority, they are ejected with the victim.
+                        gone = conj([disj([neg(occ[o]), enc.occupancy.vacated.get(o, False)]) for o in others])
+                        ejects = conj([outvoted, disj([_at_least(voters, need + 1), gone])])
+                    out.append(Framing("outvoting", victim, others, outvoted, ejects))
+                    out.append(
+                        Framing(
+                            "false accusation by a replica",
+                            victim,
+                            others,
+                            conj([accusation, neg(enc.mal[victim]), disj(voters)]),
+                        )
+                    )
+    # An untrusted coordinator decides blame itself: without signed evidence that others can
+    # check, it frames any honest worker, whatever the adversary's budget.
+    coordinator = conj([neg(enc.coord_trusted), neg(enc.receipts)])
+    if coordinator is not False:
+        for victim in computing:
+            out.append(Framing("untrusted coordinator", victim, (), conj([coordinator, neg(enc.mal[victim])])))
+    return [f for f in out if f.condition is not False]
