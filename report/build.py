@@ -18,6 +18,7 @@ from stagewarden.report.calibration import Calibration, read_calibration
 from stagewarden.report.errors import ReportError
 from stagewarden.report.headline import headline_section
 from stagewarden.report.modelling import TEE_NOTICE
+from stagewarden.report.paper import PaperReproduction, paper_page, read_paper
 from stagewarden.report.replays import ReplayData, read_replay
 from stagewarden.report.runs import RunData, read_run
 from stagewarden.spec import LoadedSpec
@@ -52,6 +53,7 @@ def write_project(
     runs: Sequence[RunData],
     replays: Sequence[ReplayData] = (),
     calibration: Calibration | None = None,
+    paper: PaperReproduction | None = None,
 ) -> None:
     """Write the report's Sphinx project (conf.py, pages, pictures) into ``folder``; the runs of
     ``replays`` join ``runs`` on the run pages."""
@@ -84,6 +86,9 @@ def write_project(
     if calibration is not None:
         (folder / "calibration.rst").write_text(calibration_pages.calibration_page(ctx, calibration), encoding="utf-8")
         contents.append("calibration")
+    if paper is not None:
+        (folder / "paper.rst").write_text(paper_page(ctx, paper), encoding="utf-8")
+        contents.append("paper")
     (folder / "modelling.rst").write_text(pages.modelling_page(), encoding="utf-8")
     contents.append("modelling")
     index = pages.index_page(
@@ -148,6 +153,7 @@ def build_report(
     progress: Callable[[str], None] | None = None,
     replays: Sequence[str | Path] = (),
     calibration: str | Path | None = None,
+    paper: str | Path | None = None,
 ) -> Path:
     """Build the security report of ``loaded`` (and of the given run directories) into ``out``.
 
@@ -162,6 +168,8 @@ def build_report(
             section on the replays page, and its two runs join the run pages.
         calibration: a result file of ``benchmarks/detection_calibration.py --json``, for the
             calibration page.
+        paper: a result file of ``benchmarks/paper_reproduction.py``, for the paper-reproduction
+            page (its figure too, when it lies beside the file).
 
     Returns:
         The path of the report's index page.
@@ -179,6 +187,7 @@ def build_report(
     data = [read_run(r) for r in runs]
     replayed = [read_replay(r) for r in replays]
     calibrated = read_calibration(calibration) if calibration is not None else None
+    reproduced = read_paper(paper) if paper is not None else None
     every_run = data + [run for replay in replayed for run in replay.runs]
     names = [d.name for d in every_run]
     for d in every_run:
@@ -196,7 +205,7 @@ def build_report(
         raise ReportError(f"--out {target}: cannot create it: {exc.strerror or exc}") from None
     try:
         say("writing the report and its pictures")
-        write_project(work / "source", loaded, report, data, replayed, calibrated)
+        write_project(work / "source", loaded, report, data, replayed, calibrated, reproduced)
         say("building it with Sphinx")
         sphinx_build(work / "source", work / "html", builder)
         (work / "html" / MARKER).write_text(

@@ -170,7 +170,9 @@ def read_replay(path: str | Path) -> ReplayData:
         if defended_data is not None:
             defence = _field(defended_data, "defence", str, "defended.")
             title = f"replay {guarantee}: attack, proposed defence"
-            defended = _run(folder, defended_data, "defended", "caught", title)
+            if defended_data.get("run") is not None or not isinstance(defended_data.get("removed"), str):
+                defended = _run(folder, defended_data, "defended", "caught", title)
+            # else the proposed defence removes the attack's capability: there is no second run
     except _Bad as exc:
         raise ReportError(f"--replay {file}: {exc}") from None
     return ReplayData(

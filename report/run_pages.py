@@ -14,10 +14,15 @@ from stagewarden.report.pages import Context
 from stagewarden.report.runs import RunData
 from stagewarden.report.sweeps import detection_at_rate
 
+from stagewarden.run_outcome import attack_outcome, status_line
+
 
 def _status(run: RunData) -> str:
+    """The status with why a run stopped, or that an attack went undetected (never a bare
+    ``completed`` beside one), and the steps completed."""
     s = run.summary
-    return f"{s.get('status', '?')}, {s.get('steps_completed', s.get('steps', 0))} steps"
+    said = status_line(s, attack_outcome(run.path, s))
+    return f"{said}; {s.get('steps_completed', s.get('steps', 0))} steps"
 
 
 def overview_page(ctx: Context, runs: list[RunData], pages: list[str]) -> str:
@@ -223,6 +228,11 @@ def run_page(ctx: Context, run: RunData, index: int) -> str:
         (f"**Role:** {rst.text(run.title)}. " if run.title else "")
         + f"**Attack:** {rst.text(run.attack_text)}. **Defence:** {rst.text(run.defence_text)}.",
         "",
+    ]
+    outcome = attack_outcome(run.path, s)
+    if outcome is not None:
+        out += [f"**Injected attack:** {rst.text(outcome.line())}.", ""]
+    out += [
         rst.table(
             ["run id", "status", "workers", "micro-batches", "directory"],
             [

@@ -39,6 +39,13 @@ from stagewarden.cli_common import EXIT_OK, BadInput, Choice, make_console
     help="A result file of `benchmarks/detection_calibration.py --json` for the calibration page.",
 )
 @click.option(
+    "--paper",
+    type=click.Path(),
+    metavar="FILE",
+    default=None,
+    help="A result file of `benchmarks/paper_reproduction.py` (its figure beside it) for the paper-reproduction page.",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False),
     default=None,
@@ -58,6 +65,7 @@ def report(
     runs: tuple[str, ...],
     replays: tuple[str, ...],
     calibration: str | None,
+    paper: str | None,
     out: str | None,
     fmt: str,
 ) -> None:
@@ -71,7 +79,8 @@ def report(
     and overhead, and the observed detection latency beside the predicted one. Prints the path
     of the index page. With --replay: the replayed counterexample, its prediction, the attack
     under the spec's defence and under the proposed one (both runs also join the run pages).
-    With --calibration: the benchmark's predicted against observed detection figures.
+    With --calibration: the benchmark's predicted against observed detection figures. With
+    --paper: the seed paper's experiment as benchmarks/paper_reproduction.py measured it.
 
     Exit codes: 0 the report was built (whatever the verdicts), 2 bad input (spec, run
     directory, replay, calibration file, --out) or a build that failed.
@@ -98,10 +107,12 @@ def report(
         if status is not None:
             with status:
                 index = build_report(
-                    loaded, runs, target, fmt, verdicts, progress, replays=replays, calibration=calibration
+                    loaded, runs, target, fmt, verdicts, progress, replays=replays, calibration=calibration, paper=paper
                 )
         else:
-            index = build_report(loaded, runs, target, fmt, verdicts, replays=replays, calibration=calibration)
+            index = build_report(
+                loaded, runs, target, fmt, verdicts, replays=replays, calibration=calibration, paper=paper
+            )
     except ReportError as exc:
         raise BadInput(exc.message) from None
     click.echo(str(index))
