@@ -148,3 +148,18 @@ def test_skip_stage_routes_around_the_attacker_at_every_step_it_tampers(tmp_path
     (undeclared / "summary.json").write_text(json.dumps(data))
     errors = _audit_errors(undeclared)
     assert any("LINK_MISMATCH" in e and "header to stage 2" in e for e in errors), errors
+
+
+def test_rollback_without_a_standby_bypasses_the_convict_and_completes(tmp_path: Path) -> None:
+    """rollback with no standby: each detected step goes back to its checkpoint and is recomputed
+    around the attacker; the receipt audit of the convict does not take the computation that was
+    answered for an earlier tampered step, so the run completes and audits clean."""
+    plan = AttackPlan.from_cli("reverse", "1", 1.0, 1).to_json()
+    config = tiny_config(stages=4, steps=3, attack=plan, verification="redundant_neighbour", response="rollback")
+    run = tmp_path / "run"
+    summary = launch_local(config, run).summary
+    assert summary["status"] == "completed" and summary["steps_completed"] == 3
+    plans = [(r["step"], r["plan"]["checkpoint_step"], r["plan"]["bypass_stage"]) for r in summary["responses"]]
+    assert plans == [(1, 1, 1), (2, 2, 1)]
+    assert all(r["audit"]["first_tampered_step"] == r["step"] for r in summary["responses"])
+    assert _audit_errors(run) == []
