@@ -8,6 +8,7 @@ import difflib
 import json
 import os
 import re
+import types
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -338,7 +339,7 @@ def _unwrap(annotation: Any, node: Any) -> Any:
         return _unwrap(get_args(annotation)[0], node)
     if origin is list:
         return "list"
-    if origin is Union or (origin is not None and str(origin) == "types.UnionType"):
+    if origin is Union or origin is types.UnionType:
         candidates = [a for a in get_args(annotation) if a is not type(None)]
         if any(get_origin(c) is list for c in candidates):
             return "list"

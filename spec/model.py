@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 import re
 from fractions import Fraction
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 from pydantic_core import PydanticCustomError
+from stagewarden.spec import limits
 
 #: Every adversary capability, in the order of the spec language reference.
 CAPABILITIES: tuple[str, ...] = (
@@ -60,9 +61,7 @@ def _check_worker_ref(value: int | str) -> int | str:
             raise ValueError("a stage index must be >= 0")
         return value
     if not _WORKER_RE.match(value):
-        raise ValueError(
-            f"{value!r} is not a worker: write a stage index (3) or 'stage:replica' ('3:1')"
-        )
+        raise ValueError(f"{value!r} is not a worker: write a stage index (3) or 'stage:replica' ('3:1')")
     return value
 
 
@@ -73,9 +72,7 @@ def _check_budget(value: int | str) -> int | str:
         return value
     match = _PERCENT_RE.match(value)
     if not match:
-        raise ValueError(
-            f"{value!r} is not a budget: write a whole number (2) or a percentage ('10%')"
-        )
+        raise ValueError(f"{value!r} is not a budget: write a whole number (2) or a percentage ('10%')")
     if Fraction(match.group(1)) > 100:
         raise ValueError(f"{value!r} is more than 100%")
     return value
@@ -86,9 +83,7 @@ def probability_fraction(value: float | str) -> Fraction:
     if isinstance(value, str):
         match = _COMPLEMENT_RE.match(value)
         if not match:
-            raise ValueError(
-                f"{value!r} is not a probability: write a number in [0, 1] or '1 - EPSILON'"
-            )
+            raise ValueError(f"{value!r} is not a probability: write a number in [0, 1] or '1 - EPSILON'")
         return 1 - Fraction(match.group(1))
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"probability {value!r} is not in [0, 1]")
@@ -104,19 +99,26 @@ def _check_probability(value: float | str) -> float | str:
 
 
 WorkerRef = Annotated[
-    Union[int, str],
+    int | str,
     AfterValidator(_check_worker_ref),
     WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": _WORKER_RE.pattern}]}),
 ]
 Budget = Annotated[
-    Union[int, str],
+    int | str,
     AfterValidator(_check_budget),
     WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": _PERCENT_RE.pattern}]}),
 ]
 Probability = Annotated[
-    Union[float, str],
+    float | str,
     AfterValidator(_check_probability),
-    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "string", "pattern": _COMPLEMENT_RE.pattern}]}),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "maximum": 1},
+                {"type": "string", "pattern": _COMPLEMENT_RE.pattern},
+            ]
+        }
+    ),
 ]
 
 
@@ -127,11 +129,19 @@ class _Model(BaseModel):
 class Topology(_Model):
     """The pipeline: stages, data-parallel replicas, micro-batches, horizon and spare workers."""
 
-    stages: int = Field(ge=2, description="Number of pipeline stages S (>= 2). Stage 0 embeds the data; stage S-1 computes the loss.")
-    replicas: int = Field(1, ge=1, description="Data-parallel replicas R (>= 1); replica r is a whole pipeline.")
-    microbatches: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    steps: int = Field(1000, ge=1, description="Horizon H: optimizer steps the guarantees cover.")
-    standby: int = Field(0, ge=0, description="Spare workers that can take over an ejected worker.")
+    stages: int = Field(
+        ge=2,
+        le=limits.MAX_STAGES,
+        description="Number of pipeline stages S (>= 2). Stage 0 embeds the data; stage S-1 computes the loss.",
+    )
+    replicas: int = Field(
+        1, ge=1, le=limits.MAX_REPLICAS, description="Data-parallel replicas R (>= 1); replica r is a whole pipeline."
+    )
+    microbatches: int = Field(1, ge=1, le=limits.MAX_MICROBATCHES, description="Micro-batches per optimizer step.")
+    steps: int = Field(1000, ge=1, le=limits.MAX_STEPS, description="Horizon H: optimizer steps the guarantees cover.")
+    standby: int = Field(
+        0, ge=0, le=limits.MAX_STANDBY, description="Spare workers that can take over an ejected worker."
+    )
 
     @property
     def workers(self) -> int:
@@ -142,24 +152,38 @@ class Topology(_Model):
 class Trust(_Model):
     """What the spec assumes about who is honest and what runs in a TEE."""
 
-    honest: list[WorkerRef] = Field(default_factory=list, description="Stages (an integer: every replica of the stage) or workers ('stage:replica') assumed honest.")
-    tee: list[WorkerRef] = Field(default_factory=list, description="Stages or workers running in an attested TEE (counts only with defense.attestation).")
-    coordinator: Literal["trusted", "untrusted"] = Field("trusted", description="Whether the coordinator (admission, receipts, disputes) is trusted.")
+    honest: list[WorkerRef] = Field(
+        default_factory=list,
+        description="Stages (an integer: every replica of the stage) or workers ('stage:replica') assumed honest.",
+    )
+    tee: list[WorkerRef] = Field(
+        default_factory=list,
+        description="Stages or workers running in an attested TEE (counts only with defense.attestation).",
+    )
+    coordinator: Literal["trusted", "untrusted"] = Field(
+        "trusted", description="Whether the coordinator (admission, receipts, disputes) is trusted."
+    )
 
 
 class Faults(_Model):
     """Honest hardware that fails."""
 
     crash: int = Field(0, ge=0, description="Number of workers that may crash-stop.")
-    silent_corruption: Probability = Field(0.0, description="Per-unit probability that an honest unit is silently wrong (SDC).")
+    silent_corruption: Probability = Field(
+        0.0, description="Per-unit probability that an honest unit is silently wrong (SDC)."
+    )
 
 
 class Adversary(_Model):
     """The attacker's budget and powers."""
 
-    max_malicious: Budget = Field(description="Malicious workers: a whole number, or a percentage of all workers (standby included), rounded down.")
+    max_malicious: Budget = Field(
+        description="Malicious workers: a whole number, or a percentage of all workers (standby included), rounded down."
+    )
     collusion: bool = Field(True, description="Malicious workers cover for each other when they check each other.")
-    tee_compromise: bool = Field(False, description="A TEE worker may be malicious (it then counts towards max_malicious).")
+    tee_compromise: bool = Field(
+        False, description="A TEE worker may be malicious (it then counts towards max_malicious)."
+    )
     capabilities: list[Capability] = Field(min_length=1, description="What a malicious worker may do (non-empty).")
     faults: Faults = Field(default_factory=Faults, description="Honest hardware faults.")
 
@@ -168,7 +192,10 @@ class RedundantNeighbourCheck(_Model):
     """Worker (s+1):r recomputes every unit of s:r with its own copy of stage s (Lu et al. 2024)."""
 
     scheme: Literal["redundant_neighbour"]
-    input_via: Literal["coordinator", "upstream", "checked_worker"] = Field("coordinator", description="How the checker gets the checked unit's input: a trusted relay, the upstream worker s-1, or the checked worker itself.")
+    input_via: Literal["coordinator", "upstream", "checked_worker"] = Field(
+        "coordinator",
+        description="How the checker gets the checked unit's input: a trusted relay, the upstream worker s-1, or the checked worker itself.",
+    )
 
 
 class SpotCheck(_Model):
@@ -176,22 +203,30 @@ class SpotCheck(_Model):
 
     scheme: Literal["spot_check"]
     rate: float = Field(gt=0, le=1, description="Sampling probability p in (0, 1].")
-    verifier: Literal["coordinator", "tee", "peer"] = Field("coordinator", description="Who re-executes a sampled unit.")
+    verifier: Literal["coordinator", "tee", "peer"] = Field(
+        "coordinator", description="Who re-executes a sampled unit."
+    )
 
 
 class ReplicateCheck(_Model):
     """``factor`` workers compute every unit; any disagreement is detected."""
 
     scheme: Literal["replicate"]
-    factor: int = Field(ge=2, description="Workers k >= 2 computing every unit.")
-    resolve: Literal["majority", "referee"] = Field("majority", description="Who decides whom to blame on disagreement.")
+    factor: int = Field(ge=2, le=limits.MAX_REPLICATION_FACTOR, description="Workers k >= 2 computing every unit.")
+    resolve: Literal["majority", "referee"] = Field(
+        "majority", description="Who decides whom to blame on disagreement."
+    )
 
 
 class StatisticalCheck(_Model):
     """A cheap detector on inter-stage messages (EMA-style bands)."""
 
     scheme: Literal["statistical"]
-    power: float = Field(ge=0, le=1, description="Probability q of flagging a tampered message whose relative deviation is at least min_deviation.")
+    power: float = Field(
+        ge=0,
+        le=1,
+        description="Probability q of flagging a tampered message whose relative deviation is at least min_deviation.",
+    )
     min_deviation: float = Field(ge=0, description="Relative deviation d below which a tamper passes.")
 
 
@@ -203,7 +238,7 @@ class RobustAggregationCheck(_Model):
 
 
 Check = Annotated[
-    Union[RedundantNeighbourCheck, SpotCheck, ReplicateCheck, StatisticalCheck, RobustAggregationCheck],
+    RedundantNeighbourCheck | SpotCheck | ReplicateCheck | StatisticalCheck | RobustAggregationCheck,
     Field(discriminator="scheme"),
 ]
 
@@ -212,11 +247,19 @@ class Defense(_Model):
     """The protocol's protections and its response to a detection."""
 
     receipts: bool = Field(False, description="Signed per-unit computation receipts and signed inter-stage messages.")
-    attestation: bool = Field(False, description="Receipt keys bound to attested identities (needed for trust.tee to count).")
-    data_commitment: bool = Field(False, description="Training data committed (Merkle root); stage 0 proves each batch.")
+    attestation: bool = Field(
+        False, description="Receipt keys bound to attested identities (needed for trust.tee to count)."
+    )
+    data_commitment: bool = Field(
+        False, description="Training data committed (Merkle root); stage 0 proves each batch."
+    )
     checks: list[Check] = Field(default_factory=list, description="Checks; several combine.")
-    response: list[Response] = Field(default_factory=lambda: ["eject"], min_length=1, description="What happens on a detection.")
-    checkpoint_every: int = Field(50, ge=1, description="Steps between verified checkpoints.")
+    response: list[Response] = Field(
+        default_factory=lambda: ["eject"], min_length=1, description="What happens on a detection."
+    )
+    checkpoint_every: int = Field(
+        50, ge=1, le=limits.MAX_CHECKPOINT_EVERY, description="Steps between verified checkpoints."
+    )
 
 
 class _Guarantee(_Model):
@@ -227,7 +270,11 @@ class DetectionGuarantee(_Guarantee):
     """Every tampered unit is detected with probability at least ``probability``."""
 
     kind: Literal["detection"]
-    of: list[Capability] | None = Field(None, min_length=1, description="Capabilities covered, non-empty (default: every tampering capability the adversary has).")
+    of: list[Capability] | None = Field(
+        None,
+        min_length=1,
+        description="Capabilities covered, non-empty (default: every tampering capability the adversary has).",
+    )
     probability: Probability = Field(1.0, description="Minimum per-unit detection probability P.")
 
 
@@ -235,8 +282,12 @@ class BoundedDamageGuarantee(_Guarantee):
     """Pr[more than ``max_undetected`` tampered units stay in the model] <= 1 - ``probability``."""
 
     kind: Literal["bounded_damage"]
-    max_undetected: int = Field(ge=0, description="K: tampered units that may end up in the model undetected.")
-    probability: Probability = Field(description="P: the bound must hold with at least this probability (a number, or '1 - 1e-6').")
+    max_undetected: int = Field(
+        ge=0, le=limits.MAX_UNDETECTED, description="K: tampered units that may end up in the model undetected."
+    )
+    probability: Probability = Field(
+        description="P: the bound must hold with at least this probability (a number, or '1 - 1e-6')."
+    )
 
 
 class NoFramingGuarantee(_Guarantee):
@@ -266,14 +317,7 @@ class OverheadGuarantee(_Guarantee):
 
 
 Guarantee = Annotated[
-    Union[
-        DetectionGuarantee,
-        BoundedDamageGuarantee,
-        NoFramingGuarantee,
-        LivenessGuarantee,
-        DataIntegrityGuarantee,
-        OverheadGuarantee,
-    ],
+    DetectionGuarantee | BoundedDamageGuarantee | NoFramingGuarantee | LivenessGuarantee | DataIntegrityGuarantee | OverheadGuarantee,
     Field(discriminator="kind"),
 ]
 

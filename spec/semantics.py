@@ -4,6 +4,7 @@ settings that are legal but cannot have the effect a reader would expect.
 
 from __future__ import annotations
 
+from stagewarden.spec import limits
 from stagewarden.spec import model as m
 from stagewarden.spec.errors import SpecDiagnostic
 from stagewarden.spec.source import Path, SourceMap
@@ -76,9 +77,44 @@ def _check_unique(c: _Collector, values: list[str], path: Path, what: str) -> No
             first[value] = index
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _worker_count_key(spec: m.Spec) -> Path:
+    """The key to blame for too many workers: the largest of stages, replicas, the replication
+    factor and standby (the first of them on a tie)."""
+    topo = spec.topology
+    sizes: list[tuple[int, Path]] = [
+        (topo.stages, ("topology", "stages")),
+        (topo.replicas, ("topology", "replicas")),
+    ]
+    for index, check in enumerate(spec.defense.checks):
+        if isinstance(check, m.ReplicateCheck) and check.factor == spec.replication_factor:
+            sizes.append((check.factor, ("defense", "checks", index, "factor")))
+    sizes.append((topo.standby, ("topology", "standby")))
+    return max(sizes, key=lambda size: size[0])[1]
+
+
+def _check_worker_count(c: _Collector, spec: m.Spec) -> bool:
+    """Whether the spec stays within :data:`~stagewarden.spec.limits.MAX_WORKERS` (reported if not)."""
+    topo = spec.topology
+    if spec.total_workers <= limits.MAX_WORKERS:
+        return True
+    copies = f" x {spec.replication_factor} copies" if spec.replication_factor > 1 else ""
+    c.error(
+        _worker_count_key(spec),
+        f"the spec has {spec.total_workers} workers ({topo.stages} stages x {_count(topo.replicas, 'replica')}{copies}"
+        f" + {topo.standby} standby); stagewarden supports at most {limits.MAX_WORKERS}",
+    )
+    return False
+
+
 def check_semantics(spec: m.Spec, source: SourceMap) -> tuple[list[SpecDiagnostic], list[SpecDiagnostic]]:
     """Check what the models alone cannot; returns (errors, warnings)."""
     c = _Collector(source)
+    if not _check_worker_count(c, spec):
+        return c.errors, c.warnings  # the checks below enumerate workers
     topo, adv, defense = spec.topology, spec.adversary, spec.defense
     _check_trust_list(c, spec, "honest")
     _check_trust_list(c, spec, "tee")
@@ -93,13 +129,20 @@ def check_semantics(spec: m.Spec, source: SourceMap) -> tuple[list[SpecDiagnosti
             + (f" x {spec.replication_factor} copies" if spec.replication_factor > 1 else "")
             + f" + {topo.standby} standby)",
         )
-    if isinstance(adv.max_malicious, str) and spec.malicious_budget == 0 and probability_free_percent(adv.max_malicious) > 0:
+    if (
+        isinstance(adv.max_malicious, str)
+        and spec.malicious_budget == 0
+        and probability_free_percent(adv.max_malicious) > 0
+    ):
         c.warn(
             ("adversary", "max_malicious"),
             f"adversary.max_malicious {adv.max_malicious!r} of {spec.total_workers} workers rounds down to 0: the adversary controls no worker",
         )
     if adv.faults.crash > spec.total_workers:
-        c.error(("adversary", "faults", "crash"), f"adversary.faults.crash is {adv.faults.crash} but there are only {spec.total_workers} workers")
+        c.error(
+            ("adversary", "faults", "crash"),
+            f"adversary.faults.crash is {adv.faults.crash} but there are only {spec.total_workers} workers",
+        )
 
     honest = expand_workers(list(spec.trust.honest), topo.replicas) if not c.errors else set()
     if "poison_data" in adv.capabilities and not c.errors and all((0, r) in honest for r in range(topo.replicas)):
@@ -110,7 +153,10 @@ def check_semantics(spec: m.Spec, source: SourceMap) -> tuple[list[SpecDiagnosti
     if adv.tee_compromise and not spec.trust.tee:
         c.warn(("adversary", "tee_compromise"), "adversary.tee_compromise is true but trust.tee is empty")
     if spec.trust.tee and not defense.attestation:
-        c.warn(("trust", "tee"), "trust.tee lists workers but defense.attestation is false: TEE claims count only with attestation")
+        c.warn(
+            ("trust", "tee"),
+            "trust.tee lists workers but defense.attestation is false: TEE claims count only with attestation",
+        )
 
     single_use = ("redundant_neighbour", "replicate", "robust_aggregation")
     first_scheme: dict[str, int] = {}
@@ -124,16 +170,31 @@ def check_semantics(spec: m.Spec, source: SourceMap) -> tuple[list[SpecDiagnosti
     for index, check in enumerate(defense.checks):
         path: Path = ("defense", "checks", index)
         if isinstance(check, m.SpotCheck) and not defense.receipts:
-            c.warn(path, "spot_check without defense.receipts detects nothing: an uncommitted worker recomputes honestly when challenged")
+            c.warn(
+                path,
+                "spot_check without defense.receipts detects nothing: an uncommitted worker recomputes honestly when challenged",
+            )
         if isinstance(check, m.SpotCheck) and check.verifier == "tee" and not spec.trust.tee:
-            c.warn(path, "spot_check verifier 'tee' but trust.tee is empty: the verifier is a TEE outside the listed workers")
+            c.warn(
+                path,
+                "spot_check verifier 'tee' but trust.tee is empty: the verifier is a TEE outside the listed workers",
+            )
         if isinstance(check, m.RobustAggregationCheck) and topo.replicas < 3:
-            c.warn(path, f"robust_aggregation over {topo.replicas} replica(s) cannot outvote a corrupted replica (needs at least 3)")
+            c.warn(
+                path,
+                f"robust_aggregation over {topo.replicas} replica(s) cannot outvote a corrupted replica (needs at least 3)",
+            )
         if isinstance(check, m.ReplicateCheck) and check.resolve == "referee" and spec.trust.coordinator == "untrusted":
-            c.warn(path, "replicate with resolve 'referee' relies on the coordinator, which trust.coordinator says is untrusted")
+            c.warn(
+                path,
+                "replicate with resolve 'referee' relies on the coordinator, which trust.coordinator says is untrusted",
+            )
 
     if defense.checkpoint_every > topo.steps and "rollback" in defense.response:
-        c.warn(("defense", "checkpoint_every"), f"checkpoint_every ({defense.checkpoint_every}) exceeds the horizon ({topo.steps} steps): rollback can only return to the start")
+        c.warn(
+            ("defense", "checkpoint_every"),
+            f"checkpoint_every ({defense.checkpoint_every}) exceeds the horizon ({topo.steps} steps): rollback can only return to the start",
+        )
 
     ids: dict[str, int] = {}
     for index, guarantee in enumerate(spec.guarantees):
@@ -146,9 +207,15 @@ def check_semantics(spec: m.Spec, source: SourceMap) -> tuple[list[SpecDiagnosti
             _check_unique(c, list(guarantee.of), (*path, "of"), "capability")
             for j, capability in enumerate(guarantee.of):
                 if capability not in m.TAMPERING_CAPABILITIES:
-                    c.error((*path, "of", j), f"detection covers tampering capabilities ({', '.join(m.TAMPERING_CAPABILITIES)}); '{capability}' is not one")
+                    c.error(
+                        (*path, "of", j),
+                        f"detection covers tampering capabilities ({', '.join(m.TAMPERING_CAPABILITIES)}); '{capability}' is not one",
+                    )
                 elif capability not in adv.capabilities:
-                    c.warn((*path, "of", j), f"'{capability}' is not among adversary.capabilities: this part of the guarantee holds trivially")
+                    c.warn(
+                        (*path, "of", j),
+                        f"'{capability}' is not among adversary.capabilities: this part of the guarantee holds trivially",
+                    )
         if isinstance(guarantee, m.DataIntegrityGuarantee) and "poison_data" not in adv.capabilities:
             c.warn(path, "data_integrity: the adversary lacks poison_data, so the guarantee holds trivially")
     return c.errors, c.warnings
