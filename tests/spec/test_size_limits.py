@@ -86,7 +86,7 @@ class Oversized:
     message: str  # a part of the message
 
 
-def _over(name: str, maximum: int, **kw: Any) -> list[Oversized]:
+def _over(name: str, maximum: int) -> list[Oversized]:
     """The key one above its maximum, and at 10^12 (which used to end in MemoryError)."""
     out = []
     for value in (maximum + 1, 10**12):
@@ -94,8 +94,10 @@ def _over(name: str, maximum: int, **kw: Any) -> list[Oversized]:
             doc = _document(topology={name: value})
         elif name == "factor":
             doc = _document(factor=value)
+        elif name == "max_undetected":
+            doc = _document(max_undetected=value)
         else:
-            doc = _document(**{name: value})
+            doc = _document(checkpoint_every=value)
         out.append(Oversized(f"{name}={value}", doc, name, value, f"must be <= {maximum}, got {value}"))
     return out
 
