@@ -41,7 +41,7 @@ from typing import Any
 
 from stagewarden.runtime.attacks import AttackPlan
 from stagewarden.runtime.config import RunConfig
-from stagewarden.runtime.launch import LaunchError, launch_local
+from stagewarden.runtime.launch import LaunchError, LaunchInterrupted, launch_local
 from stagewarden.runtime.model import GPTConfig
 
 #: The demo's model and sizes (``stagewarden demo``).
@@ -119,6 +119,8 @@ def run_one(setting: Setting, seed: int, steps: int, receipts: bool, scratch: Pa
     error = None
     try:
         summary = launch_local(run_config(setting, seed, steps, receipts), run_dir).summary
+    except LaunchInterrupted:
+        raise KeyboardInterrupt from None  # Ctrl-C stops the benchmark, not just this run
     except LaunchError as exc:
         error = str(exc)
         summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
