@@ -49,11 +49,15 @@ def defense_yaml(defense: dict[str, Any]) -> str:
 
 
 def proof_file(file: str) -> str:
-    """The name the spec with a synthesized defence goes by in proofs."""
+    """The file the spec with a synthesized defence is written to, and the name its proof cites:
+    ``X.synthesized.yaml`` beside a spec ``X.yaml``; ``NAME.synthesized.yaml`` in the working
+    folder for a packaged example ``example:NAME``."""
+    if file.startswith("example:"):
+        return file.removeprefix("example:") + ".synthesized.yaml"
     for suffix in (".yaml", ".yml", ".json"):
         if file.endswith(suffix):
             return file[: -len(suffix)] + ".synthesized.yaml"
-    return file + ".synthesized"
+    return file + ".synthesized.yaml"
 
 
 def spec_text_with(loaded: LoadedSpec, defense: dict[str, Any], standby: int) -> str:

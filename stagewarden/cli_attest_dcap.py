@@ -18,10 +18,10 @@ from typing import Any, NoReturn
 
 import click
 
-from stagewarden.cli_common import EXIT_OK, EXIT_VIOLATED, BadInput, make_console, os_error_message
+from stagewarden.cli_common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console, os_error_message
 
 _FORMAT = click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format."
+    "--format", "fmt", type=Choice(["text", "json"]), default="text", show_default=True, help="Output format."
 )
 
 

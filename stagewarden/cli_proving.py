@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.console import Console
 
-from stagewarden.cli_common import BadInput, make_console
+from stagewarden.cli_common import EXIT_BAD_INPUT, BadInput, make_console
 from stagewarden.interruptible import CommandOutput, Job, run_interruptibly
 from stagewarden.spec import LoadedSpec
 
@@ -84,13 +84,18 @@ def synthesize_job(loaded: LoadedSpec, limits: Limits, fmt: str) -> Job:
     def job(progress: Callable[[str], None]) -> CommandOutput:
         from stagewarden.prover.synthesis import synthesize as find_defence
         from stagewarden.render_synthesis import print_synthesis
+        from stagewarden.synthesis_output import OutputError, write_synthesized_spec
 
         def candidate_tried(count: int, candidate: Any) -> None:
             if count % 25 == 1:
                 progress(f"trying candidate {count}: {candidate.describe()}")
 
         result = find_defence(loaded, limits, progress=candidate_tried)
-        return _rendered(loaded, fmt, result, lambda console: print_synthesis(console, result))
+        try:  # the spec with the defence, under the name its proof cites
+            written = write_synthesized_spec(result)
+        except OutputError as exc:
+            return CommandOutput("", f"error: {exc}\n", EXIT_BAD_INPUT)
+        return _rendered(loaded, fmt, result, lambda console: print_synthesis(console, result, written))
 
     return job
 

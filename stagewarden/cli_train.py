@@ -111,7 +111,7 @@ def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
 @click.option("--no-attestation", is_flag=True, help="Admit workers without attestation (the run cannot be audited).")
 @click.option(
     "--attestation-kind",
-    type=click.Choice(["simulated", "dcap"]),
+    type=Choice(["simulated", "dcap"]),
     default="simulated",
     show_default=True,
     help="Evidence the workers attest with: the simulated TEE, or Intel TDX/SGX quotes from configfs-tsm (dcap).",

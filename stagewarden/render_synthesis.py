@@ -10,9 +10,10 @@ from stagewarden.prover.synthesis import CONTRADICTORY, FOUND, NO_DEFENCE, Synth
 from stagewarden.render import guarantee_block, print_report
 
 
-def print_synthesis(console: Console, result: SynthesisResult) -> None:
-    """The whole synthesis result."""
-    effort = f"{result.candidates_tried} candidate{'s' if result.candidates_tried != 1 else ''} tried in {result.seconds:.1f} s"
+def print_synthesis(console: Console, result: SynthesisResult, written: str | None = None) -> None:
+    """The whole synthesis result; ``written`` is the file the spec with the defence was written to."""
+    plural = "s" if result.candidates_tried != 1 else ""
+    effort = f"{result.candidates_tried} candidate{plural} tried in {result.seconds:.1f} s"
     head = Text(f"{result.spec_file}: '{result.spec_name}'", style="bold")
     if result.status == FOUND and result.candidate is not None:
         cand = result.candidate
@@ -21,18 +22,23 @@ def print_synthesis(console: Console, result: SynthesisResult) -> None:
         console.print()
         console.print(Text(result.yaml_block or "", style="cyan"), end="")
         console.print()
-        if cand.standby != result.original_standby:
-            console.print(Text(f"topology.standby: {cand.standby} (the spec has {result.original_standby}; set it too)", style="yellow"))
-        console.print(Text(f"cost: +{float(cand.compute):.3g} compute, +{float(cand.memory):.3g} memory (the overhead cost model)"))
+        console.print(
+            Text(
+                f"cost: +{float(cand.compute):.3g} compute, +{float(cand.memory):.3g} memory (the overhead cost model)"
+            )
+        )
         if result.costs:
             width = max(len(c.location) for c in result.costs)
             for item in result.costs:
-                console.print(Text(f"  {item.location.ljust(width)}  {item.item}: +{float(item.compute):.3g} compute, +{float(item.memory):.3g} memory"))
+                extra = f"+{float(item.compute):.3g} compute, +{float(item.memory):.3g} memory"
+                console.print(Text(f"  {item.location.ljust(width)}  {item.item}: {extra}"))
         for note in result.notes:
             console.print(Text(f"note: {note}", style="yellow"))
         console.print()
-        where = f", defense: at lines {result.defense_lines[0]}-{result.defense_lines[1]}" if result.defense_lines else ""
-        console.print(Text(f"proof: the spec with this defence in place ({result.proof_file}{where})", style="bold"))
+        lines = result.defense_lines
+        where = f", defense: at lines {lines[0]}-{lines[1]}" if lines else ""
+        place = f", written to {written}{where}" if written is not None else f" ({result.proof_file}{where})"
+        console.print(Text(f"proof: the spec with this defence in place{place}", style="bold"))
         if result.report is not None:
             print_report(console, result.report)
         return

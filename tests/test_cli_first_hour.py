@@ -156,3 +156,35 @@ def test_tables_are_not_wrapped_when_not_a_terminal(monkeypatch: pytest.MonkeyPa
     narrow = CliRunner().invoke(cli, ["examples", "list"]).output
     assert max(len(row) for row in narrow.splitlines()) <= 80
     assert len(narrow.splitlines()) > len(rows)
+
+
+def test_synthesize_writes_the_file_its_proof_cites(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``synthesize`` writes the spec with the defence it found, and every ``file:line`` the printed
+    proof cites is a non-blank line of that file, with the defence in it."""
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["synthesize", "--example", "demo"])
+    assert result.exit_code == 0, result.output
+    written = tmp_path / "demo.synthesized.yaml"
+    assert "written to demo.synthesized.yaml" in result.output
+    loaded = load_spec(str(written))
+    assert loaded.spec.defense.checks and loaded.spec.defense.checks[0].scheme == "spot_check"
+    lines = written.read_text(encoding="utf-8").splitlines()
+    cited = [int(n) for n in re.findall(r"demo\.synthesized\.yaml:(\d+)", result.output)]
+    assert len(cited) >= 5
+    assert all(1 <= n <= len(lines) and lines[n - 1].strip() for n in cited)
+    assert "example:demo.synthesized" not in result.output
+
+
+def test_synthesize_from_a_file_writes_beside_it(tmp_path: Path) -> None:
+    """For SPEC.yaml the file is SPEC.synthesized.yaml beside it; an earlier one is replaced whole."""
+    spec = tmp_path / "mine.yaml"
+    spec.write_text(example_text("paper-checked-worker-relay"), encoding="utf-8")
+    out = tmp_path / "mine.synthesized.yaml"
+    out.write_text("stale\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["synthesize", str(spec)])
+    assert result.exit_code == 0, result.output
+    assert f"written to {out}" in result.output
+    assert load_spec(str(out)).spec.name == "paper-checked-worker-relay"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.synthesized.yaml", "mine.yaml"]

@@ -40,8 +40,9 @@ def test_help_lists_the_new_commands() -> None:
 # -- synthesize ---------------------------------------------------------------------------------
 
 
-def test_synthesize_prints_the_block_its_cost_and_its_proof() -> None:
-    """`synthesize --example paper-checked-worker-relay` exits 0 with a defense: block that loads, its cost and a proof."""
+def test_synthesize_prints_the_block_its_cost_and_its_proof(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`synthesize --example paper-checked-worker-relay`: exit 0, a defense: block that loads, its cost, a proof."""
+    monkeypatch.chdir(tmp_path)
     result = run("synthesize", "--example", "paper-checked-worker-relay")
     assert result.exit_code == EXIT_OK, result.output
     out = result.stdout
@@ -50,7 +51,7 @@ def test_synthesize_prints_the_block_its_cost_and_its_proof() -> None:
     text = re.sub(r"^defense:\n(?:  .*\n)+", block.group(0), example_text("paper-checked-worker-relay"), flags=re.M)
     assert verify(load_text(text, "pasted.yaml")).exit_code == 0
     assert "cost: +0.833 compute, +0.833 memory" in out
-    assert "proof: the spec with this defence in place (example:paper-checked-worker-relay.synthesized" in out
+    assert "proof: the spec with this defence in place, written to paper-checked-worker-relay.synthesized.yaml" in out
     assert "✔ integrity (detection) holds" in out and "rests on:" in out
 
 
@@ -63,11 +64,13 @@ def test_synthesize_without_a_defence_exits_1_and_says_why() -> None:
     assert "cheap (overhead): every defence that makes the other guarantees hold costs more" in result.stdout
 
 
-def test_synthesize_json() -> None:
-    """--format json prints the versioned synthesis document."""
+def test_synthesize_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--format json prints the versioned synthesis document; the spec with the defence is written too."""
+    monkeypatch.chdir(tmp_path)
     result = run("synthesize", "--example", "paper-checked-worker-relay", "--format", "json")
     assert result.exit_code == EXIT_OK
     doc = json.loads(result.stdout)
+    assert (tmp_path / doc["proof_file"]).read_text(encoding="utf-8") == doc["spec_text"]
     assert doc["version"] == 1 and doc["status"] == "found" and doc["exit_code"] == 0
     assert doc["yaml"].startswith("defense:\n") and doc["proof"]["exit_code"] == 0
     assert doc["warnings"] == []
@@ -101,7 +104,8 @@ def test_synthesize_says_when_the_standby_pool_must_change(tmp_path: Path) -> No
     text = example_text("paper-eject-no-standby").replace("  collusion: true\n", "  collusion: true\n  faults:\n    crash: 1\n")
     result = run("synthesize", write_example(tmp_path, "crash", text))
     assert result.exit_code == EXIT_OK, result.output
-    assert "topology.standby: 1 (the spec has 0; set it too)" in result.stdout
+    assert result.stdout.count("set topology.standby to 1 (the spec has 0)") == 1
+    assert "topology.standby" not in result.stdout.replace("set topology.standby to 1 (the spec has 0)", "")
 
 
 @pytest.mark.parametrize(
