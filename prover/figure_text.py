@@ -14,12 +14,15 @@ from fractions import Fraction
 from typing import Literal, TypeAlias
 
 from stagewarden.prover.probability import Prob
+from stagewarden.prover.verdict import Figure
 
 #: A number as the prover holds it: exact, a float, or a probability that may be either.
 Number: TypeAlias = Fraction | float | int | Prob
 #: How a figure reads: a probability (``1 - 1e-06`` near one) or a cost fraction (``0.833``).
 Style: TypeAlias = Literal["probability", "cost"]
 
+#: Figures that are fractions of unprotected training rather than probabilities.
+COST_FIGURES = frozenset({"extra compute", "extra memory"})
 #: Most significant digits shown before the figure is written as ``bound +/- difference``.
 MAX_DIGITS = 12
 #: Probabilities above this are written as their distance to one (``1 - 2.5e-07``).
@@ -107,3 +110,12 @@ def format_comparison(value: Number | str, relation: str, bound: Number | str, s
     """``value relation bound`` as text, e.g. ``0.74999 < 0.75``, rounded by :func:`format_pair`."""
     value_text, bound_text = format_pair(value, bound, style)
     return f"{value_text} {relation} {bound_text}"
+
+
+def format_figure(figure: Figure) -> tuple[str, str]:
+    """A verdict's figure and its bound as text, exact where the figure carries the rationals, in
+    the style its name calls for (extra compute and memory are costs)."""
+    style: Style = "cost" if figure.name in COST_FIGURES else "probability"
+    value = figure.exact if figure.exact is not None else figure.value
+    bound = figure.bound_exact if figure.bound_exact is not None else figure.bound
+    return format_pair(value, bound, style)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from stagewarden.prover import GuaranteeResult, Report, check_graph
+from stagewarden.prover.figure_text import format_figure
 from stagewarden.report import figures, rst, sweeps
 from stagewarden.report.modelling import ASSUMPTIONS
 from stagewarden.report.taxonomy import FAMILIES, classify
@@ -68,7 +69,8 @@ def _bound(g: GuaranteeResult) -> str:
     f = g.figure
     if f is None:
         return "trivially (no worker can be malicious)" if g.trivially else "\\-"
-    return f"achieved {f.value:.4g}, needs {rst.text(f.relation)} {f.bound:.4g}"
+    value, bound = format_figure(f)  # as many digits as it takes to tell them apart
+    return f"achieved {rst.text(value)}, needs {rst.text(f.relation)} {rst.text(bound)}"
 
 
 def _rests_on(ctx: Context, g: GuaranteeResult) -> str:

@@ -10,14 +10,12 @@ from rich.table import Table
 from rich.text import Text
 
 from stagewarden.prover import GuaranteeResult, Report
-from stagewarden.prover.figure_text import format_pair
+from stagewarden.prover.figure_text import format_figure
 
 _STYLE = {"holds": "green", "violated": "bold red", "unknown": "yellow", "vacuous": "bold magenta"}
 _MARK = {"holds": "✔", "violated": "✘", "unknown": "?", "vacuous": "!"}
 #: Order of the verdict counts at the end of a report: the ones that need attention first.
 _COUNT_ORDER = ("vacuous", "violated", "unknown", "holds")
-#: Figures that are fractions of unprotected training rather than probabilities.
-_COST_FIGURES = {"extra compute", "extra memory"}
 
 
 class _Hanging:
@@ -57,10 +55,7 @@ def _figure_text(result: GuaranteeResult) -> str:
     fig = result.figure
     if fig is None:
         return ""
-    style = "cost" if fig.name in _COST_FIGURES else "probability"
-    value = fig.exact if fig.exact is not None else fig.value
-    bound = fig.bound_exact if fig.bound_exact is not None else fig.bound
-    value_text, bound_text = format_pair(value, bound, style)
+    value_text, bound_text = format_figure(fig)
     return f"{value_text} (needs {fig.relation} {bound_text})"
 
 

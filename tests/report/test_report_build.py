@@ -42,7 +42,7 @@ def test_index_has_summary_of_every_guarantee(demo_report: Path) -> None:
     report = verify(load_example("demo"))
     for result in report.guarantees:
         assert result.id in text
-    assert "achieved 1.972e-07, needs &lt;= 1e-06" in _html(demo_report, "index.html")
+    assert "achieved 1.97e-07, needs &lt;= 1e-06" in _html(demo_report, "index.html")
     assert 'href="spec.html#spec-line-28"' in _html(demo_report, "index.html")
 
 
