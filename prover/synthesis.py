@@ -293,6 +293,7 @@ class _Space:
     def __init__(self, loaded: LoadedSpec, limits: Limits | None, deadline: float | None,
                  progress: Callable[[int, Candidate], None] | None) -> None:
         self.base = loaded
+        self.proof_name = proof_file(loaded.file)
         self.spec = spec = loaded.spec
         self.limits = limits or Limits()
         self.deadline = deadline
@@ -556,7 +557,7 @@ class _Space:
         cached = self.reports.get(cand)
         if cached is None:
             text = spec_text_with(self.base, cand.defense(), cand.standby)
-            loaded = load_text(text, proof_file(self.base.file))
+            loaded = load_text(text, self.proof_name)
             cached = self.reports[cand] = (loaded, verify(loaded, limits=self.limits))
         return cached
 
@@ -565,7 +566,8 @@ class _Space:
 
 
 def synthesize(loaded: LoadedSpec, limits: Limits | None = None, *, max_seconds: float | None = None,
-               progress: Callable[[int, Candidate], None] | None = None) -> SynthesisResult:
+               progress: Callable[[int, Candidate], None] | None = None,
+               proof_name: str | None = None) -> SynthesisResult:
     """Search the defence space of a spec for the cheapest defence under which every guarantee holds.
 
     The topology, trust, adversary and guarantees stay as written; candidates for ``defense``
@@ -579,6 +581,8 @@ def synthesize(loaded: LoadedSpec, limits: Limits | None = None, *, max_seconds:
         limits: solver limits for each guarantee of each candidate.
         max_seconds: wall-clock limit for the whole search; past it the search gives up.
         progress: called with the count and the candidate before each candidate is checked.
+        proof_name: the file name the proof cites (where the caller writes ``spec_text``);
+            :func:`~stagewarden.prover.defense_text.proof_file` of the spec's by default.
 
     Returns:
         The defence with its YAML block, cost and proof; or, when none works, the reason and
@@ -587,6 +591,8 @@ def synthesize(loaded: LoadedSpec, limits: Limits | None = None, *, max_seconds:
     started = time.monotonic()
     deadline = started + max_seconds if max_seconds is not None else None
     space = _Space(loaded, limits, deadline, progress)
+    if proof_name is not None:
+        space.proof_name = proof_name
     ids = [g.id for g in loaded.spec.guarantees]
     result = SynthesisResult(GAVE_UP, loaded.file, loaded.spec.name, 0, 0.0, original_standby=loaded.spec.topology.standby)
     try:

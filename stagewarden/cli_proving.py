@@ -78,8 +78,9 @@ def verify_job(loaded: LoadedSpec, ids: list[str] | None, limits: Limits, fmt: s
     return job
 
 
-def synthesize_job(loaded: LoadedSpec, limits: Limits, fmt: str) -> Job:
-    """The job of ``synthesize``: search the defence space and render the result."""
+def synthesize_job(loaded: LoadedSpec, limits: Limits, fmt: str, out: str | None = None) -> Job:
+    """The job of ``synthesize``: search the defence space, write the spec with the defence found
+    (to ``out``, or where :func:`~stagewarden.prover.defense_text.proof_file` says) and render the result."""
 
     def job(progress: Callable[[str], None]) -> CommandOutput:
         from stagewarden.prover.synthesis import synthesize as find_defence
@@ -90,7 +91,7 @@ def synthesize_job(loaded: LoadedSpec, limits: Limits, fmt: str) -> Job:
             if count % 25 == 1:
                 progress(f"trying candidate {count}: {candidate.describe()}")
 
-        result = find_defence(loaded, limits, progress=candidate_tried)
+        result = find_defence(loaded, limits, progress=candidate_tried, proof_name=out)
         try:  # the spec with the defence, under the name its proof cites
             written = write_synthesized_spec(result)
         except OutputError as exc:

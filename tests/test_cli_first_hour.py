@@ -188,3 +188,20 @@ def test_synthesize_from_a_file_writes_beside_it(tmp_path: Path) -> None:
     assert f"written to {out}" in result.output
     assert load_spec(str(out)).spec.name == "paper-checked-worker-relay"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.synthesized.yaml", "mine.yaml"]
+
+
+def test_synthesize_out_names_the_file_and_the_citations(tmp_path: Path) -> None:
+    """``--out FILE`` writes there and the proof cites FILE's lines; a FILE in a folder that does
+    not exist is one line and exit 2."""
+    import re
+
+    out = tmp_path / "defended.yaml"
+    result = CliRunner().invoke(cli, ["synthesize", "--example", "demo", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = out.read_text(encoding="utf-8").splitlines()
+    cited = [int(n) for n in re.findall(re.escape(str(out)) + r":(\d+)", result.output)]
+    assert cited and all(lines[n - 1].strip() for n in cited)
+    assert "demo.synthesized.yaml" not in result.output
+    missing = CliRunner().invoke(cli, ["synthesize", "--example", "demo", "--out", str(tmp_path / "no" / "x.yaml")])
+    assert missing.exit_code == 2
+    assert "cannot write" in missing.output and "Traceback" not in missing.output
