@@ -133,6 +133,30 @@ def test_sigint_during_a_long_search_exits_130_within_a_second(command: str, tmp
     assert not [pid for pid in result.children if _alive(pid)], "the prover's process outlived the command"
 
 
+@pytest.mark.skipif(not _HAS_PROC, reason="finding the child process needs Linux /proc")
+def test_the_prover_process_ends_with_a_killed_command(tmp_path: Path) -> None:
+    """A command killed outright (SIGKILL, which it cannot answer) does not leave its prover
+    running: the child notices that its parent is gone and ends."""
+    spec = tmp_path / "slow.yaml"
+    spec.write_text(SLOW_SPEC, encoding="utf-8")
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from stagewarden.cli import main; main()", "verify", str(spec)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not _children(process.pid) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = _children(process.pid)
+    assert children, "no prover process started"
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in children), "the prover kept running after its command was killed"
+
+
 #: Replaces the prover (or the defence search) with one Z3 check that takes minutes: the
 #: pigeonhole principle for 12 pigeons in 11 holes, as clauses. Should the check return (as it
 #: does when Z3's own SIGINT handler cancels it), the process ends with exit code 5.
