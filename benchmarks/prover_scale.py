@@ -2,25 +2,55 @@
 S stages x R replicas with 10% of the workers malicious, and the prover against the brute-force
 checker on a size the brute force can finish.
 
-Run: ``python benchmarks/prover_scale.py [--sizes 8x1,64x1,...] [--timeout SECONDS] [--out FILE]``.
-Each size runs in its own process (so peak memory is that size's own); results print as a table
-and are written as JSON.
+Run: ``python benchmarks/prover_scale.py [--sizes 8x1,64x1,...] [--crash N] [--timeout SECONDS]
+[--baseline REF] [--out FILE]``. Each size runs in its own process (so peak memory is that size's
+own); results print as a table and are written as JSON. A size ``live40`` is the liveness stress
+case (40 stages, budget and standby 16). With ``--baseline REF`` every size is also verified by
+the prover of git revision ``REF`` (checked out into a temporary worktree), the two alternating,
+so that both sets of figures come from the same machine state.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_SIZES = "8x1,8x8,64x1,64x8,256x1,256x8,1024x1,1024x8"
+DEFAULT_SIZES = "8x1,8x8,64x1,64x8,256x1,256x8,1024x1,1024x8,live40,16384x8"
+ROOT = Path(__file__).resolve().parent.parent
+#: The project's top-level folders and the import packages they become (pyproject.toml).
+PACKAGE_DIRS = ("spec", "prover", "attest", "runtime", "report")
 
 
-def spec_text(stages: int, replicas: int, budget: str = '"10%"') -> str:
+def liveness_stress_text() -> str:
+    """40 stages, budget 16 and 16 standby workers, and only liveness to prove."""
+    return """version: 1
+name: live40
+topology: {stages: 40, replicas: 1, microbatches: 4, steps: 1000, standby: 16}
+trust: {honest: [0, 39]}
+adversary:
+  max_malicious: 16
+  capabilities: [tamper_activations, tamper_gradients, withhold]
+  faults: {crash: 1}
+defense:
+  receipts: true
+  checks:
+    - scheme: spot_check
+      rate: 0.05
+  response: [rollback, eject]
+guarantees:
+  - {id: liveness, kind: liveness}
+"""
+
+
+def spec_text(stages: int, replicas: int, budget: str = '"10%"', crash: int = 1) -> str:
     """A spec with every guarantee kind: redundant_neighbour + 5% coordinator spot checks."""
     return f"""version: 1
 name: scale-{stages}x{replicas}
@@ -29,6 +59,7 @@ trust: {{honest: [0]}}
 adversary:
   max_malicious: {budget}
   capabilities: [tamper_activations, tamper_gradients, equivocate, poison_data, false_accuse]
+  faults: {{crash: {crash}}}
 defense:
   receipts: true
   attestation: true
@@ -48,19 +79,29 @@ guarantees:
 """
 
 
-def run_one(stages: int, replicas: int, timeout: float) -> dict[str, object]:
+def run_one(size: str, timeout: float, crash: int) -> dict[str, object]:
     """Verify one size in this process; report per-guarantee seconds and verdicts."""
     from stagewarden.prover import Limits, verify
     from stagewarden.spec import load_text
 
-    loaded = load_text(spec_text(stages, replicas), f"scale-{stages}x{replicas}.yaml")
+    if size == "live40":
+        stages, replicas = 40, 1
+        loaded = load_text(liveness_stress_text(), "live40.yaml")
+    else:
+        stages, replicas = (int(x) for x in size.split("x"))
+        loaded = load_text(spec_text(stages, replicas, crash=crash), f"scale-{stages}x{replicas}.yaml")
     started = time.perf_counter()
     report = verify(loaded, limits=Limits(timeout=timeout))
     total = time.perf_counter() - started
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
-        "stages": stages, "replicas": replicas, "workers": loaded.spec.total_workers,
-        "budget": loaded.spec.malicious_budget, "seconds": round(total, 3), "peak_mib": round(peak_kib / 1024, 1),
+        "size": size,
+        "stages": stages,
+        "replicas": replicas,
+        "workers": loaded.spec.total_workers,
+        "budget": loaded.spec.malicious_budget,
+        "seconds": round(total, 3),
+        "peak_mib": round(peak_kib / 1024, 1),
         "guarantees": {g.id: {"verdict": g.verdict, "seconds": round(g.seconds, 3)} for g in report.guarantees},
     }
 
@@ -70,7 +111,6 @@ def brute_comparison() -> dict[str, object]:
     root = Path(__file__).resolve().parent.parent
     sys.path[:0] = [str(root / "tests" / "prover"), str(root / "tests")]
     from bruteforce import brute_force
-
     from stagewarden.prover import verify
     from stagewarden.spec import load_text
 
@@ -82,37 +122,118 @@ def brute_comparison() -> dict[str, object]:
     report = verify(loaded)
     prover_s = time.perf_counter() - started
     agree = all(expected[g.id].verdict == g.verdict for g in report.guarantees)
-    return {"size": "5x2, budget 2", "brute_force_seconds": round(brute_s, 3), "prover_seconds": round(prover_s, 3),
-            "verdicts_agree": agree, "verdicts": {g.id: g.verdict for g in report.guarantees}}
+    return {
+        "size": "5x2, budget 2",
+        "brute_force_seconds": round(brute_s, 3),
+        "prover_seconds": round(prover_s, 3),
+        "verdicts_agree": agree,
+        "verdicts": {g.id: g.verdict for g in report.guarantees},
+    }
+
+
+def baseline_tree(ref: str, into: Path) -> Path:
+    """A checkout of ``ref`` laid out as an importable ``stagewarden`` package under ``into``;
+    returns the folder to put on ``PYTHONPATH``."""
+    checkout = into / "checkout"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(checkout), ref],
+        check=True,
+        capture_output=True,
+    )
+    package = into / "site"
+    shutil.copytree(checkout / "stagewarden", package / "stagewarden")
+    for name in PACKAGE_DIRS:
+        os.symlink(checkout / name, package / "stagewarden" / name)
+    return package
+
+
+def measure(size: str, args: argparse.Namespace, pythonpath: Path | None) -> dict[str, object]:
+    """One size in a fresh process: this tree's prover, or the baseline's on ``pythonpath``."""
+    env = dict(os.environ)
+    cwd = None
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+        cwd = str(pythonpath)  # keep this checkout's own ``stagewarden`` folder off sys.path
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--one",
+        size,
+        "--timeout",
+        str(args.timeout),
+        "--crash",
+        str(args.crash),
+    ]
+    proc = subprocess.run(
+        command, capture_output=True, text=True, check=False, env=env, cwd=cwd, timeout=args.timeout * 10
+    )
+    if proc.returncode != 0:
+        return {"size": size, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _line(label: str, row: dict[str, object]) -> str:
+    if "error" in row:
+        return f"{label:>18} failed: {row['error']}"
+    guarantees = row["guarantees"]
+    assert isinstance(guarantees, dict)
+    per = ", ".join(f"{gid} {g['seconds']:.2f} {g['verdict'][0].upper()}" for gid, g in guarantees.items())
+    return f"{label:>18} {row['workers']:>7} {row['budget']:>6} {row['seconds']:>8.2f} {row['peak_mib']:>8.1f}  {per}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default=DEFAULT_SIZES, help="comma-separated SxR sizes")
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help="comma-separated SxR sizes (and live40)")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-guarantee limit in seconds")
+    parser.add_argument("--crash", type=int, default=1, help="faults.crash of the generated specs")
+    parser.add_argument("--baseline", help="git revision whose prover is measured alongside")
     parser.add_argument("--out", default="benchmarks/results/prover_scale.json")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        stages, replicas = (int(x) for x in args.one.split("x"))
-        print(json.dumps(run_one(stages, replicas, args.timeout)))
+        print(json.dumps(run_one(args.one, args.timeout, args.crash)))
         return
-    rows = []
-    print(f"{'size':>8} {'workers':>7} {'budget':>6} {'total s':>8} {'peak MiB':>8}  per guarantee (s, verdict)")
-    for size in args.sizes.split(","):
-        proc = subprocess.run([sys.executable, __file__, "--one", size, "--timeout", str(args.timeout)],
-                              capture_output=True, text=True, check=True)
-        row = json.loads(proc.stdout.strip().splitlines()[-1])
-        rows.append(row)
-        per = ", ".join(f"{gid} {g['seconds']:.2f} {g['verdict']}" for gid, g in row["guarantees"].items())
-        print(f"{size:>8} {row['workers']:>7} {row['budget']:>6} {row['seconds']:>8.2f} {row['peak_mib']:>8.1f}  {per}", flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        base_path = baseline_tree(args.baseline, Path(scratch)) if args.baseline else None
+        rows = []
+        print(f"{'size':>18} {'workers':>7} {'budget':>6} {'total s':>8} {'peak MiB':>8}  per guarantee (s, verdict)")
+        try:
+            for size in args.sizes.split(","):
+                row: dict[str, object] = {"size": size, "current": measure(size, args, None)}
+                print(_line(size, row["current"]), flush=True)  # type: ignore[arg-type]
+                if base_path is not None:
+                    row["baseline"] = measure(size, args, base_path)
+                    print(_line(f"{size} ({args.baseline})", row["baseline"]), flush=True)  # type: ignore[arg-type]
+                rows.append(row)
+        finally:
+            if base_path is not None:
+                subprocess.run(
+                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(Path(scratch) / "checkout")],
+                    check=False,
+                    capture_output=True,
+                )
     comparison = brute_comparison()
-    print(f"\nprover vs brute force ({comparison['size']}): prover {comparison['prover_seconds']} s, "
-          f"brute force {comparison['brute_force_seconds']} s, verdicts agree: {comparison['verdicts_agree']}")
+    print(
+        f"\nprover vs brute force ({comparison['size']}): prover {comparison['prover_seconds']} s, "
+        f"brute force {comparison['brute_force_seconds']} s, verdicts agree: {comparison['verdicts_agree']}"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"sizes": rows, "brute_force": comparison}, indent=2) + "\n")
-    print(f"written to {out}")
+    load = os.getloadavg()
+    out.write_text(
+        json.dumps(
+            {
+                "baseline": args.baseline,
+                "crash": args.crash,
+                "load_average": load,
+                "sizes": rows,
+                "brute_force": comparison,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"written to {out} (load average at the end: {load[0]:.1f})")
 
 
 if __name__ == "__main__":

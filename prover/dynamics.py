@@ -46,6 +46,8 @@ class Occupancy:
     crashed: dict[int, z3.BoolRef] = field(default_factory=dict)
     entered: dict[int, z3.BoolRef] = field(default_factory=dict)
     entered_malicious: dict[int, z3.BoolRef] = field(default_factory=dict)
+    #: Positions that only carry a second try (see :func:`build_occupancy`).
+    light: set[int] = field(default_factory=set)
 
     def extra_try(self, w: int, original_malicious: Term) -> Term:
         """A second malicious worker in position ``w`` over the run: its original occupant was
@@ -64,6 +66,8 @@ def dynamics_possible(enc: Encoding) -> bool:
     of a small world always carries the summary, so that an unsat core can name the crash,
     standby and response assumptions a proof rests on."""
     spec = enc.spec
+    if not enc.dynamics:
+        return False
     if spec.topology.standby > 0:
         return True
     if not enc.concrete and len(enc.world.workers) <= SYMBOLIC_DYNAMICS_WORKERS:
@@ -88,8 +92,26 @@ def build_occupancy(enc: Encoding) -> Occupancy:
     present: list[Term] = [True] * len(enc.mal)
     acting: list[Term] = list(enc.mal)
     out = Occupancy(True, occ, present, acting)
+    full = _positions_that_can_change_hands(enc)
+    spec = enc.spec
+    # In the concrete form a removal of a malicious original needs a crash fault or eject.
+    removals = not enc.concrete or spec.adversary.faults.crash > 0 or "eject" in spec.defense.response
     for w in computing:
         name = enc.world.workers[w].name
+        if w not in full and not removals:
+            continue
+        if w not in full:
+            # Always corruptible and compared by no other copy: an honest original replaced by
+            # a malicious standby is no better for the adversary than a malicious original
+            # (same budget, no standby used), and a vacancy here only stops its replica. What
+            # remains is a malicious standby entering after the malicious original is removed:
+            # a second try in the same position.
+            second = out.entered_malicious[w] = boolean(f"second_try[{name}]")
+            out.vacated[w] = out.entered[w] = second
+            out.crashed[w] = boolean(f"crashed[{name}]")
+            out.light.add(w)
+            enc.facts.append(to_z3(implies(second, enc.mal[w])))
+            continue
         vac = out.vacated[w] = boolean(f"vacated[{name}]")
         out.crashed[w] = boolean(f"crashed[{name}]")
         ent = out.entered[w] = boolean(f"entered[{name}]")
@@ -99,6 +121,19 @@ def build_occupancy(enc: Encoding) -> Occupancy:
         occ[w] = disj([enc.mal[w], ent_mal])
         present[w] = disj([neg(vac), ent])
         acting[w] = disj([conj([enc.mal[w], neg(vac)]), ent_mal])
+    return out
+
+
+def _positions_that_can_change_hands(enc: Encoding) -> set[int]:
+    """Positions whose occupant can matter beyond a malicious original: those covered by a
+    trust entry (only a standby can bring the adversary there) and every copy of a replicated
+    slot (an emptied copy weakens the comparison)."""
+    world, spec = enc.world, enc.spec
+    if any(isinstance(c, ReplicateCheck) for c in spec.defense.checks):
+        return set(world.computing)
+    out: set[int] = set()
+    for ref in [*spec.trust.honest, *spec.trust.tee]:
+        out.update(world.covered(ref))
     return out
 
 
@@ -140,6 +175,6 @@ def vacancy_constraints(
     out: list[z3.BoolRef] = []
     for w, vac in occ.vacated.items():
         convict = conj([enc.mal[w], eject, disj([withhold, catchable(w)])])
-        victim = conj([neg(enc.mal[w]), eject, framed(w)])
+        victim = False if w in occ.light else conj([neg(enc.mal[w]), eject, framed(w)])
         out.append(to_z3(implies(vac, disj([occ.crashed[w], convict, victim]))))
     return out

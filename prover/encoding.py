@@ -115,8 +115,11 @@ class Encoding:
     literals need; both forms describe the same world, worker for worker.
     """
 
-    def __init__(self, loaded: LoadedSpec, concrete: bool = False) -> None:
+    def __init__(self, loaded: LoadedSpec, concrete: bool = False, dynamics: bool = True) -> None:
         self.concrete = concrete
+        #: Whether positions may change hands (liveness reasons about removals in closed form
+        #: and leaves the summary out).
+        self.dynamics = dynamics
         self.loaded = loaded
         self.spec = spec = loaded.spec
         self.world = world = World.build(spec)
@@ -170,11 +173,12 @@ class Encoding:
                 self._spot_peer[i] = conj([present, self.receipts, vf["peer"]])
             elif isinstance(check, StatisticalCheck):
                 self._statistical[i] = conj([present, self.coord_trusted])
-        self._catchable: dict[tuple[int, bool], Term] = {}
+        self._catchable: dict[tuple[bool, bool, bool], Term] = {}
         self._framings: list[Framing] | None = None
         if self.occupancy.active:
             framed: dict[int, list[Term]] = {}
-            for f in self.framings:
+            full = set(self.occupancy.vacated) - self.occupancy.light
+            for f in self._framings_of(full) if full and self.response["eject"] is not False else []:
                 framed.setdefault(f.victim, []).append(f.ejection)
             self.facts += vacancy_constraints(self, lambda w: self.catchable(w, False), lambda w: disj(framed.get(w, [])))
 
@@ -184,6 +188,12 @@ class Encoding:
         if self._framings is None:
             self._framings = build_framings(self)
         return self._framings
+
+    def _framings_of(self, victims: set[int]) -> list[Framing]:
+        """The framings of some victims (all of them built at once when most are wanted)."""
+        if self._framings is not None or 2 * len(victims) > len(self.world.computing):
+            return [f for f in self.framings if f.victim in victims]
+        return build_framings(self, victims)
 
     def worker_kinds(self, w: int) -> list[tuple[str, str]]:
         """(capability, kind) pairs a malicious occupant of position ``w`` could tamper with."""
@@ -199,7 +209,9 @@ class Encoding:
         """A malicious occupant of position ``w`` can get a tampered unit detected, with
         probability > 0, or with certainty when ``certain`` (nobody covers for it and its inputs
         are genuine: it wants to be caught)."""
-        key = (w, certain)
+        # Cooperative effects depend only on the position's role (see ``effects``).
+        stage, _ = self.world.slot_of(w)
+        key = (certain, stage <= self.world.stages - 2, stage == 0)
         cached = self._catchable.get(key)
         if cached is None:
             parts = []

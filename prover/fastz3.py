@@ -107,3 +107,22 @@ def boolean(name: str) -> z3.BoolRef:
 def implies(a: Term, b: Term) -> Term:
     """``a -> b``, folding constants."""
     return disj([neg(a), b])
+
+
+def true_constants(model: z3.ModelRef) -> set[str]:
+    """Names of the Boolean constants that ``model`` assigns true (one pass over the model
+    through the C API: evaluating thousands of constants one by one is slow in Python)."""
+    ctx, ref = model.ctx.ref(), model.model
+    out: set[str] = set()
+    for i in range(z3core.Z3_model_get_num_consts(ctx, ref)):
+        decl = z3core.Z3_model_get_const_decl(ctx, ref, i)
+        value = z3core.Z3_model_get_const_interp(ctx, ref, decl)
+        if value and z3core.Z3_get_bool_value(ctx, value) == 1:
+            out.add(z3core.Z3_get_symbol_string(ctx, z3core.Z3_get_decl_name(ctx, decl)))
+    return out
+
+
+def constant_name(var: z3.BoolRef) -> str:
+    """The name of a constant (``str`` on a Z3 term runs its pretty printer, far slower)."""
+    decl = z3core.Z3_get_app_decl(_CTX.ctx, var.as_ast())
+    return str(z3core.Z3_get_symbol_string(_CTX.ctx, z3core.Z3_get_decl_name(_CTX.ctx, decl)))

@@ -56,9 +56,13 @@ def ceil_half(k: int) -> int:
     return (k + 1) // 2
 
 
-def build_framings(enc: Encoding) -> list[Framing]:
-    """Every framing mechanism of the spec whose condition is not constantly false."""
+def build_framings(enc: Encoding, victims: set[int] | None = None) -> list[Framing]:
+    """Every framing mechanism of the spec whose condition is not constantly false (of the
+    given victims only, when ``victims`` is given)."""
     world, spec = enc.world, enc.spec
+
+    def wanted(victim: int) -> bool:
+        return victims is None or victim in victims
     occ = enc.occupancy.occupied_malicious
     out: list[Framing] = []
     no_referee = disj([neg(enc.receipts), neg(enc.coord_trusted)])
@@ -72,13 +76,13 @@ def build_framings(enc: Encoding) -> list[Framing]:
             for r in range(world.replicas):
                 for s in range(1, world.stages - 1):
                     up = world.primary(s - 1, r)
-                    for victim in world.slots[(s, r)]:
+                    for victim in filter(wanted, world.slots[(s, r)]):
                         out.append(
                             Framing("equivocation", victim, (up,), conj([equivocation, occ[up], neg(enc.mal[victim])]))
                         )
                 for s in range(0, world.stages - 1):
                     checker = world.primary(s + 1, r)
-                    for victim in world.slots[(s, r)]:
+                    for victim in filter(wanted, world.slots[(s, r)]):
                         out.append(
                             Framing(
                                 "false accusation",
@@ -89,7 +93,7 @@ def build_framings(enc: Encoding) -> list[Framing]:
                         )
         elif isinstance(check, SpotCheck):
             base = conj([present, enc.vf[i]["peer"], enc.cap["false_accuse"], no_referee, any_computing])
-            for victim in computing:
+            for victim in filter(wanted, computing):
                 # The victim is honest, so any malicious computing worker is another one.
                 out.append(
                     Framing("false accusation by a peer verifier", victim, (), conj([base, neg(enc.mal[victim])]))
@@ -103,7 +107,7 @@ def build_framings(enc: Encoding) -> list[Framing]:
             )
             accusation = conj([present, enc.cap["false_accuse"], no_referee])
             for members in world.slots.values():
-                for victim in members:
+                for victim in filter(wanted, members):
                     others = tuple(o for o in members if o != victim)
                     voters = [occ[o] for o in others]
                     outvoted = conj([vote, neg(enc.mal[victim]), _at_least(voters, need)])
@@ -126,6 +130,6 @@ def build_framings(enc: Encoding) -> list[Framing]:
     # check, it frames any honest worker, whatever the adversary's budget.
     coordinator = conj([neg(enc.coord_trusted), neg(enc.receipts)])
     if coordinator is not False:
-        for victim in computing:
+        for victim in filter(wanted, computing):
             out.append(Framing("untrusted coordinator", victim, (), conj([coordinator, neg(enc.mal[victim])])))
     return [f for f in out if f.condition is not False]

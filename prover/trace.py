@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import z3
 
 from stagewarden.prover.encoding import Effect
-from stagewarden.prover.fastz3 import Term, holds_in
+from stagewarden.prover.fastz3 import Term, constant_name, holds_in, true_constants
 from stagewarden.prover.explain import effect_reason
 from stagewarden.prover.figure_text import format_comparison, format_pair
 from stagewarden.prover.probability import Prob, format_probability
@@ -60,23 +60,24 @@ def occupancy_events(prover: Prover, model: z3.ModelRef) -> tuple[dict[str, list
     holders: dict[int, int] = {}
     if not occ.active:
         return events, holders
-    malicious_standby = [w for w in world.standby_workers if _true(model, enc.mal[w])]
-    honest_standby = [w for w in world.standby_workers if not _true(model, enc.mal[w])]
+    true = true_constants(model)
+    malicious_standby = [w for w in world.standby_workers if constant_name(enc.mal[w]) in true]
+    honest_standby = [w for w in world.standby_workers if constant_name(enc.mal[w]) not in true]
     for w, vacated in occ.vacated.items():
-        if not _true(model, vacated):
+        if constant_name(vacated) not in true:
             continue
         name = world.workers[w].name
-        if _true(model, occ.crashed[w]):
+        if constant_name(occ.crashed[w]) in true:
             events["crashed"].append(name)
-        elif _true(model, enc.mal[w]):
+        elif constant_name(enc.mal[w]) in true:
             events["ejected"].append(name)
         else:
             events["framed"].append(name)
-        if _true(model, occ.entered_malicious[w]) and malicious_standby:
+        if constant_name(occ.entered_malicious[w]) in true and malicious_standby:
             standby = malicious_standby.pop(0)
             holders[w] = standby
             events["entered"].append({"position": name, "standby": world.workers[standby].name, "malicious": True})
-        elif _true(model, occ.entered[w]) and honest_standby:
+        elif constant_name(occ.entered[w]) in true and honest_standby:
             standby = honest_standby.pop(0)
             events["entered"].append({"position": name, "standby": world.workers[standby].name, "malicious": False})
         else:

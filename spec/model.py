@@ -317,12 +317,7 @@ class OverheadGuarantee(_Guarantee):
 
 
 Guarantee = Annotated[
-    DetectionGuarantee
-    | BoundedDamageGuarantee
-    | NoFramingGuarantee
-    | LivenessGuarantee
-    | DataIntegrityGuarantee
-    | OverheadGuarantee,
+    DetectionGuarantee | BoundedDamageGuarantee | NoFramingGuarantee | LivenessGuarantee | DataIntegrityGuarantee | OverheadGuarantee,
     Field(discriminator="kind"),
 ]
 
