@@ -56,8 +56,8 @@ def run_headline(run: RunData) -> str:
     end = f"The run {rst.text(status)} after {steps} steps; {_audit(run)}."
     if not detections:
         if attack is None:
-            return f"No attack and no detection in {steps} steps. {end}"
-        return f"The attack ({rst.text(run.attack_text)}) was **not detected** in {steps} steps. {end}"
+            return f"no attack and no detection in {steps} steps. {end}"
+        return f"the attack ({rst.text(run.attack_text)}) was **not detected** in {steps} steps. {end}"
     first = detections[0]
     step = first.get("step")
     unit = f"{rst.text(first.get('unit_kind'))} unit" if first.get("unit_kind") else "unit"
@@ -68,9 +68,9 @@ def run_headline(run: RunData) -> str:
         start = int(attack.get("start", 0) or 0)
         lag = step - start
         when = "in the step it began" if lag == 0 else f"{lag} step{'s' if lag != 1 else ''} after it began"
-        head = f"The attack ({rst.text(run.attack_text)}): {caught}, {when}"
+        head = f"the attack ({rst.text(run.attack_text)}): {caught}, {when}"
     else:
-        head = f"With no attack mounted, {caught}: a **false alarm**"
+        head = f"with no attack mounted, {caught}: a **false alarm**"
     more = f" ({len(detections)} detections in all)" if len(detections) > 1 else ""
     return f"{head}{more}{_response(run, step)}. {end}"
 

@@ -50,7 +50,7 @@ def test_index_states_the_notice_once_and_leads_with_the_runs(demo_report: Path)
     body = _article(html)
     assert "software model" not in body
     headline = body.split("What the runs show", 1)[1].split("Summary", 1)[0]
-    assert "clean (receipts, attestation, spot check 0.05, response eject): No attack and no detection in 5 steps" in (
+    assert "clean (receipts, attestation, spot check 0.05, response eject): no attack and no detection in 5 steps" in (
         headline
     )
     assert (
@@ -141,3 +141,18 @@ def test_attacker_window_has_width() -> None:
     assert attack_windows(rolled_back, 5) == [(1, 2.5, 4.5)]
     assert attack_windows(later, 3) == []
     assert attack_windows(read_run(RECORDED_RUNS[0]), 5) == []
+
+
+def test_headline_of_a_missed_attack_and_of_a_false_alarm() -> None:
+    """An attack nothing caught is said to be not detected; a detection in a run without an
+    attack is called a false alarm."""
+    from stagewarden.report.headline import run_headline
+
+    clean, attacked = (read_run(path) for path in RECORDED_RUNS)
+    missed = dataclasses.replace(attacked, summary=dict(attacked.summary, detections=[], responses=[]))
+    assert run_headline(missed).startswith(
+        "the attack (reverse on stage 1 from step 2) was **not detected** in 5 steps"
+    )
+    alarm = dataclasses.replace(clean, summary=dict(clean.summary, detections=attacked.detections))
+    assert "with no attack mounted, the spot check caught worker s1r0 at step 2" in run_headline(alarm)
+    assert "a **false alarm**" in run_headline(alarm)

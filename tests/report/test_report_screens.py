@@ -124,7 +124,7 @@ def test_front_page_has_the_headline(browser: Any, demo_report: Path, tmp_path: 
     text = browser.execute_script("return document.querySelector('article').innerText")
     assert "What the runs show" in text
     headline = text.split("What the runs show", 1)[1].split("Summary", 1)[0]
-    assert "No attack and no detection in" in headline
+    assert "no attack and no detection in" in headline
     assert "the spot check caught worker s1r0 at step" in headline
     assert re.search(r"(in the step it began|\d+ steps? after it began); then response eject", headline), headline
     assert text.index("What the runs show") < text.index("Summary")
