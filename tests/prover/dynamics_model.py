@@ -361,16 +361,21 @@ class Simulation:
                 yield Event("enter", self.names[p], self.standby_names[i]), (new_occ, new_entered, crashes)
 
     def explore(
-        self, view: frozenset[int] | None = None, allow: Callable[[Event], bool] | None = None
+        self,
+        view: frozenset[int] | None = None,
+        allow: Callable[[Event], bool] | None = None,
+        start: State | None = None,
     ) -> dict[State, tuple[State, Event] | None]:
         """Every reachable state, with the transition that first reached it (breadth first).
 
-        ``allow``, when given, keeps only the events it accepts (to replay a trace).
+        ``allow``, when given, keeps only the events it accepts (to replay a trace); ``start``
+        replaces the initial state.
         A state that differs from a known one only by more crashes used is left out: whatever
         it reaches, the known one reaches too, and the rules judge occupants, not crashes."""
-        parents: dict[State, tuple[State, Event] | None] = {self.initial: None}
-        fewest: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {self.initial[:2]: 0}
-        queue = deque([self.initial])
+        first = self.initial if start is None else start
+        parents: dict[State, tuple[State, Event] | None] = {first: None}
+        fewest: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {first[:2]: first[2]}
+        queue = deque([first])
         while queue:
             state = queue.popleft()
             if fewest[state[:2]] < state[2]:

@@ -301,6 +301,16 @@ def _completable(
     return good
 
 
+def _entering_only(sim: Simulation, extras: frozenset[int]) -> Callable[[Event], bool]:
+    """Events that keep the unordered view consistent: malicious standby workers enter only the
+    positions the view counts as theirs."""
+
+    def allow(event: Event) -> bool:
+        return event.kind != "enter" or event.worker not in sim.malicious or sim.index[event.position] in extras
+
+    return allow
+
+
 def simulate_unordered(spec: Spec, guarantee_id: str) -> tuple[str, list[Event], bool]:
     """One guarantee (detection, no_framing, liveness or data_integrity) with framings and
     covering unordered, as the prover's encoding reads them: a position counts as malicious for
@@ -319,12 +329,7 @@ def simulate_unordered(spec: Spec, guarantee_id: str) -> tuple[str, list[Event],
                 extras = frozenset(extras_tuple)
                 view = base | extras
 
-                def allow(event: Event, extras: frozenset[int] = extras, sim: Simulation = sim) -> bool:
-                    if event.kind != "enter" or event.worker not in sim.malicious:
-                        return True
-                    return sim.index[event.position] in extras
-
-                parents = sim.explore(view, allow)
+                parents = sim.explore(view, _entering_only(sim, extras))
                 good = _completable(sim, parents, extras, view)
                 for state in parents:
                     if state in good and _violates(sim, g, state, view):
@@ -336,18 +341,29 @@ def simulate_unordered(spec: Spec, guarantee_id: str) -> tuple[str, list[Event],
 def _framing_cycle(
     sim: Simulation, parents: dict[State, tuple[State, Event] | None], state: State, extras: frozenset[int]
 ) -> bool:
-    """Whether the run to ``state`` ejects, by framings that only the unordered view allows, at
-    least two workers whose positions malicious standby workers enter later."""
-    future: list[int] = []
-    step = parents[state]
-    while step is not None:
-        before, event = step
-        if event.kind == "framed":
-            victim = sim.index[event.position]
-            if not sim.framings(before[0], victim, None):
-                future.append(victim)
-        step = parents[before]
-    return len(future) >= 2 and all(p in extras for p in future)
+    """Whether the run to ``state``, completed until every position of ``extras`` has had its
+    malicious standby worker, needs a cycle of framings: some worker is ejected by a framing that
+    only the unordered view allows (its framer is a standby worker that enters later), and every
+    position a malicious standby enters was vacated by a framing, so no order of the events puts
+    a framer in place before the framing it makes."""
+    view = frozenset(sim.bad_original) | extras
+    later = sim.explore(view, _entering_only(sim, extras), state)
+    done = next((s for s in later if extras <= {s[1][i] for i in sim.bad_standby}), None)
+    if done is None:
+        return False
+    run: list[tuple[State, Event]] = []
+    for tree, end in ((later, done), (parents, state)):
+        step = tree[end]
+        while step is not None:
+            run.append(step)
+            step = tree[step[0]]
+    ahead = [
+        sim.index[e.position]
+        for before, e in run
+        if e.kind == "framed" and not sim.framings(before[0], sim.index[e.position])
+    ]
+    framed = {sim.index[e.position] for _, e in run if e.kind == "framed"}
+    return bool(ahead) and set(ahead) <= extras and extras <= framed
 
 
 # -- replaying a prover trace --------------------------------------------------------------

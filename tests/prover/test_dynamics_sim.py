@@ -12,7 +12,7 @@ from typing import Any
 from bruteforce import World
 from damage_game import Mode, best_probability
 from dynamics_model import ORIGINAL, VACANT, Simulation
-from dynamics_sim import simulate
+from dynamics_sim import replay_trace, simulate, simulate_unordered
 from random_specs import load_data
 from stagewarden.spec import Spec
 
@@ -191,3 +191,70 @@ def test_game_splits_the_count_across_tries() -> None:
     each try alone gives 1/4, but the best strategy needs only one unit of the second try: 1/2."""
     tries = [((Fraction(1), 1),), ((Fraction(1, 2), 4),)]
     assert best_probability(tries, 1, Mode(undo=True, remove=True)) == Fraction(1, 2)
+
+
+CYCLE: dict[str, dict[str, Any]] = {
+    "topology": {"stages": 2, "standby": 2},
+    "trust": {"honest": [0, 1]},
+    "adversary": {"max_malicious": 2, "capabilities": ["tamper_activations", "false_accuse"], "faults": {"crash": 0}},
+    "defense": {"checks": [{"scheme": "replicate", "factor": 2, "resolve": "referee"}]},
+}
+
+
+def test_framing_cycle_is_only_in_the_unordered_reading() -> None:
+    """Two honest copies of a replicate slot, each framed by a malicious standby that could only
+    enter the other's position after that framing: no order of events realises it, but the
+    unordered reading (the prover's) sees a violation, and names it a framing cycle."""
+    spec = make([DETECT, FRAMING], **CYCLE)
+    exact = simulate(spec)
+    assert exact["detect"].verdict == "holds" and exact["framing"].verdict == "holds"
+    for gid in ("detect", "framing"):
+        verdict, _, cycle = simulate_unordered(spec, gid)
+        assert verdict == "violated" and cycle
+
+
+def test_a_crash_breaks_the_cycle() -> None:
+    """With one crash the same attack is realisable in order (crash a copy, a malicious standby
+    enters, it frames the other copy, the second standby enters): the exact reading finds it."""
+    spec = make([DETECT, FRAMING], **{**CYCLE, "adversary": {**CYCLE["adversary"], "faults": {"crash": 1}}})
+    exact = simulate(spec)
+    assert exact["detect"].verdict == "violated" and exact["framing"].verdict == "violated"
+    assert simulate_unordered(spec, "detect")[0] == "violated"
+
+
+def takeover_trace(**changes: Any) -> dict[str, Any]:
+    """The trace of the S=4 takeover (3:0 crashes, the malicious standby enters stage 3), with
+    ``changes`` to its ``dynamics`` entry or its ``malicious`` list."""
+    dynamics: dict[str, Any] = {
+        "crashed": ["3:0"],
+        "ejected": [],
+        "framed": [],
+        "entered": [{"position": "3:0", "standby": "standby:0", "malicious": True}],
+        "vacant": [],
+    }
+    malicious = changes.pop("malicious", ["standby:0"])
+    dynamics.update(changes)
+    return {"malicious": [{"worker": name} for name in malicious], "dynamics": dynamics}
+
+
+def test_replay_accepts_a_genuine_trace() -> None:
+    """The takeover's events replay and reach the unchecked tamper."""
+    assert replay_trace(make([DETECT]), "detect", takeover_trace()) is None
+
+
+def test_replay_rejects_forged_traces() -> None:
+    """A trace that needs more than the spec allows does not replay: too many malicious workers, a
+    trusted one, more crashes than faults.crash, an entry without a vacancy, a framing with no
+    mechanism, or events that lead to no violation."""
+    spec = make([DETECT])
+    forged = {
+        "over budget": takeover_trace(malicious=["standby:0", "1:0"]),
+        "trusted": takeover_trace(malicious=["3:0"]),
+        "two crashes": takeover_trace(crashed=["3:0", "2:0"]),
+        "no vacancy": takeover_trace(crashed=[]),
+        "framed": takeover_trace(crashed=[], framed=["3:0"]),
+        "honest standby": takeover_trace(malicious=["1:0"]),
+        "no violation": takeover_trace(malicious=["1:0"], crashed=[], entered=[]),
+    }
+    for what, trace in forged.items():
+        assert replay_trace(spec, "detect", trace) is not None, what
