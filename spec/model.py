@@ -317,7 +317,12 @@ class OverheadGuarantee(_Guarantee):
 
 
 Guarantee = Annotated[
-    DetectionGuarantee | BoundedDamageGuarantee | NoFramingGuarantee | LivenessGuarantee | DataIntegrityGuarantee | OverheadGuarantee,
+    DetectionGuarantee
+    | BoundedDamageGuarantee
+    | NoFramingGuarantee
+    | LivenessGuarantee
+    | DataIntegrityGuarantee
+    | OverheadGuarantee,
     Field(discriminator="kind"),
 ]
 
