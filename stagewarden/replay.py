@@ -153,7 +153,11 @@ def plan_replay(loaded: LoadedSpec, guarantee_id: str, steps: int, report: Any =
 
     ids = [g.id for g in loaded.spec.guarantees]
     if guarantee_id not in ids:
-        raise ReplayError(f"the spec has no guarantee {guarantee_id!r} (it has: {', '.join(ids)})")
+        import difflib
+
+        close = difflib.get_close_matches(guarantee_id, ids, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ReplayError(f"the spec has no guarantee {guarantee_id!r}{hint}; it has: {', '.join(ids)}")
     report = report if report is not None else verify(loaded, [guarantee_id])
     result = next(g for g in report.guarantees if g.id == guarantee_id)
     if result.verdict != "violated" or not result.trace:

@@ -205,3 +205,13 @@ def test_synthesize_out_names_the_file_and_the_citations(tmp_path: Path) -> None
     missing = CliRunner().invoke(cli, ["synthesize", "--example", "demo", "--out", str(tmp_path / "no" / "x.yaml")])
     assert missing.exit_code == 2
     assert "cannot write" in missing.output and "Traceback" not in missing.output
+
+
+def test_replay_guarantee_typo_names_the_nearest(tmp_path: Path) -> None:
+    """``replay --guarantee integrty`` names 'integrity' and exits 2 before any run starts."""
+    out = tmp_path / "replay"
+    args = ["replay", "--example", "paper-adjacent-collusion", "--guarantee", "integrty", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert "did you mean 'integrity'?" in result.output
+    assert not out.exists()
