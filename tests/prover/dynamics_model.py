@@ -300,7 +300,7 @@ class Simulation:
 
         def framer(q: int) -> bool:
             if view is not None:
-                return q in view
+                return q != victim and q in view
             return self.bad(occ, q)
 
         out = []
