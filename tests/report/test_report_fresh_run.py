@@ -38,4 +38,7 @@ def test_report_on_fresh_runs(fresh_runs: list[Path], tmp_path: Path) -> None:
     checked = (index.parent / "run-1.html").read_text(encoding="utf-8")
     assert "is clean" in checked and "signature valid" in checked
     bare = (index.parent / "run-2.html").read_text(encoding="utf-8")
-    assert "The audit could not run" in bare
+    # a run without attestation or receipts is audited for what it has and says what it lacks
+    assert "The audit could not run" not in bare
+    assert "of a run trained without attestation" in bare
+    assert "ATTESTATION_ABSENT" in bare and "RECEIPTS_ABSENT" in bare
