@@ -110,3 +110,16 @@ def test_run_without_receipts_says_there_is_nothing_to_check(tmp_path: Path) -> 
     assert result.exit_code == 0, result.output
     assert "ATTESTATION_ABSENT" in result.output and "RECEIPTS_ABSENT" in result.output
     assert "nothing to check (the run kept no receipts)" in result.output
+
+
+def test_a_spec_that_requires_attestation_still_fails_an_unattested_run(tmp_path: Path) -> None:
+    """Stripping attestation from a run does not pass an audit against a spec that requires it:
+    the conformance check names the missing attestation (exit 1)."""
+    run = _recorded_copy(tmp_path, attestation=False, receipts=True)
+    spec = Path(__file__).resolve().parents[2] / "spec" / "examples" / "demo.yaml"
+    result = CliRunner().invoke(cli, ["audit", str(run), "--spec", str(spec), "--format", "json"])
+    assert result.exit_code == 1, result.output
+    data = json.loads(result.output)
+    assert not data["clean"]
+    messages = " ".join(f["message"] for f in data["findings"] if f["severity"] == "error")
+    assert "attestation" in messages
