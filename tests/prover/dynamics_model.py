@@ -255,37 +255,50 @@ class Simulation:
                 out.append((capability, kind, d))
         return out
 
-    def catchable(self, occ: tuple[int, ...], p: int) -> bool:
-        """A malicious occupant that wants to be caught can be: some present check detects one of
-        its tampered units with d_i > 0 when nobody covers for it and its inputs are genuine."""
+    def exposure(self, occ: tuple[int, ...], p: int) -> list[Fraction]:
+        """For every unit kind the malicious occupant of ``p`` can tamper with, the probability
+        that the present checks detect it when it *wants* to be caught: nobody covers for it and
+        its inputs are genuine (the page's "catchable", used for ejection and for stalls)."""
         world, (s, r, _) = self.world, self.positions[p]
         kinds = self.kinds_in_horizon()
         copies = any(q != p and occ[q] != VACANT for q in self.slot(p))
+        others = any(q != p and occ[q] != VACANT for q in range(len(occ)))
+        out = []
         for capability in ("tamper_activations", "tamper_gradients", "tamper_weights"):
             if capability not in self.caps:
                 continue
             for kind in (k for k in CAPABILITY_KINDS[capability] if k in kinds):
+                miss = Fraction(1)
                 if world.rn is not None and kind != L and s <= self.S - 2 and occ[self.pos(s + 1, r)] != VACANT:
-                    return True
+                    miss = Fraction(0)
                 for spot in world.spots if world.receipts else []:
-                    if spot.verifier == "coordinator" and world.coordinator_trusted:
-                        return True
-                    if spot.verifier == "tee" and world.attestation and not world.tee_compromise:
-                        return True
-                    if spot.verifier == "peer" and any(q != p and occ[q] != VACANT for q in range(len(occ))):
-                        return True
+                    good = (
+                        (spot.verifier == "coordinator" and world.coordinator_trusted)
+                        or (spot.verifier == "tee" and world.attestation and not world.tee_compromise)
+                        or (spot.verifier == "peer" and others)
+                    )
+                    if good:
+                        miss *= 1 - exact_decimal(spot.rate)
                 if world.replicate is not None and copies:
-                    return True
+                    miss = Fraction(0)
                 if kind in (F, B) and world.coordinator_trusted:
-                    if any(exact_decimal(stat.power) > 0 for stat in world.statisticals):
-                        return True
+                    # Reading: a worker that wants to be caught deviates by more than
+                    # min_deviation, so only the power and the coordinator matter.
+                    for stat in world.statisticals:
+                        miss *= 1 - exact_decimal(stat.power)
+                out.append(1 - miss)
         if "poison_data" in self.caps and s == 0:
             checker_there = world.rn is not None and occ[self.pos(1, r)] != VACANT
-            if world.data_commitment and (world.coordinator_trusted or checker_there or copies):
-                return True
-            if world.replicate is not None and copies:
-                return True
-        return "equivocate" in self.caps and world.receipts and world.coordinator_trusted
+            committed = world.data_commitment and (world.coordinator_trusted or checker_there or copies)
+            out.append(Fraction(1) if committed or (world.replicate is not None and copies) else Fraction(0))
+        if "equivocate" in self.caps:
+            out.append(Fraction(1) if world.receipts and world.coordinator_trusted else Fraction(0))
+        return out
+
+    def catchable(self, occ: tuple[int, ...], p: int) -> bool:
+        """A malicious occupant that wants to be caught can be: some present check detects one of
+        its tampered units with d_i > 0 when nobody covers for it and its inputs are genuine."""
+        return any(d > 0 for d in self.exposure(occ, p))
 
     # -- framing -------------------------------------------------------------------------
 
@@ -428,19 +441,20 @@ class Simulation:
                 for kind in self.kinds_in_horizon():
                     yield self.d_checks(occ, p, kind, None)
 
-    def stalls(self, state: State, view: frozenset[int] | None = None) -> bool:
+    def stalls(self, state: State) -> bool:
         """Liveness (a): with neither eject nor skip_stage, a malicious occupant of a running
-        replica withholds, or has a unit detected with certainty (redone forever)."""
+        replica withholds, or has a unit that is detected with certainty when it wants to be
+        (Reading: a worker that wants the job redone forever gets itself caught, so its inputs
+        are genuine and nobody covers for it; the page's "d = 1" read as it wants it)."""
         response = self.world.response
         if "eject" in response or "skip_stage" in response:
             return False
-        for _, _, _, d in self.tamper_levels(state, self.caps, view):
-            if d == 1:
-                return True
         occ = state[0]
-        return "withhold" in self.caps and any(
-            self.bad(occ, p) and self.running(occ, self.positions[p][1]) for p in range(len(occ))
-        )
+        for p in range(len(occ)):
+            if self.bad(occ, p) and self.running(occ, self.positions[p][1]):
+                if "withhold" in self.caps or any(d == 1 for d in self.exposure(occ, p)):
+                    return True
+        return False
 
     def emptied(self, state: State) -> bool:
         """Liveness (b): every replica has a slot with no occupied copy and no standby is free."""

@@ -276,7 +276,7 @@ def _violates(sim: Simulation, g: object, state: State, view: frozenset[int] | N
     if isinstance(g, NoFramingGuarantee):
         return sim.framed(state, view)
     if isinstance(g, LivenessGuarantee):
-        return sim.stalls(state, view) or sim.emptied(state)
+        return sim.stalls(state) or sim.emptied(state)
     assert isinstance(g, DataIntegrityGuarantee)
     return sim.poisoned(state, view)
 

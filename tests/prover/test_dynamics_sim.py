@@ -258,3 +258,36 @@ def test_replay_rejects_forged_traces() -> None:
     }
     for what, trace in forged.items():
         assert replay_trace(spec, "detect", trace) is not None, what
+
+
+def test_stall_needs_a_unit_caught_with_certainty() -> None:
+    """Under restart a weights tamperer that wants to be caught is, at every step, by its
+    neighbour's copy, even behind a checked_worker relay (it forwards the genuine input); with one
+    step its only update is the last one, which no neighbour sees, so nothing is redone."""
+    sections: dict[str, dict[str, Any]] = {
+        "topology": {"stages": 2, "standby": 0},
+        "trust": {"honest": []},
+        "adversary": {"capabilities": ["tamper_weights"], "faults": {"crash": 0}},
+        "defense": {
+            "checks": [{"scheme": "redundant_neighbour", "input_via": "checked_worker"}],
+            "response": ["restart"],
+        },
+    }
+    assert simulate(make([LIVE], **sections))["live"].verdict == "violated"
+    one_step = simulate(make([LIVE], **{**sections, "topology": {"stages": 2, "standby": 0, "steps": 1}}))
+    assert one_step["live"].verdict == "holds"
+
+
+def test_an_entered_standby_can_stall() -> None:
+    """Without eject or skip_stage, a malicious standby that enters after a crash and withholds
+    stalls the job, although every original worker is trusted."""
+    sections: dict[str, dict[str, Any]] = {
+        "topology": {"stages": 2, "standby": 1},
+        "trust": {"honest": [0, 1]},
+        "adversary": {"capabilities": ["withhold"], "faults": {"crash": 1}},
+        "defense": {"checks": [], "response": ["rollback"]},
+    }
+    result = simulate(make([LIVE], **sections))["live"]
+    assert result.verdict == "violated" and result.witness == frozenset({"standby:0"})
+    no_crash = make([LIVE], **{**sections, "adversary": {"capabilities": ["withhold"], "faults": {"crash": 0}}})
+    assert simulate(no_crash)["live"].verdict == "holds"
