@@ -72,7 +72,7 @@ def test_train_bad_attack_values_exit_2(tmp_path: Path) -> None:
     """Unknown kinds, rates out of range and missing stages are bad input (exit code 2)."""
     base = ["train", "--out", str(tmp_path / "run")]
     for extra, needle in (
-        (["--attack", "melt", "--malicious", "1"], "unknown attack kind"),
+        (["--attack", "melt", "--malicious", "1"], "'melt' is not one of 'reverse'"),
         (["--attack", "reverse", "--malicious", "0", "--attack-rate", "2"], "rate"),
         (["--attack", "reverse"], "--malicious"),
         (["--attack", "reverse", "--malicious", "1"], "sends no activation"),
