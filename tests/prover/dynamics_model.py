@@ -230,7 +230,8 @@ class Simulation:
         return self.d_replicate(occ, p, view) if world.replicate is not None else Fraction(0)
 
     def kinds_in_horizon(self) -> tuple[str, ...]:
-        """Unit kinds a position computes over the horizon (no U before the last update at H=1)."""
+        """Unit kinds a position computes over the horizon (Reading: at H=1 the only update is the
+        last one, so there is no U unit, and redundant_neighbour sees no weight tamper at all)."""
         return KINDS if self.world.H >= 2 else (F, B, L)
 
     def options(
@@ -338,6 +339,7 @@ class Simulation:
             if bad and agree and 2 * len(bad) >= len(present):
                 out.append("outvoting")
         if not world.coordinator_trusted and not world.receipts:
+            # Reading: it blames anyone; it ejects only when the response has eject (successors).
             out.append("untrusted_coordinator")
         return out
 
@@ -351,6 +353,8 @@ class Simulation:
                 continue
             who = self.occupant_name(occ, p)
             vacated = occ[:p] + (VACANT,) + occ[p + 1 :]
+            # Reading: crashes hit occupants; an idle standby that crashes is the same as one that
+            # enters a vacant position and crashes there (same crash, same pool left).
             if crashes < world.crash:
                 yield Event("crash", self.names[p], who), (vacated, entered, crashes + 1)
             # Reading: an ejection needs the occupant's replica to run (a halted replica computes
@@ -457,7 +461,9 @@ class Simulation:
         return False
 
     def emptied(self, state: State) -> bool:
-        """Liveness (b): every replica has a slot with no occupied copy and no standby is free."""
+        """Liveness (b): every replica has a slot with no occupied copy and no standby is free
+        (Reading: a free standby, honest or not, would refill a slot, so a run is stuck only once
+        the pool is spent; a replicate slot is empty only when all its copies are)."""
         occ, entered, _ = state
         return FREE not in entered and not any(self.running(occ, r) for r in range(self.R))
 

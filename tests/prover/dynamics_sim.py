@@ -80,8 +80,10 @@ def damage_profiles(sim: Simulation) -> list[tuple[Levels, list[Event]]]:
 
     A run's tries are the malicious workers that occupy a position at some point, each at the
     lowest detection level per unit kind it meets in a state of the run where it occupies a
-    position of a running replica. Runs are followed state by state; a run that reaches a state
-    with tries no better than another run's there is dropped (the game is monotone in both)."""
+    position of a running replica (Reading: the adversary tampers with each kind when the run's
+    state suits it best; the page's "checkers counted as malicious when they are malicious at some
+    point" is the unordered form of this). Runs are followed state by state; a run that reaches a
+    state with tries no better than another run's there is dropped (the game is monotone in both)."""
     tampering = sim.caps & set(TAMPERING)
     if not tampering or not (sim.bad_original or sim.bad_standby):
         return [((), [])]
@@ -129,7 +131,8 @@ def damage_profiles(sim: Simulation) -> list[tuple[Levels, list[Event]]]:
 
 def damage_probability(world: World, key: Levels, max_undetected: int) -> Fraction:
     """The adversary's best Pr for one run's tries; every try gets its position's units of the
-    horizon (the page's horizon cap): F and B H*M each, U H-1, L one."""
+    horizon (the page's horizon cap): F and B H*M each, U H-1, L one (Reading: two tries in one
+    position each get the whole horizon, as the page's per-try cap says)."""
     units = {F: world.H * world.M, B: world.H * world.M, U: world.H - 1, L: 1}
     tries: list[Try] = [
         tuple((1 - d, units[kind]) for kind, d in zip(KINDS, row, strict=True) if d is not None) for _, row in key
