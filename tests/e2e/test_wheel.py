@@ -75,6 +75,8 @@ def test_wheel_installs_and_runs(tmp_path: Path) -> None:
     ):
         assert f"{package}/__init__.py" in names
     assert "stagewarden/py.typed" in names
+    # the report's page template and style sheet (the report cannot be built without them)
+    assert {"stagewarden/report/templates/page.html", "stagewarden/report/templates/stagewarden.css"} <= names
     packaged = [
         n.removeprefix("stagewarden/spec/examples/") for n in names if n.startswith("stagewarden/spec/examples/")
     ]
