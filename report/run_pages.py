@@ -120,8 +120,8 @@ def _pinning(runs: list[RunData]) -> list[str]:
         "",
         "   $ stagewarden audit RUN_DIR --verifier-key VERIFIER_PUBLIC_KEY_HEX",
         "",
-        "Every audit that ran without a pinned key reports this as the warning ``VERIFIER_KEY_UNPINNED``; "
-        "the run pages leave it out of their findings and count it here only.",
+        "Each such audit reports this as the warning ``VERIFIER_KEY_UNPINNED``; it is explained here once "
+        "and left out of the run pages' findings.",
         "",
     ]
 
