@@ -5,15 +5,17 @@ reference results."""
 from __future__ import annotations
 
 import copy
+import random
+from collections import Counter
 from fractions import Fraction
 from math import comb
 from typing import Any
 
-from bruteforce import World
+from bruteforce import World, brute_force
 from damage_game import Mode, best_probability
 from dynamics_model import ORIGINAL, VACANT, Simulation
 from dynamics_sim import replay_trace, simulate, simulate_unordered
-from random_specs import load_data
+from random_specs import load_data, random_dynamics_spec_data
 from stagewarden.spec import Spec
 
 BASE: dict[str, Any] = {
@@ -291,3 +293,32 @@ def test_an_entered_standby_can_stall() -> None:
     assert result.verdict == "violated" and result.witness == frozenset({"standby:0"})
     no_crash = make([LIVE], **{**sections, "adversary": {"capabilities": ["withhold"], "faults": {"crash": 0}}})
     assert simulate(no_crash)["live"].verdict == "holds"
+
+
+def test_without_dynamics_the_simulator_is_the_static_model() -> None:
+    """Where nothing can move (no standby, no crash, no eject) and no rule changed (a trusted
+    coordinator, no weight tamper, no silent corruption), the simulator and the brute-force
+    checker of the static model agree on detection (figure included), no_framing and data_integrity."""
+    rng = random.Random(7)
+    compared = Counter[str]()
+    for _ in range(150):
+        data = random_dynamics_spec_data(rng)
+        data["topology"]["standby"] = 0
+        data["trust"]["coordinator"] = "trusted"
+        data["adversary"]["faults"] = {"crash": 0, "silent_corruption": 0.0}
+        capabilities = [c for c in data["adversary"]["capabilities"] if c != "tamper_weights"]
+        data["adversary"]["capabilities"] = capabilities or ["tamper_activations"]
+        data["defense"]["response"] = [r for r in data["defense"]["response"] if r != "eject"] or ["skip_stage"]
+        data["guarantees"] = [
+            g for g in data["guarantees"] if g["kind"] in ("detection", "no_framing", "data_integrity")
+        ]
+        if not data["guarantees"]:
+            continue
+        spec = load_data(data).spec
+        static, dynamic = brute_force(spec), simulate(spec)
+        for gid, expected in static.items():
+            assert dynamic[gid].verdict == expected.verdict, (gid, spec)
+            if expected.figure is not None:
+                assert dynamic[gid].figure == expected.figure, (gid, spec)
+            compared[expected.verdict] += 1
+    assert compared["holds"] > 10 and compared["violated"] > 10, compared
