@@ -424,16 +424,10 @@ class Placement:
                     if good and bad and agree and 2 * len(bad) >= world.k:
                         out += [("outvoting", x.name) for x in good]
 
-        # An untrusted coordinator without receipts whose word is the only evidence.
-        if not world.coordinator_trusted and not world.receipts and self.malicious:
-            plays_role = (
-                (world.rn is not None and world.rn.input_via == "coordinator")
-                or any(c.verifier == "coordinator" for c in world.spots)
-                or bool(world.statisticals)
-                or (rep is not None and rep.resolve == "referee")
-            )
-            if plays_role:
-                out += [("untrusted_coordinator", x.name) for x in self.honest_computing()]
+        # An untrusted coordinator without receipts: an adversarial party outside the budget that
+        # decides blame, so it can blame any honest worker, even at budget 0.
+        if not world.coordinator_trusted and not world.receipts:
+            out += [("untrusted_coordinator", x.name) for x in self.honest_computing()]
         return out
 
     # -- liveness ----------------------------------------------------------------------
