@@ -25,6 +25,8 @@ from pathlib import Path
 
 DEFAULT_SIZES = "8x1,8x8,64x1,64x8,256x1,256x8,1024x1,1024x8,live40,16384x8"
 ROOT = Path(__file__).resolve().parent.parent
+#: The spec language's limit on S x R x k + standby (``stagewarden.spec.limits.MAX_WORKERS``).
+WORKER_LIMIT = 131_072
 #: The project's top-level folders and the import packages they become (pyproject.toml).
 PACKAGE_DIRS = ("spec", "prover", "attest", "runtime", "report")
 
@@ -52,9 +54,12 @@ guarantees:
 
 def spec_text(stages: int, replicas: int, budget: str = '"10%"', crash: int = 1) -> str:
     """A spec with every guarantee kind: redundant_neighbour + 5% coordinator spot checks."""
+    # One standby worker per replica, where the spec language's worker limit (S x R + standby
+    # <= 131,072) leaves room: 16384x8 runs without standby workers.
+    standby = replicas if (stages + 1) * replicas <= WORKER_LIMIT else 0
     return f"""version: 1
 name: scale-{stages}x{replicas}
-topology: {{stages: {stages}, replicas: {replicas}, microbatches: 4, steps: 1000, standby: {replicas}}}
+topology: {{stages: {stages}, replicas: {replicas}, microbatches: 4, steps: 1000, standby: {standby}}}
 trust: {{honest: [0]}}
 adversary:
   max_malicious: {budget}

@@ -104,11 +104,13 @@ def _one_attempt(tries: list[Try], k: int) -> Prob:
 
 def _retries(tries: list[Try], k: int) -> Damage:
     """Each try retries after every rollback: it needs ``k+1`` passes in a row within its units."""
-    upper = _combine([run_probability(t.live_units(), t.weakest, k + 1) for t in tries])
-    if all(len({d for d in t.levels.values() if d < 1}) <= 1 for t in tries):
+    runs = [run_bounds(t.live_units(), t.weakest, k + 1) for t in tries]
+    upper = _combine([high for _, high in runs])
+    single = all(len({d for d in t.levels.values() if d < 1}) <= 1 for t in tries)
+    if single and all(low == high for low, high in runs):
         return Damage(upper)
-    lower = _combine([run_probability(t.weakest_units(), t.weakest, k + 1) for t in tries])
-    return Damage(upper, tight=False, lower=lower)
+    weakest = [run_bounds(t.weakest_units(), t.weakest, k + 1)[0] for t in tries]
+    return Damage(upper, tight=False, lower=_combine(weakest))
 
 
 def _combine(values: list[Prob]) -> Prob:
@@ -127,13 +129,19 @@ def _combine(values: list[Prob]) -> Prob:
     return Prob(-math.expm1(log_keep))
 
 
+#: Largest number of trials for which the run probability is computed by its recurrence; above
+#: it the prover uses the bounds of :func:`run_bounds`.
+RUN_RECURRENCE_LIMIT = 2_000_000
+
+
 def run_probability(trials: int, detection: Fraction, run: int) -> Prob:
     """Pr[``run`` consecutive undetected units occur among ``trials`` independent ones, each
     undetected with probability ``1 - detection``].
 
     With ``g(n)`` that probability for ``n`` trials: ``g(n) = g(n-1) + d q^run (1 - g(n-run-1))``
     (the first run completes exactly at trial ``n``: a detection at ``n-run``, ``run`` passes
-    after it, and no run before), with ``g(run) = q^run``."""
+    after it, and no run before), with ``g(run) = q^run``. Time grows with ``trials`` and memory
+    with ``run``; callers bound ``trials`` by ``RUN_RECURRENCE_LIMIT`` (see :func:`run_bounds`)."""
     if trials < run or detection >= 1:
         return Prob.of(Fraction(0))
     if detection == 0:
@@ -147,14 +155,30 @@ def run_probability(trials: int, detection: Fraction, run: int) -> Prob:
         for n in range(run + 1, trials + 1):
             exact_g[n] = exact_g[n - 1] + step * (1 - exact_g[n - run - 1])
         return Prob.of(exact_g[trials])
-    qf, df = float(q), float(detection)
-    first_f = math.exp(run * math.log(qf))
-    g = [0.0] * (trials + 1)
-    g[run] = first_f
-    step_f = df * first_f
+    first_f = math.exp(run * math.log(float(q)))
+    step_f = float(detection) * first_f
+    # g(n - run - 1) .. g(n - 1) in a ring of run + 1 values: g(n) needs g(n-1) and g(n-run-1).
+    ring = [0.0] * (run + 1)
+    ring[run % (run + 1)] = first_f
     for n in range(run + 1, trials + 1):
-        g[n] = g[n - 1] + step_f * (1.0 - g[n - run - 1])
-    return Prob(min(1.0, g[trials]))
+        ring[n % (run + 1)] = ring[(n - 1) % (run + 1)] + step_f * (1.0 - ring[n % (run + 1)])
+    return Prob(min(1.0, ring[trials % (run + 1)]))
+
+
+def run_bounds(trials: int, detection: Fraction, run: int) -> tuple[Prob, Prob]:
+    """(lower, upper) bounds on :func:`run_probability`, equal where it is computed.
+
+    Beyond ``RUN_RECURRENCE_LIMIT`` trials: at most the union bound over the places a run can
+    start (``(trials - run + 1) q^run``), and at least the chance that one of the
+    ``trials // run`` disjoint blocks passes whole (``1 - (1 - q^run)^(trials // run)``)."""
+    if trials <= RUN_RECURRENCE_LIMIT or trials < run or detection in (0, 1):
+        value = run_probability(trials, detection, run)
+        return value, value
+    log_first = run * math.log1p(-float(detection))
+    upper = min(1.0, math.exp(math.log(trials - run + 1) + log_first))
+    first = math.exp(log_first)
+    lower = -math.expm1((trials // run) * math.log1p(-first)) if first < 1 else 1.0
+    return Prob(lower), Prob(upper)
 
 
 def _until_caught(tries: list[Try], k: int) -> Damage:

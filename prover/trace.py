@@ -18,7 +18,7 @@ from stagewarden.prover.probability import Prob, format_probability
 from stagewarden.spec import Spec
 
 if TYPE_CHECKING:
-    from stagewarden.prover.prover import Prover
+    from stagewarden.prover.session import SolverSession
 
 #: Version of the trace JSON format.
 TRACE_VERSION = 1
@@ -36,7 +36,7 @@ def params(spec: Spec) -> dict[str, Any]:
             "standby": t.standby, "replication_factor": spec.replication_factor}
 
 
-def meta(prover: Prover, guarantee: Any, description: str) -> dict[str, Any]:
+def meta(prover: SolverSession, guarantee: Any, description: str) -> dict[str, Any]:
     """The ``#meta`` object of a trace."""
     return {"format": "stagewarden-trace", "version": TRACE_VERSION, "spec": prover.loaded.file,
             "guarantee": guarantee.id, "kind": guarantee.kind, "description": description}
@@ -46,11 +46,11 @@ def _true(model: z3.ModelRef, expr: Term) -> bool:
     return holds_in(model, expr)
 
 
-def _held(prover: Prover, model: z3.ModelRef) -> list[str]:
+def _held(prover: SolverSession, model: z3.ModelRef) -> list[str]:
     return [c for c, var in prover.enc.cap.items() if _true(model, var)]
 
 
-def occupancy_events(prover: Prover, model: z3.ModelRef) -> tuple[dict[str, list[Any]], dict[int, int]]:
+def occupancy_events(prover: SolverSession, model: z3.ModelRef) -> tuple[dict[str, list[Any]], dict[int, int]]:
     """The run's events as ``model`` summarises them (crashed, ejected as convicts, ejected after
     being framed, standby entries, positions left vacant), and for every position a malicious
     standby worker entered, that worker's index."""
@@ -85,7 +85,7 @@ def occupancy_events(prover: Prover, model: z3.ModelRef) -> tuple[dict[str, list
     return events, holders
 
 
-def holder_name(prover: Prover, model: z3.ModelRef, w: int) -> str:
+def holder_name(prover: SolverSession, model: z3.ModelRef, w: int) -> str:
     """The malicious worker that acts in position ``w``: its original occupant, or the malicious
     standby worker that entered it."""
     world = prover.enc.world
@@ -95,7 +95,7 @@ def holder_name(prover: Prover, model: z3.ModelRef, w: int) -> str:
     return world.workers[holders[w]].name if w in holders else world.workers[w].name
 
 
-def _malicious_roles(prover: Prover, model: z3.ModelRef, roles: dict[int, str]) -> list[dict[str, Any]]:
+def _malicious_roles(prover: SolverSession, model: z3.ModelRef, roles: dict[int, str]) -> list[dict[str, Any]]:
     """Every malicious worker of the placement with its role; a role given to a position whose
     malicious occupant is an entered standby worker goes to that standby worker."""
     world = prover.enc.world
@@ -115,13 +115,13 @@ def _malicious_roles(prover: Prover, model: z3.ModelRef, roles: dict[int, str]) 
     return out
 
 
-def with_dynamics(prover: Prover, model: z3.ModelRef, trace: dict[str, Any]) -> dict[str, Any]:
+def with_dynamics(prover: SolverSession, model: z3.ModelRef, trace: dict[str, Any]) -> dict[str, Any]:
     """``trace`` with its ``dynamics`` entry: the events the counterexample needs."""
     trace["dynamics"], _ = occupancy_events(prover, model)
     return trace
 
 
-def _checker_of(prover: Prover, w: int, effect: Effect) -> str:
+def _checker_of(prover: SolverSession, w: int, effect: Effect) -> str:
     world = prover.enc.world
     s, r = world.slot_of(w)
     spec = prover.spec
@@ -135,7 +135,7 @@ def _checker_of(prover: Prover, w: int, effect: Effect) -> str:
     return "coordinator"
 
 
-def detection_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, w: int, capability: str, kind: str,
+def detection_trace(prover: SolverSession, model: z3.ModelRef, guarantee: Any, w: int, capability: str, kind: str,
                     rows: list[tuple[Effect, bool, Fraction]], d: Fraction, bound: Fraction, sdc: bool) -> dict[str, Any]:
     """Trace of one tampered (or silently corrupted) unit that escapes the required detection."""
     enc, world = prover.enc, prover.enc.world
@@ -176,7 +176,7 @@ def detection_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, w: int, 
             "outcome": {"detection_probability": float(d), "required": float(bound)}})
 
 
-def damage_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, rows: list[dict[str, Any]], prob: Prob,
+def damage_trace(prover: SolverSession, model: z3.ModelRef, guarantee: Any, rows: list[dict[str, Any]], prob: Prob,
                  bound: Fraction) -> dict[str, Any]:
     """Trace of the worst placement for bounded_damage: each malicious worker's strategy."""
     spec = prover.spec
@@ -210,7 +210,7 @@ def damage_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, rows: list[
             "outcome": {"probability": prob.value, "bound": float(bound), "max_undetected": k, "strategy": plan}})
 
 
-def framing_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, mechanism: str, victim: int,
+def framing_trace(prover: SolverSession, model: z3.ModelRef, guarantee: Any, mechanism: str, victim: int,
                   attackers: list[int]) -> dict[str, Any]:
     """Trace of an honest worker being blamed."""
     enc, world = prover.enc, prover.enc.world
@@ -246,7 +246,7 @@ def framing_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, mechanism:
             "states": states, "outcome": {"blamed": name, "mechanism": mechanism}})
 
 
-def liveness_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, parts: dict[str, Any]) -> dict[str, Any]:
+def liveness_trace(prover: SolverSession, model: z3.ModelRef, guarantee: Any, parts: dict[str, Any]) -> dict[str, Any]:
     """Trace of how the adversary and faults stop progress or empty a slot in every replica."""
     enc, world = prover.enc, prover.enc.world
     states: list[dict[str, Any]] = []
@@ -259,7 +259,7 @@ def liveness_trace(prover: Prover, model: z3.ModelRef, guarantee: Any, parts: di
                            "detail": "stops answering; with neither eject nor skip_stage in the response nobody replaces it"})
             description = f"worker {world.workers[w].name} withholds and the job waits for it forever"
         else:
-            w = next(w for w in prover._malicious(model) if world.workers[w].computing and _true(model, prover._catchable(w, True)))
+            w = next(w for w in prover._malicious(model) if world.workers[w].computing and _true(model, prover.enc.catchable(w, True)))
             roles[w] = "tamperer"
             response = [r for r in ("rollback", "restart") if _true(model, enc.response[r])]
             states.append({"#index": 0, "step": 0, "worker": world.workers[w].name, "action": "tamper",

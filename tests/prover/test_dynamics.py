@@ -212,3 +212,18 @@ def test_rollback_retries_need_k_plus_one_in_a_row() -> None:
                         weight *= (1 - d) if passed else d
                     expected += weight
             assert run_probability(n, d, run).exact == expected, (n, run)
+
+
+def test_retries_over_the_largest_horizon_are_bounded_not_enumerated() -> None:
+    """Rollback without eject over 10^9 steps: the run probability is bounded in closed form (no
+    recurrence over a billion units), and the verdict follows from the bounds."""
+    spot = {"checks": [{"scheme": "spot_check", "rate": 0.05, "verifier": "coordinator"}], "receipts": True, "response": ["rollback"]}
+    found = results(
+        topology={"steps": 1_000_000_000, "standby": 0},
+        trust={"honest": []},
+        adversary={"faults": {"crash": 0}},
+        defense=spot,
+        guarantees=[{"id": "damage", "kind": "bounded_damage", "max_undetected": 300, "probability": "1 - 1e-6"}],
+    )
+    # A billion units give the retrying worker a 301-unit run almost surely (lower bound ~0.48).
+    assert found["damage"].verdict == "violated"

@@ -1,0 +1,1 @@
+"""One module per guarantee kind, each a check over the shared solver session."""
