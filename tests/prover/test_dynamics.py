@@ -227,3 +227,17 @@ def test_retries_over_the_largest_horizon_are_bounded_not_enumerated() -> None:
     )
     # A billion units give the retrying worker a 301-unit run almost surely (lower bound ~0.48).
     assert found["damage"].verdict == "violated"
+
+
+def test_synthesis_proposes_only_what_the_dynamics_prove() -> None:
+    """On the takeover spec the search must not keep the standby that can enter stage 3 unchecked;
+    its proposal, verified again from its own YAML, holds for every guarantee."""
+    from stagewarden.prover.synthesis import synthesize
+
+    result = synthesize(load_text(spec_text(), "takeover.yaml")).to_json()
+    assert result["status"] == "found"
+    reverified = verify(load_text(result["spec_text"], "proposed.yaml"))
+    assert {g.id: g.verdict for g in reverified.guarantees} == {"detection": "holds", "damage": "holds"}
+    # Keeping the standby would need a check of the last stage as well (a spot check at rate 1,
+    # dearer by the cost model); the cheapest fix is to drop the standby the crash lets in.
+    assert result["topology"] == {"standby": 0, "was": 1}
