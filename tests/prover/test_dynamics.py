@@ -217,7 +217,11 @@ def test_rollback_retries_need_k_plus_one_in_a_row() -> None:
 def test_retries_over_the_largest_horizon_are_bounded_not_enumerated() -> None:
     """Rollback without eject over 10^9 steps: the run probability is bounded in closed form (no
     recurrence over a billion units), and the verdict follows from the bounds."""
-    spot = {"checks": [{"scheme": "spot_check", "rate": 0.05, "verifier": "coordinator"}], "receipts": True, "response": ["rollback"]}
+    spot = {
+        "checks": [{"scheme": "spot_check", "rate": 0.05, "verifier": "coordinator"}],
+        "receipts": True,
+        "response": ["rollback"],
+    }
     found = results(
         topology={"steps": 1_000_000_000, "standby": 0},
         trust={"honest": []},
