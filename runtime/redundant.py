@@ -213,14 +213,6 @@ class NeighbourReplica:
         equal, diff = self._diff(grad_input.detach(), sent_grad_input)
         return self._outcome(equal, step, microbatch, "backward", None, sent_grad_input, diff)
 
-    def check_identity(
-        self, step: int, microbatch: int, kind: str, received: torch.Tensor, sent: torch.Tensor
-    ) -> CheckOutcome:
-        """Check that ``s``, bypassed for the step (the ``skip_stage`` response), passed a tensor on
-        unchanged: ``sent`` (what it passed on) must equal ``received`` (what it was given)."""
-        equal, diff = self._diff(received.to(sent.device), sent)
-        return self._outcome(equal, step, microbatch, kind, None, sent, diff)
-
     def apply_update(self) -> None:
         """Step the replica's own optimizer on the gradients it recomputed, as honest ``s`` does."""
         optimizer_step(self.optimizer)

@@ -601,7 +601,6 @@ class StageWorker:
                     "load",
                     "assign",
                     "ranks",
-                    "replica_update",
                     "discard",
                     "calibrate",
                     "push",
@@ -614,9 +613,6 @@ class StageWorker:
                 continue
             if kind == "ranks":
                 self._ranks(msg)
-                continue
-            if kind == "replica_update":
-                self._replica_update()
                 continue
             if kind == "assign":
                 self._assign(msg)
