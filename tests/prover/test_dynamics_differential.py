@@ -116,7 +116,12 @@ def test_prover_agrees_with_dynamics_simulator() -> None:
     disagreements: list[Disagreement] = []
     for index in range(SPECS):
         disagreements += compare(index, random_loaded_spec(rng, dynamics=True), tally)
-    assert not disagreements, f"{len(disagreements)} disagreements; first:\n" + "\n".join(map(str, disagreements[:2]))
+    kinds = Counter(
+        d.guarantee.split("-", 1)[-1] + f": prover {d.prover}, simulator {d.simulator}" for d in disagreements
+    )
+    assert not disagreements, f"{len(disagreements)} disagreements {dict(kinds)}; first:\n" + "\n".join(
+        map(str, disagreements[:2])
+    )
     assert tally["damage-unknown"] <= 0.05 * (tally["bounded_damage:holds"] + tally["bounded_damage:violated"]), tally
     # The specs exercise both verdicts of every guarantee kind, and traces are replayed.
     for kind in ("detection", "bounded_damage", "no_framing", "liveness", "data_integrity"):
