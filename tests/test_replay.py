@@ -84,6 +84,12 @@ def test_replay_shows_the_attack_and_the_proposed_defence_catches_it(
     args = ["replay", "--example", example, "--guarantee", guarantee, "--steps", "2", "--out", str(out)]
     result = CliRunner().invoke(cli, args)
     payload = json.loads((out / "replay.json").read_text())
+    if json.loads((out / "defended" / "summary.json").read_text())["status"] == "stopped":
+        # the trace's attackers hold a stage no response can route around (the first or the
+        # last): a defence that stops training is said to stop the run, not the attack
+        assert payload["defended"]["caught"] is False and result.exit_code == 1
+        assert "the proposed defence stopped the run" in " ".join(result.output.split())
+        return
     assert payload["defended"]["caught"] is True
     attack = payload["attack"]
     if example == "spot-check-eject" and attack["detections"] > 0:
