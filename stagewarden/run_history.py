@@ -52,7 +52,7 @@ class Computation:
     @property
     def updated(self) -> bool:
         """Whether the stages applied their updates (the coordinator updates only when no forward,
-        backward, link or identity check failed)."""
+        backward or link check failed)."""
         return all(d.get("unit_kind") == "update" for d in self.detections)
 
 
