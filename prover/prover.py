@@ -57,7 +57,12 @@ class Prover(DetectionCheck, BoundedDamageCheck, NoFramingCheck, LivenessCheck, 
             # semantics page); the per-position summary would only slow its counting down.
             if self._removals is None:
                 self._removals = Prover(self.loaded, self.limits, dynamics=False)
-            return self._removals.check(guarantee_id)
+            # Whether an honest run exists does not depend on the summary: ask it once.
+            if self._vacuity is not None:
+                self._removals._vacuity = self._vacuity
+            result = self._removals.check(guarantee_id)
+            self._vacuity = self._removals._vacuity
+            return result
         started = time.monotonic()
         self._deadline = started + self.limits.timeout if self.limits.timeout else None
         try:

@@ -25,6 +25,7 @@ from stagewarden.attest.tensor_digest import (
 )
 from stagewarden.runtime.coordinator import Coordinator, FetchedUnit, StepCommit
 from stagewarden.runtime.model import build_stage
+from stagewarden.runtime.route import Route
 from stagewarden.runtime.spotcheck import reexecute_forward_outputs
 from stagewarden.runtime.transport import TransportError
 from stagewarden.runtime.units import loss_digest
@@ -56,6 +57,7 @@ def _coordinator() -> Coordinator:
     coordinator = Coordinator.__new__(Coordinator)  # the check alone: no run directory, no workers
     coordinator.config = tiny_config(stages=3, microbatches=2, verification="spot_check", spot_check_rate=1.0)
     coordinator._traces = {}
+    coordinator._route = Route(3)  # every stage computes: no bypass
     coordinator.detection = lambda step, mb, kind, stage, check, message, evidence: {  # type: ignore[method-assign]
         "step": step,
         "microbatch": mb,
