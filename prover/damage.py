@@ -83,7 +83,7 @@ def damage(tries: list[Try], response: tuple[str, ...] | list[str], k: int) -> D
     if not tries:
         return Damage(Prob.of(Fraction(0)))
     if "rollback" in response and "eject" in response:
-        return Damage(_one_attempt(tries, k))
+        return _one_attempt(tries, k)
     if "rollback" in response:
         return _retries(tries, k)
     if "eject" in response:
@@ -92,10 +92,22 @@ def damage(tries: list[Try], response: tuple[str, ...] | list[str], k: int) -> D
     return Damage(skip_damage(trials, k))
 
 
-def _one_attempt(tries: list[Try], k: int) -> Prob:
-    """Each try gets ``k+1`` units past at its weakest level, or is undone and removed."""
+def _one_attempt(tries: list[Try], k: int) -> Damage:
+    """Each try gets ``k+1`` units past at its weakest level, or is undone and removed.
+
+    ``1 - prod (1 - (1-d)^(k+1))`` is attained when every try has ``k+1`` units at its weakest
+    level; otherwise it is an upper bound, and the tries that do have them give a strategy
+    that is attained."""
     if sum(t.live_units() for t in tries) < k + 1:
-        return Prob.of(Fraction(0))
+        return Damage(Prob.of(Fraction(0)))
+    upper = _one_attempt_form(tries, k)
+    able = [t for t in tries if t.weakest_units() >= k + 1]
+    if len(able) == len(tries):
+        return Damage(upper)
+    return Damage(upper, tight=False, lower=_one_attempt_form(able, k) if able else Prob.of(Fraction(0)))
+
+
+def _one_attempt_form(tries: list[Try], k: int) -> Prob:
     counts: dict[Fraction, int] = {}
     for t in tries:
         counts[t.weakest] = counts.get(t.weakest, 0) + 1
@@ -103,14 +115,34 @@ def _one_attempt(tries: list[Try], k: int) -> Prob:
 
 
 def _retries(tries: list[Try], k: int) -> Damage:
-    """Each try retries after every rollback: it needs ``k+1`` passes in a row within its units."""
-    runs = [run_bounds(t.live_units(), t.weakest, k + 1) for t in tries]
-    upper = _combine([high for _, high in runs])
-    single = all(len({d for d in t.levels.values() if d < 1}) <= 1 for t in tries)
-    if single and all(low == high for low, high in runs):
-        return Damage(upper)
-    weakest = [run_bounds(t.weakest_units(), t.weakest, k + 1)[0] for t in tries]
-    return Damage(upper, tight=False, lower=_combine(weakest))
+    """Each try retries after every rollback until it stops with a run of passes since its last
+    detection; the runs the tries stop with add up to more than ``k``.
+
+    Upper bound: the runs add up to ``k+1`` only if some try's longest run reaches
+    ``ceil((k+1)/f)`` for ``f`` tries. Attained strategies: every try aims at its share of
+    ``k+1`` and stops there, or any single try aims at ``k+1`` alone."""
+    need = k + 1
+    share = -(-need // len(tries))
+    upper = _combine([run_bounds(t.live_units(), t.weakest, share)[1] for t in tries])
+    alone = _combine([run_bounds(t.weakest_units(), t.weakest, need)[0] for t in tries])
+    if len(tries) == 1:
+        low, high = run_bounds(tries[0].live_units(), tries[0].weakest, need)
+        single = len({d for d in tries[0].levels.values() if d < 1}) <= 1
+        if single and low == high:
+            return Damage(high)
+        return Damage(high, tight=False, lower=alone)
+    shares = [share] * (need % len(tries) or len(tries)) + [share - 1] * (len(tries) - (need % len(tries) or len(tries)))
+    split = Prob.of(Fraction(1))
+    for t, part in zip(sorted(tries, key=lambda t: -t.weakest_units()), shares, strict=True):
+        split = _product(split, run_bounds(t.weakest_units(), t.weakest, part)[0])
+    lower = split if split.value > alone.value else alone
+    return Damage(upper, tight=False, lower=lower)
+
+
+def _product(a: Prob, b: Prob) -> Prob:
+    if a.exact is not None and b.exact is not None:
+        return Prob.of(a.exact * b.exact)
+    return Prob(a.value * b.value)
 
 
 def _combine(values: list[Prob]) -> Prob:

@@ -185,8 +185,8 @@ def damage_trace(prover: SolverSession, model: z3.ModelRef, guarantee: Any, rows
     if "rollback" in response and "eject" in response:
         plan, count = "tamper with K+1 consecutive units of its weakest kind, then stop (a detection rolls back its whole try and ejects it)", k + 1
     elif "rollback" in response:
-        plan, count = ("tamper with its weakest units until K+1 in a row pass, then stop; each detection rolls its units back, "
-                       "it stays in place and starts again, until the horizon ends"), k + 1
+        plan, count = ("tamper with its weakest units until its share of K+1 pass in a row, then stop; each detection "
+                       "rolls its units back, it stays in place and starts again, until the horizon ends"), None
     elif "eject" in response:
         plan, count = "tamper with its weakest units first, and on until it is caught and ejected (never, where nothing detects it)", None
     else:
@@ -251,20 +251,34 @@ def liveness_trace(prover: SolverSession, model: z3.ModelRef, guarantee: Any, pa
     enc, world = prover.enc, prover.enc.world
     states: list[dict[str, Any]] = []
     roles: dict[int, str] = {}
+    events: dict[str, list[Any]] = {"crashed": [], "ejected": [], "framed": [], "entered": [], "vacant": []}
     if _true(model, parts["stall"]):
+        malicious = prover._malicious(model)
+        computing = [w for w in malicious if world.workers[w].computing]
         if _true(model, parts["withholder"]):
-            w = next(w for w in prover._malicious(model) if world.workers[w].computing)
-            roles[w] = "withholds"
-            states.append({"#index": 0, "step": 0, "worker": world.workers[w].name, "action": "withhold",
-                           "detail": "stops answering; with neither eject nor skip_stage in the response nobody replaces it"})
-            description = f"worker {world.workers[w].name} withholds and the job waits for it forever"
+            w = computing[0] if computing else malicious[0]
+            verb = "withholds"
+            detail = "stops answering; with neither eject nor skip_stage in the response nobody replaces it"
         else:
-            w = next(w for w in prover._malicious(model) if world.workers[w].computing and _true(model, prover.enc.catchable(w, True)))
-            roles[w] = "tamperer"
+            catchable = [w for w in computing if _true(model, prover.enc.catchable(w, True))]
+            w = catchable[0] if catchable else malicious[0]
+            verb = "tamperer"
             response = [r for r in ("rollback", "restart") if _true(model, enc.response[r])]
-            states.append({"#index": 0, "step": 0, "worker": world.workers[w].name, "action": "tamper",
-                           "detail": f"tampers at every step; each tamper is detected with certainty and the step is {'/'.join(response) or 'redone'}, forever"})
-            description = f"worker {world.workers[w].name} forces a {'/'.join(response) or 'restart'} at every step: no progress"
+            detail = f"tampers at every step; each tamper is detected with certainty and the step is {'/'.join(response) or 'redone'}, forever"
+        name = world.workers[w].name
+        roles[w] = verb
+        if not world.workers[w].computing:
+            # A standby worker: a crash empties a position first, and it takes the position over.
+            target = world.workers[world.primary(0, 0)].name
+            states.append({"#index": 0, "step": 0, "worker": target, "action": "crash",
+                           "detail": f"crash-stops; standby worker {name} takes its position"})
+            events["crashed"].append(target)
+            events["entered"].append({"position": target, "standby": name, "malicious": True})
+        states.append({"#index": len(states), "step": 0, "worker": name, "action": "withhold" if verb == "withholds" else "tamper",
+                       "detail": detail})
+        description = (f"worker {name} withholds and the job waits for it forever" if verb == "withholds" else
+                       f"worker {name} forces a {'/'.join([r for r in ('rollback', 'restart') if _true(model, enc.response[r])]) or 'restart'} "
+                       "at every step: no progress")
     else:
         index = 0
         crashes = sum(1 for c in enc.crash if _true(model, c))
@@ -273,6 +287,7 @@ def liveness_trace(prover: SolverSession, model: z3.ModelRef, guarantee: Any, pa
             removable = parts["removable"].get(w)
             if removable is not None and _true(model, removable):
                 roles[w] = "gets itself ejected"
+                events["ejected"].append(world.workers[w].name)
                 states.append({"#index": index, "worker": world.workers[w].name, "action": "tamper or withhold",
                                "detail": "is detected (or goes silent) and is ejected"})
                 index += 1
@@ -292,6 +307,8 @@ def liveness_trace(prover: SolverSession, model: z3.ModelRef, guarantee: Any, pa
         standby = sum(1 for b in enc.standby if _true(model, b))
         description = (f"{_n(len(states), 'removal')} ({_n(crashes, 'crash', 'crashes')}) against {_n(world.replicas, 'replica')} "
                        f"and {_n(standby, 'standby worker')}: every replica loses a stage")
-    return with_dynamics(prover, model, {"#meta": meta(prover, guarantee, description), "params": params(prover.spec),
+    # Liveness is decided on an encoding without the occupancy summary: its events are the
+    # removals listed above.
+    return {"#meta": meta(prover, guarantee, description), "params": params(prover.spec),
             "malicious": _malicious_roles(prover, model, roles), "vars": ["worker", "action", "detail"], "states": states,
-            "outcome": {"progress": False}})
+            "outcome": {"progress": False}, "dynamics": events}

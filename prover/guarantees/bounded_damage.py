@@ -211,11 +211,15 @@ class BoundedDamageCheck(GuaranteeChecks):
                 g.id,
                 g.kind,
                 UNKNOWN,
-                f"unknown: the retry bound {format_comparison(prob, 'exceeds', bound)} but the strategy it "
-                f"assumes may not exist; the best attained strategy reaches {found.lower}",
+                f"unknown: the bound {format_comparison(prob, 'exceeds', bound)} but the strategy it "
+                f"assumes may not exist; the best strategy shown to exist reaches {found.lower}",
                 figure=Figure("Pr[more than K undetected]", prob.value, float(bound), "<="),
                 reason="probability bound not tight",
             )
+        at_least = ""
+        if not found.tight and found.lower is not None:
+            # Violated on a strategy that exists: report what it attains, not the bound.
+            prob, at_least = found.lower, "at least "
         cmp = prob.compare(bound)
         figure = Figure(
             "Pr[more than K undetected]",
@@ -238,7 +242,7 @@ class BoundedDamageCheck(GuaranteeChecks):
         trace = tr.damage_trace(self, model, g, rows, prob, bound)
         summary = (
             f"violated: the adversary leaves more than {k} undetected units with probability "
-            f"{format_comparison(prob, '>', bound)}"
+            f"{at_least}{format_comparison(prob, '>', bound)}"
         )
         return GuaranteeResult(g.id, g.kind, VIOLATED, summary, figure=figure, trace=trace)
 

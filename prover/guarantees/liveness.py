@@ -27,8 +27,12 @@ class LivenessCheck(GuaranteeChecks):
         eject, skip = enc.response["eject"], enc.response["skip_stage"]
         withhold = enc.cap["withhold"]
         computing = world.computing
-        certain = disj([conj([enc.mal[w], self._catchable(w, True)]) for w in computing])
-        withholder = conj([withhold, disj([enc.mal[w] for w in computing])])
+        # A malicious standby worker acts in a position once a crash has emptied it (without
+        # eject, a crash is the only way in).
+        entrant = conj([enc.crash[0], disj([enc.mal[w] for w in world.standby_workers])]) if enc.crash else False
+        any_certain = disj([self._catchable(world.primary(s, 0), True) for s in range(world.stages)])
+        certain = disj([conj([enc.mal[w], self._catchable(w, True)]) for w in computing] + [conj([entrant, any_certain])])
+        withholder = conj([withhold, disj([enc.mal[w] for w in computing] + [entrant])])
         stall = conj([neg(eject), neg(skip), disj([withholder, certain])])
         removable = {w: conj([enc.mal[w], eject, disj([withhold, self._catchable(w, False)])]) for w in computing}
         any_slot = disj([self._catchable(world.primary(s, 0), False) for s in range(world.stages)])

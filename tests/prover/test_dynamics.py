@@ -245,3 +245,21 @@ def test_synthesis_proposes_only_what_the_dynamics_prove() -> None:
     # Keeping the standby would need a check of the last stage as well (a spot check at rate 1,
     # dearer by the cost model); the cheapest fix is to drop the standby the crash lets in.
     assert result["topology"] == {"standby": 0, "was": 1}
+
+
+def test_a_standby_that_enters_after_a_crash_can_stall_the_job() -> None:
+    """Every stage trusted, no eject: a crash lets a malicious standby worker in, and it withholds;
+    with neither eject nor skip_stage nobody replaces it. Without the crash it never gets in."""
+    spec: dict[str, Any] = {
+        "topology": {"stages": 3, "standby": 1},
+        "trust": {"honest": [0, 1, 2]},
+        "adversary": {"capabilities": ["withhold"], "faults": {"crash": 1}},
+        "defense": {"checks": [], "response": ["restart"]},
+        "guarantees": [{"id": "live", "kind": "liveness"}],
+    }
+    live = results(**spec)["live"]
+    assert live.verdict == "violated"
+    assert live.trace is not None
+    assert [m["worker"] for m in live.trace["malicious"]] == ["standby:0"]
+    assert live.trace["dynamics"]["crashed"] and live.trace["dynamics"]["entered"][0]["standby"] == "standby:0"
+    assert results(**{**spec, "adversary": {"capabilities": ["withhold"], "faults": {"crash": 0}}})["live"].verdict == "holds"

@@ -145,15 +145,18 @@ def test_demo_spec_holds(name: str) -> None:
 
 
 def test_example5_rollback_alone_lets_the_convict_retry() -> None:
-    """Rollback without ejection leaves the convict in place: it retries until K+1 units in a row
-    pass, within its 4 * 1000 forward and 4 * 1000 backward units, so the guarantee is violated with the run probability."""
+    """Rollback without ejection leaves the convict in place: it retries until a run of passes
+    since its last detection is long enough, and the three workers' runs add up. Each aiming at
+    its share (101, 100, 100 units in a row within its 8,000 units) is a strategy that exists,
+    and it alone breaks the bound."""
     from stagewarden.prover.damage import run_probability
 
     loaded = load_text(load_example("spot-check-rollback").text.replace("response: [rollback, eject]", "response: [rollback]"), "x.yaml")
     result = verify(loaded).by_id("damage")
     assert result.verdict == "violated"
-    one = run_probability(8000, Fraction(1, 20), 301)
-    expected = 1 - (1 - one.value) ** 3
-    assert result.figure is not None and math.isclose(result.figure.value, expected, rel_tol=1e-9)
+    d = Fraction(1, 20)
+    split = run_probability(8000, d, 101).value * run_probability(8000, d, 100).value ** 2
+    assert result.figure is not None and math.isclose(result.figure.value, split, rel_tol=1e-9)
+    assert "at least" in result.summary
     # Far above the single-try figure the reference result gives.
-    assert result.figure.value > 100 * float(1 - (1 - Fraction(19, 20) ** 301) ** 3)
+    assert result.figure.value > 1000 * float(1 - (1 - Fraction(19, 20) ** 301) ** 3)
