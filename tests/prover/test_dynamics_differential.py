@@ -26,6 +26,132 @@ SPECS = 500
 SEED = 20261207
 
 
+#: Hand-made specs, each the smallest found for one way the prover and the simulator have
+#: differed: they are compared on every run beside the random ones.
+NAMED_SPECS: dict[str, str] = {
+    "damage-rollback-tries": """\
+version: 1
+name: damage-tries-add-up-rollback
+topology: {stages: 2, replicas: 1, microbatches: 1, steps: 1, standby: 0}
+trust: {honest: [], tee: [], coordinator: trusted}
+adversary: {max_malicious: 2, collusion: false, capabilities: [equivocate], faults: {crash: 0}}
+defense: {receipts: false, checks: [], response: [rollback]}
+guarantees:
+- {id: damage, kind: bounded_damage, max_undetected: 3, probability: 0.99}
+""",
+    "damage-rollback-eject-tries": """\
+version: 1
+name: damage-tries-add-up-rollback-eject
+topology: {stages: 2, replicas: 1, microbatches: 1, steps: 1, standby: 0}
+trust: {honest: [], tee: [], coordinator: trusted}
+adversary: {max_malicious: 2, collusion: false, capabilities: [equivocate], faults: {crash: 0}}
+defense: {receipts: false, checks: [], response: [rollback, eject]}
+guarantees:
+- {id: damage, kind: bounded_damage, max_undetected: 3, probability: 0.99}
+""",
+    "liveness-standby-stall": """\
+version: 1
+name: stall-by-entered-standby
+topology: {stages: 2, replicas: 1, microbatches: 1, steps: 1, standby: 1}
+trust: {honest: [0, 1], tee: [], coordinator: trusted}
+adversary: {max_malicious: 1, collusion: false, capabilities: [withhold], faults: {crash: 1}}
+defense: {receipts: false, checks: [], response: [rollback]}
+guarantees:
+- {id: live, kind: liveness}
+""",
+    "liveness-replicate-copies": """\
+version: 1
+name: liveness-replicate-copies
+topology: {stages: 2, replicas: 1, microbatches: 1, steps: 1, standby: 0}
+trust: {honest: [], tee: [], coordinator: trusted}
+adversary: {max_malicious: 0, collusion: false, capabilities: [withhold], faults: {crash: 1}}
+defense: {receipts: false, checks: [{scheme: replicate, factor: 3, resolve: majority}], response: [eject]}
+guarantees:
+- {id: live, kind: liveness}
+""",
+    "no-framing-vote-over-occupied-copies": """\
+version: 1
+name: outvoting-over-fewer-copies
+topology: {stages: 2, replicas: 1, microbatches: 1, steps: 1, standby: 0}
+trust: {honest: [], tee: [], coordinator: trusted}
+adversary: {max_malicious: 1, collusion: false, capabilities: [tamper_weights], faults: {crash: 1}}
+defense: {receipts: false, checks: [{scheme: replicate, factor: 3, resolve: majority}], response: [rollback]}
+guarantees:
+- {id: framing, kind: no_framing}
+""",
+    "detection-peer-entered-standby": """\
+version: 1
+name: peer-check-of-an-entered-standby
+topology: {stages: 3, replicas: 1, microbatches: 1, steps: 1, standby: 1}
+trust: {honest: [0, 1, 2], tee: [], coordinator: trusted}
+adversary: {max_malicious: 1, collusion: true, capabilities: [tamper_gradients], faults: {crash: 1}}
+defense: {receipts: true, checks: [{scheme: spot_check, rate: 0.25, verifier: peer}], response: [restart]}
+guarantees:
+- {id: detect, kind: detection, probability: 0.3}
+""",
+    "damage-levels-differ": """\
+version: 1
+name: damage-rollback-eject-levels-differ
+topology: {stages: 2, replicas: 1, microbatches: 1, steps: 1, standby: 0}
+trust: {honest: [], tee: [], coordinator: trusted}
+adversary: {max_malicious: 2, collusion: false, capabilities: [tamper_weights, tamper_gradients], faults: {crash: 0}}
+defense: {receipts: false, checks: [{scheme: statistical, power: 0.9, min_deviation: 0.0}], response: [eject, rollback]}
+guarantees:
+- {id: damage, kind: bounded_damage, max_undetected: 2, probability: 0.5}
+""",
+    "damage-horizon-cap-per-try": """\
+version: 1
+name: damage-horizon-cap-per-try
+topology: {stages: 2, replicas: 1, microbatches: 1, steps: 1, standby: 0}
+trust: {honest: [], tee: [], coordinator: trusted}
+adversary: {max_malicious: 2, collusion: false, capabilities: [tamper_gradients], faults: {crash: 0}}
+defense: {receipts: true, checks: [{scheme: spot_check, rate: 0.25, verifier: peer}], response: [eject, rollback]}
+guarantees:
+- {id: damage, kind: bounded_damage, max_undetected: 1, probability: 0.3}
+""",
+    "liveness-trace-events": """\
+version: 1
+name: liveness-trace-lists-no-crash
+topology: {stages: 2, replicas: 1, microbatches: 1, steps: 1, standby: 0}
+trust: {honest: [], tee: [], coordinator: trusted}
+adversary: {max_malicious: 0, collusion: false, capabilities: [false_accuse], faults: {crash: 1}}
+defense: {receipts: false, checks: [], response: [eject]}
+guarantees:
+- {id: live, kind: liveness}
+""",
+    "stall-unchecked-last-update": """\
+version: 1
+name: stall-coordinator
+topology: {stages: 2, replicas: 1, microbatches: 1, steps: 1, standby: 0}
+trust: {honest: [], tee: [], coordinator: trusted}
+adversary: {max_malicious: 1, collusion: false, capabilities: [tamper_weights], faults: {crash: 0}}
+defense: {receipts: false, checks: [{scheme: redundant_neighbour, input_via: coordinator}], response: [restart]}
+guarantees:
+- {id: live, kind: liveness}
+""",
+    "damage-rollback-retries-underestimate": """\
+version: 1
+name: rollback-retries-two-tries
+topology: {stages: 2, replicas: 1, microbatches: 1, steps: 1, standby: 0}
+trust: {honest: [], tee: [], coordinator: trusted}
+adversary: {max_malicious: 2, collusion: false, capabilities: [tamper_weights, tamper_gradients], faults: {crash: 0}}
+defense: {receipts: true, checks: [{scheme: spot_check, rate: 0.25, verifier: peer}], response: [rollback]}
+guarantees:
+- {id: damage, kind: bounded_damage, max_undetected: 1, probability: 0.08}
+""",
+    "damage-rollback-eject-split": """\
+version: 1
+name: rollback-eject-two-tries-split-the-count
+topology: {stages: 2, replicas: 1, microbatches: 1, steps: 2, standby: 0}
+trust: {honest: [], tee: [], coordinator: trusted}
+adversary: {max_malicious: 2, collusion: false, capabilities: [tamper_activations], faults: {crash: 0}}
+defense: {receipts: true, checks: [{scheme: spot_check, rate: 0.5, verifier: coordinator}], response: [rollback, eject]}
+guarantees:
+- {id: damage, kind: bounded_damage, max_undetected: 1, probability: 0.53}
+""",
+}
+
+
 @dataclass
 class Disagreement:
     """One guarantee on which the prover and the simulator differ."""
@@ -44,13 +170,20 @@ class Disagreement:
         )
 
 
-def _figures_differ(result: GuaranteeResult, reference: SimResult) -> bool:
-    """Detection figures, and bounded_damage figures of a violation, must be equal."""
+def _figures_differ(result: GuaranteeResult, reference: SimResult, response: set[str]) -> bool:
+    """Detection figures, and bounded_damage figures of a violation, must be equal; under rollback
+    without eject the page reports the better of two strategies that exist, so that figure may
+    only fall short of the adversary's best, never exceed it."""
     if result.figure is None or reference.figure is None:
         return False
-    if result.kind == "detection" or (result.kind == "bounded_damage" and result.verdict == "violated"):
-        scale = max(1.0, abs(float(reference.figure)))
-        return bool(abs(float(reference.figure) - result.figure.value) > 1e-9 * scale)
+    value, exact = result.figure.value, float(reference.figure)
+    tolerance = 1e-9 * max(1.0, abs(exact))
+    if result.kind == "bounded_damage" and result.verdict == "violated":
+        if "rollback" in response and "eject" not in response:
+            return bool(value > exact + tolerance)
+        return bool(abs(exact - value) > tolerance)
+    if result.kind == "detection":
+        return bool(abs(exact - value) > tolerance)
     return False
 
 
@@ -89,7 +222,7 @@ def compare(index: int, loaded: LoadedSpec, tally: Counter[str]) -> list[Disagre
         if result.verdict != reference.verdict:
             disagree("verdicts differ")
             continue
-        if _figures_differ(result, reference):
+        if _figures_differ(result, reference, set(loaded.spec.defense.response)):
             disagree(f"figure {result.figure.value if result.figure else None} vs {reference.figure}")
             continue
         if result.verdict == "violated" and result.trace is not None and "dynamics" in result.trace:
@@ -102,20 +235,21 @@ def compare(index: int, loaded: LoadedSpec, tally: Counter[str]) -> list[Disagre
 
 @pytest.mark.xfail(
     strict=False,
-    reason="the prover disagrees with the dynamics simulator: several tries' undetected units do not add up "
-    "under rollback without eject; a malicious standby that enters after a crash never stalls the job; "
-    "liveness ignores replicate copies; outvoting counts all copies, not the occupied ones; a peer spot check "
-    "of an entered standby exceeds its rate; damage under rollback and eject ignores the per-try horizon and "
-    "mixed levels; liveness traces list no events",
+    reason="the prover disagrees with the dynamics simulator: liveness ignores replicate copies and the "
+    "unseen last update; outvoting counts all copies, not the occupied ones; a peer spot check of an entered "
+    "standby exceeds its rate; under rollback and eject two tries that split the count beat the closed form; "
+    "liveness traces list no events, or events no order realises",
 )
 def test_prover_agrees_with_dynamics_simulator() -> None:
-    """On 500 random tiny specs every verdict agrees with the simulator, up to the documented
-    framing cycles and bounded_damage unknowns, and every violation trace replays."""
+    """On 500 random tiny specs and the named ones every verdict agrees with the simulator, up to
+    the documented framing cycles and bounded_damage unknowns, and every violation trace replays."""
     rng = random.Random(SEED)
     tally: Counter[str] = Counter()
     disagreements: list[Disagreement] = []
     for index in range(SPECS):
         disagreements += compare(index, random_loaded_spec(rng, dynamics=True), tally)
+    for index, (name, text) in enumerate(NAMED_SPECS.items(), start=SPECS):
+        disagreements += compare(index, load_text(text, f"<{name}>.yaml"), tally)
     kinds = Counter(
         d.guarantee.split("-", 1)[-1] + f": prover {d.prover}, simulator {d.simulator}" for d in disagreements
     )
