@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from stagewarden.prover.fastz3 import Term, at_least, conj, disj, neg, to_z3
+from stagewarden.prover.fastz3 import Term, at_least, at_most, conj, disj, neg, to_z3
 from stagewarden.spec import RedundantNeighbourCheck, ReplicateCheck, SpotCheck
 
 if TYPE_CHECKING:
@@ -49,6 +49,15 @@ def _at_least(terms: list[Term], n: int) -> Term:
     if n == 1:
         return disj(live)
     return at_least([to_z3(t) for t in live], n)
+
+
+def _at_most_one(terms: list[Term]) -> Term:
+    live = [t for t in terms if t is not False]
+    if sum(1 for t in live if t is True) > 1:
+        return False
+    if len(live) <= 1:
+        return True
+    return at_most([to_z3(t) for t in live], 1)
 
 
 def ceil_half(k: int) -> int:
@@ -99,24 +108,27 @@ def build_framings(enc: Encoding, victims: set[int] | None = None) -> list[Frami
                     Framing("false accusation by a peer verifier", victim, (), conj([base, neg(enc.mal[victim])]))
                 )
         elif isinstance(check, ReplicateCheck):
-            need = ceil_half(check.factor)
             tamper = disj([enc.cap["tamper_activations"], enc.cap["tamper_gradients"], enc.cap["tamper_weights"]])
-            vote = conj(
-                [present, disj([neg(enc.referee[i]), neg(enc.coord_trusted)]), tamper]
-                + ([] if need <= 1 else [enc.collusion])
-            )
+            vote = conj([present, disj([neg(enc.referee[i]), neg(enc.coord_trusted)]), tamper])
             accusation = conj([present, enc.cap["false_accuse"], no_referee])
+            here = enc.occupancy.present
             for members in world.slots.values():
                 for victim in filter(wanted, members):
                     others = tuple(o for o in members if o != victim)
                     voters = [occ[o] for o in others]
-                    outvoted = conj([vote, neg(enc.mal[victim]), _at_least(voters, need)])
-                    ejects = outvoted
-                    if 2 * need == check.factor:
-                        # A tie blames both sides: unless the malicious copies hold a strict
-                        # majority, they are ejected with the victim.
-                        gone = conj([disj([neg(occ[o]), enc.occupancy.vacated.get(o, False)]) for o in others])
-                        ejects = conj([outvoted, disj([_at_least(voters, need + 1), gone])])
+                    # The vote is among the copies present: the malicious ones win or tie when
+                    # they are at least as many as the honest ones, the victim included.
+                    against = [conj([occ[o], here[o]]) for o in others]
+                    beside = [neg(conj([neg(occ[o]), here[o]])) for o in others]
+                    ties = _at_least(against + beside, 1 + len(others))
+                    wins = _at_least(against + beside, 2 + len(others))
+                    # Several malicious copies agree on one wrong value only if they collude.
+                    agree = disj([enc.collusion, _at_most_one(against)])
+                    outvoted = conj([vote, neg(enc.mal[victim]), ties, agree])
+                    # A tie blames both sides: unless the malicious copies hold a strict
+                    # majority, they are ejected with the victim.
+                    gone = conj([disj([neg(occ[o]), enc.occupancy.vacated.get(o, False)]) for o in others])
+                    ejects = conj([outvoted, disj([wins, gone])])
                     out.append(Framing("outvoting", victim, others, outvoted, ejects))
                     out.append(
                         Framing(
