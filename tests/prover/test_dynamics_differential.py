@@ -236,9 +236,10 @@ def compare(index: int, loaded: LoadedSpec, tally: Counter[str]) -> list[Disagre
 @pytest.mark.xfail(
     strict=False,
     reason="the prover disagrees with the dynamics simulator: liveness ignores replicate copies and the "
-    "unseen last update; outvoting counts all copies, not the occupied ones; a peer spot check of an entered "
-    "standby exceeds its rate; under rollback and eject two tries that split the count beat the closed form; "
-    "liveness traces list no events, or events no order realises",
+    "unseen last update; a replicate vote over the copies present frames with vacancies no order of events "
+    "makes (a cycle of framings through vacancies, not the documented one through standby entries); a peer "
+    "spot check of an entered standby exceeds its rate; under rollback and eject two tries that split the "
+    "count beat the closed form; liveness traces list no events, or events no order realises",
 )
 def test_prover_agrees_with_dynamics_simulator() -> None:
     """On 500 random tiny specs and the named ones every verdict agrees with the simulator, up to
