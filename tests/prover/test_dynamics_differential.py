@@ -149,6 +149,16 @@ defense: {receipts: true, checks: [{scheme: spot_check, rate: 0.5, verifier: coo
 guarantees:
 - {id: damage, kind: bounded_damage, max_undetected: 1, probability: 0.53}
 """,
+    "vote-over-vacancies-no-order-makes": """\
+version: 1
+name: vote-over-vacancies-no-order-makes
+topology: {stages: 2, replicas: 1, microbatches: 1, steps: 1, standby: 1}
+trust: {honest: [0, 1], tee: [], coordinator: trusted}
+adversary: {max_malicious: 1, collusion: false, capabilities: [tamper_gradients], faults: {crash: 1}}
+defense: {receipts: false, checks: [{scheme: replicate, factor: 3, resolve: majority}], response: [eject]}
+guarantees:
+- {id: framing, kind: no_framing}
+""",
 }
 
 
