@@ -244,6 +244,13 @@ class SolverSession:
             fewest = len(self._malicious(model))
             cap = self._cardinality_guard(self.enc.mal, fewest, "malicious")
             model = self._least(guard, [cap], [to_z3(t) for t in extra_objective], f"extra{len(self._guards)}")
+        elif self.enc.occupancy.active and len(self.enc.mal) <= CANONICAL_WORKERS:
+            # The fewest run events for that placement: a counterexample lists only the crashes,
+            # ejections, framings and entries it needs.
+            chosen = set(self._malicious(model))
+            placement = [m if i in chosen else z3.Not(m) for i, m in enumerate(self.enc.mal)]
+            events = list(self.enc.occupancy.vacated.values()) + list(self.enc.occupancy.entered.values())
+            model = self._least(guard, placement, events, "events")
         return model
 
     def _canonical(self, guard: z3.BoolRef, model: z3.ModelRef) -> z3.ModelRef:
