@@ -92,19 +92,54 @@ def damage(tries: list[Try], response: tuple[str, ...] | list[str], k: int) -> D
     return Damage(skip_damage(trials, k))
 
 
-def _one_attempt(tries: list[Try], k: int) -> Damage:
-    """Each try gets ``k+1`` units past at its weakest level, or is undone and removed.
+#: Largest ``K + 1`` for which strategies of several tries taking turns under rollback and eject
+#: are searched for a better attained value.
+ADAPTIVE_LIMIT = 2_000
 
-    ``1 - prod (1 - (1-d)^(k+1))`` is attained when every try has ``k+1`` units at its weakest
-    level; otherwise it is an upper bound, and the tries that do have them give a strategy
-    that is attained."""
+
+def _one_attempt(tries: list[Try], k: int) -> Damage:
+    """A convict is removed and the model returns to the checkpoint before its first tampered
+    unit: what passed before that stays, its own units and everything after are undone.
+
+    One try: ``(1-d)^(k+1)``, attained when it has ``k+1`` units at its weakest level. Several
+    tries can bank units one after the other and go back to an earlier try when a later one is
+    caught, which no closed form captures: the prover bounds them by the passes each try gets
+    before its first detection (what eject alone allows) and reports the best strategy shown to
+    exist, tries taking turns (``_adaptive_banking``)."""
     if sum(t.live_units() for t in tries) < k + 1:
         return Damage(Prob.of(Fraction(0)))
-    upper = _one_attempt_form(tries, k)
     able = [t for t in tries if t.weakest_units() >= k + 1]
-    if len(able) == len(tries):
-        return Damage(upper)
-    return Damage(upper, tight=False, lower=_one_attempt_form(able, k) if able else Prob.of(Fraction(0)))
+    if len(tries) == 1:
+        form = _one_attempt_form(tries, k)
+        if able:
+            return Damage(form)
+        return Damage(form, tight=False, lower=Prob.of(Fraction(0)))
+    lower = _one_attempt_form(able, k) if able else Prob.of(Fraction(0))
+    upper = _until_caught(tries, k).prob
+    if k + 1 <= ADAPTIVE_LIMIT and len({t.weakest for t in tries}) == 1 and able:
+        turns = _adaptive_banking(len(tries), k + 1, 1 - float(tries[0].weakest), min(t.live_units() for t in able))
+        if turns > lower.value:
+            lower = Prob(turns)
+    return Damage(upper, tight=False, lower=lower)
+
+
+def _adaptive_banking(lives: int, need: int, passes: float, cap: int) -> float:
+    """The best chance to bank ``need`` passes with ``lives`` tries taking turns, each of which
+    chooses how many units to tamper with (at most ``cap``), keeps them if all pass and is lost
+    otherwise (a strategy that exists under rollback and eject; not the best one).
+
+    ``V(l, m) = max_n [p^n V(l-1, m-n) + (1 - p^n) V(l-1, m)]``, ``V(1, m) = p^m`` (0 past
+    ``cap``)."""
+    power = [passes**n for n in range(need + 1)]
+    value = [power[m] if m <= cap else 0.0 for m in range(need + 1)]
+    for _ in range(lives - 1):
+        nxt = [1.0] + [0.0] * need
+        for m in range(1, need + 1):
+            top = min(m, cap)
+            fail_keep = value[m]
+            nxt[m] = max(power[n] * value[m - n] + (1.0 - power[n]) * fail_keep for n in range(1, top + 1))
+        value = nxt
+    return min(1.0, value[need])
 
 
 def _one_attempt_form(tries: list[Try], k: int) -> Prob:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import z3
 from stagewarden.prover.encoding import Assumption, Encoding
-from stagewarden.prover.fastz3 import Term, at_most, conj, neg, to_z3
+from stagewarden.prover.fastz3 import Term, at_most, conj, constant_name, neg, to_z3, true_constants
 from stagewarden.spec import (
     LoadedSpec,
 )
@@ -356,7 +356,17 @@ class SolverSession:
         return decls
 
     def _malicious_computing(self, model: z3.ModelRef) -> int:
-        return sum(1 for i in self._malicious(model) if self.enc.world.workers[i].computing)
+        """Positions with a malicious occupant at some point (original or entered standby)."""
+        occ = self.enc.occupancy
+        if not occ.active:
+            return sum(1 for i in self._malicious(model) if self.enc.world.workers[i].computing)
+        true = true_constants(model)
+        return sum(
+            1
+            for w in self.enc.world.computing
+            if constant_name(self.enc.mal[w]) in true
+            or (w in occ.entered_malicious and constant_name(occ.entered_malicious[w]) in true)
+        )
 
     def vacuity(self) -> list[Assumption] | None:
         """None when an honest run is possible under the assumptions; otherwise the

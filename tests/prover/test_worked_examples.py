@@ -7,7 +7,6 @@ import math
 from fractions import Fraction
 
 import pytest
-
 from stagewarden.prover import Report, verify
 from stagewarden.spec import load_example, load_text
 
@@ -92,14 +91,15 @@ def test_example4_ejection_liveness() -> None:
 
 
 def test_example5_spot_check_numbers() -> None:
-    """Example 5: rollback with ejection holds (one try each: 0.95^301 ~ 1.97e-7; three workers 1-(1-q)^3), eject alone is violated (~2.6e-5)."""
+    """Example 5: one worker's try under rollback and eject passes 301 units with 0.95^301 ~ 1.97e-7;
+    three workers can bank units in turns, which no closed form bounds below the bound: rollback
+    with ejection is unknown (the best strategy shown to exist stays within the bound, the sound
+    bound does not); eject alone is violated (~2.6e-5)."""
     q = Fraction(19, 20) ** 301
     assert math.isclose(float(q), 1.97e-7, rel_tol=5e-3)
     rollback = report("spot-check-rollback").by_id("damage")
-    assert rollback.verdict == "holds"
-    assert rollback.figure is not None
-    assert rollback.figure.exact is None or Fraction(rollback.figure.exact) == 1 - (1 - q) ** 3
-    assert math.isclose(rollback.figure.value, float(1 - (1 - q) ** 3), rel_tol=1e-12)
+    assert rollback.verdict == "unknown"
+    assert "the best strategy shown to exist reaches" in rollback.summary
     eject = report("spot-check-eject").by_id("damage")
     assert eject.verdict == "violated"
     p, f, k = Fraction(1, 20), 3, 300
@@ -109,6 +109,31 @@ def test_example5_spot_check_numbers() -> None:
     for name in ("spot-check-rollback", "spot-check-eject"):
         detection = report(name).by_id("integrity")
         assert detection.verdict == "violated" and detection.figure is not None and detection.figure.exact == "1/20"
+    # The bound for rollback with ejection is what eject alone allows.
+    assert rollback.figure is not None and math.isclose(rollback.figure.value, float(negbin), rel_tol=1e-12)
+    one = verify(load_text(load_example("spot-check-rollback").text.replace("max_malicious: 3", "max_malicious: 1"), "one.yaml"))
+    single = one.by_id("damage")
+    assert single.verdict == "holds" and single.figure is not None
+    assert math.isclose(single.figure.value, float(q), rel_tol=1e-12)
+
+
+def test_example5_rollback_alone_lets_the_convict_retry() -> None:
+    """Rollback without ejection leaves the convict in place: it retries until a run of passes
+    since its last detection is long enough, and the three workers' runs add up. Each aiming at
+    its share (101, 100, 100 units in a row within its 8,000 units) is a strategy that exists,
+    and it alone breaks the bound."""
+    from stagewarden.prover.damage import run_probability
+
+    loaded = load_text(load_example("spot-check-rollback").text.replace("response: [rollback, eject]", "response: [rollback]"), "x.yaml")
+    result = verify(loaded).by_id("damage")
+    assert result.verdict == "violated"
+    d = Fraction(1, 20)
+    split = run_probability(8000, d, 101).value * run_probability(8000, d, 100).value ** 2
+    assert result.figure is not None and math.isclose(result.figure.value, split, rel_tol=1e-9)
+    assert "at least" in result.summary
+    # Far above the single-try figure the reference result gives.
+    assert result.figure.value > 1000 * float(1 - (1 - Fraction(19, 20) ** 301) ** 3)
+
 
 
 def test_example6_tee() -> None:
@@ -142,21 +167,3 @@ def test_example8_checked_worker_relay() -> None:
 def test_demo_spec_holds(name: str) -> None:
     """The demo protocol's guarantees all hold."""
     assert set(verdicts(name).values()) == {"holds"}
-
-
-def test_example5_rollback_alone_lets_the_convict_retry() -> None:
-    """Rollback without ejection leaves the convict in place: it retries until a run of passes
-    since its last detection is long enough, and the three workers' runs add up. Each aiming at
-    its share (101, 100, 100 units in a row within its 8,000 units) is a strategy that exists,
-    and it alone breaks the bound."""
-    from stagewarden.prover.damage import run_probability
-
-    loaded = load_text(load_example("spot-check-rollback").text.replace("response: [rollback, eject]", "response: [rollback]"), "x.yaml")
-    result = verify(loaded).by_id("damage")
-    assert result.verdict == "violated"
-    d = Fraction(1, 20)
-    split = run_probability(8000, d, 101).value * run_probability(8000, d, 100).value ** 2
-    assert result.figure is not None and math.isclose(result.figure.value, split, rel_tol=1e-9)
-    assert "at least" in result.summary
-    # Far above the single-try figure the reference result gives.
-    assert result.figure.value > 1000 * float(1 - (1 - Fraction(19, 20) ** 301) ** 3)
