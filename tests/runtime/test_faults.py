@@ -180,8 +180,10 @@ def test_a_worker_sending_garbage_is_ejected_and_the_standby_completes_the_run(t
 def test_the_coordinator_killed_and_its_files_torn_is_resumed(tmp_path: Path) -> None:
     """The coordinator dies mid-run; then its receipt log gets a torn final record, events.jsonl a
     partial line, the newest checkpoint is corrupted and a later one is half-written. The resumed
-    run repairs the log and the events, skips both checkpoints and completes."""
-    config = _config(standby=0, steps=5)
+    run repairs the log and the events, skips both checkpoints and completes. Every checkpoint is
+    kept, so that the half-written one is still there to be found rewritten whatever step the
+    kill lands on."""
+    config = _config(standby=0, steps=5, keep_checkpoints=0)
     run_dir = tmp_path / "run"
 
     def kill() -> None:
