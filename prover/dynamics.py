@@ -98,7 +98,7 @@ def build_occupancy(enc: Encoding) -> Occupancy:
     removals = not enc.concrete or spec.adversary.faults.crash > 0 or "eject" in spec.defense.response
     for w in computing:
         name = enc.world.workers[w].name
-        if w not in full and not removals:
+        if w not in full and (not removals or not enc.second_tries):
             continue
         if w not in full:
             # Always corruptible and compared by no other copy: an honest original replaced by

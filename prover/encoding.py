@@ -32,7 +32,7 @@ from stagewarden.spec import (
 from stagewarden.spec.source import Path
 from stagewarden.prover.dynamics import Occupancy, build_occupancy, crash_limit, standby_limit, vacancy_constraints
 from stagewarden.prover.fastz3 import Term, at_most, conj, disj, holds_in, neg, to_z3
-from stagewarden.prover.framing import Framing, build_framings, ceil_half
+from stagewarden.prover.framing import Framing, build_framings
 from stagewarden.prover.probability import detection_probability
 from stagewarden.prover.world import World
 
@@ -115,8 +115,11 @@ class Encoding:
     literals need; both forms describe the same world, worker for worker.
     """
 
-    def __init__(self, loaded: LoadedSpec, concrete: bool = False, dynamics: bool = True) -> None:
+    def __init__(self, loaded: LoadedSpec, concrete: bool = False, dynamics: bool = True, second_tries: bool = True) -> None:
         self.concrete = concrete
+        #: Whether positions that only a second try can change carry their variable (only
+        #: bounded_damage counts tries; for the other guarantees those positions never matter).
+        self.second_tries = second_tries
         #: Whether positions may change hands (liveness reasons about removals in closed form
         #: and leaves the summary out).
         self.dynamics = dynamics

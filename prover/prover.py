@@ -52,6 +52,15 @@ class Prover(DetectionCheck, BoundedDamageCheck, NoFramingCheck, LivenessCheck, 
     def check(self, guarantee_id: str) -> GuaranteeResult:
         """The verdict for one guarantee."""
         guarantee = next(g for g in self.spec.guarantees if g.id == guarantee_id)
+        if isinstance(guarantee, BoundedDamageGuarantee) and self.dynamics and not self.second_tries:
+            # Only bounded_damage counts second tries in a position: its own encoding has them.
+            if self._tries_session is None:
+                self._tries_session = Prover(self.loaded, self.limits, second_tries=True)
+            if self._vacuity is not None:
+                self._tries_session._vacuity = self._vacuity
+            result = self._tries_session.check(guarantee_id)
+            self._vacuity = self._tries_session._vacuity
+            return result
         if isinstance(guarantee, LivenessGuarantee) and self.dynamics:
             # Liveness counts removals and standby entries in closed form (its own rules on the
             # semantics page); the per-position summary would only slow its counting down.

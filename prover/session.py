@@ -49,13 +49,17 @@ class SolverSession:
     """One spec's encodings and the solver that decides their goals: guards, cores, minimal and
     canonical models, counts, and the effort limits."""
 
-    def __init__(self, loaded: LoadedSpec, limits: Limits | None = None, dynamics: bool = True) -> None:
+    def __init__(
+        self, loaded: LoadedSpec, limits: Limits | None = None, dynamics: bool = True, second_tries: bool = False
+    ) -> None:
         self.loaded = loaded
         self.spec = loaded.spec
         self.limits = limits or Limits()
         self.dynamics = dynamics
+        self.second_tries = second_tries
+        self._tries_session: Prover | None = None
         self._removals: Prover | None = None
-        self.enc = Encoding(loaded, concrete=True, dynamics=dynamics)
+        self.enc = Encoding(loaded, concrete=True, dynamics=dynamics, second_tries=second_tries)
         self._other_state: dict[str, Any] | None = None
         self._deadline: float | None = None
         self._vacuity: list[Assumption] | None | bool = None
@@ -82,7 +86,7 @@ class SolverSession:
             return
         mine = {name: getattr(self, name) for name in self._STATE}
         if self._other_state is None:
-            sym = Encoding(self.loaded, dynamics=self.dynamics)
+            sym = Encoding(self.loaded, dynamics=self.dynamics, second_tries=self.second_tries)
             self._other_state = {
                 "enc": sym,
                 "_term_cache": {},
