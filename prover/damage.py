@@ -48,6 +48,11 @@ class Try:
         """The lowest detection level over its kinds."""
         return min(self.levels.values())
 
+    @property
+    def single_level(self) -> bool:
+        """Whether every kind it can get past a check has the same detection level."""
+        return len({d for d in self.levels.values() if d < 1}) <= 1
+
     def live_units(self) -> int:
         """Units it can tamper with that a check does not catch with certainty."""
         return sum(self.units[k] for k, d in self.levels.items() if d < 1)
@@ -162,11 +167,11 @@ def _retries(tries: list[Try], k: int) -> Damage:
     alone = _combine([run_bounds(t.weakest_units(), t.weakest, need)[0] for t in tries])
     if len(tries) == 1:
         low, high = run_bounds(tries[0].live_units(), tries[0].weakest, need)
-        single = len({d for d in tries[0].levels.values() if d < 1}) <= 1
-        if single and low == high:
+        if tries[0].single_level and low == high:
             return Damage(high)
         return Damage(high, tight=False, lower=alone)
-    shares = [share] * (need % len(tries) or len(tries)) + [share - 1] * (len(tries) - (need % len(tries) or len(tries)))
+    base, extra = divmod(need, len(tries))
+    shares = [base + 1] * extra + [base] * (len(tries) - extra)
     split = Prob.of(Fraction(1))
     for t, part in zip(sorted(tries, key=lambda t: -t.weakest_units()), shares, strict=True):
         split = _product(split, run_bounds(t.weakest_units(), t.weakest, part)[0])
@@ -253,7 +258,7 @@ def _until_caught(tries: list[Try], k: int) -> Damage:
     need = k + 1
     if sum(sum(u for _, u in t.passes_in_order()) for t in tries) < need:
         return Damage(Prob.of(Fraction(0)))
-    single = all(len({d for d in t.levels.values() if d < 1}) <= 1 for t in tries)
+    single = all(t.single_level for t in tries)
     if single and all(t.weakest == 0 or t.live_units() >= need for t in tries):
         # One level per try and units enough: the reference negative-binomial form.
         return Damage(_uncapped(tries, need))

@@ -52,26 +52,14 @@ class Prover(DetectionCheck, BoundedDamageCheck, NoFramingCheck, LivenessCheck, 
     def check(self, guarantee_id: str) -> GuaranteeResult:
         """The verdict for one guarantee."""
         guarantee = next(g for g in self.spec.guarantees if g.id == guarantee_id)
-        if isinstance(guarantee, BoundedDamageGuarantee) and self.dynamics and not self.second_tries:
-            # Only bounded_damage counts second tries in a position: its own encoding has them.
-            if self._tries_session is None:
-                self._tries_session = Prover(self.loaded, self.limits, second_tries=True)
-            if self._vacuity is not None:
-                self._tries_session._vacuity = self._vacuity
-            result = self._tries_session.check(guarantee_id)
-            self._vacuity = self._tries_session._vacuity
-            return result
-        if isinstance(guarantee, LivenessGuarantee) and self.dynamics:
-            # Liveness counts removals and standby entries in closed form (its own rules on the
-            # semantics page); the per-position summary would only slow its counting down.
-            if self._removals is None:
-                self._removals = Prover(self.loaded, self.limits, dynamics=False)
-            # Whether an honest run exists does not depend on the summary: ask it once.
-            if self._vacuity is not None:
-                self._removals._vacuity = self._vacuity
-            result = self._removals.check(guarantee_id)
-            self._vacuity = self._removals._vacuity
-            return result
+        if self.dynamics:
+            # Only bounded_damage counts second tries in a position, so only its encoding has
+            # them; liveness counts removals and standby entries in closed form (its own rules on
+            # the semantics page), where the per-position summary would only slow it down.
+            if isinstance(guarantee, BoundedDamageGuarantee) and not self.second_tries:
+                return self._delegate(guarantee_id, dynamics=True, second_tries=True)
+            if isinstance(guarantee, LivenessGuarantee):
+                return self._delegate(guarantee_id, dynamics=False, second_tries=False)
         started = time.monotonic()
         self._deadline = started + self.limits.timeout if self.limits.timeout else None
         try:
@@ -112,6 +100,20 @@ class Prover(DetectionCheck, BoundedDamageCheck, NoFramingCheck, LivenessCheck, 
             self._deadline = None
         result.seconds = time.monotonic() - started
         result.notes = self._notes(guarantee) + result.notes
+        return result
+
+    def _delegate(self, guarantee_id: str, *, dynamics: bool, second_tries: bool) -> GuaranteeResult:
+        """Check one guarantee on a session with another encoding (built once per kind)."""
+        key = (dynamics, second_tries)
+        session = self._sessions.get(key)
+        if session is None:
+            session = Prover(self.loaded, self.limits, dynamics=dynamics, second_tries=second_tries)
+            self._sessions[key] = session
+        # Whether an honest run exists does not depend on the encoding: ask it once.
+        if self._vacuity is not None:
+            session._vacuity = self._vacuity
+        result = session.check(guarantee_id)
+        self._vacuity = session._vacuity
         return result
 
     def _explain_give_up(self, reason: str) -> str:

@@ -57,8 +57,9 @@ class SolverSession:
         self.limits = limits or Limits()
         self.dynamics = dynamics
         self.second_tries = second_tries
-        self._tries_session: Prover | None = None
-        self._removals: Prover | None = None
+        #: Sessions on other encodings that some guarantee kinds are checked on, by
+        #: (dynamics, second_tries).
+        self._sessions: dict[tuple[bool, bool], Prover] = {}
         self.enc = Encoding(loaded, concrete=True, dynamics=dynamics, second_tries=second_tries)
         self._other_state: dict[str, Any] | None = None
         self._deadline: float | None = None

@@ -50,6 +50,9 @@ CONTRADICTORY = "vacuous"
 _RESPONSE_BLIND = frozenset({"overhead"})
 _STANDBY_BLIND = frozenset({"overhead"})
 
+#: Guarantees about single units and victims: the adversary only gains from eject and standby.
+_MONOTONE = frozenset({"detection", "no_framing", "data_integrity"})
+
 CheckKey = tuple[tuple[str, Any], ...]
 
 
@@ -312,6 +315,9 @@ class _Space:
         self.pool_index = {c: i for i, c in enumerate(self.pool)}
         self.classes = self._classes()
         self.cache: dict[tuple[Any, ...], str] = {}
+        #: Verdicts of the guarantees that only gain from eject and standby workers, by the rest
+        #: of their key: (eject, standby, verdict), for ``_implied``.
+        self.settled: dict[tuple[Any, ...], list[tuple[bool, int, str]]] = {}
         self.valid: dict[tuple[Any, ...], bool] = {}
         self.evaluated: set[Candidate] = set()
         self.reports: dict[Candidate, tuple[LoadedSpec, Report]] = {}
@@ -469,12 +475,11 @@ class _Space:
         if kind in _RESPONSE_BLIND:
             smaller_violated = any(self.cache.get((*key[:-1], smaller)) == VIOLATED for smaller in range(standby))
             return "violated" if smaller_violated else ""
-        if kind not in ("detection", "no_framing", "data_integrity"):
+        if kind not in _MONOTONE:
             return ""
         (eject,) = key[-2]
         head = key[:-2]
-        for (other_eject,), other_standby in self._settings_seen(head):
-            verdict = self.cache.get((*head, (other_eject,), other_standby))
+        for other_eject, other_standby, verdict in self.settled.get(head, []):
             weaker = (not other_eject or eject) and other_standby <= standby
             stronger = (other_eject or not eject) and other_standby >= standby
             if verdict == VIOLATED and weaker:
@@ -482,9 +487,6 @@ class _Space:
             if verdict == HOLDS and stronger:
                 return HOLDS
         return ""
-
-    def _settings_seen(self, head: tuple[Any, ...]) -> list[tuple[tuple[bool], int]]:
-        return [(k[-2], k[-1]) for k in self.cache if k[:-2] == head and k[-1] is not None and isinstance(k[-2], tuple) and len(k[-2]) == 1]
 
     def _within_bounds(self, cand: Candidate, g: OverheadGuarantee) -> bool:
         if cand.compute > Fraction(str(g.max_compute)):
@@ -512,6 +514,8 @@ class _Space:
                     if prover is None:
                         prover = Prover(LoadedSpec(self.spec_of(cand), self.base.source, self.base.text), self.limits)
                     verdict = self.cache[key] = prover.check(gid).verdict
+                    if guarantee.kind in _MONOTONE and key[-1] is not None:
+                        self.settled.setdefault(key[:-2], []).append((key[-2][0], key[-1], verdict))
             if verdict == HOLDS:
                 continue
             if verdict == VACUOUS:

@@ -161,14 +161,7 @@ class BoundedDamageCheck(GuaranteeChecks):
                 exceed,
                 f"holds: the best adversary leaves more than {k} undetected units with probability "
                 f"at most {format_comparison(bound_prob, '<=', bound)}",
-                figure=Figure(
-                    "Pr[more than K undetected]",
-                    bound_prob.value,
-                    float(bound),
-                    "<=",
-                    exact=_exact(bound_prob.exact),
-                    bound_exact=_exact(bound),
-                ),
+                figure=_damage_figure(bound_prob, bound),
             )
             result.assumptions += [
                 assumption_ref(enc, a)
@@ -221,14 +214,7 @@ class BoundedDamageCheck(GuaranteeChecks):
             # Violated on a strategy that exists: report what it attains, not the bound.
             prob, at_least = found.lower, "at least "
         cmp = prob.compare(bound)
-        figure = Figure(
-            "Pr[more than K undetected]",
-            prob.value,
-            float(bound),
-            "<=",
-            exact=_exact(prob.exact),
-            bound_exact=_exact(bound),
-        )
+        figure = _damage_figure(prob, bound)
         if cmp is None or cmp <= 0:
             return GuaranteeResult(
                 g.id,
@@ -280,3 +266,15 @@ def _dominating_vector(counts: dict[Fraction, int]) -> list[Fraction]:
         while len(vector) < counts[lv]:
             vector.append(lv)
     return vector
+
+
+def _damage_figure(prob: Prob, bound: Fraction) -> Figure:
+    """The figure of a bounded_damage verdict: the damage probability against its bound."""
+    return Figure(
+        "Pr[more than K undetected]",
+        prob.value,
+        float(bound),
+        "<=",
+        exact=_exact(prob.exact),
+        bound_exact=_exact(bound),
+    )

@@ -18,9 +18,6 @@ class LivenessCheck(GuaranteeChecks):
 
     # -- liveness ---------------------------------------------------------------------------
 
-    def _catchable(self, w: int, certain: bool) -> Term:
-        return self.enc.catchable(w, certain)
-
     def liveness_goal(self) -> tuple[Term, dict[str, Any]]:
         """The liveness violation formula and its named parts (for the trace)."""
         enc, world = self.enc, self.enc.world
@@ -30,12 +27,12 @@ class LivenessCheck(GuaranteeChecks):
         # A malicious standby worker acts in a position once a crash has emptied it (without
         # eject, a crash is the only way in).
         entrant = conj([enc.crash[0], disj([enc.mal[w] for w in world.standby_workers])]) if enc.crash else False
-        any_certain = disj([self._catchable(world.primary(s, 0), True) for s in range(world.stages)])
-        certain = disj([conj([enc.mal[w], self._catchable(w, True)]) for w in computing] + [conj([entrant, any_certain])])
+        any_certain = disj([enc.catchable(world.primary(s, 0), True) for s in range(world.stages)])
+        certain = disj([conj([enc.mal[w], enc.catchable(w, True)]) for w in computing] + [conj([entrant, any_certain])])
         withholder = conj([withhold, disj([enc.mal[w] for w in computing] + [entrant])])
         stall = conj([neg(eject), neg(skip), disj([withholder, certain])])
-        removable = {w: conj([enc.mal[w], eject, disj([withhold, self._catchable(w, False)])]) for w in computing}
-        any_slot = disj([self._catchable(world.primary(s, 0), False) for s in range(world.stages)])
+        removable = {w: conj([enc.mal[w], eject, disj([withhold, enc.catchable(w, False)])]) for w in computing}
+        any_slot = disj([enc.catchable(world.primary(s, 0), False) for s in range(world.stages)])
         standby_removable = [conj([enc.mal[w], eject, disj([withhold, any_slot])]) for w in world.standby_workers]
         hit = {
             r: disj([removable[w] for s in range(world.stages) for w in world.slots[(s, r)]])
