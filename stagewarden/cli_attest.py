@@ -39,6 +39,17 @@ def _hex(value: str, size: int, what: str) -> bytes:
     return raw
 
 
+def _verifier_key(path: str, data: bytes) -> Any:
+    """The verifier's Ed25519 signing key from a key file's bytes (a hex seed)."""
+    from nacl.signing import SigningKey
+
+    text = data.decode("ascii", "replace").strip()
+    try:
+        return SigningKey(_hex(text, 32, "the verifier key file"))
+    except click.BadParameter as exc:
+        raise BadInput(f"{path}: {exc.message}") from None
+
+
 def _clock(now: str | None) -> Any:
     from stagewarden.attest.clock import FixedClock, SystemClock
 
@@ -331,7 +342,6 @@ def verify(
     printed), 2 for usage errors and missing or unreadable files. The nonce is taken as issued by
     this verifier, and the --reference measurements are trusted as given.
     """
-    from nacl.signing import SigningKey
 
     from stagewarden.attest.errors import AttestError, ErrorCode
     from stagewarden.attest.policy import Policy, parse_policy
@@ -345,11 +355,7 @@ def verify(
     policy_bytes = _read_file(policy_file, "policy") if policy_file else None
     signing_key = None
     if verifier_key_file is not None:
-        text = _read_file(verifier_key_file, "verifier key").decode("ascii", "replace").strip()
-        try:
-            signing_key = SigningKey(_hex(text, 32, "the verifier key file"))
-        except click.BadParameter as exc:
-            raise BadInput(f"{verifier_key_file}: {exc.message}") from None
+        signing_key = _verifier_key(verifier_key_file, _read_file(verifier_key_file, "verifier key"))
     try:
         vendor = load_vendor(vendor_dir)
     except AttestError as exc:

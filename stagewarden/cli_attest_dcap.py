@@ -121,7 +121,7 @@ def verify_quote(
     from stagewarden.attest.ear import ear_from_appraisal, sign_ear
     from stagewarden.attest.errors import AttestError, FormatError
     from stagewarden.attest.files import atomic_write_bytes
-    from stagewarden.cli_attest import _hex, _print_rows
+    from stagewarden.cli_attest import _hex, _print_rows, _verifier_key
 
     if (collateral_file is None) == (cache_dir is None):
         raise click.UsageError("give exactly one of --collateral FILE and --cache DIR")
@@ -139,11 +139,7 @@ def verify_quote(
     quote = _read(quote_file, "quote", MAX_QUOTE_BYTES)
     signing_key = None
     if verifier_key_file is not None:
-        text = _read(verifier_key_file, "verifier key", 1024).decode("ascii", "replace").strip()
-        try:
-            signing_key = SigningKey(_hex(text, 32, "the verifier key file"))
-        except click.BadParameter as exc:
-            raise BadInput(f"{verifier_key_file}: {exc.message}") from None
+        signing_key = _verifier_key(verifier_key_file, _read(verifier_key_file, "verifier key", 1024))
     try:
         policy = DcapPolicy()
         if policy_file is not None:
