@@ -37,7 +37,7 @@ from stagewarden.runtime.model import GPTConfig
 from stagewarden.runtime.worker import HOSTILE_ENV
 
 MODEL = GPTConfig(n_layer=4, n_embd=32, block_size=16, n_head=4)
-CORPUS = str(Path(__file__).resolve().parents[1] / "runtime" / "model.py")
+CORPUS = str(Path(__file__).resolve().parents[1] / "stagewarden" / "runtime" / "model.py")
 
 
 def _config(args: argparse.Namespace, **overrides: Any) -> RunConfig:

@@ -39,7 +39,7 @@ def _config(stages: int) -> Any:
     from stagewarden.runtime.model import GPTConfig
 
     model = GPTConfig(n_layer=4, n_embd=32, block_size=16, n_head=4)
-    data = (str(ROOT / "runtime" / "model.py"),)
+    data = (str(ROOT / "stagewarden" / "runtime" / "model.py"),)
     return RunConfig(stages=stages, microbatches=2, steps=2, schedule="gpipe", model=model, batch_size=4, data=data)
 
 

@@ -15,7 +15,7 @@ import pytest
 from stagewarden.runtime.launch import mark_interrupted
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = str(ROOT / "runtime" / "model.py")
+DATA = str(ROOT / "stagewarden" / "runtime" / "model.py")
 TINY = ["--n-layer", "2", "--n-embd", "32", "--block-size", "16", "--batch-size", "4", "--data", DATA]
 
 

@@ -140,7 +140,7 @@ def test_verify_packaged_example() -> None:
 
 def test_verify_spec_file_by_path() -> None:
     """`verify SPEC` loads the file at SPEC (here a packaged example's own file)."""
-    path = Path(__file__).resolve().parents[1] / "spec" / "examples" / "paper-redundant-neighbour.yaml"
+    path = Path(__file__).resolve().parents[1] / "stagewarden" / "spec" / "examples" / "paper-redundant-neighbour.yaml"
     assert_accepted(run("verify", str(path)))
 
 

@@ -189,7 +189,7 @@ def test_spec_settings_agree_with_train() -> None:
     """The settings conformance expects are those 'stagewarden train --spec' derives, for every one-replica example."""
     from stagewarden.cli_train import _spec_settings
 
-    examples = sorted((Path(__file__).parents[1] / "spec" / "examples").glob("*.yaml"))
+    examples = sorted((Path(__file__).parents[1] / "stagewarden" / "spec" / "examples").glob("*.yaml"))
     checked = 0
     for path in examples:
         loaded = load_spec(path)

@@ -116,7 +116,7 @@ def test_a_spec_that_requires_attestation_still_fails_an_unattested_run(tmp_path
     """Stripping attestation from a run does not pass an audit against a spec that requires it:
     the conformance check names the missing attestation (exit 1)."""
     run = _recorded_copy(tmp_path, attestation=False, receipts=True)
-    spec = Path(__file__).resolve().parents[2] / "spec" / "examples" / "demo.yaml"
+    spec = Path(__file__).resolve().parents[2] / "stagewarden" / "spec" / "examples" / "demo.yaml"
     result = CliRunner().invoke(cli, ["audit", str(run), "--spec", str(spec), "--format", "json"])
     assert result.exit_code == 1, result.output
     data = json.loads(result.output)

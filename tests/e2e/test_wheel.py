@@ -63,7 +63,7 @@ def test_wheel_installs_and_runs(tmp_path: Path) -> None:
     _run([*build, "--outdir", dist, source], cwd=source)
     (wheel,) = dist.glob("stagewarden-*.whl")
 
-    examples = sorted(p.stem for p in (REPO / "spec" / "examples").glob("*.yaml"))
+    examples = sorted(p.stem for p in (REPO / "stagewarden" / "spec" / "examples").glob("*.yaml"))
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
     for package in (

@@ -17,7 +17,7 @@ from stagewarden.runtime.reference import reference_step
 from stagewarden.runtime.spotcheck import optimizer_state_digest
 from stagewarden.runtime.units import deterministic, make_optimizer
 
-DATA = str(Path(__file__).resolve().parents[2] / "runtime" / "model.py")
+DATA = str(Path(__file__).resolve().parents[2] / "stagewarden" / "runtime" / "model.py")
 TINY = GPTConfig(n_layer=4, n_embd=32, block_size=16, n_head=4)
 
 

@@ -39,7 +39,7 @@ def test_demo_quick_runs_end_to_end(tmp_path: Path) -> None:
         assert "not available" in result.output
     # audit --spec on each of the demo's runs agrees with the proof: a tampered unit counts only
     # where the malicious worker computed it (not after the standby took its stage)
-    spec = ROOT / "spec" / "examples" / "demo.yaml"
+    spec = ROOT / "stagewarden" / "spec" / "examples" / "demo.yaml"
     for name in payload["runs"]:
         audited = CliRunner().invoke(cli, ["audit", str(out / name), "--spec", str(spec)])
         assert audited.exit_code == 0, audited.output

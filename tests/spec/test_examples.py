@@ -15,7 +15,7 @@ from stagewarden.spec import SpecError, example_names, example_text, json_schema
 
 from stagewarden.cli import cli
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "spec" / "examples"
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "stagewarden" / "spec" / "examples"
 NAMES = example_names()
 
 
