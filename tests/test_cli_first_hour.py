@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from stagewarden.spec import example_names, example_text, load_example, load_spec
 
 from stagewarden.cli import cli
-from stagewarden.cli_common import Choice, nearest_choice
+from stagewarden.cli.common import Choice, nearest_choice
 
 
 def test_examples_show_redirected_is_the_plain_yaml(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_attack_choices_are_the_runtime_kinds() -> None:
     """``--attack`` accepts exactly the attack kinds the runtime mounts."""
     from stagewarden.runtime.attacks import AttackKind
 
-    from stagewarden.cli_train import ATTACK_NAMES
+    from stagewarden.cli.train import ATTACK_NAMES
 
     assert list(ATTACK_NAMES) == [k.value for k in AttackKind]
 

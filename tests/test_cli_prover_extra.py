@@ -13,7 +13,7 @@ from stagewarden.prover import verify
 from stagewarden.spec import example_text, load_text
 
 from stagewarden.cli import cli
-from stagewarden.cli_common import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNKNOWN, EXIT_VIOLATED
+from stagewarden.cli.common import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNKNOWN, EXIT_VIOLATED
 
 
 def run(*args: str) -> Result:

@@ -28,7 +28,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from stagewarden.cli import cli
-from stagewarden.cli_common import EXIT_BAD_INPUT, EXIT_INTERRUPTED, os_error_message
+from stagewarden.cli.common import EXIT_BAD_INPUT, EXIT_INTERRUPTED, os_error_message
 
 NOW = "2026-03-01T12:00:00+00:00"
 MEASUREMENT = "ab" * 32

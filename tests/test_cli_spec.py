@@ -12,7 +12,7 @@ from stagewarden.spec import example_names, example_text, json_schema
 
 from stagewarden._version import __version__
 from stagewarden.cli import cli
-from stagewarden.cli_common import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNKNOWN, EXIT_VIOLATED
+from stagewarden.cli.common import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNKNOWN, EXIT_VIOLATED
 
 
 def run(*args: str) -> Result:

@@ -19,7 +19,7 @@ from click.testing import CliRunner, Result
 from stagewarden.spec import load_spec, load_text
 
 from stagewarden.cli import cli
-from stagewarden.cli_common import EXIT_BAD_INPUT, EXIT_OK, EXIT_VIOLATED
+from stagewarden.cli.common import EXIT_BAD_INPUT, EXIT_OK, EXIT_VIOLATED
 from stagewarden.confidence import binomial_cdf, clopper_pearson, regularized_beta, wilson
 from stagewarden.conformance import ConformanceReport, check_conformance, spec_settings
 
@@ -187,7 +187,7 @@ def test_attack_capability_names_the_spec_capability(attack: dict[str, Any], cap
 
 def test_spec_settings_agree_with_train() -> None:
     """The settings conformance expects are those 'stagewarden train --spec' derives, for every one-replica example."""
-    from stagewarden.cli_train import _spec_settings
+    from stagewarden.cli.train import _spec_settings
 
     examples = sorted((Path(__file__).parents[1] / "stagewarden" / "spec" / "examples").glob("*.yaml"))
     checked = 0

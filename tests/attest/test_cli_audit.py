@@ -15,7 +15,7 @@ from stagewarden.attest.receipts import UnitKind
 from stagewarden.attest.synthetic import SyntheticRun
 
 from stagewarden.cli import cli
-from stagewarden.cli_common import EXIT_BAD_INPUT, EXIT_OK, EXIT_VIOLATED
+from stagewarden.cli.common import EXIT_BAD_INPUT, EXIT_OK, EXIT_VIOLATED
 
 
 def run_cli(*args: str) -> Result:

@@ -14,7 +14,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from stagewarden._version import __version__
-from stagewarden.cli_common import EXIT_BAD_INPUT, BadInput, Choice, CommandGroup, make_console
+from stagewarden.cli.common import EXIT_BAD_INPUT, BadInput, Choice, CommandGroup, make_console
 from stagewarden.spec import LoadedSpec, SpecError, example_names, example_text, json_schema, load_example, load_spec
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ def _load(spec: str | None, example: str | None) -> LoadedSpec:
 
 
 def _print_warnings(loaded: LoadedSpec) -> None:
-    from stagewarden.cli_proving import print_warnings
+    from stagewarden.cli.proving import print_warnings
 
     print_warnings(make_console(err=True), loaded)
 
@@ -123,7 +123,7 @@ def _progress_console() -> Console | None:
 
 
 def _run_verify(loaded: LoadedSpec, ids: list[str] | None, timeout: float | None, rlimit: int | None) -> Report:
-    from stagewarden.cli_proving import check_guarantee_ids
+    from stagewarden.cli.proving import check_guarantee_ids
     from stagewarden.prover import Limits
     from stagewarden.prover import verify as prove
 
@@ -196,7 +196,7 @@ def verify(
         diagnostics = [line for line in exc.message.splitlines() if line]
         click.echo(json.dumps({"version": 1, "error": "bad spec", "diagnostics": diagnostics}, indent=2))
         sys.exit(EXIT_BAD_INPUT)
-    from stagewarden.cli_proving import check_guarantee_ids, run_with_progress, verify_job
+    from stagewarden.cli.proving import check_guarantee_ids, run_with_progress, verify_job
     from stagewarden.prover import Limits
 
     ids = list(guarantee_ids) or None
@@ -229,7 +229,7 @@ def synthesize(spec: str | None, example: str | None, fmt: str, timeout: float |
     (the solver could not decide some candidates).
     """
     loaded = _load(spec, example)
-    from stagewarden.cli_proving import run_with_progress, synthesize_job
+    from stagewarden.cli.proving import run_with_progress, synthesize_job
     from stagewarden.prover import Limits
 
     sys.exit(run_with_progress(synthesize_job(loaded, Limits(timeout=timeout), fmt, out)))
@@ -275,12 +275,12 @@ def diff(old: str, new: str, fmt: str, timeout: float | None) -> None:
     sys.exit(result.exit_code)
 
 
-from stagewarden.cli_attest import attest  # noqa: E402  (subcommand groups register after cli exists)
-from stagewarden.cli_audit import audit  # noqa: E402
-from stagewarden.cli_demo import demo  # noqa: E402
-from stagewarden.cli_replay import replay  # noqa: E402
-from stagewarden.cli_report import report  # noqa: E402
-from stagewarden.cli_train import train  # noqa: E402
+from stagewarden.cli.attest import attest  # noqa: E402  (subcommand groups register after cli exists)
+from stagewarden.cli.audit import audit  # noqa: E402
+from stagewarden.cli.demo import demo  # noqa: E402
+from stagewarden.cli.replay import replay  # noqa: E402
+from stagewarden.cli.report import report  # noqa: E402
+from stagewarden.cli.train import train  # noqa: E402
 
 cli.add_command(attest)
 cli.add_command(audit)

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import click
 
-from stagewarden.cli_common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console, os_error_message
+from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console, os_error_message
 
 _FORMAT = click.option(
     "--format", "fmt", type=Choice(["text", "json"]), default="text", show_default=True, help="Output format."
@@ -121,7 +121,7 @@ def verify_quote(
     from stagewarden.attest.ear import ear_from_appraisal, sign_ear
     from stagewarden.attest.errors import AttestError, FormatError
     from stagewarden.attest.files import atomic_write_bytes
-    from stagewarden.cli_attest import _hex, _print_rows, _verifier_key
+    from stagewarden.cli.attest import _hex, _print_rows, _verifier_key
 
     if (collateral_file is None) == (cache_dir is None):
         raise click.UsageError("give exactly one of --collateral FILE and --cache DIR")
@@ -244,7 +244,7 @@ def fetch_collateral(
     from stagewarden.attest.dcap import MAX_QUOTE_BYTES
     from stagewarden.attest.errors import AttestError, FormatError
     from stagewarden.attest.files import atomic_write_text
-    from stagewarden.cli_attest import _print_rows
+    from stagewarden.cli.attest import _print_rows
 
     if cache_dir is None and out is None:
         raise click.UsageError("give --cache DIR, --out FILE or both")

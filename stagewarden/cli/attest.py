@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import click
 
-from stagewarden.cli_common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console, os_error_message
+from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console, os_error_message
 
 SIMULATED_NOTE = "SIMULATED TEE (a software model, not real hardware)"
 _FORMAT = click.option(
@@ -453,7 +453,7 @@ def revoke(vendor_dir: str, device_id: str, now: str | None) -> None:
     )
 
 
-from stagewarden.cli_attest_dcap import fetch_collateral, verify_quote  # noqa: E402  (they join the attest group)
+from stagewarden.cli.attest_dcap import fetch_collateral, verify_quote  # noqa: E402  (they join the attest group)
 
 attest.add_command(verify_quote)
 attest.add_command(fetch_collateral)

@@ -13,7 +13,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from stagewarden.cli_common import EXIT_OK, EXIT_VIOLATED, BadInput, make_console
+from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, make_console
 
 #: The checks the runtime can run, as ``(scheme, verifier)``; others in a proposed defence are refused.
 RUNNABLE_CHECKS = {("spot_check", "coordinator"), ("redundant_neighbour", None)}

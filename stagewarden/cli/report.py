@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from stagewarden.cli_common import EXIT_OK, BadInput, Choice, make_console
+from stagewarden.cli.common import EXIT_OK, BadInput, Choice, make_console
 
 
 @click.command()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.console import Console
 
-from stagewarden.cli_common import EXIT_BAD_INPUT, BadInput, make_console
+from stagewarden.cli.common import EXIT_BAD_INPUT, BadInput, make_console
 from stagewarden.interruptible import CommandOutput, Job, run_interruptibly
 from stagewarden.spec import LoadedSpec
 
