@@ -24,7 +24,12 @@ def example_text(name: str) -> str:
         close = difflib.get_close_matches(name, example_names(), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise SpecError(
-            [SpecDiagnostic(SourceLocation(f"example:{name}", 1, 1), f"no packaged example named '{name}'{hint}; see `stagewarden examples list`")]
+            [
+                SpecDiagnostic(
+                    SourceLocation(f"example:{name}", 1, 1),
+                    f"no packaged example named '{name}'{hint}; see `stagewarden examples list`",
+                )
+            ]
         )
     return resources.files(_PACKAGE).joinpath("examples", f"{name}.yaml").read_text("utf-8")
 

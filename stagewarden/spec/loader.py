@@ -260,7 +260,12 @@ def _parse(text: str, file: str) -> tuple[Any, SourceMap]:
     directive = re.search(r"(?m)^%", text)
     if directive is not None and not file.endswith(".json"):
         line, column = _line_col_of_offset(text, directive.start())
-        raise _fail(file, line, column, "YAML directives (%YAML, %TAG) are not allowed in a spec: they change how values are read")
+        raise _fail(
+            file,
+            line,
+            column,
+            "YAML directives (%YAML, %TAG) are not allowed in a spec: they change how values are read",
+        )
     yaml = YAML(typ="rt", pure=True)
     yaml.Constructor = _Constructor
     yaml.allow_duplicate_keys = False
@@ -278,7 +283,9 @@ def _parse(text: str, file: str) -> tuple[Any, SourceMap]:
     except Exception as exc:  # a failure inside the round-trip reader is still bad input
         raise _reader_failure(text, file, exc) from None
     if tree is None:
-        raise _fail(file, 1, 1, "the spec is empty: expected a mapping with version, name, topology, adversary and guarantees")
+        raise _fail(
+            file, 1, 1, "the spec is empty: expected a mapping with version, name, topology, adversary and guarantees"
+        )
     if getattr(getattr(tree, "lc", None), "line", None) is not None:
         source.values[()] = (tree.lc.line, tree.lc.col)
     if not isinstance(tree, CommentedMap):
@@ -422,7 +429,9 @@ def _diagnostic_for(error: Any, data: Any, source: SourceMap) -> tuple[Path, Spe
         key = loc[-1]
         parent = path
         where = f" in {_dotted(parent)}" if parent else ""
-        return parent, SpecDiagnostic(source.key(parent) if parent else source.value(()), f"missing required key '{key}'{where}")
+        return parent, SpecDiagnostic(
+            source.key(parent) if parent else source.value(()), f"missing required key '{key}'{where}"
+        )
     if kind == "union_tag_invalid":
         ctx = error.get("ctx", {})
         tag_name = ctx.get("discriminator", "").strip("'")
@@ -456,7 +465,8 @@ def _diagnostic_for(error: Any, data: Any, source: SourceMap) -> tuple[Path, Spe
         options = [a or b for a, b in choices]
         return path, SpecDiagnostic(
             source.value(path),
-            f"{name}: {_describe(value)} is not allowed{_did_you_mean(value, options)}; expected one of: {', '.join(options)}",
+            f"{name}: {_describe(value)} is not allowed{_did_you_mean(value, options)}; expected one of: "
+            f"{', '.join(options)}",
         )
     if kind in _TYPE_NAMES:
         return path, SpecDiagnostic(source.value(path), f"{name} must be {_TYPE_NAMES[kind]}, got {_describe(value)}")
@@ -468,7 +478,8 @@ def _diagnostic_for(error: Any, data: Any, source: SourceMap) -> tuple[Path, Spe
     if kind == "string_pattern_mismatch":
         return path, SpecDiagnostic(
             source.value(path),
-            f"{name}: {_describe(value)} is not a valid id (letters, digits, '_', '.', '-'; not starting with '.' or '-')",
+            f"{name}: {_describe(value)} is not a valid id "
+            "(letters, digits, '_', '.', '-'; not starting with '.' or '-')",
         )
     if kind == "value_error":
         message = str(error.get("msg", "")).removeprefix("Value error, ")

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 from pydantic_core import PydanticCustomError
+
 from stagewarden.spec import limits
 
 #: Every adversary capability, in the order of the spec language reference.
@@ -178,7 +179,9 @@ class Adversary(_Model):
     """The attacker's budget and powers."""
 
     max_malicious: Budget = Field(
-        description="Malicious workers: a whole number, or a percentage of all workers (standby included), rounded down."
+        description=(
+            "Malicious workers: a whole number, or a percentage of all workers (standby included), rounded down."
+        )
     )
     collusion: bool = Field(True, description="Malicious workers cover for each other when they check each other.")
     tee_compromise: bool = Field(
@@ -194,7 +197,10 @@ class RedundantNeighbourCheck(_Model):
     scheme: Literal["redundant_neighbour"]
     input_via: Literal["coordinator", "upstream", "checked_worker"] = Field(
         "coordinator",
-        description="How the checker gets the checked unit's input: a trusted relay, the upstream worker s-1, or the checked worker itself.",
+        description=(
+            "How the checker gets the checked unit's input: "
+            "a trusted relay, the upstream worker s-1, or the checked worker itself."
+        ),
     )
 
 
@@ -243,6 +249,11 @@ Check = Annotated[
 ]
 
 
+def _eject_only() -> list[Response]:
+    """The default response to a detection: eject the convicted worker."""
+    return ["eject"]
+
+
 class Defense(_Model):
     """The protocol's protections and its response to a detection."""
 
@@ -255,7 +266,7 @@ class Defense(_Model):
     )
     checks: list[Check] = Field(default_factory=list, description="Checks; several combine.")
     response: list[Response] = Field(
-        default_factory=lambda: ["eject"], min_length=1, description="What happens on a detection."
+        default_factory=_eject_only, min_length=1, description="What happens on a detection."
     )
     checkpoint_every: int = Field(
         50, ge=1, le=limits.MAX_CHECKPOINT_EVERY, description="Steps between verified checkpoints."

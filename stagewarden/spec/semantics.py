@@ -136,7 +136,8 @@ def check_semantics(spec: m.Spec, source: SourceMap) -> tuple[list[SpecDiagnosti
     ):
         c.warn(
             ("adversary", "max_malicious"),
-            f"adversary.max_malicious {adv.max_malicious!r} of {spec.total_workers} workers rounds down to 0: the adversary controls no worker",
+            f"adversary.max_malicious {adv.max_malicious!r} of {spec.total_workers} workers rounds down to 0: "
+            "the adversary controls no worker",
         )
     if adv.faults.crash > spec.total_workers:
         c.error(
@@ -148,7 +149,8 @@ def check_semantics(spec: m.Spec, source: SourceMap) -> tuple[list[SpecDiagnosti
     if "poison_data" in adv.capabilities and not c.errors and all((0, r) in honest for r in range(topo.replicas)):
         c.warn(
             ("adversary", "capabilities", adv.capabilities.index("poison_data")),
-            "poison_data can only be used by stage-0 workers, and every stage-0 worker is in trust.honest: the capability has no effect",
+            "poison_data can only be used by stage-0 workers, and every stage-0 worker is in trust.honest: "
+            "the capability has no effect",
         )
     if adv.tee_compromise and not spec.trust.tee:
         c.warn(("adversary", "tee_compromise"), "adversary.tee_compromise is true but trust.tee is empty")
@@ -164,7 +166,8 @@ def check_semantics(spec: m.Spec, source: SourceMap) -> tuple[list[SpecDiagnosti
         if check.scheme in single_use and check.scheme in first_scheme:
             c.error(
                 ("defense", "checks", index, "scheme"),
-                f"defense.checks[{index}]: only one '{check.scheme}' check is allowed (first at index {first_scheme[check.scheme]})",
+                f"defense.checks[{index}]: only one '{check.scheme}' check is allowed "
+                f"(first at index {first_scheme[check.scheme]})",
             )
         first_scheme.setdefault(check.scheme, index)
     for index, check in enumerate(defense.checks):
@@ -172,7 +175,8 @@ def check_semantics(spec: m.Spec, source: SourceMap) -> tuple[list[SpecDiagnosti
         if isinstance(check, m.SpotCheck) and not defense.receipts:
             c.warn(
                 path,
-                "spot_check without defense.receipts detects nothing: an uncommitted worker recomputes honestly when challenged",
+                "spot_check without defense.receipts detects nothing: "
+                "an uncommitted worker recomputes honestly when challenged",
             )
         if isinstance(check, m.SpotCheck) and check.verifier == "tee" and not spec.trust.tee:
             c.warn(
@@ -182,7 +186,8 @@ def check_semantics(spec: m.Spec, source: SourceMap) -> tuple[list[SpecDiagnosti
         if isinstance(check, m.RobustAggregationCheck) and topo.replicas < 3:
             c.warn(
                 path,
-                f"robust_aggregation over {topo.replicas} replica(s) cannot outvote a corrupted replica (needs at least 3)",
+                f"robust_aggregation over {topo.replicas} replica(s) cannot outvote a corrupted replica "
+                "(needs at least 3)",
             )
         if isinstance(check, m.ReplicateCheck) and check.resolve == "referee" and spec.trust.coordinator == "untrusted":
             c.warn(
@@ -193,7 +198,8 @@ def check_semantics(spec: m.Spec, source: SourceMap) -> tuple[list[SpecDiagnosti
     if defense.checkpoint_every > topo.steps and "rollback" in defense.response:
         c.warn(
             ("defense", "checkpoint_every"),
-            f"checkpoint_every ({defense.checkpoint_every}) exceeds the horizon ({topo.steps} steps): rollback can only return to the start",
+            f"checkpoint_every ({defense.checkpoint_every}) exceeds the horizon ({topo.steps} steps): "
+            "rollback can only return to the start",
         )
 
     ids: dict[str, int] = {}
@@ -209,12 +215,14 @@ def check_semantics(spec: m.Spec, source: SourceMap) -> tuple[list[SpecDiagnosti
                 if capability not in m.TAMPERING_CAPABILITIES:
                     c.error(
                         (*path, "of", j),
-                        f"detection covers tampering capabilities ({', '.join(m.TAMPERING_CAPABILITIES)}); '{capability}' is not one",
+                        f"detection covers tampering capabilities ({', '.join(m.TAMPERING_CAPABILITIES)}); "
+                        f"'{capability}' is not one",
                     )
                 elif capability not in adv.capabilities:
                     c.warn(
                         (*path, "of", j),
-                        f"'{capability}' is not among adversary.capabilities: this part of the guarantee holds trivially",
+                        f"'{capability}' is not among adversary.capabilities: "
+                        "this part of the guarantee holds trivially",
                     )
         if isinstance(guarantee, m.DataIntegrityGuarantee) and "poison_data" not in adv.capabilities:
             c.warn(path, "data_integrity: the adversary lacks poison_data, so the guarantee holds trivially")
