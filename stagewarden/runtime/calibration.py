@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.model import StageModule
 from stagewarden.runtime.seeding import generator

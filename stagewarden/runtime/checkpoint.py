@@ -26,6 +26,7 @@ from typing import Any
 
 import blake3
 import torch
+
 from stagewarden.attest.files import atomic_write_bytes, atomic_write_text
 from stagewarden.attest.tensor_digest import digest_tensor, weights_digest
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+
 from stagewarden.runtime.errors import DataError
 from stagewarden.runtime.seeding import generator
 

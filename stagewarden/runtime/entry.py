@@ -88,6 +88,7 @@ def run_process(config_path: str, out: str, vendor: str | None, resume: str = "n
     (for ``torchrun --max-restarts``, which restarts every process after a failure).
     """
     import torch.distributed as dist
+
     from stagewarden.runtime.config import load_run_config
     from stagewarden.runtime.liveness import HeartbeatInbox, HeartbeatSender, heartbeat_group
     from stagewarden.runtime.transport import Transport

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from stagewarden.runtime.errors import PartitionError
 from stagewarden.runtime.seeding import generator
-from torch import nn
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+
 from stagewarden.attest.tensor_digest import digest_tensor
 from stagewarden.runtime.model import GPTConfig, StageModule, build_stage
 from stagewarden.runtime.spotcheck import export_optimizer_state, import_optimizer_state

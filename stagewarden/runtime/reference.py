@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+
 from stagewarden.runtime.data import Batches
 from stagewarden.runtime.model import GPTConfig, StageModule, build_stages
 from stagewarden.runtime.units import (

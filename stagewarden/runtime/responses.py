@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+
 from stagewarden.runtime.model import StageModule
 from stagewarden.runtime.units import ForwardState, optimizer_step, stage_backward, stage_forward, step_loss
 

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import blake3
 import torch
+
 from stagewarden.attest.tensor_digest import digest_state_dict, digest_tensor
 from stagewarden.runtime.model import GPTConfig, StageModule, build_stage
 from stagewarden.runtime.units import TrainConfig, make_optimizer, optimizer_step, stage_backward, stage_forward

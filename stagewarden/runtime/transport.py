@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from nacl.signing import SigningKey
+
 from stagewarden.attest.errors import AttestError, ErrorCode, FormatError
 from stagewarden.attest.headers import (
     SignedHeader,

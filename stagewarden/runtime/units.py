@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+
 from stagewarden.attest.tensor_digest import digest_tensor
 from stagewarden.runtime.model import StageModule
 
