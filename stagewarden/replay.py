@@ -146,10 +146,10 @@ def plan_replay(loaded: LoadedSpec, guarantee_id: str, steps: int, report: Any =
     Raises:
         ReplayError: No such guarantee, it is not violated, or its trace cannot be mounted.
     """
-    from stagewarden.conformance import spec_settings
     from stagewarden.prover import verify
     from stagewarden.runtime.config import ConfigError, RunConfig
     from stagewarden.runtime.model import GPTConfig
+    from stagewarden.spec_settings import spec_settings
 
     ids = [g.id for g in loaded.spec.guarantees]
     if guarantee_id not in ids:

@@ -857,7 +857,7 @@ def test_an_unhandled_os_error_is_bad_input(monkeypatch: pytest.MonkeyPatch) -> 
     def fail() -> list[str]:
         raise PermissionError(13, "Permission denied", "/somewhere/examples")
 
-    monkeypatch.setattr("stagewarden.cli.example_names", fail)
+    monkeypatch.setattr("stagewarden.cli.examples.example_names", fail)
     result = _invoke(["examples", "list"])
     _check_failure(result, EXIT_BAD_INPUT, ("error: /somewhere/examples: permission denied",))
     assert len(result.output.strip().splitlines()) == 1
@@ -917,7 +917,7 @@ INTERRUPTS = [
     Interrupt(
         "examples-list",
         lambda d: ["examples", "list"],
-        lambda m: m.setattr("stagewarden.cli.example_names", _interrupt),
+        lambda m: m.setattr("stagewarden.cli.examples.example_names", _interrupt),
     ),
     Interrupt("schema-out", lambda d: ["schema", "--out", str(d / "schema.json")], _interrupt_fsync),
     Interrupt("keygen-out", lambda d: ["attest", "keygen", "--out", str(d / "worker.key")], _interrupt_fsync),

@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from stagewarden.spec import load_spec, load_text
 
 from stagewarden.cli import cli
 from stagewarden.cli.common import EXIT_BAD_INPUT, EXIT_OK, EXIT_VIOLATED
 from stagewarden.confidence import binomial_cdf, clopper_pearson, regularized_beta, wilson
-from stagewarden.conformance import ConformanceReport, check_conformance, spec_settings
+from stagewarden.conformance import ConformanceReport, check_conformance
+from stagewarden.spec import load_spec, load_text
+from stagewarden.spec_settings import spec_settings
 
 sys.path.insert(0, str(Path(__file__).parent / "runtime"))
 from distributed_helpers import tiny_config  # noqa: E402
@@ -187,14 +188,14 @@ def test_attack_capability_names_the_spec_capability(attack: dict[str, Any], cap
 
 def test_spec_settings_agree_with_train() -> None:
     """The settings conformance expects are those 'stagewarden train --spec' derives, for every one-replica example."""
-    from stagewarden.cli.train import _spec_settings
+    from stagewarden.cli.spec_settings import load_spec_settings
 
     examples = sorted((Path(__file__).parents[1] / "stagewarden" / "spec" / "examples").glob("*.yaml"))
     checked = 0
     for path in examples:
         loaded = load_spec(path)
         if loaded.spec.topology.replicas == 1:
-            assert spec_settings(loaded) == _spec_settings(str(path), None), path.name
+            assert spec_settings(loaded) == load_spec_settings(str(path), None), path.name
             checked += 1
     assert checked >= 5
 

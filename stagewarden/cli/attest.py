@@ -15,39 +15,25 @@ from typing import Any, NoReturn
 
 import click
 
-from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console, os_error_message
+from stagewarden.cli.common import (
+    EXIT_OK,
+    EXIT_VIOLATED,
+    FORMAT_OPTION,
+    BadInput,
+    load_verifier_key,
+    make_console,
+    os_error_message,
+    parse_hex,
+    print_rows,
+)
 
 SIMULATED_NOTE = "SIMULATED TEE (a software model, not real hardware)"
-_FORMAT = click.option(
-    "--format", "fmt", type=Choice(["text", "json"]), default="text", show_default=True, help="Output format."
-)
 _NOW = click.option(
     "--now",
     metavar="ISO8601",
     default=None,
     help="Use this fixed instant instead of the system clock (UTC if no zone is given).",
 )
-
-
-def _hex(value: str, size: int, what: str) -> bytes:
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError:
-        raise click.BadParameter(f"{what} must be hex, got {value!r}") from None
-    if len(raw) != size:
-        raise click.BadParameter(f"{what} must be {size} bytes ({2 * size} hex digits), got {len(raw)} bytes")
-    return raw
-
-
-def _verifier_key(path: str, data: bytes) -> Any:
-    """The verifier's Ed25519 signing key from a key file's bytes (a hex seed)."""
-    from nacl.signing import SigningKey
-
-    text = data.decode("ascii", "replace").strip()
-    try:
-        return SigningKey(_hex(text, 32, "the verifier key file"))
-    except click.BadParameter as exc:
-        raise BadInput(f"{path}: {exc.message}") from None
 
 
 def _clock(now: str | None) -> Any:
@@ -94,12 +80,6 @@ def _load_vendor(directory: str) -> Any:
         return load_vendor(directory)
     except AttestError as exc:
         raise BadInput(str(exc)) from None
-
-
-def _print_rows(console: Any, rows: list[tuple[str, str]]) -> None:
-    width = max(len(label) for label, _ in rows)
-    for label, value in rows:
-        console.print(f"  {label.ljust(width)}  {value}", markup=False)
 
 
 @click.group()
@@ -210,9 +190,9 @@ def make_evidence(
     from stagewarden.attest.files import atomic_write_bytes
     from stagewarden.attest.vendor import make_evidence as make
 
-    pubkey = _hex(key_hex, 32, "--key")
-    nonce_raw = _hex(nonce_hex, 32, "--nonce")
-    measurement = _hex(measurement_hex, 32, "--measurement")
+    pubkey = parse_hex(key_hex, 32, "--key")
+    nonce_raw = parse_hex(nonce_hex, 32, "--nonce")
+    measurement = parse_hex(measurement_hex, 32, "--measurement")
     svns = _svns(svn_text)
     clock = _clock(now)
     vendor = _load_vendor(vendor_dir)
@@ -245,7 +225,7 @@ def make_evidence(
 
 @attest.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@_FORMAT
+@FORMAT_OPTION
 def show(file: str, fmt: str) -> None:
     """Show the SIMULATED TEE evidence in FILE in readable form (without verifying it)."""
     from stagewarden.attest.errors import AttestError
@@ -272,11 +252,12 @@ def show(file: str, fmt: str) -> None:
         rows.append(
             (
                 f"chain[{index}]",
-                f"{cert.subject.rfc4514_string()} (serial {cert.serial_number:x}, valid {cert.not_valid_before_utc.isoformat()} .. {cert.not_valid_after_utc.isoformat()})",
+                f"{cert.subject.rfc4514_string()} (serial {cert.serial_number:x}, "
+                f"valid {cert.not_valid_before_utc.isoformat()} .. {cert.not_valid_after_utc.isoformat()})",
             )
         )
     rows.append(("signature", evidence.signature.hex()))
-    _print_rows(console, rows)
+    print_rows(console, rows)
 
 
 @attest.command()
@@ -322,7 +303,7 @@ def show(file: str, fmt: str) -> None:
     default=None,
     help="Write the signed attestation result token here.",
 )
-@_FORMAT
+@FORMAT_OPTION
 @_NOW
 def verify(
     file: str,
@@ -347,15 +328,15 @@ def verify(
     from stagewarden.attest.policy import Policy, parse_policy
     from stagewarden.attest.vendor import load_vendor, local_verifier
 
-    nonce_raw = _hex(nonce_hex, 32, "--nonce")
-    pubkey = _hex(key_hex, 32, "--key")
-    measurements = [_hex(r, 32, "--reference") for r in references]
+    nonce_raw = parse_hex(nonce_hex, 32, "--nonce")
+    pubkey = parse_hex(key_hex, 32, "--key")
+    measurements = [parse_hex(r, 32, "--reference") for r in references]
     clock = _clock(now)
     data = _read_file(file, "evidence")
     policy_bytes = _read_file(policy_file, "policy") if policy_file else None
     signing_key = None
     if verifier_key_file is not None:
-        signing_key = _verifier_key(verifier_key_file, _read_file(verifier_key_file, "verifier key"))
+        signing_key = load_verifier_key(verifier_key_file, _read_file(verifier_key_file, "verifier key"))
     try:
         vendor = load_vendor(vendor_dir)
     except AttestError as exc:
@@ -405,7 +386,7 @@ def verify(
     ]
     rows += [(f"check {name}", outcome) for name, outcome in result.checks]
     rows.append(("verifier key", verifier_public + ("" if signing_key else " (ephemeral)")))
-    _print_rows(console, rows)
+    print_rows(console, rows)
     console.print("attestation result token:", markup=False)
     click.echo(appraisal.token.decode("ascii"))
     sys.exit(EXIT_OK)
@@ -451,9 +432,3 @@ def revoke(vendor_dir: str, device_id: str, now: str | None) -> None:
     make_console().print(
         f"Revoked {SIMULATED_NOTE} device {device_id} in {vendor.path / 'intermediate.crl'}", markup=False
     )
-
-
-from stagewarden.cli.attest_dcap import fetch_collateral, verify_quote  # noqa: E402  (they join the attest group)
-
-attest.add_command(verify_quote)
-attest.add_command(fetch_collateral)

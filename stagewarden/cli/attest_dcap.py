@@ -18,10 +18,16 @@ from typing import Any, NoReturn
 
 import click
 
-from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console, os_error_message
-
-_FORMAT = click.option(
-    "--format", "fmt", type=Choice(["text", "json"]), default="text", show_default=True, help="Output format."
+from stagewarden.cli.common import (
+    EXIT_OK,
+    EXIT_VIOLATED,
+    FORMAT_OPTION,
+    BadInput,
+    load_verifier_key,
+    make_console,
+    os_error_message,
+    parse_hex,
+    print_rows,
 )
 
 
@@ -90,7 +96,7 @@ def _read(path: str, what: str, limit: int) -> bytes:
     default=None,
     help="Write the signed EAR attestation result (JWT) here when the quote is accepted.",
 )
-@_FORMAT
+@FORMAT_OPTION
 def verify_quote(
     quote_file: str,
     collateral_file: str | None,
@@ -121,7 +127,6 @@ def verify_quote(
     from stagewarden.attest.ear import ear_from_appraisal, sign_ear
     from stagewarden.attest.errors import AttestError, FormatError
     from stagewarden.attest.files import atomic_write_bytes
-    from stagewarden.cli.attest import _hex, _print_rows, _verifier_key
 
     if (collateral_file is None) == (cache_dir is None):
         raise click.UsageError("give exactly one of --collateral FILE and --cache DIR")
@@ -129,7 +134,7 @@ def verify_quote(
         raise click.UsageError("--nonce and --key go together")
     binding = None
     if nonce_hex is not None and key_hex is not None:
-        binding = Binding(_hex(nonce_hex, 32, "--nonce"), _hex(key_hex, 32, "--key"))
+        binding = Binding(parse_hex(nonce_hex, 32, "--nonce"), parse_hex(key_hex, 32, "--key"))
     unknown = sorted(set(statuses) - KNOWN_STATUSES)
     if unknown:
         raise click.BadParameter(
@@ -139,7 +144,7 @@ def verify_quote(
     quote = _read(quote_file, "quote", MAX_QUOTE_BYTES)
     signing_key = None
     if verifier_key_file is not None:
-        signing_key = _verifier_key(verifier_key_file, _read(verifier_key_file, "verifier key", 1024))
+        signing_key = load_verifier_key(verifier_key_file, _read(verifier_key_file, "verifier key", 1024))
     try:
         policy = DcapPolicy()
         if policy_file is not None:
@@ -200,7 +205,7 @@ def verify_quote(
     rows.append(("measurements", f"match {matched}" if matched else "not appraised (no reference values)"))
     rows.append(("EAR status", f"{result.status} {result.trust_vector}"))
     rows.append(("verifier key", bytes(key.verify_key).hex() + ("" if signing_key else " (ephemeral)")))
-    _print_rows(console, rows)
+    print_rows(console, rows)
     console.print("EAR attestation result (JWT):", markup=False)
     click.echo(token.decode("ascii"))
     sys.exit(EXIT_OK)
@@ -234,7 +239,7 @@ def _report_rejection(fmt: str, payload: dict[str, Any]) -> NoReturn:
 @click.option(
     "--timeout", type=click.FloatRange(0.1, 600), default=30.0, show_default=True, help="Seconds to wait for it."
 )
-@_FORMAT
+@FORMAT_OPTION
 def fetch_collateral(
     quote_file: str, pccs_url: str | None, cache_dir: str | None, out: str | None, timeout: float, fmt: str
 ) -> None:
@@ -244,7 +249,6 @@ def fetch_collateral(
     from stagewarden.attest.dcap import MAX_QUOTE_BYTES
     from stagewarden.attest.errors import AttestError, FormatError
     from stagewarden.attest.files import atomic_write_text
-    from stagewarden.cli.attest import _print_rows
 
     if cache_dir is None and out is None:
         raise click.UsageError("give --cache DIR, --out FILE or both")
@@ -269,13 +273,18 @@ def fetch_collateral(
         raise BadInput(f"cannot write the collateral: {os_error_message(exc)}") from None
     windows = {w.what: [w.issued.isoformat(), w.next_update.isoformat()] for w in collateral.windows}
     if fmt == "json":
-        payload = {"source": url, "fmspc": collateral.fmspc, "tcb": collateral.tcb_id, "written": written}
+        payload: dict[str, Any] = {
+            "source": url,
+            "fmspc": collateral.fmspc,
+            "tcb": collateral.tcb_id,
+            "written": written,
+        }
         payload["validity"] = windows
         click.echo(json.dumps(payload, indent=2))
         return
     console = make_console()
     console.print(f"Fetched {collateral.tcb_id} collateral for FMSPC {collateral.fmspc} from {url}", markup=False)
-    _print_rows(console, [(what, f"{start} .. {end}") for what, (start, end) in windows.items()])
+    print_rows(console, [(what, f"{start} .. {end}") for what, (start, end) in windows.items()])
     for path in written:
         console.print(f"  wrote {Path(path)}", markup=False)
 

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console
+from stagewarden.cli.spec_input import load_spec_or_example
 
 if TYPE_CHECKING:
     from stagewarden.attest.audit import AuditReport
@@ -75,7 +76,7 @@ def audit(run_dir: str, verifier_key: str | None, fmt: str, spec_path: str | Non
     from stagewarden.attest.errors import AttestError, ErrorCode
 
     key = _parse_key(verifier_key) if verifier_key is not None else None
-    loaded = _load_spec(spec_path) if spec_path is not None else None
+    loaded = load_spec_or_example(spec_path, None) if spec_path is not None else None
     try:
         report = audit_run_dir(run_dir, key)
         conformance = _conformance(run_dir, loaded, report) if loaded is not None else None
@@ -144,17 +145,6 @@ def _explain_unpinned(console: Console, run_dir: str) -> None:
         markup=True,
     )
     console.print(f"  stagewarden audit {escape(run_dir)} --verifier-key <64 hex digits>", markup=False)
-
-
-def _load_spec(path: str) -> LoadedSpec:
-    """Load the spec as ``stagewarden verify`` does: a bad spec prints ``file:line:column`` errors, exit 2."""
-    from stagewarden.cli import BadSpec
-    from stagewarden.spec import SpecError, load_spec
-
-    try:
-        return load_spec(path)
-    except SpecError as exc:
-        raise BadSpec(str(exc)) from None
 
 
 def _conformance(run_dir: str, loaded: LoadedSpec, report: AuditReport) -> ConformanceReport:

@@ -1,5 +1,6 @@
-"""What every ``stagewarden`` command shares: exit codes, consoles, the bad-input exception, and the
-command group that turns Ctrl-C and file-system errors into one line and an exit code."""
+"""What every ``stagewarden`` command shares: exit codes, consoles, the bad-input exceptions, the
+command group that turns Ctrl-C and file-system errors into one line and an exit code, the options
+several commands take, and the parsing of hex values and key files given on the command line."""
 
 from __future__ import annotations
 
@@ -79,6 +80,13 @@ class BadInput(click.ClickException):
         make_console(err=True).print(f"[bold red]error:[/] {escape(self.message)}", markup=True)
 
 
+class BadSpec(BadInput):
+    """A spec that does not load: one ``file:line:column: message`` line per problem, exit code 2."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(self.message, err=True)
+
+
 class Interrupted(click.ClickException):
     """Ctrl-C (SIGINT) stopped the command: one line on standard error, exit code 130."""
 
@@ -137,3 +145,61 @@ class CommandGroup(click.Group):
             if exc.errno == errno.EPIPE:
                 raise
             raise BadInput(os_error_message(exc)) from None
+
+
+#: ``--format text|json`` of the commands that print a result.
+FORMAT_OPTION = click.option(
+    "--format", "fmt", type=Choice(["text", "json"]), default="text", show_default=True, help="Output format."
+)
+#: The optional SPEC argument of the commands that take a spec (or ``--example NAME``).
+SPEC_ARGUMENT = click.argument("spec", required=False, type=click.Path(dir_okay=True))
+#: ``--example NAME``: a packaged example spec in place of SPEC.
+EXAMPLE_OPTION = click.option(
+    "--example", metavar="NAME", help="Use a packaged example spec instead of a file (see `stagewarden examples list`)."
+)
+#: ``--timeout SECONDS``: the prover's wall-clock limit per guarantee.
+TIMEOUT_OPTION = click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Wall-clock limit per guarantee; a guarantee that runs out is reported unknown.",
+)
+#: ``--rlimit N``: the prover's deterministic resource limit per solver call.
+RLIMIT_OPTION = click.option(
+    "--rlimit",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Deterministic Z3 resource limit per solver call (reproducible across machines, unlike --timeout).",
+)
+
+
+def parse_hex(value: str, size: int, what: str) -> bytes:
+    """``value`` as exactly ``size`` bytes of hex; :class:`click.BadParameter` naming ``what`` otherwise."""
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raise click.BadParameter(f"{what} must be hex, got {value!r}") from None
+    if len(raw) != size:
+        raise click.BadParameter(f"{what} must be {size} bytes ({2 * size} hex digits), got {len(raw)} bytes")
+    return raw
+
+
+def load_verifier_key(path: str, data: bytes) -> Any:
+    """The verifier's Ed25519 signing key from a key file's bytes (a hex seed); :class:`BadInput`
+    naming ``path`` when they are not one."""
+    from nacl.signing import SigningKey
+
+    text = data.decode("ascii", "replace").strip()
+    try:
+        return SigningKey(parse_hex(text, 32, "the verifier key file"))
+    except click.BadParameter as exc:
+        raise BadInput(f"{path}: {exc.message}") from None
+
+
+def print_rows(console: Console, rows: list[tuple[str, str]]) -> None:
+    """Label-value rows, the labels padded to one width (the text form of an appraisal)."""
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        console.print(f"  {label.ljust(width)}  {value}", markup=False)

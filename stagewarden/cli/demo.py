@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 
 from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console
+from stagewarden.cli.proving import prove_with_status
 
 #: The attacker's stage, the attack and its first step in the attacked run.
 ATTACK_STAGE = 1
@@ -166,7 +167,7 @@ def demo(out: str | None, fmt: str, quick: bool) -> None:
     blamed, the attacked run failed before any detection, or the attack went undetected where
     the proof says it cannot; 2 bad input.
     """
-    from stagewarden.cli import _run_verify
+    from stagewarden.prover import Limits
     from stagewarden.spec import load_example
 
     started = time.perf_counter()
@@ -178,7 +179,7 @@ def demo(out: str | None, fmt: str, quick: bool) -> None:
     loaded = load_example("demo")
     if fmt == "text":
         console.print("stagewarden demo: proving the packaged demo protocol (`stagewarden examples show demo`).")
-    report = _run_verify(loaded, None, None, None)
+    report = prove_with_status(loaded, None, Limits())
     report_json = report.to_json()
     if fmt == "text":
         from stagewarden.render import print_report
@@ -216,7 +217,7 @@ def demo(out: str | None, fmt: str, quick: bool) -> None:
     clean = runs["clean"]
     audits = {name: _audit(run) for name, run in runs.items() if run["error"] is None}
     failures = _judge(runs, audits, predicted)
-    payload = {
+    payload: dict[str, Any] = {
         "version": 1,
         "out": str(target),
         "proof": report_json,

@@ -1,11 +1,11 @@
-"""The work of ``stagewarden verify`` and ``synthesize``: proving in a child process that Ctrl-C
+"""Proving for the commands: ``verify`` and ``synthesize`` prove in a child process that Ctrl-C
 stops at once (:mod:`stagewarden.interruptible`), with progress on standard error while it runs
-and the result printed only once it is complete, so that an interrupted command prints none of it.
+and the result printed only once it is complete, so that an interrupted command prints none of it;
+``report`` and ``demo`` prove in process, with the same progress, and go on with the verdicts.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -13,33 +13,13 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.console import Console
 
-from stagewarden.cli.common import EXIT_BAD_INPUT, BadInput, make_console
+from stagewarden.cli.common import EXIT_BAD_INPUT, make_console
+from stagewarden.cli.spec_input import print_warnings, warnings_json
 from stagewarden.interruptible import CommandOutput, Job, run_interruptibly
 from stagewarden.spec import LoadedSpec
 
 if TYPE_CHECKING:
-    from stagewarden.prover import Limits
-
-
-def warnings_json(loaded: LoadedSpec) -> list[dict[str, str]]:
-    """The spec's warnings as the JSON outputs list them."""
-    return [{"location": str(w.location), "message": w.message} for w in loaded.warnings]
-
-
-def print_warnings(console: Console, loaded: LoadedSpec) -> None:
-    """The spec's warnings, one ``file:line:column: warning: ...`` line each."""
-    for warning in loaded.warnings:
-        console.print(f"[yellow]{warning.location}: warning:[/] {warning.message}", markup=True)
-
-
-def check_guarantee_ids(loaded: LoadedSpec, ids: list[str] | None) -> None:
-    """Raise :class:`BadInput` (with a hint) for a guarantee id that the spec does not have."""
-    known = [g.id for g in loaded.spec.guarantees]
-    for gid in ids or []:
-        if gid not in known:
-            close = difflib.get_close_matches(gid, known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise BadInput(f"{loaded.file} has no guarantee '{gid}'{hint}; its guarantees are: {', '.join(known)}")
+    from stagewarden.prover import Limits, Report
 
 
 def _captured(err: bool, draw: Callable[[Console], None]) -> str:
@@ -126,3 +106,21 @@ def run_with_progress(job: Job) -> int:
         click.echo(output.stderr, err=True, nl=False)
     click.echo(output.stdout, nl=False)
     return output.exit_code
+
+
+def prove_with_status(loaded: LoadedSpec, ids: list[str] | None, limits: Limits) -> Report:
+    """Prove the guarantees ``ids`` (all when None) in this process, the guarantee being checked
+    shown on a terminal's standard error; returns the verdicts."""
+    from stagewarden.prover import verify as prove
+
+    console = make_console(err=True)
+    status = console.status("") if console.is_terminal else None
+
+    def progress(gid: str, result: Any) -> None:
+        if status is not None and result is None:
+            status.update(f"checking guarantee {gid} ...")
+
+    if status is not None:
+        with status:
+            return prove(loaded, ids, limits, progress)
+    return prove(loaded, ids, limits, progress)

@@ -14,6 +14,7 @@ import click
 from rich.markup import escape
 
 from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, make_console
+from stagewarden.cli.spec_input import load_spec_or_example, print_warnings_to_stderr
 
 #: The checks the runtime can run, as ``(scheme, verifier)``; others in a proposed defence are refused.
 RUNNABLE_CHECKS = {("spot_check", "coordinator"), ("redundant_neighbour", None)}
@@ -87,10 +88,8 @@ def replay(
     does not (or a run failed), 2 bad input (spec, guarantee, --out) or a trace or defence the
     runtime cannot mount.
     """
-    from stagewarden.cli import _load, _print_warnings
-
-    loaded = _load(spec, example)
-    _print_warnings(loaded)
+    loaded = load_spec_or_example(spec, example)
+    print_warnings_to_stderr(loaded)
     target = Path(out)
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not force:
         raise BadInput(f"--out {out} exists and is not empty; pass --force to replace it")
@@ -132,9 +131,9 @@ def _replay(
 ) -> None:
     """The replay into ``staging``, moved to ``target`` when it is complete; exits with its exit code."""
     from stagewarden.attest.files import atomic_write_text, publish_dir
-    from stagewarden.conformance import spec_settings
     from stagewarden.replay import ReplayError, observe, plan_replay, propose_defence
     from stagewarden.runtime.config import ConfigError
+    from stagewarden.spec_settings import spec_settings
 
     console = make_console()
     try:

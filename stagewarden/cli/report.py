@@ -7,14 +7,14 @@ from pathlib import Path
 
 import click
 
-from stagewarden.cli.common import EXIT_OK, BadInput, Choice, make_console
+from stagewarden.cli.common import EXAMPLE_OPTION, EXIT_OK, SPEC_ARGUMENT, BadInput, Choice, make_console
+from stagewarden.cli.proving import prove_with_status
+from stagewarden.cli.spec_input import load_spec_or_example, print_warnings_to_stderr
 
 
 @click.command()
-@click.argument("spec", required=False, type=click.Path(dir_okay=True))
-@click.option(
-    "--example", metavar="NAME", help="Use a packaged example spec instead of a file (see `stagewarden examples list`)."
-)
+@SPEC_ARGUMENT
+@EXAMPLE_OPTION
 @click.option(
     "--run",
     "runs",
@@ -85,18 +85,18 @@ def report(
     Exit codes: 0 the report was built (whatever the verdicts), 2 bad input (spec, run
     directory, replay, calibration file, --out) or a build that failed.
     """
-    from stagewarden.cli import _load, _print_warnings, _run_verify
+    from stagewarden.prover import Limits
     from stagewarden.report import ReportError, build_report
 
-    loaded = _load(spec, example)
-    _print_warnings(loaded)
+    loaded = load_spec_or_example(spec, example)
+    print_warnings_to_stderr(loaded)
     for run in runs:
         if not Path(run).is_dir():
             what = "is a file, not a run directory" if Path(run).exists() else "no such run directory"
             raise BadInput(f"--run {run}: {what}")
     target = Path(out) if out is not None else Path.cwd() / f"stagewarden-report-{loaded.spec.name}"
     console = make_console(err=True)
-    verdicts = _run_verify(loaded, None, None, None)
+    verdicts = prove_with_status(loaded, None, Limits())
     status = console.status("") if console.is_terminal else None
 
     def progress(message: str) -> None:

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console
+from stagewarden.cli.spec_settings import load_spec_settings
 from stagewarden.run_outcome import attack_outcome, responses_line, status_line
 
 #: Exit code of a run that stopped on a worker fault and can be resumed (``--resume``).
@@ -25,25 +26,6 @@ ATTACK_NAMES = (
     "reverse", "random", "scale", "noise", "bitflip", "lazy", "replay", "weights", "optimizer",
     "grad_drift", "swap_weights", "equivocate", "poison_data", "false_accuse", "withhold",
 )  # fmt: skip
-
-
-def _spec_settings(path: str | None, example: str | None) -> dict[str, Any]:
-    """The run settings a spec (a file, or a packaged example) determines: topology and defence,
-    where they map onto the runtime (:func:`stagewarden.conformance.spec_settings`, which the
-    conformance check expects too)."""
-    from stagewarden.conformance import spec_settings
-    from stagewarden.spec import SpecError, load_example, load_spec
-
-    if path is not None and example is not None:
-        raise BadInput("give --spec FILE or --example NAME, not both")
-    try:
-        loaded = load_spec(path) if path is not None else load_example(str(example))
-    except SpecError as exc:
-        raise BadInput(str(exc)) from None
-    if loaded.spec.topology.replicas != 1:
-        replicas = loaded.spec.topology.replicas
-        raise BadInput(f"{loaded.file}: topology.replicas is {replicas}; the runtime runs one replica (R = 1) only")
-    return spec_settings(loaded)
 
 
 def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
@@ -318,7 +300,7 @@ def train(
     if out is None:
         raise BadInput("give --out RUN_DIR (the run directory to write), or --resume RUN_DIR")
 
-    settings: dict[str, Any] = _spec_settings(spec_path, example) if spec_path or example else {}
+    settings: dict[str, Any] = load_spec_settings(spec_path, example) if spec_path or example else {}
     for name, value in (("stages", stages), ("microbatches", microbatches), ("standby", standby)):
         if value is not None:
             settings[name] = value
