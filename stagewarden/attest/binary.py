@@ -26,7 +26,7 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 
 
-def check_id(value: str, what: str, max_len: int = 128) -> str:
+def check_id(value: object, what: str, max_len: int = 128) -> str:
     """Return ``value`` if it is a valid identifier (1..max_len of ``[A-Za-z0-9._-]``, no leading dot)."""
     if not isinstance(value, str) or not 0 < len(value) <= max_len or ID_PATTERN.fullmatch(value) is None:
         raise ValueError(
@@ -35,7 +35,7 @@ def check_id(value: str, what: str, max_len: int = 128) -> str:
     return value
 
 
-def check_text(value: str, what: str, max_len: int) -> str:
+def check_text(value: object, what: str, max_len: int) -> str:
     """Return ``value`` if it is printable ASCII of at most ``max_len`` characters."""
     if not isinstance(value, str) or len(value) > max_len or TEXT_PATTERN.fullmatch(value) is None:
         raise ValueError(f"{what} must be at most {max_len} printable ASCII characters, not {value!r}")

@@ -170,7 +170,8 @@ def _touch_certificate(cert: x509.Certificate) -> None:
 
 
 def parse_evidence(data: bytes) -> Evidence:
-    """Parse evidence bytes strictly; raise :class:`~stagewarden.attest.errors.FormatError` (EVIDENCE_MALFORMED or EVIDENCE_VERSION).
+    """Parse evidence bytes strictly; raise :class:`~stagewarden.attest.errors.FormatError`
+    (EVIDENCE_MALFORMED or EVIDENCE_VERSION).
 
     Every length is bounded, every field must be in range and no trailing byte is accepted. The
     signature and the certificates are not checked here (the verifier does that).

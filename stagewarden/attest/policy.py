@@ -78,7 +78,8 @@ def _bounded(value: Any, lo: int, hi: int, what: str) -> int:
 
 
 def policy_from_mapping(data: Any) -> Policy:
-    """Build a policy from a parsed mapping, strictly; raise :class:`~stagewarden.attest.errors.FormatError` (POLICY_MALFORMED)."""
+    """Build a policy from a parsed mapping, strictly; raise
+    :class:`~stagewarden.attest.errors.FormatError` (POLICY_MALFORMED)."""
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise FormatError(_BAD, "policy must be a mapping with string keys")
     unknown = sorted(set(data) - _KEYS)
@@ -108,7 +109,8 @@ def policy_from_mapping(data: Any) -> Policy:
 
 
 def parse_policy(data: bytes, yaml: bool = False) -> Policy:
-    """Parse policy bytes (JSON, or YAML when ``yaml``); raise :class:`~stagewarden.attest.errors.FormatError` (POLICY_MALFORMED)."""
+    """Parse policy bytes (JSON, or YAML when ``yaml``); raise
+    :class:`~stagewarden.attest.errors.FormatError` (POLICY_MALFORMED)."""
     return policy_from_mapping(load_policy_mapping(data, yaml, MAX_POLICY_BYTES))
 
 

@@ -280,7 +280,8 @@ def verify_receipt(receipt: Receipt, expected_key: bytes | None = None) -> None:
 
 
 def verify_signature(key: bytes, message: bytes, signature: bytes, code: ErrorCode, what: str) -> None:
-    """Verify an Ed25519 signature; raise :class:`~stagewarden.attest.errors.AttestError` with ``code`` when it does not verify."""
+    """Verify an Ed25519 signature; raise :class:`~stagewarden.attest.errors.AttestError` with
+    ``code`` when it does not verify."""
     try:
         VerifyKey(key).verify(message, signature)
     except (CryptoError, ValueError, TypeError):

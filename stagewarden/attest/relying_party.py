@@ -50,7 +50,8 @@ class RelyingParty:
         self._admitted: dict[str, Admission] = {}
 
     def admit(self, worker: str, token: bytes, receipt_key: bytes, expected_nonce: bytes | None = None) -> Admission:
-        """Admit ``worker`` whose receipts will be signed by ``receipt_key``; raise :class:`~stagewarden.attest.errors.AttestError` if the result does not allow it.
+        """Admit ``worker`` whose receipts will be signed by ``receipt_key``; raise
+        :class:`~stagewarden.attest.errors.AttestError` if the result does not allow it.
 
         A rejected re-attestation leaves an earlier admission in place until that one expires.
         """
@@ -59,7 +60,8 @@ class RelyingParty:
         if result.status is Status.WARNING and not self.accept_warning:
             raise AttestError(
                 ErrorCode.RESULT_STATUS,
-                f"attestation result has status warning ({', '.join(result.warnings)}) and this relying party wants affirming",
+                f"attestation result has status warning ({', '.join(result.warnings)}) "
+                "and this relying party wants affirming",
             )
         admission = Admission(worker, bytes(receipt_key), result, bytes(token))
         self._admitted[worker] = admission
@@ -74,7 +76,8 @@ class RelyingParty:
         if now >= admission.expires_at:
             raise AttestError(
                 ErrorCode.RESULT_EXPIRED,
-                f"worker {worker!r}'s attestation result expired at {admission.expires_at.isoformat()}; it must re-attest",
+                f"worker {worker!r}'s attestation result expired at {admission.expires_at.isoformat()}; "
+                "it must re-attest",
             )
         return admission
 

@@ -216,7 +216,8 @@ def verify_result(
     expected_nonce: bytes | None = None,
     at: dt.datetime | None = None,
 ) -> AttestationResult:
-    """Appraise a result token as a relying party does; raise :class:`~stagewarden.attest.errors.AttestError` when it must not be trusted.
+    """Appraise a result token as a relying party does; raise
+    :class:`~stagewarden.attest.errors.AttestError` when it must not be trusted.
 
     Args:
         token: the compact token.

@@ -175,7 +175,8 @@ class Verifier:
         if not hmac.compare_digest(expected, evidence.report_data):
             raise _fail(
                 _E.KEY_BINDING,
-                "report data does not bind this nonce and receipt key (the evidence answers another nonce or was made for another key)",
+                "report data does not bind this nonce and receipt key "
+                "(the evidence answers another nonce or was made for another key)",
             )
         outcomes.append(("key_binding", "pass"))
         tcb_info, references = self._check_collateral(root, evidence, now)
@@ -249,7 +250,8 @@ class Verifier:
                 return root, intermediate, device
         raise _fail(
             _E.CHAIN_ANCHOR,
-            f"the intermediate {_describe(intermediate)} is not issued by a pinned root (issuer name and key identifier)",
+            f"the intermediate {_describe(intermediate)} is not issued by a pinned root "
+            "(issuer name and key identifier)",
         )
 
     def _check_certificate(
@@ -260,7 +262,8 @@ class Verifier:
             if cert.issuer != issuer.subject:
                 raise _fail(
                     _E.CERT_ISSUER,
-                    f"{what} names issuer {cert.issuer.rfc4514_string()!r}, but the next certificate up is {issuer.subject.rfc4514_string()!r}",
+                    f"{what} names issuer {cert.issuer.rfc4514_string()!r}, "
+                    f"but the next certificate up is {issuer.subject.rfc4514_string()!r}",
                 )
             if cert.signature_algorithm_oid not in _SIGNATURE_OIDS:
                 raise _fail(_E.CERT_SIGNATURE, f"{what} is signed with an algorithm this verifier does not accept")
@@ -279,7 +282,8 @@ class Verifier:
         elif constraints.ca or usage.key_cert_sign or usage.crl_sign or not usage.digital_signature:
             raise _fail(
                 _E.CERT_CA_FLAGS,
-                f"{what} is used as the device (end-entity) certificate but is flagged as a CA or lacks digitalSignature",
+                f"{what} is used as the device (end-entity) certificate "
+                "but is flagged as a CA or lacks digitalSignature",
             )
         key = cert.public_key()
         curve = CA_CURVE if is_ca else DEVICE_CURVE
@@ -303,6 +307,7 @@ class Verifier:
         for crl in candidates:
             if crl.signature_algorithm_oid in _SIGNATURE_OIDS and _aki(crl) in (None, _ski(issuer)):
                 try:
+                    # An issuer key that cannot sign (X25519, X448) makes this raise TypeError, caught below.
                     if crl.is_signature_valid(public_key):  # type: ignore[arg-type]
                         return crl
                 except (TypeError, ValueError, UnsupportedAlgorithm):

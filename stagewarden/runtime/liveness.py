@@ -420,7 +420,7 @@ class Watchdog:
                 continue
             chain = [rank]
             current = seen.waiting_on
-            while current in self.seen and self.seen[current].waiting_on is not None:
+            while current in self.seen and (waits_on := self.seen[current].waiting_on) is not None:
                 if current in chain:
                     cycle = tuple(chain[chain.index(current) :])
                     first = cycle.index(min(cycle))
@@ -429,7 +429,7 @@ class Watchdog:
                         self.disputes.append(cycle)
                     break
                 chain.append(current)
-                current = self.seen[current].waiting_on  # type: ignore[assignment]
+                current = waits_on
             else:
                 accused = self.seen[current]
                 if accused.on_coordinator:  # it owes nothing: the claim or its record is a lie
