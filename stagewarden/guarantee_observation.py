@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from stagewarden.attest.rundir import RunSummary
+from stagewarden.attest.run_record import RunRecord
 from stagewarden.confidence import clopper_pearson
 from stagewarden.run_history import RunHistory, Unit, detected, tampered_units
 from stagewarden.spec import LoadedSpec
@@ -123,14 +123,14 @@ def _outside_model(loaded: LoadedSpec, attack: dict[str, Any]) -> str | None:
 
 
 def observe_guarantees(
-    loaded: LoadedSpec, config: Any, summary: RunSummary, history: RunHistory | None
+    loaded: LoadedSpec, config: Any, summary: RunRecord, history: RunHistory | None
 ) -> tuple[list[GuaranteeObservation], list[tuple[GuaranteeObservation, str]]]:
     """Run the prover on the spec and compare every guarantee it says holds with the run.
 
     Args:
         loaded: The spec.
         config: The run's :class:`~stagewarden.runtime.config.RunConfig`.
-        summary: The run's summary.
+        summary: The run's record (``summary.json``).
         history: The run's history from ``events.jsonl`` (``None`` when the run has none).
 
     Returns:
@@ -143,7 +143,7 @@ def observe_guarantees(
     malicious = set(attack.get("stages", [])) if attack else set()
     outside = _outside_model(loaded, attack) if attack else None
     tally = _tally(attack, history, config.stages, config.microbatches) if attack and history else None
-    status = summary.extra.get("status")
+    status = summary.training.status if summary.training is not None else None
     observations: list[GuaranteeObservation] = []
     broken: list[tuple[GuaranteeObservation, str]] = []
     for index, (guarantee, result) in enumerate(zip(loaded.spec.guarantees, report.guarantees, strict=True)):
@@ -189,21 +189,22 @@ def observe_guarantees(
     return observations, broken
 
 
-def _no_framing(summary: RunSummary, history: RunHistory | None, malicious: set[int]) -> tuple[str, str]:
+def _no_framing(summary: RunRecord, history: RunHistory | None, malicious: set[int]) -> tuple[str, str]:
+    training = summary.training
     if history is not None:
         blamed = [(d.get("stage"), d.get("step"), d.get("worker")) for _, d in history.detections]
     else:
-        raw = summary.extra.get("detections", [])
-        blamed = [(d.get("stage"), d.get("step"), d.get("worker")) for d in raw if isinstance(d, dict)]
+        recorded = training.detections if training is not None else []
+        blamed = [(d.stage, d.step, d.worker) for d in recorded]
     framed = [b for b in blamed if b[0] not in malicious]
-    false_alarms = summary.extra.get("false_alarms", 0)
+    false_alarms = training.false_alarms if training is not None else 0
     if framed:
         stage, step, worker = framed[0]
         return BROKEN, (
             f"{len(framed)} detection(s) blame a stage the run's attack plan does not make malicious "
             f"(first: worker {worker}, stage {stage}, step {step})"
         )
-    if type(false_alarms) is int and false_alarms > 0:
+    if false_alarms > 0:
         return BROKEN, f"summary.json counts {false_alarms} false alarm(s)"
     return CONSISTENT, f"{len(blamed)} detection(s), each blaming a malicious stage"
 

@@ -209,17 +209,16 @@ def observe(kind: str, run_dir: str | Path, expect_attack: bool, max_undetected:
     from stagewarden.run_history import read_events, reconstruct
     from stagewarden.runtime.config import RunConfig
 
-    run = RunDir(run_dir)
-    extra = run.summary.extra
-    config = RunConfig.from_json(extra["config"])
+    training = RunDir(run_dir).summary.require_training()
+    config = RunConfig.from_json(training.config)
     attack = config.attack
     events, _ = read_events(Path(run_dir) / "events.jsonl")
     history = reconstruct(events)
     tally = _tally(attack, history, config.stages, config.microbatches)
     malicious = set(attack.get("stages", [])) | set(attack.get("covers", []))
-    detections = extra.get("detections", [])
-    framed = [d for d in detections if d.get("stage") not in malicious]
-    convicted = [d for d in detections if d.get("stage") in malicious]
+    detections = training.detections
+    framed = [d for d in detections if d.stage not in malicious]
+    convicted = [d for d in detections if d.stage in malicious]
     poisoned = len(tally.in_model) if attack.get("kind") == "poison_data" else 0
     counts = dict(
         detections=len(detections),
@@ -231,7 +230,7 @@ def observe(kind: str, run_dir: str | Path, expect_attack: bool, max_undetected:
     said = (
         f"{counts['tampered']} tampered unit(s), {counts['undetected']} undetected, {counts['in_model']} in the "
         f"final model; {len(detections)} detection(s), {len(framed)} blaming an honest stage; "
-        f"status {extra.get('status')}"
+        f"status {training.status}"
     )
     if kind == "detection":
         broken = counts["undetected"] > 0
@@ -242,7 +241,7 @@ def observe(kind: str, run_dir: str | Path, expect_attack: bool, max_undetected:
     elif kind == "data_integrity":
         broken = poisoned > 0
     else:
-        broken = extra.get("status") != "completed"
+        broken = training.status != "completed"
     if expect_attack:
         return Observation(broken, said, **counts)
     if kind == "detection":

@@ -109,7 +109,9 @@ from stagewarden.attest.result import (
     sign_result,
     verify_result,
 )
-from stagewarden.attest.rundir import RunDir, RunDirError, RunDirWriter, RunSummary, WorkerInfo
+from stagewarden.attest.run_record import RunDirError, RunRecord, TrainingRecord
+from stagewarden.attest.run_record_parts import WorkerInfo
+from stagewarden.attest.rundir import RunDir, RunDirWriter
 from stagewarden.attest.synthetic import SyntheticRun, synthetic_run
 from stagewarden.attest.tensor_digest import (
     TensorDigest,
@@ -190,7 +192,8 @@ __all__ = [
     "RunDir",
     "RunDirError",
     "RunDirWriter",
-    "RunSummary",
+    "RunRecord",
+    "TrainingRecord",
     "SVN_COMPONENTS",
     "Severity",
     "SignedHeader",

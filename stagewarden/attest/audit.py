@@ -47,6 +47,8 @@ from .headers import SignedHeader, TransferKind, parse_header
 from .receipt_log import LogRecord, RecordType, scan_log
 from .receipts import SIGNATURE_SIZE, Receipt, UnitKind, chain_genesis, parse_receipt
 from .result import RESULT_TYP, AttestationResult, Status
+from .run_record import TrainingRecord
+from .run_record_parts import Replacement
 from .rundir import ATTESTATION_DIR, LOG_FILE, RunDir
 from .token import open_token
 
@@ -217,29 +219,51 @@ UnitKey = tuple[int, int, int, int, int, UnitKind]
 TransferKey = tuple[int, int, int, int, int, TransferKind]
 
 
-def _response_plans(responses: Any) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(step, plan)`` of every well-formed entry of the summary's ``responses`` list."""
+#: One response as the declarations below read it: its step, and its plan's ``redo_from_step``,
+#: ``bypass_stage`` and ``frozen_stages`` (unchecked where it comes from raw JSON).
+PlanFacts = tuple[int, Any, Any, Any]
+
+
+def _response_plans(responses: Any) -> Iterator[PlanFacts]:
+    """The :data:`PlanFacts` of every well-formed entry of a raw ``responses`` list (the
+    runtime's own records, before they are written)."""
     if not isinstance(responses, list):
         return
     for entry in responses:
         if isinstance(entry, dict) and isinstance(entry.get("plan"), dict):
-            step = entry.get("step")
+            step, plan = entry.get("step"), entry["plan"]
             if type(step) is int and step >= 0:
-                yield step, entry["plan"]
+                yield step, plan.get("redo_from_step"), plan.get("bypass_stage"), plan.get("frozen_stages")
+
+
+def recorded_plans(training: TrainingRecord | None) -> list[PlanFacts]:
+    """The :data:`PlanFacts` of every response of a run record."""
+    if training is None:
+        return []
+    return [(r.step, r.plan.redo_from_step, r.plan.bypass_stage, r.plan.frozen_stages) for r in training.responses]
 
 
 def declared_attempts(responses: Any, resumes: Any = None) -> dict[int, int]:
-    """How many times each step was computed, from the summary's ``responses`` and ``resumes`` lists.
+    """How many times each step was computed, from raw ``responses`` and ``resumes`` lists.
 
     Each response entry whose ``plan`` redoes training from ``redo_from_step`` after a detection
     at ``step`` adds one computation to every step from the first to the second; so does each
     resume entry (a run resumed after a crash or a worker fault) for every step from its
-    ``from_step`` to its ``redo_to_step``. Entries of any other shape are ignored, so a summary
-    without either allows one computation per step.
+    ``from_step`` to its ``redo_to_step``. Entries of any other shape are ignored, so lists
+    without either allow one computation per step. :func:`recorded_attempts` reads a run record.
     """
-    spans: list[tuple[Any, Any]] = [(plan.get("redo_from_step"), step) for step, plan in _response_plans(responses)]
+    spans: list[tuple[Any, Any]] = [(first, step) for step, first, _, _ in _response_plans(responses)]
     if isinstance(resumes, list):
         spans += [(r.get("from_step"), r.get("redo_to_step")) for r in resumes if isinstance(r, dict)]
+    return _attempts(spans)
+
+
+def recorded_attempts(training: TrainingRecord | None) -> dict[int, int]:
+    """:func:`declared_attempts` of a run record's responses and resumes."""
+    return _attempts(training.recomputed_spans() if training is not None else [])
+
+
+def _attempts(spans: Iterable[tuple[Any, Any]]) -> dict[int, int]:
     attempts: dict[int, int] = {}
     for first, last in spans:
         if type(first) is not int or type(last) is not int or not 0 <= first <= last or last - first > 1_000_000:
@@ -249,35 +273,33 @@ def declared_attempts(responses: Any, resumes: Any = None) -> dict[int, int]:
     return attempts
 
 
-def served_steps(replacements: Any, steps: int) -> dict[str, tuple[int, int]]:
-    """The steps each replaced or replacing worker is expected to have receipts for, from the
-    summary's ``replacements`` list (``{"worker", "by", "stage", "from_step"}`` per eject): the
-    ejected worker ``[0, from_step)``, its replacement ``[from_step, steps)``. Entries of any other
-    shape are ignored, so a summary without replacements expects every worker at every step.
+def served_steps(replacements: Iterable[Replacement], steps: int) -> dict[str, tuple[int, int]]:
+    """The steps each replaced or replacing worker is expected to have receipts for, from a run
+    record's replacements: the ejected worker ``[0, from_step)``, its replacement
+    ``[from_step, steps)``. Without replacements every worker is expected at every step.
     """
     spans: dict[str, tuple[int, int]] = {}
-    if not isinstance(replacements, list):
-        return spans
     for entry in replacements:
-        if not isinstance(entry, dict):
-            continue
-        worker, by, start = entry.get("worker"), entry.get("by"), entry.get("from_step")
-        if not isinstance(worker, str) or not isinstance(by, str) or type(start) is not int or start < 0:
-            continue
-        spans[worker] = (spans.get(worker, (0, steps))[0], min(start, steps))
-        spans[by] = (min(start, steps), steps)
+        start = entry.from_step
+        spans[entry.worker] = (spans.get(entry.worker, (0, steps))[0], min(start, steps))
+        spans[entry.by] = (min(start, steps), steps)
     return spans
 
 
 def declared_frozen(responses: Any) -> dict[int, int]:
-    """The stages whose updates a response froze, each with the first step it froze, from ``responses``.
+    """The stages whose updates a response froze, each with the first step it froze, from a raw
+    ``responses`` list (:func:`frozen_stages` takes :data:`PlanFacts`).
 
     A frozen stage (``skip_stage``) signs no update receipts from that step on, so the audit does
     not report them missing.
     """
+    return frozen_stages(_response_plans(responses))
+
+
+def frozen_stages(plans: Iterable[PlanFacts]) -> dict[int, int]:
+    """:func:`declared_frozen` of the responses' :data:`PlanFacts`."""
     frozen: dict[int, int] = {}
-    for step, plan in _response_plans(responses):
-        stages = plan.get("frozen_stages")
+    for step, _, _, stages in plans:
         if not isinstance(stages, list):
             continue
         for stage in stages:
@@ -287,25 +309,29 @@ def declared_frozen(responses: Any) -> dict[int, int]:
 
 
 def declared_bypasses(responses: Any) -> dict[tuple[int, int], int]:
-    """The stage each recomputation bypassed, by ``(step, attempt)``, from the summary's ``responses``.
+    """The stage each recomputation bypassed, by ``(step, attempt)``, from a raw ``responses`` list
+    (:func:`bypasses` takes :data:`PlanFacts`).
 
     A plan with a ``bypass_stage`` recomputes its ``redo_from_step`` once more with that stage left
     out: its neighbours exchange tensors directly (headers naming a receiver two stages away) and
     the bypassed worker signs nothing for that computation. The attempt is the number of
     computations of that step the responses before it declared, as :func:`declared_attempts` counts.
     """
+    return bypasses(_response_plans(responses))
+
+
+def bypasses(plans: Iterable[PlanFacts]) -> dict[tuple[int, int], int]:
+    """:func:`declared_bypasses` of the responses' :data:`PlanFacts`."""
     counts: dict[int, int] = {}
-    bypasses: dict[tuple[int, int], int] = {}
-    for step, plan in _response_plans(responses):
-        first = plan.get("redo_from_step")
+    found: dict[tuple[int, int], int] = {}
+    for step, first, stage, _ in plans:
         if type(first) is not int or not 0 <= first <= step or step - first > 1_000_000:
             continue
         for t in range(first, step + 1):
             counts[t] = counts.get(t, 1) + 1
-        stage = plan.get("bypass_stage")
         if type(stage) is int and stage >= 1:
-            bypasses[(first, counts[first] - 1)] = stage
-    return bypasses
+            found[(first, counts[first] - 1)] = stage
+    return found
 
 
 def route_neighbour(stage: int, kind: TransferKind, bypassed: int | None) -> int:
@@ -394,9 +420,11 @@ class _Auditor:
         self.clock = clock
         self.findings: list[Finding] = []
         self.log_name = LOG_FILE
-        self.attempts = declared_attempts(run.summary.extra.get("responses"), run.summary.extra.get("resumes"))
-        self.frozen = declared_frozen(run.summary.extra.get("responses"))
-        self.bypassed = declared_bypasses(run.summary.extra.get("responses"))
+        training = run.summary.training
+        self.attempts = recorded_attempts(training)
+        self.frozen = frozen_stages(recorded_plans(training))
+        self.bypassed = bypasses(recorded_plans(training))
+        self.replacements = training.replacements if training is not None else []
 
     def allowed(self, step: int) -> int:
         """How many computations of ``step`` the summary's responses declare (1 when none)."""
@@ -691,22 +719,17 @@ class _Auditor:
             linkable[(r.stage, r.replica, r.step, attempt[position], r.micro_batch, r.kind)] = r
             attempt[position] += 1
         s = self.summary
-        spans = served_steps(s.extra.get("replacements"), s.steps)
+        spans = served_steps(self.replacements, s.steps)
+        logged: dict[str, list[tuple[int, int, UnitKind]]] = defaultdict(list)
+        for worker, step, mb, kind in units:
+            logged[worker].append((step, mb, kind))
         for w in s.workers:
-            missing = []
-            for step in range(*spans.get(w.id, (0, s.steps))):
-                for mb in range(s.micro_batches):
-                    for kind in (UnitKind.FORWARD, UnitKind.BACKWARD):
-                        if (w.id, step, mb, kind) not in units:
-                            missing.append((step, mb, kind))
-                frozen_from = self.frozen.get(w.stage)
-                if (w.id, step, 0, UnitKind.UPDATE) not in units and (frozen_from is None or step < frozen_from):
-                    missing.append((step, 0, UnitKind.UPDATE))
-            if missing:
-                step, mb, kind = missing[0]
+            count, first = self._missing(w.id, spans.get(w.id, (0, s.steps)), self.frozen.get(w.stage), logged[w.id])
+            if first is not None:
+                step, mb, kind = first
                 self.add(
                     ErrorCode.RECEIPT_MISSING,
-                    f"worker {w.id} has no receipt for {len(missing)} unit(s) of the "
+                    f"worker {w.id} has no receipt for {count} unit(s) of the "
                     f"{s.steps} step(s) the summary reports; the first is step {step} micro-batch {mb} {kind}",
                     workers=[w.id],
                     file=self.log_name,
@@ -716,6 +739,38 @@ class _Auditor:
                     unit=str(kind),
                 )
         return linkable
+
+    def _missing(
+        self, worker: str, span: tuple[int, int], frozen_from: int | None, logged: list[tuple[int, int, UnitKind]]
+    ) -> tuple[int, tuple[int, int, UnitKind] | None]:
+        """How many of ``worker``'s expected units in the steps ``span`` have no receipt among its
+        ``logged`` units (distinct), and the first of them: ``micro_batches`` forward and backward
+        units per step and an update per step before ``frozen_from``. The count is arithmetic and
+        the search for the first stops after as many units as the worker logged, so the work is
+        bounded by the log, not by the summary's step count."""
+        begin, end = span
+        mbs = self.summary.micro_batches
+        updates_end = end if frozen_from is None else max(begin, min(end, frozen_from))
+        present = 0
+        for step, mb, kind in logged:
+            if not begin <= step < end:
+                continue
+            if kind is UnitKind.UPDATE:
+                present += mb == 0 and step < updates_end
+            else:
+                present += mb < mbs
+        expected = max(0, end - begin) * mbs * 2 + max(0, updates_end - begin)
+        if present == expected:
+            return 0, None
+        have = set(logged)
+        for step in range(begin, end):
+            for mb in range(mbs):
+                for kind in (UnitKind.FORWARD, UnitKind.BACKWARD):
+                    if (step, mb, kind) not in have:
+                        return expected - present, (step, mb, kind)
+            if step < updates_end and (step, 0, UnitKind.UPDATE) not in have:
+                return expected - present, (step, 0, UnitKind.UPDATE)
+        raise AssertionError("a unit counted missing was not found")  # pragma: no cover
 
     def check_headers(self, headers: list[_Item], linkable: dict[UnitKey, Receipt]) -> dict[TransferKey, SignedHeader]:
         """Duplicates, equivocation and agreement with the sender's receipt; return one header per transfer.

@@ -12,7 +12,6 @@ still fails to read (a missing file is an error, never a silent pass).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from .errors import ErrorCode
 from .rundir import ATTESTATION_DIR, VERIFIER_KEY_FILE, RunDir
@@ -53,15 +52,10 @@ class AuditScope:
         return out
 
 
-def _config(run: RunDir) -> dict[str, Any]:
-    config = run.summary.extra.get("config")
-    return config if isinstance(config, dict) else {}
-
-
 def audit_scope(run: RunDir, pinned: bool) -> AuditScope:
     """What the audit of ``run`` checks, given whether the auditor pinned a verifier key."""
-    config = _config(run)
+    training = run.summary.training
     no_key = not (run.path / ATTESTATION_DIR / VERIFIER_KEY_FILE).exists()
-    unattested = not pinned and config.get("attestation") is False and no_key
-    unlogged = config.get("receipts") is False and not run.log_path.exists()
+    unattested = not pinned and training is not None and not training.attestation_configured and no_key
+    unlogged = training is not None and not training.receipts_logged and not run.log_path.exists()
     return AuditScope(attestation=not unattested, receipts=not unlogged)

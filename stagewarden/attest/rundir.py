@@ -3,7 +3,7 @@
 ::
 
     RUN_DIR/
-      summary.json                 run id, topology and workers (versioned JSON, see RunSummary)
+      summary.json                 the run record (versioned JSON, see stagewarden.attest.run_record)
       receipts.log                 the receipt log (stagewarden.attest.receipt_log)
       attestation/
         verifier.pub               hex of the verifier's 32-byte Ed25519 public key, one line
@@ -17,138 +17,34 @@ appending, with the semantics documented in :mod:`stagewarden.attest.receipt_log
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 from .binary import check_id
-from .errors import AttestError, ErrorCode
 from .files import atomic_write_bytes, atomic_write_text
 from .receipt_log import ReceiptLog, SyncPolicy
+from .run_record import SUMMARY_FILE, RunDirError, RunRecord, read_bounded
 
-SUMMARY_FILE = "summary.json"
+__all__ = [
+    "ATTESTATION_DIR",
+    "LOG_FILE",
+    "SUMMARY_FILE",
+    "VERIFIER_KEY_FILE",
+    "RunDir",
+    "RunDirError",
+    "RunDirWriter",
+    "parse_key_hex",
+]
+
 LOG_FILE = "receipts.log"
 ATTESTATION_DIR = "attestation"
 VERIFIER_KEY_FILE = "verifier.pub"
-#: The ``format`` value of a run summary.
-SUMMARY_FORMAT = "stagewarden.run-summary"
-#: The summary version this module writes and reads.
-SUMMARY_VERSION = 1
-#: Largest summary.json and .ear file read, in bytes.
+#: Largest .ear and key file read, in bytes.
 MAX_FILE_BYTES = 16 * 1024 * 1024
 
 
-class RunDirError(AttestError):
-    """A run directory that cannot be read or whose summary is malformed (the CLI exits with 2)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(ErrorCode.RUNDIR_MALFORMED, message)
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerInfo:
-    """A worker of the run and the pipeline position it was admitted for."""
-
-    id: str
-    stage: int
-    replica: int
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSummary:
-    """``summary.json``: the run's identity and shape.
-
-    Attributes:
-        run_id: the run id every receipt must carry.
-        stages: pipeline stages.
-        replicas: data-parallel replicas of the pipeline.
-        micro_batches: micro-batches per step.
-        steps: optimiser steps completed (receipts are expected for steps ``0 .. steps-1``).
-        workers: every worker and its (stage, replica).
-        extra: further keys of the summary, kept as they are (readers ignore keys they do not
-            know, so the runtime can add some within version 1).
-    """
-
-    run_id: str
-    stages: int
-    replicas: int
-    micro_batches: int
-    steps: int
-    workers: tuple[WorkerInfo, ...]
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def worker(self, worker_id: str) -> WorkerInfo | None:
-        """The worker with this id, if the run has one."""
-        return next((w for w in self.workers if w.id == worker_id), None)
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON object written to ``summary.json``."""
-        return {
-            **self.extra,
-            "format": SUMMARY_FORMAT,
-            "version": SUMMARY_VERSION,
-            "run_id": self.run_id,
-            "stages": self.stages,
-            "replicas": self.replicas,
-            "micro_batches": self.micro_batches,
-            "steps": self.steps,
-            "workers": [{"id": w.id, "stage": w.stage, "replica": w.replica} for w in self.workers],
-        }
-
-    @classmethod
-    def from_json(cls, data: Any) -> RunSummary:
-        """Check and convert the JSON object of ``summary.json``; raise :class:`RunDirError`."""
-        if not isinstance(data, dict):
-            raise RunDirError("summary.json must hold a JSON object")
-        if data.get("format") != SUMMARY_FORMAT:
-            raise RunDirError(f"summary.json: format must be {SUMMARY_FORMAT!r}, not {data.get('format')!r}")
-        if data.get("version") != SUMMARY_VERSION or type(data.get("version")) is not int:
-            raise RunDirError(
-                f"summary.json: version {data.get('version')!r} is not supported (only {SUMMARY_VERSION})"
-            )
-        try:
-            run_id = check_id(data.get("run_id"), "summary.json: run_id")  # type: ignore[arg-type]
-        except ValueError as exc:
-            raise RunDirError(str(exc)) from None
-        numbers = {}
-        for name, low in (("stages", 1), ("replicas", 1), ("micro_batches", 1), ("steps", 0)):
-            value = data.get(name)
-            if type(value) is not int or not low <= value < 2**32:
-                raise RunDirError(f"summary.json: {name} must be an integer of at least {low}, not {value!r}")
-            numbers[name] = value
-        raw_workers = data.get("workers")
-        if not isinstance(raw_workers, list):
-            raise RunDirError("summary.json: workers must be a list of {id, stage, replica} objects")
-        workers: list[WorkerInfo] = []
-        for i, item in enumerate(raw_workers):
-            if not isinstance(item, dict) or set(item) != {"id", "stage", "replica"}:
-                raise RunDirError(f"summary.json: workers[{i}] must be an object with exactly id, stage and replica")
-            try:
-                wid = check_id(item["id"], f"summary.json: workers[{i}].id")
-            except ValueError as exc:
-                raise RunDirError(str(exc)) from None
-            for key, bound in (("stage", numbers["stages"]), ("replica", numbers["replicas"])):
-                if type(item[key]) is not int or not 0 <= item[key] < bound:
-                    raise RunDirError(f"summary.json: workers[{i}].{key} must be an integer in [0, {bound})")
-            if any(w.id == wid for w in workers):
-                raise RunDirError(f"summary.json: worker {wid!r} is listed twice")
-            workers.append(WorkerInfo(wid, item["stage"], item["replica"]))
-        known = {"format", "version", "run_id", "stages", "replicas", "micro_batches", "steps", "workers"}
-        extra = {k: v for k, v in data.items() if k not in known}
-        return cls(run_id=run_id, workers=tuple(workers), extra=extra, **numbers)
-
-
 def _read(path: Path, what: str) -> bytes:
-    try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise RunDirError(f"{what} {path} is larger than {MAX_FILE_BYTES} bytes")
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise RunDirError(f"{what} {path} does not exist") from None
-    except OSError as exc:
-        raise RunDirError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    return read_bounded(path, what, MAX_FILE_BYTES)
 
 
 class RunDir:
@@ -159,12 +55,7 @@ class RunDir:
         if not self.path.is_dir():
             what = "is a file, not a directory" if self.path.exists() else "does not exist"
             raise RunDirError(f"run directory {self.path} {what}")
-        raw = _read(self.path / SUMMARY_FILE, "run summary")
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise RunDirError(f"summary.json is not valid JSON: {exc}") from None
-        self.summary = RunSummary.from_json(data)
+        self.summary = RunRecord.from_json(self.path / SUMMARY_FILE)
 
     @property
     def log_path(self) -> Path:
@@ -210,10 +101,10 @@ class RunDirWriter:
 
     Args:
         path: the run directory; created if missing, and it must not already hold a summary.
-        summary: the run summary to write.
+        summary: the run record to write.
     """
 
-    def __init__(self, path: str | os.PathLike[str], summary: RunSummary) -> None:
+    def __init__(self, path: str | os.PathLike[str], summary: RunRecord) -> None:
         self.path = Path(path)
         self.summary = summary
         (self.path / ATTESTATION_DIR).mkdir(parents=True, exist_ok=True)
@@ -222,7 +113,7 @@ class RunDirWriter:
         self.write_summary(summary)
 
     @classmethod
-    def reopen(cls, path: str | os.PathLike[str], summary: RunSummary) -> RunDirWriter:
+    def reopen(cls, path: str | os.PathLike[str], summary: RunRecord) -> RunDirWriter:
         """A writer for the existing run directory ``path`` (a resumed run), keeping ``summary``."""
         writer = cls.__new__(cls)
         writer.path = Path(path)
@@ -230,10 +121,10 @@ class RunDirWriter:
         (writer.path / ATTESTATION_DIR).mkdir(parents=True, exist_ok=True)
         return writer
 
-    def write_summary(self, summary: RunSummary) -> None:
+    def write_summary(self, summary: RunRecord) -> None:
         """(Re)write ``summary.json`` atomically (the runtime updates ``steps`` as training goes)."""
         self.summary = summary
-        atomic_write_text(self.path / SUMMARY_FILE, json.dumps(summary.to_json(), indent=2, sort_keys=True) + "\n")
+        summary.write(self.path / SUMMARY_FILE)
 
     def write_verifier_key(self, key: bytes) -> None:
         """Write ``attestation/verifier.pub``."""

@@ -21,7 +21,9 @@ from .headers import SignedHeader, TransferKind, sign_header
 from .receipt_log import SyncPolicy
 from .receipts import ExecutionEnv, Receipt, UnitKind, chain_genesis, receipt_digest, sign_receipt
 from .result import AttestationResult, Status, sign_result
-from .rundir import RunDirWriter, RunSummary, WorkerInfo
+from .run_record import RunRecord
+from .run_record_parts import WorkerInfo
+from .rundir import RunDirWriter
 from .tensor_digest import TensorDigest
 from .token import key_id
 
@@ -46,14 +48,14 @@ class SyntheticRun:
     """A simulated run, ready to be written as a run directory.
 
     Attributes:
-        summary: the run summary.
+        summary: the run record (identity and shape only: a synthetic run trains nothing).
         verifier: the verifier's signing key (its public half is the key to pin).
         keys: each worker's receipt signing key.
         results: each worker's attestation result tokens.
         entries: the log's receipts and signed headers, in log order.
     """
 
-    summary: RunSummary
+    summary: RunRecord
     verifier: SigningKey
     keys: dict[str, SigningKey]
     results: dict[str, list[bytes]]
@@ -118,8 +120,8 @@ def synthetic_run(
     before ``start`` and lasts ``attestation_lifetime``.
     """
     verifier = derive_key(seed, "verifier")
-    workers = tuple(WorkerInfo(f"s{s}r{r}", s, r) for r in range(replicas) for s in range(stages))
-    summary = RunSummary(
+    workers = [WorkerInfo(f"s{s}r{r}", s, r) for r in range(replicas) for s in range(stages)]
+    summary = RunRecord(
         run_id=run_id, stages=stages, replicas=replicas, micro_batches=micro_batches, steps=steps, workers=workers
     )
     keys = {w.id: derive_key(seed, w.id) for w in workers}

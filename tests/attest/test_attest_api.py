@@ -12,8 +12,9 @@ PUBLIC_NAMES = sorted(
     Admission AttestError AttestationResult AuditReport Appraisal CHECKS Clock ConfigfsTsmProvider DeviceIdentity
     EAR_PROFILE Endorsements EnvFlag ErrorCode Evidence EvidenceProvider ExecutionEnv FORMAT_NAME Finding FixedClock
     FormatError Issued LogProblem LogRecord LogScan Policy Receipt ReceiptLog RecordType ReferenceValues
-    RelyingParty RunDir RunDirError RunDirWriter RunSummary SVN_COMPONENTS Severity SignedHeader SimulatedProvider
+    RelyingParty RunDir RunDirError RunDirWriter RunRecord SVN_COMPONENTS Severity SignedHeader SimulatedProvider
     Status SyntheticRun SystemClock TcbInfo TcbLevel TcbStatus TensorDigest TransferKind TsmFilesystem UnitKind
+    TrainingRecord
     Vendor Verifier WARNABLE WorkerInfo atomic_write_bytes atomic_write_text audit_run_dir build_evidence
     canonical_json chain_genesis device_identity digest_state_dict digest_tensor digest_tensors encode_header
     gradient_trace_digest gradients_digest last_forward_output_digest

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 from receipt_fixtures import header_index, lie, receipt_index, rechain, small_run, write_run
+
 from stagewarden.attest.audit import AuditReport, Severity, audit_run_dir
 from stagewarden.attest.clock import FixedClock
 from stagewarden.attest.errors import ErrorCode
@@ -414,17 +415,15 @@ def test_summary_validation(tmp_path: Path, change, needle: str) -> None:  # typ
     assert needle in info.value.message
 
 
-def test_summary_keeps_unknown_keys(tmp_path: Path) -> None:
-    """Keys the reader does not know are kept (the runtime may add some within version 1)."""
-    from stagewarden.attest.rundir import RunDir
-
+def test_summary_refuses_unknown_keys(tmp_path: Path) -> None:
+    """A key the record does not define is refused by name: nothing in summary.json goes unread."""
     run = small_run()
     path = write_run(tmp_path, run)
     data = json.loads((path / "summary.json").read_text())
     data["loss"] = [3, 2]
     (path / "summary.json").write_text(json.dumps(data))
-    assert RunDir(path).summary.extra == {"loss": [3, 2]}
-    assert audit_run_dir(path, run.verifier_key).clean
+    with pytest.raises(RunDirError, match="loss: unknown field"):
+        audit_run_dir(path, run.verifier_key)
 
 
 def test_declared_attempts_from_responses() -> None:

@@ -41,7 +41,7 @@ def _recorded_copy(tmp_path: Path, attestation: bool, receipts: bool, keep_files
     run = tmp_path / "run"
     shutil.copytree(RECORDED, run)
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-    summary["config"]["attestation"] = attestation
+    summary["config"]["attestation"] = summary["attestation"] = attestation
     summary["config"]["receipts"] = receipts
     (run / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     if not keep_files:

@@ -5,20 +5,20 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from record_fixtures import with_training
+from test_ear import _ear
+
 from stagewarden.attest.ear import sign_ear
 from stagewarden.attest.result import parse_result_unverified
 from stagewarden.attest.synthetic import synthetic_run
 from stagewarden.report.run_pages import _evidence_source
 from stagewarden.report.runs import read_run
-from test_ear import _ear
 
 
 def _write(tmp_path: Path, dcap: bool, tamper: bool = False) -> Path:
     run = synthetic_run("ear-report", stages=2, micro_batches=2)
     if dcap:
-        run.summary = dataclasses.replace(
-            run.summary, extra={**run.summary.extra, "config": {"attestation_kind": "dcap"}}
-        )
+        run.summary = with_training(run.summary, attestation_kind="dcap")
         for worker, tokens in run.results.items():
             simulated = parse_result_unverified(tokens[0])
             key = bytes(run.keys[worker].verify_key)

@@ -1,5 +1,5 @@
 """Fuzzing run directories as ``stagewarden audit`` reads them: the run summary (``attest/rundir.py``
-``RunSummary.from_json`` and ``RunDir``) and the whole offline audit (``attest.audit_run_dir``) of a
+``RunRecord.from_data`` and ``RunDir``) and the whole offline audit (``attest.audit_run_dir``) of a
 directory with one file edited, removed or replaced by a folder.
 
 Properties: a summary is refused with RunDirError or read back exactly as written; the audit of
@@ -10,7 +10,6 @@ whose receipt log was changed is never audited clean.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,17 @@ from fuzzing import FOLDER_SECONDS, mutated_json_text, outcome
 from hypothesis import example, given
 from hypothesis import strategies as st
 from receipt_fixtures import small_run
+from strategies import fuzz_settings, json_values, mutated_bytes, mutated_tree
+
 from stagewarden.attest import audit_run_dir
 from stagewarden.attest.clock import FixedClock
 from stagewarden.attest.errors import AttestError, ErrorCode
-from stagewarden.attest.rundir import RunDir, RunDirError, RunSummary
-from strategies import fuzz_settings, json_values, mutated_bytes, mutated_tree
+from stagewarden.attest.run_record import RunRecord
+from stagewarden.attest.rundir import RunDir, RunDirError
 
 RUN = small_run(stages=2, micro_batches=1, steps=1)
-SUMMARY = RUN.summary.to_json()
-SUMMARY_TEXT = (json.dumps(SUMMARY, indent=2, sort_keys=True) + "\n").encode()
+SUMMARY = RUN.summary.to_data()
+SUMMARY_TEXT = RUN.summary.to_json().encode()
 CLOCK = FixedClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))  # after every signing time of the run
 _SUMMARY_VALUES = st.one_of(
     json_values,
@@ -59,12 +60,13 @@ def test_the_pristine_run_audits_clean(pristine: Path) -> None:
 @example({**SUMMARY, "workers": [{"id": "s0r0", "stage": 0, "replica": 0}] * 2})
 def test_edited_summaries(document: Any) -> None:
     """An edited summary is refused with RUNDIR_MALFORMED or read; what is read writes back unchanged."""
-    summary, error = outcome(RunSummary.from_json, document, errors=RunDirError)
+    summary, error = outcome(RunRecord.from_data, document, errors=RunDirError)
     if error is not None:
         assert isinstance(error, RunDirError) and error.code is ErrorCode.RUNDIR_MALFORMED and error.message
+        assert "\n" not in error.message
         return
-    assert summary is not None and summary.to_json() == document
-    assert RunSummary.from_json(summary.to_json()) == summary
+    assert summary is not None and summary.to_data() == document
+    assert RunRecord.from_json(summary.to_json()) == summary
 
 
 @fuzz_settings()
@@ -77,7 +79,7 @@ def test_summary_files(workdir: Path, data: bytes) -> None:
     (folder / "summary.json").write_bytes(data)
     run, error = outcome(RunDir, folder, errors=RunDirError)
     if run is not None:
-        assert isinstance(run.summary, RunSummary)
+        assert isinstance(run.summary, RunRecord)
 
 
 _FILES = ["summary.json", "receipts.log", "attestation/verifier.pub", "attestation/s0r0.ear", "attestation/s1r0.ear"]
