@@ -9,6 +9,7 @@ import errno
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -196,6 +197,12 @@ def load_verifier_key(path: str, data: bytes) -> Any:
         return SigningKey(parse_hex(text, 32, "the verifier key file"))
     except click.BadParameter as exc:
         raise BadInput(f"{path}: {exc.message}") from None
+
+
+def occupied(path: Path) -> bool:
+    """Whether ``path`` holds something an output folder must not overwrite unasked: a file, or a
+    folder that is not empty."""
+    return path.exists() and (not path.is_dir() or any(path.iterdir()))
 
 
 def print_rows(console: Console, rows: list[tuple[str, str]]) -> None:

@@ -25,7 +25,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
-from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console
+from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console, occupied
 from stagewarden.cli.proving import prove_with_status
 
 #: The attacker's stage, the attack and its first step in the attacked run.
@@ -172,7 +172,7 @@ def demo(out: str | None, fmt: str, quick: bool) -> None:
 
     started = time.perf_counter()
     target = Path(out) if out is not None else _default_out()
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+    if occupied(target):
         raise BadInput(f"--out {target} exists and is not empty; choose a new directory")
     size = QUICK if quick else FULL
     console = make_console(err=fmt == "json")

@@ -13,7 +13,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, make_console
+from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, make_console, occupied
 from stagewarden.cli.spec_input import load_spec_or_example, print_warnings_to_stderr
 
 #: The checks the runtime can run, as ``(scheme, verifier)``; others in a proposed defence are refused.
@@ -91,7 +91,7 @@ def replay(
     loaded = load_spec_or_example(spec, example)
     print_warnings_to_stderr(loaded)
     target = Path(out)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not force:
+    if occupied(target) and not force:
         raise BadInput(f"--out {out} exists and is not empty; pass --force to replace it")
     # The runs and replay.json are written into a hidden sibling of --out that replaces it at the
     # end: a failed or interrupted replay leaves --out as it was (an earlier replay too).

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console
+from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console, occupied
 from stagewarden.cli.spec_settings import load_spec_settings
 from stagewarden.run_outcome import attack_outcome, responses_line, status_line
 
@@ -366,7 +366,7 @@ def train(
     target = Path(out)
     if target.exists() and not target.is_dir() and not force:
         raise BadInput(f"--out {out} is a file, not a run directory; pass --force to replace it")
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+    if occupied(target):
         if not force:
             raise BadInput(f"--out {out} exists and is not empty; pass --force to replace it")
         if target.is_dir():
