@@ -19,6 +19,8 @@ from stagewarden.cli.common import (
     EXIT_OK,
     EXIT_VIOLATED,
     FORMAT_OPTION,
+    POLICY_OPTION,
+    VERIFIER_KEY_OPTION,
     BadInput,
     load_verifier_key,
     make_console,
@@ -287,16 +289,8 @@ def show(file: str, fmt: str) -> None:
     metavar="MEASUREMENT_HEX",
     help="An accepted launch measurement (repeatable).",
 )
-@click.option(
-    "--policy", "policy_file", type=click.Path(dir_okay=False), default=None, help="Appraisal policy (JSON or YAML)."
-)
-@click.option(
-    "--verifier-key",
-    "verifier_key_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="File holding the verifier's Ed25519 secret key (hex seed); default: an ephemeral key.",
-)
+@POLICY_OPTION
+@VERIFIER_KEY_OPTION
 @click.option(
     "--result-out",
     type=click.Path(dir_okay=False),

@@ -22,6 +22,8 @@ from stagewarden.cli.common import (
     EXIT_OK,
     EXIT_VIOLATED,
     FORMAT_OPTION,
+    POLICY_OPTION,
+    VERIFIER_KEY_OPTION,
     BadInput,
     load_verifier_key,
     make_console,
@@ -66,9 +68,7 @@ def _read(path: str, what: str, limit: int) -> bytes:
     metavar="UNIX_TIME",
     help="Verify at this instant (seconds since 1970, UTC) instead of now.",
 )
-@click.option(
-    "--policy", "policy_file", type=click.Path(dir_okay=False), default=None, help="Appraisal policy (JSON or YAML)."
-)
+@POLICY_OPTION
 @click.option(
     "--allow-status",
     "statuses",
@@ -83,13 +83,7 @@ def _read(path: str, what: str, limit: int) -> bytes:
 @click.option(
     "--key", "key_hex", default=None, metavar="PUBKEY", help="The receipt key REPORTDATA must bind (32 bytes hex)."
 )
-@click.option(
-    "--verifier-key",
-    "verifier_key_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="File holding the verifier's Ed25519 secret key (hex seed); default: an ephemeral key.",
-)
+@VERIFIER_KEY_OPTION
 @click.option(
     "--result-out",
     type=click.Path(dir_okay=False),

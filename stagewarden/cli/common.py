@@ -175,6 +175,19 @@ RLIMIT_OPTION = click.option(
     help="Deterministic Z3 resource limit per solver call (reproducible across machines, unlike --timeout).",
 )
 
+#: ``--policy FILE``: the appraisal policy of the attestation verifiers.
+POLICY_OPTION = click.option(
+    "--policy", "policy_file", type=click.Path(dir_okay=False), default=None, help="Appraisal policy (JSON or YAML)."
+)
+#: ``--verifier-key FILE``: the verifier's signing key for the attestation results it issues.
+VERIFIER_KEY_OPTION = click.option(
+    "--verifier-key",
+    "verifier_key_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File holding the verifier's Ed25519 secret key (hex seed); default: an ephemeral key.",
+)
+
 
 def parse_hex(value: str, size: int, what: str) -> bytes:
     """``value`` as exactly ``size`` bytes of hex; :class:`click.BadParameter` naming ``what`` otherwise."""
