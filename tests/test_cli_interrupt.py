@@ -23,14 +23,21 @@ def _summary(run: Path) -> dict[str, object]:
     return dict(json.loads((run / "summary.json").read_text(encoding="utf-8")))
 
 
+def _recorded(status: str) -> dict[str, object]:
+    """A real run's summary (5 steps completed) with ``status``."""
+    data = json.loads((ROOT / "docs" / "report-example" / "clean" / "summary.json").read_text(encoding="utf-8"))
+    data["status"] = status
+    return dict(data)
+
+
 def test_mark_interrupted_rewrites_a_running_summary(tmp_path: Path) -> None:
     """A summary left at ``running`` becomes ``interrupted`` at its completed step; nothing else
     changes and no temporary file is left beside it."""
-    summary = {"format": "stagewarden-run", "status": "running", "steps": 7, "steps_completed": 7, "losses": [1.0]}
+    summary = _recorded("running")
     (tmp_path / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
-    assert mark_interrupted(tmp_path) == 7
+    assert mark_interrupted(tmp_path) == 5
     after = _summary(tmp_path)
-    assert after["status"] == "interrupted" and after["interrupted_at_step"] == 7
+    assert after["status"] == "interrupted" and after["interrupted_at_step"] == 5
     assert {k: v for k, v in after.items() if k not in ("status", "interrupted_at_step")} == {
         k: v for k, v in summary.items() if k != "status"
     }
@@ -40,8 +47,8 @@ def test_mark_interrupted_rewrites_a_running_summary(tmp_path: Path) -> None:
 @pytest.mark.parametrize("status", ["completed", "stopped", "failed", "refused"])
 def test_mark_interrupted_keeps_an_ended_run(tmp_path: Path, status: str) -> None:
     """A run that had already ended when Ctrl-C came keeps its own status."""
-    (tmp_path / "summary.json").write_text(json.dumps({"status": status, "steps": 3}), encoding="utf-8")
-    assert mark_interrupted(tmp_path) == 3
+    (tmp_path / "summary.json").write_text(json.dumps(_recorded(status)), encoding="utf-8")
+    assert mark_interrupted(tmp_path) == 5
     assert _summary(tmp_path)["status"] == status
 
 

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stagewarden.attest.run_record import SUMMARY_FILE, RunDirError, RunRecord
+
 #: Set by the local launcher: the pid of the launching process; a worker exits when it is gone.
 PARENT_PID_ENV = "STAGEWARDEN_PARENT_PID"
 #: The exit code of a process whose launcher is gone.
@@ -152,10 +154,10 @@ def run_process(config_path: str, out: str, vendor: str | None, resume: str = "n
 def _resumable(out: Path) -> bool:
     """Whether ``out`` holds a run that has not completed."""
     try:
-        status = json.loads((out / "summary.json").read_text(encoding="utf-8")).get("status")
-    except (OSError, ValueError, AttributeError):
+        training = RunRecord.from_json(out / SUMMARY_FILE).training
+    except RunDirError:
         return False
-    return status not in ("completed", "refused", None)
+    return training is not None and training.status not in ("completed", "refused")
 
 
 def _use_gpu(rank: int) -> None:

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from stagewarden.attest.files import atomic_write_text
+from stagewarden.attest.run_record import SUMMARY_FILE, RunDirError, RunRecord, TrainingRecord
+from stagewarden.attest.run_record_parts import FaultRecord
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.errors import RuntimeSetupError
 from stagewarden.runtime.processes import (
@@ -269,7 +271,7 @@ def launch_local(
             if codes[0] != EXIT_RESUMABLE:
                 raise LaunchError(message, tuple(pids), resumable=_resumable(run_path))
             pending = _pending_fault(run_path)
-            if pending is None or not pending.get("standby") or restarts <= 0:
+            if pending is None or not pending.standby or restarts <= 0:
                 raise LaunchError(message, tuple(pids), resumable=True)
             restarts -= 1
             resume = True
@@ -386,19 +388,23 @@ def _wait(
     return [p.poll() for p in procs]
 
 
-def _pending_fault(run_path: Path) -> dict[str, Any] | None:
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        pending = json.loads((run_path / "summary.json").read_text(encoding="utf-8")).get("pending_fault")
-        return pending if isinstance(pending, dict) else None
-    return None
+def _training(run_path: Path) -> TrainingRecord | None:
+    """The training part of ``run_path``'s record; ``None`` where there is none or it cannot be read."""
+    try:
+        return RunRecord.from_json(run_path / SUMMARY_FILE).training
+    except RunDirError:
+        return None
+
+
+def _pending_fault(run_path: Path) -> FaultRecord | None:
+    training = _training(run_path)
+    return training.pending_fault if training is not None else None
 
 
 def _resumable(run_path: Path) -> bool:
     """Whether ``run_path`` holds a run that stopped before completing and has a checkpoint."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        summary = json.loads((run_path / "summary.json").read_text(encoding="utf-8"))
-        return summary.get("status") not in ("completed", "refused") and bool(summary.get("checkpoints"))
-    return False
+    training = _training(run_path)
+    return training is not None and training.status not in ("completed", "refused") and bool(training.checkpoints)
 
 
 def mark_interrupted(run_path: Path) -> int | None:
@@ -409,21 +415,17 @@ def mark_interrupted(run_path: Path) -> int | None:
     still saying ``running`` is rewritten, atomically; a run that had already ended keeps its status.
     Returns the step reached, or None where there is no readable summary.
     """
-    path = run_path / "summary.json"
+    path = run_path / SUMMARY_FILE
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        record = RunRecord.from_json(path)
+    except RunDirError:
         return None
-    if not isinstance(summary, dict):
-        return None
-    reached = summary.get("steps_completed", summary.get("steps"))
-    step = reached if type(reached) is int else None
-    if summary.get("status") in ("running", "starting", None):
-        summary["status"] = "interrupted"
-        summary["interrupted_at_step"] = step
+    training = record.training
+    if training is not None and training.status in ("running", "starting"):
+        marked = training.model_copy(update={"status": "interrupted", "interrupted_at_step": record.steps})
         with contextlib.suppress(OSError):
-            atomic_write_text(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    return step
+            record.model_copy(update={"training": marked}).write(path)
+    return record.steps
 
 
 def _failure_message(codes: list[int | None], tmp: Path, forked: bool = False) -> str:
