@@ -85,7 +85,7 @@ class RunConfig:
     """Standby workers ``K`` that attest at start and wait for an assignment."""
     verification: str = "none"
     """Verification mode of
-    :meth:`Coordinator.verify_step <stagewarden.runtime.coordinator.Coordinator.verify_step>`:
+    :meth:`Checks.verify_step <stagewarden.runtime.coordinator.checks.Checks.verify_step>`:
     ``none``, ``spot_check`` (commit-then-sample re-execution by the coordinator) or
     ``redundant_neighbour`` (the paper's defence: stage ``s + 1`` keeps a replica of stage ``s``
     and recomputes its forward and backward units)."""

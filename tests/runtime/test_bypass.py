@@ -10,15 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from coordinator_parts import Parts
 from distributed_helpers import activation_header, reference, tiny_config
 from nacl.signing import SigningKey
+
 from stagewarden.attest.audit import audit_run_dir, declared_bypasses, route_neighbour
 from stagewarden.attest.headers import TransferKind, encode_header, parse_header, sign_header
 from stagewarden.attest.receipt_log import RecordType, scan_log
 from stagewarden.attest.receipts import UnitKind, parse_receipt
 from stagewarden.attest.rundir import LOG_FILE
 from stagewarden.runtime.attacks import AttackPlan
-from stagewarden.runtime.coordinator import Coordinator
+from stagewarden.runtime.coordinator.commitments import Commitments
 from stagewarden.runtime.launch import launch_local
 from stagewarden.runtime.route import Route
 from stagewarden.runtime.transport import TransportError
@@ -40,16 +42,11 @@ def test_route_skips_the_bypassed_stage_both_ways() -> None:
             Route(5, stage)
 
 
-def _accepting(bypass: int | None) -> Coordinator:
-    """A coordinator without a run that can take stage 2's committed headers of step 0."""
-    coordinator = Coordinator.__new__(Coordinator)
-    coordinator.config = tiny_config(stages=3)
-    coordinator.run_id = "r"
-    coordinator.stage_ids = ["s0r0", "s1r0", "s2r0"]
-    coordinator.stage_ranks = [1, 2, 3]
-    coordinator.keys = {wid: bytes(_KEYS[wid].verify_key) for wid in coordinator.stage_ids}
-    coordinator._route = Route(3, bypass)
-    return coordinator
+def _accepting(bypass: int | None) -> Commitments:
+    """The commitments of a run without a directory that can take stage 2's committed headers of step 0."""
+    parts = Parts(tiny_config(stages=3), transport=None, run_id="r", bypass=bypass)
+    parts.roster.keys = {wid: bytes(_KEYS[wid].verify_key) for wid in parts.roster.stage_ids}
+    return parts.commitments
 
 
 _KEYS = {wid: SigningKey(bytes([i + 7]) * 32) for i, wid in enumerate(["s0r0", "s1r0", "s2r0"])}
@@ -59,14 +56,14 @@ def test_coordinator_accepts_a_skipping_header_only_in_a_bypassed_computation() 
     """A header genuinely signed by stage 0 for stage 2 is stage 2's input only when stage 1 is
     bypassed; in any other computation committing it is a protocol violation by stage 2."""
     raw = encode_header(sign_header(activation_header(receiver_stage=2), _KEYS["s0r0"]))
-    accepted = _accepting(bypass=1)._accept_header("s2r0", 2, 0, raw)
+    accepted = _accepting(bypass=1).accept_header("s2r0", 2, 0, raw)
     assert (accepted.sender_stage, accepted.receiver_stage) == (0, 2)
     with pytest.raises(TransportError, match="does not send to stage 2") as caught:
-        _accepting(bypass=None)._accept_header("s2r0", 2, 0, raw)
+        _accepting(bypass=None).accept_header("s2r0", 2, 0, raw)
     assert caught.value.peer == 3
     adjacent = encode_header(sign_header(activation_header(receiver_stage=1), _KEYS["s0r0"]))
     with pytest.raises(TransportError, match="another transfer"):
-        _accepting(bypass=1)._accept_header("s2r0", 2, 0, adjacent)
+        _accepting(bypass=1).accept_header("s2r0", 2, 0, adjacent)
 
 
 def test_a_header_cannot_name_a_receiver_further_than_one_skipped_stage() -> None:

@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 import torch
+from coordinator_parts import Parts
 from distributed_helpers import activation_header, tiny_config
 from nacl.signing import SigningKey
+
 from stagewarden.attest.headers import SignedHeader, encode_header, sign_header
 from stagewarden.attest.receipts import ExecutionEnv, Receipt, UnitKind, chain_genesis, sign_receipt
 from stagewarden.attest.tensor_digest import (
@@ -23,9 +25,8 @@ from stagewarden.attest.tensor_digest import (
     update_input_digest,
     update_output_digest,
 )
-from stagewarden.runtime.coordinator import Coordinator, FetchedUnit, StepCommit
+from stagewarden.runtime.coordinator import FetchedUnit, StepCommit
 from stagewarden.runtime.model import build_stage
-from stagewarden.runtime.route import Route
 from stagewarden.runtime.spotcheck import reexecute_forward_outputs
 from stagewarden.runtime.transport import TransportError
 from stagewarden.runtime.units import loss_digest
@@ -53,20 +54,10 @@ def _receipt(kind: UnitKind, inp: torch.Tensor | bytes, weights: bytes, **change
     return sign_receipt(Receipt(**fields), SigningKey(bytes(32)))
 
 
-def _coordinator() -> Coordinator:
-    coordinator = Coordinator.__new__(Coordinator)  # the check alone: no run directory, no workers
-    coordinator.config = tiny_config(stages=3, microbatches=2, verification="spot_check", spot_check_rate=1.0)
-    coordinator._traces = {}
-    coordinator._route = Route(3)  # every stage computes: no bypass
-    coordinator.detection = lambda step, mb, kind, stage, check, message, evidence: {  # type: ignore[method-assign]
-        "step": step,
-        "microbatch": mb,
-        "unit_kind": kind,
-        "stage": stage,
-        "check": check,
-        "message": message,
-    }
-    return coordinator
+def _coordinator() -> Parts:
+    """The collaborators alone: no run directory, no workers."""
+    config = tiny_config(stages=3, microbatches=2, verification="spot_check", spot_check_rate=1.0)
+    return Parts(config, transport=None, signing_key=SigningKey(bytes(32)))
 
 
 def test_a_backward_unit_must_rerun_its_forward_on_the_committed_input() -> None:
@@ -82,11 +73,11 @@ def test_a_backward_unit_must_rerun_its_forward_on_the_committed_input() -> None
     commit = StepCommit(0, {1: [forward, backward]}, {}, 0.0, [])
     coordinator = _coordinator()
     # the trace says the unit started from gradients the worker does not return
-    coordinator._traces[0] = {1: [gradients_digest([torch.zeros(3)]), gradients_digest([torch.ones(3)])]}
+    coordinator.ledger.traces[0] = {1: [gradients_digest([torch.zeros(3)]), gradients_digest([torch.ones(3)])]}
 
     def check(activation: torch.Tensor) -> list[dict[str, Any]]:
         unit = FetchedUnit(1, 0, 1, "backward", {"input": activation, "grad_output": grad_output}, weights)
-        return coordinator.check_unit(commit, 1, 1, "backward", unit)
+        return coordinator.reexec.check_unit(commit, 1, 1, "backward", unit)
 
     [found] = check(other)
     assert (found["check"], found["stage"], found["unit_kind"]) == ("fetch_mismatch", 1, "backward")
@@ -111,9 +102,13 @@ def test_an_update_must_start_from_the_weights_the_stage_was_left_with() -> None
 
     def accept(weights_before: bytes) -> list[dict[str, Any]]:
         coordinator = _coordinator()
-        coordinator.stage_ids = ["s0r0", "s1r0", "s2r0"]
-        coordinator._optimizer, coordinator._weights, coordinator._undo = {1: empty.hex()}, {1: left.hex()}, {}
-        coordinator._last_updates = {}
+        coordinator.roster.stage_ids = ["s0r0", "s1r0", "s2r0"]
+        coordinator.ledger.optimizer, coordinator.ledger.weights, coordinator.ledger.undo = (
+            {1: empty.hex()},
+            {1: left.hex()},
+            {},
+        )
+        coordinator.ledger.last_updates = {}
         receipt = _receipt(
             UnitKind.UPDATE,
             update_input_digest(gradient_trace_digest(trace), empty),
@@ -122,8 +117,8 @@ def test_an_update_must_start_from_the_weights_the_stage_was_left_with() -> None
             output_digest=update_output_digest(after, optimizer_after),
         )
         commit = StepCommit(0, {1: []}, {}, 0.0, [])
-        found = coordinator._accept_update(1, 0, receipt, after, message, commit)
-        assert coordinator._weights[1] == after.hex()  # the next step must run with the update's output
+        found = coordinator.checks.accept_update(1, 0, receipt, after, message, commit)
+        assert coordinator.ledger.weights[1] == after.hex()  # the next step must run with the update's output
         return found
 
     [found] = accept(swapped)
@@ -131,13 +126,13 @@ def test_an_update_must_start_from_the_weights_the_stage_was_left_with() -> None
     assert accept(left) == []
 
 
-def _last_stage_forward(coordinator: Coordinator, loss_scale: float) -> tuple[FetchedUnit, Receipt, bytes, float]:
+def _last_stage_forward(coordinator: Parts, loss_scale: float) -> tuple[FetchedUnit, Receipt, bytes, float]:
     """Stage 2 (the last of 3)'s honest forward unit of micro-batch 1: the unit, a receipt
     committing to its logits and its loss times ``loss_scale``, the logits digest and that loss."""
-    c = coordinator.config
+    c = coordinator.ctx.config
     weights = build_stage(c.model, c.stages, 2, c.seed).state_dict()
     x = torch.randn(c.batch_size, c.model.block_size, c.model.n_embd, generator=torch.Generator().manual_seed(1))
-    y = coordinator._data(0, 1)[1]
+    y = coordinator.reexec.data(0, 1)[1]
     out = reexecute_forward_outputs(c.model, c.stages, 2, weights, x, y, microbatches=c.microbatches)
     logits, loss = digest_tensor(out["output"]), float(out["loss"]) * loss_scale
     receipt = _receipt(
@@ -153,10 +148,8 @@ def _last_stage_forward(coordinator: Coordinator, loss_scale: float) -> tuple[Fe
     return unit, receipt, logits, loss
 
 
-def _spot_checking_coordinator() -> Coordinator:
+def _spot_checking_coordinator() -> Parts:
     coordinator = _coordinator()
-    coordinator._pool, coordinator._batches = None, None
-    coordinator.spot = {"units_checked": 0}
     return coordinator
 
 
@@ -168,20 +161,20 @@ def test_the_last_stage_forward_check_re_executes_the_loss() -> None:
     for scale, outcome in ((1.0, []), (0.5, ["spot_check"])):
         unit, receipt, _, _ = _last_stage_forward(coordinator, scale)
         commit = StepCommit(0, {2: [receipt]}, {}, 0.0, [])
-        assert [d["check"] for d in coordinator.check_unit(commit, 2, 1, "forward", unit)] == outcome
+        assert [d["check"] for d in coordinator.reexec.check_unit(commit, 2, 1, "forward", unit)] == outcome
 
 
 def test_a_reported_loss_must_be_the_one_the_receipt_commits_to() -> None:
     """The coordinator takes a step's loss only from losses the last stage's forward receipts
     sign: a commitment reporting another loss than its receipt is refused, naming the worker."""
     coordinator = _spot_checking_coordinator()
-    coordinator.config = tiny_config(stages=3, microbatches=2)
+    coordinator.ctx.config = tiny_config(stages=3, microbatches=2)
     _, receipt, logits, loss = _last_stage_forward(coordinator, 1.0)
     message = {"microbatch_losses": [(0.0).hex(), loss.hex()], "logits": [bytes(32).hex(), logits.hex()]}
-    assert coordinator._reported_losses("s2r0", message, [receipt]) == [0.0, loss]
+    assert coordinator.commitments.reported_losses("s2r0", message, [receipt]) == [0.0, loss]
     message["microbatch_losses"][1] = (loss + 1.0).hex()
     with pytest.raises(TransportError, match="s2r0 reported another loss of micro-batch 1"):
-        coordinator._reported_losses("s2r0", message, [receipt])
+        coordinator.commitments.reported_losses("s2r0", message, [receipt])
 
 
 def test_a_committed_header_must_be_genuine_and_of_this_transfer() -> None:
@@ -192,13 +185,13 @@ def test_a_committed_header_must_be_genuine_and_of_this_transfer() -> None:
     in an honest sender's name and have it convicted."""
     keys = {wid: SigningKey(bytes([i + 1]) * 32) for i, wid in enumerate(("s0r0", "s1r0", "s2r0"))}
     coordinator = _coordinator()
-    coordinator.run_id, coordinator.stage_ids, coordinator.stage_ranks = "run", list(keys), [1, 2, 3]
-    coordinator.keys = {wid: bytes(k.verify_key) for wid, k in keys.items()}
+    coordinator.ctx.run_id, coordinator.roster.stage_ids, coordinator.roster.stage_ranks = "run", list(keys), [1, 2, 3]
+    coordinator.roster.keys = {wid: bytes(k.verify_key) for wid, k in keys.items()}
     genuine = activation_header("run", tensor=tensor_digest(torch.ones(2, 3)))
 
     def accept(key: SigningKey, **changes: Any) -> SignedHeader:
         raw = encode_header(sign_header(dataclasses.replace(genuine, **changes), key))
-        return coordinator._accept_header("s1r0", 1, 0, raw)
+        return coordinator.commitments.accept_header("s1r0", 1, 0, raw)
 
     assert accept(keys["s0r0"]).tensor == genuine.tensor
     for key, changes, why in (

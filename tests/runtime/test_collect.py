@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 import torch
+from coordinator_parts import Parts
 from distributed_helpers import tiny_config
 from nacl.signing import SigningKey
+
 from stagewarden.attest.receipts import (
     ExecutionEnv,
     Receipt,
@@ -21,8 +23,7 @@ from stagewarden.attest.receipts import (
     receipt_digest,
     sign_receipt,
 )
-from stagewarden.runtime.coordinator import Coordinator
-from stagewarden.runtime.route import Route
+from stagewarden.runtime.coordinator.commitments import Commitments
 from stagewarden.runtime.transport import TransportError
 
 STAGES = 3
@@ -89,37 +90,29 @@ class _Scripted:
         return self.messages[src]
 
 
-def _coordinator(messages: dict[int, dict[str, Any]], backend: str = "gloo") -> tuple[Coordinator, _Scripted]:
-    coordinator = Coordinator.__new__(Coordinator)  # collection alone: no run directory, no workers
+def _coordinator(messages: dict[int, dict[str, Any]], backend: str = "gloo") -> tuple[Commitments, _Scripted, Parts]:
     config = tiny_config(stages=STAGES, microbatches=2)
     object.__setattr__(config, "backend", backend)  # a scripted transport: no process group to match
-    coordinator.config = config
-    coordinator.run_id = "run"
-    coordinator.stage_ids = list(WORKERS)
-    coordinator.stage_ranks = [s + 1 for s in range(STAGES)]
-    coordinator.keys = {wid: bytes(k.verify_key) for wid, k in KEYS.items()}
-    coordinator.prev = {wid: chain_genesis("run", wid) for wid in WORKERS}
-    coordinator.busy = [0.0] * STAGES
-    coordinator.counts = {"forward": 0, "backward": 0}
-    coordinator.log = None
-    coordinator._route = Route(STAGES)  # no stage bypassed
     transport = _Scripted(messages, stage0_waits=backend == "gloo")
-    coordinator.transport = transport  # type: ignore[assignment]
-    return coordinator, transport
+    parts = Parts(config, transport)
+    parts.roster.stage_ids = list(WORKERS)
+    parts.roster.keys = {wid: bytes(k.verify_key) for wid, k in KEYS.items()}
+    parts.roster.prev = {wid: chain_genesis("run", wid) for wid in WORKERS}
+    return Commitments(parts.ctx, parts.roster, parts.tally, parts.current), transport, parts
 
 
 def test_later_stages_are_taken_while_stage_0_is_awaited() -> None:
     """The stages finish from the last to the first: with gloo, stages 1 and 2 are received and
     their receipts verified before stage 0's commitment arrives, and the step comes out whole."""
-    coordinator, transport = _coordinator({s + 1: _commitment(s) for s in range(STAGES)})
-    commit = coordinator.collect(0)
+    commitments, transport, parts = _coordinator({s + 1: _commitment(s) for s in range(STAGES)})
+    commit = commitments.collect(0)
     assert transport.taken[-1] == 1  # stage 0's rank, after the others
     assert sorted(commit.receipts) == [0, 1, 2]
     assert [r.worker_id for s in range(STAGES) for r in commit.receipts[s]] == WORKERS
     assert commit.microbatch_losses == [1.0, 3.0] and commit.loss == pytest.approx(2.0)
     for wid in WORKERS:  # each worker's hash chain moved on by its receipt
-        assert coordinator.prev[wid] == receipt_digest(commit.receipts[WORKERS.index(wid)][0])
-    assert coordinator.counts["forward"] == 2 and coordinator.counts["backward"] == 1
+        assert parts.roster.prev[wid] == receipt_digest(commit.receipts[WORKERS.index(wid)][0])
+    assert parts.tally.counts["forward"] == 2 and parts.tally.counts["backward"] == 1
 
 
 def test_outcomes_count_in_stage_order() -> None:
@@ -128,9 +121,9 @@ def test_outcomes_count_in_stage_order() -> None:
     messages = {s + 1: _commitment(s) for s in range(STAGES)}
     messages[2] = dict(messages[2], step=5)
     messages[3] = dict(messages[3], receipts=["zz"])
-    coordinator, _ = _coordinator(messages)
+    commitments, _, _ = _coordinator(messages)
     with pytest.raises(TransportError, match="committed step 5, not 0") as caught:
-        coordinator.collect(0)
+        commitments.collect(0)
     assert caught.value.peer == 2
 
 
@@ -141,9 +134,9 @@ def test_a_malformed_commitment_names_its_stage() -> None:
     forged = bytearray(bytes.fromhex(messages[3]["receipts"][0]))
     forged[-1] ^= 1  # the signature's last byte
     messages[3] = dict(messages[3], receipts=[forged.hex()])
-    coordinator, _ = _coordinator(messages)
+    commitments, _, _ = _coordinator(messages)
     with pytest.raises(TransportError) as caught:
-        coordinator.collect(0)
+        commitments.collect(0)
     assert caught.value.peer == 3 and caught.value.cause == "malformed"
     assert "s2r0" in str(caught.value)
 
@@ -151,7 +144,7 @@ def test_a_malformed_commitment_names_its_stage() -> None:
 def test_nccl_takes_the_stages_one_after_the_other() -> None:
     """NCCL point-to-point calls from several threads could be matched differently on each rank:
     with it the commitments are received in stage order on one thread."""
-    coordinator, transport = _coordinator({s + 1: _commitment(s) for s in range(STAGES)}, backend="nccl")
-    commit = coordinator.collect(0)
+    commitments, transport, parts = _coordinator({s + 1: _commitment(s) for s in range(STAGES)}, backend="nccl")
+    commit = commitments.collect(0)
     assert transport.taken == [1, 2, 3]
     assert commit.loss == pytest.approx(2.0)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 from distributed_helpers import TINY, fires_once, reference, tiny_config
+
 from stagewarden.attest.audit import audit_run_dir
 from stagewarden.attest.tensor_digest import digest_state_dict, digest_tensor, weights_digest
 from stagewarden.runtime.attacks import AttackPlan
@@ -190,10 +191,10 @@ def test_skip_stage_after_a_late_detection_restores_the_tampered_step(tmp_path: 
 def test_the_cli_flag_turns_overlapping_off(tmp_path: Path) -> None:
     """train --no-overlap-checks writes a configuration that settles every step; without it, steps overlap."""
     from click.testing import CliRunner
-    from stagewarden.runtime.config import load_run_config
-    from stagewarden.runtime.launch import PREPARED_CONFIG
 
     from stagewarden.cli import cli
+    from stagewarden.runtime.config import load_run_config
+    from stagewarden.runtime.launch import PREPARED_CONFIG
 
     for flags, expected in (([], True), (["--no-overlap-checks"], False)):
         folder = tmp_path / f"prepared-{expected}"
@@ -220,30 +221,26 @@ class _ScriptedTransport:
         return message
 
 
-def test_the_sample_is_drawn_and_named_only_after_every_update_receipt() -> None:
+def test_the_sample_is_drawn_and_named_only_after_every_update_receipt(tmp_path: Path) -> None:
     """The update round: ``update`` names nothing of the sample, the sample is drawn once every
     stage has reported its update (its receipt commits to the update and to the gradient trace,
     both sampled), and the ``push`` messages that name it go out after that. A worker told with
     ``update`` whether its update is sampled could tamper with the others."""
     from stagewarden.runtime.coordinator import Coordinator, StepCommit
 
-    coordinator = Coordinator.__new__(Coordinator)  # the update round only: no run directory
-    coordinator.config = tiny_config(stages=3, receipts=False, checkpoint_every=1, response="eject", standby=1)
-    coordinator.transport = _ScriptedTransport()  # type: ignore[assignment]
-    coordinator.stage_ranks = [1, 2, 3]
-    coordinator.stage_ids = ["s0r0", "s1r0", "s2r0"]
-    coordinator.final_weights, coordinator.busy = {}, [0.0] * 3
-    coordinator._updated_commits, coordinator._traces = {}, {}
+    config = tiny_config(stages=3, receipts=False, checkpoint_every=1, response="eject", standby=1)
+    transport = _ScriptedTransport()
+    coordinator = Coordinator(config, tmp_path / "run", transport, None, heartbeats=None)  # type: ignore[arg-type]
     drawn_at: list[int] = []
 
     def draw(commit: StepCommit, updates: dict[int, Any]) -> list[tuple[int, int, str]]:
-        drawn_at.append(len(coordinator.transport.log))  # type: ignore[attr-defined]
+        drawn_at.append(len(transport.log))
         return [(1, 0, "update"), (2, 1, "forward")]
 
-    coordinator._draw_sample = draw  # type: ignore[method-assign]
+    coordinator.checks.draw_sample = draw  # type: ignore[method-assign]
     commit = StepCommit(0, {}, {}, 1.0, [])
-    after = coordinator._update_all(0, frozen=None, commit=commit)
-    log = coordinator.transport.log  # type: ignore[attr-defined]
+    after = coordinator.update_all(0, frozen=None, commit=commit)
+    log = transport.log
     updates = [m for kind, _, m in log if kind == "sent" and m["type"] == "update"]
     assert len(updates) == 3 and all(set(m) == {"type", "step"} for m in updates)
     last_report = max(i for i, (kind, _, _) in enumerate(log) if kind == "received")

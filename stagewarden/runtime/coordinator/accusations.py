@@ -1,0 +1,41 @@
+"""Detections as the coordinator records them: typed, and signed with its key."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from stagewarden.runtime.coordinator.context import DETECTION_DOMAIN, RunContext
+from stagewarden.runtime.responses import (
+    Detection,
+)
+
+if TYPE_CHECKING:
+    from stagewarden.runtime.coordinator.roster import Roster
+
+
+class DetectionSigner:
+    """Builds and signs detections against the worker now serving a stage."""
+
+    def __init__(self, ctx: RunContext, roster: Roster) -> None:
+        self.ctx, self.roster = ctx, roster
+
+    def detection(
+        self, step: int, micro_batch: int, unit: str, stage: int, check: str, message: str, evidence: bytes
+    ) -> dict[str, Any]:
+        """A detection as recorded: the unit, the worker blamed, the check, the evidence digest (the
+        offending signed receipt's digest) and the coordinator's Ed25519 signature over all of it
+        (``signature``; the public key is ``coordinator_key`` in ``summary.json``)."""
+        body = Detection(
+            step=step,
+            microbatch=micro_batch,
+            unit_kind=unit,
+            worker=self.roster.stage_ids[stage],
+            stage=stage,
+            check=check,
+            evidence_digest=evidence.hex(),
+        ).to_json()
+        body["message"] = message
+        signed = DETECTION_DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        body["signature"] = self.ctx.signing_key.sign(signed).signature.hex()
+        return body

@@ -1,0 +1,268 @@
+"""Admitting the workers: attestation (simulated vendor or Intel DCAP), the measurement each
+must present, and the calibration of the spot check's tolerance."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from nacl.signing import SigningKey
+
+from stagewarden.attest.clock import Clock, SystemClock
+from stagewarden.attest.dcap_verifier import DcapVerifier, EarAppraisal
+from stagewarden.attest.errors import AttestError, ErrorCode
+from stagewarden.attest.policy import Policy
+from stagewarden.attest.receipts import chain_genesis
+from stagewarden.attest.relying_party import RelyingParty
+from stagewarden.attest.rundir import RunDir
+from stagewarden.attest.vendor import load_vendor, local_verifier
+from stagewarden.attest.verifier import Appraisal, Verifier
+from stagewarden.runtime.calibration import CALIBRATION_UNITS, MAX_TOLERANCE, calibrate_stage, tolerance_record
+from stagewarden.runtime.config import RunConfig
+from stagewarden.runtime.coordinator.context import RunContext, private_key
+from stagewarden.runtime.coordinator.errors import AdmissionRefused
+from stagewarden.runtime.coordinator.wire import digest_of_weights, hex_field
+from stagewarden.runtime.measure import code_digest, stage_measurement
+from stagewarden.runtime.spotcheck import (
+    SpotCheckError,
+)
+from stagewarden.runtime.transport import (
+    TransportError,
+)
+from stagewarden.runtime.units import deterministic
+
+if TYPE_CHECKING:
+    from stagewarden.runtime.coordinator.faults import Faults
+    from stagewarden.runtime.coordinator.ledger import Ledger
+    from stagewarden.runtime.coordinator.reexecution import Reexecution
+    from stagewarden.runtime.coordinator.roster import Roster
+    from stagewarden.runtime.coordinator.tally import RunTally
+
+
+def _dcap_verifier(c: RunConfig, signing_key: SigningKey, clock: Clock) -> DcapVerifier:
+    """The verifier of Intel quotes the configuration names (its collateral and policy files)."""
+    if c.dcap_collateral is None:
+        raise AdmissionRefused("attestation_kind dcap needs dcap_collateral (a collateral file or cache folder)")
+    try:
+        return DcapVerifier.from_files(c.dcap_collateral, c.dcap_policy, signing_key, clock)
+    except (AttestError, OSError) as exc:
+        raise AdmissionRefused(f"cannot set up the DCAP verifier: {exc}") from None
+
+
+class Admission:
+    """Attests and admits the workers, and calibrates the stages' tolerances."""
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        roster: Roster,
+        ledger: Ledger,
+        tally: RunTally,
+        reexec: Reexecution,
+        faults: Faults,
+    ) -> None:
+        self.ctx, self.roster, self.ledger, self.tally = ctx, roster, ledger, tally
+        self.reexec, self.faults = reexec, faults
+
+    def reference_measurements(self) -> dict[str, bytes]:
+        """The measurement each worker must present: computed here from the code, the
+        configuration and the initial weights derived from the seed."""
+        c = self.ctx.config
+        code = code_digest()
+        out = {}
+        for s, wid in enumerate(self.roster.stage_ids):
+            out[wid] = stage_measurement(c, s, self.ledger.initial_weights_digest(s), code)
+        for k in self.roster.free_standbys:
+            out[self.roster.standby_ids[k]] = stage_measurement(c, None, None, code)
+        return out
+
+    def admit(self) -> None:
+        """Send every worker its assignment and a nonce, appraise the evidence, admit or refuse.
+
+        A resumed run sends each worker the head of its identity's receipt chain (the last receipt
+        the log holds for it) and tells a worker whose identity was benched to go home.
+        """
+        c = self.ctx.config
+        workers = [(self.roster.rank_of(s), wid, s) for s, wid in enumerate(self.roster.stage_ids)] + [
+            (self.roster.standby_rank(k), self.roster.standby_ids[k], None) for k in self.roster.free_standbys
+        ]
+        serving = {rank for rank, _, _ in workers}
+        for rank in range(1, c.world_size):
+            if rank not in serving:
+                self.ctx.transport.send_json(rank, {"type": "shutdown"})
+                self.roster.released.add(rank)
+        verifier: Verifier | DcapVerifier | None = None
+        rp = None
+        if c.attestation and c.attestation_kind == "dcap":
+            clock = SystemClock()
+            verifier = _dcap_verifier(
+                c, private_key(self.ctx.keys_dir, "verifier", create=self.ctx.session == 0), clock
+            )
+            rp = RelyingParty(verifier.verify_key, clock)
+            self.ctx.writer.write_verifier_key(bytes(verifier.verify_key))
+        elif c.attestation:
+            if self.ctx.vendor_dir is None:
+                raise AdmissionRefused("attestation is on but no vendor folder was given")
+            references = self.reference_measurements()
+            clock = SystemClock()
+            verifier = local_verifier(
+                load_vendor(self.ctx.vendor_dir),
+                list(references.values()),
+                Policy(),
+                clock,
+                signing_key=private_key(self.ctx.keys_dir, "verifier", create=self.ctx.session == 0),
+            )
+            rp = RelyingParty(verifier.verify_key, clock)
+            self.ctx.writer.write_verifier_key(bytes(verifier.verify_key))
+        nonces: dict[str, bytes] = {}
+        for rank, wid, stage in workers:
+            nonce = verifier.issue_nonce() if verifier is not None else None
+            if nonce is not None:
+                nonces[wid] = nonce
+            role = "stage" if stage is not None else "standby"
+            hello: dict[str, Any] = {
+                "type": "hello",
+                "run_id": self.ctx.run_id,
+                "worker_id": wid,
+                "role": role,
+                "stage": stage,
+                "nonce": nonce.hex() if nonce is not None else None,
+                "session": self.ctx.session,
+            }
+            if wid in self.roster.chain_heads:
+                hello["chain_head"] = self.roster.chain_heads[wid].hex()
+            self.ctx.transport.send_json(rank, hello)
+        refusals: list[str] = []
+        for rank, wid, stage in workers:
+            msg = self.ctx.transport.recv_json(rank, "evidence")
+            try:
+                key = hex_field(msg.get("receipt_key"), 32, "receipt_key")
+                if msg.get("worker_id") != wid:
+                    raise ValueError(f"rank {rank} answered as {msg.get('worker_id')!r}, not {wid!r}")
+                if verifier is not None and rp is not None:
+                    if isinstance(msg.get("evidence_error"), str):  # the worker's TEE gave it no quote
+                        unavailable = msg.get("evidence_error_code") == ErrorCode.PROVIDER_UNAVAILABLE
+                        code = ErrorCode.PROVIDER_UNAVAILABLE if unavailable else ErrorCode.PROVIDER_FAILED
+                        raise AttestError(code, msg["evidence_error"][:500])
+                    evidence = hex_field(msg.get("evidence"), None, "evidence")
+                    self.ctx.writer.write_evidence(wid, evidence)
+                    appraisal: Appraisal | EarAppraisal
+                    if isinstance(verifier, DcapVerifier):
+                        at_stage = str(stage) if stage is not None else None
+                        appraisal = verifier.appraise_evidence(evidence, key, nonces[wid], stage=at_stage)
+                    else:
+                        appraisal = verifier.appraise_evidence(evidence, key, nonces[wid])
+                    rp.admit(wid, appraisal.token, key, expected_nonce=nonces[wid])
+                    earlier = RunDir(self.ctx.run_dir).results(wid) if self.ctx.session > 0 else []
+                    self.ctx.writer.write_results(wid, [*earlier, appraisal.token])
+                    self.ctx.events.write(
+                        "admitted",
+                        worker=wid,
+                        stage=stage,
+                        rank=rank,
+                        status=str(appraisal.result.status),
+                        measurement=appraisal.result.measurement,
+                        device=appraisal.result.device_id,
+                    )
+                else:
+                    self.ctx.events.write("admitted", worker=wid, stage=stage, rank=rank, status="unattested")
+                self.roster.keys[wid] = key
+                self.roster.prev[wid] = self.roster.chain_heads.get(wid, chain_genesis(self.ctx.run_id, wid))
+                pid, host = msg.get("pid"), msg.get("host")
+                self.roster.processes[wid] = {
+                    "worker": wid,
+                    "stage": stage,
+                    "role": "stage" if stage is not None else "standby",
+                    "rank": rank,
+                    "pid": pid if type(pid) is int else None,
+                    "host": host[:255] if isinstance(host, str) else None,
+                }
+            except AttestError as exc:
+                reason = f"{exc.code}: {exc.message}"
+                self.ctx.events.write(
+                    "refused", worker=wid, stage=stage, rank=rank, code=str(exc.code), reason=exc.message
+                )
+                refusals.append(
+                    f"worker {wid} ({'stage ' + str(stage) if stage is not None else 'standby'}) "
+                    f"was refused admission: {reason}"
+                )
+            except ValueError as exc:
+                self.ctx.events.write("refused", worker=wid, stage=stage, rank=rank, code="MALFORMED", reason=str(exc))
+                refusals.append(f"worker {wid} was refused admission: {exc}")
+        if refusals:
+            for rank, wid, _ in workers:
+                self.ctx.transport.send_json(rank, {"type": "refused" if wid not in self.roster.keys else "shutdown"})
+            raise AdmissionRefused("; ".join(refusals))
+        keys = {str(s): self.roster.keys[wid].hex() for s, wid in enumerate(self.roster.stage_ids)}
+        ids = {str(s): wid for s, wid in enumerate(self.roster.stage_ids)}
+        ranks = {str(s): self.roster.rank_of(s) for s in range(c.stages)}
+        for rank, _, _ in workers:
+            self.ctx.transport.send_json(rank, {"type": "admitted", "keys": keys, "workers": ids, "ranks": ranks})
+        self.roster.write_workers()
+
+    def calibrate(self, stages: Iterable[int]) -> None:
+        """With ``spot_check_compare = "tolerance"``, calibrate the tolerance of each of ``stages``
+        from its current worker (:mod:`stagewarden.runtime.calibration`); nothing in bitwise mode.
+
+        Each worker computes the calibration units on seed-derived inputs on its own device and
+        returns their outputs and the weights it used, which must be the weights the stage holds
+        (else its message is malformed). The coordinator re-executes the units and sets the
+        stage's tolerance; event ``calibration`` and ``spot_check_tolerance`` in ``summary.json``
+        record it. Called at admission, on resume and when a standby takes a stage.
+
+        Raises:
+            AdmissionRefused: A worker's tolerance exceeds
+                :data:`~stagewarden.runtime.calibration.MAX_TOLERANCE`; every worker is released.
+            TransportError: A worker's answer is malformed (blamed on that worker).
+        """
+        c = self.ctx.config
+        if c.spot_check_compare != "tolerance":
+            return
+        chosen = list(stages)
+        for s in chosen:
+            self.ctx.transport.send_json(self.roster.rank_of(s), {"type": "calibrate", "units": CALIBRATION_UNITS})
+        groups = ("weights", *(f"unit{i}" for i in range(CALIBRATION_UNITS)))
+        refusals: list[str] = []
+        for s in chosen:
+            wid, rank = self.roster.stage_ids[s], self.roster.rank_of(s)
+            msg = self.ctx.transport.recv_json(rank, "calibrated")
+            received, digests = self.reexec.recv_tensors(s, msg, groups)
+            weights, units = received["weights"], [received[f"unit{i}"] for i in range(CALIBRATION_UNITS)]
+            if digest_of_weights(weights, digests) != self.ledger.stage_weights_digest(s):
+                raise TransportError(
+                    f"worker {wid} computed its calibration with other weights than stage {s} holds", peer=rank
+                )
+            try:
+                with deterministic(c.train.threads):
+                    tolerance = calibrate_stage(c, s, weights, units)
+            except SpotCheckError as exc:
+                raise TransportError(f"worker {wid} sent a malformed calibration: {exc}", peer=rank) from None
+            accepted = tolerance.value <= MAX_TOLERANCE
+            record = {
+                "stage": s,
+                "worker": wid,
+                "rank": rank,
+                "session": self.ctx.session,
+                "at_step": len(self.tally.losses),
+            }
+            record.update(tolerance_record(tolerance), accepted=accepted)
+            self.ctx.events.write("calibration", **record)
+            self.tally.tolerances[s] = record
+            if accepted:
+                self.reexec.tolerance[s] = tolerance
+                continue
+            reason = (
+                f"its calibration differs from the coordinator's re-execution by a relative error of "
+                f"{tolerance.max_observed:.3g}, which needs a tolerance of {tolerance.value:.3g}, above the cap "
+                f"of {MAX_TOLERANCE:g}: its numerics are too far from the verifier's for a spot check to tell "
+                "them from tampering"
+            )
+            self.ctx.events.write("refused", worker=wid, stage=s, rank=rank, code="TOLERANCE_ABOVE_CAP", reason=reason)
+            refusals.append(f"worker {wid} (stage {s}) was refused: {reason}")
+        if refusals:
+            self.faults.stop_watchdog()
+            for rank in range(1, c.world_size):
+                if rank not in self.roster.released:
+                    self.ctx.transport.send_json(rank, {"type": "release"})
+                    self.roster.released.add(rank)
+            raise AdmissionRefused("; ".join(refusals))

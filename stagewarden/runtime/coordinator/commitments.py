@@ -1,0 +1,269 @@
+"""Collecting a step's commitments: every stage's receipts, the signed headers it received, the
+last stage's losses and the checkers' reports, verified and logged."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from stagewarden.attest.errors import AttestError
+from stagewarden.attest.headers import SignedHeader, parse_header, verify_header
+from stagewarden.attest.receipts import Receipt, UnitKind, parse_receipt, receipt_digest, verify_receipt
+from stagewarden.attest.tensor_digest import (
+    last_forward_output_digest,
+)
+from stagewarden.runtime.coordinator.context import CONTENT_ERRORS, CurrentAttempt, RunContext
+from stagewarden.runtime.coordinator.wire import busy_seconds, float_field, hex_field, hex_list
+from stagewarden.runtime.transport import (
+    TransportError,
+)
+from stagewarden.runtime.units import loss_digest, step_loss
+
+if TYPE_CHECKING:
+    from stagewarden.runtime.coordinator.roster import Roster
+    from stagewarden.runtime.coordinator.tally import RunTally
+
+
+@dataclasses.dataclass
+class _Commitment:
+    """One stage's verified commitment for a step (:meth:`Commitments.take`)."""
+
+    busy: float
+    receipts: list[Receipt] = dataclasses.field(default_factory=list)
+    headers: list[SignedHeader] = dataclasses.field(default_factory=list)
+    loss: float = float("nan")
+    microbatch_losses: list[float] = dataclasses.field(default_factory=list)
+    checks: list[Any] | None = None
+    checks_run: int = 0
+
+
+class _CommitmentThread(threading.Thread):
+    """Takes one stage's commitment (:meth:`Commitments.take`) on its own thread.
+
+    A daemon: when another stage's failure ends the run first, this one may still wait on a
+    receive that never completes, and must not hold the process open."""
+
+    def __init__(self, commitments: Commitments, stage: int, step: int) -> None:
+        super().__init__(name=f"commitment-{stage}", daemon=True)
+        self._commitments, self._stage, self._step = commitments, stage, step
+        self._result: _Commitment | None = None
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._result = self._commitments.take(self._stage, self._step)
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for the outcome
+            self._error = exc
+
+    def outcome(self) -> _Commitment:
+        """Wait for the commitment; raise what taking it raised."""
+        self.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
+@dataclasses.dataclass
+class StepCommit:
+    """Everything the workers committed for one step, as the coordinator received it.
+
+    Attributes:
+        step: The step.
+        receipts: Per stage, its forward and backward receipts in signing order.
+        headers: Per receiving stage, the signed headers it received.
+        loss: The step's loss, from the last stage.
+        microbatch_losses: The micro-batch losses, from the last stage.
+        checks: With ``redundant_neighbour``: per checking stage, the failed checks it reports.
+        checks_run: With ``redundant_neighbour``: per checking stage, how many units it checked.
+    """
+
+    step: int
+    receipts: dict[int, list[Receipt]]
+    headers: dict[int, list[SignedHeader]]
+    loss: float
+    microbatch_losses: list[float]
+    checks: dict[int, list[Any]] = dataclasses.field(default_factory=dict)
+    checks_run: dict[int, int] = dataclasses.field(default_factory=dict)
+
+    def receipt(self, stage: int, micro_batch: int, kind: UnitKind) -> Receipt | None:
+        """The receipt of ``stage`` for one unit of this step, if committed."""
+        return next((r for r in self.receipts.get(stage, []) if r.micro_batch == micro_batch and r.kind is kind), None)
+
+
+class Commitments:
+    """Receives and verifies the workers' commitments of a computation (see :class:`StepCommit`)."""
+
+    def __init__(self, ctx: RunContext, roster: Roster, tally: RunTally, current: CurrentAttempt) -> None:
+        self.ctx, self.roster, self.tally, self.current = ctx, roster, tally, current
+
+    def collect(self, step: int) -> StepCommit:
+        """Receive every stage's commitment for ``step``; verify and log its receipts and headers.
+
+        The outcomes are taken in stage order: a stage that died mid-step is met as a closed
+        connection (taking the last stage first left the verdict to the chain of waits, which
+        blamed the next stage), and of two faulty commitments the lower stage's is the one
+        reported. With gloo the work is not: the pipeline's stages finish from the last to the
+        first, so while this thread waits for stage 0, one thread per other stage receives and
+        verifies that stage's commitment as it arrives (:meth:`take`), and after
+        stage 0's only its own verification is left. (NCCL point-to-point calls from several
+        threads could interleave differently on each rank: with it the stages are taken one
+        after the other.)"""
+        c, stages = self.ctx.config, self.current.route.active_stages
+        taken: dict[int, _Commitment] = {}
+        if c.backend == "gloo" and c.stages > 1:
+            threads = {s: _CommitmentThread(self, s, step) for s in stages[1:]}
+            for thread in threads.values():
+                thread.start()
+            taken[0] = self.take(0, step)
+            for s, thread in threads.items():
+                taken[s] = thread.outcome()
+        else:
+            for s in stages:
+                taken[s] = self.take(s, step)
+        receipts = {s: t.receipts for s, t in taken.items()}
+        headers = {s: t.headers for s, t in taken.items()}
+        last = taken[c.stages - 1]
+        checks = {s: t.checks for s, t in taken.items() if t.checks is not None}
+        checks_run = {s: t.checks_run for s, t in taken.items() if t.checks is not None}
+        # a step's commitments enter the log together, so a crash mid-collection leaves none of them
+        for s in stages:
+            self.tally.busy[s] += taken[s].busy
+            for r in receipts[s]:
+                self.tally.counts[str(r.kind)] += 1
+                if self.ctx.log is not None:
+                    self.ctx.log.append_receipt(r)
+                    self.tally.counts["receipts"] += 1
+            for header in headers[s]:
+                if self.ctx.log is not None:
+                    self.ctx.log.append_header(header)
+                    self.tally.counts["headers"] += 1
+        return StepCommit(step, receipts, headers, last.loss, last.microbatch_losses, checks, checks_run)
+
+    def take(self, s: int, step: int) -> _Commitment:
+        """Receive stage ``s``'s commitment for ``step`` and verify its receipts, headers, losses
+        and check report. Touches nothing another stage's commitment touches (its worker's hash
+        chain head is its own), so the stages can be taken on separate threads.
+
+        Raises:
+            TransportError: The receive failed or the commitment fails a check; its ``peer`` is
+                stage ``s``'s rank (a receive on another thread may have come in since).
+        """
+        c = self.ctx.config
+        wid, rank = self.roster.stage_ids[s], self.roster.rank_of(s)
+        try:
+            msg = self.ctx.transport.recv_json(rank, "commit")
+            if msg.get("step") != step:
+                raise TransportError(f"worker {wid} committed step {msg.get('step')}, not {step}")
+            raw_receipts, raw_headers = msg.get("receipts"), msg.get("headers")
+            if not isinstance(raw_receipts, list) or not isinstance(raw_headers, list):
+                raise TransportError(f"worker {wid}'s commitment has no receipt or header list")
+            out = _Commitment(busy_seconds(msg))
+            out.receipts = [
+                self.accept_receipt(wid, s, step, hex_field(r, None, "receipt"), log=False) for r in raw_receipts
+            ]
+            out.headers = [self.accept_header(wid, s, step, hex_field(raw, None, "header")) for raw in raw_headers]
+            if s == c.stages - 1:
+                out.microbatch_losses = self.reported_losses(wid, msg, out.receipts)
+                out.loss = step_loss([torch.tensor(v, dtype=torch.float32) for v in out.microbatch_losses])
+            if c.verification == "redundant_neighbour" and s >= 1:
+                reported, run = msg.get("checks"), msg.get("checks_run")
+                if not isinstance(reported, list) or not isinstance(run, int) or isinstance(run, bool) or run < 0:
+                    raise TransportError(f"worker {wid}'s commitment has no check report")
+                out.checks, out.checks_run = reported, run
+            return out
+        except TransportError as exc:
+            if exc.peer is None:
+                exc.peer = rank
+            raise
+        except CONTENT_ERRORS as exc:
+            message = exc.message if isinstance(exc, AttestError) else str(exc)
+            raise TransportError(
+                f"worker {wid}'s commitment for step {step} is malformed: {message}", peer=rank
+            ) from None
+
+    def accept_header(self, wid: str, stage: int, step: int, raw: bytes) -> SignedHeader:
+        """Take a signed header that stage ``stage``'s worker ``wid`` received in ``step`` and
+        commits to. It must be genuine: signed by the attested key of the worker that runs its
+        sender stage, for a transfer of this run and step to ``stage``. The link checks take a
+        header as evidence against its sender (an equivocation), and the log keeps it, so one
+        that its receiver forged or took from another transfer must not get that far.
+
+        Raises:
+            TransportError: The header is malformed, not genuine or of another transfer (the
+                worker that committed it is at fault: it checked the header when it arrived).
+        """
+        c = self.ctx.config
+        try:
+            header = parse_header(raw)
+            sender = self.roster.stage_ids[header.sender_stage] if header.sender_stage < c.stages else None
+            if sender is None or header.sender != sender or sender not in self.roster.keys:
+                raise TransportError(
+                    f"worker {wid} committed a signed header from {header.sender!r}, which is not the worker of "
+                    f"stage {header.sender_stage}",
+                    peer=self.roster.rank_of(stage),
+                )
+            verify_header(header, self.roster.keys[sender])
+        except AttestError as exc:
+            raise TransportError(
+                f"worker {wid} committed a signed header that is not genuine: {exc.message}",
+                peer=self.roster.rank_of(stage),
+            ) from None
+        if (header.run_id, header.receiver_stage, header.step) != (self.ctx.run_id, stage, step):
+            raise TransportError(
+                f"worker {wid} committed a signed header of another transfer (run {header.run_id!r}, to stage "
+                f"{header.receiver_stage}, step {header.step})",
+                peer=self.roster.rank_of(stage),
+            )
+        if header.sender_stage != self.current.route.neighbour(stage, header.kind, incoming=True):
+            # a transfer that skips a stage is this computation's only when it bypasses that stage
+            raise TransportError(
+                f"worker {wid} committed a signed {header.kind} header from stage {header.sender_stage}, which "
+                f"does not send to stage {stage} in this computation of step {step}",
+                peer=self.roster.rank_of(stage),
+            )
+        return header
+
+    def reported_losses(self, wid: str, msg: dict[str, Any], receipts: list[Receipt]) -> list[float]:
+        """The micro-batch losses the last stage's commitment reports, in micro-batch order. With
+        receipts each must be the one its forward receipt commits to with the logits
+        (:func:`~stagewarden.attest.tensor_digest.last_forward_output_digest` of the reported
+        logits digest and :func:`~stagewarden.runtime.units.loss_digest`): the run reports only
+        signed losses, and a spot check of the unit re-executes the loss with the logits.
+
+        Raises:
+            TransportError: A loss is missing or malformed, or is not the one its receipt commits to.
+        """
+        c = self.ctx.config
+        raw = msg.get("microbatch_losses")
+        if not isinstance(raw, list) or len(raw) != c.microbatches:
+            raise TransportError(
+                f"worker {wid}'s commitment does not report the loss of each of the {c.microbatches} micro-batches"
+            )
+        losses = [float_field(v) for v in raw]
+        if c.receipts:
+            logits = hex_list(msg.get("logits"), c.microbatches, "logits")
+            for r in receipts:
+                m = r.micro_batch
+                if r.kind is UnitKind.FORWARD and 0 <= m < c.microbatches:
+                    if last_forward_output_digest(logits[m], loss_digest(losses[m])) != r.output_digest:
+                        raise TransportError(
+                            f"worker {wid} reported another loss of micro-batch {m} than its forward receipt commits to"
+                        )
+        return losses
+
+    def accept_receipt(self, wid: str, stage: int, step: int, raw: bytes, log: bool = True) -> Receipt:
+        receipt = parse_receipt(raw)
+        verify_receipt(receipt, self.roster.keys[wid])
+        if (receipt.run_id, receipt.worker_id, receipt.stage, receipt.step) != (self.ctx.run_id, wid, stage, step):
+            raise TransportError(f"worker {wid} sent a receipt for another unit: {receipt.unit}")
+        if receipt.prev_digest != self.roster.prev[wid]:
+            raise TransportError(f"worker {wid}'s receipt does not continue its hash chain")
+        self.roster.prev[wid] = receipt_digest(receipt)
+        if log and self.ctx.log is not None:
+            self.ctx.log.append_receipt(receipt)
+            self.tally.counts["receipts"] += 1
+        return receipt

@@ -1,0 +1,549 @@
+"""The coordinator (rank 0): the engine that drives a run's steps over its collaborators.
+
+The coordinator is trusted: it is also the verifier, the relying party and the only writer of the
+run directory. Each step it sends ``step``, collects every worker's commitment
+(:class:`~stagewarden.runtime.coordinator.commitments.Commitments`), checks that the digests link
+up between adjacent stages and adjudicates the checkers' reports
+(:class:`~stagewarden.runtime.coordinator.checks.Checks`), sends ``update``, and checks the sampled
+units (:class:`~stagewarden.runtime.coordinator.reexecution.Reexecution`). The engine only wires
+and sequences: each collaborator owns its state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stagewarden.attest.errors import AttestError
+from stagewarden.attest.headers import TransferKind
+from stagewarden.attest.receipts import Receipt, UnitKind, chain_genesis
+from stagewarden.attest.rundir import RunDirWriter
+from stagewarden.attest.tensor_digest import (
+    weights_digest,
+)
+from stagewarden.runtime.config import RunConfig
+from stagewarden.runtime.coordinator.accusations import DetectionSigner
+from stagewarden.runtime.coordinator.admission import Admission
+from stagewarden.runtime.coordinator.checkpoints import CheckpointStore
+from stagewarden.runtime.coordinator.checks import Checks
+from stagewarden.runtime.coordinator.commitments import Commitments, StepCommit
+from stagewarden.runtime.coordinator.context import (
+    CONTENT_ERRORS,
+    EVENTS_FILE,
+    FETCH_CHECK_ENV,
+    KEYS_SUFFIX,
+    MAX_RECOMPUTATIONS,
+    TRACES_KEPT,
+    WORKERS_FILE,
+    CurrentAttempt,
+    EventLog,
+    RunContext,
+    private_key,
+)
+from stagewarden.runtime.coordinator.errors import AdmissionRefused, RunFailed, RunInterrupted, TrainingStopped
+from stagewarden.runtime.coordinator.faults import Faults
+from stagewarden.runtime.coordinator.ledger import Ledger
+from stagewarden.runtime.coordinator.recovery import Recovery
+from stagewarden.runtime.coordinator.reexecution import FetchedUnit, Reexecution
+from stagewarden.runtime.coordinator.resume import Resume
+from stagewarden.runtime.coordinator.roster import Roster
+from stagewarden.runtime.coordinator.tally import RunTally
+from stagewarden.runtime.coordinator.wire import busy_seconds, hex_field, tensor_digests
+from stagewarden.runtime.liveness import Fault
+from stagewarden.runtime.route import Route
+from stagewarden.runtime.spotcheck import (
+    SampleSeed,
+)
+from stagewarden.runtime.transport import (
+    Expected,
+    Transport,
+    TransportError,
+)
+
+
+@dataclasses.dataclass
+class AfterUpdate:
+    """What is left of a step once its update is applied: checking its sampled units and, when
+    one is due, writing the checkpoint after it.
+
+    Attributes:
+        step: The step.
+        commit: Its commitments.
+        sample: The sampled units ``(stage, micro_batch, kind)``.
+        pushes: Per stage asked to push: its sampled units ``(micro_batch, kind)``.
+        snapshot: Whether the stages push their state for the checkpoint after the step.
+        update_receipts: The update receipts of the step, per stage.
+        weights: The weights digest (hex) each stage reported after its update.
+        optimizers: The optimizer-state digest (hex) each stage's update receipt commits to after
+            the update (with receipts on).
+        found: Detections made when the update receipts arrived (an update that starts from
+            another optimizer state than the stage's last update or checkpoint left).
+        state: The pushed state per stage (weights, optimizer state), once received.
+        state_digests: Per stage, the tensor digests of its pushed state, by kind (``weights``,
+            ``optimizer``) and name, computed as it was received (for the checkpoint).
+    """
+
+    step: int
+    commit: StepCommit
+    sample: list[tuple[int, int, str]]
+    pushes: dict[int, list[tuple[int, str]]]
+    snapshot: bool
+    update_receipts: dict[int, Receipt]
+    weights: dict[int, str]
+    optimizers: dict[int, str] = dataclasses.field(default_factory=dict)
+    found: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    state: dict[int, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = dataclasses.field(default_factory=dict)
+    state_digests: dict[int, dict[str, dict[str, bytes]]] = dataclasses.field(default_factory=dict)
+
+
+class Coordinator:
+    """The coordinator process of a run: builds its collaborators and runs the steps.
+
+    Args:
+        config: The run configuration.
+        run_dir: The run directory (must not hold a run yet).
+        transport: The point-to-point transport (this process is rank 0).
+        vendor_dir: The simulated vendor folder whose root the verifier pins (needed when attestation is on).
+        run_id: The run id (default: a random one).
+        resume: Continue the interrupted run in ``run_dir`` from its newest verified checkpoint
+            instead of starting a new one.
+        heartbeats: The workers' heartbeat records, which the watchdog reads: the coordinator's
+            end of the run's heartbeat channel (:class:`~stagewarden.runtime.liveness.HeartbeatInbox`).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: str | Path,
+        transport: Transport,
+        vendor_dir: str | None,
+        run_id: str | None = None,
+        resume: bool = False,
+        *,
+        heartbeats: Any,
+    ) -> None:
+        run_dir = Path(run_dir)
+        self.ctx = ctx = RunContext(
+            config=config,
+            transport=transport,
+            run_dir=run_dir,
+            keys_dir=run_dir.parent / f"{run_dir.name}{KEYS_SUFFIX}",
+            vendor_dir=vendor_dir,
+            heartbeats=heartbeats,
+            run_id=run_id or f"run-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{os.urandom(4).hex()}",
+            session=0,
+        )
+        self.current = CurrentAttempt(Route(config.stages))
+        self.roster = Roster(ctx)
+        self.ledger = Ledger(ctx)
+        self.signer = DetectionSigner(ctx, self.roster)
+        self.tally = RunTally(ctx, self.roster, self.ledger)
+        self.reexec = Reexecution(ctx, self.roster, self.ledger, self.tally, self.signer)
+        self.store = CheckpointStore(ctx, self.roster, self.ledger, self.tally, self.reexec)
+        self.tally.store = self.store
+        self.faults = Faults(ctx, self.roster, self.tally)
+        self.admission = Admission(ctx, self.roster, self.ledger, self.tally, self.reexec, self.faults)
+        self.recovery = Recovery(ctx, self.roster, self.ledger, self.tally, self.store, self.admission)
+        self.commitments = Commitments(ctx, self.roster, self.tally, self.current)
+        self.checks = Checks(ctx, self.roster, self.ledger, self.tally, self.signer, self.reexec, self.current)
+        self.start_step = 0
+        self._pending_bypass: int | None = None
+        self._pending_attempt = 0
+        self._deferred: AfterUpdate | None = None
+        if resume:
+            resumed = Resume(ctx, self.roster, self.ledger, self.tally, self.store)
+            resumed.load()
+            self.start_step = resumed.start_step
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            ctx.signing_key = private_key(ctx.keys_dir, "coordinator", create=True)
+            ctx.writer = RunDirWriter(run_dir, self.tally.summary())
+            ctx.events = EventLog(run_dir / EVENTS_FILE)
+            ctx.log = ctx.writer.create_log(sync="explicit") if config.receipts else None
+
+    def run(self) -> None:
+        """Admit the workers, train every step, release the workers and finish the run directory.
+
+        A resumed coordinator (``resume=True``) admits a fresh set of workers, restores every stage
+        to the newest verified checkpoint and trains from its step.
+
+        Raises:
+            AdmissionRefused: A worker's attestation failed (the others are sent home).
+            RunInterrupted: A worker failed (died, went silent, withheld, or sent a malformed
+                message); the run directory is resumable.
+            RunFailed: The run cannot go on for another reason.
+        """
+        started = time.perf_counter()
+        # the coordinator's own tensor work (unpacking, digests, checkpoints) runs on the workers'
+        # thread count: on a machine the workers share, more threads only wait for cores
+        torch.set_num_threads(self.ctx.config.train.threads)
+        try:
+            if self.ctx.session == 0:
+                self.ctx.events.write("run_started", run_id=self.ctx.run_id, config=self.ctx.config.to_json())
+            else:
+                self.ctx.events.write("run_resumed", **self.tally.resumes[-1])
+            self.admission.admit()
+            if self.ctx.config.verification == "spot_check":
+                self.reexec.data(self.start_step, 0)  # read the corpus the checks regenerate data from before training
+            self.tally.status = "running"
+            self.faults.start_watchdog()
+            self.tally.write_summary()
+            train_start = time.perf_counter()
+            stopped = None
+            try:
+                step = self.start_step
+                if self.ctx.session > 0:
+                    self.store.restore(step)
+                self.admission.calibrate(range(self.ctx.config.stages))
+                if self.ctx.session == 0 and self.store.checkpointing:
+                    self.store.write(0)
+                while step < self.ctx.config.steps:
+                    step = self.train_step(step)
+            except TrainingStopped as stop:
+                stopped = str(stop)
+            self.store.finish()
+            self.tally.train_seconds += time.perf_counter() - train_start
+            self.tally.status = "completed" if stopped is None else "stopped"
+            self.faults.stop_watchdog()
+            for rank in range(1, self.ctx.config.world_size):
+                if rank not in self.roster.released:
+                    self.ctx.transport.send_json(rank, {"type": "release"})
+            if stopped is None:
+                self.ctx.events.write(
+                    "run_completed", steps=len(self.tally.losses), detections=len(self.tally.detections)
+                )
+                shutil.rmtree(self.ctx.keys_dir, ignore_errors=True)  # nothing left to resume
+            else:
+                self.tally.stop_reason = stopped
+                self.ctx.events.write("run_stopped", reason=stopped, steps=len(self.tally.losses))
+        except AdmissionRefused as exc:
+            self.tally.status, self.tally.stop_reason = "refused", str(exc)
+            self.ctx.events.write("run_stopped", reason=str(exc))
+            raise
+        except RunInterrupted:
+            raise
+        except (TransportError, *CONTENT_ERRORS) as exc:
+            if self.tally.status != "running":
+                self.tally.status = "failed"
+                message = exc.message if isinstance(exc, AttestError) else str(exc)
+                self.tally.stop_reason = message
+                self.ctx.events.write("run_failed", reason=message)
+                raise RunFailed(f"the run failed: {message}") from None
+            self.faults.on_error(exc)
+        finally:
+            self.faults.stop_watchdog()
+            self.store.close()  # a checkpoint not recorded by now does not count
+            (self.ctx.run_dir / WORKERS_FILE).unlink(missing_ok=True)
+            self.tally.wall_seconds += time.perf_counter() - started
+            if self.tally.status == "running":
+                self.tally.status = "failed"
+            if self.ctx.log is not None:
+                self.ctx.log.close()
+            self.tally.write_summary()
+            self.ctx.events.close()
+
+    def train_step(self, step: int) -> int:
+        """One step: ``step`` to every stage, collect and check the commitments, reveal the
+        spot-check sample, ``update`` (the workers push the sampled units and, when a checkpoint is
+        due, their new state), check the sampled units and write the checkpoint; on a detection,
+        respond (:meth:`~stagewarden.runtime.coordinator.recovery.Recovery.respond`) and recompute the step.
+
+        The checks and the checkpoint of a step run while the next step computes
+        (:attr:`~stagewarden.runtime.config.RunConfig.overlap_checks`), except for a
+        recomputation, a step with a bypassed stage and the last step, which settle before the
+        step ends. No checkpoint is written before the checks of its step have passed; a check
+        that fails while the next step computes discards that step and answers the detection as
+        if it had been found at once.
+
+        Returns the next step to train: ``step + 1``, the step to recompute after a late detection,
+        or the checkpoint's step after an eject or a rollback."""
+        c = self.ctx.config
+        started = time.perf_counter()
+        attempt, bypass = self._pending_attempt, self._pending_bypass
+        if bypass is None:
+            bypass = self.recovery.take_next_bypass()
+        self._pending_attempt, self._pending_bypass = 0, None
+        after: AfterUpdate | None = None
+        while True:
+            self._start_attempt(step, attempt, bypass)
+            if self._deferred is not None:  # the previous step's checks, while this one computes
+                deferred, self._deferred = self._deferred, None
+                late = self._settle(deferred, write_checkpoint=True)
+                if late:
+                    return self._late_detection(step, late)
+            commit = self._finish_attempt(step)
+            detections = self.checks.check_links(commit)
+            if os.environ.get(FETCH_CHECK_ENV) == "1":
+                self.reexec.fetch_check(commit)
+            detections += self.checks.verify_step(step, commit, already=detections)
+            if not detections:
+                after = self.update_all(step, frozen=bypass, commit=commit)
+                if c.overlap_checks and attempt == 0 and bypass is None and step + 1 < c.steps:
+                    self._deferred = after
+                else:
+                    detections += self._settle(after, write_checkpoint=False)
+            for d in detections:
+                self.ctx.events.write("detection", attempt=attempt, **d)
+            self.tally.detections += detections
+            if not detections:
+                break
+            if attempt >= MAX_RECOMPUTATIONS:
+                d = detections[0]
+                raise TrainingStopped(
+                    f"no honest path through step {step}: it was tampered with in each of its {attempt + 1} "
+                    f"computations (last: stage {d['stage']}, {d['check']}), and the {c.response} response "
+                    "cannot route around the tampering stage"
+                )
+            plan = self.recovery.respond(step, attempt, detections[0])
+            if plan.checkpoint_step is not None:
+                return plan.checkpoint_step
+            bypass = plan.bypass_stage
+            attempt += 1
+        if bypass is not None and c.verification == "redundant_neighbour":
+            self._resync_bypassed_checker(step, bypass)
+        if self.ctx.log is not None:
+            self.ctx.log.sync()
+        seconds = time.perf_counter() - started
+        tps = c.tokens_per_step / seconds if seconds > 0 else 0.0
+        self.tally.losses.append(commit.loss)
+        self.tally.metrics.append((step, commit.loss, tps, seconds))
+        self.ctx.events.write("step", step=step, loss=commit.loss, tokens_per_second=tps, seconds=seconds)
+        if self.store.due(step) and self._deferred is None:
+            if after is not None and after.snapshot:
+                self.store.save_pushed(after.step + 1, after.state, after.state_digests, background=True)
+            else:
+                self.store.write(step + 1)
+        self.tally.write_summary()
+        self.tally.write_metrics()
+        return step + 1
+
+    def _resync_bypassed_checker(self, step: int, bypass: int) -> None:
+        """After a computation of ``step`` that bypassed ``bypass``: the stage before it updated
+        while its checker (the bypassed worker) computed nothing, so the checker's replica takes
+        that stage's new state, which must be the one its update receipt commits to."""
+        s, c = bypass - 1, self.ctx.config
+        wid = self.roster.stage_ids[s]
+        self.ctx.transport.send_json(self.roster.rank_of(s), {"type": "snapshot", "step": step + 1})
+        msg = self.ctx.transport.recv_json(self.roster.rank_of(s), "snapshot")
+        received, digests = self.reexec.recv_tensors(s, msg, ("weights", "optimizer"))
+        weights = weights_digest(tensor_digests(received["weights"], digests, "weights")).hex()
+        optimizer = weights_digest(tensor_digests(received["optimizer"], digests, "optimizer")).hex()
+        if msg.get("step") != step + 1 or weights != self.ledger.final_weights.get(s):
+            raise TransportError(f"worker {wid} sent other weights than its update of step {step} reported")
+        if c.receipts and optimizer != self.ledger.optimizer[s]:
+            raise TransportError(f"worker {wid} sent another optimizer state than its update receipt of step {step}")
+        tensors = [(f"replica_weights.{k}", v) for k, v in received["weights"].items()]
+        tensors += [(f"replica_optimizer.{k}", v) for k, v in received["optimizer"].items()]
+        self.store.send_load(self.roster.rank_of(bypass), step + 1, tensors, replica_only=True)
+        msg = self.ctx.transport.recv_json(self.roster.rank_of(bypass), "loaded")
+        if msg.get("step") != step + 1 or msg.get("replica") is not True:
+            raise TransportError(f"worker {self.roster.stage_ids[bypass]} did not load its replica of stage {s}")
+
+    def _active_stages(self, bypass: int | None) -> list[int]:
+        return [s for s in range(self.ctx.config.stages) if s != bypass]
+
+    def _start_attempt(self, step: int, attempt: int, bypass: int | None) -> None:
+        """Commit to the sample's secret and start one computation of ``step`` on every stage."""
+        c = self.ctx.config
+        if c.verification == "spot_check":
+            self.current.seed = SampleSeed.draw(step)
+            self.ctx.events.write(
+                "spot_check_commitment", step=step, attempt=attempt, commitment=self.current.seed.commitment.hex()
+            )
+        message: dict[str, Any] = {"type": "step", "step": step, "attempt": attempt}
+        if bypass is not None:
+            message["bypass"] = bypass
+        self.current.bypass, self.current.route = bypass, Route(c.stages, bypass)
+        for s in range(c.stages):  # the bypassed worker computes nothing: it waits for the next step
+            self.ctx.transport.send_json(
+                self.roster.rank_of(s), message if s != bypass else {"type": "idle", "step": step}
+            )
+        for k in list(self.roster.free_standbys):
+            try:
+                self.ctx.transport.send_json(self.roster.standby_rank(k), {"type": "idle", "step": step})
+            except TransportError as exc:
+                with self.faults.lock:
+                    if k in self.roster.free_standbys:
+                        self.faults.bench_standby(k, Fault(self.roster.standby_rank(k), "crashed", str(exc)))
+
+    def _finish_attempt(self, step: int) -> StepCommit:
+        """Relay the checkers' copies (``input_via: coordinator``) and collect the commitments."""
+        c = self.ctx.config
+        if c.verification == "redundant_neighbour" and c.input_via == "coordinator":
+            self.relay_copies(step)
+        commit = self.commitments.collect(step)
+        self.ctx.transport.flush()
+        return commit
+
+    def _settle(self, after: AfterUpdate, write_checkpoint: bool) -> list[dict[str, Any]]:
+        """Take what the workers pushed after ``after.step``'s update, check its sampled units and,
+        with ``write_checkpoint`` and no detection, write the checkpoint after it; return the
+        detections."""
+        self.store.finish()
+        units = self._receive_pushed(after)
+        found: list[dict[str, Any]] = list(after.found)
+        for s, m, kind in after.sample:
+            if kind == "update":
+                receipt = after.update_receipts.get(s)
+                if receipt is not None:
+                    found += self.reexec.check_update(s, after.step, receipt, units.get((s, m, kind)))
+            else:
+                found += self.reexec.check_unit(after.commit, s, m, kind, units.get((s, m, kind)))
+        if write_checkpoint and not found and after.snapshot:
+            self.store.save_pushed(after.step + 1, after.state, after.state_digests, background=True)
+        return found
+
+    def _receive_pushed(self, after: AfterUpdate) -> dict[tuple[int, int, str], FetchedUnit]:
+        """Receive each stage's push for ``after.step`` (the worker's ``push``): the sampled units with the weights the
+        step ran with, and the state after the update when a checkpoint is due (kept in ``after``)."""
+        step, units = after.step, {}
+        for s, asked in sorted(after.pushes.items()):
+            wid = self.roster.stage_ids[s]
+            msg = self.ctx.transport.recv_json(self.roster.rank_of(s), "pushed")
+            if msg.get("step") != step or msg.get("units") != [[m, k] for m, k in asked]:
+                raise TransportError(f"worker {wid} pushed other units than those of step {step} it was asked for")
+            groups: tuple[str, ...] = ("weights", "snapshot_weights", "snapshot_optimizer")
+            groups += tuple(f"{part}{i}" for i in range(len(asked)) for part in ("unit", "output"))
+            received, digests = self.reexec.recv_tensors(s, msg, groups)
+            for i, (m, kind) in enumerate(asked):
+                units[(s, m, kind)] = FetchedUnit(
+                    s,
+                    step,
+                    m,
+                    kind,
+                    received[f"unit{i}"],
+                    received["weights"],
+                    digests=digests,
+                    outputs=received[f"output{i}"],
+                )
+            if after.snapshot:
+                weights, optimizer = received["snapshot_weights"], received["snapshot_optimizer"]
+                known = {
+                    "weights": tensor_digests(weights, digests, "snapshot_weights"),
+                    "optimizer": tensor_digests(optimizer, digests, "snapshot_optimizer"),
+                }
+                if weights_digest(known["weights"]).hex() != after.weights.get(s):
+                    raise TransportError(f"worker {wid} pushed other weights than its update of step {step} reported")
+                committed = after.optimizers.get(s)
+                if committed is not None and weights_digest(known["optimizer"]).hex() != committed:
+                    raise TransportError(
+                        f"worker {wid} pushed another optimizer state than its update receipt of step {step} commits to"
+                    )
+                after.state[s] = (weights, optimizer)
+                after.state_digests[s] = known
+        return units
+
+    def _late_detection(self, step: int, detections: list[dict[str, Any]]) -> int:
+        """The checks of ``step - 1``, run while ``step`` computed, found tampering: receive and
+        drop ``step``'s commitments (nothing of them is logged), tell every worker to discard the
+        step and continue its receipt chain from the last logged receipt, take step ``step - 1``
+        back and answer the detection as at attempt 0 of that step. Returns the step to train next."""
+        c, done = self.ctx.config, step - 1
+        for s in range(c.stages):
+            self.ctx.transport.recv_json(self.roster.rank_of(s), "commit")
+        self.ctx.transport.flush()
+        for s in range(c.stages):
+            wid = self.roster.stage_ids[s]
+            head = self.roster.prev.get(wid) or chain_genesis(self.ctx.run_id, wid)
+            self.ctx.transport.send_json(
+                self.roster.rank_of(s), {"type": "discard", "step": step, "chain_head": head.hex()}
+            )
+        self.ctx.events.write("step_discarded", step=step, reason=f"a spot check of step {done} failed while it ran")
+        del self.tally.losses[done:]
+        del self.tally.metrics[done:]
+        for d in detections:
+            self.ctx.events.write("detection", attempt=0, found_during_step=step, **d)
+        self.tally.detections += detections
+        plan = self.recovery.respond(done, 0, detections[0])
+        if plan.checkpoint_step is not None:
+            return plan.checkpoint_step
+        self._pending_bypass = plan.bypass_stage
+        self._pending_attempt = 1
+        return done
+
+    def relay_copies(self, step: int) -> None:
+        """The trusted relay of ``input_via: coordinator``: for each checked stage ``s`` receive
+        from ``s`` the activations it received (under ``s - 1``'s signed headers) and from
+        ``s - 1`` the gradients ``s`` sent back (under ``s``'s), check them, and forward them to
+        the checker ``s + 1``: what ``s`` really computed on, which no worker can substitute."""
+        c, route = self.ctx.config, self.current.route
+        for s in range(1, c.stages - 1):
+            if not route.checked(s):  # bypassed, or its checker is
+                continue
+            upstream = route.before(s)
+            for kind, sender, receiver, source in (
+                (TransferKind.ACTIVATION, upstream, s, s),
+                (TransferKind.GRADIENT, s, upstream, upstream),
+            ):
+                for m in range(c.microbatches):
+                    expected = Expected(
+                        run_id=self.ctx.run_id,
+                        sender=self.roster.stage_ids[sender],
+                        sender_key=self.roster.keys[self.roster.stage_ids[sender]],
+                        sender_stage=sender,
+                        receiver_stage=receiver,
+                        step=step,
+                        micro_batch=m,
+                        kind=kind,
+                        dtype="float32",
+                        shape=(c.batch_size, c.model.block_size, c.model.n_embd),
+                    )
+                    tensor, _, raw = self.ctx.transport.recv_signed(self.roster.rank_of(source), expected)
+                    self.ctx.transport.send_relayed(self.roster.rank_of(s + 1), raw, tensor)
+
+    def update_all(self, step: int, frozen: int | None, commit: StepCommit) -> AfterUpdate:
+        """Send ``update`` to every stage but ``frozen``, collect the update receipts, and then ask
+        each stage with sampled units to push them (``push``; with, when a checkpoint is due and
+        every stage updates, its new state); return what is left of the step (:class:`AfterUpdate`).
+
+        The sample is drawn (:meth:`Checks.draw_sample
+        <stagewarden.runtime.coordinator.checks.Checks.draw_sample>`) only once every update receipt is in: the
+        update units and the gradient traces their receipts commit to are sampled with the rest,
+        so they too must be committed before the randomness is fixed."""
+        c = self.ctx.config
+        stages = self._active_stages(frozen)
+        snapshot = frozen is None and self.store.due(step)
+        for s in stages:
+            self.ctx.transport.send_json(self.roster.rank_of(s), {"type": "update", "step": step})
+        receipts: dict[int, Receipt] = {}
+        optimizers: dict[int, str] = {}
+        found: list[dict[str, Any]] = []
+        for s in stages:
+            wid = self.roster.stage_ids[s]
+            msg = self.ctx.transport.recv_json(self.roster.rank_of(s), "updated")
+            if msg.get("step") != step:
+                raise TransportError(f"worker {wid} reported the update of step {msg.get('step')}, not {step}")
+            weights = hex_field(msg.get("weights"), 32, "weights")
+            self.ledger.final_weights[s] = weights.hex()
+            self.tally.busy[s] += busy_seconds(msg)
+            if c.receipts:
+                receipt = self.commitments.accept_receipt(wid, s, step, hex_field(msg.get("receipt"), None, "receipt"))
+                if receipt.kind is not UnitKind.UPDATE:
+                    raise TransportError(f"worker {wid} sent a {receipt.kind} receipt as its update receipt")
+                found += self.checks.accept_update(s, step, receipt, weights, msg, commit)
+                receipts[s] = receipt
+                optimizers[s] = self.ledger.optimizer[s]
+                self.tally.counts["update"] += 1
+        sample = self.checks.draw_sample(commit, receipts)
+        self.ledger.updated_commits[step] = commit
+        for kept in (self.ledger.updated_commits, self.ledger.traces):
+            for old in [t for t in kept if t < step - TRACES_KEPT]:
+                del kept[old]
+        pushes: dict[int, list[tuple[int, str]]] = {}
+        for s in stages:
+            asked = [(m, k) for t, m, k in sample if t == s]
+            if asked or snapshot:
+                pushes[s] = asked
+        for s, asked in pushes.items():
+            message = {"type": "push", "step": step, "push": [[m, k] for m, k in asked], "snapshot": snapshot}
+            self.ctx.transport.send_json(self.roster.rank_of(s), message)
+        return AfterUpdate(
+            step, commit, sample, pushes, snapshot, receipts, dict(self.ledger.final_weights), optimizers, found
+        )

@@ -1,0 +1,274 @@
+"""Responses to a detection: planning one and carrying it out (eject, rollback with the
+convict's receipt audit, restart, skip_stage)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from stagewarden.attest.audit import declared_bypasses, route_neighbour
+from stagewarden.attest.errors import AttestError
+from stagewarden.attest.headers import TransferKind
+from stagewarden.attest.receipt_log import RecordType, read_log
+from stagewarden.attest.receipts import Receipt, UnitKind, chain_genesis, parse_receipt, receipt_digest, verify_receipt
+from stagewarden.attest.rundir import LOG_FILE
+from stagewarden.runtime.coordinator.context import CARRIED_OUT, MAX_RECOMPUTATIONS, RunContext
+from stagewarden.runtime.coordinator.errors import RunFailed, TrainingStopped
+from stagewarden.runtime.coordinator.wire import hex_field
+from stagewarden.runtime.responses import (
+    Detection,
+    ReceiptRef,
+    Response,
+    ResponseError,
+    ResponsePlan,
+    RunState,
+    can_skip,
+    plan_response,
+)
+from stagewarden.runtime.transport import (
+    TransportError,
+)
+
+if TYPE_CHECKING:
+    from stagewarden.runtime.coordinator.admission import Admission
+    from stagewarden.runtime.coordinator.checkpoints import CheckpointStore
+    from stagewarden.runtime.coordinator.ledger import Ledger
+    from stagewarden.runtime.coordinator.roster import Roster
+    from stagewarden.runtime.coordinator.tally import RunTally
+
+
+class Recovery:
+    """Carries out the configured response to a detection.
+
+    Attributes:
+        next_bypass: After a rollback without a standby: the stage the first recomputed step
+            bypasses (taken by the engine with :meth:`take_next_bypass`).
+    """
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        roster: Roster,
+        ledger: Ledger,
+        tally: RunTally,
+        store: CheckpointStore,
+        admission: Admission,
+    ) -> None:
+        self.ctx, self.roster, self.ledger, self.tally = ctx, roster, ledger, tally
+        self.store, self.admission = store, admission
+        self.next_bypass: int | None = None
+        self._rollbacks: dict[int, int] = {}
+
+    def take_next_bypass(self) -> int | None:
+        """The stage a rollback asked the next computation to bypass, once."""
+        bypass, self.next_bypass = self.next_bypass, None
+        return bypass
+
+    def respond(self, step: int, attempt: int, detection: dict[str, Any]) -> ResponsePlan:
+        """Answer a detection: plan the response and carry it out. ``restart`` and ``skip_stage``
+        restore every stage to the state before ``step`` (the plan's ``bypass_stage`` runs as the
+        identity in the recomputation); ``eject`` hands the convict's stage to a standby and
+        restores every stage to the plan's checkpoint (:meth:`eject`); ``rollback`` audits the
+        convict's receipts and returns every stage to the checkpoint before its first tampered step
+        (:meth:`rollback`).
+
+        Raises:
+            RunFailed: The response cannot be carried out.
+        """
+        c = self.ctx.config
+        self.store.finish()  # a response plans with the checkpoints written so far
+        if c.response == Response.ROLLBACK:
+            return self.rollback(step, attempt, detection)
+        state = RunState(
+            num_stages=c.stages,
+            step=step,
+            workers=dict(enumerate(self.roster.stage_ids)),
+            standbys=tuple(self.roster.standby_ids[k] for k in self.roster.free_standbys),
+            checkpoints=tuple(self.store.steps),
+        )
+        try:
+            plan = plan_response(c.response, Detection.from_json(detection), state)
+        except ResponseError as exc:
+            raise RunFailed(f"cannot respond to the detection at step {step}: {exc}") from None
+        if plan.response not in CARRIED_OUT:
+            raise TrainingStopped(f"the {plan.response} response is not carried out by this runtime; training stops")
+        record = {"step": step, "attempt": attempt, "plan": plan.to_json(), "detection": detection}
+        self.tally.responses.append(record)
+        self.ctx.events.write("response", **record)
+        if plan.response is Response.EJECT:
+            self.eject(plan, step)
+            return plan
+        for s in range(c.stages):
+            self.ctx.transport.send_json(self.roster.rank_of(s), {"type": "restore", "step": step})
+        for s in range(c.stages):
+            msg = self.ctx.transport.recv_json(self.roster.rank_of(s), "restored")
+            if msg.get("step") != step:
+                raise TransportError(f"worker {self.roster.stage_ids[s]} restored step {msg.get('step')}, not {step}")
+            self.ledger.final_weights[s] = hex_field(msg.get("weights"), 32, "weights").hex()
+            undo = self.ledger.undo.pop(s, None)
+            if undo is not None and undo[0] == step:  # the stage's update of the step is taken back
+                _, self.ledger.optimizer[s], self.ledger.weights[s] = undo
+        self.tally.spot["recomputations"] += 1
+        return plan
+
+    def eject(self, plan: ResponsePlan, step: int) -> None:
+        """Carry out an eject: release the convict, hand its stage to the standby (which builds it),
+        tell every stage the new rank map and the standby's attested key, restore every stage to
+        the plan's checkpoint and record the replacement (the standby's receipts chain under its
+        own worker id from the checkpoint's step on)."""
+        assert plan.standby is not None and plan.checkpoint_step is not None
+        rank = self.roster.hand_over(plan.stage, plan.standby)
+        self.store.restore(plan.checkpoint_step)
+        self.roster.record_replacement(plan, step, rank)
+        self.admission.calibrate([plan.stage])
+        self.tally.spot["recomputations"] += 1
+
+    def rollback(self, step: int, attempt: int, detection: dict[str, Any]) -> ResponsePlan:
+        """Carry out a rollback: audit the convict's logged receipts (:meth:`audit_receipts`), plan
+        the return to the latest verified checkpoint at or before its first tampered step (the
+        detected step, or an earlier one the audit found), drop the checkpoints after it, then
+        hand the convict's stage to a free standby as :meth:`eject` does, or else bypass the stage
+        for the first recomputed step as ``skip_stage`` does (a middle stage only), and restore
+        every stage to the checkpoint.
+
+        Raises:
+            RunFailed: The rollback cannot be planned or carried out.
+        """
+        c = self.ctx.config
+        count = self._rollbacks.get(step, 0) + 1
+        if count > MAX_RECOMPUTATIONS:
+            raise TrainingStopped(
+                f"step {step} was tampered with after each of its {MAX_RECOMPUTATIONS} rollbacks (last: stage "
+                f"{detection['stage']}, {detection['check']}); the rollback response does not remove this attacker"
+            )
+        self._rollbacks[step] = count
+        try:
+            found = Detection.from_json(detection)
+            receipts, findings = self.audit_receipts(found.worker)
+            state = RunState(
+                num_stages=c.stages,
+                step=step,
+                workers=dict(enumerate(self.roster.stage_ids)),
+                standbys=tuple(self.roster.standby_ids[k] for k in self.roster.free_standbys),
+                checkpoints=tuple(self.store.steps),
+                receipts=tuple(ReceiptRef(r.worker_id, r.stage, r.step, r.micro_batch, str(r.kind)) for r in receipts),
+            )
+            plan = plan_response(Response.ROLLBACK, found, state)
+            first = min((f["step"] for f in findings), default=step)
+            replanned_from = None
+            if first < step:  # the audit found an earlier tampered step: go back before it
+                replanned_from = plan.checkpoint_step
+                plan = plan_response(Response.ROLLBACK, found, state, first_tampered_step=first)
+        except ResponseError as exc:
+            raise RunFailed(f"cannot respond to the detection at step {step}: {exc}") from None
+        assert plan.checkpoint_step is not None
+        back = plan.checkpoint_step
+        standby = state.standbys[0] if state.standbys else None
+        if standby is not None:
+            plan = dataclasses.replace(
+                plan,
+                standby=standby,
+                ejected=plan.convict,
+                reason=f"{plan.reason}; standby {standby} takes stage {plan.stage}",
+            )
+        elif can_skip(plan.stage, c.stages):
+            plan = dataclasses.replace(
+                plan,
+                bypass_stage=plan.stage,
+                frozen_stages=(plan.stage,),
+                reason=f"{plan.reason}; no standby: step {back} is recomputed with stage {plan.stage} bypassed",
+            )
+        audit = {
+            "window": [
+                {
+                    "step": r.step,
+                    "micro_batch": r.micro_batch,
+                    "unit_kind": str(r.kind),
+                    "digest": receipt_digest(r).hex(),
+                }
+                for r in receipts
+                if back <= r.step <= step
+            ],
+            "receipts_checked": len(receipts),
+            "findings": findings,
+            "first_tampered_step": min(first, step),
+            "replanned_from": replanned_from,
+        }
+        record = {"step": step, "attempt": attempt, "plan": plan.to_json(), "detection": detection, "audit": audit}
+        self.tally.responses.append(record)
+        self.ctx.events.write("response", **record)
+        self.store.discard_after(back)
+        if standby is not None:
+            rank = self.roster.hand_over(plan.stage, standby)
+            self.store.restore(back)
+            self.roster.record_replacement(plan, step, rank)
+            self.admission.calibrate([plan.stage])
+        else:
+            self.store.restore(back)
+            self.next_bypass = plan.bypass_stage
+        self.tally.spot["recomputations"] += 1
+        return plan
+
+    def audit_receipts(self, worker: str) -> tuple[list[Receipt], list[dict[str, Any]]]:
+        """Audit ``worker``'s receipts in the receipt log as the offline auditor would: the signature
+        of each under the worker's attested key, its hash chain from its genesis, and the links
+        of the receipts that count (the last computation of each unit) with the adjacent stages'.
+
+        Returns:
+            The worker's receipts in log order, and one finding (``step``, ``micro_batch``,
+            ``unit``, ``check``, ``message``) per problem.
+        """
+        if self.ctx.log is None:
+            return [], []
+        self.ctx.log.sync()
+        scan = read_log(self.ctx.run_dir / LOG_FILE)
+        findings: list[dict[str, Any]] = []
+
+        def finding(r: Receipt, check: str, message: str) -> None:
+            findings.append(
+                {"step": r.step, "micro_batch": r.micro_batch, "unit": str(r.kind), "check": check, "message": message}
+            )
+
+        mine: list[Receipt] = []
+        # the k-th receipt of a stage's unit belongs to the k-th computation of its step that the
+        # stage took part in (a bypassed stage takes no part), as the offline audit counts them
+        bypassed = declared_bypasses(self.tally.responses)
+        seen: dict[tuple[int, int, int, UnitKind], int] = {}
+        units: dict[tuple[int, int, int, UnitKind, int], Receipt] = {}
+        last: dict[int, int] = {}
+        prev = chain_genesis(self.ctx.run_id, worker)
+        for record in scan.records:
+            if record.type is not RecordType.RECEIPT:
+                continue
+            r = parse_receipt(record.payload)
+            key = (r.stage, r.step, r.micro_batch, r.kind)
+            attempt = seen.get(key, 0)
+            while bypassed.get((r.step, attempt)) == r.stage:
+                attempt += 1
+            seen[key] = attempt + 1
+            units[(*key, attempt)] = r
+            last[r.step] = max(last.get(r.step, 0), attempt)
+            if r.worker_id != worker:
+                continue
+            mine.append(r)
+            try:
+                verify_receipt(r, self.roster.keys[worker])
+            except AttestError as exc:
+                finding(r, "signature", exc.message)
+            if r.prev_digest != prev:
+                finding(r, "chain", f"worker {worker}'s receipt does not continue its hash chain")
+            prev = receipt_digest(r)
+        for (stage, t, m, kind, attempt), r in units.items():
+            # the receipts that count: the worker's of the last computation of each step
+            if r.worker_id != worker or kind is UnitKind.UPDATE or attempt != last[t]:
+                continue
+            route = bypassed.get((t, attempt))
+            downstream = route_neighbour(stage, TransferKind.ACTIVATION, route)
+            upstream = route_neighbour(stage, TransferKind.GRADIENT, route)
+            before, after = (upstream, downstream) if kind is UnitKind.FORWARD else (downstream, upstream)
+            source, sink = units.get((before, t, m, kind, attempt)), units.get((after, t, m, kind, attempt))
+            if source is not None and source.output_digest != r.input_digest:
+                finding(r, "link", f"its {kind} input differs from the output of stage {before}")
+            if sink is not None and sink.input_digest != r.output_digest:
+                finding(r, "link", f"its {kind} output differs from the input of stage {after}")
+        return mine, findings
