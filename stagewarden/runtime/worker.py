@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from nacl.signing import SigningKey
+
 from stagewarden.attest.errors import AttestError
 from stagewarden.attest.headers import SignedHeader, TransferKind, encode_header, sign_header
 from stagewarden.attest.providers import ConfigfsTsmProvider, SimulatedProvider
@@ -45,7 +46,6 @@ from stagewarden.attest.tensor_digest import (
     update_output_digest,
     views_cover,
 )
-from stagewarden.attest.token import canonical_json
 from stagewarden.attest.vendor import device_identity, load_vendor
 from stagewarden.runtime.attacks import (
     TENSOR_KINDS,
@@ -65,6 +65,44 @@ from stagewarden.runtime.data import Batches
 from stagewarden.runtime.liveness import Heartbeat
 from stagewarden.runtime.measure import code_digest, stage_measurement
 from stagewarden.runtime.model import StageModule, build_stage
+from stagewarden.runtime.protocol import (
+    Admitted,
+    Assign,
+    Calibrate,
+    Calibrated,
+    CheckReport,
+    Commit,
+    Discard,
+    ErrorReport,
+    Evidence,
+    Fetch,
+    Fetched,
+    FetchUnavailable,
+    Hello,
+    Idle,
+    Load,
+    Loaded,
+    Push,
+    Pushed,
+    Ranks,
+    Refused,
+    Release,
+    ReplicaLoaded,
+    Restore,
+    Restored,
+    Shutdown,
+    Snapshot,
+    SnapshotRequest,
+    Step,
+    TensorGroupMessage,
+    TensorMeta,
+    Update,
+    UpdateCommitment,
+    Updated,
+    receive,
+    send_message,
+    send_tensor_group,
+)
 from stagewarden.runtime.redundant import CheckOutcome, InputVia, NeighbourReplica
 from stagewarden.runtime.route import Route
 from stagewarden.runtime.schedule import ActionKind, gpipe, one_f_one_b
@@ -74,7 +112,7 @@ from stagewarden.runtime.spotcheck import (
     optimizer_state_digest,
     optimizer_state_view,
 )
-from stagewarden.runtime.transport import Expected, Transport, TransportError, pack_tensors
+from stagewarden.runtime.transport import Expected, Transport, TransportError
 from stagewarden.runtime.units import (
     ForwardState,
     deterministic,
@@ -460,28 +498,25 @@ class StageWorker:
         its heartbeat going until the coordinator releases it or goes away, so that the
         coordinator can tell the failed worker from the ones the failure blocked.
         """
-        hello = self.transport.recv_json(COORDINATOR, ("hello", "shutdown"))
-        if hello["type"] == "shutdown":
+        hello = receive(self.transport, COORDINATOR, Hello, Shutdown)
+        if not isinstance(hello, Hello):
             return
-        self.run_id = hello["run_id"]
-        self.worker_id = hello["worker_id"]
-        self.stage_index = hello["stage"]
-        head = hello.get("chain_head")
-        self.prev = bytes.fromhex(head) if isinstance(head, str) else chain_genesis(self.run_id, self.worker_id)
-        session = hello.get("session", 0)
+        self.run_id = hello.run_id
+        self.worker_id = hello.worker_id
+        self.stage_index = hello.stage
+        head = hello.chain_head
+        self.prev = head if head is not None else chain_genesis(self.run_id, self.worker_id)
         with deterministic(self.config.train.threads):
             self._setup_stage()
-            self._attest(hello.get("nonce"))
-        reply = self.transport.recv_json(COORDINATOR, ("admitted", "refused", "shutdown"))
-        if reply["type"] != "admitted":
+            self._attest(hello.nonce)
+        reply = receive(self.transport, COORDINATOR, Admitted, Refused, Shutdown)
+        if not isinstance(reply, Admitted):
             return
-        self.keys = {int(s): bytes.fromhex(k) for s, k in reply["keys"].items()}
-        self.ids = {int(s): w for s, w in reply["workers"].items()}
-        self.ranks = {int(s): int(r) for s, r in reply.get("ranks", {str(s): s + 1 for s in self.ids}).items()}
+        self.keys, self.ids, self.ranks = dict(reply.keys), dict(reply.workers), dict(reply.ranks)
         heartbeat = Heartbeat(
             self.heartbeats,
             self.run_id,
-            int(session),
+            hello.session,
             self.rank,
             self.key,
             self.config.heartbeat_timeout / 4,
@@ -505,7 +540,7 @@ class StageWorker:
             length = torch.tensor([1 << 40 if kind == "oversize" else -5], dtype=torch.int64)
             self.transport._send(COORDINATOR, [length], True)  # noqa: SLF001 - a frame no honest sender makes
         elif kind == "wrong_type":
-            self.transport.send_json(COORDINATOR, {"type": "snapshot", "step": step})
+            send_message(self.transport, COORDINATOR, SnapshotRequest(step))
         elif kind == "bad_receipt":
             self.transport.send_json(
                 COORDINATOR, {"type": "commit", "step": step, "receipts": ["zz"], "headers": [], "busy_ns": 0}
@@ -514,10 +549,7 @@ class StageWorker:
             self.key = SigningKey.generate()  # sign with a key the coordinator never attested
             zero = b"\0" * 32
             receipt = self._receipt(step, 0, UnitKind.FORWARD, zero, zero, zero, ExecutionEnv.capture(self.device))
-            self.transport.send_json(
-                COORDINATOR,
-                {"type": "commit", "step": step, "receipts": [receipt.hex()], "headers": [], "busy_ns": 0},
-            )
+            send_message(self.transport, COORDINATOR, Commit(step, (receipt,), (), 0))
         elif kind == "deep_json":
             self.transport.send_bytes(COORDINATOR, b"[" * 100_000 + b"]" * 100_000)
         else:
@@ -526,12 +558,11 @@ class StageWorker:
 
     def _report_failure(self, exc: TransportError) -> None:
         """Tell the coordinator that peer ``exc.peer`` failed, then wait for it to release us."""
-        self.transport.send_json(
-            COORDINATOR,
-            {"type": "error", "peer": exc.peer, "cause": exc.cause, "message": str(exc)[:2000]},
-        )
-        while True:
-            if self.transport.recv_json(COORDINATOR)["type"] == "release":
+        send_message(self.transport, COORDINATOR, ErrorReport(exc.peer, exc.cause, str(exc)[:2000]))
+        while True:  # whatever else comes is ignored
+            raw = self.transport.recv_json(COORDINATOR)
+            if raw["type"] == Release.TYPE:
+                Release.parse(raw)
                 raise exc
 
     def _setup_stage(self) -> None:
@@ -562,83 +593,74 @@ class StageWorker:
         if isinstance(self.attack, PlanAttack):
             self.attack.relay_equivocation = c.verification == "redundant_neighbour" and c.input_via == "upstream"
 
-    def _attest(self, nonce_hex: str | None) -> None:
+    def _attest(self, nonce: bytes | None) -> None:
         pubkey = bytes(self.key.verify_key)
-        message: dict[str, Any] = {
-            "type": "evidence",
-            "worker_id": self.worker_id,
-            "receipt_key": pubkey.hex(),
-            "pid": os.getpid(),
-            "host": socket.gethostname()[:255],
-        }
-        if nonce_hex is not None and self.config.attestation_kind == "dcap":
-            message.update(_configfs_evidence(self.config.tsm_report_root, bytes.fromhex(nonce_hex), pubkey))
-        elif nonce_hex is not None:
+        message = Evidence(self.worker_id, pubkey, os.getpid(), socket.gethostname()[:255])
+        if nonce is not None and self.config.attestation_kind == "dcap":
+            message = _configfs_evidence(message, self.config.tsm_report_root, nonce, pubkey)
+        elif nonce is not None:
             if self.vendor_dir is None:
                 raise TransportError("attestation is on but this worker has no vendor folder (--vendor)")
             weights = {k: v.detach().cpu() for k, v in self.module.state_dict().items()} if self.module else None
             digest = digest_state_dict(weights) if weights is not None else None
             measurement = stage_measurement(self.config, self.stage_index, digest, code_digest())
             device = device_identity(load_vendor(self.vendor_dir), device_id_for(self.rank))
-            evidence = SimulatedProvider(device, measurement).get_evidence(bytes.fromhex(nonce_hex), pubkey)
-            message["evidence"] = evidence.hex()
-        self.transport.send_json(COORDINATOR, message)
+            evidence = SimulatedProvider(device, measurement).get_evidence(nonce, pubkey)
+            message = dataclasses.replace(message, evidence=evidence)
+        send_message(self.transport, COORDINATOR, message)
 
     # -- serving ------------------------------------------------------------------------------
 
     def _serve(self) -> None:
         while True:
-            msg = self.transport.recv_json(
+            msg = receive(
+                self.transport,
                 COORDINATOR,
-                (
-                    "step",
-                    "fetch",
-                    "update",
-                    "restore",
-                    "idle",
-                    "release",
-                    "snapshot",
-                    "load",
-                    "assign",
-                    "ranks",
-                    "discard",
-                    "calibrate",
-                    "push",
-                ),
+                Step,
+                Fetch,
+                Update,
+                Restore,
+                Idle,
+                Release,
+                SnapshotRequest,
+                Load,
+                Assign,
+                Ranks,
+                Discard,
+                Calibrate,
+                Push,
             )
-            kind = msg["type"]
-            if kind == "release":
+            if isinstance(msg, Release):
                 return
-            if kind == "idle":
+            if isinstance(msg, Idle):
                 continue
-            if kind == "ranks":
-                self._ranks(msg)
+            if isinstance(msg, Ranks):
+                self.ranks, self.ids, self.keys = dict(msg.ranks), dict(msg.workers), dict(msg.keys)
                 continue
-            if kind == "assign":
-                self._assign(msg)
+            if isinstance(msg, Assign):
+                self._assign(msg.stage)
                 continue
             if self.module is None:
-                raise TransportError(f"standby worker {self.worker_id} got a {kind!r} request but holds no stage")
+                raise TransportError(f"standby worker {self.worker_id} got a {msg.TYPE!r} request but holds no stage")
             with deterministic(self.config.train.threads):
-                if kind == "step":
-                    bypass = msg.get("bypass")
-                    self._step(int(msg["step"]), int(msg.get("attempt", 0)), None if bypass is None else int(bypass))
-                elif kind == "fetch":
+                if isinstance(msg, Step):
+                    self._step(msg.step, msg.attempt, msg.bypass)
+                elif isinstance(msg, Fetch):
                     self._fetch(msg)
-                elif kind == "restore":
-                    self._restore(int(msg["step"]))
-                elif kind == "snapshot":
-                    self._snapshot(int(msg["step"]))
-                elif kind == "load":
+                elif isinstance(msg, Restore):
+                    self._restore(msg.step)
+                elif isinstance(msg, SnapshotRequest):
+                    self._snapshot(msg.step)
+                elif isinstance(msg, Load):
                     self._load(msg)
-                elif kind == "discard":
+                elif isinstance(msg, Discard):
                     self._discard(msg)
-                elif kind == "calibrate":
-                    self._calibrate(msg)
-                elif kind == "push":
-                    self._push(msg.get("step"), msg.get("push"), msg.get("snapshot"))
-                else:
-                    self._update(int(msg["step"]))
+                elif isinstance(msg, Calibrate):
+                    self._calibrate(msg.units)
+                elif isinstance(msg, Push):
+                    self._push(msg)
+                elif isinstance(msg, Update):
+                    self._update(msg.step)
 
     def _receipt(
         self, step: int, mb: int, kind: UnitKind, inp: bytes, out: bytes, weights: bytes, env: ExecutionEnv
@@ -733,8 +755,8 @@ class StageWorker:
                 self.replica_record = self.replica.snapshot()
             # a checker's accusation is refereed by re-executing the update that made these weights;
             # a spot check of the previous step may still be running while this step computes
-            keep = c.verification in ("redundant_neighbour", "spot_check") and self.record is not None
-            self.previous = self.record if keep and self.record.step == step - 1 else None
+            kept = self.record if c.verification in ("redundant_neighbour", "spot_check") else None
+            self.previous = kept if kept is not None and kept.step == step - 1 else None
             self.grad_buffers.release_before(step - 1)  # only this step's record and the previous one stay
         self.record = record
         if self.attack is not None and self.attack.apply_optimizer(s, step, module, self.optimizer):
@@ -766,8 +788,8 @@ class StageWorker:
             committed_digests[(m, transfer)] = digest
             return digest.digest
 
-        receipts: list[str] = []
-        headers: list[str] = []
+        receipts: list[bytes] = []
+        headers: list[bytes] = []
         keep_grads = self._keeps_state()  # a backward unit's check starts from the gradients before it
         trace: list[bytes] = []
         # after a stage's backward unit (but stage 0's, whose receipt commits to its gradients), its
@@ -787,7 +809,7 @@ class StageWorker:
                 (relay.received_f if kind is ActionKind.RECV_F else relay.received_b)[m] = (raw, tensor)
                 if header is not None:  # none without receipts: the transfers are not signed
                     arrivals[(m, transfer)] = (tensor, header.tensor.digest)  # checked against the tensor
-                    headers.append(raw.hex())
+                    headers.append(raw)
             elif kind is ActionKind.F:
                 assert m is not None
                 began = time.perf_counter()
@@ -824,7 +846,7 @@ class StageWorker:
                     else:
                         out_digest = commit_digest(m, TransferKind.ACTIVATION, output)
                     receipts.append(
-                        self._receipt(step, m, UnitKind.FORWARD, in_digest, out_digest, weights_digest, env).hex()
+                        self._receipt(step, m, UnitKind.FORWARD, in_digest, out_digest, weights_digest, env)
                     )
             elif kind is ActionKind.SEND_F or kind is ActionKind.SEND_B:
                 assert m is not None
@@ -891,7 +913,7 @@ class StageWorker:
                         pending = True
                     in_digest = known(m, TransferKind.GRADIENT, grads_out[m]) if m in grads_out else _digest(targets[m])
                     receipts.append(
-                        self._receipt(step, m, UnitKind.BACKWARD, in_digest, out_digest, weights_digest, env).hex()
+                        self._receipt(step, m, UnitKind.BACKWARD, in_digest, out_digest, weights_digest, env)
                     )
                 grads_out.pop(m, None)
             # UPDATE waits for the coordinator's decision
@@ -899,8 +921,8 @@ class StageWorker:
             trace.append(_grads_digest(module, flat))
         self.grads_trace = (step, trace) if receipts_on else None
         relay.inputs = inputs
-        checks: list[dict[str, Any]] = []
-        checks_run = 0
+        checks: tuple[CheckReport, ...] | None = None
+        checks_run: int | None = None
         if c.verification == "redundant_neighbour":
             self._send_relay(step, relay)
             began = time.perf_counter()
@@ -909,25 +931,30 @@ class StageWorker:
             checks_run = len(outcomes)
             if self.attack is not None:
                 outcomes = self.attack.report_checks(s, step, outcomes)
-            checks = [_report(o, self.copy_headers) for o in outcomes if not o.passed]
+            checks = tuple(
+                CheckReport.from_outcome(o, self.copy_headers.get(o.microbatch) if o.unit_kind == "forward" else None)
+                for o in outcomes
+                if not o.passed
+            )
         self.transport.flush()
-        message: dict[str, Any] = {
-            "type": "commit",
-            "step": step,
-            "receipts": receipts,
-            "headers": headers,
-            "busy_ns": int(busy * 1e9),
-        }
-        if c.verification == "redundant_neighbour":
-            message["checks"] = checks
-            message["checks_run"] = checks_run
+        microbatch_losses, logits_digests = None, None
         if module.is_last:  # the coordinator takes the step's loss as their mean
-            message["microbatch_losses"] = [float(losses[m]).hex() for m in range(M)]
+            microbatch_losses = tuple(float(losses[m]) for m in range(M))
             if receipts_on:
-                message["logits"] = [logits[m].hex() for m in range(M)]
+                logits_digests = tuple(logits[m] for m in range(M))
+        message = Commit(
+            step,
+            tuple(receipts),
+            tuple(headers),
+            int(busy * 1e9),
+            checks,
+            checks_run,
+            microbatch_losses,
+            logits_digests,
+        )
         if hostile:
             self._send_hostile(step, hostile[2])
-        self.transport.send_json(COORDINATOR, message)
+        send_message(self.transport, COORDINATOR, message)
 
     def _transfer(
         self, step: int, mb: int, kind: TransferKind, sender: int, receiver: int, token_ids: bool = False
@@ -1074,23 +1101,12 @@ class StageWorker:
         self.replica_checked = False
         self.optimizer_digest = None
         self.current_digest = digest_state_dict(module.state_dict())
-        weights = self.current_digest.hex()
-        self.transport.send_json(COORDINATOR, {"type": "restored", "step": step, "weights": weights})
+        send_message(self.transport, COORDINATOR, Restored(step, self.current_digest))
 
-    def _ranks(self, msg: dict[str, Any]) -> None:
-        """Take the coordinator's new map of stages to ranks, worker ids and receipt keys (after an eject)."""
-        try:
-            self.ranks = {int(s): int(r) for s, r in msg["ranks"].items()}
-            self.ids = {int(s): str(w) for s, w in msg["workers"].items()}
-            self.keys = {int(s): bytes.fromhex(k) for s, k in msg["keys"].items()}
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise TransportError(f"worker {self.worker_id} got a malformed rank map") from None
-
-    def _assign(self, msg: dict[str, Any]) -> None:
+    def _assign(self, stage: int) -> None:
         """A standby takes a stage: build it (its weights come next, with ``load``). The standby is
         a different worker from the one it replaces: it runs no attack plan."""
-        stage = msg.get("stage")
-        if self.module is not None or not isinstance(stage, int) or not 0 <= stage < self.config.stages:
+        if self.module is not None or not 0 <= stage < self.config.stages:
             raise TransportError(f"worker {self.worker_id} cannot take stage {stage!r}")
         self.stage_index = stage
         with deterministic(self.config.train.threads):
@@ -1101,7 +1117,7 @@ class StageWorker:
 
     def _snapshot(self, step: int) -> None:
         """Send the stage's weights and optimizer state (after ``step`` steps) for a checkpoint."""
-        self._send_tensors({"type": "snapshot", "step": step}, self._state_tensors("weights", "optimizer"))
+        self._send_tensors(lambda meta: Snapshot(step, meta), self._state_tensors("weights", "optimizer"))
 
     def _state_tensors(self, weights: str, optimizer: str) -> list[tuple[str, torch.Tensor]]:
         """The stage's current weights and optimizer state, named ``<weights>.<name>`` and
@@ -1111,26 +1127,23 @@ class StageWorker:
         tensors += [(f"{optimizer}.{k}", v) for k, v in export_optimizer_state(self.module, self.optimizer).items()]
         return tensors
 
-    def _load(self, msg: dict[str, Any]) -> None:
+    def _load(self, msg: Load) -> None:
         """Load a verified checkpoint's weights and optimizer state sent by the coordinator; every
         tensor is checked against the digest announced with it. With ``replica_only`` the message
         carries only the checked stage's state for this checker's replica (after a computation
         that bypassed this stage, in which the checked stage updated unseen by the replica)."""
         assert self.module is not None
-        step, items, replica_only = msg.get("step"), msg.get("tensors"), msg.get("replica_only") is True
-        if not isinstance(step, int) or not isinstance(items, list) or (replica_only and self.replica is None):
+        step, replica_only = msg.step, msg.replica_only
+        if replica_only and self.replica is None:
             raise TransportError(f"worker {self.worker_id} got a malformed load request")
         # A checker's load also carries the checked stage's state for its replica.
         modules = {"": self.module} if self.replica is None else {"": self.module, "replica_": self.replica.module}
         if replica_only:
             del modules[""]
         received: dict[str, dict[str, torch.Tensor]] = {}
-        for item in items:
-            try:
-                name, dtype, shape, digest = item["name"], item["dtype"], tuple(item["shape"]), item["digest"]
-            except (KeyError, TypeError):
-                raise TransportError(f"worker {self.worker_id} got a malformed tensor entry") from None
-            group, _, key = str(name).partition(".")
+        for item in msg.tensors:
+            name, dtype, shape = item.name, item.dtype, item.shape
+            group, _, key = name.partition(".")
             prefix = "replica_" if group.startswith("replica_") else ""
             target = modules.get(prefix)
             section = group[len(prefix) :]
@@ -1150,7 +1163,7 @@ class StageWorker:
             else:
                 raise TransportError(f"checkpoint tensor {name!r} is not acceptable")
             tensor = self.transport.recv_tensor(COORDINATOR, torch_dtype, shape).cpu()
-            if _digest(tensor).hex() != digest:
+            if _digest(tensor) != item.digest:
                 raise TransportError(f"checkpoint tensor {name!r} does not match its announced digest")
             received.setdefault(group, {})[key] = tensor
         weights, optimizer = received.get("weights", {}), received.get("optimizer", {})
@@ -1169,7 +1182,7 @@ class StageWorker:
                 ) from None
             self.replica_record = None
         if replica_only:
-            self.transport.send_json(COORDINATOR, {"type": "loaded", "step": step, "replica": True})
+            send_message(self.transport, COORDINATOR, ReplicaLoaded(step))
             return
         module = self.module
         module.load_state_dict(weights)
@@ -1184,15 +1197,14 @@ class StageWorker:
         self.grad_buffers.release_before(None)  # no record is kept: every buffer is free
         self.optimizer_digest = None
         self.current_digest = digest_state_dict(module.state_dict())
-        self.transport.send_json(COORDINATOR, {"type": "loaded", "step": step, "weights": self.current_digest.hex()})
+        send_message(self.transport, COORDINATOR, Loaded(step, self.current_digest))
 
-    def _calibrate(self, msg: dict[str, Any]) -> None:
+    def _calibrate(self, units: int) -> None:
         """Compute the calibration units the coordinator asks for on this stage's device and kernels
         (:func:`~stagewarden.runtime.calibration.calibration_outputs`, on seed-derived inputs) and
         send their outputs (``unit<i>.<name>``) and the weights they ran with (``weights.<name>``)."""
         assert self.module is not None and self.stage_index is not None
-        units = msg.get("units")
-        if type(units) is not int or not 1 <= units <= CALIBRATION_UNITS:
+        if not 1 <= units <= CALIBRATION_UNITS:
             raise TransportError(f"worker {self.worker_id} got a malformed calibration request")
         tensors = [(f"weights.{k}", v.detach().cpu()) for k, v in self.module.state_dict().items()]
         for i in range(units):
@@ -1202,20 +1214,19 @@ class StageWorker:
                 if self.skew is not None:
                     t = t * (1.0 + self.skew)
                 tensors.append((f"unit{i}.{name}", t.cpu()))
-        self._send_tensors({"type": "calibrated", "units": units}, tensors)
+        self._send_tensors(lambda meta: Calibrated(units, meta), tensors)
 
     def _send_tensors(
-        self, message: dict[str, Any], tensors: list[tuple[str, torch.Tensor]], *, blocking: bool = True
+        self,
+        message: Callable[[tuple[TensorMeta, ...]], TensorGroupMessage],
+        tensors: list[tuple[str, torch.Tensor]],
+        *,
+        blocking: bool = True,
     ) -> None:
-        """Send ``message`` announcing the tensors (name, dtype, shape, digest), then all their
-        bytes packed in one buffer (see :func:`stagewarden.runtime.transport.pack_tensors`)."""
-        meta = [
-            {"name": name, "dtype": dtype_name(t.dtype), "shape": list(t.shape), "digest": _digest(t).hex()}
-            for name, t in tensors
-        ]
-        self.transport.send_bytes(COORDINATOR, canonical_json({**message, "tensors": meta}), blocking=blocking)
-        if tensors:
-            self.transport.send_tensor(COORDINATOR, pack_tensors([t for _, t in tensors]), blocking=blocking)
+        """Send the message ``message`` makes of the tensors' announcements (name, dtype, shape,
+        digest), then all their bytes packed in one buffer (:func:`send_tensor_group`)."""
+        meta = tuple(TensorMeta.of(name, t) for name, t in tensors)
+        send_tensor_group(self.transport, COORDINATOR, message(meta), [t for _, t in tensors], blocking=blocking)
 
     def _update(self, step: int) -> None:
         """Apply the optimizer step of ``step`` and report it with its update receipt. Which units
@@ -1252,7 +1263,7 @@ class StageWorker:
             self.record.outputs[(0, "update")] = {
                 f"weights.{k}": v.detach().clone() for k, v in module.state_dict().items()
             } | {f"optimizer.{k}": v for k, v in export_optimizer_state(module, self.optimizer).items()}
-        message: dict[str, Any] = {"type": "updated", "step": step, "weights": after.hex(), "busy_ns": int(busy * 1e9)}
+        commitment = None
         if receipts_on:
             # the receipt commits to the optimizer state on both sides of the update, so a spot
             # check re-executes it from a state the worker could not choose afterwards
@@ -1261,29 +1272,18 @@ class StageWorker:
             env = ExecutionEnv.capture(self.device)
             inp = update_input_digest(gradient_trace_digest(trace), optimizer_before)
             out = update_output_digest(after, optimizer_after)
-            message["receipt"] = self._receipt(step, 0, UnitKind.UPDATE, inp, out, before, env).hex()
-            message["optimizer_before"] = optimizer_before.hex()
-            message["optimizer"] = optimizer_after.hex()
-            message["grads_trace"] = [d.hex() for d in trace]
-        self.transport.send_json(COORDINATOR, message)
+            receipt = self._receipt(step, 0, UnitKind.UPDATE, inp, out, before, env)
+            commitment = UpdateCommitment(receipt, optimizer_before, optimizer_after, tuple(trace))
+        send_message(self.transport, COORDINATOR, Updated(step, after, int(busy * 1e9), commitment))
 
-    def _push(self, step: int, units: Any, snapshot: Any) -> None:
+    def _push(self, msg: Push) -> None:
         """Send the coordinator, without waiting for it to receive them, the committed inputs of the
-        sampled ``units`` of ``step`` (each ``[micro_batch, kind]``) with the weights the step ran
+        sampled units of the step (each ``(micro_batch, kind)``) with the weights the step ran
         with, and with ``snapshot`` the weights and optimizer state after the update (for the
         checkpoint after the step). The coordinator takes them while this worker computes the
         next step; they are what a FETCH of each unit and a snapshot would return."""
-        record = self.record
-        if (
-            not isinstance(units, list)
-            or not isinstance(snapshot, bool)
-            or record is None
-            or record.step != step
-            or not all(
-                isinstance(u, list) and len(u) == 2 and type(u[0]) is int and u[1] in ("forward", "backward", "update")
-                for u in units
-            )
-        ):
+        record, step, units = self.record, msg.step, msg.units
+        if record is None or record.step != step:
             raise TransportError(f"worker {self.worker_id} got a malformed push request for step {step}")
         tensors: list[tuple[str, torch.Tensor]] = []
         for i, (mb, kind) in enumerate(units):
@@ -1295,50 +1295,38 @@ class StageWorker:
                 tensors += [(f"output{i}.{name}", t) for name, t in record.outputs.get((mb, kind), {}).items()]
         if units:
             tensors += [(f"weights.{name}", t) for name, t in record.weights.items()]
-        if snapshot:
+        if msg.snapshot:
             tensors += self._state_tensors("snapshot_weights", "snapshot_optimizer")
-        self._send_tensors({"type": "pushed", "step": step, "units": units}, tensors, blocking=False)
+        self._send_tensors(lambda meta: Pushed(step, units, meta), tensors, blocking=False)
 
-    def _discard(self, msg: dict[str, Any]) -> None:
+    def _discard(self, msg: Discard) -> None:
         """Drop the computation of a step the coordinator will not accept (a spot check of the
         step before it failed while it ran): forget its record and gradients, and continue the
         receipt chain from ``chain_head``, the last receipt the coordinator logged."""
-        step, head = msg.get("step"), msg.get("chain_head")
         record = self.record
-        if type(step) is not int or record is None or record.step != step or not isinstance(head, str):
+        if record is None or record.step != msg.step:
             raise TransportError(f"worker {self.worker_id} got a malformed discard request")
-        try:
-            chain_head = bytes.fromhex(head)
-        except ValueError:
-            chain_head = b""
-        if len(chain_head) != 32:
-            raise TransportError(f"worker {self.worker_id} got a malformed chain head")
         assert self.module is not None
         self.record, self.previous = self.previous, None
         self.module.zero_grad(set_to_none=True)
         self.grads_trace = self.optimizer_digest = None
-        self.prev = chain_head
+        self.prev = msg.chain_head
 
-    def _fetch(self, msg: dict[str, Any]) -> None:
+    def _fetch(self, msg: Fetch) -> None:
         """Answer a FETCH: the committed input tensors of one unit and the weights it ran with."""
-        step, mb, kind = msg["step"], msg["micro_batch"], msg["kind"]
+        step, mb, kind = msg.step, msg.micro_batch, msg.kind
         record = next((r for r in (self.record, self.previous) if r is not None and r.step == step), None)
         unit = self._unit_inputs(record, mb, kind) if record is not None else None
         if unit is None or record is None:
-            self.transport.send_json(
-                COORDINATOR,
-                {
-                    "type": "fetched",
-                    "error": f"unit step {step} micro-batch {mb} {kind} is not kept by {self.worker_id}",
-                },
-            )
+            error = f"unit step {step} micro-batch {mb} {kind} is not kept by {self.worker_id}"
+            send_message(self.transport, COORDINATOR, FetchUnavailable(error))
             return
         tensors = [(f"input.{name}", t) for name, t in unit.items()] + [
             (f"weights.{name}", t) for name, t in record.weights.items()
         ]
         if self.keep_outputs:
             tensors += [(f"output.{name}", t) for name, t in record.outputs.get((mb, kind), {}).items()]
-        self._send_tensors({"type": "fetched", "step": step, "micro_batch": mb, "kind": kind}, tensors)
+        self._send_tensors(lambda meta: Fetched(step, mb, kind, meta), tensors)
 
     @staticmethod
     def _unit_inputs(record: StepRecord, mb: Any, kind: Any) -> dict[str, torch.Tensor] | None:
@@ -1351,16 +1339,6 @@ class StageWorker:
             unit.update({f"optimizer.{k}": v for k, v in record.optimizer.items()})
             return unit
         return record.units.get((mb, kind))
-
-
-def _report(outcome: CheckOutcome, copy_headers: dict[int, bytes]) -> dict[str, Any]:
-    """A failed check as sent to the coordinator (canonical JSON has no floats: the difference is
-    written with ``float.hex``), with the signed header of the relayed input of a forward unit."""
-    data = outcome.to_json()
-    data["max_abs_diff"] = float(outcome.max_abs_diff).hex()
-    if outcome.unit_kind == "forward" and outcome.microbatch in copy_headers:
-        data["input_header"] = copy_headers[outcome.microbatch].hex()
-    return data
 
 
 @dataclass
@@ -1438,8 +1416,10 @@ def _gather_grads(
             kept, grad = before.get(name), p.grad
             if kept is not None and grad is not None:
                 torch.add(kept, grad, out=view)
-            else:
-                view.copy_(grad if grad is not None else kept)
+            elif grad is not None:
+                view.copy_(grad)
+            elif kept is not None:
+                view.copy_(kept)
             p.grad = view
     return out
 
@@ -1520,10 +1500,10 @@ def _batches(config: RunConfig) -> Batches:
     return Batches(corpus, config.model.block_size, config.batch_size, config.microbatches, config.seed)
 
 
-def _configfs_evidence(root: str, nonce: bytes, pubkey: bytes) -> dict[str, str]:
-    """The quote this TEE guest's configfs-tsm gives for ``nonce`` and ``pubkey``, as the evidence
-    message's field, or why there is none (the coordinator refuses the worker with it)."""
+def _configfs_evidence(message: Evidence, root: str, nonce: bytes, pubkey: bytes) -> Evidence:
+    """``message`` with the quote this TEE guest's configfs-tsm gives for ``nonce`` and ``pubkey``,
+    or why there is none (the coordinator refuses the worker with it)."""
     try:
-        return {"evidence": ConfigfsTsmProvider(root).get_evidence(nonce, pubkey).hex()}
+        return dataclasses.replace(message, evidence=ConfigfsTsmProvider(root).get_evidence(nonce, pubkey))
     except AttestError as exc:
-        return {"evidence_error": exc.message, "evidence_error_code": str(exc.code)}
+        return dataclasses.replace(message, evidence_error=exc.message, evidence_error_code=str(exc.code))
