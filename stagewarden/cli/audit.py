@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console
+from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, format_option, make_console
 from stagewarden.cli.spec_input import load_spec_or_example
 
 if TYPE_CHECKING:
@@ -40,14 +40,7 @@ def _parse_key(text: str) -> bytes:
     help="Pin the verifier's Ed25519 public key (64 hex digits). Without it the key in "
     "RUN_DIR/attestation/verifier.pub is used, with a warning.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Print findings as a table or as a versioned JSON object.",
-)
+@format_option("Print findings as a table or as a versioned JSON object.")
 @click.option(
     "--spec",
     "spec_path",

@@ -8,13 +8,16 @@ import difflib
 import errno
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.markup import escape
+
+if TYPE_CHECKING:
+    from click.decorators import FC
 
 EXIT_OK = 0
 EXIT_VIOLATED = 1
@@ -148,10 +151,13 @@ class CommandGroup(click.Group):
             raise BadInput(os_error_message(exc)) from None
 
 
+def format_option(help: str = "Output format.") -> Callable[[FC], FC]:
+    """``--format text|json`` (the ``fmt`` parameter, text by default), with ``help`` in ``--help``."""
+    return click.option("--format", "fmt", type=Choice(["text", "json"]), default="text", show_default=True, help=help)
+
+
 #: ``--format text|json`` of the commands that print a result.
-FORMAT_OPTION = click.option(
-    "--format", "fmt", type=Choice(["text", "json"]), default="text", show_default=True, help="Output format."
-)
+FORMAT_OPTION = format_option()
 #: The optional SPEC argument of the commands that take a spec (or ``--example NAME``).
 SPEC_ARGUMENT = click.argument("spec", required=False, type=click.Path(dir_okay=True))
 #: ``--example NAME``: a packaged example spec in place of SPEC.

@@ -25,7 +25,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
-from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console, occupied
+from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, format_option, make_console, occupied
 from stagewarden.cli.proving import prove_with_status
 
 #: The attacker's stage, the attack and its first step in the attacked run.
@@ -144,14 +144,7 @@ def _response_text(summary: dict[str, Any]) -> str:
     type=click.Path(file_okay=False),
     help="Directory for the two run directories (clean/ and attacked/).  [default: ./stagewarden-demo-<time>]",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format (progress goes to standard error with json).",
-)
+@format_option("Output format (progress goes to standard error with json).")
 @click.option("--quick", is_flag=True, hidden=True, help="A few steps only (for tests).")
 def demo(out: str | None, fmt: str, quick: bool) -> None:
     """Prove the packaged demo protocol, then train with it: a clean run and an attacked one.
