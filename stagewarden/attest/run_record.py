@@ -48,6 +48,7 @@ from .run_record_parts import (
     UnitCounts,
     WorkerId,
     WorkerInfo,
+    one_line,
 )
 
 SUMMARY_FILE = "summary.json"
@@ -288,7 +289,7 @@ class RunRecord(pydantic.BaseModel):
                 )
             return cls.model_validate(identity)
         except pydantic.ValidationError as exc:
-            raise RunDirError(f"{where}: {_one_line(exc)}") from None
+            raise RunDirError(f"{where}: {one_line(exc)}") from None
 
     @classmethod
     def from_json(cls, source: str | bytes | os.PathLike[str]) -> RunRecord:
@@ -359,23 +360,3 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-_PLAIN = {
-    "extra_forbidden": "unknown field",
-    "unexpected_keyword_argument": "unknown field",
-    "missing": "missing field",
-    "missing_argument": "missing field",
-}
-
-
-def _one_line(exc: pydantic.ValidationError) -> str:
-    """The first error of ``exc`` as ``field.path: problem`` (plus how many more there are)."""
-    errors = exc.errors(include_url=False, include_input=False)
-    first = errors[0]
-    path = ""
-    for part in first["loc"]:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    message = _PLAIN.get(first["type"], first["msg"]).removeprefix("Value error, ")
-    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return f"{path}: {message}{more}" if path else f"{message}{more}"

@@ -8,7 +8,7 @@ assembles them; readers use their attributes, never the JSON.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import pydantic
 from pydantic import (
@@ -19,6 +19,7 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictStr,
+    TypeAdapter,
     model_serializer,
 )
 
@@ -75,6 +76,18 @@ class Detection:
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable form."""
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self:
+        """The inverse of :meth:`to_json` (a :class:`SignedDetection` reads its two fields more).
+
+        Raises:
+            ValueError: A field is missing, unknown or of the wrong type (one line naming it).
+        """
+        try:
+            return TypeAdapter(cls).validate_python(data)
+        except pydantic.ValidationError as exc:
+            raise ValueError(f"detection: {one_line(exc)}") from None
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=STRICT)
@@ -339,3 +352,23 @@ class ToleranceRecord:
     samples: Count
     cap: Measured
     accepted: StrictBool
+
+
+_PLAIN = {
+    "extra_forbidden": "unknown field",
+    "unexpected_keyword_argument": "unknown field",
+    "missing": "missing field",
+    "missing_argument": "missing field",
+}
+
+
+def one_line(exc: pydantic.ValidationError) -> str:
+    """The first error of ``exc`` as ``field.path: problem`` (plus how many more there are)."""
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    path = ""
+    for part in first["loc"]:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    message = _PLAIN.get(first["type"], first["msg"]).removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{path}: {message}{more}" if path else f"{message}{more}"

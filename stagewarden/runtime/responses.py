@@ -1,6 +1,7 @@
 """Responses to a detection, as data: what the coordinator does, planned by pure functions.
 
-A :class:`Detection` records one failed check. :func:`plan_response` turns it, the chosen
+A :class:`~stagewarden.attest.run_record_parts.Detection` (the typed part of the run record,
+re-exported here) records one failed check. :func:`plan_response` turns it, the chosen
 :class:`Response` and a snapshot of the run (:class:`RunState`) into a :class:`ResponsePlan`
 that the engine carries out:
 
@@ -35,8 +36,21 @@ from typing import Any
 
 import torch
 
+from stagewarden.attest.run_record_parts import Detection, ReceiptRef
 from stagewarden.runtime.model import StageModule
 from stagewarden.runtime.units import ForwardState, optimizer_step, stage_backward, stage_forward, step_loss
+
+__all__ = [
+    "Detection",
+    "ReceiptRef",
+    "Response",
+    "ResponseError",
+    "ResponsePlan",
+    "RunState",
+    "can_skip",
+    "plan_response",
+    "train_step_skipping",
+]
 
 
 class Response(enum.StrEnum):
@@ -50,82 +64,6 @@ class Response(enum.StrEnum):
 
 class ResponseError(ValueError):
     """A response that cannot be planned from the given detection and run state."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Detection:
-    """One failed check, as recorded in ``events.jsonl`` and ``summary.json``.
-
-    Attributes:
-        step: The step of the tampered unit.
-        microbatch: Its micro-batch (0 for an update unit).
-        unit_kind: ``forward``, ``backward`` or ``update``.
-        worker: The convicted worker's id.
-        stage: The convicted worker's stage.
-        check: The check that caught it (``spot_check``, ``redundant_neighbour``, ``link``, ``referee``).
-        evidence_digest: Hex digest of the evidence (the signed receipt or the sent tensor).
-    """
-
-    step: int
-    microbatch: int
-    unit_kind: str
-    worker: str
-    stage: int
-    check: str
-    evidence_digest: str
-
-    def __post_init__(self) -> None:
-        if self.step < 0 or self.microbatch < 0 or self.stage < 0:
-            raise ResponseError("a detection's step, micro-batch and stage must be >= 0")
-        if self.unit_kind not in ("forward", "backward", "update"):
-            raise ResponseError(f"unit_kind must be forward, backward or update, got {self.unit_kind!r}")
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable form."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Detection:
-        """The inverse of :meth:`to_json`.
-
-        Raises:
-            ResponseError: A field is missing or of the wrong type.
-        """
-        types = {
-            "step": int,
-            "microbatch": int,
-            "unit_kind": str,
-            "worker": str,
-            "stage": int,
-            "check": str,
-            "evidence_digest": str,
-        }
-        values: dict[str, Any] = {}
-        for name, kind in types.items():
-            value = data.get(name)
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise ResponseError(f"detection field {name!r} must be of type {kind.__name__}, got {value!r}")
-            values[name] = value
-        return cls(**values)
-
-
-@dataclasses.dataclass(frozen=True)
-class ReceiptRef:
-    """A pointer to one committed receipt, enough to fetch and re-execute its unit.
-
-    Attributes:
-        worker: The signing worker.
-        stage: Its stage.
-        step: The step.
-        microbatch: The micro-batch (0 for update units).
-        unit_kind: ``forward``, ``backward`` or ``update``.
-    """
-
-    worker: str
-    stage: int
-    step: int
-    microbatch: int
-    unit_kind: str
 
 
 @dataclasses.dataclass(frozen=True)

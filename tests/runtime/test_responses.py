@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from stagewarden.runtime.model import GPTConfig, build_stages
 from stagewarden.runtime.responses import (
     Detection,
@@ -34,13 +35,17 @@ def _state(standbys: tuple[str, ...] = ("s0",)) -> RunState:
 
 
 def test_detection_round_trips_through_json() -> None:
-    """A Detection serialises to JSON and back unchanged; bad fields raise ResponseError."""
+    """A Detection serialises to JSON and back unchanged; a bad or unknown field is refused by name."""
     d = _detection()
     assert Detection.from_json(json.loads(json.dumps(d.to_json()))) == d
-    with pytest.raises(ResponseError, match="'step' must be of type int"):
+    with pytest.raises(ValueError, match="detection: step: Input should be a valid integer"):
         Detection.from_json({**d.to_json(), "step": "7"})
-    with pytest.raises(ResponseError, match="unit_kind"):
+    with pytest.raises(ValueError, match="detection: signature: unknown field"):
+        Detection.from_json({**d.to_json(), "signature": "00"})
+    with pytest.raises(ValueError, match="Input should be 'forward', 'backward' or 'update'"):
         Detection(1, 0, "sideways", "w1", 1, "x", "")
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        Detection(-1, 0, "forward", "w1", 1, "x", "")
 
 
 def test_eject_hands_the_stage_to_a_standby_from_a_checkpoint() -> None:
