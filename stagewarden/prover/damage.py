@@ -14,6 +14,7 @@ The response decides how tries add up:
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -82,7 +83,7 @@ class Damage:
     lower: Prob | None = None
 
 
-def damage(tries: list[Try], response: tuple[str, ...] | list[str], k: int) -> Damage:
+def damage(tries: list[Try], response: Collection[str], k: int) -> Damage:
     """The best adversary's damage probability for the tries under the response."""
     tries = [t for t in tries if t.levels]
     if not tries:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
 from stagewarden.spec import Defense, LoadedSpec, SpecError, load_text
 
 
@@ -72,7 +73,11 @@ def spec_text_with(loaded: LoadedSpec, defense: dict[str, Any], standby: int) ->
             check = load_text(text, proof_file(loaded.file))
         except SpecError:
             check = None
-        if check is not None and check.spec.defense == Defense.model_validate(defense) and check.spec.topology.standby == standby:
+        if (
+            check is not None
+            and check.spec.defense == Defense.model_validate(defense)
+            and check.spec.topology.standby == standby
+        ):
             return text
     return _rewrite(loaded, defense, standby)
 
@@ -106,7 +111,7 @@ def _splice(loaded: LoadedSpec, defense: dict[str, Any], standby: int) -> str | 
             match = re.match(r"\d+", lines[line][col:])
             if match is None:
                 return None
-            edits.append((line, line + 1, [lines[line][:col] + str(standby) + lines[line][col + match.end():]]))
+            edits.append((line, line + 1, [lines[line][:col] + str(standby) + lines[line][col + match.end() :]]))
         else:
             children = [pos for path, pos in source.keys.items() if len(path) == 2 and path[0] == "topology"]
             if "topology" not in top or not children or any(line <= top["topology"][0] for line, _ in children):

@@ -76,8 +76,12 @@ class GuaranteeChange:
             "kind": self.kind,
             "change": self.change,
             "regression": self.regression,
-            "old": None if self.old is None else {"kind": self.old.kind, "verdict": self.old.verdict, "summary": self.old.summary},
-            "new": None if self.new is None else {"kind": self.new.kind, "verdict": self.new.verdict, "summary": self.new.summary},
+            "old": None
+            if self.old is None
+            else {"kind": self.old.kind, "verdict": self.old.verdict, "summary": self.old.summary},
+            "new": None
+            if self.new is None
+            else {"kind": self.new.kind, "verdict": self.new.verdict, "summary": self.new.summary},
             "trace": self.trace,
         }
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import z3
+
 from stagewarden.prover.fastz3 import Term, at_most, boolean, conj, disj, implies, neg, to_z3
 from stagewarden.spec import ReplicateCheck
 

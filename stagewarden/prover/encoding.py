@@ -18,6 +18,11 @@ from fractions import Fraction
 
 import z3
 
+from stagewarden.prover.dynamics import Occupancy, build_occupancy, crash_limit, standby_limit, vacancy_constraints
+from stagewarden.prover.fastz3 import Term, at_most, conj, disj, holds_in, neg, to_z3
+from stagewarden.prover.framing import Framing, build_framings
+from stagewarden.prover.probability import detection_probability
+from stagewarden.prover.world import World
 from stagewarden.spec import (
     CAPABILITIES,
     TAMPERING_CAPABILITIES,
@@ -30,11 +35,6 @@ from stagewarden.spec import (
     probability_fraction,
 )
 from stagewarden.spec.source import Path
-from stagewarden.prover.dynamics import Occupancy, build_occupancy, crash_limit, standby_limit, vacancy_constraints
-from stagewarden.prover.fastz3 import Term, at_most, conj, disj, holds_in, neg, to_z3
-from stagewarden.prover.framing import Framing, build_framings
-from stagewarden.prover.probability import detection_probability
-from stagewarden.prover.world import World
 
 #: Unit kinds: forward, backward, update.
 #: ``U`` is every update but the horizon's last, ``L`` the last update (which no later forward
@@ -100,10 +100,17 @@ class Effect:
         return self.value is None
 
 
+#: The checks on a unit, one per effect: (fixed detection value, or None for a peer check whose
+#: value depends on how many workers are malicious; the peer's rate; its shift).
+_Signature = tuple[tuple[Fraction | None, Fraction, int], ...]
+#: A set of effects that makes a unit good: (the chosen fixed effects, the peer effect that
+#: completes them or None, the condition under which that peer does).
+_GoodSet = tuple[tuple[int, ...], int | None, Term | None]
+
+
 @functools.lru_cache(maxsize=1024)
 def _frac(value: float) -> Fraction:
     return Fraction(str(value))
-
 
 
 class Encoding:
@@ -115,7 +122,9 @@ class Encoding:
     literals need; both forms describe the same world, worker for worker.
     """
 
-    def __init__(self, loaded: LoadedSpec, concrete: bool = False, dynamics: bool = True, second_tries: bool = True) -> None:
+    def __init__(
+        self, loaded: LoadedSpec, concrete: bool = False, dynamics: bool = True, second_tries: bool = True
+    ) -> None:
         self.concrete = concrete
         #: Whether positions that only a second try can change carry their variable (only
         #: bounded_damage counts tries; for the other guarantees those positions never matter).
@@ -132,31 +141,85 @@ class Encoding:
         self.guarded: list[z3.BoolRef] = []  # Implies(literal, fact)
         self.assumptions: list[Assumption] = []
         d = spec.defense
-        self.receipts = self._feature_bool("receipts", d.receipts, ("defense", "receipts"), "signed receipts for every unit and signed inter-stage messages", "no signed receipts")
-        self.attestation = self._feature_bool("attestation", d.attestation, ("defense", "attestation"), "receipt keys bound to attested identities", "no attestation")
-        self.data_commitment = self._feature_bool("data_commitment", d.data_commitment, ("defense", "data_commitment"), "training data committed, stage 0 proves every batch", "no data commitment")
-        self.coord_trusted = self._feature_bool("coordinator_trusted", spec.trust.coordinator == "trusted", ("trust", "coordinator"), "the coordinator is trusted", "the coordinator is untrusted")
+        self.receipts = self._feature_bool(
+            "receipts",
+            d.receipts,
+            ("defense", "receipts"),
+            "signed receipts for every unit and signed inter-stage messages",
+            "no signed receipts",
+        )
+        self.attestation = self._feature_bool(
+            "attestation",
+            d.attestation,
+            ("defense", "attestation"),
+            "receipt keys bound to attested identities",
+            "no attestation",
+        )
+        self.data_commitment = self._feature_bool(
+            "data_commitment",
+            d.data_commitment,
+            ("defense", "data_commitment"),
+            "training data committed, stage 0 proves every batch",
+            "no data commitment",
+        )
+        self.coord_trusted = self._feature_bool(
+            "coordinator_trusted",
+            spec.trust.coordinator == "trusted",
+            ("trust", "coordinator"),
+            "the coordinator is trusted",
+            "the coordinator is untrusted",
+        )
         adv = spec.adversary
-        self.collusion = self._feature_bool("collusion", adv.collusion, ("adversary", "collusion"), "malicious workers collude", "malicious workers do not collude (a malicious checker checks honestly)")
-        self.tee_compromise = self._feature_bool("tee_compromise", adv.tee_compromise, ("adversary", "tee_compromise"), "TEE workers may be malicious", "TEEs are not compromised")
-        self.sdc = self._feature_bool("silent_corruption", probability_fraction(adv.faults.silent_corruption) > 0, ("adversary", "faults", "silent_corruption"), "honest units may be silently corrupted", "no silent data corruption")
+        self.collusion = self._feature_bool(
+            "collusion",
+            adv.collusion,
+            ("adversary", "collusion"),
+            "malicious workers collude",
+            "malicious workers do not collude (a malicious checker checks honestly)",
+        )
+        self.tee_compromise = self._feature_bool(
+            "tee_compromise",
+            adv.tee_compromise,
+            ("adversary", "tee_compromise"),
+            "TEE workers may be malicious",
+            "TEEs are not compromised",
+        )
+        self.sdc = self._feature_bool(
+            "silent_corruption",
+            probability_fraction(adv.faults.silent_corruption) > 0,
+            ("adversary", "faults", "silent_corruption"),
+            "honest units may be silently corrupted",
+            "no silent data corruption",
+        )
         self.cap = {
-            c: self._feature_bool(f"capability:{c}", c in adv.capabilities, ("adversary", "capabilities"), f"the adversary can {_VERB[c]}", f"the adversary cannot {_VERB[c]}")
+            c: self._feature_bool(
+                f"capability:{c}",
+                c in adv.capabilities,
+                ("adversary", "capabilities"),
+                f"the adversary can {_VERB[c]}",
+                f"the adversary cannot {_VERB[c]}",
+            )
             for c in CAPABILITIES
         }
         self.response = {
-            r: self._feature_bool(f"response:{r}", r in d.response, ("defense", "response"), f"the response includes {r}", f"the response does not include {r}")
+            r: self._feature_bool(
+                f"response:{r}",
+                r in d.response,
+                ("defense", "response"),
+                f"the response includes {r}",
+                f"the response does not include {r}",
+            )
             for r in ("eject", "rollback", "skip_stage", "restart")
         }
         if not concrete:
             self.facts.append(z3.Or(list(self.response.values())))
-        self._good_cache: dict[object, list[tuple[tuple[int, ...], int | None, z3.BoolRef | None]]] = {}
+        self._good_cache: dict[object, list[_GoodSet]] = {}
         self._covers: dict[int, Term] = {}
         self._not_covers: dict[int, Term] = {}
-        self._signatures: dict[int, tuple[int, tuple[tuple[Fraction | None, Fraction, int], ...]]] = {}
-        self._signature_ids: dict[tuple[tuple[int, int, int], ...], tuple[int, tuple[tuple[Fraction | None, Fraction, int], ...]]] = {}
-        self._signature_numbers: dict[tuple[tuple[Fraction | None, Fraction, int], ...], int] = {}
-        self._templates: dict[tuple[int, str, int, int], list[tuple[tuple[int, ...], int | None, z3.BoolRef | None]]] = {}
+        self._signatures: dict[int, tuple[int, _Signature]] = {}
+        self._signature_ids: dict[tuple[tuple[int, int, int], ...], tuple[int, _Signature]] = {}
+        self._signature_numbers: dict[_Signature, int] = {}
+        self._templates: dict[tuple[int, str, int, int], list[_GoodSet]] = {}
         self._effects: dict[tuple[object, ...], list[Effect]] = {}
         self._levels: dict[tuple[int, str, int, int], Term] = {}
         self._tamperable: dict[tuple[int, str], Term] = {}
@@ -171,7 +234,12 @@ class Encoding:
             present = self.check_present[i]
             if isinstance(check, SpotCheck):
                 vf = self.vf[i]
-                trusted = disj([conj([vf["coordinator"], self.coord_trusted]), conj([vf["tee"], self.attestation, neg(self.tee_compromise)])])
+                trusted = disj(
+                    [
+                        conj([vf["coordinator"], self.coord_trusted]),
+                        conj([vf["tee"], self.attestation, neg(self.tee_compromise)]),
+                    ]
+                )
                 self._spot_trusted[i] = conj([present, self.receipts, trusted])
                 self._spot_peer[i] = conj([present, self.receipts, vf["peer"]])
             elif isinstance(check, StatisticalCheck):
@@ -183,7 +251,9 @@ class Encoding:
             full = set(self.occupancy.vacated) - self.occupancy.light
             for f in self._framings_of(full) if full and self.response["eject"] is not False else []:
                 framed.setdefault(f.victim, []).append(f.ejection)
-            self.facts += vacancy_constraints(self, lambda w: self.catchable(w, False), lambda w: disj(framed.get(w, [])))
+            self.facts += vacancy_constraints(
+                self, lambda w: self.catchable(w, False), lambda w: disj(framed.get(w, []))
+            )
 
     @property
     def framings(self) -> list[Framing]:
@@ -263,39 +333,72 @@ class Encoding:
             self._assume(f"check:{i}", _describe_check(check), path, present)
             if isinstance(check, RedundantNeighbourCheck):
                 is_c, is_u = check.input_via == "coordinator", check.input_via == "upstream"
-                via_c, via_u = self._feature(f"f[check{i}.via_coordinator]", is_c), self._feature(f"f[check{i}.via_upstream]", is_u)
+                via_c, via_u = (
+                    self._feature(f"f[check{i}.via_coordinator]", is_c),
+                    self._feature(f"f[check{i}.via_upstream]", is_u),
+                )
                 self.via_coord[i], self.via_up[i] = via_c, via_u
                 fact: Term = True
                 if not self.concrete:
                     self.facts.append(z3.Not(z3.And(to_z3(via_c), to_z3(via_u))))
                     fact = z3.And(to_z3(via_c) == is_c, to_z3(via_u) == is_u)
-                self._assume(f"check:{i}.input_via", f"the checker's input comes from the {check.input_via.replace('_', ' ')}", (*path, "input_via"), fact)
+                self._assume(
+                    f"check:{i}.input_via",
+                    f"the checker's input comes from the {check.input_via.replace('_', ' ')}",
+                    (*path, "input_via"),
+                    fact,
+                )
             elif isinstance(check, SpotCheck):
-                vf = {name: self._feature(f"f[check{i}.verifier_{name}]", name == check.verifier) for name in ("coordinator", "tee", "peer")}
+                vf = {
+                    name: self._feature(f"f[check{i}.verifier_{name}]", name == check.verifier)
+                    for name in ("coordinator", "tee", "peer")
+                }
                 self.vf[i] = vf
                 if not self.concrete:
                     self.facts.append(z3.PbEq([(to_z3(v), 1) for v in vf.values()], 1))
-                self._assume(f"check:{i}.verifier", f"sampled units are re-executed by the {check.verifier}", (*path, "verifier"), vf[check.verifier])
+                self._assume(
+                    f"check:{i}.verifier",
+                    f"sampled units are re-executed by the {check.verifier}",
+                    (*path, "verifier"),
+                    vf[check.verifier],
+                )
             elif isinstance(check, ReplicateCheck):
                 is_ref = check.resolve == "referee"
                 ref = self._feature(f"f[check{i}.referee]", is_ref)
                 self.referee[i] = ref
-                self._assume(f"check:{i}.resolve", f"disagreements are resolved by {check.resolve}", (*path, "resolve"), ref if is_ref else neg(ref))
+                self._assume(
+                    f"check:{i}.resolve",
+                    f"disagreements are resolved by {check.resolve}",
+                    (*path, "resolve"),
+                    ref if is_ref else neg(ref),
+                )
 
     def _encode_workers(self) -> None:
         spec, world = self.spec, self.world
         budget = spec.malicious_budget
         self.budget_literal = self._assume(
-            "budget", f"at most {budget} malicious worker{'s' if budget != 1 else ''}", ("adversary", "max_malicious"),
+            "budget",
+            f"at most {budget} malicious worker{'s' if budget != 1 else ''}",
+            ("adversary", "max_malicious"),
             at_most(self.mal, budget) if self.mal else z3.BoolVal(True),
         )
         for i, ref in enumerate(spec.trust.honest):
             covered = world.covered(ref)
-            self._assume(f"honest:{i}", f"{_slot_text(ref)} honest", ("trust", "honest", i), z3.And([z3.Not(self.mal[w]) for w in covered]))
+            self._assume(
+                f"honest:{i}",
+                f"{_slot_text(ref)} honest",
+                ("trust", "honest", i),
+                z3.And([z3.Not(self.mal[w]) for w in covered]),
+            )
         for i, ref in enumerate(spec.trust.tee):
             covered = world.covered(ref)
             protected = conj([self.attestation, neg(self.tee_compromise)])
-            self._assume(f"tee:{i}", f"{_slot_text(ref)} in a TEE", ("trust", "tee", i), disj([neg(protected), conj([neg(self.mal[w]) for w in covered])]))
+            self._assume(
+                f"tee:{i}",
+                f"{_slot_text(ref)} in a TEE",
+                ("trust", "tee", i),
+                disj([neg(protected), conj([neg(self.mal[w]) for w in covered])]),
+            )
         # Crashes and the standby pool, for liveness, in unary: crash[j] = "at least j+1 workers
         # crash", standby[j] = "standby worker j exists". More than R + K crashes never help.
         self.occupancy: Occupancy = build_occupancy(self)
@@ -303,13 +406,21 @@ class Encoding:
         self.crash = [z3.Bool(f"crash[{j}]") for j in range(limit)]
         self.facts += [z3.Implies(self.crash[j + 1], self.crash[j]) for j in range(limit - 1)]
         allowed = spec.adversary.faults.crash
-        self._assume("crash", f"at most {allowed} crashed worker{'s' if allowed != 1 else ''}", ("adversary", "faults", "crash"),
-                     to_z3(conj([z3.Not(self.crash[allowed]) if allowed < limit else True, crash_limit(self)])))
+        self._assume(
+            "crash",
+            f"at most {allowed} crashed worker{'s' if allowed != 1 else ''}",
+            ("adversary", "faults", "crash"),
+            to_z3(conj([z3.Not(self.crash[allowed]) if allowed < limit else True, crash_limit(self)])),
+        )
         self.standby = [z3.Bool(f"standby[{j}]") for j in range(spec.topology.standby)]
         self.facts += [z3.Implies(self.standby[j + 1], self.standby[j]) for j in range(len(self.standby) - 1)]
         count = spec.topology.standby
-        self._assume("standby", f"{count} standby worker{'s' if count != 1 else ''}", ("topology", "standby"),
-                     to_z3(conj([z3.And(self.standby) if self.standby else True, standby_limit(self)])))
+        self._assume(
+            "standby",
+            f"{count} standby worker{'s' if count != 1 else ''}",
+            ("topology", "standby"),
+            to_z3(conj([z3.And(self.standby) if self.standby else True, standby_limit(self)])),
+        )
         for w in world.standby_workers:
             worker = world.workers[w]
             assert worker.standby is not None
@@ -415,7 +526,16 @@ class Encoding:
             elif isinstance(check, SpotCheck) and capability != "poison_data":
                 rate = _frac(check.rate)
                 out.append(Effect("spot_check", i, rate, self._spot_trusted[i]))
-                out.append(Effect("spot_check (peer)", i, rate if cooperative else None, self._spot_peer[i], rate=rate, shift=shift))
+                out.append(
+                    Effect(
+                        "spot_check (peer)",
+                        i,
+                        rate if cooperative else None,
+                        self._spot_peer[i],
+                        rate=rate,
+                        shift=shift,
+                    )
+                )
             elif isinstance(check, ReplicateCheck):
                 out.append(Effect("replicate", i, _ONE, conj([present, self._not_all_cover(w, covers, cooperative)])))
             elif isinstance(check, StatisticalCheck) and kind in ("F", "B") and capability != "poison_data":
@@ -427,7 +547,13 @@ class Encoding:
         """Some other copy of ``w``'s slot is occupied and does not cover for it (a cooperative
         worker times its tamper for when the other copies are there)."""
         present = self.occupancy.present
-        return disj([conj([True if cooperative else present[o], neg(covers(o, w))]) for o in self.world.slots[self.world.slot_of(w)] if o != w])
+        return disj(
+            [
+                conj([True if cooperative else present[o], neg(covers(o, w))])
+                for o in self.world.slots[self.world.slot_of(w)]
+                if o != w
+            ]
+        )
 
     def peer_value(self, rate: Fraction, malicious: int, colluding: bool) -> Fraction:
         """Detection value of a peer spot check with ``malicious`` malicious computing workers."""
@@ -461,32 +587,34 @@ class Encoding:
         for chosen, peer_index, peer_condition in templates:
             parts: list[Term] = [effects[j].expr for j in chosen]
             if peer_index is not None:
-                parts += [effects[peer_index].expr, peer_condition]  # type: ignore[list-item]
+                parts += [effects[peer_index].expr, peer_condition]
             clauses.append(neg(conj(parts)))
         # Effect lists live as long as the encoding (cached in ``_effects``), so ids are stable.
         result = self._levels[level_key] = conj(clauses)
         return result
 
-    def _good_sets(
-        self, signature: tuple[tuple[Fraction | None, Fraction, int], ...], op: str, threshold: Fraction
-    ) -> list[tuple[tuple[int, ...], int | None, z3.BoolRef | None]]:
+    def _good_sets(self, signature: _Signature, op: str, threshold: Fraction) -> list[_GoodSet]:
         """The minimal sets of effects that make a unit good (detection not below the threshold),
         for effects with the given values; cached, since many workers share a signature."""
         key = (signature, op, threshold)
         cached = self._good_cache.get(key)
         if cached is not None:
             return cached
-        bad = (lambda d: d < threshold) if op == "lt" else (lambda d: d <= threshold)
-        fixed = [j for j, (value, _, _) in enumerate(signature) if value is not None]
+
+        def bad(d: Fraction) -> bool:
+            return d < threshold if op == "lt" else d <= threshold
+
+        fixed_values = {j: value for j, (value, _, _) in enumerate(signature) if value is not None}
+        fixed = list(fixed_values)
         peers = [j for j, (value, _, _) in enumerate(signature) if value is None]
-        out: list[tuple[tuple[int, ...], int | None, z3.BoolRef | None]] = []
+        out: list[_GoodSet] = []
         minimal_good: list[frozenset[int]] = []
         for size in range(len(fixed) + 1):
             for combo in itertools.combinations(fixed, size):
                 chosen = frozenset(combo)
                 if any(g <= chosen for g in minimal_good):
                     continue
-                d = detection_probability(signature[j][0] for j in combo)  # type: ignore[misc]
+                d = detection_probability(fixed_values[j] for j in combo)
                 if not bad(d):
                     minimal_good.append(chosen)
                     out.append((combo, None, None))
@@ -498,9 +626,12 @@ class Encoding:
         self._good_cache[key] = out
         return out
 
-    def _peer_good(self, rate: Fraction, shift: int, d_others: Fraction, bad: Callable[[Fraction], bool]) -> z3.BoolRef | None:
+    def _peer_good(
+        self, rate: Fraction, shift: int, d_others: Fraction, bad: Callable[[Fraction], bool]
+    ) -> Term | None:
         """Condition (on collusion and the number of malicious workers) under which adding the peer
         check to checks of combined value ``d_others`` makes the unit good; None if never."""
+
         def good_at(m: int, colluding: bool) -> bool:
             v = self.peer_value(rate, m + shift, colluding)
             return not bad(1 - (1 - d_others) * (1 - v))
@@ -523,7 +654,7 @@ class Encoding:
         elif m_max >= 0:
             conditions.append(conj([self.collusion, at_most(self.malicious_computing(), m_max)]))
         combined = disj(conditions)
-        return None if combined is False else combined  # type: ignore[return-value]
+        return None if combined is False else combined
 
     def tamperable(self, w: int, capability: str) -> Term:
         """Worker ``w`` is malicious and may use ``capability`` on its units."""
@@ -538,7 +669,9 @@ class Encoding:
             cached = self._tamperable[key] = conj([self.occupancy.acting[w], self.cap[capability]])
         return cached
 
-    def effect_values(self, model: z3.ModelRef, effects: Iterable[Effect], malicious: int) -> tuple[Fraction, list[tuple[Effect, bool, Fraction]]]:
+    def effect_values(
+        self, model: z3.ModelRef, effects: Iterable[Effect], malicious: int
+    ) -> tuple[Fraction, list[tuple[Effect, bool, Fraction]]]:
         """Evaluate the effects in a model: the unit's detection probability and each effect's
         state and value."""
         colluding = holds_in(model, self.collusion)
@@ -566,11 +699,11 @@ class Encoding:
         levels: set[Fraction] = set()
         for effects in effects_list:
             effects = [e for e in effects if self._possible(e)]
-            fixed = [e.value for e in effects if not e.peer]
+            fixed = [e.value for e in effects if e.value is not None]
             peers = [e for e in effects if e.peer]
             for size in range(len(fixed) + 1):
                 for combo in itertools.combinations(fixed, size):
-                    base = detection_probability(combo)  # type: ignore[arg-type]
+                    base = detection_probability(combo)
                     levels.add(base)
                     for peer in peers:
                         for m in _sample_counts(max_malicious):

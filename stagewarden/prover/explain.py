@@ -50,7 +50,9 @@ def effect_reason(enc: Encoding, model: z3.ModelRef, w: int, effect: Effect, on:
             return f"{name} itself forwards the checker's input and forges one consistent with its output (no receipts)"
         if check.input_via == "upstream" and s >= 1:
             up = world.primary(s - 1, r)
-            return f"the upstream worker {world.workers[up].name} colludes and sends the checker a matching forged input"
+            return (
+                f"the upstream worker {world.workers[up].name} colludes and sends the checker a matching forged input"
+            )
         return "the coordinator relaying the input is untrusted"
     if effect.label.startswith("spot_check"):
         if i is not None and not _true(model, enc.check_present[i]):
@@ -59,7 +61,10 @@ def effect_reason(enc: Encoding, model: z3.ModelRef, w: int, effect: Effect, on:
             return "without receipts the worker has not committed to the unit and recomputes honestly when challenged"
         if effect.label.endswith("(peer)"):
             return "the verifier is not a peer"
-        return "the verifier gives no assurance (an untrusted coordinator, or a TEE without attestation or that may be compromised)"
+        return (
+            "the verifier gives no assurance (an untrusted coordinator, or a TEE without attestation or that "
+            "may be compromised)"
+        )
     if effect.label == "replicate":
         return "every other copy of the slot is malicious and agrees on the forged value"
     if effect.label == "statistical":

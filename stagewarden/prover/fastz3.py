@@ -8,8 +8,8 @@ directly on arguments that are Boolean terms of the main context, and fold Pytho
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Union
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeAlias
 
 import z3
 from z3 import z3core
@@ -17,7 +17,7 @@ from z3 import z3core
 _CTX = z3.main_ctx()
 
 #: A Boolean term: a Z3 Boolean expression or a Python constant.
-Term = Union[z3.BoolRef, bool]
+Term: TypeAlias = z3.BoolRef | bool
 
 
 def _array(items: Sequence[z3.BoolRef]) -> object:
@@ -27,8 +27,8 @@ def _array(items: Sequence[z3.BoolRef]) -> object:
     return arr
 
 
-def _mk(fn: object, items: list[z3.BoolRef]) -> z3.BoolRef:
-    return z3.BoolRef(fn(_CTX.ctx, len(items), _array(items)), _CTX)  # type: ignore[operator]
+def _mk(fn: Callable[..., object], items: list[z3.BoolRef]) -> z3.BoolRef:
+    return z3.BoolRef(fn(_CTX.ctx, len(items), _array(items)), _CTX)
 
 
 def conj(args: Iterable[Term]) -> Term:
@@ -38,7 +38,7 @@ def conj(args: Iterable[Term]) -> Term:
         if a is False:
             return False
         if a is not True:
-            items.append(a)  # type: ignore[arg-type]
+            items.append(a)
     if not items:
         return True
     if len(items) == 1:
@@ -53,7 +53,7 @@ def disj(args: Iterable[Term]) -> Term:
         if a is True:
             return True
         if a is not False:
-            items.append(a)  # type: ignore[arg-type]
+            items.append(a)
     if not items:
         return False
     if len(items) == 1:
@@ -67,7 +67,7 @@ def neg(a: Term) -> Term:
         return False
     if a is False:
         return True
-    return z3.BoolRef(z3core.Z3_mk_not(_CTX.ctx, a.ast), _CTX)  # type: ignore[union-attr]
+    return z3.BoolRef(z3core.Z3_mk_not(_CTX.ctx, a.ast), _CTX)
 
 
 def to_z3(a: Term) -> z3.BoolRef:
@@ -81,7 +81,7 @@ def holds_in(model: z3.ModelRef, a: Term) -> bool:
     """Whether a term is true in a model (unassigned variables count as false)."""
     if isinstance(a, bool):
         return a
-    return z3.is_true(model.eval(a, model_completion=True))
+    return bool(z3.is_true(model.eval(a, model_completion=True)))
 
 
 def at_most(args: Sequence[z3.BoolRef], k: int) -> z3.BoolRef:

@@ -72,6 +72,7 @@ def build_framings(enc: Encoding, victims: set[int] | None = None) -> list[Frami
 
     def wanted(victim: int) -> bool:
         return victims is None or victim in victims
+
     occ = enc.occupancy.occupied_malicious
     out: list[Framing] = []
     no_referee = disj([neg(enc.receipts), neg(enc.coord_trusted)])

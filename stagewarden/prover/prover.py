@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from stagewarden.prover.explain import assumption_ref
 from stagewarden.prover.guarantees.bounded_damage import BoundedDamageCheck
@@ -73,14 +74,16 @@ class Prover(DetectionCheck, BoundedDamageCheck, NoFramingCheck, LivenessCheck, 
                     assumptions=[assumption_ref(self.enc, a) for a in contradiction],
                 )
             else:
-                handler: Callable[[object], GuaranteeResult] = {
+                # Each handler takes its own guarantee model; the lookup by type pairs them up.
+                handlers: dict[type, Callable[[Any], GuaranteeResult]] = {
                     DetectionGuarantee: self._detection,
                     BoundedDamageGuarantee: self._bounded_damage,
                     NoFramingGuarantee: self._no_framing,
                     LivenessGuarantee: self._liveness,
                     DataIntegrityGuarantee: self._data_integrity,
                     OverheadGuarantee: self._overhead,
-                }[type(guarantee)]  # type: ignore[assignment]
+                }
+                handler = handlers[type(guarantee)]
                 self.last_minimal = True
                 self._reset_solver()
                 result = handler(guarantee)

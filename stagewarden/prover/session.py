@@ -10,15 +10,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import z3
+from z3 import z3core
+
 from stagewarden.prover.encoding import Assumption, Encoding
 from stagewarden.prover.fastz3 import Term, at_most, conj, constant_name, neg, to_z3, true_constants
 from stagewarden.spec import (
     LoadedSpec,
 )
-from z3 import z3core
 
 if TYPE_CHECKING:
     from stagewarden.prover.prover import Prover
@@ -63,7 +64,7 @@ class SolverSession:
         self.enc = Encoding(loaded, concrete=True, dynamics=dynamics, second_tries=second_tries)
         self._other_state: dict[str, Any] | None = None
         self._deadline: float | None = None
-        self._vacuity: list[Assumption] | None | bool = None
+        self._vacuity: list[Assumption] | Literal[False] | None = None
         self.last_minimal = True
         self._base: z3.Solver | None = None
         self._guards: dict[object, z3.BoolRef] = {}
@@ -193,7 +194,7 @@ class SolverSession:
         result = solver.check(*self.enc.literals())
         if result == z3.unknown:
             raise SolverGaveUp(solver.reason_unknown())
-        return result == z3.sat
+        return bool(result == z3.sat)
 
     def _minimal_core(self, goal: Term, effort: bool = False) -> list[Assumption] | None:
         """A minimal set of assumptions under which ``goal`` is unsatisfiable (deletion-based).
@@ -381,4 +382,4 @@ class SolverSession:
                 honest_run = conj([neg(m) for m in self.enc.mal] + [neg(c) for c in self.enc.crash])
                 result, _ = self._check(honest_run)
                 self._vacuity = False if result == z3.sat else (self._minimal_core(honest_run) or [])
-        return None if self._vacuity is False else self._vacuity  # type: ignore[return-value]
+        return None if self._vacuity is False else self._vacuity

@@ -92,7 +92,14 @@ class Candidate:
     @property
     def features(self) -> int:
         """Switches, checks, responses and standby workers the defence uses (fewer is preferred)."""
-        return int(self.receipts) + int(self.attestation) + int(self.data_commitment) + len(self.checks) + len(self.response) + self.standby
+        return (
+            int(self.receipts)
+            + int(self.attestation)
+            + int(self.data_commitment)
+            + len(self.checks)
+            + len(self.response)
+            + self.standby
+        )
 
     def defense(self) -> dict[str, Any]:
         """The ``defense:`` mapping, every key written out."""
@@ -107,8 +114,15 @@ class Candidate:
 
     def describe(self) -> str:
         """One line for people: switches, checks, response and standby pool."""
-        parts = [name for name, on in (("receipts", self.receipts), ("attestation", self.attestation),
-                                       ("data commitment", self.data_commitment)) if on]
+        parts = [
+            name
+            for name, on in (
+                ("receipts", self.receipts),
+                ("attestation", self.attestation),
+                ("data commitment", self.data_commitment),
+            )
+            if on
+        ]
         parts += [_describe_check(dict(c)) for c in self.checks] or ["no checks"]
         parts += [f"response {'+'.join(self.response)}", f"standby {self.standby}"]
         return ", ".join(parts)
@@ -139,7 +153,12 @@ class CostItem:
 
     def to_json(self) -> dict[str, Any]:
         """JSON form."""
-        return {"item": self.item, "location": self.location, "compute": float(self.compute), "memory": float(self.memory)}
+        return {
+            "item": self.item,
+            "location": self.location,
+            "compute": float(self.compute),
+            "memory": float(self.memory),
+        }
 
 
 @dataclass
@@ -174,8 +193,13 @@ class Obstacle:
 def _candidate_json(candidate: Candidate | None) -> dict[str, Any] | None:
     if candidate is None:
         return None
-    return {"defense": candidate.defense(), "standby": candidate.standby, "description": candidate.describe(),
-            "compute": float(candidate.compute), "memory": float(candidate.memory)}
+    return {
+        "defense": candidate.defense(),
+        "standby": candidate.standby,
+        "description": candidate.describe(),
+        "compute": float(candidate.compute),
+        "memory": float(candidate.memory),
+    }
 
 
 @dataclass
@@ -237,8 +261,11 @@ class SynthesisResult:
             "defense": self.defense,
             "yaml": self.yaml_block,
             "topology": None if cand is None else {"standby": cand.standby, "was": self.original_standby},
-            "cost": None if cand is None else {
-                "compute": float(cand.compute), "memory": float(cand.memory),
+            "cost": None
+            if cand is None
+            else {
+                "compute": float(cand.compute),
+                "memory": float(cand.memory),
                 "exact": {"compute": _exact(cand.compute), "memory": _exact(cand.memory)},
                 "items": [c.to_json() for c in self.costs],
             },
@@ -293,8 +320,13 @@ def cost_items(loaded: LoadedSpec) -> list[tuple[str, tuple[str | int, ...], Fra
 class _Space:
     """The defence space of one spec, cost-ordered, and a cache of verdicts per candidate."""
 
-    def __init__(self, loaded: LoadedSpec, limits: Limits | None, deadline: float | None,
-                 progress: Callable[[int, Candidate], None] | None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedSpec,
+        limits: Limits | None,
+        deadline: float | None,
+        progress: Callable[[int, Candidate], None] | None,
+    ) -> None:
         self.base = loaded
         self.proof_name = proof_file(loaded.file)
         self.spec = spec = loaded.spec
@@ -328,9 +360,19 @@ class _Space:
     def _pool(self) -> list[CheckKey]:
         """Every check a candidate may use, the spec's own checks included."""
         spec = self.spec
-        pool: list[dict[str, Any]] = [{"scheme": "redundant_neighbour", "input_via": v} for v in ("coordinator", "upstream", "checked_worker")]
-        pool += [{"scheme": "spot_check", "rate": r, "verifier": v} for r in SPOT_CHECK_RATES for v in ("coordinator", "tee", "peer")]
-        pool += [{"scheme": "replicate", "factor": k, "resolve": res} for k in REPLICATION_FACTORS for res in ("majority", "referee")]
+        pool: list[dict[str, Any]] = [
+            {"scheme": "redundant_neighbour", "input_via": v} for v in ("coordinator", "upstream", "checked_worker")
+        ]
+        pool += [
+            {"scheme": "spot_check", "rate": r, "verifier": v}
+            for r in SPOT_CHECK_RATES
+            for v in ("coordinator", "tee", "peer")
+        ]
+        pool += [
+            {"scheme": "replicate", "factor": k, "resolve": res}
+            for k in REPLICATION_FACTORS
+            for res in ("majority", "referee")
+        ]
         pool += [{"scheme": "robust_aggregation", "rule": "median"}]
         # statistical's power and min_deviation describe a detector, not a setting the defender
         # picks: only the spec's own statistical checks are candidates.
@@ -374,15 +416,24 @@ class _Space:
                         continue  # one check per scheme
                     if not all(self._check_useful(dict(c), receipts) for c in combo):
                         continue
-                    defense = self.user.model_copy(update={"receipts": receipts, "checks": Defense.model_validate({"checks": [dict(c) for c in combo]}).checks})
-                    items = cost_items(LoadedSpec(self.spec.model_copy(update={"defense": defense}), self.base.source, self.base.text))
+                    defense = self.user.model_copy(
+                        update={
+                            "receipts": receipts,
+                            "checks": Defense.model_validate({"checks": [dict(c) for c in combo]}).checks,
+                        }
+                    )
+                    items = cost_items(
+                        LoadedSpec(self.spec.model_copy(update={"defense": defense}), self.base.source, self.base.text)
+                    )
                     compute = sum((c for _, _, c, _ in items), Fraction(0))
                     memory = sum((m for _, _, _, m in items), Fraction(0))
                     out.append((compute, memory, receipts, combo))
         out.sort(key=lambda c: (c[0], c[1]))
         return out
 
-    def _variants(self, receipts: bool, checks: tuple[CheckKey, ...], compute: Fraction, memory: Fraction) -> Iterator[Candidate]:
+    def _variants(
+        self, receipts: bool, checks: tuple[CheckKey, ...], compute: Fraction, memory: Fraction
+    ) -> Iterator[Candidate]:
         """Every zero-cost completion of a priced class: attestation, data commitment, response
         and standby pool (each varied only where some guarantee can read it)."""
         spec = self.spec
@@ -407,11 +458,22 @@ class _Space:
     def _order_key(self, cand: Candidate) -> tuple[Any, ...]:
         """Within one cost: fewer features, then closest to the spec's own defence, then a fixed order."""
         user = self.user
-        distance = (int(cand.receipts != user.receipts) + int(cand.attestation != user.attestation)
-                    + int(cand.data_commitment != user.data_commitment) + len(set(cand.checks) ^ self.user_checks)
-                    + len(set(cand.response) ^ set(user.response)) + int(cand.standby != self.spec.topology.standby))
-        canonical = (cand.receipts, cand.attestation, cand.data_commitment, [self.pool_index[c] for c in cand.checks],
-                     [RESPONSES.index(r) for r in cand.response], cand.standby)
+        distance = (
+            int(cand.receipts != user.receipts)
+            + int(cand.attestation != user.attestation)
+            + int(cand.data_commitment != user.data_commitment)
+            + len(set(cand.checks) ^ self.user_checks)
+            + len(set(cand.response) ^ set(user.response))
+            + int(cand.standby != self.spec.topology.standby)
+        )
+        canonical = (
+            cand.receipts,
+            cand.attestation,
+            cand.data_commitment,
+            [self.pool_index[c] for c in cand.checks],
+            [RESPONSES.index(r) for r in cand.response],
+            cand.standby,
+        )
         return (cand.features, distance, canonical)
 
     def candidates(self, max_compute: Fraction | None, max_memory: Fraction | None) -> Iterator[Candidate]:
@@ -422,7 +484,9 @@ class _Space:
                 return
             if max_memory is not None and memory > max_memory:
                 continue
-            variants = [v for _, _, receipts, checks in group for v in self._variants(receipts, checks, compute, memory)]
+            variants = [
+                v for _, _, receipts, checks in group for v in self._variants(receipts, checks, compute, memory)
+            ]
             variants.sort(key=self._order_key)
             for cand in variants:
                 if self._is_valid(cand):
@@ -460,7 +524,15 @@ class _Space:
         checks = cand.checks
         if kind != "bounded_damage":  # robust_aggregation detects nothing; it only masks damage
             checks = tuple(c for c in checks if c[0] != ("scheme", "robust_aggregation"))
-        return (gid, cand.receipts, cand.attestation, cand.data_commitment, checks, _response_reading(kind, cand.response), standby)
+        return (
+            gid,
+            cand.receipts,
+            cand.attestation,
+            cand.data_commitment,
+            checks,
+            _response_reading(kind, cand.response),
+            standby,
+        )
 
     def _implied(self, key: tuple[Any, ...], kind: str) -> str:
         """A verdict that follows from one already known under a weaker or stronger adversary.
@@ -502,7 +574,10 @@ class _Space:
         prover: Prover | None = None
         unknown: str | None = None
         # Bounds first (no solver), then verdicts shared by every response, then the rest.
-        tier = {gid: 0 if isinstance(g, OverheadGuarantee) else 1 if g.kind in _RESPONSE_BLIND else 2 for gid, g in self.guarantees.items()}
+        tier = {
+            gid: 0 if isinstance(g, OverheadGuarantee) else 1 if g.kind in _RESPONSE_BLIND else 2
+            for gid, g in self.guarantees.items()
+        }
         for gid in sorted((g for g in self.order if g in goal), key=lambda g: tier[g]):
             guarantee = self.guarantees[gid]
             if isinstance(guarantee, OverheadGuarantee):
@@ -569,9 +644,14 @@ class _Space:
 # -- the search -----------------------------------------------------------------------------
 
 
-def synthesize(loaded: LoadedSpec, limits: Limits | None = None, *, max_seconds: float | None = None,
-               progress: Callable[[int, Candidate], None] | None = None,
-               proof_name: str | None = None) -> SynthesisResult:
+def synthesize(
+    loaded: LoadedSpec,
+    limits: Limits | None = None,
+    *,
+    max_seconds: float | None = None,
+    progress: Callable[[int, Candidate], None] | None = None,
+    proof_name: str | None = None,
+) -> SynthesisResult:
     """Search the defence space of a spec for the cheapest defence under which every guarantee holds.
 
     The topology, trust, adversary and guarantees stay as written; candidates for ``defense``
@@ -598,7 +678,9 @@ def synthesize(loaded: LoadedSpec, limits: Limits | None = None, *, max_seconds:
     if proof_name is not None:
         space.proof_name = proof_name
     ids = [g.id for g in loaded.spec.guarantees]
-    result = SynthesisResult(GAVE_UP, loaded.file, loaded.spec.name, 0, 0.0, original_standby=loaded.spec.topology.standby)
+    result = SynthesisResult(
+        GAVE_UP, loaded.file, loaded.spec.name, 0, 0.0, original_standby=loaded.spec.topology.standby
+    )
     try:
         outcome = space.search(ids, confirm=True)
     except _OutOfTime:
@@ -611,7 +693,9 @@ def synthesize(loaded: LoadedSpec, limits: Limits | None = None, *, max_seconds:
         result.notes.append(f"{outcome.disagreements} candidate(s) passed the search but not the full proof")
     if outcome.best is None and space.vacuous:
         result.status = CONTRADICTORY
-        result.reason = "the spec's assumptions contradict each other (the prover finds them vacuous): no defence can be proven"
+        result.reason = (
+            "the spec's assumptions contradict each other (the prover finds them vacuous): no defence can be proven"
+        )
     elif outcome.best is not None:
         cand = outcome.best
         proof_spec, report = space.proof(cand)
@@ -624,7 +708,9 @@ def synthesize(loaded: LoadedSpec, limits: Limits | None = None, *, max_seconds:
         result.report = report
         result.costs = [CostItem(what, _line_of(proof_spec, path), c, m) for what, path, c, m in cost_items(proof_spec)]
         if outcome.unknown:
-            result.notes.append(f"the solver gave up on {outcome.unknown} cheaper candidate(s): one of them might also work")
+            result.notes.append(
+                f"the solver gave up on {outcome.unknown} cheaper candidate(s): one of them might also work"
+            )
         if cand.standby != loaded.spec.topology.standby:
             result.notes.append(f"set topology.standby to {cand.standby} (the spec has {loaded.spec.topology.standby})")
     else:
@@ -634,8 +720,10 @@ def synthesize(loaded: LoadedSpec, limits: Limits | None = None, *, max_seconds:
         except _OutOfTime:
             result.notes.append(f"the explanation was cut short by the limit of {max_seconds} s")
         if outcome.unknown:
-            result.reason = (f"the solver gave up on {outcome.unknown} candidate(s) and none of the others works, so a "
-                             f"defence may be among the undecided ones; {result.reason}")
+            result.reason = (
+                f"the solver gave up on {outcome.unknown} candidate(s) and none of the others works, so a "
+                f"defence may be among the undecided ones; {result.reason}"
+            )
     result.seconds = time.monotonic() - started
     return result
 
@@ -643,7 +731,9 @@ def synthesize(loaded: LoadedSpec, limits: Limits | None = None, *, max_seconds:
 def _block_lines(loaded: LoadedSpec) -> tuple[int, int] | None:
     """First and last line of the ``defense`` block in a loaded spec."""
     source = loaded.source
-    lines = [pos[0] + 1 for table in (source.keys, source.values) for path, pos in table.items() if path[:1] == ("defense",)]
+    lines = [
+        pos[0] + 1 for table in (source.keys, source.values) for path, pos in table.items() if path[:1] == ("defense",)
+    ]
     return (min(lines), max(lines)) if lines else None
 
 
@@ -674,38 +764,55 @@ def _explain(space: _Space, result: SynthesisResult) -> None:
             (undecided if alone.unknown else impossible).append(gid)
         if alone.best is None and alone.unknown:
             obstacle.witness = alone.last
-            obstacle.message = (f"no candidate was shown to make it hold: the solver gave up on {alone.unknown} of the "
-                                f"{alone.tried} tried")
+            obstacle.message = (
+                f"no candidate was shown to make it hold: the solver gave up on {alone.unknown} of the "
+                f"{alone.tried} tried"
+            )
         elif alone.best is None and alone.last is not None:
             obstacle.witness = alone.last
-            obstacle.message = f"no defence in the space makes it hold, not even the costliest the search reached ([{alone.last.describe()}])"
+            obstacle.message = (
+                "no defence in the space makes it hold, not even the costliest the search reached "
+                f"([{alone.last.describe()}])"
+            )
         elif gid in bounded and relaxed is not None:
             obstacle.witness = relaxed
-            obstacle.message = (f"every defence that makes the other guarantees hold costs more than this bound allows: "
-                                f"the cheapest, [{relaxed.describe()}], costs {_cost_text(relaxed)}")
+            obstacle.message = (
+                f"every defence that makes the other guarantees hold costs more than this bound allows: "
+                f"the cheapest, [{relaxed.describe()}], costs {_cost_text(relaxed)}"
+            )
         elif with_rest is not None:
             obstacle.witness = with_rest
-            obstacle.message = f"under [{with_rest.describe()}], the cheapest defence that makes every other guarantee hold, it fails"
+            obstacle.message = (
+                f"under [{with_rest.describe()}], the cheapest defence that makes every other guarantee hold, it fails"
+            )
             if alone.best is not None:
-                obstacle.message += f"; on its own it needs at least {_cost_text(alone.best)} ([{alone.best.describe()}])"
+                obstacle.message += (
+                    f"; on its own it needs at least {_cost_text(alone.best)} ([{alone.best.describe()}])"
+                )
         elif alone.best is None:
             obstacle.message = "no defence in the space makes it hold"
         else:
-            obstacle.message = (f"holds on its own (the cheapest: [{alone.best.describe()}], {_cost_text(alone.best)}); "
-                                "the conflict lies among the other guarantees")
+            obstacle.message = (
+                f"holds on its own (the cheapest: [{alone.best.describe()}], {_cost_text(alone.best)}); "
+                "the conflict lies among the other guarantees"
+            )
         if obstacle.witness is not None:
             got = space.proof(obstacle.witness)[1].by_id(gid)
             if got.verdict != HOLDS:
                 obstacle.result = got
         result.obstacles.append(obstacle)
     if impossible:
-        result.reason = (f"no defence in the search space makes {_ids(impossible)} hold: the adversary defeats every "
-                         "scheme and setting the space offers")
+        result.reason = (
+            f"no defence in the search space makes {_ids(impossible)} hold: the adversary defeats every "
+            "scheme and setting the space offers"
+        )
     elif undecided:
         result.reason = f"the solver could not decide {_ids(undecided)} under any candidate"
     elif relaxed is not None:
-        result.reason = (f"every defence that makes {_ids(others)} hold costs more than {_ids(bounded)} allows; the cheapest, "
-                         f"[{relaxed.describe()}], costs {_cost_text(relaxed)}")
+        result.reason = (
+            f"every defence that makes {_ids(others)} hold costs more than {_ids(bounded)} allows; the cheapest, "
+            f"[{relaxed.describe()}], costs {_cost_text(relaxed)}"
+        )
     else:
         result.reason = "each guarantee can hold on its own, but no single defence in the space makes them all hold"
 

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import z3
 
 from stagewarden.prover.encoding import Effect
-from stagewarden.prover.fastz3 import Term, constant_name, holds_in, true_constants
 from stagewarden.prover.explain import effect_reason
+from stagewarden.prover.fastz3 import Term, constant_name, holds_in, true_constants
 from stagewarden.prover.figure_text import format_comparison, format_pair
 from stagewarden.prover.probability import Prob, format_probability
 from stagewarden.spec import Spec
@@ -32,14 +32,26 @@ def _n(count: int, word: str, plural: str | None = None) -> str:
 def params(spec: Spec) -> dict[str, Any]:
     """The topology the trace lives in."""
     t = spec.topology
-    return {"stages": t.stages, "replicas": t.replicas, "microbatches": t.microbatches, "steps": t.steps,
-            "standby": t.standby, "replication_factor": spec.replication_factor}
+    return {
+        "stages": t.stages,
+        "replicas": t.replicas,
+        "microbatches": t.microbatches,
+        "steps": t.steps,
+        "standby": t.standby,
+        "replication_factor": spec.replication_factor,
+    }
 
 
 def meta(prover: SolverSession, guarantee: Any, description: str) -> dict[str, Any]:
     """The ``#meta`` object of a trace."""
-    return {"format": "stagewarden-trace", "version": TRACE_VERSION, "spec": prover.loaded.file,
-            "guarantee": guarantee.id, "kind": guarantee.kind, "description": description}
+    return {
+        "format": "stagewarden-trace",
+        "version": TRACE_VERSION,
+        "spec": prover.loaded.file,
+        "guarantee": guarantee.id,
+        "kind": guarantee.kind,
+        "description": description,
+    }
 
 
 def _true(model: z3.ModelRef, expr: Term) -> bool:
@@ -107,7 +119,11 @@ def _malicious_roles(prover: SolverSession, model: z3.ModelRef, roles: dict[int,
         by_worker.setdefault(target, role)
     out = []
     for w in prover._malicious(model):
-        entry: dict[str, Any] = {"worker": world.workers[w].name, "role": by_worker.get(w, "idle"), "capabilities": held}
+        entry: dict[str, Any] = {
+            "worker": world.workers[w].name,
+            "role": by_worker.get(w, "idle"),
+            "capabilities": held,
+        }
         position = next((p for p, s in holders.items() if s == w), None)
         if position is not None:
             entry["enters"] = world.workers[position].name
@@ -135,8 +151,18 @@ def _checker_of(prover: SolverSession, w: int, effect: Effect) -> str:
     return "coordinator"
 
 
-def detection_trace(prover: SolverSession, model: z3.ModelRef, guarantee: Any, w: int, capability: str, kind: str,
-                    rows: list[tuple[Effect, bool, Fraction]], d: Fraction, bound: Fraction, sdc: bool) -> dict[str, Any]:
+def detection_trace(
+    prover: SolverSession,
+    model: z3.ModelRef,
+    guarantee: Any,
+    w: int,
+    capability: str,
+    kind: str,
+    rows: list[tuple[Effect, bool, Fraction]],
+    d: Fraction,
+    bound: Fraction,
+    sdc: bool,
+) -> dict[str, Any]:
     """Trace of one tampered (or silently corrupted) unit that escapes the required detection."""
     enc, world = prover.enc, prover.enc.world
     worker = world.workers[w].name if sdc else holder_name(prover, model, w)
@@ -146,9 +172,16 @@ def detection_trace(prover: SolverSession, model: z3.ModelRef, guarantee: Any, w
         if not on and not enc._possible(effect):
             continue  # a spot-check variant for a verifier the spec does not use
         reason = effect_reason(enc, model, w, effect, on, value)
-        checks.append({"check": effect.label, "index": effect.check, "checker": _checker_of(prover, w, effect),
-                       "result": "catches" if on else "passes", "probability": format_probability(float(value if on else 0)),
-                       "why": reason})
+        checks.append(
+            {
+                "check": effect.label,
+                "index": effect.check,
+                "checker": _checker_of(prover, w, effect),
+                "result": "catches" if on else "passes",
+                "probability": format_probability(float(value if on else 0)),
+                "why": reason,
+            }
+        )
         if effect.label == "redundant_neighbour" and not on:
             s, r = world.slot_of(w)
             checker = world.primary(s + 1, r)
@@ -161,34 +194,75 @@ def detection_trace(prover: SolverSession, model: z3.ModelRef, guarantee: Any, w
                 if o != w:
                     roles[o] = "covers"
     if not rows:
-        checks.append({"check": None, "index": None, "checker": None, "result": "passes", "probability": "0",
-                       "why": "no check of the protocol covers this unit"})
+        checks.append(
+            {
+                "check": None,
+                "index": None,
+                "checker": None,
+                "result": "passes",
+                "probability": "0",
+                "why": "no check of the protocol covers this unit",
+            }
+        )
     action = "silent_corruption" if sdc else capability
-    state = {"#index": 0, "step": 0 if kind != "L" else prover.spec.topology.steps - 1, "microbatch": 0 if kind in ("F", "B") else None, "worker": worker, "unit": KIND_NAMES[kind],
-             "action": action, "checks": checks, "detection_probability": format_probability(float(d))}
+    state = {
+        "#index": 0,
+        "step": 0 if kind != "L" else prover.spec.topology.steps - 1,
+        "microbatch": 0 if kind in ("F", "B") else None,
+        "worker": worker,
+        "unit": KIND_NAMES[kind],
+        "action": action,
+        "checks": checks,
+        "detection_probability": format_probability(float(d)),
+    }
     shown_d, shown_bound = format_pair(d, bound)
-    description = (f"{'an honest worker' if sdc else 'malicious worker'} {worker} {'suffers silent corruption of' if sdc else 'uses ' + capability + ' on'} "
-                   f"its {KIND_NAMES[kind]} unit; it is detected with probability {shown_d}, "
-                   f"below the required {shown_bound}")
-    return with_dynamics(prover, model, {"#meta": meta(prover, guarantee, description), "params": params(prover.spec),
-            "malicious": _malicious_roles(prover, model, roles), "vars": ["step", "microbatch", "worker", "unit", "action", "checks"],
+    description = (
+        f"{'an honest worker' if sdc else 'malicious worker'} {worker} "
+        f"{'suffers silent corruption of' if sdc else 'uses ' + capability + ' on'} "
+        f"its {KIND_NAMES[kind]} unit; it is detected with probability {shown_d}, "
+        f"below the required {shown_bound}"
+    )
+    return with_dynamics(
+        prover,
+        model,
+        {
+            "#meta": meta(prover, guarantee, description),
+            "params": params(prover.spec),
+            "malicious": _malicious_roles(prover, model, roles),
+            "vars": ["step", "microbatch", "worker", "unit", "action", "checks"],
             "states": [state],
-            "outcome": {"detection_probability": float(d), "required": float(bound)}})
+            "outcome": {"detection_probability": float(d), "required": float(bound)},
+        },
+    )
 
 
-def damage_trace(prover: SolverSession, model: z3.ModelRef, guarantee: Any, rows: list[dict[str, Any]], prob: Prob,
-                 bound: Fraction) -> dict[str, Any]:
+def damage_trace(
+    prover: SolverSession, model: z3.ModelRef, guarantee: Any, rows: list[dict[str, Any]], prob: Prob, bound: Fraction
+) -> dict[str, Any]:
     """Trace of the worst placement for bounded_damage: each malicious worker's strategy."""
     spec = prover.spec
     k = guarantee.max_undetected
     response = spec.defense.response
     if "rollback" in response and "eject" in response:
-        plan, count = "tamper with K+1 consecutive units of its weakest kind, then stop (a detection rolls back its whole try and ejects it)", k + 1
+        plan, count = (
+            "tamper with K+1 consecutive units of its weakest kind, then stop (a detection rolls back its whole try "
+            "and ejects it)",
+            k + 1,
+        )
     elif "rollback" in response:
-        plan, count = ("tamper with its weakest units until its share of K+1 pass in a row, then stop; each detection "
-                       "rolls its units back, it stays in place and starts again, until the horizon ends"), None
+        plan, count = (
+            (
+                "tamper with its weakest units until its share of K+1 pass in a row, then stop; each detection "
+                "rolls its units back, it stays in place and starts again, until the horizon ends"
+            ),
+            None,
+        )
     elif "eject" in response:
-        plan, count = "tamper with its weakest units first, and on until it is caught and ejected (never, where nothing detects it)", None
+        plan, count = (
+            "tamper with its weakest units first, and on until it is caught and ejected (never, where nothing "
+            "detects it)",
+            None,
+        )
     else:
         plan, count = "tamper with every unit it can; nobody is removed", None
     states = []
@@ -197,21 +271,42 @@ def damage_trace(prover: SolverSession, model: z3.ModelRef, guarantee: Any, rows
     for index, row in enumerate(rows):
         kinds = row["kinds"]
         weakest = min(kinds, key=lambda x: kinds[x]["detection"])
-        states.append({"#index": index, "step": 0, "microbatch": 0 if weakest in ("F", "B") else None, "worker": row["worker"],
-                       "unit": KIND_NAMES[weakest], "action": kinds[weakest]["capability"], "count": count,
-                       "detection_probability": format_probability(row["detection"]), "units_available": row["units"]})
+        states.append(
+            {
+                "#index": index,
+                "step": 0,
+                "microbatch": 0 if weakest in ("F", "B") else None,
+                "worker": row["worker"],
+                "unit": KIND_NAMES[weakest],
+                "action": kinds[weakest]["capability"],
+                "count": count,
+                "detection_probability": format_probability(row["detection"]),
+                "units_available": row["units"],
+            }
+        )
         name = str(row["worker"]).split(" ", 1)[0]
         roles[world.by_name(name).index] = "tamperer"
-    description = (f"{len(rows)} malicious worker(s) each {plan}: more than {k} tampered units stay undetected with "
-                   f"probability {format_comparison(prob, '>', bound)}")
-    return with_dynamics(prover, model, {"#meta": meta(prover, guarantee, description), "params": params(spec),
+    description = (
+        f"{len(rows)} malicious worker(s) each {plan}: more than {k} tampered units stay undetected with "
+        f"probability {format_comparison(prob, '>', bound)}"
+    )
+    return with_dynamics(
+        prover,
+        model,
+        {
+            "#meta": meta(prover, guarantee, description),
+            "params": params(spec),
             "malicious": _malicious_roles(prover, model, roles),
-            "vars": ["step", "microbatch", "worker", "unit", "action", "count"], "states": states,
-            "outcome": {"probability": prob.value, "bound": float(bound), "max_undetected": k, "strategy": plan}})
+            "vars": ["step", "microbatch", "worker", "unit", "action", "count"],
+            "states": states,
+            "outcome": {"probability": prob.value, "bound": float(bound), "max_undetected": k, "strategy": plan},
+        },
+    )
 
 
-def framing_trace(prover: SolverSession, model: z3.ModelRef, guarantee: Any, mechanism: str, victim: int,
-                  attackers: list[int]) -> dict[str, Any]:
+def framing_trace(
+    prover: SolverSession, model: z3.ModelRef, guarantee: Any, mechanism: str, victim: int, attackers: list[int]
+) -> dict[str, Any]:
     """Trace of an honest worker being blamed."""
     enc, world = prover.enc, prover.enc.world
     name = world.workers[victim].name
@@ -224,26 +319,86 @@ def framing_trace(prover: SolverSession, model: z3.ModelRef, guarantee: Any, mec
     if mechanism == "equivocation":
         up = holder_name(prover, model, active[0])
         checker = world.workers[world.primary(s + 1, r)].name
-        states.append({"#index": 0, "step": 0, "microbatch": 0, "worker": up, "unit": "forward", "action": "equivocate",
-                       "detail": f"sends activation X to {name} and a different X' to {checker}, {name}'s checker"})
-        states.append({"#index": 1, "step": 0, "microbatch": 0, "worker": checker, "unit": "forward", "action": "recompute",
-                       "detail": f"recomputes {name}'s forward from X', finds a mismatch and blames {name} (no receipts show that {up} sent two messages)"})
+        states.append(
+            {
+                "#index": 0,
+                "step": 0,
+                "microbatch": 0,
+                "worker": up,
+                "unit": "forward",
+                "action": "equivocate",
+                "detail": f"sends activation X to {name} and a different X' to {checker}, {name}'s checker",
+            }
+        )
+        states.append(
+            {
+                "#index": 1,
+                "step": 0,
+                "microbatch": 0,
+                "worker": checker,
+                "unit": "forward",
+                "action": "recompute",
+                "detail": f"recomputes {name}'s forward from X', finds a mismatch and blames {name} "
+                f"(no receipts show that {up} sent two messages)",
+            }
+        )
     elif mechanism.startswith("false accusation"):
         accuser = holder_name(prover, model, active[0]) if active else "a malicious worker"
-        states.append({"#index": 0, "step": 0, "microbatch": 0, "worker": accuser, "unit": "forward", "action": "false_accuse",
-                       "detail": f"claims that {name}'s forward unit failed its check; "
-                                 + ("without receipts nothing shows the unit was right" if not _true(model, enc.receipts) else "no trusted referee re-executes the unit")})
+        states.append(
+            {
+                "#index": 0,
+                "step": 0,
+                "microbatch": 0,
+                "worker": accuser,
+                "unit": "forward",
+                "action": "false_accuse",
+                "detail": f"claims that {name}'s forward unit failed its check; "
+                + (
+                    "without receipts nothing shows the unit was right"
+                    if not _true(model, enc.receipts)
+                    else "no trusted referee re-executes the unit"
+                ),
+            }
+        )
     elif mechanism == "outvoting":
         voters = ", ".join(holder_name(prover, model, a) for a in active)
-        states.append({"#index": 0, "step": 0, "microbatch": 0, "worker": voters, "unit": "forward", "action": "tamper_activations",
-                       "detail": f"{voters} return the same wrong output; the vote in slot {s}:{r} goes against honest {name}"})
+        states.append(
+            {
+                "#index": 0,
+                "step": 0,
+                "microbatch": 0,
+                "worker": voters,
+                "unit": "forward",
+                "action": "tamper_activations",
+                "detail": f"{voters} return the same wrong output; the vote in slot {s}:{r} goes against honest {name}",
+            }
+        )
     else:
-        states.append({"#index": 0, "step": 0, "microbatch": 0, "worker": "coordinator", "unit": "forward", "action": "false_accuse",
-                       "detail": f"the untrusted coordinator reports that {name} failed a check; without receipts its word is the only evidence"})
+        states.append(
+            {
+                "#index": 0,
+                "step": 0,
+                "microbatch": 0,
+                "worker": "coordinator",
+                "unit": "forward",
+                "action": "false_accuse",
+                "detail": f"the untrusted coordinator reports that {name} failed a check; without receipts its word "
+                "is the only evidence",
+            }
+        )
     description = f"honest worker {name} is blamed through {mechanism}"
-    return with_dynamics(prover, model, {"#meta": meta(prover, guarantee, description), "params": params(prover.spec),
-            "malicious": _malicious_roles(prover, model, roles), "vars": ["step", "microbatch", "worker", "unit", "action", "detail"],
-            "states": states, "outcome": {"blamed": name, "mechanism": mechanism}})
+    return with_dynamics(
+        prover,
+        model,
+        {
+            "#meta": meta(prover, guarantee, description),
+            "params": params(prover.spec),
+            "malicious": _malicious_roles(prover, model, roles),
+            "vars": ["step", "microbatch", "worker", "unit", "action", "detail"],
+            "states": states,
+            "outcome": {"blamed": name, "mechanism": mechanism},
+        },
+    )
 
 
 def liveness_trace(prover: SolverSession, model: z3.ModelRef, guarantee: Any, parts: dict[str, Any]) -> dict[str, Any]:
@@ -264,21 +419,41 @@ def liveness_trace(prover: SolverSession, model: z3.ModelRef, guarantee: Any, pa
             w = catchable[0] if catchable else malicious[0]
             verb = "tamperer"
             response = [r for r in ("rollback", "restart") if _true(model, enc.response[r])]
-            detail = f"tampers at every step; each tamper is detected with certainty and the step is {'/'.join(response) or 'redone'}, forever"
+            detail = (
+                "tampers at every step; each tamper is detected with certainty and the step is "
+                f"{'/'.join(response) or 'redone'}, forever"
+            )
         name = world.workers[w].name
         roles[w] = verb
         if not world.workers[w].computing:
             # A standby worker: a crash empties a position first, and it takes the position over.
             target = world.workers[world.primary(0, 0)].name
-            states.append({"#index": 0, "step": 0, "worker": target, "action": "crash",
-                           "detail": f"crash-stops; standby worker {name} takes its position"})
+            states.append(
+                {
+                    "#index": 0,
+                    "step": 0,
+                    "worker": target,
+                    "action": "crash",
+                    "detail": f"crash-stops; standby worker {name} takes its position",
+                }
+            )
             events["crashed"].append(target)
             events["entered"].append({"position": target, "standby": name, "malicious": True})
-        states.append({"#index": len(states), "step": 0, "worker": name, "action": "withhold" if verb == "withholds" else "tamper",
-                       "detail": detail})
-        description = (f"worker {name} withholds and the job waits for it forever" if verb == "withholds" else
-                       f"worker {name} forces a {'/'.join([r for r in ('rollback', 'restart') if _true(model, enc.response[r])]) or 'restart'} "
-                       "at every step: no progress")
+        states.append(
+            {
+                "#index": len(states),
+                "step": 0,
+                "worker": name,
+                "action": "withhold" if verb == "withholds" else "tamper",
+                "detail": detail,
+            }
+        )
+        forced = "/".join(r for r in ("rollback", "restart") if _true(model, enc.response[r])) or "restart"
+        description = (
+            f"worker {name} withholds and the job waits for it forever"
+            if verb == "withholds"
+            else f"worker {name} forces a {forced} at every step: no progress"
+        )
     else:
         index = 0
         crashes = sum(1 for c in enc.crash if _true(model, c))
@@ -288,27 +463,54 @@ def liveness_trace(prover: SolverSession, model: z3.ModelRef, guarantee: Any, pa
             if removable is not None and _true(model, removable):
                 roles[w] = "gets itself ejected"
                 events["ejected"].append(world.workers[w].name)
-                states.append({"#index": index, "worker": world.workers[w].name, "action": "tamper or withhold",
-                               "detail": "is detected (or goes silent) and is ejected"})
+                states.append(
+                    {
+                        "#index": index,
+                        "worker": world.workers[w].name,
+                        "action": "tamper or withhold",
+                        "detail": "is detected (or goes silent) and is ejected",
+                    }
+                )
                 index += 1
         for i, w in enumerate(world.standby_workers):
             if _true(model, parts["standby_removable"][i]):
                 roles[w] = "gets itself ejected after taking over"
-                states.append({"#index": index, "worker": world.workers[w].name, "action": "tamper or withhold",
-                               "detail": "takes over an emptied slot, then is ejected in turn"})
+                states.append(
+                    {
+                        "#index": index,
+                        "worker": world.workers[w].name,
+                        "action": "tamper or withhold",
+                        "detail": "takes over an emptied slot, then is ejected in turn",
+                    }
+                )
                 index += 1
         for r in framed:
-            states.append({"#index": index, "replica": r, "action": "frame",
-                           "detail": f"honest workers of replica {r} (and every standby that replaces them) are framed and ejected"})
+            states.append(
+                {
+                    "#index": index,
+                    "replica": r,
+                    "action": "frame",
+                    "detail": f"honest workers of replica {r} (and every standby that replaces them) are framed "
+                    "and ejected",
+                }
+            )
             index += 1
-        for c in range(crashes):
+        for _ in range(crashes):
             states.append({"#index": index, "action": "crash", "detail": "a worker crash-stops"})
             index += 1
         standby = sum(1 for b in enc.standby if _true(model, b))
-        description = (f"{_n(len(states), 'removal')} ({_n(crashes, 'crash', 'crashes')}) against {_n(world.replicas, 'replica')} "
-                       f"and {_n(standby, 'standby worker')}: every replica loses a stage")
+        description = (
+            f"{_n(len(states), 'removal')} ({_n(crashes, 'crash', 'crashes')}) against {_n(world.replicas, 'replica')} "
+            f"and {_n(standby, 'standby worker')}: every replica loses a stage"
+        )
     # Liveness is decided on an encoding without the occupancy summary: its events are the
     # removals listed above.
-    return {"#meta": meta(prover, guarantee, description), "params": params(prover.spec),
-            "malicious": _malicious_roles(prover, model, roles), "vars": ["worker", "action", "detail"], "states": states,
-            "outcome": {"progress": False}, "dynamics": events}
+    return {
+        "#meta": meta(prover, guarantee, description),
+        "params": params(prover.spec),
+        "malicious": _malicious_roles(prover, model, roles),
+        "vars": ["worker", "action", "detail"],
+        "states": states,
+        "outcome": {"progress": False},
+        "dynamics": events,
+    }

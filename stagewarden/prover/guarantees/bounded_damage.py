@@ -7,6 +7,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import z3
+
 from stagewarden.prover import trace as tr
 from stagewarden.prover.damage import Damage, Try, damage, units_per_kind
 from stagewarden.prover.encoding import CAPABILITY_KINDS, KINDS

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from fractions import Fraction
+from typing import Any
 
 import z3
+
 from stagewarden.prover.encoding import CAPABILITY_KINDS, KINDS, SDC, Effect
 from stagewarden.prover.explain import assumption_ref
 from stagewarden.prover.fastz3 import Term, at_least, at_most, conj, disj, holds_in, neg, to_z3
@@ -16,6 +18,7 @@ from stagewarden.spec import (
     LoadedSpec,
     RobustAggregationCheck,
 )
+from stagewarden.spec.model import Guarantee
 
 
 class GuaranteeChecks(SolverSession):
@@ -25,7 +28,7 @@ class GuaranteeChecks(SolverSession):
     # -- shared pieces ----------------------------------------------------------------------
 
     def _holds(
-        self, guarantee: object, build_goal: Callable[[], Term], summary: str, **extra: object
+        self, guarantee: Guarantee, build_goal: Callable[[], Term], summary: str, **extra: Any
     ) -> GuaranteeResult:
         """A holds verdict, explained by a minimal core of the violation goal, rebuilt on the
         symbolic encoding (where every spec fact is guarded by an assumption literal)."""
@@ -33,12 +36,12 @@ class GuaranteeChecks(SolverSession):
             core = self._minimal_core(build_goal(), effort=True)
             refs = [assumption_ref(self.enc, a) for a in core or []]
         result = GuaranteeResult(
-            guarantee.id,  # type: ignore[attr-defined]
-            guarantee.kind,  # type: ignore[attr-defined]
+            guarantee.id,
+            guarantee.kind,
             HOLDS,
             summary,
             assumptions=refs,
-            **extra,  # type: ignore[arg-type]
+            **extra,
         )
         if core is None:
             result.notes.append(
@@ -54,7 +57,7 @@ class GuaranteeChecks(SolverSession):
     def _adversary_goal(self) -> Term:
         return disj(self.enc.malicious_computing())
 
-    def _trivial(self, guarantee: object, extra: Callable[[], Term] | None = None) -> GuaranteeResult | None:
+    def _trivial(self, guarantee: Guarantee, extra: Callable[[], Term] | None = None) -> GuaranteeResult | None:
         """Holds trivially when no placement gives the adversary a computing worker."""
 
         def goal() -> Term:
@@ -73,14 +76,26 @@ class GuaranteeChecks(SolverSession):
         (also with any assumption dropped). Local goals then only need replica 0's units."""
         return all(isinstance(ref, int) for ref in [*self.spec.trust.honest, *self.spec.trust.tee])
 
+    def framing_mechanisms(self, replica: int | None = None) -> list[tuple[str, int, list[int], Term]]:
+        """Every way an honest worker can be blamed: (mechanism, victim, framers, condition).
+
+        With ``replica`` only victims in that replica are listed.
+        """
+        world = self.enc.world
+        return [
+            (f.mechanism, f.victim, list(f.framers), f.condition)
+            for f in self.enc.framings
+            if replica is None or world.workers[f.victim].replica == replica
+        ]
+
     def _local_workers(self) -> list[int]:
         """The computing workers a goal about a single unit or victim must look at: replica 0's
         when replicas are alike, else all."""
         world = self.enc.world
         return [w for w in world.computing if not self._replicas_alike or world.workers[w].replica == 0]
 
-    def _targets(self, capabilities: list[str]) -> list[tuple[int, str, str]]:
-        out = []
+    def _targets(self, capabilities: Sequence[str]) -> list[tuple[int, str, str]]:
+        out: list[tuple[int, str, str]] = []
         computing = self._local_workers()
         for c in capabilities:
             kinds = CAPABILITY_KINDS[c][:1] if c == "equivocate" else CAPABILITY_KINDS[c]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from stagewarden.prover import trace as tr
-from stagewarden.prover.fastz3 import Term, disj, holds_in
+from stagewarden.prover.fastz3 import disj, holds_in
 from stagewarden.prover.guarantees.common import GuaranteeChecks
 from stagewarden.prover.verdict import VIOLATED, GuaranteeResult
 from stagewarden.spec import (
@@ -15,18 +15,6 @@ class NoFramingCheck(GuaranteeChecks):
     """The ``no_framing`` guarantee: no honest worker can be blamed."""
 
     # -- no framing ---------------------------------------------------------------------------
-
-    def framing_mechanisms(self, replica: int | None = None) -> list[tuple[str, int, list[int], Term]]:
-        """Every way an honest worker can be blamed: (mechanism, victim, framers, condition).
-
-        With ``replica`` only victims in that replica are listed.
-        """
-        world = self.enc.world
-        return [
-            (f.mechanism, f.victim, list(f.framers), f.condition)
-            for f in self.enc.framings
-            if replica is None or world.workers[f.victim].replica == replica
-        ]
 
     def _no_framing(self, g: NoFramingGuarantee) -> GuaranteeResult:
         scope = 0 if self._replicas_alike else None

@@ -81,8 +81,8 @@ class OverheadCheck(GuaranteeChecks):
             which = []
             if over_c:
                 which.append(f"extra compute {format_comparison(compute, '>', limit_c, 'cost')}")
-            if over_m:
-                which.append(f"extra memory {format_comparison(memory, '>', limit_m, 'cost')}")  # type: ignore[arg-type]
+            if limit_m is not None and memory > limit_m:
+                which.append(f"extra memory {format_comparison(memory, '>', limit_m, 'cost')}")
             trace = {
                 "#meta": tr.meta(self, g, "; ".join(which)),
                 "params": tr.params(self.spec),
