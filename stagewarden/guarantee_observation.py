@@ -16,7 +16,7 @@ from typing import Any
 from stagewarden.attest.run_record import RunRecord
 from stagewarden.confidence import clopper_pearson
 from stagewarden.run_history import RunHistory, Unit, detected, tampered_units
-from stagewarden.spec import LoadedSpec
+from stagewarden.spec import BoundedDamageGuarantee, LoadedSpec
 
 #: Outcomes of comparing a guarantee with a run.
 CONSISTENT = "consistent"
@@ -170,7 +170,7 @@ def observe_guarantees(
             outcome, detail = NOT_CHECKABLE, outside
         elif tally is None:
             outcome, detail = NOT_CHECKABLE, "events.jsonl is missing: which computations were kept is unknown"
-        elif kind == "bounded_damage":
+        elif isinstance(guarantee, BoundedDamageGuarantee):
             k, n = guarantee.max_undetected, len(tally.in_model)
             outcome = BROKEN if n > k else CONSISTENT
             detail = f"{n} tampered unit(s) stayed in the model undetected (K = {k})"

@@ -10,7 +10,14 @@ from rich.text import Text
 from stagewarden.prover.diff import ADDED, CHANGED, IMPROVED, REGRESSED, REMOVED, UNCHANGED, DiffResult
 from stagewarden.render import trace_lines
 
-_STYLE = {REGRESSED: "bold red", IMPROVED: "green", CHANGED: "yellow", ADDED: "cyan", REMOVED: "magenta", UNCHANGED: "dim"}
+_STYLE = {
+    REGRESSED: "bold red",
+    IMPROVED: "green",
+    CHANGED: "yellow",
+    ADDED: "cyan",
+    REMOVED: "magenta",
+    UNCHANGED: "dim",
+}
 
 
 def print_diff(console: Console, diff: DiffResult) -> None:
@@ -22,12 +29,21 @@ def print_diff(console: Console, diff: DiffResult) -> None:
         table.add_column(column)
     for entry in diff.entries:
         label = entry.change + (" (regression)" if entry.change == ADDED and entry.regression else "")
-        table.add_row(entry.id, entry.kind, entry.old_verdict or "-", entry.new_verdict or "-", Text(label, style=_STYLE[entry.change]))
+        table.add_row(
+            entry.id,
+            entry.kind,
+            entry.old_verdict or "-",
+            entry.new_verdict or "-",
+            Text(label, style=_STYLE[entry.change]),
+        )
     console.print(table)
     for entry in diff.changes:
         console.print()
         mark = "✘" if entry.regression else "•"
-        line = Text(f"{mark} {entry.id} {entry.change}: {entry.old_verdict or 'absent'} -> {entry.new_verdict or 'absent'}", style=_STYLE[entry.change])
+        line = Text(
+            f"{mark} {entry.id} {entry.change}: {entry.old_verdict or 'absent'} -> {entry.new_verdict or 'absent'}",
+            style=_STYLE[entry.change],
+        )
         console.print(line)
         if entry.new is not None:
             console.print(Text(f"    new: {entry.new.summary}"))
@@ -41,5 +57,13 @@ def print_diff(console: Console, diff: DiffResult) -> None:
             console.print(Text(f"    reason: {entry.new.reason}"))
     console.print()
     counts = [f"{len(diff.of(c))} {c}" for c in (REGRESSED, IMPROVED, CHANGED, ADDED, REMOVED, UNCHANGED) if diff.of(c)]
-    verdict = "no guarantee got worse" if not diff.regressions else f"{len(diff.regressions)} regression{'s' if len(diff.regressions) != 1 else ''}"
-    console.print(Text(f"{', '.join(counts) or 'no guarantees'}: {verdict}", style="bold red" if diff.regressions else "bold green"))
+    verdict = (
+        "no guarantee got worse"
+        if not diff.regressions
+        else f"{len(diff.regressions)} regression{'s' if len(diff.regressions) != 1 else ''}"
+    )
+    console.print(
+        Text(
+            f"{', '.join(counts) or 'no guarantees'}: {verdict}", style="bold red" if diff.regressions else "bold green"
+        )
+    )

@@ -14,10 +14,10 @@ from pathlib import Path
 from stagewarden.attest.files import publish_dir
 from stagewarden.prover import Report, verify
 from stagewarden.report import calibration_pages, pages, replay_pages, run_pages
+from stagewarden.report.attestation_kinds import tee_notice
 from stagewarden.report.calibration import Calibration, read_calibration
 from stagewarden.report.errors import ReportError
 from stagewarden.report.headline import headline_section
-from stagewarden.report.modelling import TEE_NOTICE
 from stagewarden.report.paper import PaperReproduction, paper_page, read_paper
 from stagewarden.report.replays import ReplayData, read_replay
 from stagewarden.report.runs import RunData, read_run
@@ -63,8 +63,10 @@ def write_project(
     templates = resources.files("stagewarden.report").joinpath("templates")
     for name, where in (("page.html", "_templates"), ("stagewarden.css", "_static")):
         (folder / where / name).write_text(templates.joinpath(name).read_text(encoding="utf-8"), encoding="utf-8")
+    every_run = list(runs) + [run for replay in replays for run in replay.runs]
+    notice = tee_notice(every_run)  # what the runs' verified results show, on every page
     project = f"Security report: {loaded.spec.name}"
-    (folder / "conf.py").write_text(_CONF.format(project=project, notice=TEE_NOTICE), encoding="utf-8")
+    (folder / "conf.py").write_text(_CONF.format(project=project, notice=notice), encoding="utf-8")
     ctx = pages.Context(loaded, report, folder)
     writers = {
         "guarantees": pages.guarantees_page,
@@ -76,7 +78,6 @@ def write_project(
     for name, write in writers.items():
         (folder / f"{name}.rst").write_text(write(ctx), encoding="utf-8")
     contents = list(writers)
-    every_run = list(runs) + [run for replay in replays for run in replay.runs]
     if every_run:
         contents += run_pages.write_runs(ctx, every_run)
     if replays:
@@ -89,7 +90,7 @@ def write_project(
     if paper is not None:
         (folder / "paper.rst").write_text(paper_page(ctx, paper), encoding="utf-8")
         contents.append("paper")
-    (folder / "modelling.rst").write_text(pages.modelling_page(), encoding="utf-8")
+    (folder / "modelling.rst").write_text(pages.modelling_page(notice), encoding="utf-8")
     contents.append("modelling")
     index = pages.index_page(
         ctx,

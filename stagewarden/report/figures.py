@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
+
 from stagewarden.prover import check_graph
 from stagewarden.report.sweeps import Sweep
 from stagewarden.spec import Spec, parse_worker

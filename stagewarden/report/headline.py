@@ -11,8 +11,7 @@ from stagewarden.report.runs import RunData
 
 
 def _steps(run: RunData) -> int:
-    value = run.summary.get("steps_completed", run.summary.get("steps", 0))
-    return value if isinstance(value, int) else 0
+    return run.training.steps_completed
 
 
 def _check_name(check: Any) -> str:
@@ -20,21 +19,19 @@ def _check_name(check: Any) -> str:
     return names.get(str(check), f"the {rst.text(str(check).replace('_', ' '))} check" if check else "a check")
 
 
-def _response(run: RunData, step: Any) -> str:
+def _response(run: RunData, step: int) -> str:
     """What the run did about the detection at ``step``: its response plan, in words."""
-    for response in run.summary.get("responses", []):
-        if not isinstance(response, dict) or response.get("step") != step:
+    for response in run.training.responses:
+        if response.step != step:
             continue
-        given = response.get("plan")
-        plan: dict[str, Any] = given if isinstance(given, dict) else response
-        kind = plan.get("response")
-        parts = [f"response {rst.text(kind)}" if kind else "a response"]
-        if plan.get("ejected"):
-            parts.append(f"{rst.text(plan['ejected'])} ejected")
-        if plan.get("standby") is not None and plan.get("stage") is not None:
-            parts.append(f"standby {rst.text(plan['standby'])} took stage {rst.text(plan['stage'])}")
-        if plan.get("checkpoint_step") is not None:
-            parts.append(f"training resumed from the verified checkpoint of step {rst.text(plan['checkpoint_step'])}")
+        plan = response.plan
+        parts = [f"response {rst.text(plan.response)}"]
+        if plan.ejected:
+            parts.append(f"{rst.text(plan.ejected)} ejected")
+        if plan.standby is not None:
+            parts.append(f"standby {rst.text(plan.standby)} took stage {rst.text(plan.stage)}")
+        if plan.checkpoint_step is not None:
+            parts.append(f"training resumed from the verified checkpoint of step {rst.text(plan.checkpoint_step)}")
         return "; then " + ", ".join(parts)
     return ""
 
@@ -50,21 +47,20 @@ def _audit(run: RunData) -> str:
 
 def run_headline(run: RunData) -> str:
     """One run in a sentence or two of reStructuredText."""
-    steps, status = _steps(run), str(run.summary.get("status", "?"))
+    steps, status = _steps(run), run.training.status
     attack = run.attack
-    detections = sorted(run.detections, key=lambda d: d.get("step") if isinstance(d.get("step"), int) else 0)
+    detections = sorted(run.detections, key=lambda d: d.step)
     end = f"The run {rst.text(status)} after {steps} steps; {_audit(run)}."
     if not detections:
         if attack is None:
             return f"no attack and no detection in {steps} steps. {end}"
         return f"the attack ({rst.text(run.attack_text)}) was **not detected** in {steps} steps. {end}"
     first = detections[0]
-    step = first.get("step")
-    unit = f"{rst.text(first.get('unit_kind'))} unit" if first.get("unit_kind") else "unit"
-    batch = first.get("microbatch")
-    where = f"at step {rst.text(step)}" + (f", micro-batch {rst.text(batch)}" if batch is not None else "")
-    caught = f"{_check_name(first.get('check'))} caught worker {rst.text(first.get('worker', '?'))} {where} ({unit})"
-    if attack is not None and isinstance(step, int):
+    step = first.step
+    unit = f"{rst.text(first.unit_kind)} unit"
+    where = f"at step {rst.text(step)}, micro-batch {rst.text(first.microbatch)}"
+    caught = f"{_check_name(first.check)} caught worker {rst.text(first.worker)} {where} ({unit})"
+    if attack is not None:
         start = int(attack.get("start", 0) or 0)
         lag = step - start
         when = "in the step it began" if lag == 0 else f"{lag} step{'s' if lag != 1 else ''} after it began"

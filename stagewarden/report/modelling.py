@@ -1,19 +1,53 @@
 """The modelling assumptions every report states: what the verdicts rest on beyond the spec's own
-lines (the prover's model, see the documentation's "The prover's model" page) and what the
-runtime's attestation is (a software model)."""
+lines (the prover's model, see the documentation's "The prover's model" page) and what the runs'
+TEE attestation establishes, in the words of the kind their verified results show (see
+:mod:`stagewarden.report.attestation_kinds`): a software model with a simulated vendor, or Intel
+TDX/SGX quotes verified against Intel's collateral."""
 
 from __future__ import annotations
 
-#: Shown on every page of every report.
+#: The notice on every page of a report whose runs attested with the simulated TEE (or of a report
+#: without runs).
 TEE_NOTICE = (
     "TEE attestation here is a software model: a simulated hardware vendor, simulated devices and "
     "their evidence. It exercises the protocol (certificate chains, nonces, key binding, "
     "measurements, TCB status, expiry) but proves nothing about real hardware."
 )
 
-#: The modelling assumptions behind every verdict, each with where the documentation states it.
+#: What admission with Intel quotes (the ``dcap`` kind) establishes and what it does not.
+DCAP_ADMISSION = (
+    "workers admitted with Intel TDX/SGX quotes, each verified with dcap-qvl against Intel's collateral "
+    "(the quote's signature chain to Intel's root CA, the platform's TCB status, the measurements under "
+    "the run's policy, and the report data that binds the worker's receipt key). That does not prove that "
+    "no TEE was compromised (a hardware or firmware flaw, a leaked attestation key): the spec's "
+    "adversary.tee_compromise models that. The report checks each EAR result against the run's verifier "
+    "key; it does not verify the quotes again"
+)
+
+#: The notice on every page of a report whose every run attested with Intel quotes.
+DCAP_NOTICE = f"TEE attestation here is Intel TDX/SGX (DCAP), not a software model: {DCAP_ADMISSION}."
+
+#: The simulated kind, in a notice that names which runs used which kind.
+SIMULATED_ADMISSION = (
+    "a software model of TEE attestation (a simulated hardware vendor, simulated devices and their "
+    "evidence) that proves nothing about real hardware"
+)
+
+#: Runs whose results name Intel quotes but do not all verify, in such a notice.
+UNVERIFIED_ADMISSION = (
+    "attestation results that name Intel quotes but do not all verify against the run's verifier key "
+    "(or whose audit rejects them), so the report vouches for no TEE there"
+)
+
+#: Runs without any attestation result, in such a notice.
+UNATTESTED_ADMISSION = "no attestation result: no worker was admitted by attestation"
+
+#: How such a notice begins.
+MIXED_OPENING = "TEE attestation differs between the runs of this report."
+
+#: The modelling assumptions behind every verdict besides what the runs' attestation is (the
+#: report's notice, which leads the list), each with where the documentation states it.
 ASSUMPTIONS: tuple[tuple[str, str], ...] = (
-    (TEE_NOTICE, "attestation"),
     (
         "A ``tee`` entry counts only with ``defense.attestation: true`` and ``adversary.tee_compromise: false``; "
         "a TEE verifier is a separate enclave outside the worker set.",

@@ -12,15 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stagewarden._version import __version__
 from stagewarden.prover import GuaranteeResult, Report, check_graph
 from stagewarden.prover.figure_text import format_figure
+from stagewarden.render import acting_malicious, listed_assumptions
 from stagewarden.report import figures, rst, sweeps
 from stagewarden.report.modelling import ASSUMPTIONS
 from stagewarden.report.taxonomy import FAMILIES, classify
 from stagewarden.spec import BoundedDamageGuarantee, DetectionGuarantee, LoadedSpec, probability_fraction
-
-from stagewarden._version import __version__
-from stagewarden.render import acting_malicious, listed_assumptions
 
 SPEC_FILE = "spec.txt"
 VERDICT_MARK = {"holds": "holds", "violated": "**violated**", "unknown": "*unknown*", "vacuous": "**vacuous**"}
@@ -471,14 +470,17 @@ def taxonomy_page(ctx: Context) -> str:
     return "\n".join(out)
 
 
-def modelling_page() -> str:
-    """The modelling assumptions behind every verdict."""
+def modelling_page(notice: str) -> str:
+    """The modelling assumptions behind every verdict, led by ``notice``: what the runs' attestation
+    is (plain text, as the banner states it)."""
     out = [
         rst.heading("Modelling assumptions", "="),
         "Beyond the spec lines each proof names, every verdict of this report rests on the prover's model. "
         "Where the world differs from it, so may the conclusion.",
         "",
+        f"1. {rst.text(notice)} (documentation: attestation)",
+        "",
     ]
-    for number, (statement, source) in enumerate(ASSUMPTIONS, start=1):
+    for number, (statement, source) in enumerate(ASSUMPTIONS, start=2):
         out += [f"{number}. {statement} (documentation: {rst.text(source)})", ""]
     return "\n".join(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pygments.lexers import get_lexer_by_name
 from pygments.token import Error
+
 from stagewarden.report import rst
 from stagewarden.report.pages import Context
 from stagewarden.report.replays import ReplayData, ReplayRun

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
 from stagewarden.report.calibration import Calibration, CalibrationRow
 from stagewarden.report.figures import CATCHES, TAMPER, save
 from stagewarden.report.latency import Latency, geometric_pmf

@@ -9,11 +9,11 @@ from typing import Any
 
 from stagewarden.attest.errors import ErrorCode
 from stagewarden.report import rst, run_figures
+from stagewarden.report.attestation_kinds import AttestationKind, run_attestation_kind
 from stagewarden.report.latency import Latency, observed_latency
 from stagewarden.report.pages import Context
 from stagewarden.report.runs import RunData
 from stagewarden.report.sweeps import detection_at_rate
-
 from stagewarden.run_outcome import attack_outcome, status_line
 
 
@@ -302,13 +302,28 @@ def run_page(ctx: Context, run: RunData, index: int) -> str:
 
 
 def _evidence_source(run: RunData) -> str:
-    """What the run's workers attested with: the simulated TEE, or Intel quotes (the dcap kind)."""
-    if run.config.get("attestation_kind") == "dcap":
-        return (
+    """What the run's verified results show its workers attested with (never what its summary claims)."""
+    kind = run_attestation_kind(run)
+    if kind is AttestationKind.DCAP:
+        said = (
             "The evidence is Intel TDX/SGX quotes, verified against Intel's PKI with dcap-qvl and appraised "
-            "under the run's DCAP policy; the results are EAR tokens."
+            "under the run's DCAP policy; the results are EAR tokens, and every one verifies."
         )
-    return "The evidence and the verifier are the simulated TEE."
+    elif kind is AttestationKind.SIMULATED:
+        said = "The evidence and the verifier are the simulated TEE."
+    elif kind is AttestationKind.UNVERIFIED:
+        said = (
+            "The results name Intel TDX/SGX quotes (EAR tokens), but not every worker holds one that verifies "
+            "and that the audit accepts (see the table and the audit below), so this report does not say the "
+            "workers were admitted with Intel quotes."
+        )
+    else:
+        said = "No worker holds an attestation result."
+    if run.config.get("attestation_kind") == "dcap" and kind is not AttestationKind.DCAP:
+        said += (
+            " The run's summary.json names the dcap kind; nothing checks that field, so the report goes by the results."
+        )
+    return said
 
 
 def _audit(run: RunData) -> list[str]:

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from nacl.signing import VerifyKey
+
 from stagewarden.attest import AttestError, AuditReport, FixedClock, audit_run_dir, parse_evidence
-from stagewarden.attest.binary import check_id
 from stagewarden.attest.ear import EarResult, is_ear_token, parse_ear_unverified, verify_ear
 from stagewarden.attest.result import AttestationResult, parse_result_unverified, verify_result
+from stagewarden.attest.run_record import RunRecord, TrainingRecord
+from stagewarden.attest.run_record_parts import SignedDetection
 from stagewarden.attest.rundir import ATTESTATION_DIR, RunDir, RunDirError
 from stagewarden.report.errors import ReportError
 
@@ -71,8 +73,10 @@ class RunData:
     Attributes:
         path: the run directory.
         name: a short name (the directory's name).
-        summary: ``summary.json`` as JSON.
-        config: the run configuration (``summary["config"]``), empty when absent.
+        record: ``summary.json``, the run record.
+        training: what the training runtime recorded (the record's training part).
+        config: the run configuration (``training.config``), a JSON object in the format that
+            :meth:`stagewarden.runtime.config.RunConfig.from_json` reads.
         metrics: the rows of ``metrics.csv`` (``step``, ``loss``, ``tokens_per_second``, ...).
         events: the records of ``events.jsonl`` in order.
         attestations: one row per worker.
@@ -83,7 +87,8 @@ class RunData:
 
     path: Path
     name: str
-    summary: dict[str, Any]
+    record: RunRecord
+    training: TrainingRecord
     config: dict[str, Any]
     metrics: list[dict[str, float]]
     events: list[dict[str, Any]]
@@ -105,10 +110,9 @@ class RunData:
         )
 
     @property
-    def detections(self) -> list[dict[str, Any]]:
-        """The run's detections (from the summary)."""
-        detections = self.summary.get("detections", [])
-        return [d for d in detections if isinstance(d, dict)] if isinstance(detections, list) else []
+    def detections(self) -> list[SignedDetection]:
+        """The run's detections (from its record)."""
+        return self.training.detections
 
     @property
     def short_name(self) -> str:
@@ -180,11 +184,9 @@ def _events(path: Path) -> list[dict[str, Any]]:
     return events
 
 
-def _attestations(run: RunDir, summary: dict[str, Any]) -> list[AttestationRow]:
+def _attestations(run: RunDir, training: TrainingRecord) -> list[AttestationRow]:
     names = [w.id for w in run.summary.workers]
-    standby = summary.get("standby", [])
-    # Worker ids are identifiers (safe file names); anything else in the list names no attestation file.
-    names += [s for s in standby if _is_id(s) and s not in names] if isinstance(standby, list) else []
+    names += [s for s in training.standby if s not in names]
     folder = run.path / ATTESTATION_DIR
     names += sorted(p.stem for p in folder.glob("*.evidence") if p.stem not in names) if folder.is_dir() else []
     try:
@@ -243,14 +245,6 @@ def _attestations(run: RunDir, summary: dict[str, Any]) -> list[AttestationRow]:
     return rows
 
 
-def _is_id(value: Any) -> bool:
-    try:
-        check_id(value, "worker id")
-    except ValueError:
-        return False
-    return True
-
-
 def _audit(path: Path) -> AuditOutcome:
     try:
         return AuditOutcome(audit_run_dir(path))
@@ -269,15 +263,18 @@ def read_run(path: str | Path) -> RunData:
         run = RunDir(folder)
     except RunDirError as exc:
         raise ReportError(f"--run {folder}: {exc}") from None
-    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    config = summary.get("config") if isinstance(summary.get("config"), dict) else {}
+    try:
+        training = run.summary.require_training()
+    except RunDirError as exc:
+        raise ReportError(f"--run {folder}: {exc.message}") from None
     return RunData(
         path=folder.resolve(),
         name=folder.resolve().name,
-        summary=summary,
-        config=config,
+        record=run.summary,
+        training=training,
+        config=training.config,
         metrics=_metrics(folder / METRICS_FILE),
         events=_events(folder / EVENTS_FILE),
-        attestations=_attestations(run, summary),
+        attestations=_attestations(run, training),
         audit=_audit(folder),
     )
