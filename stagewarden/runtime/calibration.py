@@ -97,8 +97,8 @@ def reexecute_calibration_unit(
     config: RunConfig, stage: int, weights: Mapping[str, torch.Tensor], inputs: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """The coordinator's own execution of a calibration unit (:func:`calibration_outputs`'s
-    outputs, under the same names), with :func:`~stagewarden.runtime.spotcheck.reexecute_forward`
-    and :func:`~stagewarden.runtime.spotcheck.reexecute_backward`."""
+    outputs, under the same names), with :func:`~stagewarden.runtime.reexecute.reexecute_forward`
+    and :func:`~stagewarden.runtime.reexecute.reexecute_backward`."""
     c = config
     targets = inputs.get("targets")
     out: dict[str, torch.Tensor] = reexecute_forward_outputs(
@@ -130,7 +130,7 @@ def calibrate_stage(
 
     Re-executes each of the :data:`CALIBRATION_UNITS` units from its seed-derived inputs and
     ``weights`` and calibrates over every output pair
-    (:func:`~stagewarden.runtime.spotcheck.calibrate_tolerance`: ``max(largest relative error x
+    (:func:`~stagewarden.runtime.compare.calibrate_tolerance`: ``max(largest relative error x
     10, 64 float32 ulps)``). A non-finite value where the re-execution has none gives an infinite
     tolerance (no tolerance covers it).
 

@@ -71,7 +71,7 @@ class Checkpoint:
         info: The manifest's summary.
         stage_states: Stage index to its weights.
         optimizer_states: Stage index to its flat optimizer state
-            (:func:`stagewarden.runtime.spotcheck.export_optimizer_state`).
+            (:func:`stagewarden.runtime.reexecute.export_optimizer_state`).
     """
 
     info: CheckpointInfo
