@@ -10,10 +10,10 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from stagewarden.spec import example_names, example_text, load_example, load_spec
 
 from stagewarden.cli import cli
 from stagewarden.cli.common import Choice, nearest_choice
+from stagewarden.spec import example_names, example_text, load_example, load_spec
 
 
 def test_examples_show_redirected_is_the_plain_yaml(tmp_path: Path) -> None:
@@ -119,9 +119,8 @@ def test_attack_typo_from_the_command_line(tmp_path: Path) -> None:
 
 def test_attack_choices_are_the_runtime_kinds() -> None:
     """``--attack`` accepts exactly the attack kinds the runtime mounts."""
-    from stagewarden.runtime.attacks import AttackKind
-
     from stagewarden.cli.train import ATTACK_NAMES
+    from stagewarden.runtime.attacks import AttackKind
 
     assert list(ATTACK_NAMES) == [k.value for k in AttackKind]
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from stagewarden.runtime.launch import mark_interrupted
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from stagewarden.prover import verify
-from stagewarden.spec import example_text, load_text
 
 from stagewarden.cli import cli
 from stagewarden.cli.common import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNKNOWN, EXIT_VIOLATED
+from stagewarden.prover import verify
+from stagewarden.spec import example_text, load_text
 
 
 def run(*args: str) -> Result:
@@ -101,7 +101,9 @@ def test_synthesize_reads_a_file(tmp_path: Path) -> None:
 
 def test_synthesize_says_when_the_standby_pool_must_change(tmp_path: Path) -> None:
     """When liveness needs spare workers, the text output tells the user to set topology.standby too."""
-    text = example_text("paper-eject-no-standby").replace("  collusion: true\n", "  collusion: true\n  faults:\n    crash: 1\n")
+    text = example_text("paper-eject-no-standby").replace(
+        "  collusion: true\n", "  collusion: true\n  faults:\n    crash: 1\n"
+    )
     result = run("synthesize", write_example(tmp_path, "crash", text))
     assert result.exit_code == EXIT_OK, result.output
     assert result.stdout.count("set topology.standby to 1 (the spec has 0)") == 1
@@ -110,8 +112,13 @@ def test_synthesize_says_when_the_standby_pool_must_change(tmp_path: Path) -> No
 
 @pytest.mark.parametrize(
     "args",
-    [["synthesize"], ["synthesize", "x.yaml", "--example", "demo"], ["synthesize", "--example", "nope"],
-     ["synthesize", "/does/not/exist.yaml"], ["synthesize", "--example", "demo", "--format", "xml"]],
+    [
+        ["synthesize"],
+        ["synthesize", "x.yaml", "--example", "demo"],
+        ["synthesize", "--example", "nope"],
+        ["synthesize", "/does/not/exist.yaml"],
+        ["synthesize", "--example", "demo", "--format", "xml"],
+    ],
 )
 def test_synthesize_bad_input_exits_2(args: list[str]) -> None:
     """A missing, unknown or doubled spec, or a bad flag, exits 2 without a traceback."""
@@ -181,7 +188,9 @@ def test_diff_added_and_removed(tmp_path: Path) -> None:
     assert "• liveness removed: holds -> absent" in result.stdout
 
 
-@pytest.mark.parametrize("args", [["diff", "example:demo"], ["diff", "/nope.yaml", "example:demo"], ["diff", "example:nope", "example:demo"]])
+@pytest.mark.parametrize(
+    "args", [["diff", "example:demo"], ["diff", "/nope.yaml", "example:demo"], ["diff", "example:nope", "example:demo"]]
+)
 def test_diff_bad_input_exits_2(args: list[str]) -> None:
     """A missing argument, a missing file or an unknown example exits 2."""
     result = run(*args)

@@ -530,7 +530,9 @@ CASES = [
         lambda w: ["train", "--data", str(w.missing), "--out", str(w.root / "t")],
         lambda w: (f"--data {w.missing} does not exist",),
     ),
-    Case("train-out-file", "train", lambda w: ["train", "--out", str(w.file)], lambda w: (f"--out {w.file} is a file",)),
+    Case(
+        "train-out-file", "train", lambda w: ["train", "--out", str(w.file)], lambda w: (f"--out {w.file} is a file",)
+    ),
     Case("train-out-not-empty", "train", lambda w: ["train", "--out", str(w.full)], lambda w: (_PRIOR.format(w.full),)),
     Case(
         "train-bad-stages",

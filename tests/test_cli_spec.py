@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from stagewarden.spec import example_names, example_text, json_schema
 
 from stagewarden._version import __version__
 from stagewarden.cli import cli
 from stagewarden.cli.common import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNKNOWN, EXIT_VIOLATED
+from stagewarden.spec import example_names, example_text, json_schema
 
 
 def run(*args: str) -> Result:

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from rich.console import Console
-from stagewarden.prover import AssumptionRef, Figure, GuaranteeResult, Report, verify
-from stagewarden.spec import example_names, load_example
 
 from stagewarden.cli import cli
+from stagewarden.prover import AssumptionRef, Figure, GuaranteeResult, Report, verify
 from stagewarden.render import print_report, trace_lines
+from stagewarden.spec import example_names, load_example
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE_VARIABLE = "STAGEWARDEN_UPDATE_GOLDEN"
@@ -90,15 +90,21 @@ def render_example(name: str) -> str:
     It runs in a fresh process, as ``stagewarden verify`` does: some counterexamples (those of
     ``bounded_damage``) depend on the solver state that earlier proofs in the process leave.
     """
-    done = subprocess.run([sys.executable, "-c", _RENDER_SCRIPT, name], capture_output=True, text=True,
-                          encoding="utf-8", check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _RENDER_SCRIPT, name], capture_output=True, text=True, encoding="utf-8", check=True
+    )
     return "\n".join(line.rstrip() for line in done.stdout.splitlines()) + "\n"
 
 
 def run_cli(args: list[str]) -> tuple[int, str]:
     """``stagewarden ARGS`` in a fresh process, 80 columns wide: exit code, stderr then stdout."""
-    done = subprocess.run([sys.executable, "-c", "from stagewarden.cli import main; main()", *args],
-                          capture_output=True, text=True, encoding="utf-8", env={**os.environ, "COLUMNS": "80"})
+    done = subprocess.run(
+        [sys.executable, "-c", "from stagewarden.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env={**os.environ, "COLUMNS": "80"},
+    )
     return done.returncode, done.stderr + done.stdout
 
 
@@ -126,20 +132,29 @@ def test_example_report_matches_golden(name: str) -> None:
 def test_unknown_and_vacuous_match_golden() -> None:
     """Unknown and vacuous verdicts render with their verdict word, reason and contradictory assumptions."""
     unknown = GuaranteeResult(
-        "integrity", "detection", "unknown",
+        "integrity",
+        "detection",
+        "unknown",
         "the solver gave up: a solver limit was reached (--rlimit 1; z3: sat.canceled)",
         reason="a solver limit was reached (--rlimit 1; z3: sat.canceled)",
     )
     damage = GuaranteeResult(
-        "damage", "bounded_damage", "unknown",
+        "damage",
+        "bounded_damage",
+        "unknown",
         "unknown: the dominating bound 3e-06 exceeds 1e-06 but the worst placement found reaches only 9e-07",
-        figure=Figure("Pr[more than K undetected]", 9e-07, 1e-06, "<="), reason="probability bound not tight",
+        figure=Figure("Pr[more than K undetected]", 9e-07, 1e-06, "<="),
+        reason="probability bound not tight",
     )
     vacuous = GuaranteeResult(
-        "liveness", "liveness", "vacuous",
+        "liveness",
+        "liveness",
+        "vacuous",
         "the spec's assumptions contradict each other: no honest run is possible",
-        assumptions=[AssumptionRef("honest:0", "stage 1 is honest", "my-spec.yaml:12"),
-                     AssumptionRef("contradiction", "stage 1 is malicious", "my-spec.yaml:30")],
+        assumptions=[
+            AssumptionRef("honest:0", "stage 1 is honest", "my-spec.yaml:12"),
+            AssumptionRef("contradiction", "stage 1 is malicious", "my-spec.yaml:30"),
+        ],
     )
     assert_golden("synthetic-unknown-vacuous", render(synthetic_report(unknown, damage, vacuous)))
 
@@ -156,8 +171,13 @@ def test_golden_width_is_respected() -> None:
 
 def test_cost_figure_is_not_formatted_as_a_probability() -> None:
     """An overhead figure above 1 renders to three digits, not as a raw float."""
-    result = GuaranteeResult("cheap", "overhead", "holds", "holds: extra compute 0.833 <= 1.5",
-                             figure=Figure("extra compute", 5 / 6, 1.5, "<="))
+    result = GuaranteeResult(
+        "cheap",
+        "overhead",
+        "holds",
+        "holds: extra compute 0.833 <= 1.5",
+        figure=Figure("extra compute", 5 / 6, 1.5, "<="),
+    )
     text = render(synthetic_report(result))
     assert "0.833 (needs <= 1.5)" in text
     assert "0.8333333" not in text
@@ -166,13 +186,31 @@ def test_cost_figure_is_not_formatted_as_a_probability() -> None:
 def test_check_rows_say_what_each_check_does() -> None:
     """A catching check shows its probability once; a passing one shows why it passed."""
     rows = [
-        {"check": "spot_check", "checker": "coordinator", "result": "catches", "probability": "0.05",
-         "why": "catches it with probability 1/20"},
-        {"check": "redundant_neighbour", "checker": "4:0", "result": "passes", "probability": "0",
-         "why": "the checker 4:0 is malicious and covers for 3:0"},
+        {
+            "check": "spot_check",
+            "checker": "coordinator",
+            "result": "catches",
+            "probability": "0.05",
+            "why": "catches it with probability 1/20",
+        },
+        {
+            "check": "redundant_neighbour",
+            "checker": "4:0",
+            "result": "passes",
+            "probability": "0",
+            "why": "the checker 4:0 is malicious and covers for 3:0",
+        },
     ]
-    state = {"#index": 0, "step": 0, "microbatch": 0, "worker": "3:0", "unit": "forward",
-             "action": "tamper_activations", "detection_probability": "0.05", "checks": rows}
+    state = {
+        "#index": 0,
+        "step": 0,
+        "microbatch": 0,
+        "worker": "3:0",
+        "unit": "forward",
+        "action": "tamper_activations",
+        "detection_probability": "0.05",
+        "checks": rows,
+    }
     assert trace_lines({"states": [state]}) == [
         "step 0, micro-batch 0: 3:0 uses tamper_activations on its forward unit (detected with probability 0.05)",
         "    spot_check by coordinator: catches it with probability 0.05",
@@ -235,8 +273,19 @@ def test_verdict_json_has_the_documented_fields(name: str) -> None:
         assert set(warning) == {"location", "message"}
     assert data["guarantees"]
     for g in data["guarantees"]:
-        assert set(g) == {"id", "kind", "verdict", "summary", "figure", "trivially", "assumptions", "trace",
-                          "reason", "notes", "seconds"}
+        assert set(g) == {
+            "id",
+            "kind",
+            "verdict",
+            "summary",
+            "figure",
+            "trivially",
+            "assumptions",
+            "trace",
+            "reason",
+            "notes",
+            "seconds",
+        }
         assert isinstance(g["id"], str) and g["kind"] in KINDS and g["verdict"] in VERDICTS
         assert isinstance(g["summary"], str) and isinstance(g["trivially"], bool)
         assert g["figure"] is None or isinstance(g["figure"], dict)
@@ -331,8 +380,7 @@ def _reproducible(command: str) -> bool:
 
 def documented_sessions() -> list[tuple[str, str, list[str]]]:
     """(page, command, shown lines) for every reproducible command of the pages with output."""
-    return [(page, command, shown) for page in PAGES_WITH_OUTPUT
-            for command, shown in console_sessions(DOCS / page)]
+    return [(page, command, shown) for page in PAGES_WITH_OUTPUT for command, shown in console_sessions(DOCS / page)]
 
 
 def _normalise(line: str) -> str:
@@ -355,8 +403,11 @@ def _first_mismatch(shown: list[str], actual: list[str]) -> str | None:
     return None
 
 
-@pytest.mark.parametrize(("page", "command", "shown"), documented_sessions(),
-                         ids=[f"{page}: {command}" for page, command, _ in documented_sessions()])
+@pytest.mark.parametrize(
+    ("page", "command", "shown"),
+    documented_sessions(),
+    ids=[f"{page}: {command}" for page, command, _ in documented_sessions()],
+)
 def test_documented_output_is_real(
     page: str, command: str, shown: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,4 +1,5 @@
-"""In-process tests of `stagewarden attest` (exit codes 0 accepted / 1 rejected / 2 bad input, SIMULATED in every output)."""
+"""In-process tests of `stagewarden attest` (exit codes 0 accepted / 1 rejected / 2 bad input,
+SIMULATED in every output)."""
 
 from __future__ import annotations
 
@@ -130,7 +131,8 @@ def test_verify_debug_rejected(setup: dict[str, str]) -> None:
 
 
 def test_verify_policy_file(setup: dict[str, str]) -> None:
-    """Out-of-date evidence is rejected by default and accepted with a warning under a policy file; a bad policy exits 1."""
+    """Out-of-date evidence is rejected by default and accepted with a warning under a policy file;
+    a bad policy exits 1."""
     old = str(Path(setup["tmp"]) / "old.bin")
     CliRunner().invoke(
         cli,

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from receipt_fixtures import header_index, lie, receipt_index, small_run, write_run
+
 from stagewarden.attest.headers import TransferKind, sign_header
 from stagewarden.attest.receipts import UnitKind
 from stagewarden.attest.synthetic import SyntheticRun
-
 from stagewarden.cli import cli
 from stagewarden.cli.common import EXIT_BAD_INPUT, EXIT_OK, EXIT_VIOLATED
 

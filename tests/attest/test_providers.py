@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from attest_fixtures import DEVICE_ID, MEASUREMENT, MODEL, AttestWorld
 from cryptography.hazmat.primitives.asymmetric import ec
-from stagewarden.attest.errors import AttestError, ErrorCode
+
 from stagewarden.attest.dcap import dcap_report_data
+from stagewarden.attest.errors import AttestError, ErrorCode
 from stagewarden.attest.providers import (
     ConfigfsTsmProvider,
     DeviceIdentity,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from stagewarden.prover import HOLDS, UNKNOWN, VACUOUS, VIOLATED, GuaranteeResult, Report, verify
 from stagewarden.prover.diff import (
     ADDED,
@@ -34,11 +35,17 @@ def collusion() -> Report:
 
 
 def test_a_second_colluding_stage_is_a_regression_with_its_attack(neighbour: Report, collusion: Report) -> None:
-    """paper-redundant-neighbour -> paper-adjacent-collusion: integrity goes from holds to violated, with the attack trace."""
+    """paper-redundant-neighbour -> paper-adjacent-collusion: integrity goes from holds to violated,
+    with the attack trace."""
     diff = diff_reports(neighbour, collusion)
     assert diff.exit_code == 1
     [change] = diff.changes
-    assert (change.id, change.change, change.old_verdict, change.new_verdict) == ("integrity", REGRESSED, HOLDS, VIOLATED)
+    assert (change.id, change.change, change.old_verdict, change.new_verdict) == (
+        "integrity",
+        REGRESSED,
+        HOLDS,
+        VIOLATED,
+    )
     assert change.regression and diff.regressions == [change]
     assert change.trace is not None and change.trace["#meta"]["guarantee"] == "integrity"
     stages = sorted(int(m["worker"].split(":")[0]) for m in change.trace["malicious"])
@@ -108,7 +115,9 @@ def test_verdict_order(old: str, new: str, change: str, regression: bool) -> Non
     assert (entry.change, entry.regression, diff.exit_code) == (change, regression, int(regression))
 
 
-@pytest.mark.parametrize(("verdict", "regression"), [(HOLDS, False), (VIOLATED, True), (UNKNOWN, True), (VACUOUS, True)])
+@pytest.mark.parametrize(
+    ("verdict", "regression"), [(HOLDS, False), (VIOLATED, True), (UNKNOWN, True), (VACUOUS, True)]
+)
 def test_added_guarantee_regresses_unless_it_holds(verdict: str, regression: bool) -> None:
     """An added guarantee counts against the gate unless the new version proves it."""
     diff = diff_reports(_report(), _report(("g", verdict)))

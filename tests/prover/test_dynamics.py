@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from ruamel.yaml import YAML
+
 from stagewarden.prover import GuaranteeResult, verify
 from stagewarden.spec import load_text
 
@@ -262,4 +263,7 @@ def test_a_standby_that_enters_after_a_crash_can_stall_the_job() -> None:
     assert live.trace is not None
     assert [m["worker"] for m in live.trace["malicious"]] == ["standby:0"]
     assert live.trace["dynamics"]["crashed"] and live.trace["dynamics"]["entered"][0]["standby"] == "standby:0"
-    assert results(**{**spec, "adversary": {"capabilities": ["withhold"], "faults": {"crash": 0}}})["live"].verdict == "holds"
+    assert (
+        results(**{**spec, "adversary": {"capabilities": ["withhold"], "faults": {"crash": 0}}})["live"].verdict
+        == "holds"
+    )

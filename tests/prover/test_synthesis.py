@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from stagewarden.prover import HOLDS, Limits, verify
 from stagewarden.prover.defense_text import defense_yaml, spec_text_with
 from stagewarden.prover.synthesis import (
@@ -95,9 +96,12 @@ def test_adjacent_collusion_defence_makes_every_guarantee_hold(adjacent_result: 
 def test_adjacent_collusion_defence_is_the_pinned_cheapest(adjacent_result: SynthesisResult) -> None:
     """The defence for worked example 2 is receipts with a spot check of every unit by the coordinator (+1.01)."""
     assert adjacent_result.defense == {
-        "receipts": True, "attestation": False, "data_commitment": False,
+        "receipts": True,
+        "attestation": False,
+        "data_commitment": False,
         "checks": [{"scheme": "spot_check", "rate": 1.0, "verifier": "coordinator"}],
-        "response": ["skip_stage"], "checkpoint_every": 50,
+        "response": ["skip_stage"],
+        "checkpoint_every": 50,
     }
     assert (adjacent_result.compute, adjacent_result.memory) == (Fraction(101, 100), Fraction(0))
 
@@ -113,8 +117,14 @@ ALTERNATIVES: list[dict[str, Any]] = [
 ]
 
 
-@pytest.mark.parametrize("alternative", ALTERNATIVES, ids=lambda a: "+".join(c["scheme"] for c in a["checks"]) + ("+receipts" if a.get("receipts") else ""))
-def test_no_hand_picked_alternative_is_cheaper_and_valid(adjacent: LoadedSpec, adjacent_result: SynthesisResult, alternative: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "alternative",
+    ALTERNATIVES,
+    ids=lambda a: "+".join(c["scheme"] for c in a["checks"]) + ("+receipts" if a.get("receipts") else ""),
+)
+def test_no_hand_picked_alternative_is_cheaper_and_valid(
+    adjacent: LoadedSpec, adjacent_result: SynthesisResult, alternative: dict[str, Any]
+) -> None:
     """A hand-picked defence for worked example 2 either fails some guarantee or costs at least as much."""
     defense = {"response": ["skip_stage"], **alternative}
     loaded = load_text(spec_text_with(adjacent, defense, 0), "alternative.yaml")
@@ -123,21 +133,33 @@ def test_no_hand_picked_alternative_is_cheaper_and_valid(adjacent: LoadedSpec, a
 
 def test_some_alternative_works_so_the_comparison_means_something(adjacent: LoadedSpec) -> None:
     """Full replication with a referee also makes worked example 2 hold, at twice the synthesized cost."""
-    loaded = load_text(spec_text_with(adjacent, {"checks": [{"scheme": "replicate", "factor": 3, "resolve": "referee"}], "response": ["skip_stage"]}, 0), "alt.yaml")
+    loaded = load_text(
+        spec_text_with(
+            adjacent,
+            {"checks": [{"scheme": "replicate", "factor": 3, "resolve": "referee"}], "response": ["skip_stage"]},
+            0,
+        ),
+        "alt.yaml",
+    )
     assert all_hold(loaded)
     assert cost(loaded) == (Fraction(2), Fraction(2))
 
 
 def test_checked_worker_relay_gets_receipts_or_a_cheaper_equivalent(relay_result: SynthesisResult) -> None:
-    """Worked example 8's defence costs no more than adding receipts, and does not relay through the checked stage without them."""
+    """Worked example 8's defence costs no more than adding receipts, and does not relay through the
+    checked stage without them."""
     loaded = load_example("paper-checked-worker-relay")
-    with_receipts = load_text(spec_text_with(loaded, {**loaded.spec.defense.model_dump(), "receipts": True}, 0), "receipts.yaml")
+    with_receipts = load_text(
+        spec_text_with(loaded, {**loaded.spec.defense.model_dump(), "receipts": True}, 0), "receipts.yaml"
+    )
     assert all_hold(with_receipts)
     result = relay_result
     assert result.status == FOUND
     assert (result.compute, result.memory) <= cost(with_receipts)
     checks = result.defense["checks"] if result.defense else []
-    assert result.defense and (result.defense["receipts"] or all(c.get("input_via") != "checked_worker" for c in checks))
+    assert result.defense and (
+        result.defense["receipts"] or all(c.get("input_via") != "checked_worker" for c in checks)
+    )
 
 
 def test_the_spec_own_working_defence_bounds_the_cost() -> None:
@@ -173,7 +195,8 @@ def test_yaml_block_substituted_into_the_spec_loads_and_verifies(example: str) -
 
 
 def test_spec_text_keeps_every_line_outside_the_defense_block(relay_result: SynthesisResult) -> None:
-    """The proof's spec text is the user's text with only the defense: block replaced, so other line numbers still match."""
+    """The proof's spec text is the user's text with only the defense: block replaced, so other line
+    numbers still match."""
     original = example_text("paper-checked-worker-relay").splitlines()
     proof = (relay_result.spec_text or "").splitlines()
     assert relay_result.defense_lines is not None
@@ -181,12 +204,21 @@ def test_spec_text_keeps_every_line_outside_the_defense_block(relay_result: Synt
     assert proof[first - 1] == "defense:"
     old_first = original.index("defense:")
     assert proof[: first - 1] == original[:old_first]
-    assert proof[last:] == original[len(original) - (len(proof) - last):]
+    assert proof[last:] == original[len(original) - (len(proof) - last) :]
 
 
 def test_defense_yaml_writes_an_empty_check_list_that_loads() -> None:
     """A defence without checks is written as `checks: []` and loads back."""
-    block = defense_yaml({"receipts": False, "attestation": True, "data_commitment": False, "checks": [], "response": ["eject"], "checkpoint_every": 50})
+    block = defense_yaml(
+        {
+            "receipts": False,
+            "attestation": True,
+            "data_commitment": False,
+            "checks": [],
+            "response": ["eject"],
+            "checkpoint_every": 50,
+        }
+    )
     assert "  checks: []\n" in block
     loaded = load_text(substitute_defense(example_text("tee-attested"), block), "tee.yaml")
     assert loaded.spec.defense.checks == [] and loaded.spec.defense.attestation
@@ -216,7 +248,9 @@ def test_json_spec_is_written_back_as_yaml(tmp_path: Path) -> None:
 
 def test_standby_change_is_reported_and_applied() -> None:
     """A crash fault under a liveness guarantee needs a standby worker: the result sets topology.standby and says so."""
-    text = example_text("paper-eject-no-standby").replace("  collusion: true\n", "  collusion: true\n  faults:\n    crash: 1\n")
+    text = example_text("paper-eject-no-standby").replace(
+        "  collusion: true\n", "  collusion: true\n  faults:\n    crash: 1\n"
+    )
     result = synthesize(load_text(text, "crash.yaml"))
     assert result.status == FOUND and result.spec_text is not None
     assert (result.standby, result.original_standby) == (1, 0)
@@ -233,7 +267,8 @@ def test_standby_change_is_reported_and_applied() -> None:
 
 
 def test_impossible_overhead_bound_reports_no_defence_with_the_reason() -> None:
-    """A zero compute bound with a budget that needs checks: no defence, and the bound is named with the cheapest sufficient cost."""
+    """A zero compute bound with a budget that needs checks: no defence, and the bound is named with
+    the cheapest sufficient cost."""
     text = example_text("paper-redundant-neighbour").replace("max_compute: 0.25", "max_compute: 0")
     assert "max_compute: 0\n" in text
     result = synthesize(load_text(text, "zero.yaml"))
@@ -274,7 +309,8 @@ guarantees:
 
 
 def test_budget_that_defeats_every_scheme_is_explained() -> None:
-    """When every worker may be malicious, with no trusted coordinator or TEE, no scheme detects: the attack is shown under the costliest candidate."""
+    """When every worker may be malicious, with no trusted coordinator or TEE, no scheme detects:
+    the attack is shown under the costliest candidate."""
     result = synthesize(load_text(HOPELESS, "hopeless.yaml"))
     assert result.status == NO_DEFENCE
     assert "'integrity'" in result.reason
@@ -308,8 +344,24 @@ def test_json_shape(relay_result: SynthesisResult) -> None:
     """The JSON document is versioned and carries the defence, its YAML, its cost and the proof."""
     doc = json.loads(json.dumps(relay_result.to_json()))
     assert doc["version"] == SYNTHESIS_FORMAT_VERSION == 1
-    assert set(doc) >= {"spec", "name", "status", "exit_code", "defense", "yaml", "topology", "cost", "proof",
-                        "proof_file", "spec_text", "candidates_tried", "seconds", "reason", "obstacles", "notes"}
+    assert set(doc) >= {
+        "spec",
+        "name",
+        "status",
+        "exit_code",
+        "defense",
+        "yaml",
+        "topology",
+        "cost",
+        "proof",
+        "proof_file",
+        "spec_text",
+        "candidates_tried",
+        "seconds",
+        "reason",
+        "obstacles",
+        "notes",
+    }
     assert doc["status"] == "found" and doc["exit_code"] == 0
     assert doc["defense"] == relay_result.defense
     assert doc["cost"]["exact"] == {"compute": "5/6", "memory": "5/6"}
@@ -336,14 +388,20 @@ def test_response_reading_agrees_with_the_prover(example: str) -> None:
     seen: dict[tuple[str, Any], str] = {}
     for n in range(1, len(RESPONSES) + 1):
         for response in itertools.combinations(RESPONSES, n):
-            loaded = load_text(spec_text_with(base, {**base.spec.defense.model_dump(), "response": list(response)}, base.spec.topology.standby), "r.yaml")
+            loaded = load_text(
+                spec_text_with(
+                    base, {**base.spec.defense.model_dump(), "response": list(response)}, base.spec.topology.standby
+                ),
+                "r.yaml",
+            )
             for g in verify(loaded).guarantees:
                 key = (g.id, _response_reading(g.kind, response))
                 assert seen.setdefault(key, g.verdict) == g.verdict, (g.id, response)
 
 
 def test_contradictory_spec_is_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
-    """When the prover finds the spec's assumptions vacuous, synthesis reports that (exit code 2), not a missing defence."""
+    """When the prover finds the spec's assumptions vacuous, synthesis reports that (exit code 2),
+    not a missing defence."""
     from stagewarden.prover import VACUOUS, GuaranteeResult, Prover
 
     def vacuous(self: Prover, gid: str) -> GuaranteeResult:

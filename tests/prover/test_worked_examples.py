@@ -7,6 +7,7 @@ import math
 from fractions import Fraction
 
 import pytest
+
 from stagewarden.prover import Report, verify
 from stagewarden.spec import load_example, load_text
 
@@ -33,7 +34,10 @@ def assumption_keys(name: str, guarantee: str) -> set[str]:
 def test_example1_paper_scheme() -> None:
     """Example 1: detection, no_framing and liveness hold; overhead 0.25 is violated at 5/6."""
     assert verdicts("paper-redundant-neighbour") == {
-        "integrity": "holds", "no-framing": "holds", "liveness": "holds", "cheap": "violated",
+        "integrity": "holds",
+        "no-framing": "holds",
+        "liveness": "holds",
+        "cheap": "violated",
     }
     cheap = report("paper-redundant-neighbour").by_id("cheap")
     assert cheap.figure is not None and cheap.figure.exact == "5/6"
@@ -111,7 +115,9 @@ def test_example5_spot_check_numbers() -> None:
         assert detection.verdict == "violated" and detection.figure is not None and detection.figure.exact == "1/20"
     # The bound for rollback with ejection is what eject alone allows.
     assert rollback.figure is not None and math.isclose(rollback.figure.value, float(negbin), rel_tol=1e-12)
-    one = verify(load_text(load_example("spot-check-rollback").text.replace("max_malicious: 3", "max_malicious: 1"), "one.yaml"))
+    one = verify(
+        load_text(load_example("spot-check-rollback").text.replace("max_malicious: 3", "max_malicious: 1"), "one.yaml")
+    )
     single = one.by_id("damage")
     assert single.verdict == "holds" and single.figure is not None
     assert math.isclose(single.figure.value, float(q), rel_tol=1e-12)
@@ -124,7 +130,10 @@ def test_example5_rollback_alone_lets_the_convict_retry() -> None:
     and it alone breaks the bound."""
     from stagewarden.prover.damage import run_probability
 
-    loaded = load_text(load_example("spot-check-rollback").text.replace("response: [rollback, eject]", "response: [rollback]"), "x.yaml")
+    loaded = load_text(
+        load_example("spot-check-rollback").text.replace("response: [rollback, eject]", "response: [rollback]"),
+        "x.yaml",
+    )
     result = verify(loaded).by_id("damage")
     assert result.verdict == "violated"
     d = Fraction(1, 20)
@@ -135,9 +144,9 @@ def test_example5_rollback_alone_lets_the_convict_retry() -> None:
     assert result.figure.value > 1000 * float(1 - (1 - Fraction(19, 20) ** 301) ** 3)
 
 
-
 def test_example6_tee() -> None:
-    """Example 6: attested TEEs make detection hold (trivially, naming TEE and attestation); without attestation it is violated with a note."""
+    """Example 6: attested TEEs make detection hold (trivially, naming TEE and attestation); without
+    attestation it is violated with a note."""
     attested = report("tee-attested").by_id("integrity")
     assert attested.verdict == "holds" and attested.trivially
     keys = assumption_keys("tee-attested", "integrity")
@@ -155,7 +164,8 @@ def test_example7_robust_aggregation() -> None:
 
 
 def test_example8_checked_worker_relay() -> None:
-    """Example 8: relaying the check's input through the checked stage defeats detection with one malicious stage; receipts fix it."""
+    """Example 8: relaying the check's input through the checked stage defeats detection with one
+    malicious stage; receipts fix it."""
     result = report("paper-checked-worker-relay").by_id("integrity")
     assert result.verdict == "violated"
     assert result.trace is not None and len(result.trace["malicious"]) == 1

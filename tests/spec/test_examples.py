@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 from jsonschema import Draft202012Validator
 from ruamel.yaml import YAML
-from stagewarden.spec import SpecError, example_names, example_text, json_schema, load_example, load_spec, load_text
 
 from stagewarden.cli import cli
+from stagewarden.spec import SpecError, example_names, example_text, json_schema, load_example, load_spec, load_text
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "stagewarden" / "spec" / "examples"
 NAMES = example_names()
