@@ -272,7 +272,7 @@ class RunConfig:
             "dcap_policy",
         ):
             data.pop(volatile)
-        return exact(data)  # type: ignore[no-any-return]
+        return {key: exact(value) for key, value in data.items()}
 
 
 def check_attack(data: Any, stages: int, verification: str = "none") -> None:
