@@ -14,7 +14,8 @@ from distributed_helpers import activation_header, tiny_config
 from nacl.signing import SigningKey
 
 from stagewarden.attest.headers import SignedHeader, encode_header, sign_header
-from stagewarden.attest.receipts import ExecutionEnv, Receipt, UnitKind, chain_genesis, sign_receipt
+from stagewarden.attest.receipts import ExecutionEnv, Receipt, UnitKind, chain_genesis, encode_receipt, sign_receipt
+from stagewarden.attest.run_record_parts import SignedDetection
 from stagewarden.attest.tensor_digest import (
     digest_state_dict,
     digest_tensor,
@@ -27,6 +28,7 @@ from stagewarden.attest.tensor_digest import (
 )
 from stagewarden.runtime.coordinator import FetchedUnit, StepCommit
 from stagewarden.runtime.model import build_stage
+from stagewarden.runtime.protocol import Commit, UpdateCommitment
 from stagewarden.runtime.spotcheck import reexecute_forward_outputs
 from stagewarden.runtime.transport import TransportError
 from stagewarden.runtime.units import loss_digest
@@ -75,15 +77,15 @@ def test_a_backward_unit_must_rerun_its_forward_on_the_committed_input() -> None
     # the trace says the unit started from gradients the worker does not return
     coordinator.ledger.traces[0] = {1: [gradients_digest([torch.zeros(3)]), gradients_digest([torch.ones(3)])]}
 
-    def check(activation: torch.Tensor) -> list[dict[str, Any]]:
+    def check(activation: torch.Tensor) -> list[SignedDetection]:
         unit = FetchedUnit(1, 0, 1, "backward", {"input": activation, "grad_output": grad_output}, weights)
         return coordinator.reexec.check_unit(commit, 1, 1, "backward", unit)
 
     [found] = check(other)
-    assert (found["check"], found["stage"], found["unit_kind"]) == ("fetch_mismatch", 1, "backward")
-    assert "forward receipt" in found["message"]
+    assert (found.check, found.stage, found.unit_kind) == ("fetch_mismatch", 1, "backward")
+    assert "forward receipt" in found.message
     [control] = check(x)  # the right activation; the gradients before the unit are missing
-    assert control["check"] == "fetch_mismatch" and "gradient trace" in control["message"]
+    assert control.check == "fetch_mismatch" and "gradient trace" in control.message
 
 
 def test_an_update_must_start_from_the_weights_the_stage_was_left_with() -> None:
@@ -94,13 +96,8 @@ def test_an_update_must_start_from_the_weights_the_stage_was_left_with() -> None
     trace = [gradients_digest([torch.full((3,), 1.0)]), gradients_digest([torch.full((3,), 2.0)])]
     empty = digest_state_dict({})
     after, optimizer_after = digest_state_dict({"w": torch.full((3,), 0.5)}), bytes(range(32))
-    message = {
-        "grads_trace": [t.hex() for t in trace],
-        "optimizer_before": empty.hex(),
-        "optimizer": optimizer_after.hex(),
-    }
 
-    def accept(weights_before: bytes) -> list[dict[str, Any]]:
+    def accept(weights_before: bytes) -> list[SignedDetection]:
         coordinator = _coordinator()
         coordinator.roster.stage_ids = ["s0r0", "s1r0", "s2r0"]
         coordinator.ledger.optimizer, coordinator.ledger.weights, coordinator.ledger.undo = (
@@ -117,12 +114,13 @@ def test_an_update_must_start_from_the_weights_the_stage_was_left_with() -> None
             output_digest=update_output_digest(after, optimizer_after),
         )
         commit = StepCommit(0, {1: []}, {}, 0.0, [])
-        found = coordinator.checks.accept_update(1, 0, receipt, after, message, commit)
+        reported = UpdateCommitment(encode_receipt(receipt), empty, optimizer_after, tuple(trace))
+        found = coordinator.checks.accept_update(1, 0, receipt, after, reported, commit)
         assert coordinator.ledger.weights[1] == after.hex()  # the next step must run with the update's output
         return found
 
     [found] = accept(swapped)
-    assert (found["check"], found["stage"], found["unit_kind"]) == ("weights", 1, "update")
+    assert (found.check, found.stage, found.unit_kind) == ("weights", 1, "update")
     assert accept(left) == []
 
 
@@ -161,7 +159,7 @@ def test_the_last_stage_forward_check_re_executes_the_loss() -> None:
     for scale, outcome in ((1.0, []), (0.5, ["spot_check"])):
         unit, receipt, _, _ = _last_stage_forward(coordinator, scale)
         commit = StepCommit(0, {2: [receipt]}, {}, 0.0, [])
-        assert [d["check"] for d in coordinator.reexec.check_unit(commit, 2, 1, "forward", unit)] == outcome
+        assert [d.check for d in coordinator.reexec.check_unit(commit, 2, 1, "forward", unit)] == outcome
 
 
 def test_a_reported_loss_must_be_the_one_the_receipt_commits_to() -> None:
@@ -170,11 +168,13 @@ def test_a_reported_loss_must_be_the_one_the_receipt_commits_to() -> None:
     coordinator = _spot_checking_coordinator()
     coordinator.ctx.config = tiny_config(stages=3, microbatches=2)
     _, receipt, logits, loss = _last_stage_forward(coordinator, 1.0)
-    message = {"microbatch_losses": [(0.0).hex(), loss.hex()], "logits": [bytes(32).hex(), logits.hex()]}
+    message = Commit(0, (), (), 0, microbatch_losses=(0.0, loss), logits=(bytes(32), logits))
     assert coordinator.commitments.reported_losses("s2r0", message, [receipt]) == [0.0, loss]
-    message["microbatch_losses"][1] = (loss + 1.0).hex()
+    tampered = dataclasses.replace(message, microbatch_losses=(0.0, loss + 1.0))
     with pytest.raises(TransportError, match="s2r0 reported another loss of micro-batch 1"):
-        coordinator.commitments.reported_losses("s2r0", message, [receipt])
+        coordinator.commitments.reported_losses("s2r0", tampered, [receipt])
+    with pytest.raises(TransportError, match="logits digest of each micro-batch"):
+        coordinator.commitments.reported_losses("s2r0", dataclasses.replace(message, logits=None), [receipt])
 
 
 def test_a_committed_header_must_be_genuine_and_of_this_transfer() -> None:

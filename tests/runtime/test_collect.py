@@ -58,6 +58,7 @@ def _commitment(stage: int) -> dict[str, Any]:
         "step": 0,
         "receipts": [_receipt(WORKERS[stage], stage, 0).hex()],
         "headers": [],
+        "busy_ns": 0,
     }
     if stage == STAGES - 1:
         message["microbatch_losses"] = [(1.0).hex(), (3.0).hex()]
@@ -78,8 +79,8 @@ class _Scripted:
         self.stage0_waits = stage0_waits
         self.last_src: int | None = None
 
-    def recv_json(self, src: int, expect: str) -> dict[str, Any]:
-        assert expect == "commit"
+    def recv_json(self, src: int, expect: tuple[str, ...]) -> dict[str, Any]:
+        assert expect == ("commit",)
         if src == 1 and self.stage0_waits and not self._others.wait(10.0):
             raise TransportError("stage 0's commitment was awaited before the others were taken", peer=src)
         with self._lock:
@@ -139,6 +140,29 @@ def test_a_malformed_commitment_names_its_stage() -> None:
         commitments.collect(0)
     assert caught.value.peer == 3 and caught.value.cause == "malformed"
     assert "s2r0" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"busy_ns": -1}, "busy_ns"),
+        ({"receipts": "00"}, "receipts"),
+        ({"microbatch_losses": [1.5, 3.0]}, "microbatch_losses"),
+        ({"verdict": "honest"}, "unexpected 'verdict'"),
+        ({"logits": ["zz", "zz"]}, "logits"),
+    ],
+)
+def test_a_commitment_the_protocol_refuses_is_blamed_on_its_sender(change: dict[str, Any], needle: str) -> None:
+    """A commitment that is not exactly a ``commit`` message (a negative count, a receipt list
+    that is not a list, a loss not in ``float.hex``, a key the protocol does not know, a digest
+    that is not hex) is refused by the strict parser, and the fault is its sender's: the last
+    stage's rank, with cause ``malformed``."""
+    messages = {s + 1: _commitment(s) for s in range(STAGES)}
+    messages[3] = dict(messages[3], **change)
+    commitments, _, _ = _coordinator(messages)
+    with pytest.raises(TransportError, match=needle) as caught:
+        commitments.collect(0)
+    assert caught.value.peer == 3 and caught.value.cause == "malformed"
 
 
 def test_nccl_takes_the_stages_one_after_the_other() -> None:

@@ -17,7 +17,7 @@ module                    job
 ``faults``                the watchdog and blame for failed receives
 ``resume``                rebuilding state from an interrupted run directory
 ``tally``                 the run's account: ``summary.json`` and ``metrics.csv``
-``wire``                  decoding the fields of the workers' messages
+``wire``                  the tensors workers announce: dtypes, size limit, digests
 ``errors``                how a run ends other than by completing
 ========================= ===================================================================
 """

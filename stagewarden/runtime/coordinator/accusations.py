@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from stagewarden.attest.run_record_parts import SignedDetection
 from stagewarden.runtime.coordinator.context import DETECTION_DOMAIN, RunContext
-from stagewarden.runtime.responses import (
-    Detection,
-)
 
 if TYPE_CHECKING:
     from stagewarden.runtime.coordinator.roster import Roster
@@ -22,20 +20,20 @@ class DetectionSigner:
 
     def detection(
         self, step: int, micro_batch: int, unit: str, stage: int, check: str, message: str, evidence: bytes
-    ) -> dict[str, Any]:
+    ) -> SignedDetection:
         """A detection as recorded: the unit, the worker blamed, the check, the evidence digest (the
         offending signed receipt's digest) and the coordinator's Ed25519 signature over all of it
-        (``signature``; the public key is ``coordinator_key`` in ``summary.json``)."""
-        body = Detection(
-            step=step,
-            microbatch=micro_batch,
-            unit_kind=unit,
-            worker=self.roster.stage_ids[stage],
-            stage=stage,
-            check=check,
-            evidence_digest=evidence.hex(),
-        ).to_json()
-        body["message"] = message
+        (``signature``, over the canonical JSON of the other fields; the public key is
+        ``coordinator_key`` in ``summary.json``)."""
+        body: dict[str, Any] = {
+            "step": step,
+            "microbatch": micro_batch,
+            "unit_kind": unit,
+            "worker": self.roster.stage_ids[stage],
+            "stage": stage,
+            "check": check,
+            "evidence_digest": evidence.hex(),
+            "message": message,
+        }
         signed = DETECTION_DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
-        body["signature"] = self.ctx.signing_key.sign(signed).signature.hex()
-        return body
+        return SignedDetection(**body, signature=self.ctx.signing_key.sign(signed).signature.hex())

@@ -4,7 +4,7 @@ must present, and the calibration of the spot check's tolerance."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from nacl.signing import SigningKey
 
@@ -21,8 +21,21 @@ from stagewarden.runtime.calibration import CALIBRATION_UNITS, MAX_TOLERANCE, ca
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.coordinator.context import RunContext, private_key
 from stagewarden.runtime.coordinator.errors import AdmissionRefused
-from stagewarden.runtime.coordinator.wire import digest_of_weights, hex_field
+from stagewarden.runtime.coordinator.wire import digest_of_weights
 from stagewarden.runtime.measure import code_digest, stage_measurement
+from stagewarden.runtime.protocol import (
+    Admitted,
+    Calibrate,
+    Calibrated,
+    Evidence,
+    Hello,
+    ProtocolError,
+    Refused,
+    Release,
+    Shutdown,
+    receive,
+    send_message,
+)
 from stagewarden.runtime.spotcheck import (
     SpotCheckError,
 )
@@ -89,7 +102,7 @@ class Admission:
         serving = {rank for rank, _, _ in workers}
         for rank in range(1, c.world_size):
             if rank not in serving:
-                self.ctx.transport.send_json(rank, {"type": "shutdown"})
+                send_message(self.ctx.transport, rank, Shutdown())
                 self.roster.released.add(rank)
         verifier: Verifier | DcapVerifier | None = None
         rp = None
@@ -119,32 +132,24 @@ class Admission:
             nonce = verifier.issue_nonce() if verifier is not None else None
             if nonce is not None:
                 nonces[wid] = nonce
-            role = "stage" if stage is not None else "standby"
-            hello: dict[str, Any] = {
-                "type": "hello",
-                "run_id": self.ctx.run_id,
-                "worker_id": wid,
-                "role": role,
-                "stage": stage,
-                "nonce": nonce.hex() if nonce is not None else None,
-                "session": self.ctx.session,
-            }
-            if wid in self.roster.chain_heads:
-                hello["chain_head"] = self.roster.chain_heads[wid].hex()
-            self.ctx.transport.send_json(rank, hello)
+            hello = Hello(self.ctx.run_id, wid, stage, nonce, self.ctx.session, self.roster.chain_heads.get(wid))
+            send_message(self.ctx.transport, rank, hello)
         refusals: list[str] = []
         for rank, wid, stage in workers:
-            msg = self.ctx.transport.recv_json(rank, "evidence")
+            raw = self.ctx.transport.recv_json(rank, "evidence")
             try:
-                key = hex_field(msg.get("receipt_key"), 32, "receipt_key")
-                if msg.get("worker_id") != wid:
-                    raise ValueError(f"rank {rank} answered as {msg.get('worker_id')!r}, not {wid!r}")
+                msg = Evidence.parse(raw)
+                key = msg.receipt_key
+                if msg.worker_id != wid:
+                    raise ValueError(f"rank {rank} answered as {msg.worker_id!r}, not {wid!r}")
                 if verifier is not None and rp is not None:
-                    if isinstance(msg.get("evidence_error"), str):  # the worker's TEE gave it no quote
-                        unavailable = msg.get("evidence_error_code") == ErrorCode.PROVIDER_UNAVAILABLE
+                    if msg.evidence_error is not None:  # the worker's TEE gave it no quote
+                        unavailable = msg.evidence_error_code == ErrorCode.PROVIDER_UNAVAILABLE
                         code = ErrorCode.PROVIDER_UNAVAILABLE if unavailable else ErrorCode.PROVIDER_FAILED
-                        raise AttestError(code, msg["evidence_error"][:500])
-                    evidence = hex_field(msg.get("evidence"), None, "evidence")
+                        raise AttestError(code, msg.evidence_error[:500])
+                    if msg.evidence is None:
+                        raise ValueError("evidence must be a hex string")
+                    evidence = msg.evidence
                     self.ctx.writer.write_evidence(wid, evidence)
                     appraisal: Appraisal | EarAppraisal
                     if isinstance(verifier, DcapVerifier):
@@ -168,14 +173,13 @@ class Admission:
                     self.ctx.events.write("admitted", worker=wid, stage=stage, rank=rank, status="unattested")
                 self.roster.keys[wid] = key
                 self.roster.prev[wid] = self.roster.chain_heads.get(wid, chain_genesis(self.ctx.run_id, wid))
-                pid, host = msg.get("pid"), msg.get("host")
                 self.roster.processes[wid] = {
                     "worker": wid,
                     "stage": stage,
                     "role": "stage" if stage is not None else "standby",
                     "rank": rank,
-                    "pid": pid if type(pid) is int else None,
-                    "host": host[:255] if isinstance(host, str) else None,
+                    "pid": msg.pid,
+                    "host": msg.host,
                 }
             except AttestError as exc:
                 reason = f"{exc.code}: {exc.message}"
@@ -186,18 +190,16 @@ class Admission:
                     f"worker {wid} ({'stage ' + str(stage) if stage is not None else 'standby'}) "
                     f"was refused admission: {reason}"
                 )
-            except ValueError as exc:
+            except (ValueError, ProtocolError) as exc:
                 self.ctx.events.write("refused", worker=wid, stage=stage, rank=rank, code="MALFORMED", reason=str(exc))
                 refusals.append(f"worker {wid} was refused admission: {exc}")
         if refusals:
             for rank, wid, _ in workers:
-                self.ctx.transport.send_json(rank, {"type": "refused" if wid not in self.roster.keys else "shutdown"})
+                send_message(self.ctx.transport, rank, Refused() if wid not in self.roster.keys else Shutdown())
             raise AdmissionRefused("; ".join(refusals))
-        keys = {str(s): self.roster.keys[wid].hex() for s, wid in enumerate(self.roster.stage_ids)}
-        ids = {str(s): wid for s, wid in enumerate(self.roster.stage_ids)}
-        ranks = {str(s): self.roster.rank_of(s) for s in range(c.stages)}
+        admitted = Admitted(*self.roster.stage_maps())
         for rank, _, _ in workers:
-            self.ctx.transport.send_json(rank, {"type": "admitted", "keys": keys, "workers": ids, "ranks": ranks})
+            send_message(self.ctx.transport, rank, admitted)
         self.roster.write_workers()
 
     def calibrate(self, stages: Iterable[int]) -> None:
@@ -220,13 +222,13 @@ class Admission:
             return
         chosen = list(stages)
         for s in chosen:
-            self.ctx.transport.send_json(self.roster.rank_of(s), {"type": "calibrate", "units": CALIBRATION_UNITS})
+            send_message(self.ctx.transport, self.roster.rank_of(s), Calibrate(CALIBRATION_UNITS))
         groups = ("weights", *(f"unit{i}" for i in range(CALIBRATION_UNITS)))
         refusals: list[str] = []
         for s in chosen:
             wid, rank = self.roster.stage_ids[s], self.roster.rank_of(s)
-            msg = self.ctx.transport.recv_json(rank, "calibrated")
-            received, digests = self.reexec.recv_tensors(s, msg, groups)
+            calibrated = receive(self.ctx.transport, rank, Calibrated)
+            received, digests = self.reexec.recv_tensors(s, calibrated.tensors, groups)
             weights, units = received["weights"], [received[f"unit{i}"] for i in range(CALIBRATION_UNITS)]
             if digest_of_weights(weights, digests) != self.ledger.stage_weights_digest(s):
                 raise TransportError(
@@ -263,6 +265,6 @@ class Admission:
             self.faults.stop_watchdog()
             for rank in range(1, c.world_size):
                 if rank not in self.roster.released:
-                    self.ctx.transport.send_json(rank, {"type": "release"})
+                    send_message(self.ctx.transport, rank, Release())
                     self.roster.released.add(rank)
             raise AdmissionRefused("; ".join(refusals))

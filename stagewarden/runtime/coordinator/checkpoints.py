@@ -11,6 +11,7 @@ import torch
 from stagewarden.attest.tensor_digest import (
     digest_state_dict,
     digest_tensor,
+    dtype_name,
     weights_digest,
 )
 from stagewarden.runtime.checkpoint import (
@@ -22,7 +23,8 @@ from stagewarden.runtime.checkpoint import (
 )
 from stagewarden.runtime.coordinator.context import CHECKPOINTS_DIR, RunContext
 from stagewarden.runtime.coordinator.errors import RunFailed
-from stagewarden.runtime.coordinator.wire import dtype_name, hex_field, tensor_digests
+from stagewarden.runtime.coordinator.wire import tensor_digests
+from stagewarden.runtime.protocol import Load, Loaded, Snapshot, SnapshotRequest, TensorMeta, receive, send_message
 from stagewarden.runtime.transport import (
     TransportError,
 )
@@ -59,14 +61,8 @@ class CheckpointStore:
         self, rank: int, step: int, tensors: list[tuple[str, torch.Tensor]], replica_only: bool = False
     ) -> None:
         """Send a worker state to load (``load``): the tensors' names, dtypes, shapes and digests, then each tensor."""
-        meta = [
-            {"name": n, "dtype": dtype_name(t), "shape": list(t.shape), "digest": digest_tensor(t).hex()}
-            for n, t in tensors
-        ]
-        message: dict[str, Any] = {"type": "load", "step": step, "tensors": meta}
-        if replica_only:
-            message["replica_only"] = True
-        self.ctx.transport.send_json(rank, message)
+        meta = tuple(TensorMeta(n, dtype_name(t.dtype), tuple(t.shape), digest_tensor(t)) for n, t in tensors)
+        send_message(self.ctx.transport, rank, Load(step, meta, replica_only))
         for _, t in tensors:
             self.ctx.transport.send_tensor(rank, t)
 
@@ -99,17 +95,16 @@ class CheckpointStore:
         digest-checked, and write them as the verified checkpoint of ``step``."""
         c = self.ctx.config
         for s in range(c.stages):
-            self.ctx.transport.send_json(self.roster.rank_of(s), {"type": "snapshot", "step": step})
+            send_message(self.ctx.transport, self.roster.rank_of(s), SnapshotRequest(step))
         weights: dict[int, dict[str, torch.Tensor]] = {}
         optimizer: dict[int, dict[str, torch.Tensor]] = {}
         known: dict[int, dict[str, dict[str, bytes]]] = {}
         for s in range(c.stages):
-            msg = self.ctx.transport.recv_json(self.roster.rank_of(s), "snapshot")
-            if msg.get("step") != step:
-                raise TransportError(
-                    f"worker {self.roster.stage_ids[s]} sent the state of step {msg.get('step')}, not {step}"
-                )
-            received, digests = self.reexec.recv_tensors(s, msg, ("weights", "optimizer"))
+            snapshot = receive(self.ctx.transport, self.roster.rank_of(s), Snapshot)
+            if snapshot.step != step:
+                wid = self.roster.stage_ids[s]
+                raise TransportError(f"worker {wid} sent the state of step {snapshot.step}, not {step}")
+            received, digests = self.reexec.recv_tensors(s, snapshot.tensors, ("weights", "optimizer"))
             weights[s], optimizer[s] = received["weights"], received["optimizer"]
             known[s] = {kind: tensor_digests(received[kind], digests, kind) for kind in ("weights", "optimizer")}
             if step > 0 and weights_digest(known[s]["weights"]).hex() != self.ledger.final_weights.get(s):
@@ -200,9 +195,9 @@ class CheckpointStore:
                 ]
             self.send_load(self.roster.rank_of(s), step, tensors)
         for s in range(c.stages):
-            msg = self.ctx.transport.recv_json(self.roster.rank_of(s), "loaded")
-            reported = hex_field(msg.get("weights"), 32, "weights").hex()
-            if msg.get("step") != step or reported != checkpoint.info.weights_digests[s]:
+            loaded = receive(self.ctx.transport, self.roster.rank_of(s), Loaded)
+            reported = loaded.weights.hex()
+            if loaded.step != step or reported != checkpoint.info.weights_digests[s]:
                 raise TransportError(f"worker {self.roster.stage_ids[s]} did not load the checkpoint of step {step}")
             self.ledger.final_weights[s] = reported
         self.ledger.last_updates = {}  # every stage's weights are now the verified checkpoint's

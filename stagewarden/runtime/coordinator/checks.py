@@ -4,11 +4,12 @@ the spot-check sample."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from stagewarden.attest.errors import AttestError
 from stagewarden.attest.headers import TransferKind, parse_header, verify_header
 from stagewarden.attest.receipts import Receipt, UnitKind, receipt_digest
+from stagewarden.attest.run_record_parts import SignedDetection
 from stagewarden.attest.tensor_digest import (
     gradient_trace_digest,
     update_input_digest,
@@ -16,7 +17,7 @@ from stagewarden.attest.tensor_digest import (
 )
 from stagewarden.runtime.coordinator.commitments import StepCommit
 from stagewarden.runtime.coordinator.context import CurrentAttempt, RunContext
-from stagewarden.runtime.coordinator.wire import hex_field, hex_list
+from stagewarden.runtime.protocol import CheckReport, UpdateCommitment
 from stagewarden.runtime.spotcheck import (
     receipts_digest,
     sample_units,
@@ -50,8 +51,8 @@ class Checks:
         self.signer, self.reexec, self.current = signer, reexec, current
 
     def accept_update(
-        self, s: int, step: int, receipt: Receipt, weights: bytes, msg: dict[str, Any], commit: StepCommit
-    ) -> list[dict[str, Any]]:
+        self, s: int, step: int, receipt: Receipt, weights: bytes, reported: UpdateCommitment, commit: StepCommit
+    ) -> list[SignedDetection]:
         """Take stage ``s``'s update receipt of ``step``: the digests its message reports (the
         gradient trace, the optimizer state before and after, the weights after) must be the ones
         the receipt commits to, and the optimizer state before must be the one the stage's previous
@@ -61,9 +62,9 @@ class Checks:
         Stage 0's backward receipts commit to its accumulated gradients themselves, so its
         gradient trace must be theirs, in micro-batch order."""
         c, wid = self.ctx.config, self.roster.stage_ids[s]
-        trace = hex_list(msg.get("grads_trace"), c.microbatches, "grads_trace")
-        before = hex_field(msg.get("optimizer_before"), 32, "optimizer_before")
-        after = hex_field(msg.get("optimizer"), 32, "optimizer")
+        trace, before, after = list(reported.grads_trace), reported.optimizer_before, reported.optimizer
+        if len(trace) != c.microbatches:
+            raise TransportError(f"worker {wid}'s update reports a gradient trace of {len(trace)} micro-batches")
         if (
             update_input_digest(gradient_trace_digest(trace), before) != receipt.input_digest
             or update_output_digest(weights, after) != receipt.output_digest
@@ -97,7 +98,7 @@ class Checks:
         self.ledger.traces.setdefault(step, {})[s] = trace
         return found
 
-    def check_links(self, commit: StepCommit) -> list[dict[str, Any]]:
+    def check_links(self, commit: StepCommit) -> list[SignedDetection]:
         """Check that adjacent stages agree on the tensors they exchanged and that the received
         signed headers match the senders' receipts, and that every stage computed with the weights
         it was left with (``check_weights_chain``); return one detection per disagreement.
@@ -110,7 +111,7 @@ class Checks:
         c = self.ctx.config
         if not c.receipts:
             return []
-        found: list[dict[str, Any]] = []
+        found: list[SignedDetection] = []
         stages = sorted(commit.receipts)
         for s, r in zip(stages, stages[1:], strict=False):
             for m in range(c.microbatches):
@@ -160,13 +161,13 @@ class Checks:
                         )
         return found + self.check_weights_chain(commit)
 
-    def check_weights_chain(self, commit: StepCommit) -> list[dict[str, Any]]:
+    def check_weights_chain(self, commit: StepCommit) -> list[SignedDetection]:
         """Every receipt of a step must commit to the weights the stage's last update receipt
         committed to (or its checkpoint's, or its initial weights): one detection (check
         ``weights``) per stage whose receipts name others (a bypassed stage's weights are unused).
         A worker that changed its weights between steps computes honestly with them, so
         re-executing its units cannot see it."""
-        found: list[dict[str, Any]] = []
+        found: list[SignedDetection] = []
         for s in sorted(commit.receipts):
             if s == self.current.bypass:  # its blocks act as the identity: its weights are not used
                 continue
@@ -184,8 +185,8 @@ class Checks:
         return found
 
     def verify_step(
-        self, step: int, commit: StepCommit, already: list[dict[str, Any]] | None = None
-    ) -> list[dict[str, Any]]:
+        self, step: int, commit: StepCommit, already: list[SignedDetection] | None = None
+    ) -> list[SignedDetection]:
         """The verification hook, called after every commitment and before the update.
 
         ``already`` are the detections the link checks made for this commitment. With
@@ -231,7 +232,7 @@ class Checks:
         self.tally.spot["units_sampled"] += len(sampled)
         return sampled
 
-    def adjudicate(self, commit: StepCommit, already: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def adjudicate(self, commit: StepCommit, already: list[SignedDetection]) -> list[SignedDetection]:
         """Turn the failed redundant-neighbour checks of a step into detections.
 
         A report is about the unit of stage ``s`` that its checker ``s + 1`` recomputed. With
@@ -245,23 +246,20 @@ class Checks:
         link checks already blamed is not adjudicated again.
         """
         c, step, found = self.ctx.config, commit.step, []
-        blamed = {(d["stage"], d["microbatch"], d["unit_kind"]) for d in already}
+        blamed: set[tuple[int, int, str]] = {(d.stage, d.microbatch, d.unit_kind) for d in already}
         for checker, reports in sorted(commit.checks.items()):
             self.tally.neighbour["units_checked"] += commit.checks_run.get(checker, 0)
             for report in reports:
-                try:
-                    s, m, kind = int(report["checked"]), int(report["microbatch"]), str(report["unit_kind"])
-                    diff = float.fromhex(str(report["max_abs_diff"]))
-                except (KeyError, TypeError, ValueError):
-                    raise TransportError(f"stage {checker} sent a malformed check report") from None
+                s, m, kind, diff = report.checked, report.microbatch, report.unit_kind, report.max_abs_diff
                 if (
                     s != checker - 1
                     or not self.current.route.checked(s)
-                    or int(report.get("step", -1)) != step
+                    or report.step != step
                     or not 0 <= m < c.microbatches
-                    or kind not in ("forward", "backward")
                 ):
-                    raise TransportError(f"stage {checker} reported a check of a unit it does not check: {report}")
+                    raise TransportError(
+                        f"stage {checker} reported a check of a unit it does not check: {report.to_wire()}"
+                    )
                 self.tally.neighbour["mismatches_reported"] += 1
                 if (s, m, kind) in blamed or (self.current.route.before(s), m, "forward") in blamed:
                     # already convicted, or explained by the upstream stage's conviction (the
@@ -273,7 +271,7 @@ class Checks:
                 receipt = commit.receipt(s, m, UnitKind(kind))
                 if not c.receipts or receipt is None:
                     self.tally.neighbour["unadjudicated"] += 1
-                    evidence = bytes.fromhex(str(report.get("evidence_digest", "")))
+                    evidence = bytes.fromhex(report.evidence_digest)
                     found.append(self.signer.detection(step, m, kind, s, "redundant_neighbour", claim, evidence))
                     continue
                 equivocation = self._relayed_equivocation(report, s, m, step, receipt)
@@ -299,7 +297,7 @@ class Checks:
                             kind,
                             s,
                             "redundant_neighbour",
-                            f"{claim}; the coordinator's re-execution confirms it: {confirmed[0]['message']}",
+                            f"{claim}; the coordinator's re-execution confirms it: {confirmed[0].message}",
                             receipt_digest(receipt),
                         )
                     )
@@ -321,18 +319,18 @@ class Checks:
         return found
 
     def _relayed_equivocation(
-        self, report: dict[str, Any], s: int, m: int, step: int, receipt: Receipt
-    ) -> dict[str, Any] | None:
+        self, report: CheckReport, s: int, m: int, step: int, receipt: Receipt
+    ) -> SignedDetection | None:
         """A detection of stage ``s - 1`` when the input copy its checker recomputed from (the
         ``input_header`` of the report, signed by ``s - 1``) commits to another activation than
         the one ``s``'s receipt says it received: ``s - 1`` signed two activations for one transfer."""
-        raw = report.get("input_header")
-        if not isinstance(raw, str) or s < 1:
+        raw = report.input_header
+        if raw is None or s < 1:
             return None
         before = self.current.route.before(s)
         upstream = self.roster.stage_ids[before]
         try:
-            header = parse_header(bytes.fromhex(raw))
+            header = parse_header(raw)
             verify_header(header, self.roster.keys[upstream])
         except (ValueError, AttestError):
             return None  # not evidence against s - 1: the report is judged on its own
@@ -350,7 +348,7 @@ class Checks:
         )
         return self.signer.detection(step, m, "forward", before, "equivocation", message, receipt_digest(receipt))
 
-    def _check_weights(self, s: int, step: int, receipt: Receipt) -> tuple[list[dict[str, Any]], bool]:
+    def _check_weights(self, s: int, step: int, receipt: Receipt) -> tuple[list[SignedDetection], bool]:
         """Whether the weights stage ``s`` committed to at ``step`` are honest: the detections, and
         whether the question could be settled. Weights never updated since the measured initial
         weights or the last verified checkpoint are honest; otherwise they must be the output of

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,7 +16,7 @@ from stagewarden.attest.tensor_digest import (
     last_forward_output_digest,
 )
 from stagewarden.runtime.coordinator.context import CONTENT_ERRORS, CurrentAttempt, RunContext
-from stagewarden.runtime.coordinator.wire import busy_seconds, float_field, hex_field, hex_list
+from stagewarden.runtime.protocol import CheckReport, Commit, receive
 from stagewarden.runtime.transport import (
     TransportError,
 )
@@ -36,7 +36,7 @@ class _Commitment:
     headers: list[SignedHeader] = dataclasses.field(default_factory=list)
     loss: float = float("nan")
     microbatch_losses: list[float] = dataclasses.field(default_factory=list)
-    checks: list[Any] | None = None
+    checks: list[CheckReport] | None = None
     checks_run: int = 0
 
 
@@ -86,7 +86,7 @@ class StepCommit:
     headers: dict[int, list[SignedHeader]]
     loss: float
     microbatch_losses: list[float]
-    checks: dict[int, list[Any]] = dataclasses.field(default_factory=dict)
+    checks: dict[int, list[CheckReport]] = dataclasses.field(default_factory=dict)
     checks_run: dict[int, int] = dataclasses.field(default_factory=dict)
 
     def receipt(self, stage: int, micro_batch: int, kind: UnitKind) -> Receipt | None:
@@ -155,25 +155,19 @@ class Commitments:
         c = self.ctx.config
         wid, rank = self.roster.stage_ids[s], self.roster.rank_of(s)
         try:
-            msg = self.ctx.transport.recv_json(rank, "commit")
-            if msg.get("step") != step:
-                raise TransportError(f"worker {wid} committed step {msg.get('step')}, not {step}")
-            raw_receipts, raw_headers = msg.get("receipts"), msg.get("headers")
-            if not isinstance(raw_receipts, list) or not isinstance(raw_headers, list):
-                raise TransportError(f"worker {wid}'s commitment has no receipt or header list")
-            out = _Commitment(busy_seconds(msg))
-            out.receipts = [
-                self.accept_receipt(wid, s, step, hex_field(r, None, "receipt"), log=False) for r in raw_receipts
-            ]
-            out.headers = [self.accept_header(wid, s, step, hex_field(raw, None, "header")) for raw in raw_headers]
+            msg = receive(self.ctx.transport, rank, Commit)
+            if msg.step != step:
+                raise TransportError(f"worker {wid} committed step {msg.step}, not {step}")
+            out = _Commitment(msg.busy_ns / 1e9)
+            out.receipts = [self.accept_receipt(wid, s, step, raw, log=False) for raw in msg.receipts]
+            out.headers = [self.accept_header(wid, s, step, raw) for raw in msg.headers]
             if s == c.stages - 1:
                 out.microbatch_losses = self.reported_losses(wid, msg, out.receipts)
                 out.loss = step_loss([torch.tensor(v, dtype=torch.float32) for v in out.microbatch_losses])
             if c.verification == "redundant_neighbour" and s >= 1:
-                reported, run = msg.get("checks"), msg.get("checks_run")
-                if not isinstance(reported, list) or not isinstance(run, int) or isinstance(run, bool) or run < 0:
+                if msg.checks is None or msg.checks_run is None:
                     raise TransportError(f"worker {wid}'s commitment has no check report")
-                out.checks, out.checks_run = reported, run
+                out.checks, out.checks_run = list(msg.checks), msg.checks_run
             return out
         except TransportError as exc:
             if exc.peer is None:
@@ -227,7 +221,7 @@ class Commitments:
             )
         return header
 
-    def reported_losses(self, wid: str, msg: dict[str, Any], receipts: list[Receipt]) -> list[float]:
+    def reported_losses(self, wid: str, msg: Commit, receipts: list[Receipt]) -> list[float]:
         """The micro-batch losses the last stage's commitment reports, in micro-batch order. With
         receipts each must be the one its forward receipt commits to with the logits
         (:func:`~stagewarden.attest.tensor_digest.last_forward_output_digest` of the reported
@@ -238,14 +232,15 @@ class Commitments:
             TransportError: A loss is missing or malformed, or is not the one its receipt commits to.
         """
         c = self.ctx.config
-        raw = msg.get("microbatch_losses")
-        if not isinstance(raw, list) or len(raw) != c.microbatches:
+        if msg.microbatch_losses is None or len(msg.microbatch_losses) != c.microbatches:
             raise TransportError(
                 f"worker {wid}'s commitment does not report the loss of each of the {c.microbatches} micro-batches"
             )
-        losses = [float_field(v) for v in raw]
+        losses = list(msg.microbatch_losses)
         if c.receipts:
-            logits = hex_list(msg.get("logits"), c.microbatches, "logits")
+            logits = msg.logits
+            if logits is None or len(logits) != c.microbatches:
+                raise TransportError(f"worker {wid}'s commitment does not report the logits digest of each micro-batch")
             for r in receipts:
                 m = r.micro_batch
                 if r.kind is UnitKind.FORWARD and 0 <= m < c.microbatches:

@@ -24,6 +24,7 @@ import torch
 from stagewarden.attest.errors import AttestError
 from stagewarden.attest.headers import TransferKind
 from stagewarden.attest.receipts import Receipt, UnitKind, chain_genesis
+from stagewarden.attest.run_record_parts import SignedDetection
 from stagewarden.attest.rundir import RunDirWriter
 from stagewarden.attest.tensor_digest import (
     weights_digest,
@@ -55,8 +56,24 @@ from stagewarden.runtime.coordinator.reexecution import FetchedUnit, Reexecution
 from stagewarden.runtime.coordinator.resume import Resume
 from stagewarden.runtime.coordinator.roster import Roster
 from stagewarden.runtime.coordinator.tally import RunTally
-from stagewarden.runtime.coordinator.wire import busy_seconds, hex_field, tensor_digests
+from stagewarden.runtime.coordinator.wire import tensor_digests
 from stagewarden.runtime.liveness import Fault
+from stagewarden.runtime.protocol import (
+    Commit,
+    Discard,
+    Idle,
+    Push,
+    Pushed,
+    Release,
+    ReplicaLoaded,
+    Snapshot,
+    SnapshotRequest,
+    Step,
+    Update,
+    Updated,
+    receive,
+    send_message,
+)
 from stagewarden.runtime.route import Route
 from stagewarden.runtime.spotcheck import (
     SampleSeed,
@@ -98,7 +115,7 @@ class AfterUpdate:
     update_receipts: dict[int, Receipt]
     weights: dict[int, str]
     optimizers: dict[int, str] = dataclasses.field(default_factory=dict)
-    found: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    found: list[SignedDetection] = dataclasses.field(default_factory=list)
     state: dict[int, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = dataclasses.field(default_factory=dict)
     state_digests: dict[int, dict[str, dict[str, bytes]]] = dataclasses.field(default_factory=dict)
 
@@ -214,7 +231,7 @@ class Coordinator:
             self.faults.stop_watchdog()
             for rank in range(1, self.ctx.config.world_size):
                 if rank not in self.roster.released:
-                    self.ctx.transport.send_json(rank, {"type": "release"})
+                    send_message(self.ctx.transport, rank, Release())
             if stopped is None:
                 self.ctx.events.write(
                     "run_completed", steps=len(self.tally.losses), detections=len(self.tally.detections)
@@ -290,7 +307,7 @@ class Coordinator:
                 else:
                     detections += self._settle(after, write_checkpoint=False)
             for d in detections:
-                self.ctx.events.write("detection", attempt=attempt, **d)
+                self.ctx.events.write("detection", attempt=attempt, **d.to_json())
             self.tally.detections += detections
             if not detections:
                 break
@@ -298,7 +315,7 @@ class Coordinator:
                 d = detections[0]
                 raise TrainingStopped(
                     f"no honest path through step {step}: it was tampered with in each of its {attempt + 1} "
-                    f"computations (last: stage {d['stage']}, {d['check']}), and the {c.response} response "
+                    f"computations (last: stage {d.stage}, {d.check}), and the {c.response} response "
                     "cannot route around the tampering stage"
                 )
             plan = self.recovery.respond(step, attempt, detections[0])
@@ -330,20 +347,20 @@ class Coordinator:
         that stage's new state, which must be the one its update receipt commits to."""
         s, c = bypass - 1, self.ctx.config
         wid = self.roster.stage_ids[s]
-        self.ctx.transport.send_json(self.roster.rank_of(s), {"type": "snapshot", "step": step + 1})
-        msg = self.ctx.transport.recv_json(self.roster.rank_of(s), "snapshot")
-        received, digests = self.reexec.recv_tensors(s, msg, ("weights", "optimizer"))
+        send_message(self.ctx.transport, self.roster.rank_of(s), SnapshotRequest(step + 1))
+        snapshot = receive(self.ctx.transport, self.roster.rank_of(s), Snapshot)
+        received, digests = self.reexec.recv_tensors(s, snapshot.tensors, ("weights", "optimizer"))
         weights = weights_digest(tensor_digests(received["weights"], digests, "weights")).hex()
         optimizer = weights_digest(tensor_digests(received["optimizer"], digests, "optimizer")).hex()
-        if msg.get("step") != step + 1 or weights != self.ledger.final_weights.get(s):
+        if snapshot.step != step + 1 or weights != self.ledger.final_weights.get(s):
             raise TransportError(f"worker {wid} sent other weights than its update of step {step} reported")
         if c.receipts and optimizer != self.ledger.optimizer[s]:
             raise TransportError(f"worker {wid} sent another optimizer state than its update receipt of step {step}")
         tensors = [(f"replica_weights.{k}", v) for k, v in received["weights"].items()]
         tensors += [(f"replica_optimizer.{k}", v) for k, v in received["optimizer"].items()]
         self.store.send_load(self.roster.rank_of(bypass), step + 1, tensors, replica_only=True)
-        msg = self.ctx.transport.recv_json(self.roster.rank_of(bypass), "loaded")
-        if msg.get("step") != step + 1 or msg.get("replica") is not True:
+        loaded = receive(self.ctx.transport, self.roster.rank_of(bypass), ReplicaLoaded)
+        if loaded.step != step + 1:
             raise TransportError(f"worker {self.roster.stage_ids[bypass]} did not load its replica of stage {s}")
 
     def _active_stages(self, bypass: int | None) -> list[int]:
@@ -357,17 +374,13 @@ class Coordinator:
             self.ctx.events.write(
                 "spot_check_commitment", step=step, attempt=attempt, commitment=self.current.seed.commitment.hex()
             )
-        message: dict[str, Any] = {"type": "step", "step": step, "attempt": attempt}
-        if bypass is not None:
-            message["bypass"] = bypass
+        message, idle = Step(step, attempt, bypass), Idle(step)
         self.current.bypass, self.current.route = bypass, Route(c.stages, bypass)
         for s in range(c.stages):  # the bypassed worker computes nothing: it waits for the next step
-            self.ctx.transport.send_json(
-                self.roster.rank_of(s), message if s != bypass else {"type": "idle", "step": step}
-            )
+            send_message(self.ctx.transport, self.roster.rank_of(s), message if s != bypass else idle)
         for k in list(self.roster.free_standbys):
             try:
-                self.ctx.transport.send_json(self.roster.standby_rank(k), {"type": "idle", "step": step})
+                send_message(self.ctx.transport, self.roster.standby_rank(k), idle)
             except TransportError as exc:
                 with self.faults.lock:
                     if k in self.roster.free_standbys:
@@ -382,13 +395,13 @@ class Coordinator:
         self.ctx.transport.flush()
         return commit
 
-    def _settle(self, after: AfterUpdate, write_checkpoint: bool) -> list[dict[str, Any]]:
+    def _settle(self, after: AfterUpdate, write_checkpoint: bool) -> list[SignedDetection]:
         """Take what the workers pushed after ``after.step``'s update, check its sampled units and,
         with ``write_checkpoint`` and no detection, write the checkpoint after it; return the
         detections."""
         self.store.finish()
         units = self._receive_pushed(after)
-        found: list[dict[str, Any]] = list(after.found)
+        found: list[SignedDetection] = list(after.found)
         for s, m, kind in after.sample:
             if kind == "update":
                 receipt = after.update_receipts.get(s)
@@ -406,12 +419,12 @@ class Coordinator:
         step, units = after.step, {}
         for s, asked in sorted(after.pushes.items()):
             wid = self.roster.stage_ids[s]
-            msg = self.ctx.transport.recv_json(self.roster.rank_of(s), "pushed")
-            if msg.get("step") != step or msg.get("units") != [[m, k] for m, k in asked]:
+            pushed = receive(self.ctx.transport, self.roster.rank_of(s), Pushed)
+            if pushed.step != step or list(pushed.units) != asked:
                 raise TransportError(f"worker {wid} pushed other units than those of step {step} it was asked for")
             groups: tuple[str, ...] = ("weights", "snapshot_weights", "snapshot_optimizer")
             groups += tuple(f"{part}{i}" for i in range(len(asked)) for part in ("unit", "output"))
-            received, digests = self.reexec.recv_tensors(s, msg, groups)
+            received, digests = self.reexec.recv_tensors(s, pushed.tensors, groups)
             for i, (m, kind) in enumerate(asked):
                 units[(s, m, kind)] = FetchedUnit(
                     s,
@@ -440,26 +453,24 @@ class Coordinator:
                 after.state_digests[s] = known
         return units
 
-    def _late_detection(self, step: int, detections: list[dict[str, Any]]) -> int:
+    def _late_detection(self, step: int, detections: list[SignedDetection]) -> int:
         """The checks of ``step - 1``, run while ``step`` computed, found tampering: receive and
         drop ``step``'s commitments (nothing of them is logged), tell every worker to discard the
         step and continue its receipt chain from the last logged receipt, take step ``step - 1``
         back and answer the detection as at attempt 0 of that step. Returns the step to train next."""
         c, done = self.ctx.config, step - 1
         for s in range(c.stages):
-            self.ctx.transport.recv_json(self.roster.rank_of(s), "commit")
+            receive(self.ctx.transport, self.roster.rank_of(s), Commit)
         self.ctx.transport.flush()
         for s in range(c.stages):
             wid = self.roster.stage_ids[s]
             head = self.roster.prev.get(wid) or chain_genesis(self.ctx.run_id, wid)
-            self.ctx.transport.send_json(
-                self.roster.rank_of(s), {"type": "discard", "step": step, "chain_head": head.hex()}
-            )
+            send_message(self.ctx.transport, self.roster.rank_of(s), Discard(step, head))
         self.ctx.events.write("step_discarded", step=step, reason=f"a spot check of step {done} failed while it ran")
         del self.tally.losses[done:]
         del self.tally.metrics[done:]
         for d in detections:
-            self.ctx.events.write("detection", attempt=0, found_during_step=step, **d)
+            self.ctx.events.write("detection", attempt=0, found_during_step=step, **d.to_json())
         self.tally.detections += detections
         plan = self.recovery.respond(done, 0, detections[0])
         if plan.checkpoint_step is not None:
@@ -511,23 +522,26 @@ class Coordinator:
         stages = self._active_stages(frozen)
         snapshot = frozen is None and self.store.due(step)
         for s in stages:
-            self.ctx.transport.send_json(self.roster.rank_of(s), {"type": "update", "step": step})
+            send_message(self.ctx.transport, self.roster.rank_of(s), Update(step))
         receipts: dict[int, Receipt] = {}
         optimizers: dict[int, str] = {}
-        found: list[dict[str, Any]] = []
+        found: list[SignedDetection] = []
         for s in stages:
             wid = self.roster.stage_ids[s]
-            msg = self.ctx.transport.recv_json(self.roster.rank_of(s), "updated")
-            if msg.get("step") != step:
-                raise TransportError(f"worker {wid} reported the update of step {msg.get('step')}, not {step}")
-            weights = hex_field(msg.get("weights"), 32, "weights")
+            updated = receive(self.ctx.transport, self.roster.rank_of(s), Updated)
+            if updated.step != step:
+                raise TransportError(f"worker {wid} reported the update of step {updated.step}, not {step}")
+            weights = updated.weights
             self.ledger.final_weights[s] = weights.hex()
-            self.tally.busy[s] += busy_seconds(msg)
+            self.tally.busy[s] += updated.busy_ns / 1e9
             if c.receipts:
-                receipt = self.commitments.accept_receipt(wid, s, step, hex_field(msg.get("receipt"), None, "receipt"))
+                reported = updated.commitment
+                if reported is None:
+                    raise TransportError(f"worker {wid} sent no update receipt")
+                receipt = self.commitments.accept_receipt(wid, s, step, reported.receipt)
                 if receipt.kind is not UnitKind.UPDATE:
                     raise TransportError(f"worker {wid} sent a {receipt.kind} receipt as its update receipt")
-                found += self.checks.accept_update(s, step, receipt, weights, msg, commit)
+                found += self.checks.accept_update(s, step, receipt, weights, reported, commit)
                 receipts[s] = receipt
                 optimizers[s] = self.ledger.optimizer[s]
                 self.tally.counts["update"] += 1
@@ -542,8 +556,7 @@ class Coordinator:
             if asked or snapshot:
                 pushes[s] = asked
         for s, asked in pushes.items():
-            message = {"type": "push", "step": step, "push": [[m, k] for m, k in asked], "snapshot": snapshot}
-            self.ctx.transport.send_json(self.roster.rank_of(s), message)
+            send_message(self.ctx.transport, self.roster.rank_of(s), Push(step, tuple(asked), snapshot))
         return AfterUpdate(
             step, commit, sample, pushes, snapshot, receipts, dict(self.ledger.final_weights), optimizers, found
         )

@@ -4,19 +4,19 @@ convict's receipt audit, restart, skip_stage)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from stagewarden.attest.audit import declared_bypasses, route_neighbour
 from stagewarden.attest.errors import AttestError
 from stagewarden.attest.headers import TransferKind
 from stagewarden.attest.receipt_log import RecordType, read_log
 from stagewarden.attest.receipts import Receipt, UnitKind, chain_genesis, parse_receipt, receipt_digest, verify_receipt
+from stagewarden.attest.run_record_parts import SignedDetection, UnitKindName
 from stagewarden.attest.rundir import LOG_FILE
 from stagewarden.runtime.coordinator.context import CARRIED_OUT, MAX_RECOMPUTATIONS, RunContext
 from stagewarden.runtime.coordinator.errors import RunFailed, TrainingStopped
-from stagewarden.runtime.coordinator.wire import hex_field
+from stagewarden.runtime.protocol import Restore, Restored, receive, send_message
 from stagewarden.runtime.responses import (
-    Detection,
     ReceiptRef,
     Response,
     ResponseError,
@@ -64,7 +64,7 @@ class Recovery:
         bypass, self.next_bypass = self.next_bypass, None
         return bypass
 
-    def respond(self, step: int, attempt: int, detection: dict[str, Any]) -> ResponsePlan:
+    def respond(self, step: int, attempt: int, detection: SignedDetection) -> ResponsePlan:
         """Answer a detection: plan the response and carry it out. ``restart`` and ``skip_stage``
         restore every stage to the state before ``step`` (the plan's ``bypass_stage`` runs as the
         identity in the recomputation); ``eject`` hands the convict's stage to a standby and
@@ -87,24 +87,24 @@ class Recovery:
             checkpoints=tuple(self.store.steps),
         )
         try:
-            plan = plan_response(c.response, Detection.from_json(detection), state)
+            plan = plan_response(c.response, detection, state)
         except ResponseError as exc:
             raise RunFailed(f"cannot respond to the detection at step {step}: {exc}") from None
         if plan.response not in CARRIED_OUT:
             raise TrainingStopped(f"the {plan.response} response is not carried out by this runtime; training stops")
-        record = {"step": step, "attempt": attempt, "plan": plan.to_json(), "detection": detection}
+        record = {"step": step, "attempt": attempt, "plan": plan.to_json(), "detection": detection.to_json()}
         self.tally.responses.append(record)
         self.ctx.events.write("response", **record)
         if plan.response is Response.EJECT:
             self.eject(plan, step)
             return plan
         for s in range(c.stages):
-            self.ctx.transport.send_json(self.roster.rank_of(s), {"type": "restore", "step": step})
+            send_message(self.ctx.transport, self.roster.rank_of(s), Restore(step))
         for s in range(c.stages):
-            msg = self.ctx.transport.recv_json(self.roster.rank_of(s), "restored")
-            if msg.get("step") != step:
-                raise TransportError(f"worker {self.roster.stage_ids[s]} restored step {msg.get('step')}, not {step}")
-            self.ledger.final_weights[s] = hex_field(msg.get("weights"), 32, "weights").hex()
+            restored = receive(self.ctx.transport, self.roster.rank_of(s), Restored)
+            if restored.step != step:
+                raise TransportError(f"worker {self.roster.stage_ids[s]} restored step {restored.step}, not {step}")
+            self.ledger.final_weights[s] = restored.weights.hex()
             undo = self.ledger.undo.pop(s, None)
             if undo is not None and undo[0] == step:  # the stage's update of the step is taken back
                 _, self.ledger.optimizer[s], self.ledger.weights[s] = undo
@@ -123,7 +123,7 @@ class Recovery:
         self.admission.calibrate([plan.stage])
         self.tally.spot["recomputations"] += 1
 
-    def rollback(self, step: int, attempt: int, detection: dict[str, Any]) -> ResponsePlan:
+    def rollback(self, step: int, attempt: int, detection: SignedDetection) -> ResponsePlan:
         """Carry out a rollback: audit the convict's logged receipts (:meth:`audit_receipts`), plan
         the return to the latest verified checkpoint at or before its first tampered step (the
         detected step, or an earlier one the audit found), drop the checkpoints after it, then
@@ -139,26 +139,28 @@ class Recovery:
         if count > MAX_RECOMPUTATIONS:
             raise TrainingStopped(
                 f"step {step} was tampered with after each of its {MAX_RECOMPUTATIONS} rollbacks (last: stage "
-                f"{detection['stage']}, {detection['check']}); the rollback response does not remove this attacker"
+                f"{detection.stage}, {detection.check}); the rollback response does not remove this attacker"
             )
         self._rollbacks[step] = count
         try:
-            found = Detection.from_json(detection)
-            receipts, findings = self.audit_receipts(found.worker)
+            receipts, findings = self.audit_receipts(detection.worker)
             state = RunState(
                 num_stages=c.stages,
                 step=step,
                 workers=dict(enumerate(self.roster.stage_ids)),
                 standbys=tuple(self.roster.standby_ids[k] for k in self.roster.free_standbys),
                 checkpoints=tuple(self.store.steps),
-                receipts=tuple(ReceiptRef(r.worker_id, r.stage, r.step, r.micro_batch, str(r.kind)) for r in receipts),
+                receipts=tuple(
+                    ReceiptRef(r.worker_id, r.stage, r.step, r.micro_batch, cast(UnitKindName, str(r.kind)))
+                    for r in receipts
+                ),
             )
-            plan = plan_response(Response.ROLLBACK, found, state)
+            plan = plan_response(Response.ROLLBACK, detection, state)
             first = min((f["step"] for f in findings), default=step)
             replanned_from = None
             if first < step:  # the audit found an earlier tampered step: go back before it
                 replanned_from = plan.checkpoint_step
-                plan = plan_response(Response.ROLLBACK, found, state, first_tampered_step=first)
+                plan = plan_response(Response.ROLLBACK, detection, state, first_tampered_step=first)
         except ResponseError as exc:
             raise RunFailed(f"cannot respond to the detection at step {step}: {exc}") from None
         assert plan.checkpoint_step is not None
@@ -194,7 +196,13 @@ class Recovery:
             "first_tampered_step": min(first, step),
             "replanned_from": replanned_from,
         }
-        record = {"step": step, "attempt": attempt, "plan": plan.to_json(), "detection": detection, "audit": audit}
+        record = {
+            "step": step,
+            "attempt": attempt,
+            "plan": plan.to_json(),
+            "detection": detection.to_json(),
+            "audit": audit,
+        }
         self.tally.responses.append(record)
         self.ctx.events.write("response", **record)
         self.store.discard_after(back)

@@ -5,11 +5,13 @@ calibrated tolerance)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from stagewarden.attest.receipts import Receipt, UnitKind, receipt_digest
+from stagewarden.attest.run_record_parts import SignedDetection
 from stagewarden.attest.tensor_digest import (
     digest_state_dict,
     digest_tensor,
@@ -23,6 +25,7 @@ from stagewarden.runtime.coordinator.commitments import StepCommit
 from stagewarden.runtime.coordinator.context import NO_GRADS, RunContext
 from stagewarden.runtime.coordinator.errors import RunFailed
 from stagewarden.runtime.coordinator.wire import FETCH_DTYPES, MAX_FETCH_ELEMENTS, digest_of_weights, numel
+from stagewarden.runtime.protocol import Fetch, Fetched, FetchUnavailable, TensorMeta, receive, send_message
 from stagewarden.runtime.spotcheck import (
     SpotCheckError,
     StagePool,
@@ -153,7 +156,7 @@ class Reexecution:
 
     def check_unit(
         self, commit: StepCommit, stage: int, micro_batch: int, kind: str, unit: FetchedUnit | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[SignedDetection]:
         """Spot-check one forward or backward unit: take its inputs and weights (``unit``, as
         pushed; fetched with FETCH when ``None``), check them
         against the receipt (and stage 0's token ids and the last stage's targets against the
@@ -166,7 +169,7 @@ class Reexecution:
             ]
         evidence = receipt_digest(receipt)
 
-        def found(check: str, message: str) -> list[dict[str, Any]]:
+        def found(check: str, message: str) -> list[SignedDetection]:
             return [self.signer.detection(step, micro_batch, kind, stage, check, message, evidence)]
 
         if unit is None:
@@ -299,7 +302,7 @@ class Reexecution:
 
     def check_update(
         self, s: int, step: int, receipt: Receipt, unit: FetchedUnit | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[SignedDetection]:
         """Re-execute stage ``s``'s update unit of ``step``: with the weights before it, the
         accumulated gradients and the optimizer state (``unit``, as pushed; fetched when ``None``),
         checked against the update receipt (the gradients are the last entry of the gradient trace
@@ -307,7 +310,7 @@ class Reexecution:
         state's digests with the receipt's output. Returns the detections (none when they agree)."""
         c, evidence = self.ctx.config, receipt_digest(receipt)
 
-        def found(check: str, message: str) -> list[dict[str, Any]]:
+        def found(check: str, message: str) -> list[SignedDetection]:
             return [self.signer.detection(step, 0, "update", s, check, message, evidence)]
 
         if unit is None:
@@ -375,12 +378,13 @@ class Reexecution:
             TransportError: The worker does not keep the unit, or sent a malformed answer.
         """
         rank = self.roster.rank_of(stage)
-        self.ctx.transport.send_json(rank, {"type": "fetch", "step": step, "micro_batch": micro_batch, "kind": kind})
-        msg = self.ctx.transport.recv_json(rank, "fetched")
-        if "error" in msg:
-            raise TransportError(str(msg["error"]))
+        send_message(self.ctx.transport, rank, Fetch(step, micro_batch, kind))
+        fetched = receive(self.ctx.transport, rank, Fetched, FetchUnavailable)
+        if isinstance(fetched, FetchUnavailable):
+            raise TransportError(fetched.error)
+        assert isinstance(fetched, Fetched)
         groups = ("input", "weights", "output")
-        received, digests = self.recv_tensors(stage, msg, groups)
+        received, digests = self.recv_tensors(stage, fetched.tensors, groups)
         return FetchedUnit(
             stage,
             step,
@@ -393,36 +397,27 @@ class Reexecution:
         )
 
     def recv_tensors(
-        self, stage: int, msg: dict[str, Any], groups: tuple[str, ...]
+        self, stage: int, announced: Sequence[TensorMeta], groups: tuple[str, ...]
     ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, bytes]]:
-        """Receive the tensors a worker announced in ``msg`` (name ``<group>.<key>``, dtype, shape,
-        digest), packed in one buffer, checking each against its announced digest.
+        """Receive the tensors a worker announced (``announced``: name ``<group>.<key>``, dtype,
+        shape, digest, as its message parsed), packed in one buffer, checking each against its
+        announced digest.
 
         Returns:
             The tensors by group and key (every group of ``groups`` present, possibly empty), and
             each tensor's digest by its full name.
         """
         rank = self.roster.rank_of(stage)
-        items = msg.get("tensors", [])
-        if not isinstance(items, list):
-            raise TransportError(f"worker of stage {stage} sent a malformed tensor list")
         layout: list[tuple[torch.dtype, tuple[int, ...]]] = []
         names: list[tuple[str, str, str]] = []
-        for item in items:
-            if not isinstance(item, dict) or not isinstance(item.get("shape"), list):
-                raise TransportError(f"worker of stage {stage} sent a malformed tensor entry")
-            name, dtype, shape = item.get("name"), FETCH_DTYPES.get(str(item.get("dtype"))), tuple(item["shape"])
-            group, _, key = str(name).partition(".")
-            if (
-                dtype is None
-                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-                or numel(shape) > MAX_FETCH_ELEMENTS
-            ):
-                raise TransportError(f"worker of stage {stage} announced an unacceptable tensor {name!r}")
+        for meta in announced:
+            group, _, key = meta.name.partition(".")
+            if numel(meta.shape) > MAX_FETCH_ELEMENTS:
+                raise TransportError(f"worker of stage {stage} announced an unacceptable tensor {meta.name!r}")
             if group not in groups or not key:
-                raise TransportError(f"worker of stage {stage} sent an unexpected tensor {name!r}")
-            layout.append((dtype, shape))
-            names.append((str(name), group, key))
+                raise TransportError(f"worker of stage {stage} sent an unexpected tensor {meta.name!r}")
+            layout.append((FETCH_DTYPES[meta.dtype], meta.shape))
+            names.append((meta.name, group, key))
         received: dict[str, dict[str, torch.Tensor]] = {g: {} for g in groups}
         digests: dict[str, bytes] = {}
         if not layout:
@@ -433,9 +428,9 @@ class Reexecution:
                 f"worker of stage {stage} announced {size} bytes of tensors (the limit is {MAX_FRAME_BYTES})"
             )
         tensors = unpack_tensors(self.ctx.transport.recv_tensor(rank, torch.uint8, (size,)).cpu(), layout)
-        for (name, group, key), item, tensor in zip(names, items, tensors, strict=True):
+        for (name, group, key), meta, tensor in zip(names, announced, tensors, strict=True):
             digest = digest_tensor(tensor)
-            if digest.hex() != item.get("digest"):
+            if digest != meta.digest:
                 raise TransportError(f"fetched tensor {name!r} of stage {stage} does not match its announced digest")
             if key in received[group]:
                 raise TransportError(f"worker of stage {stage} sent tensor {name!r} twice")

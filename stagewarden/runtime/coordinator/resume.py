@@ -219,7 +219,7 @@ class Resume:
             training.units.update,
         )
         counts["receipts"], counts["headers"] = training.receipts, training.headers
-        self.tally.detections = [dataclasses.asdict(d) for d in training.detections]
+        self.tally.detections = list(training.detections)
         self.tally.responses = [r.model_dump(mode="python") for r in training.responses]
         self.roster.replacements = [dataclasses.asdict(r) for r in training.replacements]
         self.tally.faults = [dataclasses.asdict(f) for f in training.faults]

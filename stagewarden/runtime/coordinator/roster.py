@@ -10,6 +10,7 @@ from typing import Any
 
 from stagewarden.attest.files import atomic_write_text
 from stagewarden.runtime.coordinator.context import WORKERS_FILE, RunContext
+from stagewarden.runtime.protocol import Assign, Ranks, Release, send_message
 from stagewarden.runtime.responses import (
     ResponsePlan,
 )
@@ -65,6 +66,12 @@ class Roster:
                 members[self.standby_rank(k)] = self.keys[wid]
         return {r: k for r, k in members.items() if r not in self.released}
 
+    def stage_maps(self) -> tuple[dict[int, bytes], dict[int, str], dict[int, int]]:
+        """Every stage's attested receipt key, worker id and rank, as :class:`~stagewarden.runtime.protocol.Admitted`
+        and :class:`~stagewarden.runtime.protocol.Ranks` announce them."""
+        keys = {s: self.keys[wid] for s, wid in enumerate(self.stage_ids)}
+        return keys, dict(enumerate(self.stage_ids)), {s: self.rank_of(s) for s in range(self.ctx.config.stages)}
+
     def worker_at(self, rank: int) -> tuple[str, int | None]:
         """The worker id and stage (``None``: a standby) of ``rank``."""
         for s in range(self.ctx.config.stages):
@@ -101,20 +108,15 @@ class Roster:
         index = self.standby_ids.index(standby)
         self.free_standbys.remove(index)
         convict_rank = self.rank_of(s)
-        self.ctx.transport.send_json(convict_rank, {"type": "release"})
+        send_message(self.ctx.transport, convict_rank, Release())
         self.released.add(convict_rank)
         rank = self.standby_rank(index)
-        self.ctx.transport.send_json(rank, {"type": "assign", "stage": s})
+        send_message(self.ctx.transport, rank, Assign(s))
         self.stage_ranks[s] = rank
         self.stage_ids[s] = standby
-        ranks = {
-            "type": "ranks",
-            "ranks": {str(t): r for t, r in enumerate(self.stage_ranks)},
-            "workers": {str(t): w for t, w in enumerate(self.stage_ids)},
-            "keys": {str(t): self.keys[w].hex() for t, w in enumerate(self.stage_ids)},
-        }
+        ranks = Ranks(*self.stage_maps())
         for t in range(self.ctx.config.stages):
-            self.ctx.transport.send_json(self.rank_of(t), ranks)
+            send_message(self.ctx.transport, self.rank_of(t), ranks)
         self.write_workers()
         return rank
 

@@ -11,7 +11,7 @@ import blake3
 
 from stagewarden.attest.files import atomic_write_text
 from stagewarden.attest.run_record import RunRecord, TrainingRecord
-from stagewarden.attest.run_record_parts import WorkerInfo
+from stagewarden.attest.run_record_parts import SignedDetection, WorkerInfo
 from stagewarden.runtime.coordinator.context import METRICS_FILE, RUNTIME_SUMMARY_VERSION, RunContext
 from stagewarden.runtime.worker import worker_id_for
 
@@ -29,7 +29,7 @@ class RunTally:
         stop_reason: Why the run stopped, was refused or failed.
         losses: Each completed step's loss.
         metrics: Each completed step's ``(step, loss, tokens_per_second, seconds)``.
-        detections: Every detection, as recorded.
+        detections: Every detection, signed, as recorded.
         responses: Every response carried out.
         counts: Units, receipts and headers logged.
         busy: Each stage's busy seconds, as its worker reports them.
@@ -51,7 +51,7 @@ class RunTally:
         self.train_seconds = 0.0
         self.losses: list[float] = []
         self.metrics: list[tuple[int, float, float, float]] = []
-        self.detections: list[dict[str, Any]] = []
+        self.detections: list[SignedDetection] = []
         self.responses: list[dict[str, Any]] = []
         self.counts = {"forward": 0, "backward": 0, "update": 0, "receipts": 0, "headers": 0}
         self.busy = [0.0] * config.stages
@@ -126,7 +126,7 @@ class RunTally:
         malicious = set()
         if plan is not None:
             malicious = {worker_id_for(int(s)) for s in plan.get("stages", [])}
-        return sum(1 for d in self.detections if d["worker"] not in malicious)
+        return sum(1 for d in self.detections if d.worker not in malicious)
 
     def write_summary(self) -> None:
         self.ctx.writer.write_summary(self.summary())
