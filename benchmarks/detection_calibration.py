@@ -42,11 +42,11 @@ from pathlib import Path
 from typing import Any
 
 import blake3
+
+from stagewarden.confidence import binomial_cdf, normal_quantile, wilson
 from stagewarden.prover.probability import negbin_tail, rollback_damage
 from stagewarden.report.calibration import CalibrationRow
 from stagewarden.runtime.spotcheck import SampleSeed, receipts_digest, sample_units, sampling_randomness
-
-from stagewarden.confidence import binomial_cdf, normal_quantile, wilson
 
 #: Confidence of every interval printed.
 CONFIDENCE = 0.95
@@ -226,6 +226,7 @@ def real_runs(count: int, rate: float, start: int, steps: int) -> dict[str, Any]
     step of each, against ``Pr[L >= l] = q^l``."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "runtime"))
     from distributed_helpers import tiny_config  # the test suite's tiny run
+
     from stagewarden.runtime.attacks import AttackPlan
     from stagewarden.runtime.launch import LaunchError, launch_local
 

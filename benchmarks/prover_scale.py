@@ -116,6 +116,7 @@ def brute_comparison() -> dict[str, object]:
     root = Path(__file__).resolve().parent.parent
     sys.path[:0] = [str(root / "tests" / "prover"), str(root / "tests")]
     from bruteforce import brute_force
+
     from stagewarden.prover import verify
     from stagewarden.spec import load_text
 

@@ -27,6 +27,7 @@ def receipt_costs(mib: int, repeat: int) -> dict[str, object]:
     """Median and best seconds to make (digest output + sign) and verify (re-digest + check signature) one receipt."""
     import torch
     from nacl.signing import SigningKey
+
     from stagewarden.attest.receipts import (
         ExecutionEnv,
         Receipt,
@@ -93,6 +94,7 @@ def copy_check(contiguous: bool) -> dict[str, object]:
     import tracemalloc
 
     import torch
+
     from stagewarden.attest.tensor_digest import digest_tensor
 
     t = torch.randn(64 * MIB // 4) if contiguous else torch.randn(64 * MIB // 4 // 2, 2).t()

@@ -22,6 +22,7 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
+
 from stagewarden.spec import (
     CAPABILITIES,
     CHECK_SCHEMES,

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+
 from stagewarden.prover import GuaranteeResult
 from stagewarden.prover.verdict import AssumptionRef
-
 from stagewarden.render import acting_malicious, guarantee_block, listed_assumptions, trace_lines
 
 NOT_ISOLATED = "the verdict is proven, but the assumptions it rests on could not be isolated within the effort limit"

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from stagewarden.report import build_report
-from stagewarden.runtime.attacks import AttackPlan
-from stagewarden.spec import load_example
 
 from stagewarden.cli import cli
 from stagewarden.replay import ReplayError, plan_replay, without_budgets
+from stagewarden.report import build_report
+from stagewarden.runtime.attacks import AttackPlan
+from stagewarden.spec import load_example
 
 
 def test_adjacent_collusion_maps_to_a_tamperer_and_a_covering_checker() -> None:

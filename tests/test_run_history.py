@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from stagewarden.runtime.attacks import AttackPlan
-
 from stagewarden.run_history import reconstruct, tampered_units
+from stagewarden.runtime.attacks import AttackPlan
 
 ATTACK = AttackPlan.from_cli("reverse", "1", 1.0, 0).to_json()
 

@@ -11,6 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from nacl.signing import SigningKey
+
 from stagewarden.attest.clock import FixedClock
 from stagewarden.attest.collateral import (
     Endorsements,

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nacl.signing import SigningKey
+
 from stagewarden.attest.headers import SignedHeader, TransferKind, sign_header
 from stagewarden.attest.receipts import (
     ExecutionEnv,
@@ -123,6 +124,7 @@ def write_run(
 # -- Hypothesis strategies for receipts and headers ----------------------------------------------
 
 from hypothesis import strategies as st  # noqa: E402
+
 from stagewarden.attest.receipts import EnvFlag  # noqa: E402
 
 ids = st.from_regex(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,20}", fullmatch=True)

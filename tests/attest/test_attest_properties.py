@@ -10,12 +10,13 @@ import pytest
 from attest_fixtures import AttestWorld
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import fuzz_settings, mutated_bytes
+
 from stagewarden.attest.collateral import parse_reference_values, parse_tcb_info
 from stagewarden.attest.errors import AttestError, FormatError
 from stagewarden.attest.evidence import parse_evidence
 from stagewarden.attest.policy import parse_policy
 from stagewarden.attest.result import parse_result_unverified
-from strategies import fuzz_settings, mutated_bytes
 
 WORLD = AttestWorld.create()
 _V = WORLD.verifier()

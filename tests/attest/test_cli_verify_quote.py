@@ -25,9 +25,9 @@ from dcap_samples import (
     instant,
 )
 from nacl.signing import SigningKey
+
 from stagewarden.attest.clock import FixedClock
 from stagewarden.attest.ear import verify_ear
-
 from stagewarden.cli import cli
 
 

@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 from attest_fixtures import MEASUREMENT, T0, AttestWorld
 from nacl.signing import SigningKey
+
 from stagewarden.attest.collateral import TcbStatus, parse_reference_values, parse_tcb_info
 from stagewarden.attest.errors import ErrorCode, FormatError
 from stagewarden.attest.policy import Policy, load_policy, parse_policy

@@ -21,6 +21,7 @@ from dcap_samples import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from stagewarden.attest.dcap import (
     classify_dcap_error,
     dcap_report_data,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from dcap_samples import AT, PCK_CRL_NEXT_UPDATE, collateral, instant, quote
 from nacl.signing import SigningKey
+
 from stagewarden.attest.clock import FixedClock
 from stagewarden.attest.collateral_cache import CollateralCache
 from stagewarden.attest.dcap import dcap_report_data

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 from dcap_samples import AT, SIGNED_LENGTH, collateral, instant, quote
+
 from stagewarden.attest.dcap import verify_quote
 from stagewarden.attest.errors import AttestError, ErrorCode
 

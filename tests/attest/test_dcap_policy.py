@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 from dcap_samples import AT, MRTD, collateral, instant, quote
+
 from stagewarden.attest.dcap import VerifiedQuote, dcap_report_data, report_from_body, verify_quote
 from stagewarden.attest.dcap_policy import (
     Binding,

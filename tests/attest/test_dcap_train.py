@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from dcap_samples import COLLATERAL
-from stagewarden.runtime.config import ConfigError, RunConfig
 
 from stagewarden.cli import cli
+from stagewarden.runtime.config import ConfigError, RunConfig
 
 TSM_ROOT = Path("/sys/kernel/config/tsm/report")
 TINY = ["--stages", "2", "--microbatches", "2", "--steps", "1", "--n-layer", "2", "--n-embd", "32"]

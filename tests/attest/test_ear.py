@@ -14,6 +14,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from dcap_samples import AT, collateral, instant, quote
 from nacl.signing import SigningKey
+
 from stagewarden.attest.audit import audit_run_dir
 from stagewarden.attest.clock import FixedClock
 from stagewarden.attest.dcap import VerifiedQuote, dcap_report_data, report_from_body

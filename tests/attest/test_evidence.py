@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 from attest_fixtures import DEVICE_ID, MEASUREMENT, MODEL, SVNS, AttestWorld
+
 from stagewarden.attest.errors import ErrorCode, FormatError
 from stagewarden.attest.evidence import FORMAT_NAME, MAGIC, measure_stage, parse_evidence, report_data
 

@@ -15,6 +15,7 @@ import pytest
 from attest_fixtures import DEVICE_ID, MODEL, SVNS, T0, AttestWorld
 from cryptography.hazmat.primitives.asymmetric import ec
 from nacl.signing import SigningKey
+
 from stagewarden.attest.errors import AttestError, ErrorCode
 from stagewarden.attest.evidence import HEADER_SIZE, encode_body, report_data, sign_body
 from stagewarden.attest.pki import make_crl, make_device, make_intermediate, make_root, make_tcb_signer

@@ -8,11 +8,12 @@ from pathlib import Path
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 from receipt_fixtures import headers, make_header, make_receipt, receipts
+from strategies import fuzz_settings, mutated_bytes
+
 from stagewarden.attest.errors import AttestError, FormatError
 from stagewarden.attest.headers import SignedHeader, encode_header, parse_header
 from stagewarden.attest.receipt_log import FILE_HEADER, LOG_GENESIS, ReceiptLog, RecordType, frame_record, scan_log
 from stagewarden.attest.receipts import Receipt, encode_receipt, parse_receipt
-from strategies import fuzz_settings, mutated_bytes
 
 FUZZ = fuzz_settings(3.0)
 

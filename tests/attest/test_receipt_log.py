@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from receipt_fixtures import make_header, make_receipt
+
 from stagewarden.attest.errors import AttestError, ErrorCode
 from stagewarden.attest.receipt_log import (
     FILE_HEADER,

@@ -12,6 +12,7 @@ import pytest
 import torch
 from nacl.signing import SigningKey
 from receipt_fixtures import ENV, T0, make_header, make_receipt
+
 from stagewarden.attest.errors import AttestError, ErrorCode, FormatError
 from stagewarden.attest.headers import (
     SignedHeader,

@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 from attest_fixtures import AttestWorld
 from nacl.signing import SigningKey
+
 from stagewarden.attest.errors import AttestError, ErrorCode
 from stagewarden.attest.policy import Policy
 from stagewarden.attest.relying_party import RelyingParty

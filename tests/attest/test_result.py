@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
+
 from stagewarden.attest.clock import FixedClock
 from stagewarden.attest.errors import AttestError, ErrorCode, FormatError
 from stagewarden.attest.result import (

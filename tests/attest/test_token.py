@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
+
 from stagewarden.attest.errors import AttestError, ErrorCode, FormatError
 from stagewarden.attest.token import (
     b64url_decode,

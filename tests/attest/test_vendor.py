@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from attest_fixtures import MEASUREMENT, T0
 from nacl.signing import SigningKey
+
 from stagewarden.attest.clock import FixedClock
 from stagewarden.attest.errors import AttestError, ErrorCode
 from stagewarden.attest.evidence import parse_evidence

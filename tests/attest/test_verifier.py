@@ -6,6 +6,7 @@ import datetime as dt
 
 import pytest
 from attest_fixtures import DEVICE_ID, MEASUREMENT, MODEL, T0, AttestWorld
+
 from stagewarden.attest.errors import AttestError, ErrorCode
 from stagewarden.attest.policy import Policy
 from stagewarden.attest.result import Status, verify_result

@@ -16,10 +16,11 @@ import pytest
 from fuzzing import bounded, mutated_json_text, outcome
 from hypothesis import example, given
 from hypothesis import strategies as st
+from strategies import fuzz_settings, json_values, mutated_bytes, mutated_tree
+
 from stagewarden.attest.errors import ErrorCode, FormatError
 from stagewarden.attest.token import canonical_json, parse_canonical_json
 from stagewarden.runtime.transport import Transport, TransportError
-from strategies import fuzz_settings, json_values, mutated_bytes, mutated_tree
 
 CODE = ErrorCode.RESULT_MALFORMED
 

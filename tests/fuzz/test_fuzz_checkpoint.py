@@ -23,6 +23,8 @@ import torch
 from fuzzing import FOLDER_SECONDS, mutated_json_text, outcome
 from hypothesis import example, given
 from hypothesis import strategies as st
+from strategies import fuzz_settings, json_values, mutated_bytes, mutated_tree
+
 from stagewarden.runtime.checkpoint import (
     MANIFEST,
     CheckpointError,
@@ -32,7 +34,6 @@ from stagewarden.runtime.checkpoint import (
     save_checkpoint,
     step_dir,
 )
-from strategies import fuzz_settings, json_values, mutated_bytes, mutated_tree
 
 STEP = 3
 WEIGHTS = {0: {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.zeros(3)}, 1: {"w": torch.ones(4)}}

@@ -21,10 +21,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from fuzzing import mutated_json_text, outcome
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
+from strategies import dump_yaml, fuzz_settings, json_values, mutated_bytes, mutated_tree
+
 from stagewarden.attest.errors import AttestError, ErrorCode, FormatError
 from stagewarden.attest.evidence import HEADER_SIZE, encode_body, parse_evidence
 from stagewarden.attest.policy import Policy, parse_policy
-from strategies import dump_yaml, fuzz_settings, json_values, mutated_bytes, mutated_tree
 
 WORLD = AttestWorld.create()
 FOREIGN = AttestWorld.create()  # another simulated vendor: its certificates chain to another root

@@ -19,6 +19,8 @@ from fuzzing import outcome
 from hypothesis import example, given
 from hypothesis import strategies as st
 from receipt_fixtures import small_run
+from strategies import fuzz_settings, mutated_bytes
+
 from stagewarden.attest.errors import AttestError, ErrorCode
 from stagewarden.attest.headers import encode_header
 from stagewarden.attest.receipt_log import (
@@ -34,7 +36,6 @@ from stagewarden.attest.receipt_log import (
     scan_log,
 )
 from stagewarden.attest.receipts import Receipt, encode_receipt
-from strategies import fuzz_settings, mutated_bytes
 
 _LOG_CODES = {ErrorCode.LOG_TORN, ErrorCode.LOG_MALFORMED, ErrorCode.LOG_CHAIN}
 

@@ -17,8 +17,9 @@ import pytest
 from fuzzing import mutated_json_text, outcome
 from hypothesis import example, given
 from hypothesis import strategies as st
-from stagewarden.runtime.config import ConfigError, RunConfig, load_run_config
 from strategies import fuzz_settings, json_values, mutated_bytes, mutated_tree
+
+from stagewarden.runtime.config import ConfigError, RunConfig, load_run_config
 
 RECORDED = Path(__file__).resolve().parents[2] / "docs" / "report-example"
 CONFIGS = [json.loads((RECORDED / run / "summary.json").read_text())["config"] for run in ("clean", "attacked")]

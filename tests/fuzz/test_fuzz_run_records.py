@@ -23,10 +23,13 @@ from fuzzing import FOLDER_SECONDS, mutated_json_text, outcome
 from hypothesis import example, given
 from hypothesis import strategies as st
 from receipt_fixtures import small_run
-from stagewarden.report.errors import ReportError
-from stagewarden.report.runs import RunData, read_run
+from record_fixtures import with_training
 from strategies import fuzz_settings, json_values, mutated_bytes, mutated_tree
 
+from stagewarden.attest.run_record import RunRecord
+from stagewarden.attest.run_record_parts import SignedDetection
+from stagewarden.report.errors import ReportError
+from stagewarden.report.runs import RunData, read_run
 from stagewarden.run_history import read_events, reconstruct
 
 RECORDED = Path(__file__).resolve().parents[2] / "docs" / "report-example" / "attacked"
@@ -122,8 +125,15 @@ def test_edited_events(events: Any) -> None:
 # -- a run directory as the report reads it -------------------------------------------------------
 
 RUN = small_run(stages=2, micro_batches=1, steps=1)
-_EXTRA_KEYS = ("config", "detections", "standby", "status", "steps_completed", "losses", "responses")
-SUMMARY = {**RUN.summary.to_json(), **{k: RECORDED_SUMMARY[k] for k in _EXTRA_KEYS}}
+_RECORDED_TRAINING = RunRecord.from_data(RECORDED_SUMMARY).require_training()
+_TRAINING = with_training(RUN.summary).require_training()
+SUMMARY = RUN.summary.model_copy(
+    update={
+        "training": _TRAINING.model_copy(
+            update={"detections": _RECORDED_TRAINING.detections, "responses": _RECORDED_TRAINING.responses}
+        )
+    }
+).to_data()
 _LONG_FIELD = b'step,loss\n0,"' + b"1" * 140_000 + b'"\n'  # past csv's field size limit
 
 
@@ -142,7 +152,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _show(run: RunData) -> None:
     """Everything the report pages take from a run, which must not raise either."""
     assert isinstance(run.label, str) and run.label
-    assert all(isinstance(d, dict) for d in run.detections)
+    assert all(isinstance(d, SignedDetection) for d in run.detections)
     assert isinstance(run.secured, bool)
     assert run.attack is None or isinstance(run.attack, dict)
     assert all(isinstance(row, dict) and all(isinstance(v, float) for v in row.values()) for row in run.metrics)

@@ -21,12 +21,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 from receipt_fixtures import headers, make_header, make_receipt, receipts
+from strategies import fuzz_settings, mutated_bytes
+
 from stagewarden.attest.errors import AttestError, ErrorCode, FormatError
 from stagewarden.attest.headers import SignedHeader, TransferKind, encode_header, parse_header, sign_header
 from stagewarden.attest.receipts import Receipt, encode_receipt, parse_receipt, verify_receipt
 from stagewarden.attest.tensor_digest import tensor_digest
 from stagewarden.runtime.transport import HEADER_SLOT, Expected, HeaderRejected, Transport, TransportError, check_header
-from strategies import fuzz_settings, mutated_bytes
 
 KEY = SigningKey(bytes(range(32)))
 RECEIPT = make_receipt(KEY)

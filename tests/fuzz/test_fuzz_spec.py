@@ -17,7 +17,6 @@ from functools import partial
 from fuzzing import CALL_SECONDS, bounded, mutated_json_text
 from hypothesis import example, given
 from hypothesis import strategies as st
-from stagewarden.spec import LoadedSpec, SpecError, load_bytes, load_text
 from strategies import (
     EXAMPLE_DATA,
     EXAMPLE_TEXTS,
@@ -29,6 +28,8 @@ from strategies import (
     spec_outcome,
     yaml_values,
 )
+
+from stagewarden.spec import LoadedSpec, SpecError, load_bytes, load_text
 
 NAMES = sorted(EXAMPLE_TEXTS)
 YAML_BYTES = tuple(EXAMPLE_TEXTS[name].encode() for name in NAMES)

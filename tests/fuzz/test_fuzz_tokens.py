@@ -21,6 +21,8 @@ from fuzzing import outcome
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from nacl.signing import SigningKey, VerifyKey
+from strategies import fuzz_settings, json_values, mutated_bytes, mutated_tree
+
 from stagewarden.attest.clock import FixedClock
 from stagewarden.attest.collateral import (
     REFERENCE_TYP,
@@ -46,7 +48,6 @@ from stagewarden.attest.result import (
     verify_result,
 )
 from stagewarden.attest.token import b64url_encode, canonical_json, key_id, sign_token
-from strategies import fuzz_settings, json_values, mutated_bytes, mutated_tree
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 KEY = SigningKey(bytes(range(32)))

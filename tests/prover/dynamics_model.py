@@ -20,6 +20,7 @@ from fractions import Fraction
 from functools import cache
 
 from bruteforce import World
+
 from stagewarden.spec import (
     RedundantNeighbourCheck,
     ReplicateCheck,

@@ -36,6 +36,7 @@ from dynamics_model import (
     U,
     exact_decimal,
 )
+
 from stagewarden.spec import (
     BoundedDamageGuarantee,
     DataIntegrityGuarantee,

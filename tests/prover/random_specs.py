@@ -17,6 +17,7 @@ from fractions import Fraction
 from typing import Any
 
 from ruamel.yaml import YAML
+
 from stagewarden.spec import CAPABILITIES, RESPONSES, TAMPERING_CAPABILITIES, LoadedSpec, Spec, load_text
 
 __all__ = [

@@ -21,6 +21,7 @@ from bruteforce import (
     placements,
 )
 from random_specs import load_data, random_loaded_spec, random_spec, random_spec_data
+
 from stagewarden.spec import Spec, example_text, load_example, load_text
 
 # -- helpers --------------------------------------------------------------------------------

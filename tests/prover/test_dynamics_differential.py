@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import pytest
 from dynamics_sim import SimResult, replay_trace, simulate, simulate_unordered
 from random_specs import random_loaded_spec
+
 from stagewarden.prover import GuaranteeResult, verify
 from stagewarden.spec import LoadedSpec, load_text
 

@@ -16,6 +16,7 @@ from damage_game import Mode, best_probability
 from dynamics_model import ORIGINAL, VACANT, Simulation
 from dynamics_sim import replay_trace, simulate, simulate_unordered
 from random_specs import load_data, random_dynamics_spec_data
+
 from stagewarden.spec import Spec
 
 BASE: dict[str, Any] = {

@@ -12,6 +12,8 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
+
+from stagewarden.cli import cli
 from stagewarden.prover.figure_text import (
     MAX_DIGITS,
     Style,
@@ -22,8 +24,6 @@ from stagewarden.prover.figure_text import (
 )
 from stagewarden.prover.probability import Prob, format_probability
 from stagewarden.prover.verdict import Figure
-
-from stagewarden.cli import cli
 
 _TERM = re.compile(r" ([+-]) ")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
 from stagewarden.prover import verify
 from stagewarden.report import ReportError, build_report
 from stagewarden.report import build as build_module

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from stagewarden.report import build_report
 from stagewarden.spec import load_example
 

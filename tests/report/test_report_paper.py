@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from stagewarden.report import ReportError
-from stagewarden.report.paper import read_paper
 
 from stagewarden.cli import cli
+from stagewarden.report import ReportError
+from stagewarden.report.paper import read_paper
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
 

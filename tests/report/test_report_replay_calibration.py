@@ -17,12 +17,12 @@ import pytest
 from click.testing import CliRunner
 from conftest import RECORDED_RUNS, ROOT  # type: ignore[import-not-found]
 from PIL import Image
+
+from stagewarden.cli import cli
 from stagewarden.report import ReportError, build_report
 from stagewarden.report.calibration import read_calibration
 from stagewarden.report.replays import read_replay
 from stagewarden.spec import load_example
-
-from stagewarden.cli import cli
 
 CALIBRATION = ROOT / "benchmarks" / "results" / "detection_calibration.json"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

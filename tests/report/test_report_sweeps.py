@@ -5,6 +5,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
+
 from stagewarden.prover import verify
 from stagewarden.prover.probability import negbin_tail
 from stagewarden.report.sweeps import PROBE_DAMAGE, budget_sweep, detection_at_rate, rate_sweep

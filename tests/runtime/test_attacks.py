@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+
 from stagewarden.runtime.attacks import (
     ATTACK_KINDS,
     TENSOR_KINDS,

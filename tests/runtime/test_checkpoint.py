@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from stagewarden.attest.tensor_digest import digest_state_dict, digest_tensor
 from stagewarden.runtime.checkpoint import (
     MANIFEST,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from distributed_helpers import tiny_config
+
 from stagewarden.runtime.checkpoint import MANIFEST, delete_checkpoint, list_steps, retired_checkpoints, step_dir
 from stagewarden.runtime.config import ConfigError
 from stagewarden.runtime.launch import launch_local

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from stagewarden.runtime.config import ConfigError, RunConfig
 from stagewarden.runtime.model import GPTConfig
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from stagewarden.runtime.data import Batches, corpus_digest, default_corpus, load_corpus, stdlib_sources
 from stagewarden.runtime.errors import DataError
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from distributed_helpers import reference, tiny_config
+
 from stagewarden.attest.audit import audit_run_dir
 from stagewarden.runtime.coordinator import FETCH_CHECK_ENV
 from stagewarden.runtime.launch import LaunchError, LaunchResult, launch_local

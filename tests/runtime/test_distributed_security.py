@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from distributed_helpers import fires_once, reference, reference_with_updates, tiny_config
 from nacl.signing import VerifyKey
+
 from stagewarden.attest.audit import audit_run_dir
 from stagewarden.attest.receipt_log import RecordType, scan_log
 from stagewarden.attest.receipts import UnitKind, parse_receipt, receipt_digest

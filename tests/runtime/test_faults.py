@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from distributed_helpers import reference, tiny_config
+
 from stagewarden.attest.audit import audit_run_dir
 from stagewarden.runtime.checkpoint import step_dir
 from stagewarden.runtime.launch import LaunchError, launch_local

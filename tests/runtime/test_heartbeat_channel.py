@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 from nacl.signing import SigningKey
+
 from stagewarden.runtime.liveness import (
     FRAME_BYTES,
     MAX_NAME_BYTES,

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
+
 from stagewarden.attest.audit import declared_attempts
 from stagewarden.runtime.liveness import Heartbeat, Watchdog, record_key
 

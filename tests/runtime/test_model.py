@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from stagewarden.runtime.errors import PartitionError
 from stagewarden.runtime.model import GPT, GPTConfig, build_stage, build_stages, partition_layers
 

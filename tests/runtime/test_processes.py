@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from distributed_helpers import reference, tiny_config
+
 from stagewarden.runtime.launch import LaunchError, launch_local
 from stagewarden.runtime.processes import START_METHOD_ENV, ForkServer, choose_start_method, fork_server_unavailable
 

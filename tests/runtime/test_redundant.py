@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+
 from stagewarden.runtime.attacks import AttackPlan, tamper_tensor, tamper_weights
 from stagewarden.runtime.model import GPTConfig, build_stages
 from stagewarden.runtime.redundant import InputVia, NeighbourReplica, select_input

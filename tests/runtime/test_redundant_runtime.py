@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from distributed_helpers import reference, tiny_config
+
 from stagewarden.attest.audit import audit_run_dir
 from stagewarden.runtime.attacks import AttackPlan
 from stagewarden.runtime.config import ConfigError

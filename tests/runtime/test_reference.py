@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from stagewarden.runtime.data import Batches, default_corpus
 from stagewarden.runtime.model import GPT, GPTConfig, build_stages
 from stagewarden.runtime.reference import reference_step, train_reference

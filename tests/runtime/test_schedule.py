@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from stagewarden.runtime.errors import ScheduleError
 from stagewarden.runtime.schedule import (
     Action,

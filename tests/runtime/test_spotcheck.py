@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+
 from stagewarden.attest.tensor_digest import digest_state_dict, digest_tensor
 from stagewarden.runtime.attacks import (
     AttackPlan,

@@ -16,7 +16,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 from distributed_helpers import DATA, TINY, tiny_config
+
 from stagewarden.attest.audit import audit_run_dir
+from stagewarden.cli import cli
 from stagewarden.runtime.attacks import AttackPlan
 from stagewarden.runtime.calibration import (
     CALIBRATION_UNITS,
@@ -33,8 +35,6 @@ from stagewarden.runtime.model import build_stage
 from stagewarden.runtime.spotcheck import TOLERANCE_FLOOR, SpotCheckError, compare_within
 from stagewarden.runtime.units import deterministic
 from stagewarden.runtime.worker import NUMERICS_ENV
-
-from stagewarden.cli import cli
 
 TINY_FLAGS = ["--n-layer", "4", "--n-embd", "32", "--block-size", "16", "--batch-size", "4", "--data", DATA]
 #: Liveness settings short enough for tests and long enough for a loaded 2-core machine.

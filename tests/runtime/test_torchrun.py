@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from distributed_helpers import DATA, reference, tiny_config
+
 from stagewarden.attest.audit import audit_run_dir
+from stagewarden.cli import cli
 from stagewarden.runtime.config import load_run_config
 from stagewarden.runtime.launch import LaunchError, PreparedRun, free_port, prepare_run, torchrun_args
-
-from stagewarden.cli import cli
 
 #: Seconds the two agents get to rendezvous and finish the run.
 AGENT_TIMEOUT = 300.0

@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from distributed_helpers import activation_header
 from nacl.signing import SigningKey
+
 from stagewarden.attest.headers import SignedHeader, TransferKind, encode_header, sign_header
 from stagewarden.attest.tensor_digest import TensorDigest, tensor_digest
 from stagewarden.runtime.launch import free_port

@@ -4,6 +4,7 @@ in-place accumulation gives, with the gradients before each backward unit left u
 from __future__ import annotations
 
 import torch
+
 from stagewarden.attest.tensor_digest import gradients_digest
 from stagewarden.runtime.model import GPTConfig, build_stage
 from stagewarden.runtime.units import stage_backward, stage_forward

@@ -9,7 +9,6 @@ from functools import partial
 
 from hypothesis import given
 from hypothesis import strategies as st
-from stagewarden.spec import LoadedSpec, SpecError, load_bytes, load_text
 from strategies import (
     dump_yaml,
     fuzz_settings,
@@ -18,6 +17,8 @@ from strategies import (
     random_documents,
 )
 from strategies import spec_outcome as _outcome
+
+from stagewarden.spec import LoadedSpec, SpecError, load_bytes, load_text
 
 FUZZ = fuzz_settings(2.0, deadline=timedelta(seconds=2))
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from stagewarden.spec import SpecError, load_bytes, load_spec, load_text
 
 # Line numbers are written down the left margin so that the expectations below are easy to check.

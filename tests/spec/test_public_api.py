@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 import pytest
+
 import stagewarden.spec
 
 PUBLIC_NAMES = [

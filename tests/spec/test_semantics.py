@@ -9,6 +9,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
+
 from stagewarden.spec import (
     SpecError,
     example_names,

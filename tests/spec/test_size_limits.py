@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from stagewarden.spec import SpecError, json_schema, load_text
-from stagewarden.spec import limits as lim
 
 from stagewarden.cli import cli
+from stagewarden.spec import SpecError, json_schema, load_text
+from stagewarden.spec import limits as lim
 
 #: The refusal must come this fast (it runs no prover; the value is what the CLI promises).
 REFUSED_WITHIN_SECONDS = 1.0
