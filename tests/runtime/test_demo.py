@@ -59,18 +59,27 @@ def test_demo_refuses_non_empty_out(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_overhead_benchmark_quick(tmp_path: Path) -> None:
-    """One round of two configurations on a toy job: ratios printed, JSON written."""
+    """One round of the baselines on a toy job: every trainer measured, the same losses, JSON written."""
     out = tmp_path / "overhead.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "runtime_overhead.py"), "--quick", "--json", str(out)],
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "runtime_overhead.py"),
+            "--quick",
+            "--parts",
+            "baselines",
+            "--json",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "receipts only" in proc.stdout and "ratio" in proc.stdout
+    assert "sw_none/pytorch_1f1b" in proc.stdout
     data = json.loads(out.read_text())
     assert data["quick"] is True
-    keys = [c["key"] for c in data["configurations"]]
-    assert keys == ["none", "receipts"]
-    assert data["configurations"][0]["median_ratio"] == 1.0
+    rows = {row["key"]: row for row in data["baselines"]["rows"]}
+    assert set(rows) == {"sw_none", "sw_none_ckpt0", "sw_default", "sw_default_ckpt0", "pytorch_1f1b", "one_process"}
+    assert rows["sw_none"]["against_sw_none"]["median"] == 1.0
+    assert data["baselines"]["losses_agree"] is True
