@@ -12,6 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from stagewarden.attest.run_record import RunRecord, TrainingRecord
+from stagewarden.attest.run_record_parts import ResponseRecord
 from stagewarden.run_history import EVENTS_FILE, detected, read_events, reconstruct, tampered_units
 
 
@@ -49,11 +51,10 @@ def describe_attack(attack: dict[str, Any]) -> str:
     )
 
 
-def attack_outcome(run_dir: Path, summary: dict[str, Any]) -> AttackOutcome | None:
-    """The outcome of the attack ``summary.json`` records (``None`` without one, or without a
-    readable ``events.jsonl`` to count from)."""
-    config = summary.get("config")
-    attack = config.get("attack") if isinstance(config, dict) else None
+def attack_outcome(run_dir: Path, record: RunRecord) -> AttackOutcome | None:
+    """The outcome of the attack the run record's configuration names (``None`` without one, or
+    without a readable ``events.jsonl`` to count from)."""
+    attack = record.training.config.get("attack") if record.training is not None else None
     if not isinstance(attack, dict):
         return None
     try:
@@ -61,7 +62,7 @@ def attack_outcome(run_dir: Path, summary: dict[str, Any]) -> AttackOutcome | No
     except OSError:
         return None
     history = reconstruct(events)
-    stages, microbatches = int(summary.get("stages", 0)), int(summary.get("micro_batches", 0))
+    stages, microbatches = record.stages, record.micro_batches
     poison = attack.get("kind") == "poison_data"
     tampered = found = in_model = 0
     for computation in history.computations:
@@ -72,12 +73,11 @@ def attack_outcome(run_dir: Path, summary: dict[str, Any]) -> AttackOutcome | No
     return AttackOutcome(describe_attack(attack), tampered, found, in_model)
 
 
-def status_line(summary: dict[str, Any], outcome: AttackOutcome | None) -> str:
+def status_line(training: TrainingRecord, outcome: AttackOutcome | None) -> str:
     """The run's status with the reason it stopped, and a warning when it completed with
     tampered units in the model."""
-    status = str(summary.get("status", "?"))
-    reason = summary.get("stop_reason")
-    if status != "completed" and isinstance(reason, str) and reason:
+    status, reason = training.status, training.stop_reason
+    if status != "completed" and reason:
         return f"{status}: {reason}"
     if status == "completed" and outcome is not None and outcome.in_model:
         if outcome.detected == 0:
@@ -86,17 +86,17 @@ def status_line(summary: dict[str, Any], outcome: AttackOutcome | None) -> str:
     return status
 
 
-def responses_line(responses: Any) -> str:
+def responses_line(responses: list[ResponseRecord]) -> str:
     """The responses of a run, grouped by what was done: ``skip_stage of stage 1 x 38 (steps 1-79)``."""
-    if not isinstance(responses, list) or not responses:
+    if not responses:
         return "-"
     groups: Counter[tuple[str, Any]] = Counter()
     steps: dict[tuple[str, Any], list[int]] = {}
     for entry in responses:
-        plan = entry.get("plan", {}) if isinstance(entry, dict) else {}
-        what = (str(plan.get("response")), plan.get("bypass_stage") or plan.get("standby"))
+        plan = entry.plan
+        what = (plan.response, plan.bypass_stage or plan.standby)
         groups[what] += 1
-        steps.setdefault(what, []).append(int(entry.get("step", 0)))
+        steps.setdefault(what, []).append(entry.step)
     parts = []
     for (response, detail), count in groups.items():
         where = steps[(response, detail)]

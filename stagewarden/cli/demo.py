@@ -25,6 +25,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
+from stagewarden.attest.run_record import SUMMARY_FILE, RunDirError, RunRecord, TrainingRecord
+from stagewarden.attest.run_record_parts import SignedDetection
 from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, format_option, make_console, occupied
 from stagewarden.cli.proving import prove_with_status
 
@@ -106,8 +108,8 @@ def _run_config(loaded: Any, size: DemoSize, attack: Any = None) -> Any:
     )
 
 
-def _detections(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    return [d for d in summary.get("detections", []) if isinstance(d, dict)]
+def _detections(run: TrainingRecord) -> list[SignedDetection]:
+    return run.detections
 
 
 def _worker_of(detection: dict[str, Any]) -> str:
@@ -117,22 +119,21 @@ def _worker_of(detection: dict[str, Any]) -> str:
     return ", ".join(str(w) for w in workers) if isinstance(workers, list) and workers else "?"
 
 
-def _response_text(summary: dict[str, Any]) -> str:
-    responses = [r for r in summary.get("responses", []) if isinstance(r, dict)]
-    if not responses:
+def _response_text(run: TrainingRecord) -> str:
+    if not run.responses:
         return "none"
     parts = []
-    for record in responses:
-        r = record["plan"] if isinstance(record.get("plan"), dict) else record
-        text = str(r.get("response", "?"))
-        if r.get("ejected"):
-            text += f" {r['ejected']}"
-        if r.get("standby"):
-            text += f", {r['standby']} took stage {r.get('stage', '?')}"
-        if r.get("checkpoint_step") is not None:
-            text += f", restored step {r['checkpoint_step']}"
-        if r.get("fallback_from"):
-            text += f" (instead of {r['fallback_from']})"
+    for record in run.responses:
+        r = record.plan
+        text: str = r.response
+        if r.ejected:
+            text += f" {r.ejected}"
+        if r.standby:
+            text += f", {r.standby} took stage {r.stage}"
+        if r.checkpoint_step is not None:
+            text += f", restored step {r.checkpoint_step}"
+        if r.fallback_from:
+            text += f" (instead of {r.fallback_from})"
         parts.append(text)
     unique = list(dict.fromkeys(parts))
     return "; ".join(f"{t} (x{parts.count(t)})" if parts.count(t) > 1 else t for t in unique)
@@ -322,11 +323,12 @@ def _train(progress: Progress, name: str, config: Any, run_dir: Path) -> dict[st
     except (LaunchError, ConfigError) as exc:
         progress.update(task, status=f"[red]failed: {escape(str(exc))}[/]")
         summary = None
-        with contextlib.suppress(OSError, ValueError):  # what the run observed before it stopped
-            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        with contextlib.suppress(RunDirError):  # what the run observed before it stopped
+            summary = RunRecord.from_json(run_dir / SUMMARY_FILE).training
         return {"config": config, "dir": run_dir, "summary": summary, "error": str(exc)}
     progress.update(task, completed=config.steps, status=f"done in {result.seconds:.0f} s")
-    return {"config": config, "dir": run_dir, "summary": result.summary, "error": None, "seconds": result.seconds}
+    training = result.record.training
+    return {"config": config, "dir": run_dir, "summary": training, "error": None, "seconds": result.seconds}
 
 
 def _audit(run: dict[str, Any]) -> dict[str, Any]:
@@ -354,12 +356,12 @@ def _judge(runs: dict[str, dict[str, Any]], audits: dict[str, dict[str, Any]], p
     if clean["error"] is not None:
         failures.append(f"the clean run failed: {clean['error']}")
     if clean["summary"] is not None:
-        if clean["summary"].get("status") != "completed":
-            failures.append(f"the clean run ended with status {clean['summary'].get('status')!r}")
+        if clean["summary"].status != "completed":
+            failures.append(f"the clean run ended with status {clean['summary'].status!r}")
         if "clean" in audits and audits["clean"]["clean"] is False:
             failures.append("the audit of the clean run found problems: " + "; ".join(audits["clean"]["errors"][:3]))
         if _detections(clean["summary"]):
-            failures.append("the clean run blamed an honest worker: " + _worker_of(_detections(clean["summary"])[0]))
+            failures.append("the clean run blamed an honest worker: " + _detections(clean["summary"])[0].worker)
     run = runs["attacked"]
     attacker = worker_id_for(ATTACK_STAGE)
     caught = run["summary"] is not None and bool(_detections(run["summary"]))
@@ -367,7 +369,7 @@ def _judge(runs: dict[str, dict[str, Any]], audits: dict[str, dict[str, Any]], p
         failures.append(f"the attacked run failed before any detection: {run['error']}")
     if run["summary"] is not None:
         found = _detections(run["summary"])
-        framed = [w for w in (_worker_of(d) for d in found) if w != attacker]
+        framed = [d.worker for d in found if d.worker != attacker]
         if framed:
             failures.append(f"the attacked run blamed {framed[0]}, not the attacker {attacker}")
         if not found and predicted["must_detect"] and run["error"] is None:
@@ -386,17 +388,17 @@ def _observed(run: dict[str, Any], audit: dict[str, Any] | None) -> dict[str, An
     if summary is None:
         return {"dir": str(run["dir"]), "error": run["error"]}
     found = _detections(summary)
-    losses = summary.get("losses", [])
+    losses = summary.losses
     return {
         "dir": str(run["dir"]),
-        "status": summary.get("status"),
-        "steps_completed": summary.get("steps_completed"),
+        "status": summary.status,
+        "steps_completed": summary.steps_completed,
         "detections": len(found),
-        "first_detection_step": found[0].get("step") if found else None,
-        "blamed": sorted({_worker_of(d) for d in found}),
-        "responses": summary.get("responses", []),
+        "first_detection_step": found[0].step if found else None,
+        "blamed": sorted({d.worker for d in found}),
+        "responses": [r.model_dump(mode="python") for r in summary.responses],
         "final_loss": losses[-1] if losses else None,
-        "tokens_per_second": summary.get("tokens_per_second"),
+        "tokens_per_second": summary.tokens_per_second,
         "audit": audit,
         "error": run["error"],
     }
@@ -428,15 +430,15 @@ def _print_table(
             return "[red]failed[/] (see below)"
         return str(fn(run["summary"]))
 
-    def first(summary: dict[str, Any]) -> str:
+    def first(summary: TrainingRecord) -> str:
         found = _detections(summary)
-        return str(found[0].get("step")) if found else "-"
+        return str(found[0].step) if found else "-"
 
-    def blamed(summary: dict[str, Any]) -> str:
-        return ", ".join(sorted({_worker_of(d) for d in _detections(summary)})) or "-"
+    def blamed(summary: TrainingRecord) -> str:
+        return ", ".join(sorted({d.worker for d in _detections(summary)})) or "-"
 
-    def loss(summary: dict[str, Any]) -> str:
-        losses = summary.get("losses", [])
+    def loss(summary: TrainingRecord) -> str:
+        losses = summary.losses
         return f"{losses[-1]:.4f} after {len(losses)} steps" if losses else "-"
 
     if p is not None:
@@ -448,9 +450,9 @@ def _print_table(
         detect_text, first_text = "no detection figure", "-"
     standby = standby_id_for(0) if config.standby else "no standby"
 
-    def status(summary: dict[str, Any]) -> str:
-        text = f"{summary.get('status', '?')}, {summary.get('steps_completed', 0)} steps"
-        return text if summary.get("status") == "completed" else f"[red]{escape(text)}[/]"
+    def status(summary: TrainingRecord) -> str:
+        text = f"{summary.status}, {summary.steps_completed} steps"
+        return text if summary.status == "completed" else f"[red]{escape(text)}[/]"
 
     rows = [
         ("status", "completed", cell("clean", status), cell("attacked", status)),

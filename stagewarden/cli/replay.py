@@ -13,6 +13,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
+from stagewarden.attest.rundir import RunDir
 from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, make_console, occupied
 from stagewarden.cli.spec_input import load_spec_or_example, print_warnings_to_stderr
 
@@ -200,7 +201,7 @@ def _replay(
         guarantee = next(g for g in loaded.spec.guarantees if g.id == guarantee_id)
         bound = getattr(guarantee, "max_undetected", None)
         defended = observe(plan.kind, staging / "defended", expect_attack=False, max_undetected=bound)
-        status = json.loads((staging / "defended" / "summary.json").read_text()).get("status")
+        status = RunDir(staging / "defended").summary.require_training().status
         caught = defended.shows and status == "completed"
         if status == "stopped":  # it gave up training: that is no defence that stops the attack
             mark = "[red]stopped the run[/]"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from stagewarden.attest.run_record import SUMMARY_FILE, RunDirError, RunRecord, TrainingRecord
 from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console, occupied
 from stagewarden.cli.spec_settings import load_spec_settings
 from stagewarden.run_outcome import attack_outcome, responses_line, status_line
@@ -398,16 +398,15 @@ def _resume_config(resume_dir: str, out: str | None, timeouts: dict[str, float])
     folder = Path(resume_dir)
     if not folder.is_dir():
         raise BadInput(f"--resume {resume_dir}: no such run directory")
-    summary_path = folder / "summary.json"
+    summary_path = folder / SUMMARY_FILE
+    if not summary_path.exists() and not summary_path.is_symlink():
+        raise BadInput(f"--resume {resume_dir}: no summary.json (not a run directory)")
     try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        data = summary["config"]
-    except FileNotFoundError:
-        raise BadInput(f"--resume {resume_dir}: no summary.json (not a run directory)") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BadInput(f"--resume {resume_dir}: summary.json holds no run configuration ({exc})") from None
-    status = summary.get("status")
-    if status == "completed":
+        training = RunRecord.from_json(summary_path).require_training()
+    except RunDirError as exc:
+        raise BadInput(f"--resume {resume_dir}: {exc.message}") from None
+    data = training.config
+    if training.status == "completed":
         raise BadInput(f"--resume {resume_dir}: the run completed all its steps; there is nothing to resume")
     try:
         config = RunConfig.from_json(data)
@@ -474,48 +473,53 @@ def _launch(config: Any, target: Path, vendor: str | None, resume: bool) -> None
         sys.exit(EXIT_VIOLATED)
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
-    summary = result.summary
-    table = Table(title=f"run {escape(summary['run_id'])}", show_header=False)
+    record = result.record
+    try:
+        run = record.require_training()
+    except RunDirError as exc:
+        raise BadInput(f"{target}: {exc.message}") from None
+    table = Table(title=f"run {escape(record.run_id)}", show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value")
-    losses = summary.get("losses", [])
-    faults = summary.get("faults", [])
-    outcome = attack_outcome(target, summary)
+    losses = run.losses
+    outcome = attack_outcome(target, record)
     rows = [
-        ("status", escape(status_line(summary, outcome))),
-        ("stages x micro-batches", f"{summary['stages']} x {summary['micro_batches']} ({config.schedule})"),
-        ("steps", str(summary.get("steps_completed", 0))),
+        ("status", escape(status_line(run, outcome))),
+        ("stages x micro-batches", f"{record.stages} x {record.micro_batches} ({config.schedule})"),
+        ("steps", str(run.steps_completed)),
         ("loss", f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "-"),
-        ("throughput", f"{summary.get('tokens_per_second', 0.0):.0f} tokens/s"),
-        ("receipts / headers", f"{summary.get('receipts', 0)} / {summary.get('headers', 0)}"),
+        ("throughput", f"{run.tokens_per_second:.0f} tokens/s"),
+        ("receipts / headers", f"{run.receipts} / {run.headers}"),
         ("attestation", "on" if config.attestation else "off"),
-        ("verification", _verification_row(config, summary)),
+        ("verification", _verification_row(config, run)),
         ("attack", escape(outcome.line()) if outcome is not None else "-"),
-        ("detections", str(len(summary.get("detections", [])))),
-        ("responses", escape(responses_line(summary.get("responses")))),
+        ("detections", str(len(run.detections))),
+        ("responses", escape(responses_line(run.responses))),
         (
             "worker faults",
-            ", ".join(f"{f.get('worker')} ({f.get('cause')}) at step {f.get('step')}" for f in faults) or "-",
+            ", ".join(f"{f.worker} ({f.cause}) at step {f.step}" for f in run.faults) or "-",
         ),
-        ("resumes", str(len(summary.get("resumes", [])))),
+        ("resumes", str(len(run.resumes))),
         ("run directory", escape(str(target))),
     ]
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
-    sys.exit(EXIT_VIOLATED if summary.get("detections") or summary.get("status") != "completed" else EXIT_OK)
+    sys.exit(EXIT_VIOLATED if run.detections or run.status != "completed" else EXIT_OK)
 
 
-def _verification_row(config: Any, summary: dict[str, Any]) -> str:
+def _verification_row(config: Any, run: TrainingRecord) -> str:
     """The verification mode and what it checked, for the summary table."""
     if config.verification == "spot_check":
-        spot = summary.get("spot_check") or {}
+        checked = run.spot_check.units_checked if run.spot_check is not None else 0
         compared = "" if config.spot_check_compare == "bitwise" else f", {config.spot_check_compare}"
-        return f"spot_check p={config.spot_check_rate:g}{compared}: {spot.get('units_checked', 0)} units re-executed"
+        return f"spot_check p={config.spot_check_rate:g}{compared}: {checked} units re-executed"
     if config.verification == "redundant_neighbour":
-        n = summary.get("redundant_neighbour") or {}
+        n = run.redundant_neighbour
+        if n is None:
+            return f"redundant_neighbour via {config.input_via}: no counts recorded"
         return (
-            f"redundant_neighbour via {config.input_via}: {n.get('units_checked', 0)} units recomputed, "
-            f"{n.get('mismatches_reported', 0)} reported, {n.get('false_accusations', 0)} false accusations"
+            f"redundant_neighbour via {config.input_via}: {n.units_checked} units recomputed, "
+            f"{n.mismatches_reported} reported, {n.false_accusations} false accusations"
         )
     return "none"

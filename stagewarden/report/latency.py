@@ -84,12 +84,11 @@ def observed_latency(run: RunData, p: float) -> Latency | str:
         return f"attack kind {plan.kind.value} tampers with no unit a spot check re-executes"
     if not 0 < p < 1:
         return f"the predicted per-unit detection probability is {p:g}: the latency is not random"
-    microbatches = int(run.summary.get("micro_batches", run.config.get("microbatches", 1)))
-    steps = int(run.summary.get("steps_completed", run.summary.get("steps", 0)))
+    microbatches, steps = run.record.micro_batches, run.training.steps_completed
     attacker_ids = _attacker_workers(run, plan)
-    caught = next((d for d in run.detections if d.get("worker") in attacker_ids or d.get("stage") in plan.stages), None)
-    if caught is not None and isinstance(caught.get("step"), int):
-        step, mb = int(caught["step"]), int(caught.get("microbatch") or 0)
+    caught = next((d for d in run.detections if d.worker in attacker_ids or d.stage in plan.stages), None)
+    if caught is not None:
+        step, mb = caught.step, caught.microbatch
         units = tampered_units(plan, step + 1, microbatches, unit)
         before = [u for u in units if (u[0], u[1]) <= (step, mb)]
         observed = max(1, len(before))
@@ -99,12 +98,7 @@ def observed_latency(run: RunData, p: float) -> Latency | str:
 
 
 def _attacker_workers(run: RunData, plan: AttackPlan) -> set[str]:
-    workers = run.summary.get("workers", [])
-    return {
-        str(w.get("id"))
-        for w in workers
-        if isinstance(w, dict) and w.get("stage") in plan.stages and not str(w.get("id", "")).startswith("standby")
-    }
+    return {w.id for w in run.record.workers if w.stage in plan.stages and not w.id.startswith("standby")}
 
 
 def geometric_pmf(p: float, upto: int) -> list[float]:

@@ -21,7 +21,7 @@ def _losses(run: RunData) -> tuple[list[float], list[float]]:
     rows = [r for r in run.metrics if "step" in r and "loss" in r]
     if rows:
         return [r["step"] for r in rows], [r["loss"] for r in rows]
-    losses = [float(x) for x in run.summary.get("losses", []) if isinstance(x, int | float)]
+    losses = list(run.training.losses)
     return [float(i) for i in range(len(losses))], losses
 
 
@@ -61,7 +61,7 @@ def loss_curves(runs: list[RunData], path: Path) -> Path:
             alpha=0.9,
         )
         by_step = dict(zip(steps, losses, strict=True))
-        hits = sorted({float(d["step"]) for d in run.detections if isinstance(d.get("step"), int)})
+        hits = sorted({float(d.step) for d in run.detections})
         ax.plot(
             hits,
             [by_step.get(s, losses[-1]) for s in hits],
@@ -100,11 +100,7 @@ def attack_windows(run: RunData, steps: int) -> list[tuple[int, float, float]]:
     for stage in attack.get("stages", []):
         if not isinstance(stage, int):
             continue
-        caught = [
-            d["step"]
-            for d in run.detections
-            if d.get("stage") == stage and isinstance(d.get("step"), int) and d["step"] >= start
-        ]
+        caught = [d.step for d in run.detections if d.stage == stage and d.step >= start]
         if caught:
             last = min(caught)
         elif stage in ejected and ejected[stage] >= start:
@@ -118,8 +114,8 @@ def attack_windows(run: RunData, steps: int) -> list[tuple[int, float, float]]:
 def timeline(run: RunData, path: Path) -> Path:
     """One run over its steps: units sampled by the spot checks (dots, by stage), the attack's
     window (red band), detections (crosses), ejections and restored checkpoints (vertical lines)."""
-    stages = int(run.summary.get("stages", 1))
-    steps = max(1, int(run.summary.get("steps_completed", run.summary.get("steps", 0)) or 0))
+    stages = run.record.stages
+    steps = max(1, run.training.steps_completed)
     fig = Figure(figsize=(9, 1.2 + 0.45 * stages))
     ax = fig.add_subplot()
     attack = run.attack
@@ -142,11 +138,11 @@ def timeline(run: RunData, path: Path) -> Path:
                     ys.append(unit["stage"] + {"forward": -0.15, "backward": 0.0}.get(str(unit.get("kind")), 0.15))
     if xs:
         ax.plot(xs, ys, ls="none", marker=".", ms=4, color="#555555", label="unit sampled by a spot check")
-    hits = [d for d in run.detections if isinstance(d.get("step"), int)]
+    hits = run.detections
     if hits:
         ax.plot(
-            [d["step"] for d in hits],
-            [d.get("stage", 0) for d in hits],
+            [d.step for d in hits],
+            [d.stage for d in hits],
             ls="none",
             marker="X",
             ms=11,

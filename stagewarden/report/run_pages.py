@@ -5,7 +5,6 @@ spot-check counts and detection timeline."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from stagewarden.attest.errors import ErrorCode
 from stagewarden.report import rst, run_figures
@@ -20,9 +19,8 @@ from stagewarden.run_outcome import attack_outcome, status_line
 def _status(run: RunData) -> str:
     """The status with why a run stopped, or that an attack went undetected (never a bare
     ``completed`` beside one), and the steps completed."""
-    s = run.summary
-    said = status_line(s, attack_outcome(run.path, s))
-    return f"{said}; {s.get('steps_completed', s.get('steps', 0))} steps"
+    said = status_line(run.training, attack_outcome(run.path, run.record))
+    return f"{said}; {run.training.steps_completed} steps"
 
 
 def overview_page(ctx: Context, runs: list[RunData], pages: list[str]) -> str:
@@ -127,24 +125,23 @@ def _pinning(runs: list[RunData]) -> list[str]:
 
 
 def _throughput(runs: list[RunData]) -> list[str]:
-    baseline = next((r for r in runs if not r.secured and r.summary.get("status") == "completed"), None)
+    baseline = next((r for r in runs if not r.secured and r.training.status == "completed"), None)
     rows = []
     for run in runs:
-        tps = run.summary.get("tokens_per_second")
-        tps = float(tps) if isinstance(tps, int | float) else None
+        tps = run.training.tokens_per_second
         overhead = "\\-"
         if baseline is not None and tps and run is not baseline:
-            base = float(baseline.summary.get("tokens_per_second") or 0)
+            base = baseline.training.tokens_per_second
             overhead = f"{base / tps - 1:+.1%}" if base else "\\-"
         elif run is baseline:
             overhead = "baseline"
-        busy = run.summary.get("stage_busy_seconds", [])
+        busy = run.training.stage_busy_seconds
         rows.append(
             [
                 rst.text(run.short_name),
                 rst.number(tps),
-                rst.number(run.summary.get("wall_seconds")),
-                rst.text(", ".join(f"{b:.3g}" for b in busy if isinstance(b, int | float)) or "-"),
+                rst.number(run.training.wall_seconds),
+                rst.text(", ".join(f"{b:.3g}" for b in busy) or "-"),
                 overhead,
             ]
         )
@@ -222,14 +219,13 @@ def _detection(ctx: Context, runs: list[RunData]) -> list[str]:
 
 def run_page(ctx: Context, run: RunData, index: int) -> str:
     """One run: configuration, attestation table, receipt audit, spot-check counts, detection timeline."""
-    s = run.summary
     out = [
         rst.heading(f"Run {index}: {run.name}", "="),
         (f"**Role:** {rst.text(run.title)}. " if run.title else "")
         + f"**Attack:** {rst.text(run.attack_text)}. **Defence:** {rst.text(run.defence_text)}.",
         "",
     ]
-    outcome = attack_outcome(run.path, s)
+    outcome = attack_outcome(run.path, run.record)
     if outcome is not None:
         out += [f"**Injected attack:** {rst.text(outcome.line())}.", ""]
     out += [
@@ -237,10 +233,10 @@ def run_page(ctx: Context, run: RunData, index: int) -> str:
             ["run id", "status", "workers", "micro-batches", "directory"],
             [
                 [
-                    rst.literal(s.get("run_id", "")),
+                    rst.literal(run.record.run_id),
                     rst.text(_status(run)),
-                    rst.text(len(s.get("workers", []))),
-                    rst.text(s.get("micro_batches", "")),
+                    rst.text(len(run.record.workers)),
+                    rst.text(run.record.micro_batches),
                     rst.literal(run.path),
                 ]
             ],
@@ -277,12 +273,12 @@ def run_page(ctx: Context, run: RunData, index: int) -> str:
     out += [rst.heading("Detection timeline", "-"), rst.image(name, f"detection timeline of {run.name}"), ""]
     rows = [
         [
-            rst.text(d.get("step")),
-            rst.text(d.get("microbatch")),
-            rst.text(d.get("worker")),
-            rst.text(d.get("check")),
-            rst.text(d.get("unit_kind")),
-            rst.text(d.get("message")),
+            rst.text(d.step),
+            rst.text(d.microbatch),
+            rst.text(d.worker),
+            rst.text(d.check),
+            rst.text(d.unit_kind),
+            rst.text(d.message),
         ]
         for d in run.detections
     ]
@@ -292,11 +288,18 @@ def run_page(ctx: Context, run: RunData, index: int) -> str:
         else "No detection.",
         "",
     ]
-    responses = [r for r in s.get("responses", []) if isinstance(r, dict)]
-    for r in responses:
-        plan: dict[str, Any] = r["plan"] if isinstance(r.get("plan"), dict) else r
-        keys = ("response", "convict", "ejected", "standby", "stage", "checkpoint_step", "fallback_from")
-        out += ["* response: " + rst.text(", ".join(f"{k} {plan[k]}" for k in keys if plan.get(k) is not None))]
+    for r in run.training.responses:
+        plan = r.plan
+        said = {
+            "response": plan.response,
+            "convict": plan.convict,
+            "ejected": plan.ejected,
+            "standby": plan.standby,
+            "stage": plan.stage,
+            "checkpoint_step": plan.checkpoint_step,
+            "fallback_from": plan.fallback_from,
+        }
+        out += ["* response: " + rst.text(", ".join(f"{k} {v}" for k, v in said.items() if v is not None))]
     out += [""]
     return "\n".join(out)
 
@@ -372,24 +375,24 @@ def _audit(run: RunData) -> list[str]:
 
 def _spot_checks(run: RunData) -> list[str]:
     out = [rst.heading("Spot checks", "-")]
-    spot = run.summary.get("spot_check")
-    if run.config.get("verification") != "spot_check" or not isinstance(spot, dict):
+    spot = run.training.spot_check
+    if run.config.get("verification") != "spot_check" or spot is None:
         return out + ["The run does not spot-check.", ""]
     reveals = [e for e in run.events if e.get("event") == "spot_check_reveal"]
     sampled = sum(len(e.get("sampled", [])) for e in reveals)
-    units = run.summary.get("units", {})
-    total = sum(v for v in units.values() if isinstance(v, int)) if isinstance(units, dict) else 0
+    units = run.training.units
+    total = units.forward + units.backward + units.update
     rows = [
         [
-            rst.number(spot.get("rate")),
-            rst.text(spot.get("units_sampled")),
-            rst.text(spot.get("units_checked")),
-            rst.text(spot.get("recomputations")),
+            rst.number(spot.rate),
+            rst.text(spot.units_sampled),
+            rst.text(spot.units_checked),
+            rst.text(spot.recomputations),
             str(len(reveals)),
             str(sampled),
             str(total),
             str(len(run.detections)),
-            rst.text(run.summary.get("false_alarms", "-")),
+            rst.text(run.training.false_alarms),
         ]
     ]
     out += [

@@ -68,16 +68,21 @@ class LaunchInterrupted(LaunchError):
 
 @dataclasses.dataclass(frozen=True)
 class LaunchResult:
-    """A finished run: its directory, its summary and the children that ran it (all gone).
+    """A finished run: its directory, its record (``summary.json``) and the children that ran it (all gone).
 
     ``start_method`` says how the last set of processes was started: ``forkserver`` or ``subprocess``.
     """
 
     run_dir: Path
-    summary: dict[str, Any]
+    record: RunRecord
     pids: tuple[int, ...]
     seconds: float
     start_method: str = "subprocess"
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The record as its JSON object (for comparing whole records; read fields from :attr:`record`)."""
+        return self.record.to_data()
 
 
 def free_port() -> int:
@@ -265,8 +270,13 @@ def launch_local(
             )
             pids += session_pids
             if all(c == 0 for c in codes):
-                summary = json.loads((run_path / "summary.json").read_text(encoding="utf-8"))
-                return LaunchResult(run_path, summary, tuple(pids), time.monotonic() - started, used)
+                try:
+                    record = RunRecord.from_json(run_path / SUMMARY_FILE)
+                except RunDirError as exc:
+                    raise LaunchError(
+                        f"the run ended but its record cannot be read: {exc.message}", tuple(pids)
+                    ) from None
+                return LaunchResult(run_path, record, tuple(pids), time.monotonic() - started, used)
             message = _failure_message(codes, tmp, forked=used == "forkserver")
             if codes[0] != EXIT_RESUMABLE:
                 raise LaunchError(message, tuple(pids), resumable=_resumable(run_path))

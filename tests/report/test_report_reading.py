@@ -136,8 +136,8 @@ def test_attacker_window_has_width() -> None:
     assert attack_windows(attacked, 5) == [(1, 1.5, 2.5)]
     plan = dict(attacked.config["attack"], start=3)
     later = dataclasses.replace(attacked, config=dict(attacked.config, attack=plan))
-    detections = [dict(d, step=4) for d in attacked.detections]
-    rolled_back = dataclasses.replace(later, summary=dict(later.summary, detections=detections))
+    detections = [dataclasses.replace(d, step=4) for d in attacked.detections]
+    rolled_back = dataclasses.replace(later, training=later.training.model_copy(update={"detections": detections}))
     assert attack_windows(rolled_back, 5) == [(1, 2.5, 4.5)]
     assert attack_windows(later, 3) == []
     assert attack_windows(read_run(RECORDED_RUNS[0]), 5) == []
@@ -149,10 +149,12 @@ def test_headline_of_a_missed_attack_and_of_a_false_alarm() -> None:
     from stagewarden.report.headline import run_headline
 
     clean, attacked = (read_run(path) for path in RECORDED_RUNS)
-    missed = dataclasses.replace(attacked, summary=dict(attacked.summary, detections=[], responses=[]))
+    missed = dataclasses.replace(
+        attacked, training=attacked.training.model_copy(update={"detections": [], "responses": []})
+    )
     assert run_headline(missed).startswith(
         "the attack (reverse on stage 1 from step 2) was **not detected** in 5 steps"
     )
-    alarm = dataclasses.replace(clean, summary=dict(clean.summary, detections=attacked.detections))
+    alarm = dataclasses.replace(clean, training=clean.training.model_copy(update={"detections": attacked.detections}))
     assert "with no attack mounted, the spot check caught worker s1r0 at step 2" in run_headline(alarm)
     assert "a **false alarm**" in run_headline(alarm)

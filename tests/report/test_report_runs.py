@@ -22,7 +22,7 @@ def test_recorded_run_reads_and_audits_clean() -> None:
     assert {a.worker for a in run.attestations} == {"s0r0", "s1r0", "s2r0", "s3r0", "standby0"}
     assert all(a.signature == "valid" and a.status == "affirming" for a in run.attestations)
     assert run.audit.report is not None and run.audit.report.clean
-    assert [d["worker"] for d in run.detections] == ["s1r0"]
+    assert [d.worker for d in run.detections] == ["s1r0"]
     assert run.metrics and run.metrics[0]["step"] == 0.0
 
 
