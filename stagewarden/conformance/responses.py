@@ -15,8 +15,12 @@ def check_responses(run: RunUnderCheck) -> None:
     each detection left unanswered."""
     allowed = run.spec.defense.response
     spec_at = run.at("defense", "response")
-    responses = run.history.responses if run.history is not None else run.summary.extra.get("responses", [])
-    replacements = run.summary.extra.get("replacements", [])
+    responses: list[Any] = (
+        run.history.responses
+        if run.history is not None
+        else [r.model_dump(mode="python") for r in run.training.responses]
+    )
+    replacements = run.training.replacements
     for r in responses if isinstance(responses, list) else []:
         plan = r.get("plan") if isinstance(r, dict) else None
         if not isinstance(plan, dict):
@@ -35,11 +39,7 @@ def check_responses(run: RunUnderCheck) -> None:
                 workers=(str(plan.get("convict")),),
             )
         standby = plan.get("standby")
-        if standby and not any(
-            isinstance(x, dict) and x.get("worker") == plan.get("convict") and x.get("by") == standby
-            for x in replacements
-            if isinstance(replacements, list)
-        ):
+        if standby and not any(x.worker == plan.get("convict") and x.by == standby for x in replacements):
             run.add(
                 ConformanceCode.RESPONSE_DEPARTURE,
                 f"the response at step {step} hands stage {plan.get('stage')} to {standby}, but summary.json "
@@ -54,7 +54,7 @@ def check_responses(run: RunUnderCheck) -> None:
 def _check_answered(run: RunUnderCheck, responses: list[Any]) -> None:
     stopped = run.history.stopped if run.history is not None else None
     tail = (
-        f"; the run stopped: {stopped}" if stopped else f"; the run ended with status {run.summary.extra.get('status')}"
+        f"; the run stopped: {stopped}" if stopped else f"; the run ended with status {run.training.status}"
     )
     if run.history is not None:
         answered = {(r.get("step"), r.get("attempt")) for r in responses if isinstance(r, dict)}
@@ -72,16 +72,14 @@ def _check_answered(run: RunUnderCheck, responses: list[Any]) -> None:
                 stage=first.get("stage"),
             )
         return
-    detections = run.summary.extra.get("detections", [])
     steps = {r.get("step") for r in responses if isinstance(r, dict)}
-    for d in detections if isinstance(detections, list) else []:
-        if isinstance(d, dict) and d.get("step") not in steps:
+    for d in run.training.detections:
+        if d.step not in steps:
             run.add(
                 ConformanceCode.DETECTION_UNANSWERED,
-                f"the detection at step {d.get('step')} of stage {d.get('stage')} was not answered by a response"
-                + tail,
+                f"the detection at step {d.step} of stage {d.stage} was not answered by a response" + tail,
                 spec=run.at("defense", "response"),
                 file="summary.json",
-                step=d.get("step"),
-                stage=d.get("stage"),
+                step=d.step,
+                stage=d.stage,
             )

@@ -30,9 +30,10 @@ class RunUnderCheck:
         self.confidence = confidence
         self.findings: list[ConformanceFinding] = []
         self.summary = RunDir(run_dir).summary
-        config = self.summary.extra.get("config")
-        if not isinstance(config, dict):
-            raise ConformanceError(f"{run_dir}/summary.json records no run configuration ('config')")
+        if self.summary.training is None:
+            raise ConformanceError(f"{run_dir}/summary.json records no training run (no runtime_version, no config)")
+        self.training = self.summary.training
+        config = self.training.config
         from stagewarden.runtime.config import ConfigError, RunConfig
 
         try:

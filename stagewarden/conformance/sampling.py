@@ -20,21 +20,20 @@ def check_rate(run: RunUnderCheck) -> RateObservation | None:
     spot = next((x for x in run.spec.defense.checks if isinstance(x, SpotCheck)), None)
     if spot is None or run.config.verification != "spot_check":
         return None
-    recorded = run.summary.extra.get("spot_check")
-    recorded_sampled = recorded.get("units_sampled") if isinstance(recorded, dict) else None
+    recorded = run.training.spot_check
+    recorded_sampled = recorded.units_sampled if recorded is not None else None
     if run.history is not None and run.history.samples:
         sampled, eligible = _recompute_samples(run)
         source = EVENTS_FILE
-        if type(recorded_sampled) is int and recorded_sampled != sampled:
+        if recorded_sampled is not None and recorded_sampled != sampled:
             run.add(
                 ConformanceCode.SAMPLE_COUNTS,
                 f"summary.json counts {recorded_sampled} sampled units, {EVENTS_FILE} {sampled}",
                 file="summary.json",
             )
     else:
-        units = run.summary.extra.get("units")
-        forward = units.get("forward") if isinstance(units, dict) else None
-        if type(recorded_sampled) is not int or type(forward) is not int or forward <= 0:
+        forward = run.training.units.forward
+        if recorded_sampled is None or forward <= 0:
             return None
         sampled = recorded_sampled
         m = run.config.microbatches
