@@ -53,9 +53,7 @@ def check_responses(run: RunUnderCheck) -> None:
 
 def _check_answered(run: RunUnderCheck, responses: list[Any]) -> None:
     stopped = run.history.stopped if run.history is not None else None
-    tail = (
-        f"; the run stopped: {stopped}" if stopped else f"; the run ended with status {run.training.status}"
-    )
+    tail = f"; the run stopped: {stopped}" if stopped else f"; the run ended with status {run.training.status}"
     if run.history is not None:
         answered = {(r.get("step"), r.get("attempt")) for r in responses if isinstance(r, dict)}
         groups = {(c.step, c.attempt): c for c, _ in run.history.detections}
