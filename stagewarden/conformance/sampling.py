@@ -66,7 +66,8 @@ def check_rate(run: RunUnderCheck) -> RateObservation | None:
 def _recompute_samples(run: RunUnderCheck) -> tuple[int, int]:
     """Recompute every logged sample from its commitment, secret and receipts digest with the
     coordinator's sampling function; return (sampled, eligible) over all reveals."""
-    from stagewarden.runtime.spotcheck import SpotCheckError, sample_units, sampling_randomness
+    from stagewarden.runtime.compare import SpotCheckError
+    from stagewarden.runtime.spotcheck import sample_units, sampling_randomness
 
     assert run.history is not None
     c = run.config
