@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from stagewarden.attest.run_record import SUMMARY_FILE, RunRecord
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.launch import LaunchError, launch_local
 from stagewarden.runtime.model import GPTConfig
@@ -88,12 +89,12 @@ def _signal_at(run_dir: Path, step: int, role: str, stage: int | None, sig: int,
     return on_event
 
 
-def _reference_digests(config: RunConfig, folder: Path) -> list[str]:
+def _reference_digests(config: RunConfig, folder: Path) -> list[str | None]:
     result = launch_local(config, folder / "reference")
-    return list(result.summary["final_weights"]["stages"])
+    return list(result.record.require_training().final_weights.stages)
 
 
-def scenario(name: str, args: argparse.Namespace, work: Path, reference: list[str]) -> dict[str, Any]:
+def scenario(name: str, args: argparse.Namespace, work: Path, reference: list[str | None]) -> dict[str, Any]:
     run_dir = work / name
     fired: list[Any] = []
     started = time.time()
@@ -140,7 +141,7 @@ def scenario(name: str, args: argparse.Namespace, work: Path, reference: list[st
             raise ValueError(name)
     except LaunchError as exc:
         outcome = f"failed: {exc}"
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    run = RunRecord.from_json(run_dir / SUMMARY_FILE).require_training()
     events = _events(run_dir)
     fault = next((e for e in events if e["event"] == "worker_fault"), None)
     resumed = next((e for e in events if e["event"] == "run_resumed"), None)
@@ -151,13 +152,13 @@ def scenario(name: str, args: argparse.Namespace, work: Path, reference: list[st
         t0 = _when(before[-1]) if before else started
     return {
         "scenario": name,
-        "outcome": outcome if summary.get("status") == "completed" else f"{outcome} ({summary.get('status')})",
+        "outcome": outcome if run.status == "completed" else f"{outcome} ({run.status})",
         "cause": fault["cause"] if fault else "-",
         "blamed": fault["worker"] if fault else "-",
         "detect_s": round(_when(fault) - t0, 2) if fault else None,
         "resume_s": round(_when(resumed) - t0, 2) if resumed else None,
         "verified_steps_lost": _lost(events),
-        "weights_equal_reference": summary["final_weights"]["stages"] == reference,
+        "weights_equal_reference": run.final_weights.stages == reference,
         "wall_s": round(time.time() - started, 1),
     }
 

@@ -28,6 +28,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -39,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stagewarden.attest.run_record import SUMMARY_FILE, RunDirError, RunRecord, TrainingRecord
 from stagewarden.runtime.attacks import AttackPlan
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.launch import LaunchError, LaunchInterrupted, launch_local
@@ -117,25 +119,27 @@ def run_one(setting: Setting, seed: int, steps: int, receipts: bool, scratch: Pa
     run_dir = scratch / f"{setting.name}-seed{seed}"
     started = time.perf_counter()
     error = None
+    run: TrainingRecord | None = None
     try:
-        summary = launch_local(run_config(setting, seed, steps, receipts), run_dir).summary
+        run = launch_local(run_config(setting, seed, steps, receipts), run_dir).record.training
     except LaunchInterrupted:
         raise KeyboardInterrupt from None  # Ctrl-C stops the benchmark, not just this run
     except LaunchError as exc:
         error = str(exc)
-        summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+        with contextlib.suppress(RunDirError):  # what the run recorded before it failed
+            run = RunRecord.from_json(run_dir / SUMMARY_FILE).training
     wall = time.perf_counter() - started
-    responses = summary.get("responses", [])
+    responses = run.responses if run is not None else []
     return {
         "setting": setting.name,
         "seed": seed,
-        "status": summary.get("status", "failed"),
-        "stop_reason": summary.get("stop_reason") or error,
-        "losses": summary.get("losses", []),
+        "status": run.status if run is not None else "failed",
+        "stop_reason": (run.stop_reason if run is not None else None) or error,
+        "losses": list(run.losses) if run is not None else [],
         "step_seconds": _metrics(run_dir) if (run_dir / "metrics.csv").exists() else [],
         "wall_seconds": wall,
-        "detections": len(summary.get("detections", [])),
-        "recomputed_steps": len({r.get("step") for r in responses}),
+        "detections": len(run.detections) if run is not None else 0,
+        "recomputed_steps": len({r.step for r in responses}),
         "responses": len(responses),
     }
 
