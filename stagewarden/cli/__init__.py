@@ -12,6 +12,9 @@ from __future__ import annotations
 import click
 
 from stagewarden._version import __version__
+
+# The command modules are bound here, not their commands (which share their names), so that
+# ``stagewarden.cli.<name>`` stays the module for anyone who patches or imports inside it.
 from stagewarden.cli import (
     attest,
     attest_dcap,
