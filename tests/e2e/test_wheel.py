@@ -72,6 +72,8 @@ def test_wheel_installs_and_runs(tmp_path: Path) -> None:
         "stagewarden/prover",
         "stagewarden/attest",
         "stagewarden/runtime",
+        "stagewarden/cli",
+        "stagewarden/conformance",
     ):
         assert f"{package}/__init__.py" in names
     assert "stagewarden/py.typed" in names
