@@ -25,7 +25,7 @@ DCAP_ADMISSION = (
 )
 
 #: The notice on every page of a report whose every run attested with Intel quotes.
-DCAP_NOTICE = f"TEE attestation here is Intel TDX/SGX (DCAP), not a software model: {DCAP_ADMISSION}."
+DCAP_NOTICE = f"TEE attestation here is Intel's DCAP, not a software model: {DCAP_ADMISSION}."
 
 #: The simulated kind, in a notice that names which runs used which kind.
 SIMULATED_ADMISSION = (
