@@ -22,7 +22,8 @@ costs nothing per step.
 Digests are priced with :func:`stagewarden.attest.tensor_digest.digest_tensor` (BLAKE3) on a
 float32 tensor of the size, signatures with Ed25519 (PyNaCl) on a 256-byte message, and
 re-executions with :mod:`stagewarden.runtime.reexecute`'s functions on a stage pool, all at the
-workers' thread count, the median of repeated calls.
+workers' thread count, the median CPU time of repeated calls (the process's, so that a digest's
+helper threads count and a busy machine's waiting does not).
 """
 
 from __future__ import annotations
@@ -103,12 +104,15 @@ def limit_seconds(ops: list[Operation], price: Callable[[Operation], float]) -> 
 
 
 def _median_seconds(call: Callable[[], Any], repeat: int) -> float:
+    """The median CPU time of ``call`` (every thread of this process: a large digest uses several),
+    after one call to warm up; CPU rather than wall time, so that other work on the machine does not
+    count as the operation's."""
     call()
     times = []
     for _ in range(repeat):
-        began = time.perf_counter()
+        began = time.process_time()
         call()
-        times.append(time.perf_counter() - began)
+        times.append(time.process_time() - began)
     return statistics.median(times)
 
 
