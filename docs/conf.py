@@ -65,6 +65,8 @@ nitpick_ignore = [
     ("py:class", "cryptography.hazmat.primitives.asymmetric.ed25519.Ed25519PrivateKey"),
     ("py:class", "subprocess.Popen"),
     ("py:class", "multiprocessing.process.BaseProcess"),
+    # the type variable of a generic signature (protocol.dispatch.receive), not a type of its own
+    ("py:class", "stagewarden.runtime.protocol.dispatch._M"),
 ]
 
 # -- autodoc and napoleon ----------------------------------------------------------------

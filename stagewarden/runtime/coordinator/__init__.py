@@ -3,7 +3,7 @@
 ========================= ===================================================================
 module                    job
 ========================= ===================================================================
-``engine``                :class:`Coordinator`: runs the steps, wires the collaborators
+``engine``                :class:`~.engine.Coordinator`: runs the steps, wires the collaborators
 ``context``               the run context every collaborator shares, the event log, constants
 ``roster``                stage -> worker and rank, standbys, attested keys, hand-over
 ``ledger``                the weights and optimizer state each stage must hold

@@ -4,7 +4,6 @@ must present, and the calibration of the spot check's tolerance."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from nacl.signing import SigningKey
 
@@ -18,9 +17,15 @@ from stagewarden.attest.rundir import RunDir
 from stagewarden.attest.vendor import load_vendor, local_verifier
 from stagewarden.attest.verifier import Appraisal, Verifier
 from stagewarden.runtime.calibration import CALIBRATION_UNITS, MAX_TOLERANCE, calibrate_stage, tolerance_record
+from stagewarden.runtime.compare import SpotCheckError
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.coordinator.context import RunContext, private_key
 from stagewarden.runtime.coordinator.errors import AdmissionRefused
+from stagewarden.runtime.coordinator.faults import Faults
+from stagewarden.runtime.coordinator.ledger import Ledger
+from stagewarden.runtime.coordinator.reexecution import Reexecution
+from stagewarden.runtime.coordinator.roster import Roster
+from stagewarden.runtime.coordinator.tally import RunTally
 from stagewarden.runtime.coordinator.wire import digest_of_weights
 from stagewarden.runtime.measure import code_digest, stage_measurement
 from stagewarden.runtime.protocol import (
@@ -36,20 +41,10 @@ from stagewarden.runtime.protocol import (
     receive,
     send_message,
 )
-from stagewarden.runtime.spotcheck import (
-    SpotCheckError,
-)
 from stagewarden.runtime.transport import (
     TransportError,
 )
 from stagewarden.runtime.units import deterministic
-
-if TYPE_CHECKING:
-    from stagewarden.runtime.coordinator.faults import Faults
-    from stagewarden.runtime.coordinator.ledger import Ledger
-    from stagewarden.runtime.coordinator.reexecution import Reexecution
-    from stagewarden.runtime.coordinator.roster import Roster
-    from stagewarden.runtime.coordinator.tally import RunTally
 
 
 def _dcap_verifier(c: RunConfig, signing_key: SigningKey, clock: Clock) -> DcapVerifier:

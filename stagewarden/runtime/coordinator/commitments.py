@@ -28,8 +28,18 @@ if TYPE_CHECKING:
 
 
 @dataclasses.dataclass
-class _Commitment:
-    """One stage's verified commitment for a step (:meth:`Commitments.take`)."""
+class StageCommitment:
+    """One stage's verified commitment for a step (:meth:`Commitments.take`).
+
+    Attributes:
+        busy: The seconds its worker reports busy.
+        receipts: Its forward and backward receipts, verified, in signing order.
+        headers: The signed headers it received, verified.
+        loss: On the last stage: the step's loss.
+        microbatch_losses: On the last stage: each micro-batch's loss.
+        checks: With ``redundant_neighbour`` (from stage 1 on): the failed checks it reports.
+        checks_run: With ``redundant_neighbour``: how many units it checked.
+    """
 
     busy: float
     receipts: list[Receipt] = dataclasses.field(default_factory=list)
@@ -49,7 +59,7 @@ class _CommitmentThread(threading.Thread):
     def __init__(self, commitments: Commitments, stage: int, step: int) -> None:
         super().__init__(name=f"commitment-{stage}", daemon=True)
         self._commitments, self._stage, self._step = commitments, stage, step
-        self._result: _Commitment | None = None
+        self._result: StageCommitment | None = None
         self._error: BaseException | None = None
 
     def run(self) -> None:
@@ -58,7 +68,7 @@ class _CommitmentThread(threading.Thread):
         except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for the outcome
             self._error = exc
 
-    def outcome(self) -> _Commitment:
+    def outcome(self) -> StageCommitment:
         """Wait for the commitment; raise what taking it raised."""
         self.join()
         if self._error is not None:
@@ -113,7 +123,7 @@ class Commitments:
         threads could interleave differently on each rank: with it the stages are taken one
         after the other.)"""
         c, stages = self.ctx.config, self.current.route.active_stages
-        taken: dict[int, _Commitment] = {}
+        taken: dict[int, StageCommitment] = {}
         if c.backend == "gloo" and c.stages > 1:
             threads = {s: _CommitmentThread(self, s, step) for s in stages[1:]}
             for thread in threads.values():
@@ -143,7 +153,7 @@ class Commitments:
                     self.tally.counts["headers"] += 1
         return StepCommit(step, receipts, headers, last.loss, last.microbatch_losses, checks, checks_run)
 
-    def take(self, s: int, step: int) -> _Commitment:
+    def take(self, s: int, step: int) -> StageCommitment:
         """Receive stage ``s``'s commitment for ``step`` and verify its receipts, headers, losses
         and check report. Touches nothing another stage's commitment touches (its worker's hash
         chain head is its own), so the stages can be taken on separate threads.
@@ -158,7 +168,7 @@ class Commitments:
             msg = receive(self.ctx.transport, rank, Commit)
             if msg.step != step:
                 raise TransportError(f"worker {wid} committed step {msg.step}, not {step}")
-            out = _Commitment(msg.busy_ns / 1e9)
+            out = StageCommitment(msg.busy_ns / 1e9)
             out.receipts = [self.accept_receipt(wid, s, step, raw, log=False) for raw in msg.receipts]
             out.headers = [self.accept_header(wid, s, step, raw) for raw in msg.headers]
             if s == c.stages - 1:

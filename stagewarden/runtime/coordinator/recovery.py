@@ -4,7 +4,7 @@ convict's receipt audit, restart, skip_stage)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from stagewarden.attest.audit import declared_bypasses, route_neighbour
 from stagewarden.attest.errors import AttestError
@@ -13,8 +13,13 @@ from stagewarden.attest.receipt_log import RecordType, read_log
 from stagewarden.attest.receipts import Receipt, UnitKind, chain_genesis, parse_receipt, receipt_digest, verify_receipt
 from stagewarden.attest.run_record_parts import SignedDetection, UnitKindName
 from stagewarden.attest.rundir import LOG_FILE
+from stagewarden.runtime.coordinator.admission import Admission
+from stagewarden.runtime.coordinator.checkpoints import CheckpointStore
 from stagewarden.runtime.coordinator.context import CARRIED_OUT, MAX_RECOMPUTATIONS, RunContext
 from stagewarden.runtime.coordinator.errors import RunFailed, TrainingStopped
+from stagewarden.runtime.coordinator.ledger import Ledger
+from stagewarden.runtime.coordinator.roster import Roster
+from stagewarden.runtime.coordinator.tally import RunTally
 from stagewarden.runtime.protocol import Restore, Restored, receive, send_message
 from stagewarden.runtime.responses import (
     ReceiptRef,
@@ -28,13 +33,6 @@ from stagewarden.runtime.responses import (
 from stagewarden.runtime.transport import (
     TransportError,
 )
-
-if TYPE_CHECKING:
-    from stagewarden.runtime.coordinator.admission import Admission
-    from stagewarden.runtime.coordinator.checkpoints import CheckpointStore
-    from stagewarden.runtime.coordinator.ledger import Ledger
-    from stagewarden.runtime.coordinator.roster import Roster
-    from stagewarden.runtime.coordinator.tally import RunTally
 
 
 class Recovery:

@@ -21,20 +21,13 @@ from stagewarden.attest.tensor_digest import (
     update_input_digest,
     update_output_digest,
 )
+from stagewarden.runtime.compare import SpotCheckError, Tolerance, compare_within
 from stagewarden.runtime.coordinator.commitments import StepCommit
 from stagewarden.runtime.coordinator.context import NO_GRADS, RunContext
 from stagewarden.runtime.coordinator.errors import RunFailed
 from stagewarden.runtime.coordinator.wire import FETCH_DTYPES, MAX_FETCH_ELEMENTS, digest_of_weights, numel
 from stagewarden.runtime.protocol import Fetch, Fetched, FetchUnavailable, TensorMeta, receive, send_message
-from stagewarden.runtime.spotcheck import (
-    SpotCheckError,
-    StagePool,
-    Tolerance,
-    compare_within,
-    reexecute_backward,
-    reexecute_forward_outputs,
-    reexecute_update,
-)
+from stagewarden.runtime.reexecute import StagePool, reexecute_backward, reexecute_forward_outputs, reexecute_update
 from stagewarden.runtime.transport import (
     MAX_FRAME_BYTES,
     TransportError,
@@ -284,7 +277,7 @@ class Reexecution:
         self, stage: int, expected: dict[str, torch.Tensor], committed: dict[str, torch.Tensor], what: str
     ) -> str | None:
         """Compare re-executed outputs with committed ones, tensor by tensor by name, under the
-        stage's calibrated tolerance (:func:`~stagewarden.runtime.spotcheck.compare_within`);
+        stage's calibrated tolerance (:func:`~stagewarden.runtime.compare.compare_within`);
         return why they differ, or ``None`` when they agree."""
         tolerance = self.tolerance.get(stage)
         if tolerance is None:

@@ -67,8 +67,9 @@ class Roster:
         return {r: k for r, k in members.items() if r not in self.released}
 
     def stage_maps(self) -> tuple[dict[int, bytes], dict[int, str], dict[int, int]]:
-        """Every stage's attested receipt key, worker id and rank, as :class:`~stagewarden.runtime.protocol.Admitted`
-        and :class:`~stagewarden.runtime.protocol.Ranks` announce them."""
+        """Every stage's attested receipt key, worker id and rank, as
+        :class:`~stagewarden.runtime.protocol.requests.Admitted` and
+        :class:`~stagewarden.runtime.protocol.requests.Ranks` announce them."""
         keys = {s: self.keys[wid] for s, wid in enumerate(self.stage_ids)}
         return keys, dict(enumerate(self.stage_ids)), {s: self.rank_of(s) for s in range(self.ctx.config.stages)}
 

@@ -1,18 +1,18 @@
 """The wire contract between the coordinator and the stage workers: one frozen dataclass per
-control message, each with :meth:`~Message.to_wire` (the JSON object sent) and a strict
-:meth:`~Message.parse`, and the tensor groups that follow some of them.
+control message, each with :meth:`~.Message.to_wire` (the JSON object sent) and a strict
+:meth:`~.Message.parse`, and the tensor groups that follow some of them.
 
 A control message travels as one frame of canonical JSON (:meth:`Transport.send_json
 <stagewarden.runtime.transport.Transport.send_json>`). Parsing is strict: an unknown ``type``, a
 missing or unexpected key, a value of the wrong type, out of range or not in its one canonical
 encoding (lower-case hex, ``float.hex`` text, decimal stage numbers as map keys) raises
-:class:`ProtocolError` with one line naming the message and the key. So whatever a parser accepts
-is exactly what :meth:`~Message.to_wire` of the parsed message gives back.
+:class:`.ProtocolError` with one line naming the message and the key. So whatever a parser accepts
+is exactly what :meth:`~.Message.to_wire` of the parsed message gives back.
 
 Three types name two messages each, told apart by their keys: ``snapshot`` is a request
-(:class:`SnapshotRequest`) or the state sent back (:class:`Snapshot`), ``fetched`` a unit
-(:class:`Fetched`) or a refusal (:class:`FetchUnavailable`), ``loaded`` a stage's state
-(:class:`Loaded`) or a checker's replica (:class:`ReplicaLoaded`).
+(:class:`.SnapshotRequest`) or the state sent back (:class:`.Snapshot`), ``fetched`` a unit
+(:class:`.Fetched`) or a refusal (:class:`.FetchUnavailable`), ``loaded`` a stage's state
+(:class:`.Loaded`) or a checker's replica (:class:`.ReplicaLoaded`).
 """
 
 from __future__ import annotations

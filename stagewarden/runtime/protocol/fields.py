@@ -34,7 +34,7 @@ MAX_INT = (1 << 63) - 1
 TENSOR_DTYPES = ("float32", "int64", "float16", "bfloat16")
 #: The units a step has, by the name messages give them.
 UNIT_KINDS = ("forward", "backward", "update")
-#: What a worker can say happened to the peer it reports (see :class:`ErrorReport`).
+#: What a worker can say happened to the peer it reports (see :class:`.ErrorReport`).
 FAILURE_CAUSES = ("closed", "timeout", "reported", "malformed", "local")
 #: Where a redundant-neighbour checker got a forward unit's input.
 INPUT_VIAS = ("coordinator", "upstream", "checked_worker")
@@ -168,7 +168,7 @@ def read_fields(data: Any, type_: str, required: Sequence[str], optional: Sequen
 
 @dataclasses.dataclass(frozen=True)
 class Message:
-    """A control message: its wire ``type`` is :attr:`TYPE`."""
+    """A control message: its wire ``type`` is ``TYPE``."""
 
     TYPE: ClassVar[str]
 

@@ -141,7 +141,7 @@ class CheckReport:
 
     @classmethod
     def parse(cls, data: Any, what: str = "a check report") -> CheckReport:
-        """A check report, checked strictly (see :class:`Message`)."""
+        """A check report, checked strictly (see :class:`.Message`)."""
         if not isinstance(data, Mapping) or not set(cls._KEYS) <= set(data) <= {*cls._KEYS, "input_header"}:
             raise ProtocolError(f"{what} must be an object of {', '.join(cls._KEYS)} (and input_header)")
         via = data["input_via"]
@@ -319,8 +319,8 @@ class ReplicaLoaded(Message):
 
 
 class TensorGroupMessage(Message):
-    """A message followed by the bytes of the tensors it announces (:attr:`tensors`, in order),
-    packed in one buffer (:func:`send_tensor_group`)."""
+    """A message followed by the bytes of the tensors it announces (``tensors``, in order),
+    packed in one buffer (:func:`.send_tensor_group`)."""
 
     tensors: tuple[TensorMeta, ...]
 
@@ -344,7 +344,7 @@ class Snapshot(TensorGroupMessage):
 
 @dataclasses.dataclass(frozen=True)
 class Pushed(TensorGroupMessage):
-    """Worker to coordinator: the sampled units of ``step`` a :class:`Push` asked for."""
+    """Worker to coordinator: the sampled units of ``step`` a :class:`.Push` asked for."""
 
     TYPE: ClassVar[str] = "pushed"
     step: int
@@ -364,7 +364,7 @@ class Pushed(TensorGroupMessage):
 
 @dataclasses.dataclass(frozen=True)
 class Fetched(TensorGroupMessage):
-    """Worker to coordinator: the unit a :class:`Fetch` asked for."""
+    """Worker to coordinator: the unit a :class:`.Fetch` asked for."""
 
     TYPE: ClassVar[str] = "fetched"
     step: int
@@ -389,7 +389,7 @@ class Fetched(TensorGroupMessage):
 
 @dataclasses.dataclass(frozen=True)
 class FetchUnavailable(Message):
-    """Worker to coordinator: it does not keep the unit a :class:`Fetch` asked for."""
+    """Worker to coordinator: it does not keep the unit a :class:`.Fetch` asked for."""
 
     TYPE: ClassVar[str] = "fetched"
     error: str
@@ -404,7 +404,7 @@ class FetchUnavailable(Message):
 
 @dataclasses.dataclass(frozen=True)
 class Calibrated(TensorGroupMessage):
-    """Worker to coordinator: the outputs of the calibration units a :class:`Calibrate` asked for."""
+    """Worker to coordinator: the outputs of the calibration units a :class:`.Calibrate` asked for."""
 
     TYPE: ClassVar[str] = "calibrated"
     units: int
@@ -421,7 +421,7 @@ class Calibrated(TensorGroupMessage):
 
 @dataclasses.dataclass(frozen=True)
 class ErrorReport(Message):
-    """Worker to coordinator: peer ``peer`` failed (``cause`` as :class:`TransportError` says).
+    """Worker to coordinator: peer ``peer`` failed (``cause`` as :class:`.TransportError` says).
     :meth:`Transport.recv_json <stagewarden.runtime.transport.Transport.recv_json>` raises on
     receipt of it."""
 

@@ -175,7 +175,7 @@ class Restore(_StepOnly):
 
 @dataclasses.dataclass(frozen=True)
 class SnapshotRequest(_StepOnly):
-    """Coordinator to worker: send the stage's state after ``step`` steps (:class:`Snapshot`)."""
+    """Coordinator to worker: send the stage's state after ``step`` steps (:class:`.Snapshot`)."""
 
     TYPE: ClassVar[str] = "snapshot"
 
@@ -224,7 +224,7 @@ class Discard(Message):
 @dataclasses.dataclass(frozen=True)
 class Push(Message):
     """Coordinator to worker: send the sampled ``units`` of ``step`` (and with ``snapshot`` the
-    state after the update) without waiting (:class:`Pushed`)."""
+    state after the update) without waiting (:class:`.Pushed`)."""
 
     TYPE: ClassVar[str] = "push"
     step: int
@@ -262,7 +262,7 @@ class Assign(Message):
 
 @dataclasses.dataclass(frozen=True)
 class Fetch(Message):
-    """Coordinator to worker: send one committed unit's inputs and weights (:class:`Fetched`)."""
+    """Coordinator to worker: send one committed unit's inputs and weights (:class:`.Fetched`)."""
 
     TYPE: ClassVar[str] = "fetch"
     step: int
@@ -284,7 +284,7 @@ class Fetch(Message):
 
 @dataclasses.dataclass(frozen=True)
 class Calibrate(Message):
-    """Coordinator to worker: compute ``units`` calibration units (:class:`Calibrated`)."""
+    """Coordinator to worker: compute ``units`` calibration units (:class:`.Calibrated`)."""
 
     TYPE: ClassVar[str] = "calibrate"
     units: int
