@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, cast
 
-from stagewarden.attest.audit import declared_bypasses, route_neighbour
+from stagewarden.attest.audit_plans import declared_bypasses, route_neighbour
 from stagewarden.attest.errors import AttestError
 from stagewarden.attest.headers import TransferKind
 from stagewarden.attest.receipt_log import RecordType, read_log
