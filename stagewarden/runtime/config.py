@@ -131,7 +131,7 @@ class RunConfig:
     ``timeout`` is used, so that the verdict comes before any receive times out."""
     attack: Any = None
     """An attack plan as JSON data (opaque to the engine; see
-    :func:`stagewarden.runtime.worker.make_attack`); ``None`` runs honestly; not measured."""
+    :func:`stagewarden.runtime.attacks.make_attack`); ``None`` runs honestly; not measured."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", tuple(self.data))

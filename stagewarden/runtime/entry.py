@@ -146,9 +146,10 @@ def run_process(config_path: str, out: str, vendor: str | None, resume: str = "n
             raise EntryError(f"{out} already holds a run (summary.json exists); the coordinator writes a new one")
         Coordinator(config, out, transport, vendor, resume=again, heartbeats=inbox).run()
     else:
-        from stagewarden.runtime.worker import StageWorker
+        from stagewarden.runtime.worker import StageWorker, TestHooks
 
-        StageWorker(config, rank, transport, vendor, heartbeats=HeartbeatSender(group)).run()
+        hooks = TestHooks.from_environ()  # read once, here
+        StageWorker(config, rank, transport, vendor, heartbeats=HeartbeatSender(group), hooks=hooks).run()
 
 
 def _resumable(out: Path) -> bool:

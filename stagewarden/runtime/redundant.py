@@ -25,7 +25,7 @@ import torch
 
 from stagewarden.attest.tensor_digest import digest_tensor
 from stagewarden.runtime.model import GPTConfig, StageModule, build_stage
-from stagewarden.runtime.spotcheck import export_optimizer_state, import_optimizer_state
+from stagewarden.runtime.reexecute import export_optimizer_state, import_optimizer_state
 from stagewarden.runtime.units import (
     ForwardState,
     TrainConfig,

@@ -8,7 +8,7 @@ import torch
 from stagewarden.attest.tensor_digest import gradients_digest
 from stagewarden.runtime.model import GPTConfig, build_stage
 from stagewarden.runtime.units import stage_backward, stage_forward
-from stagewarden.runtime.worker import _gather_grads, _grads_digest
+from stagewarden.runtime.worker.grads import GradBuffers, gather_grads, grads_digest
 
 CONFIG = GPTConfig(n_layer=4, n_embd=32, n_head=4, block_size=16)
 MICROBATCHES = 3
@@ -45,18 +45,18 @@ def test_flat_gradients_equal_autograd_accumulation_with_and_without_kept_starts
         x, g = _inputs(m)
         stage_backward(stage_forward(reference, x, MICROBATCHES), g)
         stage_backward(stage_forward(in_place, x, MICROBATCHES), g)
-        flat_in_place = _gather_grads(in_place, {}, flat_in_place)
+        flat_in_place = gather_grads(in_place, {}, flat_in_place)
         before = {n: p.grad.detach() for n, p in kept.named_parameters() if p.grad is not None}
         starts.append((before, [t.clone() for t in before.values()]))
         for p in kept.parameters():
             p.grad = None
         stage_backward(stage_forward(kept, x, MICROBATCHES), g)
-        flat_kept = _gather_grads(kept, before, flat_kept)
+        flat_kept = gather_grads(kept, before, flat_kept)
         expected = _grads(reference)
         for stage, flat in ((in_place, flat_in_place), (kept, flat_kept)):
             assert flat is not None and _views_of(flat, stage)
             assert all(torch.equal(a, b) for a, b in zip(_grads(stage), expected, strict=True))
-            assert _grads_digest(stage, flat) == gradients_digest(expected)
+            assert grads_digest(stage, flat) == gradients_digest(expected)
     assert flat_in_place is not None
     for before, copies in starts:
         assert all(torch.equal(t, c) for t, c in zip(before.values(), copies, strict=True))
@@ -65,9 +65,7 @@ def test_flat_gradients_equal_autograd_accumulation_with_and_without_kept_starts
 def test_the_buffer_pool_hands_out_only_buffers_of_released_steps() -> None:
     """A buffer taken for a step is handed out again only after the steps before a later one
     are released (and only for the same size, dtype and device); releasing everything frees all."""
-    from stagewarden.runtime.worker import _BufferPool
-
-    pool, cpu = _BufferPool(), torch.device("cpu")
+    pool, cpu = GradBuffers(), torch.device("cpu")
     first = [pool.taker(3)(10, torch.float32, cpu) for _ in range(2)]
     taken = {t.data_ptr() for t in first}
     pool.release_before(3)  # step 3 is not before 3: still in use

@@ -1,0 +1,60 @@
+"""What a worker knows of the other stages' workers: their ranks, ids and attested receipt keys,
+and who talks to whom in the current computation (:class:`Peers`)."""
+
+from __future__ import annotations
+
+from stagewarden.attest.headers import TransferKind
+from stagewarden.runtime.config import RunConfig
+from stagewarden.runtime.route import Route
+from stagewarden.runtime.transport import Expected
+
+
+class Peers:
+    """The coordinator's map of stages to ranks, worker ids and receipt keys, as this worker
+    last heard it, and the route of the current computation.
+
+    Args:
+        config: The run configuration (the tensors' shapes).
+    """
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.run_id = ""
+        self.keys: dict[int, bytes] = {}
+        self.ids: dict[int, str] = {}
+        self.ranks: dict[int, int] = {}
+        self.route = Route(config.stages)
+        """Who each stage talks to in the current computation (another route when a stage is bypassed)."""
+
+    def update(self, keys: dict[int, bytes], ids: dict[int, str], ranks: dict[int, int]) -> None:
+        """Take a new map of stages to receipt keys, worker ids and ranks (at admission, after an eject)."""
+        self.keys, self.ids, self.ranks = dict(keys), dict(ids), dict(ranks)
+
+    def neighbour(self, stage: int, kind: TransferKind, incoming: bool) -> int:
+        """The stage ``stage`` receives from (``incoming``) or sends to, for a transfer ``kind``,
+        on the current computation's route (past a bypassed stage)."""
+        return self.route.neighbour(stage, kind, incoming)
+
+    def transfer(
+        self, step: int, mb: int, kind: TransferKind, sender: int, receiver: int, token_ids: bool = False
+    ) -> Expected:
+        """What the transfer ``sender -> receiver`` (or a relayed copy of it) must be (token ids:
+        stage 0's input)."""
+        c = self.config
+        shape = (c.batch_size, c.model.block_size)
+        return Expected(
+            run_id=self.run_id,
+            sender=self.ids[sender],
+            sender_key=self.keys[sender],
+            sender_stage=sender,
+            receiver_stage=receiver,
+            step=step,
+            micro_batch=mb,
+            kind=kind,
+            dtype="int64" if token_ids else "float32",
+            shape=shape if token_ids else (*shape, c.model.n_embd),
+        )
+
+    def expected(self, stage: int, step: int, mb: int, kind: TransferKind) -> Expected:
+        """What a transfer to ``stage`` from its neighbour on the route must be."""
+        return self.transfer(step, mb, kind, self.neighbour(stage, kind, incoming=True), stage)
