@@ -39,7 +39,7 @@ from nacl.bindings import crypto_sign_open
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
-from .audit_findings import (  # noqa: F401 - the audit's public names are importable from here
+from .audit_findings import (
     AUDIT_FORMAT,
     AUDIT_VERSION,
     CLOCK_SKEW,
@@ -50,7 +50,7 @@ from .audit_findings import (  # noqa: F401 - the audit's public names are impor
     Severity,
 )
 from .audit_links import LinkAudit
-from .audit_plans import (  # noqa: F401 - the audit's public names are importable from here
+from .audit_plans import (
     PlanFacts,
     bypasses,
     declared_attempts,
@@ -72,6 +72,30 @@ from .receipts import SIGNATURE_SIZE, Receipt, chain_genesis, parse_receipt
 from .result import RESULT_TYP, AttestationResult, Status
 from .rundir import ATTESTATION_DIR, LOG_FILE, RunDir
 from .token import open_token
+
+__all__ = [
+    "AUDIT_FORMAT",
+    "AUDIT_VERSION",
+    "AuditReport",
+    "CLOCK_SKEW",
+    "Finding",
+    "FindingLog",
+    "Job",
+    "LogItem",
+    "PlanFacts",
+    "Severity",
+    "audit_run_dir",
+    "bypasses",
+    "declared_attempts",
+    "declared_bypasses",
+    "declared_frozen",
+    "frozen_stages",
+    "recorded_attempts",
+    "recorded_plans",
+    "route_neighbour",
+    "served_steps",
+]
+
 
 Job = tuple[bytes, bytes, bytes]  # (public key, signed message, signature)
 

@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import blake3
 
-from stagewarden.runtime.compare import (  # noqa: F401 - re-exported
+from stagewarden.runtime.compare import (
     SAFETY_FACTOR,
     TOLERANCE_FLOOR,
     CompareMode,
@@ -39,7 +39,7 @@ from stagewarden.runtime.compare import (  # noqa: F401 - re-exported
     referee,
     relative_error,
 )
-from stagewarden.runtime.reexecute import (  # noqa: F401 - re-exported
+from stagewarden.runtime.reexecute import (
     ADAM_FIELDS,
     BackwardResult,
     StagePool,
@@ -54,6 +54,48 @@ from stagewarden.runtime.reexecute import (  # noqa: F401 - re-exported
     reexecute_forward_outputs,
     reexecute_update,
 )
+
+__all__ = [
+    "ADAM_FIELDS",
+    "BackwardResult",
+    "COMMIT_DOMAIN",
+    "CompareMode",
+    "Comparison",
+    "DRAW_DOMAIN",
+    "RANDOMNESS_DOMAIN",
+    "RECEIPTS_DOMAIN",
+    "RefereeVerdict",
+    "SAFETY_FACTOR",
+    "SECRET_SIZE",
+    "SampleSeed",
+    "SpotCheckError",
+    "StagePool",
+    "TOLERANCE_FLOOR",
+    "Tolerance",
+    "U",
+    "UpdateResult",
+    "calibrate_tolerance",
+    "check_link",
+    "commitment",
+    "compare",
+    "compare_within",
+    "export_optimizer_state",
+    "import_optimizer_state",
+    "load_stage",
+    "optimizer_state_digest",
+    "optimizer_state_view",
+    "receipts_digest",
+    "reexecute_backward",
+    "reexecute_forward",
+    "reexecute_forward_outputs",
+    "reexecute_update",
+    "referee",
+    "relative_error",
+    "sample_units",
+    "sampling_randomness",
+    "verify_reveal",
+]
+
 
 #: The type of a unit in :func:`sample_units` (any value the engine uses to name a unit).
 U = TypeVar("U")
