@@ -343,10 +343,15 @@ def _is_model(obj: Any) -> bool:
     return isinstance(obj, type) and issubclass(obj, BaseModel)
 
 
+def _is_spec_model(obj: Any) -> bool:
+    return _is_model(obj) and obj.__module__.startswith("stagewarden.spec")
+
+
 def _model_signature(
     app: Sphinx, what: str, name: str, obj: Any, options: Any, signature: str | None, return_annotation: str | None
 ) -> tuple[str, str | None] | None:
-    """Hide the generated keyword signature of a spec model: the key tables document the keys."""
+    """Hide the generated keyword signature of a pydantic model: its key table (a spec model) or
+    its documented attributes (the run record) say what it holds."""
     if what == "class" and _is_model(obj):
         return "", return_annotation
     return None
@@ -354,7 +359,7 @@ def _model_signature(
 
 def _model_docstring(app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
     """Point a spec model's API entry at its key table in the spec reference."""
-    if what == "class" and _is_model(obj):
+    if what == "class" and _is_spec_model(obj):
         lines.extend(["", f"Its keys are listed in :ref:`{_label(obj)}`."])
 
 

@@ -10,13 +10,13 @@ from .headers import TransferKind
 from .run_record import TrainingRecord
 from .run_record_parts import Replacement
 
-#: One response as the declarations below read it: its step, and its plan's ``redo_from_step``,
-#: ``bypass_stage`` and ``frozen_stages`` (unchecked where it comes from raw JSON).
+# One response as the declarations below read it (``PlanFacts``): its step, and its plan's
+# ``redo_from_step``, ``bypass_stage`` and ``frozen_stages`` (unchecked where it comes from raw JSON).
 PlanFacts = tuple[int, Any, Any, Any]
 
 
 def _response_plans(responses: Any) -> Iterator[PlanFacts]:
-    """The :data:`PlanFacts` of every well-formed entry of a raw ``responses`` list (the
+    """The ``PlanFacts`` of every well-formed entry of a raw ``responses`` list (the
     runtime's own records, before they are written)."""
     if not isinstance(responses, list):
         return
@@ -28,7 +28,7 @@ def _response_plans(responses: Any) -> Iterator[PlanFacts]:
 
 
 def recorded_plans(training: TrainingRecord | None) -> list[PlanFacts]:
-    """The :data:`PlanFacts` of every response of a run record."""
+    """The ``PlanFacts`` of every response of a run record."""
     if training is None:
         return []
     return [(r.step, r.plan.redo_from_step, r.plan.bypass_stage, r.plan.frozen_stages) for r in training.responses]
@@ -79,7 +79,7 @@ def served_steps(replacements: Iterable[Replacement], steps: int) -> dict[str, t
 
 def declared_frozen(responses: Any) -> dict[int, int]:
     """The stages whose updates a response froze, each with the first step it froze, from a raw
-    ``responses`` list (:func:`frozen_stages` takes :data:`PlanFacts`).
+    ``responses`` list (:func:`frozen_stages` takes ``PlanFacts``).
 
     A frozen stage (``skip_stage``) signs no update receipts from that step on, so the audit does
     not report them missing.
@@ -88,7 +88,7 @@ def declared_frozen(responses: Any) -> dict[int, int]:
 
 
 def frozen_stages(plans: Iterable[PlanFacts]) -> dict[int, int]:
-    """:func:`declared_frozen` of the responses' :data:`PlanFacts`."""
+    """:func:`declared_frozen` of the responses' ``PlanFacts``."""
     frozen: dict[int, int] = {}
     for step, _, _, stages in plans:
         if not isinstance(stages, list):
@@ -101,7 +101,7 @@ def frozen_stages(plans: Iterable[PlanFacts]) -> dict[int, int]:
 
 def declared_bypasses(responses: Any) -> dict[tuple[int, int], int]:
     """The stage each recomputation bypassed, by ``(step, attempt)``, from a raw ``responses`` list
-    (:func:`bypasses` takes :data:`PlanFacts`).
+    (:func:`bypasses` takes ``PlanFacts``).
 
     A plan with a ``bypass_stage`` recomputes its ``redo_from_step`` once more with that stage left
     out: its neighbours exchange tensors directly (headers naming a receiver two stages away) and
@@ -112,7 +112,7 @@ def declared_bypasses(responses: Any) -> dict[tuple[int, int], int]:
 
 
 def bypasses(plans: Iterable[PlanFacts]) -> dict[tuple[int, int], int]:
-    """:func:`declared_bypasses` of the responses' :data:`PlanFacts`."""
+    """:func:`declared_bypasses` of the responses' ``PlanFacts``."""
     counts: dict[int, int] = {}
     found: dict[tuple[int, int], int] = {}
     for step, first, stage, _ in plans:

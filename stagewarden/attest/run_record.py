@@ -33,7 +33,6 @@ from pydantic import Field, Strict, StrictBool, StrictFloat, StrictStr, model_va
 from .errors import AttestError, ErrorCode
 from .files import atomic_write_text
 from .run_record_parts import (
-    MAX_COUNT,
     STRICT_MODEL,
     Count,
     FaultRecord,
@@ -63,8 +62,13 @@ MAX_RECORD_BYTES = 16 * 1024 * 1024
 #: Most step computations the responses and resumes of one record may declare beyond the first
 #: (each response redoes the steps from its plan's ``redo_from_step`` to its own step).
 MAX_RECOMPUTED_STEPS = 1_000_000
-#: Keys of the training part that releases before them did not write: absent, they read as their
-#: defaults and are not written back.
+#: Most stages and replicas a record may declare (the spec's limits,
+#: :mod:`stagewarden.spec.limits`, which ``attest`` does not import).
+MAX_STAGES = 65_536
+#: Most micro-batches per step a record may declare (the spec's limit).
+MAX_MICRO_BATCHES = 1_000_000
+#: The keys of the training part that earlier releases did not write. A record without them reads
+#: them as their defaults, and writing it back leaves them out.
 LATER_KEYS = frozenset(
     {
         "stop_reason",
@@ -80,7 +84,7 @@ LATER_KEYS = frozenset(
 _IDENTITY_KEYS = frozenset({"format", "version", "run_id", "stages", "replicas", "micro_batches", "steps", "workers"})
 
 Status = Literal["starting", "running", "completed", "stopped", "refused", "failed", "interrupted"]
-Positive = Annotated[int, Strict(), Field(ge=1, le=MAX_COUNT)]
+StageCount = Annotated[int, Strict(), Field(ge=1, le=MAX_STAGES)]
 KeyHex = Annotated[str, Strict(), Field(pattern=r"^[0-9a-f]{64}$")]
 
 
@@ -95,37 +99,39 @@ class TrainingRecord(pydantic.BaseModel):
     """What the training runtime records about a run (the ``runtime_version`` keys of ``summary.json``).
 
     Attributes:
-        runtime_version: The version of this part.
-        status: ``starting``, ``running``, ``completed``, ``stopped`` (a response gave up),
+        runtime_version (int): The version of this part.
+        status (str): ``starting``, ``running``, ``completed``, ``stopped`` (a response gave up),
             ``refused`` (admission failed), ``failed`` or ``interrupted`` (resumable).
-        stop_reason: Why the run stopped, was refused or failed.
-        config: The run configuration, a JSON object read by
+        stop_reason (str | None): Why the run stopped, was refused or failed.
+        config (dict): The run configuration, a JSON object read by
             :meth:`stagewarden.runtime.config.RunConfig.from_json` (which owns its format).
-        steps_completed: Optimizer steps completed (equal to the record's ``steps``).
-        losses: Each completed step's loss.
-        tokens_per_second: Training throughput.
-        wall_seconds: Wall-clock seconds of the run.
-        units: Units of work accepted, by kind.
-        receipts: Receipts logged.
-        headers: Signed transfer headers logged.
-        detections: Every failed check, signed by the coordinator.
-        false_alarms: Detections that blame a worker the attack plan does not make malicious.
-        responses: Every response carried out.
-        final_weights: The final weights digests.
-        standby: The standby workers' ids.
-        replacements: Every worker replaced by a standby.
-        checkpoints: Steps with a verified checkpoint on disk.
-        stage_busy_seconds: Each stage's busy time.
-        spot_check: The spot-check counters (``spot_check`` runs only).
-        spot_check_tolerance: Each stage's calibrated tolerance (``tolerance`` comparison only).
-        redundant_neighbour: The neighbours' check counters (``redundant_neighbour`` runs only).
-        coordinator_key: Hex of the coordinator's Ed25519 public key (it signs detections).
-        attestation: Whether workers were admitted by attestation.
-        faults: Every worker fault.
-        pending_fault: The fault that interrupted the run, until it is resumed.
-        resumes: Every resume.
-        benched: Workers taken out of service after a fault.
-        interrupted_at_step: The step reached when the operator interrupted the run (Ctrl-C).
+        steps_completed (int): Optimizer steps completed (equal to the record's ``steps``).
+        losses (list[float]): Each completed step's loss.
+        tokens_per_second (float): Training throughput.
+        wall_seconds (float): Wall-clock seconds of the run.
+        units (UnitCounts): Units of work accepted, by kind.
+        receipts (int): Receipts logged.
+        headers (int): Signed transfer headers logged.
+        detections (list[SignedDetection]): Every failed check, signed by the coordinator.
+        false_alarms (int): Detections that blame a worker the attack plan does not make malicious.
+        responses (list[ResponseRecord]): Every response carried out.
+        final_weights (FinalWeights): The final weights digests.
+        standby (list[str]): The standby workers' ids.
+        replacements (list[Replacement]): Every worker replaced by a standby.
+        checkpoints (list[int]): Steps with a verified checkpoint on disk.
+        stage_busy_seconds (list[float]): Each stage's busy time.
+        spot_check (SpotCheckCounts | None): The spot-check counters (``spot_check`` runs only).
+        spot_check_tolerance (list[ToleranceRecord | None] | None): Each stage's calibrated tolerance (``tolerance``
+            comparison only).
+        redundant_neighbour (NeighbourCounts | None): The neighbours' check counters (``redundant_neighbour`` runs
+            only).
+        coordinator_key (str): Hex of the coordinator's Ed25519 public key (it signs detections).
+        attestation (bool): Whether workers were admitted by attestation.
+        faults (list[FaultRecord]): Every worker fault.
+        pending_fault (FaultRecord | None): The fault that interrupted the run, until it is resumed.
+        resumes (list[ResumeRecord]): Every resume.
+        benched (list[str]): Workers taken out of service after a fault.
+        interrupted_at_step (int | None): The step reached when the operator interrupted the run (Ctrl-C).
     """
 
     model_config = STRICT_MODEL
@@ -181,14 +187,14 @@ class RunRecord(pydantic.BaseModel):
     """``summary.json``: the run's identity and shape, and what the training runtime recorded.
 
     Attributes:
-        format_version: The record version (the JSON key ``version``).
-        run_id: The run id every receipt must carry.
-        stages: Pipeline stages.
-        replicas: Data-parallel replicas of the pipeline.
-        micro_batches: Micro-batches per step.
-        steps: Optimizer steps completed (receipts are expected for steps ``0 .. steps-1``).
-        workers: Every worker and its (stage, replica).
-        training: What the training runtime recorded; ``None`` for a record without it (a
+        format_version (int): The record version (the JSON key ``version``).
+        run_id (str): The run id every receipt must carry.
+        stages (int): Pipeline stages.
+        replicas (int): Data-parallel replicas of the pipeline.
+        micro_batches (int): Micro-batches per step.
+        steps (int): Optimizer steps completed (receipts are expected for steps ``0 .. steps-1``).
+        workers (list[WorkerInfo]): Every worker and its (stage, replica).
+        training (TrainingRecord | None): What the training runtime recorded; ``None`` for a record without it (a
             synthetic run).
     """
 
@@ -198,9 +204,9 @@ class RunRecord(pydantic.BaseModel):
         default=SUMMARY_VERSION, alias="version"
     )
     run_id: WorkerId
-    stages: Positive
-    replicas: Positive
-    micro_batches: Positive
+    stages: StageCount
+    replicas: StageCount
+    micro_batches: Annotated[int, Strict(), Field(ge=1, le=MAX_MICRO_BATCHES)]
     steps: Count
     workers: list[WorkerInfo]
     training: TrainingRecord | None = None

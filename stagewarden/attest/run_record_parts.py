@@ -79,7 +79,8 @@ class Detection:
 
     @classmethod
     def from_json(cls, data: Any) -> Self:
-        """The inverse of :meth:`to_json` (a :class:`SignedDetection` reads its two fields more).
+        """The inverse of :meth:`to_json`; a recorded detection, with its message and signature, reads
+        as a :class:`~stagewarden.attest.run_record_parts.SignedDetection`.
 
         Raises:
             ValueError: A field is missing, unknown or of the wrong type (one line naming it).
@@ -185,11 +186,11 @@ class ResponseRecord(pydantic.BaseModel):
     """A response the coordinator carried out, with the detection it answered.
 
     Attributes:
-        step: The step the detection was made at.
-        attempt: Which computation of that step it was made in (0: the first).
-        plan: What was done.
-        detection: The detection answered.
-        audit: For a rollback, what its audit of the convict's receipts found (absent otherwise).
+        step (int): The step the detection was made at.
+        attempt (int): Which computation of that step it was made in (0: the first).
+        plan (PlanRecord): What was done.
+        detection (SignedDetection): The detection answered.
+        audit (RollbackAudit | None): For a rollback, what its audit of the convict's receipts found (absent otherwise).
     """
 
     model_config = STRICT_MODEL

@@ -48,7 +48,7 @@ def _read(path: Path, what: str) -> bytes:
 
 
 class RunDir:
-    """A run directory opened for reading; raises :class:`RunDirError` when it cannot be used."""
+    """A run directory opened for reading; raises :class:`~.RunDirError` when it cannot be used."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -63,7 +63,7 @@ class RunDir:
         return self.path / LOG_FILE
 
     def read_log_bytes(self) -> bytes:
-        """The receipt log's bytes (raises :class:`RunDirError` when it cannot be read)."""
+        """The receipt log's bytes (raises :class:`~.RunDirError` when it cannot be read)."""
         try:
             return self.log_path.read_bytes()
         except FileNotFoundError:
@@ -72,7 +72,7 @@ class RunDir:
             raise RunDirError(f"cannot read receipt log {self.log_path}: {exc.strerror or exc}") from None
 
     def verifier_key(self) -> bytes:
-        """The verifier public key from ``attestation/verifier.pub`` (raises :class:`RunDirError`)."""
+        """The verifier public key from ``attestation/verifier.pub`` (raises :class:`~.RunDirError`)."""
         path = self.path / ATTESTATION_DIR / VERIFIER_KEY_FILE
         text = _read(path, "verifier key file").decode("ascii", errors="replace").strip()
         return parse_key_hex(text, f"{path}")
@@ -86,7 +86,7 @@ class RunDir:
 
 
 def parse_key_hex(text: str, what: str) -> bytes:
-    """A 32-byte Ed25519 public key from 64 hex digits; raise :class:`RunDirError` otherwise."""
+    """A 32-byte Ed25519 public key from 64 hex digits; raise :class:`~.RunDirError` otherwise."""
     try:
         key = bytes.fromhex(text)
     except ValueError:

@@ -34,7 +34,7 @@ def check_conformance(
 
     Raises:
         ConformanceError: The run's configuration cannot be read.
-        stagewarden.attest.rundir.RunDirError: The run directory or its summary cannot be read.
+        stagewarden.attest.run_record.RunDirError: The run directory or its summary cannot be read.
     """
     run = RunUnderCheck(Path(run_dir), loaded, audit, confidence)
     check_configuration(run)

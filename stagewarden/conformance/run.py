@@ -19,7 +19,7 @@ class RunUnderCheck:
 
     Raises:
         ConformanceError: The run's configuration or event log cannot be read.
-        stagewarden.attest.rundir.RunDirError: The run directory or its summary cannot be read.
+        stagewarden.attest.run_record.RunDirError: The run directory or its summary cannot be read.
     """
 
     def __init__(self, run_dir: Path, loaded: LoadedSpec, audit: AuditReport | None, confidence: float) -> None:

@@ -81,7 +81,7 @@ class LaunchResult:
 
     @property
     def summary(self) -> dict[str, Any]:
-        """The record as its JSON object (for comparing whole records; read fields from :attr:`record`)."""
+        """The record as its JSON object (for comparing whole records; read fields from ``record``)."""
         return self.record.to_data()
 
 

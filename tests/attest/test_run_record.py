@@ -20,7 +20,7 @@ from record_fixtures import recorded_data
 
 from stagewarden.attest.audit import audit_run_dir
 from stagewarden.attest.errors import ErrorCode
-from stagewarden.attest.run_record import MAX_RECOMPUTED_STEPS, MAX_RECORD_BYTES, RunRecord
+from stagewarden.attest.run_record import MAX_MICRO_BATCHES, MAX_RECOMPUTED_STEPS, MAX_RECORD_BYTES, RunRecord
 from stagewarden.attest.rundir import RunDir, RunDirError
 from stagewarden.cli import cli
 
@@ -84,6 +84,8 @@ def _detection(data: dict[str, Any]) -> dict[str, Any]:
         (lambda d: d.update(steps=True), "steps: Input should be a valid integer"),
         (lambda d: d.update(steps=4294967295), "steps (4294967295), steps_completed (5)"),
         (lambda d: d.update(steps=2**64), "steps: Input should be less than or equal to 4294967295"),
+        (lambda d: d.update(micro_batches=4294967295), "micro_batches: Input should be less than or equal to 1000000"),
+        (lambda d: d.update(stages=65537), "stages: Input should be less than or equal to 65536"),
         (lambda d: d.update(steps_completed=-1), "steps_completed: Input should be greater than or equal to 0"),
         (lambda d: d["losses"].append("x"), "losses[5]: Input should be a valid number"),
         (lambda d: _detection(d).update(step=True), "detections[0].step: Input should be a valid integer"),
@@ -169,13 +171,14 @@ def test_a_link_to_dev_zero_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_huge_step_count_without_a_training_part_audits_in_bounded_time(tmp_path: Path) -> None:
-    """steps = 2**32 - 1 in a record without losses to tie it to: the audit reports the missing
-    receipts by count, without visiting every step."""
+    """steps = 2**32 - 1 in a record without losses to tie it to, with the most micro-batches a
+    record may declare: the audit reports the missing receipts by count, without visiting every
+    step."""
     run = small_run()
     path = write_run(tmp_path, run)
     data = json.loads((path / "summary.json").read_text())
     data["steps"] = 4294967295
-    data["micro_batches"] = 4294967295
+    data["micro_batches"] = MAX_MICRO_BATCHES
     (path / "summary.json").write_text(json.dumps(data))
     started = time.monotonic()
     report = audit_run_dir(path, run.verifier_key)
