@@ -72,6 +72,9 @@ def test_wheel_installs_and_runs(tmp_path: Path) -> None:
         "stagewarden/prover",
         "stagewarden/attest",
         "stagewarden/runtime",
+        "stagewarden/runtime/protocol",
+        "stagewarden/runtime/worker",
+        "stagewarden/runtime/attacks",
         "stagewarden/cli",
         "stagewarden/conformance",
     ):
@@ -102,7 +105,8 @@ def test_wheel_installs_and_runs(tmp_path: Path) -> None:
         [
             python,
             "-c",
-            "import stagewarden, stagewarden.spec, stagewarden.prover, stagewarden.attest, stagewarden.runtime",
+            "import stagewarden, stagewarden.spec, stagewarden.prover, stagewarden.attest, stagewarden.runtime, "
+            "stagewarden.runtime.worker",
         ],
         cwd=outside,
     )
