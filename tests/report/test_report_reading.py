@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import RECORDED, RECORDED_RUNS
+
 from stagewarden.report import build_report
 from stagewarden.report.pages import outcome_text
 from stagewarden.report.run_figures import attack_windows, coinciding_losses

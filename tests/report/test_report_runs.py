@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import RECORDED_RUNS  # type: ignore[import-not-found]
+
 from stagewarden.prover import verify
 from stagewarden.report import ReportError, read_run
 from stagewarden.report.latency import geometric_pmf, observed_latency
