@@ -17,8 +17,8 @@ from stagewarden.report.runs import read_run
 
 def _write(tmp_path: Path, dcap: bool, tamper: bool = False) -> Path:
     run = synthetic_run("ear-report", stages=2, micro_batches=2)
+    run.summary = with_training(run.summary, attestation_kind="dcap" if dcap else "simulated")
     if dcap:
-        run.summary = with_training(run.summary, attestation_kind="dcap")
         for worker, tokens in run.results.items():
             simulated = parse_result_unverified(tokens[0])
             key = bytes(run.keys[worker].verify_key)
