@@ -230,3 +230,13 @@ def test_report_cli_refuses_a_hostile_record_with_exit_2(tmp_path: Path, name: s
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and "summary.json" in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize(("name", "how"), HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_train_resume_refuses_a_hostile_record_with_exit_2(tmp_path: Path, name: str, how: dict[str, str]) -> None:
+    """``stagewarden train --resume`` on a hostile summary.json: exit 2, one line, nothing started."""
+    run = _run_copy(tmp_path, **how)
+    result = CliRunner().invoke(cli, ["train", "--resume", str(run)])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "summary.json" in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
