@@ -12,12 +12,15 @@ import hashlib
 import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from stagewarden.runtime.errors import DataError
 from stagewarden.runtime.seeding import generator
+
+if TYPE_CHECKING:
+    from stagewarden.runtime.config import RunConfig
 
 DEFAULT_MAX_BYTES = 2 * 1024 * 1024
 """How many bytes of the default corpus are used (2 MiB)."""
@@ -216,3 +219,12 @@ class Batches:
     def batch(self, step: int, split: Split = "train") -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every micro-batch of ``step``, in order: a list of ``M`` pairs ``(x, y)``, each ``(B, T)``."""
         return [self.microbatch(step, index, split) for index in range(self.microbatches)]
+
+
+def batches_for(config: RunConfig) -> Batches:
+    """The run's micro-batches: from its data files, else the default corpus."""
+    if config.data:
+        corpus = load_corpus([Path(p) for p in config.data], config.max_bytes)
+    else:
+        corpus = default_corpus() if config.max_bytes is None else default_corpus(config.max_bytes)
+    return Batches(corpus, config.model.block_size, config.batch_size, config.microbatches, config.seed)

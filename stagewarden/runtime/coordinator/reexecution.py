@@ -26,6 +26,7 @@ from stagewarden.runtime.coordinator.commitments import StepCommit
 from stagewarden.runtime.coordinator.context import NO_GRADS, RunContext
 from stagewarden.runtime.coordinator.errors import RunFailed
 from stagewarden.runtime.coordinator.wire import FETCH_DTYPES, MAX_FETCH_ELEMENTS, digest_of_weights, numel
+from stagewarden.runtime.data import batches_for
 from stagewarden.runtime.protocol import Fetch, Fetched, FetchUnavailable, TensorMeta, receive, send_message
 from stagewarden.runtime.reexecute import StagePool, reexecute_backward, reexecute_forward_outputs, reexecute_update
 from stagewarden.runtime.transport import (
@@ -141,9 +142,7 @@ class Reexecution:
 
     def data(self, step: int, micro_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._batches is None:
-            from stagewarden.runtime.worker import _batches
-
-            self._batches = _batches(self.ctx.config)
+            self._batches = batches_for(self.ctx.config)
         x, y = self._batches.microbatch(step, micro_batch)
         return x, y
 

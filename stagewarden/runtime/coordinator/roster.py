@@ -11,10 +11,10 @@ from typing import Any
 from stagewarden.attest.files import atomic_write_text
 from stagewarden.runtime.coordinator.context import WORKERS_FILE, RunContext
 from stagewarden.runtime.protocol import Assign, Ranks, Release, send_message
+from stagewarden.runtime.protocol.ids import standby_id_for, worker_id_for
 from stagewarden.runtime.responses import (
     ResponsePlan,
 )
-from stagewarden.runtime.worker import standby_id_for, worker_id_for
 
 
 class Roster:

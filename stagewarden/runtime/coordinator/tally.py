@@ -13,7 +13,7 @@ from stagewarden.attest.files import atomic_write_text
 from stagewarden.attest.run_record import RunRecord, TrainingRecord
 from stagewarden.attest.run_record_parts import SignedDetection, WorkerInfo
 from stagewarden.runtime.coordinator.context import METRICS_FILE, RUNTIME_SUMMARY_VERSION, RunContext
-from stagewarden.runtime.worker import worker_id_for
+from stagewarden.runtime.protocol.ids import worker_id_for
 
 if TYPE_CHECKING:
     from stagewarden.runtime.coordinator.checkpoints import CheckpointStore

@@ -15,11 +15,13 @@ The package's modules, each one job:
 * :mod:`~stagewarden.runtime.worker.neighbour`: the redundant-neighbour relay and check;
 * :mod:`~stagewarden.runtime.worker.hooks`: the fault-injection hooks of the tests, read once;
   the attack plan's behaviour is :mod:`stagewarden.runtime.attacks`;
-* :mod:`~stagewarden.runtime.worker.ids`: the ids of workers, standbys and devices.
+* :mod:`~stagewarden.runtime.protocol.ids` (shared with the coordinator): the ids of workers, standbys and devices.
 """
 
 from __future__ import annotations
 
+from stagewarden.runtime.data import batches_for
+from stagewarden.runtime.protocol.ids import COORDINATOR, device_id_for, standby_id_for, worker_id_for
 from stagewarden.runtime.worker.hooks import (
     CRASH_ENV,
     HOSTILE_ENV,
@@ -28,12 +30,10 @@ from stagewarden.runtime.worker.hooks import (
     TAMPER_MEASUREMENT_ENV,
     TestHooks,
 )
-from stagewarden.runtime.worker.ids import COORDINATOR, device_id_for, standby_id_for, worker_id_for
 from stagewarden.runtime.worker.service import StageWorker
-from stagewarden.runtime.worker.state import StepRecord, batches_for
+from stagewarden.runtime.worker.state import StepRecord
 
 # the coordinator's re-execution reads the run's data through this name
-_batches = batches_for
 
 __all__ = [
     "COORDINATOR",

@@ -17,8 +17,8 @@ from typing import Any, NoReturn
 import torch
 
 from stagewarden.runtime.protocol import Commit, SnapshotRequest, send_message
+from stagewarden.runtime.protocol.ids import COORDINATOR, worker_id_for
 from stagewarden.runtime.transport import Transport
-from stagewarden.runtime.worker.ids import COORDINATOR, worker_id_for
 
 #: A test-only hook, a stage index whose worker perturbs its initial weights before measuring them.
 TAMPER_MEASUREMENT_ENV = "STAGEWARDEN_TEST_TAMPER_MEASUREMENT"

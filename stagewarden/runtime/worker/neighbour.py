@@ -16,10 +16,10 @@ from stagewarden.attest.headers import SignedHeader, TransferKind
 from stagewarden.runtime.attacks import NoAttack
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.data import Batches
+from stagewarden.runtime.protocol.ids import COORDINATOR
 from stagewarden.runtime.redundant import CheckOutcome, InputVia, NeighbourReplica
 from stagewarden.runtime.transport import Transport, TransportError
 from stagewarden.runtime.units import deterministic
-from stagewarden.runtime.worker.ids import COORDINATOR
 from stagewarden.runtime.worker.peers import Peers
 from stagewarden.runtime.worker.signing import Signer
 from stagewarden.runtime.worker.state import Tensors

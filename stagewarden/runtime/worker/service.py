@@ -26,6 +26,7 @@ from stagewarden.attest.vendor import device_identity, load_vendor
 from stagewarden.runtime.attacks import NoAttack, PlanAttack, make_attack
 from stagewarden.runtime.calibration import CALIBRATION_UNITS, calibration_inputs, calibration_outputs
 from stagewarden.runtime.config import RunConfig
+from stagewarden.runtime.data import batches_for
 from stagewarden.runtime.liveness import Heartbeat
 from stagewarden.runtime.measure import code_digest, stage_measurement
 from stagewarden.runtime.protocol import (
@@ -63,15 +64,15 @@ from stagewarden.runtime.protocol import (
     send_message,
     send_tensor_group,
 )
+from stagewarden.runtime.protocol.ids import COORDINATOR, device_id_for, worker_id_for
 from stagewarden.runtime.schedule import gpipe, one_f_one_b
 from stagewarden.runtime.transport import Transport, TransportError
 from stagewarden.runtime.units import deterministic
 from stagewarden.runtime.worker.hooks import TestHooks, crash, send_hostile
-from stagewarden.runtime.worker.ids import COORDINATOR, device_id_for, worker_id_for
 from stagewarden.runtime.worker.neighbour import NeighbourCheck
 from stagewarden.runtime.worker.peers import Peers
 from stagewarden.runtime.worker.signing import Signer
-from stagewarden.runtime.worker.state import StageState, batches_for, receive_checkpoint
+from stagewarden.runtime.worker.state import StageState, receive_checkpoint
 from stagewarden.runtime.worker.step import StepRunner
 
 #: What a worker serves after admission, in the order its error messages name them.

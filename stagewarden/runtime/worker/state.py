@@ -5,21 +5,19 @@ current weights and optimizer state, and loading a verified checkpoint (:class:`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from stagewarden.attest.tensor_digest import digest_state_dict, digest_tensor, dtype_name
 from stagewarden.runtime.config import RunConfig
-from stagewarden.runtime.data import Batches, default_corpus, load_corpus
 from stagewarden.runtime.model import StageModule, build_stage
 from stagewarden.runtime.protocol import Load
+from stagewarden.runtime.protocol.ids import COORDINATOR
 from stagewarden.runtime.reexecute import export_optimizer_state, import_optimizer_state
 from stagewarden.runtime.transport import Transport, TransportError
 from stagewarden.runtime.units import make_optimizer
 from stagewarden.runtime.worker.grads import GradBuffers
 from stagewarden.runtime.worker.hooks import perturb_measured_weights
-from stagewarden.runtime.worker.ids import COORDINATOR
 
 #: A unit's tensors by name.
 Tensors = dict[str, torch.Tensor]
@@ -235,12 +233,3 @@ def unit_tensors(inputs: torch.Tensor, targets: torch.Tensor | None) -> Tensors:
 def digest(tensor: torch.Tensor) -> bytes:
     """The digest of a tensor (moved to the CPU)."""
     return digest_tensor(tensor.detach().cpu())
-
-
-def batches_for(config: RunConfig) -> Batches:
-    """The run's micro-batches: from its data files, else the default corpus."""
-    if config.data:
-        corpus = load_corpus([Path(p) for p in config.data], config.max_bytes)
-    else:
-        corpus = default_corpus() if config.max_bytes is None else default_corpus(config.max_bytes)
-    return Batches(corpus, config.model.block_size, config.batch_size, config.microbatches, config.seed)
