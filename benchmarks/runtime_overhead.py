@@ -9,8 +9,9 @@ checkpoint after every step), each also with ``checkpoint_every = 0``; PyTorch's
 (``Schedule1F1B`` over gloo, one process per stage, :mod:`overhead_baselines`); and one process
 training the whole model on the same micro-batches. One run of each per round.
 
-Sweep (``--parts sweep``): model width 128, 256, 512 by micro-batch size 8, 32 (4 stages of one
-block each, 4 micro-batches), and 2, 4, 8, 16 stages of a 16-layer model of width 128 (B = 8,
+Sweep (``--parts sweep``, or its groups ``width`` and ``stages`` apart): model width 128, 256,
+512 (``--widths``) by micro-batch size 8, 32 (4 stages of one block each, 4 micro-batches), and
+2, 4, 8, 16 stages of a 16-layer model of width 128 (B = 8,
 M = 4); at each point no security, receipts only and spot check ``p = 0.05`` (with receipts and
 attestation) alternate, one run each per round. Each point also compares the CPU the security
 settings add (process CPU time of every rank, with against without) with the idle-priced CPU of
@@ -24,7 +25,7 @@ and the gaps between steps come from :mod:`overhead_probe`.
 
 Run from a clean checkout (the attestation measures the runtime's source files, and a tree edited
 while the benchmark runs refuses its own workers): ``python benchmarks/runtime_overhead.py
-[--parts baselines,sweep] [--rounds N] [--baseline-rounds N] [--json FILE] [--figure FILE]
+[--parts baselines,sweep] [--widths 128,256,512] [--rounds N] [--baseline-rounds N] [--json FILE] [--figure FILE]
 [--quick]``.
 """
 
@@ -83,8 +84,9 @@ def timed_steps(job: Job) -> int:
     return max(3, min(10, round(10 * base / work)))
 
 
-def sweep_points(quick: bool) -> list[tuple[str, Job]]:
-    """The sweep's jobs, each with its group (``width`` or ``stages``)."""
+def sweep_points(quick: bool, widths: tuple[int, ...] = (128, 256, 512)) -> list[tuple[str, Job]]:
+    """The sweep's jobs, each with its group (``width`` or ``stages``); ``widths`` are the width
+    group's model widths."""
     if quick:
         small = dict(microbatches=2, batch_size=2, steps=3, max_bytes=64 * 1024)
         return [
@@ -92,7 +94,7 @@ def sweep_points(quick: bool) -> list[tuple[str, Job]]:
             ("stages", Job(stages=2, n_layer=4, n_embd=32, **small)),
         ]
     points: list[tuple[str, Job]] = []
-    for width in (128, 256, 512):
+    for width in widths:
         for batch in (8, 32):
             job = Job(stages=4, n_layer=4, n_embd=width, microbatches=4, batch_size=batch, steps=2)
             points.append(("width", dataclasses.replace(job, steps=1 + timed_steps(job))))
@@ -258,7 +260,12 @@ def print_baselines(result: dict[str, Any]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="baselines,sweep", help="baselines, sweep or both (default both)")
+    parser.add_argument(
+        "--parts",
+        default="baselines,sweep",
+        help="comma-separated: baselines, sweep, or the sweep's width and stages groups (default baselines,sweep)",
+    )
+    parser.add_argument("--widths", default="128,256,512", help="model widths of the width group (default 128,256,512)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds at each sweep point (default 2)")
     parser.add_argument(
         "--baseline-rounds", type=int, default=3, help="alternating rounds of the baselines (default 3)"
@@ -268,8 +275,17 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smoke test: toy jobs, one round, three steps")
     args = parser.parse_args()
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    if not parts or not parts <= {"baselines", "sweep"}:
-        print(f"error: --parts takes baselines and/or sweep, not {args.parts!r}", file=sys.stderr)
+    if not parts or not parts <= {"baselines", "sweep", "width", "stages"}:
+        print(f"error: --parts takes baselines, sweep, width and stages, not {args.parts!r}", file=sys.stderr)
+        return 2
+    if "sweep" in parts:
+        parts |= {"width", "stages"}
+    try:
+        widths = tuple(int(w) for w in args.widths.split(","))
+    except ValueError:
+        widths = ()
+    if not widths or any(w < 4 or w % 4 for w in widths):
+        print(f"error: --widths takes multiples of 4 (the heads), not {args.widths!r}", file=sys.stderr)
         return 2
     if args.rounds < 1 or args.baseline_rounds < 1:
         print("error: --rounds and --baseline-rounds must be at least 1", file=sys.stderr)
@@ -296,8 +312,9 @@ def main() -> int:
         if "baselines" in parts:
             payload["baselines"] = run_baselines(runner, QUICK_JOB if args.quick else BASE_JOB, baseline_rounds)
             print_baselines(payload["baselines"])
-        if "sweep" in parts:
-            payload["sweep"] = run_sweep(runner, sweep_points(args.quick), rounds)
+        points = [(g, j) for g, j in sweep_points(args.quick, widths) if g in parts]
+        if points:
+            payload["sweep"] = run_sweep(runner, points, rounds)
     payload["load_average_end"] = load_average()
     payload["elapsed_seconds"] = round(time.monotonic() - started, 1)
     print(f"\n{runner.count} runs in {payload['elapsed_seconds']:.0f} s; load at the end {payload['load_average_end']}")

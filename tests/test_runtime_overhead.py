@@ -176,6 +176,7 @@ def test_the_sweep_covers_widths_batches_and_stages_of_a_16_layer_model() -> Non
     stages = [(j.stages, j.n_layer) for g, j in points if g == "stages"]
     assert stages == [(2, 16), (4, 16), (8, 16), (16, 16)]
     assert all(4 <= j.steps <= 11 for _, j in points)
+    assert [j.n_embd for g, j in sweep_points(quick=False, widths=(512,)) if g == "width"] == [512, 512]
     assert timed_steps(BASE_JOB) == 10
     assert timed_steps(Job(stages=4, n_layer=4, n_embd=512, microbatches=4, batch_size=32, steps=2)) == 3
 
@@ -191,9 +192,11 @@ def _benchmark(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[s
     )
 
 
-@pytest.mark.parametrize("args", [("--parts", "bogus"), ("--rounds", "0"), ("--parts", "")])
+@pytest.mark.parametrize(
+    "args", [("--parts", "bogus"), ("--rounds", "0"), ("--parts", ""), ("--widths", "512,x"), ("--widths", "30")]
+)
 def test_bad_options_exit_2_with_one_line(args: tuple[str, ...]) -> None:
-    """An unknown part or a round count below one is refused before anything runs."""
+    """An unknown part, a round count below one or a width the heads cannot split is refused before anything runs."""
     done = _benchmark(*args)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error:")
