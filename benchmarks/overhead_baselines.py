@@ -56,22 +56,22 @@ class Job:
         return f"S{self.stages} L{self.n_layer} C{self.n_embd} B{self.batch_size}"
 
     def run_config(self, **overrides: Any) -> Any:
-        """stagewarden's :class:`~stagewarden.runtime.config.RunConfig` of this job."""
+        """stagewarden's :class:`~stagewarden.runtime.config.RunConfig` of this job (1F1B unless
+        ``overrides`` say otherwise)."""
         from stagewarden.runtime.config import RunConfig
         from stagewarden.runtime.model import GPTConfig
 
         model = GPTConfig(n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head, block_size=self.block_size)
-        return RunConfig(
-            model=model,
-            stages=self.stages,
-            microbatches=self.microbatches,
-            batch_size=self.batch_size,
-            steps=self.steps,
-            schedule="1f1b",
-            seed=self.seed,
-            max_bytes=self.max_bytes,
-            **overrides,
-        )
+        settings: dict[str, Any] = {
+            "stages": self.stages,
+            "microbatches": self.microbatches,
+            "batch_size": self.batch_size,
+            "steps": self.steps,
+            "schedule": "1f1b",
+            "seed": self.seed,
+            "max_bytes": self.max_bytes,
+        }
+        return RunConfig(model=model, **{**settings, **overrides})
 
 
 @dataclasses.dataclass(frozen=True)

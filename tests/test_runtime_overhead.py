@@ -181,6 +181,21 @@ def test_the_sweep_covers_widths_batches_and_stages_of_a_16_layer_model() -> Non
     assert timed_steps(Job(stages=4, n_layer=4, n_embd=512, microbatches=4, batch_size=32, steps=2)) == 3
 
 
+def test_the_fixed_job_takes_another_schedule_and_settings() -> None:
+    """``job`` (shared with ``security_cpu.py``) is the baseline job, with the schedule and settings asked for."""
+    from runtime_overhead import NO_SECURITY, job
+
+    config = job(False, 5, schedule="gpipe", **NO_SECURITY)
+    assert (config.schedule, config.steps, config.receipts, config.stages, config.model.n_layer) == (
+        "gpipe",
+        5,
+        False,
+        4,
+        8,
+    )
+    assert job(True, 3).schedule == "1f1b"
+
+
 def _benchmark(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "runtime_overhead.py"), *args],
