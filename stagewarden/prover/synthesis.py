@@ -480,7 +480,7 @@ def synthesize(
 
     Returns:
         The defence with its YAML block, cost and proof; or, when none works, the reason and
-        an :class:`Obstacle` per guarantee.
+        an :class:`~stagewarden.prover.synthesis_result.Obstacle` per guarantee.
     """
     started = time.monotonic()
     deadline = started + max_seconds if max_seconds is not None else None
@@ -557,7 +557,8 @@ def _cost_text(cand: Candidate) -> str:
 
 
 def _explain(space: _Space, result: SynthesisResult) -> None:
-    """Fill in the reason and one obstacle per guarantee (see :class:`Obstacle`)."""
+    """Fill in the reason and one obstacle per guarantee (see
+    :class:`~stagewarden.prover.synthesis_result.Obstacle`)."""
     ids = list(space.guarantees)
     bounded = [gid for gid in ids if isinstance(space.guarantees[gid], OverheadGuarantee)]
     others = [gid for gid in ids if gid not in bounded]

@@ -157,7 +157,8 @@ def _candidate_json(candidate: Candidate | None) -> dict[str, Any] | None:
 
 @dataclass
 class SynthesisResult:
-    """The outcome of :func:`synthesize`: the cheapest defence with its proof, or why none works."""
+    """The outcome of :func:`~stagewarden.prover.synthesis.synthesize`: the cheapest defence with its
+    proof, or why none works."""
 
     status: str
     spec_file: str
