@@ -109,6 +109,9 @@ def plot(sweep: list[dict[str, Any]], path: Path, note: str) -> None:
         for key, target in RATIO_TARGETS.items():
             axis.axhline(target, color=styles[key][1], linewidth=0.8, linestyle=":")
         axis.set_xscale("log", base=2)
+        ticks = sorted({p["job"][x_field] for p in points})
+        axis.set_xticks(ticks, [str(t) for t in ticks])
+        axis.minorticks_off()
         axis.grid(True, alpha=0.3)
     left.set_xlabel("model width C (4 stages, 4 layers, M=4)")
     right.set_xlabel("stages S (16 layers, C=128, B=8, M=4)")

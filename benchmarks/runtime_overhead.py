@@ -36,6 +36,7 @@ import dataclasses
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -364,8 +365,15 @@ def write_results(path: str, payload: dict[str, Any]) -> None:
     print(f"written to {out}")
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def run_cli(entry: Callable[[], int]) -> None:
-    """Exit with ``entry()``'s code; a run that fails is reported in one line, not a traceback."""
+    """Exit with ``entry()``'s code; a run that fails is reported in one line, not a traceback.
+    A termination signal stops like Ctrl-C, so that every process of the run in progress is
+    stopped (a baseline's processes are the benchmark's own children)."""
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         sys.exit(entry())
     except KeyboardInterrupt:
