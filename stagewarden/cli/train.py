@@ -17,6 +17,7 @@ from stagewarden.attest.run_record import SUMMARY_FILE, RunDirError, RunRecord, 
 from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console, occupied
 from stagewarden.cli.spec_settings import load_spec_settings
 from stagewarden.run_outcome import attack_outcome, responses_line, status_line
+from stagewarden.runtime.defaults import DEFAULT_CHECKPOINT_EVERY
 
 #: Exit code of a run that stopped on a worker fault and can be resumed (``--resume``).
 EXIT_RESUMABLE = 75
@@ -188,7 +189,8 @@ def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
 @click.option(
     "--checkpoint-every",
     type=click.IntRange(min=0),
-    help="Write a verified checkpoint every N steps (0: none; a crash then loses the run).  [default: 1]",
+    help="Write a verified checkpoint every N steps (0: none; a crash then loses the run).  "
+    f"[default: {DEFAULT_CHECKPOINT_EVERY}]",
 )
 @click.option(
     "--keep-checkpoints",

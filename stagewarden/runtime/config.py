@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stagewarden.runtime.defaults import DEFAULT_CHECKPOINT_EVERY
 from stagewarden.runtime.errors import RuntimeSetupError
 from stagewarden.runtime.model import GPTConfig
 from stagewarden.runtime.units import TrainConfig
@@ -102,12 +103,15 @@ class RunConfig:
     inputs; see :mod:`stagewarden.runtime.calibration`)."""
     response: str = "eject"
     """What the coordinator does on a detection (``eject``, ``rollback``, ``skip_stage``, ``restart``)."""
-    checkpoint_every: int = 1
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
     """Write a verified checkpoint of every stage's weights and optimizer state at step 0 and then
     after every ``checkpoint_every`` steps whose checks all passed; ``0`` writes none. A rollback
     or an eject goes back to one, and a run resumes from the newest one after a crash, so
-    ``checkpoint_every`` bounds the steps a crash costs. Each checkpoint moves every stage's state
-    to the coordinator: raise it for large models."""
+    ``checkpoint_every`` bounds the steps a crash or a response costs. Each checkpoint moves every
+    stage's state to the coordinator: the default
+    (:data:`~stagewarden.runtime.defaults.DEFAULT_CHECKPOINT_EVERY`) keeps that
+    under 2% of training time on the runtime-overhead benchmark's job; lower it to lose fewer steps
+    to a response or a crash, raise it for large models."""
     keep_checkpoints: int = 2
     """How many of the newest verified checkpoints stay on disk (``0``: all). Older ones are
     deleted once a newer one is recorded (manifest first, so an interrupted delete never leaves a

@@ -23,7 +23,10 @@ TINY = GPTConfig(n_layer=4, n_embd=32, block_size=16, n_head=4)
 
 def tiny_config(**overrides: object) -> RunConfig:
     """A tiny run (4 layers, width 32, block 16, batch 4, 2 micro-batches, 2 steps) on a small corpus."""
-    base = dict(stages=2, microbatches=2, steps=2, schedule="gpipe", model=TINY, batch_size=4, data=(DATA,))
+    # a checkpoint after every step: the tests check what a response or a resume goes back to
+    base = dict(
+        stages=2, microbatches=2, steps=2, schedule="gpipe", model=TINY, batch_size=4, data=(DATA,), checkpoint_every=1
+    )
     base.update(overrides)
     return RunConfig(**base)  # type: ignore[arg-type]
 

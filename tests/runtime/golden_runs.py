@@ -129,6 +129,7 @@ BASE: dict[str, Any] = dict(
     heartbeat_timeout=6.0,
     silence_timeout=5.0,
     timeout=60.0,
+    checkpoint_every=1,  # as recorded: the goldens predate the measured default interval
 )
 
 _SPOT = dict(verification="spot_check", spot_check_rate=1.0)
