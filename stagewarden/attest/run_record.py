@@ -358,8 +358,10 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     data = dict(pairs)
     if len(data) != len(pairs):
         seen: set[str] = set()
-        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise ValueError(f"key {_short(twice)} appears twice in one object")
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"key {_short(key)} appears twice in one object")
+            seen.add(key)
     return data
 
 

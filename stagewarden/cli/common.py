@@ -62,7 +62,7 @@ def nearest_choice(value: str, choices: Sequence[str]) -> str | None:
     return lowered.get(value.lower())
 
 
-class Choice(click.Choice):  # type: ignore[type-arg]
+class Choice(click.Choice[str]):
     """A choice-valued option whose error names the nearest choice first, as spec keys do:
     ``'revrese': did you mean 'reverse'? (choose from 'reverse', 'random', ...)``."""
 
