@@ -129,7 +129,6 @@ BASE: dict[str, Any] = dict(
     heartbeat_timeout=6.0,
     silence_timeout=5.0,
     timeout=60.0,
-    checkpoint_every=1,  # as recorded: the goldens predate the measured default interval
 )
 
 _SPOT = dict(verification="spot_check", spot_check_rate=1.0)
@@ -198,7 +197,8 @@ def run(config: GoldenConfig, run_dir: Path) -> dict[str, Any]:
     from stagewarden.runtime.launch import LaunchError, launch_local
 
     settings = config.run_settings()
-    data = {**settings, "data": [str(CORPUS)], "format": "stagewarden.run-config", "version": 1}
+    # a checkpoint after every step, the default when the goldens were recorded
+    data = {"checkpoint_every": 1, **settings, "data": [str(CORPUS)], "format": "stagewarden.run-config", "version": 1}
     run_config = RunConfig.from_json(data)
     if config.crash is None:
         launch_local(run_config, run_dir)
