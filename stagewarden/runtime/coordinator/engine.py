@@ -284,8 +284,6 @@ class Coordinator:
         c = self.ctx.config
         started = time.perf_counter()
         attempt, bypass = self._pending_attempt, self._pending_bypass
-        if bypass is None:
-            bypass = self.recovery.take_next_bypass()
         self._pending_attempt, self._pending_bypass = 0, None
         after: AfterUpdate | None = None
         while True:
@@ -320,6 +318,8 @@ class Coordinator:
                 )
             plan = self.recovery.respond(step, attempt, detections[0])
             if plan.checkpoint_step is not None:
+                # a rollback without a standby bypasses the convict in the first recomputed step
+                self._pending_bypass = plan.bypass_stage
                 return plan.checkpoint_step
             bypass = plan.bypass_stage
             attempt += 1
@@ -473,9 +473,9 @@ class Coordinator:
             self.ctx.events.write("detection", attempt=0, found_during_step=step, **d.to_json())
         self.tally.detections += detections
         plan = self.recovery.respond(done, 0, detections[0])
+        self._pending_bypass = plan.bypass_stage
         if plan.checkpoint_step is not None:
             return plan.checkpoint_step
-        self._pending_bypass = plan.bypass_stage
         self._pending_attempt = 1
         return done
 

@@ -36,12 +36,7 @@ from stagewarden.runtime.transport import (
 
 
 class Recovery:
-    """Carries out the configured response to a detection.
-
-    Attributes:
-        next_bypass: After a rollback without a standby: the stage the first recomputed step
-            bypasses (taken by the engine with :meth:`take_next_bypass`).
-    """
+    """Carries out the configured response to a detection."""
 
     def __init__(
         self,
@@ -54,13 +49,7 @@ class Recovery:
     ) -> None:
         self.ctx, self.roster, self.ledger, self.tally = ctx, roster, ledger, tally
         self.store, self.admission = store, admission
-        self.next_bypass: int | None = None
         self._rollbacks: dict[int, int] = {}
-
-    def take_next_bypass(self) -> int | None:
-        """The stage a rollback asked the next computation to bypass, once."""
-        bypass, self.next_bypass = self.next_bypass, None
-        return bypass
 
     def respond(self, step: int, attempt: int, detection: SignedDetection) -> ResponsePlan:
         """Answer a detection: plan the response and carry it out. ``restart`` and ``skip_stage``
@@ -209,9 +198,8 @@ class Recovery:
             self.store.restore(back)
             self.roster.record_replacement(plan, step, rank)
             self.admission.calibrate([plan.stage])
-        else:
+        else:  # the engine bypasses plan.bypass_stage in the first recomputed step
             self.store.restore(back)
-            self.next_bypass = plan.bypass_stage
         self.tally.spot["recomputations"] += 1
         return plan
 
