@@ -23,10 +23,16 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-#: The program each run executes in its own tree: the job, then its throughput on stdout.
+from overhead_probe import step_timings  # noqa: E402
+
+#: Tokens a step of the job trains on: 8 micro-batches of 8 sequences of 64 bytes.
+TOKENS_PER_STEP = 8 * 8 * 64
+
+#: The program each run executes in its own tree: the job, then the package it imported.
 DRIVER = """
-import datetime as dt, json, sys
+import sys
 from pathlib import Path
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.launch import launch_local
@@ -38,11 +44,7 @@ if __name__ == "__main__":
     config = RunConfig(model=model, stages=4, microbatches=8, batch_size=8, steps=steps, schedule="1f1b",
                        seed=0, receipts=False, attestation=False, verification="none", checkpoint_every=0)
     launch_local(config, out)
-    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
-    marks = [e for e in events if e.get("event") == "step"]
-    t = [dt.datetime.fromisoformat(e["time"]).timestamp() for e in marks]
-    tokens = config.tokens_per_step * (len(marks) - 1)
-    print(json.dumps({"tokens_per_second": tokens / (t[-1] - t[0]), "module": __import__("stagewarden").__file__}))
+    print(__import__("stagewarden").__file__)
 """
 
 
@@ -58,10 +60,12 @@ def _run(tree: Path, folder: Path, steps: int) -> float:
     )
     if proc.returncode != 0:
         raise RuntimeError(f"the run in {tree} failed: {proc.stderr.strip().splitlines()[-1:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    if not str(result["module"]).startswith(str(tree)):
-        raise RuntimeError(f"the run meant for {tree} imported {result['module']}")
-    return float(result["tokens_per_second"])
+    module = proc.stdout.strip().splitlines()[-1]
+    if not module.startswith(str(tree)):
+        raise RuntimeError(f"the run meant for {tree} imported {module}")
+    events = [json.loads(line) for line in (folder / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    timings = step_timings(events)
+    return TOKENS_PER_STEP * timings["timed_steps"] / timings["wall_seconds"]
 
 
 def main(argv: list[str]) -> int:
