@@ -280,6 +280,9 @@ _DCAP_ERRORS: tuple[tuple[str, ErrorCode], ...] = (
     ("Unsupported DCAP", ErrorCode.DCAP_QUOTE_MALFORMED),
     ("Invalid TEE type", ErrorCode.DCAP_QUOTE_MALFORMED),
     ("Invalid QE auth data length", ErrorCode.DCAP_QUOTE_MALFORMED),
+    # an undecodable TCB info or QE identity: the cause lists every status name, "Revoked" among them
+    ("Failed to decode TcbInfo", ErrorCode.DCAP_COLLATERAL_INVALID),
+    ("Failed to decode QeIdentity", ErrorCode.DCAP_COLLATERAL_INVALID),
     ("issue date is in the future", ErrorCode.DCAP_COLLATERAL_NOT_YET_VALID),
     ("TCB status is invalid", ErrorCode.DCAP_TCB_STATUS),
     ("Revoked", ErrorCode.DCAP_CERT_REVOKED),
