@@ -12,14 +12,24 @@ block of width 32, 4 micro-batches, the demo's corpus and sizes) under every com
 * defence: none, ``redundant_neighbour`` + ``skip_stage``, ``redundant_neighbour`` + ``restart``;
 
 plus the clean run, each over ``--seeds`` seeds (run seed and attack seed) for ``--steps`` steps.
+The rate is the paper's, per training iteration (``--per step``: one draw per computation of a
+step decides whether the attacker tampers with that computation; a recomputation draws again),
+unless ``--per unit`` draws for each unit. ``restart`` may recompute a step up to
+:data:`RESTART_RECOMPUTATIONS` times (the paper's baseline restarts until an iteration is clean;
+at rate 0.5 a step then stops the run with probability 2**-21).
 It writes JSON (every run's losses, per-step seconds, status, detections and responses), one
 figure of the mean loss against step and against wall-clock time, and a table (final loss
 against clean, detections, skipped or restarted steps, wall time) as reStructuredText.
 
 Usage::
 
-    python benchmarks/paper_reproduction.py [--steps 200] [--seeds 3] [--configs all]
-        [--out benchmarks/results/paper_reproduction]
+    python benchmarks/paper_reproduction.py [--steps 200] [--seeds 3] [--configs all] [--per step]
+        [--out benchmarks/results/paper_reproduction] [--continue]
+
+Runs go seed by seed through the configurations (so that a change in the machine's load falls
+on every configuration alike), and the JSON is rewritten after every run (``"partial": true``
+until the last); ``--continue`` keeps the runs of an earlier partial JSON with the same settings
+and runs only the missing ones.
 
 ``--configs`` takes comma-separated names (``clean``, ``reverse-forward-0.5-none``,
 ``reverse-forward-0.5-skip_stage``, ``random-backward-1.0-restart``, ...) or ``all`` (25).
@@ -54,6 +64,8 @@ KINDS = ("reverse", "random")
 DIRECTIONS = ("forward", "backward")
 RATES = (0.5, 1.0)
 DEFENCES = ("none", "skip_stage", "restart")
+#: How often ``restart`` may recompute one step before the run stops.
+RESTART_RECOMPUTATIONS = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,16 +95,19 @@ def all_settings() -> list[Setting]:
     ]
 
 
-def run_config(setting: Setting, seed: int, steps: int, receipts: bool) -> RunConfig:
-    """The run configuration of ``setting`` with run and attack seed ``seed``."""
+def run_config(setting: Setting, seed: int, steps: int, receipts: bool, per: str = "step") -> RunConfig:
+    """The run configuration of ``setting`` with run and attack seed ``seed``; ``per`` is what one
+    draw of the attack's rate decides (``step`` or ``unit``)."""
     settings: dict[str, Any] = {}
     if setting.kind is not None:
         plan = AttackPlan.from_cli(
-            setting.kind, str(MALICIOUS_STAGE), setting.rate, 0, direction=setting.direction, seed=seed
+            setting.kind, str(MALICIOUS_STAGE), setting.rate, 0, direction=setting.direction, seed=seed, per=per
         )
         settings["attack"] = plan.to_json()
     if setting.defence != "none":
         settings.update(verification="redundant_neighbour", response=setting.defence)
+    if setting.defence == "restart":
+        settings["max_recomputations"] = RESTART_RECOMPUTATIONS
     return RunConfig(
         stages=STAGES,
         microbatches=MICROBATCHES,
@@ -114,14 +129,14 @@ def _metrics(run_dir: Path) -> list[float]:
     return [float(line.split(",")[3]) for line in lines if line.strip()]
 
 
-def run_one(setting: Setting, seed: int, steps: int, receipts: bool, scratch: Path) -> dict[str, Any]:
+def run_one(setting: Setting, seed: int, steps: int, receipts: bool, scratch: Path, per: str) -> dict[str, Any]:
     """Train one configuration and return what the table and the figure need."""
     run_dir = scratch / f"{setting.name}-seed{seed}"
     started = time.perf_counter()
     error = None
     run: TrainingRecord | None = None
     try:
-        run = launch_local(run_config(setting, seed, steps, receipts), run_dir).record.training
+        run = launch_local(run_config(setting, seed, steps, receipts, per), run_dir).record.training
     except LaunchInterrupted:
         raise KeyboardInterrupt from None  # Ctrl-C stops the benchmark, not just this run
     except LaunchError as exc:
@@ -141,6 +156,9 @@ def run_one(setting: Setting, seed: int, steps: int, receipts: bool, scratch: Pa
         "detections": len(run.detections) if run is not None else 0,
         "recomputed_steps": len({r.step for r in responses}),
         "responses": len(responses),
+        # every response is one more computation of a step (around the attacker for skip_stage)
+        "computations": (len(run.losses) if run is not None else 0) + len(responses),
+        "load_average": os.getloadavg()[0],
     }
 
 
@@ -169,6 +187,8 @@ def aggregate(runs: list[dict[str, Any]], steps: int) -> list[dict[str, Any]]:
                 "steps_reached": _mean([float(len(r["losses"])) for r in mine]),
                 "detections": _mean([float(r["detections"]) for r in mine]),
                 "recomputed_steps": _mean([float(r["recomputed_steps"]) for r in mine]),
+                "computations": _mean([float(r["computations"]) for r in mine]),
+                "training_seconds": _mean([sum(r["step_seconds"]) for r in mine]),
                 "wall_seconds": _mean([r["wall_seconds"] for r in mine]),
             }
         )
@@ -188,6 +208,8 @@ def table_rst(rows: list[dict[str, Any]]) -> str:
         "     - vs clean",
         "     - detections",
         "     - skipped or restarted steps",
+        "     - step computations",
+        "     - training time (s)",
         "     - wall time (s)",
     ]
     for row in rows:
@@ -202,6 +224,8 @@ def table_rst(rows: list[dict[str, Any]]) -> str:
             f"     - {vs}",
             f"     - {row['detections']:.1f}",
             f"     - {row['recomputed_steps']:.1f}",
+            f"     - {row['computations']:.1f}",
+            f"     - {row['training_seconds']:.0f}",
             f"     - {row['wall_seconds']:.0f}",
         ]
     return "\n".join(lines) + "\n"
@@ -243,13 +267,65 @@ def figure(runs: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _payload(
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    runs: list[dict[str, Any]],
+    partial: bool,
+    elapsed: float,
+    load_at_start: list[float],
+) -> dict[str, Any]:
+    return {
+        "format": "stagewarden.paper_reproduction",
+        "version": 1,
+        "partial": partial,
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "steps": args.steps,
+        "seeds": args.seeds,
+        "per": args.per,
+        "restart_recomputations": RESTART_RECOMPUTATIONS,
+        "receipts": not args.no_receipts,
+        "model": dataclasses.asdict(MODEL),
+        "stages": STAGES,
+        "microbatches": MICROBATCHES,
+        "malicious_stage": MALICIOUS_STAGE,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": list(os.getloadavg()),
+        },
+        "total_seconds": elapsed,
+        "rows": aggregate(runs, args.steps),
+        "runs": runs,
+    }
+
+
+def _earlier_runs(path: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The runs of an earlier JSON at ``path`` made with the same settings (``--continue``)."""
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    same = all(earlier.get(k) == v for k, v in (("steps", args.steps), ("per", args.per)))
+    if not same or earlier.get("receipts") != (not args.no_receipts):
+        print(f"{path} was made with other settings; starting afresh", file=sys.stderr)
+        return []
+    runs: list[dict[str, Any]] = earlier.get("runs", [])
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
     parser.add_argument("--configs", default="all", help="comma-separated configuration names, or all")
+    parser.add_argument(
+        "--per", choices=("step", "unit"), default="step", help="one draw of the rate per step computation or per unit"
+    )
     parser.add_argument("--no-receipts", action="store_true", help="train without receipts and attestation")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/paper_reproduction"))
+    parser.add_argument(
+        "--continue", dest="resume", action="store_true", help="keep the runs of an earlier partial JSON"
+    )
     args = parser.parse_args(argv)
     known = {s.name: s for s in all_settings()}
     wanted = list(known) if args.configs == "all" else [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -265,41 +341,40 @@ def main(argv: list[str] | None = None) -> int:
     if "clean" not in wanted:
         wanted.insert(0, "clean")  # every row is compared with it
     args.out.mkdir(parents=True, exist_ok=True)
-    runs: list[dict[str, Any]] = []
+    json_path = args.out / "paper_reproduction.json"
+    runs = _earlier_runs(json_path, args) if args.resume else []
+    done = {(r["setting"], r["seed"]) for r in runs}
+    load_at_start = list(os.getloadavg())
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="paper-reproduction-") as scratch:
-        for name in wanted:
-            for seed in range(args.seeds):
-                result = run_one(known[name], seed, args.steps, not args.no_receipts, Path(scratch))
+        for seed in range(args.seeds):
+            for name in wanted:
+                if (name, seed) in done:
+                    continue
+                result = run_one(known[name], seed, args.steps, not args.no_receipts, Path(scratch), args.per)
                 runs.append(result)
                 last = result["losses"][-1] if result["losses"] else float("nan")
                 print(
                     f"{name:32s} seed {seed}: {result['status']:9s} {len(result['losses']):4d} steps, "
-                    f"final loss {last:.4f}, {result['detections']} detections, {result['wall_seconds']:.0f} s",
+                    f"final loss {last:.4f}, {result['detections']} detections, {result['wall_seconds']:.0f} s, "
+                    f"load {result['load_average']:.1f}",
                     flush=True,
                 )
-    rows = aggregate(runs, args.steps)
-    payload = {
-        "format": "stagewarden.paper_reproduction",
-        "version": 1,
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "steps": args.steps,
-        "seeds": args.seeds,
-        "receipts": not args.no_receipts,
-        "model": dataclasses.asdict(MODEL),
-        "stages": STAGES,
-        "microbatches": MICROBATCHES,
-        "malicious_stage": MALICIOUS_STAGE,
-        "machine": {"cpus": os.cpu_count(), "load_average_at_end": list(os.getloadavg())},
-        "total_seconds": time.perf_counter() - started,
-        "rows": rows,
-        "runs": runs,
-    }
-    (args.out / "paper_reproduction.json").write_text(json.dumps(payload, indent=2) + "\n")
+                payload = _payload(args, argv, runs, True, time.perf_counter() - started, load_at_start)
+                temporary = json_path.with_suffix(".json.tmp")
+                temporary.write_text(json.dumps(payload, indent=2) + "\n")
+                temporary.replace(json_path)
+    order = {name: i for i, name in enumerate(wanted)}
+    runs.sort(key=lambda r: (order.get(r["setting"], len(order)), r["seed"]))
+    payload = _payload(args, argv, runs, False, time.perf_counter() - started, load_at_start)
+    rows = payload["rows"]
+    temporary = json_path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(payload, indent=2) + "\n")
+    temporary.replace(json_path)
     (args.out / "table.rst").write_text(table_rst(rows))
     figure(runs, args.out / "paper_reproduction.png")
     print(table_rst(rows))
-    print(f"wrote {args.out}/paper_reproduction.json, table.rst and paper_reproduction.png")
+    print(f"wrote {json_path}, table.rst and paper_reproduction.png")
     return 0
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from paper_reproduction import Setting, aggregate, all_settings, main, run_config, table_rst  # noqa: E402
+from paper_reproduction import RESTART_RECOMPUTATIONS, Setting, aggregate, all_settings, main, run_config, table_rst  # noqa: E402
 
 
 def test_the_full_design_has_25_configurations() -> None:
@@ -28,7 +28,11 @@ def test_run_configs_put_the_attack_on_stage_1_under_the_defence() -> None:
         200,
     )
     assert config.attack is not None and config.attack["stages"] == [1] and config.attack["seed"] == 2
+    assert config.attack["per"] == "step"  # the paper's rate is per iteration
+    assert "per" not in (run_config(Setting("reverse"), 0, 5, receipts=False, per="unit").attack or {"per": 1})
     assert run_config(Setting(), 0, 5, receipts=False).attack is None
+    restart = run_config(Setting("reverse", "forward", 0.5, "restart"), 0, 5, receipts=False)
+    assert restart.response == "restart" and restart.max_recomputations == RESTART_RECOMPUTATIONS > 3
 
 
 def test_rows_compare_each_setting_with_clean() -> None:
@@ -40,6 +44,8 @@ def test_rows_compare_each_setting_with_clean() -> None:
             "losses": [3.0, 2.0],
             "detections": 0,
             "recomputed_steps": 0,
+            "computations": 2,
+            "step_seconds": [1.0, 1.5],
             "wall_seconds": 10.0,
         },
         {
@@ -48,6 +54,8 @@ def test_rows_compare_each_setting_with_clean() -> None:
             "losses": [3.0],
             "detections": 4,
             "recomputed_steps": 1,
+            "computations": 5,
+            "step_seconds": [2.0],
             "wall_seconds": 4.0,
         },
         {
@@ -56,6 +64,8 @@ def test_rows_compare_each_setting_with_clean() -> None:
             "losses": [],
             "detections": 4,
             "recomputed_steps": 1,
+            "computations": 4,
+            "step_seconds": [],
             "wall_seconds": 2.0,
         },
     ]
@@ -63,6 +73,8 @@ def test_rows_compare_each_setting_with_clean() -> None:
     assert clean["completed"] == 1 and clean["final_loss"] == 2.0
     assert restart["completed"] == 0 and restart["final_loss"] == 3.0 and restart["vs_clean_percent"] == 50.0
     assert restart["steps_reached"] == 0.5 and restart["wall_seconds"] == 3.0
+    assert clean["computations"] == 2.0 and clean["training_seconds"] == 2.5
+    assert restart["computations"] == 4.5 and restart["training_seconds"] == 1.0
     table = table_rst([clean, restart])
     assert "``x-restart``" in table and "+50.0%" in table and "0 / 2" in table
     nothing = aggregate([{**runs[2]}], steps=2)[0]

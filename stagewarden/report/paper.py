@@ -97,9 +97,15 @@ def paper_page(ctx: Context, paper: PaperReproduction) -> str:
                 rst.text("-" if not isinstance(vs, int | float) or math.isnan(vs) else f"{vs:+.1f}%"),
                 rst.text(f"{float(row['detections']):.1f}"),
                 rst.text(f"{float(row['recomputed_steps']):.1f}"),
+                rst.text(_optional(row.get("computations"), ".1f")),
                 rst.text(f"{float(row['wall_seconds']):.0f}"),
             ]
         )
     header = ["configuration", "completed", "steps", "final loss (sd)", "vs clean", "detections", "recomputed"]
-    out += [rst.table([*header, "wall s"], rows), ""]
+    out += [rst.table([*header, "computations", "wall s"], rows), ""]
     return "\n".join(out)
+
+
+def _optional(value: object, spec: str) -> str:
+    """A number a result file may lack (files written before it was recorded): ``-`` then."""
+    return format(float(value), spec) if isinstance(value, int | float) and not isinstance(value, bool) else "-"

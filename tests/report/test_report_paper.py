@@ -29,6 +29,7 @@ def _row(setting: str, final: float, vs: float | None) -> dict[str, Any]:
         "steps_reached": 200.0,
         "detections": 0.0 if vs is None else 150.0,
         "recomputed_steps": 0.0 if vs is None else 96.0,
+        "computations": 200.0 if vs is None else 296.0,
         "wall_seconds": 40.0,
     }
 
@@ -57,8 +58,19 @@ def test_paper_page_shows_the_table_and_the_figure(tmp_path: Path) -> None:
     assert ran.exit_code == 0, ran.output
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", (out / "paper.html").read_text(encoding="utf-8")))
     assert "Paper reproduction" in text and "200 steps per run, 3 seed(s)" in text
-    assert "reverse-forward-0.5-skip_stage 3 / 3 200 2.550 (0.010) +0.8% 150.0 96.0 40" in text
+    assert "reverse-forward-0.5-skip_stage 3 / 3 200 2.550 (0.010) +0.8% 150.0 96.0 296.0 40" in text
     assert (out / "_images" / "paper_reproduction.png").is_file()
+
+
+def test_a_file_without_step_computations_shows_a_dash(tmp_path: Path) -> None:
+    """A result file written before step computations were recorded still renders, with ``-`` for them."""
+    rows = [{k: v for k, v in _row(name, 2.5, vs).items() if k != "computations"} for name, vs in (("clean", None),)]
+    result = _result(tmp_path / "bench", rows=rows)
+    out = tmp_path / "report"
+    ran = CliRunner().invoke(cli, ["report", "--example", "demo", "--paper", str(result), "--out", str(out)])
+    assert ran.exit_code == 0, ran.output
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", (out / "paper.html").read_text(encoding="utf-8")))
+    assert "clean 3 / 3 200 2.500 (0.010) - 0.0 0.0 - 40" in text
 
 
 @pytest.mark.parametrize(
