@@ -17,7 +17,7 @@ from stagewarden.attest.run_record import SUMMARY_FILE, RunDirError, RunRecord, 
 from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console, occupied
 from stagewarden.cli.spec_settings import load_spec_settings
 from stagewarden.run_outcome import attack_outcome, responses_line, status_line
-from stagewarden.runtime.defaults import DEFAULT_CHECKPOINT_EVERY
+from stagewarden.runtime.defaults import DEFAULT_CHECKPOINT_EVERY, DEFAULT_MAX_RECOMPUTATIONS, MAX_RECOMPUTATIONS_LIMIT
 
 #: Exit code of a run that stopped on a worker fault and can be resumed (``--resume``).
 EXIT_RESUMABLE = 75
@@ -156,6 +156,14 @@ def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
     help="Tensor attacks and equivocate: tamper with activations (forward) or gradients (backward).",
 )
 @click.option(
+    "--attack-per",
+    type=Choice(["unit", "step"]),
+    default="unit",
+    show_default=True,
+    help="What one draw of --attack-rate decides: each unit on its own, or every unit of a step computation "
+    "at once (the paper's per-iteration rate).",
+)
+@click.option(
     "--verification",
     type=Choice(["none", "spot_check", "redundant_neighbour"]),
     help="Verify units: spot_check re-executes a committed random sample on the coordinator; "
@@ -196,6 +204,13 @@ def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
     "--keep-checkpoints",
     type=click.IntRange(min=0),
     help="Keep the N newest verified checkpoints on disk, and step 0's (0: keep all).  [default: 2]",
+)
+@click.option(
+    "--max-recomputations",
+    type=click.IntRange(min=0, max=MAX_RECOMPUTATIONS_LIMIT),
+    help="Recompute (or roll back to) one step at most N times after detections before the run stops; raise "
+    "it for --response restart against an attack that fires on some computations.  "
+    f"[default: {DEFAULT_MAX_RECOMPUTATIONS}]",
 )
 @click.option(
     "--no-overlap-checks",
@@ -262,6 +277,7 @@ def train(
     attack_rate: str,
     attack_start: str,
     attack_direction: str,
+    attack_per: str,
     verification: str | None,
     input_via: str | None,
     spot_check_rate: float | None,
@@ -269,6 +285,7 @@ def train(
     response: str | None,
     checkpoint_every: int | None,
     keep_checkpoints: int | None,
+    max_recomputations: int | None,
     no_overlap_checks: bool,
     heartbeat_timeout: float | None,
     silence_timeout: float | None,
@@ -314,6 +331,7 @@ def train(
         "response": response,
         "checkpoint_every": checkpoint_every,
         "keep_checkpoints": keep_checkpoints,
+        "max_recomputations": max_recomputations,
         **timeouts,
     }
     settings.update({k: v for k, v in chosen.items() if v is not None})
@@ -324,7 +342,7 @@ def train(
 
         try:
             settings["attack"] = AttackPlan.from_cli(
-                attack_kind, malicious or "", attack_rate, attack_start, direction=attack_direction
+                attack_kind, malicious or "", attack_rate, attack_start, direction=attack_direction, per=attack_per
             ).to_json()
         except ValueError as exc:
             raise BadInput(f"--attack: {exc}") from None

@@ -13,7 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stagewarden.runtime.defaults import DEFAULT_CHECKPOINT_EVERY
+from stagewarden.runtime.defaults import (
+    DEFAULT_CHECKPOINT_EVERY,
+    DEFAULT_MAX_RECOMPUTATIONS,
+    MAX_RECOMPUTATIONS_LIMIT,
+)
 from stagewarden.runtime.errors import RuntimeSetupError
 from stagewarden.runtime.model import GPTConfig
 from stagewarden.runtime.units import TrainConfig
@@ -103,6 +107,12 @@ class RunConfig:
     inputs; see :mod:`stagewarden.runtime.calibration`)."""
     response: str = "eject"
     """What the coordinator does on a detection (``eject``, ``rollback``, ``skip_stage``, ``restart``)."""
+    max_recomputations: int = DEFAULT_MAX_RECOMPUTATIONS
+    """How often one step may be recomputed after detections (and how often one step may be rolled
+    back to) before the run stops as ``stopped``: a step is computed at most
+    ``max_recomputations + 1`` times. Raise it for ``restart`` against an attacker that fires on a
+    fraction of the computations (each restart draws again); at most
+    :data:`~stagewarden.runtime.defaults.MAX_RECOMPUTATIONS_LIMIT`."""
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
     """Write a verified checkpoint of every stage's weights and optimizer state at step 0 and then
     after every ``checkpoint_every`` steps whose checks all passed; ``0`` writes none. A rollback
@@ -188,6 +198,13 @@ class RunConfig:
                 "verification redundant_neighbour needs at least 2 stages (stage s + 1 checks stage s)",
             ),
             (self.response in RESPONSES, f"response must be one of {', '.join(RESPONSES)}, not {self.response!r}"),
+            (
+                isinstance(self.max_recomputations, int)
+                and not isinstance(self.max_recomputations, bool)
+                and 0 <= self.max_recomputations <= MAX_RECOMPUTATIONS_LIMIT,
+                f"max_recomputations must be an integer from 0 to {MAX_RECOMPUTATIONS_LIMIT}, "
+                f"got {self.max_recomputations!r}",
+            ),
             (self.checkpoint_every >= 0, f"checkpoint_every must be at least 0, got {self.checkpoint_every}"),
             (self.keep_checkpoints >= 0, f"keep_checkpoints must be at least 0, got {self.keep_checkpoints}"),
             (
@@ -271,6 +288,7 @@ class RunConfig:
             "heartbeat_timeout",
             "silence_timeout",
             "steps",
+            "max_recomputations",
             "attack",
             "dcap_collateral",
             "dcap_policy",

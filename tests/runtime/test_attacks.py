@@ -72,6 +72,7 @@ def test_from_cli_parses_strings() -> None:
         (("bitflip", "1"), {"bit": "64"}, "between 0 and 63"),
         (("reverse", "1"), {"direction": "sideways"}, "forward, backward, input"),
         (("poison_data", "1"), {}, "stage 0"),
+        (("reverse", "1"), {"per": "batch"}, "firing unit must be one of unit, step"),
     ],
 )
 def test_from_cli_rejects_bad_input_with_clear_messages(
@@ -99,6 +100,33 @@ def test_active_draws_at_the_rate_deterministically() -> None:
     assert 0.2 < sum(draws) / len(draws) < 0.3
     other = AttackPlan.from_cli("reverse", "1", 0.25, seed=2)
     assert draws != [other.active(1, step, m) for step in range(200) for m in range(4)]
+
+
+def test_a_per_step_plan_fires_on_every_unit_of_a_computation_or_on_none() -> None:
+    """With per=step one draw decides for all of a step's units; a recomputation draws again;
+    about the rate's share of steps fire."""
+    plan = AttackPlan.from_cli("reverse", "1", 0.5, seed=4, per="step")
+    for step in range(200):
+        for attempt in range(3):
+            fired = {plan.active(1, step, m, attempt) for m in range(8)}
+            assert len(fired) == 1, (step, attempt)
+    first = [plan.active(1, step, 0) for step in range(400)]
+    assert 0.4 < sum(first) / len(first) < 0.6
+    again = [plan.active(1, step, 0, attempt=1) for step in range(400)]
+    assert first != again and 0.4 < sum(again) / len(again) < 0.6
+    per_unit = AttackPlan.from_cli("reverse", "1", 0.5, seed=4)
+    assert any(len({per_unit.active(1, step, m) for m in range(8)}) == 2 for step in range(20))
+
+
+def test_the_firing_unit_round_trips_and_the_default_is_left_out() -> None:
+    """to_json writes ``per`` only when it is not the default, and from_json reads both forms back;
+    a bad value is refused with a message naming it."""
+    unit = AttackPlan.from_cli("reverse", "1", 0.5)
+    step = AttackPlan.from_cli("reverse", "1", 0.5, per="step")
+    assert "per" not in unit.to_json() and step.to_json()["per"] == "step"
+    assert AttackPlan.from_json(unit.to_json()) == unit and AttackPlan.from_json(step.to_json()) == step
+    with pytest.raises(ValueError, match="firing unit must be one of unit, step, got 'epoch'"):
+        AttackPlan.from_json({**step.to_json(), "per": "epoch"})
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward"])

@@ -68,6 +68,22 @@ def test_train_attacked_with_spot_check_and_restart(tmp_path: Path) -> None:
     assert summary["stop_reason"].startswith("no honest path through step 1")
 
 
+def test_train_restart_with_a_per_step_rate_and_a_recomputation_limit(tmp_path: Path) -> None:
+    """--attack-per step draws once per step computation and --max-recomputations bounds the
+    restarts: both reach the run (summary's configuration and attack plan), and a limit of 0 stops
+    the run at the first tampered computation."""
+    out = tmp_path / "run"
+    args = ["train", "--stages", "3", "--microbatches", "2", "--steps", "2", "--schedule", "gpipe", *TINY_FLAGS]
+    args += ["--attack", "reverse", "--malicious", "1", "--attack-per", "step", "--verification", "spot_check"]
+    args += ["--spot-check-rate", "1", "--response", "restart", "--max-recomputations", "0", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["max_recomputations"] == 0 and summary["config"]["attack"]["per"] == "step"
+    assert summary["stop_reason"].startswith("no honest path through step 0")
+    assert "in each of its 1 computations" in summary["stop_reason"]
+
+
 def test_train_bad_attack_values_exit_2(tmp_path: Path) -> None:
     """Unknown kinds, rates out of range and missing stages are bad input (exit code 2)."""
     base = ["train", "--out", str(tmp_path / "run")]
@@ -77,6 +93,8 @@ def test_train_bad_attack_values_exit_2(tmp_path: Path) -> None:
         (["--attack", "reverse"], "--malicious"),
         (["--attack", "reverse", "--malicious", "1"], "sends no activation"),
         (["--spot-check-rate", "0", "--verification", "spot_check"], "spot_check_rate"),
+        (["--attack", "reverse", "--malicious", "1", "--attack-per", "epoch"], "'epoch' is not one of 'unit'"),
+        (["--max-recomputations", "1001"], "1001 is not in the range"),
     ):
         result = CliRunner().invoke(cli, base + extra)
         assert result.exit_code == 2 and needle in result.output, result.output

@@ -25,7 +25,8 @@ def test_bad_settings_are_refused(kwargs: dict[str, object]) -> None:
 
 def test_measured_json_ignores_volatile_fields() -> None:
     """The measured configuration leaves out the step count, timeout and attack plan and has no floats."""
-    a, b = RunConfig(), RunConfig(steps=99, timeout=5.0, attack={"kind": "reverse", "stages": [0]})
+    a = RunConfig()
+    b = RunConfig(steps=99, timeout=5.0, attack={"kind": "reverse", "stages": [0]}, max_recomputations=9)
     assert a.measured_json() == b.measured_json()
     assert "train" in a.measured_json() and isinstance(a.measured_json()["train"]["lr"], str)
 
@@ -44,3 +45,11 @@ def test_dropout_is_refused_where_units_are_re_executed(verification: str) -> No
     with pytest.raises(ConfigError, match="dropout 0.1 draws a random mask"):
         RunConfig(model=GPTConfig(dropout=0.1), verification=verification)
     assert RunConfig(model=GPTConfig(dropout=0.1), verification="none").model.dropout == 0.1
+
+
+@pytest.mark.parametrize("value", [-1, 1001, True, 2.5])
+def test_max_recomputations_is_a_bounded_integer(value: object) -> None:
+    """A step's recomputations are bounded: a negative, huge, boolean or fractional limit is refused by name."""
+    with pytest.raises(ConfigError, match="max_recomputations must be an integer from 0 to 1000"):
+        RunConfig(max_recomputations=value)  # type: ignore[arg-type]
+    assert RunConfig(max_recomputations=1000).max_recomputations == 1000

@@ -232,6 +232,50 @@ def test_restart_recomputes_the_step_and_training_continues(tmp_path: Path) -> N
     assert audit_run_dir(result.run_dir).errors == ()
 
 
+def _restart_plan(stage: int, steps: int, max_recomputations: int) -> AttackPlan:
+    """A per-step ``reverse`` plan at rate 0.5 whose draws fire on some step at least twice in a
+    row and never more than ``max_recomputations`` times in a row."""
+
+    def plan(seed: int) -> AttackPlan:
+        return AttackPlan.from_cli("reverse", str(stage), 0.5, seed=seed, per="step")
+
+    def firings(p: AttackPlan, step: int) -> int:
+        return next(a for a in range(100) if not p.active(stage, step, 0, a))
+
+    return next(
+        p
+        for p in map(plan, range(1000))
+        if max(firings(p, t) for t in range(steps)) == 2
+        and all(firings(p, t) <= max_recomputations for t in range(steps))
+    )
+
+
+def test_restart_against_a_per_step_attacker_retries_until_a_clean_computation(tmp_path: Path) -> None:
+    """The paper's baseline: with restart, a step is recomputed until the attacker's per-step draw
+    does not fire; each failed computation is one response, and the run ends with the honest
+    reference's losses and weights. With too few recomputations allowed it stops, saying so."""
+    steps = 3
+    plan = _restart_plan(1, steps, max_recomputations=4)
+    settings: dict[str, Any] = dict(
+        stages=3, microbatches=2, steps=steps, attack=plan.to_json(), verification="spot_check", spot_check_rate=1.0
+    )
+    result = launch_local(tiny_config(**settings, response="restart", max_recomputations=4), tmp_path / "run")
+    s = result.summary
+    fired = [next(a for a in range(100) if not plan.active(1, t, 0, a)) for t in range(steps)]
+    assert s["status"] == "completed"
+    assert [r["plan"]["response"] for r in s["responses"]] == ["restart"] * sum(fired)
+    honest = tiny_config(stages=3, microbatches=2, steps=steps)
+    assert s["losses"] == reference(honest)[0]
+    assert s["final_weights"]["stages"] == reference(honest)[1]
+    assert audit_run_dir(result.run_dir).errors == ()
+
+    stopped = launch_local(tiny_config(**settings, response="restart", max_recomputations=1), tmp_path / "short")
+    twice = fired.index(2)
+    assert stopped.summary["status"] == "stopped" and len(stopped.summary["losses"]) == twice
+    assert f"no honest path through step {twice}" in stopped.summary["stop_reason"]
+    assert "in each of its 2 computations" in stopped.summary["stop_reason"]
+
+
 def test_bad_attack_plans_are_config_errors() -> None:
     """Attacks the engine cannot mount are refused with a message saying why."""
     with pytest.raises(ConfigError, match="sends no activation"):

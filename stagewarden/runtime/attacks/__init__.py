@@ -33,6 +33,7 @@ from stagewarden.runtime.attacks.plan import (
     AttackKind,
     AttackPlan,
     Direction,
+    FiringUnit,
     describe_kinds,
 )
 from stagewarden.runtime.attacks.tamper import (
@@ -64,6 +65,7 @@ __all__ = [
     "AttackPlan",
     "Direction",
     "Equivocation",
+    "FiringUnit",
     "NoAttack",
     "PlanAttack",
     "bitflip",

@@ -52,6 +52,16 @@ class Direction(enum.StrEnum):
     output it sends is consistent with the forged input (``y' = f(x')``)."""
 
 
+class FiringUnit(enum.StrEnum):
+    """What one draw of the attack's rate decides."""
+
+    UNIT = "unit"
+    """Each unit (micro-batch of a step's forward or backward, or the update) is drawn on its own."""
+    STEP = "step"
+    """One draw per step computation decides for every unit of the step at once: the paper's rate,
+    which is per training iteration. A recomputation of the step draws again."""
+
+
 #: One-line description of every attack kind, in :class:`AttackKind` order (for ``--help`` and the docs).
 ATTACK_KINDS: dict[AttackKind, str] = {
     AttackKind.REVERSE: "negate the tensor sent on (the paper's 'reverse' attack)",
@@ -121,6 +131,8 @@ class AttackPlan:
         seed: Seed of every random choice of the attack (when it fires, noise, positions).
         covers: Stages that mount nothing but collude with :attr:`stages`: as checkers they hide
             the tampering of those stages (a prover trace's ``covers`` role).
+        per: What one draw of :attr:`rate` decides: each unit on its own (``unit``, the default)
+            or every unit of a step computation at once (``step``, the paper's per-iteration rate).
     """
 
     kind: AttackKind
@@ -135,6 +147,7 @@ class AttackPlan:
     bit: int = 30
     seed: int = 0
     covers: frozenset[int] = frozenset()
+    per: FiringUnit = FiringUnit.UNIT
 
     def __post_init__(self) -> None:
         for name in ("rate", "scale", "noise", "drift"):
@@ -143,6 +156,7 @@ class AttackPlan:
                 raise ValueError(f"the attack's {name} is out of range: {value}")
         object.__setattr__(self, "kind", AttackKind(self.kind))
         object.__setattr__(self, "direction", Direction(self.direction))
+        object.__setattr__(self, "per", FiringUnit(self.per))
         object.__setattr__(self, "stages", frozenset(int(s) for s in self.stages))
         object.__setattr__(self, "covers", frozenset(int(s) for s in self.covers))
         if self.covers & self.stages:
@@ -187,6 +201,7 @@ class AttackPlan:
         bit: int | str = 30,
         seed: int | str = 0,
         covers: str | Iterable[int] = (),
+        per: str = "unit",
     ) -> AttackPlan:
         """Build a plan from command-line values (strings or numbers).
 
@@ -204,6 +219,7 @@ class AttackPlan:
             bit: See :class:`AttackPlan`.
             seed: See :class:`AttackPlan`.
             covers: Comma-separated stages (or an iterable) that only collude, as checkers.
+            per: ``unit`` or ``step``: what one draw of the rate decides (see :class:`AttackPlan`).
 
         Raises:
             ValueError: With a message naming the bad value and what is allowed.
@@ -214,6 +230,9 @@ class AttackPlan:
         directions = [d.value for d in Direction]
         if direction not in directions:
             raise ValueError(f"the attack direction must be one of {', '.join(directions)}, got {direction!r}")
+        units = [u.value for u in FiringUnit]
+        if per not in units:
+            raise ValueError(f"the attack's firing unit must be one of {', '.join(units)}, got {per!r}")
         stage_set = _stage_set(stages, required=True)
         cover_set = _stage_set(covers, required=False)
         if num_stages is not None:
@@ -235,6 +254,7 @@ class AttackPlan:
             bit=_number(bit, "bit index", int),
             seed=_number(seed, "attack seed", int),
             covers=cover_set,
+            per=FiringUnit(per),
         )
 
     def active(self, stage: int, step: int, microbatch: int, attempt: int = 0) -> bool:
@@ -246,13 +266,15 @@ class AttackPlan:
         unit's micro-batch.
         ``attempt`` counts how often the step has been recomputed after
         a detection: each recomputation is a fresh draw (the first, ``attempt = 0``, is the
-        draw of the unit alone).
+        draw of the unit alone). With :attr:`per` ``step`` the draw leaves out the unit: every
+        unit of one computation of the step fires or none does.
         """
         if stage not in self.stages or step < self.start:
             return False
         if self.rate >= 1.0:
             return True
-        parts: tuple[int, ...] = (stage, step, microbatch) if attempt == 0 else (stage, step, microbatch, attempt)
+        unit: tuple[int, ...] = (stage, step) if self.per is FiringUnit.STEP else (stage, step, microbatch)
+        parts = unit if attempt == 0 else (*unit, attempt)
         draw: float = derive_seed(self.seed, "attack", "fire", self.kind.value, *parts) / _TWO_63
         return draw < self.rate
 
@@ -263,6 +285,12 @@ class AttackPlan:
         data["direction"] = self.direction.value
         data["stages"] = sorted(self.stages)
         data["covers"] = sorted(self.covers)
+        # The default is left out, so that plans written before the field existed read and
+        # compare the same.
+        if self.per is FiringUnit.UNIT:
+            del data["per"]
+        else:
+            data["per"] = self.per.value
         return data
 
     @classmethod
@@ -287,6 +315,9 @@ class AttackPlan:
         directions = [d.value for d in Direction]
         if data.get("direction", "forward") not in directions:
             raise ValueError(f"the attack direction must be one of {', '.join(directions)}, got {data['direction']!r}")
+        units = [u.value for u in FiringUnit]
+        if data.get("per", "unit") not in units:
+            raise ValueError(f"the attack's firing unit must be one of {', '.join(units)}, got {data['per']!r}")
         stages, covers = data["stages"], data.get("covers", [])
         for name, value in (("stages", stages), ("covers", covers)):
             if not isinstance(value, list | tuple) or not all(

@@ -32,8 +32,6 @@ METRICS_FILE = "metrics.csv"
 #: checks their digests against the receipts (event ``fetch_check``).
 FETCH_CHECK_ENV = "STAGEWARDEN_TEST_FETCH_CHECK"
 
-#: How often one step is recomputed after detections before the run stops.
-MAX_RECOMPUTATIONS = 3
 #: Domain of the coordinator's signature over a detection.
 DETECTION_DOMAIN = b"stagewarden/runtime/detection/v1\x00"
 #: The responses the engine carries out.

@@ -40,7 +40,6 @@ from stagewarden.runtime.coordinator.context import (
     EVENTS_FILE,
     FETCH_CHECK_ENV,
     KEYS_SUFFIX,
-    MAX_RECOMPUTATIONS,
     TRACES_KEPT,
     WORKERS_FILE,
     CurrentAttempt,
@@ -309,13 +308,8 @@ class Coordinator:
             self.tally.detections += detections
             if not detections:
                 break
-            if attempt >= MAX_RECOMPUTATIONS:
-                d = detections[0]
-                raise TrainingStopped(
-                    f"no honest path through step {step}: it was tampered with in each of its {attempt + 1} "
-                    f"computations (last: stage {d.stage}, {d.check}), and the {c.response} response "
-                    "cannot route around the tampering stage"
-                )
+            if attempt >= c.max_recomputations:
+                raise self._no_honest_path(step, attempt + 1, detections[0])
             plan = self.recovery.respond(step, attempt, detections[0])
             if plan.checkpoint_step is not None:
                 # a rollback without a standby bypasses the convict in the first recomputed step
@@ -472,12 +466,23 @@ class Coordinator:
         for d in detections:
             self.ctx.events.write("detection", attempt=0, found_during_step=step, **d.to_json())
         self.tally.detections += detections
+        if c.max_recomputations == 0:
+            raise self._no_honest_path(done, 1, detections[0])
         plan = self.recovery.respond(done, 0, detections[0])
         self._pending_bypass = plan.bypass_stage
         if plan.checkpoint_step is not None:
             return plan.checkpoint_step
         self._pending_attempt = 1
         return done
+
+    def _no_honest_path(self, step: int, computations: int, detection: SignedDetection) -> TrainingStopped:
+        """The stop of a run whose ``step`` was tampered with in each of its ``computations``
+        computations, the most :attr:`~stagewarden.runtime.config.RunConfig.max_recomputations` allows."""
+        return TrainingStopped(
+            f"no honest path through step {step}: it was tampered with in each of its {computations} "
+            f"computations (last: stage {detection.stage}, {detection.check}), and the "
+            f"{self.ctx.config.response} response cannot route around the tampering stage"
+        )
 
     def relay_copies(self, step: int) -> None:
         """The trusted relay of ``input_via: coordinator``: for each checked stage ``s`` receive

@@ -15,7 +15,7 @@ from stagewarden.attest.run_record_parts import SignedDetection, UnitKindName
 from stagewarden.attest.rundir import LOG_FILE
 from stagewarden.runtime.coordinator.admission import Admission
 from stagewarden.runtime.coordinator.checkpoints import CheckpointStore
-from stagewarden.runtime.coordinator.context import CARRIED_OUT, MAX_RECOMPUTATIONS, RunContext
+from stagewarden.runtime.coordinator.context import CARRIED_OUT, RunContext
 from stagewarden.runtime.coordinator.errors import RunFailed, TrainingStopped
 from stagewarden.runtime.coordinator.ledger import Ledger
 from stagewarden.runtime.coordinator.roster import Roster
@@ -123,9 +123,9 @@ class Recovery:
         """
         c = self.ctx.config
         count = self._rollbacks.get(step, 0) + 1
-        if count > MAX_RECOMPUTATIONS:
+        if count > c.max_recomputations:
             raise TrainingStopped(
-                f"step {step} was tampered with after each of its {MAX_RECOMPUTATIONS} rollbacks (last: stage "
+                f"step {step} was tampered with after each of its {c.max_recomputations} rollbacks (last: stage "
                 f"{detection.stage}, {detection.check}); the rollback response does not remove this attacker"
             )
         self._rollbacks[step] = count
