@@ -3,6 +3,7 @@ collateral is served by a local PCCS stand-in on 127.0.0.1)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import threading
@@ -27,7 +28,7 @@ from dcap_samples import (
 from nacl.signing import SigningKey
 
 from stagewarden.attest.clock import FixedClock
-from stagewarden.attest.ear import verify_ear
+from stagewarden.attest.ear import EarResult, verify_ear
 from stagewarden.cli import cli
 
 
@@ -118,15 +119,23 @@ def test_policy_reference_values_and_stage(tmp_path: Path) -> None:
     assert code == 1 and out["code"] == "DCAP_MEASUREMENT_MISMATCH"
 
 
-def test_result_out_writes_a_verifiable_ear(tmp_path: Path) -> None:
-    """--result-out with --verifier-key writes an EAR that verifies under that key."""
+def written_ear(tmp_path: Path, quote: Path, collateral: Path, at: int, *args: str) -> EarResult:
+    """Run verify-quote with --verifier-key and --result-out (it must accept); the EAR it wrote, verified under
+    that key."""
     key = SigningKey.generate()
     key_file, ear_file = tmp_path / "verifier.key", tmp_path / "result.ear"
     key_file.write_text(bytes(key).hex() + "\n")
-    code, out = verify("--verifier-key", str(key_file), "--result-out", str(ear_file))
-    assert code == 0
-    result = verify_ear(ear_file.read_bytes().strip(), key.verify_key, FixedClock(instant(AT)))
-    assert result.measurements["mrtd"] == MRTD and out["ear"]["verifier_public_key"] == bytes(key.verify_key).hex()
+    code, out = verify(
+        "--verifier-key", str(key_file), "--result-out", str(ear_file), *args, quote=quote, collateral=collateral, at=at
+    )
+    assert code == 0, out
+    assert out["ear"]["verifier_public_key"] == bytes(key.verify_key).hex()
+    return verify_ear(ear_file.read_bytes().strip(), key.verify_key, FixedClock(instant(at)))
+
+
+def test_result_out_writes_a_verifiable_ear(tmp_path: Path) -> None:
+    """--result-out with --verifier-key writes an EAR that verifies under that key."""
+    assert written_ear(tmp_path, QUOTE, COLLATERAL, AT).measurements["mrtd"] == MRTD
 
 
 @pytest.mark.parametrize(
@@ -167,20 +176,23 @@ class _PCCS(http.server.BaseHTTPRequestHandler):
         b = self.bundle
         path = urllib.parse.urlsplit(self.path).path
         self.paths.append(path)
+        tcb = (
+            f'{{"tcbInfo":{b["tcb_info"]},"signature":"{b["tcb_info_signature"]}"}}'.encode(),
+            "TCB-Info-Issuer-Chain",
+            "tcb_info",
+        )
+        qe_identity = (
+            f'{{"enclaveIdentity":{b["qe_identity"]},"signature":"{b["qe_identity_signature"]}"}}'.encode(),
+            "SGX-Enclave-Identity-Issuer-Chain",
+            "qe_identity",
+        )
         answers = {
             "/sgx/certification/v4/pckcrl": (bytes.fromhex(b["pck_crl"]), "SGX-PCK-CRL-Issuer-Chain", "pck_crl"),
             "/sgx/certification/v4/rootcacrl": (b["root_ca_crl"].encode(), None, None),
-            "/tdx/certification/v4/tcb": (
-                f'{{"tcbInfo":{b["tcb_info"]},"signature":"{b["tcb_info_signature"]}"}}'.encode(),
-                "TCB-Info-Issuer-Chain",
-                "tcb_info",
-            ),
-            "/tdx/certification/v4/qe/identity": (
-                f'{{"enclaveIdentity":{b["qe_identity"]},"signature":"{b["qe_identity_signature"]}"}}'.encode(),
-                "SGX-Enclave-Identity-Issuer-Chain",
-                "qe_identity",
-            ),
         }
+        for tee in ("tdx", "sgx"):  # the one bundle under both TEEs' paths: `paths` shows which were asked
+            answers[f"/{tee}/certification/v4/tcb"] = tcb
+            answers[f"/{tee}/certification/v4/qe/identity"] = qe_identity
         if path not in answers:
             self.send_response(404)
             self.end_headers()
@@ -197,16 +209,25 @@ class _PCCS(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def pccs() -> Iterator[str]:
-    """A PCCS stand-in on 127.0.0.1 serving the sample collateral; yields its base URL."""
-    _PCCS.bundle, _PCCS.paths = collateral_fields(), []
+@contextlib.contextmanager
+def serving(bundle: dict[str, str]) -> Iterator[str]:
+    """A PCCS stand-in on 127.0.0.1 serving ``bundle`` while the block runs; yields its base URL."""
+    _PCCS.bundle, _PCCS.paths = bundle, []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PCCS)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def pccs() -> Iterator[str]:
+    """A PCCS stand-in serving the TDX sample collateral; yields its base URL."""
+    with serving(collateral_fields()) as url:
+        yield url
 
 
 def test_fetch_into_a_cache_then_verify_from_it(tmp_path: Path, pccs: str) -> None:
