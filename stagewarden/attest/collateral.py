@@ -161,27 +161,57 @@ class TcbInfo:
 
 @dataclasses.dataclass(frozen=True)
 class ReferenceValues:
-    """Accepted launch measurements (name per measurement) with a validity period."""
+    """Accepted launch measurements (name per measurement) with a validity period.
+
+    ``stages`` runs parallel to ``measurements``: the pipeline stage each measurement is valid
+    for (a label such as ``"0"`` or ``"standby"``), or None for a measurement valid for any
+    stage. Empty means every measurement is valid for any stage.
+    """
 
     issued_at: dt.datetime
     expires_at: dt.datetime
     measurements: tuple[tuple[str, bytes], ...]
+    stages: tuple[str | None, ...] = ()
 
-    def name_of(self, measurement: bytes) -> str | None:
-        """The name of ``measurement`` when it is accepted, else None."""
-        for label, value in self.measurements:
-            if value == measurement:
+    def __post_init__(self) -> None:
+        if self.stages and len(self.stages) != len(self.measurements):
+            raise ValueError("reference values need one stage (or None) per measurement")
+
+    def stage_at(self, index: int) -> str | None:
+        """The stage measurement ``index`` is valid for (None: any stage)."""
+        return self.stages[index] if self.stages else None
+
+    def name_of(self, measurement: bytes, stage: str | None = None) -> str | None:
+        """The name of ``measurement`` when it is accepted (for ``stage``, when given), else None."""
+        for index, (label, value) in enumerate(self.measurements):
+            bound = self.stage_at(index)
+            if value == measurement and (stage is None or bound is None or bound == stage):
                 return label
         return None
 
+    def stages_of(self, measurement: bytes) -> tuple[str, ...]:
+        """The stages ``measurement`` is bound to (empty when it is valid for any stage or unknown)."""
+        return tuple(
+            bound
+            for index, (_, value) in enumerate(self.measurements)
+            if value == measurement and (bound := self.stage_at(index)) is not None
+        )
+
     def payload(self) -> dict[str, Any]:
         """The token payload."""
+        entries: list[dict[str, Any]] = []
+        for index, (label, value) in enumerate(self.measurements):
+            entry = {"name": label, "measurement": value.hex()}
+            bound = self.stage_at(index)
+            if bound is not None:
+                entry["stage"] = bound
+            entries.append(entry)
         return {
             "type": REFERENCE_TYPE,
             "version": 1,
             "issued_at": format_time(self.issued_at),
             "expires_at": format_time(self.expires_at),
-            "measurements": [{"name": label, "measurement": value.hex()} for label, value in self.measurements],
+            "measurements": entries,
         }
 
     @classmethod
@@ -199,18 +229,26 @@ class ReferenceValues:
         if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_REFERENCE_VALUES:
             raise FormatError(_BAD, f"{what} measurements must be a list of 1 to {MAX_REFERENCE_VALUES} entries")
         out: list[tuple[str, bytes]] = []
+        stages: list[str | None] = []
         for index, entry in enumerate(raw):
             if not isinstance(entry, dict):
                 raise FormatError(_BAD, f"{what} entry {index} must be an object")
-            _keys(entry, {"name", "measurement"}, f"{what} entry {index}")
+            required = {"name", "measurement"}
+            _keys(entry, required | ({"stage"} & set(entry)), f"{what} entry {index}")
             label, text = entry["name"], entry["measurement"]
             if not isinstance(label, str) or not 1 <= len(label) <= MAX_NAME or not label.isprintable():
                 raise FormatError(_BAD, f"{what} entry {index} name must be 1 to {MAX_NAME} printable characters")
+            bound = entry.get("stage")
+            if bound is not None and (
+                not isinstance(bound, str) or not 1 <= len(bound) <= MAX_NAME or not bound.isprintable()
+            ):
+                raise FormatError(_BAD, f"{what} entry {index} stage must be 1 to {MAX_NAME} printable characters")
             value = _hex32(text, f"{what} entry {index} measurement")
-            if any(value == v for _, v in out):
-                raise FormatError(_BAD, f"{what} entry {index} repeats a measurement")
+            if any(value == v and bound == b for (_, v), b in zip(out, stages, strict=True)):
+                raise FormatError(_BAD, f"{what} entry {index} repeats a measurement (for the same stage)")
             out.append((label, value))
-        return cls(issued, expires, tuple(out))
+            stages.append(bound)
+        return cls(issued, expires, tuple(out), tuple(stages) if any(s is not None for s in stages) else ())
 
 
 def _hex32(text: Any, what: str) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -122,18 +123,26 @@ def make_root(now: dt.datetime, lifetime: dt.timedelta = ROOT_LIFETIME, common_n
 
 
 def make_intermediate(
-    root: Issued, now: dt.datetime, lifetime: dt.timedelta = INTERMEDIATE_LIFETIME, common_name: str = INTERMEDIATE_CN
+    root: Issued,
+    now: dt.datetime,
+    lifetime: dt.timedelta = INTERMEDIATE_LIFETIME,
+    common_name: str = INTERMEDIATE_CN,
+    extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
 ) -> Issued:
-    """An intermediate CA (P-384) issued by ``root``; it issues device certificates."""
+    """An intermediate CA (P-384) issued by ``root``; it issues device certificates.
+
+    ``extensions`` adds (extension, critical) pairs, which only negative tests want.
+    """
     key = ec.generate_private_key(CA_CURVE())
     assert isinstance(root.key, ec.EllipticCurvePrivateKey)
-    cert = (
+    builder = (
         _builder(name(common_name), root.cert.subject, key.public_key(), root.key.public_key(), now, lifetime)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_ca_usage(), critical=True)
-        .sign(root.key, hashes.SHA384())
     )
-    return Issued(cert, key)
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return Issued(builder.sign(root.key, hashes.SHA384()), key)
 
 
 def make_tcb_signer(root: Issued, now: dt.datetime, lifetime: dt.timedelta = TCB_SIGNING_LIFETIME) -> Issued:
@@ -157,10 +166,12 @@ def make_device(
     lifetime: dt.timedelta = DEVICE_LIFETIME,
     key: ec.EllipticCurvePrivateKey | None = None,
     ca: bool = False,
+    extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
 ) -> Issued:
     """A device certificate (P-256) naming the device id (subject serialNumber) and hardware model (unit).
 
-    ``ca=True`` makes a (wrong) CA-flagged leaf, which only negative tests want.
+    ``ca=True`` makes a (wrong) CA-flagged leaf and ``extensions`` adds (extension, critical)
+    pairs, which only negative tests want.
     """
     key = key if key is not None else ec.generate_private_key(DEVICE_CURVE())
     assert isinstance(issuer.key, ec.EllipticCurvePrivateKey)
@@ -172,6 +183,8 @@ def make_device(
     else:
         builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         builder = builder.add_extension(_leaf_usage(), critical=True)
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
     return Issued(builder.sign(issuer.key, hashes.SHA256()), key)
 
 

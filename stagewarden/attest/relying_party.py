@@ -1,7 +1,9 @@
 """The relying party (RFC 9334 role): admits workers on the strength of the verifier's attestation results.
 
 A worker is admitted only with a result that verifies under the pinned verifier key, is valid now,
-and attests exactly the receipt key the worker will sign with. An admission lasts until the
+attests exactly the receipt key the worker will sign with, names that worker (and, when the
+caller gives them, the run and the stage: :mod:`stagewarden.attest.binding`), and shares neither
+its receipt key nor its device with another admitted worker. An admission lasts until the
 result expires; after that the worker must present a fresh result (re-attestation).
 """
 
@@ -12,6 +14,7 @@ import datetime as dt
 
 from nacl.signing import VerifyKey
 
+from .binding import Binding, Holder, check_binding, check_not_shared
 from .clock import Clock
 from .ear import EarResult, is_ear_token, verify_ear
 from .errors import AttestError, ErrorCode
@@ -49,14 +52,33 @@ class RelyingParty:
         self.accept_warning = accept_warning
         self._admitted: dict[str, Admission] = {}
 
-    def admit(self, worker: str, token: bytes, receipt_key: bytes, expected_nonce: bytes | None = None) -> Admission:
+    def admit(
+        self,
+        worker: str,
+        token: bytes,
+        receipt_key: bytes,
+        expected_nonce: bytes | None = None,
+        *,
+        run_id: str | None = None,
+        stage: str | None = None,
+    ) -> Admission:
         """Admit ``worker`` whose receipts will be signed by ``receipt_key``; raise
         :class:`~stagewarden.attest.errors.AttestError` if the result does not allow it.
 
-        A rejected re-attestation leaves an earlier admission in place until that one expires.
+        A result that names a worker must name ``worker``; with ``run_id`` or ``stage`` given, the
+        result must name ``worker``, that run and that stage (``RESULT_BINDING``). Another worker
+        admitted now with the same receipt key is ``KEY_SHARED``, with the same device
+        ``DEVICE_SHARED``. A rejected re-attestation leaves an earlier admission in place until
+        that one expires.
         """
         check = verify_ear if is_ear_token(token) else verify_result
         result = check(token, self.verifier_key, self.clock, expected_key=receipt_key, expected_nonce=expected_nonce)
+        named_worker = getattr(result, "worker", None)
+        strict = run_id is not None or stage is not None
+        check_binding(result, Binding(run_id, worker if strict or named_worker is not None else None, stage))
+        now = self.clock.now()
+        current = [Holder.of(a.worker, a.result) for a in self._admitted.values() if now < a.expires_at]
+        check_not_shared(Holder.of(worker, result), current)
         if result.status is Status.WARNING and not self.accept_warning:
             raise AttestError(
                 ErrorCode.RESULT_STATUS,

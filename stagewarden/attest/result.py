@@ -22,6 +22,9 @@ from .token import open_token, sign_token
 
 #: The EAT profile of results issued by this verifier. "simulated" is part of the name on purpose.
 EAR_PROFILE = "tag:stagewarden.dev,2026:ear-simulated-tee/v1"
+#: Claims that bind a result to one run, worker and stage; optional, so that results issued
+#: outside a run (the CLI's ``verify``) stay valid, and required by a relying party that names them.
+BINDING_CLAIMS = ("stagewarden.run-id", "stagewarden.worker", "stagewarden.stage")
 #: The JWS ``typ`` of a result token.
 RESULT_TYP = "ear+jwt"
 
@@ -51,6 +54,10 @@ class AttestationResult:
         measurement: the launch measurement (hex) that matched the reference values.
         tcb_status: the TCB level status (``UpToDate``, ``OutOfDate``, ...).
         verifier_id: the key id of the verifier that signed the result.
+        run_id: the run the worker was appraised for (None: a result not bound to a run).
+        worker: the worker id the result was issued to (None: not bound to a worker).
+        stage: the pipeline stage (``"0"``, ``"1"``, ..., ``"standby"``) whose reference values
+            the measurement was appraised against (None: appraised against every stage's).
     """
 
     status: Status
@@ -64,6 +71,9 @@ class AttestationResult:
     measurement: str
     tcb_status: str
     verifier_id: str
+    run_id: str | None = None
+    worker: str | None = None
+    stage: str | None = None
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -72,7 +82,7 @@ class AttestationResult:
 
     def claims(self) -> dict[str, Any]:
         """The JSON claims set of this result (the token payload)."""
-        return {
+        claims: dict[str, Any] = {
             "eat_profile": EAR_PROFILE,
             "iat": int(self.issued_at.timestamp()),
             "exp": int(self.expires_at.timestamp()),
@@ -91,6 +101,10 @@ class AttestationResult:
             "stagewarden.tcb-status": self.tcb_status,
             "stagewarden.checks": [[name, outcome] for name, outcome in self.checks],
         }
+        for claim, value in zip(BINDING_CLAIMS, (self.run_id, self.worker, self.stage), strict=True):
+            if value is not None:
+                claims[claim] = value
+        return claims
 
     @classmethod
     def from_claims(cls, claims: dict[str, Any]) -> AttestationResult:
@@ -111,8 +125,8 @@ class AttestationResult:
             "stagewarden.tcb-status",
             "stagewarden.checks",
         }
-        if set(claims) != expected:
-            missing, extra = sorted(expected - set(claims)), sorted(set(claims) - expected)
+        if set(claims) - set(BINDING_CLAIMS) != expected:
+            missing, extra = sorted(expected - set(claims)), sorted(set(claims) - expected - set(BINDING_CLAIMS))
             raise FormatError(
                 bad, f"attestation result claims differ from the profile (missing {missing}, unexpected {extra})"
             )
@@ -134,6 +148,9 @@ class AttestationResult:
             "stagewarden.measurement",
             "stagewarden.tcb-status",
         )
+        for name in BINDING_CLAIMS:
+            if name in claims and (not isinstance(claims[name], str) or not 1 <= len(claims[name]) <= 128):
+                raise FormatError(bad, f"attestation result claim {name} must be a string of 1 to 128 characters")
         for name in strings:
             if not isinstance(claims[name], str):
                 raise FormatError(bad, f"attestation result claim {name} must be a string")
@@ -173,6 +190,9 @@ class AttestationResult:
             measurement=claims["stagewarden.measurement"],
             tcb_status=claims["stagewarden.tcb-status"],
             verifier_id=verifier["key-id"],
+            run_id=claims.get("stagewarden.run-id"),
+            worker=claims.get("stagewarden.worker"),
+            stage=claims.get("stagewarden.stage"),
         )
 
     def valid_at(self, instant: dt.datetime) -> bool:

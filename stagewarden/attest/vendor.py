@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -326,7 +327,7 @@ def refresh_crls(vendor: Vendor, clock: Clock | None = None) -> Vendor:
 
 def local_verifier(
     vendor: Vendor,
-    measurements: list[bytes],
+    measurements: Sequence[bytes] | Mapping[str, bytes],
     policy: Policy,
     clock: Clock,
     signing_key: SigningKey | None = None,
@@ -334,14 +335,24 @@ def local_verifier(
 ) -> Verifier:
     """A verifier that trusts ``vendor`` (its root pinned) and takes ``measurements`` as the reference values.
 
+    ``measurements`` is either a list of measurements valid for any stage, or a mapping from stage
+    label (:func:`~stagewarden.attest.binding.stage_label`) to the one measurement of that stage:
+    then a worker appraised for one stage is refused another stage's measurement.
+
     The reference values are signed on the spot by a throw-away reference value provider key, valid
     from now for ``reference_lifetime``: the caller vouches for them. Without ``signing_key`` the
     verifier's own key is ephemeral too.
     """
     now = clock.now().replace(microsecond=0)
     provider_key = SigningKey.generate()
-    named = tuple((f"reference-{index}", value) for index, value in enumerate(dict.fromkeys(measurements)))
-    token = sign_reference_values(ReferenceValues(now, now + reference_lifetime, named), provider_key)
+    if isinstance(measurements, Mapping):
+        staged = sorted(measurements.items())
+        named = tuple((f"stage-{stage}", value) for stage, value in staged)
+        values = ReferenceValues(now, now + reference_lifetime, named, tuple(stage for stage, _ in staged))
+    else:
+        named = tuple((f"reference-{index}", value) for index, value in enumerate(dict.fromkeys(measurements)))
+        values = ReferenceValues(now, now + reference_lifetime, named)
+    token = sign_reference_values(values, provider_key)
     return Verifier(
         vendor.endorsements(), token, provider_key.verify_key, policy, signing_key or SigningKey.generate(), clock
     )

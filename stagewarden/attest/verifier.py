@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
+from cryptography.x509.oid import ExtensionOID, NameOID, SignatureAlgorithmOID
 from nacl.signing import SigningKey, VerifyKey
 
 from .clock import Clock
@@ -54,6 +54,16 @@ _SIGNATURE_OIDS = frozenset(
         SignatureAlgorithmOID.ECDSA_WITH_SHA512,
     }
 )
+#: Extensions this verifier processes; any other extension marked critical makes it refuse the
+#: certificate (RFC 5280, 4.2: a critical extension that is not understood must be rejected).
+KNOWN_EXTENSIONS = frozenset(
+    {
+        ExtensionOID.BASIC_CONSTRAINTS,
+        ExtensionOID.KEY_USAGE,
+        ExtensionOID.SUBJECT_KEY_IDENTIFIER,
+        ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+    }
+)
 _E = ErrorCode
 
 
@@ -86,6 +96,146 @@ def _aki(obj: x509.Certificate | x509.CertificateRevocationList) -> bytes | None
         return obj.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
     except x509.ExtensionNotFound:
         return None
+
+
+def check_vendor_chain(
+    evidence: Evidence, roots: Sequence[x509.Certificate], now: dt.datetime
+) -> tuple[x509.Certificate, x509.Certificate, x509.Certificate]:
+    """Check the evidence's chain against the pinned ``roots`` at ``now``; return root, intermediate, device.
+
+    Runs the ``chain`` and ``certificates`` checks (without revocation, which needs CRLs).
+    """
+    root, intermediate, device = _check_chain(evidence, roots)
+    for issuer, cert, is_ca in ((root, root, True), (root, intermediate, True), (intermediate, device, False)):
+        _check_certificate(cert, issuer, is_ca, now, self_signed=cert is issuer)
+    return root, intermediate, device
+
+
+def _check_chain(
+    evidence: Evidence, roots: Sequence[x509.Certificate]
+) -> tuple[x509.Certificate, x509.Certificate, x509.Certificate]:
+    chain = evidence.chain
+    if len(chain) != 2:
+        raise _fail(
+            _E.CHAIN_SHAPE,
+            f"the chain must be [device, intermediate] (2 certificates, no root), found {len(chain)}",
+        )
+    device, intermediate = chain
+    for cert in chain:
+        if cert.issuer == cert.subject:
+            raise _fail(
+                _E.CHAIN_SHAPE,
+                f"the chain carries a self-signed certificate {_describe(cert)}; the root is pinned, not sent",
+            )
+    aki = _aki(intermediate)
+    for root in roots:
+        if intermediate.issuer == root.subject and aki is not None and aki == _ski(root):
+            return root, intermediate, device
+    raise _fail(
+        _E.CHAIN_ANCHOR,
+        f"the intermediate {_describe(intermediate)} is not issued by a pinned root (issuer name and key identifier)",
+    )
+
+
+def check_critical_extensions(cert: x509.Certificate, what: str) -> None:
+    """Raise CERT_CRITICAL_EXTENSION when ``cert`` carries a critical extension not in :data:`KNOWN_EXTENSIONS`."""
+    try:
+        extensions = list(cert.extensions)
+    except ValueError as exc:  # cryptography refuses duplicate or undecodable known extensions
+        raise _fail(_E.CERT_CRITICAL_EXTENSION, f"{what} has extensions that do not decode: {exc}") from None
+    for extension in extensions:
+        if extension.critical and extension.oid not in KNOWN_EXTENSIONS:
+            raise _fail(
+                _E.CERT_CRITICAL_EXTENSION,
+                f"{what} carries critical extension {extension.oid.dotted_string}, which this verifier does not "
+                "process (a critical extension that is not understood must be refused)",
+            )
+
+
+def _check_certificate(
+    cert: x509.Certificate, issuer: x509.Certificate, is_ca: bool, now: dt.datetime, self_signed: bool
+) -> None:
+    what = f"certificate {_describe(cert)}"
+    check_critical_extensions(cert, what)
+    if not self_signed:
+        if cert.issuer != issuer.subject:
+            raise _fail(
+                _E.CERT_ISSUER,
+                f"{what} names issuer {cert.issuer.rfc4514_string()!r}, "
+                f"but the next certificate up is {issuer.subject.rfc4514_string()!r}",
+            )
+        if cert.signature_algorithm_oid not in _SIGNATURE_OIDS:
+            raise _fail(_E.CERT_SIGNATURE, f"{what} is signed with an algorithm this verifier does not accept")
+        try:
+            cert.verify_directly_issued_by(issuer)
+        except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
+            raise _fail(_E.CERT_SIGNATURE, f"{what} signature does not verify under {_describe(issuer)}") from None
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        raise _fail(_E.CERT_CA_FLAGS, f"{what} lacks basicConstraints or keyUsage") from None
+    if is_ca:
+        if not constraints.ca or not usage.key_cert_sign or not usage.crl_sign:
+            raise _fail(_E.CERT_CA_FLAGS, f"{what} is used as a CA but is not a CA with keyCertSign and cRLSign")
+    elif constraints.ca or usage.key_cert_sign or usage.crl_sign or not usage.digital_signature:
+        raise _fail(
+            _E.CERT_CA_FLAGS,
+            f"{what} is used as the device (end-entity) certificate but is flagged as a CA or lacks digitalSignature",
+        )
+    key = cert.public_key()
+    curve = CA_CURVE if is_ca else DEVICE_CURVE
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, curve):
+        raise _fail(_E.CERT_KEY_TYPE, f"{what} key must be ECDSA {curve.name}")
+    if now < cert.not_valid_before_utc:
+        raise _fail(
+            _E.CERT_NOT_YET_VALID,
+            f"{what} is valid from {cert.not_valid_before_utc.isoformat()}, it is {now.isoformat()}",
+        )
+    if now >= cert.not_valid_after_utc:
+        raise _fail(
+            _E.CERT_EXPIRED, f"{what} expired at {cert.not_valid_after_utc.isoformat()}, it is {now.isoformat()}"
+        )
+
+
+def check_evidence_signature(evidence: Evidence, device: x509.Certificate) -> None:
+    """Check the device key's signature over ``evidence`` and that the evidence names the device of ``device``."""
+    key = device.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)  # checked by _check_certificate
+    try:
+        key.verify(evidence.signature, evidence.signed_bytes, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        raise _fail(
+            _E.EVIDENCE_SIGNATURE,
+            f"the evidence signature does not verify under the device key of {_describe(device)}",
+        ) from None
+    if name_attribute(device.subject, NameOID.SERIAL_NUMBER) != evidence.device_id:
+        raise _fail(
+            _E.DEVICE_MISMATCH,
+            f"evidence names device {evidence.device_id!r}, its certificate is for another device",
+        )
+    if name_attribute(device.subject, NameOID.ORGANIZATIONAL_UNIT_NAME) != evidence.hardware_model:
+        raise _fail(
+            _E.DEVICE_MISMATCH,
+            f"evidence names hardware model {evidence.hardware_model!r}, its certificate another",
+        )
+
+
+def _check_measurement(references: ReferenceValues, measurement: bytes, stage: str | None) -> str | None:
+    """Appraise ``measurement`` against the reference values of ``stage``; return the stage the result names."""
+    if references.name_of(measurement, stage) is not None:
+        if stage is not None:
+            return stage
+        bound = references.stages_of(measurement)
+        return bound[0] if len(bound) == 1 else None
+    elsewhere = references.stages_of(measurement)
+    if elsewhere:
+        raise _fail(
+            _E.MEASUREMENT_WRONG_STAGE,
+            f"measurement {measurement.hex()} is a reference value of stage {', '.join(elsewhere)}, "
+            f"not of stage {stage}",
+        )
+    raise _fail(_E.MEASUREMENT_MISMATCH, f"measurement {measurement.hex()} is not among the reference values")
 
 
 class Verifier:
@@ -139,13 +289,28 @@ class Verifier:
 
     # -- appraisal ----------------------------------------------------------------------------
 
-    def appraise_evidence(self, data: bytes, expected_key: bytes, nonce: bytes) -> Appraisal:
+    def appraise_evidence(
+        self,
+        data: bytes,
+        expected_key: bytes,
+        nonce: bytes,
+        *,
+        stage: str | None = None,
+        run_id: str | None = None,
+        worker: str | None = None,
+    ) -> Appraisal:
         """Appraise evidence that should bind ``nonce`` (issued by this verifier) and ``expected_key``.
 
         Args:
             data: the evidence bytes.
             expected_key: the worker's 32-byte Ed25519 receipt public key.
             nonce: the nonce this verifier issued to the worker.
+            stage: the stage the worker is to hold (see :func:`~stagewarden.attest.binding.stage_label`):
+                the measurement must be a reference value of that stage (or of no stage in
+                particular), and the result names it. Without it, any stage's reference value
+                matches and the result names the stage the matching value is bound to, if any.
+            run_id: the run the worker joins, named in the result.
+            worker: the worker's id, named in the result.
 
         Returns:
             The attestation result and its signed token.
@@ -160,14 +325,14 @@ class Verifier:
 
         evidence = parse_evidence(data)
         outcomes.append(("parse", "pass"))
-        root, intermediate, device = self._check_chain(evidence)
+        root, intermediate, device = _check_chain(evidence, self.endorsements.roots)
         outcomes.append(("chain", "pass"))
         for issuer, cert, is_ca in ((root, root, True), (root, intermediate, True), (intermediate, device, False)):
-            self._check_certificate(cert, issuer, is_ca, now, self_signed=cert is issuer)
+            _check_certificate(cert, issuer, is_ca, now, self_signed=cert is issuer)
         outcomes.append(("certificates", "pass"))
         warnings = self._check_revocation(((root, intermediate), (intermediate, device)), now)
         outcomes.append(("revocation", warnings or "pass"))
-        self._check_evidence_signature(evidence, device)
+        check_evidence_signature(evidence, device)
         outcomes.append(("evidence_signature", "pass"))
         self._consume_nonce(nonce, now)
         outcomes.append(("nonce", "pass"))
@@ -206,10 +371,7 @@ class Verifier:
                 _E.RESERVED_ATTRIBUTES, f"reserved attribute bits are set: 0x{evidence.reserved_attributes:016x}"
             )
         outcomes.append(("attributes", "pass"))
-        if references.name_of(evidence.measurement) is None:
-            raise _fail(
-                _E.MEASUREMENT_MISMATCH, f"measurement {evidence.measurement.hex()} is not among the reference values"
-            )
+        bound_stage = _check_measurement(references, evidence.measurement, stage)
         outcomes.append(("measurement", "pass"))
 
         issued = now.replace(microsecond=0)
@@ -225,100 +387,40 @@ class Verifier:
             measurement=evidence.measurement.hex(),
             tcb_status=str(level.status),
             verifier_id=key_id(self.verify_key),
+            run_id=run_id,
+            worker=worker,
+            stage=bound_stage,
         )
         return Appraisal(result, sign_result(result, self.signing_key))
 
     # -- the checks ---------------------------------------------------------------------------
 
-    def _check_chain(self, evidence: Evidence) -> tuple[x509.Certificate, x509.Certificate, x509.Certificate]:
-        chain = evidence.chain
-        if len(chain) != 2:
-            raise _fail(
-                _E.CHAIN_SHAPE,
-                f"the chain must be [device, intermediate] (2 certificates, no root), found {len(chain)}",
-            )
-        device, intermediate = chain
-        for cert in chain:
-            if cert.issuer == cert.subject:
-                raise _fail(
-                    _E.CHAIN_SHAPE,
-                    f"the chain carries a self-signed certificate {_describe(cert)}; the root is pinned, not sent",
-                )
-        aki = _aki(intermediate)
-        for root in self.endorsements.roots:
-            if intermediate.issuer == root.subject and aki is not None and aki == _ski(root):
-                return root, intermediate, device
-        raise _fail(
-            _E.CHAIN_ANCHOR,
-            f"the intermediate {_describe(intermediate)} is not issued by a pinned root "
-            "(issuer name and key identifier)",
-        )
-
-    def _check_certificate(
-        self, cert: x509.Certificate, issuer: x509.Certificate, is_ca: bool, now: dt.datetime, self_signed: bool
-    ) -> None:
-        what = f"certificate {_describe(cert)}"
-        if not self_signed:
-            if cert.issuer != issuer.subject:
-                raise _fail(
-                    _E.CERT_ISSUER,
-                    f"{what} names issuer {cert.issuer.rfc4514_string()!r}, "
-                    f"but the next certificate up is {issuer.subject.rfc4514_string()!r}",
-                )
-            if cert.signature_algorithm_oid not in _SIGNATURE_OIDS:
-                raise _fail(_E.CERT_SIGNATURE, f"{what} is signed with an algorithm this verifier does not accept")
-            try:
-                cert.verify_directly_issued_by(issuer)
-            except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
-                raise _fail(_E.CERT_SIGNATURE, f"{what} signature does not verify under {_describe(issuer)}") from None
-        try:
-            constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-            usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        except x509.ExtensionNotFound:
-            raise _fail(_E.CERT_CA_FLAGS, f"{what} lacks basicConstraints or keyUsage") from None
-        if is_ca:
-            if not constraints.ca or not usage.key_cert_sign or not usage.crl_sign:
-                raise _fail(_E.CERT_CA_FLAGS, f"{what} is used as a CA but is not a CA with keyCertSign and cRLSign")
-        elif constraints.ca or usage.key_cert_sign or usage.crl_sign or not usage.digital_signature:
-            raise _fail(
-                _E.CERT_CA_FLAGS,
-                f"{what} is used as the device (end-entity) certificate "
-                "but is flagged as a CA or lacks digitalSignature",
-            )
-        key = cert.public_key()
-        curve = CA_CURVE if is_ca else DEVICE_CURVE
-        if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, curve):
-            raise _fail(_E.CERT_KEY_TYPE, f"{what} key must be ECDSA {curve.name}")
-        if now < cert.not_valid_before_utc:
-            raise _fail(
-                _E.CERT_NOT_YET_VALID,
-                f"{what} is valid from {cert.not_valid_before_utc.isoformat()}, it is {now.isoformat()}",
-            )
-        if now >= cert.not_valid_after_utc:
-            raise _fail(
-                _E.CERT_EXPIRED, f"{what} expired at {cert.not_valid_after_utc.isoformat()}, it is {now.isoformat()}"
-            )
-
-    def _crl_for(self, issuer: x509.Certificate) -> x509.CertificateRevocationList:
+    def _crl_for(self, issuer: x509.Certificate, now: dt.datetime) -> x509.CertificateRevocationList:
         candidates = [crl for crl in self.endorsements.crls if crl.issuer == issuer.subject]
         if not candidates:
             raise _fail(_E.CRL_INVALID, f"no CRL from {_describe(issuer)}; revocation cannot be checked")
         public_key = issuer.public_key()
+        genuine = []
         for crl in candidates:
             if crl.signature_algorithm_oid in _SIGNATURE_OIDS and _aki(crl) in (None, _ski(issuer)):
                 try:
                     # An issuer key that cannot sign (X25519, X448) makes this raise TypeError, caught below.
                     if crl.is_signature_valid(public_key):  # type: ignore[arg-type]
-                        return crl
+                        genuine.append(crl)
                 except (TypeError, ValueError, UnsupportedAlgorithm):
                     continue
-        raise _fail(_E.CRL_INVALID, f"the CRL of {_describe(issuer)} is not signed by it")
+        if not genuine:
+            raise _fail(_E.CRL_INVALID, f"the CRL of {_describe(issuer)} is not signed by it")
+        # The newest CRL already issued decides: an older one (still within its nextUpdate) may
+        # predate a revocation, so whoever supplies the endorsements must not get to pick it.
+        issued = [crl for crl in genuine if crl.last_update_utc <= now]
+        return max(issued or genuine, key=lambda crl: crl.last_update_utc)
 
     def _check_revocation(self, pairs: Sequence[tuple[x509.Certificate, x509.Certificate]], now: dt.datetime) -> str:
         warnings: list[str] = []
         margin = dt.timedelta(seconds=self.policy.crl_near_next_update_seconds)
         for issuer, cert in pairs:
-            crl = self._crl_for(issuer)
+            crl = self._crl_for(issuer, now)
             what = f"the CRL of {_describe(issuer)}"
             if now < crl.last_update_utc:
                 raise _fail(
@@ -344,27 +446,6 @@ class Verifier:
                     warnings.append(str(_E.CRL_NEAR_NEXT_UPDATE))
         return ",".join(warnings)
 
-    def _check_evidence_signature(self, evidence: Evidence, device: x509.Certificate) -> None:
-        key = device.public_key()
-        assert isinstance(key, ec.EllipticCurvePublicKey)  # checked by _check_certificate
-        try:
-            key.verify(evidence.signature, evidence.signed_bytes, ec.ECDSA(hashes.SHA256()))
-        except (InvalidSignature, ValueError):
-            raise _fail(
-                _E.EVIDENCE_SIGNATURE,
-                f"the evidence signature does not verify under the device key of {_describe(device)}",
-            ) from None
-        if name_attribute(device.subject, NameOID.SERIAL_NUMBER) != evidence.device_id:
-            raise _fail(
-                _E.DEVICE_MISMATCH,
-                f"evidence names device {evidence.device_id!r}, its certificate is for another device",
-            )
-        if name_attribute(device.subject, NameOID.ORGANIZATIONAL_UNIT_NAME) != evidence.hardware_model:
-            raise _fail(
-                _E.DEVICE_MISMATCH,
-                f"evidence names hardware model {evidence.hardware_model!r}, its certificate another",
-            )
-
     def _check_collateral(
         self, root: x509.Certificate, evidence: Evidence, now: dt.datetime
     ) -> tuple[TcbInfo, ReferenceValues]:
@@ -373,14 +454,14 @@ class Verifier:
         signer_key = signer.public_key()
         assert isinstance(signer_key, ed25519.Ed25519PublicKey)
         tcb_key = VerifyKey(signer_key.public_bytes_raw())
-        tcb_info = None
-        for token in self.endorsements.tcb_infos:
-            info = open_tcb_info(token, tcb_key)
-            if info.hardware_model == evidence.hardware_model:
-                tcb_info = info
-                break
-        if tcb_info is None:
+        infos = [open_tcb_info(token, tcb_key) for token in self.endorsements.tcb_infos]
+        matching = [info for info in infos if info.hardware_model == evidence.hardware_model]
+        if not matching:
             raise _fail(_E.TCB_UNKNOWN, f"no TCB info for hardware model {evidence.hardware_model!r}")
+        # The newest TCB info already issued decides, as for CRLs: an older one may rate a level
+        # that a later TCB recovery marked out of date or revoked.
+        issued = [info for info in matching if info.issue_date <= now]
+        tcb_info = max(issued or matching, key=lambda info: info.issue_date)
         if now < tcb_info.issue_date:
             raise _fail(
                 _E.TCB_INFO_NOT_YET_VALID,
@@ -400,6 +481,7 @@ class Verifier:
     def _check_tcb_signer(self, signer: x509.Certificate, root: x509.Certificate, now: dt.datetime) -> None:
         bad = _E.TCB_INFO_INVALID
         what = f"TCB-signing certificate {_describe(signer)}"
+        check_critical_extensions(signer, what)
         if signer.issuer != root.subject or _aki(signer) != _ski(root):
             raise _fail(bad, f"{what} is not issued by the pinned root that anchors the evidence")
         try:
@@ -414,6 +496,6 @@ class Verifier:
             raise _fail(bad, f"{what} must be an Ed25519 end-entity certificate")
         if not signer.not_valid_before_utc <= now < signer.not_valid_after_utc:
             raise _fail(bad, f"{what} is not valid at {now.isoformat()}")
-        crl = self._crl_for(root)
+        crl = self._crl_for(root, now)
         if crl.get_revoked_certificate_by_serial_number(signer.serial_number) is not None:
             raise _fail(bad, f"{what} is revoked")

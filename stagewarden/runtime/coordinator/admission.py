@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from nacl.signing import SigningKey
 
+from stagewarden.attest.binding import stage_label
 from stagewarden.attest.clock import Clock, SystemClock
 from stagewarden.attest.dcap_verifier import DcapVerifier, EarAppraisal
 from stagewarden.attest.errors import AttestError, ErrorCode
@@ -115,7 +116,7 @@ class Admission:
             clock = SystemClock()
             verifier = local_verifier(
                 load_vendor(self.ctx.vendor_dir),
-                list(references.values()),
+                {stage_label(stage): references[wid] for _, wid, stage in workers},
                 Policy(),
                 clock,
                 signing_key=private_key(self.ctx.keys_dir, "verifier", create=self.ctx.session == 0),
@@ -150,9 +151,11 @@ class Admission:
                     if isinstance(verifier, DcapVerifier):
                         at_stage = str(stage) if stage is not None else None
                         appraisal = verifier.appraise_evidence(evidence, key, nonces[wid], stage=at_stage)
+                        rp.admit(wid, appraisal.token, key, expected_nonce=nonces[wid], stage=at_stage)
                     else:
-                        appraisal = verifier.appraise_evidence(evidence, key, nonces[wid])
-                    rp.admit(wid, appraisal.token, key, expected_nonce=nonces[wid])
+                        bound = {"stage": stage_label(stage), "run_id": self.ctx.run_id}
+                        appraisal = verifier.appraise_evidence(evidence, key, nonces[wid], worker=wid, **bound)
+                        rp.admit(wid, appraisal.token, key, expected_nonce=nonces[wid], **bound)
                     earlier = RunDir(self.ctx.run_dir).results(wid) if self.ctx.session > 0 else []
                     self.ctx.writer.write_results(wid, [*earlier, appraisal.token])
                     self.ctx.events.write(
