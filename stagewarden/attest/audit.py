@@ -7,7 +7,9 @@ The unit and link checks are :mod:`stagewarden.attest.audit_links`, and the resp
 :mod:`stagewarden.attest.audit_plans`. The checks, in order:
 
 1. the verifier key: pinned by the caller, or read from the run directory (a warning);
-2. every attestation result token of every worker (signature under the verifier key, status);
+2. every attestation result token of every worker (signature under the verifier key, status),
+   what it is bound to, the stored evidence behind it, and that no two workers share a receipt
+   key or a device (:mod:`stagewarden.attest.audit_evidence`);
 3. the log file: torn tail, malformed frames, the log's own hash chain;
 4. every record: strict parse, signature, run id, worker known and at its admitted position,
    signing time not in the future, and the signing key attested *for that worker* by a result
@@ -30,15 +32,18 @@ import datetime as dt
 import os
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import blake3
+from cryptography import x509
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
+from .audit_evidence import check_attestation_record
 from .audit_findings import (
     AUDIT_FORMAT,
     AUDIT_VERSION,
@@ -186,9 +191,11 @@ class _Auditor:
     def load_attestations(self) -> dict[str, list[_Window]]:
         verifier = VerifyKey(self.verifier_key)
         windows: dict[str, list[_Window]] = {}
+        self.accepted: dict[str, list[AttestationResult | EarResult]] = {}
         for worker in self.summary.workers:
             name = f"{ATTESTATION_DIR}/{worker.id}.ear"
             windows[worker.id] = []
+            accepted = self.accepted.setdefault(worker.id, [])
             for line, token in enumerate(self.run.results(worker.id), start=1):
                 try:
                     result = _open_result(token, verifier)
@@ -217,6 +224,7 @@ class _Auditor:
                     )
                     continue
                 windows[worker.id].append(_Window(result.attested_key, result.issued_at, result.expires_at))
+                accepted.append(result)
         return windows
 
     def check_keys(self, items: list[LogItem], windows: dict[str, list[_Window]]) -> None:
@@ -411,6 +419,7 @@ def audit_run_dir(
     clock: Clock | None = None,
     *,
     threads: int | None = None,
+    vendor_roots: Sequence[x509.Certificate] | None = None,
 ) -> AuditReport:
     """Audit a run directory offline (see the module docstring for the checks).
 
@@ -422,6 +431,9 @@ def audit_run_dir(
         clock: the auditor's clock (signing times later than now are findings); the system clock
             by default. Attestation results are judged at each record's signing time, not now.
         threads: threads that verify signatures (default: the number of CPUs).
+        vendor_roots: the simulated vendor's root certificates, pinned: stored evidence must chain
+            to one of them. Without them the evidence is checked against its results and its own
+            device certificate only.
 
     Raises:
         stagewarden.attest.run_record.RunDirError: the directory, its summary, its receipt log or the
@@ -452,6 +464,8 @@ def audit_run_dir(
             file=f"{ATTESTATION_DIR}/verifier.pub",
         )
     windows = auditor.load_attestations() if scope.attestation else {}
+    if scope.attestation:
+        check_attestation_record(run, auditor.accepted, log, vendor_roots)
     records: list[LogRecord] = []
     if scope.receipts:
         scan = scan_log(run.read_log_bytes())

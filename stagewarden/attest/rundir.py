@@ -84,6 +84,13 @@ class RunDir:
             return []
         return [line.strip() for line in _read(path, "attestation results").splitlines() if line.strip()]
 
+    def evidence(self, worker_id: str) -> bytes | None:
+        """The bytes of ``attestation/<worker>.evidence`` (None if absent)."""
+        path = self.path / ATTESTATION_DIR / f"{worker_id}.evidence"
+        if not path.exists() and not path.is_symlink():
+            return None
+        return _read(path, "attestation evidence")
+
 
 def parse_key_hex(text: str, what: str) -> bytes:
     """A 32-byte Ed25519 public key from 64 hex digits; raise :class:`~.RunDirError` otherwise."""

@@ -82,9 +82,17 @@ class SyntheticRun:
 
 
 def attestation_result(
-    verifier: SigningKey, key: bytes, worker: str, issued_at: dt.datetime, lifetime: dt.timedelta
+    verifier: SigningKey,
+    key: bytes,
+    worker: str,
+    issued_at: dt.datetime,
+    lifetime: dt.timedelta,
+    *,
+    run_id: str | None = None,
+    stage: int | None = None,
 ) -> bytes:
-    """A signed affirming result token attesting ``key`` (as the evidence verifier would issue it)."""
+    """A signed affirming result token attesting ``key`` (as the evidence verifier would issue it),
+    bound to ``worker`` and, when given, to ``run_id`` and ``stage``."""
     result = AttestationResult(
         status=Status.AFFIRMING,
         checks=(("measurement", "pass"),),
@@ -97,6 +105,9 @@ def attestation_result(
         measurement=synthetic_digest("measurement").hex(),
         tcb_status="UpToDate",
         verifier_id=key_id(verifier.verify_key),
+        run_id=run_id,
+        worker=worker,
+        stage=str(stage) if stage is not None else None,
     )
     return sign_result(result, verifier)
 
@@ -127,7 +138,11 @@ def synthetic_run(
     keys = {w.id: derive_key(seed, w.id) for w in workers}
     issued = start - dt.timedelta(minutes=1)
     results = {
-        w.id: [attestation_result(verifier, bytes(keys[w.id].verify_key), w.id, issued, attestation_lifetime)]
+        w.id: [
+            attestation_result(
+                verifier, bytes(keys[w.id].verify_key), w.id, issued, attestation_lifetime, run_id=run_id, stage=w.stage
+            )
+        ]
         for w in workers
     }
     env = ExecutionEnv(torch_version="2.13.0", device="cpu", dtype="float32")

@@ -31,6 +31,28 @@ def _parse_key(text: str) -> bytes:
     return key
 
 
+def _load_roots(path_text: str) -> list[Any]:
+    """The root certificates in a PEM file (or in ``DIR/root.crt`` of a vendor folder)."""
+    from cryptography import x509
+
+    from stagewarden.attest.run_record import RunDirError, read_bounded
+
+    path = Path(path_text)
+    if path.is_dir():
+        path = path / "root.crt"
+    try:
+        data = read_bounded(path, "--vendor-root", 1 << 20)
+    except RunDirError as exc:
+        raise BadInput(exc.message) from None
+    try:
+        roots = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        roots = []
+    if not roots:
+        raise BadInput(f"--vendor-root {path} holds no PEM certificate")
+    return roots
+
+
 @click.command()
 @click.argument("run_dir", type=click.Path())
 @click.option(
@@ -40,6 +62,14 @@ def _parse_key(text: str) -> bytes:
     help="Pin the verifier's Ed25519 public key (64 hex digits). Without it the key in "
     "RUN_DIR/attestation/verifier.pub is used, with a warning.",
 )
+@click.option(
+    "--vendor-root",
+    "vendor_root",
+    type=click.Path(),
+    metavar="FILE",
+    help="Pin the simulated vendor's root certificate (PEM file, or a vendor folder's root.crt): every "
+    "stored evidence must chain to it. Without it evidence is checked against its results only.",
+)
 @format_option("Print findings as a table or as a versioned JSON object.")
 @click.option(
     "--spec",
@@ -48,7 +78,7 @@ def _parse_key(text: str) -> bytes:
     help="Also check the run against this threat-model spec: its configuration, attestation, spot-check "
     "rate, responses, and every guarantee the prover says holds.",
 )
-def audit(run_dir: str, verifier_key: str | None, fmt: str, spec_path: str | None) -> None:
+def audit(run_dir: str, verifier_key: str | None, vendor_root: str | None, fmt: str, spec_path: str | None) -> None:
     """Audit RUN_DIR offline: signatures, hash chains, cross-stage digest links and attestation.
 
     Every receipt and signed header must carry a valid signature by a key that a result token
@@ -69,9 +99,10 @@ def audit(run_dir: str, verifier_key: str | None, fmt: str, spec_path: str | Non
     from stagewarden.attest.errors import AttestError, ErrorCode
 
     key = _parse_key(verifier_key) if verifier_key is not None else None
+    roots = _load_roots(vendor_root) if vendor_root is not None else None
     loaded = load_spec_or_example(spec_path, None) if spec_path is not None else None
     try:
-        report = audit_run_dir(run_dir, key)
+        report = audit_run_dir(run_dir, key, vendor_roots=roots)
         conformance = _conformance(run_dir, loaded, report) if loaded is not None else None
     except AttestError as exc:
         raise BadInput(exc.message) from None
