@@ -58,8 +58,8 @@ class FiringUnit(enum.StrEnum):
     UNIT = "unit"
     """Each unit (micro-batch of a step's forward or backward, or the update) is drawn on its own."""
     STEP = "step"
-    """One draw per step computation decides for every unit of the step at once: the paper's rate,
-    which is per training iteration. A recomputation of the step draws again."""
+    """One draw per computation of a step decides for every unit of that computation at once. This
+    is the paper's rate, which is per training iteration. A recomputation of the step draws again."""
 
 
 #: One-line description of every attack kind, in :class:`AttackKind` order (for ``--help`` and the docs).
