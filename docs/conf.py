@@ -61,6 +61,7 @@ nitpick_ignore = [
     ("py:class", "torch._C.Generator"),
     ("py:class", "cryptography.hazmat.bindings._rust.x509.Certificate"),
     ("py:class", "cryptography.hazmat.bindings._rust.x509.CertificateRevocationList"),
+    ("py:class", "cryptography.x509.extensions.ExtensionType"),
     ("py:class", "cryptography.hazmat.primitives.asymmetric.ec.EllipticCurvePrivateKey"),
     ("py:class", "cryptography.hazmat.primitives.asymmetric.ed25519.Ed25519PrivateKey"),
     ("py:class", "subprocess.Popen"),

@@ -44,10 +44,13 @@ def check_binding(result: AttestationResult | EarResult, expected: Binding) -> N
     """Raise ``RESULT_BINDING`` unless ``result`` names every field ``expected`` gives.
 
     A result that omits a claim the caller expects is refused too (it was not issued for this
-    use). An EAR for a DCAP quote names only a stage, so only the stage is checked on it.
+    use). An EAR for a DCAP quote names only a stage, and none when the policy held no reference
+    values (then no measurement was appraised, and there is no stage to bind), so only a stage it
+    names is checked.
     """
+    pairs: list[tuple[str, str | None, str | None]]
     if isinstance(result, EarResult):
-        pairs = [("stage", expected.stage, result.stage)]
+        pairs = [("stage", expected.stage, result.stage)] if result.stage is not None else []
     else:
         pairs = [
             ("run", expected.run_id, result.run_id),
