@@ -145,17 +145,26 @@ def make_intermediate(
     return Issued(builder.sign(root.key, hashes.SHA384()), key)
 
 
-def make_tcb_signer(root: Issued, now: dt.datetime, lifetime: dt.timedelta = TCB_SIGNING_LIFETIME) -> Issued:
-    """The Ed25519 TCB-signing certificate, issued by ``root``; its key signs TCB info."""
+def make_tcb_signer(
+    root: Issued,
+    now: dt.datetime,
+    lifetime: dt.timedelta = TCB_SIGNING_LIFETIME,
+    extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
+) -> Issued:
+    """The Ed25519 TCB-signing certificate, issued by ``root``; its key signs TCB info.
+
+    ``extensions`` adds (extension, critical) pairs, which only negative tests want.
+    """
     key = ed25519.Ed25519PrivateKey.generate()
     assert isinstance(root.key, ec.EllipticCurvePrivateKey)
-    cert = (
+    builder = (
         _builder(name(TCB_SIGNING_CN), root.cert.subject, key.public_key(), root.key.public_key(), now, lifetime)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_leaf_usage(), critical=True)
-        .sign(root.key, hashes.SHA384())
     )
-    return Issued(cert, key)
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return Issued(builder.sign(root.key, hashes.SHA384()), key)
 
 
 def make_device(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from attest_fixtures import MEASUREMENT, MODEL, T0, AttestWorld
+from attest_fixtures import MEASUREMENT, MODEL, T0, AttestWorld, tcb_signing_key
 from cryptography import x509
 from cryptography.x509.oid import ObjectIdentifier
 from nacl.signing import SigningKey
@@ -20,7 +20,7 @@ from nacl.signing import SigningKey
 from stagewarden.attest.collateral import ReferenceValues, TcbLevel, TcbStatus, sign_reference_values
 from stagewarden.attest.errors import AttestError, ErrorCode
 from stagewarden.attest.evidence import measure_stage
-from stagewarden.attest.pki import make_crl, make_device, make_intermediate
+from stagewarden.attest.pki import make_crl, make_device, make_intermediate, make_tcb_signer
 from stagewarden.attest.relying_party import RelyingParty
 from stagewarden.attest.verifier import Appraisal, Verifier
 
@@ -248,6 +248,15 @@ def test_unknown_critical_extension_on_the_intermediate_is_refused(attest_world:
     nonce = verifier.issue_nonce()
     evidence = w.evidence(nonce, device=device, chain=(device.cert, intermediate.cert))
     _refused(E.CERT_CRITICAL_EXTENSION, lambda: verifier.appraise_evidence(evidence, w.worker_pub, nonce))
+
+
+def test_unknown_critical_extension_on_the_tcb_signer_is_refused(attest_world: AttestWorld) -> None:
+    """The TCB-signing certificate with an unknown critical extension, signing the TCB info: refused."""
+    w = attest_world
+    signer = make_tcb_signer(w.root, T0 - dt.timedelta(days=10), extensions=[_unknown(True)])
+    info = w.tcb_info(key=tcb_signing_key(signer))
+    verifier = w.verifier(endorsements=w.endorsements(tcb_signing_cert=signer.cert, tcb_infos=(info,)))
+    _refused(E.CERT_CRITICAL_EXTENSION, lambda: _appraise(w, verifier))
 
 
 def test_refused_chain_does_not_burn_the_nonce(attest_world: AttestWorld) -> None:
