@@ -144,6 +144,10 @@ def _adaptive_banking(lives: int, need: int, passes: float, cap: int) -> float:
             top = min(m, cap)
             fail_keep = value[m]
             nxt[m] = max(power[n] * value[m - n] + (1.0 - power[n]) * fail_keep for n in range(1, top + 1))
+        if nxt == value:
+            # A fixed point of the recurrence: every further life gives the same values (in
+            # floating point they settle after a few dozen lives, where budgets give thousands).
+            break
         value = nxt
     return min(1.0, value[need])
 
@@ -290,6 +294,8 @@ def _convolved(tries: list[Try], need: int) -> Prob:
     # pmf over the total passes, truncated: index ``need`` holds "need or more".
     pmf: list[Fraction | float] = [one] + [zero] * need
     for t in tries:
+        if not t.passes_in_order():
+            continue  # never passes a unit: its distribution is all at 0 and changes nothing
         dist = _passes_distribution(t, need, exact)
         out: list[Fraction | float] = [zero] * (need + 1)
         for i, a in enumerate(pmf):

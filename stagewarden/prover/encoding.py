@@ -19,7 +19,7 @@ from fractions import Fraction
 import z3
 
 from stagewarden.prover.dynamics import Occupancy, build_occupancy, crash_limit, standby_limit, vacancy_constraints
-from stagewarden.prover.fastz3 import Term, at_most, conj, disj, holds_in, neg, to_z3
+from stagewarden.prover.fastz3 import ModelView, Term, at_most, boolean, conj, disj, holds_in, neg, to_z3
 from stagewarden.prover.framing import Framing, build_framings
 from stagewarden.prover.probability import detection_probability
 from stagewarden.prover.world import World
@@ -136,7 +136,7 @@ class Encoding:
         self.spec = spec = loaded.spec
         self.world = world = World.build(spec)
         self.n_computing = len(world.computing)
-        self.mal = [z3.Bool(f"mal[{w.name}]") for w in world.workers]
+        self.mal = [boolean(f"mal[{w.name}]") for w in world.workers]
         self.facts: list[z3.BoolRef] = []  # constraints that hold whatever is assumed
         self.guarded: list[z3.BoolRef] = []  # Implies(literal, fact)
         self.assumptions: list[Assumption] = []
@@ -670,7 +670,7 @@ class Encoding:
         return cached
 
     def effect_values(
-        self, model: z3.ModelRef, effects: Iterable[Effect], malicious: int
+        self, model: z3.ModelRef | ModelView, effects: Iterable[Effect], malicious: int
     ) -> tuple[Fraction, list[tuple[Effect, bool, Fraction]]]:
         """Evaluate the effects in a model: the unit's detection probability and each effect's
         state and value."""
@@ -697,10 +697,16 @@ class Encoding:
     def all_levels(self, effects_list: Iterable[list[Effect]], max_malicious: int) -> list[Fraction]:
         """Every detection probability a unit can have, sorted (for the worst-case search)."""
         levels: set[Fraction] = set()
+        seen: set[tuple[object, ...]] = set()
         for effects in effects_list:
             effects = [e for e in effects if self._possible(e)]
             fixed = [e.value for e in effects if e.value is not None]
             peers = [e for e in effects if e.peer]
+            # Units of many workers share their values: each distinct set adds its levels once.
+            key = (*fixed, None, *((p.rate, p.shift) for p in peers))
+            if key in seen:
+                continue
+            seen.add(key)
             for size in range(len(fixed) + 1):
                 for combo in itertools.combinations(fixed, size):
                     base = detection_probability(combo)

@@ -77,10 +77,32 @@ def to_z3(a: Term) -> z3.BoolRef:
     return a
 
 
-def holds_in(model: z3.ModelRef, a: Term) -> bool:
+class ModelView:
+    """A model whose answers are remembered per term: evaluating a term costs tens of
+    microseconds, and a counterexample over many workers asks about the same terms again and
+    again (the terms are kept alive here, so that Z3 cannot reuse their ids)."""
+
+    def __init__(self, model: z3.ModelRef) -> None:
+        self.model = model
+        self._known: dict[int, tuple[bool, z3.BoolRef]] = {}
+
+    def holds(self, a: Term) -> bool:
+        """Whether ``a`` is true in the model (unassigned variables count as false)."""
+        if isinstance(a, bool):
+            return a
+        key = z3core.Z3_get_ast_id(_CTX.ctx, a.ast)
+        known = self._known.get(key)
+        if known is None:
+            known = self._known[key] = (bool(z3.is_true(self.model.eval(a, model_completion=True))), a)
+        return known[0]
+
+
+def holds_in(model: z3.ModelRef | ModelView, a: Term) -> bool:
     """Whether a term is true in a model (unassigned variables count as false)."""
     if isinstance(a, bool):
         return a
+    if isinstance(model, ModelView):
+        return model.holds(a)
     return bool(z3.is_true(model.eval(a, model_completion=True)))
 
 

@@ -104,8 +104,7 @@ def negbin_tail(f: int, p: Fraction, k: int) -> Prob:
     n = k + f
     if n * _bits(p) <= EXACT_BITS:
         a, b = p.numerator, p.denominator
-        total = sum(math.comb(n, j) * a**j * (b - a) ** (n - j) for j in range(f))
-        return Prob.of(Fraction(total, b**n))
+        return Prob.of(Fraction(_binomial_head(n, a, b - a, f), b**n))
     log_p, log_q = math.log(float(p)), math.log1p(-float(p))
     logs = [_log_comb(n, j) + j * log_p + (n - j) * log_q for j in range(f)]
     return Prob(min(1.0, math.exp(_logsumexp(logs))))
@@ -121,8 +120,7 @@ def binomial_tail(n: int, q: Fraction, k: int) -> Prob:
         return Prob.of(Fraction(1))
     if n * _bits(q) <= EXACT_BITS:
         a, b = q.numerator, q.denominator
-        below = sum(math.comb(n, j) * a**j * (b - a) ** (n - j) for j in range(k + 1))
-        return Prob.of(1 - Fraction(below, b**n))
+        return Prob.of(1 - Fraction(_binomial_head(n, a, b - a, k + 1), b**n))
     log_p, log_q = math.log(float(q)), math.log1p(-float(q))
     logs = [_log_comb(n, j) + j * log_p + (n - j) * log_q for j in range(k + 1)]
     return Prob(max(0.0, -math.expm1(_logsumexp(logs))))
@@ -167,6 +165,24 @@ def skip_damage(trials: Iterable[tuple[Fraction, int]], k: int) -> Prob:
     for d, units in merged.items():
         pmf = _convolve(pmf, _binomial_pmf(units, 1 - float(d), need))
     return Prob(max(0.0, 1.0 - math.fsum(pmf)))
+
+
+def _binomial_head(n: int, a: int, c: int, terms: int) -> int:
+    """``sum_{j < terms} C(n, j) a^j c^(n-j)`` in integers, by Horner's rule in ``c`` (each term
+    from the last by small factors: a sum of thousands of terms of tens of thousands of bits
+    each, where computing every power and coefficient afresh takes seconds)."""
+    if terms <= 0:
+        return 0
+    terms = min(terms, n + 1)
+    # sum_{j < t} C(n, j) a^j c^(t-1-j), then times c^(n-t+1).
+    total = 0
+    coefficient, a_power = 1, 1  # C(n, j), a^j
+    for j in range(terms):
+        total = total * c + coefficient * a_power
+        coefficient = coefficient * (n - j) // (j + 1)
+        a_power *= a
+    power: int = c ** (n - terms + 1)  # a non-negative exponent: an int
+    return total * power
 
 
 def _log_comb(n: int, j: int) -> float:

@@ -71,11 +71,24 @@ class SolverSession:
         self._goal_guards: dict[object, tuple[z3.BoolRef, Term]] = {}
         self._decl_cache: dict[int, list[object]] = {}
         self._term_cache: dict[tuple[str | None, Fraction], list[Term]] = {}
+        #: Per level: for each of its terms, the position whose malicious occupant it needs.
+        self._term_owners: dict[tuple[str | None, Fraction], list[int]] = {}
+        #: A worker's level term, by (worker, kind or None for its weakest kind, op, level).
+        self._level_cache: dict[tuple[int, str | None, str, Fraction], Term] = {}
         self._unmasked_cache: Term | None = None
 
     # -- encodings --------------------------------------------------------------------------
 
-    _STATE = ("enc", "_term_cache", "_unmasked_cache", "_base", "_guards", "_goal_guards")
+    _STATE = (
+        "enc",
+        "_term_cache",
+        "_term_owners",
+        "_level_cache",
+        "_unmasked_cache",
+        "_base",
+        "_guards",
+        "_goal_guards",
+    )
 
     @contextmanager
     def _symbolic(self) -> Iterator[None]:
@@ -92,6 +105,8 @@ class SolverSession:
             self._other_state = {
                 "enc": sym,
                 "_term_cache": {},
+                "_term_owners": {},
+                "_level_cache": {},
                 "_unmasked_cache": None,
                 "_base": None,
                 "_guards": {},
@@ -358,7 +373,8 @@ class SolverSession:
     def _mal_decls(self) -> list[object]:
         decls = self._decl_cache.get(id(self.enc))
         if decls is None:
-            decls = self._decl_cache[id(self.enc)] = [m.decl().ast for m in self.enc.mal]
+            ctx = self.enc.mal[0].ctx_ref() if self.enc.mal else None
+            decls = self._decl_cache[id(self.enc)] = [z3core.Z3_get_app_decl(ctx, m.ast) for m in self.enc.mal]
         return decls
 
     def _malicious_computing(self, model: z3.ModelRef) -> int:

@@ -42,6 +42,8 @@ class World:
     workers: list[Worker] = field(default_factory=list)
     slots: dict[tuple[int, int], list[int]] = field(default_factory=dict)
     standby_workers: list[int] = field(default_factory=list)
+    #: Worker index by name, built on first lookup.
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, spec: Spec) -> World:
@@ -96,10 +98,9 @@ class World:
 
     def by_name(self, name: str) -> Worker:
         """The worker called ``name``."""
-        for worker in self.workers:
-            if worker.name == name:
-                return worker
-        raise KeyError(name)
+        if len(self._index) != len(self.workers):
+            self._index = {worker.name: worker.index for worker in self.workers}
+        return self.workers[self._index[name]]
 
 
 def check_graph(spec: Spec) -> nx.DiGraph:

@@ -12,7 +12,7 @@ from stagewarden.prover import trace as tr
 from stagewarden.prover.damage import Damage, Try, damage, units_per_kind
 from stagewarden.prover.encoding import CAPABILITY_KINDS, KINDS
 from stagewarden.prover.explain import assumption_ref
-from stagewarden.prover.fastz3 import Term, conj, disj, holds_in
+from stagewarden.prover.fastz3 import ModelView, Term, conj, disj, holds_in
 from stagewarden.prover.figure_text import format_comparison
 from stagewarden.prover.guarantees.common import GuaranteeChecks, _at_least, _exact
 from stagewarden.prover.probability import Prob, skip_damage
@@ -36,23 +36,24 @@ class BoundedDamageCheck(GuaranteeChecks):
         m = self._malicious_computing(model)
         occ = enc.occupancy
         standby_names = iter(self._entered_standby_names(model))
+        view = ModelView(model)
+        malicious = set(self._malicious(model))
         out: list[tuple[Try, dict[str, object]]] = []
         for w in enc.world.computing:
-            holders: list[str] = []
-            name = enc.world.workers[w].name
-            if holds_in(model, enc.mal[w]):
-                holders.append(name)
             entered = occ.entered_malicious.get(w)
-            if entered is not None and holds_in(model, entered):
-                holders.append(f"{next(standby_names, 'standby')} (entered {name})")
-            if not holders:
+            entered_here = entered is not None and view.holds(entered)
+            if w not in malicious and not entered_here:
                 continue
+            name = enc.world.workers[w].name
+            holders = [name] if w in malicious else []
+            if entered_here:
+                holders.append(f"{next(standby_names, 'standby')} (entered {name})")
             kind_d: dict[str, Fraction] = {}
             kind_cap: dict[str, str] = {}
             for c, kind in self._worker_kinds(w):
-                if not holds_in(model, enc.tamperable(w, c)):
+                if not view.holds(enc.tamperable(w, c)):
                     continue
-                d, _ = enc.effect_values(model, enc.effects(w, c, kind), m)
+                d, _ = enc.effect_values(view, enc.effects(w, c, kind), m)
                 if kind not in kind_d or d < kind_d[kind]:
                     kind_d[kind], kind_cap[kind] = d, c
             if not kind_d:
@@ -129,7 +130,7 @@ class BoundedDamageCheck(GuaranteeChecks):
                 counts[(kind, lv)] = 0
                 continue
             n, model, exact = self._maximise(
-                self._level_terms(kind, lv), conj([unmasked, self._budget_bound(self._level_terms(kind, lv))])
+                kind, lv, conj([unmasked, self._budget_bound(self._level_terms(kind, lv))])
             )
             counts[(kind, lv)] = n
             unproven = unproven or not exact

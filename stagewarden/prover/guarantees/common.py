@@ -10,7 +10,19 @@ import z3
 
 from stagewarden.prover.encoding import CAPABILITY_KINDS, KINDS, SDC, Effect
 from stagewarden.prover.explain import assumption_ref
-from stagewarden.prover.fastz3 import Term, at_least, at_most, conj, disj, holds_in, neg, to_z3
+from stagewarden.prover.fastz3 import (
+    ModelView,
+    Term,
+    at_least,
+    at_most,
+    conj,
+    constant_name,
+    disj,
+    holds_in,
+    neg,
+    to_z3,
+    true_constants,
+)
 from stagewarden.prover.framing import ceil_half
 from stagewarden.prover.session import SolverSession
 from stagewarden.prover.verdict import HOLDS, GuaranteeResult
@@ -179,6 +191,13 @@ class GuaranteeChecks(SolverSession):
         return self.enc.worker_kinds(w)
 
     def _kind_level(self, w: int, kind: str, op: str, lv: Fraction) -> Term:
+        key = (w, kind, op, lv)
+        known = self._level_cache.get(key)
+        if known is None:
+            known = self._level_cache[key] = self._build_kind_level(w, kind, op, lv)
+        return known
+
+    def _build_kind_level(self, w: int, kind: str, op: str, lv: Fraction) -> Term:
         enc = self.enc
         parts: list[Term] = []
         for c, k in self._worker_kinds(w):
@@ -190,7 +209,11 @@ class GuaranteeChecks(SolverSession):
         return disj(parts)
 
     def _worker_level(self, w: int, op: str, lv: Fraction) -> Term:
-        return disj([self._kind_level(w, kind, op, lv) for kind in KINDS])
+        key = (w, None, op, lv)
+        known = self._level_cache.get(key)
+        if known is None:
+            known = self._level_cache[key] = disj([self._kind_level(w, kind, op, lv) for kind in KINDS])
+        return known
 
     def _budget_bound(self, terms: list[Term]) -> Term:
         """``AtMost(terms, B)`` under the budget assumption, for terms that each need a distinct
@@ -210,29 +233,54 @@ class GuaranteeChecks(SolverSession):
         cache_key = (kind, lv)
         if cache_key not in self._term_cache:
             terms: list[Term] = []
+            owners: list[int] = []
             occ = self.enc.occupancy
             for w in self.enc.world.computing:
                 level = self._kind_level(w, kind, "le", lv) if kind else self._worker_level(w, "le", lv)
                 terms.append(level)
+                owners.append(w)
                 # A malicious standby entering after a malicious original is a second try there.
                 second = occ.extra_try(w, self.enc.mal[w])
                 if second is not False and level is not False:
                     terms.append(conj([second, level]))
+                    owners.append(w)
             self._term_cache[cache_key] = terms
+            self._term_owners[cache_key] = owners
         return self._term_cache[cache_key]
 
-    def _maximise(self, terms: list[Term], base: Term) -> tuple[int, z3.ModelRef | None, bool]:
-        """The largest number of ``terms`` that one placement makes true (binary search over
-        cardinality bounds; each term needs a malicious worker, so the budget bounds it), a
-        placement with the most found, and whether the count is exact (else it is an upper
-        bound that could not be refuted within the effort limit)."""
+    def _count_level_terms(self, model: z3.ModelRef, kind: str | None, lv: Fraction) -> int:
+        """How many of :meth:`_level_terms` hold in ``model``. Each term needs a malicious
+        occupant of its position (the original or an entered standby worker), so only the
+        positions the model gives one are evaluated."""
+        terms = self._level_terms(kind, lv)
+        owners = self._term_owners[(kind, lv)]
+        acting = self._malicious_positions(model)
+        view = ModelView(model)
+        return sum(1 for t, w in zip(terms, owners, strict=True) if w in acting and view.holds(t))
+
+    def _malicious_positions(self, model: z3.ModelRef) -> set[int]:
+        """Positions whose original occupant, or a standby worker that entered them, is malicious
+        in ``model``."""
+        out = set(self._malicious(model))
+        entered = self.enc.occupancy.entered_malicious
+        if entered:
+            true = true_constants(model)
+            out.update(w for w, var in entered.items() if constant_name(var) in true)
+        return out
+
+    def _maximise(self, kind: str | None, lv: Fraction, base: Term) -> tuple[int, z3.ModelRef | None, bool]:
+        """The largest number of the level's terms (:meth:`_level_terms`) that one placement
+        makes true (binary search over cardinality bounds; each term needs a malicious worker,
+        so the budget bounds it), a placement with the most found, and whether the count is
+        exact (else it is an upper bound that could not be refuted within the effort limit)."""
+        terms = self._level_terms(kind, lv)
         model = self._sat(conj([base, disj(terms)]))
         if model is None:
             return 0, None, True
         live = [to_z3(t) for t in terms if t is not False]
         base_guard = self._guard(base)
         solver = self._solver()
-        low = sum(1 for t in terms if holds_in(model, t))
+        low = self._count_level_terms(model, kind, lv)
         high = min(len(live), self.spec.malicious_budget)
         name = f"max{len(self._guards)}"
         while low < high:
@@ -245,7 +293,7 @@ class GuaranteeChecks(SolverSession):
             result = self._bounded_check(solver, base_guard, guard, *self.enc.literals())
             if result == z3.sat:
                 model = solver.model()
-                low = sum(1 for t in terms if holds_in(model, t))
+                low = self._count_level_terms(model, kind, lv)
             elif result == z3.unsat:
                 high = mid - 1
             else:
