@@ -106,12 +106,20 @@ class RunHistory:
 def read_events(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The events of an ``events.jsonl`` file and a note for each line that is not a JSON object.
 
+    The file is read as a stream within the limits of :mod:`stagewarden.attest.run_limits` (a
+    regular file, no link, FIFO or device; its size, line length and line count bounded).
+
     Raises:
-        OSError: The file cannot be read.
+        OSError: The file cannot be read, or is beyond those limits (one line that says why).
     """
+    from stagewarden.attest.run_lines import read_event_lines
+    from stagewarden.attest.run_record import RunDirError
+
     events, problems = [], []
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
+    lines = read_event_lines(Path(path))
+    try:
+        for number, raw in lines:
+            line = raw.decode("utf-8", errors="replace")
             if not line.strip():
                 continue
             try:
@@ -123,6 +131,8 @@ def read_events(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
                 events.append(event)
             else:
                 problems.append(f"{EVENTS_FILE} line {number} is not an event object")
+    except RunDirError as exc:
+        raise OSError(exc.message) from None
     return events, problems
 
 

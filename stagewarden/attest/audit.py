@@ -72,9 +72,10 @@ from .clock import Clock, SystemClock
 from .ear import EarResult, is_ear_token, open_ear
 from .errors import AttestError, ErrorCode
 from .headers import SignedHeader, parse_header
-from .receipt_log import LogRecord, RecordType, scan_log
+from .receipt_log import LogRecord, RecordType
 from .receipts import SIGNATURE_SIZE, Receipt, chain_genesis, parse_receipt
 from .result import RESULT_TYP, AttestationResult, Status
+from .run_limits import MAX_LOG_RECORDS
 from .rundir import ATTESTATION_DIR, LOG_FILE, RunDir
 from .token import open_token
 
@@ -420,6 +421,7 @@ def audit_run_dir(
     *,
     threads: int | None = None,
     vendor_roots: Sequence[x509.Certificate] | None = None,
+    max_records: int = MAX_LOG_RECORDS,
 ) -> AuditReport:
     """Audit a run directory offline (see the module docstring for the checks).
 
@@ -434,6 +436,8 @@ def audit_run_dir(
         vendor_roots: the simulated vendor's root certificates, pinned: stored evidence must chain
             to one of them. Without them the evidence is checked against its results and its own
             device certificate only.
+        max_records: the most receipt-log records read; a longer log is refused
+            (:mod:`stagewarden.attest.run_limits`).
 
     Raises:
         stagewarden.attest.run_record.RunDirError: the directory, its summary, its receipt log or the
@@ -468,7 +472,7 @@ def audit_run_dir(
         check_attestation_record(run, auditor.accepted, log, vendor_roots)
     records: list[LogRecord] = []
     if scope.receipts:
-        scan = scan_log(run.read_log_bytes())
+        scan = run.scan_log(max_records)
         records = scan.records
         for problem in scan.problems:
             log.add(problem.code, problem.message, file=LOG_FILE, record=problem.index, offset=problem.offset)
@@ -489,7 +493,7 @@ def audit_run_dir(
         )
         return (group, f.record if f.record is not None else len(records), f.step or 0)
 
-    findings = sorted(log.findings, key=order)
+    findings = sorted(log.findings + log.omitted(), key=order)
     return AuditReport(
         run_dir=str(Path(path)),
         run_id=run.summary.run_id,

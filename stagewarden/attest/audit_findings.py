@@ -13,6 +13,7 @@ from .errors import AttestError, ErrorCode
 from .headers import SignedHeader
 from .receipt_log import LogRecord
 from .receipts import Receipt
+from .run_limits import MAX_FINDINGS_PER_CODE
 from .rundir import LOG_FILE
 
 #: The ``format`` of the JSON audit report.
@@ -179,6 +180,9 @@ class LogItem:
 class FindingLog:
     """The findings of one audit, in the order they were made, each placed in the run directory.
 
+    At most :data:`~stagewarden.attest.run_limits.MAX_FINDINGS_PER_CODE` findings of one code are
+    kept (a hostile log can make one finding per record); :meth:`omitted` counts the rest.
+
     Attributes:
         findings: The findings so far.
         log_name: The receipt log's file name, where a finding about a record points.
@@ -187,6 +191,20 @@ class FindingLog:
     def __init__(self) -> None:
         self.findings: list[Finding] = []
         self.log_name = LOG_FILE
+        self._kept: dict[ErrorCode, int] = {}
+        self._left_out: dict[ErrorCode, tuple[int, Severity]] = {}
+
+    def omitted(self) -> list[Finding]:
+        """One finding per code whose findings beyond the limit were left out, saying how many."""
+        return [
+            Finding(
+                code,
+                severity,
+                f"{count} more finding(s) of {code} left out (only the first {MAX_FINDINGS_PER_CODE} of a code are "
+                "listed)",
+            )
+            for code, (count, severity) in self._left_out.items()
+        ]
 
     def add(
         self,
@@ -198,6 +216,12 @@ class FindingLog:
         item: LogItem | None = None,
         **where: Any,
     ) -> None:
+        kept = self._kept.get(code, 0)
+        if kept >= MAX_FINDINGS_PER_CODE:
+            count, worst = self._left_out.get(code, (0, severity))
+            self._left_out[code] = (count + 1, Severity.ERROR if Severity.ERROR in (worst, severity) else worst)
+            return
+        self._kept[code] = kept + 1
         if item is not None:
             where.setdefault("file", self.log_name)
             where.setdefault("record", item.record.index)

@@ -55,7 +55,7 @@ class AuditScope:
 def audit_scope(run: RunDir, pinned: bool) -> AuditScope:
     """What the audit of ``run`` checks, given whether the auditor pinned a verifier key."""
     training = run.summary.training
-    no_key = not (run.path / ATTESTATION_DIR / VERIFIER_KEY_FILE).exists()
+    no_key = not run.has_file(run.attestation_file(VERIFIER_KEY_FILE))
     unattested = not pinned and training is not None and not training.attestation_configured and no_key
-    unlogged = training is not None and not training.receipts_logged and not run.log_path.exists()
+    unlogged = training is not None and not training.receipts_logged and not run.has_file(run.log_path)
     return AuditScope(attestation=not unattested, receipts=not unlogged)

@@ -47,6 +47,7 @@ import blake3
 
 from .errors import AttestError, ErrorCode, FormatError
 from .headers import SignedHeader, encode_header, parse_header
+from .log_source import BytesSource, FileSource, LogSource
 from .receipts import Receipt, encode_receipt, parse_receipt
 
 #: First eight bytes of a receipt log.
@@ -126,12 +127,14 @@ class LogScan:
         problems: the problems found.
         end: offset just after the last intact record (where a torn tail starts).
         size: the file size.
+        truncated: the scan stopped at its record limit before the end of the file.
     """
 
     records: list[LogRecord]
     problems: list[LogProblem]
     end: int
     size: int
+    truncated: bool = False
 
     @property
     def torn(self) -> LogProblem | None:
@@ -149,10 +152,28 @@ def frame_record(record_type: RecordType, payload: bytes, prev: bytes) -> bytes:
 
 def scan_log(data: bytes) -> LogScan:
     """Check the bytes of a receipt log frame by frame; see the module docstring for the rules."""
-    size = len(data)
+    return scan_source(BytesSource(data))
+
+
+def scan_log_file(fd: int, size: int, max_records: int | None = None) -> LogScan:
+    """:func:`scan_log` of the first ``size`` bytes of the open file ``fd``, read in bounded
+    windows: the scan's memory is that of the records it returns, whatever the file holds. With
+    ``max_records``, the scan stops after that many records (``truncated`` says whether more
+    bytes followed).
+
+    Raises:
+        OSError: the file cannot be read, or shrinks below ``size`` while it is read.
+    """
+    return scan_source(FileSource(fd, size), max_records)
+
+
+def scan_source(source: LogSource, max_records: int | None = None) -> LogScan:
+    """:func:`scan_log` of the bytes of ``source``, stopping after ``max_records`` records."""
+    size = source.size
     problems: list[LogProblem] = []
     records: list[LogRecord] = []
-    if size < len(FILE_HEADER) or data[: len(LOG_MAGIC)] != LOG_MAGIC:
+    header = source.read(0, len(FILE_HEADER))
+    if len(header) < len(FILE_HEADER) or header[: len(LOG_MAGIC)] != LOG_MAGIC:
         problems.append(
             LogProblem(
                 ErrorCode.LOG_MALFORMED,
@@ -162,8 +183,8 @@ def scan_log(data: bytes) -> LogScan:
             )
         )
         return LogScan(records, problems, 0, size)
-    if data[: len(FILE_HEADER)] != FILE_HEADER:
-        (version,) = struct.unpack_from(">H", data, len(LOG_MAGIC))
+    if header != FILE_HEADER:
+        (version,) = struct.unpack_from(">H", header, len(LOG_MAGIC))
         message = (
             f"receipt log version {version} is not supported (only {LOG_VERSION})"
             if version != LOG_VERSION
@@ -171,21 +192,24 @@ def scan_log(data: bytes) -> LogScan:
         )
         problems.append(LogProblem(ErrorCode.LOG_MALFORMED, len(LOG_MAGIC), 0, message))
         return LogScan(records, problems, 0, size)
-    view = memoryview(data)
     offset = len(FILE_HEADER)
     expected = LOG_GENESIS
     index = 0
     head_size = _FRAME_HEAD.size
     unpack = _FRAME_HEAD.unpack_from
     hasher = blake3.blake3
+    read = source.read
+    limit = size if max_records is None else max_records
     while offset < size:
+        if index >= limit:
+            return LogScan(records, problems, offset, size, truncated=True)
         left = size - offset
         if left < FRAME_OVERHEAD + 1:
             problems.append(_torn(offset, index, f"the file ends {left} bytes into a record frame"))
             break
-        length, rtype, prev = unpack(data, offset)
+        length, rtype, prev = unpack(read(offset, head_size))
         if not 0 < length <= MAX_PAYLOAD or rtype not in (1, 2):
-            if not data[offset:].strip(b"\x00"):
+            if source.zeros_from(offset):
                 problems.append(
                     _torn(
                         offset,
@@ -193,7 +217,7 @@ def scan_log(data: bytes) -> LogScan:
                         f"the last {left} bytes of the file are zeros (space allocated, record never written)",
                     )
                 )
-            elif not data[offset + 4 :].strip(b"\x00"):  # a tear inside the length field: type and rest are zeros
+            elif source.zeros_from(offset + 4):  # a tear inside the length field: type and rest are zeros
                 problems.append(
                     _torn(offset, index, "the file ends with part of a frame's length field followed by zeros")
                 )
@@ -203,7 +227,7 @@ def scan_log(data: bytes) -> LogScan:
             break
         end = offset + head_size + length + _DIGEST
         if end > size:
-            later = _intact_frame_at_eof(data, offset)
+            later = _intact_frame_at_eof(source, offset)
             if later is None:
                 problems.append(
                     _torn(
@@ -223,10 +247,11 @@ def scan_log(data: bytes) -> LogScan:
                     )
                 )
             break
-        digest = hasher(view[offset : end - _DIGEST]).digest()
-        if digest != data[end - _DIGEST : end]:
+        frame = read(offset, end - offset)
+        digest = hasher(memoryview(frame)[:-_DIGEST]).digest()
+        if digest != frame[-_DIGEST:]:
             # The final frame, even when zero bytes follow it (the file grew, its data never reached the disk).
-            if end == size or not data[end:].strip(b"\x00"):
+            if end == size or source.zeros_from(end):
                 problems.append(
                     _torn(
                         offset,
@@ -254,9 +279,7 @@ def scan_log(data: bytes) -> LogScan:
                     "record does not chain to the previous record (its previous-record digest differs)",
                 )
             )
-        records.append(
-            LogRecord(index, offset, RecordType(rtype), data[offset + head_size : end - _DIGEST], prev, digest)
-        )
+        records.append(LogRecord(index, offset, RecordType(rtype), frame[head_size:-_DIGEST], prev, digest))
         expected = digest
         offset = end
         index += 1
@@ -264,17 +287,20 @@ def scan_log(data: bytes) -> LogScan:
     return LogScan(records, problems, end_offset, size)
 
 
-def _intact_frame_at_eof(data: bytes, start: int) -> int | None:
-    """The offset of a complete, digest-valid frame after ``start`` that ends exactly at the end of ``data``.
+def _intact_frame_at_eof(source: LogSource, start: int) -> int | None:
+    """The offset of a complete, digest-valid frame after ``start`` that ends exactly at the end of the source.
 
     A torn write is the last thing in the file, so finding such a frame proves that the frame at
     ``start`` was damaged rather than torn (and must not be truncated away with what follows).
+    Only the last ``FRAME_OVERHEAD + MAX_PAYLOAD`` bytes can hold one.
     """
-    size = len(data)
-    for pos in range(max(start + 1, size - FRAME_OVERHEAD - MAX_PAYLOAD), size - FRAME_OVERHEAD):
-        length, rtype, _ = _FRAME_HEAD.unpack_from(data, pos)
+    size = source.size
+    first = max(start + 1, size - FRAME_OVERHEAD - MAX_PAYLOAD)
+    tail = source.read(first, size - first)
+    for pos in range(first, size - FRAME_OVERHEAD):
+        length, rtype, _ = _FRAME_HEAD.unpack_from(tail, pos - first)
         if length == size - pos - FRAME_OVERHEAD and rtype in (1, 2):
-            if blake3.blake3(data[pos : size - _DIGEST]).digest() == data[size - _DIGEST :]:
+            if blake3.blake3(tail[pos - first : size - first - _DIGEST]).digest() == tail[size - first - _DIGEST :]:
                 return pos
     return None
 

@@ -9,11 +9,12 @@ A record has two parts, written as one flat JSON object (keys sorted, two-space 
   :class:`TrainingRecord`), present exactly when ``runtime_version`` is.
 
 Reading is strict and bounded: the file must be a regular file (no link, FIFO or device) of at
-most :data:`MAX_RECORD_BYTES`; a duplicate key, an unknown or missing field, a value of the wrong
-type or a count inconsistent with the rest is refused with :class:`RunDirError` and one line that
-names the field. The counts that readers iterate over are tied to data the file must hold
-(``steps`` equals the number of recorded losses) or capped (:data:`MAX_RECOMPUTED_STEPS`), so a
-hostile record cannot make a reader loop or allocate per step beyond the file's own size.
+most :data:`~stagewarden.attest.run_limits.MAX_RECORD_BYTES`; a duplicate key, an unknown or
+missing field, a value of the wrong type or a count inconsistent with the rest is refused with
+:class:`RunDirError` and one line that names the field. The counts that readers iterate over
+are tied to data the file must hold (``steps`` equals the number of recorded losses) or capped
+(:data:`MAX_RECOMPUTED_STEPS`), so a hostile record cannot make a reader loop or allocate per
+step beyond the file's own size.
 
 Records written by earlier releases within version 1 lack the keys added since
 (:data:`LATER_KEYS`); they read with those keys' defaults and are written back without them.
@@ -32,6 +33,7 @@ from pydantic import Field, Strict, StrictBool, StrictFloat, StrictStr, model_va
 
 from .errors import AttestError, ErrorCode
 from .files import atomic_write_text
+from .run_limits import MAX_RECORD_BYTES as MAX_RECORD_BYTES
 from .run_record_parts import (
     STRICT_MODEL,
     Count,
@@ -57,8 +59,6 @@ SUMMARY_FORMAT = "stagewarden.run-summary"
 SUMMARY_VERSION = 1
 #: The ``runtime_version`` of the training part this module writes and reads.
 RUNTIME_VERSION = 1
-#: Largest ``summary.json`` read, in bytes.
-MAX_RECORD_BYTES = 16 * 1024 * 1024
 #: Most step computations the responses and resumes of one record may declare beyond the first
 #: (each response redoes the steps from its plan's ``redo_from_step`` to its own step).
 MAX_RECOMPUTED_STEPS = 1_000_000
@@ -302,7 +302,7 @@ class RunRecord(pydantic.BaseModel):
         """Read a record from JSON text (``str`` or ``bytes``) or from a file (a path).
 
         A file must be a regular file (no symbolic link, FIFO or device) of at most
-        :data:`MAX_RECORD_BYTES`.
+        :data:`~stagewarden.attest.run_limits.MAX_RECORD_BYTES`.
 
         Raises:
             RunDirError: The file cannot be read, or its content is not a valid record; the
@@ -323,9 +323,11 @@ class RunRecord(pydantic.BaseModel):
         return cls.from_data(data, where)
 
 
-def read_bounded(path: Path, what: str, limit: int) -> bytes:
-    """The bytes of the regular file ``path``, at most ``limit`` of them, without following a
-    symbolic link or blocking on a FIFO or device; raise :class:`RunDirError` otherwise."""
+def open_regular(path: Path, what: str, limit: int) -> tuple[int, int]:
+    """An open (read-only) file descriptor of the regular file ``path`` and its size, without
+    following a symbolic link or blocking on a FIFO or device; raise :class:`RunDirError` when
+    ``path`` is missing, not a regular file, unreadable or larger than ``limit`` bytes. The caller
+    closes the descriptor."""
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NOCTTY", 0)
     try:
         fd = os.open(path, flags)
@@ -341,6 +343,17 @@ def read_bounded(path: Path, what: str, limit: int) -> bytes:
             raise RunDirError(f"{what} {path} is not a regular file (a FIFO, device or folder is not read)")
         if info.st_size > limit:
             raise RunDirError(f"{what} {path} is larger than {limit} bytes")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info.st_size
+
+
+def read_bounded(path: Path, what: str, limit: int) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them, without following a
+    symbolic link or blocking on a FIFO or device; raise :class:`RunDirError` otherwise."""
+    fd, _ = open_regular(path, what, limit)
+    try:
         chunks, total = [], 0
         while chunk := os.read(fd, min(1 << 20, limit + 1 - total)):
             chunks.append(chunk)

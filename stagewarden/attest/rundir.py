@@ -18,12 +18,15 @@ appending, with the semantics documented in :mod:`stagewarden.attest.receipt_log
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from .binary import check_id
 from .files import atomic_write_bytes, atomic_write_text
-from .receipt_log import ReceiptLog, SyncPolicy
-from .run_record import SUMMARY_FILE, RunDirError, RunRecord, read_bounded
+from .log_source import SourceChanged
+from .receipt_log import LogScan, ReceiptLog, SyncPolicy, scan_log_file
+from .run_limits import MAX_FILE_BYTES, MAX_LOG_RECORDS, max_log_bytes
+from .run_record import SUMMARY_FILE, RunDirError, RunRecord, open_regular, read_bounded
 
 __all__ = [
     "ATTESTATION_DIR",
@@ -39,8 +42,6 @@ __all__ = [
 LOG_FILE = "receipts.log"
 ATTESTATION_DIR = "attestation"
 VERIFIER_KEY_FILE = "verifier.pub"
-#: Largest .ear and key file read, in bytes.
-MAX_FILE_BYTES = 16 * 1024 * 1024
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -63,31 +64,70 @@ class RunDir:
         return self.path / LOG_FILE
 
     def read_log_bytes(self) -> bytes:
-        """The receipt log's bytes (raises :class:`~.RunDirError` when it cannot be read)."""
+        """The receipt log's bytes, at most those of
+        :data:`~stagewarden.attest.run_limits.MAX_LOG_RECORDS` records (raises
+        :class:`~.RunDirError` when it cannot be read)."""
+        return read_bounded(self.log_path, "receipt log", max_log_bytes(MAX_LOG_RECORDS))
+
+    def scan_log(self, max_records: int = MAX_LOG_RECORDS) -> LogScan:
+        """The receipt log, checked frame by frame as it is read (see
+        :func:`~stagewarden.attest.receipt_log.scan_log`).
+
+        Raises:
+            RunDirError: the log is missing, not a regular file, larger than
+                :func:`~stagewarden.attest.run_limits.max_log_bytes` of ``max_records``, holds more
+                than ``max_records`` records, or cannot be read.
+        """
+        fd, size = open_regular(self.log_path, "receipt log", sys.maxsize)
         try:
-            return self.log_path.read_bytes()
-        except FileNotFoundError:
-            raise RunDirError(f"receipt log {self.log_path} does not exist") from None
+            if size > max_log_bytes(max_records):
+                raise RunDirError(
+                    f"receipt log {self.log_path} is larger than {max_log_bytes(max_records)} bytes, the most the "
+                    f"audit reads for {max_records} records (stagewarden audit --max-records raises it)"
+                )
+            scan = scan_log_file(fd, size, max_records=max_records)
+        except SourceChanged as exc:
+            raise RunDirError(f"receipt log {self.log_path} changed while it was read: {exc}") from None
         except OSError as exc:
             raise RunDirError(f"cannot read receipt log {self.log_path}: {exc.strerror or exc}") from None
+        finally:
+            os.close(fd)
+        if scan.truncated:
+            raise RunDirError(
+                f"receipt log {self.log_path} holds more than {max_records} records, the most the audit reads "
+                "(stagewarden audit --max-records raises it)"
+            )
+        return scan
+
+    def attestation_file(self, name: str) -> Path:
+        """The path of ``attestation/<name>``; raise :class:`~.RunDirError` when ``attestation`` is
+        a symbolic link or not a folder (a link could lead the reader out of the run directory)."""
+        folder = self.path / ATTESTATION_DIR
+        if folder.is_symlink() or (os.path.lexists(folder) and not folder.is_dir()):
+            raise RunDirError(f"{folder} is not a folder (a symbolic link or file is not followed)")
+        return folder / name
+
+    def has_file(self, path: Path) -> bool:
+        """Whether ``path`` exists as a directory entry (a dangling link counts: it is refused when read)."""
+        return os.path.lexists(path)
 
     def verifier_key(self) -> bytes:
         """The verifier public key from ``attestation/verifier.pub`` (raises :class:`~.RunDirError`)."""
-        path = self.path / ATTESTATION_DIR / VERIFIER_KEY_FILE
+        path = self.attestation_file(VERIFIER_KEY_FILE)
         text = _read(path, "verifier key file").decode("ascii", errors="replace").strip()
         return parse_key_hex(text, f"{path}")
 
     def results(self, worker_id: str) -> list[bytes]:
         """The result tokens in ``attestation/<worker>.ear``, one per non-empty line (none if absent)."""
-        path = self.path / ATTESTATION_DIR / f"{worker_id}.ear"
-        if not path.exists():
+        path = self.attestation_file(f"{worker_id}.ear")
+        if not self.has_file(path):
             return []
         return [line.strip() for line in _read(path, "attestation results").splitlines() if line.strip()]
 
     def evidence(self, worker_id: str) -> bytes | None:
         """The bytes of ``attestation/<worker>.evidence`` (None if absent)."""
-        path = self.path / ATTESTATION_DIR / f"{worker_id}.evidence"
-        if not path.exists() and not path.is_symlink():
+        path = self.attestation_file(f"{worker_id}.evidence")
+        if not self.has_file(path):
             return None
         return _read(path, "attestation evidence")
 

@@ -78,7 +78,22 @@ def _load_roots(path_text: str) -> list[Any]:
     help="Also check the run against this threat-model spec: its configuration, attestation, spot-check "
     "rate, responses, and every guarantee the prover says holds.",
 )
-def audit(run_dir: str, verifier_key: str | None, vendor_root: str | None, fmt: str, spec_path: str | None) -> None:
+@click.option(
+    "--max-records",
+    "max_records",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Read at most N receipt-log records (default 65,536) and 640 bytes of log per record; a longer "
+    "log is refused. The audit needs about 2 KB of memory per record.",
+)
+def audit(
+    run_dir: str,
+    verifier_key: str | None,
+    vendor_root: str | None,
+    fmt: str,
+    spec_path: str | None,
+    max_records: int | None,
+) -> None:
     """Audit RUN_DIR offline: signatures, hash chains, cross-stage digest links and attestation.
 
     Every receipt and signed header must carry a valid signature by a key that a result token
@@ -97,17 +112,20 @@ def audit(run_dir: str, verifier_key: str | None, vendor_root: str | None, fmt: 
     """
     from stagewarden.attest.audit import audit_run_dir
     from stagewarden.attest.errors import AttestError, ErrorCode
+    from stagewarden.attest.run_limits import MAX_LOG_RECORDS
 
     key = _parse_key(verifier_key) if verifier_key is not None else None
     roots = _load_roots(vendor_root) if vendor_root is not None else None
     loaded = load_spec_or_example(spec_path, None) if spec_path is not None else None
     try:
-        report = audit_run_dir(run_dir, key, vendor_roots=roots)
+        report = audit_run_dir(run_dir, key, vendor_roots=roots, max_records=max_records or MAX_LOG_RECORDS)
         conformance = _conformance(run_dir, loaded, report) if loaded is not None else None
     except AttestError as exc:
         raise BadInput(exc.message) from None
     except OSError as exc:
         raise BadInput(f"cannot read {run_dir}: {exc.strerror or exc}") from None
+    except MemoryError:  # a limit too high for this machine (--max-records), never a traceback
+        raise BadInput(f"cannot audit {run_dir}: out of memory") from None
     clean = report.clean and (conformance is None or conformance.clean)
     if fmt == "json":
         data = report.to_json()

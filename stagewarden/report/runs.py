@@ -11,7 +11,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
+import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,9 @@ from nacl.signing import VerifyKey
 from stagewarden.attest import AttestError, AuditReport, FixedClock, audit_run_dir, parse_evidence
 from stagewarden.attest.ear import EarResult, is_ear_token, parse_ear_unverified, verify_ear
 from stagewarden.attest.result import AttestationResult, parse_result_unverified, verify_result
-from stagewarden.attest.run_record import RunRecord, TrainingRecord
+from stagewarden.attest.run_limits import MAX_METRICS_BYTES
+from stagewarden.attest.run_lines import read_event_lines
+from stagewarden.attest.run_record import RunRecord, TrainingRecord, read_bounded
 from stagewarden.attest.run_record_parts import SignedDetection
 from stagewarden.attest.rundir import ATTESTATION_DIR, RunDir, RunDirError
 from stagewarden.report.errors import ReportError
@@ -154,30 +158,37 @@ class RunData:
 
 
 def _metrics(path: Path) -> list[dict[str, float]]:
-    if not path.exists():
+    if not os.path.lexists(path):
         return []
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = []
-            for row in csv.DictReader(handle):
-                rows.append({k: float(v) for k, v in row.items() if k and v not in (None, "")})
-            return rows
-    except (OSError, ValueError, UnicodeDecodeError, csv.Error) as exc:
+        text = read_bounded(path, "metrics table", MAX_METRICS_BYTES).decode("utf-8")
+        rows = []
+        for row in csv.DictReader(io.StringIO(text, newline="")):
+            rows.append({k: float(v) for k, v in row.items() if k and v not in (None, "")})
+        return rows
+    except RunDirError as exc:
+        raise ReportError(exc.message) from None
+    except (ValueError, UnicodeDecodeError, csv.Error) as exc:
         raise ReportError(f"{path} is not a readable metrics table: {exc}") from None
 
 
 def _events(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
+    if not os.path.lexists(path):
         return []
     events = []
+    number = 0
+    lines = read_event_lines(path)
     try:
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):  # noqa: B007 (named in the error)
+        for number, raw in lines:  # noqa: B007 (named in the error)
+            line = raw.decode("utf-8")
             if not line.strip():
                 continue
             record = json.loads(line)
             if isinstance(record, dict):
                 events.append(record)
-    except (OSError, UnicodeDecodeError) as exc:
+    except RunDirError as exc:
+        raise ReportError(exc.message) from None
+    except UnicodeDecodeError as exc:
         raise ReportError(f"cannot read {path}: {exc}") from None
     except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the JSON decoder goes
         raise ReportError(f"{path}:{number}: not a JSON record: {exc}") from None
@@ -199,14 +210,14 @@ def _attestations(run: RunDir, training: TrainingRecord) -> list[AttestationRow]
             tokens = run.results(name)
         except RunDirError:
             tokens = []
-        evidence_path = folder / f"{name}.evidence"
         device, measurement = "", ""
-        if evidence_path.exists():
-            try:
-                evidence = parse_evidence(evidence_path.read_bytes())
+        try:
+            stored = run.evidence(name)
+            if stored is not None:
+                evidence = parse_evidence(stored)
                 device, measurement = evidence.device_id, evidence.measurement.hex()
-            except (AttestError, OSError):
-                device = "(evidence unreadable)"
+        except AttestError:  # RunDirError too: a link, FIFO, device or oversized file
+            device = "(evidence unreadable)"
         if not tokens:
             rows.append(AttestationRow(name, device, measurement, "", "no attestation result", "-", None, None, 0))
             continue
