@@ -73,7 +73,7 @@ class RelyingParty:
         """
         check = verify_ear if is_ear_token(token) else verify_result
         result = check(token, self.verifier_key, self.clock, expected_key=receipt_key, expected_nonce=expected_nonce)
-        named_worker = getattr(result, "worker", None)
+        named_worker = result.worker if isinstance(result, AttestationResult) else None
         strict = run_id is not None or stage is not None
         check_binding(result, Binding(run_id, worker if strict or named_worker is not None else None, stage))
         now = self.clock.now()
