@@ -6,7 +6,7 @@ or folder is refused before it is read) and is read up to its limit, never furth
 the way to it (``attestation/``) must be a real folder, not a link. A file or count beyond its
 limit is refused with one line naming the file and the limit (``stagewarden audit`` and
 ``stagewarden report`` exit 2). The receipt log is scanned in windows
-(:mod:`stagewarden.attest.log_source`), so its memory is that of the records it keeps.
+(``stagewarden.attest.log_source``), so its memory is that of the records it keeps.
 
 ========================== ============== ====================================================
 limit                      value          what it bounds
@@ -14,10 +14,10 @@ limit                      value          what it bounds
 ``MAX_RECORD_BYTES``       16 MiB         ``summary.json``
 ``MAX_FILE_BYTES``         16 MiB         ``attestation/verifier.pub``, ``<worker>.ear``,
                                           ``<worker>.evidence``
-``MAX_LOG_RECORDS``        65,536         records of ``receipts.log`` the audit reads (the
+``MAX_LOG_RECORDS``        50,000         records of ``receipts.log`` the audit reads (the
                                           audit's ``--max-records`` raises it)
 ``LOG_BYTES_PER_RECORD``   640            ``receipts.log``: at most this many bytes per
-                                          allowed record (41,943,056 bytes by default)
+                                          allowed record (32,000,016 bytes by default)
 ``MAX_FINDINGS_PER_CODE``  100            findings of one code the audit lists (it counts
                                           the rest)
 ``MAX_EVENTS_BYTES``       32 MiB         ``events.jsonl``
@@ -33,11 +33,11 @@ from __future__ import annotations
 MAX_RECORD_BYTES = 16 * 1024 * 1024
 #: Largest verifier key, result-token or evidence file read, in bytes.
 MAX_FILE_BYTES = 16 * 1024 * 1024
-#: Most receipt-log records the audit reads by default. The audit keeps every record (about
-#: 2 KB each in memory, with its parse and findings), so this bounds its memory.
-MAX_LOG_RECORDS = 65_536
-#: Bytes of receipt log allowed per allowed record: a receipt or signed header takes about 300 to
-#: 400 bytes with its frame, and this leaves room for long identifiers.
+#: Most receipt-log records the audit reads by default. The audit keeps every record (about 2.3
+#: KB each in memory, with its parse and findings), so this bounds its memory.
+MAX_LOG_RECORDS = 50_000
+#: How many bytes of receipt log each allowed record allows (a receipt or signed header takes
+#: about 300 to 400 bytes with its frame; this leaves room for long identifiers).
 LOG_BYTES_PER_RECORD = 640
 #: Most findings of one code the audit lists; it counts the rest in one more finding (a hostile
 #: log can make one finding per record, and a report of 100,000 rows helps nobody).

@@ -83,8 +83,8 @@ def _load_roots(path_text: str) -> list[Any]:
     "max_records",
     type=click.IntRange(min=1),
     metavar="N",
-    help="Read at most N receipt-log records (default 65,536) and 640 bytes of log per record; a longer "
-    "log is refused. The audit needs about 2 KB of memory per record.",
+    help="Read at most N receipt-log records (default 50,000) and 640 bytes of log per record; a longer "
+    "log is refused. The audit needs about 2.3 KB of memory per record.",
 )
 def audit(
     run_dir: str,

@@ -10,6 +10,7 @@ guard (:data:`HANG_SECONDS`): on a loaded machine starting the interpreter alone
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import resource
 import shutil
@@ -33,6 +34,8 @@ SPEC_CPU_SECONDS = 10.0
 SPEC_PEAK_MB = 450
 #: Wall-clock seconds after which the audit counts as hung (and is killed).
 HANG_SECONDS = float(os.environ.get("STAGEWARDEN_HOSTILE_HANG_SECONDS") or 60.0)
+#: A file to which every audit appends its figures as a JSON line (the docs' measurements).
+FIGURES = os.environ.get("STAGEWARDEN_HOSTILE_FIGURES")
 #: The child's address-space limit: a runaway allocation fails there instead of swapping the machine.
 ADDRESS_SPACE = 2 << 30
 
@@ -102,7 +105,14 @@ def audit_process(*args: str | Path) -> Outcome:
         wall = time.monotonic() - started
         out.seek(0)
         output = out.read().decode("utf-8", errors="replace")
-    return Outcome(code, output, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+    result = Outcome(code, output, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+    if FIGURES:
+        figures = {"args": [str(a) for a in args[1:]], "code": code, "wall": wall, "cpu": result.cpu}
+        figures |= {"peak_mb": result.peak_mb, "load": os.getloadavg()[0]}
+        figures["case"] = os.environ.get("PYTEST_CURRENT_TEST")
+        with open(FIGURES, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(figures) + "\n")
+    return result
 
 
 def recorded_copy(folder: Path) -> Path:

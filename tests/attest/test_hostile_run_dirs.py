@@ -243,3 +243,44 @@ def test_junk_log_at_the_record_limit_stays_within_the_bounds(tmp_path: Path) ->
     text = audit_process(run)
     text.check_bounded()
     assert text.code == 1 and "more finding(s) of RECEIPT_MALFORMED left out" in text.output
+
+
+def test_the_help_states_the_record_limit() -> None:
+    """``audit --help`` states the default record limit that the audit applies."""
+    from click.testing import CliRunner
+
+    from stagewarden.cli import cli
+
+    assert f"(default {MAX_LOG_RECORDS:,})" in " ".join(CliRunner().invoke(cli, ["audit", "--help"]).output.split())
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", ["events.jsonl", "metrics.csv"])
+@pytest.mark.parametrize("hostile", ["FIFO", "link", "folder"])
+def test_report_refuses_hostile_tables(tmp_path: Path, name: str, hostile: str) -> None:
+    """``report --run`` reads events and metrics under the same rules: a FIFO, a link or a folder
+    is a ReportError (the CLI's exit 2) of one line naming the file, never a hang."""
+    from stagewarden.report.errors import ReportError
+    from stagewarden.report.runs import read_run
+
+    run = recorded_copy(tmp_path)
+    {"FIFO": replace_by_fifo, "folder": replace_by_folder}.get(hostile, lambda p: replace_by_link(p, "/dev/zero"))(
+        run / name
+    )
+    with pytest.raises(ReportError) as refused:
+        read_run(run)
+    assert name in str(refused.value) and "\n" not in str(refused.value)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", ["receipts.log", EVIDENCE])
+def test_report_shows_a_hostile_log_or_evidence_as_unreadable(tmp_path: Path, name: str) -> None:
+    """A FIFO as the receipt log or as a worker's evidence: the report still reads the run, with
+    the audit's one-line refusal naming the file, and never blocks."""
+    from stagewarden.report.runs import read_run
+
+    run = recorded_copy(tmp_path)
+    replace_by_fifo(run / name)
+    data = read_run(run)
+    assert data.audit.report is None and data.audit.error is not None
+    assert Path(name).name in data.audit.error and "not a regular file" in data.audit.error
