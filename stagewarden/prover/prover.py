@@ -55,8 +55,8 @@ class Prover(DetectionCheck, BoundedDamageCheck, NoFramingCheck, LivenessCheck, 
         guarantee = next(g for g in self.spec.guarantees if g.id == guarantee_id)
         if self.dynamics:
             # Only bounded_damage counts second tries in a position, so only its encoding has
-            # them; liveness counts removals and standby entries in closed form (its own rules on
-            # the semantics page), where the per-position summary would only slow it down.
+            # them; liveness unrolls its runs event by event (stagewarden.prover.liveness_runs),
+            # where the per-position summary would only slow it down.
             if isinstance(guarantee, BoundedDamageGuarantee) and not self.second_tries:
                 return self._delegate(guarantee_id, dynamics=True, second_tries=True)
             if isinstance(guarantee, LivenessGuarantee):

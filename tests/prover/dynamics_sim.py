@@ -390,6 +390,8 @@ def replay_trace(spec: Spec, guarantee_id: str, trace: dict[str, object]) -> str
     sim = Simulation(world, malicious)
     dynamics = trace.get("dynamics") or {}
     assert isinstance(dynamics, dict)
+    if "events" in dynamics:
+        return _replay_in_order(sim, spec, guarantee_id, dynamics["events"])
     crashed, ejected, framed = (set(dynamics.get(k, [])) for k in ("crashed", "ejected", "framed"))
     entered = {str(e["position"]): bool(e["malicious"]) for e in dynamics.get("entered", [])}
     vacant = set(dynamics.get("vacant", []))
@@ -423,3 +425,25 @@ def replay_trace(spec: Spec, guarantee_id: str, trace: dict[str, object]) -> str
     else:
         ok = any(_violates(sim, g, state, None) for state in parents)
     return None if ok else "the events replay, but no state they reach shows the violation"
+
+
+def _replay_in_order(sim: Simulation, spec: Spec, guarantee_id: str, events: list[dict[str, object]]) -> str | None:
+    """Replay a run given as ordered events ({"event", "position", "worker"}): each must be a
+    transition the simulator allows in the state the earlier ones reach, and the last state
+    must show the violation."""
+    state = sim.initial
+    for number, wanted in enumerate(events):
+        key = (wanted.get("event"), wanted.get("position"), wanted.get("worker"))
+        step = next(
+            (after for event, after in sim.successors(state) if (event.kind, event.position, event.worker) == key),
+            None,
+        )
+        if step is None:
+            return f"event {number} ({' '.join(map(str, key))}) is not possible after the events before it"
+        state = step
+    g = next(x for x in spec.guarantees if x.id == guarantee_id)
+    if isinstance(g, BoundedDamageGuarantee | OverheadGuarantee):
+        return "ordered events are only given for a violation shown in a state"
+    if not _violates(sim, g, state, None):
+        return "the events replay, but the state they reach shows no violation"
+    return None

@@ -1,25 +1,52 @@
-"""The ``liveness`` guarantee: removals and stalls within budget never stop training."""
+"""The ``liveness`` guarantee: no run within budget stalls the job or leaves every replica
+without a worker in some stage (docs/semantics.rst, ``liveness``)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from stagewarden.prover import trace as tr
 from stagewarden.prover.fastz3 import Term, conj, disj, neg, to_z3
 from stagewarden.prover.guarantees.common import GuaranteeChecks, _pb_ge
+from stagewarden.prover.liveness_runs import LivenessRun, LivenessRuns
+from stagewarden.prover.liveness_search import TooLarge, search
+from stagewarden.prover.liveness_trace import liveness_trace
 from stagewarden.prover.verdict import VIOLATED, GuaranteeResult
-from stagewarden.spec import (
-    LivenessGuarantee,
-)
+from stagewarden.spec import LivenessGuarantee
 
 
 class LivenessCheck(GuaranteeChecks):
-    """The ``liveness`` guarantee: removals and stalls within budget never stop training."""
+    """The ``liveness`` guarantee, decided over every run of crashes, ejections, framings and
+    standby entries: by searching the runs state by state where the world is small enough
+    (:mod:`stagewarden.prover.liveness_search`), else on the unrolled runs
+    (:mod:`stagewarden.prover.liveness_runs`); a holding verdict is explained by an unsat core of
+    the unrolled goal either way."""
 
-    # -- liveness ---------------------------------------------------------------------------
+    def _liveness(self, g: LivenessGuarantee) -> GuaranteeResult:
+        runs = LivenessRuns(self.enc)
+        run: LivenessRun | None
+        try:
+            run = search(runs)
+        except TooLarge:
+            goal, stall, _ = runs.goal()
+            model = self._sat(goal)
+            if model is not None:
+                model = self._minimal_model(goal, extra_objective=runs.event_terms())
+            run = None if model is None else runs.run(model, stall)
+        if run is None:
+            coarse = self._sat(self._liveness_bound()) is None
+            return self._holds(
+                g,
+                self._liveness_bound if coarse else lambda: LivenessRuns(self.enc).goal()[0],
+                "holds: in every run within budget some replica keeps a worker in every stage and no step "
+                "can be stalled forever",
+            )
+        trace = liveness_trace(self, runs, run, g)
+        return GuaranteeResult(g.id, g.kind, VIOLATED, "violated: " + trace["#meta"]["description"], trace=trace)
 
-    def liveness_goal(self) -> tuple[Term, dict[str, Any]]:
-        """The liveness violation formula and its named parts (for the trace)."""
+    def _liveness_bound(self) -> Term:
+        """A coarser violation goal in closed form, written to be met by every violating run (it
+        counts a slot emptied by one removal, whatever its copies, lets every framing empty its
+        replica and use up the standby pool, and counts checks whatever is vacant). It decides
+        no verdict: where it is unsatisfiable, its unsat core explains a holding verdict far
+        faster than the unrolled runs' would."""
         enc, world = self.enc, self.enc.world
         eject, skip = enc.response["eject"], enc.response["skip_stage"]
         withhold = enc.cap["withhold"]
@@ -61,29 +88,4 @@ class LivenessCheck(GuaranteeChecks):
         # Implied by the budget (each removal term needs its own malicious worker); stated so that
         # the solver refutes too-large removal counts by cardinality instead of by search.
         empty = conj([empty, self._budget_bound(list(removable.values()) + standby_removable)])
-        return disj([stall, empty]), {
-            "stall": stall,
-            "withholder": withholder,
-            "certain": certain,
-            "framed": framed,
-            "removable": removable,
-            "standby_removable": standby_removable,
-            "empty": empty,
-        }
-
-    def _liveness(self, g: LivenessGuarantee) -> GuaranteeResult:
-        goal, parts = self.liveness_goal()
-        if self._sat(goal) is None:
-            return self._holds(
-                g,
-                lambda: self.liveness_goal()[0],
-                "holds: every stage of some replica keeps a worker and no step can be stalled forever",
-            )
-        # Without a stall or framing, every removal beyond the crashes needs its own malicious
-        # worker, and R + K removals are needed: a lower bound that spares a hard refutation.
-        lower = 0
-        if self._sat(parts["stall"]) is None and self._sat(disj(list(parts["framed"].values()))) is None:
-            lower = max(0, self.enc.world.replicas + self.spec.topology.standby - self.spec.adversary.faults.crash)
-        model = self._minimal_model(goal, extra_objective=list(self.enc.crash), lower_bound=lower)
-        trace = tr.liveness_trace(self, model, g, parts)
-        return GuaranteeResult(g.id, g.kind, VIOLATED, "violated: " + trace["#meta"]["description"], trace=trace)
+        return disj([stall, empty])
