@@ -139,3 +139,21 @@ def test_random_bytes_raise_only_the_domain_error(data: bytes) -> None:
     """Random bytes given to the result parser raise the domain error and nothing else."""
     with pytest.raises(AttestError):
         parse_result_unverified(data)
+
+
+def test_binding_claims_round_trip_and_are_optional() -> None:
+    """Run, worker and stage survive signing and parsing; a result without them parses with None."""
+    bound = _result(run_id="run-a", worker="s1r0", stage="1")
+    parsed = parse_result_unverified(sign_result(bound, VERIFIER))
+    assert (parsed.run_id, parsed.worker, parsed.stage) == ("run-a", "s1r0", "1")
+    assert parse_result_unverified(sign_result(_result(), VERIFIER)).stage is None
+
+
+@pytest.mark.parametrize("value", [1, "", "x" * 129, None, ["0"]])
+def test_malformed_binding_claim_is_refused(value: object) -> None:
+    """A binding claim that is not a string of 1 to 128 characters: RESULT_MALFORMED."""
+    claims = _result().claims()
+    claims["stagewarden.stage"] = value
+    with pytest.raises(FormatError) as info:
+        parse_result_unverified(sign_token(claims, VERIFIER, "ear+jwt"))
+    assert info.value.code is ErrorCode.RESULT_MALFORMED
