@@ -49,6 +49,10 @@ class Occupancy:
     entered_malicious: dict[int, z3.BoolRef] = field(default_factory=dict)
     #: Positions that only carry a second try (see :func:`build_occupancy`).
     light: set[int] = field(default_factory=set)
+    #: ``outvoted[x]``: the original occupant of a replicated position was ejected after a
+    #: ``replicate`` vote blamed it (what :func:`stagewarden.prover.framing.build_framings`
+    #: orders: the first such vote of a slot counts no vacancy another vote makes).
+    outvoted: dict[int, z3.BoolRef] = field(default_factory=dict)
 
     def extra_try(self, w: int, original_malicious: Term) -> Term:
         """A second malicious worker in position ``w`` over the run: its original occupant was
@@ -97,6 +101,7 @@ def build_occupancy(enc: Encoding) -> Occupancy:
     spec = enc.spec
     # In the concrete form a removal of a malicious original needs a crash fault or eject.
     removals = not enc.concrete or spec.adversary.faults.crash > 0 or "eject" in spec.defense.response
+    replicated = any(isinstance(c, ReplicateCheck) for c in spec.defense.checks)
     for w in computing:
         name = enc.world.workers[w].name
         if w not in full and (not removals or not enc.second_tries):
@@ -122,6 +127,9 @@ def build_occupancy(enc: Encoding) -> Occupancy:
         occ[w] = disj([enc.mal[w], ent_mal])
         present[w] = disj([neg(vac), ent])
         acting[w] = disj([conj([enc.mal[w], neg(vac)]), ent_mal])
+        if replicated:
+            voted = out.outvoted[w] = boolean(f"outvoted[{name}]")
+            enc.facts.append(to_z3(implies(voted, conj([vac, neg(enc.mal[w])]))))
     return out
 
 

@@ -65,6 +65,29 @@ def ceil_half(k: int) -> int:
     return (k + 1) // 2
 
 
+def _first_vote(enc: Encoding, victim: int, members: list[int]) -> Term:
+    """The malicious copies of the slot win or tie a vote against the honest ``victim`` before
+    any vote of the slot has ejected anyone: a copy outvoted later still counts as an honest
+    copy present, a malicious standby worker counts only where no vote vacated its position,
+    and a malicious original counts whatever happens to it later (the adversary removes it
+    after the vote)."""
+    occupancy = enc.occupancy
+    against: list[Term] = []
+    beside: list[Term] = []
+    for o in members:
+        if o == victim:
+            continue
+        voted = occupancy.outvoted.get(o, False)
+        entered = occupancy.entered_malicious.get(o, False)
+        bad = disj([enc.mal[o], conj([entered, neg(voted)])])
+        present = disj([neg(occupancy.vacated.get(o, False)), voted])
+        against.append(bad)
+        beside.append(disj([bad, neg(present)]))
+    ties = _at_least(against + beside, len(members))
+    agree = disj([enc.collusion, _at_most_one(against)])
+    return conj([neg(enc.mal[victim]), ties, agree])
+
+
 def build_framings(enc: Encoding, victims: set[int] | None = None) -> list[Framing]:
     """Every framing mechanism of the spec whose condition is not constantly false (of the
     given victims only, when ``victims`` is given)."""
@@ -114,6 +137,7 @@ def build_framings(enc: Encoding, victims: set[int] | None = None) -> list[Frami
             accusation = conj([present, enc.cap["false_accuse"], no_referee])
             here = enc.occupancy.present
             for members in world.slots.values():
+                first = {u: _first_vote(enc, u, members) for u in members}
                 for victim in filter(wanted, members):
                     others = tuple(o for o in members if o != victim)
                     voters = [occ[o] for o in others]
@@ -121,15 +145,17 @@ def build_framings(enc: Encoding, victims: set[int] | None = None) -> list[Frami
                     # they are at least as many as the honest ones, the victim included.
                     against = [conj([occ[o], here[o]]) for o in others]
                     beside = [neg(conj([neg(occ[o]), here[o]])) for o in others]
-                    ties = _at_least(against + beside, 1 + len(others))
                     wins = _at_least(against + beside, 2 + len(others))
-                    # Several malicious copies agree on one wrong value only if they collude.
-                    agree = disj([enc.collusion, _at_most_one(against)])
-                    outvoted = conj([vote, neg(enc.mal[victim]), ties, agree])
+                    # Some vote of the slot comes first and counts only the vacancies that no
+                    # vote makes; once one honest copy is outvoted, fewer honest copies remain
+                    # and every later vote in the slot is won too (the malicious copies stay).
+                    earlier = [conj([enc.occupancy.outvoted.get(u, False), first[u]]) for u in others]
+                    outvoted = conj([vote, neg(enc.mal[victim]), disj([first[victim], *earlier])])
                     # A tie blames both sides: unless the malicious copies hold a strict
                     # majority, they are ejected with the victim.
                     gone = conj([disj([neg(occ[o]), enc.occupancy.vacated.get(o, False)]) for o in others])
-                    ejects = conj([outvoted, disj([wins, gone])])
+                    mark = enc.occupancy.outvoted.get(victim, True)
+                    ejects = conj([outvoted, mark, disj([wins, gone])])
                     out.append(Framing("outvoting", victim, others, outvoted, ejects))
                     out.append(
                         Framing(
