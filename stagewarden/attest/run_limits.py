@@ -12,6 +12,7 @@ limit is refused with one line naming the file and the limit (``stagewarden audi
 limit                      value          what it bounds
 ========================== ============== ====================================================
 ``MAX_RECORD_BYTES``       16 MiB         ``summary.json``
+``MAX_WORKERS``            16,384         workers listed in ``summary.json``
 ``MAX_FILE_BYTES``         16 MiB         ``attestation/verifier.pub``, ``<worker>.ear``,
                                           ``<worker>.evidence``
 ``MAX_LOG_RECORDS``        50,000         records of ``receipts.log`` the audit reads (the
@@ -31,6 +32,8 @@ from __future__ import annotations
 
 #: Largest ``summary.json`` read, in bytes.
 MAX_RECORD_BYTES = 16 * 1024 * 1024
+#: Most workers a run record may list (the audit reads each one's results).
+MAX_WORKERS = 16_384
 #: Largest verifier key, result-token or evidence file read, in bytes.
 MAX_FILE_BYTES = 16 * 1024 * 1024
 #: Most receipt-log records the audit reads by default. The audit keeps every record (about 2.3

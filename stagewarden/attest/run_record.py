@@ -34,6 +34,7 @@ from pydantic import Field, Strict, StrictBool, StrictFloat, StrictStr, model_va
 from .errors import AttestError, ErrorCode
 from .files import atomic_write_text
 from .run_limits import MAX_RECORD_BYTES as MAX_RECORD_BYTES
+from .run_limits import MAX_WORKERS
 from .run_record_parts import (
     STRICT_MODEL,
     Count,
@@ -208,7 +209,7 @@ class RunRecord(pydantic.BaseModel):
     replicas: StageCount
     micro_batches: Annotated[int, Strict(), Field(ge=1, le=MAX_MICRO_BATCHES)]
     steps: Count
-    workers: list[WorkerInfo]
+    workers: Annotated[list[WorkerInfo], Field(max_length=MAX_WORKERS)]
     training: TrainingRecord | None = None
 
     @model_validator(mode="after")

@@ -32,6 +32,7 @@ from stagewarden.attest.run_limits import (
     MAX_EVENTS_BYTES,
     MAX_FINDINGS_PER_CODE,
     MAX_LOG_RECORDS,
+    MAX_WORKERS,
     max_log_bytes,
 )
 
@@ -64,6 +65,21 @@ def _junk_log(records: int) -> bytes:
     return bytes(out)
 
 
+def _many_workers(run: Path, count: int) -> None:
+    """``run``'s summary with workers added (at stages it has) up to ``count`` workers."""
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    more = count - len(summary["workers"])
+    summary["workers"] += [{"id": f"w{i}", "stage": i % summary["stages"], "replica": 0} for i in range(more)]
+    (run / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+
+
+def _repeated(run: Path, key: str, times: int) -> None:
+    """``run``'s summary with its list ``key`` repeated ``times`` times."""
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    summary[key] = summary[key] * times
+    (run / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+
+
 def _sparse(path: Path, size: int) -> None:
     with open(path, "r+b") as handle:
         handle.truncate(size)
@@ -90,6 +106,7 @@ REFUSED: dict[str, tuple[Attack, tuple[str, ...], tuple[str, ...]]] = {
     "summary steps 2**32-1": (lambda r: _edit_summary(r, steps=2**32 - 1), (), ("summary.json", "steps")),
     "summary stages 65537": (lambda r: _edit_summary(r, stages=65_537), (), ("summary.json", "stages")),
     "summary micro-batches 10**9": (lambda r: _edit_summary(r, micro_batches=10**9), (), ("micro_batches",)),
+    "summary workers over the limit": (lambda r: _many_workers(r, MAX_WORKERS + 1), (), ("workers", "at most")),
     "summary huge": (lambda r: _sparse(r / "summary.json", 1 << 40), (), ("summary.json", "larger than")),
     # receipts.log
     "log FIFO": (lambda r: replace_by_fifo(r / "receipts.log"), (), ("receipts.log", "not a regular file")),
@@ -284,3 +301,22 @@ def test_report_shows_a_hostile_log_or_evidence_as_unreadable(tmp_path: Path, na
     data = read_run(run)
     assert data.audit.report is None and data.audit.error is not None
     assert Path(name).name in data.audit.error and "not a regular file" in data.audit.error
+
+
+#: Counts a summary.json of at most 16 MiB can hold, each within the record's limits.
+LARGE_COUNTS: dict[str, Attack] = {
+    f"{MAX_WORKERS} workers": lambda r: _many_workers(r, MAX_WORKERS),
+    "35,000 detections": lambda r: _repeated(r, "detections", 35_000),
+    "19,000 responses": lambda r: _repeated(r, "responses", 19_000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LARGE_COUNTS))
+def test_large_counts_within_the_limits_stay_within_the_bounds(tmp_path: Path, name: str) -> None:
+    """The largest lists a summary can hold within its limits: the audit reads them (exit 0 or 1)
+    within the bounds."""
+    run = recorded_copy(tmp_path)
+    LARGE_COUNTS[name](run)
+    outcome = audit_process(run, "--format", "json")
+    outcome.check_bounded()
+    assert outcome.code in (0, 1), outcome.output[-2000:]
