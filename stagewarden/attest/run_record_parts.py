@@ -228,7 +228,8 @@ class FaultRecord:
         worker: The failed worker (``None``: nobody could be blamed).
         stage: Its stage (``None``: a standby, or nobody blamed).
         rank: Its process rank.
-        cause: ``crashed``, ``unresponsive``, ``withholding``, ``malformed`` or ``unattributed``.
+        cause: ``crashed``, ``unresponsive``, ``withholding``, ``malformed``, ``attestation_refused`` (refused
+            when re-attested during the run) or ``unattributed``.
         reason: What happened, for people.
         step: The step the run had reached.
         session: The session (0: the first run, then one per resume) it happened in.

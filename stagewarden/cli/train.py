@@ -206,6 +206,12 @@ def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
     help="Keep the N newest verified checkpoints on disk, and step 0's (0: keep all).  [default: 2]",
 )
 @click.option(
+    "--result-lifetime",
+    type=click.IntRange(min=2, max=7 * 86400),
+    help="Seconds a simulated attestation result stays valid; every worker is re-attested when half of it has "
+    "passed, and a worker refused then is replaced like a failed one.  [default: 3600]",
+)
+@click.option(
     "--max-recomputations",
     type=click.IntRange(min=0, max=MAX_RECOMPUTATIONS_LIMIT),
     help="Recompute (or roll back to) one step at most N times after detections before the run stops; raise "
@@ -285,6 +291,7 @@ def train(
     response: str | None,
     checkpoint_every: int | None,
     keep_checkpoints: int | None,
+    result_lifetime: int | None,
     max_recomputations: int | None,
     no_overlap_checks: bool,
     heartbeat_timeout: float | None,
@@ -332,6 +339,7 @@ def train(
         "checkpoint_every": checkpoint_every,
         "keep_checkpoints": keep_checkpoints,
         "max_recomputations": max_recomputations,
+        "result_lifetime": result_lifetime,
         **timeouts,
     }
     settings.update({k: v for k, v in chosen.items() if v is not None})

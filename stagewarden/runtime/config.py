@@ -122,6 +122,11 @@ class RunConfig:
     (:data:`~stagewarden.runtime.defaults.DEFAULT_CHECKPOINT_EVERY`) keeps that
     under 2% of training time on the runtime-overhead benchmark's job; lower it to lose fewer steps
     to a response or a crash, raise it for large models."""
+    result_lifetime: int = 3600
+    """Seconds an attestation result of the simulated verifier stays valid (a DCAP policy file sets
+    its own). The coordinator re-attests every admitted worker once half of the shortest lifetime
+    left has passed, so that a valid result covers every receipt of a run however long it is, and
+    a worker refused then (a revoked device) is handled as a failed one; from 2 s to 7 days."""
     keep_checkpoints: int = 2
     """How many of the newest verified checkpoints stay on disk (``0``: all). Older ones are
     deleted once a newer one is recorded (manifest first, so an interrupted delete never leaves a
@@ -204,6 +209,11 @@ class RunConfig:
                 and 0 <= self.max_recomputations <= MAX_RECOMPUTATIONS_LIMIT,
                 f"max_recomputations must be an integer from 0 to {MAX_RECOMPUTATIONS_LIMIT}, "
                 f"got {self.max_recomputations!r}",
+            ),
+            (
+                type(self.result_lifetime) is int and 2 <= self.result_lifetime <= 7 * 86400,
+                f"result_lifetime must be a whole number of seconds from 2 to {7 * 86400}, "
+                f"got {self.result_lifetime!r}",
             ),
             (self.checkpoint_every >= 0, f"checkpoint_every must be at least 0, got {self.checkpoint_every}"),
             (self.keep_checkpoints >= 0, f"keep_checkpoints must be at least 0, got {self.keep_checkpoints}"),
@@ -289,6 +299,7 @@ class RunConfig:
             "silence_timeout",
             "steps",
             "max_recomputations",
+            "result_lifetime",
             "attack",
             "dcap_collateral",
             "dcap_policy",

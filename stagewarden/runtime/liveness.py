@@ -62,7 +62,8 @@ class Fault:
         rank: The worker's rank.
         cause: ``unresponsive`` (no heartbeat), ``withholding`` (alive, owes a transfer, waits on
             nobody), ``malformed`` (sent a message that fails parsing or the protocol's checks) or
-            ``crashed`` (its connection closed).
+            ``crashed`` (its connection closed); the coordinator also records ``attestation_refused``
+            (refused when re-attested during the run).
         reason: One sentence for the operator.
     """
 

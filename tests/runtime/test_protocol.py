@@ -100,6 +100,7 @@ STRATEGIES: dict[type[p.Message], st.SearchStrategy[Any]] = {
     p.Hello: st.builds(p.Hello, ids, ids, st.none() | stage_maps, st.none() | blobs, steps, st.none() | digests),
     p.Shutdown: st.just(p.Shutdown()),
     p.Refused: st.just(p.Refused()),
+    p.Reattest: st.builds(p.Reattest, blobs),
     p.Admitted: stage_maps_message(p.Admitted),
     p.Release: st.just(p.Release()),
     p.Calibrate: st.builds(p.Calibrate, st.integers(1, 8)),
@@ -135,7 +136,7 @@ messages = st.one_of(*STRATEGIES.values())
 def test_every_message_has_a_strategy() -> None:
     """The round-trip properties below cover every message class."""
     assert set(STRATEGIES) == set(p.MESSAGES)
-    assert len(p.MESSAGES) == 29
+    assert len(p.MESSAGES) == 30
 
 
 @settings(max_examples=300)

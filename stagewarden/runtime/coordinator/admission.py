@@ -3,7 +3,8 @@ must present, and the calibration of the spot check's tolerance."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import datetime as dt
+from collections.abc import Iterable, Sequence
 
 from nacl.signing import SigningKey
 
@@ -72,18 +73,97 @@ class Admission:
     ) -> None:
         self.ctx, self.roster, self.ledger, self.tally = ctx, roster, ledger, tally
         self.reexec, self.faults = reexec, faults
+        self.windows: dict[str, tuple[dt.datetime, dt.datetime]] = {}
+        """The issue and expiry times of each attested worker's newest result."""
+        self.admitted_stage: dict[str, int | None] = {}
+        """The stage each worker was admitted for (``None``: as a standby), which its results bind."""
 
     def reference_measurements(self) -> dict[str, bytes]:
         """The measurement each worker must present: computed here from the code, the
         configuration and the initial weights derived from the seed."""
-        c = self.ctx.config
-        code = code_digest()
-        out = {}
-        for s, wid in enumerate(self.roster.stage_ids):
-            out[wid] = stage_measurement(c, s, self.ledger.initial_weights_digest(s), code)
+        out = {wid: self.reference_for(s) for s, wid in enumerate(self.roster.stage_ids)}
         for k in self.roster.free_standbys:
-            out[self.roster.standby_ids[k]] = stage_measurement(c, None, None, code)
+            out[self.roster.standby_ids[k]] = self.reference_for(None)
         return out
+
+    def reference_for(self, stage: int | None) -> bytes:
+        """The measurement a worker admitted for ``stage`` (``None``: a standby) presents."""
+        initial = self.ledger.initial_weights_digest(stage) if stage is not None else None
+        return stage_measurement(self.ctx.config, stage, initial, code_digest())
+
+    def verifier_for(
+        self, workers: Sequence[tuple[int, str, int | None]], create_key: bool
+    ) -> tuple[Verifier | DcapVerifier | None, RelyingParty | None]:
+        """A verifier and a relying party for ``workers`` (rank, id, admitted stage), built afresh
+        (the vendor's CRLs or the DCAP collateral as they are now); ``(None, None)`` without
+        attestation."""
+        c = self.ctx.config
+        key = private_key(self.ctx.keys_dir, "verifier", create=create_key)
+        if c.attestation and c.attestation_kind == "dcap":
+            clock = SystemClock()
+            dcap = _dcap_verifier(c, key, clock)
+            return dcap, RelyingParty(dcap.verify_key, clock)
+        if not c.attestation:
+            return None, None
+        if self.ctx.vendor_dir is None:
+            raise AdmissionRefused("attestation is on but no vendor folder was given")
+        clock = SystemClock()
+        verifier = local_verifier(
+            load_vendor(self.ctx.vendor_dir),
+            {stage_label(stage): self.reference_for(stage) for _, _, stage in workers},
+            Policy(result_lifetime_seconds=c.result_lifetime),
+            clock,
+            signing_key=key,
+        )
+        return verifier, RelyingParty(verifier.verify_key, clock)
+
+    def appraise(
+        self,
+        verifier: Verifier | DcapVerifier,
+        rp: RelyingParty,
+        wid: str,
+        stage: int | None,
+        msg: Evidence,
+        nonce: bytes,
+        renewal: bool,
+    ) -> Appraisal | EarAppraisal:
+        """Appraise ``msg``, the evidence of worker ``wid`` admitted for ``stage``, against ``nonce``;
+        store the evidence and the result and remember the result's window. At admission the
+        evidence is stored before it is appraised (a refused worker's too), and the result replaces
+        those of earlier sessions only in a new run; a renewal (``renewal``) stores the evidence
+        only once accepted, so that the stored evidence always belongs to a stored result, and adds
+        the result to the worker's earlier ones.
+
+        Raises:
+            AttestError: The evidence is refused (the code says why).
+            ValueError: The message carries no evidence.
+        """
+        key = msg.receipt_key
+        if msg.evidence_error is not None:  # the worker's TEE gave it no quote
+            unavailable = msg.evidence_error_code == ErrorCode.PROVIDER_UNAVAILABLE
+            code = ErrorCode.PROVIDER_UNAVAILABLE if unavailable else ErrorCode.PROVIDER_FAILED
+            raise AttestError(code, msg.evidence_error[:500])
+        if msg.evidence is None:
+            raise ValueError("evidence must be a hex string")
+        evidence = msg.evidence
+        if not renewal:
+            self.ctx.writer.write_evidence(wid, evidence)
+        appraisal: Appraisal | EarAppraisal
+        if isinstance(verifier, DcapVerifier):
+            at_stage = str(stage) if stage is not None else None
+            appraisal = verifier.appraise_evidence(evidence, key, nonce, stage=at_stage)
+            rp.admit(wid, appraisal.token, key, expected_nonce=nonce, stage=at_stage)
+        else:
+            bound = {"stage": stage_label(stage), "run_id": self.ctx.run_id}
+            appraisal = verifier.appraise_evidence(evidence, key, nonce, worker=wid, **bound)
+            rp.admit(wid, appraisal.token, key, expected_nonce=nonce, **bound)
+        if renewal:
+            self.ctx.writer.write_evidence(wid, evidence)
+        earlier = RunDir(self.ctx.run_dir).results(wid) if renewal or self.ctx.session > 0 else []
+        self.ctx.writer.write_results(wid, [*earlier, appraisal.token])
+        self.windows[wid] = (appraisal.result.issued_at, appraisal.result.expires_at)
+        self.admitted_stage[wid] = stage
+        return appraisal
 
     def admit(self) -> None:
         """Send every worker its assignment and a nonce, appraise the evidence, admit or refuse.
@@ -100,28 +180,8 @@ class Admission:
             if rank not in serving:
                 send_message(self.ctx.transport, rank, Shutdown())
                 self.roster.released.add(rank)
-        verifier: Verifier | DcapVerifier | None = None
-        rp = None
-        if c.attestation and c.attestation_kind == "dcap":
-            clock = SystemClock()
-            verifier = _dcap_verifier(
-                c, private_key(self.ctx.keys_dir, "verifier", create=self.ctx.session == 0), clock
-            )
-            rp = RelyingParty(verifier.verify_key, clock)
-            self.ctx.writer.write_verifier_key(bytes(verifier.verify_key))
-        elif c.attestation:
-            if self.ctx.vendor_dir is None:
-                raise AdmissionRefused("attestation is on but no vendor folder was given")
-            references = self.reference_measurements()
-            clock = SystemClock()
-            verifier = local_verifier(
-                load_vendor(self.ctx.vendor_dir),
-                {stage_label(stage): references[wid] for _, wid, stage in workers},
-                Policy(),
-                clock,
-                signing_key=private_key(self.ctx.keys_dir, "verifier", create=self.ctx.session == 0),
-            )
-            rp = RelyingParty(verifier.verify_key, clock)
+        verifier, rp = self.verifier_for(workers, create_key=self.ctx.session == 0)
+        if verifier is not None:
             self.ctx.writer.write_verifier_key(bytes(verifier.verify_key))
         nonces: dict[str, bytes] = {}
         for rank, wid, stage in workers:
@@ -139,25 +199,7 @@ class Admission:
                 if msg.worker_id != wid:
                     raise ValueError(f"rank {rank} answered as {msg.worker_id!r}, not {wid!r}")
                 if verifier is not None and rp is not None:
-                    if msg.evidence_error is not None:  # the worker's TEE gave it no quote
-                        unavailable = msg.evidence_error_code == ErrorCode.PROVIDER_UNAVAILABLE
-                        code = ErrorCode.PROVIDER_UNAVAILABLE if unavailable else ErrorCode.PROVIDER_FAILED
-                        raise AttestError(code, msg.evidence_error[:500])
-                    if msg.evidence is None:
-                        raise ValueError("evidence must be a hex string")
-                    evidence = msg.evidence
-                    self.ctx.writer.write_evidence(wid, evidence)
-                    appraisal: Appraisal | EarAppraisal
-                    if isinstance(verifier, DcapVerifier):
-                        at_stage = str(stage) if stage is not None else None
-                        appraisal = verifier.appraise_evidence(evidence, key, nonces[wid], stage=at_stage)
-                        rp.admit(wid, appraisal.token, key, expected_nonce=nonces[wid], stage=at_stage)
-                    else:
-                        bound = {"stage": stage_label(stage), "run_id": self.ctx.run_id}
-                        appraisal = verifier.appraise_evidence(evidence, key, nonces[wid], worker=wid, **bound)
-                        rp.admit(wid, appraisal.token, key, expected_nonce=nonces[wid], **bound)
-                    earlier = RunDir(self.ctx.run_dir).results(wid) if self.ctx.session > 0 else []
-                    self.ctx.writer.write_results(wid, [*earlier, appraisal.token])
+                    appraisal = self.appraise(verifier, rp, wid, stage, msg, nonces[wid], renewal=False)
                     self.ctx.events.write(
                         "admitted",
                         worker=wid,

@@ -52,6 +52,7 @@ from stagewarden.runtime.coordinator.faults import Faults
 from stagewarden.runtime.coordinator.ledger import Ledger
 from stagewarden.runtime.coordinator.recovery import Recovery
 from stagewarden.runtime.coordinator.reexecution import FetchedUnit, Reexecution
+from stagewarden.runtime.coordinator.renewal import Renewal
 from stagewarden.runtime.coordinator.resume import Resume
 from stagewarden.runtime.coordinator.roster import Roster
 from stagewarden.runtime.coordinator.tally import RunTally
@@ -167,6 +168,7 @@ class Coordinator:
         self.faults = Faults(ctx, self.roster, self.tally)
         self.admission = Admission(ctx, self.roster, self.ledger, self.tally, self.reexec, self.faults)
         self.recovery = Recovery(ctx, self.roster, self.ledger, self.tally, self.store, self.admission)
+        self.renewal = Renewal(ctx, self.roster, self.admission, self.faults)
         self.commitments = Commitments(ctx, self.roster, self.tally, self.current)
         self.checks = Checks(ctx, self.roster, self.ledger, self.tally, self.signer, self.reexec, self.current)
         self.start_step = 0
@@ -221,6 +223,8 @@ class Coordinator:
                 if self.ctx.session == 0 and self.store.checkpointing:
                     self.store.write(0)
                 while step < self.ctx.config.steps:
+                    if self._deferred is None and self.renewal.due():
+                        self.renewal.renew()
                     step = self.train_step(step)
             except TrainingStopped as stop:
                 stopped = str(stop)
@@ -299,7 +303,14 @@ class Coordinator:
             detections += self.checks.verify_step(step, commit, already=detections)
             if not detections:
                 after = self.update_all(step, frozen=bypass, commit=commit)
-                if c.overlap_checks and attempt == 0 and bypass is None and step + 1 < c.steps:
+                # settle at once when a renewal is due: it needs no step's checks in flight
+                if (
+                    c.overlap_checks
+                    and attempt == 0
+                    and bypass is None
+                    and step + 1 < c.steps
+                    and not self.renewal.due()
+                ):
                     self._deferred = after
                 else:
                     detections += self._settle(after, write_checkpoint=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from stagewarden.attest.errors import AttestError
 from stagewarden.runtime.coordinator.context import EXIT_RESUMABLE, RunContext
@@ -87,6 +87,20 @@ class Faults:
         fault = self._attribute(exc)
         raise RunInterrupted(
             self.record_fault(fault, str(exc)),
+            self.tally.pending_fault is not None and bool(self.tally.pending_fault.get("standby")),
+        )
+
+    def refuse(self, rank: int, code: str, reason: str) -> NoReturn:
+        """The worker of ``rank`` was refused when re-attested (a revoked device, say): record it
+        as a fault with cause ``attestation_refused`` and stop with a resumable run directory, so
+        that a standby takes its stage as after a crash."""
+        with self.lock:
+            if self._watchdog_exits:
+                threading.Event().wait()
+            self._main_handles_fault = True
+        fault = Fault(rank, "attestation_refused", f"re-attestation refused ({code}): {reason}")
+        raise RunInterrupted(
+            self.record_fault(fault),
             self.tally.pending_fault is not None and bool(self.tally.pending_fault.get("standby")),
         )
 

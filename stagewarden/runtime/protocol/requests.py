@@ -91,6 +91,24 @@ class Refused(Message):
 
 
 @dataclasses.dataclass(frozen=True)
+class Reattest(Message):
+    """Coordinator to an admitted worker during the run: present fresh evidence bound to ``nonce``
+    (answered with :class:`~stagewarden.runtime.protocol.replies.Evidence`), so that a valid
+    attestation result covers the worker for as long as it works."""
+
+    TYPE: ClassVar[str] = "reattest"
+    nonce: bytes
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "nonce": self.nonce.hex()}
+
+    @classmethod
+    def parse(cls, data: Any) -> Reattest:
+        d = read_fields(data, cls.TYPE, ("nonce",))
+        return cls(read_hex(d["nonce"], "reattest nonce"))
+
+
+@dataclasses.dataclass(frozen=True)
 class Release(Message):
     """Coordinator to worker: the worker is done (the run ended, or it was ejected)."""
 

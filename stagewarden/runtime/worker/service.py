@@ -48,6 +48,7 @@ from stagewarden.runtime.protocol import (
     Push,
     Pushed,
     Ranks,
+    Reattest,
     Refused,
     Release,
     ReplicaLoaded,
@@ -90,6 +91,7 @@ SERVED: tuple[type[Message], ...] = (
     Discard,
     Calibrate,
     Push,
+    Reattest,
 )
 
 
@@ -144,8 +146,12 @@ class StageWorker:
             Idle: lambda _: None,
             Ranks: self._on_ranks,
             Assign: self._on_assign,
+            Reattest: lambda msg: self._attest(msg.nonce),
         }
         """The requests every worker serves, a standby too."""
+        self._measurement: bytes | None = None
+        """The launch measurement this worker presented at admission, presented again when it is
+        re-attested (what it runs was measured when it started, as a TEE measures at launch)."""
 
     @property
     def worker_id(self) -> str:
@@ -242,12 +248,13 @@ class StageWorker:
         elif nonce is not None:
             if self.vendor_dir is None:
                 raise TransportError("attestation is on but this worker has no vendor folder (--vendor)")
-            module = self.runner.state.module if self.runner is not None else None
-            weights = {k: v.detach().cpu() for k, v in module.state_dict().items()} if module is not None else None
-            digest = digest_state_dict(weights) if weights is not None else None
-            measurement = stage_measurement(self.config, self.stage_index, digest, code_digest())
+            if self._measurement is None:
+                module = self.runner.state.module if self.runner is not None else None
+                weights = {k: v.detach().cpu() for k, v in module.state_dict().items()} if module is not None else None
+                digest = digest_state_dict(weights) if weights is not None else None
+                self._measurement = stage_measurement(self.config, self.stage_index, digest, code_digest())
             device = device_identity(load_vendor(self.vendor_dir), device_id_for(self.rank))
-            evidence = SimulatedProvider(device, measurement).get_evidence(nonce, pubkey)
+            evidence = SimulatedProvider(device, self._measurement).get_evidence(nonce, pubkey)
             message = dataclasses.replace(message, evidence=evidence)
         send_message(self.transport, COORDINATOR, message)
 
