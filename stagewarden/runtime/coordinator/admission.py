@@ -98,13 +98,13 @@ class Admission:
         (the vendor's CRLs or the DCAP collateral as they are now); ``(None, None)`` without
         attestation."""
         c = self.ctx.config
+        if not c.attestation:
+            return None, None
         key = private_key(self.ctx.keys_dir, "verifier", create=create_key)
-        if c.attestation and c.attestation_kind == "dcap":
+        if c.attestation_kind == "dcap":
             clock = SystemClock()
             dcap = _dcap_verifier(c, key, clock)
             return dcap, RelyingParty(dcap.verify_key, clock)
-        if not c.attestation:
-            return None, None
         if self.ctx.vendor_dir is None:
             raise AdmissionRefused("attestation is on but no vendor folder was given")
         clock = SystemClock()
