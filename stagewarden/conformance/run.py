@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ class RunUnderCheck:
             raise ConformanceError(f"{run_dir}/summary.json: {exc}") from None
         self.history: RunHistory | None = None
         events = run_dir / EVENTS_FILE
-        if events.exists():
+        if os.path.lexists(events):  # a dangling link is refused when read, not taken for no events
             try:
                 parsed, problems = read_events(events)
             except OSError as exc:

@@ -157,6 +157,11 @@ REFUSED: dict[str, tuple[Attack, tuple[str, ...], tuple[str, ...]]] = {
         ("--spec", str(SPEC)),
         ("events.jsonl", "symbolic link"),
     ),
+    "events dangling link": (
+        lambda r: replace_by_link(r / "events.jsonl", r / "nowhere"),
+        ("--spec", str(SPEC)),
+        ("events.jsonl", "symbolic link"),
+    ),
     "events 1 GiB without newline": (
         lambda r: _sparse(r / "events.jsonl", 1 << 30),
         ("--spec", str(SPEC)),
