@@ -90,9 +90,15 @@ KeyHex = Annotated[str, Strict(), Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 class RunDirError(AttestError):
-    """A run directory that cannot be read or whose record is malformed (the CLI exits with 2)."""
+    """A run directory that cannot be read or whose record is malformed (the CLI exits with 2).
+
+    The message is one line: a character that is not printable (a newline in a key or a file
+    name the directory chose) is written as its escape.
+    """
 
     def __init__(self, message: str) -> None:
+        if not message.isprintable():
+            message = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in message)
         super().__init__(ErrorCode.RUNDIR_MALFORMED, message)
 
 

@@ -107,6 +107,7 @@ REFUSED: dict[str, tuple[Attack, tuple[str, ...], tuple[str, ...]]] = {
     "summary stages 65537": (lambda r: _edit_summary(r, stages=65_537), (), ("summary.json", "stages")),
     "summary micro-batches 10**9": (lambda r: _edit_summary(r, micro_batches=10**9), (), ("micro_batches",)),
     "summary workers over the limit": (lambda r: _many_workers(r, MAX_WORKERS + 1), (), ("workers", "at most")),
+    "summary key with a newline": (lambda r: _edit_summary(r, **{"a\nb": 1}), (), ("a\\nb", "unknown field")),
     "summary huge": (lambda r: _sparse(r / "summary.json", 1 << 40), (), ("summary.json", "larger than")),
     # receipts.log
     "log FIFO": (lambda r: replace_by_fifo(r / "receipts.log"), (), ("receipts.log", "not a regular file")),
