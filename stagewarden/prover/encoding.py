@@ -62,6 +62,14 @@ _VERB = {
 SDC = "silent_corruption"
 #: Capability whose rules silent corruption of each unit kind follows.
 KIND_CAPABILITY = {"F": "tamper_activations", "B": "tamper_gradients", "U": "tamper_weights", "L": "tamper_weights"}
+#: (capability, kind) pairs a malicious worker could tamper with, by whether it is in stage 0
+#: (only stage 0 can poison data).
+_WORKER_KINDS = {
+    first: tuple(
+        (c, kind) for c in TAMPERING_CAPABILITIES if c != "poison_data" or first for kind in CAPABILITY_KINDS[c]
+    )
+    for first in (False, True)
+}
 #: Shared constants, so that the effect signatures of many workers hold the same objects.
 _ONE = Fraction(1)
 _ZERO = Fraction(0)
@@ -268,15 +276,9 @@ class Encoding:
             return [f for f in self.framings if f.victim in victims]
         return build_framings(self, victims)
 
-    def worker_kinds(self, w: int) -> list[tuple[str, str]]:
+    def worker_kinds(self, w: int) -> tuple[tuple[str, str], ...]:
         """(capability, kind) pairs a malicious occupant of position ``w`` could tamper with."""
-        out = []
-        for c in TAMPERING_CAPABILITIES:
-            if c == "poison_data" and self.world.workers[w].stage != 0:
-                continue
-            for kind in CAPABILITY_KINDS[c]:
-                out.append((c, kind))
-        return out
+        return _WORKER_KINDS[self.world.workers[w].stage == 0]
 
     def catchable(self, w: int, certain: bool) -> Term:
         """A malicious occupant of position ``w`` can get a tampered unit detected, with
@@ -483,7 +485,11 @@ class Encoding:
         With ``cooperative`` the checkers do not cover and inputs are genuine (the adversary
         wants to be caught, as when it forces a response). Cached per arguments.
         """
-        key: tuple[object, ...] = (w, capability, kind, cooperative)
+        # The effects read the capability only as one of these roles and the kind only as
+        # whether it is the last update or an activation/gradient: units alike in those share
+        # one list (and so one level formula), as a worker's forward and backward units do.
+        role = capability if capability in (SDC, "equivocate", "poison_data") else "tamper"
+        key: tuple[object, ...] = (w, role, kind == "L", kind in ("F", "B"))
         if cooperative:
             # Without covering and with genuine inputs a unit's effects depend only on its
             # capability, its kind and whether its stage has a downstream checker (every slot

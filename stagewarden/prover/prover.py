@@ -53,7 +53,7 @@ class Prover(DetectionCheck, BoundedDamageCheck, NoFramingCheck, LivenessCheck, 
     def check(self, guarantee_id: str) -> GuaranteeResult:
         """The verdict for one guarantee."""
         guarantee = next(g for g in self.spec.guarantees if g.id == guarantee_id)
-        if self.dynamics:
+        if self.dynamics and not self._kinds_share_encoding():
             # Only bounded_damage counts second tries in a position, so only its encoding has
             # them; liveness unrolls its runs event by event (stagewarden.prover.liveness_runs),
             # where the per-position summary would only slow it down.

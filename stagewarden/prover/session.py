@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import z3
 from z3 import z3core
 
+from stagewarden.prover.dynamics import SYMBOLIC_DYNAMICS_WORKERS
 from stagewarden.prover.encoding import Assumption, Encoding
 from stagewarden.prover.fastz3 import Term, at_most, conj, constant_name, neg, to_z3, true_constants
 from stagewarden.spec import (
@@ -73,9 +74,11 @@ class SolverSession:
         self._term_cache: dict[tuple[str | None, Fraction], list[Term]] = {}
         #: Per level: for each of its terms, the position whose malicious occupant it needs.
         self._term_owners: dict[tuple[str | None, Fraction], list[int]] = {}
-        #: A worker's level term, by (worker, kind or None for its weakest kind, op, level).
-        self._level_cache: dict[tuple[int, str | None, str, Fraction], Term] = {}
+        #: A worker's level term, by (worker, kind or None for its weakest kind, op, level's
+        #: numerator and denominator).
+        self._level_cache: dict[tuple[int, str | None, str, int, int], Term] = {}
         self._unmasked_cache: Term | None = None
+        self._last_malicious: tuple[z3.ModelRef, Encoding, list[int]] | None = None
 
     # -- encodings --------------------------------------------------------------------------
 
@@ -120,6 +123,14 @@ class SolverSession:
             self._other_state = {name: getattr(self, name) for name in self._STATE}
             for name, value in mine.items():
                 setattr(self, name, value)
+
+    def _kinds_share_encoding(self) -> bool:
+        """Whether the encodings of every guarantee kind (with and without second tries, with
+        and without the dynamics summary) are this one: where no position can change hands in
+        a way a check notices, the summary is left out of all of them, and in worlds larger
+        than ``SYMBOLIC_DYNAMICS_WORKERS`` the symbolic form follows the same rule. The kinds
+        then share one session (one encoding, one framing list, one set of level terms)."""
+        return not self.enc.occupancy.active and len(self.enc.world.workers) > SYMBOLIC_DYNAMICS_WORKERS
 
     # -- solver plumbing --------------------------------------------------------------------
 
@@ -345,7 +356,7 @@ class SolverSession:
             if result == z3.unknown and terms is self.enc.mal:
                 # Too hard in general: look for a smaller placement inside the best one found.
                 inside = set(self._malicious(best))
-                outside = [z3.Not(m) for i, m in enumerate(self.enc.mal) if i not in inside]
+                outside = [to_z3(neg(m)) for i, m in enumerate(self.enc.mal) if i not in inside]
                 result = self._bounded_check(solver, guard, *extra, bound, *outside, *literals)
                 if result == z3.unsat:
                     result = z3.unknown  # refuted only within the subset: not a proof
@@ -361,14 +372,22 @@ class SolverSession:
         return best
 
     def _malicious(self, model: z3.ModelRef) -> list[int]:
-        """Indices of the workers malicious in ``model`` (unassigned counts as honest)."""
+        """Indices of the workers malicious in ``model`` (unassigned counts as honest).
+
+        Reading every worker's value takes a fraction of a second in the largest worlds, and a
+        verdict asks about the same model several times: the answer for the last model is kept
+        (with the model, so that its identity stays unique)."""
+        last = self._last_malicious
+        if last is not None and last[0] is model and last[1] is self.enc:
+            return list(last[2])
         ctx, ref = model.ctx.ref(), model.model
         out = []
         for i, decl in enumerate(self._mal_decls()):
             value = z3core.Z3_model_get_const_interp(ctx, ref, decl)
             if value and z3core.Z3_get_bool_value(ctx, value) == 1:
                 out.append(i)
-        return out
+        self._last_malicious = (model, self.enc, out)
+        return list(out)
 
     def _mal_decls(self) -> list[object]:
         decls = self._decl_cache.get(id(self.enc))

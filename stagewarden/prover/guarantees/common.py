@@ -186,12 +186,12 @@ class GuaranteeChecks(SolverSession):
             self._unmasked_cache = disj([neg(enc.check_present[masks[0]]), at_least(touched, need)])
         return self._unmasked_cache
 
-    def _worker_kinds(self, w: int) -> list[tuple[str, str]]:
+    def _worker_kinds(self, w: int) -> tuple[tuple[str, str], ...]:
         """(capability, kind) pairs a malicious worker could tamper with."""
         return self.enc.worker_kinds(w)
 
     def _kind_level(self, w: int, kind: str, op: str, lv: Fraction) -> Term:
-        key = (w, kind, op, lv)
+        key = (w, kind, op, lv.numerator, lv.denominator)  # hashing a Fraction is slow
         known = self._level_cache.get(key)
         if known is None:
             known = self._level_cache[key] = self._build_kind_level(w, kind, op, lv)
@@ -209,7 +209,7 @@ class GuaranteeChecks(SolverSession):
         return disj(parts)
 
     def _worker_level(self, w: int, op: str, lv: Fraction) -> Term:
-        key = (w, None, op, lv)
+        key = (w, None, op, lv.numerator, lv.denominator)
         known = self._level_cache.get(key)
         if known is None:
             known = self._level_cache[key] = disj([self._kind_level(w, kind, op, lv) for kind in KINDS])
