@@ -49,6 +49,9 @@ from stagewarden.spec import (
 if TYPE_CHECKING:
     from stagewarden.prover.encoding import Encoding
 
+#: Removal events, each of one position's occupant (``outvoted`` also removes the malicious copies
+#: that tied the vote).
+_EVENT_KINDS = ("crash", "eject", "framed", "outvoted")
 #: Unit kinds each tampering capability that a check can catch acts on (``L`` is the last update).
 _TAMPER_KINDS = {"tamper_activations": ("F",), "tamper_gradients": ("B",), "tamper_weights": ("U", "L")}
 
@@ -153,7 +156,8 @@ class LivenessRuns:
         same = [[to_z3(a) == to_z3(b) for b in standby_bad] for a in standby_bad]
         for t in range(self.steps):
             kinds: dict[str, list[z3.BoolRef]] = {
-                kind: [boolean(f"run!{kind}[{t},{p}]") for p in range(n)] for kind in ("crash", "eject", "framed")
+                kind: [boolean(f"run!{kind}[{t},{p}]") for p in range(n)]
+                for kind in ("crash", "eject", "framed", "outvoted")
             }
             enter = [[boolean(f"run!enter[{t},{p},{j}]") for j in range(k)] for p in range(n)]
             self.events.append(kinds)
@@ -193,11 +197,20 @@ class LivenessRuns:
                     ]
                 )
                 self.constraints.append(implies(kinds["framed"][p], victim))
+                tied = conj([enc.response["eject"], state.here[p], neg(state.bad[p]), running[replica]])
+                self.constraints.append(implies(kinds["outvoted"][p], conj([tied, self.framed(state, p, tie=True)])))
                 for j in range(k):
                     free = conj([neg(state.here[p]), neg(state.used[j]), enc.standby[j]])
                     self.constraints.append(implies(enter[p][j], free))
             crashes += kinds["crash"]
-            removed = [disj([kinds[kind][p] for kind in kinds]) for p in range(n)]
+            # A tied vote ejects the malicious copies of the victim's slot with it.
+            removed = [
+                disj(
+                    [kinds[kind][p] for kind in kinds]
+                    + [conj([kinds["outvoted"][q], state.bad[p]]) for q in self._slot_copies(p) if q != p]
+                )
+                for p in range(n)
+            ]
             entered = [disj(enter[p]) for p in range(n)]
             state = _Step(
                 [disj([conj([state.here[p], neg(removed[p])]), entered[p]]) for p in range(n)],
@@ -275,9 +288,11 @@ class LivenessRuns:
         parts.append(conj([enc.cap["equivocate"], enc.receipts, enc.coord_trusted]))
         return disj(parts)
 
-    def framed(self, state: _Step, p: int) -> Term:
+    def framed(self, state: _Step, p: int, tie: bool = False) -> Term:
         """Some framing mechanism blames the (honest, present) occupant of ``p``, its framers
-        being the malicious occupants present now."""
+        being the malicious occupants present now; with ``tie``, only a ``replicate`` vote that
+        the malicious copies tie (it blames both sides, so they are ejected with the victim),
+        else every other way, a vote the malicious copies win outright included."""
         enc, world = self.enc, self.world
         stage, replica = world.slot_of(self.positions[p])
         no_referee = disj([neg(enc.receipts), neg(enc.coord_trusted)])
@@ -286,6 +301,8 @@ class LivenessRuns:
         copies = [q for q in self._slot_copies(p) if q != p]
         for i, check in self.checks:
             present = enc.check_present[i]
+            if tie and not isinstance(check, ReplicateCheck):
+                continue
             if isinstance(check, RedundantNeighbourCheck):
                 if 1 <= stage <= world.stages - 2:
                     up, down = self._primary(stage - 1, replica), self._primary(stage + 1, replica)
@@ -298,15 +315,22 @@ class LivenessRuns:
                 out.append(conj([accuse, present, enc.vf[i]["peer"], anyone]))
             elif isinstance(check, ReplicateCheck):
                 against = [state.bad[q] for q in copies]
-                out.append(conj([accuse, present, disj(against)]))
+                if not tie:
+                    out.append(conj([accuse, present, disj(against)]))
                 tamper = disj([enc.cap[c] for c in _TAMPER_KINDS])
                 vote = conj([present, tamper, disj([neg(enc.referee[i]), neg(enc.coord_trusted)])])
                 # The vote is over the copies present: 2 * malicious >= present, that is
                 # malicious + malicious + vacant >= copies (the victim is present and honest).
                 vacant = [neg(state.here[q]) for q in copies]
                 majority = _count_at_least(against + against + vacant, len(copies) + 1) if copies else False
+                strict = _count_at_least(against + against + vacant, len(copies) + 2) if copies else False
                 agree = disj([enc.collusion, _count_at_most(against, 1)])
-                out.append(conj([vote, disj(against), agree, majority]))
+                voted = conj([vote, disj(against), agree, majority])
+                if tie:
+                    return conj([voted, neg(strict)])
+                out.append(conj([voted, strict]))
+        if tie:
+            return False
         out.append(conj([neg(enc.coord_trusted), neg(enc.receipts)]))
         return disj(out)
 
@@ -368,14 +392,13 @@ class LivenessRuns:
         # removal vacates a position and every entry fills one, so a run that ends with every
         # standby entered and a slot of every replica vacant has at least R * k + K removals;
         # every ejection removes a distinct malicious worker.
-        removals = [v for kinds in self.events for row in kinds.values() for v in row]
         copies = len(self.positions) // (self.world.stages * self.world.replicas)
         need = self.world.replicas * copies
-        # With at most C crashes and B ejections, the framings make up the rest (one cardinality
-        # constraint: CDCL refutes a sum of separate ones only by long search).
+        # With at most C crashes and B malicious workers removed (ejected, or blamed by a tied
+        # vote), the framings make up the rest (one cardinality constraint: CDCL refutes a sum
+        # of separate ones only by long search).
         absent = [to_z3(neg(e)) for e in self.enc.standby]
-        counted = at_least(removals + absent, need + len(absent)) if removals else z3.BoolVal(need <= 0)
-        framings = [v for kinds in self.events for v in kinds["framed"]]
+        framings = [v for kinds in self.events for v in kinds["framed"] + kinds["outvoted"]]
         budget, allowed = self.enc.spec.malicious_budget, self.enc.spec.adversary.faults.crash
         rest = need + len(absent) - budget - allowed
         framed: Term = at_least(framings + absent, rest) if rest > 0 else True
@@ -388,7 +411,7 @@ class LivenessRuns:
                 *self.constraints,
                 self.crash_bound(),
                 self._budget_bound(ejections),
-                disj([stall, conj([empty, counted, framed])]),
+                disj([stall, conj([empty, framed])]),
             ]
         )
         return goal, stall, empty
@@ -412,12 +435,16 @@ class LivenessRuns:
         occupant = list(names)
         free = list(range(len(self.standby)))
         events: list[RunEvent] = []
-        for kinds, enter in zip(self.events, self.entries, strict=True):
+        for before, kinds, enter in zip(self.states, self.events, self.entries, strict=False):
             for kind, row in kinds.items():
                 for p, var in enumerate(row):
                     if constant_name(var) in true:
                         events.append(RunEvent(len(events), kind, names[p], occupant[p]))
                         occupant[p] = "vacant"
+                        if kind == "outvoted":
+                            for q in self._slot_copies(p):
+                                if holds_in(model, before.bad[q]):
+                                    occupant[q] = "vacant"
             for p, row in enumerate(enter):
                 for j, var in enumerate(row):
                     if constant_name(var) in true:

@@ -54,9 +54,15 @@ def search(runs: LivenessRuns) -> LivenessRun | None:
     budget = enc.spec.malicious_budget
     standby = len(runs.standby)
     corruptible = _corruptible(runs)
-    count = sum(comb(len(corruptible), size - m) for size in range(budget + 1) for m in range(min(size, standby) + 1))
-    if count * max(1, len(runs.positions)) > PLACEMENT_LIMIT * 8:
-        raise TooLarge(f"{count} placements")
+    # Counted until the limit is passed: the full count has tens of thousands of digits in the
+    # largest worlds (too slow to sum, and too long to print).
+    most = PLACEMENT_LIMIT * 8 // max(1, len(runs.positions))
+    count = 0
+    for size in range(budget + 1):
+        for m in range(min(size, standby) + 1):
+            count += comb(len(corruptible), size - m)
+            if count > most:
+                raise TooLarge(f"more than {most} placements")
     visited = 0
     seen: set[object] = set()
     for size in range(budget + 1):
@@ -140,8 +146,14 @@ def _explore(runs: LivenessRuns, bad_originals: frozenset[int], bad_standby: int
             if now.bad[p]:
                 if enc.cap["withhold"] is True or runs.catchable(now, p, certain=False) is True:
                     moves.append(("eject", p, vacated, crashes))
-            elif runs.framed(now, p) is True:
+                continue
+            if runs.framed(now, p) is True:
                 moves.append(("framed", p, vacated, crashes))
+            if runs.framed(now, p, tie=True) is True:
+                # A tied vote ejects the malicious copies of the slot with the victim.
+                slot = set(runs._slot_copies(p))
+                both = tuple(VACANT if q == p or (q in slot and now.bad[q]) else o for q, o in enumerate(occ))
+                moves.append(("outvoted", p, (both, used_honest, used_bad), crashes))
         for kind, p, after, used in moves:
             known = fewest.get(after)
             if known is None or used < known:
@@ -177,6 +189,8 @@ def _violation(
     moves.reverse()
     names = [world.workers[w].name for w in runs.positions]
     standby_names = [world.workers[w].name for w in runs.standby]
+    malicious = [names[p] for p in sorted(bad_originals)] + standby_names[:bad_standby]
+    bad_names = set(malicious)
     occupant = list(names)
     next_bad, next_honest = 0, bad_standby
     events: list[RunEvent] = []
@@ -190,8 +204,11 @@ def _violation(
             occupant[p] = worker
         else:
             events.append(RunEvent(len(events), kind, names[p], occupant[p]))
+            if kind == "outvoted":
+                for q in runs._slot_copies(p):
+                    if occupant[q] in bad_names:
+                        occupant[q] = "vacant"
             occupant[p] = "vacant"
-    malicious = [names[p] for p in sorted(bad_originals)] + standby_names[:bad_standby]
     staller = None
     withholds = enc.cap["withhold"] is True
     if stall:

@@ -15,8 +15,11 @@ _DETAIL = {
     "crash": "crash-stops",
     "eject": "is detected (or goes silent) and is ejected",
     "framed": "is framed and ejected",
+    "outvoted": "is outvoted in a tied replicate vote and ejected, with the malicious copies that tied it",
     "enter": "takes the vacant position",
 }
+
+_GROUP = {"crash": "crashed", "eject": "ejected", "framed": "framed", "outvoted": "framed"}
 
 
 def _n(count: int, word: str, plural: str | None = None) -> str:
@@ -32,7 +35,9 @@ def _summary(events: list[RunEvent], final: dict[str, str], positions: list[str]
         if e.kind == "enter":
             out["entered"].append({"position": e.position, "standby": e.worker})
         elif e.worker not in standby:
-            out[{"crash": "crashed", "eject": "ejected", "framed": "framed"}[e.kind]].append(e.position)
+            out[{"crash": "crashed", "eject": "ejected", "framed": "framed", "outvoted": "framed"}[e.kind]].append(
+                e.position
+            )
     out["vacant"] = [p for p in positions if final.get(p) == "vacant"]
     out["events"] = [e.as_dict() for e in events]
     return out
@@ -66,6 +71,7 @@ def liveness_trace(prover: SolverSession, runs: LivenessRuns, run: LivenessRun, 
         states.append({"#index": len(states), "worker": staller, "action": action, "detail": detail})
     else:
         counts = {kind: sum(1 for e in events if e.kind == kind) for kind in ("crash", "eject", "framed", "enter")}
+        counts["framed"] += sum(1 for e in events if e.kind == "outvoted")
         description = (
             f"{_n(counts['crash'], 'crash', 'crashes')}, {_n(counts['eject'], 'ejection')}, "
             f"{_n(counts['framed'], 'framing')} and {_n(counts['enter'], 'standby entry', 'standby entries')} "

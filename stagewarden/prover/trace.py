@@ -75,11 +75,17 @@ def occupancy_events(prover: SolverSession, model: z3.ModelRef) -> tuple[dict[st
     true = true_constants(model)
     malicious_standby = [w for w in world.standby_workers if constant_name(enc.mal[w]) in true]
     honest_standby = [w for w in world.standby_workers if constant_name(enc.mal[w]) not in true]
-    for w, vacated in occ.vacated.items():
-        if constant_name(vacated) not in true:
-            continue
+    vacated_now = [w for w, v in occ.vacated.items() if constant_name(v) in true]
+    # A crash needs no framer in place: where the crash budget has room, a vacancy the model
+    # explains by a framing is told as a crash, so that no framing waits on a standby worker
+    # that can only enter after it (the summary does not order the two).
+    spare = prover.spec.adversary.faults.crash - sum(1 for w in vacated_now if constant_name(occ.crashed[w]) in true)
+    for w in vacated_now:
         name = world.workers[w].name
-        if constant_name(occ.crashed[w]) in true:
+        crashed = constant_name(occ.crashed[w]) in true
+        if not crashed and constant_name(enc.mal[w]) not in true and spare > 0:
+            crashed, spare = True, spare - 1
+        if crashed:
             events["crashed"].append(name)
         elif constant_name(enc.mal[w]) in true:
             events["ejected"].append(name)

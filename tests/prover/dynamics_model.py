@@ -66,7 +66,9 @@ State = tuple[tuple[int, ...], tuple[int, ...], int]
 @dataclass(frozen=True)
 class Event:
     """One transition: ``crash``, ``eject`` (a convict), ``framed`` (an honest worker ejected
-    after being framed) or ``enter`` (a standby worker takes a vacant position)."""
+    after being framed), ``outvoted`` (an honest worker ejected by a tied ``replicate`` vote,
+    with the malicious copies that tied it) or ``enter`` (a standby worker takes a vacant
+    position)."""
 
     kind: str
     position: str
@@ -331,18 +333,28 @@ class Simulation:
                     out.append("false_accuse:peer")
             if rep is not None and any(q != victim and occ[q] != VACANT and framer(q) for q in self.slot(victim)):
                 out.append("false_accuse:replicate")
-        tampering = caps & {"tamper_activations", "tamper_gradients", "tamper_weights"}
-        if rep is not None and tampering and (rep.resolve == "majority" or not world.coordinator_trusted):
-            present = [q for q in self.slot(victim) if occ[q] != VACANT]
-            bad = [q for q in present if framer(q)]
-            agree = len(bad) == 1 or (len(bad) > 1 and world.collusion)
-            # Reading: the vote is over the copies that are occupied (a majority over fewer copies).
-            if bad and agree and 2 * len(bad) >= len(present):
-                out.append("outvoting")
+        if self.vote(occ, victim, view) is not None:
+            out.append("outvoting")
         if not world.coordinator_trusted and not world.receipts:
             # Reading: it blames anyone; it ejects only when the response has eject (successors).
             out.append("untrusted_coordinator")
         return out
+
+    def vote(self, occ: tuple[int, ...], victim: int, view: frozenset[int] | None = None) -> list[int] | None:
+        """When a ``replicate`` vote outvotes the honest occupant of ``victim``: the malicious
+        copies that a tie blames with it (the docs' Decision: a tie blames both sides), empty
+        when they hold a strict majority; None when the vote does not outvote it."""
+        world, rep = self.world, self.world.replicate
+        tampering = self.caps & {"tamper_activations", "tamper_gradients", "tamper_weights"}
+        if rep is None or not tampering or (rep.resolve != "majority" and world.coordinator_trusted):
+            return None
+        present = [q for q in self.slot(victim) if occ[q] != VACANT]
+        bad = [q for q in present if q != victim and (q in view if view is not None else self.bad(occ, q))]
+        agree = len(bad) == 1 or (len(bad) > 1 and world.collusion)
+        # Reading: the vote is over the copies that are occupied (a majority over fewer copies).
+        if not bad or not agree or 2 * len(bad) < len(present):
+            return None
+        return bad if 2 * len(bad) == len(present) else []
 
     # -- events --------------------------------------------------------------------------
 
@@ -365,8 +377,15 @@ class Simulation:
             if self.bad(occ, p):
                 if "withhold" in self.caps or self.catchable(occ, p):
                     yield Event("eject", self.names[p], who), (vacated, entered, crashes)
-            elif self.framings(occ, p, view):
+                continue
+            mechanisms = self.framings(occ, p, view)
+            tied = self.vote(occ, p, view) if "outvoting" in mechanisms else None
+            if mechanisms and (tied is None or not tied or len(mechanisms) > 1):
                 yield Event("framed", self.names[p], who), (vacated, entered, crashes)
+            if tied:
+                # A tied vote blames both sides: the malicious copies go with their victim.
+                both = tuple(VACANT if q == p or q in tied else o for q, o in enumerate(occ))
+                yield Event("outvoted", self.names[p], who), (both, entered, crashes)
         free_bad = [i for i in self.bad_standby if entered[i] == FREE]
         free_good = [i for i in range(len(entered)) if entered[i] == FREE and i not in self.bad_standby]
         candidates = [min(group) for group in (free_bad, free_good) if group]

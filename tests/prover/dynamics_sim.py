@@ -364,9 +364,9 @@ def _framing_cycle(
     ahead = [
         sim.index[e.position]
         for before, e in run
-        if e.kind == "framed" and not sim.framings(before[0], sim.index[e.position])
+        if e.kind in ("framed", "outvoted") and not sim.framings(before[0], sim.index[e.position])
     ]
-    framed = {sim.index[e.position] for _, e in run if e.kind == "framed"}
+    framed = {sim.index[e.position] for _, e in run if e.kind in ("framed", "outvoted")}
     return bool(ahead) and set(ahead) <= extras and extras <= framed
 
 
@@ -399,7 +399,7 @@ def replay_trace(spec: Spec, guarantee_id: str, trace: dict[str, object]) -> str
     def allow(event: Event) -> bool:
         if event.kind == "enter":
             return entered.get(event.position) == (event.worker in malicious)
-        wanted = {"crash": crashed, "eject": ejected, "framed": framed}[event.kind]
+        wanted = {"crash": crashed, "eject": ejected, "framed": framed, "outvoted": framed}[event.kind]
         return event.position in wanted and event.worker == event.position
 
     parents = sim.explore(None, allow)
