@@ -21,6 +21,7 @@ import z3
 from stagewarden.prover.dynamics import Occupancy, build_occupancy, crash_limit, standby_limit, vacancy_constraints
 from stagewarden.prover.fastz3 import ModelView, Term, at_most, boolean, conj, disj, holds_in, neg, to_z3
 from stagewarden.prover.framing import Framing, build_framings
+from stagewarden.prover.peer import colluding_condition, peer_value, vacant_honest, verifier_condition
 from stagewarden.prover.probability import detection_probability
 from stagewarden.prover.world import World
 from stagewarden.spec import (
@@ -561,11 +562,10 @@ class Encoding:
             ]
         )
 
-    def peer_value(self, rate: Fraction, malicious: int, colluding: bool) -> Fraction:
-        """Detection value of a peer spot check with ``malicious`` malicious computing workers."""
-        if not colluding or self.n_computing <= 1:
-            return rate
-        return rate * Fraction(self.n_computing - malicious, self.n_computing - 1)
+    def peer_value(self, rate: Fraction, malicious: int, colluding: bool, vacant: int = 0) -> Fraction:
+        """Detection value of a peer spot check with ``malicious`` malicious computing workers
+        and ``vacant`` other positions vacant (:mod:`stagewarden.prover.peer`)."""
+        return peer_value(self.n_computing, rate, malicious, colluding, vacant)
 
     def level(self, effects: list[Effect], op: str, threshold: Fraction) -> Term:
         """Formula: the unit's detection probability is ``< threshold`` (op "lt") or
@@ -638,27 +638,14 @@ class Encoding:
         """Condition (on collusion and the number of malicious workers) under which adding the peer
         check to checks of combined value ``d_others`` makes the unit good; None if never."""
 
-        def good_at(m: int, colluding: bool) -> bool:
-            v = self.peer_value(rate, m + shift, colluding)
+        def good_at(m: int, colluding: bool, vacant: int = 0) -> bool:
+            v = self.peer_value(rate, m + shift, colluding, vacant)
             return not bad(1 - (1 - d_others) * (1 - v))
 
-        conditions: list[Term] = []
-        if good_at(1, False):
-            conditions.append(neg(self.collusion))
-        # With collusion the value falls as m (malicious computing workers) grows: good iff
-        # m <= m_max (binary search; m counts the unit's own worker when it is malicious).
-        m_max = -1
-        low, high = 1 - shift, self.n_computing
-        while low <= high:
-            mid = (low + high) // 2
-            if good_at(mid, True):
-                m_max, low = mid, mid + 1
-            else:
-                high = mid - 1
-        if m_max >= self.n_computing:
-            conditions.append(self.collusion)
-        elif m_max >= 0:
-            conditions.append(conj([self.collusion, at_most(self.malicious_computing(), m_max)]))
+        conditions: list[Term] = [conj([neg(self.collusion), verifier_condition(self, lambda v: good_at(1, False, v))])]
+        # With collusion the value falls as m (malicious computing workers, the unit's own worker
+        # included when it is malicious) and the vacant honest positions grow.
+        conditions.append(conj([self.collusion, colluding_condition(self, shift, lambda m, v: good_at(m, True, v))]))
         combined = disj(conditions)
         return None if combined is False else combined
 
@@ -683,9 +670,10 @@ class Encoding:
         colluding = holds_in(model, self.collusion)
         rows = []
         values = []
+        vacant = sum(1 for t in vacant_honest(self) if holds_in(model, t)) if any(e.peer for e in effects) else 0
         for e in effects:
             on = holds_in(model, e.expr)
-            value = e.value if e.value is not None else self.peer_value(e.rate, malicious + e.shift, colluding)
+            value = e.value if e.value is not None else self.peer_value(e.rate, malicious + e.shift, colluding, vacant)
             rows.append((e, on, value))
             if on:
                 values.append(value)
@@ -720,8 +708,9 @@ class Encoding:
                     for peer in peers:
                         for m in _sample_counts(max_malicious):
                             for colluding in (False, True):
-                                v = self.peer_value(peer.rate, m + peer.shift, colluding)
-                                levels.add(1 - (1 - base) * (1 - v))
+                                for vacant in [0, *_sample_counts(len(vacant_honest(self)))]:
+                                    v = self.peer_value(peer.rate, m + peer.shift, colluding, vacant)
+                                    levels.add(1 - (1 - base) * (1 - v))
         return sorted(levels)
 
 
