@@ -156,10 +156,17 @@ def run_one(setting: Setting, seed: int, steps: int, receipts: bool, scratch: Pa
         "detections": len(run.detections) if run is not None else 0,
         "recomputed_steps": len({r.step for r in responses}),
         "responses": len(responses),
-        # every response is one more computation of a step (around the attacker for skip_stage)
-        "computations": (len(run.losses) if run is not None else 0) + len(responses),
+        "computations": computations(run),
         "load_average": os.getloadavg()[0],
     }
+
+
+def computations(run: TrainingRecord | None) -> int:
+    """How often a step was computed: every completed step, one more for every response (around
+    the attacker for ``skip_stage``), and the last computation of a run that stopped on it."""
+    if run is None:
+        return 0
+    return len(run.losses) + len(run.responses) + (1 if run.status == "stopped" and run.detections else 0)
 
 
 def _mean(values: list[float]) -> float:

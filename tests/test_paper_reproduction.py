@@ -84,3 +84,17 @@ def test_rows_compare_each_setting_with_clean() -> None:
 def test_unknown_configurations_are_bad_input(capsys: object) -> None:
     """An unknown name exits 2 before anything runs."""
     assert main(["--configs", "reverse-sideways-2-none", "--out", "/nonexistent/never"]) == 2
+
+
+def test_step_computations_count_the_stopping_one() -> None:
+    """Every completed step, one per response, and the last computation of a run that stopped on
+    a detection (it got no response)."""
+    from types import SimpleNamespace
+
+    from paper_reproduction import computations
+
+    completed = SimpleNamespace(losses=[1.0] * 5, responses=[object()] * 3, status="completed", detections=[1])
+    stopped = SimpleNamespace(losses=[], responses=[object()] * 20, status="stopped", detections=[1] * 84)
+    assert computations(completed) == 8  # type: ignore[arg-type]
+    assert computations(stopped) == 21  # type: ignore[arg-type]
+    assert computations(None) == 0
