@@ -19,6 +19,9 @@ _DETAIL = {
     "enter": "takes the vacant position",
 }
 
+#: What the worker of each event does (an ejected convict tampers where it is caught, or goes
+#: silent).
+_ACTION = {"crash": "crash", "eject": "tamper or withhold", "framed": "frame", "outvoted": "frame", "enter": "enter"}
 _GROUP = {"crash": "crashed", "eject": "ejected", "framed": "framed", "outvoted": "framed"}
 
 
@@ -50,7 +53,7 @@ def liveness_trace(prover: SolverSession, runs: LivenessRuns, run: LivenessRun, 
     roles: dict[str, str] = {}
     states: list[dict[str, Any]] = []
     for e in events:
-        states.append({"#index": len(states), "worker": e.worker, "action": e.kind, "detail": _DETAIL[e.kind]})
+        states.append({"#index": len(states), "worker": e.worker, "action": _ACTION[e.kind], "detail": _DETAIL[e.kind]})
         if e.kind == "eject":
             roles.setdefault(e.worker, "gets itself ejected")
         elif e.kind == "enter" and e.worker in malicious:
@@ -70,13 +73,11 @@ def liveness_trace(prover: SolverSession, runs: LivenessRuns, run: LivenessRun, 
         action = "withhold" if run.withholds else "tamper"
         states.append({"#index": len(states), "worker": staller, "action": action, "detail": detail})
     else:
-        counts = {kind: sum(1 for e in events if e.kind == kind) for kind in ("crash", "eject", "framed", "enter")}
-        counts["framed"] += sum(1 for e in events if e.kind == "outvoted")
+        removals = sum(1 for e in events if e.kind != "enter")
+        crashes = sum(1 for e in events if e.kind == "crash")
         description = (
-            f"{_n(counts['crash'], 'crash', 'crashes')}, {_n(counts['eject'], 'ejection')}, "
-            f"{_n(counts['framed'], 'framing')} and {_n(counts['enter'], 'standby entry', 'standby entries')} "
-            f"leave every one of the {_n(world.replicas, 'replica')} without a worker in some stage and no "
-            "standby worker free"
+            f"{_n(removals, 'removal')} ({_n(crashes, 'crash', 'crashes')}) against {_n(world.replicas, 'replica')} "
+            f"and {_n(len(runs.standby), 'standby worker')}: every replica loses a stage"
         )
     order = [w.name for w in world.workers]
     positions = [world.workers[w].name for w in runs.positions]

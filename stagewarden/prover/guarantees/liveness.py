@@ -35,8 +35,7 @@ class LivenessCheck(GuaranteeChecks):
             return self._holds(
                 g,
                 self._liveness_bound if coarse else lambda: LivenessRuns(self.enc).goal()[0],
-                "holds: in every run within budget some replica keeps a worker in every stage and no step "
-                "can be stalled forever",
+                "holds: every stage of some replica keeps a worker and no step can be stalled forever",
             )
         trace = liveness_trace(self, runs, run, g)
         return GuaranteeResult(g.id, g.kind, VIOLATED, "violated: " + trace["#meta"]["description"], trace=trace)
