@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -71,41 +70,48 @@ class Outcome:
             assert word in self.lines[0], (word, self.lines[0])
 
 
-def _limit_address_space() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+#: Runs the audit for :func:`audit_process` and reports its resource use. A process forked from
+#: the test process would count the test process's resident memory in its own peak (Linux keeps a
+#: process's peak across fork and exec), and under pytest-xdist that is a worker that has trained
+#: models; so a fresh, small interpreter forks the audit instead, limits its address space, waits
+#: for it and writes its CPU time and peak memory as JSON.
+_SPAWNER = """
+import json, os, resource, sys
+limit, report, command = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+pid = os.fork()
+if pid == 0:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    os.execv(command[0], command)
+_, status, usage = os.wait4(pid, 0)
+with open(report, "w") as handle:
+    json.dump({"cpu": usage.ru_utime + usage.ru_stime, "peak_kb": usage.ru_maxrss}, handle)
+code = os.waitstatus_to_exitcode(status)
+os._exit(code if code >= 0 else 128 - code)
+"""
 
 
 def audit_process(*args: str | Path) -> Outcome:
     """``stagewarden audit ARGS`` in a child process (its own session, stdin closed)."""
     command = [sys.executable, "-m", "stagewarden.cli", "audit", *map(str, args)]
     env = {**os.environ, "COLUMNS": "200"}
-    with tempfile.TemporaryFile() as out:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "usage.json"
         started = time.monotonic()
+        spawner = [sys.executable, "-S", "-c", _SPAWNER, str(ADDRESS_SPACE), str(report), *command]
         child = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_limit_address_space,
-            env=env,
+            spawner, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
         code: int | None = None
-        while True:
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-            if pid:
-                code = os.waitstatus_to_exitcode(status)
-                break
-            if time.monotonic() - started > HANG_SECONDS:
-                os.killpg(child.pid, signal.SIGKILL)
-                _, _, usage = os.wait4(child.pid, 0)
-                break
-            time.sleep(0.01)
-        child.returncode = -1  # reaped here: keep Popen from waiting for it again
+        try:
+            code = child.wait(HANG_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
         wall = time.monotonic() - started
         out.seek(0)
         output = out.read().decode("utf-8", errors="replace")
-    result = Outcome(code, output, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+        usage = json.loads(report.read_text()) if code is not None and report.exists() else {"cpu": 0.0, "peak_kb": 0}
+    result = Outcome(code, output, wall, usage["cpu"], usage["peak_kb"] / 1024)
     if FIGURES:
         figures = {"args": [str(a) for a in args[1:]], "code": code, "wall": wall, "cpu": result.cpu}
         figures |= {"peak_mb": result.peak_mb, "load": os.getloadavg()[0]}
