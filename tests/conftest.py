@@ -31,7 +31,9 @@ FUZZ_EXAMPLES_ENV = "STAGEWARDEN_FUZZ_EXAMPLES"
 
 _HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large]
 
-settings.register_profile("ci", max_examples=100, print_blob=True, suppress_health_check=_HEALTH)
+# No per-example deadline: on a shared machine one example's time varies tenfold with the load,
+# and speed is measured by the benchmarks, not asserted by tests.
+settings.register_profile("ci", max_examples=100, deadline=None, print_blob=True, suppress_health_check=_HEALTH)
 settings.register_profile(
     "fuzz",
     max_examples=int(os.environ.get(FUZZ_EXAMPLES_ENV) or 20_000),
