@@ -194,25 +194,35 @@ class GuaranteeChecks(SolverSession):
         key = (w, kind, op, lv.numerator, lv.denominator)  # hashing a Fraction is slow
         known = self._level_cache.get(key)
         if known is None:
-            known = self._level_cache[key] = self._build_kind_level(w, kind, op, lv)
+            known = self._level_cache[key] = self._build_level(w, (kind,), op, lv)
         return known
 
-    def _build_kind_level(self, w: int, kind: str, op: str, lv: Fraction) -> Term:
+    def _build_level(self, w: int, kinds: tuple[str, ...], op: str, lv: Fraction) -> Term:
+        """Some unit of one of ``kinds`` that ``w``'s malicious occupant can tamper with is at the
+        level. Units whose capability term and effect list are the same objects (a worker's
+        forward and backward units, mostly) give the same disjunct, built once."""
         enc = self.enc
         parts: list[Term] = []
+        seen: set[tuple[int, int]] = set()
         for c, k in self._worker_kinds(w):
-            if k != kind:
+            if k not in kinds:
                 continue
             tamperable = enc.tamperable(w, c)
-            if tamperable is not False:  # skip building the level of a capability not held
-                parts.append(conj([tamperable, enc.level(enc.effects(w, c, kind), op, lv)]))
+            if tamperable is False:  # skip building the level of a capability not held
+                continue
+            effects = enc.effects(w, c, k)
+            # Both objects live in the encoding's caches, so their ids stay theirs.
+            pair = (id(tamperable), id(effects))
+            if pair not in seen:
+                seen.add(pair)
+                parts.append(conj([tamperable, enc.level(effects, op, lv)]))
         return disj(parts)
 
     def _worker_level(self, w: int, op: str, lv: Fraction) -> Term:
         key = (w, None, op, lv.numerator, lv.denominator)
         known = self._level_cache.get(key)
         if known is None:
-            known = self._level_cache[key] = disj([self._kind_level(w, kind, op, lv) for kind in KINDS])
+            known = self._level_cache[key] = self._build_level(w, KINDS, op, lv)
         return known
 
     def _budget_bound(self, terms: list[Term]) -> Term:
