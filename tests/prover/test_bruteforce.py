@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import random
-import time
 from fractions import Fraction
 from math import comb
 from typing import Any
@@ -504,15 +503,12 @@ def test_percentage_budget_and_overhead() -> None:
 # -- the random generator --------------------------------------------------------------------
 
 
-def test_random_specs_are_distinct_valid_and_fast_to_check() -> None:
-    """random_spec gives 300 distinct loader-valid specs and the brute force averages well under a second."""
+def test_random_specs_are_distinct_and_valid() -> None:
+    """random_spec gives 300 distinct loader-valid specs, each within the brute force's reach (its
+    speed is the prover-scale benchmark's business, not a test's)."""
     rng = random.Random(20240601)
-    started = time.perf_counter()
     specs = [random_spec(rng) for _ in range(300)]
-    generated = time.perf_counter() - started
     assert len({spec.model_dump_json(exclude={"name"}) for spec in specs}) == 300
-    assert generated < 20
-    started = time.perf_counter()
     for spec in specs:
         world = World(spec)
         assert (world.total, world.budget) == (spec.total_workers, spec.malicious_budget)
@@ -520,7 +516,6 @@ def test_random_specs_are_distinct_valid_and_fast_to_check() -> None:
         results = brute_force(spec)
         assert set(results) == {g.id for g in spec.guarantees}
         assert all(r.verdict in ("holds", "violated") for r in results.values())
-    assert (time.perf_counter() - started) / len(specs) < 0.2
 
 
 def test_random_specs_cover_the_language() -> None:
