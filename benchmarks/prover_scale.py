@@ -3,7 +3,7 @@ S stages x R replicas with 10% of the workers malicious, and the prover against 
 checker on a size the brute force can finish.
 
 Run: ``python benchmarks/prover_scale.py [--sizes 8x1,64x1,...] [--crash N] [--timeout SECONDS]
-[--baseline REF] [--out FILE]``. Each size runs in its own process (so peak memory is that size's
+[--baseline REF] [--skip IDS] [--out FILE]``. Each size runs in its own process (so peak memory is that size's
 own); results print as a table and are written as JSON. A size ``live40`` is the liveness stress
 case (40 stages, budget and standby 16). With ``--baseline REF`` every size is also verified by
 the prover of git revision ``REF`` (checked out into a temporary worktree), the two alternating,
@@ -84,8 +84,9 @@ guarantees:
 """
 
 
-def run_one(size: str, timeout: float, crash: int) -> dict[str, object]:
-    """Verify one size in this process; report per-guarantee seconds and verdicts."""
+def run_one(size: str, timeout: float, crash: int, skip: frozenset[str] = frozenset()) -> dict[str, object]:
+    """Verify one size in this process (every guarantee but those in ``skip``); report
+    per-guarantee seconds and verdicts."""
     from stagewarden.prover import Limits, verify
     from stagewarden.spec import load_text
 
@@ -96,7 +97,8 @@ def run_one(size: str, timeout: float, crash: int) -> dict[str, object]:
         stages, replicas = (int(x) for x in size.split("x"))
         loaded = load_text(spec_text(stages, replicas, crash=crash), f"scale-{stages}x{replicas}.yaml")
     started = time.perf_counter()
-    report = verify(loaded, limits=Limits(timeout=timeout))
+    ids = [g.id for g in loaded.spec.guarantees if g.id not in skip]
+    report = verify(loaded, ids, limits=Limits(timeout=timeout))
     total = time.perf_counter() - started
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
@@ -169,6 +171,8 @@ def measure(size: str, args: argparse.Namespace, pythonpath: Path | None) -> dic
         str(args.timeout),
         "--crash",
         str(args.crash),
+        "--skip",
+        args.skip,
     ]
     proc = subprocess.run(
         command, capture_output=True, text=True, check=False, env=env, cwd=cwd, timeout=args.timeout * 10
@@ -193,11 +197,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="per-guarantee limit in seconds")
     parser.add_argument("--crash", type=int, default=1, help="faults.crash of the generated specs")
     parser.add_argument("--baseline", help="git revision whose prover is measured alongside")
+    parser.add_argument("--skip", default="", help="comma-separated guarantee ids to leave out (e.g. liveness)")
     parser.add_argument("--out", default="benchmarks/results/prover_scale.json")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.timeout, args.crash)))
+        skip = frozenset(x for x in args.skip.split(",") if x)
+        print(json.dumps(run_one(args.one, args.timeout, args.crash, skip)))
         return
     with tempfile.TemporaryDirectory() as scratch:
         base_path = baseline_tree(args.baseline, Path(scratch)) if args.baseline else None
@@ -231,6 +237,7 @@ def main() -> None:
             {
                 "baseline": args.baseline,
                 "crash": args.crash,
+                "skipped": [x for x in args.skip.split(",") if x],
                 "load_average": load,
                 "sizes": rows,
                 "brute_force": comparison,
