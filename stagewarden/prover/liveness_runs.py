@@ -18,6 +18,7 @@ position when it frames, and a replica with a slot whose copies are all vacant c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -113,8 +114,10 @@ class _Step:
 class LivenessRuns:
     """The unrolled runs of one encoding and the liveness violation over them."""
 
-    def __init__(self, enc: Encoding, steps: int | None = None) -> None:
+    def __init__(self, enc: Encoding, steps: int | None = None, tick: Callable[[], object] | None = None) -> None:
         self.enc = enc
+        self.tick = tick
+        """Called before each unrolled step (the session's deadline check: it raises to stop)."""
         world = self.world = enc.world
         spec = enc.spec
         self.positions = list(world.computing)
@@ -131,6 +134,12 @@ class LivenessRuns:
         self.crash_events: list[z3.BoolRef] = []
 
     # -- the state space --------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """The number of event variables the unrolled runs would have (the measure of their cost)."""
+        n, k = len(self.positions), len(self.standby)
+        return self.steps * n * (4 + k)
 
     def _slot_copies(self, p: int) -> list[int]:
         w = self.positions[p]
@@ -155,6 +164,8 @@ class LivenessRuns:
         crashes: list[z3.BoolRef] = []
         same = [[to_z3(a) == to_z3(b) for b in standby_bad] for a in standby_bad]
         for t in range(self.steps):
+            if self.tick is not None:
+                self.tick()
             kinds: dict[str, list[z3.BoolRef]] = {
                 kind: [boolean(f"run!{kind}[{t},{p}]") for p in range(n)]
                 for kind in ("crash", "eject", "framed", "outvoted")

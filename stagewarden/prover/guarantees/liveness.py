@@ -8,8 +8,15 @@ from stagewarden.prover.guarantees.common import GuaranteeChecks, _pb_ge
 from stagewarden.prover.liveness_runs import LivenessRun, LivenessRuns
 from stagewarden.prover.liveness_search import TooLarge, search
 from stagewarden.prover.liveness_trace import liveness_trace
+from stagewarden.prover.session import SolverGaveUp
 from stagewarden.prover.verdict import VIOLATED, GuaranteeResult
 from stagewarden.spec import LivenessGuarantee
+
+#: The most event variables the unrolled runs may have: beyond it (tens of thousands of variables
+#: take minutes and gigabytes to build and solve) a world the state search cannot cover and the
+#: closed-form bound cannot clear is answered unknown, never guessed.
+UNROLL_LIMIT = 20_000
+HOLDS = "holds: every stage of some replica keeps a worker and no step can be stalled forever"
 
 
 class LivenessCheck(GuaranteeChecks):
@@ -20,11 +27,18 @@ class LivenessCheck(GuaranteeChecks):
     the unrolled goal either way."""
 
     def _liveness(self, g: LivenessGuarantee) -> GuaranteeResult:
-        runs = LivenessRuns(self.enc)
+        runs = LivenessRuns(self.enc, tick=self._remaining_ms)
         run: LivenessRun | None
         try:
             run = search(runs)
         except TooLarge:
+            if self._sat(self._liveness_bound()) is None:  # met by every violating run: there is none
+                return self._holds(g, self._liveness_bound, HOLDS)
+            if runs.size > UNROLL_LIMIT:
+                raise SolverGaveUp(
+                    f"liveness: the runs of this world are too large to decide exactly ({runs.size} event "
+                    f"variables, more than {UNROLL_LIMIT}) and the closed-form bound does not rule a violation out"
+                ) from None
             goal, stall, _ = runs.goal()
             model = self._sat(goal)
             if model is not None:
@@ -34,8 +48,8 @@ class LivenessCheck(GuaranteeChecks):
             coarse = self._sat(self._liveness_bound()) is None
             return self._holds(
                 g,
-                self._liveness_bound if coarse else lambda: LivenessRuns(self.enc).goal()[0],
-                "holds: every stage of some replica keeps a worker and no step can be stalled forever",
+                self._liveness_bound if coarse else lambda: LivenessRuns(self.enc, tick=self._remaining_ms).goal()[0],
+                HOLDS,
             )
         trace = liveness_trace(self, runs, run, g)
         return GuaranteeResult(g.id, g.kind, VIOLATED, "violated: " + trace["#meta"]["description"], trace=trace)
