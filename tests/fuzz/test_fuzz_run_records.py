@@ -59,8 +59,9 @@ def _read_events(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     events, problems = result
     assert all(isinstance(e, dict) and isinstance(e.get("event"), str) for e in events)
     assert all(p.startswith("events.jsonl line ") for p in problems)
-    with open(path, encoding="utf-8", errors="replace") as handle:  # the lines as read_events sees them
-        assert len(events) + len(problems) == sum(1 for line in handle if line.strip())
+    # the lines as read_events sees them: JSON Lines end at "\n" only (a "\r" is inside its line)
+    lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+    assert len(events) + len(problems) == sum(1 for line in lines if line.strip())
     return events, problems
 
 
