@@ -80,27 +80,28 @@ class Faults:
     def on_error(self, exc: BaseException) -> None:
         """A receive or a worker's message failed during training: find the faulty worker and stop
         with a resumable run directory (:class:`~stagewarden.runtime.coordinator.errors.RunInterrupted`)."""
-        with self.lock:
-            if self._watchdog_exits:  # the watchdog is recording a fault and ends the process
-                threading.Event().wait()
-            self._main_handles_fault = True
-        fault = self._attribute(exc)
-        raise RunInterrupted(
-            self.record_fault(fault, str(exc)),
-            self.tally.pending_fault is not None and bool(self.tally.pending_fault.get("standby")),
-        )
+        self._take_over_faults()
+        self._interrupt(self._attribute(exc), str(exc))
 
     def refuse(self, rank: int, code: str, reason: str) -> NoReturn:
         """The worker of ``rank`` was refused when re-attested (a revoked device, say): record it
         as a fault with cause ``attestation_refused`` and stop with a resumable run directory, so
         that a standby takes its stage as after a crash."""
+        self._take_over_faults()
+        self._interrupt(Fault(rank, "attestation_refused", f"re-attestation refused ({code}): {reason}"))
+
+    def _take_over_faults(self) -> None:
+        """From now on the main thread records the fault; if the watchdog is already recording one,
+        wait for it to end the process."""
         with self.lock:
             if self._watchdog_exits:
                 threading.Event().wait()
             self._main_handles_fault = True
-        fault = Fault(rank, "attestation_refused", f"re-attestation refused ({code}): {reason}")
+
+    def _interrupt(self, fault: Fault | None, detail: str = "") -> NoReturn:
+        """Record ``fault`` and stop with a resumable run directory."""
         raise RunInterrupted(
-            self.record_fault(fault),
+            self.record_fault(fault, detail),
             self.tally.pending_fault is not None and bool(self.tally.pending_fault.get("standby")),
         )
 
