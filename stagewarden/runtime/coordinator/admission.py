@@ -4,6 +4,7 @@ must present, and the calibration of the spot check's tolerance."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable, Sequence
 
 from nacl.signing import SigningKey
@@ -89,7 +90,12 @@ class Admission:
     def reference_for(self, stage: int | None) -> bytes:
         """The measurement a worker admitted for ``stage`` (``None``: a standby) presents."""
         initial = self.ledger.initial_weights_digest(stage) if stage is not None else None
-        return stage_measurement(self.ctx.config, stage, initial, code_digest())
+        return stage_measurement(self.ctx.config, stage, initial, self._code_digest)
+
+    @functools.cached_property
+    def _code_digest(self) -> bytes:
+        """The digest of the runtime's code, read once: the code every measurement covers."""
+        return code_digest()
 
     def verifier_for(
         self, workers: Sequence[tuple[int, str, int | None]], create_key: bool
