@@ -50,6 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stagewarden.attest.files import atomic_write_text
 from stagewarden.attest.run_record import SUMMARY_FILE, RunDirError, RunRecord, TrainingRecord
 from stagewarden.runtime.attacks import AttackPlan
 from stagewarden.runtime.config import RunConfig
@@ -368,16 +369,12 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 payload = _payload(args, argv, runs, True, time.perf_counter() - started, load_at_start)
-                temporary = json_path.with_suffix(".json.tmp")
-                temporary.write_text(json.dumps(payload, indent=2) + "\n")
-                temporary.replace(json_path)
+                atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
     order = {name: i for i, name in enumerate(wanted)}
     runs.sort(key=lambda r: (order.get(r["setting"], len(order)), r["seed"]))
     payload = _payload(args, argv, runs, False, time.perf_counter() - started, load_at_start)
     rows = payload["rows"]
-    temporary = json_path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    temporary.replace(json_path)
+    atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
     (args.out / "table.rst").write_text(table_rst(rows))
     figure(runs, args.out / "paper_reproduction.png")
     print(table_rst(rows))
