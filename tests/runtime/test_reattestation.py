@@ -16,8 +16,11 @@ from stagewarden.attest.audit import audit_run_dir
 from stagewarden.attest.errors import ErrorCode
 from stagewarden.attest.vendor import init_vendor, load_vendor, revoke_device
 from stagewarden.runtime.launch import launch_local
+from stagewarden.runtime.worker.hooks import STEP_DELAY_ENV
 
 LIFETIME = 2
+#: Every step takes at least this long, so that 40 steps outlive a result on any machine.
+SLOW_STEPS = {STEP_DELAY_ENV: "0.1"}
 
 
 def _events(run: Path) -> list[dict[str, Any]]:
@@ -34,7 +37,7 @@ def test_a_run_longer_than_a_result_lifetime_is_renewed_and_audits_clean(tmp_pat
     results back to the one of its admission (what a log holder could do) leaves receipts signed
     after it expired, which the audit reports."""
     run = tmp_path / "run"
-    result = launch_local(tiny_config(stages=2, steps=40, result_lifetime=LIFETIME), run)
+    result = launch_local(tiny_config(stages=2, steps=40, result_lifetime=LIFETIME), run, env=SLOW_STEPS)
     assert result.summary["status"] == "completed"
     assert result.summary["wall_seconds"] > LIFETIME, "the run ended before a result could expire"
     renewed = [e for e in _events(run) if e["event"] == "reattested"]
@@ -72,7 +75,7 @@ def test_a_device_revoked_mid_run_is_refused_at_renewal_and_replaced(tmp_path: P
     watcher = threading.Thread(target=revoke_after_step_2, daemon=True)
     watcher.start()
     config = tiny_config(stages=2, steps=40, standby=1, result_lifetime=LIFETIME)
-    result = launch_local(config, run, vendor_dir=vendor.path)
+    result = launch_local(config, run, vendor_dir=vendor.path, env=SLOW_STEPS)
     revoked.set()
     watcher.join(5)
     summary = result.summary

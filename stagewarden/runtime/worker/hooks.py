@@ -35,6 +35,9 @@ HOSTILE_MESSAGES = ("garbage", "oversize", "negative", "wrong_type", "bad_receip
 #: update, its calibration outputs) by ``1 + e`` before committing: an honest worker whose
 #: hardware or kernels differ from the verifier's by a relative ``e``.
 NUMERICS_ENV = "STAGEWARDEN_TEST_NUMERICS"
+#: A test hook, the seconds every worker waits before it computes a step, so that a run is as slow
+#: as a test needs (one that outlives an attestation result's lifetime) whatever the machine's speed.
+STEP_DELAY_ENV = "STAGEWARDEN_TEST_STEP_DELAY"
 #: The exit status of a worker the :data:`CRASH_ENV` hook stops.
 CRASH_EXIT = 17
 
@@ -48,6 +51,7 @@ class TestHooks:
         crash: ``(stage, step)``: that stage's worker exits when the step's first attempt starts.
         hostile: ``(stage, step, kind)``: the first worker of the stage sends a crafted message.
         numerics: ``(stage, e)``: the first worker of the stage skews its outputs by ``1 + e``.
+        step_delay: Seconds every worker waits before it computes a step.
     """
 
     __test__ = False  # not a test class, whatever its name says to pytest
@@ -56,6 +60,7 @@ class TestHooks:
     crash: tuple[int, int] | None = None
     hostile: tuple[int, int, str] | None = None
     numerics: tuple[int, float] | None = None
+    step_delay: float = 0.0
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> TestHooks:
@@ -82,11 +87,13 @@ class TestHooks:
         crash = fields(CRASH_ENV, (int, int))
         hostile = fields(HOSTILE_ENV, (int, int, str))
         numerics = fields(NUMERICS_ENV, (int, float))
+        delay = fields(STEP_DELAY_ENV, (float,))
         return cls(
             tamper[0] if tamper else None,
             (crash[0], crash[1]) if crash else None,
             (hostile[0], hostile[1], hostile[2]) if hostile else None,
             (numerics[0], numerics[1]) if numerics else None,
+            delay[0] if delay else 0.0,
         )
 
     def tampers_measurement(self, stage: int) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -290,6 +291,8 @@ class StageWorker:
     def _on_step(self, msg: Step) -> None:
         """Compute a step and commit it (or play a test hook's crash or hostile message)."""
         runner, step = self._stage(), msg.step
+        if self.hooks.step_delay:
+            time.sleep(self.hooks.step_delay)
         if self.hooks.crashes(runner.stage, step, msg.attempt):
             crash()
         hostile = self.hooks.hostile_kind(runner.stage, step, self.worker_id)
