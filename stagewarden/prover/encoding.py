@@ -21,7 +21,14 @@ import z3
 from stagewarden.prover.dynamics import Occupancy, build_occupancy, crash_limit, standby_limit, vacancy_constraints
 from stagewarden.prover.fastz3 import ModelView, Term, at_most, boolean, conj, disj, holds_in, neg, to_z3
 from stagewarden.prover.framing import Framing, build_framings
-from stagewarden.prover.peer import colluding_condition, peer_value, vacant_honest, verifier_condition
+from stagewarden.prover.peer import (
+    colluding_condition,
+    peer_value,
+    vacancy_view,
+    vacant_honest,
+    vacant_seen_from,
+    verifier_condition,
+)
 from stagewarden.prover.probability import detection_probability
 from stagewarden.prover.world import World
 from stagewarden.spec import (
@@ -64,12 +71,18 @@ SDC = "silent_corruption"
 #: Capability whose rules silent corruption of each unit kind follows.
 KIND_CAPABILITY = {"F": "tamper_activations", "B": "tamper_gradients", "U": "tamper_weights", "L": "tamper_weights"}
 #: (capability, kind) pairs a malicious worker could tamper with, by whether it is in stage 0
-#: (only stage 0 can poison data).
+#: (only stage 0 can poison data) and whether the horizon has updates before the last (with one
+#: step the only update is the last one: there is no ``U`` unit).
 _WORKER_KINDS = {
-    first: tuple(
-        (c, kind) for c in TAMPERING_CAPABILITIES if c != "poison_data" or first for kind in CAPABILITY_KINDS[c]
+    (first, updates): tuple(
+        (c, kind)
+        for c in TAMPERING_CAPABILITIES
+        if c != "poison_data" or first
+        for kind in CAPABILITY_KINDS[c]
+        if kind != "U" or updates
     )
     for first in (False, True)
+    for updates in (False, True)
 }
 #: Shared constants, so that the effect signatures of many workers hold the same objects.
 _ONE = Fraction(1)
@@ -102,6 +115,9 @@ class Effect:
     #: 1 when the unit's worker is honest (silent corruption): a peer verifier is then drawn
     #: from workers among which all ``m`` malicious ones are.
     shift: int = 0
+    #: For a peer check, the replica of the checked unit when a vacancy can halt it (the
+    #: vacancies its value counts depend on it: :func:`stagewarden.prover.peer.vacant_seen_from`).
+    replica: int | None = None
 
     @property
     def peer(self) -> bool:
@@ -110,11 +126,11 @@ class Effect:
 
 
 #: The checks on a unit, one per effect: (fixed detection value, or None for a peer check whose
-#: value depends on how many workers are malicious; the peer's rate; its shift).
-_Signature = tuple[tuple[Fraction | None, Fraction, int], ...]
+#: value depends on how many workers are malicious; the peer's rate; its shift; its replica).
+_Signature = tuple[tuple[Fraction | None, Fraction, int, int | None], ...]
 #: A set of effects that makes a unit good: (the chosen fixed effects, the peer effect that
 #: completes them or None, the condition under which that peer does).
-_GoodSet = tuple[tuple[int, ...], int | None, Term | None]
+_GoodSet = tuple[tuple[int, ...], tuple[int, ...], Term | None]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -226,7 +242,7 @@ class Encoding:
         self._covers: dict[int, Term] = {}
         self._not_covers: dict[int, Term] = {}
         self._signatures: dict[int, tuple[int, _Signature]] = {}
-        self._signature_ids: dict[tuple[tuple[int, int, int], ...], tuple[int, _Signature]] = {}
+        self._signature_ids: dict[tuple[tuple[int, int, int, int | None], ...], tuple[int, _Signature]] = {}
         self._signature_numbers: dict[_Signature, int] = {}
         self._templates: dict[tuple[int, str, int, int], list[_GoodSet]] = {}
         self._effects: dict[tuple[object, ...], list[Effect]] = {}
@@ -279,7 +295,7 @@ class Encoding:
 
     def worker_kinds(self, w: int) -> tuple[tuple[str, str], ...]:
         """(capability, kind) pairs a malicious occupant of position ``w`` could tamper with."""
-        return _WORKER_KINDS[self.world.workers[w].stage == 0]
+        return _WORKER_KINDS[(self.world.workers[w].stage == 0, self.spec.topology.steps >= 2)]
 
     def catchable(self, w: int, certain: bool) -> Term:
         """A malicious occupant of position ``w`` can get a tampered unit detected, with
@@ -518,7 +534,10 @@ class Encoding:
         if capability == "poison_data":
             parts: list[Term] = [self.coord_trusted]
             for i, _ in self.checks_of(RedundantNeighbourCheck):
-                parts.append(conj([self.check_present[i], not_covers(world.primary(1, r), w)]))
+                checker = world.primary(1, r)
+                parts.append(
+                    conj([self.check_present[i], self._checker_there(checker, cooperative), not_covers(checker, w)])
+                )
             for i, _ in self.checks_of(ReplicateCheck):
                 parts.append(conj([self.check_present[i], self._not_all_cover(w, covers, cooperative)]))
             out.append(Effect("batch proof", None, _ONE, conj([self.data_commitment, disj(parts)])))
@@ -529,18 +548,23 @@ class Encoding:
                 if s <= world.stages - 2 and kind != "L":
                     checker = world.primary(s + 1, r)
                     genuine = True if cooperative else self.genuine_input(i, w)
-                    out.append(Effect("redundant_neighbour", i, _ONE, conj([present, not_covers(checker, w), genuine])))
+                    there = self._checker_there(checker, cooperative)
+                    out.append(
+                        Effect("redundant_neighbour", i, _ONE, conj([present, there, not_covers(checker, w), genuine]))
+                    )
             elif isinstance(check, SpotCheck) and capability != "poison_data":
                 rate = _frac(check.rate)
                 out.append(Effect("spot_check", i, rate, self._spot_trusted[i]))
+                peer = self._spot_peer[i]
                 out.append(
                     Effect(
                         "spot_check (peer)",
                         i,
                         rate if cooperative else None,
-                        self._spot_peer[i],
+                        peer,
                         rate=rate,
                         shift=shift,
+                        replica=None if cooperative or peer is False else vacancy_view(self, r),
                     )
                 )
             elif isinstance(check, ReplicateCheck):
@@ -549,6 +573,17 @@ class Encoding:
                 if check.min_deviation == 0 or cooperative:
                     out.append(Effect("statistical", i, _frac(check.power), self._statistical[i]))
         return out
+
+    def _checker_there(self, checker: int, cooperative: bool) -> Term:
+        """The ``redundant_neighbour`` checker's position is occupied while the checked unit runs.
+        Its vacancy matters only where another copy of its slot keeps the replica running (a
+        vacant single-copy slot halts the replica: no unit of it is computed meanwhile), and a
+        cooperative worker times its unit for when the checker is there."""
+        if cooperative:
+            return True
+        present = self.occupancy.present
+        others = [present[o] for o in self.world.slots[self.world.slot_of(checker)] if o != checker]
+        return disj([present[checker], neg(disj(others))])
 
     def _not_all_cover(self, w: int, covers: Callable[[int, int], Term], cooperative: bool = False) -> Term:
         """Some other copy of ``w``'s slot is occupied and does not cover for it (a cooperative
@@ -578,10 +613,10 @@ class Encoding:
         if entry is None:
             # Hashing fractions is slow; most workers share the very same value objects, so
             # look the signature up by object identity first (the entry keeps them alive).
-            by_identity = tuple((id(e.value), id(e.rate), e.shift) for e in effects)
+            by_identity = tuple((id(e.value), id(e.rate), e.shift, e.replica) for e in effects)
             entry = self._signature_ids.get(by_identity)
             if entry is None:
-                signature = tuple((e.value, e.rate, e.shift) for e in effects)
+                signature = tuple((e.value, e.rate, e.shift, e.replica) for e in effects)
                 number = self._signature_numbers.setdefault(signature, len(self._signature_numbers))
                 entry = self._signature_ids[by_identity] = (number, signature)
             self._signatures[id(effects)] = entry
@@ -590,10 +625,11 @@ class Encoding:
         if templates is None:
             templates = self._templates[key] = self._good_sets(entry[1], op, threshold)
         clauses: list[Term] = []
-        for chosen, peer_index, peer_condition in templates:
+        for chosen, peer_indices, peer_condition in templates:
             parts: list[Term] = [effects[j].expr for j in chosen]
-            if peer_index is not None:
-                parts += [effects[peer_index].expr, peer_condition]
+            if peer_indices:
+                parts += [effects[j].expr for j in peer_indices]
+                parts.append(True if peer_condition is None else peer_condition)
             clauses.append(neg(conj(parts)))
         # Effect lists live as long as the encoding (cached in ``_effects``), so ids are stable.
         result = self._levels[level_key] = conj(clauses)
@@ -610,9 +646,9 @@ class Encoding:
         def bad(d: Fraction) -> bool:
             return d < threshold if op == "lt" else d <= threshold
 
-        fixed_values = {j: value for j, (value, _, _) in enumerate(signature) if value is not None}
+        fixed_values = {j: entry[0] for j, entry in enumerate(signature) if entry[0] is not None}
         fixed = list(fixed_values)
-        peers = [j for j, (value, _, _) in enumerate(signature) if value is None]
+        peers = [j for j, entry in enumerate(signature) if entry[0] is None]
         out: list[_GoodSet] = []
         minimal_good: list[frozenset[int]] = []
         for size in range(len(fixed) + 1):
@@ -623,29 +659,46 @@ class Encoding:
                 d = detection_probability(fixed_values[j] for j in combo)
                 if not bad(d):
                     minimal_good.append(chosen)
-                    out.append((combo, None, None))
+                    out.append((combo, (), None))
                     continue
-                for j in peers:
-                    condition = self._peer_good(signature[j][1], signature[j][2], d, bad)
-                    if condition is not None:
-                        out.append((combo, j, condition))
+                # Peer checks of one unit share its replica, shift and the placement they read,
+                # so any set of them that is in force together counts at once.
+                for count in range(1, len(peers) + 1):
+                    for together in itertools.combinations(peers, count):
+                        rates = [signature[j][1] for j in together]
+                        _, _, shift, replica = signature[together[0]]
+                        condition = self._peer_good(rates, shift, replica, d, bad)
+                        if condition is not None:
+                            out.append((combo, together, condition))
         self._good_cache[key] = out
         return out
 
     def _peer_good(
-        self, rate: Fraction, shift: int, d_others: Fraction, bad: Callable[[Fraction], bool]
+        self,
+        rates: list[Fraction],
+        shift: int,
+        replica: int | None,
+        d_others: Fraction,
+        bad: Callable[[Fraction], bool],
     ) -> Term | None:
-        """Condition (on collusion and the number of malicious workers) under which adding the peer
-        check to checks of combined value ``d_others`` makes the unit good; None if never."""
+        """Condition (on collusion, the number of malicious workers and the vacancies seen from
+        ``replica``) under which adding peer checks of the given rates to checks of combined
+        value ``d_others`` makes the unit good; None if never."""
 
         def good_at(m: int, colluding: bool, vacant: int = 0) -> bool:
-            v = self.peer_value(rate, m + shift, colluding, vacant)
-            return not bad(1 - (1 - d_others) * (1 - v))
+            miss = 1 - d_others
+            for rate in rates:
+                miss *= 1 - self.peer_value(rate, m + shift, colluding, vacant)
+            return not bad(1 - miss)
 
-        conditions: list[Term] = [conj([neg(self.collusion), verifier_condition(self, lambda v: good_at(1, False, v))])]
+        conditions: list[Term] = [
+            conj([neg(self.collusion), verifier_condition(self, lambda v: good_at(1, False, v), replica)])
+        ]
         # With collusion the value falls as m (malicious computing workers, the unit's own worker
         # included when it is malicious) and the vacant honest positions grow.
-        conditions.append(conj([self.collusion, colluding_condition(self, shift, lambda m, v: good_at(m, True, v))]))
+        conditions.append(
+            conj([self.collusion, colluding_condition(self, shift, lambda m, v: good_at(m, True, v), replica)])
+        )
         combined = disj(conditions)
         return None if combined is False else combined
 
@@ -670,10 +723,13 @@ class Encoding:
         colluding = holds_in(model, self.collusion)
         rows = []
         values = []
-        vacant = sum(1 for t in vacant_honest(self) if holds_in(model, t)) if any(e.peer for e in effects) else 0
         for e in effects:
             on = holds_in(model, e.expr)
-            value = e.value if e.value is not None else self.peer_value(e.rate, malicious + e.shift, colluding, vacant)
+            if e.value is not None:
+                value = e.value
+            else:
+                vacant = sum(1 for t in vacant_seen_from(self, e.replica) if holds_in(model, t))
+                value = self.peer_value(e.rate, malicious + e.shift, colluding, vacant)
             rows.append((e, on, value))
             if on:
                 values.append(value)
@@ -705,13 +761,23 @@ class Encoding:
                 for combo in itertools.combinations(fixed, size):
                     base = detection_probability(combo)
                     levels.add(base)
-                    for peer in peers:
-                        for m in _sample_counts(max_malicious):
-                            for colluding in (False, True):
-                                for vacant in [0, *_sample_counts(len(vacant_honest(self)))]:
-                                    v = self.peer_value(peer.rate, m + peer.shift, colluding, vacant)
-                                    levels.add(1 - (1 - base) * (1 - v))
+                    for count in range(1, len(peers) + 1):
+                        for together in itertools.combinations(peers, count):
+                            levels.update(self._peer_levels(base, together, max_malicious))
         return sorted(levels)
+
+    def _peer_levels(self, base: Fraction, peers: tuple[Effect, ...], max_malicious: int) -> set[Fraction]:
+        """The detection probabilities of checks of combined value ``base`` with the ``peers``
+        in force too, over the placements they can read."""
+        out: set[Fraction] = set()
+        for m in _sample_counts(max_malicious):
+            for colluding in (False, True):
+                for vacant in [0, *_sample_counts(len(vacant_honest(self)))]:
+                    miss = 1 - base
+                    for peer in peers:
+                        miss *= 1 - self.peer_value(peer.rate, m + peer.shift, colluding, vacant)
+                    out.add(1 - miss)
+        return out
 
 
 def _sample_counts(limit: int) -> list[int]:

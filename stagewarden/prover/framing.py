@@ -88,6 +88,22 @@ def _first_vote(enc: Encoding, victim: int, members: list[int]) -> Term:
     return conj([neg(enc.mal[victim]), ties, agree])
 
 
+def _left_after_tie(enc: Encoding, o: int) -> Term:
+    """Copy ``o`` has no malicious voter left after a tied vote that ejected it: it never had a
+    malicious occupant, or its position was vacated, and whoever entered afterwards is not a
+    malicious standby worker that could only have voted before (one that entered after a
+    malicious original's ejection is allowed, and so is any where the placement has two
+    malicious standby workers to enter one after the other, which the summary does not tell
+    apart)."""
+    occupancy = enc.occupancy
+    vacated = occupancy.vacated.get(o, False)
+    entered = occupancy.entered_malicious.get(o, False)
+    standby = [enc.mal[w] for w in enc.world.standby_workers]
+    twice = _at_least(standby, 2) if enc.spec.malicious_budget >= 2 else False
+    after = disj([enc.mal[o], neg(entered), twice])
+    return disj([neg(occupancy.occupied_malicious[o]), conj([vacated, after])])
+
+
 def build_framings(enc: Encoding, victims: set[int] | None = None) -> list[Framing]:
     """Every framing mechanism of the spec whose condition is not constantly false (of the
     given victims only, when ``victims`` is given)."""
@@ -152,8 +168,10 @@ def build_framings(enc: Encoding, victims: set[int] | None = None) -> list[Frami
                     earlier = [conj([enc.occupancy.outvoted.get(u, False), first[u]]) for u in others]
                     outvoted = conj([vote, neg(enc.mal[victim]), disj([first[victim], *earlier])])
                     # A tie blames both sides: unless the malicious copies hold a strict
-                    # majority, they are ejected with the victim.
-                    gone = conj([disj([neg(occ[o]), enc.occupancy.vacated.get(o, False)]) for o in others])
+                    # majority, they are ejected with the victim. A malicious standby worker
+                    # still in its position at the end cannot have been a tying voter (ejected)
+                    # unless a second standby worker entered there after it.
+                    gone = conj([_left_after_tie(enc, o) for o in others])
                     mark = enc.occupancy.outvoted.get(victim, True)
                     ejects = conj([outvoted, mark, disj([wins, gone])])
                     out.append(Framing("outvoting", victim, others, outvoted, ejects))

@@ -283,7 +283,74 @@ class SolverSession:
             placement = [m if i in chosen else z3.Not(m) for i, m in enumerate(self.enc.mal)]
             events = list(self.enc.occupancy.vacated.values()) + list(self.enc.occupancy.entered.values())
             model = self._least(guard, placement, events, "events")
+            count = sum(1 for e in events if z3.is_true(model.eval(e, model_completion=True)))
+            fixed = [*placement, self._cardinality_guard(events, count, "events")]
+            model = self._first_run(guard, fixed, [(e, False) for e in self._run_variables()], model)
         return model
+
+    def _run_variables(self) -> list[z3.BoolRef]:
+        """The occupancy summary's variables in a fixed order: which positions were vacated and
+        entered, then how (crash, outvote) and by whom (a malicious standby worker)."""
+        occupancy = self.enc.occupancy
+        return [
+            *occupancy.vacated.values(),
+            *occupancy.entered.values(),
+            *occupancy.entered_malicious.values(),
+            *occupancy.crashed.values(),
+            *occupancy.outvoted.values(),
+        ]
+
+    def _first_run(
+        self, guard: z3.BoolRef, fixed: list[z3.BoolRef], choices: list[tuple[z3.BoolRef, bool]], model: z3.ModelRef
+    ) -> z3.ModelRef:
+        """The model of ``guard`` under ``fixed`` that sets the ``choices`` variables, in order,
+        to their preferred value wherever it can: the lexicographically first run, so that a
+        counterexample's run does not depend on the solver's history. ``model`` is kept when a
+        choice cannot be decided within the effort limit."""
+        solver = self._solver()
+        literals = self.enc.literals()
+        fixed = list(fixed)
+        for var, preferred in choices:
+            first, second = (var, z3.Not(var)) if preferred else (z3.Not(var), var)
+            if self._bounded_check(solver, guard, *fixed, first, *literals) == z3.sat:
+                fixed.append(first)
+            elif self._bounded_check(solver, guard, *fixed, second, *literals) == z3.sat:
+                fixed.append(second)
+            else:
+                return model
+        if self._bounded_check(solver, guard, *fixed, *literals) == z3.sat:
+            return solver.model()
+        return model
+
+    def _fullest_model(self, goal: Term) -> z3.ModelRef | None:
+        """For worlds of up to ``CANONICAL_WORKERS`` workers, a model of ``goal`` that does not
+        depend on the solver's history and gives the adversary the most: as many malicious
+        workers as the goal allows, the lexicographically first such placement, every malicious
+        standby worker's entry made where it can be and every other run event left out where it
+        can be. None when ``goal`` is unsatisfiable or undecided within the effort limit."""
+        guard = self._guard(goal)
+        solver = self._solver()
+        literals = self.enc.literals()
+        if self._bounded_check(solver, guard, *literals) != z3.sat:
+            return None
+        model = solver.model()
+        for size in range(min(self.spec.malicious_budget, len(self.enc.mal)), len(self._malicious(model)), -1):
+            key = ("fullest", size)
+            at_least_size = self._guards.get(key)
+            if at_least_size is None:
+                at_least_size = self._guards[key] = z3.Bool(f"goal!atleast-malicious-{size}")
+                solver.add(z3.Implies(at_least_size, z3.AtLeast(*self.enc.mal, size)))
+            if self._bounded_check(solver, guard, at_least_size, *literals) == z3.sat:
+                model = solver.model()
+                break
+        model = self._canonical(guard, model)
+        chosen = set(self._malicious(model))
+        placement = [m if i in chosen else z3.Not(m) for i, m in enumerate(self.enc.mal)]
+        occupancy = self.enc.occupancy
+        entries = {v.get_id() for v in occupancy.entered_malicious.values()}
+        choices = [(v, True) for v in occupancy.entered_malicious.values()]
+        choices += [(v, False) for v in self._run_variables() if v.get_id() not in entries]
+        return self._first_run(guard, placement, choices, model)
 
     def _canonical(self, guard: z3.BoolRef, model: z3.ModelRef) -> z3.ModelRef:
         """For small worlds, the lexicographically first placement of the same size (workers in

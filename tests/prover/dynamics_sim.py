@@ -373,11 +373,13 @@ def _framing_cycle(
 # -- replaying a prover trace --------------------------------------------------------------
 
 
-def replay_trace(spec: Spec, guarantee_id: str, trace: dict[str, object]) -> str | None:
+def replay_trace(spec: Spec, guarantee_id: str, trace: dict[str, object], figure: Fraction | None = None) -> str | None:
     """Check a prover trace against the simulator: its malicious workers are within the budget
     and trust, and its events (``trace["dynamics"]``: crashed, ejected, framed, entered, vacant)
-    are executable in some order and lead to a state where the claimed violation happens.
-    Returns None when it does, else what fails."""
+    are executable in some order and lead to a state where the claimed violation happens. With
+    ``figure`` the trace's figure must be realised too: a detection trace's unit has exactly that
+    detection probability in some state the events reach, and a bounded_damage figure is at most
+    what the runs of those events reach. Returns None when it all holds, else what fails."""
     world = World(spec)
     names = [str(m["worker"]) for m in trace.get("malicious", [])]  # type: ignore[attr-defined]
     if len(set(names)) > world.budget:
@@ -422,9 +424,47 @@ def replay_trace(spec: Spec, guarantee_id: str, trace: dict[str, object]) -> str
     if isinstance(g, BoundedDamageGuarantee):
         pr, _ = _worst_damage(sim, parents, g.max_undetected)
         ok = pr > 1 - probability_fraction(g.probability)
+        if ok and figure is not None and figure > pr:
+            return f"the events replay, but their runs reach a damage probability of {pr}, not the figure {figure}"
     else:
         ok = any(_violates(sim, g, state, None) for state in parents)
+        if ok and figure is not None and isinstance(g, DetectionGuarantee):
+            return _unrealised_detection(sim, parents, trace, figure)
     return None if ok else "the events replay, but no state they reach shows the violation"
+
+
+#: A trace's unit names and the unit kinds they stand for.
+_UNIT_KINDS = {"forward": F, "backward": B, "update": U, "last update": L}
+
+
+def _unrealised_detection(
+    sim: Simulation, parents: dict[State, tuple[State, Event] | None], trace: dict[str, object], figure: Fraction
+) -> str | None:
+    """None when some state the trace's events reach gives its unit (the worker it names, the
+    unit kind, the capability or silent corruption) exactly the detection probability
+    ``figure``; else what fails."""
+    states = trace.get("states")
+    assert isinstance(states, list) and states, trace
+    unit = states[0]
+    kind, action, worker = _UNIT_KINDS[unit["unit"]], unit["action"], unit["worker"]
+    # Malicious standby workers are interchangeable (a run may need two to enter one position in
+    # turn, which a trace shows as one entry): a standby worker's unit is its position's.
+    entries = {str(m["worker"]): str(m["enters"]) for m in trace.get("malicious", []) if "enters" in m}  # type: ignore[attr-defined]
+    position = entries.get(worker)
+    for state in parents:
+        occ = state[0]
+        if action == "silent_corruption":
+            for p, name in enumerate(sim.names):
+                running = sim.running(occ, sim.positions[p][1])
+                if name == worker and sim.honest(occ, p) and running and sim.d_checks(occ, p, kind, None) == figure:
+                    return None
+            continue
+        for p, capability, k, d in sim.tamper_levels(state, {action}):
+            if (capability, k, d) != (action, kind, figure):
+                continue
+            if sim.occupant_name(occ, p) == worker or (position == sim.names[p] and occ[p] in sim.bad_standby):
+                return None
+    return f"no state the events reach gives {worker}'s {unit['unit']} unit ({action}) the figure {figure}"
 
 
 def _replay_in_order(sim: Simulation, spec: Spec, guarantee_id: str, events: list[dict[str, object]]) -> str | None:

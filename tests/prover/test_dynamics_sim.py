@@ -16,6 +16,7 @@ from damage_game import Mode, best_probability
 from dynamics_model import ORIGINAL, VACANT, Simulation
 from dynamics_sim import replay_trace, simulate, simulate_unordered
 from random_specs import load_data, random_dynamics_spec_data
+from test_dynamics_differential import NAMED_SPECS
 
 from stagewarden.spec import Spec
 
@@ -323,3 +324,24 @@ def test_without_dynamics_the_simulator_is_the_static_model() -> None:
                 assert dynamic[gid].figure == expected.figure, (gid, spec)
             compared[expected.verdict] += 1
     assert compared["holds"] > 10 and compared["violated"] > 10, compared
+
+
+def test_a_detection_figure_no_state_reaches_fails_the_replay() -> None:
+    """A detection trace whose events replay is still refused when no state they reach gives its
+    unit the reported figure: 3:0's crash halts the only replica, so the peer check of 0:0's last
+    update never reads 1/8 (two of three peers honest, one colluding: 1/6)."""
+    from stagewarden.prover import verify
+    from stagewarden.spec import load_text
+
+    loaded = load_text(NAMED_SPECS["detection-peer-vacancy-halts-its-replica"], "<peer-vacancy>.yaml")
+    assert simulate(loaded.spec)["detect"].figure == Fraction(1, 6)
+    result = verify(loaded).by_id("detect")
+    assert result.verdict == "violated" and result.figure is not None and result.figure.exact == "1/6"
+    trace = result.trace
+    assert trace is not None and trace["states"][0]["unit"] == "last update"
+    assert replay_trace(loaded.spec, "detect", trace, Fraction(1, 6)) is None
+    forged = copy.deepcopy(trace)
+    forged["malicious"].append({"worker": "1:0", "role": "idle", "capabilities": ["tamper_weights"]})
+    forged["dynamics"] = {"crashed": ["3:0"], "ejected": [], "framed": [], "entered": [], "vacant": ["3:0"]}
+    problem = replay_trace(loaded.spec, "detect", forged, Fraction(1, 8))
+    assert problem is not None and "figure 1/8" in problem, problem

@@ -16,6 +16,7 @@ from stagewarden.prover.fastz3 import ModelView, Term, conj, disj, holds_in
 from stagewarden.prover.figure_text import format_comparison
 from stagewarden.prover.guarantees.common import GuaranteeChecks, _at_least, _exact
 from stagewarden.prover.probability import Prob, skip_damage
+from stagewarden.prover.session import CANONICAL_WORKERS
 from stagewarden.prover.verdict import HOLDS, UNKNOWN, VIOLATED, Figure, GuaranteeResult
 from stagewarden.spec import (
     TAMPERING_CAPABILITIES,
@@ -176,6 +177,12 @@ class BoundedDamageCheck(GuaranteeChecks):
         # and when a count is only an unrefuted upper bound (its search ran out of effort), the
         # joint query asks for at least that many workers, which the count's own search could
         # not find within the same effort: it is skipped, and the placements found decide.
+        if len(enc.mal) <= CANONICAL_WORKERS and not unproven:
+            # Small worlds: candidates that do not depend on the solver's history (the maxima
+            # are exact, so these goals are), the dominating placement's first.
+            reached = [_at_least(self._level_terms(kd, lv), n) for (kd, lv), n in counts.items() if n]
+            goals = [conj([unmasked, *reached]), *(conj([unmasked, r]) for r in reached)]
+            best_models = [m for m in map(self._fullest_model, goals) if m is not None]
         candidates = list(best_models)
         attained = any(
             all(holds_in(cand, _at_least(self._level_terms(kind, lv), n)) for (kind, lv), n in counts.items() if n > 0)

@@ -106,11 +106,18 @@ class GuaranteeChecks(SolverSession):
         world = self.enc.world
         return [w for w in world.computing if not self._replicas_alike or world.workers[w].replica == 0]
 
+    @property
+    def _horizon_kinds(self) -> tuple[str, ...]:
+        """The unit kinds the horizon has: with one step its only update is the last one, so
+        there is no ``U`` unit for a counterexample to name."""
+        return KINDS if self.spec.topology.steps >= 2 else tuple(k for k in KINDS if k != "U")
+
     def _targets(self, capabilities: Sequence[str]) -> list[tuple[int, str, str]]:
         out: list[tuple[int, str, str]] = []
         computing = self._local_workers()
         for c in capabilities:
             kinds = CAPABILITY_KINDS[c][:1] if c == "equivocate" else CAPABILITY_KINDS[c]
+            kinds = tuple(k for k in kinds if k in self._horizon_kinds)
             for w in computing:
                 if c == "poison_data" and self.enc.world.workers[w].stage != 0:
                     continue
@@ -126,7 +133,7 @@ class GuaranteeChecks(SolverSession):
             sdc_parts = [
                 conj([neg(enc.mal[w]), enc.level(enc.effects(w, SDC, k), op, threshold)])
                 for w in enc.world.computing
-                for k in KINDS
+                for k in self._horizon_kinds
                 if not self._replicas_alike or enc.world.workers[w].replica == 0
             ]
             parts.append(conj([enc.sdc, disj(sdc_parts)]))
@@ -139,7 +146,10 @@ class GuaranteeChecks(SolverSession):
         effects = [enc.effects(w, c, k) for w, c, k in sample]
         if sdc:
             effects += [
-                enc.effects(w, SDC, k) for w in enc.world.computing if enc.world.workers[w].replica == 0 for k in KINDS
+                enc.effects(w, SDC, k)
+                for w in enc.world.computing
+                if enc.world.workers[w].replica == 0
+                for k in self._horizon_kinds
             ]
         return enc.all_levels(effects, max(1, self.spec.malicious_budget))
 
@@ -165,7 +175,7 @@ class GuaranteeChecks(SolverSession):
                 return w, c, kind, enc.effects(w, c, kind), False
         if sdc:
             for w in enc.world.computing:
-                for k in KINDS:
+                for k in self._horizon_kinds:
                     effects = enc.effects(w, SDC, k)
                     if holds_in(model, conj([neg(enc.mal[w]), enc.level(effects, op, threshold)])):
                         return w, SDC, k, effects, True
