@@ -114,6 +114,11 @@ class AuditReport:
         headers: signed-header records.
         findings: everything found, errors and warnings.
         seconds: how long the audit took.
+        coordinator_key: hex of the coordinator key the step heads were checked against ("" for none).
+        coordinator_key_pinned: whether that key was given by the caller (else read from the run).
+        step_heads: step heads in the log that verified.
+        sealed: whether the log ends in a final step head that verified.
+        witness_heads: witness-file heads compared with the log.
     """
 
     run_dir: str
@@ -125,6 +130,11 @@ class AuditReport:
     headers: int
     findings: tuple[Finding, ...]
     seconds: float
+    coordinator_key: str = ""
+    coordinator_key_pinned: bool = False
+    step_heads: int = 0
+    sealed: bool = False
+    witness_heads: int = 0
 
     @property
     def errors(self) -> tuple[Finding, ...]:
@@ -146,10 +156,15 @@ class AuditReport:
             "clean": self.clean,
             "verifier_key": self.verifier_key,
             "verifier_key_pinned": self.verifier_key_pinned,
+            "coordinator_key": self.coordinator_key,
+            "coordinator_key_pinned": self.coordinator_key_pinned,
+            "sealed": self.sealed,
             "counts": {
                 "records": self.records,
                 "receipts": self.receipts,
                 "headers": self.headers,
+                "step_heads": self.step_heads,
+                "witness_heads": self.witness_heads,
                 "errors": len(self.errors),
                 "warnings": len(self.findings) - len(self.errors),
             },

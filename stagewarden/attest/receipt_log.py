@@ -3,7 +3,8 @@
 File layout: a 16-byte file header (magic ``SWRLOG\\r\\n``, ``u16`` version 1, six zero bytes),
 then records, each framed as::
 
-    u32 payload length L (1 .. MAX_PAYLOAD) | u8 record type (1 receipt, 2 signed header)
+    u32 payload length L (1 .. MAX_PAYLOAD) | u8 record type (1 receipt, 2 signed header,
+    3 coordinator-signed step head, 4 a worker's cosignature of a step head)
     | 32-byte digest of the previous record (LOG_GENESIS for the first) | L payload bytes
     | 32-byte record digest = BLAKE3 of everything before it in the frame
 
@@ -49,6 +50,7 @@ from .errors import AttestError, ErrorCode, FormatError
 from .headers import SignedHeader, encode_header, parse_header
 from .log_source import BytesSource, FileSource, LogSource
 from .receipts import Receipt, encode_receipt, parse_receipt
+from .step_heads import Cosignature, SignedStepHead
 
 #: First eight bytes of a receipt log.
 LOG_MAGIC = b"SWRLOG\r\n"
@@ -73,6 +75,11 @@ class RecordType(enum.IntEnum):
 
     RECEIPT = 1
     HEADER = 2
+    STEP_HEAD = 3
+    COSIGNATURE = 4
+
+
+_RECORD_TYPES = frozenset(int(t) for t in RecordType)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +215,7 @@ def scan_source(source: LogSource, max_records: int | None = None) -> LogScan:
             problems.append(_torn(offset, index, f"the file ends {left} bytes into a record frame"))
             break
         length, rtype, prev = unpack(read(offset, head_size))
-        if not 0 < length <= MAX_PAYLOAD or rtype not in (1, 2):
+        if not 0 < length <= MAX_PAYLOAD or rtype not in _RECORD_TYPES:
             if source.zeros_from(offset):
                 problems.append(
                     _torn(
@@ -360,8 +367,11 @@ def record_key(record: LogRecord) -> UnitKey:
     """The index key of a record: ``(worker, step, micro_batch, kind)`` (raises FormatError if it does not parse).
 
     For a receipt the worker is its signer's worker id and kind the unit kind; for a signed
-    header the worker is the sender and kind ``activation`` or ``gradient``.
+    header the worker is the sender and kind ``activation`` or ``gradient``. A step head or a
+    cosignature names no unit: its key is ``("", index, 0, "head")`` or ``"cosignature"``.
     """
+    if record.type in (RecordType.STEP_HEAD, RecordType.COSIGNATURE):
+        return ("", record.index, 0, "head" if record.type is RecordType.STEP_HEAD else "cosignature")
     if record.type is RecordType.RECEIPT:
         r = parse_receipt(record.payload)
         return (r.worker_id, r.step, r.micro_batch, str(r.kind))
@@ -480,6 +490,14 @@ class ReceiptLog:
         return self._append(
             RecordType.HEADER, encode_header(header), (header.sender, header.step, header.micro_batch, str(header.kind))
         )
+
+    def append_head(self, head: SignedStepHead) -> LogRecord:
+        """Append the coordinator's signed step head."""
+        return self._append(RecordType.STEP_HEAD, head.encode(), ("", len(self.records), 0, "head"))
+
+    def append_cosignature(self, cosignature: Cosignature) -> LogRecord:
+        """Append a worker's cosignature of a step head."""
+        return self._append(RecordType.COSIGNATURE, cosignature.encode(), ("", len(self.records), 0, "cosignature"))
 
     def _append(self, record_type: RecordType, payload: bytes, key: UnitKey) -> LogRecord:
         if self._fd < 0:

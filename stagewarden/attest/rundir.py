@@ -25,7 +25,7 @@ from .binary import check_id
 from .files import atomic_write_bytes, atomic_write_text
 from .log_source import SourceChanged
 from .receipt_log import LogScan, ReceiptLog, SyncPolicy, scan_log_file
-from .run_limits import MAX_FILE_BYTES, MAX_LOG_RECORDS, max_log_bytes
+from .run_limits import MAX_EVENTS_BYTES, MAX_FILE_BYTES, MAX_LOG_RECORDS, max_log_bytes
 from .run_record import SUMMARY_FILE, RunDirError, RunRecord, open_regular, read_bounded
 
 __all__ = [
@@ -42,6 +42,10 @@ __all__ = [
 LOG_FILE = "receipts.log"
 ATTESTATION_DIR = "attestation"
 VERIFIER_KEY_FILE = "verifier.pub"
+#: The coordinator's public key, as the run directory ships it (an auditor pins its own copy).
+COORDINATOR_KEY_FILE = "coordinator.pub"
+#: The coordinator's event log, which every step head signs line by line.
+EVENTS_LOG_FILE = "events.jsonl"
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -117,6 +121,27 @@ class RunDir:
         text = _read(path, "verifier key file").decode("ascii", errors="replace").strip()
         return parse_key_hex(text, f"{path}")
 
+    def coordinator_key(self) -> bytes | None:
+        """The coordinator public key from ``coordinator.pub`` (``None`` when the file is absent;
+        raises :class:`~.RunDirError` when it cannot be read)."""
+        path = self.path / COORDINATOR_KEY_FILE
+        if not self.has_file(path):
+            return None
+        text = _read(path, "coordinator key file").decode("ascii", errors="replace").strip()
+        return parse_key_hex(text, f"{path}")
+
+    def summary_bytes(self) -> bytes:
+        """The bytes of ``summary.json`` (which the final step head signs)."""
+        return _read(self.path / SUMMARY_FILE, "summary")
+
+    def events_bytes(self) -> bytes | None:
+        """The bytes of ``events.jsonl`` (``None`` when absent), at most
+        :data:`~stagewarden.attest.run_limits.MAX_EVENTS_BYTES`."""
+        path = self.path / EVENTS_LOG_FILE
+        if not self.has_file(path):
+            return None
+        return read_bounded(path, "event log", MAX_EVENTS_BYTES)
+
     def results(self, worker_id: str) -> list[bytes]:
         """The result tokens in ``attestation/<worker>.ear``, one per non-empty line (none if absent)."""
         path = self.attestation_file(f"{worker_id}.ear")
@@ -176,6 +201,10 @@ class RunDirWriter:
     def write_verifier_key(self, key: bytes) -> None:
         """Write ``attestation/verifier.pub``."""
         atomic_write_text(self.path / ATTESTATION_DIR / VERIFIER_KEY_FILE, bytes(key).hex() + "\n")
+
+    def write_coordinator_key(self, key: bytes) -> None:
+        """Write ``coordinator.pub``."""
+        atomic_write_text(self.path / COORDINATOR_KEY_FILE, bytes(key).hex() + "\n")
 
     def write_results(self, worker_id: str, tokens: list[bytes]) -> None:
         """Write ``attestation/<worker>.ear`` with these result tokens, one per line."""

@@ -17,13 +17,15 @@ from pathlib import Path
 import blake3
 from nacl.signing import SigningKey
 
+from .audit_seal import final_roster
 from .headers import SignedHeader, TransferKind, sign_header
-from .receipt_log import SyncPolicy
+from .receipt_log import ReceiptLog, SyncPolicy
 from .receipts import ExecutionEnv, Receipt, UnitKind, chain_genesis, receipt_digest, sign_receipt
 from .result import AttestationResult, Status, sign_result
 from .run_record import RunRecord
 from .run_record_parts import WorkerInfo
 from .rundir import RunDirWriter
+from .step_heads import EVENTS_GENESIS, StepHead, chains_digest, cosign, roster_digest, sign_head
 from .tensor_digest import TensorDigest
 from .token import key_id
 
@@ -53,6 +55,9 @@ class SyntheticRun:
         keys: each worker's receipt signing key.
         results: each worker's attestation result tokens.
         entries: the log's receipts and signed headers, in log order.
+        coordinator: the coordinator's signing key, which seals the log (its public half is the
+            coordinator key to pin).
+        sealed: whether :meth:`write` ends the log with a final step head and its cosignatures.
     """
 
     summary: RunRecord
@@ -60,6 +65,13 @@ class SyntheticRun:
     keys: dict[str, SigningKey]
     results: dict[str, list[bytes]]
     entries: list[Entry]
+    coordinator: SigningKey = dataclasses.field(default_factory=SigningKey.generate)
+    sealed: bool = True
+
+    @property
+    def coordinator_key(self) -> bytes:
+        """The coordinator's 32-byte public key."""
+        return bytes(self.coordinator.verify_key)
 
     @property
     def verifier_key(self) -> bytes:
@@ -72,13 +84,46 @@ class SyntheticRun:
         writer.write_verifier_key(self.verifier_key)
         for worker, tokens in self.results.items():
             writer.write_results(worker, tokens)
+        writer.write_coordinator_key(self.coordinator_key)
         with writer.create_log(sync=sync) as log:
             for entry in self.entries:
                 if isinstance(entry, Receipt):
                     log.append_receipt(entry)
                 else:
                     log.append_header(entry)
+            if self.sealed:
+                self._seal(log)
         return Path(path)
+
+    def _seal(self, log: ReceiptLog) -> None:
+        """End the log as a run's coordinator does: a final step head over the log and the summary,
+        cosigned by every worker that serves a stage at the end."""
+        signing = {e.worker_id: e.signer_key for e in self.entries if isinstance(e, Receipt)}
+        roster = final_roster(self.summary, signing) or final_roster(
+            self.summary, {w: bytes(k.verify_key) for w, k in self.keys.items()}
+        )
+        entries = roster or []
+        chains = {e.worker_id: receipt_digest(e) for e in self.entries if isinstance(e, Receipt)}
+        head = StepHead(
+            run_id=self.summary.run_id,
+            sequence=0,
+            session=0,
+            steps=self.summary.steps,
+            records=len(log),
+            log_digest=log.head.hex(),
+            events=0,
+            events_digest=EVENTS_GENESIS.hex(),
+            roster_digest=roster_digest(entries).hex(),
+            chains_digest=chains_digest(chains).hex(),
+            final=True,
+            status="completed",
+            summary_digest=blake3.blake3(self.summary.to_json().encode("utf-8")).hexdigest(),
+        )
+        log.append_head(sign_head(head, self.coordinator))
+        for entry in entries:
+            key = self.keys.get(entry.worker)
+            if key is not None:
+                log.append_cosignature(cosign(head, entry.worker, key))
 
 
 def attestation_result(
@@ -227,4 +272,11 @@ def synthetic_run(
                     synthetic_digest("gradients", replica, step, stage),
                     synthetic_digest("weights", stage, step + 1),
                 )
-    return SyntheticRun(summary=summary, verifier=verifier, keys=keys, results=results, entries=entries)
+    return SyntheticRun(
+        summary=summary,
+        verifier=verifier,
+        keys=keys,
+        results=results,
+        entries=entries,
+        coordinator=derive_key(seed, "coordinator"),
+    )

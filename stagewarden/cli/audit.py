@@ -21,13 +21,13 @@ if TYPE_CHECKING:
     from stagewarden.spec import LoadedSpec
 
 
-def _parse_key(text: str) -> bytes:
+def _parse_key(text: str, flag: str = "--verifier-key", whose: str = "verifier") -> bytes:
     try:
         key = bytes.fromhex(text.strip())
     except ValueError:
         key = b""
     if len(key) != 32:
-        raise BadInput("--verifier-key must be 64 hex digits (the verifier's 32-byte Ed25519 public key)")
+        raise BadInput(f"{flag} must be 64 hex digits (the {whose}'s 32-byte Ed25519 public key)")
     return key
 
 
@@ -70,6 +70,22 @@ def _load_roots(path_text: str) -> list[Any]:
     help="Pin the simulated vendor's root certificate (PEM file, or a vendor folder's root.crt): every "
     "stored evidence must chain to it. Without it evidence is checked against its results only.",
 )
+@click.option(
+    "--coordinator-key",
+    "coordinator_key",
+    metavar="HEX",
+    help="Pin the coordinator's Ed25519 public key (64 hex digits) that every step head must verify under. "
+    "Without it the key in RUN_DIR/coordinator.pub is used, with a warning.",
+)
+@click.option(
+    "--witness",
+    "witnesses",
+    multiple=True,
+    type=click.Path(),
+    metavar="FILE",
+    help="A worker's witness file (RUN_DIR/witness/WORKER.jsonl, or where the worker kept it); repeatable. "
+    "A step head it holds that the log lacks or contradicts is a finding, even if the log's heads were re-signed.",
+)
 @format_option("Print findings as a table or as a versioned JSON object.")
 @click.option(
     "--spec",
@@ -90,6 +106,8 @@ def audit(
     run_dir: str,
     verifier_key: str | None,
     vendor_root: str | None,
+    coordinator_key: str | None,
+    witnesses: tuple[str, ...],
     fmt: str,
     spec_path: str | None,
     max_records: int | None,
@@ -99,8 +117,10 @@ def audit(
     Every receipt and signed header must carry a valid signature by a key that a result token
     (signed by the verifier key) attested for that worker and that was valid when the record was
     signed; every worker's receipt chain must be complete and in order; adjacent stages must agree
-    on the activations and gradients they exchanged. Each finding says what is wrong, where, and
-    which worker it implicates.
+    on the activations and gradients they exchanged. The coordinator's signed step heads must cover
+    the log, events.jsonl and summary.json exactly, and the final head must be cosigned by every
+    worker serving a stage at the end; with --witness, each worker's kept heads must be in the log.
+    Each finding says what is wrong, where, and which worker it implicates.
 
     With --spec the run is also checked against the spec (see "Checking a run against its spec"
     in the docs): settings that depart from it, workers without attestation when it requires
@@ -115,10 +135,18 @@ def audit(
     from stagewarden.attest.run_limits import MAX_LOG_RECORDS
 
     key = _parse_key(verifier_key) if verifier_key is not None else None
+    ckey = _parse_key(coordinator_key, "--coordinator-key", "coordinator") if coordinator_key is not None else None
     roots = _load_roots(vendor_root) if vendor_root is not None else None
     loaded = load_spec_or_example(spec_path, None) if spec_path is not None else None
     try:
-        report = audit_run_dir(run_dir, key, vendor_roots=roots, max_records=max_records or MAX_LOG_RECORDS)
+        report = audit_run_dir(
+            run_dir,
+            key,
+            vendor_roots=roots,
+            max_records=max_records or MAX_LOG_RECORDS,
+            coordinator_key=ckey,
+            witnesses=witnesses,
+        )
         conformance = _conformance(run_dir, loaded, report) if loaded is not None else None
     except AttestError as exc:
         raise BadInput(exc.message) from None
@@ -135,7 +163,8 @@ def audit(
     else:
         console = make_console()
         # the unpinned key is explained once, below the verdict, instead of as a row of the table
-        findings = [f for f in report.findings if f.code != ErrorCode.VERIFIER_KEY_UNPINNED]
+        explained = (ErrorCode.VERIFIER_KEY_UNPINNED, ErrorCode.COORDINATOR_KEY_UNPINNED)
+        findings = [f for f in report.findings if f.code not in explained]
         if findings:
             table = Table(title=f"audit of {escape(report.run_dir)}", show_lines=True)
             table.add_column("severity", no_wrap=True)
@@ -168,11 +197,26 @@ def audit(
             f"run {escape(report.run_id)}: {report.receipts} receipts, {report.headers} signed headers, "
             f"{key_text}: {verdict}" + (f", {warnings} warning(s)" if warnings else "")
         )
+        if report.receipts or report.step_heads:
+            console.print(_seal_line(report))
         if report.verifier_key and not report.verifier_key_pinned:
             _explain_unpinned(console, run_dir)
         if conformance is not None:
             _print_conformance(console, conformance)
     sys.exit(EXIT_OK if clean else EXIT_VIOLATED)
+
+
+def _seal_line(report: AuditReport) -> str:
+    """One line on the record's seal: its step heads, the coordinator key and the witnesses."""
+    if not report.coordinator_key:
+        return "[red]the record is not sealed[/]: no coordinator key to check step heads with"
+    pinned = "pinned" if report.coordinator_key_pinned else "read from the run directory, not pinned"
+    state = "sealed by a final step head" if report.sealed else "[red]not sealed[/] (no final step head)"
+    witnessed = f", {report.witness_heads} witness head(s) compared" if report.witness_heads else ""
+    return (
+        f"record: {report.step_heads} step head(s), {state}, coordinator key {report.coordinator_key[:16]} "
+        f"({pinned}){witnessed}"
+    )
 
 
 def _explain_unpinned(console: Console, run_dir: str) -> None:

@@ -27,7 +27,7 @@ ACT, GRAD = TransferKind.ACTIVATION, TransferKind.GRADIENT
 def audit(tmp_path: Path, mutate=None, **kwargs) -> AuditReport:  # type: ignore[no-untyped-def]
     run = small_run(**kwargs)
     path = write_run(tmp_path, run, mutate)
-    return audit_run_dir(path, run.verifier_key)
+    return audit_run_dir(path, run.verifier_key, coordinator_key=run.coordinator_key)
 
 
 def codes(report: AuditReport) -> list[ErrorCode]:
@@ -48,11 +48,14 @@ def test_clean_run(tmp_path: Path) -> None:
 
 
 def test_unpinned_verifier_key_is_a_warning(tmp_path: Path) -> None:
-    """Without a pinned key the audit uses verifier.pub and warns, but the run stays clean."""
+    """Without pinned keys the audit uses verifier.pub and coordinator.pub and warns, but the run stays clean."""
     run = small_run()
     report = audit_run_dir(write_run(tmp_path, run))
     assert report.clean
-    assert [(f.code, f.severity) for f in report.findings] == [(ErrorCode.VERIFIER_KEY_UNPINNED, Severity.WARNING)]
+    assert {(f.code, f.severity) for f in report.findings} == {
+        (ErrorCode.VERIFIER_KEY_UNPINNED, Severity.WARNING),
+        (ErrorCode.COORDINATOR_KEY_UNPINNED, Severity.WARNING),
+    }
 
 
 def test_forged_receipt_signature(tmp_path: Path) -> None:

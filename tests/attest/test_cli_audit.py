@@ -115,11 +115,13 @@ def test_torn_log_exits_1(tmp_path: Path) -> None:
 def test_json_output(tmp_path: Path) -> None:
     """--format json prints the versioned report and nothing else."""
     path, key = make(tmp_path)
-    result = run_cli("audit", str(path), "--verifier-key", key, "--format", "json")
+    coordinator = (path / "coordinator.pub").read_text().strip()
+    result = run_cli("audit", str(path), "--verifier-key", key, "--coordinator-key", coordinator, "--format", "json")
     data = json.loads(result.stdout)
     assert result.exit_code == EXIT_OK
     assert data["format"] == "stagewarden.audit" and data["version"] == 1 and data["clean"] is True
     assert data["counts"]["receipts"] == 30 and data["findings"] == []
+    assert data["sealed"] is True and data["coordinator_key_pinned"] is True and data["counts"]["step_heads"] == 1
 
 
 @pytest.mark.parametrize("case", ["missing", "file", "bad-summary", "bad-key", "short-key"])
@@ -158,7 +160,9 @@ def test_text_output_golden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     run = small_run()
     write_run(tmp_path, run, _drop)
     result = CliRunner(env={"COLUMNS": "120"}).invoke(
-        cli, ["audit", "run", "--verifier-key", run.verifier_key.hex()], prog_name="stagewarden"
+        cli,
+        ["audit", "run", "--verifier-key", run.verifier_key.hex(), "--coordinator-key", run.coordinator_key.hex()],
+        prog_name="stagewarden",
     )
     assert result.exit_code == EXIT_VIOLATED
     if os.environ.get("STAGEWARDEN_REGOLD"):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from receipt_fixtures import small_run, write_run
 
@@ -25,14 +27,36 @@ def test_audit_explains_the_unpinned_key_once(tmp_path: Path) -> None:
     assert "audit of" not in result.output  # no findings table for a clean run
     assert "whoever wrote the directory could have written that key too" in result.output
     assert f"stagewarden audit {path} --verifier-key <64 hex digits>" in result.output
-    pinned = CliRunner().invoke(cli, ["audit", str(path), "--verifier-key", run.verifier_key.hex()])
+    assert "coordinator key" in result.output and "not pinned" in result.output
+    pinned = CliRunner().invoke(
+        cli,
+        ["audit", str(path), "--verifier-key", run.verifier_key.hex(), "--coordinator-key", run.coordinator_key.hex()],
+    )
     assert pinned.exit_code == 0 and "VERIFIER_KEY_UNPINNED" not in pinned.output
-    assert "(pinned)" in pinned.output
+    assert "(pinned)" in pinned.output and "not pinned" not in pinned.output
     data = json.loads(CliRunner().invoke(cli, ["audit", str(path), "--format", "json"]).output)
-    assert [f["code"] for f in data["findings"]] == ["VERIFIER_KEY_UNPINNED"]
+    assert [f["code"] for f in data["findings"]] == ["VERIFIER_KEY_UNPINNED", "COORDINATOR_KEY_UNPINNED"]
 
 
 RECORDED = Path(__file__).resolve().parents[2] / "docs" / "report-example" / "clean"
+
+
+@pytest.fixture(scope="module")
+def unattested(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real run trained without attestation, with receipts (the record is sealed: its summary
+    cannot be edited to say so afterwards)."""
+    from stagewarden.runtime.launch import launch_local
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "runtime"))
+    from distributed_helpers import tiny_config
+
+    run = tmp_path_factory.mktemp("unattested") / "run"
+    launch_local(tiny_config(attestation=False, steps=1), run)
+    return run
+
+
+def _unattested_copy(tmp_path: Path, source: Path) -> Path:
+    return Path(shutil.copytree(source, tmp_path / "run"))
 
 
 def _recorded_copy(tmp_path: Path, attestation: bool, receipts: bool, keep_files: bool = False) -> Path:
@@ -52,22 +76,25 @@ def _recorded_copy(tmp_path: Path, attestation: bool, receipts: bool, keep_files
     return run
 
 
-def test_run_without_attestation_is_audited_for_what_it_has(tmp_path: Path) -> None:
+def test_run_without_attestation_is_audited_for_what_it_has(tmp_path: Path, unattested: Path) -> None:
     """A run trained without attestation (no verifier.pub) is not refused: its receipts are
     audited, one warning says attestation is absent, and exit 0."""
-    run = _recorded_copy(tmp_path, attestation=False, receipts=True)
+    run = _unattested_copy(tmp_path, unattested)
     result = CliRunner().invoke(cli, ["audit", str(run), "--format", "json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["clean"] and data["counts"]["receipts"] > 0 and data["verifier_key"] == ""
-    assert [(f["code"], f["severity"]) for f in data["findings"]] == [("ATTESTATION_ABSENT", "warning")]
+    assert [(f["code"], f["severity"]) for f in data["findings"]] == [
+        ("ATTESTATION_ABSENT", "warning"),
+        ("COORDINATOR_KEY_UNPINNED", "warning"),
+    ]
     text = CliRunner().invoke(cli, ["audit", str(run)]).output
     assert "no attestation to check: clean" in text and "does not exist" not in text
 
 
-def test_tampered_receipts_still_fail_without_attestation(tmp_path: Path) -> None:
+def test_tampered_receipts_still_fail_without_attestation(tmp_path: Path, unattested: Path) -> None:
     """Without attestation the receipt log is still checked: a flipped byte in it fails the audit."""
-    run = _recorded_copy(tmp_path, attestation=False, receipts=True)
+    run = _unattested_copy(tmp_path, unattested)
     log = bytearray((run / "receipts.log").read_bytes())
     log[len(log) // 2] ^= 0x01
     (run / "receipts.log").write_bytes(bytes(log))
@@ -76,10 +103,10 @@ def test_tampered_receipts_still_fail_without_attestation(tmp_path: Path) -> Non
     assert "error finding(s)" in result.output
 
 
-def test_pinned_key_expects_attestation(tmp_path: Path) -> None:
+def test_pinned_key_expects_attestation(tmp_path: Path, unattested: Path) -> None:
     """Pinning a verifier key says attestation is expected: the unattested run then fails, its
     signing keys attested by no result."""
-    run = _recorded_copy(tmp_path, attestation=False, receipts=True)
+    run = _unattested_copy(tmp_path, unattested)
     result = CliRunner().invoke(cli, ["audit", str(run), "--verifier-key", "00" * 32, "--format", "json"])
     assert result.exit_code == 1
     codes = {f["code"] for f in json.loads(result.output)["findings"]}
@@ -112,10 +139,10 @@ def test_run_without_receipts_says_there_is_nothing_to_check(tmp_path: Path) -> 
     assert "nothing to check (the run kept no receipts)" in result.output
 
 
-def test_a_spec_that_requires_attestation_still_fails_an_unattested_run(tmp_path: Path) -> None:
+def test_a_spec_that_requires_attestation_still_fails_an_unattested_run(tmp_path: Path, unattested: Path) -> None:
     """Stripping attestation from a run does not pass an audit against a spec that requires it:
     the conformance check names the missing attestation (exit 1)."""
-    run = _recorded_copy(tmp_path, attestation=False, receipts=True)
+    run = _unattested_copy(tmp_path, unattested)
     spec = Path(__file__).resolve().parents[2] / "stagewarden" / "spec" / "examples" / "demo.yaml"
     result = CliRunner().invoke(cli, ["audit", str(run), "--spec", str(spec), "--format", "json"])
     assert result.exit_code == 1, result.output

@@ -204,7 +204,8 @@ def _ear_run(tmp_path: Path, tamper: bool = False, unbound: bool = False) -> Pat
 def test_audit_accepts_ear_results(tmp_path: Path) -> None:
     """A run whose every worker holds an EAR attesting its receipt key audits clean."""
     path = _ear_run(tmp_path)
-    report = audit_run_dir(path, bytes(synthetic_run("ear").verifier.verify_key))
+    run = synthetic_run("ear")
+    report = audit_run_dir(path, run.verifier_key, coordinator_key=run.coordinator_key)
     assert report.clean and report.findings == ()
 
 
