@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from stagewarden.attest.run_record import SUMMARY_FILE, RunDirError, RunRecord
+from stagewarden.attest.witness import WITNESS_DIR
 
 #: Set by the local launcher: the pid of the launching process; a worker exits when it is gone.
 PARENT_PID_ENV = "STAGEWARDEN_PARENT_PID"
@@ -81,9 +82,13 @@ def _watch_launcher() -> None:
     threading.Thread(target=watch, daemon=True, name="launcher-watch").start()
 
 
-def run_process(config_path: str, out: str, vendor: str | None, resume: str = "never") -> None:
+def run_process(
+    config_path: str, out: str, vendor: str | None, resume: str = "never", witness_dir: str | None = None
+) -> None:
     """Join the process groups (the run's, and the heartbeat channel's) and play this rank's role
     (raises on failure). The groups are not left: :func:`_run` ends the process instead.
+
+    ``witness_dir`` (workers): where the worker keeps its witness file (default ``OUT/witness``).
 
     ``resume`` (rank 0): ``never`` starts a new run in ``out``; ``always`` resumes the interrupted
     run there; ``auto`` resumes it if there is one that has not completed, else starts a new run
@@ -149,7 +154,10 @@ def run_process(config_path: str, out: str, vendor: str | None, resume: str = "n
         from stagewarden.runtime.worker import StageWorker, TestHooks
 
         hooks = TestHooks.from_environ()  # read once, here
-        StageWorker(config, rank, transport, vendor, heartbeats=HeartbeatSender(group), hooks=hooks).run()
+        witness = Path(witness_dir) if witness_dir else Path(out) / WITNESS_DIR
+        StageWorker(
+            config, rank, transport, vendor, heartbeats=HeartbeatSender(group), hooks=hooks, witness_dir=witness
+        ).run()
 
 
 def _resumable(out: Path) -> bool:
@@ -236,6 +244,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vendor", help="the simulated vendor folder (required when attestation is on)")
     parser.add_argument("--error-file", help="write a one-line JSON error here on failure")
     parser.add_argument(
+        "--witness-dir",
+        help="workers: keep the witness file of the run's step heads in this folder (default: OUT/witness)",
+    )
+    parser.add_argument(
         "--resume",
         choices=("never", "always", "auto"),
         default="never",
@@ -260,7 +272,7 @@ def _run(args: argparse.Namespace) -> int:
 def _run_role(args: argparse.Namespace) -> int:
     rank = os.environ.get("RANK", "?")
     try:
-        run_process(args.config, args.out, args.vendor, args.resume)
+        run_process(args.config, args.out, args.vendor, args.resume, args.witness_dir)
     except KeyboardInterrupt:
         _report(args.error_file, rank, "interrupted", 130)
         return 130

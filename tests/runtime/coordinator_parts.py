@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from nacl.signing import SigningKey
+
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.coordinator.accusations import DetectionSigner
 from stagewarden.runtime.coordinator.checks import Checks
@@ -14,6 +16,7 @@ from stagewarden.runtime.coordinator.context import CurrentAttempt, RunContext
 from stagewarden.runtime.coordinator.ledger import Ledger
 from stagewarden.runtime.coordinator.reexecution import Reexecution
 from stagewarden.runtime.coordinator.roster import Roster
+from stagewarden.runtime.coordinator.sealing import Sealer
 from stagewarden.runtime.coordinator.tally import RunTally
 from stagewarden.runtime.route import Route
 
@@ -37,13 +40,13 @@ class Parts:
             session=0,
         )
         self.ctx.log = None
-        if signing_key is not None:
-            self.ctx.signing_key = signing_key
+        self.ctx.signing_key = signing_key if signing_key is not None else SigningKey.generate()
         self.current = CurrentAttempt(Route(config.stages, bypass), bypass)
         self.roster = Roster(self.ctx)
         self.ledger = Ledger(self.ctx)
         self.tally = RunTally(self.ctx, self.roster, self.ledger)
         self.signer = DetectionSigner(self.ctx, self.roster)
         self.reexec = Reexecution(self.ctx, self.roster, self.ledger, self.tally, self.signer)
-        self.commitments = Commitments(self.ctx, self.roster, self.tally, self.current)
+        self.sealer = Sealer(self.ctx, self.roster)
+        self.commitments = Commitments(self.ctx, self.roster, self.tally, self.current, self.sealer)
         self.checks = Checks(self.ctx, self.roster, self.ledger, self.tally, self.signer, self.reexec, self.current)

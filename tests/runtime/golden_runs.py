@@ -243,7 +243,8 @@ def _strip(value: Any, run_dir: Path, path: str = "") -> Any:
 
 
 def _signed_records(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every receipt and header of the log, as their reproducible signed fields, per signer."""
+    """Every receipt and header of the log, as their reproducible signed fields, per signer (step
+    heads and cosignatures sign run-specific keys and times: the seal's own tests cover them)."""
     from stagewarden.attest.headers import parse_header
     from stagewarden.attest.receipt_log import RecordType, read_log
     from stagewarden.attest.receipts import parse_receipt
@@ -265,7 +266,7 @@ def _signed_records(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
                 "env": [r.env.torch_version, r.env.device, r.env.dtype, int(r.env.flags)],
             }
             worker = r.worker_id
-        else:
+        elif record.type is RecordType.HEADER:
             h = parse_header(record.payload)
             row = {
                 "record": "header",
@@ -278,6 +279,8 @@ def _signed_records(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
                 "tensor": [h.tensor.dtype, list(h.tensor.shape), h.tensor.digest.hex()],
             }
             worker = h.sender
+        else:
+            continue
         per_worker.setdefault(worker, []).append(row)
     return dict(sorted(per_worker.items()))
 

@@ -99,7 +99,7 @@ def _coordinator(messages: dict[int, dict[str, Any]], backend: str = "gloo") -> 
     parts.roster.stage_ids = list(WORKERS)
     parts.roster.keys = {wid: bytes(k.verify_key) for wid, k in KEYS.items()}
     parts.roster.prev = {wid: chain_genesis("run", wid) for wid in WORKERS}
-    return Commitments(parts.ctx, parts.roster, parts.tally, parts.current), transport, parts
+    return Commitments(parts.ctx, parts.roster, parts.tally, parts.current, parts.sealer), transport, parts
 
 
 def test_later_stages_are_taken_while_stage_0_is_awaited() -> None:

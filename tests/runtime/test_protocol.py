@@ -9,9 +9,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nacl.signing import SigningKey
 from strategies import mutated_tree
 
 from stagewarden.attest.errors import ErrorCode
+from stagewarden.attest.step_heads import RosterEntry, StepHead, cosign, sign_head
 from stagewarden.attest.token import canonical_json, parse_canonical_json
 from stagewarden.runtime import protocol as p
 from stagewarden.runtime.redundant import CheckOutcome, InputVia
@@ -77,7 +79,48 @@ def commits(draw: st.DrawFn) -> p.Commit:
         draw(st.integers(0, 20)) if checked else None,
         losses,
         logits,
+        *draw(st.sampled_from(((None, None), (b"\x01" * 8, None), (None, "that head is not mine")))),
     )
+
+
+HEAD_KEY = SigningKey(b"\x07" * 32)
+id_like = st.sampled_from(("s0r0", "s1r0", "standby0", "run-1"))
+
+
+@st.composite
+def signed_heads(draw: st.DrawFn) -> StepHead:
+    final = draw(st.booleans())
+    return StepHead(
+        run_id=draw(id_like),
+        sequence=draw(steps),
+        session=draw(st.integers(0, 5)),
+        steps=draw(steps),
+        records=draw(steps),
+        log_digest=draw(digests).hex(),
+        events=draw(steps),
+        events_digest=draw(digests).hex(),
+        roster_digest=draw(digests).hex(),
+        chains_digest=draw(digests).hex(),
+        final=final,
+        status="completed" if final else None,
+        summary_digest=draw(digests).hex() if final else None,
+    )
+
+
+@st.composite
+def witness_heads(draw: st.DrawFn) -> p.WitnessHead:
+    roster = tuple(
+        RosterEntry(stage=i, worker=draw(id_like), key=draw(digests).hex()) for i in range(draw(st.integers(0, 3)))
+    )
+    chains = {w: draw(digests) for w in draw(st.lists(id_like, max_size=3, unique=True))}
+    return p.WitnessHead(sign_head(draw(signed_heads()), HEAD_KEY), roster, chains)
+
+
+@st.composite
+def cosigneds(draw: st.DrawFn) -> p.Cosigned:
+    if draw(st.booleans()):
+        return p.Cosigned(None, draw(st.text(max_size=40)))
+    return p.Cosigned(cosign(draw(signed_heads()), draw(id_like), HEAD_KEY))
 
 
 @st.composite
@@ -97,7 +140,9 @@ def evidences(draw: st.DrawFn) -> p.Evidence:
 commitments = st.builds(p.UpdateCommitment, blobs, digests, digests, st.lists(digests, max_size=4).map(tuple))
 
 STRATEGIES: dict[type[p.Message], st.SearchStrategy[Any]] = {
-    p.Hello: st.builds(p.Hello, ids, ids, st.none() | stage_maps, st.none() | blobs, steps, st.none() | digests),
+    p.Hello: st.builds(
+        p.Hello, ids, ids, st.none() | stage_maps, st.none() | blobs, steps, digests, st.none() | digests
+    ),
     p.Shutdown: st.just(p.Shutdown()),
     p.Refused: st.just(p.Refused()),
     p.Reattest: st.builds(p.Reattest, blobs),
@@ -117,6 +162,8 @@ STRATEGIES: dict[type[p.Message], st.SearchStrategy[Any]] = {
     p.Fetch: st.builds(p.Fetch, steps, st.integers(0, 9), kinds),
     p.Evidence: evidences(),
     p.Commit: commits(),
+    p.WitnessHead: witness_heads(),
+    p.Cosigned: cosigneds(),
     p.Updated: st.builds(p.Updated, steps, digests, st.integers(0, 10**12), st.none() | commitments),
     p.Pushed: st.builds(p.Pushed, steps, units, tensor_lists),
     p.Fetched: st.builds(p.Fetched, steps, st.integers(0, 9), kinds, tensor_lists),
@@ -136,7 +183,7 @@ messages = st.one_of(*STRATEGIES.values())
 def test_every_message_has_a_strategy() -> None:
     """The round-trip properties below cover every message class."""
     assert set(STRATEGIES) == set(p.MESSAGES)
-    assert len(p.MESSAGES) == 30
+    assert len(p.MESSAGES) == 32
 
 
 @settings(max_examples=300)
@@ -168,7 +215,7 @@ def test_mutated_messages_are_rejected_or_exact(data: st.DataObject) -> None:
 
 def test_wire_objects_are_the_ones_sent() -> None:
     """The wire objects are exactly those the run sends (pinned, so the run's bytes stay put)."""
-    assert p.Hello("run", "s0r0", 0, b"\x01", 2).to_wire() == {
+    assert p.Hello("run", "s0r0", 0, b"\x01", 2, D).to_wire() == {
         "type": "hello",
         "run_id": "run",
         "worker_id": "s0r0",
@@ -176,9 +223,10 @@ def test_wire_objects_are_the_ones_sent() -> None:
         "stage": 0,
         "nonce": "01",
         "session": 2,
+        "coordinator_key": D.hex(),
     }
-    assert p.Hello("run", "standby0", None, None, 0, D).to_wire()["role"] == "standby"
-    assert p.Hello("run", "standby0", None, None, 0, D).to_wire()["chain_head"] == D.hex()
+    assert p.Hello("run", "standby0", None, None, 0, D, D).to_wire()["role"] == "standby"
+    assert p.Hello("run", "standby0", None, None, 0, D, D).to_wire()["chain_head"] == D.hex()
     assert p.Step(3, 1).to_wire() == {"type": "step", "step": 3, "attempt": 1}
     assert p.Step(3, 1, 2).to_wire() == {"type": "step", "step": 3, "attempt": 1, "bypass": 2}
     assert p.Push(4, ((0, "forward"), (1, "update")), True).to_wire() == {
@@ -248,6 +296,7 @@ def test_check_report_is_the_outcome_with_a_hex_difference() -> None:
                 "stage": None,
                 "nonce": None,
                 "session": 0,
+                "coordinator_key": "00" * 32,
             },
             "role must be 'standby'",
         ),

@@ -194,7 +194,15 @@ class Admission:
             nonce = verifier.issue_nonce() if verifier is not None else None
             if nonce is not None:
                 nonces[wid] = nonce
-            hello = Hello(self.ctx.run_id, wid, stage, nonce, self.ctx.session, self.roster.chain_heads.get(wid))
+            hello = Hello(
+                self.ctx.run_id,
+                wid,
+                stage,
+                nonce,
+                self.ctx.session,
+                bytes(self.ctx.signing_key.verify_key),
+                self.roster.chain_heads.get(wid),
+            )
             send_message(self.ctx.transport, rank, hello)
         refusals: list[str] = []
         for rank, wid, stage in workers:

@@ -16,6 +16,7 @@ from stagewarden.attest.tensor_digest import (
     last_forward_output_digest,
 )
 from stagewarden.runtime.coordinator.context import CONTENT_ERRORS, CurrentAttempt, RunContext
+from stagewarden.runtime.coordinator.sealing import Sealer
 from stagewarden.runtime.protocol import CheckReport, Commit, receive
 from stagewarden.runtime.transport import (
     TransportError,
@@ -107,8 +108,10 @@ class StepCommit:
 class Commitments:
     """Receives and verifies the workers' commitments of a computation (see :class:`StepCommit`)."""
 
-    def __init__(self, ctx: RunContext, roster: Roster, tally: RunTally, current: CurrentAttempt) -> None:
-        self.ctx, self.roster, self.tally, self.current = ctx, roster, tally, current
+    def __init__(
+        self, ctx: RunContext, roster: Roster, tally: RunTally, current: CurrentAttempt, sealer: Sealer
+    ) -> None:
+        self.ctx, self.roster, self.tally, self.current, self.sealer = ctx, roster, tally, current, sealer
 
     def collect(self, step: int) -> StepCommit:
         """Receive every stage's commitment for ``step``; verify and log its receipts and headers.
@@ -168,6 +171,7 @@ class Commitments:
             msg = receive(self.ctx.transport, rank, Commit)
             if msg.step != step:
                 raise TransportError(f"worker {wid} committed step {msg.step}, not {step}")
+            self.sealer.take_cosignature(wid, rank, msg.cosignature, msg.dispute)
             out = StageCommitment(msg.busy_ns / 1e9)
             out.receipts = [self.accept_receipt(wid, s, step, raw, log=False) for raw in msg.receipts]
             out.headers = [self.accept_header(wid, s, step, raw) for raw in msg.headers]

@@ -16,6 +16,7 @@ from stagewarden.attest.errors import AttestError, FormatError
 from stagewarden.attest.files import atomic_write_text
 from stagewarden.attest.receipt_log import ReceiptLog
 from stagewarden.attest.rundir import RunDirWriter
+from stagewarden.attest.step_heads import EventsChain
 from stagewarden.attest.tensor_digest import digest_state_dict, gradients_digest
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.coordinator.errors import ResumeError
@@ -61,17 +62,31 @@ TRACES_KEPT = 3
 
 
 class EventLog:
-    """``events.jsonl``: one JSON object per line, appended and flushed as events happen."""
+    """``events.jsonl``: one JSON object per line, appended and flushed as events happen, with the
+    hash chain over its lines (:class:`~stagewarden.attest.step_heads.EventsChain`) that each step
+    head signs. Opening an existing file (a resumed run) takes up its chain from its lines."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.chain = EventsChain()
+        if path.exists():
+            for line in path.read_bytes().split(b"\n")[:-1]:
+                self.chain.add(line)
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
 
     def write(self, event: str, **fields: Any) -> None:
         """Append an event with the current UTC time."""
         record = {"time": dt.datetime.now(dt.UTC).isoformat(), "event": event, **fields}
-        self._file.write(json.dumps(record, sort_keys=True) + "\n")
+        line = json.dumps(record, sort_keys=True)
+        self._file.write(line + "\n")
         self._file.flush()
+        self.chain.add(line.encode("utf-8"))
+
+    def sync(self) -> None:
+        """Make every line written so far durable (a step head signs them)."""
+        if not self._file.closed:
+            self._file.flush()
+            os.fdatasync(self._file.fileno())
 
     def close(self) -> None:
         """Flush to disk and close."""

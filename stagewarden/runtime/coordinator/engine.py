@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import blake3
 import torch
 
 from stagewarden.attest.errors import AttestError
@@ -26,6 +27,7 @@ from stagewarden.attest.headers import TransferKind
 from stagewarden.attest.receipts import Receipt, UnitKind, chain_genesis
 from stagewarden.attest.run_record_parts import SignedDetection
 from stagewarden.attest.rundir import RunDirWriter
+from stagewarden.attest.step_heads import EndStatus
 from stagewarden.attest.tensor_digest import (
     weights_digest,
 )
@@ -55,6 +57,7 @@ from stagewarden.runtime.coordinator.reexecution import FetchedUnit, Reexecution
 from stagewarden.runtime.coordinator.renewal import Renewal
 from stagewarden.runtime.coordinator.resume import Resume
 from stagewarden.runtime.coordinator.roster import Roster
+from stagewarden.runtime.coordinator.sealing import Sealer
 from stagewarden.runtime.coordinator.tally import RunTally
 from stagewarden.runtime.coordinator.wire import tensor_digests
 from stagewarden.runtime.liveness import Fault
@@ -169,7 +172,8 @@ class Coordinator:
         self.admission = Admission(ctx, self.roster, self.ledger, self.tally, self.reexec, self.faults)
         self.recovery = Recovery(ctx, self.roster, self.ledger, self.tally, self.store, self.admission)
         self.renewal = Renewal(ctx, self.roster, self.admission, self.faults)
-        self.commitments = Commitments(ctx, self.roster, self.tally, self.current)
+        self.sealer = Sealer(ctx, self.roster)
+        self.commitments = Commitments(ctx, self.roster, self.tally, self.current, self.sealer)
         self.checks = Checks(ctx, self.roster, self.ledger, self.tally, self.signer, self.reexec, self.current)
         self.start_step = 0
         self._pending_bypass: int | None = None
@@ -179,10 +183,12 @@ class Coordinator:
             resumed = Resume(ctx, self.roster, self.ledger, self.tally, self.store)
             resumed.load()
             self.start_step = resumed.start_step
+            self.sealer.take_up(run_dir / EVENTS_FILE)
         else:
             run_dir.mkdir(parents=True, exist_ok=True)
             ctx.signing_key = private_key(ctx.keys_dir, "coordinator", create=True)
             ctx.writer = RunDirWriter(run_dir, self.tally.summary())
+            ctx.writer.write_coordinator_key(bytes(ctx.signing_key.verify_key))
             ctx.events = EventLog(run_dir / EVENTS_FILE)
             ctx.log = ctx.writer.create_log(sync="explicit") if config.receipts else None
 
@@ -230,19 +236,25 @@ class Coordinator:
                 stopped = str(stop)
             self.store.finish()
             self.tally.train_seconds += time.perf_counter() - train_start
-            self.tally.status = "completed" if stopped is None else "stopped"
+            end: EndStatus = "completed" if stopped is None else "stopped"
+            self.tally.status = end
             self.faults.stop_watchdog()
-            for rank in range(1, self.ctx.config.world_size):
-                if rank not in self.roster.released:
-                    send_message(self.ctx.transport, rank, Release())
             if stopped is None:
                 self.ctx.events.write(
                     "run_completed", steps=len(self.tally.losses), detections=len(self.tally.detections)
                 )
-                shutil.rmtree(self.ctx.keys_dir, ignore_errors=True)  # nothing left to resume
             else:
                 self.tally.stop_reason = stopped
                 self.ctx.events.write("run_stopped", reason=stopped, steps=len(self.tally.losses))
+            self.tally.wall_seconds += time.perf_counter() - started
+            started = time.perf_counter()
+            summary = self.tally.seal_summary()
+            self.sealer.seal_run(len(self.tally.losses), end, blake3.blake3(summary.encode("utf-8")))
+            for rank in range(1, self.ctx.config.world_size):
+                if rank not in self.roster.released:
+                    send_message(self.ctx.transport, rank, Release())
+            if stopped is None:
+                shutil.rmtree(self.ctx.keys_dir, ignore_errors=True)  # nothing left to resume
         except AdmissionRefused as exc:
             self.tally.status, self.tally.stop_reason = "refused", str(exc)
             self.ctx.events.write("run_stopped", reason=str(exc))
@@ -344,6 +356,7 @@ class Coordinator:
                 self.store.write(step + 1)
         self.tally.write_summary()
         self.tally.write_metrics()
+        self.sealer.seal_step(len(self.tally.losses))
         return step + 1
 
     def _resync_bypassed_checker(self, step: int, bypass: int) -> None:
@@ -465,7 +478,11 @@ class Coordinator:
         back and answer the detection as at attempt 0 of that step. Returns the step to train next."""
         c, done = self.ctx.config, step - 1
         for s in range(c.stages):
-            receive(self.ctx.transport, self.roster.rank_of(s), Commit)
+            dropped = receive(self.ctx.transport, self.roster.rank_of(s), Commit)
+            # the dropped commitment still answers the last step head
+            self.sealer.take_cosignature(
+                self.roster.stage_ids[s], self.roster.rank_of(s), dropped.cosignature, dropped.dispute
+            )
         self.ctx.transport.flush()
         for s in range(c.stages):
             wid = self.roster.stage_ids[s]

@@ -68,6 +68,7 @@ class RunTally:
         self.faults: list[dict[str, Any]] = []
         self.pending_fault: dict[str, Any] | None = None
         self.resumes: list[dict[str, Any]] = []
+        self.sealed: RunRecord | None = None
 
     def summary(self) -> RunRecord:
         c = self.ctx.config
@@ -129,7 +130,15 @@ class RunTally:
         return sum(1 for d in self.detections if d.worker not in malicious)
 
     def write_summary(self) -> None:
-        self.ctx.writer.write_summary(self.summary())
+        """Write ``summary.json`` (once the run is sealed, the summary its final head signed)."""
+        self.ctx.writer.write_summary(self.sealed or self.summary())
+
+    def seal_summary(self) -> str:
+        """Fix the summary as it is now, write it, and return its text (for the final head to
+        sign): later writes keep it as it is."""
+        self.sealed = self.summary()
+        self.write_summary()
+        return self.sealed.to_json()
 
     def write_metrics(self) -> None:
         out = io.StringIO()

@@ -27,6 +27,7 @@ from stagewarden.runtime.protocol.fields import (
     ProtocolError,
     TensorMeta,
 )
+from stagewarden.runtime.protocol.heads import Cosigned, WitnessHead
 from stagewarden.runtime.protocol.replies import (
     Calibrated,
     CheckReport,
@@ -77,6 +78,7 @@ __all__ = [
     "Calibrated",
     "CheckReport",
     "Commit",
+    "Cosigned",
     "Discard",
     "ErrorReport",
     "Evidence",
@@ -106,6 +108,7 @@ __all__ = [
     "TensorMeta",
     "UpdateCommitment",
     "Update",
+    "WitnessHead",
     "Updated",
     "parse_message",
     "receive",

@@ -9,6 +9,7 @@ import torch
 
 from stagewarden.attest.token import canonical_json
 from stagewarden.runtime.protocol.fields import Message, ProtocolError
+from stagewarden.runtime.protocol.heads import Cosigned, WitnessHead
 from stagewarden.runtime.protocol.replies import (
     Calibrated,
     Commit,
@@ -66,6 +67,7 @@ MESSAGES: tuple[type[Message], ...] = (
     Ranks,
     Fetch,
     Reattest,
+    WitnessHead,
     Evidence,
     Commit,
     Updated,
@@ -77,6 +79,7 @@ MESSAGES: tuple[type[Message], ...] = (
     ReplicaLoaded,
     Restored,
     Calibrated,
+    Cosigned,
     ErrorReport,
 )
 

@@ -166,7 +166,9 @@ class CheckReport:
 class Commit(Message):
     """Worker to coordinator after a step's schedule: its receipts and the signed headers it
     received; with ``redundant_neighbour`` its failed checks and how many it ran; from the last
-    stage each micro-batch's loss and (with receipts) logits digest."""
+    stage each micro-batch's loss and (with receipts) logits digest. ``cosignature`` (an encoded
+    :class:`~stagewarden.attest.step_heads.Cosignature`) or ``dispute`` answers the step head the
+    coordinator sent since the worker's last commit."""
 
     TYPE: ClassVar[str] = "commit"
     step: int
@@ -177,6 +179,8 @@ class Commit(Message):
     checks_run: int | None = None
     microbatch_losses: tuple[float, ...] | None = None
     logits: tuple[bytes, ...] | None = None
+    cosignature: bytes | None = None
+    dispute: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -193,12 +197,18 @@ class Commit(Message):
             wire["microbatch_losses"] = [loss.hex() for loss in self.microbatch_losses]
         if self.logits is not None:
             wire["logits"] = [d.hex() for d in self.logits]
+        if self.cosignature is not None:
+            wire["cosignature"] = self.cosignature.hex()
+        if self.dispute is not None:
+            wire["dispute"] = self.dispute
         return wire
 
     @classmethod
     def parse(cls, data: Any) -> Commit:
-        optional = ("checks", "checks_run", "microbatch_losses", "logits")
+        optional = ("checks", "checks_run", "microbatch_losses", "logits", "cosignature", "dispute")
         d = read_fields(data, cls.TYPE, ("step", "receipts", "headers", "busy_ns"), optional)
+        if "cosignature" in d and "dispute" in d:
+            raise ProtocolError("a commit carries a cosignature or a dispute, not both")
         if ("checks" in d) != ("checks_run" in d):
             raise ProtocolError("a commit's checks and checks_run come together")
         if "logits" in d and "microbatch_losses" not in d:
@@ -214,6 +224,8 @@ class Commit(Message):
             if "microbatch_losses" in d
             else None,
             read_list(d["logits"], "commit logits", read_digest) if "logits" in d else None,
+            read_hex(d["cosignature"], "commit cosignature") if "cosignature" in d else None,
+            read_text(d["dispute"], "commit dispute") if "dispute" in d else None,
         )
 
 

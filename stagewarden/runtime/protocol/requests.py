@@ -30,8 +30,9 @@ from stagewarden.runtime.protocol.fields import (
 
 @dataclasses.dataclass(frozen=True)
 class Hello(Message):
-    """Coordinator to worker at start: who the worker is, and the attestation nonce (``None``:
-    attestation is off). ``chain_head`` continues a resumed run's receipt chain."""
+    """Coordinator to worker at start: who the worker is, the attestation nonce (``None``:
+    attestation is off) and the coordinator's public key, which the worker pins to check the step
+    heads it cosigns. ``chain_head`` continues a resumed run's receipt chain."""
 
     TYPE: ClassVar[str] = "hello"
     run_id: str
@@ -39,6 +40,7 @@ class Hello(Message):
     stage: int | None
     nonce: bytes | None
     session: int
+    coordinator_key: bytes
     chain_head: bytes | None = None
 
     @property
@@ -55,6 +57,7 @@ class Hello(Message):
             "stage": self.stage,
             "nonce": None if self.nonce is None else self.nonce.hex(),
             "session": self.session,
+            "coordinator_key": self.coordinator_key.hex(),
         }
         if self.chain_head is not None:
             wire["chain_head"] = self.chain_head.hex()
@@ -62,13 +65,19 @@ class Hello(Message):
 
     @classmethod
     def parse(cls, data: Any) -> Hello:
-        d = read_fields(data, cls.TYPE, ("run_id", "worker_id", "role", "stage", "nonce", "session"), ("chain_head",))
+        d = read_fields(
+            data,
+            cls.TYPE,
+            ("run_id", "worker_id", "role", "stage", "nonce", "session", "coordinator_key"),
+            ("chain_head",),
+        )
         out = cls(
             read_id(d["run_id"], "hello run_id"),
             read_id(d["worker_id"], "hello worker_id"),
             read_opt_int(d["stage"], "hello stage"),
             None if d["nonce"] is None else read_hex(d["nonce"], "hello nonce"),
             read_int(d["session"], "hello session"),
+            read_hex(d["coordinator_key"], "hello coordinator_key", DIGEST_BYTES),
             read_hex(d["chain_head"], "hello chain_head", DIGEST_BYTES) if "chain_head" in d else None,
         )
         if d["role"] != out.role:

@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,6 +36,7 @@ from stagewarden.runtime.protocol import (
     Assign,
     Calibrate,
     Calibrated,
+    Cosigned,
     Discard,
     ErrorReport,
     Evidence,
@@ -62,6 +64,7 @@ from stagewarden.runtime.protocol import (
     TensorGroupMessage,
     TensorMeta,
     Update,
+    WitnessHead,
     receive,
     send_message,
     send_tensor_group,
@@ -76,6 +79,7 @@ from stagewarden.runtime.worker.peers import Peers
 from stagewarden.runtime.worker.signing import Signer
 from stagewarden.runtime.worker.state import StageState, receive_checkpoint
 from stagewarden.runtime.worker.step import StepRunner
+from stagewarden.runtime.worker.witnessing import Witness
 
 #: What a worker serves after admission, in the order its error messages name them.
 SERVED: tuple[type[Message], ...] = (
@@ -93,6 +97,7 @@ SERVED: tuple[type[Message], ...] = (
     Calibrate,
     Push,
     Reattest,
+    WitnessHead,
 )
 
 
@@ -109,6 +114,8 @@ class StageWorker:
             run's heartbeat channel (:class:`~stagewarden.runtime.liveness.HeartbeatSender`).
         hooks: The test hooks in effect (:meth:`TestHooks.from_environ
             <stagewarden.runtime.worker.hooks.TestHooks.from_environ>` when not given).
+        witness_dir: Where this worker keeps its witness file of the run's step heads
+            (:mod:`stagewarden.attest.witness`; ``None``: it cosigns them and keeps no file).
     """
 
     def __init__(
@@ -120,6 +127,7 @@ class StageWorker:
         *,
         heartbeats: Any,
         hooks: TestHooks | None = None,
+        witness_dir: Path | None = None,
     ) -> None:
         self.config, self.rank, self.transport = config, rank, transport
         self.vendor_dir, self.heartbeats = vendor_dir, heartbeats
@@ -129,6 +137,9 @@ class StageWorker:
         )
         self.signer = Signer(SigningKey.generate())
         self.peers = Peers(config)
+        self.witness = Witness(witness_dir)
+        self._answer: Cosigned | None = None
+        """The answer to the last step head, sent with the next commit."""
         self.runner: StepRunner | None = None
         """The stage's step runner and, through it, its state (``None`` while a standby holds no stage)."""
         self._handlers: dict[type[Message], Callable[[Any], None]] = {
@@ -148,6 +159,7 @@ class StageWorker:
             Ranks: self._on_ranks,
             Assign: self._on_assign,
             Reattest: lambda msg: self._attest(msg.nonce),
+            WitnessHead: self._on_head,
         }
         """The requests every worker serves, a standby too."""
         self._measurement: bytes | None = None
@@ -179,6 +191,7 @@ class StageWorker:
             return
         self.signer.start(hello.run_id, hello.worker_id, hello.stage, hello.chain_head)
         self.peers.run_id = hello.run_id
+        self.witness.start(hello.coordinator_key)
         with deterministic(self.config.train.threads):
             self._setup_stage(hello.stage)
             self._attest(hello.nonce)
@@ -204,6 +217,7 @@ class StageWorker:
             self._report_failure(exc)
         finally:
             heartbeat.stop()
+            self.witness.close()
 
     def _setup_stage(self, stage: int | None) -> None:
         """Build the parts of ``stage`` (none for a standby without one)."""
@@ -297,6 +311,11 @@ class StageWorker:
             crash()
         hostile = self.hooks.hostile_kind(runner.stage, step, self.worker_id)
         commit = runner.run(step, msg.attempt, msg.bypass)
+        if self._answer is not None:
+            cosignature = self._answer.cosignature
+            encoded = cosignature.encode() if cosignature is not None else None
+            commit = dataclasses.replace(commit, cosignature=encoded, dispute=self._answer.dispute)
+            self._answer = None
         if hostile is not None:
             send_hostile(self.transport, step, hostile, lambda: self._forged_receipt(step))
         send_message(self.transport, COORDINATOR, commit)
@@ -306,6 +325,15 @@ class StageWorker:
         self.signer.key = SigningKey.generate()
         zero = b"\0" * 32
         return self.signer.receipt(step, 0, UnitKind.FORWARD, zero, zero, zero, ExecutionEnv.capture(self.device))
+
+    def _on_head(self, msg: WitnessHead) -> None:
+        """Check, cosign and keep a step head: answered at once when it is the run's final head,
+        else in the next commit (a standby keeps it and answers none but the final one)."""
+        answer = self.witness.on_head(msg, self.signer)
+        if msg.head.head.final:
+            send_message(self.transport, COORDINATOR, answer)
+        elif self.runner is not None:
+            self._answer = answer
 
     def _on_update(self, msg: Update) -> None:
         send_message(self.transport, COORDINATOR, self._stage().update(msg.step))
