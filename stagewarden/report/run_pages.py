@@ -119,7 +119,10 @@ def _pinning(runs: list[RunData]) -> list[str]:
         "   $ stagewarden audit RUN_DIR --verifier-key VERIFIER_PUBLIC_KEY_HEX",
         "",
         "Each such audit reports this as the warning ``VERIFIER_KEY_UNPINNED``; it is explained here once "
-        "and left out of the run pages' findings.",
+        "and left out of the run pages' findings. The same holds for the coordinator's public key, which the "
+        "run's signed step heads are checked against (``coordinator.pub``, warning ``COORDINATOR_KEY_UNPINNED``; "
+        "pin it with ``--coordinator-key``, and pass a worker's witness file with ``--witness`` to check the "
+        "record against what that worker kept).",
         "",
     ]
 
@@ -336,7 +339,8 @@ def _audit(run: RunData) -> list[str]:
         return out + [f"The audit could not run: {rst.text(run.audit.error)}", ""]
     verdict = "clean" if report.clean else "**failed**"
     # the unpinned verifier key is explained once, on the runs page, not repeated on every run
-    findings = [f for f in report.findings if f.code != ErrorCode.VERIFIER_KEY_UNPINNED]
+    explained = (ErrorCode.VERIFIER_KEY_UNPINNED, ErrorCode.COORDINATOR_KEY_UNPINNED)
+    findings = [f for f in report.findings if f.code not in explained]
     warnings = len(findings) - len(report.errors)
     if not report.verifier_key:
         key = "of a run trained without attestation"
@@ -346,8 +350,9 @@ def _audit(run: RunData) -> list[str]:
         key = "against the verifier key in the run directory (see :ref:`pin-verifier-key`)"
     out += [
         f"The offline audit of the receipt log (``stagewarden audit``), {key}, is {verdict}: {report.records} "
-        f"records, {report.receipts} receipts, {report.headers} signed headers, {len(report.errors)} error(s), "
-        f"{warnings} warning(s).",
+        f"records, {report.receipts} receipts, {report.headers} signed headers, {report.step_heads} step heads "
+        f"({'sealed by a final head' if report.sealed else 'no final head: not sealed'}), "
+        f"{len(report.errors)} error(s), {warnings} warning(s).",
         "",
     ]
     rows = [

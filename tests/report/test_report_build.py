@@ -99,7 +99,7 @@ def test_run_sections(demo_report: Path) -> None:
         "affirming; signature valid",
         "Receipt audit",
         "is clean",
-        "212 receipts",
+        "324 receipts",
         "Spot checks",
         "Detection timeline",
         "s1r0",

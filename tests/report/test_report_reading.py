@@ -55,7 +55,7 @@ def test_index_states_the_notice_once_and_leads_with_the_runs(demo_report: Path)
         headline
     )
     assert (
-        "the spot check caught worker s1r0 at step 2, micro-batch 3 (forward unit), in the step it began; "
+        "the spot check caught worker s1r0 at step 3, micro-batch 2 (forward unit), 1 step after it began; "
         "then response eject, s1r0 ejected, standby standby0 took stage 1" in headline
     )
 
@@ -134,7 +134,7 @@ def test_attacker_window_has_width() -> None:
     wide, even where the response restored a step before the attack began; an attack that starts
     after the run ended has no band."""
     attacked = read_run(RECORDED_RUNS[1])
-    assert attack_windows(attacked, 5) == [(1, 1.5, 2.5)]
+    assert attack_windows(attacked, 5) == [(1, 1.5, 3.5)]
     plan = dict(attacked.config["attack"], start=3)
     later = dataclasses.replace(attacked, config=dict(attacked.config, attack=plan))
     detections = [dataclasses.replace(d, step=4) for d in attacked.detections]
@@ -157,5 +157,5 @@ def test_headline_of_a_missed_attack_and_of_a_false_alarm() -> None:
         "the attack (reverse on stage 1 from step 2) was **not detected** in 5 steps"
     )
     alarm = dataclasses.replace(clean, training=clean.training.model_copy(update={"detections": attacked.detections}))
-    assert "with no attack mounted, the spot check caught worker s1r0 at step 2" in run_headline(alarm)
+    assert "with no attack mounted, the spot check caught worker s1r0 at step 3" in run_headline(alarm)
     assert "a **false alarm**" in run_headline(alarm)

@@ -28,12 +28,13 @@ def test_recorded_run_reads_and_audits_clean() -> None:
 
 
 def test_observed_latency_counts_tampered_units() -> None:
-    """Caught at step 2, micro-batch 3, with the attack from step 2: the 4th tampered unit."""
+    """Caught at step 3, micro-batch 2, with the attack from step 2 (4 micro-batches a step): the
+    7th tampered unit."""
     run = read_run(RECORDED_RUNS[1])
     latency = observed_latency(run, 0.05)
     assert not isinstance(latency, str)
-    assert latency.observed == 4
-    assert latency.cdf == pytest.approx(1 - 0.95**4)
+    assert latency.observed == 7
+    assert latency.cdf == pytest.approx(1 - 0.95**7)
     assert latency.mean == pytest.approx(20)
 
 
