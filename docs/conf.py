@@ -74,6 +74,7 @@ nitpick_ignore = [
     ("py:class", "StrictFloat"),
     ("py:class", "StrictBool"),
     ("py:class", "Count"),
+    ("py:class", "EndStatus"),
     ("py:class", "WorkerId"),
     ("py:class", "Digest"),
     ("py:class", "Signature"),

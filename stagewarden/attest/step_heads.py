@@ -26,7 +26,7 @@ import blake3
 import pydantic
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
-from pydantic import Field, Strict
+from pydantic import Field, Strict, StrictBool
 
 from .errors import AttestError, ErrorCode, FormatError
 from .run_record_parts import STRICT_MODEL, Count, Digest, Signature, WorkerId
@@ -86,8 +86,8 @@ class StepHead(pydantic.BaseModel):
     events_digest: Digest
     roster_digest: Digest
     chains_digest: Digest
-    final: Annotated[bool, Strict()]
-    status: EndStatus | None = None
+    final: StrictBool
+    status: Literal["completed", "stopped"] | None = None
     summary_digest: Digest | None = None
 
     def message(self) -> bytes:
@@ -112,8 +112,8 @@ class SignedStepHead(pydantic.BaseModel):
 
     @classmethod
     def parse(cls, data: bytes) -> Self:
-        """The signed head ``data`` encodes; raise :class:`FormatError` (``HEAD_MALFORMED``) for
-        anything but the canonical encoding of a valid head."""
+        """The signed head ``data`` encodes; raise :class:`~stagewarden.attest.errors.FormatError`
+        (``HEAD_MALFORMED``) for anything but the canonical encoding of a valid head."""
         return _parse_canonical(cls, data, ErrorCode.HEAD_MALFORMED, "step head")
 
     def verify(self, coordinator_key: bytes) -> None:

@@ -249,7 +249,7 @@ class Coordinator:
             self.tally.wall_seconds += time.perf_counter() - started
             started = time.perf_counter()
             summary = self.tally.seal_summary()
-            self.sealer.seal_run(len(self.tally.losses), end, blake3.blake3(summary.encode("utf-8")))
+            self.sealer.seal_run(len(self.tally.losses), end, blake3.blake3(summary.encode("utf-8")).digest())
             for rank in range(1, self.ctx.config.world_size):
                 if rank not in self.roster.released:
                     send_message(self.ctx.transport, rank, Release())

@@ -5,7 +5,7 @@ with every cosignature (:mod:`stagewarden.attest.step_heads`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from stagewarden.attest.errors import AttestError, ErrorCode
 from stagewarden.attest.receipt_log import RecordType, read_log
@@ -25,11 +25,6 @@ from stagewarden.runtime.coordinator.errors import ResumeError, RunFailed
 from stagewarden.runtime.coordinator.roster import Roster
 from stagewarden.runtime.protocol import Cosigned, WitnessHead, receive, send_message
 from stagewarden.runtime.transport import TransportError
-
-if TYPE_CHECKING:
-    from pathlib import Path
-
-    import blake3
 
 
 class Sealer:
@@ -108,7 +103,7 @@ class Sealer:
         except AttestError as exc:
             raise TransportError(f"worker {worker}: {exc.message}", peer=rank) from None
 
-    def seal_run(self, steps: int, status: EndStatus, summary_digest: blake3.blake3) -> None:
+    def seal_run(self, steps: int, status: EndStatus, summary_digest: bytes) -> None:
         """The run's final head: it also signs how the run ended and ``summary.json``'s digest, and
         it is logged with every served worker's cosignature.
 
@@ -117,7 +112,7 @@ class Sealer:
                 not verify.
         """
         self._pending.clear()  # the final head supersedes a step's head still unanswered
-        signed, message = self._head(steps, final=True, status=status, summary_digest=summary_digest.hexdigest())
+        signed, message = self._head(steps, final=True, status=status, summary_digest=summary_digest.hex())
         if signed is None or message is None or self.ctx.log is None:
             return
         ranks = sorted(self.roster.members())
