@@ -229,6 +229,10 @@ class SealAudit:
                 f"final step head {final.sequence} signed",
                 where,
             )
+        holders = {e.stage: e.worker for e in roster} if roster is not None else {}
+        if not holders:
+            holders = {info.stage: info.id for info in self.summary.workers}
+        required = set(holders.values())
         cosigned: dict[str, Cosignature] = {}
         for record in records[at + 1 :]:
             if record.type is RecordType.STEP_HEAD:
@@ -242,27 +246,13 @@ class SealAudit:
             except AttestError as exc:
                 self._add(ErrorCode.COSIGNATURE_INVALID, exc.message, record)
                 continue
-            known = keys.get(cosignature.worker)
-            if self._attested is not None and bytes.fromhex(cosignature.key) not in self._attested.get(
-                cosignature.worker, set()
-            ):
-                self._add(
-                    ErrorCode.COSIGNATURE_INVALID,
-                    f"the cosignature of {cosignature.worker} is under a key no attestation result attests for it",
-                    record,
-                )
+            if cosignature.worker not in required:  # a free standby's: welcome, not needed
                 continue
-            if known is not None and known.hex() != cosignature.key:
-                self._add(
-                    ErrorCode.COSIGNATURE_INVALID,
-                    f"the cosignature of {cosignature.worker} is under another key than its receipts",
-                    record,
-                )
+            problem = self._cosigner_problem(cosignature, keys.get(cosignature.worker))
+            if problem is not None:
+                self._add(ErrorCode.COSIGNATURE_INVALID, f"the cosignature of {cosignature.worker} {problem}", record)
                 continue
             cosigned[cosignature.worker] = cosignature
-        holders = {e.stage: e.worker for e in roster} if roster is not None else {}
-        if not holders:
-            holders = {info.stage: info.id for info in self.summary.workers}
         for stage, worker in sorted(holders.items()):
             if worker not in cosigned:
                 self._add(
@@ -271,6 +261,16 @@ class SealAudit:
                     "without it the final head is the coordinator's word alone",
                     where,
                 )
+
+    def _cosigner_problem(self, cosignature: Cosignature, receipt_key: bytes | None) -> str | None:
+        """Why a stage holder's cosignature does not count: its key must be the one a
+        verifier-signed result attests for it (with attestation) and the one its receipts carry."""
+        key = bytes.fromhex(cosignature.key)
+        if self._attested is not None and key not in self._attested.get(cosignature.worker, set()):
+            return "is under a key no attestation result attests for it"
+        if receipt_key is not None and receipt_key != key:
+            return "is under another key than its receipts"
+        return None
 
     # -- witness files -------------------------------------------------------------------------------
 
