@@ -221,7 +221,7 @@ class CheckEffects(DetectionLevels):
         Its vacancy matters only where another copy of its slot keeps the replica running (a
         vacant single-copy slot halts the replica: no unit of it is computed meanwhile), and a
         cooperative worker times its unit for when the checker is there."""
-        if cooperative:
+        if cooperative or not self.occupancy.active:
             return True
         present = self.occupancy.present
         others = [present[o] for o in self.world.slots[self.world.slot_of(checker)] if o != checker]

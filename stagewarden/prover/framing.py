@@ -122,14 +122,16 @@ def build_framings(enc: Encoding, victims: set[int] | None = None) -> list[Frami
         if isinstance(check, RedundantNeighbourCheck):
             equivocation = conj([present, enc.via_up[i], enc.cap["equivocate"], neg(enc.receipts)])
             accusation = conj([present, enc.cap["false_accuse"], no_referee])
+            # A mechanism the spec rules out (a constant False in the concrete encoding) frames
+            # nobody: its victims are skipped rather than each given a condition that folds away.
             for r in range(world.replicas):
-                for s in range(1, world.stages - 1):
+                for s in range(1, world.stages - 1) if equivocation is not False else ():
                     up = world.primary(s - 1, r)
                     for victim in filter(wanted, world.slots[(s, r)]):
                         out.append(
                             Framing("equivocation", victim, (up,), conj([equivocation, occ[up], neg(enc.mal[victim])]))
                         )
-                for s in range(0, world.stages - 1):
+                for s in range(0, world.stages - 1) if accusation is not False else ():
                     checker = world.primary(s + 1, r)
                     for victim in filter(wanted, world.slots[(s, r)]):
                         out.append(
@@ -142,7 +144,7 @@ def build_framings(enc: Encoding, victims: set[int] | None = None) -> list[Frami
                         )
         elif isinstance(check, SpotCheck):
             base = conj([present, enc.vf[i]["peer"], enc.cap["false_accuse"], no_referee, any_computing])
-            for victim in filter(wanted, computing):
+            for victim in filter(wanted, computing) if base is not False else ():
                 # The victim is honest, so any malicious computing worker is another one.
                 out.append(
                     Framing("false accusation by a peer verifier", victim, (), conj([base, neg(enc.mal[victim])]))

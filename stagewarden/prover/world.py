@@ -44,10 +44,18 @@ class World:
     standby_workers: list[int] = field(default_factory=list)
     #: Worker index by name, built on first lookup.
     _index: dict[str, int] = field(default_factory=dict, repr=False)
+    #: Indices of the computing workers, in order (set by :meth:`build`).
+    _computing: list[int] = field(default_factory=list, repr=False)
 
     @classmethod
     def build(cls, spec: Spec) -> World:
-        """Lay out the slots (``S x R``, each with ``k`` copies) and the standby workers."""
+        """Lay out the slots (``S x R``, each with ``k`` copies) and the standby workers.
+
+        A prover builds one encoding of a spec or more (concrete and symbolic, per guarantee
+        kind), each from this world: the last one built is returned again for the same spec
+        object (a world is never changed once built)."""
+        if _LAST_BUILT and _LAST_BUILT[0].spec is spec:
+            return _LAST_BUILT[0]
         world = cls(spec=spec)
         k = spec.replication_factor
         for r in range(spec.topology.replicas):
@@ -63,6 +71,8 @@ class World:
             worker = Worker(len(world.workers), f"standby:{i}", standby=i)
             world.workers.append(worker)
             world.standby_workers.append(worker.index)
+        world._computing = [w.index for w in world.workers if w.computing]
+        _LAST_BUILT[:] = [world]
         return world
 
     @property
@@ -77,8 +87,8 @@ class World:
 
     @property
     def computing(self) -> list[int]:
-        """Indices of every computing worker."""
-        return [w.index for w in self.workers if w.computing]
+        """Indices of every computing worker (the same list on every call: do not change it)."""
+        return self._computing
 
     def primary(self, stage: int, replica: int) -> int:
         """Index of the primary worker of slot ``stage:replica``."""
@@ -101,6 +111,10 @@ class World:
         if len(self._index) != len(self.workers):
             self._index = {worker.name: worker.index for worker in self.workers}
         return self.workers[self._index[name]]
+
+
+#: The world :meth:`World.build` made last (one at most, so that no spec is kept alive for long).
+_LAST_BUILT: list[World] = []
 
 
 def check_graph(spec: Spec) -> nx.DiGraph:
