@@ -423,8 +423,10 @@ class SolverSession:
             if result == z3.unknown and terms is self.enc.mal:
                 # Too hard in general: look for a smaller placement inside the best one found.
                 inside = set(self._malicious(best))
-                outside = [to_z3(neg(m)) for i, m in enumerate(self.enc.mal) if i not in inside]
-                result = self._bounded_check(solver, guard, *extra, bound, *outside, *literals)
+                # One cardinality term (none of the others malicious) behind one guard, rather
+                # than one negated assumption per worker: in the largest worlds that is 100,000s.
+                outside = self._guard(at_most([m for i, m in enumerate(self.enc.mal) if i not in inside], 0))
+                result = self._bounded_check(solver, guard, *extra, bound, outside, *literals)
                 if result == z3.unsat:
                     result = z3.unknown  # refuted only within the subset: not a proof
             if result == z3.sat:
@@ -481,7 +483,8 @@ class SolverSession:
         contradictory assumptions (a minimal core)."""
         if self._vacuity is None:
             with self._symbolic():
-                honest_run = conj([neg(m) for m in self.enc.mal] + [neg(c) for c in self.enc.crash])
+                nobody = at_most(self.enc.mal, 0) if self.enc.mal else True
+                honest_run = conj([nobody] + [neg(c) for c in self.enc.crash])
                 result, _ = self._check(honest_run)
                 self._vacuity = False if result == z3.sat else (self._minimal_core(honest_run) or [])
         return None if self._vacuity is False else self._vacuity
