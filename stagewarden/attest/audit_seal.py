@@ -263,13 +263,15 @@ class SealAudit:
                 )
 
     def _cosigner_problem(self, cosignature: Cosignature, receipt_key: bytes | None) -> str | None:
-        """Why a stage holder's cosignature does not count: its key must be the one a
-        verifier-signed result attests for it (with attestation) and the one its receipts carry."""
+        """Why a stage holder's cosignature does not count: its key must be the one its receipts
+        carry (whose attestation the record checks find), or, for a holder without receipts, one a
+        verifier-signed result attests for it (with attestation): a worker the log holder invented
+        has neither."""
         key = bytes.fromhex(cosignature.key)
+        if receipt_key is not None:
+            return None if receipt_key == key else "is under another key than its receipts"
         if self._attested is not None and key not in self._attested.get(cosignature.worker, set()):
-            return "is under a key no attestation result attests for it"
-        if receipt_key is not None and receipt_key != key:
-            return "is under another key than its receipts"
+            return "is under a key no attestation result attests for it, and the worker signed no receipt"
         return None
 
     # -- witness files -------------------------------------------------------------------------------
