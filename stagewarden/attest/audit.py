@@ -69,6 +69,7 @@ from .audit_plans import (
 )
 from .audit_scope import audit_scope
 from .audit_seal import ABSENCE, ALTERED, SealAudit, SealReport, coordinator_key_source
+from .audit_weights import WeightsChain
 from .clock import Clock, SystemClock
 from .ear import EarResult, is_ear_token, open_ear
 from .errors import AttestError, ErrorCode
@@ -501,6 +502,7 @@ def audit_run_dir(
         seal = _check_seal(
             run, records, receipts, coordinator_key, witnesses, log, attested(windows, scope.attestation)
         )
+        WeightsChain(run.summary, log, run.path).check(run.events_bytes(), receipts)
     elif coordinator_key is not None or witnesses:
         # a pinned coordinator key or a witness says the run kept a record: its absence is a finding
         log.add(

@@ -578,6 +578,9 @@ class Coordinator:
                 receipts[s] = receipt
                 optimizers[s] = self.ledger.optimizer[s]
                 self.tally.counts["update"] += 1
+        if receipts:  # what each update receipt's output digest commits to, for the audit's weights chain
+            done = {str(s): {"weights": self.ledger.final_weights[s], "optimizer": optimizers[s]} for s in receipts}
+            self.ctx.events.write("updated", step=step, stages=done)
         sample = self.checks.draw_sample(commit, receipts)
         self.ledger.updated_commits[step] = commit
         for kept in (self.ledger.updated_commits, self.ledger.traces):

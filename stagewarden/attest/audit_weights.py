@@ -1,0 +1,183 @@
+"""The weights chain: every stage's weights followed from its first checkpoint through every update
+to ``final_weights``, offline.
+
+An update receipt's output digest commits to the weights and the optimizer state after the update
+together (``update_output_digest``). After each step's updates the coordinator logs an ``updated``
+event with the two digests of every stage, and ``events.jsonl`` is signed line by line by the step
+heads (:mod:`stagewarden.attest.audit_seal`). The audit replays the events in order and checks
+(``WEIGHTS_CHAIN``):
+
+- each ``updated`` pair is what the stage's update receipt for that step commits to (the k-th
+  such event of a stage and step is matched with its k-th update receipt in the log: a recomputed
+  step updates again);
+- the update ran on the weights the stage held: those of its previous update, or of the
+  checkpoint it was restored to (``restored_checkpoint``), or, at the start, of checkpoint 0; a
+  response that recomputes a step from where it began (``response`` without a checkpoint) takes
+  back that step's updates;
+- every checkpoint of step ``k`` holds the weights of each stage's (last) update of step ``k - 1``;
+- ``final_weights`` in ``summary.json`` (which the final head signs) are each stage's last weights;
+- a checkpoint still on disk (``checkpoints/step-NNNNNNNNN/manifest.json``) is the one its
+  ``checkpoint`` event names: its manifest's BLAKE3 digest is the event's ``manifest`` (the
+  manifest lists the digest of every file of the checkpoint, which a resume checks on loading).
+
+A run whose events hold no ``updated`` event (made by an earlier release, or without receipts) is
+not checked here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from .audit_findings import FindingLog, LogItem
+from .errors import ErrorCode
+from .receipts import Receipt, UnitKind
+from .run_limits import MAX_FILE_BYTES
+from .run_record import RunDirError, RunRecord, read_bounded
+from .rundir import EVENTS_LOG_FILE
+from .tensor_digest import update_output_digest
+
+__all__ = ["CHECKPOINTS_DIR", "WeightsChain"]
+
+#: Where the runtime keeps a run's checkpoints, in the run directory.
+CHECKPOINTS_DIR = "checkpoints"
+
+
+class WeightsChain:
+    """Replays the weights of every stage (see the module docstring)."""
+
+    def __init__(self, summary: RunRecord, log: FindingLog, run_dir: Path | None = None) -> None:
+        self.summary, self.log, self.run_dir = summary, log, run_dir
+        self.held: dict[int, list[tuple[int, str]]] = defaultdict(list)
+        """Per stage: (step, weights) after each update since the last restore, in order."""
+        self.base: dict[int, str] = {}
+        """Per stage: the weights of the checkpoint it started from or was restored to."""
+
+    def check(self, events: bytes | None, receipts: list[LogItem]) -> None:
+        """Replay ``events`` (``events.jsonl``'s bytes) against the log's update receipts."""
+        parsed = _events(events)
+        if not any(e.get("event") == "updated" for e in parsed):
+            return
+        updates: dict[tuple[int, int], list[Receipt]] = defaultdict(list)
+        for item in receipts:
+            if item.receipt.kind is UnitKind.UPDATE:
+                updates[(item.receipt.stage, item.receipt.step)].append(item.receipt)
+        used: dict[tuple[int, int], int] = defaultdict(int)
+        for number, event in enumerate(parsed, start=1):
+            kind = event.get("event")
+            try:
+                if kind == "updated":
+                    self._updated(number, event, updates, used)
+                elif kind == "checkpoint":
+                    self._checkpoint(number, event)
+                    self._manifest(number, int(event["step"]), str(event["manifest"]))
+                elif kind == "restored_checkpoint":
+                    for key, weights in dict(event["weights"]).items():
+                        self.held[int(key)] = []
+                        self.base[int(key)] = str(weights)
+                elif kind == "response" and event["plan"].get("checkpoint_step") is None:
+                    step = int(event["step"])
+                    for stage in list(self.held):
+                        self.held[stage] = [(t, w) for t, w in self.held[stage] if t < step]
+            except (KeyError, TypeError, ValueError, AttributeError):
+                self._add(f"event {number}: a {kind} event is malformed")
+        self._final()
+
+    def _current(self, stage: int) -> str | None:
+        held = self.held.get(stage)
+        return held[-1][1] if held else self.base.get(stage)
+
+    def _updated(
+        self, number: int, event: dict[str, Any], updates: dict[tuple[int, int], list[Receipt]], used: dict[Any, int]
+    ) -> None:
+        step = int(event["step"])
+        for key, pair in dict(event["stages"]).items():
+            stage = int(key)
+            weights, optimizer = str(pair["weights"]), str(pair["optimizer"])
+            k = used[(stage, step)]
+            used[(stage, step)] += 1
+            logged = updates.get((stage, step), [])
+            if k >= len(logged):
+                self._add(f"event {number}: stage {stage}'s update of step {step} has no update receipt in the log")
+                continue
+            receipt = logged[k]
+            if receipt.output_digest != update_output_digest(bytes.fromhex(weights), bytes.fromhex(optimizer)):
+                self._add(
+                    f"event {number}: stage {stage}'s update receipt of step {step} ({receipt.worker_id}) does not "
+                    "commit to the weights and optimizer state the coordinator logged"
+                )
+            before = self._current(stage)
+            if before is not None and receipt.weights_digest.hex() != before:
+                self._add(
+                    f"event {number}: stage {stage}'s update of step {step} ({receipt.worker_id}) ran on weights "
+                    f"{receipt.weights_digest.hex()[:16]}, not on the {before[:16]} the stage held"
+                )
+            self.held[stage].append((step, weights))
+
+    def _checkpoint(self, number: int, event: dict[str, Any]) -> None:
+        # a checkpoint of step k holds the weights after the update of step k - 1; its checks may
+        # settle while step k computes, so the update of step k can be logged before it
+        step = int(event["step"])
+        for key, weights in dict(event["weights"]).items():
+            stage = int(key)
+            if self._current(stage) is None:
+                self.base[stage] = str(weights)
+                continue
+            after = [w for t, w in self.held.get(stage, []) if t == step - 1]
+            if after and after[-1] != weights:
+                self._add(
+                    f"event {number}: the checkpoint of step {step} holds weights {str(weights)[:16]} for stage "
+                    f"{stage}, not those of its update of step {step - 1} ({after[-1][:16]})"
+                )
+
+    def _manifest(self, number: int, step: int, digest: str) -> None:
+        if self.run_dir is None:
+            return
+        path = self.run_dir / CHECKPOINTS_DIR / f"step-{step:09d}" / "manifest.json"
+        if not os.path.lexists(path):  # pruned, or never kept (a checkpoint is not evidence the audit needs)
+            return
+        try:
+            raw = read_bounded(path, "checkpoint manifest", MAX_FILE_BYTES)
+        except RunDirError as exc:
+            self._add(f"event {number}: {exc.message}", file=str(path.relative_to(self.run_dir)))
+            return
+        if blake3.blake3(raw).hexdigest() != digest:
+            self._add(
+                f"event {number}: the manifest of the checkpoint of step {step} on disk is not the one the run "
+                "recorded (a swapped or edited checkpoint)",
+                file=str(path.relative_to(self.run_dir)),
+            )
+
+    def _final(self) -> None:
+        training = self.summary.training
+        if training is None:
+            return
+        for stage, weights in enumerate(training.final_weights.stages):
+            current = self._current(stage)
+            if weights is not None and current is not None and weights != current:
+                self._add(
+                    f"final_weights of stage {stage} ({weights[:16]}) are not the weights of its last update "
+                    f"({current[:16]})",
+                    file="summary.json",
+                )
+
+    def _add(self, message: str, file: str = EVENTS_LOG_FILE) -> None:
+        self.log.add(ErrorCode.WEIGHTS_CHAIN, message, file=file)
+
+
+def _events(data: bytes | None) -> list[dict[str, Any]]:
+    """The events of ``events.jsonl`` that parse as objects (a line that does not is the seal's finding)."""
+    out: list[dict[str, Any]] = []
+    for line in (data or b"").split(b"\n"):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            out.append(event)
+    return out
