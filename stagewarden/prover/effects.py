@@ -149,7 +149,11 @@ class CheckEffects(DetectionLevels):
         # one list (and so one level formula), as a worker's forward and backward units do.
         role = capability if capability in (SDC, "equivocate", "poison_data") else "tamper"
         key: tuple[object, ...] = (w, role, kind == "L", kind in ("F", "B"))
-        if cooperative:
+        if role == "equivocate":
+            # Equivocation is caught by the receipts' linkage alone, whoever equivocates: every
+            # worker shares one list (and one level formula per threshold).
+            key = ("equivocate",)
+        elif cooperative:
             # Without covering and with genuine inputs a unit's effects depend only on its
             # capability, its kind and whether its stage has a downstream checker (every slot
             # has the same number of copies, and no term names a worker): workers of the same

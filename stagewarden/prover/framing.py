@@ -113,6 +113,15 @@ def build_framings(enc: Encoding, victims: set[int] | None = None) -> list[Frami
         return victims is None or victim in victims
 
     occ = enc.occupancy.occupied_malicious
+    # A victim's "not malicious" term, made once however many mechanisms name it.
+    innocent: dict[int, Term] = {}
+
+    def honest(victim: int) -> Term:
+        term = innocent.get(victim)
+        if term is None:
+            term = innocent[victim] = neg(enc.mal[victim])
+        return term
+
     out: list[Framing] = []
     no_referee = disj([neg(enc.receipts), neg(enc.coord_trusted)])
     computing = world.computing
@@ -129,7 +138,7 @@ def build_framings(enc: Encoding, victims: set[int] | None = None) -> list[Frami
                     up = world.primary(s - 1, r)
                     for victim in filter(wanted, world.slots[(s, r)]):
                         out.append(
-                            Framing("equivocation", victim, (up,), conj([equivocation, occ[up], neg(enc.mal[victim])]))
+                            Framing("equivocation", victim, (up,), conj([equivocation, occ[up], honest(victim)]))
                         )
                 for s in range(0, world.stages - 1) if accusation is not False else ():
                     checker = world.primary(s + 1, r)
@@ -139,16 +148,14 @@ def build_framings(enc: Encoding, victims: set[int] | None = None) -> list[Frami
                                 "false accusation",
                                 victim,
                                 (checker,),
-                                conj([accusation, occ[checker], neg(enc.mal[victim])]),
+                                conj([accusation, occ[checker], honest(victim)]),
                             )
                         )
         elif isinstance(check, SpotCheck):
             base = conj([present, enc.vf[i]["peer"], enc.cap["false_accuse"], no_referee, any_computing])
             for victim in filter(wanted, computing) if base is not False else ():
                 # The victim is honest, so any malicious computing worker is another one.
-                out.append(
-                    Framing("false accusation by a peer verifier", victim, (), conj([base, neg(enc.mal[victim])]))
-                )
+                out.append(Framing("false accusation by a peer verifier", victim, (), conj([base, honest(victim)])))
         elif isinstance(check, ReplicateCheck):
             tamper = disj([enc.cap["tamper_activations"], enc.cap["tamper_gradients"], enc.cap["tamper_weights"]])
             vote = conj([present, disj([neg(enc.referee[i]), neg(enc.coord_trusted)]), tamper])
@@ -168,7 +175,7 @@ def build_framings(enc: Encoding, victims: set[int] | None = None) -> list[Frami
                     # vote makes; once one honest copy is outvoted, fewer honest copies remain
                     # and every later vote in the slot is won too (the malicious copies stay).
                     earlier = [conj([enc.occupancy.outvoted.get(u, False), first[u]]) for u in others]
-                    outvoted = conj([vote, neg(enc.mal[victim]), disj([first[victim], *earlier])])
+                    outvoted = conj([vote, honest(victim), disj([first[victim], *earlier])])
                     # A tie blames both sides: unless the malicious copies hold a strict
                     # majority, they are ejected with the victim. A malicious standby worker
                     # still in its position at the end cannot have been a tying voter (ejected)
@@ -182,7 +189,7 @@ def build_framings(enc: Encoding, victims: set[int] | None = None) -> list[Frami
                             "false accusation by a replica",
                             victim,
                             others,
-                            conj([accusation, neg(enc.mal[victim]), disj(voters)]),
+                            conj([accusation, honest(victim), disj(voters)]),
                         )
                     )
     # An untrusted coordinator decides blame itself: without signed evidence that others can
@@ -190,5 +197,5 @@ def build_framings(enc: Encoding, victims: set[int] | None = None) -> list[Frami
     coordinator = conj([neg(enc.coord_trusted), neg(enc.receipts)])
     if coordinator is not False:
         for victim in filter(wanted, computing):
-            out.append(Framing("untrusted coordinator", victim, (), conj([coordinator, neg(enc.mal[victim])])))
+            out.append(Framing("untrusted coordinator", victim, (), conj([coordinator, honest(victim)])))
     return [f for f in out if f.condition is not False]
