@@ -41,7 +41,7 @@ from .rundir import COORDINATOR_KEY_FILE, EVENTS_LOG_FILE, SUMMARY_FILE
 from .step_heads import Cosignature, EventsChain, RosterEntry, SignedStepHead, StepHead, roster_digest
 from .witness import read_witness
 
-#: Findings that rest on the absence of a record: on a log without a final head they may be the
+#: Findings that rest on the absence of a record. On a log without a final head they may be the
 #: work of whoever cut its tail, so they are not attributed to a worker there.
 ABSENCE = frozenset({ErrorCode.RECEIPT_MISSING, ErrorCode.RECEIPT_DROPPED})
 

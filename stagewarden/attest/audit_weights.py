@@ -54,9 +54,9 @@ class WeightsChain:
     def __init__(self, summary: RunRecord, log: FindingLog, run_dir: Path | None = None) -> None:
         self.summary, self.log, self.run_dir = summary, log, run_dir
         self.held: dict[int, list[tuple[int, str]]] = defaultdict(list)
-        """Per stage: (step, weights) after each update since the last restore, in order."""
+        """The (step, weights) of each stage after each of its updates since its last restore, in order."""
         self.base: dict[int, str] = {}
-        """Per stage: the weights of the checkpoint it started from or was restored to."""
+        """The weights of the checkpoint each stage started from or was restored to."""
 
     def check(self, events: bytes | None, receipts: list[LogItem]) -> None:
         """Replay ``events`` (``events.jsonl``'s bytes) against the log's update receipts."""
