@@ -110,7 +110,7 @@ def main() -> None:
         row: dict[str, object] = {}
         for what, steps, key in (
             ("audit", args.audit_steps, "receipts_per_s"),
-            ("train", args.train_steps, "tokens_per_s"),
+            ("train", args.train_steps, "steps_per_s"),
         ):
             order = [("new", HERE), ("old", args.baseline)] if r % 2 == 0 else [("old", args.baseline), ("new", HERE)]
             got = {name: _in_tree(tree, what, steps) for name, tree in order}
