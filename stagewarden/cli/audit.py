@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -136,6 +137,9 @@ def audit(
 
     key = _parse_key(verifier_key) if verifier_key is not None else None
     ckey = _parse_key(coordinator_key, "--coordinator-key", "coordinator") if coordinator_key is not None else None
+    for witness in witnesses:  # a path that names nothing is a mistake of the caller, not a witness's fault
+        if not os.path.lexists(witness):
+            raise BadInput(f"--witness {witness} does not exist")
     roots = _load_roots(vendor_root) if vendor_root is not None else None
     loaded = load_spec_or_example(spec_path, None) if spec_path is not None else None
     try:

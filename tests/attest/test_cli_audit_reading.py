@@ -150,3 +150,11 @@ def test_a_spec_that_requires_attestation_still_fails_an_unattested_run(tmp_path
     assert not data["clean"]
     messages = " ".join(f["message"] for f in data["findings"] if f["severity"] == "error")
     assert "attestation" in messages
+
+
+def test_a_witness_path_that_names_nothing_is_bad_input(tmp_path: Path) -> None:
+    """``--witness`` naming no file is the caller's mistake: one line and exit 2, not a warning."""
+    path = write_run(tmp_path, small_run(), None)
+    result = CliRunner().invoke(cli, ["audit", str(path), "--witness", str(tmp_path / "missing.jsonl")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
