@@ -163,6 +163,7 @@ class Encoding(CheckEffects):
         self._encode_workers()
         self._init_effects()
         self._framings: list[Framing] | None = None
+        self._replica_framings: dict[int, list[Framing]] = {}
         if self.occupancy.active:
             framed: dict[int, list[Term]] = {}
             full = set(self.occupancy.vacated) - self.occupancy.light
@@ -178,6 +179,18 @@ class Encoding(CheckEffects):
         if self._framings is None:
             self._framings = build_framings(self)
         return self._framings
+
+    def framings_in(self, replica: int) -> list[Framing]:
+        """The framings whose victim is in ``replica``: built for that replica's victims alone
+        (once) unless every framing is built already, so that a goal about one replica, as when
+        replicas are alike, does not build the others' (seven eighths of them at 16384x8)."""
+        if self._framings is not None:
+            return [f for f in self._framings if self.world.workers[f.victim].replica == replica]
+        known = self._replica_framings.get(replica)
+        if known is None:
+            victims = {w for w in self.world.computing if self.world.workers[w].replica == replica}
+            known = self._replica_framings[replica] = build_framings(self, victims)
+        return known
 
     def _framings_of(self, victims: set[int]) -> list[Framing]:
         """The framings of some victims (all of them built at once when most are wanted)."""

@@ -162,6 +162,8 @@ def build_framings(enc: Encoding, victims: set[int] | None = None) -> list[Frami
             accusation = conj([present, enc.cap["false_accuse"], no_referee])
             here = enc.occupancy.present
             for members in world.slots.values():
+                if victims is not None and not any(map(wanted, members)):
+                    continue
                 first = {u: _first_vote(enc, u, members) for u in members}
                 for victim in filter(wanted, members):
                     others = tuple(o for o in members if o != victim)

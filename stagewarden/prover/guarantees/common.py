@@ -93,12 +93,8 @@ class GuaranteeChecks(SolverSession):
 
         With ``replica`` only victims in that replica are listed.
         """
-        world = self.enc.world
-        return [
-            (f.mechanism, f.victim, list(f.framers), f.condition)
-            for f in self.enc.framings
-            if replica is None or world.workers[f.victim].replica == replica
-        ]
+        framings = self.enc.framings if replica is None else self.enc.framings_in(replica)
+        return [(f.mechanism, f.victim, list(f.framers), f.condition) for f in framings]
 
     def _local_workers(self) -> list[int]:
         """The computing workers a goal about a single unit or victim must look at: replica 0's
