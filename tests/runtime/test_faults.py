@@ -21,6 +21,7 @@ import pytest
 from distributed_helpers import reference, tiny_config
 
 from stagewarden.attest.audit import audit_run_dir
+from stagewarden.attest.errors import ErrorCode
 from stagewarden.runtime.checkpoint import step_dir
 from stagewarden.runtime.launch import LaunchError, launch_local
 from stagewarden.runtime.worker import HOSTILE_ENV
@@ -117,10 +118,15 @@ def test_without_a_standby_the_run_stops_resumable_and_resumes(tmp_path: Path) -
     stopped = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     assert stopped["status"] == "interrupted"
     assert stopped["pending_fault"]["worker"] == "s0r0" and stopped["pending_fault"]["standby"] is None
+    interrupted = audit_run_dir(run_dir)  # no final head yet: the record cannot be shown complete
+    assert not interrupted.sealed and ErrorCode.RECORD_UNSEALED in {f.code for f in interrupted.errors}
+    assert interrupted.step_heads >= 1
     result = launch_local(config, run_dir, resume=True)
     assert result.summary["resumes"][0]["fault"]["worker"] == "s0r0"
     assert result.summary["pending_fault"] is None
     _check_completed(run_dir, config, result.summary)
+    resumed = audit_run_dir(run_dir)  # the resumed session's heads go on numbering the first's
+    assert resumed.sealed and resumed.step_heads > interrupted.step_heads
 
 
 def test_a_stopped_worker_is_declared_unresponsive(tmp_path: Path) -> None:
