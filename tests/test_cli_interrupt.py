@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import sigint_default
 
 from stagewarden.runtime.launch import mark_interrupted
 
@@ -71,7 +72,14 @@ def test_ctrl_c_during_train_leaves_an_interrupted_summary(tmp_path: Path) -> No
     run = tmp_path / "run"
     command = [sys.executable, "-m", "stagewarden.cli", "train", "--steps", "400", *TINY, "--out", str(run)]
     command = [sys.executable, "-c", "from stagewarden.cli import main; main()", *command[3:]]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        preexec_fn=sigint_default,  # noqa: PLW1509 - a test's process, no threads to race
+    )
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:

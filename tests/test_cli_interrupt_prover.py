@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from processes import sigint_default
 
 from stagewarden.interruptible import ChildFailed, CommandOutput, run_interruptibly
 
@@ -94,7 +95,13 @@ def _interrupt(args: list[str]) -> Interrupted:
     """Run ``python -c ARGS...``; once it has started proving (where /proc shows its child
     process; a loaded machine may take seconds to get there), wait SIGNAL_AFTER_SECONDS, send
     SIGINT and wait for the end."""
-    process = subprocess.Popen([sys.executable, "-c", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=sigint_default,  # noqa: PLW1509 - a test's process, no threads to race
+    )
     deadline = time.monotonic() + 60
     while _HAS_PROC and not _children(process.pid) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -143,6 +150,7 @@ def test_the_prover_process_ends_with_a_killed_command(tmp_path: Path) -> None:
         [sys.executable, "-c", "from stagewarden.cli import main; main()", "verify", str(spec)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=sigint_default,  # noqa: PLW1509 - a test's process, no threads to race
     )
     deadline = time.monotonic() + 60
     while not _children(process.pid) and process.poll() is None and time.monotonic() < deadline:

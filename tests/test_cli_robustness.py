@@ -26,6 +26,7 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner, Result
+from processes import sigint_default
 
 from stagewarden.cli import cli
 from stagewarden.cli.common import EXIT_BAD_INPUT, EXIT_INTERRUPTED, os_error_message
@@ -1028,6 +1029,7 @@ def test_sigint_stops_report_cleanly(tmp_path: Path, earlier: bool) -> None:
         stderr=subprocess.PIPE,
         text=True,
         cwd=tmp_path,
+        preexec_fn=sigint_default,  # noqa: PLW1509 - a test's process, no threads to race
     )
     try:
         deadline = time.monotonic() + SUBPROCESS_TIMEOUT
