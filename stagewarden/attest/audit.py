@@ -68,7 +68,7 @@ from .audit_plans import (
     served_steps,
 )
 from .audit_scope import audit_scope
-from .audit_seal import ABSENCE, ALTERED, SealAudit, SealReport, coordinator_key_source
+from .audit_seal import SealOutcome, check_seal, unattributed_if_altered
 from .audit_weights import WeightsChain
 from .clock import Clock, SystemClock
 from .ear import EarResult, is_ear_token, open_ear
@@ -78,7 +78,7 @@ from .receipt_log import LogRecord, RecordType
 from .receipts import SIGNATURE_SIZE, Receipt, chain_genesis, parse_receipt
 from .result import RESULT_TYP, AttestationResult, Status
 from .run_limits import MAX_LOG_RECORDS
-from .rundir import ATTESTATION_DIR, COORDINATOR_KEY_FILE, LOG_FILE, RunDir
+from .rundir import ATTESTATION_DIR, LOG_FILE, RunDir
 from .token import open_token
 
 __all__ = [
@@ -483,7 +483,7 @@ def audit_run_dir(
     if scope.attestation:
         check_attestation_record(run, auditor.accepted, log, vendor_roots)
     records: list[LogRecord] = []
-    seal: _Seal | None = None
+    seal: SealOutcome | None = None
     if scope.receipts:
         scan = run.scan_log(max_records)
         records = scan.records
@@ -499,9 +499,7 @@ def audit_run_dir(
         linkable = links.check_units(unique)
         agreed = links.check_headers(headers, linkable)
         links.check_links(linkable, agreed)
-        seal = _check_seal(
-            run, records, receipts, coordinator_key, witnesses, log, attested(windows, scope.attestation)
-        )
+        seal = check_seal(run, records, receipts, coordinator_key, witnesses, log, attested(windows, scope.attestation))
         WeightsChain(run.summary, log, run.path).check(run.events_bytes(), receipts)
     elif coordinator_key is not None or witnesses:
         # a pinned coordinator key or a witness says the run kept a record: its absence is a finding
@@ -509,7 +507,7 @@ def audit_run_dir(
             ErrorCode.RECORD_UNSEALED,
             "a coordinator key or a witness file was given but the run directory keeps no receipt log",
         )
-        seal = _check_seal(run, [], [], coordinator_key, witnesses, log, None)
+        seal = check_seal(run, [], [], coordinator_key, witnesses, log, None)
 
     def order(f: Finding) -> tuple[int, int, int]:
         group = (
@@ -517,7 +515,7 @@ def audit_run_dir(
         )
         return (group, f.record if f.record is not None else len(records), f.step or 0)
 
-    findings = sorted(_unattributed_if_altered(log.findings) + log.omitted(), key=order)
+    findings = sorted(unattributed_if_altered(log.findings) + log.omitted(), key=order)
     return AuditReport(
         run_dir=str(Path(path)),
         run_id=run.summary.run_id,
@@ -536,69 +534,9 @@ def audit_run_dir(
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class _Seal:
-    key: bytes
-    report: SealReport
-
-
-def _check_seal(
-    run: RunDir,
-    records: list[LogRecord],
-    receipts: list[LogItem],
-    pinned: bytes | None,
-    witnesses: Sequence[str | os.PathLike[str]],
-    log: FindingLog,
-    attested_keys: dict[str, set[bytes]] | None,
-) -> _Seal | None:
-    """Check the log's step heads, the final head's cosignatures and the witness files."""
-    training = run.summary.training
-    key = coordinator_key_source(pinned, run.coordinator_key(), training.coordinator_key if training else None)
-    if key is None:
-        log.add(
-            ErrorCode.RECORD_UNSEALED,
-            "no coordinator key is pinned or shipped (coordinator.pub): the log's step heads cannot be checked, "
-            "so the record cannot be shown complete",
-        )
-        return None
-    if pinned is None:
-        log.add(
-            ErrorCode.COORDINATOR_KEY_UNPINNED,
-            f"the coordinator key {key.hex()[:16]} was read from the run directory, not pinned: a holder of the "
-            "directory who made a key of its own could have re-signed every step head; pass the coordinator key "
-            "(or a worker's witness file) to rule that out",
-            severity=Severity.WARNING,
-            file=COORDINATOR_KEY_FILE,
-        )
-    keys = {i.receipt.worker_id: i.receipt.signer_key for i in receipts}
-    audit = SealAudit(run.summary, run.summary_bytes(), run.events_bytes(), log)
-    return _Seal(key, audit.check(records, key, keys, [Path(w) for w in witnesses], attested_keys))
-
-
 def attested(windows: dict[str, list[_Window]], in_scope: bool) -> dict[str, set[bytes]] | None:
     """The keys a verifier-signed result attests for each worker (``None`` without attestation)."""
     return {worker: {w.key for w in spans} for worker, spans in windows.items()} if in_scope else None
-
-
-def _unattributed_if_altered(findings: list[Finding]) -> list[Finding]:
-    """When the seal shows the record was altered, no other finding can be pinned on a worker: the
-    records it rests on are the log holder's word, not the workers'. On a log without a final head
-    (its tail may have been cut), findings that rest on a missing record are not attributed."""
-    errors = {f.code for f in findings if f.severity is Severity.ERROR}
-    if errors & ALTERED:
-        blameless = frozenset(ErrorCode) - ALTERED
-    elif ErrorCode.RECORD_UNSEALED in errors:
-        blameless = ABSENCE
-    else:
-        return findings
-    return [
-        f
-        if f.code not in blameless or not f.workers
-        else dataclasses.replace(
-            f, workers=(), message=f"{f.message} (not attributed to {', '.join(f.workers)}: the record was altered)"
-        )
-        for f in findings
-    ]
 
 
 def _open_result(token: bytes, verifier: VerifyKey) -> AttestationResult | EarResult:

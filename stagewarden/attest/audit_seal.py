@@ -33,11 +33,11 @@ from typing import Any
 
 import blake3
 
-from .audit_findings import FindingLog, Severity
+from .audit_findings import Finding, FindingLog, LogItem, Severity
 from .errors import AttestError, ErrorCode
 from .receipt_log import LOG_GENESIS, LogRecord, RecordType
 from .run_record import RunRecord
-from .rundir import COORDINATOR_KEY_FILE, EVENTS_LOG_FILE, SUMMARY_FILE
+from .rundir import COORDINATOR_KEY_FILE, EVENTS_LOG_FILE, SUMMARY_FILE, RunDir
 from .step_heads import Cosignature, EventsChain, RosterEntry, SignedStepHead, StepHead, roster_digest
 from .witness import read_witness
 
@@ -337,6 +337,68 @@ class SealAudit:
         self.log.add(code, message, record=record.index, offset=record.offset, **where)
 
 
+@dataclasses.dataclass(frozen=True)
+class SealOutcome:
+    """The coordinator key the seal was checked under, and what the check found."""
+
+    key: bytes
+    report: SealReport
+
+
+def check_seal(
+    run: RunDir,
+    records: list[LogRecord],
+    receipts: list[LogItem],
+    pinned: bytes | None,
+    witnesses: Sequence[str | os.PathLike[str]],
+    log: FindingLog,
+    attested_keys: dict[str, set[bytes]] | None,
+) -> SealOutcome | None:
+    """Check the log's step heads, the final head's cosignatures and the witness files."""
+    training = run.summary.training
+    key = coordinator_key_source(pinned, run.coordinator_key(), training.coordinator_key if training else None)
+    if key is None:
+        log.add(
+            ErrorCode.RECORD_UNSEALED,
+            "no coordinator key is pinned or shipped (coordinator.pub): the log's step heads cannot be checked, "
+            "so the record cannot be shown complete",
+        )
+        return None
+    if pinned is None:
+        log.add(
+            ErrorCode.COORDINATOR_KEY_UNPINNED,
+            f"the coordinator key {key.hex()[:16]} was read from the run directory, not pinned: a holder of the "
+            "directory who made a key of its own could have re-signed every step head; pass the coordinator key "
+            "(or a worker's witness file) to rule that out",
+            severity=Severity.WARNING,
+            file=COORDINATOR_KEY_FILE,
+        )
+    keys = {i.receipt.worker_id: i.receipt.signer_key for i in receipts}
+    audit = SealAudit(run.summary, run.summary_bytes(), run.events_bytes(), log)
+    return SealOutcome(key, audit.check(records, key, keys, [Path(w) for w in witnesses], attested_keys))
+
+
+def unattributed_if_altered(findings: list[Finding]) -> list[Finding]:
+    """When the seal shows the record was altered, no other finding can be pinned on a worker: the
+    records it rests on are the log holder's word, not the workers'. On a log without a final head
+    (its tail may have been cut), findings that rest on a missing record are not attributed."""
+    errors = {f.code for f in findings if f.severity is Severity.ERROR}
+    if errors & ALTERED:
+        blameless = frozenset(ErrorCode) - ALTERED
+    elif ErrorCode.RECORD_UNSEALED in errors:
+        blameless = ABSENCE
+    else:
+        return findings
+    return [
+        f
+        if f.code not in blameless or not f.workers
+        else dataclasses.replace(
+            f, workers=(), message=f"{f.message} (not attributed to {', '.join(f.workers)}: the record was altered)"
+        )
+        for f in findings
+    ]
+
+
 def coordinator_key_source(pinned: bytes | None, shipped: bytes | None, summary_key: str | None) -> bytes | None:
     """The coordinator key the seal is checked under: the pinned one, else the one the directory
     ships (``coordinator.pub``, or the summary's ``coordinator_key``)."""
@@ -349,6 +411,9 @@ def coordinator_key_source(pinned: bytes | None, shipped: bytes | None, summary_
 
 __all__ = [
     "ABSENCE",
+    "SealOutcome",
+    "check_seal",
+    "unattributed_if_altered",
     "ALTERED",
     "COORDINATOR_KEY_FILE",
     "SealAudit",
