@@ -499,15 +499,17 @@ def audit_run_dir(
         linkable = links.check_units(unique)
         agreed = links.check_headers(headers, linkable)
         links.check_links(linkable, agreed)
-        seal = check_seal(run, records, receipts, coordinator_key, witnesses, log, attested(windows, scope.attestation))
-        WeightsChain(run.summary, log, run.path).check(run.events_bytes(), receipts)
+        events = run.events_bytes()  # read once: the seal and the weights chain both replay it
+        keys = attested(windows, scope.attestation)
+        seal = check_seal(run, records, receipts, coordinator_key, witnesses, log, keys, events)
+        WeightsChain(run.summary, log, run.path).check(events, receipts)
     elif coordinator_key is not None or witnesses:
         # a pinned coordinator key or a witness says the run kept a record: its absence is a finding
         log.add(
             ErrorCode.RECORD_UNSEALED,
             "a coordinator key or a witness file was given but the run directory keeps no receipt log",
         )
-        seal = check_seal(run, [], [], coordinator_key, witnesses, log, None)
+        seal = check_seal(run, [], [], coordinator_key, witnesses, log, None, run.events_bytes())
 
     def order(f: Finding) -> tuple[int, int, int]:
         group = (

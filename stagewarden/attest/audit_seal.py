@@ -78,11 +78,16 @@ class SealReport:
     witnesses: int = 0
 
 
+def stage_holders(summary: RunRecord) -> dict[int, str]:
+    """Who served each stage at the end, as ``summary.json`` lists the workers: the last one listed
+    for a stage holds it (replacements come after the workers they replaced)."""
+    return {info.stage: info.id for info in summary.workers}
+
+
 def final_roster(summary: RunRecord, keys: dict[str, bytes]) -> list[RosterEntry] | None:
-    """Who served each stage at the end, as ``summary.json`` lists the workers (the last one listed
-    for a stage holds it: replacements come after the workers they replaced), with the key their
-    receipts carry; ``None`` when a stage's worker signed no receipt."""
-    holders = {info.stage: info.id for info in summary.workers}
+    """:func:`~stagewarden.attest.audit_seal.stage_holders` with the key their receipts carry;
+    ``None`` when a stage's worker signed no receipt."""
+    holders = stage_holders(summary)
     entries = []
     for stage in range(summary.stages):
         worker = holders.get(stage)
@@ -229,9 +234,7 @@ class SealAudit:
                 f"final step head {final.sequence} signed",
                 where,
             )
-        holders = {e.stage: e.worker for e in roster} if roster is not None else {}
-        if not holders:
-            holders = {info.stage: info.id for info in self.summary.workers}
+        holders = stage_holders(self.summary)
         required = set(holders.values())
         cosigned: dict[str, Cosignature] = {}
         for record in records[at + 1 :]:
@@ -281,15 +284,10 @@ class SealAudit:
         try:
             entries, torn = read_witness(path)
         except AttestError as exc:
-            self.log.add(ErrorCode.WITNESS_MALFORMED, exc.message, severity=Severity.WARNING, file=name)
+            self._not_evidence(name, exc.message)
             return 0
         if torn:
-            self.log.add(
-                ErrorCode.WITNESS_MALFORMED,
-                "its last line is incomplete (a write cut short) and was left out",
-                severity=Severity.WARNING,
-                file=name,
-            )
+            self._not_evidence(name, "its last line is incomplete (a write cut short) and was left out")
         compared = 0
         for number, entry in enumerate(entries, start=1):
             head = entry.head.head
@@ -297,20 +295,10 @@ class SealAudit:
                 entry.head.verify(key)
                 entry.cosignature.verify(head)
             except AttestError as exc:
-                self.log.add(
-                    ErrorCode.WITNESS_MALFORMED,
-                    f"line {number} is not evidence: {exc.message}",
-                    severity=Severity.WARNING,
-                    file=name,
-                )
+                self._not_evidence(name, f"line {number} is not evidence: {exc.message}")
                 continue
             if head.run_id != self.summary.run_id:
-                self.log.add(
-                    ErrorCode.WITNESS_MALFORMED,
-                    f"line {number} is for run {head.run_id}, not {self.summary.run_id}",
-                    severity=Severity.WARNING,
-                    file=name,
-                )
+                self._not_evidence(name, f"line {number} is for run {head.run_id}, not {self.summary.run_id}")
                 continue
             compared += 1
             mine = logged.get(head.sequence)
@@ -331,6 +319,11 @@ class SealAudit:
                     record=mine[1].index,
                 )
         return compared
+
+    def _not_evidence(self, witness: str, message: str) -> None:
+        """A witness file, or a line of it, that proves nothing: a warning (a worker's file cannot
+        fail the audit of a record it cannot show altered)."""
+        self.log.add(ErrorCode.WITNESS_MALFORMED, message, severity=Severity.WARNING, file=witness)
 
     def _add(self, code: ErrorCode, message: str, record: LogRecord, **where: Any) -> None:
         where.setdefault("file", self.log.log_name)
@@ -353,8 +346,10 @@ def check_seal(
     witnesses: Sequence[str | os.PathLike[str]],
     log: FindingLog,
     attested_keys: dict[str, set[bytes]] | None,
+    events: bytes | None,
 ) -> SealOutcome | None:
-    """Check the log's step heads, the final head's cosignatures and the witness files."""
+    """Check the log's step heads, the final head's cosignatures and the witness files
+    (``events``: the bytes of ``events.jsonl``, which the heads sign line by line)."""
     training = run.summary.training
     key = coordinator_key_source(pinned, run.coordinator_key(), training.coordinator_key if training else None)
     if key is None:
@@ -374,7 +369,7 @@ def check_seal(
             file=COORDINATOR_KEY_FILE,
         )
     keys = {i.receipt.worker_id: i.receipt.signer_key for i in receipts}
-    audit = SealAudit(run.summary, run.summary_bytes(), run.events_bytes(), log)
+    audit = SealAudit(run.summary, run.summary_bytes(), events, log)
     return SealOutcome(key, audit.check(records, key, keys, [Path(w) for w in witnesses], attested_keys))
 
 
@@ -420,4 +415,5 @@ __all__ = [
     "SealReport",
     "coordinator_key_source",
     "final_roster",
+    "stage_holders",
 ]
