@@ -328,6 +328,19 @@ def write_summary(run: Path, summary: dict[str, Any]) -> bytes:
     return data
 
 
+def hide_detections(run: Path) -> tuple[list[bytes], Callable[[StepHead], int], dict[str, Any]]:
+    """Delete every detection and response event of ``run``; return the event lines kept, how many
+    of them a head that covered ``h.events`` of the old lines now covers, and the summary with its
+    detections and responses emptied (not written: the caller may change more of it)."""
+    lines = read_events(run)
+    gone = [i for i, line in enumerate(lines) if event(line)["event"] in ("detection", "response")]
+    kept = [line for i, line in enumerate(lines) if i not in gone]
+    write_events(run, kept)
+    summary = read_summary(run)
+    summary["detections"], summary["responses"] = [], []
+    return kept, lambda h: h.events - sum(i < h.events for i in gone), summary
+
+
 # -- a holder with the coordinator's key ----------------------------------------------------------
 
 

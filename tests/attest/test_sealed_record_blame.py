@@ -15,19 +15,17 @@ from sealed_record_fixtures import (
     assert_caught,
     audit,
     copy_run,
-    event,
     forge_truncated_seal,
     ghost_holders,
     head_positions,
+    hide_detections,
     of_type,
-    read_events,
     read_records,
     read_summary,
     reseal,
     trained_run,
     without,
     witnesses,
-    write_events,
     write_records,
     write_summary,
 )
@@ -115,22 +113,11 @@ def test_responses_hidden_and_resealed_with_ghost_cosigners(attacked: Trained, t
     steps now read as honest workers s0r0 and s2r0 signing conflicting receipts (RECEIPT_CONFLICT,
     HEADER_EQUIVOCATION blamed on them)."""
     run = copy_run(attacked, tmp_path)
-    lines = read_events(run)
-    gone = [i for i, line in enumerate(lines) if event(line)["event"] in ("detection", "response")]
-    kept = [line for i, line in enumerate(lines) if i not in gone]
-    write_events(run, kept)
-    summary = read_summary(run)
-    summary["detections"], summary["responses"] = [], []
+    kept, events_at, summary = hide_detections(run)
     ghosts = ghost_holders(summary, summary["steps"])
     data = write_summary(run, summary)
     records = without(read_records(run), of_type(RecordType.COSIGNATURE))
-    records = reseal(
-        records,
-        kept,
-        data,
-        attacked.signing_key,
-        lambda h: h.events - sum(i < h.events for i in gone),
-    )
+    records = reseal(records, kept, data, attacked.signing_key, events_at)
     final = SignedStepHead.parse(records[-1][1]).head
     records += [(RecordType.COSIGNATURE, cosign(final, g, SigningKey.generate()).encode()) for g in ghosts]
     write_records(run, records)

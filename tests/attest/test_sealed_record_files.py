@@ -20,6 +20,7 @@ from sealed_record_fixtures import (  # noqa: F401  (attacked_run, honest_run, r
     caught,
     copy_run,
     event,
+    hide_detections,
     honest_run,
     of_type,
     read_events,
@@ -257,17 +258,10 @@ def test_detection_events_removed_and_every_head_resigned(attacked: Trained, tmp
     """The holder deletes every detection and response event, re-chains events.jsonl and re-signs
     every head (and the summary without them); the genuine cosignatures are dropped."""
     run = copy_run(attacked, tmp_path)
-    lines = read_events(run)
-    gone = [i for i, line in enumerate(lines) if event(line)["event"] in ("detection", "response")]
-    kept = [line for i, line in enumerate(lines) if i not in gone]
-    write_events(run, kept)
-    summary = read_summary(run)
-    summary["detections"], summary["responses"] = [], []
+    kept, events_at, summary = hide_detections(run)
     data = write_summary(run, summary)
     records = without(read_records(run), of_type(RecordType.COSIGNATURE))
-    write_records(
-        run, reseal(records, kept, data, attacked.signing_key, lambda h: h.events - sum(i < h.events for i in gone))
-    )
+    write_records(run, reseal(records, kept, data, attacked.signing_key, events_at))
     caught(attacked, run, E.COSIGNATURE_MISSING)
     caught(attacked, run, E.HEAD_CONFLICT, witness=True)
 
