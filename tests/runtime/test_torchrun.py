@@ -75,15 +75,26 @@ def _run_agents(prepared: PreparedRun, run_dir: Path, workdir: Path) -> tuple[li
         rdzv_id=f"stagewarden-{marker[:8]}",
         local_addr="127.0.0.1",
     )
+    command = [sys.executable, "-m", "torch.distributed.run", *args]
+    return run_agents([command, command], [_loopback_env(marker)] * 2, workdir, marker)
+
+
+def run_agents(
+    commands: list[list[str]], envs: list[dict[str, str]], workdir: Path, marker: str
+) -> tuple[list[int | None], list[str]]:
+    """Run one agent per command, with the matching environment, which must carry ``MARKER_ENV=marker``
+    (logs: ``workdir/agent<i>.log``), until all exit or :data:`AGENT_TIMEOUT` passes; return their
+    exit codes (``None``: still running at the deadline) and logs, with every marked process gone."""
+    assert all(env.get(MARKER_ENV) == marker for env in envs), "an agent would escape the clean-up"
     agents: list[subprocess.Popen[bytes]] = []
-    logs = [workdir / f"agent{i}.log" for i in range(2)]
+    logs = [workdir / f"agent{i}.log" for i in range(len(commands))]
     try:
-        for log in logs:
+        for command, env, log in zip(commands, envs, logs, strict=True):
             with open(log, "wb") as sink:
                 agents.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "torch.distributed.run", *args],
-                        env=_loopback_env(marker),
+                        command,
+                        env=env,
                         cwd=workdir,
                         stdout=sink,
                         stderr=subprocess.STDOUT,
