@@ -42,6 +42,7 @@ nitpick_ignore = [
     ("py:class", "fractions.Fraction"),
     ("py:class", "os.PathLike"),
     ("py:class", "collections.abc.Callable"),
+    ("py:class", "collections.abc.Hashable"),
     ("py:class", "datetime.datetime"),
     ("py:class", "datetime.timedelta"),
     ("py:class", "pathlib.Path"),

@@ -62,11 +62,17 @@ class Observation:
     framed: int
 
 
-def _stage(worker: str) -> int:
-    stage, _, replica = worker.partition(":")
-    if replica not in ("", "0"):
-        raise ReplayError(f"worker {worker} is in replica {replica}; the runtime runs one replica")
-    return int(stage)
+def _slot(worker: str, settings: dict[str, Any]) -> tuple[int, int]:
+    """The stage and pipeline (:class:`~stagewarden.runtime.layout.Layout`) of a trace's worker
+    ``s:r`` (``s:r#j`` for copy ``j`` of a ``replicate`` check)."""
+    copies = int(settings.get("replicate_factor", 1)) if settings.get("verification") == "replicate" else 1
+    replicas = int(settings.get("replicas", 1))
+    name, _, copy = worker.partition("#")
+    stage, _, replica = name.partition(":")
+    r, c = int(replica or 0), int(copy or 0)
+    if r >= replicas or c >= copies:
+        raise ReplayError(f"worker {worker} is not a position of {replicas} replica(s) x {copies} copies")
+    return int(stage), r * copies + c
 
 
 def attack_from_trace(trace: dict[str, Any], settings: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -87,8 +93,16 @@ def attack_from_trace(trace: dict[str, Any], settings: dict[str, Any]) -> tuple[
     malicious = trace.get("malicious") or []
     if not malicious:
         raise ReplayError("the trace has no malicious worker: there is no attack to replay")
-    covers = sorted(_stage(m["worker"]) for m in malicious if m.get("role") == "covers")
-    actors = sorted(_stage(m["worker"]) for m in malicious if m.get("role") != "covers")
+    covering = {_slot(m["worker"], settings) for m in malicious if m.get("role") == "covers"}
+    acting = {_slot(m["worker"], settings) for m in malicious if m.get("role") != "covers"}
+    covers = sorted({s for s, _ in covering})
+    actors = sorted({s for s, _ in acting})
+    pipelines = sorted({p for _, p in acting}) or [0]
+    if acting != {(s, p) for s in actors for p in pipelines} or any(p != 0 for _, p in covering):
+        raise ReplayError(
+            "the trace's malicious workers are not every stage of the same pipelines, which is what the "
+            "runtime's attack plans mount"
+        )
     actions = [s.get("action") for s in trace.get("states", []) if s.get("action") not in (None, "recompute")]
     action = actions[0] if actions else "tamper_activations"
     notes = []
@@ -112,10 +126,11 @@ def attack_from_trace(trace: dict[str, Any], settings: dict[str, Any]) -> tuple[
             "tamper_activations under input_via checked_worker: the stage forges the input it computes on "
             "and relays it to its checker (the trace's consistent pair)"
         )
-    plan = AttackPlan.from_cli(kind, actors, 1.0, ATTACK_START, direction=direction, covers=covers)
+    plan = AttackPlan.from_cli(kind, actors, 1.0, ATTACK_START, direction=direction, covers=covers, pipelines=pipelines)
+    where = f" of pipeline(s) {', '.join(map(str, pipelines))}" if pipelines != [0] else ""
     notes.insert(
         0,
-        f"{action} by stage(s) {', '.join(map(str, actors))} -> attack {kind} ({direction}) on every unit "
+        f"{action} by stage(s) {', '.join(map(str, actors))}{where} -> attack {kind} ({direction}) on every unit "
         f"from step {ATTACK_START}" + (f"; stage(s) {', '.join(map(str, covers))} cover as checkers" if covers else ""),
     )
     return plan.to_json(), notes
@@ -164,8 +179,6 @@ def plan_replay(loaded: LoadedSpec, guarantee_id: str, steps: int, report: Any =
         raise ReplayError(f"guarantee {guarantee_id} is {result.verdict}: there is no attack trace to replay")
     if result.kind not in REPLAYABLE:
         raise ReplayError(f"guarantee {guarantee_id} is a {result.kind} guarantee: its counterexample is not an attack")
-    if loaded.spec.topology.replicas != 1:
-        raise ReplayError(f"the spec has {loaded.spec.topology.replicas} replicas; the runtime runs one (R = 1)")
     settings = spec_settings(loaded)
     attack, notes = attack_from_trace(result.trace, settings)
     stages = int(settings["stages"])

@@ -38,8 +38,9 @@ class Computation:
         detections: The detections recorded for it.
         kept: Whether its result stayed in the model (no detection, and no later checkpoint
             restore went back before it).
-        replaced: The stages whose first worker had been ejected before it (a standby computed
-            them).
+        replaced: The ``(stage, pipeline)`` slots whose first worker had been ejected before it (a
+            standby computed them; the pipeline is 0 in a run of one pipeline).
+        retired: The pipelines taken out of the run before it (their workers computed nothing).
     """
 
     step: int
@@ -47,7 +48,8 @@ class Computation:
     bypass: int | None = None
     detections: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     kept: bool = False
-    replaced: frozenset[int] = frozenset()
+    replaced: frozenset[tuple[int, int]] = frozenset()
+    retired: frozenset[int] = frozenset()
 
     @property
     def updated(self) -> bool:
@@ -153,13 +155,14 @@ def reconstruct(events: Iterable[dict[str, Any]]) -> RunHistory:
     by_key: dict[tuple[int, int], Computation] = {}
     attempt, bypass = 0, None
     commitment: dict[str, Any] | None = None
-    replaced: set[int] = set()
+    replaced: set[tuple[int, int]] = set()
+    retired: set[int] = set()
 
     def computation(step: int, at: int) -> Computation:
         key = (step, at)
         found = by_key.get(key)
         if found is None:
-            found = Computation(step, at, bypass, replaced=frozenset(replaced))
+            found = Computation(step, at, bypass, replaced=frozenset(replaced), retired=frozenset(retired))
             by_key[key] = found
             history.computations.append(found)
         return found
@@ -215,7 +218,9 @@ def reconstruct(events: Iterable[dict[str, Any]]) -> RunHistory:
             done.kept = not done.detections
             attempt, bypass = 0, None
         elif kind == "ejected" and _int(event.get("stage")) is not None:
-            replaced.add(event["stage"])
+            replaced.add((event["stage"], _int(event.get("replica")) or 0))
+        elif kind == "pipeline_retired" and _int(event.get("pipeline")) is not None:
+            retired.add(event["pipeline"])
         elif kind == "run_stopped":
             history.stopped = str(event.get("reason", ""))
     return history
@@ -240,7 +245,8 @@ def tampered_units(attack: Any, computation: Computation, stages: int, microbatc
     computation, by the plan's own deterministic firing rule, counting only what the malicious
     workers computed: nothing of a stage bypassed in that computation (its worker computed
     nothing), nothing of a stage whose worker had been ejected (a standby, which runs no attack,
-    computed it).
+    computed it), nothing of a pipeline taken out of the run; each attacking pipeline (the plan's
+    ``pipelines``) tampers on its own, so a unit is counted once per pipeline that tampered with it.
 
     Tensor attacks and ``equivocate`` tamper with the forward (or backward) message of their
     stages, ``poison_data`` with stage 0's forward input, ``weights`` with the update (only when
@@ -256,8 +262,9 @@ def tampered_units(attack: Any, computation: Computation, stages: int, microbatc
     plan = AttackPlan.from_json(attack)
     t, a = computation.step, computation.attempt
     out: list[Unit] = []
-    for s in sorted(x for x in plan.stages if x < stages):
-        if s == computation.bypass or s in computation.replaced:
+    positions = [(s, p) for s in sorted(x for x in plan.stages if x < stages) for p in sorted(plan.pipelines)]
+    for s, p in positions:
+        if s == computation.bypass or (s, p) in computation.replaced or p in computation.retired:
             continue
         if plan.kind in TENSOR_KINDS or plan.kind is AttackKind.EQUIVOCATE:
             kind = "backward" if plan.direction is Direction.BACKWARD else "forward"  # input: the forward

@@ -7,23 +7,37 @@ from __future__ import annotations
 
 from typing import Any
 
-from stagewarden.spec import LoadedSpec, RedundantNeighbourCheck, SpotCheck
+from stagewarden.spec import LoadedSpec, RedundantNeighbourCheck, ReplicateCheck, RobustAggregationCheck, SpotCheck
 
 
 def spec_settings(loaded: LoadedSpec) -> dict[str, Any]:
     """The run configuration a spec determines, as ``stagewarden train --spec`` maps it (without
-    its flags): topology, receipts, attestation, the verification mode (a spot check first, else a
-    redundant-neighbour check), the first response and the checkpoint interval."""
+    its flags): topology (replicas included), receipts, attestation, the verification mode (a spot
+    check first, else a redundant-neighbour check, else ``replicate`` with its factor and
+    resolution), the aggregation rule of a ``robust_aggregation`` check, the first response and the
+    checkpoint interval."""
     spec = loaded.spec
-    spot = [c for c in spec.defense.checks if isinstance(c, SpotCheck)]
-    neighbour = [c for c in spec.defense.checks if isinstance(c, RedundantNeighbourCheck)]
+    checks = spec.defense.checks
+    spot = [c for c in checks if isinstance(c, SpotCheck)]
+    neighbour = [c for c in checks if isinstance(c, RedundantNeighbourCheck)]
+    replicate = [c for c in checks if isinstance(c, ReplicateCheck)]
+    robust = [c for c in checks if isinstance(c, RobustAggregationCheck)]
     extra: dict[str, Any] = {}
     if spot:
         extra = {"verification": "spot_check", "spot_check_rate": spot[0].rate}
     elif neighbour:
         extra = {"verification": "redundant_neighbour", "input_via": neighbour[0].input_via}
+    elif replicate:
+        extra = {
+            "verification": "replicate",
+            "replicate_factor": replicate[0].factor,
+            "replicate_resolve": replicate[0].resolve,
+        }
+    if robust:
+        extra["aggregation"] = robust[0].rule
     return {
         **extra,
+        "replicas": spec.topology.replicas,
         "stages": spec.topology.stages,
         "microbatches": spec.topology.microbatches,
         "standby": spec.topology.standby,

@@ -16,7 +16,7 @@ from stagewarden._version import __version__
 PACKAGE = "stagewarden.cli"
 CLI_DIR = Path(stagewarden.__file__).parent / "cli"
 #: The modules every command may import from; they never import a command module.
-SHARED = frozenset({"common", "spec_input", "proving", "spec_settings"})
+SHARED = frozenset({"common", "spec_input", "proving", "spec_settings", "train_summary"})
 #: The modules that assemble the commands (and may therefore import them).
 ENTRY = frozenset({"__init__", "__main__"})
 MAX_LINES = 600

@@ -8,7 +8,15 @@ from collections import defaultdict
 from typing import Any
 
 from .audit_findings import FindingLog, LogItem
-from .audit_plans import bypasses, frozen_stages, recorded_attempts, recorded_plans, route_neighbour, served_steps
+from .audit_plans import (
+    bypasses,
+    frozen_stages,
+    recorded_attempts,
+    recorded_plans,
+    retired_pipelines,
+    route_neighbour,
+    served_steps,
+)
 from .errors import ErrorCode
 from .headers import SignedHeader, TransferKind
 from .receipts import Receipt, UnitKind
@@ -31,6 +39,7 @@ class LinkAudit:
         self.frozen = frozen_stages(recorded_plans(training))
         self.bypassed = bypasses(recorded_plans(training))
         self.replacements = training.replacements if training is not None else []
+        self.retired = retired_pipelines(training)
 
     def allowed(self, step: int) -> int:
         """How many computations of ``step`` the summary's responses declare (1 when none)."""
@@ -80,7 +89,10 @@ class LinkAudit:
         for worker, step, mb, kind in units:
             logged[worker].append((step, mb, kind))
         for w in s.workers:
-            count, first = self._missing(w.id, spans.get(w.id, (0, s.steps)), self.frozen.get(w.stage), logged[w.id])
+            begin, end = spans.get(w.id, (0, s.steps))
+            if w.replica in self.retired:  # its pipeline left the run: nothing is expected after that
+                end = min(end, self.retired[w.replica])
+            count, first = self._missing(w.id, (begin, end), self.frozen.get(w.stage), logged[w.id])
             if first is not None:
                 step, mb, kind = first
                 self.log.add(

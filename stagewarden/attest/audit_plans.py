@@ -64,6 +64,20 @@ def _attempts(spans: Iterable[tuple[Any, Any]]) -> dict[int, int]:
     return attempts
 
 
+def retired_pipelines(training: TrainingRecord | None) -> dict[int, int]:
+    """The pipelines a response took out of the run (a convict with no standby left to replace it,
+    in a run of several pipelines), each with the step from which its workers compute nothing:
+    the plan's ``redo_from_step``, where the other pipelines went back to."""
+    retired: dict[int, int] = {}
+    if training is None:
+        return retired
+    for response in training.responses:
+        pipeline = response.plan.retired_pipeline
+        if pipeline is not None:
+            retired[pipeline] = min(response.plan.redo_from_step, retired.get(pipeline, response.plan.redo_from_step))
+    return retired
+
+
 def served_steps(replacements: Iterable[Replacement], steps: int) -> dict[str, tuple[int, int]]:
     """The steps each replaced or replacing worker is expected to have receipts for, from a run
     record's replacements: the ejected worker ``[0, from_step)``, its replacement

@@ -34,6 +34,7 @@ from typing import Any
 import blake3
 
 from .audit_findings import Finding, FindingLog, LogItem, Severity
+from .audit_plans import retired_pipelines
 from .errors import AttestError, ErrorCode
 from .receipt_log import LOG_GENESIS, LogRecord, RecordType
 from .run_record import RunRecord
@@ -78,22 +79,29 @@ class SealReport:
     witnesses: int = 0
 
 
-def stage_holders(summary: RunRecord) -> dict[int, str]:
-    """Who served each stage at the end, as ``summary.json`` lists the workers: the last one listed
-    for a stage holds it (replacements come after the workers they replaced)."""
-    return {info.stage: info.id for info in summary.workers}
+def stage_holders(summary: RunRecord) -> dict[tuple[int, int], str]:
+    """Who served each stage of each replica (pipeline) at the end, as ``summary.json`` lists the
+    workers: the last one listed for a position holds it (replacements come after the workers
+    they replaced)."""
+    retired = retired_pipelines(summary.training)
+    return {(info.stage, info.replica): info.id for info in summary.workers if info.replica not in retired}
 
 
 def final_roster(summary: RunRecord, keys: dict[str, bytes]) -> list[RosterEntry] | None:
-    """:func:`~stagewarden.attest.audit_seal.stage_holders` with the key their receipts carry;
-    ``None`` when a stage's worker signed no receipt."""
+    """:func:`~stagewarden.attest.audit_seal.stage_holders` with the key their receipts carry, in
+    slot order (every stage of replica 0, then of replica 1, ...); ``None`` when a position's
+    worker signed no receipt."""
     holders = stage_holders(summary)
     entries = []
-    for stage in range(summary.stages):
-        worker = holders.get(stage)
-        if worker is None or worker not in keys:
-            return None
-        entries.append(RosterEntry(stage=stage, worker=worker, key=keys[worker].hex()))
+    retired = retired_pipelines(summary.training)
+    for replica in range(summary.replicas):
+        if replica in retired:
+            continue
+        for stage in range(summary.stages):
+            worker = holders.get((stage, replica))
+            if worker is None or worker not in keys:
+                return None
+            entries.append(RosterEntry(stage=stage, worker=worker, key=keys[worker].hex(), replica=replica))
     return entries
 
 

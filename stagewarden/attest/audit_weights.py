@@ -22,6 +22,11 @@ heads (:mod:`stagewarden.attest.audit_seal`). The audit replays the events in or
 
 A run whose events hold no ``updated`` event (made by an earlier release, or without receipts) is
 not checked here.
+
+With several pipelines (data-parallel replicas or ``replicate`` copies) the chain is followed per
+slot: an ``updated`` event is keyed by slot (``pipeline x stages + stage``; with one pipeline, the
+stage), while a checkpoint holds one state per stage, which every pipeline's slot of the stage
+must hold.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import Any
 import blake3
 
 from .audit_findings import FindingLog, LogItem
+from .audit_plans import retired_pipelines
 from .errors import ErrorCode
 from .receipts import Receipt, UnitKind
 from .run_limits import MAX_FILE_BYTES
@@ -54,9 +60,14 @@ class WeightsChain:
     def __init__(self, summary: RunRecord, log: FindingLog, run_dir: Path | None = None) -> None:
         self.summary, self.log, self.run_dir = summary, log, run_dir
         self.held: dict[int, list[tuple[int, str]]] = defaultdict(list)
-        """The (step, weights) of each stage after each of its updates since its last restore, in order."""
+        """The (step, weights) of each slot after each of its updates since its last restore, in order."""
         self.base: dict[int, str] = {}
-        """The weights of the checkpoint each stage started from or was restored to."""
+        """The weights of the checkpoint each slot started from or was restored to."""
+        self.stages = summary.stages
+        self.pipelines = summary.replicas
+
+    def _slots(self, stage: int) -> list[int]:
+        return [p * self.stages + stage for p in range(self.pipelines)]
 
     def check(self, events: bytes | None, receipts: list[LogItem]) -> None:
         """Replay ``events`` (``events.jsonl``'s bytes) against the log's update receipts."""
@@ -65,8 +76,9 @@ class WeightsChain:
             return
         updates: dict[tuple[int, int], list[Receipt]] = defaultdict(list)
         for item in receipts:
-            if item.receipt.kind is UnitKind.UPDATE:
-                updates[(item.receipt.stage, item.receipt.step)].append(item.receipt)
+            r = item.receipt
+            if r.kind is UnitKind.UPDATE:
+                updates[(r.replica * self.stages + r.stage, r.step)].append(r)
         used: dict[tuple[int, int], int] = defaultdict(int)
         for number, event in enumerate(parsed, start=1):
             kind = event.get("event")
@@ -78,12 +90,13 @@ class WeightsChain:
                     self._manifest(number, int(event["step"]), str(event["manifest"]))
                 elif kind == "restored_checkpoint":
                     for key, weights in dict(event["weights"]).items():
-                        self.held[int(key)] = []
-                        self.base[int(key)] = str(weights)
+                        for slot in self._slots(int(key)):
+                            self.held[slot] = []
+                            self.base[slot] = str(weights)
                 elif kind == "response" and event["plan"].get("checkpoint_step") is None:
                     step = int(event["step"])
-                    for stage in list(self.held):
-                        self.held[stage] = [(t, w) for t, w in self.held[stage] if t < step]
+                    for slot in list(self.held):
+                        self.held[slot] = [(t, w) for t, w in self.held[slot] if t < step]
             except (KeyError, TypeError, ValueError, AttributeError):
                 self._add(f"event {number}: a {kind} event is malformed")
         self._final()
@@ -97,7 +110,7 @@ class WeightsChain:
     ) -> None:
         step = int(event["step"])
         for key, pair in dict(event["stages"]).items():
-            stage = int(key)
+            stage = int(key)  # the slot: with one pipeline, the stage
             weights, optimizer = str(pair["weights"]), str(pair["optimizer"])
             k = used[(stage, step)]
             used[(stage, step)] += 1
@@ -124,16 +137,16 @@ class WeightsChain:
         # settle while step k computes, so the update of step k can be logged before it
         step = int(event["step"])
         for key, weights in dict(event["weights"]).items():
-            stage = int(key)
-            if self._current(stage) is None:
-                self.base[stage] = str(weights)
-                continue
-            after = [w for t, w in self.held.get(stage, []) if t == step - 1]
-            if after and after[-1] != weights:
-                self._add(
-                    f"event {number}: the checkpoint of step {step} holds weights {str(weights)[:16]} for stage "
-                    f"{stage}, not those of its update of step {step - 1} ({after[-1][:16]})"
-                )
+            for slot in self._slots(int(key)):
+                if self._current(slot) is None:
+                    self.base[slot] = str(weights)
+                    continue
+                after = [w for t, w in self.held.get(slot, []) if t == step - 1]
+                if after and after[-1] != weights:
+                    self._add(
+                        f"event {number}: the checkpoint of step {step} holds weights {str(weights)[:16]} for stage "
+                        f"{key}, not those of its update of step {step - 1} ({after[-1][:16]})"
+                    )
 
     def _manifest(self, number: int, step: int, digest: str) -> None:
         if self.run_dir is None:
@@ -157,14 +170,18 @@ class WeightsChain:
         training = self.summary.training
         if training is None:
             return
+        retired = retired_pipelines(training)
         for stage, weights in enumerate(training.final_weights.stages):
-            current = self._current(stage)
-            if weights is not None and current is not None and weights != current:
-                self._add(
-                    f"final_weights of stage {stage} ({weights[:16]}) are not the weights of its last update "
-                    f"({current[:16]})",
-                    file="summary.json",
-                )
+            for slot in self._slots(stage):
+                if slot // self.stages in retired:  # its pipeline left the run
+                    continue
+                current = self._current(slot)
+                if weights is not None and current is not None and weights != current:
+                    self._add(
+                        f"final_weights of stage {stage} ({weights[:16]}) are not the weights of its last update "
+                        f"({current[:16]})",
+                        file="summary.json",
+                    )
 
     def _add(self, message: str, file: str = EVENTS_LOG_FILE) -> None:
         self.log.add(ErrorCode.WEIGHTS_CHAIN, message, file=file)

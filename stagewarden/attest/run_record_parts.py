@@ -140,6 +140,14 @@ class PlanRecord:
     frozen_stages: list[Count]
     fallback_from: ResponseName | None
     reason: StrictStr
+    retired_pipeline: Count | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_retirement(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.retired_pipeline is None:  # a plan that retired no pipeline reads as it always has
+            del data["retired_pipeline"]
+        return data
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=STRICT)
@@ -212,12 +220,20 @@ class ResponseRecord(pydantic.BaseModel):
 @pydantic.dataclasses.dataclass(frozen=True, config=STRICT)
 class Replacement:
     """A worker replaced by a standby (eject, rollback, or a worker fault): ``worker`` served its
-    stage until ``from_step``, ``by`` from then on."""
+    stage (of pipeline ``replica``) until ``from_step``, ``by`` from then on."""
 
     worker: WorkerId
     by: WorkerId
     stage: Count
     from_step: Count
+    replica: Count = 0
+
+    @model_serializer(mode="wrap")
+    def _without_first_replica(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.replica == 0:  # a single pipeline's replacement reads as it always has
+            del data["replica"]
+        return data
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=STRICT)

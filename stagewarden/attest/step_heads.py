@@ -46,12 +46,14 @@ EndStatus = Literal["completed", "stopped"]
 
 
 class RosterEntry(pydantic.BaseModel):
-    """Who serves a stage when a head is signed: the worker and its attested receipt key."""
+    """Who serves a stage of a replica (pipeline) when a head is signed: the worker and its
+    attested receipt key."""
 
     model_config = STRICT_MODEL
     stage: Count
     worker: WorkerId
     key: KeyHex
+    replica: Count = 0
 
 
 class StepHead(pydantic.BaseModel):
@@ -186,8 +188,10 @@ class EventsChain:
 
 
 def roster_digest(roster: list[RosterEntry]) -> bytes:
-    """The digest a head holds for ``roster`` (in stage order)."""
-    return blake3.blake3(ROSTER_DOMAIN + canonical([e.model_dump(mode="json") for e in roster])).digest()
+    """The digest a head holds for ``roster`` (in slot order; an entry's replica is left out when
+    it is 0, so a single pipeline's roster reads as it always has)."""
+    entries = [e.model_dump(mode="json", exclude_defaults=True) for e in roster]
+    return blake3.blake3(ROSTER_DOMAIN + canonical(entries)).digest()
 
 
 def chains_digest(chains: dict[str, bytes]) -> bytes:

@@ -18,13 +18,17 @@ from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, make_consol
 from stagewarden.cli.spec_input import load_spec_or_example, print_warnings_to_stderr
 
 #: The checks the runtime can run, as ``(scheme, verifier)``; others in a proposed defence are refused.
-RUNNABLE_CHECKS = {("spot_check", "coordinator"), ("redundant_neighbour", None)}
+RUNNABLE_CHECKS = {("spot_check", "coordinator"), ("redundant_neighbour", None), ("replicate", None)}
+#: Schemes that change how the run aggregates, not what it checks: they run with any of the above.
+AGGREGATION_SCHEMES = {"robust_aggregation"}
 
 
 def _runnable(loaded: Any) -> str | None:
     """Why the runtime cannot run this spec's defence, or ``None``."""
     defense = loaded.spec.defense
     for check in defense.checks:
+        if check.scheme in AGGREGATION_SCHEMES:
+            continue
         key = (check.scheme, getattr(check, "verifier", None))
         if key not in RUNNABLE_CHECKS:
             return f"the check {check.scheme} ({key[1] or 'any'} verifier) is not in the runtime"

@@ -14,8 +14,7 @@ def load_spec_settings(path: str | None, example: str | None) -> dict[str, Any]:
     conformance check expects too).
 
     Raises:
-        BadInput: Both are given, the spec does not load, or it has more than one replica (the
-            runtime runs one).
+        BadInput: Both are given, or the spec does not load.
     """
     from stagewarden.spec import SpecError, load_example, load_spec
     from stagewarden.spec_settings import spec_settings
@@ -26,7 +25,4 @@ def load_spec_settings(path: str | None, example: str | None) -> dict[str, Any]:
         loaded = load_spec(path) if path is not None else load_example(str(example))
     except SpecError as exc:
         raise BadInput(str(exc)) from None
-    if loaded.spec.topology.replicas != 1:
-        replicas = loaded.spec.topology.replicas
-        raise BadInput(f"{loaded.file}: topology.replicas is {replicas}; the runtime runs one replica (R = 1) only")
     return spec_settings(loaded)

@@ -11,12 +11,11 @@ from typing import Any
 import click
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from stagewarden.attest.run_record import SUMMARY_FILE, RunDirError, RunRecord, TrainingRecord
+from stagewarden.attest.run_record import SUMMARY_FILE, RunDirError, RunRecord
 from stagewarden.cli.common import EXIT_OK, EXIT_VIOLATED, BadInput, Choice, make_console, occupied
 from stagewarden.cli.spec_settings import load_spec_settings
-from stagewarden.run_outcome import attack_outcome, responses_line, status_line
+from stagewarden.cli.train_summary import summary_table
 from stagewarden.runtime.defaults import DEFAULT_CHECKPOINT_EVERY, DEFAULT_MAX_RECOMPUTATIONS, MAX_RECOMPUTATIONS_LIMIT
 
 #: Exit code of a run that stopped on a worker fault and can be resumed (``--resume``).
@@ -85,6 +84,17 @@ def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
     help="Take the settings from this packaged example spec instead of --spec (see `stagewarden examples list`).",
 )
 @click.option("--stages", type=int, help="Pipeline stages S (one worker process each).  [default: 2]")
+@click.option(
+    "--replicas",
+    type=int,
+    help="Data-parallel replicas R: whole pipelines on their own data shards, whose workers of a stage "
+    "aggregate their gradients before every update.  [default: 1]",
+)
+@click.option(
+    "--aggregation",
+    type=Choice(["mean", "median", "trimmed_mean", "krum"]),
+    help="How the replicas of a stage combine their gradients: the mean, or a robust rule.  [default: mean]",
+)
 @click.option("--microbatches", type=int, help="Micro-batches per step M.  [default: 4]")
 @click.option("--steps", type=int, default=10, show_default=True, help="Optimizer steps.")
 @click.option(
@@ -165,9 +175,28 @@ def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
 )
 @click.option(
     "--verification",
-    type=Choice(["none", "spot_check", "redundant_neighbour"]),
+    type=Choice(["none", "spot_check", "redundant_neighbour", "replicate"]),
     help="Verify units: spot_check re-executes a committed random sample on the coordinator; "
-    "redundant_neighbour has stage s+1 recompute every unit of stage s (the paper's defence).  [default: none]",
+    "redundant_neighbour has stage s+1 recompute every unit of stage s (the paper's defence); replicate has "
+    "k copies of every pipeline compute every unit and compares them.  [default: none]",
+)
+@click.option(
+    "--replicate-factor",
+    type=int,
+    help="With replicate: the copies k (at least 2) that compute every unit.  [default: 3]",
+)
+@click.option(
+    "--replicate-resolve",
+    type=Choice(["majority", "referee"]),
+    help="With replicate: who decides whom a disagreement blames, the copies' majority (a tie blames every copy "
+    "in it) or the coordinator re-executing the unit (referee).  [default: majority]",
+)
+@click.option(
+    "--attack-pipelines",
+    default="0",
+    show_default=True,
+    help="With --attack: the comma-separated pipelines whose --malicious stages attack (pipeline p is replica "
+    "p // k, its copy p % k under replicate).",
 )
 @click.option(
     "--input-via",
@@ -259,6 +288,8 @@ def train(
     spec_path: str | None,
     example: str | None,
     stages: int | None,
+    replicas: int | None,
+    aggregation: str | None,
     microbatches: int | None,
     steps: int,
     schedule: str,
@@ -285,6 +316,9 @@ def train(
     attack_direction: str,
     attack_per: str,
     verification: str | None,
+    replicate_factor: int | None,
+    replicate_resolve: str | None,
+    attack_pipelines: str,
     input_via: str | None,
     spot_check_rate: float | None,
     spot_check_compare: str | None,
@@ -327,11 +361,19 @@ def train(
         raise BadInput("give --out RUN_DIR (the run directory to write), or --resume RUN_DIR")
 
     settings: dict[str, Any] = load_spec_settings(spec_path, example) if spec_path or example else {}
-    for name, value in (("stages", stages), ("microbatches", microbatches), ("standby", standby)):
+    for name, value in (
+        ("stages", stages),
+        ("microbatches", microbatches),
+        ("standby", standby),
+        ("replicas", replicas),
+    ):
         if value is not None:
             settings[name] = value
     chosen: dict[str, Any] = {
         "verification": verification,
+        "aggregation": aggregation,
+        "replicate_factor": replicate_factor,
+        "replicate_resolve": replicate_resolve,
         "input_via": input_via,
         "spot_check_rate": spot_check_rate,
         "spot_check_compare": spot_check_compare,
@@ -350,7 +392,13 @@ def train(
 
         try:
             settings["attack"] = AttackPlan.from_cli(
-                attack_kind, malicious or "", attack_rate, attack_start, direction=attack_direction, per=attack_per
+                attack_kind,
+                malicious or "",
+                attack_rate,
+                attack_start,
+                direction=attack_direction,
+                per=attack_per,
+                pipelines=attack_pipelines,
             ).to_json()
         except ValueError as exc:
             raise BadInput(f"--attack: {exc}") from None
@@ -506,48 +554,5 @@ def _launch(config: Any, target: Path, vendor: str | None, resume: bool) -> None
         run = record.require_training()
     except RunDirError as exc:
         raise BadInput(f"{target}: {exc.message}") from None
-    table = Table(title=f"run {escape(record.run_id)}", show_header=False)
-    table.add_column("key", style="bold")
-    table.add_column("value")
-    losses = run.losses
-    outcome = attack_outcome(target, record)
-    rows = [
-        ("status", escape(status_line(run, outcome))),
-        ("stages x micro-batches", f"{record.stages} x {record.micro_batches} ({config.schedule})"),
-        ("steps", str(run.steps_completed)),
-        ("loss", f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "-"),
-        ("throughput", f"{run.tokens_per_second:.0f} tokens/s"),
-        ("receipts / headers", f"{run.receipts} / {run.headers}"),
-        ("attestation", "on" if config.attestation else "off"),
-        ("verification", _verification_row(config, run)),
-        ("attack", escape(outcome.line()) if outcome is not None else "-"),
-        ("detections", str(len(run.detections))),
-        ("responses", escape(responses_line(run.responses))),
-        (
-            "worker faults",
-            ", ".join(f"{f.worker} ({f.cause}) at step {f.step}" for f in run.faults) or "-",
-        ),
-        ("resumes", str(len(run.resumes))),
-        ("run directory", escape(str(target))),
-    ]
-    for key, value in rows:
-        table.add_row(key, value)
-    console.print(table)
+    console.print(summary_table(config, record, run, target))
     sys.exit(EXIT_VIOLATED if run.detections or run.status != "completed" else EXIT_OK)
-
-
-def _verification_row(config: Any, run: TrainingRecord) -> str:
-    """The verification mode and what it checked, for the summary table."""
-    if config.verification == "spot_check":
-        checked = run.spot_check.units_checked if run.spot_check is not None else 0
-        compared = "" if config.spot_check_compare == "bitwise" else f", {config.spot_check_compare}"
-        return f"spot_check p={config.spot_check_rate:g}{compared}: {checked} units re-executed"
-    if config.verification == "redundant_neighbour":
-        n = run.redundant_neighbour
-        if n is None:
-            return f"redundant_neighbour via {config.input_via}: no counts recorded"
-        return (
-            f"redundant_neighbour via {config.input_via}: {n.units_checked} units recomputed, "
-            f"{n.mismatches_reported} reported, {n.false_accusations} false accusations"
-        )
-    return "none"

@@ -10,7 +10,7 @@ import math
 from stagewarden.attest.audit import Severity
 from stagewarden.conformance.findings import ConformanceCode
 from stagewarden.conformance.run import RunUnderCheck
-from stagewarden.spec import RedundantNeighbourCheck, SpotCheck
+from stagewarden.spec import RedundantNeighbourCheck, ReplicateCheck, RobustAggregationCheck, SpotCheck
 
 
 def check_configuration(run: RunUnderCheck) -> None:
@@ -19,7 +19,8 @@ def check_configuration(run: RunUnderCheck) -> None:
     file = "summary.json"
     for code, name, ours, theirs, path in (
         (ConformanceCode.SPEC_STAGES, "stages", run.summary.stages, top.stages, ("topology", "stages")),
-        (ConformanceCode.SPEC_REPLICAS, "replicas", run.summary.replicas, top.replicas, ("topology", "replicas")),
+        # the record counts pipelines (replicas x replicate copies); the configuration, replicas
+        (ConformanceCode.SPEC_REPLICAS, "replicas", c.replicas, top.replicas, ("topology", "replicas")),
         (
             ConformanceCode.SPEC_MICROBATCHES,
             "micro-batches",
@@ -81,6 +82,16 @@ def _check_checks(run: RunUnderCheck, file: str) -> None:
     for i, check in enumerate(checks):
         if isinstance(check, RedundantNeighbourCheck):
             _check_neighbour(run, i, check, file)
+        elif isinstance(check, ReplicateCheck):
+            _check_replicate(run, i, check, file)
+        elif isinstance(check, RobustAggregationCheck):
+            if c.aggregation != check.rule:
+                run.add(
+                    ConformanceCode.SPEC_CHECK,
+                    f"the spec aggregates the replicas' updates with {check.rule}; the run with {c.aggregation}",
+                    spec=run.at("defense", "checks", i, "rule"),
+                    file=file,
+                )
         elif not isinstance(check, SpotCheck):
             run.add(
                 ConformanceCode.SPEC_CHECK,
@@ -93,6 +104,15 @@ def _check_checks(run: RunUnderCheck, file: str) -> None:
         run.add(
             ConformanceCode.SPEC_CHECK,
             "the run has every stage's units recomputed by its neighbour, a check the spec does not have",
+            severity=Severity.WARNING,
+            spec=run.at("defense"),
+            file=file,
+        )
+    if c.verification == "replicate" and not any(isinstance(x, ReplicateCheck) for x in checks):
+        run.add(
+            ConformanceCode.SPEC_CHECK,
+            f"the run computes every unit {c.replicate_factor} times and compares the copies, a check the spec "
+            "does not have",
             severity=Severity.WARNING,
             spec=run.at("defense"),
             file=file,
@@ -187,5 +207,35 @@ def _check_response(run: RunUnderCheck, file: str) -> None:
             f"{d.checkpoint_every}",
             severity=Severity.WARNING,
             spec=run.at("defense", "checkpoint_every"),
+            file=file,
+        )
+
+
+def _check_replicate(run: RunUnderCheck, i: int, check: ReplicateCheck, file: str) -> None:
+    """The spec's ``replicate`` check against the run's: the same factor (fewer copies weaken a
+    majority; more are a warning) and the same way of resolving a disagreement."""
+    c = run.config
+    if c.verification != "replicate":
+        run.add(
+            ConformanceCode.SPEC_CHECK,
+            f"the spec has every unit computed by {check.factor} copies; the run verifies with {c.verification}",
+            spec=run.at("defense", "checks", i),
+            file=file,
+        )
+        return
+    if c.replicate_factor != check.factor:
+        fewer = c.replicate_factor < check.factor
+        run.add(
+            ConformanceCode.SPEC_CHECK,
+            f"the run computes every unit {c.replicate_factor} times, the spec {check.factor} times",
+            severity=Severity.ERROR if fewer else Severity.WARNING,
+            spec=run.at("defense", "checks", i, "factor"),
+            file=file,
+        )
+    if c.replicate_resolve != check.resolve:
+        run.add(
+            ConformanceCode.SPEC_CHECK,
+            f"the spec resolves a disagreement between copies by {check.resolve}; the run by {c.replicate_resolve}",
+            spec=run.at("defense", "checks", i, "resolve"),
             file=file,
         )

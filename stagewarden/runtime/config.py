@@ -13,12 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stagewarden.runtime.aggregation import check_rule
 from stagewarden.runtime.defaults import (
     DEFAULT_CHECKPOINT_EVERY,
     DEFAULT_MAX_RECOMPUTATIONS,
     MAX_RECOMPUTATIONS_LIMIT,
 )
 from stagewarden.runtime.errors import RuntimeSetupError
+from stagewarden.runtime.layout import Layout
 from stagewarden.runtime.model import GPTConfig
 from stagewarden.runtime.units import TrainConfig
 
@@ -30,11 +32,21 @@ CONFIG_VERSION = 1
 SCHEDULES = ("gpipe", "1f1b")
 BACKENDS = ("gloo", "nccl")
 DEVICES = ("cpu", "cuda")
-VERIFICATION_MODES = ("none", "spot_check", "redundant_neighbour")
+VERIFICATION_MODES = ("none", "spot_check", "redundant_neighbour", "replicate")
+AGGREGATIONS = ("mean", "median", "trimmed_mean", "krum")
+REPLICATE_RESOLVES = ("majority", "referee")
 INPUT_CHANNELS = ("coordinator", "upstream", "checked_worker")
 RESPONSES = ("eject", "rollback", "skip_stage", "restart")
 ATTESTATION_KINDS = ("simulated", "dcap")
 SPOT_CHECK_COMPARES = ("bitwise", "tolerance")
+#: The most replicas (or copies) a run takes.
+MAX_REPLICAS = 64
+#: The most processes a run takes.
+MAX_WORLD = 1024
+
+
+#: The layout settings and their defaults, which :meth:`RunConfig.to_json` leaves out.
+_LAYOUT_DEFAULTS = {"replicas": 1, "aggregation": "mean", "replicate_factor": 3, "replicate_resolve": "majority"}
 
 
 class ConfigError(RuntimeSetupError):
@@ -45,11 +57,25 @@ class ConfigError(RuntimeSetupError):
 class RunConfig:
     """Everything that determines a distributed training run.
 
-    Replicas: this version runs one pipeline (``R = 1``); data-parallel replicas are future work.
+    Where its workers sit (stages, replicas, ``replicate`` copies) is its :attr:`layout`.
     """
 
     stages: int = 2
-    """Pipeline stages ``S``; one worker process per stage."""
+    """Pipeline stages ``S``."""
+    replicas: int = 1
+    """Data-parallel replicas ``R``: whole pipelines, each training on its own shard of every
+    batch (the global batch is ``R`` times a pipeline's), whose workers of one stage aggregate
+    their gradients before every update (:attr:`aggregation`)."""
+    aggregation: str = "mean"
+    """How the replicas of a stage combine their gradients (:mod:`stagewarden.runtime.aggregation`):
+    ``mean`` (ordinary data parallelism), or a robust rule, ``median``, ``trimmed_mean`` or ``krum``."""
+    replicate_factor: int = 3
+    """With ``verification: replicate``: the copies ``k`` that compute every unit of every stage
+    of every replica (at least 2)."""
+    replicate_resolve: str = "majority"
+    """With ``verification: replicate``: who decides whom a disagreement between copies blames,
+    the ``majority`` of the copies (a tie blames every copy in it) or the coordinator as
+    ``referee``, re-executing the unit."""
     microbatches: int = 4
     """Micro-batches ``M`` per optimizer step."""
     steps: int = 10
@@ -164,6 +190,26 @@ class RunConfig:
             (self.steps >= 1, f"steps must be at least 1, got {self.steps}"),
             (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
             (self.standby >= 0, f"standby must be at least 0, got {self.standby}"),
+            (
+                type(self.replicas) is int and 1 <= self.replicas <= MAX_REPLICAS,
+                f"replicas must be a whole number from 1 to {MAX_REPLICAS}, got {self.replicas!r}",
+            ),
+            (
+                self.aggregation in AGGREGATIONS,
+                f"aggregation must be one of {', '.join(AGGREGATIONS)}, not {self.aggregation!r}",
+            ),
+            (
+                type(self.replicate_factor) is int and 2 <= self.replicate_factor <= MAX_REPLICAS,
+                f"replicate_factor must be a whole number from 2 to {MAX_REPLICAS}, got {self.replicate_factor!r}",
+            ),
+            (
+                self.replicate_resolve in REPLICATE_RESOLVES,
+                f"replicate_resolve must be one of {', '.join(REPLICATE_RESOLVES)}, not {self.replicate_resolve!r}",
+            ),
+            (
+                self.verification != "replicate" or self.receipts,
+                "verification replicate compares the copies' receipts: it needs receipts on",
+            ),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}"),
             (self.backend in BACKENDS, f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}"),
             (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, not {self.device!r}"),
@@ -237,23 +283,56 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self._check_layout()
         if self.attack is not None:
-            check_attack(self.attack, self.stages, self.verification)
+            check_attack(self.attack, self.stages, self.verification, self.layout.pipelines)
+
+    def _check_layout(self) -> None:
+        """What runs with more than one pipeline (:class:`~stagewarden.runtime.layout.Layout`)."""
+        rule = check_rule(self.aggregation, self.replicas)
+        if rule is not None:
+            raise ConfigError(rule)
+        if self.layout.pipelines == 1:
+            return
+        pipelines = f"{self.replicas} replica(s) x {self.layout.copies} copies"
+        if self.verification == "redundant_neighbour":
+            raise ConfigError(
+                f"verification redundant_neighbour checks one pipeline; {pipelines} need verification none, "
+                "spot_check or replicate"
+            )
+        if self.response == "skip_stage":
+            raise ConfigError(
+                f"response skip_stage bypasses a stage of a single pipeline; with {pipelines} use eject, rollback "
+                "or restart (a convict without a standby to replace it takes its pipeline out instead)"
+            )
+        if self.layout.slots + self.standby + 1 > MAX_WORLD:
+            raise ConfigError(f"{self.layout.slots + self.standby + 1} processes exceed the limit of {MAX_WORLD}")
+
+    @property
+    def layout(self) -> Layout:
+        """The run's stages, replicas and ``replicate`` copies (where its workers sit)."""
+        copies = self.replicate_factor if self.verification == "replicate" else 1
+        return Layout(self.stages, self.replicas, copies)
 
     @property
     def world_size(self) -> int:
-        """Processes of the run (the coordinator, ``S`` stage workers and ``K`` standby workers)."""
-        return 1 + self.stages + self.standby
+        """Processes of the run (the coordinator, one worker per slot and ``K`` standby workers)."""
+        return 1 + self.layout.slots + self.standby
 
     @property
     def tokens_per_step(self) -> int:
-        """Tokens trained on per optimizer step, ``M * B * T``."""
-        return self.microbatches * self.batch_size * self.model.block_size
+        """Tokens trained on per optimizer step, ``R * M * B * T``."""
+        return self.replicas * self.microbatches * self.batch_size * self.model.block_size
 
     def to_json(self) -> dict[str, Any]:
         """The configuration as a JSON object."""
         data = dataclasses.asdict(self)
         data["data"] = list(self.data)
+        # the layout's settings are left out at their defaults: a single pipeline's configuration
+        # (and so its workers' measurement) reads as it always has
+        for name, default in _LAYOUT_DEFAULTS.items():
+            if data[name] == default:
+                del data[name]
         return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, **data}
 
     @classmethod
@@ -308,9 +387,9 @@ class RunConfig:
         return {key: exact(value) for key, value in data.items()}
 
 
-def check_attack(data: Any, stages: int, verification: str = "none") -> None:
-    """Check that an attack plan (JSON data) can be mounted in a pipeline of ``stages`` stages
-    verified by ``verification``.
+def check_attack(data: Any, stages: int, verification: str = "none", pipelines: int = 1) -> None:
+    """Check that an attack plan (JSON data) can be mounted in ``pipelines`` pipelines of
+    ``stages`` stages verified by ``verification``.
 
     Raises:
         ConfigError: The plan is malformed, names a stage that does not exist, or asks for an
@@ -325,6 +404,9 @@ def check_attack(data: Any, stages: int, verification: str = "none") -> None:
     bad = sorted(s for s in plan.stages | plan.covers if s >= stages)
     if bad:
         raise ConfigError(f"attack: stages {bad} do not exist in a pipeline of {stages} stages (0..{stages - 1})")
+    outside = sorted(p for p in plan.pipelines if p >= pipelines)
+    if outside:
+        raise ConfigError(f"attack: pipelines {outside} do not exist in a run of {pipelines} (0..{pipelines - 1})")
     if plan.kind is AttackKind.FALSE_ACCUSE:
         if verification != "redundant_neighbour":
             raise ConfigError(

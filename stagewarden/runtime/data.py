@@ -200,8 +200,12 @@ class Batches:
                     "use more data or a shorter block"
                 )
 
-    def microbatch(self, step: int, index: int, split: Split = "train") -> tuple[torch.Tensor, torch.Tensor]:
-        """Micro-batch ``index`` of ``step``.
+    def microbatch(
+        self, step: int, index: int, split: Split = "train", shard: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Micro-batch ``index`` of ``step`` in data-parallel ``shard`` (the replica that trains on
+        it; replica 0's draws are a single pipeline's, and each other replica draws its own windows
+        with a generator seeded by ``(seed, split, t, j, shard)``).
 
         Returns:
             ``(x, y)``, both ``(B, T)`` int64, where ``y`` is ``x`` shifted by one token.
@@ -210,15 +214,20 @@ class Batches:
             raise IndexError(f"micro-batch index {index} is out of range for {self.microbatches} micro-batches")
         data = self.splits[split]
         T = self.block_size  # noqa: N806
-        gen = generator(self.seed, "batch", split, step, index)
+        gen = (
+            generator(self.seed, "batch", split, step, index)
+            if shard == 0
+            else generator(self.seed, "batch", split, step, index, shard)
+        )
         starts = torch.randint(0, len(data) - T, (self.batch_size,), generator=gen)  # (B,)
         offsets = starts[:, None] + torch.arange(T + 1)[None, :]  # (B, T + 1)
         windows = data[offsets]  # (B, T + 1)
         return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # (B, T), (B, T)
 
-    def batch(self, step: int, split: Split = "train") -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Every micro-batch of ``step``, in order: a list of ``M`` pairs ``(x, y)``, each ``(B, T)``."""
-        return [self.microbatch(step, index, split) for index in range(self.microbatches)]
+    def batch(self, step: int, split: Split = "train", shard: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every micro-batch of ``step`` in ``shard``, in order: a list of ``M`` pairs ``(x, y)``,
+        each ``(B, T)``."""
+        return [self.microbatch(step, index, split, shard) for index in range(self.microbatches)]
 
 
 def batches_for(config: RunConfig) -> Batches:

@@ -180,7 +180,7 @@ def torchrun_args(
     if nnodes < 1 or nproc_per_node < 1 or nnodes * nproc_per_node != world:
         raise LaunchError(
             f"{nnodes} machines x {nproc_per_node} processes is not the {world} processes the run needs "
-            f"(1 coordinator + {prepared.config.stages} stages + {prepared.config.standby} standby)"
+            f"(1 coordinator + {prepared.config.layout.slots} stage workers + {prepared.config.standby} standby)"
         )
     args = [
         f"--nnodes={nnodes}",

@@ -106,6 +106,8 @@ class ResponsePlan:
         frozen_stages: Stages whose update is skipped for the redone step (skip_stage).
         fallback_from: The response asked for when it could not be carried out, else ``None``.
         reason: One sentence on why the plan is what it is.
+        retired_pipeline: With several pipelines and no standby left: the convict's pipeline,
+            taken out of the run (eject, rollback); its workers are sent home and the others go on.
     """
 
     response: Response
@@ -120,14 +122,17 @@ class ResponsePlan:
     frozen_stages: tuple[int, ...] = ()
     fallback_from: Response | None = None
     reason: str = ""
+    retired_pipeline: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable form."""
+        """A JSON-serialisable form (``retired_pipeline`` only when a pipeline was retired)."""
         data = dataclasses.asdict(self)
         data["response"] = self.response.value
         data["fallback_from"] = None if self.fallback_from is None else self.fallback_from.value
         data["audit"] = [dataclasses.asdict(r) for r in self.audit]
         data["frozen_stages"] = list(self.frozen_stages)
+        if self.retired_pipeline is None:
+            del data["retired_pipeline"]
         return data
 
 

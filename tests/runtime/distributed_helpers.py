@@ -31,10 +31,9 @@ def tiny_config(**overrides: object) -> RunConfig:
     return RunConfig(**base)  # type: ignore[arg-type]
 
 
-def reference_with_updates(config: RunConfig) -> tuple[list[float], list[str], list[str]]:
-    """The reference losses, each stage's final weights digest (hex) and each stage's honest
-    output digest (hex) of its last update receipt, which also commits to the final optimizer
-    state (:func:`~stagewarden.attest.tensor_digest.update_output_digest`), for ``config``."""
+def _trained(config: RunConfig) -> tuple[list[float], list[Any], list[Any]]:
+    """One process trains ``config``'s stages on every replica's micro-batches of each step,
+    replica after replica, as one batch; the losses, the stages and their optimizers."""
     batches = Batches(
         load_corpus([Path(p) for p in config.data]),
         config.model.block_size,
@@ -45,11 +44,28 @@ def reference_with_updates(config: RunConfig) -> tuple[list[float], list[str], l
     with deterministic(config.train.threads):
         stages = build_stages(config.model, config.stages, config.seed)
         optimizers = [make_optimizer(s, dataclasses.replace(config.train)) for s in stages]
-        losses = [reference_step(stages, optimizers, batches.batch(t)) for t in range(config.steps)]
+        losses = [
+            reference_step(stages, optimizers, [mb for r in range(config.replicas) for mb in batches.batch(t, shard=r)])
+            for t in range(config.steps)
+        ]
+    return losses, stages, optimizers
+
+
+def reference_with_updates(config: RunConfig) -> tuple[list[float], list[str], list[str]]:
+    """The reference losses, each stage's final weights digest (hex) and each stage's honest
+    output digest (hex) of its last update receipt, which also commits to the final optimizer
+    state (:func:`~stagewarden.attest.tensor_digest.update_output_digest`), for ``config``."""
+    losses, stages, optimizers = _trained(config)
     weights = [digest_state_dict(s.state_dict()) for s in stages]
     states = [optimizer_state_digest(s, o) for s, o in zip(stages, optimizers, strict=True)]
     outputs = [update_output_digest(w, o).hex() for w, o in zip(weights, states, strict=True)]
     return losses, [w.hex() for w in weights], outputs
+
+
+def concatenated_reference(config: RunConfig) -> list[float]:
+    """The losses of one process training on every replica's micro-batches of each step, replica
+    after replica, as one batch (the gradient is the mean over all of them)."""
+    return _trained(config)[0]
 
 
 def reference(config: RunConfig) -> tuple[list[float], list[str]]:

@@ -63,7 +63,7 @@ def test_well_formed_evidence_admits_every_worker_with_typed_messages(tmp_path: 
     admission.admit()
     messages = [(dst, parse_message(m)) for dst, m in transport.sent]
     hellos = [(dst, m) for dst, m in messages if isinstance(m, Hello)]
-    assert [(dst, m.worker_id, m.stage, m.nonce) for dst, m in hellos] == [(1, "s0r0", 0, None), (2, "s1r0", 1, None)]
+    assert [(dst, m.worker_id, m.slot, m.nonce) for dst, m in hellos] == [(1, "s0r0", 0, None), (2, "s1r0", 1, None)]
     admitted = [(dst, m) for dst, m in messages if isinstance(m, Admitted)]
     assert [dst for dst, _ in admitted] == [1, 2]
     assert admitted[0][1] == Admitted({0: KEYS["s0r0"], 1: KEYS["s1r0"]}, {0: "s0r0", 1: "s1r0"}, {0: 1, 1: 2})

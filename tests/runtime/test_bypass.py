@@ -45,7 +45,7 @@ def test_route_skips_the_bypassed_stage_both_ways() -> None:
 def _accepting(bypass: int | None) -> Commitments:
     """The commitments of a run without a directory that can take stage 2's committed headers of step 0."""
     parts = Parts(tiny_config(stages=3), transport=None, run_id="r", bypass=bypass)
-    parts.roster.keys = {wid: bytes(_KEYS[wid].verify_key) for wid in parts.roster.stage_ids}
+    parts.roster.keys = {wid: bytes(_KEYS[wid].verify_key) for wid in parts.roster.slot_ids}
     return parts.commitments
 
 

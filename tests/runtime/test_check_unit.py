@@ -99,7 +99,7 @@ def test_an_update_must_start_from_the_weights_the_stage_was_left_with() -> None
 
     def accept(weights_before: bytes) -> list[SignedDetection]:
         coordinator = _coordinator()
-        coordinator.roster.stage_ids = ["s0r0", "s1r0", "s2r0"]
+        coordinator.roster.slot_ids = ["s0r0", "s1r0", "s2r0"]
         coordinator.ledger.optimizer, coordinator.ledger.weights, coordinator.ledger.undo = (
             {1: empty.hex()},
             {1: left.hex()},
@@ -185,7 +185,7 @@ def test_a_committed_header_must_be_genuine_and_of_this_transfer() -> None:
     in an honest sender's name and have it convicted."""
     keys = {wid: SigningKey(bytes([i + 1]) * 32) for i, wid in enumerate(("s0r0", "s1r0", "s2r0"))}
     coordinator = _coordinator()
-    coordinator.ctx.run_id, coordinator.roster.stage_ids, coordinator.roster.stage_ranks = "run", list(keys), [1, 2, 3]
+    coordinator.ctx.run_id, coordinator.roster.slot_ids, coordinator.roster.slot_ranks = "run", list(keys), [1, 2, 3]
     coordinator.roster.keys = {wid: bytes(k.verify_key) for wid, k in keys.items()}
     genuine = activation_header("run", tensor=tensor_digest(torch.ones(2, 3)))
 

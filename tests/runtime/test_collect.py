@@ -96,7 +96,7 @@ def _coordinator(messages: dict[int, dict[str, Any]], backend: str = "gloo") -> 
     object.__setattr__(config, "backend", backend)  # a scripted transport: no process group to match
     transport = _Scripted(messages, stage0_waits=backend == "gloo")
     parts = Parts(config, transport)
-    parts.roster.stage_ids = list(WORKERS)
+    parts.roster.slot_ids = list(WORKERS)
     parts.roster.keys = {wid: bytes(k.verify_key) for wid, k in KEYS.items()}
     parts.roster.prev = {wid: chain_genesis("run", wid) for wid in WORKERS}
     return Commitments(parts.ctx, parts.roster, parts.tally, parts.current, parts.sealer), transport, parts

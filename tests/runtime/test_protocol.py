@@ -24,7 +24,7 @@ steps = st.integers(0, 10**6)
 digests = st.binary(min_size=32, max_size=32)
 blobs = st.binary(max_size=64)
 ids = st.text(min_size=1, max_size=20)
-stage_maps = st.integers(0, 6)
+slot_maps = st.integers(0, 6)
 kinds = st.sampled_from(p.UNIT_KINDS)
 units = st.lists(st.tuples(st.integers(0, 9), kinds), max_size=4).map(tuple)
 floats = st.floats(allow_nan=False)
@@ -39,7 +39,7 @@ tensor_lists = st.lists(tensor_metas, max_size=3).map(tuple)
 
 
 def _maps(draw: st.DrawFn) -> tuple[dict[int, bytes], dict[int, str], dict[int, int]]:
-    n = draw(stage_maps)
+    n = draw(slot_maps)
     keys = {s: draw(digests) for s in range(n)}
     return keys, {s: draw(ids) for s in range(n)}, {s: draw(st.integers(1, 99)) for s in range(n)}
 
@@ -141,7 +141,7 @@ commitments = st.builds(p.UpdateCommitment, blobs, digests, digests, st.lists(di
 
 STRATEGIES: dict[type[p.Message], st.SearchStrategy[Any]] = {
     p.Hello: st.builds(
-        p.Hello, ids, ids, st.none() | stage_maps, st.none() | blobs, steps, digests, st.none() | digests
+        p.Hello, ids, ids, st.none() | slot_maps, st.none() | blobs, steps, digests, st.none() | digests
     ),
     p.Shutdown: st.just(p.Shutdown()),
     p.Refused: st.just(p.Refused()),
@@ -151,13 +151,13 @@ STRATEGIES: dict[type[p.Message], st.SearchStrategy[Any]] = {
     p.Calibrate: st.builds(p.Calibrate, st.integers(1, 8)),
     p.SnapshotRequest: st.builds(p.SnapshotRequest, steps),
     p.Load: st.builds(p.Load, steps, tensor_lists, st.booleans()),
-    p.Step: st.builds(p.Step, steps, st.integers(0, 3), st.none() | stage_maps),
+    p.Step: st.builds(p.Step, steps, st.integers(0, 3), st.none() | slot_maps),
     p.Idle: st.builds(p.Idle, steps),
     p.Discard: st.builds(p.Discard, steps, digests),
     p.Update: st.builds(p.Update, steps),
     p.Push: st.builds(p.Push, steps, units, st.booleans()),
     p.Restore: st.builds(p.Restore, steps),
-    p.Assign: st.builds(p.Assign, stage_maps),
+    p.Assign: st.builds(p.Assign, slot_maps),
     p.Ranks: stage_maps_message(p.Ranks),
     p.Fetch: st.builds(p.Fetch, steps, st.integers(0, 9), kinds),
     p.Evidence: evidences(),
@@ -220,7 +220,7 @@ def test_wire_objects_are_the_ones_sent() -> None:
         "run_id": "run",
         "worker_id": "s0r0",
         "role": "stage",
-        "stage": 0,
+        "slot": 0,
         "nonce": "01",
         "session": 2,
         "coordinator_key": D.hex(),
@@ -293,7 +293,7 @@ def test_check_report_is_the_outcome_with_a_hex_difference() -> None:
                 "run_id": "r",
                 "worker_id": "w",
                 "role": "stage",
-                "stage": None,
+                "slot": None,
                 "nonce": None,
                 "session": 0,
                 "coordinator_key": "00" * 32,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from distributed_helpers import reference, tiny_config
+from distributed_helpers import concatenated_reference, reference, tiny_config
 from test_torchrun import AGENT_TIMEOUT, MARKER_ENV, run_agents
 
 from stagewarden.attest.audit import audit_run_dir
@@ -141,13 +141,20 @@ class NetnsRun:
     received: tuple[int, int]
 
 
-@pytest.fixture(scope="module")
-def netns_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsRun]:
+#: The runs the namespaces train: one pipeline, and two data-parallel replicas (with a standby, so
+#: that each agent starts half of the 8 processes: replica 0's stages beside the coordinator,
+#: replica 1's in the other namespace, whose gradient contributions then cross the veth pair).
+NETNS_RUNS = {"pipeline": {}, "replicas": {"replicas": 2, "standby": 1}}
+
+
+@pytest.fixture(scope="module", params=sorted(NETNS_RUNS))
+def netns_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsRun]:
     """The agent of the first namespace hosts the c10d rendezvous and (its address sorting first)
-    ranks 0 and 1: the coordinator and stage 0; the second namespace's agent ranks 2 and 3."""
+    the first half of the ranks: the coordinator and stage 0 of one pipeline; the second
+    namespace's agent the other half."""
     if not Path("/proc/self/environ").exists():
         pytest.skip("finding the workers of a torchrun agent needs /proc")
-    config = netns_run_config()
+    config = netns_run_config(**NETNS_RUNS[request.param])
     if config.world_size % 2:
         raise ValueError(f"two agents of equal size cannot start a world of {config.world_size} processes")
     workdir = tmp_path_factory.mktemp("torchrun-netns")
@@ -190,10 +197,15 @@ def test_agents_in_two_namespaces_complete_the_run_and_audit(netns_run: NetnsRun
     summary = json.loads((run.run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps_completed"] == run.config.steps
     events = [json.loads(line) for line in (run.run_dir / "events.jsonl").read_text().splitlines()]
-    assert [e["worker"] for e in events if e["event"] == "admitted"] == ["s0r0", "s1r0", "s2r0"]
-    losses, weights = reference(run.config)
-    assert summary["losses"] == losses
-    assert summary["final_weights"]["stages"] == weights
+    admitted = [e["worker"] for e in events if e["event"] == "admitted"]
+    if run.config.replicas == 1:
+        assert admitted == ["s0r0", "s1r0", "s2r0"]
+        losses, weights = reference(run.config)
+        assert summary["losses"] == losses
+        assert summary["final_weights"]["stages"] == weights
+    else:  # the replicas' mean gradient: one process on both shards as one batch, to float32 rounding
+        assert admitted == ["s0r0", "s1r0", "s2r0", "s0r1", "s1r1", "s2r1", "standby0"]
+        assert summary["losses"] == pytest.approx(concatenated_reference(run.config), rel=2e-5, abs=2e-5)
     report = audit_run_dir(run.run_dir)
     assert report.clean, [f.message for f in report.errors]
     result = CliRunner().invoke(cli, ["audit", str(run.run_dir)])
@@ -213,7 +225,9 @@ def test_the_run_crossed_the_veth_pair(netns_run: NetnsRun) -> None:
         sorted(tuple(int(r) for r in m.split(",")) for m in re.findall(r"global_ranks=\[([\d, ]+)\]", log))
         for log in run.logs
     ]
-    assert ranks == [[(0, 1)], [(2, 3)]], "the agents' rendezvous results are not in their logs"
+    half = run.config.world_size // 2
+    expected = [[tuple(range(half))], [tuple(range(half, 2 * half))]]
+    assert ranks == expected, "the agents' rendezvous results are not in their logs"
     addresses = {a for log in run.logs for a in re.findall(r"master_addr=(\S+)", log)}
     assert addresses == {first.address}
     floor = boundary_bytes(run.config)

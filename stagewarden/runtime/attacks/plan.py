@@ -133,6 +133,10 @@ class AttackPlan:
             the tampering of those stages (a prover trace's ``covers`` role).
         per: What one draw of :attr:`rate` decides: each unit on its own (``unit``, the default)
             or every unit of a step computation at once (``step``, the paper's per-iteration rate).
+        pipelines: Which pipelines' workers of :attr:`stages` attack (the pipelines of a run with
+            replicas or ``replicate`` copies, :class:`~stagewarden.runtime.layout.Layout`); pipeline
+            0 is replica 0 (its copy 0). Several pipelines collude: two copies of one replica that
+            tamper alike outvote an honest third.
     """
 
     kind: AttackKind
@@ -148,6 +152,7 @@ class AttackPlan:
     seed: int = 0
     covers: frozenset[int] = frozenset()
     per: FiringUnit = FiringUnit.UNIT
+    pipelines: frozenset[int] = frozenset({0})
 
     def __post_init__(self) -> None:
         for name in ("rate", "scale", "noise", "drift"):
@@ -159,6 +164,9 @@ class AttackPlan:
         object.__setattr__(self, "per", FiringUnit(self.per))
         object.__setattr__(self, "stages", frozenset(int(s) for s in self.stages))
         object.__setattr__(self, "covers", frozenset(int(s) for s in self.covers))
+        object.__setattr__(self, "pipelines", frozenset(int(p) for p in self.pipelines))
+        if not self.pipelines or min(self.pipelines) < 0:
+            raise ValueError(f"the attacking pipelines must be indices >= 0, got {sorted(self.pipelines)}")
         if self.covers & self.stages:
             raise ValueError(f"stages {sorted(self.covers & self.stages)} both attack and only cover")
         if self.covers and min(self.covers) < 0:
@@ -202,6 +210,7 @@ class AttackPlan:
         seed: int | str = 0,
         covers: str | Iterable[int] = (),
         per: str = "unit",
+        pipelines: str | Iterable[int] = (0,),
     ) -> AttackPlan:
         """Build a plan from command-line values (strings or numbers).
 
@@ -220,6 +229,7 @@ class AttackPlan:
             seed: See :class:`AttackPlan`.
             covers: Comma-separated stages (or an iterable) that only collude, as checkers.
             per: ``unit`` or ``step``: what one draw of the rate decides (see :class:`AttackPlan`).
+            pipelines: Comma-separated pipelines (or an iterable) whose workers attack.
 
         Raises:
             ValueError: With a message naming the bad value and what is allowed.
@@ -255,6 +265,7 @@ class AttackPlan:
             seed=_number(seed, "attack seed", int),
             covers=cover_set,
             per=FiringUnit(per),
+            pipelines=_stage_set(pipelines, required=True),
         )
 
     def active(self, stage: int, step: int, microbatch: int, attempt: int = 0) -> bool:
@@ -291,6 +302,10 @@ class AttackPlan:
             del data["per"]
         else:
             data["per"] = self.per.value
+        if self.pipelines == frozenset({0}):
+            del data["pipelines"]
+        else:
+            data["pipelines"] = sorted(self.pipelines)
         return data
 
     @classmethod
@@ -318,14 +333,15 @@ class AttackPlan:
         units = [u.value for u in FiringUnit]
         if data.get("per", "unit") not in units:
             raise ValueError(f"the attack's firing unit must be one of {', '.join(units)}, got {data['per']!r}")
-        stages, covers = data["stages"], data.get("covers", [])
-        for name, value in (("stages", stages), ("covers", covers)):
+        stages, covers, pipelines = data["stages"], data.get("covers", []), data.get("pipelines", [0])
+        for name, value in (("stages", stages), ("covers", covers), ("pipelines", pipelines)):
             if not isinstance(value, list | tuple) or not all(
                 isinstance(s, int) and not isinstance(s, bool) for s in value
             ):
-                raise ValueError(f"the attack plan's '{name}' must be a list of stage indices")
+                raise ValueError(f"the attack plan's '{name}' must be a list of indices")
         try:
-            return cls(**{**data, "stages": frozenset(stages), "covers": frozenset(covers)})
+            sets = {"stages": frozenset(stages), "covers": frozenset(covers), "pipelines": frozenset(pipelines)}
+            return cls(**{**data, **sets})
         except TypeError as exc:
             raise ValueError(f"bad attack plan: {exc}") from None
 

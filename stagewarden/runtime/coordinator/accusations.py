@@ -19,9 +19,10 @@ class DetectionSigner:
         self.ctx, self.roster = ctx, roster
 
     def detection(
-        self, step: int, micro_batch: int, unit: str, stage: int, check: str, message: str, evidence: bytes
+        self, step: int, micro_batch: int, unit: str, slot: int, check: str, message: str, evidence: bytes
     ) -> SignedDetection:
-        """A detection as recorded: the unit, the worker blamed, the check, the evidence digest (the
+        """A detection as recorded against the worker now serving ``slot`` (with one pipeline, the
+        stage): the unit, the worker blamed, its stage, the check, the evidence digest (the
         offending signed receipt's digest) and the coordinator's Ed25519 signature over all of it
         (``signature``, over the canonical JSON of the other fields; the public key is
         ``coordinator_key`` in ``summary.json``)."""
@@ -29,8 +30,8 @@ class DetectionSigner:
             "step": step,
             "microbatch": micro_batch,
             "unit_kind": unit,
-            "worker": self.roster.stage_ids[stage],
-            "stage": stage,
+            "worker": self.roster.slot_ids[slot],
+            "stage": self.roster.layout.stage(slot),
             "check": check,
             "evidence_digest": evidence.hex(),
             "message": message,

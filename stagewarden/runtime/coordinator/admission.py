@@ -82,7 +82,7 @@ class Admission:
     def reference_measurements(self) -> dict[str, bytes]:
         """The measurement each worker must present: computed here from the code, the
         configuration and the initial weights derived from the seed."""
-        out = {wid: self.reference_for(s) for s, wid in enumerate(self.roster.stage_ids)}
+        out = {wid: self.reference_for(self.roster.layout.stage(q)) for q, wid in enumerate(self.roster.slot_ids)}
         for k in self.roster.free_standbys:
             out[self.roster.standby_ids[k]] = self.reference_for(None)
         return out
@@ -177,8 +177,8 @@ class Admission:
         A resumed run sends each worker the head of its identity's receipt chain (the last receipt
         the log holds for it) and tells a worker whose identity was benched to go home.
         """
-        c = self.ctx.config
-        workers = [(self.roster.rank_of(s), wid, s) for s, wid in enumerate(self.roster.stage_ids)] + [
+        c, layout = self.ctx.config, self.roster.layout
+        workers = [(self.roster.rank_of(q), self.roster.slot_ids[q], q) for q in self.roster.slots] + [
             (self.roster.standby_rank(k), self.roster.standby_ids[k], None) for k in self.roster.free_standbys
         ]
         serving = {rank for rank, _, _ in workers}
@@ -190,14 +190,14 @@ class Admission:
         if verifier is not None:
             self.ctx.writer.write_verifier_key(bytes(verifier.verify_key))
         nonces: dict[str, bytes] = {}
-        for rank, wid, stage in workers:
+        for rank, wid, slot in workers:
             nonce = verifier.issue_nonce() if verifier is not None else None
             if nonce is not None:
                 nonces[wid] = nonce
             hello = Hello(
                 self.ctx.run_id,
                 wid,
-                stage,
+                slot,
                 nonce,
                 self.ctx.session,
                 bytes(self.ctx.signing_key.verify_key),
@@ -205,7 +205,8 @@ class Admission:
             )
             send_message(self.ctx.transport, rank, hello)
         refusals: list[str] = []
-        for rank, wid, stage in workers:
+        for rank, wid, slot in workers:
+            stage = None if slot is None else layout.stage(slot)
             raw = self.ctx.transport.recv_json(rank, "evidence")
             try:
                 msg = Evidence.parse(raw)
@@ -251,7 +252,7 @@ class Admission:
             for rank, wid, _ in workers:
                 send_message(self.ctx.transport, rank, Refused() if wid not in self.roster.keys else Shutdown())
             raise AdmissionRefused("; ".join(refusals))
-        admitted = Admitted(*self.roster.stage_maps())
+        admitted = Admitted(*self.roster.slot_maps())
         for rank, _, _ in workers:
             send_message(self.ctx.transport, rank, admitted)
         self.roster.write_workers()
@@ -274,13 +275,13 @@ class Admission:
         c = self.ctx.config
         if c.spot_check_compare != "tolerance":
             return
-        chosen = list(stages)
+        chosen = list(stages)  # slots
         for s in chosen:
             send_message(self.ctx.transport, self.roster.rank_of(s), Calibrate(CALIBRATION_UNITS))
         groups = ("weights", *(f"unit{i}" for i in range(CALIBRATION_UNITS)))
         refusals: list[str] = []
         for s in chosen:
-            wid, rank = self.roster.stage_ids[s], self.roster.rank_of(s)
+            wid, rank = self.roster.slot_ids[s], self.roster.rank_of(s)
             calibrated = receive(self.ctx.transport, rank, Calibrated)
             received, digests = self.reexec.recv_tensors(s, calibrated.tensors, groups)
             weights, units = received["weights"], [received[f"unit{i}"] for i in range(CALIBRATION_UNITS)]
@@ -290,7 +291,7 @@ class Admission:
                 )
             try:
                 with deterministic(c.train.threads):
-                    tolerance = calibrate_stage(c, s, weights, units)
+                    tolerance = calibrate_stage(c, self.roster.layout.stage(s), weights, units)
             except SpotCheckError as exc:
                 raise TransportError(f"worker {wid} sent a malformed calibration: {exc}", peer=rank) from None
             accepted = tolerance.value <= MAX_TOLERANCE

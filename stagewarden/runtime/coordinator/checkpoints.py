@@ -1,5 +1,10 @@
 """Verified checkpoints: writing them (in the background from the state the workers pushed, or
-asked for), recording, pruning and discarding them, and restoring every stage from one."""
+asked for), recording, pruning and discarding them, and restoring every stage from one.
+
+A checkpoint holds one state per stage: every computing pipeline holds the same weights and
+optimizer state of a stage (the replicas apply one aggregated update, and the coordinator compares
+what they report), so it takes the state of each stage's first computing slot, and a restore sends
+it to every slot of the stage."""
 
 from __future__ import annotations
 
@@ -81,9 +86,14 @@ class CheckpointStore:
         """Write the checkpoint of ``step`` from the state the workers pushed after the step
         before it (weights and optimizer state per stage, with the tensor digests computed as it
         was received)."""
-        weights = {s: w for s, (w, _) in state.items()}
-        optimizer = {s: o for s, (_, o) in state.items()}
-        self.save(step, weights, optimizer, background, digests)
+        stage = self.roster.layout.stage
+        weights = {stage(q): w for q, (w, _) in state.items()}
+        optimizer = {stage(q): o for q, (_, o) in state.items()}
+        self.save(step, weights, optimizer, background, {stage(q): d for q, d in digests.items()})
+
+    def leads(self) -> list[int]:
+        """The slot whose state a checkpoint takes for each stage: its first computing one."""
+        return [self.roster.stage_slots(s)[0] for s in range(self.ctx.config.stages)]
 
     @property
     def checkpointing(self) -> bool:
@@ -94,29 +104,35 @@ class CheckpointStore:
         """Get every stage's weights and optimizer state (after ``step`` steps) from its worker,
         digest-checked, and write them as the verified checkpoint of ``step``."""
         c = self.ctx.config
-        for s in range(c.stages):
+        for s in self.leads():
             send_message(self.ctx.transport, self.roster.rank_of(s), SnapshotRequest(step))
         weights: dict[int, dict[str, torch.Tensor]] = {}
         optimizer: dict[int, dict[str, torch.Tensor]] = {}
         known: dict[int, dict[str, dict[str, bytes]]] = {}
-        for s in range(c.stages):
+        for s in self.leads():
             snapshot = receive(self.ctx.transport, self.roster.rank_of(s), Snapshot)
             if snapshot.step != step:
-                wid = self.roster.stage_ids[s]
+                wid = self.roster.slot_ids[s]
                 raise TransportError(f"worker {wid} sent the state of step {snapshot.step}, not {step}")
             received, digests = self.reexec.recv_tensors(s, snapshot.tensors, ("weights", "optimizer"))
             weights[s], optimizer[s] = received["weights"], received["optimizer"]
             known[s] = {kind: tensor_digests(received[kind], digests, kind) for kind in ("weights", "optimizer")}
             if step > 0 and weights_digest(known[s]["weights"]).hex() != self.ledger.final_weights.get(s):
                 raise TransportError(
-                    f"worker {self.roster.stage_ids[s]} sent other weights than its last update reported"
+                    f"worker {self.roster.slot_ids[s]} sent other weights than its last update reported"
                 )
             if c.receipts and weights_digest(known[s]["optimizer"]).hex() != self.ledger.optimizer[s]:
                 raise TransportError(
-                    f"worker {self.roster.stage_ids[s]} sent another optimizer state than its last update receipt "
+                    f"worker {self.roster.slot_ids[s]} sent another optimizer state than its last update receipt "
                     "commits to"
                 )
-        self.save(step, weights, optimizer, digests=known)
+        stage = self.roster.layout.stage
+        self.save(
+            step,
+            {stage(q): w for q, w in weights.items()},
+            {stage(q): o for q, o in optimizer.items()},
+            digests={stage(q): d for q, d in known.items()},
+        )
 
     def save(
         self,
@@ -132,7 +148,7 @@ class CheckpointStore:
         user of the checkpoints calls first. ``digests``: the tensor digests computed as the
         state was received (see :func:`~stagewarden.runtime.checkpoint.save_checkpoint`)."""
         self.finish()
-        meta = {"run_id": self.ctx.run_id, "workers": list(self.roster.stage_ids)}
+        meta = {"run_id": self.ctx.run_id, "workers": list(self.roster.slot_ids)}
         if background:
             if self._writer is None:
                 self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
@@ -185,7 +201,9 @@ class CheckpointStore:
             checkpoint = load_checkpoint(self.root, step)
         except CheckpointError as exc:
             raise RunFailed(f"cannot restore the checkpoint of step {step}: {exc}") from None
-        for s in range(c.stages):
+        layout, slots = self.roster.layout, self.roster.slots
+        for q in slots:
+            s = layout.stage(q)
             tensors = [(f"weights.{k}", v) for k, v in checkpoint.stage_states[s].items()]
             tensors += [(f"optimizer.{k}", v) for k, v in checkpoint.optimizer_states.get(s, {}).items()]
             if c.verification == "redundant_neighbour" and s >= 1:  # the checker's replica of s - 1
@@ -193,18 +211,17 @@ class CheckpointStore:
                 tensors += [
                     (f"replica_optimizer.{k}", v) for k, v in checkpoint.optimizer_states.get(s - 1, {}).items()
                 ]
-            self.send_load(self.roster.rank_of(s), step, tensors)
-        for s in range(c.stages):
-            loaded = receive(self.ctx.transport, self.roster.rank_of(s), Loaded)
+            self.send_load(self.roster.rank_of(q), step, tensors)
+        for q in slots:
+            loaded = receive(self.ctx.transport, self.roster.rank_of(q), Loaded)
             reported = loaded.weights.hex()
-            if loaded.step != step or reported != checkpoint.info.weights_digests[s]:
-                raise TransportError(f"worker {self.roster.stage_ids[s]} did not load the checkpoint of step {step}")
-            self.ledger.final_weights[s] = reported
+            if loaded.step != step or reported != checkpoint.info.weights_digests[layout.stage(q)]:
+                raise TransportError(f"worker {self.roster.slot_ids[q]} did not load the checkpoint of step {step}")
+            self.ledger.final_weights[q] = reported
         self.ledger.last_updates = {}  # every stage's weights are now the verified checkpoint's
-        self.ledger.optimizer = {
-            s: digest_state_dict(checkpoint.optimizer_states.get(s, {})).hex() for s in range(c.stages)
-        }
-        self.ledger.weights = {s: checkpoint.info.weights_digests[s] for s in range(c.stages)}
+        optimizers = {s: digest_state_dict(checkpoint.optimizer_states.get(s, {})).hex() for s in range(c.stages)}
+        self.ledger.optimizer = {q: optimizers[layout.stage(q)] for q in range(layout.slots)}
+        self.ledger.weights = {q: checkpoint.info.weights_digests[layout.stage(q)] for q in range(layout.slots)}
         self.ledger.undo = {}
         del self.tally.losses[step:]
         del self.tally.metrics[step:]

@@ -17,6 +17,7 @@ from stagewarden.attest.tensor_digest import (
 )
 from stagewarden.runtime.coordinator.commitments import StepCommit
 from stagewarden.runtime.coordinator.context import CurrentAttempt, RunContext
+from stagewarden.runtime.coordinator.copies import CopyComparison
 from stagewarden.runtime.protocol import CheckReport, UpdateCommitment
 from stagewarden.runtime.spotcheck import (
     receipts_digest,
@@ -49,6 +50,7 @@ class Checks:
     ) -> None:
         self.ctx, self.roster, self.ledger, self.tally = ctx, roster, ledger, tally
         self.signer, self.reexec, self.current = signer, reexec, current
+        self.copies = CopyComparison(ctx, roster, signer, reexec)
 
     def accept_update(
         self, s: int, step: int, receipt: Receipt, weights: bytes, reported: UpdateCommitment, commit: StepCommit
@@ -61,10 +63,11 @@ class Checks:
         state changed between updates is not the optimizer's work.
         Stage 0's backward receipts commit to its accumulated gradients themselves, so its
         gradient trace must be theirs, in micro-batch order."""
-        c, wid = self.ctx.config, self.roster.stage_ids[s]
+        c, wid, layout = self.ctx.config, self.roster.slot_ids[s], self.roster.layout
         trace, before, after = list(reported.grads_trace), reported.optimizer_before, reported.optimizer
-        if len(trace) != c.microbatches:
-            raise TransportError(f"worker {wid}'s update reports a gradient trace of {len(trace)} micro-batches")
+        aggregated = len(self.roster.group(s)) > 1  # the trace ends with the aggregate's digest
+        if len(trace) != c.microbatches + aggregated:
+            raise TransportError(f"worker {wid}'s update reports a gradient trace of {len(trace)} entries")
         if (
             update_input_digest(gradient_trace_digest(trace), before) != receipt.input_digest
             or update_output_digest(weights, after) != receipt.output_digest
@@ -87,10 +90,16 @@ class Checks:
                 "weights",
                 f"stage {s}'s update of step {step} starts from other weights than its last update or checkpoint left",
             )
-        if s == 0 and self.ledger.backward_outputs(commit, 0) != trace:
+        if layout.stage(s) == 0 and self.ledger.backward_outputs(commit, s) != trace[: c.microbatches]:
             detection(
                 "gradient_trace",
                 f"stage 0's update of step {step} commits to other accumulated gradients than its backward receipts",
+            )
+        if aggregated and commit.contributions.get(s) != trace[c.microbatches - 1]:
+            detection(
+                "contribution",
+                f"worker {wid} sent its stage's other replicas another gradient contribution in step {step} than "
+                "the accumulated gradients its update receipt commits to",
             )
         self.ledger.undo[s] = (step, expected, self.ledger.expected_weights(s))
         self.ledger.optimizer[s], self.ledger.weights[s] = after.hex(), weights.hex()
@@ -112,8 +121,12 @@ class Checks:
         if not c.receipts:
             return []
         found: list[SignedDetection] = []
-        stages = sorted(commit.receipts)
-        for s, r in zip(stages, stages[1:], strict=False):
+        layout = self.roster.layout
+        pipelines: dict[int, list[int]] = {}
+        for q in sorted(commit.receipts):
+            pipelines.setdefault(layout.pipeline(q), []).append(q)
+        pairs = [pair for slots in pipelines.values() for pair in zip(slots, slots[1:], strict=False)]
+        for s, r in pairs:
             for m in range(c.microbatches):
                 for kind, sender, receiver, transfer in (
                     (UnitKind.FORWARD, s, r, TransferKind.ACTIVATION),
@@ -169,7 +182,7 @@ class Checks:
         re-executing its units cannot see it."""
         found: list[SignedDetection] = []
         for s in sorted(commit.receipts):
-            if s == self.current.bypass:  # its blocks act as the identity: its weights are not used
+            if self.roster.layout.stage(s) == self.current.bypass:  # its blocks act as the identity
                 continue
             expected = self.ledger.expected_weights(s)
             other = next((r for r in commit.receipts[s] if r.weights_digest.hex() != expected), None)
@@ -197,6 +210,8 @@ class Checks:
         """
         if self.ctx.config.verification == "redundant_neighbour":
             return self.adjudicate(commit, already or [])
+        if self.ctx.config.verification == "replicate":
+            return self.copies.compare(commit, already or [])
         return []
 
     def draw_sample(self, commit: StepCommit, updates: dict[int, Receipt]) -> list[tuple[int, int, str]]:
@@ -216,7 +231,7 @@ class Checks:
         units = [
             (s, m, kind)
             for s in sorted(commit.receipts)
-            if s != bypass
+            if self.roster.layout.stage(s) != bypass
             for m in range(c.microbatches)
             for kind in ("forward", "backward", "update")
             if kind != "update" or m == 0
@@ -227,10 +242,18 @@ class Checks:
             step=step,
             secret=seed.secret.hex(),
             receipts_digest=committed.hex(),
-            sampled=[{"stage": s, "micro_batch": m, "kind": k} for s, m, k in sampled],
+            sampled=[self._sampled(s, m, k) for s, m, k in sampled],
         )
         self.tally.spot["units_sampled"] += len(sampled)
         return sampled
+
+    def _sampled(self, slot: int, micro_batch: int, kind: str) -> dict[str, int | str]:
+        """A sampled unit as the reveal event records it (its pipeline too when there are several)."""
+        layout = self.roster.layout
+        unit: dict[str, int | str] = {"stage": layout.stage(slot), "micro_batch": micro_batch, "kind": kind}
+        if layout.pipelines > 1:
+            unit["replica"] = layout.pipeline(slot)
+        return unit
 
     def adjudicate(self, commit: StepCommit, already: list[SignedDetection]) -> list[SignedDetection]:
         """Turn the failed redundant-neighbour checks of a step into detections.
@@ -328,7 +351,7 @@ class Checks:
         if raw is None or s < 1:
             return None
         before = self.current.route.before(s)
-        upstream = self.roster.stage_ids[before]
+        upstream = self.roster.slot_ids[before]
         try:
             header = parse_header(raw)
             verify_header(header, self.roster.keys[upstream])

@@ -40,6 +40,8 @@ class StageCommitment:
         microbatch_losses: On the last stage: each micro-batch's loss.
         checks: With ``redundant_neighbour`` (from stage 1 on): the failed checks it reports.
         checks_run: With ``redundant_neighbour``: how many units it checked.
+        contribution: With replicas: the digest of the gradients it will send its stage's other
+            replicas.
     """
 
     busy: float
@@ -49,6 +51,7 @@ class StageCommitment:
     microbatch_losses: list[float] = dataclasses.field(default_factory=list)
     checks: list[CheckReport] | None = None
     checks_run: int = 0
+    contribution: bytes | None = None
 
 
 class _CommitmentThread(threading.Thread):
@@ -82,14 +85,21 @@ class _CommitmentThread(threading.Thread):
 class StepCommit:
     """Everything the workers committed for one step, as the coordinator received it.
 
+    The maps are keyed by slot (:class:`~stagewarden.runtime.layout.Layout`; with one pipeline,
+    the stage).
+
     Attributes:
         step: The step.
-        receipts: Per stage, its forward and backward receipts in signing order.
-        headers: Per receiving stage, the signed headers it received.
-        loss: The step's loss, from the last stage.
-        microbatch_losses: The micro-batch losses, from the last stage.
+        receipts: Per slot, its forward and backward receipts in signing order.
+        headers: Per receiving slot, the signed headers it received.
+        loss: The step's loss: the mean of every replica's micro-batch losses.
+        microbatch_losses: The micro-batch losses, replica after replica (from the last stage of
+            each replica's first computing copy).
         checks: With ``redundant_neighbour``: per checking stage, the failed checks it reports.
         checks_run: With ``redundant_neighbour``: per checking stage, how many units it checked.
+        contributions: With replicas: per slot, the digest of the gradients it committed to
+            sending its group.
+        last_losses: Per last-stage slot, its micro-batch losses.
     """
 
     step: int
@@ -99,6 +109,8 @@ class StepCommit:
     microbatch_losses: list[float]
     checks: dict[int, list[CheckReport]] = dataclasses.field(default_factory=dict)
     checks_run: dict[int, int] = dataclasses.field(default_factory=dict)
+    contributions: dict[int, bytes] = dataclasses.field(default_factory=dict)
+    last_losses: dict[int, list[float]] = dataclasses.field(default_factory=dict)
 
     def receipt(self, stage: int, micro_batch: int, kind: UnitKind) -> Receipt | None:
         """The receipt of ``stage`` for one unit of this step, if committed."""
@@ -125,13 +137,14 @@ class Commitments:
         stage 0's only its own verification is left. (NCCL point-to-point calls from several
         threads could interleave differently on each rank: with it the stages are taken one
         after the other.)"""
-        c, stages = self.ctx.config, self.current.route.active_stages
+        c, layout, bypass = self.ctx.config, self.roster.layout, self.current.bypass
+        stages = [q for q in self.roster.slots if layout.stage(q) != bypass]
         taken: dict[int, StageCommitment] = {}
-        if c.backend == "gloo" and c.stages > 1:
+        if c.backend == "gloo" and len(stages) > 1:
             threads = {s: _CommitmentThread(self, s, step) for s in stages[1:]}
             for thread in threads.values():
                 thread.start()
-            taken[0] = self.take(0, step)
+            taken[stages[0]] = self.take(stages[0], step)
             for s, thread in threads.items():
                 taken[s] = thread.outcome()
         else:
@@ -139,9 +152,15 @@ class Commitments:
                 taken[s] = self.take(s, step)
         receipts = {s: t.receipts for s, t in taken.items()}
         headers = {s: t.headers for s, t in taken.items()}
-        last = taken[c.stages - 1]
+        last_losses = {s: t.microbatch_losses for s, t in taken.items() if layout.is_last(s)}
+        firsts: dict[int, list[float]] = {}  # each replica's losses, from its first computing copy
+        for s, losses in last_losses.items():
+            firsts.setdefault(layout.replica(s), losses)
+        microbatch_losses = [v for r in sorted(firsts) for v in firsts[r]]
+        loss = step_loss([torch.tensor(v, dtype=torch.float32) for v in microbatch_losses])
         checks = {s: t.checks for s, t in taken.items() if t.checks is not None}
         checks_run = {s: t.checks_run for s, t in taken.items() if t.checks is not None}
+        contributions = {s: t.contribution for s, t in taken.items() if t.contribution is not None}
         # a step's commitments enter the log together, so a crash mid-collection leaves none of them
         for s in stages:
             self.tally.busy[s] += taken[s].busy
@@ -154,7 +173,9 @@ class Commitments:
                 if self.ctx.log is not None:
                     self.ctx.log.append_header(header)
                     self.tally.counts["headers"] += 1
-        return StepCommit(step, receipts, headers, last.loss, last.microbatch_losses, checks, checks_run)
+        return StepCommit(
+            step, receipts, headers, loss, microbatch_losses, checks, checks_run, contributions, last_losses
+        )
 
     def take(self, s: int, step: int) -> StageCommitment:
         """Receive stage ``s``'s commitment for ``step`` and verify its receipts, headers, losses
@@ -165,8 +186,8 @@ class Commitments:
             TransportError: The receive failed or the commitment fails a check; its ``peer`` is
                 stage ``s``'s rank (a receive on another thread may have come in since).
         """
-        c = self.ctx.config
-        wid, rank = self.roster.stage_ids[s], self.roster.rank_of(s)
+        c, layout = self.ctx.config, self.roster.layout
+        wid, rank = self.roster.slot_ids[s], self.roster.rank_of(s)
         try:
             msg = receive(self.ctx.transport, rank, Commit)
             if msg.step != step:
@@ -175,7 +196,11 @@ class Commitments:
             out = StageCommitment(msg.busy_ns / 1e9)
             out.receipts = [self.accept_receipt(wid, s, step, raw, log=False) for raw in msg.receipts]
             out.headers = [self.accept_header(wid, s, step, raw) for raw in msg.headers]
-            if s == c.stages - 1:
+            if len(self.roster.group(s)) > 1:
+                if msg.contribution is None:
+                    raise TransportError(f"worker {wid}'s commitment names no gradient contribution")
+                out.contribution = msg.contribution
+            if layout.is_last(s):
                 out.microbatch_losses = self.reported_losses(wid, msg, out.receipts)
                 out.loss = step_loss([torch.tensor(v, dtype=torch.float32) for v in out.microbatch_losses])
             if c.verification == "redundant_neighbour" and s >= 1:
@@ -204,34 +229,37 @@ class Commitments:
             TransportError: The header is malformed, not genuine or of another transfer (the
                 worker that committed it is at fault: it checked the header when it arrived).
         """
-        c = self.ctx.config
+        c, layout = self.ctx.config, self.roster.layout
+        slot, stage = stage, layout.stage(stage)
         try:
             header = parse_header(raw)
-            sender = self.roster.stage_ids[header.sender_stage] if header.sender_stage < c.stages else None
+            sender = None
+            if header.sender_stage < c.stages and header.sender_replica == layout.pipeline(slot):
+                sender = self.roster.slot_ids[layout.at(slot, header.sender_stage)]
             if sender is None or header.sender != sender or sender not in self.roster.keys:
                 raise TransportError(
                     f"worker {wid} committed a signed header from {header.sender!r}, which is not the worker of "
-                    f"stage {header.sender_stage}",
-                    peer=self.roster.rank_of(stage),
+                    f"stage {header.sender_stage} of its pipeline",
+                    peer=self.roster.rank_of(slot),
                 )
             verify_header(header, self.roster.keys[sender])
         except AttestError as exc:
             raise TransportError(
                 f"worker {wid} committed a signed header that is not genuine: {exc.message}",
-                peer=self.roster.rank_of(stage),
+                peer=self.roster.rank_of(slot),
             ) from None
         if (header.run_id, header.receiver_stage, header.step) != (self.ctx.run_id, stage, step):
             raise TransportError(
                 f"worker {wid} committed a signed header of another transfer (run {header.run_id!r}, to stage "
                 f"{header.receiver_stage}, step {header.step})",
-                peer=self.roster.rank_of(stage),
+                peer=self.roster.rank_of(slot),
             )
         if header.sender_stage != self.current.route.neighbour(stage, header.kind, incoming=True):
             # a transfer that skips a stage is this computation's only when it bypasses that stage
             raise TransportError(
                 f"worker {wid} committed a signed {header.kind} header from stage {header.sender_stage}, which "
                 f"does not send to stage {stage} in this computation of step {step}",
-                peer=self.roster.rank_of(stage),
+                peer=self.roster.rank_of(slot),
             )
         return header
 
@@ -265,9 +293,11 @@ class Commitments:
         return losses
 
     def accept_receipt(self, wid: str, stage: int, step: int, raw: bytes, log: bool = True) -> Receipt:
+        layout = self.roster.layout
         receipt = parse_receipt(raw)
         verify_receipt(receipt, self.roster.keys[wid])
-        if (receipt.run_id, receipt.worker_id, receipt.stage, receipt.step) != (self.ctx.run_id, wid, stage, step):
+        unit = (receipt.run_id, receipt.worker_id, receipt.stage, receipt.replica, receipt.step)
+        if unit != (self.ctx.run_id, wid, layout.stage(stage), layout.pipeline(stage), step):
             raise TransportError(f"worker {wid} sent a receipt for another unit: {receipt.unit}")
         if receipt.prev_digest != self.roster.prev[wid]:
             raise TransportError(f"worker {wid}'s receipt does not continue its hash chain")

@@ -23,7 +23,6 @@ import blake3
 import torch
 
 from stagewarden.attest.errors import AttestError
-from stagewarden.attest.headers import TransferKind
 from stagewarden.attest.receipts import Receipt, UnitKind, chain_genesis
 from stagewarden.attest.run_record_parts import SignedDetection
 from stagewarden.attest.rundir import RunDirWriter
@@ -52,9 +51,11 @@ from stagewarden.runtime.coordinator.context import (
 from stagewarden.runtime.coordinator.errors import AdmissionRefused, RunFailed, RunInterrupted, TrainingStopped
 from stagewarden.runtime.coordinator.faults import Faults
 from stagewarden.runtime.coordinator.ledger import Ledger
+from stagewarden.runtime.coordinator.neighbour import NeighbourRelay
 from stagewarden.runtime.coordinator.recovery import Recovery
 from stagewarden.runtime.coordinator.reexecution import FetchedUnit, Reexecution
 from stagewarden.runtime.coordinator.renewal import Renewal
+from stagewarden.runtime.coordinator.replicas import ReplicaChecks
 from stagewarden.runtime.coordinator.resume import Resume
 from stagewarden.runtime.coordinator.roster import Roster
 from stagewarden.runtime.coordinator.sealing import Sealer
@@ -68,21 +69,17 @@ from stagewarden.runtime.protocol import (
     Push,
     Pushed,
     Release,
-    ReplicaLoaded,
-    Snapshot,
-    SnapshotRequest,
     Step,
-    Update,
     Updated,
     receive,
     send_message,
 )
+from stagewarden.runtime.responses import ResponsePlan
 from stagewarden.runtime.route import Route
 from stagewarden.runtime.spotcheck import (
     SampleSeed,
 )
 from stagewarden.runtime.transport import (
-    Expected,
     Transport,
     TransportError,
 )
@@ -175,6 +172,8 @@ class Coordinator:
         self.sealer = Sealer(ctx, self.roster)
         self.commitments = Commitments(ctx, self.roster, self.tally, self.current, self.sealer)
         self.checks = Checks(ctx, self.roster, self.ledger, self.tally, self.signer, self.reexec, self.current)
+        self.replicas = ReplicaChecks(ctx, self.roster, self.ledger, self.signer, self.reexec)
+        self.neighbour = NeighbourRelay(ctx, self.roster, self.ledger, self.reexec, self.store, self.current)
         self.start_step = 0
         self._pending_bypass: int | None = None
         self._pending_attempt = 0
@@ -225,7 +224,7 @@ class Coordinator:
                 step = self.start_step
                 if self.ctx.session > 0:
                     self.store.restore(step)
-                self.admission.calibrate(range(self.ctx.config.stages))
+                self.admission.calibrate(self.roster.slots)
                 if self.ctx.session == 0 and self.store.checkpointing:
                     self.store.write(0)
                 while step < self.ctx.config.steps:
@@ -333,7 +332,7 @@ class Coordinator:
                 break
             if attempt >= c.max_recomputations:
                 raise self._no_honest_path(step, attempt + 1, detections[0])
-            plan = self.recovery.respond(step, attempt, detections[0])
+            plan = self._respond(step, attempt, detections)
             if plan.checkpoint_step is not None:
                 # a rollback without a standby bypasses the convict in the first recomputed step
                 self._pending_bypass = plan.bypass_stage
@@ -341,7 +340,7 @@ class Coordinator:
             bypass = plan.bypass_stage
             attempt += 1
         if bypass is not None and c.verification == "redundant_neighbour":
-            self._resync_bypassed_checker(step, bypass)
+            self.neighbour.resync_bypassed_checker(step, bypass)
         if self.ctx.log is not None:
             self.ctx.log.sync()
         seconds = time.perf_counter() - started
@@ -359,30 +358,9 @@ class Coordinator:
         self.sealer.seal_step(len(self.tally.losses))
         return step + 1
 
-    def _resync_bypassed_checker(self, step: int, bypass: int) -> None:
-        """After a computation of ``step`` that bypassed ``bypass``: the stage before it updated
-        while its checker (the bypassed worker) computed nothing, so the checker's replica takes
-        that stage's new state, which must be the one its update receipt commits to."""
-        s, c = bypass - 1, self.ctx.config
-        wid = self.roster.stage_ids[s]
-        send_message(self.ctx.transport, self.roster.rank_of(s), SnapshotRequest(step + 1))
-        snapshot = receive(self.ctx.transport, self.roster.rank_of(s), Snapshot)
-        received, digests = self.reexec.recv_tensors(s, snapshot.tensors, ("weights", "optimizer"))
-        weights = weights_digest(tensor_digests(received["weights"], digests, "weights")).hex()
-        optimizer = weights_digest(tensor_digests(received["optimizer"], digests, "optimizer")).hex()
-        if snapshot.step != step + 1 or weights != self.ledger.final_weights.get(s):
-            raise TransportError(f"worker {wid} sent other weights than its update of step {step} reported")
-        if c.receipts and optimizer != self.ledger.optimizer[s]:
-            raise TransportError(f"worker {wid} sent another optimizer state than its update receipt of step {step}")
-        tensors = [(f"replica_weights.{k}", v) for k, v in received["weights"].items()]
-        tensors += [(f"replica_optimizer.{k}", v) for k, v in received["optimizer"].items()]
-        self.store.send_load(self.roster.rank_of(bypass), step + 1, tensors, replica_only=True)
-        loaded = receive(self.ctx.transport, self.roster.rank_of(bypass), ReplicaLoaded)
-        if loaded.step != step + 1:
-            raise TransportError(f"worker {self.roster.stage_ids[bypass]} did not load its replica of stage {s}")
-
     def _active_stages(self, bypass: int | None) -> list[int]:
-        return [s for s in range(self.ctx.config.stages) if s != bypass]
+        """The computing slots whose stage is not ``bypass``."""
+        return [q for q in self.roster.slots if self.roster.layout.stage(q) != bypass]
 
     def _start_attempt(self, step: int, attempt: int, bypass: int | None) -> None:
         """Commit to the sample's secret and start one computation of ``step`` on every stage."""
@@ -394,8 +372,10 @@ class Coordinator:
             )
         message, idle = Step(step, attempt, bypass), Idle(step)
         self.current.bypass, self.current.route = bypass, Route(c.stages, bypass)
-        for s in range(c.stages):  # the bypassed worker computes nothing: it waits for the next step
-            send_message(self.ctx.transport, self.roster.rank_of(s), message if s != bypass else idle)
+        for s in self.roster.slots:  # the bypassed worker computes nothing: it waits for the next step
+            send_message(
+                self.ctx.transport, self.roster.rank_of(s), message if self.roster.layout.stage(s) != bypass else idle
+            )
         for k in list(self.roster.free_standbys):
             try:
                 send_message(self.ctx.transport, self.roster.standby_rank(k), idle)
@@ -408,7 +388,7 @@ class Coordinator:
         """Relay the checkers' copies (``input_via: coordinator``) and collect the commitments."""
         c = self.ctx.config
         if c.verification == "redundant_neighbour" and c.input_via == "coordinator":
-            self.relay_copies(step)
+            self.neighbour.relay_copies(step)
         commit = self.commitments.collect(step)
         self.ctx.transport.flush()
         return commit
@@ -436,7 +416,7 @@ class Coordinator:
         step ran with, and the state after the update when a checkpoint is due (kept in ``after``)."""
         step, units = after.step, {}
         for s, asked in sorted(after.pushes.items()):
-            wid = self.roster.stage_ids[s]
+            wid = self.roster.slot_ids[s]
             pushed = receive(self.ctx.transport, self.roster.rank_of(s), Pushed)
             if pushed.step != step or list(pushed.units) != asked:
                 raise TransportError(f"worker {wid} pushed other units than those of step {step} it was asked for")
@@ -454,7 +434,7 @@ class Coordinator:
                     digests=digests,
                     outputs=received[f"output{i}"],
                 )
-            if after.snapshot:
+            if after.snapshot and s in self.store.leads():
                 weights, optimizer = received["snapshot_weights"], received["snapshot_optimizer"]
                 known = {
                     "weights": tensor_digests(weights, digests, "snapshot_weights"),
@@ -477,15 +457,15 @@ class Coordinator:
         step and continue its receipt chain from the last logged receipt, take step ``step - 1``
         back and answer the detection as at attempt 0 of that step. Returns the step to train next."""
         c, done = self.ctx.config, step - 1
-        for s in range(c.stages):
+        for s in self.roster.slots:
             dropped = receive(self.ctx.transport, self.roster.rank_of(s), Commit)
             # the dropped commitment still answers the last step head
             self.sealer.take_cosignature(
-                self.roster.stage_ids[s], self.roster.rank_of(s), dropped.cosignature, dropped.dispute
+                self.roster.slot_ids[s], self.roster.rank_of(s), dropped.cosignature, dropped.dispute
             )
         self.ctx.transport.flush()
-        for s in range(c.stages):
-            wid = self.roster.stage_ids[s]
+        for s in self.roster.slots:
+            wid = self.roster.slot_ids[s]
             head = self.roster.prev.get(wid) or chain_genesis(self.ctx.run_id, wid)
             send_message(self.ctx.transport, self.roster.rank_of(s), Discard(step, head))
         self.ctx.events.write("step_discarded", step=step, reason=f"a spot check of step {done} failed while it ran")
@@ -496,12 +476,32 @@ class Coordinator:
         self.tally.detections += detections
         if c.max_recomputations == 0:
             raise self._no_honest_path(done, 1, detections[0])
-        plan = self.recovery.respond(done, 0, detections[0])
+        plan = self._respond(done, 0, detections)
         self._pending_bypass = plan.bypass_stage
         if plan.checkpoint_step is not None:
             return plan.checkpoint_step
         self._pending_attempt = 1
         return done
+
+    def _respond(self, step: int, attempt: int, detections: list[SignedDetection]) -> ResponsePlan:
+        """Answer the first detection; when the response removes convicts (eject, rollback), answer
+        every other worker convicted in the same check too (the copies of a ``replicate`` tie), and
+        leave every slot at the earliest checkpoint the plans went back to."""
+        plan = self.recovery.respond(step, attempt, detections[0])
+        if self.ctx.config.response not in ("eject", "rollback") or plan.checkpoint_step is None:
+            return plan
+        earliest, answered = plan, {detections[0].worker}
+        for d in detections[1:]:
+            if d.worker in answered or d.worker not in [self.roster.slot_ids[q] for q in self.roster.slots]:
+                continue
+            answered.add(d.worker)
+            plan = self.recovery.respond(step, attempt, d)
+            if plan.checkpoint_step is not None and earliest.checkpoint_step is not None:
+                if plan.checkpoint_step < earliest.checkpoint_step:
+                    earliest = plan
+        if earliest is not plan and earliest.checkpoint_step is not None:
+            self.store.restore(earliest.checkpoint_step)
+        return earliest
 
     def _no_honest_path(self, step: int, computations: int, detection: SignedDetection) -> TrainingStopped:
         """The stop of a run whose ``step`` was tampered with in each of its ``computations``
@@ -511,36 +511,6 @@ class Coordinator:
             f"computations (last: stage {detection.stage}, {detection.check}), and the "
             f"{self.ctx.config.response} response cannot route around the tampering stage"
         )
-
-    def relay_copies(self, step: int) -> None:
-        """The trusted relay of ``input_via: coordinator``: for each checked stage ``s`` receive
-        from ``s`` the activations it received (under ``s - 1``'s signed headers) and from
-        ``s - 1`` the gradients ``s`` sent back (under ``s``'s), check them, and forward them to
-        the checker ``s + 1``: what ``s`` really computed on, which no worker can substitute."""
-        c, route = self.ctx.config, self.current.route
-        for s in range(1, c.stages - 1):
-            if not route.checked(s):  # bypassed, or its checker is
-                continue
-            upstream = route.before(s)
-            for kind, sender, receiver, source in (
-                (TransferKind.ACTIVATION, upstream, s, s),
-                (TransferKind.GRADIENT, s, upstream, upstream),
-            ):
-                for m in range(c.microbatches):
-                    expected = Expected(
-                        run_id=self.ctx.run_id,
-                        sender=self.roster.stage_ids[sender],
-                        sender_key=self.roster.keys[self.roster.stage_ids[sender]],
-                        sender_stage=sender,
-                        receiver_stage=receiver,
-                        step=step,
-                        micro_batch=m,
-                        kind=kind,
-                        dtype="float32",
-                        shape=(c.batch_size, c.model.block_size, c.model.n_embd),
-                    )
-                    tensor, _, raw = self.ctx.transport.recv_signed(self.roster.rank_of(source), expected)
-                    self.ctx.transport.send_relayed(self.roster.rank_of(s + 1), raw, tensor)
 
     def update_all(self, step: int, frozen: int | None, commit: StepCommit) -> AfterUpdate:
         """Send ``update`` to every stage but ``frozen``, collect the update receipts, and then ask
@@ -555,12 +525,12 @@ class Coordinator:
         stages = self._active_stages(frozen)
         snapshot = frozen is None and self.store.due(step)
         for s in stages:
-            send_message(self.ctx.transport, self.roster.rank_of(s), Update(step))
+            send_message(self.ctx.transport, self.roster.rank_of(s), self.replicas.update_message(step, s, commit))
         receipts: dict[int, Receipt] = {}
         optimizers: dict[int, str] = {}
         found: list[SignedDetection] = []
         for s in stages:
-            wid = self.roster.stage_ids[s]
+            wid = self.roster.slot_ids[s]
             updated = receive(self.ctx.transport, self.roster.rank_of(s), Updated)
             if updated.step != step:
                 raise TransportError(f"worker {wid} reported the update of step {updated.step}, not {step}")
@@ -578,6 +548,7 @@ class Coordinator:
                 receipts[s] = receipt
                 optimizers[s] = self.ledger.optimizer[s]
                 self.tally.counts["update"] += 1
+        found += self.replicas.check_state(step, stages, receipts, commit)
         if receipts:  # what each update receipt's output digest commits to, for the audit's weights chain
             done = {str(s): {"weights": self.ledger.final_weights[s], "optimizer": optimizers[s]} for s in receipts}
             self.ctx.events.write("updated", step=step, stages=done)
@@ -587,12 +558,14 @@ class Coordinator:
             for old in [t for t in kept if t < step - TRACES_KEPT]:
                 del kept[old]
         pushes: dict[int, list[tuple[int, str]]] = {}
+        leads = set(self.store.leads())  # a checkpoint takes each stage's state from one slot
         for s in stages:
             asked = [(m, k) for t, m, k in sample if t == s]
-            if asked or snapshot:
+            if asked or (snapshot and s in leads):
                 pushes[s] = asked
         for s, asked in pushes.items():
-            send_message(self.ctx.transport, self.roster.rank_of(s), Push(step, tuple(asked), snapshot))
+            push = Push(step, tuple(asked), snapshot and s in leads)
+            send_message(self.ctx.transport, self.roster.rank_of(s), push)
         return AfterUpdate(
             step, commit, sample, pushes, snapshot, receipts, dict(self.ledger.final_weights), optimizers, found
         )

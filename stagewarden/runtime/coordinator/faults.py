@@ -55,7 +55,7 @@ class Faults:
         with self.lock:
             if self._main_handles_fault:
                 return False  # the main thread is waiting for this verdict
-            index = fault.rank - self.ctx.config.stages - 1
+            index = fault.rank - self.roster.layout.slots - 1
             if index in self.roster.free_standbys:
                 self.bench_standby(index, fault)
                 return True
@@ -110,7 +110,7 @@ class Faults:
         connection to the coordinator is that worker's (its process is gone); otherwise (a peer's
         failure reported by a worker, a timeout) the watchdog's verdict, waited for up to a
         heartbeat timeout. ``None``: nobody can be blamed (a dispute)."""
-        workers = {self.roster.rank_of(s) for s in range(self.ctx.config.stages)} | {
+        workers = {self.roster.rank_of(s) for s in self.roster.slots} | {
             self.roster.standby_rank(k) for k in range(self.ctx.config.standby)
         }
         if isinstance(exc, TransportError):
@@ -136,7 +136,8 @@ class Faults:
             record: dict[str, Any] = {"worker": None, "stage": None, "rank": None, "cause": "unattributed"}
             record["reason"] = f"a failure no worker can be blamed for: {detail}"
         else:
-            wid, stage = self.roster.worker_at(fault.rank)
+            wid, slot = self.roster.worker_at(fault.rank)
+            stage = None if slot is None else self.roster.layout.stage(slot)
             free = [self.roster.standby_ids[k] for k in self.roster.free_standbys if self.roster.standby_ids[k] != wid]
             if stage is not None and free:
                 standby = free[0]

@@ -13,7 +13,8 @@ from stagewarden.runtime.model import build_stage
 
 
 class Ledger:
-    """The expected state of every stage, from the update receipts the coordinator accepted.
+    """The expected state of every slot, from the update receipts the coordinator accepted (the
+    maps below are keyed by slot, which with one pipeline is the stage).
 
     Attributes:
         final_weights: The weights digest (hex) each stage last reported (update, restore or load).
@@ -35,7 +36,8 @@ class Ledger:
         self.ctx = ctx
         self.final_weights: dict[int, str] = {}
         self._initial: dict[int, bytes] = {}
-        self.optimizer: dict[int, str] = {s: EMPTY_OPTIMIZER for s in range(ctx.config.stages)}
+        self.layout = ctx.config.layout
+        self.optimizer: dict[int, str] = {q: EMPTY_OPTIMIZER for q in range(self.layout.slots)}
         self.weights: dict[int, str] = {}
         self.undo: dict[int, tuple[int, str, str]] = {}
         self.last_updates: dict[int, tuple[Receipt, bytes]] = {}
@@ -51,10 +53,11 @@ class Ledger:
     def initial_weights_digest(self, s: int) -> bytes:
         """The digest of stage ``s``'s initial weights, derived from the seed (the stage is built
         once: admission measures it, and the weights chain starts from it)."""
-        if s not in self._initial:
+        stage = self.layout.stage(s)
+        if stage not in self._initial:
             c = self.ctx.config
-            self._initial[s] = digest_state_dict(build_stage(c.model, c.stages, s, c.seed).state_dict())
-        return self._initial[s]
+            self._initial[stage] = digest_state_dict(build_stage(c.model, c.stages, stage, c.seed).state_dict())
+        return self._initial[stage]
 
     def expected_weights(self, s: int) -> str:
         """The weights digest (hex) stage ``s``'s next step must compute with (see :attr:`weights`)."""
@@ -68,8 +71,8 @@ class Ledger:
         stage 0 its backward receipts are the trace. ``None`` when the stage made no update that
         step (a stage frozen by ``skip_stage``: its gradients of the step are never used)."""
         trace = self.traces.get(commit.step, {}).get(stage)
-        if trace is None and stage == 0:
-            trace = self.backward_outputs(commit, 0)
+        if trace is None and self.layout.stage(stage) == 0:
+            trace = self.backward_outputs(commit, stage)
         return trace
 
     def backward_outputs(self, commit: StepCommit, stage: int) -> list[bytes] | None:

@@ -69,7 +69,7 @@ class Recovery:
         state = RunState(
             num_stages=c.stages,
             step=step,
-            workers=dict(enumerate(self.roster.stage_ids)),
+            workers=self._pipeline_of(detection.worker),
             standbys=tuple(self.roster.standby_ids[k] for k in self.roster.free_standbys),
             checkpoints=tuple(self.store.steps),
         )
@@ -77,20 +77,26 @@ class Recovery:
             plan = plan_response(c.response, detection, state)
         except ResponseError as exc:
             raise RunFailed(f"cannot respond to the detection at step {step}: {exc}") from None
+        if self._retires(state):
+            checkpoint = max((t for t in state.checkpoints if t <= detection.step), default=0)
+            plan = self._retirement(plan, detection, checkpoint)
         if plan.response not in CARRIED_OUT:
             raise TrainingStopped(f"the {plan.response} response is not carried out by this runtime; training stops")
         record = {"step": step, "attempt": attempt, "plan": plan.to_json(), "detection": detection.to_json()}
         self.tally.responses.append(record)
         self.ctx.events.write("response", **record)
+        if plan.retired_pipeline is not None:
+            self.retire(plan)
+            return plan
         if plan.response is Response.EJECT:
             self.eject(plan, step)
             return plan
-        for s in range(c.stages):
+        for s in self.roster.slots:
             send_message(self.ctx.transport, self.roster.rank_of(s), Restore(step))
-        for s in range(c.stages):
+        for s in self.roster.slots:
             restored = receive(self.ctx.transport, self.roster.rank_of(s), Restored)
             if restored.step != step:
-                raise TransportError(f"worker {self.roster.stage_ids[s]} restored step {restored.step}, not {step}")
+                raise TransportError(f"worker {self.roster.slot_ids[s]} restored step {restored.step}, not {step}")
             self.ledger.final_weights[s] = restored.weights.hex()
             undo = self.ledger.undo.pop(s, None)
             if undo is not None and undo[0] == step:  # the stage's update of the step is taken back
@@ -104,10 +110,67 @@ class Recovery:
         the plan's checkpoint and record the replacement (the standby's receipts chain under its
         own worker id from the checkpoint's step on)."""
         assert plan.standby is not None and plan.checkpoint_step is not None
-        rank = self.roster.hand_over(plan.stage, plan.standby)
+        slot = self.roster.slot_ids.index(plan.convict)
+        rank = self.roster.hand_over(slot, plan.standby)
         self.store.restore(plan.checkpoint_step)
         self.roster.record_replacement(plan, step, rank)
-        self.admission.calibrate([plan.stage])
+        self.admission.calibrate([slot])
+        self.tally.spot["recomputations"] += 1
+
+    def _pipeline_of(self, worker: str) -> dict[int, str]:
+        """The workers of the pipeline ``worker`` serves in, by stage (what a plan is made from)."""
+        if worker not in self.roster.slot_ids:
+            return {}
+        slot = self.roster.slot_ids.index(worker)
+        layout = self.roster.layout
+        return {layout.stage(q): self.roster.slot_ids[q] for q in layout.of_pipeline(layout.pipeline(slot))}
+
+    def _retires(self, state: RunState) -> bool:
+        """Whether a convict leaves the run with its pipeline: several pipelines compute, the
+        response removes the convict (eject, rollback) and no standby is free to replace it."""
+        removes = self.ctx.config.response in (Response.EJECT, Response.ROLLBACK)
+        return removes and self.roster.layout.pipelines > 1 and not state.standbys
+
+    def _retirement(self, plan: ResponsePlan, detection: SignedDetection, checkpoint: int) -> ResponsePlan:
+        """``plan`` turned into taking the convict's pipeline out of the run, every other pipeline
+        restoring ``checkpoint``.
+
+        Raises:
+            TrainingStopped: No other pipeline is left to compute.
+        """
+        layout = self.roster.layout
+        pipeline = layout.pipeline(self.roster.slot_ids.index(detection.worker))
+        left = [p for p in range(layout.pipelines) if p != pipeline and p not in self.roster.retired]
+        if not left:
+            raise TrainingStopped(
+                f"worker {detection.worker} is convicted ({detection.check} at step {detection.step}), no standby "
+                "is left to take its slot and no other pipeline is left to compute; training stops"
+            )
+        what = f"replica {layout.replica(layout.slot(0, pipeline))}"
+        if layout.copies > 1:
+            what += f" copy {layout.copy(layout.slot(0, pipeline))}"
+        return dataclasses.replace(
+            plan,
+            response=Response(self.ctx.config.response),
+            redo_from_step=checkpoint,
+            checkpoint_step=checkpoint,
+            standby=None,
+            ejected=detection.worker,
+            bypass_stage=None,
+            frozen_stages=(),
+            fallback_from=None,
+            retired_pipeline=pipeline,
+            reason=f"no standby to take its slot: its pipeline ({what}) leaves the run and the other "
+            f"{len(left)} restore step {checkpoint}",
+        )
+
+    def retire(self, plan: ResponsePlan) -> None:
+        """Carry out a retirement: send the convict's pipeline home and restore every other
+        pipeline to the plan's checkpoint."""
+        assert plan.retired_pipeline is not None and plan.checkpoint_step is not None
+        self.roster.retire(plan.retired_pipeline)
+        self.ctx.events.write("pipeline_retired", pipeline=plan.retired_pipeline, worker=plan.convict)
+        self.store.restore(plan.checkpoint_step)
         self.tally.spot["recomputations"] += 1
 
     def rollback(self, step: int, attempt: int, detection: SignedDetection) -> ResponsePlan:
@@ -134,7 +197,7 @@ class Recovery:
             state = RunState(
                 num_stages=c.stages,
                 step=step,
-                workers=dict(enumerate(self.roster.stage_ids)),
+                workers=self._pipeline_of(detection.worker),
                 standbys=tuple(self.roster.standby_ids[k] for k in self.roster.free_standbys),
                 checkpoints=tuple(self.store.steps),
                 receipts=tuple(
@@ -153,7 +216,9 @@ class Recovery:
         assert plan.checkpoint_step is not None
         back = plan.checkpoint_step
         standby = state.standbys[0] if state.standbys else None
-        if standby is not None:
+        if self._retires(state):
+            plan = self._retirement(plan, detection, back)
+        elif standby is not None:
             plan = dataclasses.replace(
                 plan,
                 standby=standby,
@@ -193,11 +258,15 @@ class Recovery:
         self.tally.responses.append(record)
         self.ctx.events.write("response", **record)
         self.store.discard_after(back)
-        if standby is not None:
-            rank = self.roster.hand_over(plan.stage, standby)
+        if plan.retired_pipeline is not None:
+            self.retire(plan)
+            self.tally.spot["recomputations"] -= 1  # counted once below
+        elif standby is not None:
+            slot = self.roster.slot_ids.index(plan.convict)
+            rank = self.roster.hand_over(slot, standby)
             self.store.restore(back)
             self.roster.record_replacement(plan, step, rank)
-            self.admission.calibrate([plan.stage])
+            self.admission.calibrate([slot])
         else:  # the engine bypasses plan.bypass_stage in the first recomputed step
             self.store.restore(back)
         self.tally.spot["recomputations"] += 1
@@ -227,15 +296,15 @@ class Recovery:
         # the k-th receipt of a stage's unit belongs to the k-th computation of its step that the
         # stage took part in (a bypassed stage takes no part), as the offline audit counts them
         bypassed = declared_bypasses(self.tally.responses)
-        seen: dict[tuple[int, int, int, UnitKind], int] = {}
-        units: dict[tuple[int, int, int, UnitKind, int], Receipt] = {}
+        seen: dict[tuple[int, int, int, int, UnitKind], int] = {}
+        units: dict[tuple[int, int, int, int, UnitKind, int], Receipt] = {}
         last: dict[int, int] = {}
         prev = chain_genesis(self.ctx.run_id, worker)
         for record in scan.records:
             if record.type is not RecordType.RECEIPT:
                 continue
             r = parse_receipt(record.payload)
-            key = (r.stage, r.step, r.micro_batch, r.kind)
+            key = (r.stage, r.replica, r.step, r.micro_batch, r.kind)
             attempt = seen.get(key, 0)
             while bypassed.get((r.step, attempt)) == r.stage:
                 attempt += 1
@@ -252,7 +321,7 @@ class Recovery:
             if r.prev_digest != prev:
                 finding(r, "chain", f"worker {worker}'s receipt does not continue its hash chain")
             prev = receipt_digest(r)
-        for (stage, t, m, kind, attempt), r in units.items():
+        for (stage, pipeline, t, m, kind, attempt), r in units.items():
             # the receipts that count: the worker's of the last computation of each step
             if r.worker_id != worker or kind is UnitKind.UPDATE or attempt != last[t]:
                 continue
@@ -260,7 +329,8 @@ class Recovery:
             downstream = route_neighbour(stage, TransferKind.ACTIVATION, route)
             upstream = route_neighbour(stage, TransferKind.GRADIENT, route)
             before, after = (upstream, downstream) if kind is UnitKind.FORWARD else (downstream, upstream)
-            source, sink = units.get((before, t, m, kind, attempt)), units.get((after, t, m, kind, attempt))
+            source = units.get((before, pipeline, t, m, kind, attempt))
+            sink = units.get((after, pipeline, t, m, kind, attempt))
             if source is not None and source.output_digest != r.input_digest:
                 finding(r, "link", f"its {kind} input differs from the output of stage {before}")
             if sink is not None and sink.input_digest != r.output_digest:

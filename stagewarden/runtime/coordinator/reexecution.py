@@ -140,10 +140,11 @@ class Reexecution:
             self._pool = StagePool(self.ctx.config.model, self.ctx.config.stages, self.ctx.config.seed)
         return self._pool
 
-    def data(self, step: int, micro_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def data(self, step: int, micro_batch: int, shard: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Micro-batch ``micro_batch`` of ``step`` in the data shard of replica ``shard``."""
         if self._batches is None:
             self._batches = batches_for(self.ctx.config)
-        x, y = self._batches.microbatch(step, micro_batch)
+        x, y = self._batches.microbatch(step, micro_batch, shard=shard)
         return x, y
 
     def check_unit(
@@ -170,7 +171,8 @@ class Reexecution:
             except TransportError as exc:
                 return found("fetch", f"the worker did not return the committed unit: {exc}")
         inputs = unit.inputs
-        is_last = stage == c.stages - 1
+        layout = self.roster.layout
+        is_last = layout.is_last(stage)
         received = inputs.get("input") if kind == "forward" else inputs.get("targets" if is_last else "grad_output")
         if (
             received is None
@@ -181,7 +183,9 @@ class Reexecution:
                 "fetch_mismatch",
                 "the inputs or weights the worker returned differ from those its receipt commits to",
             )
-        if kind == "backward" and stage > 0:  # its forward again: on the input the forward unit committed to
+        if (
+            kind == "backward" and layout.stage(stage) > 0
+        ):  # its forward again: on the input the forward unit committed to
             forward = commit.receipt(stage, micro_batch, UnitKind.FORWARD)
             if forward is None or digest_tensor(inputs.get("input", torch.empty(0))) != forward.input_digest:
                 return found(
@@ -201,8 +205,8 @@ class Reexecution:
         within = c.spot_check_compare == "tolerance"
         if within and not _output_committed(unit, receipt, None if trace is None else trace[micro_batch]):
             return found("fetch_mismatch", "the output the worker returned differs from the one it committed to")
-        x, y = self.data(step, micro_batch)
-        if stage == 0 and not torch.equal(inputs.get("input", torch.empty(0)), x):
+        x, y = self.data(step, micro_batch, layout.replica(stage))
+        if layout.stage(stage) == 0 and not torch.equal(inputs.get("input", torch.empty(0)), x):
             return found("data", "stage 0 computed on token ids that are not the step's data")
         if is_last and not torch.equal(inputs.get("targets", torch.empty(0)), y):
             return found("data", "the last stage computed on targets that are not the step's data")
@@ -241,7 +245,7 @@ class Reexecution:
         Raises:
             SpotCheckError, KeyError, RuntimeError: The unit cannot be re-executed.
         """
-        c, stage, inputs = self.ctx.config, unit.stage, unit.inputs
+        c, stage, inputs = self.ctx.config, self.roster.layout.stage(unit.stage), unit.inputs
         with deterministic(c.train.threads):
             if unit.kind == "forward":  # its output and, on the last stage, the loss
                 outputs: dict[str, torch.Tensor] = reexecute_forward_outputs(
@@ -338,7 +342,7 @@ class Reexecution:
                 result = reexecute_update(
                     c.model,
                     c.stages,
-                    s,
+                    self.roster.layout.stage(s),
                     unit.weights,
                     grads,
                     state,
@@ -432,7 +436,7 @@ class Reexecution:
 
     def fetch_check(self, commit: StepCommit) -> None:
         c = self.ctx.config
-        for s in range(c.stages):
+        for s in self.roster.slots:
             for m, kind in ((0, UnitKind.FORWARD), (c.microbatches - 1, UnitKind.BACKWARD)):
                 unit = self.fetch(s, commit.step, m, str(kind))
                 receipt = commit.receipt(s, m, kind)

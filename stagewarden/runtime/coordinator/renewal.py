@@ -33,7 +33,7 @@ class Renewal:
 
     def _serving(self) -> list[tuple[int, str, int | None]]:
         """Every attested worker still counted on: rank, id and the stage it was admitted for."""
-        ranks = {wid: self.roster.rank_of(s) for s, wid in enumerate(self.roster.stage_ids)}
+        ranks = {wid: self.roster.rank_of(s) for s, wid in enumerate(self.roster.slot_ids)}
         ranks.update({self.roster.standby_ids[k]: self.roster.standby_rank(k) for k in self.roster.free_standbys})
         return [
             (rank, wid, self.admission.admitted_stage[wid])

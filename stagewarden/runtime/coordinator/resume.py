@@ -157,17 +157,16 @@ class Resume:
         if pending is not None:
             standby, stage, failed = pending.standby, pending.stage, pending.worker
             index = self.roster.standby_ids.index(standby) if standby in self.roster.standby_ids else None
-            if (
-                stage is not None
-                and stage < c.stages
-                and index in self.roster.free_standbys
-                and failed == self.roster.stage_ids[stage]
-            ):
+            slot = self.roster.slot_ids.index(failed) if failed in self.roster.slot_ids else None
+            if stage is not None and slot is not None and index in self.roster.free_standbys:
                 self.roster.free_standbys.remove(index)
-                self.roster.stage_ids[stage] = str(standby)
-                self.roster.stage_ranks[stage] = self.roster.standby_rank(index)
+                self.roster.slot_ids[slot] = str(standby)
+                self.roster.slot_ranks[slot] = self.roster.standby_rank(index)
                 self.roster.benched.append(str(failed))
-                self.roster.replacements.append({"worker": failed, "by": standby, "stage": stage, "from_step": step})
+                replacement: dict[str, Any] = {"worker": failed, "by": standby, "stage": stage, "from_step": step}
+                if self.roster.layout.pipeline(slot):
+                    replacement["replica"] = self.roster.layout.pipeline(slot)
+                self.roster.replacements.append(replacement)
                 fault_note = f"standby {standby} takes stage {stage} from failed worker {failed}"
             elif failed is not None:
                 fault_note = f"worker {failed} failed before the interruption and is admitted again"
@@ -229,12 +228,14 @@ class Resume:
             self.tally.spot.update(dataclasses.asdict(training.spot_check))
         if training.redundant_neighbour is not None:
             self.tally.neighbour.update(dataclasses.asdict(training.redundant_neighbour))
-        if len(training.stage_busy_seconds) == c.stages:
+        layout = self.roster.layout
+        if len(training.stage_busy_seconds) == layout.slots:  # per stage: kept per slot with one pipeline
             self.tally.busy = list(training.stage_busy_seconds)
         self.tally.wall_seconds = training.wall_seconds
         for r in training.replacements:
-            if r.stage < c.stages and r.by in self.roster.standby_ids:
-                self.roster.stage_ids[r.stage] = r.by
-                self.roster.stage_ranks[r.stage] = self.roster.standby_rank(self.roster.standby_ids.index(r.by))
-        taken = set(self.roster.stage_ids) | set(self.roster.benched) | {r.worker for r in training.replacements}
+            if r.stage < c.stages and r.replica < layout.pipelines and r.by in self.roster.standby_ids:
+                slot = layout.slot(r.stage, r.replica)
+                self.roster.slot_ids[slot] = r.by
+                self.roster.slot_ranks[slot] = self.roster.standby_rank(self.roster.standby_ids.index(r.by))
+        taken = set(self.roster.slot_ids) | set(self.roster.benched) | {r.worker for r in training.replacements}
         self.roster.free_standbys = [k for k, wid in enumerate(self.roster.standby_ids) if wid not in taken]

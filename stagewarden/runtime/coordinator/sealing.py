@@ -76,10 +76,10 @@ class Sealer:
         signed, message = self._head(steps, final=False)
         if signed is None or message is None:
             return
-        stage_ranks = {self.roster.rank_of(s) for s in range(self.ctx.config.stages)}
+        slot_ranks = {self.roster.rank_of(q) for q in self.roster.slots}
         for rank in sorted(self.roster.members()):
             send_message(self.ctx.transport, rank, message)
-            if rank in stage_ranks:
+            if rank in slot_ranks:
                 self._pending[rank] = signed.head
 
     def take_cosignature(self, worker: str, rank: int, cosignature: bytes | None, dispute: str | None) -> None:
@@ -147,8 +147,15 @@ class Sealer:
         if log is None:  # a run without receipts keeps no log to seal
             return None, None
         ctx.events.sync()
+        layout = self.roster.layout
         roster = tuple(
-            RosterEntry(stage=s, worker=w, key=self.roster.keys[w].hex()) for s, w in enumerate(self.roster.stage_ids)
+            RosterEntry(
+                stage=layout.stage(q),
+                worker=self.roster.slot_ids[q],
+                key=self.roster.keys[self.roster.slot_ids[q]].hex(),
+                replica=layout.pipeline(q),
+            )
+            for q in self.roster.slots
         )
         chains = dict(self.roster.prev)
         head = StepHead(

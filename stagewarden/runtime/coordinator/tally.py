@@ -13,7 +13,6 @@ from stagewarden.attest.files import atomic_write_text
 from stagewarden.attest.run_record import RunRecord, TrainingRecord
 from stagewarden.attest.run_record_parts import SignedDetection, WorkerInfo
 from stagewarden.runtime.coordinator.context import METRICS_FILE, RUNTIME_SUMMARY_VERSION, RunContext
-from stagewarden.runtime.protocol.ids import worker_id_for
 
 if TYPE_CHECKING:
     from stagewarden.runtime.coordinator.checkpoints import CheckpointStore
@@ -32,10 +31,10 @@ class RunTally:
         detections: Every detection, signed, as recorded.
         responses: Every response carried out.
         counts: Units, receipts and headers logged.
-        busy: Each stage's busy seconds, as its worker reports them.
+        busy: Each slot's busy seconds, as its workers report them.
         spot: The spot check's counters.
         neighbour: The redundant-neighbour check's counters.
-        tolerances: With ``spot_check_compare = "tolerance"``: each stage's calibration record.
+        tolerances: With ``spot_check_compare = "tolerance"``: each slot's calibration record.
         faults: The worker faults met.
         pending_fault: The fault the run stopped on, for the session that resumes it.
         resumes: One record per resumed session.
@@ -54,7 +53,7 @@ class RunTally:
         self.detections: list[SignedDetection] = []
         self.responses: list[dict[str, Any]] = []
         self.counts = {"forward": 0, "backward": 0, "update": 0, "receipts": 0, "headers": 0}
-        self.busy = [0.0] * config.stages
+        self.busy = [0.0] * config.layout.slots
         self.spot = {"rate": config.spot_check_rate, "units_sampled": 0, "units_checked": 0, "recomputations": 0}
         self.neighbour: dict[str, Any] = {
             "input_via": config.input_via,
@@ -64,7 +63,7 @@ class RunTally:
             "false_accusations": 0,
             "unadjudicated": 0,
         }
-        self.tolerances: list[dict[str, Any] | None] = [None] * config.stages
+        self.tolerances: list[dict[str, Any] | None] = [None] * config.layout.slots
         self.faults: list[dict[str, Any]] = []
         self.pending_fault: dict[str, Any] | None = None
         self.resumes: list[dict[str, Any]] = []
@@ -73,7 +72,8 @@ class RunTally:
     def summary(self) -> RunRecord:
         c = self.ctx.config
         tokens = c.tokens_per_step * len(self.losses)
-        final = [self.ledger.final_weights.get(s) for s in range(c.stages)]
+        # every computing pipeline holds the same weights of a stage (the checks compare them)
+        final = [self.ledger.final_weights.get(self.roster.stage_slots(s)[0]) for s in range(c.stages)]
         model_digest = blake3.blake3(b"".join(bytes.fromhex(d) for d in final if d)).hexdigest() if all(final) else None
         training = {
             "runtime_version": RUNTIME_SUMMARY_VERSION,
@@ -96,7 +96,7 @@ class RunTally:
             "standby": list(self.roster.standby_ids),
             "replacements": list(self.roster.replacements),
             "checkpoints": list(self.store.steps),
-            "stage_busy_seconds": list(self.busy),
+            "stage_busy_seconds": [sum(self.busy[q] for q in c.layout.of_stage(s)) for s in range(c.stages)],
             "spot_check": dict(self.spot) if c.verification == "spot_check" else None,
             "spot_check_tolerance": list(self.tolerances) if c.spot_check_compare == "tolerance" else None,
             "redundant_neighbour": dict(self.neighbour) if c.verification == "redundant_neighbour" else None,
@@ -107,13 +107,13 @@ class RunTally:
             "resumes": list(self.resumes),
             "benched": list(self.roster.benched),
         }
-        workers = [WorkerInfo(worker_id_for(s), s, 0) for s in range(c.stages)] + [
-            WorkerInfo(r["by"], r["stage"], 0) for r in self.roster.replacements
-        ]
+        layout = c.layout
+        workers = [WorkerInfo(layout.worker_id(q), layout.stage(q), layout.pipeline(q)) for q in range(layout.slots)]
+        workers += [WorkerInfo(r["by"], r["stage"], r.get("replica", 0)) for r in self.roster.replacements]
         return RunRecord(
             run_id=self.ctx.run_id,
             stages=c.stages,
-            replicas=1,
+            replicas=layout.pipelines,
             micro_batches=c.microbatches,
             steps=len(self.losses),
             workers=workers,
@@ -126,7 +126,12 @@ class RunTally:
         plan = self.ctx.config.attack
         malicious = set()
         if plan is not None:
-            malicious = {worker_id_for(int(s)) for s in plan.get("stages", [])}
+            layout = self.ctx.config.layout
+            malicious = {
+                layout.worker_id(layout.slot(int(s), int(p)))
+                for s in plan.get("stages", [])
+                for p in plan.get("pipelines", [0])
+            }
         return sum(1 for d in self.detections if d.worker not in malicious)
 
     def write_summary(self) -> None:

@@ -24,12 +24,13 @@ from stagewarden.runtime.protocol.fields import (
 
 
 def _roster_entry(value: Any, what: str) -> RosterEntry:
-    if not isinstance(value, list) or len(value) != 3:
-        raise ProtocolError(f"{what} must be a [stage, worker, key] triple")
+    if not isinstance(value, list) or len(value) not in (3, 4):
+        raise ProtocolError(f"{what} must be a [stage, worker, key] triple or a [stage, worker, key, replica] entry")
     stage = read_int(value[0], f"{what} stage")
     worker = read_id(value[1], f"{what} worker")
     key = read_hex(value[2], f"{what} key", DIGEST_BYTES)
-    return RosterEntry(stage=stage, worker=worker, key=key.hex())
+    replica = read_int(value[3], f"{what} replica") if len(value) == 4 else 0
+    return RosterEntry(stage=stage, worker=worker, key=key.hex(), replica=replica)
 
 
 def _chains(value: Any, what: str) -> dict[str, bytes]:
@@ -51,7 +52,8 @@ class WitnessHead(Message):
         return {
             "type": self.TYPE,
             "head": self.head.encode().hex(),
-            "roster": [[e.stage, e.worker, e.key] for e in self.roster],
+            # an entry of replica 0 is the triple a single pipeline's roster always sent
+            "roster": [[e.stage, e.worker, e.key, *([e.replica] if e.replica else [])] for e in self.roster],
             "chains": {w: d.hex() for w, d in self.chains.items()},
         }
 

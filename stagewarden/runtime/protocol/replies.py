@@ -168,7 +168,9 @@ class Commit(Message):
     received; with ``redundant_neighbour`` its failed checks and how many it ran; from the last
     stage each micro-batch's loss and (with receipts) logits digest. ``cosignature`` (an encoded
     :class:`~stagewarden.attest.step_heads.Cosignature`) or ``dispute`` answers the step head the
-    coordinator sent since the worker's last commit."""
+    coordinator sent since the worker's last commit. With replicas, ``contribution`` is the digest
+    of the accumulated gradients the worker will send the other replicas of its stage (the last
+    entry of its gradient trace, which its update receipt commits to)."""
 
     TYPE: ClassVar[str] = "commit"
     step: int
@@ -181,6 +183,7 @@ class Commit(Message):
     logits: tuple[bytes, ...] | None = None
     cosignature: bytes | None = None
     dispute: str | None = None
+    contribution: bytes | None = None
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -201,11 +204,13 @@ class Commit(Message):
             wire["cosignature"] = self.cosignature.hex()
         if self.dispute is not None:
             wire["dispute"] = self.dispute
+        if self.contribution is not None:
+            wire["contribution"] = self.contribution.hex()
         return wire
 
     @classmethod
     def parse(cls, data: Any) -> Commit:
-        optional = ("checks", "checks_run", "microbatch_losses", "logits", "cosignature", "dispute")
+        optional = ("checks", "checks_run", "microbatch_losses", "logits", "cosignature", "dispute", "contribution")
         d = read_fields(data, cls.TYPE, ("step", "receipts", "headers", "busy_ns"), optional)
         if "cosignature" in d and "dispute" in d:
             raise ProtocolError("a commit carries a cosignature or a dispute, not both")
@@ -226,6 +231,7 @@ class Commit(Message):
             read_list(d["logits"], "commit logits", read_digest) if "logits" in d else None,
             read_hex(d["cosignature"], "commit cosignature") if "cosignature" in d else None,
             read_text(d["dispute"], "commit dispute") if "dispute" in d else None,
+            read_digest(d["contribution"], "commit contribution") if "contribution" in d else None,
         )
 
 

@@ -30,14 +30,15 @@ from stagewarden.runtime.protocol.fields import (
 
 @dataclasses.dataclass(frozen=True)
 class Hello(Message):
-    """Coordinator to worker at start: who the worker is, the attestation nonce (``None``:
-    attestation is off) and the coordinator's public key, which the worker pins to check the step
-    heads it cosigns. ``chain_head`` continues a resumed run's receipt chain."""
+    """Coordinator to worker at start: who the worker is (its slot,
+    :class:`~stagewarden.runtime.layout.Layout`; ``None`` for a standby), the attestation nonce
+    (``None``: attestation is off) and the coordinator's public key, which the worker pins to check
+    the step heads it cosigns. ``chain_head`` continues a resumed run's receipt chain."""
 
     TYPE: ClassVar[str] = "hello"
     run_id: str
     worker_id: str
-    stage: int | None
+    slot: int | None
     nonce: bytes | None
     session: int
     coordinator_key: bytes
@@ -46,7 +47,7 @@ class Hello(Message):
     @property
     def role(self) -> str:
         """``stage`` or ``standby``."""
-        return "standby" if self.stage is None else "stage"
+        return "standby" if self.slot is None else "stage"
 
     def to_wire(self) -> dict[str, Any]:
         wire = {
@@ -54,7 +55,7 @@ class Hello(Message):
             "run_id": self.run_id,
             "worker_id": self.worker_id,
             "role": self.role,
-            "stage": self.stage,
+            "slot": self.slot,
             "nonce": None if self.nonce is None else self.nonce.hex(),
             "session": self.session,
             "coordinator_key": self.coordinator_key.hex(),
@@ -68,20 +69,20 @@ class Hello(Message):
         d = read_fields(
             data,
             cls.TYPE,
-            ("run_id", "worker_id", "role", "stage", "nonce", "session", "coordinator_key"),
+            ("run_id", "worker_id", "role", "slot", "nonce", "session", "coordinator_key"),
             ("chain_head",),
         )
         out = cls(
             read_id(d["run_id"], "hello run_id"),
             read_id(d["worker_id"], "hello worker_id"),
-            read_opt_int(d["stage"], "hello stage"),
+            read_opt_int(d["slot"], "hello slot"),
             None if d["nonce"] is None else read_hex(d["nonce"], "hello nonce"),
             read_int(d["session"], "hello session"),
             read_hex(d["coordinator_key"], "hello coordinator_key", DIGEST_BYTES),
             read_hex(d["chain_head"], "hello chain_head", DIGEST_BYTES) if "chain_head" in d else None,
         )
         if d["role"] != out.role:
-            raise ProtocolError(f"hello role must be {out.role!r} for stage {out.stage}")
+            raise ProtocolError(f"hello role must be {out.role!r} for slot {out.slot}")
         return out
 
 
@@ -125,7 +126,7 @@ class Release(Message):
 
 
 def read_keys(value: Any, what: str) -> dict[int, bytes]:
-    """A map of stage numbers to receipt keys."""
+    """A map of slot numbers to receipt keys."""
     return read_stage_map(value, what, read_digest)
 
 
@@ -155,14 +156,15 @@ class _StageMaps(Message):
 
 @dataclasses.dataclass(frozen=True)
 class Admitted(_StageMaps):
-    """Coordinator to worker: every stage's attested receipt key, worker id and rank."""
+    """Coordinator to worker: every computing slot's attested receipt key, worker id and rank (a
+    retired pipeline's slots are left out)."""
 
     TYPE: ClassVar[str] = "admitted"
 
 
 @dataclasses.dataclass(frozen=True)
 class Ranks(_StageMaps):
-    """Coordinator to worker after an eject: the new map of stages to keys, worker ids and ranks."""
+    """Coordinator to worker after an eject: the new map of slots to keys, worker ids and ranks."""
 
     TYPE: ClassVar[str] = "ranks"
 
@@ -187,10 +189,29 @@ class Idle(_StepOnly):
 
 
 @dataclasses.dataclass(frozen=True)
-class Update(_StepOnly):
-    """Coordinator to worker: apply the optimizer step of ``step``."""
+class Update(Message):
+    """Coordinator to worker: apply the optimizer step of ``step``. With replicas,
+    ``contributions`` are the digests of the gradients the worker's group committed to (its stage
+    in the same copy of every computing replica, in replica order): the contributions it must
+    receive and aggregate."""
 
     TYPE: ClassVar[str] = "update"
+    step: int
+    contributions: tuple[bytes, ...] | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"type": self.TYPE, "step": self.step}
+        if self.contributions is not None:
+            wire["contributions"] = [d.hex() for d in self.contributions]
+        return wire
+
+    @classmethod
+    def parse(cls, data: Any) -> Update:
+        d = read_fields(data, cls.TYPE, ("step",), ("contributions",))
+        contributions = (
+            read_list(d["contributions"], "update contributions", read_digest) if "contributions" in d else None
+        )
+        return cls(read_int(d["step"], "update step"), contributions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,17 +295,17 @@ class Push(Message):
 
 @dataclasses.dataclass(frozen=True)
 class Assign(Message):
-    """Coordinator to a standby: take ``stage`` (its state comes next, with :class:`Load`)."""
+    """Coordinator to a standby: take ``slot`` (its state comes next, with :class:`Load`)."""
 
     TYPE: ClassVar[str] = "assign"
-    stage: int
+    slot: int
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "stage": self.stage}
+        return {"type": self.TYPE, "slot": self.slot}
 
     @classmethod
     def parse(cls, data: Any) -> Assign:
-        return cls(read_int(read_fields(data, cls.TYPE, ("stage",))["stage"], "assign stage"))
+        return cls(read_int(read_fields(data, cls.TYPE, ("slot",))["slot"], "assign slot"))
 
 
 @dataclasses.dataclass(frozen=True)

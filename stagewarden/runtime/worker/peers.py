@@ -19,16 +19,44 @@ class Peers:
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
+        self.layout = config.layout
         self.run_id = ""
+        self.slot: int | None = None
+        """This worker's slot (``None`` for a standby that holds none)."""
         self.keys: dict[int, bytes] = {}
+        """The receipt keys of this worker's pipeline, by stage."""
         self.ids: dict[int, str] = {}
+        """The worker ids of this worker's pipeline, by stage."""
         self.ranks: dict[int, int] = {}
+        """The ranks of this worker's pipeline, by stage."""
+        self.group: list[tuple[int, str, bytes]] = []
+        """The rank, worker id and receipt key of every slot this worker aggregates its gradients
+        with (its stage in the same copy of every computing replica, itself included), in
+        replica order."""
+        self._maps: tuple[dict[int, bytes], dict[int, str], dict[int, int]] = ({}, {}, {})
         self.route = Route(config.stages)
         """Who each stage talks to in the current computation (another route when a stage is bypassed)."""
 
+    def place(self, slot: int | None) -> None:
+        """This worker now holds ``slot`` (at start, or a standby given one)."""
+        self.slot = slot
+        self._derive()
+
     def update(self, keys: dict[int, bytes], ids: dict[int, str], ranks: dict[int, int]) -> None:
-        """Take a new map of stages to receipt keys, worker ids and ranks (at admission, after an eject)."""
-        self.keys, self.ids, self.ranks = dict(keys), dict(ids), dict(ranks)
+        """Take a new map of slots to receipt keys, worker ids and ranks (at admission, after an eject)."""
+        self._maps = (dict(keys), dict(ids), dict(ranks))
+        self._derive()
+
+    def _derive(self) -> None:
+        keys, ids, ranks = self._maps
+        self.keys, self.ids, self.ranks, self.group = {}, {}, {}, []
+        if self.slot is None:
+            return
+        for stage in range(self.layout.stages):
+            q = self.layout.at(self.slot, stage)
+            if q in ranks:
+                self.keys[stage], self.ids[stage], self.ranks[stage] = keys[q], ids[q], ranks[q]
+        self.group = [(ranks[q], ids[q], keys[q]) for q in self.layout.peers_of(self.slot) if q in ranks]
 
     def neighbour(self, stage: int, kind: TransferKind, incoming: bool) -> int:
         """The stage ``stage`` receives from (``incoming``) or sends to, for a transfer ``kind``,

@@ -25,7 +25,7 @@ from stagewarden.attest.providers import ConfigfsTsmProvider, SimulatedProvider
 from stagewarden.attest.receipts import ExecutionEnv, UnitKind
 from stagewarden.attest.tensor_digest import digest_state_dict
 from stagewarden.attest.vendor import device_identity, load_vendor
-from stagewarden.runtime.attacks import NoAttack, PlanAttack, make_attack
+from stagewarden.runtime.attacks import AttackPlan, NoAttack, PlanAttack, make_attack
 from stagewarden.runtime.calibration import CALIBRATION_UNITS, calibration_inputs, calibration_outputs
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.data import batches_for
@@ -69,7 +69,7 @@ from stagewarden.runtime.protocol import (
     send_message,
     send_tensor_group,
 )
-from stagewarden.runtime.protocol.ids import COORDINATOR, device_id_for, worker_id_for
+from stagewarden.runtime.protocol.ids import COORDINATOR, device_id_for
 from stagewarden.runtime.schedule import gpipe, one_f_one_b
 from stagewarden.runtime.transport import Transport, TransportError
 from stagewarden.runtime.units import deterministic
@@ -189,11 +189,15 @@ class StageWorker:
         hello = receive(self.transport, COORDINATOR, Hello, Shutdown)
         if not isinstance(hello, Hello):
             return
-        self.signer.start(hello.run_id, hello.worker_id, hello.stage, hello.chain_head)
+        self.signer.start(hello.run_id, hello.worker_id, hello.chain_head)
         self.peers.run_id = hello.run_id
         self.witness.start(hello.coordinator_key)
+        if hello.slot is not None and not 0 <= hello.slot < self.config.layout.slots:
+            raise TransportError(
+                f"the coordinator placed worker {hello.worker_id} in slot {hello.slot}, which does not exist"
+            )
         with deterministic(self.config.train.threads):
-            self._setup_stage(hello.stage)
+            self._setup_stage(hello.slot)
             self._attest(hello.nonce)
         reply = receive(self.transport, COORDINATOR, Admitted, Refused, Shutdown)
         if not isinstance(reply, Admitted):
@@ -219,19 +223,26 @@ class StageWorker:
             heartbeat.stop()
             self.witness.close()
 
-    def _setup_stage(self, stage: int | None) -> None:
-        """Build the parts of ``stage`` (none for a standby without one)."""
+    def _setup_stage(self, slot: int | None) -> None:
+        """Take ``slot`` and build the parts of its stage (none for a standby without one)."""
         self.runner = None
-        if stage is None:
+        self.peers.place(slot)
+        if slot is None:
             return
-        c = self.config
+        c, layout = self.config, self.config.layout
+        stage = layout.stage(slot)
+        self.signer.stage, self.signer.pipeline = stage, layout.pipeline(slot)
         state = StageState(c, stage, self.device, self.worker_id, perturb=self.hooks.tampers_measurement(stage))
         neighbour = NeighbourCheck(c, stage, self.device, self.transport, self.peers, self.signer)
         reads_data = stage in (0, c.stages - 1) or (neighbour.replica is not None and stage == 1)
         schedule = (gpipe if c.schedule == "gpipe" else one_f_one_b)(c.stages, c.microbatches)[stage]
-        # the plan names stages, and so the workers first given them: a standby never attacks
-        original = self.worker_id == worker_id_for(stage)
-        attack = make_attack(c.attack, stage, c.model.vocab_size) if original else None
+        # the plan names stages and pipelines, and so the workers first given those slots: a
+        # standby never attacks
+        original = self.worker_id == layout.worker_id(slot)
+        attacks = (
+            original and c.attack is not None and layout.pipeline(slot) in AttackPlan.from_json(c.attack).pipelines
+        )
+        attack = make_attack(c.attack, stage, c.model.vocab_size) if attacks else None
         if isinstance(attack, PlanAttack):
             attack.relay_equivocation = c.verification == "redundant_neighbour" and c.input_via == "upstream"
         self.runner = StepRunner(
@@ -247,6 +258,7 @@ class StageWorker:
             self.hooks.skew(stage) if original else None,
             batches_for(c) if reads_data else None,
             self.device,
+            shard=layout.replica(slot),
         )
 
     def _attest(self, nonce: bytes | None) -> None:
@@ -336,7 +348,7 @@ class StageWorker:
             self._answer = answer
 
     def _on_update(self, msg: Update) -> None:
-        send_message(self.transport, COORDINATOR, self._stage().update(msg.step))
+        send_message(self.transport, COORDINATOR, self._stage().update(msg.step, msg.contributions))
 
     def _on_restore(self, msg: Restore) -> None:
         """Return to the state before the step (weights and optimizer state) and drop its gradients."""
@@ -346,17 +358,16 @@ class StageWorker:
         send_message(self.transport, COORDINATOR, Restored(msg.step, weights))
 
     def _on_ranks(self, msg: Ranks) -> None:
-        """Take the coordinator's new map of stages to ranks, worker ids and receipt keys (after an eject)."""
+        """Take the coordinator's new map of slots to ranks, worker ids and receipt keys (after an eject)."""
         self.peers.update(msg.keys, msg.workers, msg.ranks)
 
     def _on_assign(self, msg: Assign) -> None:
-        """A standby takes a stage: build it (its weights come next, with ``load``). The standby is
+        """A standby takes a slot: build it (its weights come next, with ``load``). The standby is
         a different worker from the one it replaces: it runs no attack plan."""
-        if self.runner is not None or not 0 <= msg.stage < self.config.stages:
-            raise TransportError(f"worker {self.worker_id} cannot take stage {msg.stage!r}")
-        self.signer.stage = msg.stage
+        if self.runner is not None or not 0 <= msg.slot < self.config.layout.slots:
+            raise TransportError(f"worker {self.worker_id} cannot take slot {msg.slot!r}")
         with deterministic(self.config.train.threads):
-            self._setup_stage(msg.stage)
+            self._setup_stage(msg.slot)
 
     def _on_snapshot(self, msg: SnapshotRequest) -> None:
         """Send the stage's weights and optimizer state (after the step) for a checkpoint."""

@@ -35,13 +35,16 @@ class Signer:
         self.worker_id = ""
         self.stage: int | None = None
         """The stage the worker runs (``None`` for a standby that has none yet)."""
+        self.pipeline = 0
+        """The pipeline of the worker's slot, which its receipts and headers name as their replica
+        (:mod:`stagewarden.runtime.layout`)."""
         self.prev = b""
         """The digest of the last receipt signed (or the chain's genesis), which the next one links to."""
 
-    def start(self, run_id: str, worker_id: str, stage: int | None, chain_head: bytes | None) -> None:
+    def start(self, run_id: str, worker_id: str, chain_head: bytes | None) -> None:
         """Sign as ``worker_id`` of ``run_id``, continuing the chain from ``chain_head`` (a resumed
         run's last logged receipt) or from its genesis."""
-        self.run_id, self.worker_id, self.stage = run_id, worker_id, stage
+        self.run_id, self.worker_id = run_id, worker_id
         self.prev = chain_head if chain_head is not None else chain_genesis(run_id, worker_id)
 
     def receipt(
@@ -54,7 +57,7 @@ class Signer:
                 run_id=self.run_id,
                 worker_id=self.worker_id,
                 stage=self.stage,
-                replica=0,
+                replica=self.pipeline,
                 step=step,
                 micro_batch=mb,
                 kind=kind,
@@ -78,7 +81,7 @@ class Signer:
             run_id=self.run_id,
             sender=self.worker_id,
             sender_stage=self.stage,
-            sender_replica=0,
+            sender_replica=self.pipeline,
             receiver_stage=receiver,
             step=step,
             micro_batch=mb,

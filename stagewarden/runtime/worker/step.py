@@ -11,6 +11,7 @@ signed as the unit ends.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from stagewarden.runtime.route import Route
 from stagewarden.runtime.schedule import Action, ActionKind
 from stagewarden.runtime.transport import Transport, TransportError
 from stagewarden.runtime.units import ForwardState, loss_digest, optimizer_step, stage_backward, stage_forward
+from stagewarden.runtime.worker.contributions import apply_aggregate, exchange, flat_gradients, shaped_digest
 from stagewarden.runtime.worker.grads import backward_output, gather_grads, grads_digest
 from stagewarden.runtime.worker.hooks import skew_backward, skew_weights
 from stagewarden.runtime.worker.neighbour import NeighbourCheck, Relay
@@ -111,6 +113,7 @@ class StepRunner:
         skew: The relative numerics skew of a test hook, if any.
         batches: The run's data, on the stages that read it.
         device: Where the stage computes.
+        shard: The data-parallel replica whose shard of the data the stage reads.
     """
 
     def __init__(
@@ -127,8 +130,11 @@ class StepRunner:
         skew: float | None,
         batches: Batches | None,
         device: torch.device,
+        *,
+        shard: int = 0,
     ) -> None:
         self.config, self.stage, self.schedule, self.state = config, stage, schedule, state
+        self.shard = shard
         self.neighbour, self.transport, self.peers, self.signer = neighbour, transport, peers, signer
         self.attack, self.skew, self.batches, self.device = attack, skew, batches, device
         self._actions: dict[ActionKind, Callable[[StepState, Action], None]] = {
@@ -171,7 +177,13 @@ class StepRunner:
             if c.receipts:
                 logits = tuple(st.logits[m] for m in range(c.microbatches))
         receipts, headers = tuple(st.receipts), tuple(st.headers)
-        return Commit(step, receipts, headers, int(st.busy * 1e9), checks, checks_run, losses, logits)
+        contribution = None
+        if len(self.peers.group) > 1:  # the digest of what this worker sends its stage's other replicas
+            contribution = (
+                st.trace[-1] if c.receipts else shaped_digest(self.state.module, flat_gradients(self.state.module))
+            )
+        commit = Commit(step, receipts, headers, int(st.busy * 1e9), checks, checks_run, losses, logits)
+        return dataclasses.replace(commit, contribution=contribution) if contribution is not None else commit
 
     def begin(self, step: int, attempt: int) -> StepState:
         """Record the state the step starts from: a recomputation starts from the recorded one."""
@@ -223,7 +235,7 @@ class StepRunner:
         received = st.inputs.get(m)
         if module.is_first or module.is_last:
             assert self.batches is not None
-            x, y = self.batches.microbatch(step, m)
+            x, y = self.batches.microbatch(step, m, shard=self.shard)
             if module.is_first:
                 st.inputs[m] = x.to(self.device)
             st.targets[m] = y.to(self.device)
@@ -353,10 +365,15 @@ class StepRunner:
 
     # -- the update --------------------------------------------------------------------------------
 
-    def update(self, step: int) -> Updated:
+    def update(self, step: int, contributions: tuple[bytes, ...] | None = None) -> Updated:
         """Apply the optimizer step of ``step``; the report of it, with its update receipt. Which
         units of the step are sampled (the update among them) the coordinator says only
         afterwards, in a ``push`` message.
+
+        With replicas the worker first replaces its gradients with the aggregate of its group's
+        ``contributions`` (the committed digests, in replica order;
+        :mod:`~stagewarden.runtime.worker.contributions`), and its gradient trace gains the
+        aggregate's digest as a last entry: the update receipt commits to what it applied.
 
         Raises:
             TransportError: The stage has no gradient trace of ``step`` to update from.
@@ -374,6 +391,8 @@ class StepRunner:
         optimizer_before = b""
         if receipts_on:
             optimizer_before = state.optimizer_digest or optimizer_state_digest(module, state.optimizer)
+        if len(self.peers.group) > 1:
+            trace = [*trace, self._aggregate(step, contributions)]
         if state.keeps_state:  # the step clears them (set to None): the tensors stay as they are
             record.grads = {n: p.grad.detach() for n, p in module.named_parameters() if p.grad is not None}
         began = time.perf_counter()
@@ -401,3 +420,16 @@ class StepRunner:
             receipt = self.signer.receipt(step, 0, UnitKind.UPDATE, inp, out, before, env)
             commitment = UpdateCommitment(receipt, optimizer_before, optimizer_after, tuple(trace))
         return Updated(step, after, int(busy * 1e9), commitment)
+
+    def _aggregate(self, step: int, contributions: tuple[bytes, ...] | None) -> bytes:
+        """Exchange gradients with the group and take their aggregate; its digest."""
+        if contributions is None:
+            raise TransportError(f"the update of step {step} names no contributions to aggregate")
+        module = self.state.module
+        group = [(rank, worker) for rank, worker, _ in self.peers.group]
+        own = next((rank for rank, worker in group if worker == self.signer.worker_id), None)
+        if own is None:
+            raise TransportError(f"worker {self.signer.worker_id} is not in its own aggregation group")
+        received = exchange(module, self.transport, group, own, flat_gradients(module), contributions)
+        apply_aggregate(module, self.config.aggregation, received)
+        return grads_digest(module)

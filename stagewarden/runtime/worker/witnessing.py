@@ -68,7 +68,7 @@ class Witness:
             return "the chain heads sent with it are not the ones it signs"
         own_key = bytes(signer.key.verify_key).hex()
         if signer.stage is not None:
-            entry = next((e for e in msg.roster if e.stage == signer.stage), None)
+            entry = next((e for e in msg.roster if (e.stage, e.replica) == (signer.stage, signer.pipeline)), None)
             if entry is None or entry.worker != signer.worker_id or entry.key != own_key:
                 return f"its roster does not name this worker with its key for stage {signer.stage}"
             if msg.chains.get(signer.worker_id) != signer.prev:

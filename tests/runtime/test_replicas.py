@@ -1,0 +1,220 @@
+"""Data-parallel replicas: R pipelines on their own data shards whose workers of a stage exchange
+gradient contributions and apply one aggregated update, checked by the coordinator and the audit."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from distributed_helpers import concatenated_reference, tiny_config
+
+from stagewarden.attest.audit import audit_run_dir
+from stagewarden.attest.receipt_log import RecordType, scan_log
+from stagewarden.attest.receipts import UnitKind, parse_receipt
+from stagewarden.attest.rundir import LOG_FILE
+from stagewarden.runtime.attacks import AttackPlan
+from stagewarden.runtime.config import ConfigError
+from stagewarden.runtime.launch import launch_local
+from stagewarden.runtime.layout import Layout
+
+
+def _errors(run: Path) -> list[str]:
+    return [f"{f.code}: {f.message}" for f in audit_run_dir(run).errors]
+
+
+def _receipts(run: Path) -> list[Any]:
+    return [
+        parse_receipt(r.payload)
+        for r in scan_log((run / LOG_FILE).read_bytes()).records
+        if r.type is RecordType.RECEIPT
+    ]
+
+
+def test_the_layout_numbers_slots_pipeline_after_pipeline() -> None:
+    """Slot q is stage q % S of pipeline q // S; pipelines are replica-major, copies inside."""
+    layout = Layout(stages=3, replicas=2, copies=2)
+    assert (layout.pipelines, layout.slots) == (4, 12)
+    assert [layout.stage(q) for q in range(4)] == [0, 1, 2, 0]
+    assert [(layout.replica(q), layout.copy(q)) for q in (0, 3, 6, 9)] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert layout.copies_of(layout.slot(1, 2)) == [7, 10]
+    assert layout.peers_of(layout.slot(1, 1)) == [4, 10]
+    assert layout.worker_id(layout.slot(2, 3)) == "s2r1c1"
+    assert Layout(3, 2).worker_id(4) == "s1r1" and Layout(3).worker_id(2) == "s2r0"
+
+
+def test_a_run_with_replicas_trains_like_one_process_on_the_concatenated_batch(tmp_path: Path) -> None:
+    """Two replicas of a 2-stage pipeline: each reads its own shard, the workers of a stage average
+    their gradients, and the losses are those of one process training on both shards' micro-batches
+    as one batch (the same sums in another order: equal to float32 rounding). Both pipelines sign
+    receipts under their own pipeline index, hold the same weights, and the run audits clean."""
+    config = tiny_config(replicas=2, steps=3)
+    run = tmp_path / "run"
+    summary = launch_local(config, run).summary
+    assert summary["status"] == "completed" and summary["detections"] == []
+    expected = concatenated_reference(config)
+    assert summary["losses"] == pytest.approx(expected, rel=2e-5, abs=2e-5)
+    single = concatenated_reference(dataclasses.replace(config, replicas=1))
+    assert summary["losses"][1:] != pytest.approx(single[1:], rel=1e-4)  # the second shard counts
+    record = json.loads((run / "summary.json").read_text())
+    assert record["replicas"] == 2
+    assert {(w["id"], w["stage"], w["replica"]) for w in record["workers"]} == {
+        ("s0r0", 0, 0),
+        ("s1r0", 1, 0),
+        ("s0r1", 0, 1),
+        ("s1r1", 1, 1),
+    }
+    receipts = _receipts(run)
+    assert {(r.worker_id, r.replica) for r in receipts} == {("s0r0", 0), ("s1r0", 0), ("s0r1", 1), ("s1r1", 1)}
+    for stage in (0, 1):  # one aggregated update: the replicas' update receipts commit to the same state
+        for step in range(config.steps):
+            outputs = {
+                r.output_digest for r in receipts if r.kind is UnitKind.UPDATE and (r.stage, r.step) == (stage, step)
+            }
+            assert len(outputs) == 1
+    assert _errors(run) == []
+
+
+def test_the_median_of_three_replicas_bounds_what_one_drifting_replica_can_do(tmp_path: Path) -> None:
+    """A gradient drift on replica 1's stage 0 (a fixed direction added to every accumulated
+    gradient) enters the aggregate. Under the mean, how far the model moves follows the drift:
+    1e4 and 1e6 give other weights. Under the median of three, a drift that far beyond the honest
+    gradients puts the drifting replica outside the honest two at every coordinate, so the
+    aggregate is one honest value or the other however far it goes: 1e4 and 1e6 give the same
+    weights bit for bit (and other weights than a clean run: the median still lets it choose among
+    the honest values). Nothing is detected: robust aggregation masks, it does not attribute."""
+    base = tiny_config(replicas=3, steps=2, checkpoint_every=0)
+
+    def drift(amount: float) -> dict[str, Any]:
+        return AttackPlan.from_cli("grad_drift", "0", 1.0, 0, drift=amount, pipelines="1").to_json()
+
+    runs = {
+        "clean_median": dataclasses.replace(base, aggregation="median"),
+        "mean_small": dataclasses.replace(base, attack=drift(1e4)),
+        "mean_large": dataclasses.replace(base, attack=drift(1e6)),
+        "median_small": dataclasses.replace(base, aggregation="median", attack=drift(1e4)),
+        "median_large": dataclasses.replace(base, aggregation="median", attack=drift(1e6)),
+    }
+    summaries = {name: launch_local(config, tmp_path / name).summary for name, config in runs.items()}
+    assert all(s["status"] == "completed" and s["detections"] == [] for s in summaries.values())
+    final = {name: s["final_weights"]["stages"][0] for name, s in summaries.items()}
+    assert final["median_small"] == final["median_large"] != final["clean_median"]
+    assert final["mean_small"] != final["mean_large"]
+    for name in runs:
+        assert _errors(tmp_path / name) == []
+
+
+def test_a_replica_whose_update_differs_from_the_others_is_outvoted_and_its_pipeline_retired(
+    tmp_path: Path,
+) -> None:
+    """Replica 1's stage 1 moves its weights after every update (attack ``weights``): its state
+    after step 0 differs from the other two replicas', which agree; the coordinator blames it
+    (``replica_state``) at step 0, and with no standby its pipeline leaves the run, the others
+    restore step 0 and complete; the audit accepts the retirement, and a summary that hides it
+    does not audit clean."""
+    plan = AttackPlan.from_cli("weights", "1", 1.0, 0, pipelines="1").to_json()
+    config = tiny_config(replicas=3, steps=3, attack=plan)
+    run = tmp_path / "run"
+    summary = launch_local(config, run).summary
+    assert summary["status"] == "completed" and summary["steps_completed"] == 3
+    assert [(d["worker"], d["step"], d["check"]) for d in summary["detections"]] == [("s1r1", 0, "replica_state")]
+    plan_record = summary["responses"][0]["plan"]
+    assert (plan_record["response"], plan_record["retired_pipeline"], plan_record["checkpoint_step"]) == ("eject", 1, 0)
+    assert summary["false_alarms"] == 0
+    assert _errors(run) == []
+    # hide the retirement: the retired pipeline's workers now miss receipts and the seal breaks
+    record = json.loads((run / "summary.json").read_text())
+    del record["responses"][0]["plan"]["retired_pipeline"]
+    (run / "summary.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    assert _errors(run)
+
+
+def test_configurations_that_cannot_run_with_replicas_are_refused() -> None:
+    """Each mode that assumes one pipeline, and a rule that needs more replicas, is refused with why."""
+    with pytest.raises(ConfigError, match="redundant_neighbour checks one pipeline"):
+        tiny_config(replicas=2, verification="redundant_neighbour")
+    with pytest.raises(ConfigError, match="skip_stage bypasses a stage of a single pipeline"):
+        tiny_config(replicas=2, response="skip_stage")
+    with pytest.raises(ConfigError, match="krum needs at least 3 replicas"):
+        tiny_config(replicas=2, aggregation="krum")
+    with pytest.raises(ConfigError, match="pipelines \\[2\\] do not exist"):
+        tiny_config(replicas=2, attack=AttackPlan.from_cli("reverse", "1", pipelines="2").to_json())
+    with pytest.raises(ConfigError, match="replicas must be a whole number"):
+        tiny_config(replicas=0)
+
+
+class _Wire:
+    """A transport between a worker (rank 1) and its group, whose peers send ``sent``."""
+
+    def __init__(self, sent: dict[int, Any]) -> None:
+        self.sent, self.posted = sent, []
+
+    def send_tensor(self, dst: int, tensor: Any, *, blocking: bool = True) -> None:
+        self.posted.append((dst, tensor.clone()))
+
+    def recv_tensor(self, src: int, dtype: Any, shape: tuple[int, ...]) -> Any:
+        return self.sent[src]
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_contribution_other_than_the_committed_one_is_refused_and_blamed_on_its_sender() -> None:
+    """The group's worker of rank 2 committed one contribution and sends another (a replica's
+    equivocation): the receiver refuses it as a malformed message from rank 2, before anything is
+    aggregated; the committed one is taken, and the receiver's own goes to every other member."""
+    import torch
+
+    from stagewarden.runtime.model import build_stage
+    from stagewarden.runtime.transport import TransportError
+    from stagewarden.runtime.worker.contributions import exchange, shaped_digest
+
+    module = build_stage(tiny_config().model, 2, 0, 0)
+    size = sum(p.numel() for p in module.parameters())
+    own, honest = torch.ones(size), torch.full((size,), 2.0)
+    committed = (shaped_digest(module, own), shaped_digest(module, honest))
+    group = [(1, "s0r0"), (2, "s0r1")]
+    wire = _Wire({2: honest})
+    got = exchange(module, wire, group, 1, own, committed)  # type: ignore[arg-type]
+    assert torch.equal(got[1], honest) and [dst for dst, _ in wire.posted] == [2]
+    forged = _Wire({2: honest * 1.5})
+    with pytest.raises(TransportError, match="another gradient contribution than the one it committed") as caught:
+        exchange(module, forged, group, 1, own, committed)  # type: ignore[arg-type]
+    assert caught.value.peer == 2
+    with pytest.raises(TransportError, match="names 1 committed contributions for a group of 2"):
+        exchange(module, wire, group, 1, own, committed[:1])  # type: ignore[arg-type]
+
+
+def test_spot_checks_catch_an_attack_on_one_replica_and_its_slot_goes_to_the_standby(tmp_path: Path) -> None:
+    """Replica 1's stage 0 reverses its activations; a spot check of every unit catches it at
+    step 0, the standby takes its slot in replica 1's pipeline, and the run completes and audits
+    clean with the standby named in replica 1."""
+    plan = AttackPlan.from_cli("reverse", "0", 1.0, 0, pipelines="1").to_json()
+    config = tiny_config(replicas=2, steps=2, verification="spot_check", spot_check_rate=1.0, attack=plan, standby=1)
+    run = tmp_path / "run"
+    summary = launch_local(config, run).summary
+    assert summary["status"] == "completed" and summary["steps_completed"] == 2
+    assert {(d["worker"], d["step"]) for d in summary["detections"]} == {("s0r1", 0)}
+    assert summary["replacements"] == [{"worker": "s0r1", "by": "standby0", "stage": 0, "from_step": 0, "replica": 1}]
+    record = json.loads((run / "summary.json").read_text())
+    assert {"id": "standby0", "stage": 0, "replica": 1} in record["workers"]
+    assert _errors(run) == []
+
+
+@pytest.mark.parametrize("edit", ["fewer_replicas", "moved_worker"])
+def test_a_replicas_record_rewritten_after_the_run_does_not_audit_clean(tmp_path: Path, edit: str) -> None:
+    """Claiming one pipeline fewer, or moving a worker of replica 1 to replica 0, in the sealed
+    summary is caught."""
+    run = tmp_path / "run"
+    launch_local(tiny_config(replicas=2, steps=1), run)
+    assert _errors(run) == []
+    record = json.loads((run / "summary.json").read_text())
+    if edit == "fewer_replicas":
+        record["replicas"] = 1
+        record["workers"] = [w for w in record["workers"] if w["replica"] == 0]
+    else:
+        next(w for w in record["workers"] if w["id"] == "s1r1")["replica"] = 0
+    (run / "summary.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    assert _errors(run)
