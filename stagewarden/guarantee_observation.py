@@ -15,7 +15,7 @@ from typing import Any
 
 from stagewarden.attest.run_record import RunRecord
 from stagewarden.confidence import clopper_pearson
-from stagewarden.run_history import RunHistory, Unit, detected, tampered_units
+from stagewarden.run_history import RunHistory, Unit, attacking_workers, detected, tampered_units
 from stagewarden.spec import BoundedDamageGuarantee, LoadedSpec
 
 #: Outcomes of comparing a guarantee with a run.
@@ -91,14 +91,15 @@ class _Tally:
     missed: list[Unit] = dataclasses.field(default_factory=list)
 
 
-def _tally(attack: dict[str, Any], history: RunHistory, stages: int, microbatches: int) -> _Tally:
+def _tally(attack: dict[str, Any], history: RunHistory, config: Any) -> _Tally:
     tally = _Tally()
     poison = attack.get("kind") == "poison_data"
+    attackers = attacking_workers(attack, config.to_json())
     for comp in history.computations:
-        for unit in tampered_units(attack, comp, stages, microbatches):
+        for unit in tampered_units(attack, comp, config.stages, config.microbatches):
             if comp.kept:
                 tally.in_model.append(unit)
-            (tally.caught if detected(unit, comp, poison) else tally.missed).append(unit)
+            (tally.caught if detected(unit, comp, poison, attackers) else tally.missed).append(unit)
     return tally
 
 
@@ -142,7 +143,7 @@ def observe_guarantees(
     attack: dict[str, Any] | None = config.attack
     malicious = set(attack.get("stages", [])) if attack else set()
     outside = _outside_model(loaded, attack) if attack else None
-    tally = _tally(attack, history, config.stages, config.microbatches) if attack and history else None
+    tally = _tally(attack, history, config) if attack and history else None
     status = summary.training.status if summary.training is not None else None
     observations: list[GuaranteeObservation] = []
     broken: list[tuple[GuaranteeObservation, str]] = []

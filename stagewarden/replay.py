@@ -83,7 +83,10 @@ def attack_from_trace(trace: dict[str, Any], settings: dict[str, Any]) -> tuple[
     (``input_via: checked_worker``: the trace's forged consistent pair); ``tamper_gradients``
     becomes ``reverse`` on the gradients, ``tamper_weights`` ``weights``, ``equivocate``
     ``equivocate``, ``poison_data`` and ``false_accuse`` themselves. A worker whose role is
-    ``covers`` only colludes as a checker.
+    ``covers`` only colludes as a checker, but a ``replicate`` copy that covers for another copy
+    of its slot tampers alike (so the copies agree on the forged value). A worker ``s:r#j`` is copy
+    ``j`` of slot ``s:r``; the plan names the stages and the pipelines of the malicious workers, so
+    they must be every stage of the same pipelines.
 
     Raises:
         ReplayError: The trace has no malicious worker, or an action the runtime cannot mount.
@@ -95,6 +98,10 @@ def attack_from_trace(trace: dict[str, Any], settings: dict[str, Any]) -> tuple[
         raise ReplayError("the trace has no malicious worker: there is no attack to replay")
     covering = {_slot(m["worker"], settings) for m in malicious if m.get("role") == "covers"}
     acting = {_slot(m["worker"], settings) for m in malicious if m.get("role") != "covers"}
+    if settings.get("verification") == "replicate":
+        # a copy that covers for another copy of its slot agrees on the forged value: it tampers alike
+        acting |= covering
+        covering = set()
     covers = sorted({s for s, _ in covering})
     actors = sorted({s for s, _ in acting})
     pipelines = sorted({p for _, p in acting}) or [0]
@@ -219,7 +226,7 @@ def observe(kind: str, run_dir: str | Path, expect_attack: bool, max_undetected:
     """
     from stagewarden.attest.rundir import RunDir
     from stagewarden.guarantee_observation import _tally
-    from stagewarden.run_history import read_events, reconstruct
+    from stagewarden.run_history import attacking_workers, read_events, reconstruct
     from stagewarden.runtime.config import RunConfig
 
     training = RunDir(run_dir).summary.require_training()
@@ -227,11 +234,12 @@ def observe(kind: str, run_dir: str | Path, expect_attack: bool, max_undetected:
     attack = config.attack
     events, _ = read_events(Path(run_dir) / "events.jsonl")
     history = reconstruct(events)
-    tally = _tally(attack, history, config.stages, config.microbatches)
-    malicious = set(attack.get("stages", [])) | set(attack.get("covers", []))
+    tally = _tally(attack, history, config)
+    covers = set(attack.get("covers", []))
+    attackers = attacking_workers(attack, training.config)
     detections = training.detections
-    framed = [d for d in detections if d.stage not in malicious]
-    convicted = [d for d in detections if d.stage in malicious]
+    framed = [d for d in detections if d.worker not in attackers and d.stage not in covers]
+    convicted = [d for d in detections if d.worker in attackers or d.stage in covers]
     poisoned = len(tally.in_model) if attack.get("kind") == "poison_data" else 0
     counts = dict(
         detections=len(detections),

@@ -289,11 +289,27 @@ def tampered_units(attack: Any, computation: Computation, stages: int, microbatc
     return out
 
 
-def detected(unit: Unit, computation: Computation, poison: bool) -> bool:
+def attacking_workers(attack: Any, config: Any) -> frozenset[str]:
+    """The ids of the workers an attack plan makes malicious in a run of configuration ``config``
+    (JSON, as ``summary.json`` records it): the first workers of its stages in its pipelines."""
+    from stagewarden.runtime.attacks import AttackPlan
+    from stagewarden.runtime.config import RunConfig
+
+    plan, layout = AttackPlan.from_json(attack), RunConfig.from_json(config).layout
+    return frozenset(
+        layout.worker_id(layout.slot(s, p)) for s in plan.stages if s < layout.stages for p in plan.pipelines
+    )
+
+
+def detected(unit: Unit, computation: Computation, poison: bool, attackers: frozenset[str] | None = None) -> bool:
     """Whether a detection of ``computation`` names ``unit`` (for ``poison_data``, any unit of
-    stage 0 of the same micro-batch: the data check runs on its forward and backward units)."""
+    stage 0 of the same micro-batch: the data check runs on its forward and backward units); with
+    ``attackers``, only a detection that blames one of them counts (a ``replicate`` majority of
+    colluding copies blames the honest copy of the same unit)."""
     s, t, m, kind = unit
     for d in computation.detections:
+        if attackers is not None and d.get("worker") not in attackers:
+            continue
         if d.get("stage") == s and d.get("step") == t and d.get("microbatch") == m:
             if poison or d.get("unit_kind") == kind:
                 return True

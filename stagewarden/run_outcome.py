@@ -14,7 +14,14 @@ from typing import Any
 
 from stagewarden.attest.run_record import RunRecord, TrainingRecord
 from stagewarden.attest.run_record_parts import ResponseRecord
-from stagewarden.run_history import EVENTS_FILE, detected, read_events, reconstruct, tampered_units
+from stagewarden.run_history import (
+    EVENTS_FILE,
+    attacking_workers,
+    detected,
+    read_events,
+    reconstruct,
+    tampered_units,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +71,12 @@ def attack_outcome(run_dir: Path, record: RunRecord) -> AttackOutcome | None:
     history = reconstruct(events)
     stages, microbatches = record.stages, record.micro_batches
     poison = attack.get("kind") == "poison_data"
+    attackers = attacking_workers(attack, record.training.config) if record.training is not None else None
     tampered = found = in_model = 0
     for computation in history.computations:
         for unit in tampered_units(attack, computation, stages, microbatches):
             tampered += 1
-            found += detected(unit, computation, poison)
+            found += detected(unit, computation, poison, attackers)
             in_model += computation.kept
     return AttackOutcome(describe_attack(attack), tampered, found, in_model)
 
