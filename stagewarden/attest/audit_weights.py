@@ -27,6 +27,15 @@ With several pipelines (data-parallel replicas or ``replicate`` copies) the chai
 slot: an ``updated`` event is keyed by slot (``pipeline x stages + stage``; with one pipeline, the
 stage), while a checkpoint holds one state per stage, which every pipeline's slot of the stage
 must hold.
+
+With data-parallel replicas each slot's entry also holds the optimizer state before the update and
+the gradient trace it started from, whose last two entries are the commitment to the contributions
+the replica aggregated and the aggregate's digest
+(:func:`~stagewarden.attest.tensor_digest.aggregate_commitment`). The audit checks
+(``AGGREGATE_MISMATCH``) that the trace and the state before are what the slot's signed update
+receipt commits to, that every replica of a stage (the same copy of each) recomputes to the
+commitment of the run's rule over the group's contributions (each member's own accumulated
+gradients, the trace entry before the commitment) and that they applied the same aggregate.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ from .receipts import Receipt, UnitKind
 from .run_limits import MAX_FILE_BYTES
 from .run_record import RunDirError, RunRecord, read_bounded
 from .rundir import EVENTS_LOG_FILE
-from .tensor_digest import update_output_digest
+from .tensor_digest import aggregate_commitment, gradient_trace_digest, update_input_digest, update_output_digest
 
 __all__ = ["CHECKPOINTS_DIR", "WeightsChain"]
 
@@ -65,6 +74,9 @@ class WeightsChain:
         """The weights of the checkpoint each slot started from or was restored to."""
         self.stages = summary.stages
         self.pipelines = summary.replicas
+        config = summary.training.config if summary.training is not None else {}
+        self.rule = str(config.get("aggregation", "mean"))
+        self.copies = int(config.get("replicate_factor", 3)) if config.get("verification") == "replicate" else 1
 
     def _slots(self, stage: int) -> list[int]:
         return [p * self.stages + stage for p in range(self.pipelines)]
@@ -109,6 +121,7 @@ class WeightsChain:
         self, number: int, event: dict[str, Any], updates: dict[tuple[int, int], list[Receipt]], used: dict[Any, int]
     ) -> None:
         step = int(event["step"])
+        traces: dict[int, list[bytes]] = {}
         for key, pair in dict(event["stages"]).items():
             stage = int(key)  # the slot: with one pipeline, the stage
             weights, optimizer = str(pair["weights"]), str(pair["optimizer"])
@@ -124,6 +137,18 @@ class WeightsChain:
                     f"event {number}: stage {stage}'s update receipt of step {step} ({receipt.worker_id}) does not "
                     "commit to the weights and optimizer state the coordinator logged"
                 )
+            if "trace" in pair:
+                trace = [bytes.fromhex(str(d)) for d in pair["trace"]]
+                committed = update_input_digest(
+                    gradient_trace_digest(trace), bytes.fromhex(str(pair["optimizer_before"]))
+                )
+                if committed != receipt.input_digest:
+                    self._aggregate(
+                        f"event {number}: the gradient trace logged for {receipt.worker_id}'s update of step {step} is "
+                        "not the one its update receipt commits to"
+                    )
+                else:
+                    traces[stage] = trace
             before = self._current(stage)
             if before is not None and receipt.weights_digest.hex() != before:
                 self._add(
@@ -131,6 +156,36 @@ class WeightsChain:
                     f"{receipt.weights_digest.hex()[:16]}, not on the {before[:16]} the stage held"
                 )
             self.held[stage].append((step, weights))
+        self._aggregates(number, step, traces)
+
+    def _aggregates(self, number: int, step: int, traces: dict[int, list[bytes]]) -> None:
+        """Each replica group's aggregate of ``step`` recomputed from its members' logged traces."""
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for slot in sorted(traces):
+            groups[(slot % self.stages, (slot // self.stages) % self.copies)].append(slot)
+        mbs = self.summary.micro_batches
+        for (stage, _), members in sorted(groups.items()):
+            if any(len(traces[q]) != mbs + 2 for q in members):
+                self._aggregate(
+                    f"event {number}: an aggregated update of stage {stage} at step {step} is not "
+                    f"{mbs} gradient entries, a commitment and an aggregate"
+                )
+                continue
+            expected = aggregate_commitment(self.rule, [traces[q][mbs - 1] for q in members])
+            wrong = [q for q in members if traces[q][mbs] != expected]
+            if wrong:
+                self._aggregate(
+                    f"event {number}: stage {stage}'s update of step {step} in pipeline(s) "
+                    f"{', '.join(str(q // self.stages) for q in wrong)} commits to aggregating other contributions "
+                    f"than the {self.rule} of the {len(members)} the replicas computed"
+                )
+            if len({bytes(traces[q][mbs + 1]) for q in members}) > 1:
+                self._aggregate(
+                    f"event {number}: the replicas of stage {stage} applied different aggregates at step {step}"
+                )
+
+    def _aggregate(self, message: str) -> None:
+        self.log.add(ErrorCode.AGGREGATE_MISMATCH, message, file=EVENTS_LOG_FILE)
 
     def _checkpoint(self, number: int, event: dict[str, Any]) -> None:
         # a checkpoint of step k holds the weights after the update of step k - 1; its checks may

@@ -218,3 +218,32 @@ def test_a_replicas_record_rewritten_after_the_run_does_not_audit_clean(tmp_path
         next(w for w in record["workers"] if w["id"] == "s1r1")["replica"] = 0
     (run / "summary.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     assert _errors(run)
+
+
+@pytest.mark.parametrize("edit", ["commitment", "aggregate", "trace"])
+def test_an_aggregate_that_does_not_recompute_from_the_contributions_is_found_offline(
+    tmp_path: Path, edit: str
+) -> None:
+    """The ``updated`` events of a 3-replica run hold each replica's trace; the audit recomputes
+    every group's aggregate commitment from the members' contributions. Changing one replica's
+    commitment, its applied aggregate, or its trace (which its update receipt no longer matches)
+    is an ``AGGREGATE_MISMATCH`` (beside the seal's finding that the events were rewritten)."""
+    run = tmp_path / "run"
+    launch_local(tiny_config(replicas=3, steps=1), run)
+    assert _errors(run) == []
+    path = run / "events.jsonl"
+    lines = path.read_text().splitlines()
+    index = next(i for i, line in enumerate(lines) if json.loads(line)["event"] == "updated")
+    event = json.loads(lines[index])
+    entry = event["stages"]["3"]  # stage 1 of replica 1
+    mbs = 2
+    if edit == "commitment":
+        entry["trace"][mbs] = "00" * 32
+    elif edit == "aggregate":
+        entry["trace"][mbs + 1] = "11" * 32
+    else:
+        entry["trace"][0] = "22" * 32
+    lines[index] = json.dumps(event, sort_keys=True)
+    path.write_text("\n".join(lines) + "\n")
+    codes = {f.code for f in audit_run_dir(run).errors}
+    assert "AGGREGATE_MISMATCH" in codes and "EVENTS_REWRITTEN" in codes

@@ -11,6 +11,7 @@ from stagewarden.attest.headers import TransferKind, parse_header, verify_header
 from stagewarden.attest.receipts import Receipt, UnitKind, receipt_digest
 from stagewarden.attest.run_record_parts import SignedDetection
 from stagewarden.attest.tensor_digest import (
+    aggregate_commitment,
     gradient_trace_digest,
     update_input_digest,
     update_output_digest,
@@ -65,8 +66,9 @@ class Checks:
         gradient trace must be theirs, in micro-batch order."""
         c, wid, layout = self.ctx.config, self.roster.slot_ids[s], self.roster.layout
         trace, before, after = list(reported.grads_trace), reported.optimizer_before, reported.optimizer
-        aggregated = len(self.roster.group(s)) > 1  # the trace ends with the aggregate's digest
-        if len(trace) != c.microbatches + aggregated:
+        group = self.roster.group(s)
+        aggregated = len(group) > 1  # the trace ends with the aggregate's commitment and digest
+        if len(trace) != c.microbatches + 2 * aggregated:
             raise TransportError(f"worker {wid}'s update reports a gradient trace of {len(trace)} entries")
         if (
             update_input_digest(gradient_trace_digest(trace), before) != receipt.input_digest
@@ -100,6 +102,14 @@ class Checks:
                 "contribution",
                 f"worker {wid} sent its stage's other replicas another gradient contribution in step {step} than "
                 "the accumulated gradients its update receipt commits to",
+            )
+        if aggregated and trace[c.microbatches] != aggregate_commitment(
+            c.aggregation, [commit.contributions.get(q, b"") or bytes(32) for q in group]
+        ):
+            detection(
+                "aggregate",
+                f"worker {wid}'s update of step {step} commits to aggregating other contributions (or under "
+                f"another rule) than the {c.aggregation} of those its group committed to",
             )
         self.ledger.undo[s] = (step, expected, self.ledger.expected_weights(s))
         self.ledger.optimizer[s], self.ledger.weights[s] = after.hex(), weights.hex()

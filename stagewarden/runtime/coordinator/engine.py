@@ -70,6 +70,7 @@ from stagewarden.runtime.protocol import (
     Pushed,
     Release,
     Step,
+    UpdateCommitment,
     Updated,
     receive,
     send_message,
@@ -528,6 +529,7 @@ class Coordinator:
             send_message(self.ctx.transport, self.roster.rank_of(s), self.replicas.update_message(step, s, commit))
         receipts: dict[int, Receipt] = {}
         optimizers: dict[int, str] = {}
+        aggregated: dict[int, UpdateCommitment] = {}
         found: list[SignedDetection] = []
         for s in stages:
             wid = self.roster.slot_ids[s]
@@ -547,10 +549,11 @@ class Coordinator:
                 found += self.checks.accept_update(s, step, receipt, weights, reported, commit)
                 receipts[s] = receipt
                 optimizers[s] = self.ledger.optimizer[s]
+                aggregated[s] = reported
                 self.tally.counts["update"] += 1
         found += self.replicas.check_state(step, stages, receipts, commit)
-        if receipts:  # what each update receipt's output digest commits to, for the audit's weights chain
-            done = {str(s): {"weights": self.ledger.final_weights[s], "optimizer": optimizers[s]} for s in receipts}
+        if receipts:  # what each update receipt commits to, for the audit's weights chain and aggregates
+            done = {str(s): self.replicas.updated_entry(s, optimizers[s], aggregated[s]) for s in receipts}
             self.ctx.events.write("updated", step=step, stages=done)
         sample = self.checks.draw_sample(commit, receipts)
         self.ledger.updated_commits[step] = commit

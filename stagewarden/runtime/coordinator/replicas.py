@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Hashable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stagewarden.attest.receipts import Receipt, receipt_digest
 from stagewarden.attest.run_record_parts import SignedDetection
 from stagewarden.runtime.coordinator.commitments import StepCommit
 from stagewarden.runtime.coordinator.context import RunContext
-from stagewarden.runtime.protocol import Update
+from stagewarden.runtime.protocol import Update, UpdateCommitment
 
 if TYPE_CHECKING:
     from stagewarden.runtime.coordinator.accusations import DetectionSigner
@@ -58,6 +58,18 @@ class ReplicaChecks:
         if len(group) == 1:
             return Update(step)
         return Update(step, tuple(commit.contributions[q] for q in group))
+
+    def updated_entry(self, slot: int, optimizer: str, reported: UpdateCommitment) -> dict[str, Any]:
+        """What the ``updated`` event records of ``slot``'s update: the weights and optimizer state
+        after it and, with replicas, the optimizer state before it and the gradient trace it
+        started from (the contributions' commitment and the aggregate among it), which with the
+        update receipt let the audit recompute the aggregate's commitment from the group's
+        contributions."""
+        entry: dict[str, Any] = {"weights": self.ledger.final_weights[slot], "optimizer": optimizer}
+        if len(self.roster.group(slot)) > 1:
+            entry["optimizer_before"] = reported.optimizer_before.hex()
+            entry["trace"] = [d.hex() for d in reported.grads_trace]
+        return entry
 
     def _refereed(self) -> bool:
         c = self.ctx.config

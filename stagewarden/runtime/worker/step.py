@@ -23,6 +23,7 @@ from stagewarden.attest.headers import TransferKind, encode_header
 from stagewarden.attest.receipts import ExecutionEnv, UnitKind
 from stagewarden.attest.tensor_digest import (
     TensorDigest,
+    aggregate_commitment,
     digest_state_dict,
     gradient_trace_digest,
     last_forward_output_digest,
@@ -372,8 +373,9 @@ class StepRunner:
 
         With replicas the worker first replaces its gradients with the aggregate of its group's
         ``contributions`` (the committed digests, in replica order;
-        :mod:`~stagewarden.runtime.worker.contributions`), and its gradient trace gains the
-        aggregate's digest as a last entry: the update receipt commits to what it applied.
+        :mod:`~stagewarden.runtime.worker.contributions`), and its gradient trace gains two
+        entries: the commitment to the contributions and the rule, and the aggregate's digest; the
+        update receipt commits to both.
 
         Raises:
             TransportError: The stage has no gradient trace of ``step`` to update from.
@@ -392,7 +394,7 @@ class StepRunner:
         if receipts_on:
             optimizer_before = state.optimizer_digest or optimizer_state_digest(module, state.optimizer)
         if len(self.peers.group) > 1:
-            trace = [*trace, self._aggregate(step, contributions)]
+            trace = [*trace, *self._aggregate(step, contributions)]
         if state.keeps_state:  # the step clears them (set to None): the tensors stay as they are
             record.grads = {n: p.grad.detach() for n, p in module.named_parameters() if p.grad is not None}
         began = time.perf_counter()
@@ -421,8 +423,10 @@ class StepRunner:
             commitment = UpdateCommitment(receipt, optimizer_before, optimizer_after, tuple(trace))
         return Updated(step, after, int(busy * 1e9), commitment)
 
-    def _aggregate(self, step: int, contributions: tuple[bytes, ...] | None) -> bytes:
-        """Exchange gradients with the group and take their aggregate; its digest."""
+    def _aggregate(self, step: int, contributions: tuple[bytes, ...] | None) -> tuple[bytes, bytes]:
+        """Exchange gradients with the group and take their aggregate; the commitment to what was
+        aggregated (:func:`~stagewarden.attest.tensor_digest.aggregate_commitment`) and the
+        aggregate's digest, the two entries the gradient trace gains."""
         if contributions is None:
             raise TransportError(f"the update of step {step} names no contributions to aggregate")
         module = self.state.module
@@ -432,4 +436,4 @@ class StepRunner:
             raise TransportError(f"worker {self.signer.worker_id} is not in its own aggregation group")
         received = exchange(module, self.transport, group, own, flat_gradients(module), contributions)
         apply_aggregate(module, self.config.aggregation, received)
-        return grads_digest(module)
+        return aggregate_commitment(self.config.aggregation, contributions), grads_digest(module)
