@@ -237,10 +237,18 @@ class StatisticalCheck(_Model):
 
 
 class RobustAggregationCheck(_Model):
-    """Masks corrupted weight updates of fewer than half the replicas; detects nothing."""
+    """Masks the corrupted weight updates of up to :meth:`masks` replicas; detects nothing."""
 
     scheme: Literal["robust_aggregation"]
     rule: Literal["median", "trimmed_mean", "krum"] = Field("median", description="Aggregation rule across replicas.")
+
+    def masks(self, replicas: int) -> int:
+        """How many corrupted replicas of ``replicas`` the rule outvotes by construction: fewer than
+        half (``floor((R - 1) / 2)``) for ``median`` and ``trimmed_mean``; for ``krum`` the ``f``
+        with ``R >= 2f + 3`` (Blanchard et al. 2017), ``floor((R - 3) / 2)``, none below 3 replicas."""
+        if self.rule == "krum":
+            return max(0, (replicas - 3) // 2)
+        return max(0, (replicas - 1) // 2)
 
 
 Check = Annotated[

@@ -183,11 +183,12 @@ def check_semantics(spec: m.Spec, source: SourceMap) -> tuple[list[SpecDiagnosti
                 path,
                 "spot_check verifier 'tee' but trust.tee is empty: the verifier is a TEE outside the listed workers",
             )
-        if isinstance(check, m.RobustAggregationCheck) and topo.replicas < 3:
+        if isinstance(check, m.RobustAggregationCheck) and check.masks(topo.replicas) == 0:
+            least = 5 if check.rule == "krum" else 3
             c.warn(
                 path,
-                f"robust_aggregation over {topo.replicas} replica(s) cannot outvote a corrupted replica "
-                "(needs at least 3)",
+                f"robust_aggregation ({check.rule}) over {topo.replicas} replica(s) cannot outvote a corrupted replica "
+                f"(needs at least {least})",
             )
         if isinstance(check, m.ReplicateCheck) and check.resolve == "referee" and spec.trust.coordinator == "untrusted":
             c.warn(

@@ -129,6 +129,10 @@ class World:
         self.rn = next((c for c in self.checks if isinstance(c, RedundantNeighbourCheck)), None)
         self.replicate = next((c for c in self.checks if isinstance(c, ReplicateCheck)), None)
         self.robust = any(isinstance(c, RobustAggregationCheck) for c in self.checks)
+        rules = [c.rule for c in self.checks if isinstance(c, RobustAggregationCheck)]
+        # outvoted by construction: fewer than half for the median and the trimmed mean; krum's f
+        # with R >= 2f + 3 (written out here, not taken from the prover)
+        self.masked = 0 if not rules else max(0, (self.R - 3) // 2 if rules[0] == "krum" else (self.R - 1) // 2)
         self.spots = [c for c in self.checks if isinstance(c, SpotCheck)]
         self.statisticals = [c for c in self.checks if isinstance(c, StatisticalCheck)]
         self.k = self.replicate.factor if self.replicate is not None else 1
@@ -655,7 +659,7 @@ def _bounded_damage(world: World, g: BoundedDamageGuarantee) -> BruteResult:
     cache: dict[tuple[tuple[Fraction, int], ...], Fraction | float] = {}
     for malicious in placements(world):
         pl = Placement(world, malicious)
-        if world.robust and 2 * pl.touched_replicas() < world.R:
+        if world.robust and pl.touched_replicas() <= world.masked:
             pr: Fraction | float = Fraction(0)  # every tamper is outvoted
         else:
             profile = sorted(pl.damage_profile())

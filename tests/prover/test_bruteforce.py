@@ -538,3 +538,22 @@ def test_random_loaded_spec_text_reloads() -> None:
     """random_loaded_spec keeps its YAML text, which loads back to the same spec."""
     loaded = random_loaded_spec(random.Random(3))
     assert load_text(loaded.text).spec == loaded.spec
+
+
+def test_krum_outvotes_a_corrupted_replica_only_from_five_replicas() -> None:
+    """Krum guarantees to outvote f corrupted replicas only with R >= 2f + 3: with four replicas
+    one corrupted replica is not masked (the prover and the oracle agree: damage violated), with
+    five it is; the median of four masks it. The spec's count is the runtime's rule's own."""
+    from stagewarden.prover import verify
+    from stagewarden.runtime.aggregation import tolerated
+
+    text = example_text("robust-aggregation-median")
+    assert "replicas: 4" in text and "rule: median" in text
+    for replicas, rule, masked in ((4, "krum", False), (5, "krum", True), (4, "median", True)):
+        loaded = load_text(text.replace("replicas: 4", f"replicas: {replicas}").replace("rule: median", f"rule: {rule}"))
+        check = loaded.spec.defense.checks[0]
+        assert check.masks(replicas) == tolerated(rule, replicas)  # type: ignore[union-attr]
+        oracle = brute_force(loaded.spec)["damage"]
+        assert (oracle.figure == 0) is masked
+        proved = next(g for g in verify(loaded, ["damage"]).guarantees)
+        assert proved.verdict == ("holds" if masked else "violated")

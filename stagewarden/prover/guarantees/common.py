@@ -23,7 +23,6 @@ from stagewarden.prover.fastz3 import (
     to_z3,
     true_constants,
 )
-from stagewarden.prover.framing import ceil_half
 from stagewarden.prover.session import SolverSession
 from stagewarden.prover.verdict import HOLDS, GuaranteeResult
 from stagewarden.spec import (
@@ -188,7 +187,9 @@ class GuaranteeChecks(SolverSession):
                 to_z3(disj([occ[w] for s in range(world.stages) for w in world.slots[(s, r)]]))
                 for r in range(world.replicas)
             ]
-            need = ceil_half(world.replicas)
+            check = self.spec.defense.checks[masks[0]]
+            assert isinstance(check, RobustAggregationCheck)
+            need = check.masks(world.replicas) + 1  # one corrupted replica more than the rule outvotes
             self._unmasked_cache = disj([neg(enc.check_present[masks[0]]), at_least(touched, need)])
         return self._unmasked_cache
 
