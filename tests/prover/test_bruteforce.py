@@ -550,7 +550,8 @@ def test_krum_outvotes_a_corrupted_replica_only_from_five_replicas() -> None:
     text = example_text("robust-aggregation-median")
     assert "replicas: 4" in text and "rule: median" in text
     for replicas, rule, masked in ((4, "krum", False), (5, "krum", True), (4, "median", True)):
-        loaded = load_text(text.replace("replicas: 4", f"replicas: {replicas}").replace("rule: median", f"rule: {rule}"))
+        edited = text.replace("replicas: 4", f"replicas: {replicas}").replace("rule: median", f"rule: {rule}")
+        loaded = load_text(edited)
         check = loaded.spec.defense.checks[0]
         assert check.masks(replicas) == tolerated(rule, replicas)  # type: ignore[union-attr]
         oracle = brute_force(loaded.spec)["damage"]
