@@ -96,7 +96,9 @@ def test_base_has_no_warnings() -> None:
         ),
         pytest.param(
             edit(5, "  replicas: 2"),
-            [f"{F}:22:7: robust_aggregation (median) over 2 replica(s) cannot outvote a corrupted replica (needs at least 3)"],
+            [
+                f"{F}:22:7: robust_aggregation (median) over 2 replica(s) cannot outvote a corrupted replica (needs at least 3)"
+            ],
             id="robust-aggregation-two-replicas",
         ),
         pytest.param(
