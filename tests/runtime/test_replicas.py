@@ -247,3 +247,64 @@ def test_an_aggregate_that_does_not_recompute_from_the_contributions_is_found_of
     path.write_text("\n".join(lines) + "\n")
     codes = {f.code for f in audit_run_dir(run).errors}
     assert "AGGREGATE_MISMATCH" in codes and "EVENTS_REWRITTEN" in codes
+
+
+def _pid(run_dir: Path, stage: int, replica: int) -> int:
+    rows = json.loads((run_dir / "workers.json").read_text(encoding="utf-8"))["workers"]
+    return next(int(r["pid"]) for r in rows if r["role"] == "stage" and (r["stage"], r["replica"]) == (stage, replica))
+
+
+def test_a_killed_replica_worker_is_replaced_and_the_resumed_run_matches_the_fault_free_one(tmp_path: Path) -> None:
+    """Replica 1's stage 1 is killed after step 1: the run stops resumably, resumes with the
+    standby in that slot (the replacement names replica 1), ends with the same weights bit for bit
+    as the same run without the fault, and audits clean."""
+    import os
+    import signal
+
+    fast = {"heartbeat_timeout": 2.0, "silence_timeout": 4.0, "timeout": 60.0}
+    config = tiny_config(replicas=2, steps=4, standby=1, **fast)
+    clean = launch_local(config, tmp_path / "clean").summary
+    run_dir = tmp_path / "run"
+    done: list[bool] = []
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("event") == "step" and event.get("step") == 1 and not done:
+            done.append(True)
+            os.kill(_pid(run_dir, 1, 1), signal.SIGKILL)
+
+    summary = launch_local(config, run_dir, on_event=on_event).summary
+    assert done and summary["status"] == "completed" and summary["steps_completed"] == 4
+    [fault] = summary["faults"]
+    assert (fault["worker"], fault["stage"], fault["standby"]) == ("s1r1", 1, "standby0")
+    [replacement] = summary["replacements"]
+    assert (replacement["worker"], replacement["by"], replacement["replica"]) == ("s1r1", "standby0", 1)
+    assert summary["final_weights"] == clean["final_weights"]
+    assert _errors(run_dir) == []
+
+
+@pytest.mark.parametrize("response", ["rollback", "restart"])
+def test_the_other_responses_work_with_replicas(tmp_path: Path, response: str) -> None:
+    """A spot-checked attack on replica 1's stage 0 under rollback (a standby takes the slot) or
+    restart (the step is computed again on every pipeline, the attacker stays and is caught again):
+    the detections name only the attacker, the run ends and audits clean."""
+    plan = AttackPlan.from_cli("reverse", "0", 1.0, 1, pipelines="1").to_json()
+    config = tiny_config(
+        replicas=2,
+        steps=3,
+        verification="spot_check",
+        spot_check_rate=1.0,
+        attack=plan,
+        standby=1,
+        response=response,
+        max_recomputations=3,
+    )
+    run = tmp_path / "run"
+    summary = launch_local(config, run).summary
+    assert summary["detections"] and {d["worker"] for d in summary["detections"]} == {"s0r1"}
+    assert summary["false_alarms"] == 0
+    if response == "rollback":
+        assert summary["status"] == "completed" and summary["replacements"][0]["by"] == "standby0"
+        assert _errors(run) == []
+    else:  # restart never removes the attacker: it tampers in every computation until the run stops
+        assert summary["status"] == "stopped" and "no honest path through step 1" in summary["stop_reason"]
+        assert _errors(run) == []
