@@ -137,3 +137,40 @@ def test_two_colluding_copies_outvote_the_honest_one(tmp_path: Path) -> None:
     assert [(d["worker"], d["step"]) for d in summary["detections"]] == [("s1r0c2", 1)]
     assert summary["false_alarms"] == 1
     assert summary["responses"][0]["plan"]["retired_pipeline"] == 2
+
+
+def test_a_resumed_run_keeps_a_retired_copy_out(tmp_path: Path) -> None:
+    """Copy 0 of stage 0 is caught at step 0 and its pipeline retired (no standby); then copy 1's
+    stage 0 is killed after step 1 and the run stops resumably. The resumed session admits only
+    the pipelines still in the run (copies 1 and 2), completes, and the record audits clean."""
+    import json
+    import os
+    import signal
+
+    from stagewarden.runtime.launch import LaunchError
+
+    fast = {"heartbeat_timeout": 2.0, "silence_timeout": 4.0, "timeout": 60.0}
+    plan = _plan("reverse", 0, "forward", 0)
+    config = tiny_config(stages=2, steps=4, verification="replicate", replicate_factor=3, attack=plan, **fast)
+    run = tmp_path / "run"
+    done: list[bool] = []
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("event") == "step" and event.get("step") == 1 and not done:
+            done.append(True)
+            rows = json.loads((run / "workers.json").read_text())["workers"]
+            os.kill(next(int(r["pid"]) for r in rows if r["worker"] == "s0r0c1"), signal.SIGKILL)
+
+    try:
+        launch_local(config, run, on_event=on_event)
+    except LaunchError as exc:
+        assert exc.resumable
+    assert done
+    summary = launch_local(config, run, resume=True).summary
+    assert summary["status"] == "completed" and summary["steps_completed"] == 4
+    assert summary["responses"][0]["plan"]["retired_pipeline"] == 0
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    resumed = [i for i, e in enumerate(events) if e["event"] == "run_resumed"]
+    admitted = {e["worker"] for e in events[resumed[0] :] if e["event"] == "admitted"}
+    assert admitted == {"s0r0c1", "s1r0c1", "s0r0c2", "s1r0c2"}
+    assert _errors(run) == []

@@ -186,7 +186,8 @@ class Admission:
             if rank not in serving:
                 send_message(self.ctx.transport, rank, Shutdown())
                 self.roster.released.add(rank)
-        verifier, rp = self.verifier_for(workers, create_key=self.ctx.session == 0)
+        staged = [(rank, wid, None if slot is None else layout.stage(slot)) for rank, wid, slot in workers]
+        verifier, rp = self.verifier_for(staged, create_key=self.ctx.session == 0)
         if verifier is not None:
             self.ctx.writer.write_verifier_key(bytes(verifier.verify_key))
         nonces: dict[str, bytes] = {}

@@ -221,6 +221,10 @@ class Resume:
         self.tally.detections = list(training.detections)
         self.tally.responses = [r.model_dump(mode="python") for r in training.responses]
         self.roster.replacements = [dataclasses.asdict(r) for r in training.replacements]
+        # a pipeline a response took out of the run stays out: its ranks are sent home at admission
+        self.roster.retired = {
+            r.plan.retired_pipeline for r in training.responses if r.plan.retired_pipeline is not None
+        }
         self.tally.faults = [dataclasses.asdict(f) for f in training.faults]
         self.tally.resumes = [dataclasses.asdict(r) for r in training.resumes]
         self.roster.benched = list(training.benched)
