@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from distributed_helpers import concatenated_reference, tiny_config
 
 from stagewarden.attest.audit import audit_run_dir
@@ -308,3 +309,47 @@ def test_the_other_responses_work_with_replicas(tmp_path: Path, response: str) -
     else:  # restart never removes the attacker: it tampers in every computation until the run stops
         assert summary["status"] == "stopped" and "no honest path through step 1" in summary["stop_reason"]
         assert _errors(run) == []
+
+
+@pytest.mark.parametrize("lie", ["none", "contribution", "other_contributions", "other_rule"])
+def test_an_update_must_aggregate_what_its_group_committed(lie: str) -> None:
+    """Stage 1 of replica 0 (slot 1; its group is slots 1 and 3) with microbatches 2: its trace must
+    end with its own accumulated gradients (the contribution it committed and sent), the commitment
+    to the run's rule over the group's committed contributions, and the aggregate. A worker that
+    sent another contribution than it accumulated, or aggregated other contributions or under
+    another rule, is caught when its update receipt arrives."""
+    from coordinator_parts import Parts
+    from nacl.signing import SigningKey
+    from test_check_unit import _receipt
+
+    from stagewarden.attest.receipts import UnitKind, encode_receipt
+    from stagewarden.attest.tensor_digest import (
+        aggregate_commitment,
+        digest_state_dict,
+        gradient_trace_digest,
+        update_input_digest,
+        update_output_digest,
+    )
+    from stagewarden.runtime.coordinator import StepCommit
+    from stagewarden.runtime.protocol import UpdateCommitment
+
+    coordinator = Parts(tiny_config(replicas=2), transport=None, signing_key=SigningKey(bytes(32)))
+    own, peer, before = bytes([1]) * 32, bytes([3]) * 32, digest_state_dict({})
+    committed = {1: own, 3: peer}
+    contributions = {"other_contributions": [own, bytes([4]) * 32]}.get(lie, [own, peer])
+    commitment = aggregate_commitment("median" if lie == "other_rule" else "mean", contributions)
+    trace = [bytes([9]) * 32, bytes([2]) * 32 if lie == "contribution" else own, commitment, bytes([5]) * 32]
+    weights, after = coordinator.ledger.expected_weights(1), digest_state_dict({"w": torch.ones(1)})
+    receipt = _receipt(
+        UnitKind.UPDATE,
+        update_input_digest(gradient_trace_digest(trace), before),
+        bytes.fromhex(weights),
+        micro_batch=0,
+        output_digest=update_output_digest(after, before),
+    )
+    reported = UpdateCommitment(encode_receipt(receipt), before, before, tuple(trace))
+    commit = StepCommit(0, {1: []}, {}, 0.0, [], contributions=committed)
+    found = coordinator.checks.accept_update(1, 0, receipt, after, reported, commit)
+    expected = {"none": [], "contribution": ["contribution"]}.get(lie, ["aggregate"])
+    assert [d.check for d in found] == expected
+    assert all((d.worker, d.stage) == ("s1r0", 1) for d in found)
