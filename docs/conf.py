@@ -43,6 +43,7 @@ nitpick_ignore = [
     ("py:class", "os.PathLike"),
     ("py:class", "collections.abc.Callable"),
     ("py:class", "collections.abc.Hashable"),
+    ("py:class", "collections.abc.Collection"),
     ("py:class", "datetime.datetime"),
     ("py:class", "datetime.timedelta"),
     ("py:class", "pathlib.Path"),

@@ -159,27 +159,31 @@ class WeightsChain:
         self._aggregates(number, step, traces)
 
     def _aggregates(self, number: int, step: int, traces: dict[int, list[bytes]]) -> None:
-        """Each replica group's aggregate of ``step`` recomputed from its members' logged traces."""
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for slot in sorted(traces):
-            groups[(slot % self.stages, (slot // self.stages) % self.copies)].append(slot)
+        """Each replica's aggregate of ``step`` recomputed from the logged traces of its group:
+        itself for its own replica and each other replica's first updated copy of the stage, as
+        the runtime's layout forms it; and one aggregate applied per stage."""
         mbs = self.summary.micro_batches
-        for (stage, _), members in sorted(groups.items()):
-            if any(len(traces[q]) != mbs + 2 for q in members):
+        if any(len(trace) != mbs + 2 for trace in traces.values()):
+            self._aggregate(
+                f"event {number}: an aggregated update of step {step} is not {mbs} gradient entries, a "
+                "commitment and an aggregate"
+            )
+            return
+        firsts: dict[tuple[int, int], int] = {}
+        for slot in sorted(traces):
+            firsts.setdefault((slot % self.stages, slot // self.stages // self.copies), slot)
+        applied: dict[int, set[bytes]] = defaultdict(set)
+        for slot, trace in sorted(traces.items()):
+            stage, own = slot % self.stages, slot // self.stages // self.copies
+            group = [slot if r == own else firsts[(stage, r)] for r in range(self.pipelines) if (stage, r) in firsts]
+            if trace[mbs] != aggregate_commitment(self.rule, [traces[q][mbs - 1] for q in group]):
                 self._aggregate(
-                    f"event {number}: an aggregated update of stage {stage} at step {step} is not "
-                    f"{mbs} gradient entries, a commitment and an aggregate"
+                    f"event {number}: stage {stage}'s update of step {step} in pipeline {slot // self.stages} "
+                    f"commits to aggregating other contributions than the {self.rule} of its group's"
                 )
-                continue
-            expected = aggregate_commitment(self.rule, [traces[q][mbs - 1] for q in members])
-            wrong = [q for q in members if traces[q][mbs] != expected]
-            if wrong:
-                self._aggregate(
-                    f"event {number}: stage {stage}'s update of step {step} in pipeline(s) "
-                    f"{', '.join(str(q // self.stages) for q in wrong)} commits to aggregating other contributions "
-                    f"than the {self.rule} of the {len(members)} the replicas computed"
-                )
-            if len({bytes(traces[q][mbs + 1]) for q in members}) > 1:
+            applied[stage].add(trace[mbs + 1])
+        for stage, aggregates in sorted(applied.items()):
+            if len(aggregates) > 1:
                 self._aggregate(
                     f"event {number}: the replicas of stage {stage} applied different aggregates at step {step}"
                 )

@@ -18,6 +18,7 @@ is a copy.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,11 +87,28 @@ class Layout:
         r, s = self.replica(slot), self.stage(slot)
         return [self.slot(s, r * self.copies + c) for c in range(self.copies)]
 
-    def peers_of(self, slot: int) -> list[int]:
-        """The slots whose gradients ``slot`` aggregates with (itself included): its stage in the
-        same copy of every replica, in replica order."""
-        c, s = self.copy(slot), self.stage(slot)
-        return [self.slot(s, r * self.copies + c) for r in range(self.replicas)]
+    def group(self, slot: int, computing: Collection[int]) -> list[int]:
+        """The slots whose gradient contributions ``slot`` aggregates, in replica order: itself
+        for its own replica and, for every other replica with a computing slot of its stage, that
+        replica's first computing copy (the copies of a replica commit to the same contribution,
+        so one copy per replica is the replica's; a group never counts a replica twice, and every
+        copy of a stage aggregates the same replicas even after a copy has left the run)."""
+        s, own = self.stage(slot), self.replica(slot)
+        out = []
+        for r in range(self.replicas):
+            if r == own:
+                out.append(slot)
+                continue
+            first = next((q for q in self.copies_of(self.slot(s, r * self.copies)) if q in computing), None)
+            if first is not None:
+                out.append(first)
+        return out
+
+    def audience(self, slot: int, computing: Collection[int]) -> list[int]:
+        """The computing slots whose :meth:`group` takes ``slot``'s contribution (itself excluded):
+        whom it sends its contribution to."""
+        s = self.stage(slot)
+        return [q for q in self.of_stage(s) if q != slot and q in computing and slot in self.group(q, computing)]
 
     def worker_id(self, slot: int) -> str:
         """The id of the worker placed in ``slot`` at start: ``s<stage>r<replica>``, with

@@ -41,7 +41,13 @@ def test_the_layout_numbers_slots_pipeline_after_pipeline() -> None:
     assert [layout.stage(q) for q in range(4)] == [0, 1, 2, 0]
     assert [(layout.replica(q), layout.copy(q)) for q in (0, 3, 6, 9)] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert layout.copies_of(layout.slot(1, 2)) == [7, 10]
-    assert layout.peers_of(layout.slot(1, 1)) == [4, 10]
+    everyone = set(range(layout.slots))
+    assert layout.group(4, everyone) == [4, 7] and layout.group(10, everyone) == [1, 10]
+    assert layout.audience(1, everyone) == [7, 10] and layout.audience(4, everyone) == []
+    # replica 1's copy 0 (pipeline 2) left the run: replica 1 is its copy 1 for everyone
+    left = everyone - set(layout.of_pipeline(2))
+    assert [layout.group(q, left) for q in (1, 4, 10)] == [[1, 10], [4, 10], [1, 10]]
+    assert layout.audience(10, left) == [1, 4] and layout.audience(1, left) == [10]
     assert layout.worker_id(layout.slot(2, 3)) == "s2r1c1"
     assert Layout(3, 2).worker_id(4) == "s1r1" and Layout(3).worker_id(2) == "s2r0"
 

@@ -174,3 +174,26 @@ def test_a_resumed_run_keeps_a_retired_copy_out(tmp_path: Path) -> None:
     admitted = {e["worker"] for e in events[resumed[0] :] if e["event"] == "admitted"}
     assert admitted == {"s0r0c1", "s1r0c1", "s0r0c2", "s1r0c2"}
     assert _errors(run) == []
+
+
+def test_replicas_of_copies_aggregate_one_copy_per_replica_after_a_copy_leaves(tmp_path: Path) -> None:
+    """Two replicas of two copies each, refereed: replica 1's copy 0 attacks stage 0 and is
+    caught at step 0; its pipeline leaves the run. Every remaining pipeline then aggregates
+    replica 0's contribution with replica 1's from its remaining copy, so all three apply the same
+    update: no further detection, and the weights chain of the audit is clean."""
+    plan = _plan("reverse", 0, "forward", 0, pipelines="2")
+    config = tiny_config(
+        stages=2,
+        steps=3,
+        replicas=2,
+        verification="replicate",
+        replicate_factor=2,
+        replicate_resolve="referee",
+        attack=plan,
+    )
+    run = tmp_path / "run"
+    summary = launch_local(config, run).summary
+    assert [(d["worker"], d["step"], d["check"]) for d in summary["detections"]] == [("s0r1c0", 0, "replicate")]
+    assert summary["responses"][0]["plan"]["retired_pipeline"] == 2
+    assert summary["status"] == "completed" and summary["steps_completed"] == 3
+    assert _errors(run) == []

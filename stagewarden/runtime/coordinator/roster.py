@@ -71,9 +71,9 @@ class Roster:
         return [q for q in self.layout.of_stage(stage) if self.layout.pipeline(q) not in self.retired]
 
     def group(self, slot: int) -> list[int]:
-        """The computing slots ``slot`` aggregates its gradients with (itself included), in
-        replica order."""
-        return [q for q in self.layout.peers_of(slot) if self.layout.pipeline(q) not in self.retired]
+        """The computing slots whose contributions ``slot`` aggregates (itself included), in
+        replica order (:meth:`~stagewarden.runtime.layout.Layout.group`)."""
+        return self.layout.group(slot, set(self.slots))
 
     def standby_rank(self, index: int) -> int:
         """The rank of standby worker ``index``."""

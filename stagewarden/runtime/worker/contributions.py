@@ -3,7 +3,8 @@ gradients (its *contribution*) with the same stage of the other replicas and rep
 their aggregate (:mod:`stagewarden.runtime.aggregation`).
 
 The exchange is point to point over the run's transport: each worker posts its contribution to
-every other member of its group and then receives theirs, in replica order. The group is what the
+every worker whose group takes it and then receives its own group's, in replica order (a group
+holds one copy per replica, :meth:`~stagewarden.runtime.layout.Layout.group`). The group is what the
 coordinator's last map of slots names (a replica taken out of the run is not in it), which a fixed
 ``torch.distributed`` subgroup could not follow: gloo subgroups are made by every rank at start, so
 a standby taking a slot mid-run would have none.
@@ -56,10 +57,12 @@ def exchange(
     own_rank: int,
     own: torch.Tensor,
     expected: tuple[bytes, ...],
+    audience: list[int] | None = None,
 ) -> list[torch.Tensor]:
-    """Send ``own`` to every other member of ``group`` (``(rank, worker id)`` in replica order)
-    and return every member's contribution in that order, each checked against ``expected`` (the
-    committed digests, in the same order).
+    """Send ``own`` to ``audience`` (the ranks whose group takes it; by default every other
+    member of ``group``) and return every member of ``group`` (``(rank, worker id)`` in replica
+    order)'s contribution in that order, each checked against ``expected`` (the committed
+    digests, in the same order).
 
     Raises:
         TransportError: A receive failed, or a contribution is not the committed one (``peer``
@@ -69,9 +72,8 @@ def exchange(
         raise TransportError(
             f"the update names {len(expected)} committed contributions for a group of {len(group)} replicas"
         )
-    for rank, _ in group:
-        if rank != own_rank:
-            transport.send_tensor(rank, own, blocking=False)
+    for rank in audience if audience is not None else [rank for rank, _ in group if rank != own_rank]:
+        transport.send_tensor(rank, own, blocking=False)
     out: list[torch.Tensor] = []
     for (rank, worker), digest in zip(group, expected, strict=True):
         if rank == own_rank:

@@ -30,9 +30,11 @@ class Peers:
         self.ranks: dict[int, int] = {}
         """The ranks of this worker's pipeline, by stage."""
         self.group: list[tuple[int, str, bytes]] = []
-        """The rank, worker id and receipt key of every slot this worker aggregates its gradients
-        with (its stage in the same copy of every computing replica, itself included), in
-        replica order."""
+        """The rank, worker id and receipt key of every slot whose contribution this worker
+        aggregates (:meth:`~stagewarden.runtime.layout.Layout.group`, itself included), in replica
+        order."""
+        self.audience: list[int] = []
+        """The ranks this worker sends its contribution to (:meth:`~stagewarden.runtime.layout.Layout.audience`)."""
         self._maps: tuple[dict[int, bytes], dict[int, str], dict[int, int]] = ({}, {}, {})
         self.route = Route(config.stages)
         """Who each stage talks to in the current computation (another route when a stage is bypassed)."""
@@ -49,14 +51,18 @@ class Peers:
 
     def _derive(self) -> None:
         keys, ids, ranks = self._maps
-        self.keys, self.ids, self.ranks, self.group = {}, {}, {}, []
+        self.keys, self.ids, self.ranks, self.group, self.audience = {}, {}, {}, [], []
         if self.slot is None:
             return
         for stage in range(self.layout.stages):
             q = self.layout.at(self.slot, stage)
             if q in ranks:
                 self.keys[stage], self.ids[stage], self.ranks[stage] = keys[q], ids[q], ranks[q]
-        self.group = [(ranks[q], ids[q], keys[q]) for q in self.layout.peers_of(self.slot) if q in ranks]
+        computing = set(ranks)
+        if self.slot not in computing:  # no map that places this worker yet
+            return
+        self.group = [(ranks[q], ids[q], keys[q]) for q in self.layout.group(self.slot, computing)]
+        self.audience = [ranks[q] for q in self.layout.audience(self.slot, computing)]
 
     def neighbour(self, stage: int, kind: TransferKind, incoming: bool) -> int:
         """The stage ``stage`` receives from (``incoming``) or sends to, for a transfer ``kind``,

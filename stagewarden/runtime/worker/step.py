@@ -434,6 +434,8 @@ class StepRunner:
         own = next((rank for rank, worker in group if worker == self.signer.worker_id), None)
         if own is None:
             raise TransportError(f"worker {self.signer.worker_id} is not in its own aggregation group")
-        received = exchange(module, self.transport, group, own, flat_gradients(module), contributions)
+        received = exchange(
+            module, self.transport, group, own, flat_gradients(module), contributions, self.peers.audience
+        )
         apply_aggregate(module, self.config.aggregation, received)
         return aggregate_commitment(self.config.aggregation, contributions), grads_digest(module)
