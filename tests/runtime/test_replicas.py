@@ -359,3 +359,24 @@ def test_an_update_must_aggregate_what_its_group_committed(lie: str) -> None:
     expected = {"none": [], "contribution": ["contribution"]}.get(lie, ["aggregate"])
     assert [d.check for d in found] == expected
     assert all((d.worker, d.stage) == ("s1r0", 1) for d in found)
+
+
+def test_a_replica_that_sends_its_peers_another_contribution_stops_the_run_without_blaming_anyone(
+    tmp_path: Path,
+) -> None:
+    """Replica 1's stage 1 commits its gradients but sends its peer twice them (the
+    ``STAGEWARDEN_TEST_FORGE_CONTRIBUTION`` hook). The peer refuses the contribution before
+    aggregating anything, so no update applies it. The refusal is the receiver's word against the
+    sender's (the tensor it sent is not signed), so the run stops resumably with the fault
+    unattributed: no worker, honest or not, is blamed."""
+    from stagewarden.runtime.launch import LaunchError
+    from stagewarden.runtime.worker.hooks import FORGE_CONTRIBUTION_ENV
+
+    fast = {"heartbeat_timeout": 2.0, "silence_timeout": 4.0, "timeout": 60.0}
+    run = tmp_path / "run"
+    with pytest.raises(LaunchError, match="sent another gradient contribution than the one it committed") as caught:
+        launch_local(tiny_config(replicas=2, steps=2, **fast), run, env={FORGE_CONTRIBUTION_ENV: "1:1"})
+    assert caught.value.resumable
+    record = json.loads((run / "summary.json").read_text())
+    assert record["status"] == "interrupted" and record["detections"] == []
+    assert [(f["cause"], f["worker"]) for f in record["faults"]] == [("unattributed", None)]

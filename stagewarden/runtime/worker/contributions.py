@@ -58,11 +58,14 @@ def exchange(
     own: torch.Tensor,
     expected: tuple[bytes, ...],
     audience: list[int] | None = None,
+    *,
+    sent: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Send ``own`` to ``audience`` (the ranks whose group takes it; by default every other
     member of ``group``) and return every member of ``group`` (``(rank, worker id)`` in replica
     order)'s contribution in that order, each checked against ``expected`` (the committed
-    digests, in the same order).
+    digests, in the same order). ``sent``, when given, goes out instead of ``own`` (a test hook's
+    equivocating replica).
 
     Raises:
         TransportError: A receive failed, or a contribution is not the committed one (``peer``
@@ -73,7 +76,7 @@ def exchange(
             f"the update names {len(expected)} committed contributions for a group of {len(group)} replicas"
         )
     for rank in audience if audience is not None else [rank for rank, _ in group if rank != own_rank]:
-        transport.send_tensor(rank, own, blocking=False)
+        transport.send_tensor(rank, own if sent is None else sent, blocking=False)
     out: list[torch.Tensor] = []
     for (rank, worker), digest in zip(group, expected, strict=True):
         if rank == own_rank:

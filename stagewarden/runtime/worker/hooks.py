@@ -35,6 +35,10 @@ HOSTILE_MESSAGES = ("garbage", "oversize", "negative", "wrong_type", "bad_receip
 #: update, its calibration outputs) by ``1 + e`` before committing: an honest worker whose
 #: hardware or kernels differ from the verifier's by a relative ``e``.
 NUMERICS_ENV = "STAGEWARDEN_TEST_NUMERICS"
+#: A test hook, ``<stage>:<pipeline>``, that makes the first worker of that slot send the other
+#: replicas of its stage twice the gradients it committed to as its contribution (and aggregate its
+#: own honest ones): a replica that equivocates between its receipts and its peers.
+FORGE_CONTRIBUTION_ENV = "STAGEWARDEN_TEST_FORGE_CONTRIBUTION"
 #: A test hook, the seconds every worker waits before it computes a step, so that a run is as slow
 #: as a test needs (one that outlives an attestation result's lifetime) whatever the machine's speed.
 STEP_DELAY_ENV = "STAGEWARDEN_TEST_STEP_DELAY"
@@ -52,6 +56,8 @@ class TestHooks:
         hostile: ``(stage, step, kind)``: the first worker of the stage sends a crafted message.
         numerics: ``(stage, e)``: the first worker of the stage skews its outputs by ``1 + e``.
         step_delay: Seconds every worker waits before it computes a step.
+        forge_contribution: ``(stage, pipeline)``: the first worker of that slot sends its peers
+            another contribution than the one it committed to.
     """
 
     __test__ = False  # not a test class, whatever its name says to pytest
@@ -61,6 +67,7 @@ class TestHooks:
     hostile: tuple[int, int, str] | None = None
     numerics: tuple[int, float] | None = None
     step_delay: float = 0.0
+    forge_contribution: tuple[int, int] | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> TestHooks:
@@ -88,12 +95,14 @@ class TestHooks:
         hostile = fields(HOSTILE_ENV, (int, int, str))
         numerics = fields(NUMERICS_ENV, (int, float))
         delay = fields(STEP_DELAY_ENV, (float,))
+        forge = fields(FORGE_CONTRIBUTION_ENV, (int, int))
         return cls(
             tamper[0] if tamper else None,
             (crash[0], crash[1]) if crash else None,
             (hostile[0], hostile[1], hostile[2]) if hostile else None,
             (numerics[0], numerics[1]) if numerics else None,
             delay[0] if delay else 0.0,
+            (forge[0], forge[1]) if forge else None,
         )
 
     def tampers_measurement(self, stage: int) -> bool:

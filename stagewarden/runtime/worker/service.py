@@ -259,6 +259,7 @@ class StageWorker:
             batches_for(c) if reads_data else None,
             self.device,
             shard=layout.replica(slot),
+            forge_contribution=original and self.hooks.forge_contribution == (stage, layout.pipeline(slot)),
         )
 
     def _attest(self, nonce: bytes | None) -> None:

@@ -115,6 +115,7 @@ class StepRunner:
         batches: The run's data, on the stages that read it.
         device: Where the stage computes.
         shard: The data-parallel replica whose shard of the data the stage reads.
+        forge_contribution: A test hook: send the other replicas twice the committed contribution.
     """
 
     def __init__(
@@ -133,9 +134,10 @@ class StepRunner:
         device: torch.device,
         *,
         shard: int = 0,
+        forge_contribution: bool = False,
     ) -> None:
         self.config, self.stage, self.schedule, self.state = config, stage, schedule, state
-        self.shard = shard
+        self.shard, self.forge_contribution = shard, forge_contribution
         self.neighbour, self.transport, self.peers, self.signer = neighbour, transport, peers, signer
         self.attack, self.skew, self.batches, self.device = attack, skew, batches, device
         self._actions: dict[ActionKind, Callable[[StepState, Action], None]] = {
@@ -434,8 +436,16 @@ class StepRunner:
         own = next((rank for rank, worker in group if worker == self.signer.worker_id), None)
         if own is None:
             raise TransportError(f"worker {self.signer.worker_id} is not in its own aggregation group")
+        mine = flat_gradients(module)
         received = exchange(
-            module, self.transport, group, own, flat_gradients(module), contributions, self.peers.audience
+            module,
+            self.transport,
+            group,
+            own,
+            mine,
+            contributions,
+            self.peers.audience,
+            sent=mine * 2 if self.forge_contribution else None,
         )
         apply_aggregate(module, self.config.aggregation, received)
         return aggregate_commitment(self.config.aggregation, contributions), grads_digest(module)
