@@ -85,6 +85,11 @@ SECTION_7 = [
     ("tee-unattested", {"integrity": "violated"}),
     ("robust-aggregation-median", {"integrity": "violated", "damage": "holds"}),
     ("robust-aggregation-median-two", {"damage": "violated"}),
+    # integrity of replicate-majority is violated only through the dynamics (the vote first ejects
+    # the honest copy), which this static oracle does not follow; the prover's verdict is checked in
+    # test_worked_examples
+    ("replicate-majority", {"fair": "violated"}),
+    ("replicate-referee", {"integrity": "holds", "fair": "holds"}),
     ("paper-checked-worker-relay", {"integrity": "violated"}),
     ("paper-checked-worker-relay-receipts", {"integrity": "holds"}),
 ]

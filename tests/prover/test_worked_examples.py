@@ -163,6 +163,13 @@ def test_example7_robust_aggregation() -> None:
     assert verdicts("robust-aggregation-median-two") == {"integrity": "violated", "damage": "violated"}
 
 
+def test_example9_replicate() -> None:
+    """Example 9: two colluding copies outvote the honest third under a majority vote, and do not
+    under a referee."""
+    assert verdicts("replicate-majority") == {"integrity": "violated", "fair": "violated"}
+    assert verdicts("replicate-referee") == {"integrity": "holds", "fair": "holds"}
+
+
 def test_example8_checked_worker_relay() -> None:
     """Example 8: relaying the check's input through the checked stage defeats detection with one
     malicious stage; receipts fix it."""

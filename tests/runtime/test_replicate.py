@@ -197,3 +197,25 @@ def test_replicas_of_copies_aggregate_one_copy_per_replica_after_a_copy_leaves(t
     assert summary["responses"][0]["plan"]["retired_pipeline"] == 2
     assert summary["status"] == "completed" and summary["steps_completed"] == 3
     assert _errors(run) == []
+
+
+def test_a_referee_blames_exactly_the_two_colluding_copies(tmp_path: Path) -> None:
+    """The referee variant of example 9: copies 0 and 1 of stage 1 tamper alike; the coordinator
+    re-executes the unit of each compared copy and blames the two whose receipts it does not
+    reproduce, not the honest copy 2, as the prover says (no_framing and detection hold)."""
+    plan = _plan("reverse", 1, "forward", 1, pipelines="0,1")
+    config = tiny_config(
+        stages=3,
+        steps=3,
+        verification="replicate",
+        replicate_factor=3,
+        replicate_resolve="referee",
+        attack=plan,
+        standby=2,
+    )
+    run = tmp_path / "run"
+    summary = launch_local(config, run).summary
+    assert {(d["worker"], d["step"]) for d in summary["detections"]} == {("s1r0c0", 1), ("s1r0c1", 1)}
+    assert summary["false_alarms"] == 0
+    assert summary["status"] == "completed" and summary["steps_completed"] == 3
+    assert _errors(run) == []
