@@ -38,6 +38,21 @@ def check_responses(run: RunUnderCheck) -> None:
                 stage=plan.get("stage"),
                 workers=(str(plan.get("convict")),),
             )
+        retired = plan.get("retired_pipeline")
+        if type(retired) is int and run.config.verification == "replicate" and run.config.stages > 1:
+            # the spec's dynamics remove the convict's copy only; the runtime took its whole copy of
+            # the pipeline out, so every other stage ran with one copy fewer than the prover counts
+            run.add(
+                ConformanceCode.RESPONSE_DEPARTURE,
+                f"the response at step {step} took the convict's whole copy of the pipeline (pipeline {retired}) "
+                "out of the run, for want of a standby: the other stages then compared one copy fewer than the "
+                "spec's replicate check counts on, so a verdict that relies on their copies does not cover the "
+                "rest of the run",
+                spec=spec_at,
+                step=step if type(step) is int else None,
+                stage=plan.get("stage"),
+                workers=(str(plan.get("convict")),),
+            )
         standby = plan.get("standby")
         if standby and not any(x.worker == plan.get("convict") and x.by == standby for x in replacements):
             run.add(

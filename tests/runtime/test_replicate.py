@@ -219,3 +219,29 @@ def test_a_referee_blames_exactly_the_two_colluding_copies(tmp_path: Path) -> No
     assert summary["false_alarms"] == 0
     assert summary["status"] == "completed" and summary["steps_completed"] == 3
     assert _errors(run) == []
+
+
+@pytest.mark.parametrize("standby", [0, 1])
+def test_the_conformance_check_names_a_retired_copy(tmp_path: Path, standby: int) -> None:
+    """Against ``replicate-majority`` (three copies, majority): a run whose convicted copy could not
+    be replaced had its whole copy of the pipeline retired, which the spec's dynamics do not do
+    (the other stages kept all their copies there); the conformance check says so as an error.
+    With a standby the convict's slot alone changes hands and no such finding is made."""
+    from stagewarden.conformance import check_conformance
+    from stagewarden.spec import load_example
+
+    config = tiny_config(
+        stages=3,
+        microbatches=2,
+        steps=3,
+        verification="replicate",
+        replicate_factor=3,
+        attack=_plan("reverse", 1, "forward", 1),
+        standby=standby,
+    )
+    run = tmp_path / "run"
+    launch_local(config, run)
+    report = check_conformance(run, load_example("replicate-majority"))
+    retired = [f for f in report.findings if "whole copy of the pipeline" in f.message]
+    assert len(retired) == (0 if standby else 1)
+    assert all(f.severity == "error" and f.workers == ("s1r0c0",) for f in retired)
