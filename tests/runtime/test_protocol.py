@@ -80,6 +80,7 @@ def commits(draw: st.DrawFn) -> p.Commit:
         losses,
         logits,
         *draw(st.sampled_from(((None, None), (b"\x01" * 8, None), (None, "that head is not mine")))),
+        draw(st.none() | digests),
     )
 
 
@@ -110,7 +111,8 @@ def signed_heads(draw: st.DrawFn) -> StepHead:
 @st.composite
 def witness_heads(draw: st.DrawFn) -> p.WitnessHead:
     roster = tuple(
-        RosterEntry(stage=i, worker=draw(id_like), key=draw(digests).hex()) for i in range(draw(st.integers(0, 3)))
+        RosterEntry(stage=i, worker=draw(id_like), key=draw(digests).hex(), replica=draw(st.integers(0, 3)))
+        for i in range(draw(st.integers(0, 3)))
     )
     chains = {w: draw(digests) for w in draw(st.lists(id_like, max_size=3, unique=True))}
     return p.WitnessHead(sign_head(draw(signed_heads()), HEAD_KEY), roster, chains)
@@ -154,7 +156,7 @@ STRATEGIES: dict[type[p.Message], st.SearchStrategy[Any]] = {
     p.Step: st.builds(p.Step, steps, st.integers(0, 3), st.none() | slot_maps),
     p.Idle: st.builds(p.Idle, steps),
     p.Discard: st.builds(p.Discard, steps, digests),
-    p.Update: st.builds(p.Update, steps),
+    p.Update: st.builds(p.Update, steps, st.none() | st.lists(digests, max_size=4).map(tuple)),
     p.Push: st.builds(p.Push, steps, units, st.booleans()),
     p.Restore: st.builds(p.Restore, steps),
     p.Assign: st.builds(p.Assign, slot_maps),
