@@ -40,7 +40,6 @@ gradients, the trace entry before the commitment) and that they applied the same
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -53,6 +52,7 @@ from .audit_plans import retired_pipelines
 from .errors import ErrorCode
 from .receipts import Receipt, UnitKind
 from .run_limits import MAX_FILE_BYTES
+from .run_lines import event_objects
 from .run_record import RunDirError, RunRecord, read_bounded
 from .rundir import EVENTS_LOG_FILE
 from .tensor_digest import aggregate_commitment, gradient_trace_digest, update_input_digest, update_output_digest
@@ -83,7 +83,7 @@ class WeightsChain:
 
     def check(self, events: bytes | None, receipts: list[LogItem]) -> None:
         """Replay ``events`` (``events.jsonl``'s bytes) against the log's update receipts."""
-        parsed = _events(events)
+        parsed = event_objects(events or b"")
         if not any(e.get("event") == "updated" for e in parsed):
             return
         updates: dict[tuple[int, int], list[Receipt]] = defaultdict(list)
@@ -244,16 +244,3 @@ class WeightsChain:
 
     def _add(self, message: str, file: str = EVENTS_LOG_FILE) -> None:
         self.log.add(ErrorCode.WEIGHTS_CHAIN, message, file=file)
-
-
-def _events(data: bytes | None) -> list[dict[str, Any]]:
-    """The events of ``events.jsonl`` that parse as objects (a line that does not is the seal's finding)."""
-    out: list[dict[str, Any]] = []
-    for line in (data or b"").split(b"\n"):
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            out.append(event)
-    return out

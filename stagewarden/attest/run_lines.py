@@ -8,9 +8,11 @@ soon as it is seen, so a line of a gigabyte without a newline costs one block of
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .run_limits import MAX_EVENT_LINE_BYTES, MAX_EVENTS, MAX_EVENTS_BYTES
 from .run_record import RunDirError, open_regular
@@ -64,3 +66,18 @@ def read_event_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     return read_lines(
         path, "event log", max_bytes=MAX_EVENTS_BYTES, max_line=MAX_EVENT_LINE_BYTES, max_lines=MAX_EVENTS
     )
+
+
+def event_objects(data: bytes) -> list[dict[str, Any]]:
+    """The lines of ``events.jsonl`` bytes that parse as JSON objects, in order; any other line
+    (not JSON, nested deeper than the decoder goes, or not an object) is skipped: whoever reads
+    the events as evidence reports such a line on its own terms."""
+    out: list[dict[str, Any]] = []
+    for line in data.splitlines():
+        try:
+            event = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(event, dict):
+            out.append(event)
+    return out

@@ -131,3 +131,16 @@ def test_an_update_that_ran_on_other_weights(honest: Trained, tmp_path: Path) ->
     WeightsChain(RunRecord.from_json(honest.run / SUMMARY), found).check(b"\n".join(lines) + b"\n", items)
     assert [f.code for f in found.findings] == [E.WEIGHTS_CHAIN]
     assert "ran on weights" in found.findings[0].message and found.findings[0].workers == ()
+
+
+def test_an_event_nested_deeper_than_the_decoder_goes_is_a_finding_not_a_crash(
+    honest: Trained, tmp_path: Path
+) -> None:
+    """A line of 100000 nested arrays appended to events.jsonl and re-signed into every head: the
+    weights chain skips it as not an event (it used to stop the audit with a RecursionError), and
+    the audit still reports what was changed."""
+    run = copy_run(honest, tmp_path)
+    lines = [*read_events(run), b"[" * 100_000 + b"]" * 100_000]
+    write_events(run, lines)
+    _resign(honest, run, lines)
+    caught(honest, run, E.EVENTS_REWRITTEN)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from stagewarden.attest.errors import AttestError
 from stagewarden.attest.receipt_log import ReceiptLog, RecordType, read_log, recover_torn_tail
 from stagewarden.attest.receipts import parse_receipt, receipt_digest
+from stagewarden.attest.run_lines import event_objects
 from stagewarden.attest.run_record import TrainingRecord
 from stagewarden.attest.rundir import LOG_FILE, RunDir, RunDirWriter
 from stagewarden.runtime.checkpoint import (
@@ -43,15 +43,7 @@ def _repair_events(path: Path, notes: list[str]) -> list[dict[str, Any]]:
             f.flush()
             os.fsync(f.fileno())
         notes.append(f"cut a partial final line ({len(data) - end} bytes) off events.jsonl")
-    events = []
-    for line in data[:end].splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-    return events
+    return event_objects(data[:end])
 
 
 class Resume:
