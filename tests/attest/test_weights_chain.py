@@ -133,9 +133,7 @@ def test_an_update_that_ran_on_other_weights(honest: Trained, tmp_path: Path) ->
     assert "ran on weights" in found.findings[0].message and found.findings[0].workers == ()
 
 
-def test_an_event_nested_deeper_than_the_decoder_goes_is_a_finding_not_a_crash(
-    honest: Trained, tmp_path: Path
-) -> None:
+def test_an_event_nested_deeper_than_the_decoder_goes_is_a_finding_not_a_crash(honest: Trained, tmp_path: Path) -> None:
     """A line of 100000 nested arrays appended to events.jsonl and re-signed into every head: the
     weights chain skips it as not an event (it used to stop the audit with a RecursionError), and
     the audit still reports what was changed."""
