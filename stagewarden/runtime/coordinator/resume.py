@@ -155,10 +155,7 @@ class Resume:
                 self.roster.slot_ids[slot] = str(standby)
                 self.roster.slot_ranks[slot] = self.roster.standby_rank(index)
                 self.roster.benched.append(str(failed))
-                replacement: dict[str, Any] = {"worker": failed, "by": standby, "stage": stage, "from_step": step}
-                if self.roster.layout.pipeline(slot):
-                    replacement["replica"] = self.roster.layout.pipeline(slot)
-                self.roster.replacements.append(replacement)
+                self.roster.add_replacement(str(failed), str(standby), slot, step)
                 fault_note = f"standby {standby} takes stage {stage} from failed worker {failed}"
             elif failed is not None:
                 fault_note = f"worker {failed} failed before the interruption and is admitted again"

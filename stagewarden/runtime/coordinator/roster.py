@@ -162,15 +162,20 @@ class Roster:
             send_message(self.ctx.transport, self.rank_of(q), ranks)
         self.write_workers()
 
+    def add_replacement(self, worker: str, by: str, slot: int, from_step: int) -> int:
+        """Record that ``by`` serves ``slot`` from ``from_step`` on in place of ``worker``; the
+        slot's pipeline."""
+        pipeline = self.layout.pipeline(slot)
+        self.replacements.append(
+            {"worker": worker, "by": by, "stage": self.layout.stage(slot), "from_step": from_step, "replica": pipeline}
+        )
+        return pipeline
+
     def record_replacement(self, plan: ResponsePlan, step: int, rank: int) -> None:
         assert plan.standby is not None and plan.checkpoint_step is not None
         s = plan.stage
-        replacement: dict[str, Any] = {"worker": plan.convict, "by": plan.standby, "stage": s}
-        replacement["from_step"] = plan.checkpoint_step
-        pipeline = self.layout.pipeline(self.slot_ids.index(plan.standby))
-        if pipeline:
-            replacement["replica"] = pipeline
-        self.replacements.append(replacement)
+        slot = self.slot_ids.index(plan.standby)
+        pipeline = self.add_replacement(plan.convict, plan.standby, slot, plan.checkpoint_step)
         extra = {"replica": pipeline} if pipeline else {}
         self.ctx.events.write(
             "ejected",
