@@ -11,8 +11,9 @@ a standby taking a slot mid-run would have none.
 
 Every contribution a worker receives must be the one its sender committed to before the update:
 the coordinator sends each worker the digests the group's commitments named (``Update``), and a
-contribution with another digest is refused as a malformed message from its sender (as a tensor
-that does not match its signed header is). Every replica then aggregates the same contributions
+contribution with another digest is refused before anything is aggregated: the receiver reports
+the failure, which is its word against the sender's (the bytes it received are not evidence), so
+the run stops without blaming either. Every replica then aggregates the same contributions
 with the same deterministic rule, so honest replicas apply bit-identical updates.
 """
 

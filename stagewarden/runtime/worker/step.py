@@ -11,7 +11,6 @@ signed as the unit ends.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from stagewarden.runtime.route import Route
 from stagewarden.runtime.schedule import Action, ActionKind
 from stagewarden.runtime.transport import Transport, TransportError
 from stagewarden.runtime.units import ForwardState, loss_digest, optimizer_step, stage_backward, stage_forward
-from stagewarden.runtime.worker.contributions import apply_aggregate, exchange, flat_gradients, shaped_digest
+from stagewarden.runtime.worker.contributions import apply_aggregate, exchange, flat_gradients
 from stagewarden.runtime.worker.grads import backward_output, gather_grads, grads_digest
 from stagewarden.runtime.worker.hooks import skew_backward, skew_weights
 from stagewarden.runtime.worker.neighbour import NeighbourCheck, Relay
@@ -182,11 +181,10 @@ class StepRunner:
         receipts, headers = tuple(st.receipts), tuple(st.headers)
         contribution = None
         if len(self.peers.group) > 1:  # the digest of what this worker sends its stage's other replicas
-            contribution = (
-                st.trace[-1] if c.receipts else shaped_digest(self.state.module, flat_gradients(self.state.module))
-            )
-        commit = Commit(step, receipts, headers, int(st.busy * 1e9), checks, checks_run, losses, logits)
-        return dataclasses.replace(commit, contribution=contribution) if contribution is not None else commit
+            contribution = st.trace[-1] if c.receipts else grads_digest(self.state.module)
+        return Commit(
+            step, receipts, headers, int(st.busy * 1e9), checks, checks_run, losses, logits, contribution=contribution
+        )
 
     def begin(self, step: int, attempt: int) -> StepState:
         """Record the state the step starts from: a recomputation starts from the recorded one."""
