@@ -95,8 +95,11 @@ class AfterUpdate:
         step: The step.
         commit: Its commitments.
         sample: The sampled units ``(stage, micro_batch, kind)``.
-        pushes: Per stage asked to push: its sampled units ``(micro_batch, kind)``.
-        snapshot: Whether the stages push their state for the checkpoint after the step.
+        pushes: Per slot asked to push: its sampled units ``(micro_batch, kind)``.
+        snapshot: Whether the stages push their state for the checkpoint after the step (each
+            stage's first computing slot, :meth:`CheckpointStore.leads
+            <stagewarden.runtime.coordinator.checkpoints.CheckpointStore.leads>`).
+        snapshot_slots: The slots asked to push their state with the units (none without a snapshot).
         update_receipts: The update receipts of the step, per stage.
         weights: The weights digest (hex) each stage reported after its update.
         optimizers: The optimizer-state digest (hex) each stage's update receipt commits to after
@@ -113,6 +116,7 @@ class AfterUpdate:
     sample: list[tuple[int, int, str]]
     pushes: dict[int, list[tuple[int, str]]]
     snapshot: bool
+    snapshot_slots: frozenset[int]
     update_receipts: dict[int, Receipt]
     weights: dict[int, str]
     optimizers: dict[int, str] = dataclasses.field(default_factory=dict)
@@ -435,7 +439,7 @@ class Coordinator:
                     digests=digests,
                     outputs=received[f"output{i}"],
                 )
-            if after.snapshot and s in self.store.leads():
+            if s in after.snapshot_slots:
                 weights, optimizer = received["snapshot_weights"], received["snapshot_optimizer"]
                 known = {
                     "weights": tensor_digests(weights, digests, "snapshot_weights"),
@@ -567,8 +571,17 @@ class Coordinator:
             if asked or (snapshot and s in leads):
                 pushes[s] = asked
         for s, asked in pushes.items():
-            push = Push(step, tuple(asked), snapshot and s in leads)
+            push = Push(step, tuple(asked), snapshot and s in leads)  # what _receive_pushed expects back
             send_message(self.ctx.transport, self.roster.rank_of(s), push)
         return AfterUpdate(
-            step, commit, sample, pushes, snapshot, receipts, dict(self.ledger.final_weights), optimizers, found
+            step,
+            commit,
+            sample,
+            pushes,
+            snapshot,
+            frozenset(leads) if snapshot else frozenset(),
+            receipts,
+            dict(self.ledger.final_weights),
+            optimizers,
+            found,
         )
