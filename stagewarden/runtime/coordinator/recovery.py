@@ -87,6 +87,7 @@ class Recovery:
         self.ctx.events.write("response", **record)
         if plan.retired_pipeline is not None:
             self.retire(plan)
+            self.tally.spot["recomputations"] += 1
             return plan
         if plan.response is Response.EJECT:
             self.eject(plan, step)
@@ -110,12 +111,17 @@ class Recovery:
         the plan's checkpoint and record the replacement (the standby's receipts chain under its
         own worker id from the checkpoint's step on)."""
         assert plan.standby is not None and plan.checkpoint_step is not None
+        self._replace(plan, step, plan.standby, plan.checkpoint_step)
+        self.tally.spot["recomputations"] += 1
+
+    def _replace(self, plan: ResponsePlan, step: int, standby: str, checkpoint: int) -> None:
+        """Hand the convict's slot to ``standby``, restore every slot to ``checkpoint``, record the
+        replacement and calibrate the standby."""
         slot = self.roster.slot_ids.index(plan.convict)
-        rank = self.roster.hand_over(slot, plan.standby)
-        self.store.restore(plan.checkpoint_step)
+        rank = self.roster.hand_over(slot, standby)
+        self.store.restore(checkpoint)
         self.roster.record_replacement(plan, step, rank)
         self.admission.calibrate([slot])
-        self.tally.spot["recomputations"] += 1
 
     def _pipeline_of(self, worker: str) -> dict[int, str]:
         """The workers of the pipeline ``worker`` serves in, by stage (what a plan is made from)."""
@@ -171,7 +177,6 @@ class Recovery:
         self.roster.retire(plan.retired_pipeline)
         self.ctx.events.write("pipeline_retired", pipeline=plan.retired_pipeline, worker=plan.convict)
         self.store.restore(plan.checkpoint_step)
-        self.tally.spot["recomputations"] += 1
 
     def rollback(self, step: int, attempt: int, detection: SignedDetection) -> ResponsePlan:
         """Carry out a rollback: audit the convict's logged receipts (:meth:`audit_receipts`), plan
@@ -260,13 +265,8 @@ class Recovery:
         self.store.discard_after(back)
         if plan.retired_pipeline is not None:
             self.retire(plan)
-            self.tally.spot["recomputations"] -= 1  # counted once below
         elif standby is not None:
-            slot = self.roster.slot_ids.index(plan.convict)
-            rank = self.roster.hand_over(slot, standby)
-            self.store.restore(back)
-            self.roster.record_replacement(plan, step, rank)
-            self.admission.calibrate([slot])
+            self._replace(plan, step, standby, back)
         else:  # the engine bypasses plan.bypass_stage in the first recomputed step
             self.store.restore(back)
         self.tally.spot["recomputations"] += 1
