@@ -100,13 +100,14 @@ class CopyComparison:
         """The copies blamed for one unit, each with why and its receipt."""
         layout = self.roster.layout
         receipts = {q: r for q in copies if (r := commit.receipt(q, m, kind)) is not None}
-        inputs = Counter(self._inputs(commit, q, m, kind) for q in receipts)
+        received = {q: self._inputs(commit, q, m, kind) for q in receipts}
+        inputs = Counter(received.values())
         if not inputs:
             return []
         consensus, holders = inputs.most_common(1)[0]
         if holders < 2:
             return []  # every copy computed on another input: the units upstream disagree
-        compared = {q: r for q, r in receipts.items() if self._inputs(commit, q, m, kind) == consensus}
+        compared = {q: r for q, r in receipts.items() if received[q] == consensus}
         outputs = {q: self._value(r) for q, r in compared.items()}
         if len(set(outputs.values())) <= 1:
             return []
