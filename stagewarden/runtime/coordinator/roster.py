@@ -52,6 +52,7 @@ class Roster:
         self.benched: list[str] = []
         self.replacements: list[dict[str, Any]] = []
         self.retired: set[int] = set()
+        self._computing_cache: tuple[frozenset[int], frozenset[int]] | None = None
         self.keys: dict[str, bytes] = {}
         self.prev: dict[str, bytes] = {}
         self.chain_heads: dict[str, bytes] = {}
@@ -73,7 +74,14 @@ class Roster:
     def group(self, slot: int) -> list[int]:
         """The computing slots whose contributions ``slot`` aggregates (itself included), in
         replica order (:meth:`~stagewarden.runtime.layout.Layout.group`)."""
-        return self.layout.group(slot, set(self.slots))
+        return self.layout.group(slot, self._computing())
+
+    def _computing(self) -> frozenset[int]:
+        """:attr:`slots` as a set, kept until a pipeline is retired (asked for every slot of a step)."""
+        retired = frozenset(self.retired)
+        if self._computing_cache is None or self._computing_cache[0] != retired:
+            self._computing_cache = (retired, frozenset(self.slots))
+        return self._computing_cache[1]
 
     def standby_rank(self, index: int) -> int:
         """The rank of standby worker ``index``."""
