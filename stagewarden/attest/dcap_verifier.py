@@ -40,23 +40,34 @@ class DcapVerifier:
         policy: the appraisal policy (statuses, reference values per stage, lifetimes).
         signing_key: the verifier's Ed25519 key; it signs the EAR results.
         clock: the verifier's clock (collateral validity and nonce expiry are judged by it).
+        nonces: the registry of issued nonces to share with an earlier verifier; default: a new one.
     """
 
     kind = "dcap"
 
     def __init__(
-        self, collateral: Collateral | CollateralCache, policy: DcapPolicy, signing_key: SigningKey, clock: Clock
+        self,
+        collateral: Collateral | CollateralCache,
+        policy: DcapPolicy,
+        signing_key: SigningKey,
+        clock: Clock,
+        nonces: NonceRegistry | None = None,
     ) -> None:
         self.collateral = collateral
         self.policy = policy
         self.signing_key = signing_key
         self.clock = clock
-        self._nonces = NonceRegistry(clock, policy.nonce_lifetime_seconds)
+        self._nonces = nonces or NonceRegistry(clock, policy.nonce_lifetime_seconds)
 
     @property
     def verify_key(self) -> VerifyKey:
         """The public key relying parties pin to check results."""
         return self.signing_key.verify_key
+
+    @property
+    def nonces(self) -> NonceRegistry:
+        """The nonces this verifier issued and those already answered."""
+        return self._nonces
 
     def issue_nonce(self) -> bytes:
         """A fresh 32-byte nonce, valid for the policy's nonce lifetime and usable once."""
@@ -91,7 +102,12 @@ class DcapVerifier:
 
     @classmethod
     def from_files(
-        cls, collateral: str | Path, policy: str | Path | None, signing_key: SigningKey, clock: Clock
+        cls,
+        collateral: str | Path,
+        policy: str | Path | None,
+        signing_key: SigningKey,
+        clock: Clock,
+        nonces: NonceRegistry | None = None,
     ) -> DcapVerifier:
         """A verifier whose collateral is a bundle file or a cache folder, with the policy in a file
         (default: :class:`~stagewarden.attest.dcap_policy.DcapPolicy`).
@@ -102,4 +118,5 @@ class DcapVerifier:
         """
         path = Path(collateral)
         source = CollateralCache(path) if path.is_dir() else parse_collateral(path.read_bytes())
-        return cls(source, load_dcap_policy(policy) if policy is not None else DcapPolicy(), signing_key, clock)
+        loaded = load_dcap_policy(policy) if policy is not None else DcapPolicy()
+        return cls(source, loaded, signing_key, clock, nonces)

@@ -48,6 +48,7 @@ from .collateral import (
 from .errors import AttestError, ErrorCode
 from .evidence import check_device_id, check_hardware_model
 from .files import atomic_write_bytes
+from .nonces import NonceRegistry
 from .pki import Issued, make_crl, make_device, make_intermediate, make_root, make_tcb_signer, name_attribute
 from .policy import Policy
 from .providers import DeviceIdentity, SimulatedProvider
@@ -332,6 +333,7 @@ def local_verifier(
     clock: Clock,
     signing_key: SigningKey | None = None,
     reference_lifetime: dt.timedelta = dt.timedelta(days=1),
+    nonces: NonceRegistry | None = None,
 ) -> Verifier:
     """A verifier that trusts ``vendor`` (its root pinned) and takes ``measurements`` as the reference values.
 
@@ -341,7 +343,7 @@ def local_verifier(
 
     The reference values are signed on the spot by a throw-away reference value provider key, valid
     from now for ``reference_lifetime``: the caller vouches for them. Without ``signing_key`` the
-    verifier's own key is ephemeral too.
+    verifier's own key is ephemeral too. ``nonces``: the issued nonces to share with an earlier verifier.
     """
     now = clock.now().replace(microsecond=0)
     provider_key = SigningKey.generate()
@@ -354,5 +356,11 @@ def local_verifier(
         values = ReferenceValues(now, now + reference_lifetime, named)
     token = sign_reference_values(values, provider_key)
     return Verifier(
-        vendor.endorsements(), token, provider_key.verify_key, policy, signing_key or SigningKey.generate(), clock
+        vendor.endorsements(),
+        token,
+        provider_key.verify_key,
+        policy,
+        signing_key or SigningKey.generate(),
+        clock,
+        nonces,
     )

@@ -248,6 +248,8 @@ class Verifier:
         policy: the appraisal policy.
         signing_key: the verifier's own Ed25519 key; it signs attestation results.
         clock: the verifier's clock.
+        nonces: the registry of issued nonces to share (a verifier rebuilt with fresh endorsements
+            keeps accepting the nonces its predecessor issued); default: a new one.
     """
 
     def __init__(
@@ -258,6 +260,7 @@ class Verifier:
         policy: Policy,
         signing_key: SigningKey,
         clock: Clock,
+        nonces: NonceRegistry | None = None,
     ) -> None:
         if not endorsements.roots:
             raise ValueError("a verifier needs at least one pinned root")
@@ -267,12 +270,17 @@ class Verifier:
         self.policy = policy
         self.signing_key = signing_key
         self.clock = clock
-        self._nonces = NonceRegistry(clock, policy.nonce_lifetime_seconds)
+        self._nonces = nonces or NonceRegistry(clock, policy.nonce_lifetime_seconds)
 
     @property
     def verify_key(self) -> VerifyKey:
         """The public key relying parties pin to check results."""
         return self.signing_key.verify_key
+
+    @property
+    def nonces(self) -> NonceRegistry:
+        """The nonces this verifier issued and those already answered."""
+        return self._nonces
 
     # -- nonces -------------------------------------------------------------------------------
 

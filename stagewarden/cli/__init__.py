@@ -27,6 +27,7 @@ from stagewarden.cli import (
     schema,
     synthesize,
     train,
+    verifier,
     verify,
 )
 from stagewarden.cli.common import CommandGroup
@@ -58,6 +59,7 @@ for command in (
     replay.replay,
     report.report,
     train.train,
+    verifier.verifier,
 ):
     cli.add_command(command)
 

@@ -278,6 +278,19 @@ def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
     "configuration (only --steps and the timeouts may be given).",
 )
 @click.option(
+    "--verifier",
+    "verifier_socket",
+    type=click.Path(),
+    help="Use the attestation verifier listening on this Unix socket ('stagewarden verifier serve') instead "
+    "of starting one for the run.",
+)
+@click.option(
+    "--verifier-dir",
+    type=click.Path(file_okay=False),
+    help="The key folder of the verifier started for the run (mode 0700; given to that verifier alone).  "
+    "[default: ~/.local/state/stagewarden/verifier, see 'stagewarden verifier serve --help']",
+)
+@click.option(
     "--prepare",
     "prepare_dir",
     type=click.Path(),
@@ -334,6 +347,8 @@ def train(
     out: str | None,
     force: bool,
     resume_dir: str | None,
+    verifier_socket: str | None,
+    verifier_dir: str | None,
     prepare_dir: str | None,
 ) -> None:
     """Train a small GPT split into pipeline stages, one process per stage, with attested workers
@@ -355,7 +370,7 @@ def train(
     timeouts: dict[str, float] = {k: v for k, v in given.items() if v is not None}
     if resume_dir is not None:
         config = _resume_config(resume_dir, out, timeouts)
-        _launch(config, Path(resume_dir), vendor, resume=True)
+        _launch(config, Path(resume_dir), vendor, resume=True, verifier=(verifier_socket, verifier_dir))
         return
     if out is None:
         raise BadInput("give --out RUN_DIR (the run directory to write), or --resume RUN_DIR")
@@ -449,7 +464,7 @@ def train(
             shutil.rmtree(target)
         else:
             target.unlink()
-    _launch(config, target, vendor, resume=False)
+    _launch(config, target, vendor, resume=False, verifier=(verifier_socket, verifier_dir))
 
 
 def _resume_config(resume_dir: str, out: str | None, timeouts: dict[str, float]) -> Any:
@@ -461,6 +476,7 @@ def _resume_config(resume_dir: str, out: str | None, timeouts: dict[str, float])
 
     ctx = click.get_current_context()
     allowed = {"resume_dir", "steps", "heartbeat_timeout", "silence_timeout", "timeout", "vendor", "out"}
+    allowed |= {"verifier_socket", "verifier_dir"}
     given = [
         name
         for name in ctx.params
@@ -494,8 +510,11 @@ def _resume_config(resume_dir: str, out: str | None, timeouts: dict[str, float])
         raise BadInput(f"--resume {resume_dir}: {exc}") from None
 
 
-def _launch(config: Any, target: Path, vendor: str | None, resume: bool) -> None:
-    """Run (or resume) ``config`` in ``target`` with a progress bar; print the summary table and exit."""
+def _launch(
+    config: Any, target: Path, vendor: str | None, resume: bool, verifier: tuple[str | None, str | None]
+) -> None:
+    """Run (or resume) ``config`` in ``target`` with a progress bar; print the summary table and exit.
+    ``verifier``: the socket of a verifier service to use and the key folder of one to start."""
     from stagewarden.runtime.config import ConfigError
     from stagewarden.runtime.launch import LaunchError, LaunchInterrupted, launch_local
 
@@ -532,7 +551,15 @@ def _launch(config: Any, target: Path, vendor: str | None, resume: bool) -> None
 
     try:
         with progress:
-            result = launch_local(config, target, vendor_dir=vendor, on_event=on_event, resume=resume)
+            result = launch_local(
+                config,
+                target,
+                vendor_dir=vendor,
+                on_event=on_event,
+                resume=resume,
+                verifier=verifier[0],
+                verifier_dir=verifier[1],
+            )
     except LaunchInterrupted as exc:
         make_console(err=True).print(f"the run was {exc}", markup=False)
         if exc.resumable:

@@ -19,10 +19,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stagewarden.attest.run_record import SUMMARY_FILE, RunDirError, RunRecord
 from stagewarden.attest.witness import WITNESS_DIR
+
+if TYPE_CHECKING:
+    from stagewarden.attest.verifier_client import VerifierClient
+    from stagewarden.runtime.config import RunConfig
 
 #: Set by the local launcher: the pid of the launching process; a worker exits when it is gone.
 PARENT_PID_ENV = "STAGEWARDEN_PARENT_PID"
@@ -83,25 +87,63 @@ def _watch_launcher() -> None:
 
 
 def run_process(
-    config_path: str, out: str, vendor: str | None, resume: str = "never", witness_dir: str | None = None
+    config_path: str,
+    out: str,
+    vendor: str | None,
+    resume: str = "never",
+    witness_dir: str | None = None,
+    verifier: str | None = None,
+    verifier_dir: str | None = None,
 ) -> None:
     """Join the process groups (the run's, and the heartbeat channel's) and play this rank's role
     (raises on failure). The groups are not left: :func:`_run` ends the process instead.
 
     ``witness_dir`` (workers): where the worker keeps its witness file (default ``OUT/witness``).
 
+    ``verifier`` (rank 0, attestation on): the Unix socket of a verifier service to use; without
+    it rank 0 starts a verifier process of its own whose key lives in ``verifier_dir`` (default
+    :func:`~stagewarden.attest.verifier_keys.default_verifier_dir`), stopped when rank 0 ends.
+
     ``resume`` (rank 0): ``never`` starts a new run in ``out``; ``always`` resumes the interrupted
     run there; ``auto`` resumes it if there is one that has not completed, else starts a new run
     (for ``torchrun --max-restarts``, which restarts every process after a failure).
     """
-    import torch.distributed as dist
-
     from stagewarden.runtime.config import load_run_config
-    from stagewarden.runtime.liveness import HeartbeatInbox, HeartbeatSender, heartbeat_group
-    from stagewarden.runtime.transport import Transport
 
     config = load_run_config(config_path)
     rank, world = _env_int("RANK"), _env_int("WORLD_SIZE")
+    if rank == 0 and config.attestation and verifier is None:
+        # started first: it computes the reference values while the process groups form
+        from stagewarden.attest.verifier_keys import default_verifier_dir
+        from stagewarden.runtime.verifier_process import start_verifier
+
+        with start_verifier(config_path, verifier_dir or default_verifier_dir(), vendor) as local:
+            _play_role(config, rank, world, out, vendor, resume, witness_dir, local.client)
+        return
+    client = None
+    if rank == 0 and config.attestation and verifier is not None:
+        from stagewarden.attest.verifier_client import VerifierClient
+
+        client = VerifierClient(verifier)
+    _play_role(config, rank, world, out, vendor, resume, witness_dir, client)
+
+
+def _play_role(
+    config: RunConfig,
+    rank: int,
+    world: int,
+    out: str,
+    vendor: str | None,
+    resume: str,
+    witness_dir: str | None,
+    verifier: VerifierClient | None,
+) -> None:
+    """:func:`run_process` once the configuration is read (and rank 0's verifier is known)."""
+    import torch.distributed as dist
+
+    from stagewarden.runtime.liveness import HeartbeatInbox, HeartbeatSender, heartbeat_group
+    from stagewarden.runtime.transport import Transport
+
     _env_int("MASTER_PORT")
     if not os.environ.get("MASTER_ADDR"):
         raise EntryError(
@@ -149,7 +191,7 @@ def run_process(
         again = resume == "always" or (resume == "auto" and _resumable(Path(out)))
         if not again and (Path(out) / "summary.json").exists():
             raise EntryError(f"{out} already holds a run (summary.json exists); the coordinator writes a new one")
-        Coordinator(config, out, transport, vendor, resume=again, heartbeats=inbox).run()
+        Coordinator(config, out, transport, vendor, resume=again, heartbeats=inbox, verifier=verifier).run()
     else:
         from stagewarden.runtime.worker import StageWorker, TestHooks
 
@@ -248,6 +290,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="workers: keep the witness file of the run's step heads in this folder (default: OUT/witness)",
     )
     parser.add_argument(
+        "--verifier",
+        metavar="SOCKET",
+        help="rank 0: use the attestation verifier service listening on this Unix socket "
+        "(default: start one; see stagewarden verifier serve)",
+    )
+    parser.add_argument(
+        "--verifier-dir",
+        help="rank 0: the key folder of the verifier it starts (mode 0700; default: a per-user state folder)",
+    )
+    parser.add_argument(
         "--resume",
         choices=("never", "always", "auto"),
         default="never",
@@ -272,7 +324,7 @@ def _run(args: argparse.Namespace) -> int:
 def _run_role(args: argparse.Namespace) -> int:
     rank = os.environ.get("RANK", "?")
     try:
-        run_process(args.config, args.out, args.vendor, args.resume, args.witness_dir)
+        run_process(args.config, args.out, args.vendor, args.resume, args.witness_dir, args.verifier, args.verifier_dir)
     except KeyboardInterrupt:
         _report(args.error_file, rank, "interrupted", 130)
         return 130

@@ -206,6 +206,8 @@ def launch_local(
     resume: bool = False,
     max_restarts: int | None = None,
     start_method: StartMethod | None = None,
+    verifier: str | Path | None = None,
+    verifier_dir: str | Path | None = None,
 ) -> LaunchResult:
     """Run ``config`` with every process on this machine and return when it is done.
 
@@ -234,6 +236,11 @@ def launch_local(
         max_restarts: Automatic resumes after worker faults (default: one per standby).
         start_method: ``forkserver``, ``subprocess`` or ``auto`` (the fork server where it is
             available); default: the environment variable ``STAGEWARDEN_START_METHOD``, else ``auto``.
+        verifier: The Unix socket of an attestation verifier service to use (``stagewarden
+            verifier serve``); default: the coordinator starts a verifier process of its own.
+        verifier_dir: The key folder of the verifier the coordinator starts (default
+            :func:`~stagewarden.attest.verifier_keys.default_verifier_dir`). Only the coordinator's
+            command line names it, and only the verifier process reads the key in it.
 
     Raises:
         LaunchError: A process failed (the message is the coordinator's, or the first failing
@@ -265,8 +272,23 @@ def launch_local(
         config_path = tmp / "config.json"
         config_path.write_text(json.dumps(config.to_json(), indent=2), encoding="utf-8")
         while True:
+            coordinator_args = [] if verifier is None else ["--verifier", str(verifier)]
+            if verifier_dir is not None:
+                coordinator_args += ["--verifier-dir", str(verifier_dir)]
             codes, session_pids, used = _run_world(
-                config, run_path, config_path, vendor, tmp, env, resume, events, on_event, timeout, started, method
+                config,
+                run_path,
+                config_path,
+                vendor,
+                tmp,
+                env,
+                resume,
+                events,
+                on_event,
+                timeout,
+                started,
+                method,
+                coordinator_args,
             )
             pids += session_pids
             if all(c == 0 for c in codes):
@@ -309,10 +331,12 @@ def _run_world(
     timeout: float | None,
     started: float,
     method: str,
+    coordinator_args: list[str],
 ) -> tuple[list[int | None], list[int], str]:
     """Start one set of ``1 + S + K`` processes, wait for them, stop them; return the exit codes,
     the process ids and the start method used (``method``, or ``subprocess`` where the fork
-    server's import-time settings differ from those the processes are to get)."""
+    server's import-time settings differ from those the processes are to get).
+    ``coordinator_args`` go to rank 0 alone (its verifier)."""
     procs: list[RunProcess] = []
     for leftover in tmp.glob("rank*.error"):
         leftover.unlink()
@@ -341,6 +365,8 @@ def _run_world(
             ]
             if vendor is not None:
                 args += ["--vendor", vendor]
+            if rank == 0:
+                args += coordinator_args
             child_env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}
             log = tmp / f"rank{rank}.log"
             if method == "forkserver":

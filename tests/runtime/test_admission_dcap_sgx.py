@@ -2,8 +2,9 @@
 the real Intel SGX sample quote (tests/attest/data/sgx_quote): a genuine quote whose REPORTDATA binds
 no key of theirs, so each worker is refused with KEY_BINDING and nothing is admitted.
 
-The coordinator's clock is set inside the sample collateral's validity; the run directory writer is
-a recorder (no run record is needed to admit)."""
+The clocks of the coordinator and of the verifier service (a real one, serving from a thread) are set
+inside the sample collateral's validity; the run directory writer is a recorder (no run record is
+needed to admit)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from coordinator_parts import Parts
 from distributed_helpers import tiny_config
 from test_admission_messages import _Scripted
+from verifier_helpers import serving_verifier
 
 from stagewarden.attest.clock import FixedClock
 from stagewarden.runtime.coordinator import admission as admission_module
@@ -73,7 +75,8 @@ def _admit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: Path | None)
     parts.ctx.writer = writer
     faults = Faults(parts.ctx, parts.roster, parts.tally)
     admission = Admission(parts.ctx, parts.roster, parts.ledger, parts.tally, parts.reexec, faults)
-    with pytest.raises(AdmissionRefused) as info:
+    with serving_verifier(config, None, FixedClock(SGX_AT)) as verifier, pytest.raises(AdmissionRefused) as info:
+        parts.ctx.verifier = verifier
         admission.admit()
     assert "KEY_BINDING" in str(info.value)
     return transport, writer, parts

@@ -1,28 +1,25 @@
-"""Admitting the workers: attestation (simulated vendor or Intel DCAP), the measurement each
-must present, and the calibration of the spot check's tolerance."""
+"""Admitting the workers: attestation by the run's verifier service (simulated vendor or Intel
+DCAP; :mod:`stagewarden.attest.verifier_service`, which holds the verifier's key and computes the
+measurement each stage must present), and the calibration of the spot check's tolerance."""
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
-from nacl.signing import SigningKey
+from nacl.signing import VerifyKey
 
+from stagewarden.attest import relying_party
 from stagewarden.attest.binding import stage_label
-from stagewarden.attest.clock import Clock, SystemClock
-from stagewarden.attest.dcap_verifier import DcapVerifier, EarAppraisal
+from stagewarden.attest.clock import SystemClock
 from stagewarden.attest.errors import AttestError, ErrorCode
-from stagewarden.attest.policy import Policy
 from stagewarden.attest.receipts import chain_genesis
 from stagewarden.attest.relying_party import RelyingParty
-from stagewarden.attest.rundir import RunDir
-from stagewarden.attest.vendor import load_vendor, local_verifier
-from stagewarden.attest.verifier import Appraisal, Verifier
+from stagewarden.attest.rundir import RunDir, RunDirError
+from stagewarden.attest.verifier_client import VerifierClient, VerifierUnavailable
 from stagewarden.runtime.calibration import CALIBRATION_UNITS, MAX_TOLERANCE, calibrate_stage, tolerance_record
 from stagewarden.runtime.compare import SpotCheckError
-from stagewarden.runtime.config import RunConfig
-from stagewarden.runtime.coordinator.context import RunContext, private_key
+from stagewarden.runtime.coordinator.context import RunContext
 from stagewarden.runtime.coordinator.errors import AdmissionRefused
 from stagewarden.runtime.coordinator.faults import Faults
 from stagewarden.runtime.coordinator.ledger import Ledger
@@ -30,7 +27,6 @@ from stagewarden.runtime.coordinator.reexecution import Reexecution
 from stagewarden.runtime.coordinator.roster import Roster
 from stagewarden.runtime.coordinator.tally import RunTally
 from stagewarden.runtime.coordinator.wire import digest_of_weights
-from stagewarden.runtime.measure import code_digest, stage_measurement
 from stagewarden.runtime.protocol import (
     Admitted,
     Calibrate,
@@ -48,16 +44,6 @@ from stagewarden.runtime.transport import (
     TransportError,
 )
 from stagewarden.runtime.units import deterministic
-
-
-def _dcap_verifier(c: RunConfig, signing_key: SigningKey, clock: Clock) -> DcapVerifier:
-    """The verifier of Intel quotes the configuration names (its collateral and policy files)."""
-    if c.dcap_collateral is None:
-        raise AdmissionRefused("attestation_kind dcap needs dcap_collateral (a collateral file or cache folder)")
-    try:
-        return DcapVerifier.from_files(c.dcap_collateral, c.dcap_policy, signing_key, clock)
-    except (AttestError, OSError) as exc:
-        raise AdmissionRefused(f"cannot set up the DCAP verifier: {exc}") from None
 
 
 class Admission:
@@ -79,69 +65,64 @@ class Admission:
         self.admitted_stage: dict[str, int | None] = {}
         """The stage each worker was admitted for (``None``: as a standby), which its results bind."""
 
-    def reference_measurements(self) -> dict[str, bytes]:
-        """The measurement each worker must present: computed here from the code, the
-        configuration and the initial weights derived from the seed."""
-        out = {wid: self.reference_for(self.roster.layout.stage(q)) for q, wid in enumerate(self.roster.slot_ids)}
-        for k in self.roster.free_standbys:
-            out[self.roster.standby_ids[k]] = self.reference_for(None)
-        return out
+    def verifier(self) -> tuple[VerifierClient, RelyingParty] | None:
+        """The run's attestation verifier service and a relying party that pins its key; ``None``
+        without attestation.
 
-    def reference_for(self, stage: int | None) -> bytes:
-        """The measurement a worker admitted for ``stage`` (``None``: a standby) presents."""
-        initial = self.ledger.initial_weights_digest(stage) if stage is not None else None
-        return stage_measurement(self.ctx.config, stage, initial, self._code_digest)
-
-    @functools.cached_property
-    def _code_digest(self) -> bytes:
-        """The digest of the runtime's code, read once: the code every measurement covers."""
-        return code_digest()
-
-    def verifier_for(
-        self, workers: Sequence[tuple[int, str, int | None]], create_key: bool
-    ) -> tuple[Verifier | DcapVerifier | None, RelyingParty | None]:
-        """A verifier and a relying party for ``workers`` (rank, id, admitted stage), built afresh
-        (the vendor's CRLs or the DCAP collateral as they are now); ``(None, None)`` without
-        attestation."""
+        Raises:
+            AdmissionRefused: There is no verifier, it cannot be reached, or it appraises another
+                kind of evidence than the run's ``attestation_kind``.
+        """
         c = self.ctx.config
         if not c.attestation:
-            return None, None
-        key = private_key(self.ctx.keys_dir, "verifier", create=create_key)
-        if c.attestation_kind == "dcap":
-            clock = SystemClock()
-            dcap = _dcap_verifier(c, key, clock)
-            return dcap, RelyingParty(dcap.verify_key, clock)
-        if self.ctx.vendor_dir is None:
-            raise AdmissionRefused("attestation is on but no vendor folder was given")
-        clock = SystemClock()
-        verifier = local_verifier(
-            load_vendor(self.ctx.vendor_dir),
-            {stage_label(stage): self.reference_for(stage) for _, _, stage in workers},
-            Policy(result_lifetime_seconds=c.result_lifetime),
-            clock,
-            signing_key=key,
-        )
-        return verifier, RelyingParty(verifier.verify_key, clock)
+            return None
+        client = self.ctx.verifier
+        if client is None:
+            raise AdmissionRefused("attestation is on but the coordinator was given no attestation verifier")
+        try:
+            key = client.public_key()
+        except VerifierUnavailable as exc:
+            raise AdmissionRefused(str(exc)) from None
+        if client.kind != c.attestation_kind:
+            raise AdmissionRefused(
+                f"the attestation verifier appraises {client.kind} evidence, but the run's attestation_kind is "
+                f"{c.attestation_kind}: start the verifier with this run's configuration"
+            )
+        return client, RelyingParty(key, SystemClock())
+
+    def _check_same_verifier(self, key: VerifyKey) -> None:
+        """A resumed run's verifier must sign under the key its earlier results verify with."""
+        try:
+            recorded = RunDir(self.ctx.run_dir).verifier_key()
+        except RunDirError:
+            return  # the earlier session was not attested
+        if recorded != bytes(key):
+            raise AdmissionRefused(
+                f"the attestation verifier's key {bytes(key).hex()[:16]}... is not the key {recorded.hex()[:16]}... "
+                "that signed this run's earlier results: resume with the verifier (its key folder) the run began with"
+            )
 
     def appraise(
         self,
-        verifier: Verifier | DcapVerifier,
+        verifier: VerifierClient,
         rp: RelyingParty,
         wid: str,
         stage: int | None,
         msg: Evidence,
         nonce: bytes,
         renewal: bool,
-    ) -> Appraisal | EarAppraisal:
-        """Appraise ``msg``, the evidence of worker ``wid`` admitted for ``stage``, against ``nonce``;
-        store the evidence and the result and remember the result's window. At admission the
-        evidence is stored before it is appraised (a refused worker's too), and the result replaces
-        those of earlier sessions only in a new run; a renewal (``renewal``) stores the evidence
-        only once accepted, so that the stored evidence always belongs to a stored result, and adds
-        the result to the worker's earlier ones.
+    ) -> relying_party.Admission:
+        """Have the verifier appraise ``msg``, the evidence of worker ``wid`` admitted for ``stage``,
+        against ``nonce``; check the signed result as a relying party, store the evidence and the
+        result and remember the result's window. At admission the evidence is stored before it is
+        appraised (a refused worker's too), and the result replaces those of earlier sessions only
+        in a new run; a renewal (``renewal``) stores the evidence only once accepted, so that the
+        stored evidence always belongs to a stored result, and adds the result to the worker's
+        earlier ones.
 
         Raises:
             AttestError: The evidence is refused (the code says why).
+            VerifierUnavailable: The verifier cannot be reached or broke its protocol.
             ValueError: The message carries no evidence.
         """
         key = msg.receipt_key
@@ -154,22 +135,19 @@ class Admission:
         evidence = msg.evidence
         if not renewal:
             self.ctx.writer.write_evidence(wid, evidence)
-        appraisal: Appraisal | EarAppraisal
-        if isinstance(verifier, DcapVerifier):
+        token = verifier.appraise(self.ctx.run_id, wid, stage, key, nonce, evidence)
+        if self.ctx.config.attestation_kind == "dcap":
             at_stage = str(stage) if stage is not None else None
-            appraisal = verifier.appraise_evidence(evidence, key, nonce, stage=at_stage)
-            rp.admit(wid, appraisal.token, key, expected_nonce=nonce, stage=at_stage)
+            admitted = rp.admit(wid, token, key, expected_nonce=nonce, stage=at_stage)
         else:
-            bound = {"stage": stage_label(stage), "run_id": self.ctx.run_id}
-            appraisal = verifier.appraise_evidence(evidence, key, nonce, worker=wid, **bound)
-            rp.admit(wid, appraisal.token, key, expected_nonce=nonce, **bound)
+            admitted = rp.admit(wid, token, key, expected_nonce=nonce, stage=stage_label(stage), run_id=self.ctx.run_id)
         if renewal:
             self.ctx.writer.write_evidence(wid, evidence)
         earlier = RunDir(self.ctx.run_dir).results(wid) if renewal or self.ctx.session > 0 else []
-        self.ctx.writer.write_results(wid, [*earlier, appraisal.token])
-        self.windows[wid] = (appraisal.result.issued_at, appraisal.result.expires_at)
+        self.ctx.writer.write_results(wid, [*earlier, admitted.token])
+        self.windows[wid] = (admitted.result.issued_at, admitted.result.expires_at)
         self.admitted_stage[wid] = stage
-        return appraisal
+        return admitted
 
     def admit(self) -> None:
         """Send every worker its assignment and a nonce, appraise the evidence, admit or refuse.
@@ -186,15 +164,20 @@ class Admission:
             if rank not in serving:
                 send_message(self.ctx.transport, rank, Shutdown())
                 self.roster.released.add(rank)
-        staged = [(rank, wid, None if slot is None else layout.stage(slot)) for rank, wid, slot in workers]
-        verifier, rp = self.verifier_for(staged, create_key=self.ctx.session == 0)
-        if verifier is not None:
-            self.ctx.writer.write_verifier_key(bytes(verifier.verify_key))
-        nonces: dict[str, bytes] = {}
+        try:
+            attesting = self.verifier()
+            if attesting is not None:
+                if self.ctx.session > 0:
+                    self._check_same_verifier(attesting[1].verifier_key)
+                self.ctx.writer.write_verifier_key(bytes(attesting[1].verifier_key))
+            nonces = {wid: attesting[0].issue_nonce() for _, wid, _ in workers} if attesting is not None else {}
+        except (AdmissionRefused, VerifierUnavailable) as exc:
+            for rank, _, _ in workers:
+                send_message(self.ctx.transport, rank, Shutdown())
+            raise AdmissionRefused(str(exc)) from None
+        unavailable: str | None = None
         for rank, wid, slot in workers:
-            nonce = verifier.issue_nonce() if verifier is not None else None
-            if nonce is not None:
-                nonces[wid] = nonce
+            nonce = nonces.get(wid)
             hello = Hello(
                 self.ctx.run_id,
                 wid,
@@ -209,13 +192,15 @@ class Admission:
         for rank, wid, slot in workers:
             stage = None if slot is None else layout.stage(slot)
             raw = self.ctx.transport.recv_json(rank, "evidence")
+            if unavailable is not None:
+                continue  # every answer is read, so that no worker's message is left behind
             try:
                 msg = Evidence.parse(raw)
                 key = msg.receipt_key
                 if msg.worker_id != wid:
                     raise ValueError(f"rank {rank} answered as {msg.worker_id!r}, not {wid!r}")
-                if verifier is not None and rp is not None:
-                    appraisal = self.appraise(verifier, rp, wid, stage, msg, nonces[wid], renewal=False)
+                if attesting is not None:
+                    appraisal = self.appraise(*attesting, wid, stage, msg, nonces[wid], renewal=False)
                     self.ctx.events.write(
                         "admitted",
                         worker=wid,
@@ -246,9 +231,13 @@ class Admission:
                     f"worker {wid} ({'stage ' + str(stage) if stage is not None else 'standby'}) "
                     f"was refused admission: {reason}"
                 )
+            except VerifierUnavailable as exc:
+                unavailable = str(exc)
             except (ValueError, ProtocolError) as exc:
                 self.ctx.events.write("refused", worker=wid, stage=stage, rank=rank, code="MALFORMED", reason=str(exc))
                 refusals.append(f"worker {wid} was refused admission: {exc}")
+        if unavailable is not None:
+            refusals = [unavailable]
         if refusals:
             for rank, wid, _ in workers:
                 send_message(self.ctx.transport, rank, Refused() if wid not in self.roster.keys else Shutdown())

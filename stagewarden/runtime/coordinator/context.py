@@ -18,6 +18,7 @@ from stagewarden.attest.receipt_log import ReceiptLog
 from stagewarden.attest.rundir import RunDirWriter
 from stagewarden.attest.step_heads import EventsChain
 from stagewarden.attest.tensor_digest import digest_state_dict, gradients_digest
+from stagewarden.attest.verifier_client import VerifierClient
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.coordinator.errors import ResumeError
 from stagewarden.runtime.responses import Response
@@ -42,9 +43,10 @@ CHECKPOINTS_DIR = "checkpoints"
 #: ``workers.json``: every process of the run now (for operators).
 WORKERS_FILE = "workers.json"
 #: The suffix of the folder beside the run directory (``RUN_DIR.keys``, mode 0700) that keeps the
-#: coordinator's private signing seeds while the run can be resumed, so that a resumed coordinator
-#: signs detections and attestation results under the same keys; removed when the run completes.
-#: It is not in the run directory, which is meant to be shared.
+#: coordinator's private signing seed while the run can be resumed, so that a resumed coordinator
+#: signs detections and step heads under the same key; removed when the run completes. It is not
+#: in the run directory, which is meant to be shared, and it never holds the attestation
+#: verifier's key (that lives in the verifier's own folder: :mod:`stagewarden.attest.verifier_keys`).
 KEYS_SUFFIX = ".keys"
 #: Exit code of a coordinator that stopped on a worker fault, leaving a resumable run directory.
 EXIT_RESUMABLE = 75
@@ -98,7 +100,8 @@ class EventLog:
 
 def private_key(keys_dir: Path, name: str, create: bool) -> SigningKey:
     """The coordinator's signing key ``name``, kept (as its seed) in ``RUN_DIR.keys`` (see
-    :data:`KEYS_SUFFIX`) so that a resumed coordinator signs under the same key."""
+    :data:`KEYS_SUFFIX`) so that a resumed coordinator signs under the same key. The attestation
+    verifier's key is never one of them."""
     path = keys_dir / f"{name}.key"
     if create:
         keys_dir.mkdir(mode=0o700, exist_ok=True)
@@ -130,6 +133,8 @@ class RunContext:
         writer: The run directory's writer.
         events: ``events.jsonl``.
         log: The receipt log (``None`` without receipts).
+        verifier: The attestation verifier service (``None``: none given; a run with attestation
+            then refuses admission).
 
     The keys, the writer, the event log and the receipt log are set when a new run starts or an
     interrupted one is taken up (:class:`~stagewarden.runtime.coordinator.resume.Resume`).
@@ -147,6 +152,7 @@ class RunContext:
     writer: RunDirWriter = dataclasses.field(init=False)
     events: EventLog = dataclasses.field(init=False)
     log: ReceiptLog | None = dataclasses.field(init=False)
+    verifier: VerifierClient | None = dataclasses.field(default=None, init=False)
 
 
 @dataclasses.dataclass

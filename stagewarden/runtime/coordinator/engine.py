@@ -30,6 +30,7 @@ from stagewarden.attest.step_heads import EndStatus
 from stagewarden.attest.tensor_digest import (
     weights_digest,
 )
+from stagewarden.attest.verifier_client import VerifierClient
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.coordinator.accusations import DetectionSigner
 from stagewarden.runtime.coordinator.admission import Admission
@@ -138,6 +139,8 @@ class Coordinator:
             instead of starting a new one.
         heartbeats: The workers' heartbeat records, which the watchdog reads: the coordinator's
             end of the run's heartbeat channel (:class:`~stagewarden.runtime.liveness.HeartbeatInbox`).
+        verifier: The attestation verifier service that appraises the workers' evidence (needed
+            when attestation is on; :mod:`stagewarden.runtime.verifier_process` starts one).
     """
 
     def __init__(
@@ -150,6 +153,7 @@ class Coordinator:
         resume: bool = False,
         *,
         heartbeats: Any,
+        verifier: VerifierClient | None = None,
     ) -> None:
         run_dir = Path(run_dir)
         self.ctx = ctx = RunContext(
@@ -162,6 +166,7 @@ class Coordinator:
             run_id=run_id or f"run-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{os.urandom(4).hex()}",
             session=0,
         )
+        ctx.verifier = verifier
         self.current = CurrentAttempt(Route(config.stages))
         self.roster = Roster(ctx)
         self.ledger = Ledger(ctx)

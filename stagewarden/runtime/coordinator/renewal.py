@@ -4,8 +4,10 @@ An attestation result is valid for a limited time (the verifier's policy; the si
 takes :attr:`~stagewarden.runtime.config.RunConfig.result_lifetime`), and the audit requires a
 valid result for every receipt a worker signed. Once half of the shortest remaining lifetime has
 passed, the coordinator asks every admitted worker (stage workers and free standbys) for fresh
-evidence bound to a new nonce and appraises it with a verifier built afresh, so that a device
-revoked since admission, or collateral gone stale, is seen. An accepted result is added to the
+evidence bound to a new nonce and has the run's verifier service appraise it (the service loads
+the vendor's CRLs or the DCAP collateral afresh for every appraisal), so that a device revoked
+since admission, or collateral gone stale, is seen. A verifier that cannot be reached stops the
+run cleanly (``stopped``, resumable once the verifier is back). An accepted result is added to the
 worker's results; a refused worker is handled as a failed one
 (:meth:`~stagewarden.runtime.coordinator.faults.Faults.refuse`): a free standby takes its stage
 from the newest verified checkpoint, or the run stops and can be resumed.
@@ -16,8 +18,10 @@ from __future__ import annotations
 import datetime as dt
 
 from stagewarden.attest.errors import AttestError, ErrorCode
+from stagewarden.attest.verifier_client import VerifierUnavailable
 from stagewarden.runtime.coordinator.admission import Admission
 from stagewarden.runtime.coordinator.context import RunContext
+from stagewarden.runtime.coordinator.errors import AdmissionRefused, TrainingStopped
 from stagewarden.runtime.coordinator.faults import Faults
 from stagewarden.runtime.coordinator.roster import Roster
 from stagewarden.runtime.protocol import Evidence, ProtocolError, Reattest, receive, send_message
@@ -61,16 +65,20 @@ class Renewal:
                 receipt key not the one it was admitted with).
         """
         serving = self._serving()
-        verifier, rp = self.admission.verifier_for(serving, create_key=False)
-        if verifier is None or rp is None:
-            return
-        nonces = {wid: verifier.issue_nonce() for _, wid, _ in serving}
+        try:
+            attesting = self.admission.verifier()
+            if attesting is None:
+                return
+            nonces = {wid: attesting[0].issue_nonce() for _, wid, _ in serving}
+        except (AdmissionRefused, VerifierUnavailable) as exc:
+            raise TrainingStopped(f"workers cannot be re-attested: {exc}") from None
+        unavailable: str | None = None
         for rank, wid, _ in serving:
             send_message(self.ctx.transport, rank, Reattest(nonces[wid]))
         refused: tuple[int, str, str] | None = None
         for rank, wid, stage in serving:
             msg = receive(self.ctx.transport, rank, Evidence)
-            if refused is not None:
+            if refused is not None or unavailable is not None:
                 continue  # every answer is read, so that no worker's message is left behind
             try:
                 if msg.worker_id != wid:
@@ -79,7 +87,10 @@ class Renewal:
                     raise AttestError(
                         ErrorCode.KEY_BINDING, f"worker {wid} presented another receipt key than at admission"
                     )
-                appraisal = self.admission.appraise(verifier, rp, wid, stage, msg, nonces[wid], renewal=True)
+                appraisal = self.admission.appraise(*attesting, wid, stage, msg, nonces[wid], renewal=True)
+            except VerifierUnavailable as exc:
+                unavailable = str(exc)
+                continue
             except AttestError as exc:
                 self.ctx.events.write("reattest_refused", worker=wid, rank=rank, code=str(exc.code), reason=exc.message)
                 refused = (rank, str(exc.code), exc.message)
@@ -93,6 +104,8 @@ class Renewal:
                 status=str(appraisal.result.status),
                 expires_at=appraisal.result.expires_at.isoformat(),
             )
+        if unavailable is not None:
+            raise TrainingStopped(f"workers cannot be re-attested: {unavailable}")
         self.renewals += 1
         if refused is not None:
             self.faults.refuse(*refused)
