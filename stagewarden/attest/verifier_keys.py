@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import secrets
 import stat
 import sys
 from pathlib import Path
@@ -121,7 +122,7 @@ def read_public_key(folder: Path) -> VerifyKey:
 def _create_key(folder: Path, path: Path) -> None:
     """Write a new seed to a private temporary file and link it into place, unless another
     process got there first (then its key is the key)."""
-    tmp = folder / f".{VERIFIER_KEY_FILE}.{os.getpid()}"
+    tmp = folder / f".{VERIFIER_KEY_FILE}.{secrets.token_hex(8)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="ascii") as f:
@@ -140,7 +141,7 @@ def _write_public(folder: Path, key: VerifyKey) -> None:
     with contextlib.suppress(OSError):
         if path.read_text(encoding="ascii") == text:
             return
-    tmp = folder / f".{VERIFIER_PUBLIC_FILE}.{os.getpid()}"
+    tmp = folder / f".{VERIFIER_PUBLIC_FILE}.{secrets.token_hex(8)}"
     with contextlib.suppress(OSError):
         tmp.write_text(text, encoding="ascii")
         os.replace(tmp, path)
