@@ -36,8 +36,11 @@ from .verifier_messages import (
 
 #: Seconds a request may take (a DCAP appraisal runs ``dcap-qvl``).
 REQUEST_SECONDS = 30.0
-#: Seconds to wait for a verifier that is starting to accept connections.
+#: Seconds to wait for a verifier that is starting to accept connections (one started for the run
+#: computes its reference values first).
 CONNECT_SECONDS = 120.0
+#: Seconds to wait for a verifier run by someone else (``--verifier SOCKET``), which should be up.
+EXTERNAL_CONNECT_SECONDS = 10.0
 _R = TypeVar("_R", bound=BaseModel)
 
 

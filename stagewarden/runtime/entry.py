@@ -122,9 +122,9 @@ def run_process(
         return
     client = None
     if rank == 0 and config.attestation and verifier is not None:
-        from stagewarden.attest.verifier_client import VerifierClient
+        from stagewarden.attest.verifier_client import EXTERNAL_CONNECT_SECONDS, VerifierClient
 
-        client = VerifierClient(verifier)
+        client = VerifierClient(verifier, connect_seconds=EXTERNAL_CONNECT_SECONDS)
     _play_role(config, rank, world, out, vendor, resume, witness_dir, client)
 
 

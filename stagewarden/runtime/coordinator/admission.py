@@ -20,13 +20,14 @@ from stagewarden.attest.verifier_client import VerifierClient, VerifierUnavailab
 from stagewarden.runtime.calibration import CALIBRATION_UNITS, MAX_TOLERANCE, calibrate_stage, tolerance_record
 from stagewarden.runtime.compare import SpotCheckError
 from stagewarden.runtime.coordinator.context import RunContext
-from stagewarden.runtime.coordinator.errors import AdmissionRefused
+from stagewarden.runtime.coordinator.errors import AdmissionRefused, RunFailed
 from stagewarden.runtime.coordinator.faults import Faults
 from stagewarden.runtime.coordinator.ledger import Ledger
 from stagewarden.runtime.coordinator.reexecution import Reexecution
 from stagewarden.runtime.coordinator.roster import Roster
 from stagewarden.runtime.coordinator.tally import RunTally
 from stagewarden.runtime.coordinator.wire import digest_of_weights
+from stagewarden.runtime.errors import RuntimeSetupError
 from stagewarden.runtime.protocol import (
     Admitted,
     Calibrate,
@@ -89,6 +90,11 @@ class Admission:
                 f"{c.attestation_kind}: start the verifier with this run's configuration"
             )
         return client, RelyingParty(key, SystemClock())
+
+    def _verifier_failed(self, message: str) -> RuntimeSetupError:
+        """The error that ends admission when the verifier, not a worker, failed: a new run is
+        refused; a resumed one fails and stays resumable (the workers did nothing wrong)."""
+        return AdmissionRefused(message) if self.ctx.session == 0 else RunFailed(message)
 
     def _check_same_verifier(self, key: VerifyKey) -> None:
         """A resumed run's verifier must sign under the key its earlier results verify with."""
@@ -174,7 +180,7 @@ class Admission:
         except (AdmissionRefused, VerifierUnavailable) as exc:
             for rank, _, _ in workers:
                 send_message(self.ctx.transport, rank, Shutdown())
-            raise AdmissionRefused(str(exc)) from None
+            raise self._verifier_failed(str(exc)) from None
         unavailable: str | None = None
         for rank, wid, slot in workers:
             nonce = nonces.get(wid)
@@ -236,11 +242,11 @@ class Admission:
             except (ValueError, ProtocolError) as exc:
                 self.ctx.events.write("refused", worker=wid, stage=stage, rank=rank, code="MALFORMED", reason=str(exc))
                 refusals.append(f"worker {wid} was refused admission: {exc}")
-        if unavailable is not None:
-            refusals = [unavailable]
-        if refusals:
+        if refusals or unavailable is not None:
             for rank, wid, _ in workers:
                 send_message(self.ctx.transport, rank, Refused() if wid not in self.roster.keys else Shutdown())
+            if unavailable is not None:
+                raise self._verifier_failed(unavailable)
             raise AdmissionRefused("; ".join(refusals))
         admitted = Admitted(*self.roster.slot_maps())
         for rank, _, _ in workers:
