@@ -33,14 +33,10 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import blake3
 from cryptography import x509
-from nacl.bindings import crypto_sign_open
-from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
 from .audit_evidence import check_attestation_record
@@ -67,15 +63,16 @@ from .audit_plans import (
     route_neighbour,
     served_steps,
 )
+from .audit_records import check_records
 from .audit_scope import audit_scope
 from .audit_seal import SealOutcome, check_seal, unattributed_if_altered
 from .audit_weights import WeightsChain
 from .clock import Clock, SystemClock
 from .ear import EarResult, is_ear_token, open_ear
 from .errors import AttestError, ErrorCode
-from .headers import SignedHeader, parse_header
+from .headers import SignedHeader
 from .receipt_log import LogRecord, RecordType
-from .receipts import SIGNATURE_SIZE, Receipt, chain_genesis, parse_receipt
+from .receipts import Receipt, chain_genesis
 from .result import RESULT_TYP, AttestationResult, Status
 from .run_limits import MAX_LOG_RECORDS
 from .rundir import ATTESTATION_DIR, LOG_FILE, RunDir
@@ -88,7 +85,6 @@ __all__ = [
     "CLOCK_SKEW",
     "Finding",
     "FindingLog",
-    "Job",
     "LogItem",
     "PlanFacts",
     "Severity",
@@ -103,72 +99,6 @@ __all__ = [
     "route_neighbour",
     "served_steps",
 ]
-
-
-Job = tuple[bytes, bytes, bytes]  # (public key, signed message, signature)
-_SEAL_RECORDS = (RecordType.STEP_HEAD, RecordType.COSIGNATURE)
-
-
-def _verify_jobs(jobs: list[Job], start: int, stop: int) -> list[int]:
-    """Indices of the jobs in ``[start, stop)`` whose signature does not verify."""
-    bad = []
-    open_ = crypto_sign_open
-    for i in range(start, stop):
-        key, message, signature = jobs[i]
-        try:
-            open_(signature + message, key)
-        except (CryptoError, ValueError, TypeError):
-            bad.append(i)
-    return bad
-
-
-def _verify_signatures(jobs: list[Job], threads: int) -> set[int]:
-    """Indices of the ``(key, message, signature)`` jobs that do not verify, in ``threads`` threads.
-
-    libsodium runs without the interpreter lock, so the threads verify in parallel; the loop
-    around each call is kept thin so that they rarely wait for the lock. (Verifying while this
-    process parses does not pay: a verifying thread would wait for the lock after every
-    signature.)
-    """
-    if threads <= 1 or len(jobs) < 512:
-        return set(_verify_jobs(jobs, 0, len(jobs)))
-    size = max(256, len(jobs) // (threads * 4))
-    bounds = [(i, min(i + size, len(jobs))) for i in range(0, len(jobs), size)]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return {i for part in pool.map(lambda b: _verify_jobs(jobs, *b), bounds) for i in part}
-
-
-def _check_records(records: list[LogRecord], threads: int) -> list[LogItem]:
-    """Parse every record strictly, then verify the signature of every record that parsed.
-
-    Both formats end with ``signer_key (32) || signature (64)`` and sign everything before the
-    signature, and the parsers accept only canonical bytes, so the signed message is the payload
-    without its last 64 bytes.
-    """
-    items: list[LogItem] = []
-    jobs: list[Job] = []
-    positions: list[int] = []
-    digest = blake3.blake3
-    for record in records:
-        if record.type in _SEAL_RECORDS:  # the seal's records (audit_seal)
-            continue
-        payload = record.payload
-        try:
-            obj: Receipt | SignedHeader = (
-                parse_receipt(payload) if record.type is RecordType.RECEIPT else parse_header(payload)
-            )
-        except AttestError as exc:
-            items.append(LogItem(record, None, b"", exc))
-            continue
-        body = payload[:-SIGNATURE_SIZE]
-        positions.append(len(items))
-        jobs.append((obj.signer_key, body, obj.signature))
-        items.append(LogItem(record, obj, digest(body).digest(), None))
-    for job in _verify_signatures(jobs, threads):
-        item = items[positions[job]]
-        code = ErrorCode.RECEIPT_SIGNATURE if item.record.type is RecordType.RECEIPT else ErrorCode.HEADER_SIGNATURE
-        item.error = AttestError(code, f"signature does not verify under the key it names ({jobs[job][0].hex()[:16]})")
-    return items
 
 
 @dataclasses.dataclass(frozen=True)
@@ -489,7 +419,7 @@ def audit_run_dir(
         records = scan.records
         for problem in scan.problems:
             log.add(problem.code, problem.message, file=LOG_FILE, record=problem.index, offset=problem.offset)
-        items = _check_records(records, threads or os.cpu_count() or 1)
+        items = check_records(records, threads or os.cpu_count() or 1, log)
         good = auditor.check_records(items)
         if scope.attestation:
             auditor.check_keys(good, windows)

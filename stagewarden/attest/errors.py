@@ -155,6 +155,10 @@ class ErrorCode(enum.StrEnum):
     WITNESS_MALFORMED = "WITNESS_MALFORMED"
     WEIGHTS_CHAIN = "WEIGHTS_CHAIN"
     AGGREGATE_MISMATCH = "AGGREGATE_MISMATCH"
+    # step roots: one signature per worker and step over its records (stagewarden.attest.step_roots)
+    STEP_ROOT_MALFORMED = "STEP_ROOT_MALFORMED"
+    STEP_ROOT_SIGNATURE = "STEP_ROOT_SIGNATURE"
+    STEP_ROOT_MISMATCH = "STEP_ROOT_MISMATCH"
 
 
 class AttestError(Exception):

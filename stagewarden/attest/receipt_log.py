@@ -4,7 +4,8 @@ File layout: a 16-byte file header (magic ``SWRLOG\\r\\n``, ``u16`` version 1, s
 then records, each framed as::
 
     u32 payload length L (1 .. MAX_PAYLOAD) | u8 record type (1 receipt, 2 signed header,
-    3 coordinator-signed step head, 4 a worker's cosignature of a step head)
+    3 coordinator-signed step head, 4 a worker's cosignature of a step head, 5 a worker's
+    signed step root)
     | 32-byte digest of the previous record (LOG_GENESIS for the first) | L payload bytes
     | 32-byte record digest = BLAKE3 of everything before it in the frame
 
@@ -51,6 +52,7 @@ from .headers import SignedHeader, encode_header, parse_header
 from .log_source import BytesSource, FileSource, LogSource
 from .receipts import Receipt, encode_receipt, parse_receipt
 from .step_heads import Cosignature, SignedStepHead
+from .step_roots import StepRoot, parse_root
 
 #: First eight bytes of a receipt log.
 LOG_MAGIC = b"SWRLOG\r\n"
@@ -77,6 +79,7 @@ class RecordType(enum.IntEnum):
     HEADER = 2
     STEP_HEAD = 3
     COSIGNATURE = 4
+    STEP_ROOT = 5
 
 
 _RECORD_TYPES = frozenset(int(t) for t in RecordType)
@@ -368,10 +371,14 @@ def record_key(record: LogRecord) -> UnitKey:
 
     For a receipt the worker is its signer's worker id and kind the unit kind; for a signed
     header the worker is the sender and kind ``activation`` or ``gradient``. A step head or a
-    cosignature names no unit: its key is ``("", index, 0, "head")`` or ``"cosignature"``.
+    cosignature names no unit: its key is ``("", index, 0, "head")`` or ``"cosignature"``; a
+    worker's step root's is ``(worker, step, 0, "root")``.
     """
     if record.type in (RecordType.STEP_HEAD, RecordType.COSIGNATURE):
         return ("", record.index, 0, "head" if record.type is RecordType.STEP_HEAD else "cosignature")
+    if record.type is RecordType.STEP_ROOT:
+        root = parse_root(record.payload)
+        return (root.worker_id, root.step, 0, "root")
     if record.type is RecordType.RECEIPT:
         r = parse_receipt(record.payload)
         return (r.worker_id, r.step, r.micro_batch, str(r.kind))
@@ -498,6 +505,10 @@ class ReceiptLog:
     def append_cosignature(self, cosignature: Cosignature) -> LogRecord:
         """Append a worker's cosignature of a step head."""
         return self._append(RecordType.COSIGNATURE, cosignature.encode(), ("", len(self.records), 0, "cosignature"))
+
+    def append_root(self, root: StepRoot) -> LogRecord:
+        """Append a worker's signed step root."""
+        return self._append(RecordType.STEP_ROOT, root.encode(), (root.worker_id, root.step, 0, "root"))
 
     def _append(self, record_type: RecordType, payload: bytes, key: UnitKey) -> LogRecord:
         if self._fd < 0:

@@ -18,21 +18,22 @@ import blake3
 from nacl.signing import SigningKey
 
 from .audit_seal import final_roster
-from .headers import SignedHeader, TransferKind, sign_header
+from .headers import SignedHeader, TransferKind, encode_header, sign_header
 from .receipt_log import ReceiptLog, SyncPolicy
-from .receipts import ExecutionEnv, Receipt, UnitKind, chain_genesis, receipt_digest, sign_receipt
+from .receipts import ExecutionEnv, Receipt, UnitKind, chain_genesis, encode_receipt, receipt_digest, sign_receipt
 from .result import AttestationResult, Status, sign_result
 from .run_record import RunRecord
 from .run_record_parts import WorkerInfo
 from .rundir import RunDirWriter
 from .step_heads import EVENTS_GENESIS, StepHead, chains_digest, cosign, roster_digest, sign_head
+from .step_roots import StepRoot, leaf_hash, sign_root
 from .tensor_digest import TensorDigest
 from .token import key_id
 
 #: The default start of a synthetic run's clock.
 DEFAULT_START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
-Entry = Receipt | SignedHeader
+Entry = Receipt | SignedHeader | StepRoot
 
 
 def derive_key(seed: str, name: str) -> SigningKey:
@@ -89,6 +90,8 @@ class SyntheticRun:
             for entry in self.entries:
                 if isinstance(entry, Receipt):
                     log.append_receipt(entry)
+                elif isinstance(entry, StepRoot):
+                    log.append_root(entry)
                 else:
                     log.append_header(entry)
             if self.sealed:
@@ -165,12 +168,15 @@ def synthetic_run(
     micro_batches: int = 2,
     steps: int = 1,
     headers: bool = True,
+    roots: bool = True,
     start: dt.datetime = DEFAULT_START,
     attestation_lifetime: dt.timedelta = dt.timedelta(days=1),
     seed: str = "demo",
 ) -> SyntheticRun:
     """Simulate a run: per step, forward for every micro-batch through the stages, backward back
     through them, then one update per worker; each transfer between stages with a signed header.
+    With ``roots``, each worker's signed step root over its forward and backward receipts and the
+    headers it sent follows them, before the updates, as a run's coordinator logs them.
 
     Receipts are signed 1 ms apart from ``start``; each worker's attestation is issued a minute
     before ``start`` and lasts ``attestation_lifetime``.
@@ -194,6 +200,7 @@ def synthetic_run(
     prev = {w.id: chain_genesis(run_id, w.id) for w in workers}
     entries: list[Entry] = []
     clock = [start]
+    covered: dict[str, tuple[list[bytes], list[bytes]]] = {}  # per worker: this step's receipts, headers
 
     def tick() -> dt.datetime:
         clock[0] += dt.timedelta(milliseconds=1)
@@ -221,29 +228,39 @@ def synthetic_run(
         )
         prev[worker] = receipt_digest(r)
         entries.append(r)
+        if kind is not UnitKind.UPDATE:
+            covered.setdefault(worker, ([], []))[0].append(encode_receipt(r))
 
     def header(stage: int, replica: int, step: int, mb: int, kind: TransferKind, digest: bytes) -> None:
         if not headers:
             return
         worker = f"s{stage}r{replica}"
         to = stage + 1 if kind is TransferKind.ACTIVATION else stage - 1
-        entries.append(
-            sign_header(
-                SignedHeader(
-                    run_id=run_id,
-                    sender=worker,
-                    sender_stage=stage,
-                    sender_replica=replica,
-                    receiver_stage=to,
-                    step=step,
-                    micro_batch=mb,
-                    kind=kind,
-                    tensor=TensorDigest("float32", (8, 64), digest),
-                    signed_at=tick(),
-                ),
-                keys[worker],
-            )
+        signed = sign_header(
+            SignedHeader(
+                run_id=run_id,
+                sender=worker,
+                sender_stage=stage,
+                sender_replica=replica,
+                receiver_stage=to,
+                step=step,
+                micro_batch=mb,
+                kind=kind,
+                tensor=TensorDigest("float32", (8, 64), digest),
+                signed_at=tick(),
+            ),
+            keys[worker],
         )
+        entries.append(signed)
+        covered.setdefault(worker, ([], []))[1].append(encode_header(signed))
+
+    def root(stage: int, replica: int, step: int) -> None:
+        worker = f"s{stage}r{replica}"
+        receipts, sent = covered.pop(worker, ([], []))
+        if roots:
+            leaves = tuple(leaf_hash(x) for x in receipts + sent)
+            unsigned = StepRoot(run_id, worker, stage, replica, step, len(receipts), leaves)
+            entries.append(sign_root(unsigned, keys[worker]))
 
     for step in range(steps):
         for replica in range(replicas):
@@ -262,6 +279,8 @@ def synthetic_run(
                     if stage > 0:
                         header(stage, replica, step, mb, TransferKind.GRADIENT, out)
                     grad = out
+            for stage in range(stages):
+                root(stage, replica, step)
             for stage in range(stages):
                 receipt(
                     stage,

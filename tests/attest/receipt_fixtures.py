@@ -11,15 +11,17 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from stagewarden.attest.headers import SignedHeader, TransferKind, sign_header
+from stagewarden.attest.headers import SignedHeader, TransferKind, encode_header, sign_header
 from stagewarden.attest.receipts import (
     ExecutionEnv,
     Receipt,
     UnitKind,
     chain_genesis,
+    encode_receipt,
     receipt_digest,
     sign_receipt,
 )
+from stagewarden.attest.step_roots import StepRoot, leaf_hash, sign_root
 from stagewarden.attest.synthetic import SyntheticRun, synthetic_run
 from stagewarden.attest.tensor_digest import TensorDigest
 
@@ -100,6 +102,30 @@ def rechain(run: SyntheticRun) -> None:
                 e = sign_receipt(dataclasses.replace(e, prev_digest=p), run.keys[e.worker_id])
                 run.entries[i] = e
             prev[e.worker_id] = receipt_digest(e)
+    reroot(run)
+
+
+def reroot(run: SyntheticRun) -> None:
+    """Re-sign every step root over its worker's receipts (updates aside) and sent headers of its
+    step as the entries now stand, in their order (a worker that lies consistently signs the root
+    of what it lied about)."""
+    for i, e in enumerate(run.entries):
+        if not isinstance(e, StepRoot):
+            continue
+        receipts = [
+            encode_receipt(r)
+            for r in run.entries
+            if isinstance(r, Receipt)
+            and (r.worker_id, r.step) == (e.worker_id, e.step)
+            and r.kind is not UnitKind.UPDATE
+        ]
+        sent = [
+            encode_header(h)
+            for h in run.entries
+            if isinstance(h, SignedHeader) and (h.sender, h.step) == (e.worker_id, e.step)
+        ]
+        leaves = tuple(leaf_hash(x) for x in receipts + sent)
+        run.entries[i] = sign_root(dataclasses.replace(e, receipts=len(receipts), leaves=leaves), run.keys[e.worker_id])
 
 
 def lie(run: SyntheticRun, index: int, **changes: object) -> None:

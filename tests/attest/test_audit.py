@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from nacl.signing import SigningKey
-from receipt_fixtures import header_index, lie, receipt_index, rechain, small_run, write_run
+from receipt_fixtures import header_index, lie, receipt_index, rechain, reroot, small_run, write_run
 
 from stagewarden.attest.audit import AuditReport, Severity, audit_run_dir
 from stagewarden.attest.clock import FixedClock
@@ -165,6 +165,7 @@ def test_broken_chain_link(tmp_path: Path) -> None:
     def mutate(run: SyntheticRun) -> None:
         i = receipt_index(run, "s2r0", 1, 0, F)
         run.entries[i] = sign_receipt(dataclasses.replace(run.entries[i], prev_digest=bytes(32)), run.keys["s2r0"])
+        reroot(run)  # the worker signs its step root over what it signed
 
     report = audit(tmp_path, mutate)
     assert {f.code for f in report.errors} >= {ErrorCode.RECEIPT_DROPPED}

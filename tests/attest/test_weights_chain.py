@@ -31,8 +31,8 @@ from sealed_record_fixtures import (  # noqa: F401  (attacked_run, honest_run, r
     write_summary,
 )
 
-from stagewarden.attest.audit import _check_records
 from stagewarden.attest.audit_findings import FindingLog
+from stagewarden.attest.audit_records import check_records
 from stagewarden.attest.audit_weights import WeightsChain
 from stagewarden.attest.errors import ErrorCode
 from stagewarden.attest.receipt_log import read_log
@@ -126,8 +126,8 @@ def test_an_update_that_ran_on_other_weights(honest: Trained, tmp_path: Path) ->
     first["weights"]["0"] = _flip(first["weights"]["0"])
     lines[at] = json.dumps(first, sort_keys=True).encode("utf-8")
     records = read_log(honest.run / LOG).records
-    items = [i for i in _check_records(records, 1) if isinstance(i.obj, Receipt)]
     found = FindingLog()
+    items = [i for i in check_records(records, 1, found) if isinstance(i.obj, Receipt)]
     WeightsChain(RunRecord.from_json(honest.run / SUMMARY), found).check(b"\n".join(lines) + b"\n", items)
     assert [f.code for f in found.findings] == [E.WEIGHTS_CHAIN]
     assert "ran on weights" in found.findings[0].message and found.findings[0].workers == ()

@@ -160,7 +160,10 @@ def test_a_withholding_worker_is_found_by_the_chain_of_waits(tmp_path: Path) -> 
     _check_completed(tmp_path / "run", config, result.summary)
 
 
-@pytest.mark.parametrize("kind", ["garbage", "oversize", "negative", "wrong_type", "bad_receipt", "forged_receipt"])
+@pytest.mark.parametrize(
+    "kind",
+    ["garbage", "oversize", "negative", "wrong_type", "bad_receipt", "forged_receipt", "forged_root", "root_mismatch"],
+)
 def test_a_crafted_message_is_blamed_on_its_sender_and_never_crashes_the_coordinator(tmp_path: Path, kind: str) -> None:
     """Without a standby the run stops at the fault, resumable, with the sender named and the
     reason recorded (the coordinator exits with the resumable code, not a crash)."""
@@ -172,6 +175,8 @@ def test_a_crafted_message_is_blamed_on_its_sender_and_never_crashes_the_coordin
     [fault] = summary["faults"]
     assert (fault["worker"], fault["stage"], fault["cause"], fault["step"]) == ("s1r0", 1, "malformed", 1)
     assert fault["reason"].startswith("rank 2 sent a malformed message")
+    if kind in ("forged_root", "root_mismatch"):  # one signature stands for the step: it must be the worker's
+        assert "step root" in fault["reason"]
     assert summary["status"] == "interrupted"
 
 

@@ -12,6 +12,7 @@ import torch
 from stagewarden.attest.errors import AttestError
 from stagewarden.attest.headers import SignedHeader, parse_header, verify_header
 from stagewarden.attest.receipts import Receipt, UnitKind, parse_receipt, receipt_digest, verify_receipt
+from stagewarden.attest.step_roots import StepRoot, leaf_hash, parse_root
 from stagewarden.attest.tensor_digest import (
     last_forward_output_digest,
 )
@@ -42,11 +43,17 @@ class StageCommitment:
         checks_run: With ``redundant_neighbour``: how many units it checked.
         contribution: With replicas: the digest of the gradients it will send its stage's other
             replicas.
+        root: With receipts: its signed step root, verified, which covers its receipts and the
+            headers it sent.
+        received: The encoded headers it received, parsed into ``headers`` only once every
+            stage's root is known (:meth:`Commitments.collect`).
     """
 
     busy: float
     receipts: list[Receipt] = dataclasses.field(default_factory=list)
     headers: list[SignedHeader] = dataclasses.field(default_factory=list)
+    root: StepRoot | None = None
+    received: list[bytes] = dataclasses.field(default_factory=list)
     loss: float = float("nan")
     microbatch_losses: list[float] = dataclasses.field(default_factory=list)
     checks: list[CheckReport] | None = None
@@ -136,7 +143,11 @@ class Commitments:
         verifies that stage's commitment as it arrives (:meth:`take`), and after
         stage 0's only its own verification is left. (NCCL point-to-point calls from several
         threads could interleave differently on each rank: with it the stages are taken one
-        after the other.)"""
+        after the other.)
+
+        Receipts and headers covered by a stage's signed step root are taken on that one
+        signature. A header is checked against its sender's root, so the headers are accepted
+        once every stage's commitment is in, stage by stage."""
         c, layout, bypass = self.ctx.config, self.roster.layout, self.current.bypass
         stages = [q for q in self.roster.slots if layout.stage(q) != bypass]
         taken: dict[int, StageCommitment] = {}
@@ -150,6 +161,10 @@ class Commitments:
         else:
             for s in stages:
                 taken[s] = self.take(s, step)
+        sent = {s: frozenset(t.root.header_leaves) for s, t in taken.items() if t.root is not None}
+        for s in stages:
+            wid = self.roster.slot_ids[s]
+            taken[s].headers = [self.accept_header(wid, s, step, raw, sent) for raw in taken[s].received]
         receipts = {s: t.receipts for s, t in taken.items()}
         headers = {s: t.headers for s, t in taken.items()}
         last_losses = {s: t.microbatch_losses for s, t in taken.items() if layout.is_last(s)}
@@ -169,6 +184,9 @@ class Commitments:
                 if self.ctx.log is not None:
                     self.ctx.log.append_receipt(r)
                     self.tally.counts["receipts"] += 1
+            root = taken[s].root
+            if root is not None and self.ctx.log is not None:
+                self.ctx.log.append_root(root)
             for header in headers[s]:
                 if self.ctx.log is not None:
                     self.ctx.log.append_header(header)
@@ -194,8 +212,11 @@ class Commitments:
                 raise TransportError(f"worker {wid} committed step {msg.step}, not {step}")
             self.sealer.take_cosignature(wid, rank, msg.cosignature, msg.dispute)
             out = StageCommitment(msg.busy_ns / 1e9)
-            out.receipts = [self.accept_receipt(wid, s, step, raw, log=False) for raw in msg.receipts]
-            out.headers = [self.accept_header(wid, s, step, raw) for raw in msg.headers]
+            if c.receipts:
+                out.root = self.accept_root(wid, s, step, msg)
+            covered = out.root is not None
+            out.receipts = [self.accept_receipt(wid, s, step, raw, log=False, covered=covered) for raw in msg.receipts]
+            out.received = list(msg.headers)
             if len(self.roster.group(s)) > 1:
                 if msg.contribution is None:
                     raise TransportError(f"worker {wid}'s commitment names no gradient contribution")
@@ -218,12 +239,43 @@ class Commitments:
                 f"worker {wid}'s commitment for step {step} is malformed: {message}", peer=rank
             ) from None
 
-    def accept_header(self, wid: str, stage: int, step: int, raw: bytes) -> SignedHeader:
+    def accept_root(self, wid: str, slot: int, step: int, msg: Commit) -> StepRoot:
+        """The step root of slot ``slot``'s worker ``wid`` in its commitment ``msg``, verified:
+        signed by its attested key, for this run, worker, slot and step, its receipt leaves
+        those of the receipts the commitment carries (which it then covers).
+
+        Raises:
+            TransportError: The root is missing or does not hold.
+            AttestError: The root is malformed or its signature does not verify.
+        """
+        layout = self.roster.layout
+        if msg.root is None:
+            raise TransportError(f"worker {wid}'s commitment for step {step} carries no step root")
+        root = parse_root(msg.root)
+        root.verify(self.roster.keys[wid])
+        if (root.run_id, root.worker_id, root.stage, root.replica, root.step) != (
+            self.ctx.run_id,
+            wid,
+            layout.stage(slot),
+            layout.pipeline(slot),
+            step,
+        ):
+            raise TransportError(f"worker {wid}'s step root is for another computation (step {root.step})")
+        if root.receipt_leaves != tuple(leaf_hash(raw) for raw in msg.receipts):
+            raise TransportError(f"worker {wid}'s step root does not cover the receipts it committed")
+        return root
+
+    def accept_header(
+        self, wid: str, stage: int, step: int, raw: bytes, sent: dict[int, frozenset[bytes]] | None = None
+    ) -> SignedHeader:
         """Take a signed header that stage ``stage``'s worker ``wid`` received in ``step`` and
         commits to. It must be genuine: signed by the attested key of the worker that runs its
         sender stage, for a transfer of this run and step to ``stage``. The link checks take a
         header as evidence against its sender (an equivocation), and the log keeps it, so one
-        that its receiver forged or took from another transfer must not get that far.
+        that its receiver forged or took from another transfer must not get that far. A header
+        whose leaf hash is one its sender's verified step root lists (``sent``: per slot, the
+        header leaves of its root) is its sender's on that signature; any other has its own
+        signature checked.
 
         Raises:
             TransportError: The header is malformed, not genuine or of another transfer (the
@@ -242,7 +294,8 @@ class Commitments:
                     f"stage {header.sender_stage} of its pipeline",
                     peer=self.roster.rank_of(slot),
                 )
-            verify_header(header, self.roster.keys[sender])
+            if leaf_hash(raw) not in (sent or {}).get(layout.at(slot, header.sender_stage), ()):
+                verify_header(header, self.roster.keys[sender])
         except AttestError as exc:
             raise TransportError(
                 f"worker {wid} committed a signed header that is not genuine: {exc.message}",
@@ -292,10 +345,23 @@ class Commitments:
                         )
         return losses
 
-    def accept_receipt(self, wid: str, stage: int, step: int, raw: bytes, log: bool = True) -> Receipt:
+    def accept_receipt(
+        self, wid: str, stage: int, step: int, raw: bytes, log: bool = True, covered: bool = False
+    ) -> Receipt:
+        """Take a receipt of slot ``stage``'s worker ``wid`` for ``step``: signed by its key (on its
+        own signature, or ``covered`` by the worker's verified step root), for this run, worker
+        and slot, continuing the worker's hash chain; logged when ``log``.
+
+        Raises:
+            TransportError: The receipt is for another unit or breaks the chain.
+            AttestError: The receipt is malformed or its signature does not verify.
+        """
         layout = self.roster.layout
         receipt = parse_receipt(raw)
-        verify_receipt(receipt, self.roster.keys[wid])
+        if not covered:
+            verify_receipt(receipt, self.roster.keys[wid])
+        elif receipt.signer_key != self.roster.keys[wid]:
+            raise TransportError(f"worker {wid} sent a receipt that names another key than its attested one")
         unit = (receipt.run_id, receipt.worker_id, receipt.stage, receipt.replica, receipt.step)
         if unit != (self.ctx.run_id, wid, layout.stage(stage), layout.pipeline(stage), step):
             raise TransportError(f"worker {wid} sent a receipt for another unit: {receipt.unit}")

@@ -170,7 +170,9 @@ class Commit(Message):
     :class:`~stagewarden.attest.step_heads.Cosignature`) or ``dispute`` answers the step head the
     coordinator sent since the worker's last commit. With replicas, ``contribution`` is the digest
     of the accumulated gradients the worker will send the other replicas of its stage (the last
-    entry of its gradient trace, which its update receipt commits to)."""
+    entry of its gradient trace, which its update receipt commits to). With receipts, ``root`` is
+    the worker's encoded :class:`~stagewarden.attest.step_roots.StepRoot` over these receipts and
+    the headers it sent in this computation: one signature the coordinator checks for all of them."""
 
     TYPE: ClassVar[str] = "commit"
     step: int
@@ -184,6 +186,7 @@ class Commit(Message):
     cosignature: bytes | None = None
     dispute: str | None = None
     contribution: bytes | None = None
+    root: bytes | None = None
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -206,11 +209,22 @@ class Commit(Message):
             wire["dispute"] = self.dispute
         if self.contribution is not None:
             wire["contribution"] = self.contribution.hex()
+        if self.root is not None:
+            wire["root"] = self.root.hex()
         return wire
 
     @classmethod
     def parse(cls, data: Any) -> Commit:
-        optional = ("checks", "checks_run", "microbatch_losses", "logits", "cosignature", "dispute", "contribution")
+        optional = (
+            "checks",
+            "checks_run",
+            "microbatch_losses",
+            "logits",
+            "cosignature",
+            "dispute",
+            "contribution",
+            "root",
+        )
         d = read_fields(data, cls.TYPE, ("step", "receipts", "headers", "busy_ns"), optional)
         if "cosignature" in d and "dispute" in d:
             raise ProtocolError("a commit carries a cosignature or a dispute, not both")
@@ -232,6 +246,7 @@ class Commit(Message):
             read_hex(d["cosignature"], "commit cosignature") if "cosignature" in d else None,
             read_text(d["dispute"], "commit dispute") if "dispute" in d else None,
             read_digest(d["contribution"], "commit contribution") if "contribution" in d else None,
+            read_hex(d["root"], "commit root") if "root" in d else None,
         )
 
 

@@ -15,7 +15,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 import torch
+from nacl.signing import SigningKey
 
+from stagewarden.attest.step_roots import parse_root, sign_root
 from stagewarden.runtime.protocol import Commit, SnapshotRequest, send_message
 from stagewarden.runtime.protocol.ids import COORDINATOR, worker_id_for
 from stagewarden.runtime.transport import Transport
@@ -29,7 +31,22 @@ CRASH_ENV = "STAGEWARDEN_TEST_CRASH"
 #: commitment, and then stay alive and silent.
 HOSTILE_ENV = "STAGEWARDEN_TEST_HOSTILE"
 #: The crafted messages :data:`HOSTILE_ENV` can send.
-HOSTILE_MESSAGES = ("garbage", "oversize", "negative", "wrong_type", "bad_receipt", "forged_receipt", "deep_json")
+HOSTILE_MESSAGES = (
+    "garbage",
+    "oversize",
+    "negative",
+    "wrong_type",
+    "bad_receipt",
+    "forged_receipt",
+    "deep_json",
+    "forged_root",
+    "root_mismatch",
+)
+#: The crafted messages of :data:`HOSTILE_MESSAGES` that are the worker's real commitment with its
+#: step root altered: signed under a key the coordinator never attested (``forged_root``), or
+#: signed under the worker's own key over a leaf list whose first receipt leaf is not the first
+#: receipt's (``root_mismatch``). The worker sends them and computes on.
+ROOT_ATTACKS = ("forged_root", "root_mismatch")
 #: A test hook, ``<stage>:<e>``, that makes the first worker of ``stage`` multiply every output it commits
 #: (activations or logits, input gradients, stage 0's accumulated gradients, its weights after an
 #: update, its calibration outputs) by ``1 + e`` before committing: an honest worker whose
@@ -134,6 +151,17 @@ def perturb_measured_weights(module: torch.nn.Module) -> None:
 def crash() -> NoReturn:
     """The :data:`CRASH_ENV` hook: exit at once, as a process that dies does."""
     os._exit(CRASH_EXIT)
+
+
+def altered_root(commit: Commit, kind: str, key: SigningKey) -> Commit:
+    """``commit`` with its step root altered as the :data:`ROOT_ATTACKS` kind ``kind`` says,
+    ``key`` being the worker's own receipt key."""
+    assert commit.root is not None
+    root = parse_root(commit.root)
+    if kind == "forged_root":
+        return dataclasses.replace(commit, root=sign_root(root, SigningKey.generate()).encode())
+    leaves = (bytes(32), *root.leaves[1:])
+    return dataclasses.replace(commit, root=sign_root(dataclasses.replace(root, leaves=leaves), key).encode())
 
 
 def send_hostile(transport: Transport, step: int, kind: str, forged_receipt: Callable[[], bytes]) -> NoReturn:

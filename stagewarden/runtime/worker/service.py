@@ -73,7 +73,7 @@ from stagewarden.runtime.protocol.ids import COORDINATOR, device_id_for
 from stagewarden.runtime.schedule import gpipe, one_f_one_b
 from stagewarden.runtime.transport import Transport, TransportError
 from stagewarden.runtime.units import deterministic
-from stagewarden.runtime.worker.hooks import TestHooks, crash, send_hostile
+from stagewarden.runtime.worker.hooks import ROOT_ATTACKS, TestHooks, altered_root, crash, send_hostile
 from stagewarden.runtime.worker.neighbour import NeighbourCheck
 from stagewarden.runtime.worker.peers import Peers
 from stagewarden.runtime.worker.signing import Signer
@@ -329,6 +329,8 @@ class StageWorker:
             encoded = cosignature.encode() if cosignature is not None else None
             commit = dataclasses.replace(commit, cosignature=encoded, dispute=self._answer.dispute)
             self._answer = None
+        if hostile in ROOT_ATTACKS:
+            commit, hostile = altered_root(commit, hostile, self.signer.key), None
         if hostile is not None:
             send_hostile(self.transport, step, hostile, lambda: self._forged_receipt(step))
         send_message(self.transport, COORDINATOR, commit)

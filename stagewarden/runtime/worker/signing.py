@@ -1,10 +1,11 @@
-"""What a worker signs: its receipts, hash-chained one to the next, and the headers of the
-tensors it sends (:class:`Signer`)."""
+"""What a worker signs: its receipts, hash-chained one to the next, the headers of the
+tensors it sends, and once a step the root over both (:class:`Signer`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Sequence
 
 import torch
 from nacl.signing import SigningKey
@@ -19,6 +20,7 @@ from stagewarden.attest.receipts import (
     receipt_digest,
     sign_receipt,
 )
+from stagewarden.attest.step_roots import StepRoot, leaf_hash, sign_root
 from stagewarden.attest.tensor_digest import TensorDigest, tensor_digest
 
 
@@ -94,3 +96,12 @@ class Signer:
         """``header`` signed over ``tensor``'s digest, encoded (a second header for another tensor
         than the one sent under the first)."""
         return encode_header(sign_header(dataclasses.replace(header, tensor=tensor_digest(tensor.cpu())), self.key))
+
+    def root(self, step: int, receipts: Sequence[bytes], headers: Sequence[bytes]) -> bytes:
+        """The signed step root (:mod:`stagewarden.attest.step_roots`) over the encoded
+        ``receipts`` of one computation of ``step`` and the encoded ``headers`` the worker sent
+        in it; its encoding."""
+        assert self.stage is not None
+        leaves = tuple(leaf_hash(r) for r in receipts) + tuple(leaf_hash(h) for h in headers)
+        unsigned = StepRoot(self.run_id, self.worker_id, self.stage, self.pipeline, step, len(receipts), leaves)
+        return sign_root(unsigned, self.key).encode()

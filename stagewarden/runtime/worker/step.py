@@ -179,11 +179,24 @@ class StepRunner:
             if c.receipts:
                 logits = tuple(st.logits[m] for m in range(c.microbatches))
         receipts, headers = tuple(st.receipts), tuple(st.headers)
+        root = None
+        if c.receipts:  # one signature over this computation's receipts and the headers it sent
+            sent = [raw for raw, _ in (*st.relay.sent_f.values(), *st.relay.sent_b.values()) if raw]
+            root = self.signer.root(step, receipts, sent)
         contribution = None
         if len(self.peers.group) > 1:  # the digest of what this worker sends its stage's other replicas
             contribution = st.trace[-1] if c.receipts else grads_digest(self.state.module)
         return Commit(
-            step, receipts, headers, int(st.busy * 1e9), checks, checks_run, losses, logits, contribution=contribution
+            step,
+            receipts,
+            headers,
+            int(st.busy * 1e9),
+            checks,
+            checks_run,
+            losses,
+            logits,
+            contribution=contribution,
+            root=root,
         )
 
     def begin(self, step: int, attempt: int) -> StepState:
