@@ -61,6 +61,7 @@ class Trained:
         coordinator_key: The coordinator's public key, as an auditor pins it.
         signing_key: The coordinator's private key, copied while the run was going.
         malicious: The workers the attack plan makes malicious.
+        verifier_dir: The attestation verifier's own key folder (outside the run's folders).
     """
 
     run: Path
@@ -68,6 +69,7 @@ class Trained:
     coordinator_key: bytes
     signing_key: SigningKey
     malicious: frozenset[str]
+    verifier_dir: Path | None = None
 
 
 def train(base: Path, config: RunConfig, malicious: frozenset[str]) -> Trained:
@@ -84,14 +86,15 @@ def train(base: Path, config: RunConfig, malicious: frozenset[str]) -> Trained:
 
     from stagewarden.runtime.launch import launch_local
 
-    result = launch_local(config, run, vendor_dir=vendor, on_event=keep_key)
+    verifier_dir = base / "verifier"
+    result = launch_local(config, run, vendor_dir=vendor, on_event=keep_key, verifier_dir=verifier_dir)
     assert result.summary["status"] == "completed", result.summary.get("stop_reason")
     assert not (base / "run.keys").exists(), "a completed run keeps no private key"
     signing_key = SigningKey(bytes.fromhex(kept.read_text().strip()))
     coordinator_key = bytes.fromhex((run / "coordinator.pub").read_text().strip())
     assert bytes(signing_key.verify_key) == coordinator_key
     verifier_key = bytes.fromhex((run / "attestation" / "verifier.pub").read_text().strip())
-    return Trained(run, verifier_key, coordinator_key, signing_key, malicious)
+    return Trained(run, verifier_key, coordinator_key, signing_key, malicious, verifier_dir)
 
 
 def honest_config() -> RunConfig:
