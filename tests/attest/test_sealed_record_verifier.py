@@ -21,6 +21,7 @@ from pathlib import Path
 
 import blake3
 import pytest
+from click.testing import CliRunner
 from nacl.signing import SigningKey
 from sealed_record_fixtures import (  # noqa: F401  (honest_run: a fixture)
     EVENTS,
@@ -46,6 +47,7 @@ from stagewarden.attest.rundir import RunDir
 from stagewarden.attest.step_heads import Cosignature, EventsChain, SignedStepHead, cosign, roster_digest, sign_head
 from stagewarden.attest.token import key_id
 from stagewarden.attest.vendor import load_vendor, make_evidence
+from stagewarden.cli import cli
 
 
 def _private_keys(trained: Trained) -> dict[bytes, SigningKey]:
@@ -221,6 +223,9 @@ def test_rekeying_every_worker_is_found_with_the_verifier_key_pinned(honest: Tra
     assert {code for code, _ in found} == {ErrorCode.RESULT_SIGNATURE, ErrorCode.KEY_UNATTESTED}, found
     rekeyed = {w for code, workers in found if code is ErrorCode.KEY_UNATTESTED for w in workers}
     assert rekeyed == {"s0r0", "s1r0", "s2r0"}
+    pinned = ["--verifier-key", honest.verifier_key.hex(), "--coordinator-key", honest.coordinator_key.hex()]
+    result = CliRunner().invoke(cli, ["audit", str(run), *pinned])
+    assert result.exit_code == 1 and "RESULT_SIGNATURE" in result.output, result.output
 
 
 @pytest.mark.xfail(
