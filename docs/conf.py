@@ -67,6 +67,9 @@ nitpick_ignore = [
     ("py:class", "cryptography.hazmat.primitives.asymmetric.ec.EllipticCurvePrivateKey"),
     ("py:class", "cryptography.hazmat.primitives.asymmetric.ed25519.Ed25519PrivateKey"),
     ("py:class", "subprocess.Popen"),
+    ("py:class", "socket.socket"),
+    ("py:class", "threading.Event"),
+    ("py:class", "pydantic.main.BaseModel"),
     ("py:class", "multiprocessing.process.BaseProcess"),
     # the type variable of a generic signature (protocol.dispatch.receive), not a type of its own
     ("py:class", "stagewarden.runtime.protocol.dispatch._M"),
