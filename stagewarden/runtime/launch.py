@@ -6,6 +6,9 @@ a simulated device identity per worker, writes the configuration, picks a free p
 forked from a fork server, or ``python -m`` subprocesses, see :mod:`stagewarden.runtime.processes`),
 follows ``events.jsonl`` for progress, and always cleans up: on a failure, a timeout or Ctrl-C the
 children are terminated, then killed, and the temporary folder (with the device keys) is removed.
+The coordinator (rank 0) starts the run's attestation verifier, a process of its own whose key
+folder only rank 0's command line names (:mod:`stagewarden.runtime.verifier_process`), or uses
+the one given with ``verifier``.
 :func:`prepare_run` writes the same configuration and vendor into a folder to copy to every
 machine, and :func:`torchrun_args` the arguments that start one machine's share of the processes.
 """
@@ -30,6 +33,7 @@ from typing import Any
 from stagewarden.attest.files import atomic_write_text
 from stagewarden.attest.run_record import SUMMARY_FILE, RunDirError, RunRecord, TrainingRecord
 from stagewarden.attest.run_record_parts import FaultRecord
+from stagewarden.attest.verifier_keys import VERIFIER_DIR_ENV
 from stagewarden.runtime.config import RunConfig
 from stagewarden.runtime.errors import RuntimeSetupError
 from stagewarden.runtime.processes import (
@@ -368,6 +372,8 @@ def _run_world(
             if rank == 0:
                 args += coordinator_args
             child_env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+            if rank > 0:  # the verifier's key folder is the coordinator's business alone
+                child_env.pop(VERIFIER_DIR_ENV, None)
             log = tmp / f"rank{rank}.log"
             if method == "forkserver":
                 procs.append(ForkServer.start(args, child_env, log))

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from distributed_helpers import tiny_config
 
-from stagewarden.attest.verifier_keys import VERIFIER_KEY_FILE
+from stagewarden.attest.verifier_keys import VERIFIER_DIR_ENV, VERIFIER_KEY_FILE
 from stagewarden.runtime.attacks import AttackPlan
 from stagewarden.runtime.launch import LaunchError, LaunchInterrupted, launch_local
 from stagewarden.runtime.worker.hooks import CRASH_ENV, STEP_DELAY_ENV
@@ -117,7 +117,12 @@ def test_completed_run_keeps_no_verifier_key_and_workers_never_learn_its_folder(
     run = tmp_path / "run"
     watch = _Watch(run, str(verifier_dir))
     result = launch_local(
-        tiny_config(steps=2), run, verifier_dir=verifier_dir, on_event=watch, start_method="subprocess"
+        tiny_config(steps=2),
+        run,
+        verifier_dir=verifier_dir,
+        on_event=watch,
+        start_method="subprocess",
+        env={VERIFIER_DIR_ENV: str(verifier_dir)},  # the folder named both ways: neither reaches a worker
     )
     assert result.summary["status"] == "completed"
     assert watch.verifiers and len(watch.given) == 2
