@@ -327,6 +327,18 @@ CASES = [
         lambda w: (f"cannot read verifier key {w.missing}",),
     ),
     Case(
+        "verifier-public-key-file",
+        "verifier public-key",
+        lambda w: ["verifier", "public-key", "--verifier-dir", str(w.file)],
+        lambda w: (f"verifier folder {w.file} is not a directory",),
+    ),
+    Case(
+        "verifier-serve-config-missing",
+        "verifier serve",
+        lambda w: ["verifier", "serve", "--config", str(w.missing), "--socket", str(w.dir / "v.sock")],
+        lambda w: (f"cannot read the run configuration {w.missing}",),
+    ),
+    Case(
         "attest-verify-result-out-dir",
         "attest verify",
         lambda w: _av(w, str(w.evidence), "--vendor", str(w.vendor), "--result-out", str(w.dir)),

@@ -111,18 +111,21 @@ def appraiser_loader(config: RunConfig, vendor_dir: str | Path | None, key: Sign
 def build_service(
     config_path: str | Path, verifier_dir: str | Path, vendor_dir: str | Path | None = None
 ) -> VerifierService:
-    """Make this process non-dumpable, then load the key and build the service (the reference
-    values included) for the run configuration in ``config_path``.
+    """Read the run configuration in ``config_path``, make this process non-dumpable, then load the
+    key and build the service (the reference values included).
 
     Raises:
         VerifierSetupError: The process cannot be made non-dumpable (Linux), the key folder is
             refused, or the configuration or vendor does not allow a verifier.
     """
+    try:
+        config = load_run_config(config_path)
+    except ConfigError as exc:
+        raise VerifierSetupError(str(exc)) from None
     if sys.platform.startswith("linux") and not make_non_dumpable():
         raise VerifierSetupError("cannot make the verifier process non-dumpable (prctl PR_SET_DUMPABLE failed)")
     try:
         key = load_verifier_key(Path(verifier_dir))
-        config = load_run_config(config_path)
         return VerifierService(appraiser_loader(config, vendor_dir, key, SystemClock()))
     except (VerifierKeyError, ConfigError) as exc:
         raise VerifierSetupError(str(exc)) from None
