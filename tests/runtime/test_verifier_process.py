@@ -243,3 +243,41 @@ def test_garbage_or_absent_verifier_stops_admission_in_one_line(tmp_path: Path) 
         launch_local(tiny_config(), tmp_path / "run2", verifier=tmp_path / "nobody.sock", timeout=120)
     assert "is not listening within 10 s" in str(absent.value) and "\n" not in str(absent.value)
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_the_verifier_is_non_dumpable_before_it_reads_its_key(tmp_path: Path) -> None:
+    """What the verifier process runs (build_service), in a forked child: the process is already
+    non-dumpable when the key is loaded, and stays so."""
+    from stagewarden.attest.vendor import init_vendor
+    from stagewarden.attest.verifier_keys import is_dumpable
+    from stagewarden.runtime import verifier_process
+
+    init_vendor(tmp_path / "vendor")
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps(tiny_config().to_json()))
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports (dumpable when the key was read, dumpable after) and exits
+        code = 1
+        try:
+            os.close(read)
+            seen: list[bool] = []
+            original = verifier_process.load_verifier_key
+
+            def spying(folder: Path, create: bool = True) -> Any:
+                seen.append(is_dumpable())
+                return original(folder, create)
+
+            verifier_process.load_verifier_key = spying  # type: ignore[assignment]
+            verifier_process.build_service(config, tmp_path / "keys", tmp_path / "vendor")
+            os.write(write, bytes([len(seen), *seen, is_dumpable()]))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    report = os.read(read, 8)
+    os.close(read)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert report == bytes([1, False, False])
