@@ -73,12 +73,25 @@ def serve(config_path: str, socket_path: str, vendor: str | None, verifier_dir: 
 @click.option("--verifier-dir", type=click.Path(), help=_VERIFIER_DIR_HELP)
 @format_option()
 def public_key(verifier_dir: str | None, fmt: str) -> None:
-    """Print the verifier's public key (creating the key on first use), to pin with 'audit --verifier-key'."""
-    from stagewarden.attest.verifier_keys import VerifierKeyError, load_verifier_key
+    """Print the verifier's public key (creating the key on first use), to pin with 'audit --verifier-key'.
+
+    The key is read from the folder's verifier.pub, which the verifier writes whenever it starts.
+    """
+    from stagewarden.attest.verifier_keys import (
+        VERIFIER_PUBLIC_FILE,
+        VerifierKeyError,
+        check_private_dir,
+        load_verifier_key,
+        read_public_key,
+    )
 
     folder = _folder(verifier_dir)
     try:
-        key = bytes(load_verifier_key(folder).verify_key)
+        if (folder / VERIFIER_PUBLIC_FILE).is_file():  # the private key stays unread
+            check_private_dir(folder)
+            key = bytes(read_public_key(folder))
+        else:
+            key = bytes(load_verifier_key(folder).verify_key)
     except VerifierKeyError as exc:
         raise BadInput(str(exc)) from None
     if fmt == "json":
