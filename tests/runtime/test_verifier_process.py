@@ -281,3 +281,27 @@ def test_the_verifier_is_non_dumpable_before_it_reads_its_key(tmp_path: Path) ->
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert report == bytes([1, False, False])
+
+
+def test_a_verifier_gone_mid_run_stops_the_run_cleanly_at_renewal(tmp_path: Path, verifier_dir: Path) -> None:
+    """Results valid for 2 s, so workers are re-attested every few steps; the verifier process is
+    killed after step 1: the next renewal cannot reach it, and the run stops (``stopped``, sealed,
+    resumable) with a reason naming the verifier, not a traceback or a worker's fault."""
+    run = tmp_path / "run"
+    killed: list[int] = []
+
+    def kill_verifier(event: dict[str, Any]) -> None:
+        if event.get("event") == "step" and event.get("step") == 1 and not killed:
+            for pid in _verifier_pids(str(verifier_dir)):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    config = tiny_config(steps=30, result_lifetime=2)
+    result = launch_local(
+        config, run, verifier_dir=verifier_dir, on_event=kill_verifier, env={STEP_DELAY_ENV: "0.1"}, max_restarts=0
+    )
+    assert killed
+    summary = result.summary
+    assert summary["status"] == "stopped" and len(summary["losses"]) < 30
+    assert summary["stop_reason"].startswith("workers cannot be re-attested: the attestation verifier at ")
+    assert "\n" not in summary["stop_reason"] and not summary["faults"]
