@@ -17,6 +17,7 @@ import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -72,7 +73,7 @@ class VerifierService:
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> Literal["simulated", "dcap"]:
         """``dcap`` or ``simulated``: the evidence the service appraises."""
         return "dcap" if isinstance(self.appraiser, DcapVerifier) else "simulated"
 
@@ -87,7 +88,7 @@ class VerifierService:
                 return NonceReply(nonce=self.appraiser.issue_nonce().hex())
             if isinstance(request, AppraiseRequest):
                 return self._appraise(request)
-            return PublicKeyReply(key=bytes(self.appraiser.verify_key).hex(), kind=self.kind)  # type: ignore[arg-type]
+            return PublicKeyReply(key=bytes(self.appraiser.verify_key).hex(), kind=self.kind)
 
     def _appraise(self, request: AppraiseRequest) -> BaseModel:
         evidence = bytes.fromhex(request.evidence)
@@ -149,7 +150,11 @@ class VerifierService:
                         payload = read_frame(conn)
                     except (VerifierProtocolError, OSError):
                         return
-                    conn.sendall(encode_frame(self.handle(payload)))
+                    try:
+                        reply = self.handle(payload)
+                    except Exception as exc:  # noqa: BLE001 - a fault of the appraiser answers, not kills, the request
+                        reply = ErrorReply(message=f"the verifier failed: {type(exc).__name__}: {str(exc)[:500]}")
+                    conn.sendall(encode_frame(reply))
         except OSError:
             return
         finally:

@@ -325,3 +325,31 @@ def test_requests_are_typed_json_never_pickle() -> None:
     (length,) = struct.unpack(">I", frame[:4])
     assert frame[4:] == b'{"version":1,"op":"nonce"}' and length == len(frame) - 4
     assert isinstance(parse_request(frame[4:]), NonceRequest)
+
+
+def test_an_appraiser_that_crashes_is_answered_and_the_service_goes_on(vendor: Path) -> None:
+    """An unexpected error while appraising becomes an error reply (VerifierUnavailable at the
+    client, one line), and the service keeps answering."""
+    key = SigningKey.generate()
+    calls: list[int] = []
+
+    def reload(nonces: object) -> object:
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("disk on fire")
+        return local_verifier(load_vendor(vendor), MEASUREMENTS, Policy(), SystemClock(), key, nonces=nonces)  # type: ignore[arg-type]
+
+    service = VerifierService(reload)  # type: ignore[arg-type]
+    with _socket_dir() as folder:
+        stop = threading.Event()
+        thread = threading.Thread(target=service.serve, args=(folder / "v.sock", stop), daemon=True)
+        thread.start()
+        try:
+            client = VerifierClient(folder / "v.sock", connect_seconds=10.0)
+            nonce = client.issue_nonce()
+            with pytest.raises(VerifierUnavailable, match="failed: the verifier failed: RuntimeError: disk on fire"):
+                client.appraise("run-x", "s0r0", 0, RECEIPT_KEY, nonce, b"\x00")
+            assert bytes(client.public_key()) == bytes(key.verify_key)
+        finally:
+            stop.set()
+            thread.join(5)
