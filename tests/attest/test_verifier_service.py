@@ -53,13 +53,16 @@ def _socket_dir() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _serving(vendor: Path, key: SigningKey) -> Iterator[VerifierClient]:
-    clock = SystemClock()
+def _serving(
+    vendor: Path, key: SigningKey, reload: Callable[[object], object] | None = None
+) -> Iterator[VerifierClient]:
+    """A client of a service serving from a thread, whose appraiser trusts ``vendor`` and signs
+    with ``key`` (or is what ``reload`` builds)."""
 
-    def reload(nonces: object) -> object:
-        return local_verifier(load_vendor(vendor), MEASUREMENTS, Policy(), clock, key, nonces=nonces)  # type: ignore[arg-type]
+    def simulated(nonces: object) -> object:
+        return local_verifier(load_vendor(vendor), MEASUREMENTS, Policy(), SystemClock(), key, nonces=nonces)  # type: ignore[arg-type]
 
-    service = VerifierService(reload)  # type: ignore[arg-type]
+    service = VerifierService(reload or simulated)  # type: ignore[arg-type]
     with _socket_dir() as folder:
         stop = threading.Event()
         thread = threading.Thread(target=service.serve, args=(folder / "v.sock", stop), daemon=True)
@@ -339,17 +342,8 @@ def test_an_appraiser_that_crashes_is_answered_and_the_service_goes_on(vendor: P
             raise RuntimeError("disk on fire")
         return local_verifier(load_vendor(vendor), MEASUREMENTS, Policy(), SystemClock(), key, nonces=nonces)  # type: ignore[arg-type]
 
-    service = VerifierService(reload)  # type: ignore[arg-type]
-    with _socket_dir() as folder:
-        stop = threading.Event()
-        thread = threading.Thread(target=service.serve, args=(folder / "v.sock", stop), daemon=True)
-        thread.start()
-        try:
-            client = VerifierClient(folder / "v.sock", connect_seconds=10.0)
-            nonce = client.issue_nonce()
-            with pytest.raises(VerifierUnavailable, match="failed: the verifier failed: RuntimeError: disk on fire"):
-                client.appraise("run-x", "s0r0", 0, RECEIPT_KEY, nonce, b"\x00")
-            assert bytes(client.public_key()) == bytes(key.verify_key)
-        finally:
-            stop.set()
-            thread.join(5)
+    with _serving(vendor, key, reload) as client:
+        nonce = client.issue_nonce()
+        with pytest.raises(VerifierUnavailable, match="failed: the verifier failed: RuntimeError: disk on fire"):
+            client.appraise("run-x", "s0r0", 0, RECEIPT_KEY, nonce, b"\x00")
+        assert bytes(client.public_key()) == bytes(key.verify_key)
