@@ -250,7 +250,7 @@ def test_the_verifier_is_non_dumpable_before_it_reads_its_key(tmp_path: Path) ->
     """What the verifier process runs (build_service), in a forked child: the process is already
     non-dumpable when the key is loaded, and stays so."""
     from stagewarden.attest.vendor import init_vendor
-    from stagewarden.attest.verifier_keys import is_dumpable
+    from stagewarden.attest.verifier_keys import is_dumpable, load_verifier_key
     from stagewarden.runtime import verifier_process
 
     init_vendor(tmp_path / "vendor")
@@ -263,13 +263,13 @@ def test_the_verifier_is_non_dumpable_before_it_reads_its_key(tmp_path: Path) ->
         try:
             os.close(read)
             seen: list[bool] = []
-            original = verifier_process.load_verifier_key
+            original = load_verifier_key
 
             def spying(folder: Path, create: bool = True) -> Any:
                 seen.append(is_dumpable())
                 return original(folder, create)
 
-            verifier_process.load_verifier_key = spying  # type: ignore[assignment]
+            setattr(verifier_process, "load_verifier_key", spying)  # noqa: B010 - the name the process looks up
             verifier_process.build_service(config, tmp_path / "keys", tmp_path / "vendor")
             os.write(write, bytes([len(seen), *seen, is_dumpable()]))
             code = 0
