@@ -68,6 +68,12 @@ def _prepare(config: Any, folder: str, vendor: str | None, out: str) -> None:
         markup=False,
     )
     console.print(f"  {shlex.join(command)}", markup=False)
+    if c.attestation:
+        console.print(
+            "The coordinator (rank 0) starts the attestation verifier on its machine, its key in the default "
+            "per-user folder there; or run 'stagewarden verifier serve' apart and add --verifier SOCKET.",
+            markup=False,
+        )
 
 
 @click.command()

@@ -97,3 +97,11 @@ def test_a_run_uses_a_verifier_served_apart(tmp_path: Path) -> None:
     while socket_path.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not socket_path.exists()
+
+
+def test_prepare_says_where_the_verifier_runs(tmp_path: Path) -> None:
+    """``train --prepare`` tells the operator that rank 0 starts the verifier, and how to run it apart."""
+    result = CliRunner().invoke(cli, ["train", "--prepare", str(tmp_path / "prepared"), "--out", "run"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "rank 0) starts the attestation verifier" in text and "--verifier SOCKET" in text
