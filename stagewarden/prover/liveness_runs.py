@@ -64,12 +64,18 @@ def _count_at_least(terms: list[Term], n: int) -> Term:
     n -= known
     if n <= 0:
         return True
-    weights: dict[int, tuple[z3.BoolRef, int]] = {}
-    for t in rest:
-        term, weight = weights.get(t.get_id(), (t, 0))
-        weights[t.get_id()] = (term, weight + 1)
     if len(rest) < n:
         return False
+    # Count each Python object once before asking Z3 for its id (a probe state repeats one
+    # object over every position; asking for an id costs microseconds).
+    objects: dict[int, tuple[z3.BoolRef, int]] = {}
+    for t in rest:
+        term, weight = objects.get(id(t), (t, 0))
+        objects[id(t)] = (term, weight + 1)
+    weights: dict[int, tuple[z3.BoolRef, int]] = {}
+    for t, count in objects.values():
+        term, weight = weights.get(t.get_id(), (t, 0))
+        weights[t.get_id()] = (term, weight + count)
     if len(weights) < len(rest):
         return z3.PbGe(list(weights.values()), n)
     return at_least(rest, n)
@@ -250,7 +256,9 @@ class LivenessRuns:
         enc, world = self.enc, self.world
         stage, replica = world.slot_of(self.positions[p])
         copies = disj([state.here[q] for q in self._slot_copies(p) if q != p])
-        others = _count_at_least(state.here, 2)
+        # Only a peer verifier needs someone else present (counting costs a pass over positions).
+        peer = any(enc.vf[i]["peer"] is not False for i, c in self.checks if isinstance(c, SpotCheck))
+        others = _count_at_least(state.here, 2) if peer else False
         downstream = state.here[self._primary(stage + 1, replica)] if stage <= world.stages - 2 else False
         parts: list[Term] = []
         for capability, kinds in _TAMPER_KINDS.items():
@@ -321,7 +329,7 @@ class LivenessRuns:
                     out.append(conj([*equivocation, state.bad[up], state.here[down]]))
                 if stage <= world.stages - 2:
                     out.append(conj([accuse, present, state.bad[self._primary(stage + 1, replica)]]))
-            elif isinstance(check, SpotCheck):
+            elif isinstance(check, SpotCheck) and accuse is not False and enc.vf[i]["peer"] is not False:
                 anyone = disj([state.bad[q] for q in range(len(self.positions)) if q != p])
                 out.append(conj([accuse, present, enc.vf[i]["peer"], anyone]))
             elif isinstance(check, ReplicateCheck):

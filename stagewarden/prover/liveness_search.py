@@ -34,7 +34,9 @@ class TooLarge(Exception):
     """The world has too many placements or states for the search."""
 
 
-def _corruptible(runs: LivenessRuns) -> list[int]:
+def corruptible_positions(runs: LivenessRuns) -> list[int]:
+    """The positions whose original occupant may be malicious (trust entries apply to original
+    occupants only, and a TEE entry only with attestation and no TEE compromise), in order."""
     enc = runs.enc
     world = enc.world
     safe: set[int] = set()
@@ -46,17 +48,18 @@ def _corruptible(runs: LivenessRuns) -> list[int]:
     return [p for p, w in enumerate(runs.positions) if w not in safe]
 
 
-def search(runs: LivenessRuns) -> LivenessRun | None:
+def search(runs: LivenessRuns, placement_limit: int = PLACEMENT_LIMIT) -> LivenessRun | None:
     """A violating run with the fewest malicious workers, then the fewest events; None when
-    liveness holds. Raises :class:`TooLarge` when the world is too large to enumerate."""
+    liveness holds. Raises :class:`TooLarge` when the world is too large to enumerate (more
+    than ``placement_limit`` placements times positions)."""
     enc = runs.enc
     assert enc.concrete, "the search reads spec facts as Python constants"
     budget = enc.spec.malicious_budget
     standby = len(runs.standby)
-    corruptible = _corruptible(runs)
+    corruptible = corruptible_positions(runs)
     # Counted until the limit is passed: the full count has tens of thousands of digits in the
     # largest worlds (too slow to sum, and too long to print).
-    most = PLACEMENT_LIMIT * 8 // max(1, len(runs.positions))
+    most = placement_limit * 8 // max(1, len(runs.positions))
     count = 0
     for size in range(budget + 1):
         for m in range(min(size, standby) + 1):

@@ -41,6 +41,11 @@ class Limits:
 
     timeout: float | None = None
     rlimit: int | None = None
+    #: How many placements times positions the ``liveness`` state search may enumerate before
+    #: the larger-world methods take over (None: its default,
+    #: ``stagewarden.prover.liveness_search.PLACEMENT_LIMIT``). Lowering it makes small
+    #: worlds take the paths large ones do.
+    liveness_search_placements: int | None = None
 
 
 class SolverGaveUp(Exception):

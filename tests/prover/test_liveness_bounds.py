@@ -1,6 +1,7 @@
-"""The liveness check where neither the state search nor a bounded unrolling fits: the closed-form
-bound proves holds where it can, and otherwise the verdict is unknown with its reason, never a
-guess, and the unrolling is never built past its limit."""
+"""The liveness check where the state search does not fit: the counts decide where no removal rule
+depends on the run's state; otherwise the closed-form bound proves holds where it can, and the
+verdict is unknown with its reason, never a guess, and the unrolling is never built past its
+limit."""
 
 from __future__ import annotations
 
@@ -19,8 +20,7 @@ adversary:
 defense:
   receipts: true
   checks:
-    - scheme: spot_check
-      rate: 0.05
+    - {check}
   response: [{response}]
 guarantees:
   - {{id: liveness, kind: liveness}}
@@ -32,18 +32,38 @@ def _liveness(text: str) -> tuple[str, str]:
     return result.verdict, f"{result.summary} {result.reason or ''}"
 
 
-def test_a_world_too_large_to_unroll_is_unknown_with_the_reason() -> None:
+SPOT = "{scheme: spot_check, rate: 0.05}"
+
+
+def test_a_world_too_large_to_search_is_decided_by_the_counts() -> None:
     """40 stages with 16 malicious and 16 standby workers, a withholder and eject: the state search
-    gives up, the bound allows a violation, and the unrolled runs would exceed the limit, so the
-    answer is unknown and says why."""
-    verdict, why = _liveness(LARGE.format(withhold=", withhold", crash=1, response="rollback, eject"))
+    gives up and the unrolled runs would exceed the limit, but a withholder can always be ejected,
+    so the counts decide: 16 ejections and the one crash are the 17 removals that spend the pool
+    and empty the replica."""
+    result = verify(
+        load_text(LARGE.format(withhold=", withhold", crash=1, response="rollback, eject", check=SPOT), "<l>.yaml")
+    ).guarantees[0]
+    assert result.verdict == "violated", (result.summary, result.reason)
+    assert result.trace is not None and len(result.trace["malicious"]) == 16
+    kinds = [e["event"] for e in result.trace["dynamics"]["events"]]
+    assert kinds.count("eject") == 16 and kinds.count("crash") == 1 and kinds.count("enter") == 16
+
+
+def test_a_world_the_counts_cannot_decide_and_too_large_to_unroll_is_unknown() -> None:
+    """The same world checked by redundant_neighbour without a withholder: whether a worker is caught
+    depends on its neighbour being present, so the counts do not decide; the bound allows a
+    violation and the unrolled runs would exceed the limit, so the answer is unknown and says why."""
+    verdict, why = _liveness(
+        LARGE.format(withhold="", crash=1, response="rollback, eject", check="{scheme: redundant_neighbour}")
+    )
     assert verdict == "unknown", (verdict, why)
     assert "too large to decide exactly" in why and f"more than {UNROLL_LIMIT}" in why
+    assert "the counts do not decide them" in why
 
 
 def test_the_closed_form_bound_still_proves_holds_in_a_large_world() -> None:
     """The same world without withhold, crash faults or eject cannot lose a stage nor stall (rollback
     only retries): the bound every violating run meets is unsatisfiable, so liveness holds without
     unrolling anything."""
-    verdict, why = _liveness(LARGE.format(withhold="", crash=0, response="rollback"))
+    verdict, why = _liveness(LARGE.format(withhold="", crash=0, response="rollback", check=SPOT))
     assert verdict == "holds", (verdict, why)
