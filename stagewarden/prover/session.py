@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 #: Longest a single solver call may spend proving a counterexample minimal or a count maximal
 #: (milliseconds); past it the best result so far is kept and marked as not proven optimal.
 MINIMALITY_EFFORT_MS = 1500
+#: A search for a smaller counterexample stops after this many bounds ran out of effort: where
+#: one bound is too hard, the next ones mostly are too, and on a loaded machine the search
+#: otherwise spends a minute at 16384x8 on timeouts alone.
+MINIMALITY_GIVE_UPS = 3
 #: Worlds up to this many workers get canonical (lexicographically first) counterexamples.
 CANONICAL_WORKERS = 128
 #: Overhead cost constants (fractions of unprotected training).
@@ -404,8 +408,9 @@ class SolverSession:
     ) -> z3.ModelRef:
         """The model (goal ``guard`` on) with the fewest true ``terms``: any model first, then
         bounds growing from ``lower_bound`` by doubling steps below its count, then binary search.
-        A bound that cannot be
-        refuted within the effort limit is skipped and minimality is marked unproven."""
+        A bound that cannot be refuted within the effort limit is skipped and minimality is
+        marked unproven; after ``MINIMALITY_GIVE_UPS`` such bounds the best model so far is
+        returned."""
         solver = self._solver()
         literals = self.enc.literals()
 
@@ -421,7 +426,8 @@ class SolverSession:
         high = count(best)
         # ``lower_bound`` is proven by the caller (a counting argument), so no probe goes below it.
         low, step = min(lower_bound, high), 1
-        while low < high:
+        gave_up = 0
+        while low < high and gave_up < MINIMALITY_GIVE_UPS:
             probe = min(low + step - 1, high - 1) if step < high - low else (low + high) // 2
             bound = self._cardinality_guard(terms, probe, name)
             result = self._bounded_check(solver, guard, *extra, bound, *literals)
@@ -441,8 +447,11 @@ class SolverSession:
             else:
                 if result == z3.unknown:
                     self.last_minimal = False
+                    gave_up += 1
                 low = probe + 1
                 step *= 2
+        if low < high:
+            self.last_minimal = False
         return best
 
     def _malicious(self, model: z3.ModelRef) -> list[int]:
