@@ -228,7 +228,7 @@ def start_verifier(config_path: str | Path, verifier_dir: str | Path, vendor_dir
     folder = Path(tempfile.mkdtemp(prefix="stagewarden-verifier-"))
     args = [sys.executable, "-m", "stagewarden.runtime.verifier_process", "--config", str(config_path)]
     args += ["--socket", str(folder / SOCKET_NAME), "--verifier-dir", str(verifier_dir)]
-    args += ["--parent-pid", str(os.getpid())]
+    args += ["--parent-pid", str(os.getpid()), "--remove-folder"]
     if vendor_dir is not None:
         args += ["--vendor", str(vendor_dir)]
     try:
@@ -247,6 +247,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--verifier-dir", required=True, help="the verifier's key folder (mode 0700)")
     parser.add_argument("--vendor", help="the simulated vendor folder (simulated attestation)")
     parser.add_argument("--parent-pid", type=int, help="stop when this process, the parent, is gone")
+    parser.add_argument(
+        "--remove-folder", action="store_true", help="remove the socket's folder (made for this verifier) once stopped"
+    )
     return parser.parse_args(argv)
 
 
@@ -261,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         run_service(build_service(args.config, args.verifier_dir, args.vendor), args.socket, args.parent_pid)
     except VerifierSetupError as exc:
         print(f"stagewarden verifier: error: {exc}", file=sys.stderr)
-        return 2
+        return 2  # the folder stays: its log says why, for the coordinator to read
+    if args.remove_folder:  # also when the coordinator was killed before it could
+        shutil.rmtree(Path(args.socket).parent, ignore_errors=True)
     return 0
 
 

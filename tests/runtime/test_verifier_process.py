@@ -43,16 +43,26 @@ def _verifier_pids(marker: str) -> set[int]:
             if b"stagewarden.runtime.verifier_process" in argv and marker.encode() in b" ".join(argv):
                 if status.split(")")[-1].split()[0] != "Z":
                     found.add(int(entry.name))
+                    FOLDERS[int(entry.name)] = str(Path(argv[argv.index(b"--socket") + 1].decode()).parent)
     return found
 
 
-def _gone(pids: set[int], marker: str, seconds: float = 10.0) -> bool:
+def _gone(pids: set[int], marker: str, seconds: float = 20.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if not _verifier_pids(marker) and not any(Path(f"/proc/{p}").exists() for p in pids):
             return True
         time.sleep(0.1)
     return False
+
+
+def _socket_folders(pids: set[int]) -> list[Path]:
+    """The socket folders the verifier processes ``pids`` were started with (recorded while they ran)."""
+    return [Path(FOLDERS[pid]) for pid in pids if pid in FOLDERS]
+
+
+#: Verifier process id -> the folder of its socket, as its command line said.
+FOLDERS: dict[int, str] = {}
 
 
 class _Watch:
@@ -83,7 +93,8 @@ class _Watch:
             config = argv.split(b"\0")[argv.split(b"\0").index(b"--config") + 1]
             self.given[row["pid"]] = argv + (proc / "environ").read_bytes() + Path(config.decode()).read_bytes()
         if self.then == "kill-coordinator" and self.coordinator is not None:
-            os.kill(self.coordinator, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # a launcher starved of CPU may see the event late
+                os.kill(self.coordinator, signal.SIGKILL)
         if self.then == "interrupt":
             raise KeyboardInterrupt
 
@@ -153,8 +164,10 @@ def test_killed_coordinator_leaves_no_verifier_running(tmp_path: Path, verifier_
     watch = _Watch(run, str(verifier_dir), then="kill-coordinator")
     with pytest.raises(LaunchError):
         launch_local(tiny_config(steps=6), run, verifier_dir=verifier_dir, on_event=watch, env={STEP_DELAY_ENV: "0.3"})
-    assert watch.verifiers and watch.coordinator is not None
-    assert _gone(watch.verifiers, str(verifier_dir))
+    assert watch.verifiers and watch.coordinator is not None, (watch.verifiers, watch.coordinator)
+    assert _gone(watch.verifiers, str(verifier_dir)), f"verifiers still running: {_verifier_pids(str(verifier_dir))}"
+    left = [(p, sorted(q.name for q in p.iterdir())) for p in _socket_folders(watch.verifiers) if p.exists()]
+    assert not left, f"the verifier left its folder behind: {left}"
 
 
 def test_interrupted_run_leaves_no_verifier_running(tmp_path: Path, verifier_dir: Path) -> None:
