@@ -36,6 +36,21 @@ from stagewarden.spec.source import Path
 #: :mod:`stagewarden.prover.units`).
 __all__ = ["CAPABILITY_KINDS", "KINDS", "KIND_CAPABILITY", "SDC", "Assumption", "Effect", "Encoding"]
 
+#: The placement variables of the world laid out last (see :func:`placement_variables`).
+_LAST_PLACEMENT: list[tuple[World, list[z3.BoolRef]]] = []
+
+
+def placement_variables(world: World) -> list[z3.BoolRef]:
+    """``mal[name]`` per worker of ``world``. Z3 makes one constant of a name, so every encoding
+    of a world (concrete and symbolic) has the same ones; they are made once per world, since
+    making 131,072 of them takes seconds. The list is shared: never change it."""
+    if _LAST_PLACEMENT and _LAST_PLACEMENT[0][0] is world:
+        return _LAST_PLACEMENT[0][1]
+    variables = [boolean(f"mal[{w.name}]") for w in world.workers]
+    _LAST_PLACEMENT[:] = [(world, variables)]
+    return variables
+
+
 #: Capabilities as verb phrases, for explanations.
 _VERB = {
     "tamper_activations": "tamper with activations",
@@ -81,7 +96,7 @@ class Encoding(CheckEffects):
         self.spec = spec = loaded.spec
         self.world = world = World.build(spec)
         self.n_computing = len(world.computing)
-        self.mal = [boolean(f"mal[{w.name}]") for w in world.workers]
+        self.mal = placement_variables(world)
         self.facts: list[z3.BoolRef] = []  # constraints that hold whatever is assumed
         self.guarded: list[z3.BoolRef] = []  # Implies(literal, fact)
         self.assumptions: list[Assumption] = []
