@@ -205,13 +205,15 @@ def main() -> None:
         skip = frozenset(x for x in args.skip.split(",") if x)
         print(json.dumps(run_one(args.one, args.timeout, args.crash, skip)))
         return
+    load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as scratch:
         base_path = baseline_tree(args.baseline, Path(scratch)) if args.baseline else None
         rows = []
         print(f"{'size':>18} {'workers':>7} {'budget':>6} {'total s':>8} {'peak MiB':>8}  per guarantee (s, verdict)")
         try:
             for size in args.sizes.split(","):
-                row: dict[str, object] = {"size": size, "current": measure(size, args, None)}
+                row: dict[str, object] = {"size": size, "load_before": os.getloadavg()[0]}
+                row["current"] = measure(size, args, None)
                 print(_line(size, row["current"]), flush=True)  # type: ignore[arg-type]
                 if base_path is not None:
                     row["baseline"] = measure(size, args, base_path)
@@ -238,6 +240,7 @@ def main() -> None:
                 "baseline": args.baseline,
                 "crash": args.crash,
                 "skipped": [x for x in args.skip.split(",") if x],
+                "load_average_at_start": load_at_start,
                 "load_average": load,
                 "sizes": rows,
                 "brute_force": comparison,
@@ -246,7 +249,7 @@ def main() -> None:
         )
         + "\n"
     )
-    print(f"written to {out} (load average at the end: {load[0]:.1f})")
+    print(f"written to {out} (load average at the start: {load_at_start[0]:.1f}, at the end: {load[0]:.1f})")
 
 
 if __name__ == "__main__":
