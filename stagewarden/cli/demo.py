@@ -147,7 +147,13 @@ def _response_text(run: TrainingRecord) -> str:
 )
 @format_option("Output format (progress goes to standard error with json).")
 @click.option("--quick", is_flag=True, hidden=True, help="A few steps only (for tests).")
-def demo(out: str | None, fmt: str, quick: bool) -> None:
+@click.option(
+    "--verifier-dir",
+    type=click.Path(file_okay=False),
+    help="The key folder of the attestation verifier each run starts (mode 0700).  "
+    "[default: ~/.local/state/stagewarden/verifier, see 'stagewarden verifier serve --help']",
+)
+def demo(out: str | None, fmt: str, quick: bool, verifier_dir: str | None) -> None:
     """Prove the packaged demo protocol, then train with it: a clean run and an attacked one.
 
     Verifies the demo spec (`stagewarden examples show demo`), trains a small GPT in four
@@ -206,7 +212,7 @@ def demo(out: str | None, fmt: str, quick: bool) -> None:
     jobs = [("clean", clean_config), ("attacked", attacked_config)]
     with _progress(console) as progress:
         for name, config in jobs:
-            runs[name] = _train(progress, name, config, target / name)
+            runs[name] = _train(progress, name, config, target / name, verifier_dir)
 
     clean = runs["clean"]
     audits = {name: _audit(run) for name, run in runs.items() if run["error"] is None}
@@ -289,8 +295,9 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def _train(progress: Progress, name: str, config: Any, run_dir: Path) -> dict[str, Any]:
-    """One training run with its progress line; the summary, or the failure message."""
+def _train(progress: Progress, name: str, config: Any, run_dir: Path, verifier_dir: str | None) -> dict[str, Any]:
+    """One training run with its progress line (its verifier's key in ``verifier_dir``); the
+    summary, or the failure message."""
     from stagewarden.runtime.config import ConfigError
     from stagewarden.runtime.launch import LaunchError, LaunchInterrupted, launch_local
 
@@ -317,7 +324,7 @@ def _train(progress: Progress, name: str, config: Any, run_dir: Path) -> dict[st
             progress.update(task, status=f"[yellow]response: {escape(str(plan.get('response', kind)))}[/]")
 
     try:
-        result = launch_local(config, run_dir, on_event=on_event, timeout=900.0)
+        result = launch_local(config, run_dir, on_event=on_event, timeout=900.0, verifier_dir=verifier_dir)
     except LaunchInterrupted:
         raise KeyboardInterrupt from None  # stop the demo: no further run, exit 130
     except (LaunchError, ConfigError) as exc:

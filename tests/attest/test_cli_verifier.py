@@ -105,3 +105,17 @@ def test_prepare_says_where_the_verifier_runs(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "rank 0) starts the attestation verifier" in text and "--verifier SOCKET" in text
+
+
+def test_demo_runs_sign_under_the_given_verifier_folder(tmp_path: Path) -> None:
+    """``demo --verifier-dir``: both runs publish the key of that folder, which holds the only copy
+    of the private key."""
+    keys = tmp_path / "keys"
+    result = CliRunner().invoke(cli, ["demo", "--quick", "--out", str(tmp_path / "demo"), "--verifier-dir", str(keys)])
+    assert result.exit_code == 0, result.output
+    published = {
+        (tmp_path / "demo" / run / "attestation" / "verifier.pub").read_text() for run in ("clean", "attacked")
+    }
+    assert published == {(keys / "verifier.pub").read_text()}
+    seed = (keys / "verifier.key").read_text().strip()
+    assert not [p for p in (tmp_path / "demo").rglob("*") if p.is_file() and seed.encode() in p.read_bytes()]
