@@ -136,10 +136,13 @@ class _Auditor:
                 try:
                     result = _open_result(token, verifier)
                 except AttestError as exc:
+                    # A result the verifier key does not sign was not issued by the verifier: the
+                    # attestation record was altered by whoever wrote it, not by the worker.
+                    forged = exc.code is ErrorCode.RESULT_SIGNATURE
                     self.log.add(
                         exc.code,
-                        f"attestation result on line {line} is rejected: {exc.message}",
-                        workers=[worker.id],
+                        f"attestation result on line {line} of worker {worker.id} is rejected: {exc.message}",
+                        workers=[] if forged else [worker.id],
                         file=name,
                     )
                     continue

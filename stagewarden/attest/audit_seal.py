@@ -46,9 +46,11 @@ from .witness import read_witness
 #: work of whoever cut its tail, so they are not attributed to a worker there.
 ABSENCE = frozenset({ErrorCode.RECEIPT_MISSING, ErrorCode.RECEIPT_DROPPED})
 
-#: Seal findings that show the record was altered after it was written.
+#: Findings that show the record was altered after it was written: the seal's, and an
+#: attestation result that the verifier key does not sign (only the verifier issues results).
 ALTERED = frozenset(
     {
+        ErrorCode.RESULT_SIGNATURE,
         ErrorCode.RECORD_REWRITTEN,
         ErrorCode.RECORD_TRUNCATED,
         ErrorCode.RECORD_AFTER_SEAL,
