@@ -11,8 +11,11 @@ the timed steps. Reported per stage count and tree, medians over rounds with the
 the coordinator's CPU a step with receipts, the CPU receipts add to it (against no security in
 the same round), and the throughput of receipts only against no security.
 
+It first times, in this tree, the coordinator's checks of one worker's commitment of a step (8
+micro-batches) both ways, and projects them to S = 1024 x R = 8 (``--unit-only`` stops there).
+
 Run: ``python benchmarks/step_roots.py --baseline /tmp/baseline [--rounds 2] [--stages 2,4,8,16]
-[--steps 6] [--out FILE]``.
+[--steps 6] [--out FILE] [--unit-only]``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,68 @@ def _measure(stages: int, setting: str, steps: int) -> dict[str, float]:
     return {"tokens_per_second": got["tokens_per_second"], "coordinator_cpu_ms": 1000 * cpu["0"]}
 
 
+def unit_costs(micro_batches: int = 8, repeats: int = 200) -> dict[str, float]:
+    """The coordinator's CPU for one worker's commitment of a step, in this tree, timed on the
+    records of a middle stage of a synthetic run (``micro_batches`` forward and backward receipts,
+    the headers it sent, its step root): checking every record's own signature, against checking
+    the root's one signature and hashing the records. Also one signature check alone (the update
+    receipt and the head's cosignature each cost one, either way). Microseconds, best of
+    ``repeats``."""
+    import time
+
+    from stagewarden.attest.headers import SignedHeader, encode_header, parse_header, verify_header
+    from stagewarden.attest.receipts import Receipt, UnitKind, encode_receipt, parse_receipt, verify_receipt
+    from stagewarden.attest.step_roots import StepRoot, leaf_hash, parse_root
+    from stagewarden.attest.synthetic import synthetic_run
+
+    run = synthetic_run("bench", stages=3, micro_batches=micro_batches, steps=1)
+    worker, key = "s1r0", bytes(run.keys["s1r0"].verify_key)
+    receipts = [
+        encode_receipt(e)
+        for e in run.entries
+        if isinstance(e, Receipt) and e.worker_id == worker and e.kind is not UnitKind.UPDATE
+    ]
+    headers = [encode_header(e) for e in run.entries if isinstance(e, SignedHeader) and e.sender == worker]
+    root = next(e for e in run.entries if isinstance(e, StepRoot) and e.worker_id == worker).encode()
+
+    def each() -> None:
+        for raw in receipts:
+            verify_receipt(parse_receipt(raw), key)
+        for raw in headers:
+            verify_header(parse_header(raw), key)
+
+    def by_root() -> None:
+        parsed = parse_root(root)
+        parsed.verify(key)
+        if parsed.receipt_leaves != tuple(leaf_hash(raw) for raw in receipts):
+            raise AssertionError("the root does not cover the receipts")
+        sent = frozenset(parsed.header_leaves)
+        for raw in receipts:
+            parse_receipt(raw)
+        for raw in headers:
+            parse_header(raw)
+            if leaf_hash(raw) not in sent:
+                raise AssertionError("the root does not list a header")
+
+    def one() -> None:
+        verify_receipt(parse_receipt(receipts[0]), key)
+
+    def best(fn: Any) -> float:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        return 1e6 * min(times)
+
+    return {
+        "records": len(receipts) + len(headers),
+        "each_us": best(each),
+        "by_root_us": best(by_root),
+        "one_signature_us": best(one),
+    }
+
+
 def _in_tree(tree: Path, stages: int, setting: str, steps: int) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=str(tree))
     code = f"import sys; sys.path.insert(0, {str(HERE / 'benchmarks')!r}); import step_roots as b, json; "
@@ -77,15 +142,38 @@ def _summary(rounds: list[dict[str, Any]], stages: int, tree: str) -> dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", required=True, type=Path, help="a checkout of the release to compare with")
+    parser.add_argument(
+        "--baseline", type=Path, default=Path("/tmp/baseline"), help="a checkout of the release to compare with"
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--stages", default="2,4,8,16")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--out", type=Path, default=HERE / "benchmarks" / "results" / "step_roots.json")
+    parser.add_argument("--unit-only", action="store_true", help="time one commitment's checks and project; no runs")
     args = parser.parse_args()
+    unit = unit_costs()
+    fixed = 2 * unit["one_signature_us"]  # the update receipt and the head's cosignature, either way
+    workers = 1024 * 8
+    print(
+        f"one worker's commitment (M = 8, {unit['records']} records): {unit['each_us']:.0f} us checking every "
+        f"signature, {unit['by_root_us']:.0f} us by its step root; one signature {unit['one_signature_us']:.0f} us"
+    )
+    print(
+        f"projected coordinator CPU a step at S = 1024 x R = 8 ({workers} workers): "
+        f"{workers * (unit['each_us'] + fixed) / 1e6:.1f} s checking every signature, "
+        f"{workers * (unit['by_root_us'] + fixed) / 1e6:.1f} s by step roots"
+    )
+    if args.unit_only:
+        return
     counts = [int(x) for x in args.stages.split(",")]
     trees = {"new": HERE, "old": args.baseline.resolve()}
-    result: dict[str, Any] = {"load_before": _load(), "cpus": os.cpu_count(), "stages": counts, "rounds": []}
+    result: dict[str, Any] = {
+        "load_before": _load(),
+        "cpus": os.cpu_count(),
+        "stages": counts,
+        "unit_costs_us": unit,
+        "rounds": [],
+    }
     for r in range(args.rounds):
         row: dict[str, Any] = {}
         for stages in counts:

@@ -43,7 +43,7 @@ ROOT_MAGIC = b"SWSR"
 ROOT_VERSION = 1
 #: What a worker's root signature is over, before the root's fields.
 ROOT_DOMAIN = b"stagewarden/record/step-root/v1\x00"
-#: The most leaves one root may have: a receipt log record holds at most 64 KiB, so a root with
+#: The most leaves one root may have. A receipt log record holds at most 64 KiB, so a root with
 #: its leaf list fits one record (a step of 256 micro-batches commits to about 1,030 records).
 MAX_LEAVES = 1800
 
