@@ -256,8 +256,11 @@ class SolverSession:
             return None
         assert result == z3.unsat
         core = [by_name[str(lit)] for lit in solver.unsat_core() if str(lit) in by_name]
-        index = 0
+        index = gave_up = 0
         while index < len(core):
+            if gave_up >= self._give_ups:
+                self.core_minimal = False
+                break
             trial = core[:index] + core[index + 1 :]
             result = check([a.literal for a in trial])
             if result == z3.unsat:
@@ -265,8 +268,17 @@ class SolverSession:
             else:
                 if result == z3.unknown:
                     self.core_minimal = False
+                    gave_up += 1
                 index += 1
         return core
+
+    @property
+    def _give_ups(self) -> int:
+        """How many refinement queries of one search may run out of effort before it stops:
+        ``MINIMALITY_GIVE_UPS``, but one in worlds beyond ``CANONICAL_WORKERS`` workers, where
+        a query that runs out once is followed by others that do (each costs the whole effort
+        limit, 1.5 s of the 16384x8 benchmark's time, whatever the machine's load)."""
+        return MINIMALITY_GIVE_UPS if len(self.enc.mal) <= CANONICAL_WORKERS else 1
 
     def _minimal_model(
         self, goal: Term, extra_objective: list[Term] | None = None, lower_bound: int = 0
@@ -409,8 +421,7 @@ class SolverSession:
         """The model (goal ``guard`` on) with the fewest true ``terms``: any model first, then
         bounds growing from ``lower_bound`` by doubling steps below its count, then binary search.
         A bound that cannot be refuted within the effort limit is skipped and minimality is
-        marked unproven; after ``MINIMALITY_GIVE_UPS`` such bounds the best model so far is
-        returned."""
+        marked unproven; after ``_give_ups`` such bounds the best model so far is returned."""
         solver = self._solver()
         literals = self.enc.literals()
 
@@ -427,7 +438,7 @@ class SolverSession:
         # ``lower_bound`` is proven by the caller (a counting argument), so no probe goes below it.
         low, step = min(lower_bound, high), 1
         gave_up = 0
-        while low < high and gave_up < MINIMALITY_GIVE_UPS:
+        while low < high and gave_up < self._give_ups:
             probe = min(low + step - 1, high - 1) if step < high - low else (low + high) // 2
             bound = self._cardinality_guard(terms, probe, name)
             result = self._bounded_check(solver, guard, *extra, bound, *literals)
