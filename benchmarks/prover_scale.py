@@ -151,7 +151,9 @@ def baseline_tree(ref: str, into: Path) -> Path:
     package = into / "site"
     shutil.copytree(checkout / "stagewarden", package / "stagewarden")
     for name in PACKAGE_DIRS:
-        os.symlink(checkout / name, package / "stagewarden" / name)
+        # Older revisions keep the subpackages inside stagewarden/ (copied above).
+        if not (package / "stagewarden" / name).exists():
+            os.symlink(checkout / name, package / "stagewarden" / name)
     return package
 
 
