@@ -46,7 +46,7 @@ from .witness import read_witness
 #: work of whoever cut its tail, so they are not attributed to a worker there.
 ABSENCE = frozenset({ErrorCode.RECEIPT_MISSING, ErrorCode.RECEIPT_DROPPED})
 
-#: Findings that show the record was altered after it was written: the seal's, and an
+#: Findings that show the record was altered after it was written. These are the seal's, and an
 #: attestation result that the verifier key does not sign (only the verifier issues results).
 ALTERED = frozenset(
     {
