@@ -218,6 +218,19 @@ class LocalVerifier:
         self.stop()
 
 
+#: The longest path a Unix socket may have on Linux (``sun_path`` holds 108 bytes with its NUL).
+MAX_SOCKET_PATH = 107
+
+
+def _socket_parent() -> str:
+    """Where the verifier's private socket folder is made: the temporary folder, unless a socket
+    path under it would be longer than a Unix socket allows (a deep ``TMPDIR``), then ``/tmp``.
+    The folder itself is private (``mkdtemp`` makes it mode 0700) wherever it is."""
+    parent = tempfile.gettempdir()
+    longest = len(os.path.join(parent, "stagewarden-verifier-" + "x" * 8, SOCKET_NAME))
+    return parent if longest <= MAX_SOCKET_PATH else "/tmp"
+
+
 def start_verifier(config_path: str | Path, verifier_dir: str | Path, vendor_dir: str | Path | None) -> LocalVerifier:
     """Start a verifier process, child of this one, serving on a socket in a new private folder;
     it stops when this process is gone. The key folder is passed to the verifier alone.
@@ -225,7 +238,7 @@ def start_verifier(config_path: str | Path, verifier_dir: str | Path, vendor_dir
     Raises:
         VerifierSetupError: The process cannot be started.
     """
-    folder = Path(tempfile.mkdtemp(prefix="stagewarden-verifier-"))
+    folder = Path(tempfile.mkdtemp(prefix="stagewarden-verifier-", dir=_socket_parent()))
     args = [sys.executable, "-m", "stagewarden.runtime.verifier_process", "--config", str(config_path)]
     args += ["--socket", str(folder / SOCKET_NAME), "--verifier-dir", str(verifier_dir)]
     args += ["--parent-pid", str(os.getpid()), "--remove-folder"]

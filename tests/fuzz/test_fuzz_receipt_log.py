@@ -36,6 +36,7 @@ from stagewarden.attest.receipt_log import (
     scan_log,
 )
 from stagewarden.attest.receipts import Receipt, encode_receipt
+from stagewarden.attest.step_roots import StepRoot
 
 _LOG_CODES = {ErrorCode.LOG_TORN, ErrorCode.LOG_MALFORMED, ErrorCode.LOG_CHAIN}
 
@@ -47,6 +48,8 @@ def _log(run_id: str) -> tuple[bytes, list[int]]:
         kind, payload = (
             (RecordType.RECEIPT, encode_receipt(entry))
             if isinstance(entry, Receipt)
+            else (RecordType.STEP_ROOT, entry.encode())
+            if isinstance(entry, StepRoot)
             else (RecordType.HEADER, encode_header(entry))
         )
         frame = frame_record(kind, payload, prev)

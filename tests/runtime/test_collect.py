@@ -4,6 +4,7 @@ still awaited, and the outcomes still count in stage order."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 from typing import Any
@@ -23,6 +24,7 @@ from stagewarden.attest.receipts import (
     receipt_digest,
     sign_receipt,
 )
+from stagewarden.attest.step_roots import StepRoot, leaf_hash, parse_root, sign_root
 from stagewarden.runtime.coordinator.commitments import Commitments
 from stagewarden.runtime.transport import TransportError
 
@@ -51,14 +53,19 @@ def _receipt(wid: str, stage: int, micro_batch: int) -> bytes:
 
 
 def _commitment(stage: int) -> dict[str, Any]:
-    """A well-formed commitment of ``stage`` for step 0: one signed receipt, no headers (and on
-    the last stage, the micro-batch losses its receipts, here none of a forward unit, sign)."""
+    """A well-formed commitment of ``stage`` for step 0: one signed receipt under the worker's
+    step root, no headers (and on the last stage, the micro-batch losses its receipts, here none
+    of a forward unit, sign)."""
+    wid = WORKERS[stage]
+    receipt = _receipt(wid, stage, 0)
+    root = sign_root(StepRoot("run", wid, stage, 0, 0, 1, (leaf_hash(receipt),)), KEYS[wid])
     message: dict[str, Any] = {
         "type": "commit",
         "step": 0,
-        "receipts": [_receipt(WORKERS[stage], stage, 0).hex()],
+        "receipts": [receipt.hex()],
         "headers": [],
         "busy_ns": 0,
+        "root": root.encode().hex(),
     }
     if stage == STAGES - 1:
         message["microbatch_losses"] = [(1.0).hex(), (3.0).hex()]
@@ -140,6 +147,35 @@ def test_a_malformed_commitment_names_its_stage() -> None:
         commitments.collect(0)
     assert caught.value.peer == 3 and caught.value.cause == "malformed"
     assert "s2r0" in str(caught.value)
+
+
+def _resigned(message: dict[str, Any], stage: int, key: SigningKey, **changes: Any) -> str:
+    root = parse_root(bytes.fromhex(message["root"]))
+    return sign_root(dataclasses.replace(root, **changes), key).encode().hex()
+
+
+@pytest.mark.parametrize(
+    ("alter", "needle"),
+    [
+        (lambda m, s: {k: v for k, v in m.items() if k != "root"}, "carries no step root"),
+        (lambda m, s: dict(m, root=_resigned(m, s, SigningKey.generate())), "not by the expected key"),
+        (lambda m, s: dict(m, root=_resigned(m, s, KEYS[WORKERS[s]], step=1)), "another computation"),
+        (lambda m, s: dict(m, root=_resigned(m, s, KEYS[WORKERS[s]], leaves=(bytes(32),))), "does not cover"),
+        (lambda m, s: dict(m, root=m["root"][:-2]), "step root: truncated"),
+    ],
+    ids=["missing", "another_key", "another_step", "other_leaves", "malformed"],
+)
+def test_a_step_root_that_does_not_hold_is_blamed_on_its_worker(alter: Any, needle: str) -> None:
+    """The one signature the coordinator checks for a stage's receipts must be that worker's, over
+    exactly those receipts, for that step: otherwise the worker is at fault, whatever its receipts'
+    own signatures say."""
+    messages = {s + 1: _commitment(s) for s in range(STAGES)}
+    messages[2] = alter(messages[2], 1)
+    commitments, _, _ = _coordinator(messages)
+    with pytest.raises(TransportError) as caught:
+        commitments.collect(0)
+    assert caught.value.peer == 2 and caught.value.cause == "malformed"
+    assert "s1r0" in str(caught.value) and needle in str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -318,3 +318,20 @@ def test_a_verifier_gone_mid_run_stops_the_run_cleanly_at_renewal(tmp_path: Path
     assert summary["status"] == "stopped" and len(summary["losses"]) < 30
     assert summary["stop_reason"].startswith("workers cannot be re-attested: the attestation verifier at ")
     assert "\n" not in summary["stop_reason"] and not summary["faults"]
+
+
+def test_the_socket_folder_leaves_a_deep_temporary_folder_for_tmp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket path under a deep TMPDIR would pass the Unix limit (the run then could not reach
+    its verifier): the private socket folder is made in /tmp instead; a short TMPDIR is kept."""
+    from stagewarden.runtime import verifier_process
+
+    deep = tmp_path / ("d" * 90)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    assert verifier_process._socket_parent() == "/tmp"
+    short = Path("/tmp") / "swv"
+    short.mkdir(exist_ok=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(short))
+    assert verifier_process._socket_parent() == str(short)
