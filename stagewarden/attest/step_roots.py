@@ -156,6 +156,21 @@ class StepRoot:
         verify_signature(self.signer_key, self.message(), self.signature, ErrorCode.STEP_ROOT_SIGNATURE, "step root")
 
 
+def root_over(
+    run_id: str,
+    worker_id: str,
+    stage: int,
+    replica: int,
+    step: int,
+    receipts: Sequence[bytes],
+    headers: Sequence[bytes],
+) -> StepRoot:
+    """The unsigned root of ``worker_id`` over its encoded ``receipts`` of one computation of
+    ``step`` (in signing order) and the encoded ``headers`` it sent in it."""
+    leaves = tuple(leaf_hash(record) for record in (*receipts, *headers))
+    return StepRoot(run_id, worker_id, stage, replica, step, len(receipts), leaves)
+
+
 def sign_root(root: StepRoot, key: SigningKey) -> StepRoot:
     """``root`` with its signer key set to ``key``'s public half and signed by it."""
     unsigned = dataclasses.replace(root, signer_key=bytes(key.verify_key))

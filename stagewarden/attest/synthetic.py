@@ -26,7 +26,7 @@ from .run_record import RunRecord
 from .run_record_parts import WorkerInfo
 from .rundir import RunDirWriter
 from .step_heads import EVENTS_GENESIS, StepHead, chains_digest, cosign, roster_digest, sign_head
-from .step_roots import StepRoot, leaf_hash, sign_root
+from .step_roots import StepRoot, root_over, sign_root
 from .tensor_digest import TensorDigest
 from .token import key_id
 
@@ -228,7 +228,7 @@ def synthetic_run(
         )
         prev[worker] = receipt_digest(r)
         entries.append(r)
-        if kind is not UnitKind.UPDATE:
+        if roots and kind is not UnitKind.UPDATE:
             covered.setdefault(worker, ([], []))[0].append(encode_receipt(r))
 
     def header(stage: int, replica: int, step: int, mb: int, kind: TransferKind, digest: bytes) -> None:
@@ -252,15 +252,14 @@ def synthetic_run(
             keys[worker],
         )
         entries.append(signed)
-        covered.setdefault(worker, ([], []))[1].append(encode_header(signed))
+        if roots:
+            covered.setdefault(worker, ([], []))[1].append(encode_header(signed))
 
     def root(stage: int, replica: int, step: int) -> None:
         worker = f"s{stage}r{replica}"
-        receipts, sent = covered.pop(worker, ([], []))
         if roots:
-            leaves = tuple(leaf_hash(x) for x in receipts + sent)
-            unsigned = StepRoot(run_id, worker, stage, replica, step, len(receipts), leaves)
-            entries.append(sign_root(unsigned, keys[worker]))
+            receipts, sent = covered.pop(worker, ([], []))
+            entries.append(sign_root(root_over(run_id, worker, stage, replica, step, receipts, sent), keys[worker]))
 
     for step in range(steps):
         for replica in range(replicas):

@@ -21,7 +21,7 @@ from stagewarden.attest.receipts import (
     receipt_digest,
     sign_receipt,
 )
-from stagewarden.attest.step_roots import StepRoot, leaf_hash, sign_root
+from stagewarden.attest.step_roots import StepRoot, root_over, sign_root
 from stagewarden.attest.synthetic import SyntheticRun, synthetic_run
 from stagewarden.attest.tensor_digest import TensorDigest
 
@@ -124,8 +124,8 @@ def reroot(run: SyntheticRun) -> None:
             for h in run.entries
             if isinstance(h, SignedHeader) and (h.sender, h.step) == (e.worker_id, e.step)
         ]
-        leaves = tuple(leaf_hash(x) for x in receipts + sent)
-        run.entries[i] = sign_root(dataclasses.replace(e, receipts=len(receipts), leaves=leaves), run.keys[e.worker_id])
+        unsigned = root_over(e.run_id, e.worker_id, e.stage, e.replica, e.step, receipts, sent)
+        run.entries[i] = sign_root(unsigned, run.keys[e.worker_id])
 
 
 def lie(run: SyntheticRun, index: int, **changes: object) -> None:

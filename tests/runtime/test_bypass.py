@@ -56,14 +56,14 @@ def test_coordinator_accepts_a_skipping_header_only_in_a_bypassed_computation() 
     """A header genuinely signed by stage 0 for stage 2 is stage 2's input only when stage 1 is
     bypassed; in any other computation committing it is a protocol violation by stage 2."""
     raw = encode_header(sign_header(activation_header(receiver_stage=2), _KEYS["s0r0"]))
-    accepted = _accepting(bypass=1).accept_header("s2r0", 2, 0, raw)
+    accepted = _accepting(bypass=1).accept_header("s2r0", 2, 0, raw, {})
     assert (accepted.sender_stage, accepted.receiver_stage) == (0, 2)
     with pytest.raises(TransportError, match="does not send to stage 2") as caught:
-        _accepting(bypass=None).accept_header("s2r0", 2, 0, raw)
+        _accepting(bypass=None).accept_header("s2r0", 2, 0, raw, {})
     assert caught.value.peer == 3
     adjacent = encode_header(sign_header(activation_header(receiver_stage=1), _KEYS["s0r0"]))
     with pytest.raises(TransportError, match="another transfer"):
-        _accepting(bypass=1).accept_header("s2r0", 2, 0, adjacent)
+        _accepting(bypass=1).accept_header("s2r0", 2, 0, adjacent, {})
 
 
 def test_a_header_cannot_name_a_receiver_further_than_one_skipped_stage() -> None:

@@ -191,7 +191,7 @@ def test_a_committed_header_must_be_genuine_and_of_this_transfer() -> None:
 
     def accept(key: SigningKey, **changes: Any) -> SignedHeader:
         raw = encode_header(sign_header(dataclasses.replace(genuine, **changes), key))
-        return coordinator.commitments.accept_header("s1r0", 1, 0, raw)
+        return coordinator.commitments.accept_header("s1r0", 1, 0, raw, {})
 
     assert accept(keys["s0r0"]).tensor == genuine.tensor
     for key, changes, why in (

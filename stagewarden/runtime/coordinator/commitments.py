@@ -266,7 +266,7 @@ class Commitments:
         return root
 
     def accept_header(
-        self, wid: str, stage: int, step: int, raw: bytes, sent: dict[int, frozenset[bytes]] | None = None
+        self, wid: str, stage: int, step: int, raw: bytes, sent: dict[int, frozenset[bytes]]
     ) -> SignedHeader:
         """Take a signed header that stage ``stage``'s worker ``wid`` received in ``step`` and
         commits to. It must be genuine: signed by the attested key of the worker that runs its
@@ -294,7 +294,7 @@ class Commitments:
                     f"stage {header.sender_stage} of its pipeline",
                     peer=self.roster.rank_of(slot),
                 )
-            if leaf_hash(raw) not in (sent or {}).get(layout.at(slot, header.sender_stage), ()):
+            if leaf_hash(raw) not in sent.get(layout.at(slot, header.sender_stage), ()):
                 verify_header(header, self.roster.keys[sender])
         except AttestError as exc:
             raise TransportError(

@@ -20,7 +20,7 @@ from stagewarden.attest.receipts import (
     receipt_digest,
     sign_receipt,
 )
-from stagewarden.attest.step_roots import StepRoot, leaf_hash, sign_root
+from stagewarden.attest.step_roots import root_over, sign_root
 from stagewarden.attest.tensor_digest import TensorDigest, tensor_digest
 
 
@@ -102,6 +102,5 @@ class Signer:
         ``receipts`` of one computation of ``step`` and the encoded ``headers`` the worker sent
         in it; its encoding."""
         assert self.stage is not None
-        leaves = tuple(leaf_hash(r) for r in receipts) + tuple(leaf_hash(h) for h in headers)
-        unsigned = StepRoot(self.run_id, self.worker_id, self.stage, self.pipeline, step, len(receipts), leaves)
+        unsigned = root_over(self.run_id, self.worker_id, self.stage, self.pipeline, step, receipts, headers)
         return sign_root(unsigned, self.key).encode()
